@@ -1,0 +1,270 @@
+//! Audit records: one JSON object per exchange, appended to a JSON Lines file
+//! in `audit.dir` by a dedicated writer thread behind a bounded queue, so the
+//! request path never waits on the disk.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    sync::{Arc, mpsc as std_mpsc},
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde::Serialize;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use tokio::sync::mpsc;
+
+use crate::{config::AuditConfig, metrics::Metrics, pipeline::Exchange};
+
+/// Most records written between two flushes to disk.
+const MAX_BATCH: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot create audit directory {0}: {1}")]
+    CreateDir(PathBuf, io::Error),
+    #[error("cannot open audit file {0}: {1}")]
+    Open(PathBuf, io::Error),
+    #[error("cannot start audit writer thread: {0}")]
+    Thread(io::Error),
+}
+
+/// Who made the call, as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallerRecord {
+    pub addr: String,
+    pub team: Option<String>,
+}
+
+/// One audit record. Holds no header, key or body: only what is safe to hand
+/// to an auditor.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    pub id: String,
+    pub ts: String,
+    pub host: Arc<str>,
+    pub mode: &'static str,
+    pub provider: String,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub stream: bool,
+    /// HTTP status sent to the caller; `null` if the caller left before any.
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    pub ttfb_ms: Option<f64>,
+    pub overhead_ms: f64,
+    /// Whether the response was delivered to its end.
+    pub completed: bool,
+    pub response_bytes: u64,
+    pub caller: CallerRecord,
+    /// Set when Leash answered instead of the provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    OffsetDateTime::from(t)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+impl AuditRecord {
+    /// Builds the record of an exchange that has just ended.
+    pub fn from_exchange(ex: &Exchange, host: &Arc<str>) -> Self {
+        let now = Instant::now();
+        let t = &ex.timing;
+        // Time spent in Leash: before the upstream was asked, and between
+        // the upstream's answer and handing it to the caller. When Leash
+        // answered itself, all of it.
+        let overhead = match (t.upstream_sent, t.upstream_headers) {
+            (Some(sent), Some(headers)) => {
+                sent.duration_since(t.received)
+                    + t.response_ready.unwrap_or(headers).duration_since(headers)
+            }
+            (Some(sent), None) => sent.duration_since(t.received),
+            _ => t.response_ready.unwrap_or(now).duration_since(t.received),
+        };
+        Self {
+            id: ex.id.clone(),
+            ts: rfc3339(ex.ts),
+            host: Arc::clone(host),
+            mode: ex.mode.as_str(),
+            provider: ex.provider.name.clone(),
+            endpoint: ex.endpoint.clone(),
+            model: ex.model.clone(),
+            stream: ex.stream,
+            status: ex.status.map(|s| s.as_u16()),
+            latency_ms: ms(now.duration_since(t.received)),
+            ttfb_ms: t.first_byte.map(|f| ms(f.duration_since(t.received))),
+            overhead_ms: ms(overhead),
+            completed: ex.completed,
+            response_bytes: ex.response_bytes,
+            caller: CallerRecord {
+                addr: ex.caller.addr.to_string(),
+                team: ex.caller.team.clone(),
+            },
+            error: ex.error.map(crate::provider::ErrorCode::as_str),
+        }
+    }
+}
+
+enum Msg {
+    Record(Box<AuditRecord>),
+    Flush(std_mpsc::Sender<()>),
+}
+
+/// The request side of the audit trail: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<Msg>,
+    metrics: Arc<Metrics>,
+}
+
+impl AuditSink {
+    /// Queues a record. If the queue is full the record is counted in
+    /// `leash_audit_dropped_total` and logged, never silently lost.
+    pub fn submit(&self, record: AuditRecord) {
+        if let Err(e) = self.tx.try_send(Msg::Record(Box::new(record))) {
+            self.metrics.audit_dropped.inc();
+            let reason = match e {
+                mpsc::error::TrySendError::Full(_) => "queue full",
+                mpsc::error::TrySendError::Closed(_) => "writer stopped",
+            };
+            tracing::error!(reason, "audit record dropped");
+        }
+    }
+}
+
+/// The disk side: owns the file and the writer thread.
+pub struct AuditWriter {
+    path: PathBuf,
+    tx: mpsc::Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AuditWriter {
+    /// Creates `dir` (0700) and a new file in it (0600), and starts the writer.
+    pub fn start(
+        config: &AuditConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, AuditSink), AuditError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.dir)
+            .map_err(|e| AuditError::CreateDir(config.dir.clone(), e))?;
+        let path = new_file_path(&config.dir);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| AuditError::Open(path.clone(), e))?;
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let thread_metrics = Arc::clone(&metrics);
+        let thread_path = path.clone();
+        let thread = std::thread::Builder::new()
+            .name("leash-audit".into())
+            .spawn(move || write_loop(rx, file, &thread_path, &thread_metrics))
+            .map_err(AuditError::Thread)?;
+        let sink = AuditSink {
+            tx: tx.clone(),
+            metrics,
+        };
+        Ok((
+            Self {
+                path,
+                tx,
+                thread: Some(thread),
+            },
+            sink,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits until every record queued so far is on disk.
+    pub async fn flush(&self) {
+        let (ack_tx, ack_rx) = std_mpsc::channel();
+        if self.tx.send(Msg::Flush(ack_tx)).await.is_ok() {
+            let _ =
+                tokio::task::spawn_blocking(move || ack_rx.recv_timeout(Duration::from_secs(30)))
+                    .await;
+        }
+    }
+
+    /// Flushes and stops the writer thread.
+    pub async fn shutdown(mut self) {
+        self.flush().await;
+        drop(self.tx);
+        if let Some(thread) = self.thread.take() {
+            // The thread ends once every sink is gone; sinks held by
+            // connections that outlive shutdown are not waited for.
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+fn new_file_path(dir: &Path) -> PathBuf {
+    let now = OffsetDateTime::now_utc();
+    let stamp = format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    dir.join(format!("leash-{stamp}-{}.jsonl", std::process::id()))
+}
+
+fn write_loop(mut rx: mpsc::Receiver<Msg>, file: File, path: &Path, metrics: &Metrics) {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, file);
+    let mut acks = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut written = 0u64;
+        let mut next = Some(first);
+        let mut batch = 0;
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Record(rec) => match write_record(&mut out, &rec) {
+                    Ok(()) => written += 1,
+                    Err(e) => {
+                        metrics.audit_write_errors.inc();
+                        tracing::error!(path = %path.display(), error = %e, "audit write failed");
+                    }
+                },
+                Msg::Flush(ack) => acks.push(ack),
+            }
+            batch += 1;
+            if batch < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if let Err(e) = out.flush().and_then(|()| out.get_ref().sync_data()) {
+            metrics.audit_write_errors.inc();
+            tracing::error!(path = %path.display(), error = %e, "audit flush failed");
+        } else {
+            metrics.audit_records.inc_by(written);
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
+fn write_record(out: &mut impl Write, record: &AuditRecord) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, record)?;
+    out.write_all(b"\n")
+}

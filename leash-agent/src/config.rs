@@ -1,0 +1,533 @@
+//! Configuration: the YAML file is parsed once, validated, and turned into an
+//! immutable [`Config`]. A bad file is a startup error naming the field.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::provider::{BUILTIN, Provider, ProviderKind, Providers, UpstreamBase};
+
+/// Default places, used when the file (or the whole file) leaves them out.
+pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/leash/audit";
+/// Request bodies above this are refused with 413 (they are read whole for policy).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Pipeline modules run when the config names none.
+pub const DEFAULT_MODULES: &[&str] = &["team"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("invalid config: `{field}`: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The validated, immutable configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host_id: String,
+    pub gateway: GatewayConfig,
+    pub admin: AdminConfig,
+    pub providers: Providers,
+    pub upstream: UpstreamConfig,
+    pub audit: AuditConfig,
+    pub pipeline: PipelineConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// PEM files whose certificates are trusted in addition to the system and
+    /// webpki roots.
+    pub extra_roots: Vec<PathBuf>,
+    pub connect_timeout: Duration,
+    /// How long to wait for the upstream's response headers.
+    pub response_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub dir: PathBuf,
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Module names, in the order their phases run.
+    pub modules: Vec<String>,
+}
+
+// ---- the file as written -------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    host_id: Option<String>,
+    #[serde(default)]
+    gateway: RawGateway,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    upstream_tls: RawUpstreamTls,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    pipeline: RawPipeline,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    listen: Option<String>,
+    tls: Option<RawTls>,
+    max_body_bytes: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    kind: Option<String>,
+    upstream: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    #[serde(default)]
+    extra_roots: Vec<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    connect_timeout_secs: Option<u64>,
+    response_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    dir: Option<PathBuf>,
+    queue_capacity: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    modules: Option<Vec<String>>,
+}
+
+/// Command-line values that take precedence over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub gateway_listen: Option<String>,
+    pub admin_listen: Option<String>,
+    /// Taken relative to the current directory, not the config file's.
+    pub audit_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads and validates a config file (or the embedded defaults when
+    /// `path` is `None`), then applies `overrides`. Relative paths inside the
+    /// file are taken relative to the file's directory.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return RawConfig::default()
+                .overridden(overrides)
+                .validate(Path::new("."));
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::parse_raw(&text, path)?
+            .overridden(overrides)
+            .validate(base)
+    }
+
+    /// The embedded defaults: what `leash gateway` runs with no config file.
+    pub fn embedded_default() -> Result<Self, ConfigError> {
+        Self::load(None, &Overrides::default())
+    }
+
+    /// Parses config text; `name` is used in error messages, `base` resolves
+    /// relative paths.
+    pub fn parse(text: &str, name: &Path, base: &Path) -> Result<Self, ConfigError> {
+        Self::parse_raw(text, name)?.validate(base)
+    }
+
+    fn parse_raw(text: &str, name: &Path) -> Result<RawConfig, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(RawConfig::default());
+        }
+        serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: name.to_owned(),
+            source,
+        })
+    }
+}
+
+fn parse_addr(field: &str, value: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let text = value.unwrap_or(default);
+    text.parse()
+        .map_err(|_| invalid(field, format!("`{text}` is not an IP:port address")))
+}
+
+fn secs(field: &str, value: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+    match value.unwrap_or(default) {
+        0 => Err(invalid(field, "must be at least 1 second")),
+        n => Ok(Duration::from_secs(n)),
+    }
+}
+
+fn resolve(base: &Path, path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn read_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned())
+}
+
+impl RawConfig {
+    fn overridden(mut self, o: &Overrides) -> Self {
+        if let Some(listen) = &o.gateway_listen {
+            self.gateway.listen = Some(listen.clone());
+        }
+        if let Some(listen) = &o.admin_listen {
+            self.admin.listen = Some(listen.clone());
+        }
+        if let Some(dir) = &o.audit_dir {
+            self.audit.dir = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
+        }
+        self
+    }
+
+    fn validate(self, base: &Path) -> Result<Config, ConfigError> {
+        let Self {
+            host_id,
+            gateway,
+            admin,
+            providers,
+            upstream_tls,
+            upstream,
+            audit,
+            pipeline,
+        } = self;
+        let host_id = match host_id {
+            Some(h) if h.trim().is_empty() => return Err(invalid("host_id", "must not be empty")),
+            Some(h) => h,
+            None => read_hostname(),
+        };
+        let gateway = GatewayConfig {
+            listen: parse_addr(
+                "gateway.listen",
+                gateway.listen.as_deref(),
+                DEFAULT_GATEWAY_LISTEN,
+            )?,
+            tls: gateway.tls.map(|t| TlsFiles {
+                cert: resolve(base, t.cert),
+                key: resolve(base, t.key),
+            }),
+            max_body_bytes: match gateway.max_body_bytes {
+                Some(0) => return Err(invalid("gateway.max_body_bytes", "must be positive")),
+                Some(n) => n,
+                None => DEFAULT_MAX_BODY_BYTES,
+            },
+            header_read_timeout: secs(
+                "gateway.header_read_timeout_secs",
+                gateway.header_read_timeout_secs,
+                30,
+            )?,
+        };
+        let admin = AdminConfig {
+            listen: parse_addr(
+                "admin.listen",
+                admin.listen.as_deref(),
+                DEFAULT_ADMIN_LISTEN,
+            )?,
+        };
+        if admin.listen == gateway.listen && admin.listen.port() != 0 {
+            return Err(invalid("admin.listen", "must differ from gateway.listen"));
+        }
+        let upstream = UpstreamConfig {
+            extra_roots: upstream_tls
+                .extra_roots
+                .into_iter()
+                .map(|p| resolve(base, p))
+                .collect(),
+            connect_timeout: secs(
+                "upstream.connect_timeout_secs",
+                upstream.connect_timeout_secs,
+                10,
+            )?,
+            response_timeout: secs(
+                "upstream.response_timeout_secs",
+                upstream.response_timeout_secs,
+                600,
+            )?,
+        };
+        let audit = AuditConfig {
+            dir: resolve(base, audit.dir.unwrap_or_else(|| DEFAULT_AUDIT_DIR.into())),
+            queue_capacity: match audit.queue_capacity {
+                Some(0) => return Err(invalid("audit.queue_capacity", "must be positive")),
+                Some(n) => n,
+                None => 65_536,
+            },
+        };
+        let pipeline = PipelineConfig {
+            modules: validate_modules(pipeline.modules)?,
+        };
+        Ok(Config {
+            host_id,
+            gateway,
+            admin,
+            providers: validate_providers(providers)?,
+            upstream,
+            audit,
+            pipeline,
+        })
+    }
+}
+
+fn validate_modules(modules: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let modules =
+        modules.unwrap_or_else(|| DEFAULT_MODULES.iter().map(|&s| s.to_owned()).collect());
+    for (i, name) in modules.iter().enumerate() {
+        if !crate::pipeline::MODULE_NAMES.contains(&name.as_str()) {
+            return Err(invalid(
+                format!("pipeline.modules[{i}]"),
+                format!(
+                    "unknown module `{name}` (known: {})",
+                    crate::pipeline::MODULE_NAMES.join(", ")
+                ),
+            ));
+        }
+        if modules[..i].contains(name) {
+            return Err(invalid(
+                format!("pipeline.modules[{i}]"),
+                format!("`{name}` listed twice"),
+            ));
+        }
+    }
+    Ok(modules)
+}
+
+fn validate_providers(raw: BTreeMap<String, RawProvider>) -> Result<Providers, ConfigError> {
+    let mut providers: BTreeMap<String, Provider> = BUILTIN
+        .iter()
+        .filter_map(|&(name, kind, url)| {
+            let upstream = UpstreamBase::parse(url).ok()?;
+            Some((
+                name.to_owned(),
+                Provider {
+                    name: name.to_owned(),
+                    kind,
+                    upstream,
+                },
+            ))
+        })
+        .collect();
+    for (name, entry) in raw {
+        let field = format!("providers.{name}");
+        if !valid_name(&name) {
+            return Err(invalid(
+                field,
+                "provider names use a-z, 0-9, `-` and `_` only",
+            ));
+        }
+        let kind = match (&entry.kind, providers.get(&name)) {
+            (Some(k), _) => ProviderKind::from_name(k).ok_or_else(|| {
+                invalid(
+                    format!("{field}.kind"),
+                    format!("unknown kind `{k}` (known: openai, anthropic, google)"),
+                )
+            })?,
+            (None, Some(builtin)) => builtin.kind,
+            (None, None) => {
+                return Err(invalid(
+                    format!("{field}.kind"),
+                    "required for a provider that is not built in (openai, anthropic or google)",
+                ));
+            }
+        };
+        let upstream = UpstreamBase::parse(&entry.upstream)
+            .map_err(|reason| invalid(format!("{field}.upstream"), reason))?;
+        providers.insert(
+            name.clone(),
+            Provider {
+                name,
+                kind,
+                upstream,
+            },
+        );
+    }
+    Ok(Providers::new(providers.into_values()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.yaml"), Path::new("/etc/leash"))
+    }
+
+    #[test]
+    fn embedded_defaults() {
+        let c = Config::embedded_default().unwrap();
+        assert_eq!(c.gateway.listen.to_string(), DEFAULT_GATEWAY_LISTEN);
+        assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(c.audit.dir, PathBuf::from(DEFAULT_AUDIT_DIR));
+        let openai = c.providers.get("openai").unwrap();
+        assert_eq!(openai.upstream.to_string(), "https://api.openai.com/v1");
+        assert!(c.providers.get("anthropic").is_some());
+        assert!(c.providers.get("google").is_some());
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(
+            r#"
+gateway:
+  listen: "127.0.0.1:18080"
+  tls: { cert: gw.pem, key: gw.key }
+admin:
+  listen: "127.0.0.1:19090"
+providers:
+  openai:    { upstream: "http://127.0.0.1:9000/v1" }
+  mistral:   { kind: openai, upstream: "https://api.mistral.ai/v1" }
+  local:     { kind: openai, upstream: "http://localhost:11434/v1" }
+upstream_tls:
+  extra_roots: ["corp-root.pem"]
+audit:
+  dir: "audit"
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.gateway.tls.unwrap().cert,
+            PathBuf::from("/etc/leash/gw.pem")
+        );
+        assert_eq!(
+            c.upstream.extra_roots,
+            vec![PathBuf::from("/etc/leash/corp-root.pem")]
+        );
+        assert_eq!(c.audit.dir, PathBuf::from("/etc/leash/audit"));
+        assert_eq!(
+            c.providers.get("openai").unwrap().upstream.to_string(),
+            "http://127.0.0.1:9000/v1"
+        );
+        assert_eq!(c.providers.get("local").unwrap().kind, ProviderKind::OpenAi);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("gateway: { listen: nope }", "gateway.listen"),
+            (
+                "providers: { foo: { upstream: 'https://x' } }",
+                "providers.foo.kind",
+            ),
+            (
+                "providers: { foo: { kind: bard, upstream: 'https://x' } }",
+                "providers.foo.kind",
+            ),
+            (
+                "providers: { openai: { upstream: 'ftp://x' } }",
+                "providers.openai.upstream",
+            ),
+            (
+                "providers: { 'Bad Name': { kind: openai, upstream: 'https://x' } }",
+                "providers.Bad Name",
+            ),
+            ("pipeline: { modules: [nope] }", "pipeline.modules[0]"),
+            ("gateway: { max_body_bytes: 0 }", "gateway.max_body_bytes"),
+        ];
+        for (text, field) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_location() {
+        let err = parse("gateway:\n  lisen: x\n").unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+}

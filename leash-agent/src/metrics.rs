@@ -1,0 +1,163 @@
+//! Prometheus metrics: what every exchange adds up to, served on the admin
+//! listener as text. Label values are bounded (unknown models past a cap
+//! collapse to `other`).
+
+use std::{
+    collections::HashSet,
+    sync::{Mutex, PoisonError},
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::audit::AuditRecord;
+
+/// Distinct model label values kept before new ones become `other`.
+const MAX_MODELS: usize = 256;
+
+const OVERHEAD_BUCKETS: [f64; 13] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_15, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1,
+];
+const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    provider: String,
+    model: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+}
+
+type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: HistogramFamily,
+    overhead: HistogramFamily,
+    pub audit_records: Counter,
+    pub audit_dropped: Counter,
+    pub audit_write_errors: Counter,
+    models: Mutex<HashSet<String>>,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS.into_iter())
+}
+
+fn overhead_histogram() -> Histogram {
+    Histogram::new(OVERHEAD_BUCKETS.into_iter())
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        let overhead: HistogramFamily = Family::new_with_constructor(overhead_histogram);
+        let audit_records = Counter::default();
+        let audit_dropped = Counter::default();
+        let audit_write_errors = Counter::default();
+        registry.register(
+            "leash_requests",
+            "Requests handled, by provider, model and response status",
+            requests.clone(),
+        );
+        registry.register(
+            "leash_request_duration_seconds",
+            "Time from request received to response fully delivered",
+            duration.clone(),
+        );
+        registry.register(
+            "leash_overhead_seconds",
+            "Time spent in Leash itself, excluding waiting for the upstream",
+            overhead.clone(),
+        );
+        registry.register(
+            "leash_audit_records",
+            "Audit records written to disk",
+            audit_records.clone(),
+        );
+        registry.register(
+            "leash_audit_dropped",
+            "Audit records lost because the queue was full or the writer stopped",
+            audit_dropped.clone(),
+        );
+        registry.register(
+            "leash_audit_write_errors",
+            "Audit writes or flushes that failed",
+            audit_write_errors.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            overhead,
+            audit_records,
+            audit_dropped,
+            audit_write_errors,
+            models: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn model_label(&self, model: Option<&str>) -> String {
+        let Some(model) = model else {
+            return "unknown".to_owned();
+        };
+        let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+        if models.contains(model) {
+            return model.to_owned();
+        }
+        if models.len() < MAX_MODELS {
+            models.insert(model.to_owned());
+            return model.to_owned();
+        }
+        "other".to_owned()
+    }
+
+    /// Adds one finished exchange.
+    pub fn observe(&self, record: &AuditRecord) {
+        let labels = RequestLabels {
+            provider: record.provider.clone(),
+            model: self.model_label(record.model.as_deref()),
+            status: record
+                .status
+                .map_or_else(|| "none".to_owned(), |s| s.to_string()),
+        };
+        self.requests.get_or_create(&labels).inc();
+        let provider = ProviderLabels {
+            provider: record.provider.clone(),
+        };
+        self.duration
+            .get_or_create(&provider)
+            .observe(record.latency_ms / 1e3);
+        self.overhead
+            .get_or_create(&provider)
+            .observe(record.overhead_ms / 1e3);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,358 @@
+//! The request pipeline shared by every listener: the phases a request goes
+//! through and the modules plugged into them.
+//!
+//! Phases, in order (after the listener has identified provider and caller):
+//! 1. [`identify`]: endpoint, model and streaming from the request itself.
+//! 2. [`Module::request_filter`] of each module, in configured order; the first
+//!    [`Flow::Reject`] answers the caller and nothing is forwarded.
+//! 3. Forwarding (owned by `proxy`), then [`Module::response_filter`] on the
+//!    response head and [`Module::response_body_filter`] on every chunk.
+//! 4. When the exchange ends (completed, failed or cancelled by the client):
+//!    [`Module::logging`] of each module, then metrics and the audit record.
+
+pub mod identify;
+pub mod team;
+
+use std::{
+    net::SocketAddr,
+    ops::{Deref, DerefMut},
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::{
+    audit::{AuditRecord, AuditSink},
+    config::Config,
+    metrics::Metrics,
+    provider::{ErrorCode, Provider},
+};
+
+/// Names accepted in `pipeline.modules`.
+pub const MODULE_NAMES: &[&str] = &[team::NAME];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("pipeline module `{0}` is not known")]
+    UnknownModule(String),
+}
+
+/// Failure inside a module's phase. The request is refused (fail closed).
+#[derive(Debug, thiserror::Error)]
+#[error("module `{module}` failed: {message}")]
+pub struct ModuleError {
+    pub module: &'static str,
+    pub message: String,
+}
+
+/// How the request reached Leash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Gateway,
+    Transparent,
+}
+
+impl Mode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Transparent => "transparent",
+        }
+    }
+}
+
+/// Who made the call.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub addr: SocketAddr,
+    pub team: Option<String>,
+}
+
+/// Moments in the life of an exchange.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub received: Instant,
+    pub upstream_sent: Option<Instant>,
+    pub upstream_headers: Option<Instant>,
+    pub response_ready: Option<Instant>,
+    pub first_byte: Option<Instant>,
+}
+
+/// Everything known about one request/response exchange. Modules keep their
+/// own per-request state in `ext`.
+#[derive(Debug)]
+pub struct Exchange {
+    pub id: String,
+    pub ts: SystemTime,
+    pub mode: Mode,
+    pub provider: Arc<Provider>,
+    pub caller: Caller,
+    /// Upstream-relative path, never with the query (which may carry a key).
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub status: Option<StatusCode>,
+    /// Set when Leash answered instead of the provider.
+    pub error: Option<ErrorCode>,
+    pub timing: Timing,
+    /// Whether the response body was delivered to its end.
+    pub completed: bool,
+    pub response_bytes: u64,
+    pub ext: http::Extensions,
+}
+
+impl Exchange {
+    pub fn new(mode: Mode, provider: Arc<Provider>, caller: Caller, endpoint: String) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            ts: SystemTime::now(),
+            mode,
+            provider,
+            caller,
+            endpoint,
+            model: None,
+            stream: false,
+            status: None,
+            error: None,
+            timing: Timing {
+                received: Instant::now(),
+                upstream_sent: None,
+                upstream_headers: None,
+                response_ready: None,
+                first_byte: None,
+            },
+            completed: false,
+            response_bytes: 0,
+            ext: http::Extensions::new(),
+        }
+    }
+}
+
+/// The request as it will be forwarded: modules may change head and body.
+#[derive(Debug)]
+pub struct ProxyRequest {
+    pub head: http::request::Parts,
+    pub body: Bytes,
+}
+
+/// Leash's own answer in place of the provider's.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub status: StatusCode,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// What a request phase decided.
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    Reject(Rejection),
+}
+
+/// What a response body phase decided about the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFlow {
+    Continue,
+    /// Deliver this (possibly rewritten) chunk, then end the stream: nothing
+    /// after it reaches the caller.
+    Stop,
+}
+
+/// One pluggable stage. Every phase has a do-nothing default, so a module
+/// implements only the phases it cares about.
+#[async_trait]
+pub trait Module: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Sees (and may change or refuse) the request before it is forwarded.
+    async fn request_filter(
+        &self,
+        _ex: &mut Exchange,
+        _req: &mut ProxyRequest,
+    ) -> Result<Flow, ModuleError> {
+        Ok(Flow::Continue)
+    }
+
+    /// Sees the response head before it is sent to the caller.
+    fn response_filter(&self, _ex: &mut Exchange, _head: &mut http::response::Parts) {}
+
+    /// Sees every response chunk as it streams; must not block.
+    fn response_body_filter(
+        &self,
+        _ex: &mut Exchange,
+        _chunk: &mut Bytes,
+        _end_of_stream: bool,
+    ) -> BodyFlow {
+        BodyFlow::Continue
+    }
+
+    /// True if `response_body_filter` may change chunk sizes (then the
+    /// upstream's `content-length` is dropped).
+    fn rewrites_response_body(&self) -> bool {
+        false
+    }
+
+    /// Adds what the module knows to the audit record.
+    fn logging(&self, _ex: &Exchange, _record: &mut AuditRecord) {}
+}
+
+/// The configured modules plus the sinks every exchange ends in.
+pub struct Pipeline {
+    modules: Vec<Box<dyn Module>>,
+    rewrites_body: bool,
+    host: Arc<str>,
+    metrics: Arc<Metrics>,
+    audit: AuditSink,
+}
+
+impl Pipeline {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        audit: AuditSink,
+    ) -> Result<Self, PipelineError> {
+        let modules = config
+            .pipeline
+            .modules
+            .iter()
+            .map(|name| build_module(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::with_modules(
+            modules,
+            config.host_id.as_str().into(),
+            metrics,
+            audit,
+        ))
+    }
+
+    pub fn with_modules(
+        modules: Vec<Box<dyn Module>>,
+        host: Arc<str>,
+        metrics: Arc<Metrics>,
+        audit: AuditSink,
+    ) -> Self {
+        let rewrites_body = modules.iter().any(|m| m.rewrites_response_body());
+        Self {
+            modules,
+            rewrites_body,
+            host,
+            metrics,
+            audit,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn rewrites_response_body(&self) -> bool {
+        self.rewrites_body
+    }
+
+    /// Runs every module's request phase; stops at the first rejection.
+    pub async fn request(&self, ex: &mut Exchange, req: &mut ProxyRequest) -> Flow {
+        for m in &self.modules {
+            match m.request_filter(ex, req).await {
+                Ok(Flow::Continue) => {}
+                Ok(reject @ Flow::Reject(_)) => return reject,
+                Err(e) => {
+                    tracing::error!(request_id = %ex.id, error = %e, "pipeline module failed; refusing request");
+                    return Flow::Reject(Rejection {
+                        status: StatusCode::INTERNAL_SERVER_ERROR,
+                        code: ErrorCode::Internal,
+                        message: format!("leash: request refused because {e}"),
+                    });
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    pub fn response_head(&self, ex: &mut Exchange, head: &mut http::response::Parts) {
+        for m in &self.modules {
+            m.response_filter(ex, head);
+        }
+    }
+
+    pub fn response_chunk(&self, ex: &mut Exchange, chunk: &mut Bytes, end: bool) -> BodyFlow {
+        let mut flow = BodyFlow::Continue;
+        for m in &self.modules {
+            if m.response_body_filter(ex, chunk, end) == BodyFlow::Stop {
+                flow = BodyFlow::Stop;
+            }
+        }
+        flow
+    }
+
+    /// Ends an exchange: logging phase, metrics, audit record.
+    fn finish(&self, ex: &Exchange) {
+        let mut record = AuditRecord::from_exchange(ex, &self.host);
+        for m in &self.modules {
+            m.logging(ex, &mut record);
+        }
+        self.metrics.observe(&record);
+        self.audit.submit(record);
+    }
+}
+
+fn build_module(name: &str) -> Result<Box<dyn Module>, PipelineError> {
+    match name {
+        team::NAME => Ok(Box::new(team::TeamFromHeader)),
+        other => Err(PipelineError::UnknownModule(other.to_owned())),
+    }
+}
+
+/// An exchange in flight. However it ends (response delivered, error, client
+/// gone mid-stream, handler dropped), dropping it writes its audit record
+/// exactly once.
+pub struct ActiveExchange {
+    ex: Exchange,
+    pipeline: Arc<Pipeline>,
+}
+
+impl ActiveExchange {
+    pub fn new(ex: Exchange, pipeline: Arc<Pipeline>) -> Self {
+        Self { ex, pipeline }
+    }
+
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Runs the request phase.
+    pub async fn request(&mut self, req: &mut ProxyRequest) -> Flow {
+        let pipeline = Arc::clone(&self.pipeline);
+        pipeline.request(&mut self.ex, req).await
+    }
+
+    pub fn response_head(&mut self, head: &mut http::response::Parts) {
+        self.pipeline.response_head(&mut self.ex, head);
+    }
+
+    pub fn response_chunk(&mut self, chunk: &mut Bytes, end: bool) -> BodyFlow {
+        self.pipeline.response_chunk(&mut self.ex, chunk, end)
+    }
+}
+
+impl Deref for ActiveExchange {
+    type Target = Exchange;
+    fn deref(&self) -> &Exchange {
+        &self.ex
+    }
+}
+
+impl DerefMut for ActiveExchange {
+    fn deref_mut(&mut self) -> &mut Exchange {
+        &mut self.ex
+    }
+}
+
+impl Drop for ActiveExchange {
+    fn drop(&mut self) {
+        self.pipeline.finish(&self.ex);
+    }
+}

@@ -1,0 +1,232 @@
+//! The explicit gateway listener: routes `/v1/<provider>/<rest>` to
+//! `<provider upstream>/<rest>`. The upstream comes only from configuration,
+//! never from the caller's Host header or URI authority.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::{Forwarder, body::LeashBody, json_response, local_response};
+use crate::{
+    pipeline::{
+        ActiveExchange, Caller, Exchange, Flow, Mode, Pipeline, ProxyRequest, Rejection, identify,
+    },
+    provider::{ErrorCode, Providers},
+    server::Handler,
+};
+
+const ROUTE_PREFIX: &str = "/v1/";
+
+pub struct Gateway {
+    providers: Providers,
+    pipeline: Arc<Pipeline>,
+    forwarder: Forwarder,
+    max_body_bytes: usize,
+}
+
+/// Splits `/v1/<provider><rest>` into the provider name and `rest`
+/// (empty or starting with `/`).
+fn route(path: &str) -> Option<(&str, &str)> {
+    let tail = path.strip_prefix(ROUTE_PREFIX)?;
+    let (name, rest) = tail.find('/').map_or((tail, ""), |i| tail.split_at(i));
+    (!name.is_empty()).then_some((name, rest))
+}
+
+/// Refuses path tricks that could make the upstream path escape the
+/// provider's base path: dot segments (plain or percent-encoded) and encoded
+/// slashes or backslashes.
+fn safe_rest(rest: &str) -> bool {
+    let lower = rest.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
+        return false;
+    }
+    lower.split('/').all(|seg| {
+        let decoded = seg.replace("%2e", ".");
+        decoded != "." && decoded != ".."
+    })
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+impl Gateway {
+    pub fn new(
+        providers: Providers,
+        pipeline: Arc<Pipeline>,
+        forwarder: Forwarder,
+        max_body_bytes: usize,
+    ) -> Self {
+        Self {
+            providers,
+            pipeline,
+            forwarder,
+            max_body_bytes,
+        }
+    }
+
+    fn not_found(&self, message: String) -> Response<LeashBody> {
+        let known: Vec<&str> = self.providers.names().collect();
+        let body = json!({
+            "error": {
+                "message": message,
+                "type": "not_found_error",
+                "code": ErrorCode::NotFound.as_str(),
+                "known_providers": known,
+            }
+        });
+        json_response(StatusCode::NOT_FOUND, Bytes::from(body.to_string()), None)
+    }
+
+    async fn serve(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<LeashBody> {
+        if req.method() == Method::CONNECT {
+            let body = json!({"error": {"message": "leash: CONNECT is not supported", "type": "invalid_request_error", "code": ErrorCode::BadRequest.as_str()}});
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Bytes::from(body.to_string()),
+                None,
+            );
+        }
+        let path = req.uri().path().to_owned();
+        let Some((name, rest)) = route(&path) else {
+            return self.not_found(format!(
+                "leash: no route for `{path}`; use /v1/<provider>/..."
+            ));
+        };
+        let Some(provider) = self.providers.get(name).map(Arc::clone) else {
+            let known = self.providers.names().collect::<Vec<_>>().join(", ");
+            return self.not_found(format!(
+                "leash: unknown provider `{name}`; known providers: {known}"
+            ));
+        };
+        let endpoint = if rest.is_empty() {
+            "/".to_owned()
+        } else {
+            rest.to_owned()
+        };
+        let query = req.uri().query().map(str::to_owned);
+        let caller = Caller {
+            addr: peer,
+            team: None,
+        };
+        let mut ex = ActiveExchange::new(
+            Exchange::new(Mode::Gateway, provider, caller, endpoint),
+            Arc::clone(&self.pipeline),
+        );
+        if !safe_rest(rest) {
+            return local_response(
+                &mut ex,
+                &Rejection {
+                    status: StatusCode::BAD_REQUEST,
+                    code: ErrorCode::BadRequest,
+                    message: "leash: path contains dot segments or encoded slashes".into(),
+                },
+            );
+        }
+
+        let (head, body) = req.into_parts();
+        let too_large = Rejection {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: ErrorCode::BodyTooLarge,
+            message: format!(
+                "leash: request body exceeds the gateway limit of {} bytes",
+                self.max_body_bytes
+            ),
+        };
+        if declared_length(&head.headers).is_some_and(|n| n > self.max_body_bytes as u64) {
+            return local_response(&mut ex, &too_large);
+        }
+        let body = match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<LengthLimitError>() => return local_response(&mut ex, &too_large),
+            Err(e) => {
+                tracing::debug!(request_id = %ex.id, error = %e, "reading request body failed");
+                return local_response(
+                    &mut ex,
+                    &Rejection {
+                        status: StatusCode::BAD_REQUEST,
+                        code: ErrorCode::BadRequest,
+                        message: "leash: could not read the request body".into(),
+                    },
+                );
+            }
+        };
+        let mut request = ProxyRequest { head, body };
+        identify::identify(&mut ex, &request);
+        if let Flow::Reject(rejection) = ex.request(&mut request).await {
+            return local_response(&mut ex, &rejection);
+        }
+        let target = match ex.provider.upstream.join(rest, query.as_deref()) {
+            Ok(uri) => uri,
+            Err(_) => {
+                return local_response(
+                    &mut ex,
+                    &Rejection {
+                        status: StatusCode::BAD_REQUEST,
+                        code: ErrorCode::BadRequest,
+                        message: "leash: request path is not valid upstream".into(),
+                    },
+                );
+            }
+        };
+        self.forwarder.forward(ex, request, target).await
+    }
+}
+
+impl Handler for Gateway {
+    type Body = LeashBody;
+
+    async fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Response<LeashBody> {
+        self.serve(peer, req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            route("/v1/openai/chat/completions"),
+            Some(("openai", "/chat/completions"))
+        );
+        assert_eq!(
+            route("/v1/anthropic/v1/messages"),
+            Some(("anthropic", "/v1/messages"))
+        );
+        assert_eq!(route("/v1/openai"), Some(("openai", "")));
+        assert_eq!(route("/v1/"), None);
+        assert_eq!(route("/v2/openai/x"), None);
+        assert_eq!(route("/"), None);
+    }
+
+    #[test]
+    fn path_tricks_refused() {
+        assert!(safe_rest("/chat/completions"));
+        assert!(safe_rest("/v1beta/models/gemini-2.0-flash:generateContent"));
+        assert!(safe_rest(""));
+        for bad in [
+            "/../admin",
+            "/a/./b",
+            "/%2e%2E/x",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "/..",
+        ] {
+            assert!(!safe_rest(bad), "{bad}");
+        }
+    }
+}

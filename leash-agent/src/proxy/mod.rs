@@ -1,0 +1,167 @@
+//! Forwarding: turns an admitted request into an upstream call and streams the
+//! answer back through the pipeline. Listeners (`gateway`, later the
+//! transparent one) decide *where* a request goes; this module owns *how*.
+
+pub mod body;
+pub mod gateway;
+pub mod headers;
+pub mod upstream;
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, Uri, Version, header};
+use http_body_util::Full;
+
+use self::{body::LeashBody, upstream::HttpsClient};
+use crate::{
+    pipeline::{ActiveExchange, Exchange, ProxyRequest, Rejection},
+    provider::{ErrorCode, error_body},
+};
+
+/// The header every response carries: the id of its audit record.
+pub const REQUEST_ID_HEADER: &str = "x-leash-request-id";
+
+/// Sends requests upstream over a pooled, verified-TLS client.
+pub struct Forwarder {
+    client: HttpsClient,
+    response_timeout: std::time::Duration,
+}
+
+impl Forwarder {
+    pub fn new(client: HttpsClient, response_timeout: std::time::Duration) -> Self {
+        Self {
+            client,
+            response_timeout,
+        }
+    }
+
+    /// Forwards `req` to `target` and returns the response whose body streams
+    /// through the pipeline's response phases.
+    pub async fn forward(
+        &self,
+        mut ex: ActiveExchange,
+        req: ProxyRequest,
+        target: Uri,
+    ) -> Response<LeashBody> {
+        let ProxyRequest { mut head, body } = req;
+        headers::sanitize_request(&mut head.headers);
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        head.uri = target;
+        head.version = Version::HTTP_11;
+        let upstream_req = http::Request::from_parts(head, Full::new(body));
+
+        ex.timing.upstream_sent = Some(Instant::now());
+        let result =
+            tokio::time::timeout(self.response_timeout, self.client.request(upstream_req)).await;
+        ex.timing.upstream_headers = Some(Instant::now());
+        let resp = match result {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                let cause = error_chain(&e);
+                tracing::warn!(request_id = %ex.id, provider = %ex.provider.name, error = %cause, "upstream request failed");
+                let message = format!(
+                    "leash: upstream for provider `{}` failed: {cause}",
+                    ex.provider.name
+                );
+                return local_response(
+                    &mut ex,
+                    &Rejection {
+                        status: StatusCode::BAD_GATEWAY,
+                        code: ErrorCode::UpstreamUnreachable,
+                        message,
+                    },
+                );
+            }
+            Err(_) => {
+                tracing::warn!(request_id = %ex.id, provider = %ex.provider.name, "upstream response timed out");
+                let message = format!(
+                    "leash: upstream for provider `{}` did not answer within {}s",
+                    ex.provider.name,
+                    self.response_timeout.as_secs()
+                );
+                return local_response(
+                    &mut ex,
+                    &Rejection {
+                        status: StatusCode::GATEWAY_TIMEOUT,
+                        code: ErrorCode::UpstreamTimeout,
+                        message,
+                    },
+                );
+            }
+        };
+
+        let (mut parts, incoming) = resp.into_parts();
+        headers::sanitize_response(&mut parts.headers);
+        let rewrites = ex.pipeline().rewrites_response_body();
+        if rewrites {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        if let Ok(id) = HeaderValue::from_str(&ex.id) {
+            parts.headers.insert(REQUEST_ID_HEADER, id);
+        }
+        ex.status = Some(parts.status);
+        if parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"))
+        {
+            ex.stream = true;
+        }
+        ex.response_head(&mut parts);
+        ex.timing.response_ready = Some(Instant::now());
+        Response::from_parts(parts, LeashBody::observed(incoming, ex, rewrites))
+    }
+}
+
+/// Leash's own answer, in the provider's error shape. Ends the exchange.
+pub fn local_response(ex: &mut Exchange, rejection: &Rejection) -> Response<LeashBody> {
+    ex.status = Some(rejection.status);
+    ex.error = Some(rejection.code);
+    ex.timing.response_ready = Some(Instant::now());
+    ex.completed = true;
+    let body = error_body(
+        ex.provider.kind,
+        rejection.status,
+        rejection.code,
+        &rejection.message,
+    );
+    ex.response_bytes = body.len() as u64;
+    json_response(rejection.status, body, Some(&ex.id))
+}
+
+/// A JSON response with an optional request id header.
+pub fn json_response(
+    status: StatusCode,
+    body: Bytes,
+    request_id: Option<&str>,
+) -> Response<LeashBody> {
+    let mut resp = Response::new(LeashBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, id);
+    }
+    resp
+}
+
+/// An error and its causes on one line (`a: b: c`). Upstream errors carry no
+/// request headers, so nothing secret can end up here.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

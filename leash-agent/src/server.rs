@@ -1,0 +1,106 @@
+//! Accept loops: TCP (optionally TLS) connections served with HTTP/1.1 and
+//! HTTP/2, TCP_NODELAY on, header-read timeout, graceful drain on shutdown.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_rustls::TlsAcceptor;
+
+/// Something that answers requests on a listener.
+pub trait Handler: Send + Sync + 'static {
+    type Body: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+
+    fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
+}
+
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub name: &'static str,
+    pub header_read_timeout: Duration,
+    /// How long in-flight connections may take to finish after shutdown.
+    pub drain_timeout: Duration,
+}
+
+/// Serves `handler` on `listener` until `shutdown` turns true, then drains.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    handler: Arc<H>,
+    options: ServeOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(listener = options.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = Arc::clone(&handler);
+                let service = service_fn(move |req| {
+                    let handler = Arc::clone(&handler);
+                    async move { Ok::<_, Infallible>(handler.handle(peer, req).await) }
+                });
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let tls = tls.clone();
+                let name = options.name;
+                tokio::spawn(async move {
+                    let result = match tls {
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls_stream) => {
+                                let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
+                                watcher.watch(conn).await
+                            }
+                            Err(e) => {
+                                tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                        },
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                            watcher.watch(conn).await
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(options.drain_timeout) => {
+            tracing::warn!(listener = options.name, "connections still open after the drain timeout");
+        }
+    }
+}
