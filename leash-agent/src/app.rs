@@ -48,6 +48,15 @@ async fn bind(field: &'static str, addr: SocketAddr) -> Result<TcpListener, RunE
         })
 }
 
+/// Checks everything in `config` that can be checked without binding
+/// ports: certificate files, extra roots, pipeline modules.
+pub fn check(config: &Config) -> Result<(), RunError> {
+    upstream::build_client(&config.upstream)?;
+    config.gateway.tls.as_ref().map(tls::acceptor).transpose()?;
+    Pipeline::check_modules(&config.pipeline.modules)?;
+    Ok(())
+}
+
 /// Runs the explicit gateway and the admin listener until `shutdown`
 /// resolves, then drains connections and flushes the audit trail.
 pub async fn run_gateway(

@@ -121,7 +121,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config(ConfigCommand::Check { file }) => {
-            Config::load(Some(&file), &Overrides::default())?;
+            let config = Config::load(Some(&file), &Overrides::default())?;
+            app::check(&config)?;
             println!("{}: ok", file.display());
             Ok(())
         }

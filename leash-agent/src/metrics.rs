@@ -52,11 +52,11 @@ pub struct Metrics {
 }
 
 fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS.into_iter())
+    Histogram::new(DURATION_BUCKETS)
 }
 
 fn overhead_histogram() -> Histogram {
-    Histogram::new(OVERHEAD_BUCKETS.into_iter())
+    Histogram::new(OVERHEAD_BUCKETS)
 }
 
 impl Default for Metrics {

@@ -1,5 +1,5 @@
 //! Accept loops: TCP (optionally TLS) connections served with HTTP/1.1 and
-//! HTTP/2, TCP_NODELAY on, header-read timeout, graceful drain on shutdown.
+//! HTTP/2, `TCP_NODELAY` on, header-read timeout, graceful drain on shutdown.
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -72,21 +72,19 @@ pub async fn serve<H: Handler>(
                 let tls = tls.clone();
                 let name = options.name;
                 tokio::spawn(async move {
-                    let result = match tls {
-                        Some(acceptor) => match acceptor.accept(stream).await {
-                            Ok(tls_stream) => {
-                                let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
-                                watcher.watch(conn).await
-                            }
+                    let result = if let Some(acceptor) = tls {
+                        let tls_stream = match acceptor.accept(stream).await {
+                            Ok(tls_stream) => tls_stream,
                             Err(e) => {
                                 tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
                                 return;
                             }
-                        },
-                        None => {
-                            let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                            watcher.watch(conn).await
-                        }
+                        };
+                        let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
+                        watcher.watch(conn).await
+                    } else {
+                        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                        watcher.watch(conn).await
                     };
                     if let Err(e) = result {
                         tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");

@@ -1,1 +1,12 @@
-//! placeholder
+//! Test support for Leash's end-to-end tests: a mock provider and a harness
+//! that runs the real `leash` binary, curl and the official Python SDKs.
+#![allow(
+    clippy::missing_panics_doc,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test support: a failed expectation is a failed test"
+)]
+
+pub mod harness;
+pub mod mock;
+pub mod tls;

@@ -59,9 +59,9 @@ fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: {cmd:?}");
     let status = cmd
         .status()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+        .with_context(|| format!("cannot start {}", cmd.get_program().display()))?;
     if !status.success() {
-        bail!("{:?} failed with {status}", cmd.get_program());
+        bail!("{cmd:?} failed with {status}");
     }
     Ok(())
 }

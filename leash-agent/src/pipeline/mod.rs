@@ -245,6 +245,13 @@ impl Pipeline {
         }
     }
 
+    /// Checks that every module named in the config can be built.
+    pub fn check_modules(names: &[String]) -> Result<(), PipelineError> {
+        names
+            .iter()
+            .try_for_each(|name| build_module(name).map(drop))
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

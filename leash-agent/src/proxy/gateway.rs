@@ -72,7 +72,7 @@ impl Gateway {
         }
     }
 
-    fn not_found(&self, message: String) -> Response<LeashBody> {
+    fn not_found(&self, message: &str) -> Response<LeashBody> {
         let known: Vec<&str> = self.providers.names().collect();
         let body = json!({
             "error": {
@@ -96,13 +96,13 @@ impl Gateway {
         }
         let path = req.uri().path().to_owned();
         let Some((name, rest)) = route(&path) else {
-            return self.not_found(format!(
+            return self.not_found(&format!(
                 "leash: no route for `{path}`; use /v1/<provider>/..."
             ));
         };
         let Some(provider) = self.providers.get(name).map(Arc::clone) else {
             let known = self.providers.names().collect::<Vec<_>>().join(", ");
-            return self.not_found(format!(
+            return self.not_found(&format!(
                 "leash: unknown provider `{name}`; known providers: {known}"
             ));
         };
@@ -163,18 +163,15 @@ impl Gateway {
         if let Flow::Reject(rejection) = ex.request(&mut request).await {
             return local_response(&mut ex, &rejection);
         }
-        let target = match ex.provider.upstream.join(rest, query.as_deref()) {
-            Ok(uri) => uri,
-            Err(_) => {
-                return local_response(
-                    &mut ex,
-                    &Rejection {
-                        status: StatusCode::BAD_REQUEST,
-                        code: ErrorCode::BadRequest,
-                        message: "leash: request path is not valid upstream".into(),
-                    },
-                );
-            }
+        let Ok(target) = ex.provider.upstream.join(rest, query.as_deref()) else {
+            return local_response(
+                &mut ex,
+                &Rejection {
+                    status: StatusCode::BAD_REQUEST,
+                    code: ErrorCode::BadRequest,
+                    message: "leash: request path is not valid upstream".into(),
+                },
+            );
         };
         self.forwarder.forward(ex, request, target).await
     }

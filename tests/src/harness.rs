@@ -1,0 +1,394 @@
+//! Runs the real `leash` binary for end-to-end tests, plus the helpers those
+//! tests share: free ports, canary keys, curl, the Python SDK venv, and a
+//! tiny HTTP client over a raw socket (so timing is measured without a
+//! client library's buffering).
+
+use std::{
+    fmt::Write as _,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::Value;
+
+use crate::mock::MockProvider;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
+/// The `leash` binary under test (`LEASH_BIN`, else `target/debug/leash`).
+pub fn leash_bin() -> PathBuf {
+    let bin = std::env::var_os("LEASH_BIN")
+        .map_or_else(|| target_dir().join("debug/leash"), PathBuf::from);
+    assert!(
+        bin.exists(),
+        "leash binary not found at {}: run the tests with `cargo xtask test` (or `cargo build -p leash-agent` first)",
+        bin.display()
+    );
+    bin
+}
+
+/// The venv Python with the official SDKs (`LEASH_TEST_PYTHON`, else
+/// `target/leash-venv/bin/python`, which `cargo xtask test` creates).
+pub fn python() -> PathBuf {
+    let py = std::env::var_os("LEASH_TEST_PYTHON")
+        .map_or_else(|| target_dir().join("leash-venv/bin/python"), PathBuf::from);
+    assert!(
+        py.exists(),
+        "Python venv with the SDKs not found at {}: run the tests with `cargo xtask test`, which creates it",
+        py.display()
+    );
+    py
+}
+
+/// The directory of the Python SDK scripts.
+pub fn python_dir() -> PathBuf {
+    workspace_root().join("tests/python")
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A unique fake API key; tests check where it does and does not appear.
+pub fn canary(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("sk-leash-canary-{tag}-{nanos:x}")
+}
+
+/// Provider entries pointing `openai`, `anthropic` and `google` at the mock.
+pub fn mock_providers_yaml(mock: &MockProvider) -> String {
+    let url = mock.url();
+    format!(
+        "providers:\n  openai: {{ upstream: \"{url}/v1\" }}\n  anthropic: {{ upstream: \"{url}\" }}\n  google: {{ upstream: \"{url}\" }}\n"
+    )
+}
+
+/// A running `leash gateway`, killed when dropped.
+pub struct Leash {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub audit_dir: PathBuf,
+    log_path: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+/// `leash` as a command with test logging (debug, so anything a log line
+/// could leak shows up).
+pub fn leash_command() -> Command {
+    let mut cmd = Command::new(leash_bin());
+    cmd.env_remove("RUST_LOG").arg("--log-level").arg("debug");
+    cmd
+}
+
+impl Leash {
+    /// Starts `leash gateway` with `config_yaml` (listen addresses and audit
+    /// dir are chosen by the harness) and waits until it is healthy.
+    pub fn start(config_yaml: &str) -> Self {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), config_yaml)
+    }
+
+    /// Like [`Leash::start`], in a directory prepared by the caller (for
+    /// config files that name certificates and the like).
+    pub fn start_in(dir: tempfile::TempDir, config_yaml: &str) -> Self {
+        let config = dir.path().join("leash.yaml");
+        std::fs::write(&config, config_yaml).expect("write config");
+        let audit_dir = dir.path().join("audit");
+        let log_path = dir.path().join("leash.log");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = leash_command()
+            .arg("gateway")
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .arg("--audit-dir")
+            .arg(&audit_dir)
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn leash");
+        let mut leash = Self {
+            child,
+            addr,
+            admin,
+            audit_dir,
+            log_path,
+            dir,
+        };
+        leash.wait_healthy();
+        leash
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("leash exited during startup ({status}):\n{}", self.logs());
+            }
+            if http_get(self.admin, "/healthz").is_some_and(|(s, _)| s == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leash not healthy after 20s:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/v1/<provider>`: the SDK base URL.
+    pub fn base_url(&self, provider: &str) -> String {
+        format!("http://{}/v1/{provider}", self.addr)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The raw text of every audit file.
+    pub fn audit_text(&self) -> String {
+        let mut text = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.audit_dir) {
+            let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            paths.sort();
+            for p in paths {
+                text.push_str(&std::fs::read_to_string(p).unwrap_or_default());
+            }
+        }
+        text
+    }
+
+    pub fn audit_records(&self) -> Vec<Value> {
+        self.audit_text()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// Waits (up to 10 s) until at least `n` audit records are on disk.
+    pub fn wait_records(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let records = self.audit_records();
+            if records.len() >= n {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} audit records, found {}:\n{records:#?}",
+                records.len()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub fn metrics(&self) -> String {
+        let (status, body) = http_get(self.admin, "/metrics").expect("metrics");
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// SIGTERM, then waits for a graceful exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "leash did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Leash {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status, headers (lower-cased names) and body of a response.
+pub type RawResponse = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// A plain HTTP/1.1 request over a fresh socket; returns status and body.
+/// Handles `Content-Length`, chunked and close-delimited bodies.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<RawResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        let _ = write!(req, "{k}: {v}\r\n");
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).ok()?;
+    stream.write_all(body).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Option<RawResponse> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let rest = &raw[split + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Some((status, headers, body))
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size_text = std::str::from_utf8(&data[..eol]).unwrap_or("0");
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
+        if size == 0 || data.len() < eol + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[(eol + 2 + size + 2).min(data.len())..];
+    }
+    out
+}
+
+/// GET `path`; `None` if nothing answers.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path, &[], b"")
+        .map(|(s, _, b)| (s, String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// Sends a request and returns when each byte batch arrived: the timing of a
+/// stream as a client sees it, with nothing buffering in between.
+pub fn timed_stream(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<(Instant, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        let _ = write!(req, "{k}: {v}\r\n");
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).expect("write");
+    stream.write_all(body).expect("write");
+    let mut arrivals = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => arrivals.push((Instant::now(), buf[..n].to_vec())),
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+    arrivals
+}
+
+/// Runs a command and returns its output, panicking if it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs `tests/python/<script>` with the venv Python.
+pub fn run_python(script: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(python());
+    cmd.arg(python_dir().join(script)).args(args);
+    // Only what the test gives: no stray keys or proxies from the environment.
+    for var in [
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "GOOGLE_API_KEY",
+        "GEMINI_API_KEY",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_PROXY", "*");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
+/// Panics with both output streams unless the command succeeded.
+pub fn assert_success(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,124 @@
+//! The `leash` command line: help that describes every flag, embedded
+//! defaults, graceful shutdown.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed expectation is a failed test"
+)]
+
+use leash_tests::{
+    harness::{Leash, http_request, leash_command, mock_providers_yaml, run},
+    mock::MockProvider,
+};
+
+fn help(args: &[&str]) -> String {
+    let out = run(leash_command().args(args));
+    assert!(out.status.success(), "{args:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn help_describes_every_flag() {
+    let top = help(&["--help"]);
+    for word in [
+        "gateway",
+        "config",
+        "--log-format",
+        "--log-level",
+        "--version",
+    ] {
+        assert!(top.contains(word), "leash --help lacks {word}:\n{top}");
+    }
+    let gw = help(&["gateway", "--help"]);
+    for flag in [
+        "--config",
+        "--listen",
+        "--admin-listen",
+        "--audit-dir",
+        "--log-format",
+        "--log-level",
+    ] {
+        let lines: Vec<&str> = gw.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.contains(flag))
+            .unwrap_or_else(|| panic!("gateway --help lacks {flag}:\n{gw}"));
+        // The description follows the flag (and its value name) on the same
+        // line, or on the next one when clap wraps.
+        let same_line = lines[at]
+            .split(flag)
+            .nth(1)
+            .unwrap_or("")
+            .split_whitespace()
+            .filter(|w| !w.starts_with('<'))
+            .count();
+        let next_line = lines.get(at + 1).map_or("", |l| l.trim());
+        let described = same_line >= 2 || (!next_line.is_empty() && !next_line.starts_with('-'));
+        assert!(described, "{flag} has no description:\n{gw}");
+    }
+}
+
+#[test]
+fn sigterm_drains_and_flushes_the_audit_trail() {
+    let mock = MockProvider::start();
+    let mut leash = Leash::start(&mock_providers_yaml(&mock));
+    for _ in 0..3 {
+        let (status, _, _) = http_request(
+            leash.addr,
+            "POST",
+            "/v1/openai/chat/completions",
+            &[],
+            br#"{"model":"gpt-4o"}"#,
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+    let status = leash.stop();
+    assert!(status.success(), "exit status {status}:\n{}", leash.logs());
+    assert_eq!(leash.audit_records().len(), 3);
+    assert!(leash.logs().contains("leash stopped"));
+    let mode = std::fs::metadata(
+        std::fs::read_dir(&leash.audit_dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600,
+        "audit files are private"
+    );
+}
+
+#[test]
+fn metrics_and_health_on_the_admin_listener() {
+    let mock = MockProvider::start();
+    let leash = Leash::start(&mock_providers_yaml(&mock));
+    let (status, _, _) = http_request(
+        leash.addr,
+        "POST",
+        "/v1/anthropic/v1/messages",
+        &[],
+        br#"{"model":"claude-x"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    leash.wait_records(1);
+    let metrics = leash.metrics();
+    for needle in [
+        r#"leash_requests_total{provider="anthropic",model="claude-x",status="200"} 1"#,
+        "leash_request_duration_seconds_bucket",
+        "leash_overhead_seconds_bucket",
+        "leash_audit_records_total 1",
+        "leash_audit_dropped_total 0",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! Streaming through the gateway as raw clients and curl see it: chunks are
+//! delivered as the provider sends them, never buffered.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed expectation is a failed test"
+)]
+
+use std::time::Duration;
+
+use leash_tests::{
+    harness::{Leash, assert_success, mock_providers_yaml, run, timed_stream},
+    mock::{MockProvider, text_of},
+};
+
+/// Each (path, body) asks the mock for a stream in one provider's API.
+const STREAMS: [(&str, &str); 3] = [
+    (
+        "/v1/openai/chat/completions",
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    ),
+    (
+        "/v1/anthropic/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":10,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    ),
+    (
+        "/v1/google/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#,
+    ),
+];
+
+#[test]
+fn stream_chunks_300ms_apart_arrive_within_50ms_of_being_sent() {
+    let mock = MockProvider::start();
+    let leash = Leash::start(&mock_providers_yaml(&mock));
+    for (i, (path, body)) in STREAMS.iter().enumerate() {
+        let arrivals = timed_stream(
+            leash.addr,
+            path,
+            &[
+                ("x-mock-chunk-delay-ms", "300"),
+                ("x-mock-chunks", "3"),
+                ("authorization", "Bearer sk-test"),
+            ],
+            body.as_bytes(),
+        );
+        let requests = mock.requests();
+        let sent = requests[i].chunk_sent.lock().unwrap().clone();
+        assert!(sent.len() >= 3, "{path}: mock sent {} chunks", sent.len());
+        // The moment the n-th SSE event (n-th "data:") reached the client.
+        let mut seen = Vec::new();
+        let mut received_at = Vec::new();
+        for (at, bytes) in &arrivals {
+            seen.extend_from_slice(bytes);
+            let events = seen.windows(5).filter(|w| w == b"data:").count();
+            while received_at.len() < events {
+                received_at.push(*at);
+            }
+        }
+        assert_eq!(received_at.len(), sent.len(), "{path}: every event arrives");
+        for (n, (sent_at, got_at)) in sent.iter().zip(&received_at).enumerate() {
+            let lag = got_at.duration_since(*sent_at);
+            assert!(
+                lag < Duration::from_millis(50),
+                "{path}: event {n} reached the client {lag:?} after the mock sent it"
+            );
+        }
+        let spread = received_at.last().unwrap().duration_since(received_at[0]);
+        assert!(
+            spread >= Duration::from_millis(550),
+            "{path}: events bunched together ({spread:?})"
+        );
+    }
+    let records = leash.wait_records(3);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["stream"] == true && r["completed"] == true),
+        "{records:#?}"
+    );
+}
+
+fn curl_stream(url: &str, body: &str, http2: bool) -> String {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-N",
+        "--fail-with-body",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "authorization: Bearer sk-curl",
+        "-d",
+        body,
+    ]);
+    cmd.arg(if http2 {
+        "--http2-prior-knowledge"
+    } else {
+        "--http1.1"
+    });
+    cmd.arg(url);
+    let out = run(&mut cmd);
+    assert_success(&format!("curl {url}"), &out);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn curl_streams_and_non_streams_over_http1_and_h2c() {
+    let mock = MockProvider::start();
+    let leash = Leash::start(&mock_providers_yaml(&mock));
+    let base = format!("http://{}", leash.addr);
+    for http2 in [false, true] {
+        for (path, body) in STREAMS {
+            let out = curl_stream(&format!("{base}{path}"), body, http2);
+            for piece in leash_tests::mock::PIECES {
+                assert!(
+                    out.contains(piece),
+                    "{path} (h2={http2}): {piece:?} missing in {out}"
+                );
+            }
+        }
+        let out = curl_stream(
+            &format!("{base}/v1/openai/chat/completions"),
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+            http2,
+        );
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["choices"][0]["message"]["content"], text_of(5));
+    }
+    let records = leash.wait_records(8);
+    assert_eq!(records.len(), 8);
+    for r in &mock.requests() {
+        assert_eq!(r.header("authorization"), Some("Bearer sk-curl"));
+        assert_eq!(r.header("accept-encoding"), Some("identity"));
+    }
+}
