@@ -108,6 +108,14 @@ fn metrics_and_health_on_the_admin_listener() {
     .unwrap();
     assert_eq!(status, 200);
     leash.wait_records(1);
+    // The writer counts a record once its batch is synced, just after the
+    // bytes become visible in the file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !leash.metrics().contains("leash_audit_records_total 1")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let metrics = leash.metrics();
     for needle in [
         r#"leash_requests_total{provider="anthropic",model="claude-x",status="200"} 1"#,

@@ -4,8 +4,9 @@
 use std::{
     env,
     ffi::OsString,
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -139,11 +140,51 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
     }
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     let leash = target_dir().join("debug/leash");
-    run(cargo()
-        .args(["test", "--workspace"])
-        .args(args)
-        .env("LEASH_BIN", &leash)
-        .env("LEASH_TEST_PYTHON", &python))
+    run_tests(
+        cargo()
+            .args(["test", "--workspace"])
+            .args(args)
+            .env("LEASH_BIN", &leash)
+            .env("LEASH_TEST_PYTHON", &python),
+    )
+}
+
+/// Runs `cargo test`, echoing its output, and ends with one total line
+/// (`tests: N passed, N failed`) over all test binaries.
+fn run_tests(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let stdout = child.stdout.take().context("cargo test has no stdout")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(counts) = line.strip_prefix("test result: ") {
+            passed += count_before(counts, " passed");
+            failed += count_before(counts, " failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    if passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
+}
+
+/// The number just before `word` in a `test result:` line.
+fn count_before(line: &str, word: &str) -> u64 {
+    line.split(';')
+        .find_map(|part| part.trim().strip_suffix(word.trim()).map(str::trim))
+        .and_then(|n| n.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn run_leash(args: &[OsString]) -> Result<()> {
