@@ -8,12 +8,19 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::{
     admin::Admin,
     audit::{AuditError, AuditWriter},
-    config::Config,
+    ca::{CaError, CertAuthority},
+    config::{Config, Scope},
+    intercept::{
+        cgroup,
+        hooks::{HookError, HookSettings, KernelHooks},
+        hosts::{self, HostTable},
+    },
     metrics::Metrics,
     pipeline::{Pipeline, PipelineError},
     proxy::{
         Forwarder,
         gateway::Gateway,
+        transparent::{self, CertCache, Transparent},
         upstream::{self, UpstreamError},
     },
     server::{self, ServeOptions},
@@ -36,6 +43,47 @@ pub enum RunError {
     Upstream(#[from] UpstreamError),
     #[error("gateway.tls: {0}")]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Hooks(#[from] HookError),
+    #[error("`leash run` needs root (it loads eBPF programs and marks sockets): run it with sudo")]
+    NotRoot,
+    #[error("no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo); set `intercept.cgroup`")]
+    NoCgroup2,
+    #[error("intercept.cgroup {0} is not a cgroup v2 directory")]
+    NotCgroup(std::path::PathBuf),
+}
+
+/// The pieces every mode shares: metrics, the audit writer, the pipeline.
+struct Core {
+    metrics: Arc<Metrics>,
+    audit: AuditWriter,
+    pipeline: Arc<Pipeline>,
+}
+
+impl Core {
+    fn new(config: &Config) -> Result<Self, RunError> {
+        let metrics = Arc::new(Metrics::new());
+        let (audit, audit_sink) = AuditWriter::start(&config.audit, Arc::clone(&metrics))?;
+        let pipeline = Arc::new(Pipeline::new(config, Arc::clone(&metrics), audit_sink)?);
+        Ok(Self {
+            metrics,
+            audit,
+            pipeline,
+        })
+    }
+}
+
+/// Whether this process runs with effective uid 0.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
 }
 
 async fn bind(field: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
@@ -124,4 +172,139 @@ fn local(listener: &TcpListener) -> String {
     listener
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string())
+}
+
+/// Runs the transparent agent (and the gateway listener when configured)
+/// until `shutdown` resolves. The kernel hooks are attached with bpf links:
+/// they go away with this process, so traffic flows direct (fail open).
+pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    if !is_root() {
+        return Err(RunError::NotRoot);
+    }
+    let (ca, created) = CertAuthority::load_or_init(&config.ca.dir)?;
+    if created {
+        tracing::warn!(
+            ca = %ca.cert_path().display(),
+            "created a new organisation CA; trust it once on this machine with `leash ca install --dir {}`",
+            ca.dir().display()
+        );
+    }
+    let cgroup_dir = match &config.intercept.cgroup {
+        Some(dir) => dir.clone(),
+        None => cgroup::v2_root().ok_or(RunError::NoCgroup2)?,
+    };
+    if !cgroup::is_cgroup_dir(&cgroup_dir) {
+        return Err(RunError::NotCgroup(cgroup_dir));
+    }
+    let Core {
+        metrics,
+        audit: audit_writer,
+        pipeline,
+    } = Core::new(&config)?;
+    let upstream_tls = upstream::tls_config(&config.upstream)?;
+
+    // Listen before attaching: a redirected connect must find the proxy.
+    let [v4, v6] = transparent::listen_addrs(config.intercept.proxy_port);
+    let mut proxy_listeners = vec![bind("intercept.proxy_port", v4).await?];
+    match TcpListener::bind(v6).await {
+        Ok(l) => proxy_listeners.push(l),
+        Err(e) => {
+            tracing::warn!(addr = %v6, error = %e, "no IPv6 proxy listener; IPv6 provider connections cannot be intercepted")
+        }
+    }
+    let admin_listener = bind("admin.listen", config.admin.listen).await?;
+
+    let hooks = Arc::new(KernelHooks::attach(&HookSettings {
+        cgroup: cgroup_dir.clone(),
+        proxy_port: config.intercept.proxy_port,
+        ports: config.intercept.ports.clone(),
+        all_ports: config.intercept.scope == Scope::AllTls,
+        bypass_mark: config.intercept.bypass_mark,
+    })?);
+    let host_table = HostTable::new(&config);
+    let static_targets = hosts::add_static(&hooks, host_table.hosts())?;
+    let resolver = config.intercept.resolve.then(|| {
+        tokio::spawn(hosts::keep_resolved(
+            Arc::clone(&hooks),
+            host_table.hosts().to_vec(),
+            config.intercept.refresh,
+        ))
+    });
+    let proxy = Arc::new(Transparent {
+        hooks: Arc::clone(&hooks),
+        hosts: host_table,
+        certs: CertCache::new(ca, Arc::clone(&metrics)),
+        pipeline: Arc::clone(&pipeline),
+        upstream_tls,
+        bypass_mark: config.intercept.bypass_mark,
+        connect_timeout: config.upstream.connect_timeout,
+        response_timeout: config.upstream.response_timeout,
+        max_body_bytes: config.gateway.max_body_bytes,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for listener in proxy_listeners {
+        tasks.push(tokio::spawn(
+            Arc::clone(&proxy).serve(listener, stop_rx.clone()),
+        ));
+    }
+    if config.gateway.explicit {
+        let gateway = Arc::new(Gateway::new(
+            config.providers.clone(),
+            Arc::clone(&pipeline),
+            Forwarder::new(
+                upstream::build_client(&config.upstream)?,
+                config.upstream.response_timeout,
+            ),
+            config.gateway.max_body_bytes,
+        ));
+        let tls = config.gateway.tls.as_ref().map(tls::acceptor).transpose()?;
+        let listener = bind("gateway.listen", config.gateway.listen).await?;
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            tls,
+            gateway,
+            ServeOptions {
+                name: "gateway",
+                header_read_timeout: config.gateway.header_read_timeout,
+                drain_timeout: Duration::from_secs(10),
+            },
+            stop_rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(server::serve(
+        admin_listener,
+        None,
+        Arc::new(Admin::new(metrics)),
+        ServeOptions {
+            name: "admin",
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(1),
+        },
+        stop_rx,
+    )));
+    tracing::info!(
+        cgroup = %cgroup_dir.display(),
+        proxy_port = config.intercept.proxy_port,
+        hosts = %config.intercept.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(","),
+        static_targets,
+        audit = %audit_writer.path().display(),
+        "leash agent ready: intercepting"
+    );
+
+    shutdown.await;
+    tracing::info!("shutting down: detaching kernel hooks");
+    if let Some(r) = resolver {
+        r.abort();
+    }
+    let _ = stop_tx.send(true);
+    drop(proxy);
+    for t in tasks {
+        let _ = t.await;
+    }
+    drop(hooks);
+    audit_writer.shutdown().await;
+    tracing::info!("leash stopped");
+    Ok(())
 }

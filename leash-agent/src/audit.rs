@@ -31,11 +31,26 @@ pub enum AuditError {
     Thread(io::Error),
 }
 
-/// Who made the call, as recorded.
+/// Who made the call, as recorded. Process fields appear when known
+/// (transparent mode).
 #[derive(Debug, Clone, Serialize)]
 pub struct CallerRecord {
-    pub addr: String,
+    pub addr: Option<String>,
     pub team: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// One audit record. Holds no header, key or body: only what is safe to hand
@@ -62,6 +77,33 @@ pub struct AuditRecord {
     /// Set when Leash answered instead of the provider.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
+}
+
+impl From<&crate::pipeline::Caller> for CallerRecord {
+    fn from(c: &crate::pipeline::Caller) -> Self {
+        let crate::pipeline::Caller {
+            addr,
+            team,
+            pid,
+            exe,
+            comm,
+            uid,
+            user,
+            cgroup,
+            container,
+        } = c;
+        Self {
+            addr: addr.map(|a| a.to_string()),
+            team: team.clone(),
+            pid: *pid,
+            exe: exe.clone(),
+            comm: comm.clone(),
+            uid: *uid,
+            user: user.clone(),
+            cgroup: cgroup.clone(),
+            container: container.clone(),
+        }
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -105,10 +147,7 @@ impl AuditRecord {
             overhead_ms: ms(overhead),
             completed: ex.completed,
             response_bytes: ex.response_bytes,
-            caller: CallerRecord {
-                addr: ex.caller.addr.to_string(),
-                team: ex.caller.team.clone(),
-            },
+            caller: CallerRecord::from(&ex.caller),
             error: ex.error.map(crate::provider::ErrorCode::as_str),
         }
     }

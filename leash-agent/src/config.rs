@@ -20,6 +20,11 @@ pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/leash/audit";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Pipeline modules run when the config names none.
 pub const DEFAULT_MODULES: &[&str] = &["team"];
+pub const DEFAULT_CA_DIR: &str = "/var/lib/leash/ca";
+/// Local port the transparent proxy listens on (127.0.0.1 and ::1).
+pub const DEFAULT_PROXY_PORT: u16 = 15443;
+/// `SO_MARK` on the agent's own upstream sockets (never redirected).
+pub const DEFAULT_BYPASS_MARK: u32 = 0x1ea5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -54,10 +59,54 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub audit: AuditConfig,
     pub pipeline: PipelineConfig,
+    pub ca: CaConfig,
+    pub intercept: InterceptConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaConfig {
+    pub dir: PathBuf,
+}
+
+/// Which connections the transparent agent takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Connections to the addresses of `intercept.hosts`.
+    Providers,
+    /// Every TCP connection to `intercept.ports`; the proxy decides by SNI.
+    AllTls,
+}
+
+/// A provider host the agent intercepts.
+#[derive(Debug, Clone)]
+pub struct InterceptHost {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// The provider (from `providers`) whose upstream host this is, if any.
+    pub provider: Option<String>,
+    /// Addresses that always count as this host, besides resolved ones.
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InterceptConfig {
+    /// The cgroup v2 directory the hooks attach to; `None`: the v2 root.
+    pub cgroup: Option<PathBuf>,
+    pub scope: Scope,
+    pub ports: Vec<u16>,
+    pub hosts: Vec<InterceptHost>,
+    /// Resolve `hosts` with the system resolver (and keep them fresh).
+    pub resolve: bool,
+    pub refresh: Duration,
+    pub proxy_port: u16,
+    pub bypass_mark: u32,
 }
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
+    /// Whether the file (or a flag) configured the gateway listener: `leash
+    /// run` serves it only then.
+    pub explicit: bool,
     pub listen: SocketAddr,
     pub tls: Option<TlsFiles>,
     pub max_body_bytes: usize,
@@ -117,6 +166,38 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     pipeline: RawPipeline,
+    #[serde(default)]
+    ca: RawCa,
+    #[serde(default)]
+    intercept: RawIntercept,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCa {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntercept {
+    cgroup: Option<PathBuf>,
+    scope: Option<String>,
+    ports: Option<Vec<u16>>,
+    hosts: Option<Vec<RawHost>>,
+    resolve: Option<bool>,
+    refresh_secs: Option<u64>,
+    proxy_port: Option<u16>,
+    bypass_mark: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: String,
+    kind: Option<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,6 +368,8 @@ impl RawConfig {
             upstream,
             audit,
             pipeline,
+            ca,
+            intercept,
         } = self;
         let host_id = match host_id {
             Some(h) if h.trim().is_empty() => return Err(invalid("host_id", "must not be empty")),
@@ -294,6 +377,7 @@ impl RawConfig {
             None => read_hostname(),
         };
         let gateway = GatewayConfig {
+            explicit: gateway.listen.is_some(),
             listen: parse_addr(
                 "gateway.listen",
                 gateway.listen.as_deref(),
@@ -352,16 +436,126 @@ impl RawConfig {
         let pipeline = PipelineConfig {
             modules: validate_modules(pipeline.modules)?,
         };
+        let providers = validate_providers(providers)?;
+        let intercept = validate_intercept(intercept, &providers)?;
         Ok(Config {
             host_id,
             gateway,
             admin,
-            providers: validate_providers(providers)?,
+            providers,
             upstream,
             audit,
             pipeline,
+            ca: CaConfig {
+                dir: resolve(base, ca.dir.unwrap_or_else(|| DEFAULT_CA_DIR.into())),
+            },
+            intercept,
         })
     }
+}
+
+/// The hosts of the three native providers: intercepted by default.
+const DEFAULT_HOSTS: [&str; 3] = ["openai", "anthropic", "google"];
+
+fn validate_intercept(
+    raw: RawIntercept,
+    providers: &Providers,
+) -> Result<InterceptConfig, ConfigError> {
+    let scope = match raw.scope.as_deref() {
+        None | Some("providers") => Scope::Providers,
+        Some("all-tls") => Scope::AllTls,
+        Some(other) => {
+            return Err(invalid(
+                "intercept.scope",
+                format!("`{other}` is not one of: providers, all-tls"),
+            ));
+        }
+    };
+    let ports = raw.ports.unwrap_or_else(|| vec![443]);
+    if ports.is_empty() || ports.len() > 64 || ports.contains(&0) {
+        return Err(invalid("intercept.ports", "1 to 64 ports, none of them 0"));
+    }
+    let provider_for = |host: &str| {
+        providers
+            .iter()
+            .find(|p| p.upstream.is_tls() && p.upstream.host().eq_ignore_ascii_case(host))
+    };
+    let hosts = match raw.hosts {
+        None => DEFAULT_HOSTS
+            .iter()
+            .filter_map(|name| providers.get(name))
+            .map(|p| InterceptHost {
+                name: p.upstream.host().to_ascii_lowercase(),
+                kind: p.kind,
+                provider: Some(p.name.clone()),
+                addresses: Vec::new(),
+            })
+            .collect(),
+        Some(list) => list
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let field = format!("intercept.hosts[{i}]");
+                let name = h.name.trim_end_matches('.').to_ascii_lowercase();
+                if name.is_empty() || name.parse::<std::net::IpAddr>().is_ok() || name.contains('/')
+                {
+                    return Err(invalid(format!("{field}.name"), "must be a host name"));
+                }
+                let provider = provider_for(&name);
+                let kind = match (&h.kind, provider) {
+                    (Some(k), _) => ProviderKind::from_name(k).ok_or_else(|| {
+                        invalid(
+                            format!("{field}.kind"),
+                            format!("unknown kind `{k}` (known: openai, anthropic, google)"),
+                        )
+                    })?,
+                    (None, Some(p)) => p.kind,
+                    (None, None) => {
+                        return Err(invalid(
+                            format!("{field}.kind"),
+                            "required for a host that is not a configured provider's upstream",
+                        ));
+                    }
+                };
+                let addresses = h
+                    .addresses
+                    .iter()
+                    .map(|a| {
+                        a.parse().map_err(|_| {
+                            invalid(
+                                format!("{field}.addresses"),
+                                format!("`{a}` is not an IP address"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(InterceptHost {
+                    name,
+                    kind,
+                    provider: provider.map(|p| p.name.clone()),
+                    addresses,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(InterceptConfig {
+        cgroup: raw.cgroup,
+        scope,
+        ports,
+        hosts,
+        resolve: raw.resolve.unwrap_or(true),
+        refresh: secs("intercept.refresh_secs", raw.refresh_secs, 30)?,
+        proxy_port: match raw.proxy_port {
+            Some(0) => return Err(invalid("intercept.proxy_port", "must not be 0")),
+            Some(p) => p,
+            None => DEFAULT_PROXY_PORT,
+        },
+        bypass_mark: match raw.bypass_mark {
+            Some(0) => return Err(invalid("intercept.bypass_mark", "must not be 0")),
+            Some(m) => m,
+            None => DEFAULT_BYPASS_MARK,
+        },
+    })
 }
 
 fn validate_modules(modules: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
@@ -522,6 +716,41 @@ audit:
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(field), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn intercept_defaults_and_hosts() {
+        let c = Config::embedded_default().unwrap();
+        let names: Vec<&str> = c.intercept.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "api.openai.com",
+                "api.anthropic.com",
+                "generativelanguage.googleapis.com"
+            ]
+        );
+        assert_eq!(c.intercept.ports, [443]);
+        assert_eq!(c.intercept.scope, Scope::Providers);
+        let c = parse(
+            "intercept:\n  scope: all-tls\n  hosts:\n    - { name: api.openai.com, addresses: [127.10.0.1] }\n    - { name: llm.internal.example, kind: openai, addresses: ['::1'] }\n",
+        )
+        .unwrap();
+        assert_eq!(c.intercept.hosts[0].provider.as_deref(), Some("openai"));
+        assert_eq!(c.intercept.hosts[1].kind, ProviderKind::OpenAi);
+        assert_eq!(c.intercept.hosts[1].provider, None);
+        assert!(
+            parse("intercept:\n  hosts: [{ name: unknown.example }]\n")
+                .unwrap_err()
+                .to_string()
+                .contains("intercept.hosts[0].kind")
+        );
+        assert!(
+            parse("intercept:\n  scope: everything\n")
+                .unwrap_err()
+                .to_string()
+                .contains("intercept.scope")
+        );
     }
 
     #[test]

@@ -4,10 +4,13 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod ca;
 pub mod config;
+pub mod intercept;
 pub mod metrics;
 pub mod pipeline;
 pub mod provider;
 pub mod proxy;
 pub mod server;
 pub mod tls;
+pub mod trust;

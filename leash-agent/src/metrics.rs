@@ -38,6 +38,11 @@ struct ProviderLabels {
     provider: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
 type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -48,6 +53,8 @@ pub struct Metrics {
     pub audit_records: Counter,
     pub audit_dropped: Counter,
     pub audit_write_errors: Counter,
+    intercepted: Family<ActionLabels, Counter>,
+    pub cert_mints: Counter,
     models: Mutex<HashSet<String>>,
 }
 
@@ -74,6 +81,18 @@ impl Metrics {
         let audit_records = Counter::default();
         let audit_dropped = Counter::default();
         let audit_write_errors = Counter::default();
+        let intercepted = Family::<ActionLabels, Counter>::default();
+        let cert_mints = Counter::default();
+        registry.register(
+            "leash_intercepted_connections",
+            "Connections redirected to the transparent proxy, by what was done (terminated, spliced, unknown)",
+            intercepted.clone(),
+        );
+        registry.register(
+            "leash_cert_mints",
+            "Leaf certificates minted from the organisation CA",
+            cert_mints.clone(),
+        );
         registry.register(
             "leash_requests",
             "Requests handled, by provider, model and response status",
@@ -112,6 +131,8 @@ impl Metrics {
             audit_records,
             audit_dropped,
             audit_write_errors,
+            intercepted,
+            cert_mints,
             models: Mutex::new(HashSet::new()),
         }
     }
@@ -129,6 +150,13 @@ impl Metrics {
             return model.to_owned();
         }
         "other".to_owned()
+    }
+
+    /// Counts a redirected connection by what the proxy did with it.
+    pub fn intercepted(&self, action: &'static str) {
+        self.intercepted
+            .get_or_create(&ActionLabels { action })
+            .inc();
     }
 
     /// Adds one finished exchange.

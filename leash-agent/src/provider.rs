@@ -100,24 +100,46 @@ impl UpstreamBase {
         self.scheme == Scheme::HTTPS
     }
 
+    /// The path prefix (no trailing slash; empty for the root).
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
     /// The upstream URI for a request path `rest` (empty or starting with `/`)
     /// below this base, with the caller's query string.
     pub fn join(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let mut path = String::with_capacity(self.base_path.len() + rest.len() + 1);
         path.push_str(&self.base_path);
         path.push_str(rest);
-        if path.is_empty() {
-            path.push('/');
+        self.at_path(&path, query)
+    }
+
+    /// The upstream URI for exactly `path` on this origin (the base path is
+    /// not added), with the caller's query string.
+    pub fn at_path(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1) + 1);
+        pq.push_str(path);
+        if pq.is_empty() {
+            pq.push('/');
         }
         if let Some(q) = query {
-            path.push('?');
-            path.push_str(q);
+            pq.push('?');
+            pq.push_str(q);
         }
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(path)
+            .path_and_query(pq)
             .build()
+    }
+
+    /// The part of an origin-form `path` below the base path (what audit
+    /// calls the endpoint); `path` itself when it is not below it.
+    pub fn endpoint_of<'a>(&self, path: &'a str) -> &'a str {
+        match path.strip_prefix(self.base_path.as_str()) {
+            Some(rest) if !self.base_path.is_empty() && rest.starts_with('/') => rest,
+            _ => path,
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Types shared between the kernel side (`leash-ebpf`) and the userspace agent.
 //!
 //! Everything here is `no_std` and `#[repr(C)]` so the same layout is seen on
-//! both sides of a BPF map.
+//! both sides of a BPF map. Addresses and ports say in their names which byte
+//! order they hold.
 #![no_std]
 
 /// API shapes Leash understands. A provider speaks exactly one of them.
@@ -38,6 +39,100 @@ impl ProviderKind {
     }
 }
 
+/// Names of the maps and programs in the eBPF object, used by both sides.
+pub mod names {
+    pub const CONFIG: &str = "LEASH_CONFIG";
+    pub const TARGETS_V4: &str = "LEASH_TARGETS_V4";
+    pub const TARGETS_V6: &str = "LEASH_TARGETS_V6";
+    pub const PORTS: &str = "LEASH_PORTS";
+    pub const BY_COOKIE: &str = "LEASH_BY_COOKIE";
+    pub const BY_PORT: &str = "LEASH_BY_PORT";
+    pub const CONNECT4: &str = "leash_connect4";
+    pub const CONNECT6: &str = "leash_connect6";
+    pub const GETPEERNAME4: &str = "leash_getpeername4";
+    pub const GETPEERNAME6: &str = "leash_getpeername6";
+    pub const SOCKOPS: &str = "leash_sockops";
+}
+
+/// Capacity of the target address maps.
+pub const MAX_TARGETS: u32 = 16_384;
+/// Capacity of the connection maps (LRU: the oldest entries go first).
+pub const MAX_CONNECTIONS: u32 = 65_536;
+
+/// What the agent tells the kernel side (index 0 of the `CONFIG` array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterceptConfig {
+    /// The proxy's IPv4 listener address, network byte order (127.0.0.1).
+    pub proxy_ip4_be: u32,
+    /// The proxy's listener port, network byte order (same on v4 and v6).
+    pub proxy_port_be: u16,
+    /// 1 when interception is on; 0 makes every hook a no-op.
+    pub enabled: u8,
+    /// 1: every TCP connection to a port in `PORTS` is redirected
+    /// (`scope: all-tls`); 0: only those to addresses in `TARGETS_V4/V6`.
+    pub all_ports: u8,
+    /// Sockets carrying this `SO_MARK` (the agent's own upstream sockets)
+    /// are never redirected.
+    pub bypass_mark: u32,
+    /// The agent's process id (tgid): its connections are never redirected.
+    pub agent_tgid: u32,
+}
+
+/// The original destination and the caller of a redirected connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst {
+    /// The destination the application asked for; IPv4 as `::ffff:a.b.c.d`.
+    pub ip: [u8; 16],
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// 4 or 6: the address family the application connected with.
+    pub family: u8,
+    pub _pad: u8,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad2: u32,
+    pub cgroup_id: u64,
+    /// The calling thread's `comm`, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+impl OrigDst {
+    pub const fn zeroed() -> Self {
+        Self {
+            ip: [0; 16],
+            port: 0,
+            family: 0,
+            _pad: 0,
+            tgid: 0,
+            pid: 0,
+            uid: 0,
+            gid: 0,
+            _pad2: 0,
+            cgroup_id: 0,
+            comm: [0; 16],
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data `#[repr(C)]` structs with explicit padding.
+    #[allow(
+        unsafe_code,
+        reason = "aya::Pod is an unsafe marker trait for map values"
+    )]
+    unsafe impl aya::Pod for super::InterceptConfig {}
+    #[allow(
+        unsafe_code,
+        reason = "aya::Pod is an unsafe marker trait for map values"
+    )]
+    unsafe impl aya::Pod for super::OrigDst {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::ProviderKind;
@@ -48,5 +143,11 @@ mod tests {
             assert_eq!(ProviderKind::from_name(kind.as_str()), Some(kind));
         }
         assert_eq!(ProviderKind::from_name("OpenAI"), None);
+    }
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<super::InterceptConfig>(), 16);
+        assert_eq!(core::mem::size_of::<super::OrigDst>(), 64);
     }
 }

@@ -98,7 +98,9 @@ pub struct Leash {
 /// could leak shows up).
 pub fn leash_command() -> Command {
     let mut cmd = Command::new(leash_bin());
-    cmd.env_remove("RUST_LOG").arg("--log-level").arg("debug");
+    cmd.env_remove("RUST_LOG")
+        .arg("--log-level")
+        .arg("debug,aya=info,aya_obj=info,rustls=info,h2=info,hyper_util=info");
     cmd
 }
 
@@ -391,4 +393,221 @@ pub fn assert_success(what: &str, out: &Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Whether the tests run as root (needed for eBPF, cgroups, mounts).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+/// Root tests never skip silently: without root they fail, unless the
+/// developer opted out with `LEASH_SKIP_ROOT_TESTS=1` (CI never does).
+pub fn require_root() -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("LEASH_SKIP_ROOT_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("LEASH_SKIP_ROOT_TESTS=1: skipping a root-only test");
+        return false;
+    }
+    panic!(
+        "this test needs root (eBPF, cgroups, mount namespaces): run `sudo cargo xtask test`, or set LEASH_SKIP_ROOT_TESTS=1 to skip it"
+    );
+}
+
+/// A temporary child cgroup v2, removed when dropped.
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(tag: &str) -> Self {
+        let root =
+            leash_agent::intercept::cgroup::v2_root().expect("no cgroup v2 hierarchy mounted");
+        let path = root.join(format!("leash-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", path.display()));
+        Self { path }
+    }
+
+    /// The path as `/proc/<pid>/cgroup` shows it (relative to the root).
+    pub fn relative(&self) -> String {
+        format!(
+            "/{}",
+            self.path.file_name().expect("name").to_string_lossy()
+        )
+    }
+
+    /// `cmd` run inside this cgroup, in a private mount namespace where
+    /// `hosts` is bind-mounted over /etc/hosts (so provider names resolve to
+    /// the test's fake hosts for this process only).
+    pub fn command(&self, hosts: &Path, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"cg=$1; hosts=$2; shift 3; echo $$ > "$cg/cgroup.procs" && exec unshare -m sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$hosts" "$@""#)
+            .arg("sh")
+            .arg(&self.path)
+            .arg(hosts)
+            .arg("--")
+            .arg(program)
+            .args(args);
+        cmd
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A running `leash run` agent, killed when dropped.
+pub struct Agent {
+    child: Option<Child>,
+    pub admin: SocketAddr,
+    pub audit_dir: PathBuf,
+    pub ca_dir: PathBuf,
+    config: PathBuf,
+    log_path: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts `leash run` with `config_yaml` (`ca.dir` is set by the
+    /// harness) in `dir`, and waits until it is healthy.
+    pub fn start_in(dir: tempfile::TempDir, config_yaml: &str) -> Self {
+        let ca_dir = dir.path().join("org-ca");
+        let config = dir.path().join("leash.yaml");
+        std::fs::write(
+            &config,
+            format!("ca: {{ dir: \"{}\" }}\n{config_yaml}", ca_dir.display()),
+        )
+        .expect("write config");
+        let mut agent = Self {
+            child: None,
+            admin: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+            audit_dir: dir.path().join("audit"),
+            ca_dir,
+            config,
+            log_path: dir.path().join("leash.log"),
+            dir,
+        };
+        agent.restart();
+        agent
+    }
+
+    /// (Re)starts the agent process with the same config.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log");
+        let child = leash_command()
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--admin-listen")
+            .arg(self.admin.to_string())
+            .arg("--audit-dir")
+            .arg(&self.audit_dir)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn leash run");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().expect("try_wait"))
+            {
+                panic!(
+                    "leash run exited during startup ({status}):\n{}",
+                    self.logs()
+                );
+            }
+            if http_get(self.admin, "/healthz").is_some_and(|(s, _)| s == 200)
+                && self.logs().contains("intercepting")
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leash run not ready after 30s:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no cleanup at all, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The organisation CA clients must trust.
+    pub fn ca_pem(&self) -> PathBuf {
+        self.ca_dir.join("ca.pem")
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn audit_records(&self) -> Vec<Value> {
+        let mut text = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.audit_dir) {
+            let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            paths.sort();
+            for p in paths {
+                text.push_str(&std::fs::read_to_string(p).unwrap_or_default());
+            }
+        }
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("audit line"))
+            .collect()
+    }
+
+    pub fn wait_records(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let records = self.audit_records();
+            if records.len() >= n {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} audit records, found {}:\n{records:#?}\nlogs:\n{}",
+                records.len(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").expect("metrics").1
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
 }

@@ -31,6 +31,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Install what the eBPF build needs: the nightly toolchain's `rust-src`
+    /// and bpf-linker built against rustc's own LLVM.
+    Setup,
     /// Build Leash (release) and start it. Without arguments it runs
     /// `leash gateway` on the embedded defaults; otherwise the arguments go
     /// to `leash` (e.g. `cargo xtask run -- gateway --config leash.yaml`).
@@ -124,25 +127,149 @@ fn ensure_python_venv() -> Result<PathBuf> {
     Ok(python)
 }
 
+/// The toolchain the eBPF crate is built with.
+const BPF_TOOLCHAIN: &str = "nightly";
+
+fn output_of(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {}", cmd.get_program().display()))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The LLVM major version of the nightly rustc (`LLVM version: 22.1.4`).
+fn nightly_llvm_major() -> Result<String> {
+    let verbose = output_of(
+        Command::new("rustc")
+            .arg(format!("+{BPF_TOOLCHAIN}"))
+            .arg("-vV"),
+    )?;
+    verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .map(str::to_owned)
+        .context("nightly rustc does not report its LLVM version")
+}
+
+fn bpf_linker_installed(llvm_major: &str) -> bool {
+    let stamp = cargo_home().join(".leash-bpf-linker-llvm");
+    have("bpf-linker") && std::fs::read_to_string(stamp).is_ok_and(|s| s.trim() == llvm_major)
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME").map_or_else(
+        || PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"),
+        PathBuf::from,
+    )
+}
+
+/// A prefix whose `lib/` holds rustc's own libLLVM, as bpf-linker's build
+/// expects from an LLVM installation (`bin/llvm-config` need only exist).
+fn llvm_prefix() -> Result<PathBuf> {
+    let sysroot = output_of(
+        Command::new("rustc")
+            .arg(format!("+{BPF_TOOLCHAIN}"))
+            .args(["--print", "sysroot"]),
+    )?;
+    let sysroot_lib = PathBuf::from(sysroot.trim()).join("lib");
+    let versioned = std::fs::read_dir(&sysroot_lib)
+        .with_context(|| format!("cannot list {}", sysroot_lib.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .find(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", sysroot_lib.display()))?;
+    let prefix = target_dir().join("llvm-prefix");
+    let lib = prefix.join("lib");
+    let bin = prefix.join("bin");
+    std::fs::create_dir_all(&lib).context("creating llvm prefix")?;
+    std::fs::create_dir_all(&bin).context("creating llvm prefix")?;
+    let config = bin.join("llvm-config");
+    std::fs::write(&config, "#!/bin/sh\n").context("writing llvm-config")?;
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .context("chmod llvm-config")?;
+    for name in [OsString::from("libLLVM.so"), versioned.clone()] {
+        let link = lib.join(&name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(sysroot_lib.join(&versioned), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    Ok(prefix)
+}
+
+/// `cargo xtask setup`: everything the eBPF build needs, idempotent.
+fn setup() -> Result<()> {
+    let components = output_of(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        BPF_TOOLCHAIN,
+    ]))
+    .with_context(|| format!("the `{BPF_TOOLCHAIN}` toolchain is needed for the eBPF build"))?;
+    if !components.lines().any(|c| c.starts_with("rust-src")) {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            BPF_TOOLCHAIN,
+        ]))?;
+    }
+    let major = nightly_llvm_major()?;
+    if !bpf_linker_installed(&major) {
+        let prefix = llvm_prefix()?;
+        run(Command::new("cargo")
+            .arg(format!("+{BPF_TOOLCHAIN}"))
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "^0.13",
+                "--locked",
+                "--force",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix)
+            .env_remove("CARGO")
+            .env_remove("RUSTC"))?;
+        std::fs::write(cargo_home().join(".leash-bpf-linker-llvm"), &major)
+            .context("writing bpf-linker stamp")?;
+    }
+    eprintln!("xtask: eBPF toolchain ready (nightly rust-src, bpf-linker for LLVM {major})");
+    Ok(())
+}
+
 fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
     ensure_debian_packages(&[("curl", "curl"), ("openssl", "openssl")])?;
+    setup()?;
     let python = ensure_python_venv()?;
     if !no_lint {
         run(cargo().args(["fmt", "--all", "--", "--check"]))?;
         run(cargo().args([
             "clippy",
             "--workspace",
+            "--exclude",
+            "leash-ebpf",
             "--all-targets",
             "--",
             "-D",
             "warnings",
         ]))?;
     }
-    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    run(cargo().args(["build", "--workspace", "--exclude", "leash-ebpf", "--bins"]))?;
     let leash = target_dir().join("debug/leash");
     run_tests(
         cargo()
-            .args(["test", "--workspace"])
+            .args(["test", "--workspace", "--exclude", "leash-ebpf"])
             .args(args)
             .env("LEASH_BIN", &leash)
             .env("LEASH_TEST_PYTHON", &python),
@@ -200,6 +327,7 @@ fn run_leash(args: &[OsString]) -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Task::Setup => setup(),
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Run { args } => run_leash(&args),
     }

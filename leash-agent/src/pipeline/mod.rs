@@ -64,11 +64,18 @@ impl Mode {
     }
 }
 
-/// Who made the call.
-#[derive(Clone, Debug)]
+/// Who made the call. The process fields are known in transparent mode.
+#[derive(Clone, Debug, Default)]
 pub struct Caller {
-    pub addr: SocketAddr,
+    pub addr: Option<SocketAddr>,
     pub team: Option<String>,
+    pub pid: Option<u32>,
+    pub exe: Option<String>,
+    pub comm: Option<String>,
+    pub uid: Option<u32>,
+    pub user: Option<String>,
+    pub cgroup: Option<String>,
+    pub container: Option<String>,
 }
 
 /// Moments in the life of an exchange.

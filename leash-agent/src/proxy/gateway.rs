@@ -5,16 +5,15 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use super::{Forwarder, body::LeashBody, json_response, local_response};
+use super::{
+    Forwarder, admit, body::LeashBody, json_response, local_response, upstream::HttpsConnector,
+};
 use crate::{
-    pipeline::{
-        ActiveExchange, Caller, Exchange, Flow, Mode, Pipeline, ProxyRequest, Rejection, identify,
-    },
+    pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline, Rejection},
     provider::{ErrorCode, Providers},
     server::Handler,
 };
@@ -24,7 +23,7 @@ const ROUTE_PREFIX: &str = "/v1/";
 pub struct Gateway {
     providers: Providers,
     pipeline: Arc<Pipeline>,
-    forwarder: Forwarder,
+    forwarder: Forwarder<HttpsConnector>,
     max_body_bytes: usize,
 }
 
@@ -50,18 +49,11 @@ fn safe_rest(rest: &str) -> bool {
     })
 }
 
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
 impl Gateway {
     pub fn new(
         providers: Providers,
         pipeline: Arc<Pipeline>,
-        forwarder: Forwarder,
+        forwarder: Forwarder<HttpsConnector>,
         max_body_bytes: usize,
     ) -> Self {
         Self {
@@ -113,8 +105,8 @@ impl Gateway {
         };
         let query = req.uri().query().map(str::to_owned);
         let caller = Caller {
-            addr: peer,
-            team: None,
+            addr: Some(peer),
+            ..Caller::default()
         };
         let mut ex = ActiveExchange::new(
             Exchange::new(Mode::Gateway, provider, caller, endpoint),
@@ -131,49 +123,15 @@ impl Gateway {
             );
         }
 
-        let (head, body) = req.into_parts();
-        let too_large = Rejection {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: ErrorCode::BodyTooLarge,
-            message: format!(
-                "leash: request body exceeds the gateway limit of {} bytes",
-                self.max_body_bytes
-            ),
-        };
-        if declared_length(&head.headers).is_some_and(|n| n > self.max_body_bytes as u64) {
-            return local_response(&mut ex, &too_large);
-        }
-        let body = match Limited::new(body, self.max_body_bytes).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<LengthLimitError>() => return local_response(&mut ex, &too_large),
-            Err(e) => {
-                tracing::debug!(request_id = %ex.id, error = %e, "reading request body failed");
-                return local_response(
-                    &mut ex,
-                    &Rejection {
-                        status: StatusCode::BAD_REQUEST,
-                        code: ErrorCode::BadRequest,
-                        message: "leash: could not read the request body".into(),
-                    },
-                );
-            }
-        };
-        let mut request = ProxyRequest { head, body };
-        identify::identify(&mut ex, &request);
-        if let Flow::Reject(rejection) = ex.request(&mut request).await {
-            return local_response(&mut ex, &rejection);
-        }
-        let Ok(target) = ex.provider.upstream.join(rest, query.as_deref()) else {
-            return local_response(
-                &mut ex,
-                &Rejection {
-                    status: StatusCode::BAD_REQUEST,
-                    code: ErrorCode::BadRequest,
-                    message: "leash: request path is not valid upstream".into(),
-                },
-            );
-        };
-        self.forwarder.forward(ex, request, target).await
+        let upstream_path = format!("{}{rest}", ex.provider.upstream.base_path());
+        admit(
+            ex,
+            req,
+            &upstream_path,
+            self.max_body_bytes,
+            &self.forwarder,
+        )
+        .await
     }
 }
 

@@ -5,31 +5,101 @@
 pub mod body;
 pub mod gateway;
 pub mod headers;
+pub mod sni;
+pub mod transparent;
 pub mod upstream;
 
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, Uri, Version, header};
-use http_body_util::Full;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{Client, connect::Connect};
 
-use self::{body::LeashBody, upstream::HttpsClient};
+use self::body::LeashBody;
 use crate::{
-    pipeline::{ActiveExchange, Exchange, ProxyRequest, Rejection},
+    pipeline::{ActiveExchange, Exchange, Flow, ProxyRequest, Rejection, identify},
     provider::{ErrorCode, error_body},
 };
 
 /// The header every response carries: the id of its audit record.
 pub const REQUEST_ID_HEADER: &str = "x-leash-request-id";
 
-/// Sends requests upstream over a pooled, verified-TLS client.
-pub struct Forwarder {
-    client: HttpsClient,
+/// Sends requests upstream over a pooled, verified-TLS client. `C` is how
+/// connections are made: by resolving the URI (gateway), or to one fixed
+/// original destination on a marked socket (transparent).
+pub struct Forwarder<C> {
+    client: Client<C, Full<Bytes>>,
     response_timeout: std::time::Duration,
 }
 
-impl Forwarder {
-    pub fn new(client: HttpsClient, response_timeout: std::time::Duration) -> Self {
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The request phases shared by every listener, once it knows the provider
+/// and the exact upstream path: read the body (at most `max_body_bytes`),
+/// identify, run the request modules, forward.
+pub async fn admit<C: Connect + Clone + Send + Sync + 'static>(
+    mut ex: ActiveExchange,
+    req: Request<Incoming>,
+    upstream_path: &str,
+    max_body_bytes: usize,
+    forwarder: &Forwarder<C>,
+) -> Response<LeashBody> {
+    let query = req.uri().query().map(str::to_owned);
+    let (head, body) = req.into_parts();
+    let too_large = Rejection {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        code: ErrorCode::BodyTooLarge,
+        message: format!("leash: request body exceeds the limit of {max_body_bytes} bytes"),
+    };
+    if declared_length(&head.headers).is_some_and(|n| n > max_body_bytes as u64) {
+        return local_response(&mut ex, &too_large);
+    }
+    let body = match Limited::new(body, max_body_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return local_response(&mut ex, &too_large),
+        Err(e) => {
+            tracing::debug!(request_id = %ex.id, error = %e, "reading request body failed");
+            return local_response(
+                &mut ex,
+                &Rejection {
+                    status: StatusCode::BAD_REQUEST,
+                    code: ErrorCode::BadRequest,
+                    message: "leash: could not read the request body".into(),
+                },
+            );
+        }
+    };
+    let mut request = ProxyRequest { head, body };
+    identify::identify(&mut ex, &request);
+    if let Flow::Reject(rejection) = ex.request(&mut request).await {
+        return local_response(&mut ex, &rejection);
+    }
+    let Ok(target) = ex
+        .provider
+        .upstream
+        .at_path(upstream_path, query.as_deref())
+    else {
+        return local_response(
+            &mut ex,
+            &Rejection {
+                status: StatusCode::BAD_REQUEST,
+                code: ErrorCode::BadRequest,
+                message: "leash: request path is not valid upstream".into(),
+            },
+        );
+    };
+    forwarder.forward(ex, request, target).await
+}
+
+impl<C: Connect + Clone + Send + Sync + 'static> Forwarder<C> {
+    pub fn new(client: Client<C, Full<Bytes>>, response_timeout: std::time::Duration) -> Self {
         Self {
             client,
             response_timeout,

@@ -1,0 +1,94 @@
+//! Finding the cgroup v2 hierarchy (from `/proc/self/mountinfo`, never a
+//! hard-coded path) and a process's cgroup.
+
+use std::path::{Path, PathBuf};
+
+/// The mount point of the cgroup v2 hierarchy, from mountinfo text.
+pub fn v2_root_from(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // `... mount_point options - fstype source super_options`
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mount_point = left.split_whitespace().nth(4)?;
+        Some(PathBuf::from(unescape(mount_point)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// The cgroup v2 root of this machine.
+pub fn v2_root() -> Option<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .as_deref()
+        .and_then(v2_root_from)
+}
+
+/// The cgroup v2 path (relative to the root, e.g. `/system.slice/x.service`)
+/// of process `pid`.
+pub fn of_process(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
+/// A container id in a cgroup path: a 64-hex segment as docker, containerd,
+/// CRI-O and podman name them (`docker-<id>.scope`, `/docker/<id>`, ...).
+pub fn container_id(cgroup_path: &str) -> Option<String> {
+    cgroup_path.split('/').rev().find_map(|seg| {
+        let seg = seg.strip_suffix(".scope").unwrap_or(seg);
+        let id = seg.rsplit(['-', ':']).next()?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+    })
+}
+
+/// Whether `path` is inside a cgroup v2 hierarchy directory.
+pub fn is_cgroup_dir(path: &Path) -> bool {
+    path.join("cgroup.procs").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_v2_root_in_hybrid_layout() {
+        let mi = "25 30 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                  41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+                  42 25 0:39 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(
+            v2_root_from(mi),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(v2_root_from("1 2 0:1 / /proc rw - proc proc rw\n"), None);
+    }
+
+    #[test]
+    fn container_ids() {
+        let id = "a".repeat(64);
+        assert_eq!(
+            container_id(&format!("/system.slice/docker-{id}.scope")),
+            Some(id.clone())
+        );
+        assert_eq!(
+            container_id(&format!(
+                "/kubepods/besteffort/pod1/cri-containerd-{id}.scope"
+            )),
+            Some(id.clone())
+        );
+        assert_eq!(container_id(&format!("/docker/{id}")), Some(id));
+        assert_eq!(
+            container_id("/user.slice/user-1000.slice/session-2.scope"),
+            None
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! The provider hosts the agent intercepts: by name (for SNI) with the
+//! provider each belongs to, and their addresses, kept fresh in the kernel's
+//! target maps (every address ever seen stays: CDN addresses rotate).
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+
+use crate::{
+    config::{Config, InterceptHost},
+    provider::{Provider, UpstreamBase},
+};
+
+use super::hooks::KernelHooks;
+
+/// SNI → provider, for every intercepted host.
+#[derive(Debug, Clone)]
+pub struct HostTable {
+    by_name: HashMap<String, Arc<Provider>>,
+    hosts: Vec<InterceptHost>,
+}
+
+impl HostTable {
+    pub fn new(config: &Config) -> Self {
+        let by_name = config
+            .intercept
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let provider = match h.provider.as_deref().and_then(|p| config.providers.get(p)) {
+                    Some(p) => Provider {
+                        name: p.name.clone(),
+                        kind: p.kind,
+                        upstream: p.upstream.clone(),
+                    },
+                    None => Provider {
+                        name: h.name.clone(),
+                        kind: h.kind,
+                        upstream: UpstreamBase::parse(&format!("https://{}", h.name)).ok()?,
+                    },
+                };
+                Some((h.name.clone(), Arc::new(provider)))
+            })
+            .collect();
+        Self {
+            by_name,
+            hosts: config.intercept.hosts.clone(),
+        }
+    }
+
+    /// The provider for a TLS server name, if it is intercepted.
+    pub fn provider(&self, sni: &str) -> Option<&Arc<Provider>> {
+        self.by_name.get(sni)
+    }
+
+    pub fn hosts(&self) -> &[InterceptHost] {
+        &self.hosts
+    }
+}
+
+/// Puts every static address into the target maps.
+pub fn add_static(
+    hooks: &KernelHooks,
+    hosts: &[InterceptHost],
+) -> Result<usize, super::hooks::HookError> {
+    let mut n = 0;
+    for ip in hosts.iter().flat_map(|h| h.addresses.iter()) {
+        hooks.add_target(*ip)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Resolves every host now and then every `refresh`, adding new addresses.
+pub async fn keep_resolved(hooks: Arc<KernelHooks>, hosts: Vec<InterceptHost>, refresh: Duration) {
+    loop {
+        for host in &hosts {
+            match tokio::net::lookup_host((host.name.as_str(), 443)).await {
+                Ok(addrs) => {
+                    for addr in addrs {
+                        let ip: IpAddr = addr.ip();
+                        if let Err(e) = hooks.add_target(ip) {
+                            tracing::warn!(host = %host.name, %ip, error = %e, "cannot add target address");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(host = %host.name, error = %e, "cannot resolve intercepted host")
+                }
+            }
+        }
+        tokio::time::sleep(refresh).await;
+    }
+}

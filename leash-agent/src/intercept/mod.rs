@@ -1,0 +1,8 @@
+//! Transparent interception: the kernel hooks that redirect connections, the
+//! table of provider hosts and their addresses, and who a redirected caller
+//! is. The proxy side lives in `proxy::transparent`.
+
+pub mod caller;
+pub mod cgroup;
+pub mod hooks;
+pub mod hosts;

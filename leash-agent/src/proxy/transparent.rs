@@ -1,0 +1,322 @@
+//! The transparent proxy: takes the connections the kernel hooks redirected,
+//! peeks at the ClientHello, terminates TLS for intercepted provider hosts
+//! with a leaf minted from the organisation CA (then the same pipeline as the
+//! gateway, forwarding to the original destination over verified TLS), and
+//! splices everything else to its original destination byte for byte.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use http::{Request, Response};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use leash_common::OrigDst;
+use rustls::{ClientConfig, ServerConfig};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{TcpListener, TcpStream},
+    sync::{OnceCell, watch},
+};
+use tokio_rustls::TlsAcceptor;
+
+use super::{
+    Forwarder, admit,
+    body::LeashBody,
+    sni::{Hello, Prefixed, peek_client_hello},
+    upstream::{MarkedConnector, MarkedHttpsConnector, marked_client},
+};
+use crate::{
+    ca::{CaError, CertAuthority},
+    intercept::{caller, hooks::KernelHooks, hosts::HostTable},
+    metrics::Metrics,
+    pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline},
+    provider::Provider,
+};
+
+/// Minted leaves are replaced after this long (they live 7 days).
+const REMINT_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// More cached leaves than this and the cache starts over.
+const MAX_CACHED_CERTS: usize = 10_000;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransparentError {
+    #[error("no ClientHello: {0}")]
+    Hello(std::io::Error),
+    #[error(transparent)]
+    Cert(#[from] CaError),
+    #[error("TLS handshake with the client failed: {0}")]
+    ClientTls(std::io::Error),
+    #[error("cannot reach the original destination {0}: {1}")]
+    Upstream(SocketAddr, std::io::Error),
+    #[error("spliced connection to {0} failed: {1}")]
+    Splice(SocketAddr, std::io::Error),
+    #[error("serving the terminated connection failed: {0}")]
+    Http(Box<dyn std::error::Error + Send + Sync>),
+}
+
+struct Minted {
+    config: Arc<ServerConfig>,
+    at: Instant,
+}
+
+/// Leaf certificates by host name, minted once per host even under a burst
+/// (single flight), re-minted well before they expire.
+pub struct CertCache {
+    ca: CertAuthority,
+    entries: Mutex<HashMap<String, Arc<OnceCell<Minted>>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl CertCache {
+    pub fn new(ca: CertAuthority, metrics: Arc<Metrics>) -> Self {
+        Self {
+            ca,
+            entries: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    fn cell(&self, host: &str) -> Arc<OnceCell<Minted>> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cell) = entries.get(host) {
+            if cell.get().is_none_or(|m| m.at.elapsed() < REMINT_AFTER) {
+                return Arc::clone(cell);
+            }
+        }
+        if entries.len() >= MAX_CACHED_CERTS {
+            entries.clear();
+        }
+        let cell = Arc::new(OnceCell::new());
+        entries.insert(host.to_owned(), Arc::clone(&cell));
+        cell
+    }
+
+    /// The TLS configuration presenting a leaf for `host`.
+    pub async fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, CaError> {
+        let cell = self.cell(host);
+        let minted = cell
+            .get_or_try_init(|| async {
+                let (chain, key) = self.ca.mint(host)?;
+                self.metrics.cert_mints.inc();
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let mut config = ServerConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+                    .map_err(|e| CaError::ServerConfig(host.to_owned(), e))?;
+                config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                Ok::<_, CaError>(Minted {
+                    config: Arc::new(config),
+                    at: Instant::now(),
+                })
+            })
+            .await?;
+        Ok(Arc::clone(&minted.config))
+    }
+}
+
+/// Everything the transparent listener needs.
+pub struct Transparent {
+    pub hooks: Arc<KernelHooks>,
+    pub hosts: HostTable,
+    pub certs: CertCache,
+    pub pipeline: Arc<Pipeline>,
+    pub upstream_tls: ClientConfig,
+    pub bypass_mark: u32,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+/// The original destination as a socket address.
+fn destination(orig: &OrigDst) -> SocketAddr {
+    let v6 = Ipv6Addr::from(orig.ip);
+    let ip = match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    };
+    SocketAddr::new(ip, orig.port)
+}
+
+/// One terminated client connection: its provider, caller and upstream.
+struct Terminated {
+    provider: Arc<Provider>,
+    caller: Caller,
+    pipeline: Arc<Pipeline>,
+    forwarder: Forwarder<MarkedHttpsConnector>,
+    max_body_bytes: usize,
+}
+
+impl Terminated {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<LeashBody> {
+        let path = req.uri().path().to_owned();
+        let endpoint = self.provider.upstream.endpoint_of(&path).to_owned();
+        let ex = ActiveExchange::new(
+            Exchange::new(
+                Mode::Transparent,
+                Arc::clone(&self.provider),
+                self.caller.clone(),
+                endpoint,
+            ),
+            Arc::clone(&self.pipeline),
+        );
+        admit(ex, req, &path, self.max_body_bytes, &self.forwarder).await
+    }
+}
+
+impl Transparent {
+    /// Accepts redirected connections until `shutdown` turns true.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "transparent accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let this = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        if let Err(e) = this.connection(stream, peer).await {
+                            tracing::debug!(%peer, error = %e, "intercepted connection ended with an error");
+                        }
+                    });
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        self.pipeline.metrics()
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), TransparentError> {
+        let Some(orig) = self.hooks.lookup(peer.port()) else {
+            // Someone connected to the proxy port directly: nothing to forward to.
+            self.metrics().intercepted("unknown");
+            tracing::warn!(%peer, "connection to the transparent proxy that the kernel hooks did not redirect; closing");
+            return Ok(());
+        };
+        let dst = destination(&orig);
+        let (hello, prefix) = peek_client_hello(&mut stream, HELLO_TIMEOUT)
+            .await
+            .map_err(TransparentError::Hello)?;
+        let provider = match &hello {
+            Hello::Tls { sni: Some(name) } => self.hosts.provider(name).map(Arc::clone),
+            _ => None,
+        };
+        let Some(provider) = provider else {
+            self.metrics().intercepted("spliced");
+            let sni = match hello {
+                Hello::Tls { sni } => sni,
+                Hello::NotTls => None,
+            };
+            tracing::debug!(%peer, %dst, sni = sni.as_deref().unwrap_or("-"), "splicing");
+            return self.splice(stream, &prefix, dst).await;
+        };
+        self.metrics().intercepted("terminated");
+        let Hello::Tls { sni: Some(host) } = hello else {
+            return Ok(());
+        };
+        let config = self.certs.server_config(&host).await?;
+        let tls = TlsAcceptor::from(config)
+            .accept(Prefixed::new(prefix, stream))
+            .await
+            .map_err(TransparentError::ClientTls)?;
+        let process = caller::describe(&orig);
+        tracing::debug!(%peer, %dst, %host, pid = process.pid, exe = process.exe.as_deref().unwrap_or("-"), "terminating");
+        let caller = Caller {
+            addr: Some(peer),
+            team: None,
+            pid: Some(process.pid),
+            exe: process.exe,
+            comm: Some(process.comm),
+            uid: Some(process.uid),
+            user: process.user,
+            cgroup: process.cgroup,
+            container: process.container,
+        };
+        let connector = MarkedConnector {
+            dst,
+            mark: self.bypass_mark,
+            timeout: self.connect_timeout,
+        };
+        let conn = Arc::new(Terminated {
+            provider,
+            caller,
+            pipeline: Arc::clone(&self.pipeline),
+            forwarder: Forwarder::new(
+                marked_client(connector, self.upstream_tls.clone()),
+                self.response_timeout,
+            ),
+            max_body_bytes: self.max_body_bytes,
+        });
+        let service = service_fn(move |req| {
+            let conn = Arc::clone(&conn);
+            async move { Ok::<_, Infallible>(conn.handle(req).await) }
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        builder
+            .serve_connection(TokioIo::new(tls), service)
+            .await
+            .map_err(TransparentError::Http)
+    }
+
+    async fn splice(
+        &self,
+        mut client: TcpStream,
+        prefix: &[u8],
+        dst: SocketAddr,
+    ) -> Result<(), TransparentError> {
+        let connector = MarkedConnector {
+            dst,
+            mark: self.bypass_mark,
+            timeout: self.connect_timeout,
+        };
+        let mut upstream = connector
+            .connect_raw()
+            .await
+            .map_err(|e| TransparentError::Upstream(dst, e))?;
+        upstream
+            .write_all(prefix)
+            .await
+            .map_err(|e| TransparentError::Splice(dst, e))?;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream)
+            .await
+            .map_err(|e| TransparentError::Splice(dst, e))?;
+        Ok(())
+    }
+}
+
+/// The addresses the proxy listens on: 127.0.0.1 and ::1.
+pub fn listen_addrs(port: u16) -> [SocketAddr; 2] {
+    [
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+    ]
+}

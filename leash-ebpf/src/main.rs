@@ -1,0 +1,231 @@
+//! Leash's kernel side: cgroup hooks that send TCP connections bound for LLM
+//! providers to the local proxy, remember where they were going and who made
+//! them, and keep the redirect invisible to the application.
+//!
+//! - `connect4` / `connect6`: a TCP connect to a target (address in
+//!   `LEASH_TARGETS_*`, or any address with `all_ports`) on a port in
+//!   `LEASH_PORTS` is rewritten to the proxy; the original destination and
+//!   the caller go into `LEASH_BY_COOKIE`.
+//! - `sockops` (`TCP_CONNECT_CB`): copies that record to `LEASH_BY_PORT`,
+//!   keyed by the client's local port, which is what the proxy sees as the
+//!   peer port of the accepted connection.
+//! - `getpeername4` / `getpeername6`: report the original destination.
+//!
+//! Sockets marked with the agent's `SO_MARK`, and the agent's own process,
+//! are never redirected. Every hook allows the connection: Leash never
+//! blocks in the kernel.
+#![no_std]
+#![no_main]
+#![allow(
+    unsafe_code,
+    reason = "BPF context access and helpers are unsafe by nature"
+)]
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    },
+    macros::{cgroup_sock_addr, map, sock_ops},
+    maps::{Array, HashMap, LruHashMap},
+    programs::{SockAddrContext, SockOpsContext},
+};
+use leash_common::{InterceptConfig, MAX_CONNECTIONS, MAX_TARGETS, OrigDst};
+
+/// Cgroup sock_addr verdict: let the call proceed.
+const ALLOW: i32 = 1;
+/// Cgroup sock_ops verdict: success.
+const SOCKOPS_OK: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+
+#[map]
+static LEASH_CONFIG: Array<InterceptConfig> = Array::with_max_entries(1, 0);
+#[map]
+static LEASH_TARGETS_V4: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
+#[map]
+static LEASH_TARGETS_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
+#[map]
+static LEASH_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+#[map]
+static LEASH_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+#[map]
+static LEASH_BY_PORT: LruHashMap<u32, OrigDst> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+fn config() -> Option<InterceptConfig> {
+    LEASH_CONFIG.get(0).copied().filter(|c| c.enabled == 1)
+}
+
+/// The agent's own connections (marked sockets, or its process) pass.
+fn is_agent(ctx: &SockAddrContext, cfg: &InterceptConfig) -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == cfg.agent_tgid {
+        return true;
+    }
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    if sk.is_null() || cfg.bypass_mark == 0 {
+        return false;
+    }
+    unsafe { (*sk).mark == cfg.bypass_mark }
+}
+
+fn port_in_scope(user_port: u32) -> Option<u16> {
+    let port = u16::from_be(user_port as u16);
+    unsafe { LEASH_PORTS.get(&port) }.map(|_| port)
+}
+
+fn caller_record(ip: [u8; 16], port: u16, family: u8) -> OrigDst {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let mut rec = OrigDst::zeroed();
+    rec.ip = ip;
+    rec.port = port;
+    rec.family = family;
+    rec.tgid = (pid_tgid >> 32) as u32;
+    rec.pid = pid_tgid as u32;
+    rec.uid = uid_gid as u32;
+    rec.gid = (uid_gid >> 32) as u32;
+    rec.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    rec
+}
+
+fn remember(ctx: &SockAddrContext, rec: &OrigDst) -> Option<()> {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    LEASH_BY_COOKIE.insert(&cookie, rec, 0).ok()
+}
+
+fn mapped_v4(ip4_be: u32) -> [u8; 16] {
+    let b = ip4_be.to_ne_bytes();
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3],
+    ]
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn leash_connect4(ctx: SockAddrContext) -> i32 {
+    let _ = try_connect4(&ctx);
+    ALLOW
+}
+
+fn try_connect4(ctx: &SockAddrContext) -> Option<()> {
+    let cfg = config()?;
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.protocol != IPPROTO_TCP {
+        return None;
+    }
+    let port = port_in_scope(sa.user_port)?;
+    let ip4_be = sa.user_ip4;
+    if cfg.all_ports == 0 && unsafe { LEASH_TARGETS_V4.get(&ip4_be) }.is_none() {
+        return None;
+    }
+    if is_agent(ctx, &cfg) {
+        return None;
+    }
+    remember(ctx, &caller_record(mapped_v4(ip4_be), port, 4))?;
+    sa.user_ip4 = cfg.proxy_ip4_be;
+    sa.user_port = u32::from(cfg.proxy_port_be);
+    Some(())
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn leash_connect6(ctx: SockAddrContext) -> i32 {
+    let _ = try_connect6(&ctx);
+    ALLOW
+}
+
+fn try_connect6(ctx: &SockAddrContext) -> Option<()> {
+    let cfg = config()?;
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.protocol != IPPROTO_TCP {
+        return None;
+    }
+    let port = port_in_scope(sa.user_port)?;
+    let words = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
+    let mut ip = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        ip[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let is_mapped =
+        words[0] == 0 && words[1] == 0 && words[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    let targeted = if is_mapped {
+        unsafe { LEASH_TARGETS_V4.get(&words[3]) }.is_some()
+    } else {
+        unsafe { LEASH_TARGETS_V6.get(&ip) }.is_some()
+    };
+    if cfg.all_ports == 0 && !targeted {
+        return None;
+    }
+    if is_agent(ctx, &cfg) {
+        return None;
+    }
+    remember(ctx, &caller_record(ip, port, 6))?;
+    if is_mapped {
+        // ::ffff:127.0.0.1 — the proxy's IPv4 listener.
+        sa.user_ip6[3] = cfg.proxy_ip4_be;
+    } else {
+        // ::1 — the proxy's IPv6 listener.
+        sa.user_ip6[0] = 0;
+        sa.user_ip6[1] = 0;
+        sa.user_ip6[2] = 0;
+        sa.user_ip6[3] = u32::from_ne_bytes([0, 0, 0, 1]);
+    }
+    sa.user_port = u32::from(cfg.proxy_port_be);
+    Some(())
+}
+
+fn redirected(ctx: &SockAddrContext) -> Option<OrigDst> {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    unsafe { LEASH_BY_COOKIE.get(&cookie) }.copied()
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn leash_getpeername4(ctx: SockAddrContext) -> i32 {
+    if let Some(rec) = redirected(&ctx) {
+        let sa = unsafe { &mut *ctx.sock_addr };
+        sa.user_ip4 = u32::from_ne_bytes([rec.ip[12], rec.ip[13], rec.ip[14], rec.ip[15]]);
+        sa.user_port = u32::from(rec.port.to_be());
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn leash_getpeername6(ctx: SockAddrContext) -> i32 {
+    if let Some(rec) = redirected(&ctx) {
+        let sa = unsafe { &mut *ctx.sock_addr };
+        let ip = rec.ip;
+        sa.user_ip6[0] = u32::from_ne_bytes([ip[0], ip[1], ip[2], ip[3]]);
+        sa.user_ip6[1] = u32::from_ne_bytes([ip[4], ip[5], ip[6], ip[7]]);
+        sa.user_ip6[2] = u32::from_ne_bytes([ip[8], ip[9], ip[10], ip[11]]);
+        sa.user_ip6[3] = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+        sa.user_port = u32::from(rec.port.to_be());
+    }
+    ALLOW
+}
+
+#[sock_ops]
+pub fn leash_sockops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        if let Some(rec) = unsafe { LEASH_BY_COOKIE.get(&cookie) } {
+            let _ = LEASH_BY_PORT.insert(&ctx.local_port(), rec, 0);
+        }
+    }
+    SOCKOPS_OK
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
