@@ -114,50 +114,21 @@ pub async fn run_gateway(
     let metrics = Arc::new(Metrics::new());
     let (audit_writer, audit_sink) = AuditWriter::start(&config.audit, Arc::clone(&metrics))?;
     let pipeline = Arc::new(Pipeline::new(&config, Arc::clone(&metrics), audit_sink)?);
-    let client = upstream::build_client(&config.upstream)?;
-    let forwarder = Forwarder::new(client, config.upstream.response_timeout);
-    let gateway = Arc::new(Gateway::new(
-        config.providers.clone(),
-        pipeline,
-        forwarder,
-        config.gateway.max_body_bytes,
-    ));
-    let tls = config.gateway.tls.as_ref().map(tls::acceptor).transpose()?;
-    let gateway_listener = bind("gateway.listen", config.gateway.listen).await?;
-    let admin_listener = bind("admin.listen", config.admin.listen).await?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let gw_task = spawn_gateway(&config, pipeline, stop_rx.clone()).await?;
+    let admin_task = spawn_admin(
+        bind("admin.listen", config.admin.listen).await?,
+        metrics,
+        stop_rx,
+    );
     tracing::info!(
-        gateway = %format!("{scheme}://{}", local(&gateway_listener)),
-        admin = %format!("http://{}", local(&admin_listener)),
+        gateway = %config.gateway.listen,
+        tls = config.gateway.tls.is_some(),
+        admin = %config.admin.listen,
         audit = %audit_writer.path().display(),
         providers = %config.providers.names().collect::<Vec<_>>().join(","),
         "leash gateway ready"
     );
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let drain = Duration::from_secs(10);
-    let gw_task = tokio::spawn(server::serve(
-        gateway_listener,
-        tls,
-        gateway,
-        ServeOptions {
-            name: "gateway",
-            header_read_timeout: config.gateway.header_read_timeout,
-            drain_timeout: drain,
-        },
-        stop_rx.clone(),
-    ));
-    let admin_task = tokio::spawn(server::serve(
-        admin_listener,
-        None,
-        Arc::new(Admin::new(metrics)),
-        ServeOptions {
-            name: "admin",
-            header_read_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(1),
-        },
-        stop_rx,
-    ));
     shutdown.await;
     tracing::info!("shutting down: draining connections");
     let _ = stop_tx.send(true);
@@ -166,12 +137,6 @@ pub async fn run_gateway(
     audit_writer.shutdown().await;
     tracing::info!("leash stopped");
     Ok(())
-}
-
-fn local(listener: &TcpListener) -> String {
-    listener
-        .local_addr()
-        .map_or_else(|_| "?".to_owned(), |a| a.to_string())
 }
 
 /// Runs the transparent agent (and the gateway listener when configured)
@@ -209,7 +174,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     match TcpListener::bind(v6).await {
         Ok(l) => proxy_listeners.push(l),
         Err(e) => {
-            tracing::warn!(addr = %v6, error = %e, "no IPv6 proxy listener; IPv6 provider connections cannot be intercepted")
+            tracing::warn!(addr = %v6, error = %e, "no IPv6 proxy listener; IPv6 provider connections cannot be intercepted");
         }
     }
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
@@ -250,40 +215,9 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         ));
     }
     if config.gateway.explicit {
-        let gateway = Arc::new(Gateway::new(
-            config.providers.clone(),
-            Arc::clone(&pipeline),
-            Forwarder::new(
-                upstream::build_client(&config.upstream)?,
-                config.upstream.response_timeout,
-            ),
-            config.gateway.max_body_bytes,
-        ));
-        let tls = config.gateway.tls.as_ref().map(tls::acceptor).transpose()?;
-        let listener = bind("gateway.listen", config.gateway.listen).await?;
-        tasks.push(tokio::spawn(server::serve(
-            listener,
-            tls,
-            gateway,
-            ServeOptions {
-                name: "gateway",
-                header_read_timeout: config.gateway.header_read_timeout,
-                drain_timeout: Duration::from_secs(10),
-            },
-            stop_rx.clone(),
-        )));
+        tasks.push(spawn_gateway(&config, Arc::clone(&pipeline), stop_rx.clone()).await?);
     }
-    tasks.push(tokio::spawn(server::serve(
-        admin_listener,
-        None,
-        Arc::new(Admin::new(metrics)),
-        ServeOptions {
-            name: "admin",
-            header_read_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(1),
-        },
-        stop_rx,
-    )));
+    tasks.push(spawn_admin(admin_listener, metrics, stop_rx));
     tracing::info!(
         cgroup = %cgroup_dir.display(),
         proxy_port = config.intercept.proxy_port,
@@ -307,4 +241,49 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     audit_writer.shutdown().await;
     tracing::info!("leash stopped");
     Ok(())
+}
+
+async fn spawn_gateway(
+    config: &Config,
+    pipeline: Arc<Pipeline>,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
+    let gateway = Arc::new(Gateway::new(
+        config.providers.clone(),
+        pipeline,
+        Forwarder::new(
+            upstream::build_client(&config.upstream)?,
+            config.upstream.response_timeout,
+        ),
+        config.gateway.max_body_bytes,
+    ));
+    let tls = config.gateway.tls.as_ref().map(tls::acceptor).transpose()?;
+    let listener = bind("gateway.listen", config.gateway.listen).await?;
+    let options = ServeOptions {
+        name: "gateway",
+        header_read_timeout: config.gateway.header_read_timeout,
+        drain_timeout: Duration::from_secs(10),
+    };
+    Ok(tokio::spawn(server::serve(
+        listener, tls, gateway, options, stop,
+    )))
+}
+
+fn spawn_admin(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let options = ServeOptions {
+        name: "admin",
+        header_read_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(1),
+    };
+    tokio::spawn(server::serve(
+        listener,
+        None,
+        Arc::new(Admin::new(metrics)),
+        options,
+        stop,
+    ))
 }

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 pub const CERT_FILE: &str = "ca.pem";
 pub const KEY_FILE: &str = "ca.key";
 /// Leaf certificates live this long (capped by the CA's own expiry).
-pub const LEAF_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const LEAF_VALIDITY: Duration = Duration::from_hours(7 * 24);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -136,7 +136,7 @@ impl CertAuthority {
             KeyUsagePurpose::DigitalSignature,
         ];
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::from_secs(3600);
+        params.not_before = now - Duration::from_hours(1);
         params.not_after = now + Duration::from_secs(u64::from(options.validity_days) * 86_400);
         let cert = params
             .self_signed(&key)
@@ -231,7 +231,7 @@ impl CertAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::from_secs(3600);
+        params.not_before = now - Duration::from_hours(1);
         params.not_after = (now + LEAF_VALIDITY).min(self.not_after);
         let cert = params.signed_by(&key, &self.issuer).map_err(err)?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));

@@ -21,7 +21,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Pipeline modules run when the config names none.
 pub const DEFAULT_MODULES: &[&str] = &["team"];
 pub const DEFAULT_CA_DIR: &str = "/var/lib/leash/ca";
-/// Local port the transparent proxy listens on (127.0.0.1 and ::1).
+/// Local port the transparent proxy listens on (`127.0.0.1` and `::1`).
 pub const DEFAULT_PROXY_PORT: u16 = 15443;
 /// `SO_MARK` on the agent's own upstream sockets (never redirected).
 pub const DEFAULT_BYPASS_MARK: u32 = 0x1ea5;

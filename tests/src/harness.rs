@@ -94,13 +94,15 @@ pub struct Leash {
     pub dir: tempfile::TempDir,
 }
 
+/// Debug for Leash (so anything a log line could leak shows up), quieter for
+/// libraries.
+const LOG_LEVEL: &str = "debug,aya=info,aya_obj=info,rustls=info,h2=info,hyper_util=info";
+
 /// `leash` as a command with test logging (debug, so anything a log line
 /// could leak shows up).
 pub fn leash_command() -> Command {
     let mut cmd = Command::new(leash_bin());
-    cmd.env_remove("RUST_LOG")
-        .arg("--log-level")
-        .arg("debug,aya=info,aya_obj=info,rustls=info,h2=info,hyper_util=info");
+    cmd.env_remove("RUST_LOG").arg("--log-level").arg(LOG_LEVEL);
     cmd
 }
 
@@ -475,6 +477,9 @@ impl Drop for Cgroup {
 /// A running `leash run` agent, killed when dropped.
 pub struct Agent {
     child: Option<Child>,
+    /// The cgroup the agent itself runs in (so its own upstream connections
+    /// pass through the hooks it attached, and must not loop back).
+    cgroup: Option<PathBuf>,
     pub admin: SocketAddr,
     pub audit_dir: PathBuf,
     pub ca_dir: PathBuf,
@@ -486,7 +491,7 @@ pub struct Agent {
 impl Agent {
     /// Starts `leash run` with `config_yaml` (`ca.dir` is set by the
     /// harness) in `dir`, and waits until it is healthy.
-    pub fn start_in(dir: tempfile::TempDir, config_yaml: &str) -> Self {
+    pub fn start_in(dir: tempfile::TempDir, config_yaml: &str, inside: Option<&Cgroup>) -> Self {
         let ca_dir = dir.path().join("org-ca");
         let config = dir.path().join("leash.yaml");
         std::fs::write(
@@ -496,6 +501,7 @@ impl Agent {
         .expect("write config");
         let mut agent = Self {
             child: None,
+            cgroup: inside.map(|c| c.path.clone()),
             admin: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
             audit_dir: dir.path().join("audit"),
             ca_dir,
@@ -514,7 +520,20 @@ impl Agent {
             .append(true)
             .open(&self.log_path)
             .expect("log");
-        let child = leash_command()
+        let mut cmd = match &self.cgroup {
+            Some(cg) => {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+                    .arg("sh")
+                    .arg(cg)
+                    .arg(leash_bin())
+                    .args(["--log-level", LOG_LEVEL]);
+                cmd
+            }
+            None => leash_command(),
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&self.config)

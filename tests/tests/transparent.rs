@@ -3,6 +3,9 @@
 //! certificates from their own "public" CA; clients in the cgroup with a
 //! private /etc/hosts that maps the real provider names to those addresses,
 //! trusting only the organisation CA. Applications use their default URLs.
+//!
+//! The agent itself runs inside the cgroup it intercepts, so every test also
+//! checks that its own upstream connections are never looped back.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,92 +13,120 @@
     reason = "tests: a failed expectation is a failed test"
 )]
 
-use std::path::{Path, PathBuf};
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Output,
+    time::{Duration, Instant},
+};
 
 use leash_tests::{
-    harness::{Agent, Cgroup, assert_success, canary, free_port, require_root, run},
+    harness::{
+        Agent, Cgroup, assert_success, canary, free_port, python, python_dir, require_root, run,
+    },
     mock::{MockProvider, text_of},
     tls::TestCa,
 };
 use serde_json::Value;
 
-/// One fake provider world: the public CA, fake hosts, the agent, a cgroup.
-struct World {
-    cgroup: Cgroup,
-    hosts_file: PathBuf,
-    agent: Agent,
-    _mocks: Vec<MockProvider>,
-    mock: usize,
-    mocks_addrs: Vec<String>,
-}
-
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 
-/// `hosts`: (name, fake address, intercepted?) for each fake host.
-fn world(
-    tag: &str,
-    hosts: &[(&str, &str, bool)],
-    extra_config: &str,
-) -> (World, Vec<MockProvider>) {
-    let public_ca = TestCa::new("fake public CA");
-    let dir = tempfile::tempdir().unwrap();
-    public_ca.write_cert(&dir.path().join("public-ca.pem"));
-    let mocks: Vec<MockProvider> = hosts
-        .iter()
-        .map(|(name, addr, _)| {
-            MockProvider::start_tls(
-                format!("{addr}:443").parse().unwrap(),
-                &public_ca.identity(&[name]),
-            )
-        })
-        .collect();
-    let hosts_file = dir.path().join("hosts");
-    let mut hosts_text = String::from("127.0.0.1 localhost\n");
-    for (name, addr, _) in hosts {
-        hosts_text.push_str(&format!("{addr} {name}\n"));
-    }
-    std::fs::write(&hosts_file, hosts_text).unwrap();
-    let cgroup = Cgroup::new(tag);
-    let mut config = format!(
-        "upstream_tls: {{ extra_roots: [\"{}\"] }}\nintercept:\n  cgroup: \"{}\"\n  resolve: false\n  proxy_port: {}\n  hosts:\n",
-        dir.path().join("public-ca.pem").display(),
-        cgroup.path.display(),
-        free_port()
-    );
-    for (name, addr, intercepted) in hosts {
-        if *intercepted {
-            config.push_str(&format!(
-                "    - {{ name: {name}, addresses: [\"{addr}\"] }}\n"
-            ));
-        }
-    }
-    config.push_str(extra_config);
-    let agent = Agent::start_in(dir, &config);
-    let addrs = hosts.iter().map(|(_, a, _)| (*a).to_owned()).collect();
-    (
-        World {
-            cgroup,
-            hosts_file,
-            agent,
-            _mocks: Vec::new(),
-            mock: 0,
-            mocks_addrs: addrs,
-        },
-        mocks,
-    )
+/// A fake host: name, address, and whether the agent intercepts it.
+struct Host(&'static str, &'static str, bool);
+
+/// One test world: fake hosts with their public CA, a cgroup, the agent.
+struct World {
+    agent: Agent,
+    cgroup: Cgroup,
+    hosts_file: PathBuf,
+    public_ca: PathBuf,
+    mocks: Vec<MockProvider>,
 }
 
-fn curl_in(world: &World, cacert: &Path, url: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "-sS",
-        "--max-time",
-        "10",
-        "--cacert",
-        cacert.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    args.push(url);
-    run(&mut world.cgroup.command(&world.hosts_file, "curl", &args))
+impl World {
+    fn new(tag: &str, hosts: &[Host], extra_config: &str) -> Self {
+        let ca = TestCa::new("fake public CA");
+        let dir = tempfile::tempdir().unwrap();
+        let public_ca = dir.path().join("public-ca.pem");
+        ca.write_cert(&public_ca);
+        let mocks = hosts
+            .iter()
+            .map(|h| {
+                MockProvider::start_tls(
+                    format!("{}:443", h.1).parse().unwrap(),
+                    &ca.identity(&[h.0]),
+                )
+            })
+            .collect();
+        let hosts_file = dir.path().join("hosts");
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for h in hosts {
+            let _ = writeln!(text, "{} {}", h.1, h.0);
+        }
+        std::fs::write(&hosts_file, text).unwrap();
+        let cgroup = Cgroup::new(tag);
+        let mut config = format!(
+            "upstream_tls: {{ extra_roots: [\"{}\"] }}\nintercept:\n  cgroup: \"{}\"\n  resolve: false\n  proxy_port: {}\n  hosts:\n",
+            public_ca.display(),
+            cgroup.path.display(),
+            free_port()
+        );
+        for h in hosts.iter().filter(|h| h.2) {
+            let _ = writeln!(
+                config,
+                "    - {{ name: {}, addresses: [\"{}\"] }}",
+                h.0, h.1
+            );
+        }
+        config.push_str(extra_config);
+        let agent = Agent::start_in(dir, &config, Some(&cgroup));
+        Self {
+            agent,
+            cgroup,
+            hosts_file,
+            public_ca,
+            mocks,
+        }
+    }
+
+    /// curl inside the cgroup, trusting `cacert` only.
+    fn curl(&self, cacert: &Path, url: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            cacert.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.push(url);
+        run(&mut self.cgroup.command(&self.hosts_file, "curl", &args))
+    }
+
+    fn chat(&self, cacert: &Path, key: &str) -> Output {
+        let auth = format!("authorization: Bearer {key}");
+        self.curl(
+            cacert,
+            "https://api.openai.com/v1/chat/completions",
+            &[
+                "-H",
+                &auth,
+                "-H",
+                "content-type: application/json",
+                "-d",
+                CHAT,
+            ],
+        )
+    }
+}
+
+fn assert_chat_ok(out: &Output, agent: &Agent) {
+    assert_success(
+        &format!("curl chat\n--- agent log ---\n{}", agent.logs()),
+        out,
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], text_of(5));
 }
 
 #[test]
@@ -103,25 +134,9 @@ fn unmodified_curl_is_intercepted_and_audited_with_its_process() {
     if !require_root() {
         return;
     }
-    let (w, mocks) = world("curl", &[("api.openai.com", "127.10.0.1", true)], "");
+    let w = World::new("curl", &[Host("api.openai.com", "127.10.0.1", true)], "");
     let key = canary("transparent");
-    let auth = format!("authorization: Bearer {key}");
-    let out = curl_in(
-        &w,
-        &w.agent.ca_pem(),
-        "https://api.openai.com/v1/chat/completions",
-        &[
-            "-H",
-            &auth,
-            "-H",
-            "content-type: application/json",
-            "-d",
-            CHAT,
-        ],
-    );
-    assert_success(&format!("curl through the agent\n{}", w.agent.logs()), &out);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["choices"][0]["message"]["content"], text_of(5));
+    assert_chat_ok(&w.chat(&w.agent.ca_pem(), &key), &w.agent);
 
     let rec = &w.agent.wait_records(1)[0];
     assert_eq!(rec["mode"], "transparent", "{rec}");
@@ -143,8 +158,12 @@ fn unmodified_curl_is_intercepted_and_audited_with_its_process() {
         "{rec}"
     );
 
-    let seen = mocks[0].requests();
-    assert_eq!(seen.len(), 1);
+    let seen = w.mocks[0].requests();
+    assert_eq!(
+        seen.len(),
+        1,
+        "exactly one upstream request: the agent's own connection was not looped back"
+    );
     assert_eq!(seen[0].uri, "/v1/chat/completions");
     assert_eq!(
         seen[0].header("authorization"),
@@ -152,5 +171,209 @@ fn unmodified_curl_is_intercepted_and_audited_with_its_process() {
     );
     assert!(!w.agent.logs().contains(&key), "API key in agent logs");
     assert!(!serde_json::to_string(rec).unwrap().contains(&key));
-    let _ = (w.mock, &w.mocks_addrs, &w._mocks);
+    assert!(!w.agent.metrics().contains(&key));
+    assert!(
+        w.agent
+            .metrics()
+            .contains(r#"leash_intercepted_connections_total{action="terminated"} 1"#)
+    );
+}
+
+#[test]
+fn outside_the_cgroup_nothing_is_intercepted() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new("outside", &[Host("api.openai.com", "127.10.0.2", true)], "");
+    // The test process is not in the cgroup: it reaches the fake provider
+    // directly and sees the provider's own certificate.
+    let out = run(std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&w.public_ca)
+        .args(["--resolve", "api.openai.com:443:127.10.0.2", "-d", CHAT])
+        .arg("https://api.openai.com/v1/chat/completions"));
+    assert_success("curl outside the cgroup", &out);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        w.agent.audit_records().is_empty(),
+        "a call from outside the cgroup was intercepted"
+    );
+}
+
+#[test]
+fn all_tls_scope_splices_other_hosts_untouched() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new(
+        "splice",
+        &[
+            Host("api.openai.com", "127.10.0.3", true),
+            Host("www.example.org", "127.10.0.4", false),
+        ],
+        "  scope: all-tls\n",
+    );
+    // Not a provider: spliced byte for byte, so its own certificate (from
+    // the public CA) reaches the client, and the org CA would not verify.
+    let out = w.curl(
+        &w.public_ca,
+        "https://www.example.org/v1/chat/completions",
+        &["-d", CHAT],
+    );
+    assert_success(&format!("spliced curl\n{}", w.agent.logs()), &out);
+    let out = w.curl(
+        &w.agent.ca_pem(),
+        "https://www.example.org/v1/chat/completions",
+        &["-d", CHAT],
+    );
+    assert!(
+        !out.status.success(),
+        "a non-provider host was terminated with the org CA"
+    );
+    // The provider is still terminated.
+    assert_chat_ok(&w.chat(&w.agent.ca_pem(), "sk-test"), &w.agent);
+    let records = w.agent.wait_records(1);
+    assert_eq!(
+        records.len(),
+        1,
+        "only the provider call is audited: {records:#?}"
+    );
+    assert!(w.mocks[1].requests().len() == 1);
+    assert!(
+        w.agent
+            .metrics()
+            .contains(r#"leash_intercepted_connections_total{action="spliced"} 2"#),
+        "{}",
+        w.agent.metrics()
+    );
+}
+
+#[test]
+fn getpeername_shows_the_address_the_client_connected_to() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new("peer", &[Host("api.openai.com", "127.10.0.5", true)], "");
+    let script = "import socket; s = socket.create_connection(('api.openai.com', 443)); print(s.getpeername()[0], s.getpeername()[1])";
+    let py = python();
+    let out = run(&mut w
+        .cgroup
+        .command(&w.hosts_file, py.to_str().unwrap(), &["-c", script]));
+    assert_success("getpeername", &out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "127.10.0.5 443"
+    );
+}
+
+#[test]
+fn after_kill_9_traffic_goes_direct_and_a_restart_resumes_interception() {
+    if !require_root() {
+        return;
+    }
+    let mut w = World::new(
+        "failopen",
+        &[Host("api.openai.com", "127.10.0.6", true)],
+        "",
+    );
+    assert_chat_ok(&w.chat(&w.agent.ca_pem(), "sk-test"), &w.agent);
+    w.agent.kill9();
+    let killed = Instant::now();
+    // Fail open: within 2 s the client reaches the provider directly (its
+    // own certificate, from the public CA, verifies).
+    let direct = loop {
+        let out = w.chat(&w.public_ca.clone(), "sk-test");
+        if out.status.success() {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "still not direct 2 s after kill -9: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("direct {direct:?} after kill -9");
+    w.agent.restart();
+    assert_chat_ok(&w.chat(&w.agent.ca_pem(), "sk-test"), &w.agent);
+    assert_eq!(w.agent.wait_records(2).len(), 2);
+}
+
+/// The official SDKs with their default base URLs; only `SSL_CERT_FILE`
+/// points at the organisation CA.
+#[test]
+fn official_sdks_with_default_urls_are_intercepted() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new(
+        "sdk",
+        &[
+            Host("api.openai.com", "127.10.0.7", true),
+            Host("api.anthropic.com", "127.10.0.8", true),
+            Host("generativelanguage.googleapis.com", "127.10.0.9", true),
+        ],
+        "",
+    );
+    let key = canary("sdk");
+    let py = python();
+    let script = python_dir().join("sdk_check.py");
+    let ca = w.agent.ca_pem();
+    let cases = [
+        ("openai-chat", "https://api.openai.com/v1", "openai"),
+        ("openai-chat-stream", "https://api.openai.com/v1", "openai"),
+        ("anthropic", "https://api.anthropic.com", "anthropic"),
+        ("anthropic-stream", "https://api.anthropic.com", "anthropic"),
+        (
+            "google",
+            "https://generativelanguage.googleapis.com",
+            "google",
+        ),
+        (
+            "google-stream",
+            "https://generativelanguage.googleapis.com",
+            "google",
+        ),
+    ];
+    for (i, (case, base, provider)) in cases.iter().enumerate() {
+        let mut cmd = w.cgroup.command(
+            &w.hosts_file,
+            "env",
+            &[
+                &format!("SSL_CERT_FILE={}", ca.display()),
+                "LEASH_TEST_HEADERS={}",
+                py.to_str().unwrap(),
+                script.to_str().unwrap(),
+                case,
+                base,
+                &key,
+                &text_of(5),
+            ],
+        );
+        for var in [
+            "OPENAI_API_KEY",
+            "ANTHROPIC_API_KEY",
+            "GOOGLE_API_KEY",
+            "GEMINI_API_KEY",
+            "HTTPS_PROXY",
+            "https_proxy",
+        ] {
+            cmd.env_remove(var);
+        }
+        let out = run(&mut cmd);
+        assert_success(
+            &format!("{case} with default URL\n{}", w.agent.logs()),
+            &out,
+        );
+        let rec = &w.agent.wait_records(i + 1)[i];
+        assert_eq!(rec["provider"], *provider, "{rec}");
+        assert_eq!(rec["mode"], "transparent");
+        assert!(
+            rec["caller"]["exe"]
+                .as_str()
+                .is_some_and(|e| e.contains("python")),
+            "{rec}"
+        );
+    }
+    assert!(!w.agent.logs().contains(&key));
 }

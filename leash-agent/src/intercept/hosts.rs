@@ -83,7 +83,7 @@ pub async fn keep_resolved(hooks: Arc<KernelHooks>, hosts: Vec<InterceptHost>, r
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(host = %host.name, error = %e, "cannot resolve intercepted host")
+                    tracing::warn!(host = %host.name, error = %e, "cannot resolve intercepted host");
                 }
             }
         }

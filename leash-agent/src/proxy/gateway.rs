@@ -103,7 +103,6 @@ impl Gateway {
         } else {
             rest.to_owned()
         };
-        let query = req.uri().query().map(str::to_owned);
         let caller = Caller {
             addr: Some(peer),
             ..Caller::default()

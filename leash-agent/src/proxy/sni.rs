@@ -1,5 +1,5 @@
 //! Peeking at the first bytes of an intercepted connection: is it TLS, and
-//! which server name does its ClientHello ask for? The bytes read are kept so
+//! which server name does its `ClientHello` ask for? The bytes read are kept so
 //! the connection can then be terminated or spliced as if never touched.
 
 use std::{
@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 const RECORD_HEADER: usize = 5;
 const HANDSHAKE: u8 = 0x16;
 const CLIENT_HELLO: u8 = 0x01;
-/// A ClientHello larger than this is not waited for (max TLS record).
+/// A `ClientHello` larger than this is not waited for (max TLS record).
 const MAX_HELLO: usize = RECORD_HEADER + 16 * 1024;
 
 /// What the first bytes of a connection were.
@@ -67,11 +67,7 @@ fn parse(data: &[u8]) -> Option<Hello> {
     if data.len() < RECORD_HEADER + len {
         return None;
     }
-    let body = &data[RECORD_HEADER..RECORD_HEADER + len];
-    Some(match client_hello_sni(body) {
-        Some(sni) => Hello::Tls { sni },
-        None => Hello::NotTls,
-    })
+    Some(client_hello(&data[RECORD_HEADER..RECORD_HEADER + len]))
 }
 
 /// A cursor over a byte slice with bounds-checked reads.
@@ -102,9 +98,23 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// `Some(sni)` for a well-formed ClientHello (`Some(None)`: no SNI);
-/// `None` when it is not one.
-fn client_hello_sni(handshake: &[u8]) -> Option<Option<String>> {
+/// What a handshake record holds: a `ClientHello` (with its SNI, if any)
+/// or something else.
+fn client_hello(handshake: &[u8]) -> Hello {
+    match client_hello_sni(handshake) {
+        Some(Sni::Name(name)) => Hello::Tls { sni: Some(name) },
+        Some(Sni::Absent) => Hello::Tls { sni: None },
+        None => Hello::NotTls,
+    }
+}
+
+enum Sni {
+    Name(String),
+    Absent,
+}
+
+/// The SNI of a well-formed `ClientHello`; `None` when it is not one.
+fn client_hello_sni(handshake: &[u8]) -> Option<Sni> {
     let mut r = Reader(handshake);
     if r.u8()? != CLIENT_HELLO {
         return None;
@@ -119,7 +129,7 @@ fn client_hello_sni(handshake: &[u8]) -> Option<Option<String>> {
     r.vec16()?; // cipher suites
     r.vec8()?; // compression methods
     let Some(mut exts) = r.vec16().map(Reader) else {
-        return Some(None);
+        return Some(Sni::Absent);
     };
     while let (Some(kind), Some(data)) = (exts.u16(), exts.vec16()) {
         if kind != 0 {
@@ -129,11 +139,11 @@ fn client_hello_sni(handshake: &[u8]) -> Option<Option<String>> {
         while let (Some(name_type), Some(name)) = (list.u8(), list.vec16()) {
             if name_type == 0 {
                 let name = std::str::from_utf8(name).ok()?;
-                return Some(Some(name.trim_end_matches('.').to_ascii_lowercase()));
+                return Some(Sni::Name(name.trim_end_matches('.').to_ascii_lowercase()));
             }
         }
     }
-    Some(None)
+    Some(Sni::Absent)
 }
 
 /// A stream that first replays bytes already read from it.
@@ -182,10 +192,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test records are small")]
 mod tests {
     use super::*;
 
-    /// A minimal ClientHello record with the given SNI.
+    /// A minimal `ClientHello` record with the given SNI.
     fn hello(sni: Option<&str>) -> Vec<u8> {
         let mut exts = Vec::new();
         if let Some(name) = sni {

@@ -1,5 +1,5 @@
 //! The transparent proxy: takes the connections the kernel hooks redirected,
-//! peeks at the ClientHello, terminates TLS for intercepted provider hosts
+//! peeks at the `ClientHello`, terminates TLS for intercepted provider hosts
 //! with a leaf minted from the organisation CA (then the same pipeline as the
 //! gateway, forwarding to the original destination over verified TLS), and
 //! splices everything else to its original destination byte for byte.
@@ -42,7 +42,7 @@ use crate::{
 };
 
 /// Minted leaves are replaced after this long (they live 7 days).
-const REMINT_AFTER: Duration = Duration::from_secs(24 * 3600);
+const REMINT_AFTER: Duration = Duration::from_hours(24);
 /// More cached leaves than this and the cache starts over.
 const MAX_CACHED_CERTS: usize = 10_000;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,10 +87,10 @@ impl CertCache {
 
     fn cell(&self, host: &str) -> Arc<OnceCell<Minted>> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(cell) = entries.get(host) {
-            if cell.get().is_none_or(|m| m.at.elapsed() < REMINT_AFTER) {
-                return Arc::clone(cell);
-            }
+        if let Some(cell) = entries.get(host)
+            && cell.get().is_none_or(|m| m.at.elapsed() < REMINT_AFTER)
+        {
+            return Arc::clone(cell);
         }
         if entries.len() >= MAX_CACHED_CERTS {
             entries.clear();
@@ -313,7 +313,7 @@ impl Transparent {
     }
 }
 
-/// The addresses the proxy listens on: 127.0.0.1 and ::1.
+/// The addresses the proxy listens on: `127.0.0.1` and `::1`.
 pub fn listen_addrs(port: u16) -> [SocketAddr; 2] {
     [
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
