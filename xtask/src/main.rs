@@ -34,9 +34,10 @@ enum Task {
     /// Install what the eBPF build needs: the nightly toolchain's `rust-src`
     /// and bpf-linker built against rustc's own LLVM.
     Setup,
-    /// Build Leash (release) and start it. Without arguments it runs
-    /// `leash gateway` on the embedded defaults; otherwise the arguments go
-    /// to `leash` (e.g. `cargo xtask run -- gateway --config leash.yaml`).
+    /// Install the eBPF toolchain if needed, build Leash (release) and start
+    /// it on its embedded defaults: `leash run` (the transparent agent) as
+    /// root, `leash gateway` otherwise. Arguments go to `leash` instead
+    /// (e.g. `cargo xtask run -- gateway --config leash.yaml`).
     Run {
         #[arg(last = true)]
         args: Vec<OsString>,
@@ -53,9 +54,11 @@ fn target_dir() -> PathBuf {
     env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
 }
 
+/// `cargo` in the workspace root. `LEASH_EBPF=require`: a build without the
+/// kernel programs is an error here, never a silent stub.
 fn cargo() -> Command {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(root());
+    cmd.current_dir(root()).env("LEASH_EBPF", "require");
     cmd
 }
 
@@ -314,13 +317,26 @@ fn count_before(line: &str, word: &str) -> u64 {
         .unwrap_or(0)
 }
 
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
 fn run_leash(args: &[OsString]) -> Result<()> {
+    setup()?;
     run(cargo().args(["build", "--release", "-p", "leash-agent"]))?;
     let leash = target_dir().join("release/leash");
-    let args: Vec<OsString> = if args.is_empty() {
-        vec!["gateway".into()]
-    } else {
+    let args: Vec<OsString> = if !args.is_empty() {
         args.to_vec()
+    } else if is_root() {
+        vec!["run".into()]
+    } else {
+        eprintln!("xtask: not root, so starting the gateway; the transparent agent needs `sudo cargo xtask run`");
+        vec!["gateway".into()]
     };
     run(Command::new(leash).args(args))
 }
