@@ -77,6 +77,10 @@ pub struct AuditRecord {
     /// Set when Leash answered instead of the provider.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
+    /// Set on records that are not a request: `shadow_ai` (a connection to
+    /// an LLM endpoint that is not intercepted; `endpoint` holds its host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'static str>,
 }
 
 impl From<&crate::pipeline::Caller> for CallerRecord {
@@ -149,6 +153,31 @@ impl AuditRecord {
             response_bytes: ex.response_bytes,
             caller: CallerRecord::from(&ex.caller),
             error: ex.error.map(crate::provider::ErrorCode::as_str),
+            event: None,
+        }
+    }
+
+    /// A `shadow_ai` event: `caller` connected to `host`, an LLM endpoint
+    /// that is not intercepted (the connection was spliced, not inspected).
+    pub fn shadow_ai(host: &str, caller: &crate::pipeline::Caller, node: &Arc<str>) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            ts: rfc3339(SystemTime::now()),
+            host: Arc::clone(node),
+            mode: crate::pipeline::Mode::Transparent.as_str(),
+            provider: "unlisted".to_owned(),
+            endpoint: host.to_owned(),
+            model: None,
+            stream: false,
+            status: None,
+            latency_ms: 0.0,
+            ttfb_ms: None,
+            overhead_ms: 0.0,
+            completed: false,
+            response_bytes: 0,
+            caller: CallerRecord::from(caller),
+            error: None,
+            event: Some("shadow_ai"),
         }
     }
 }

@@ -39,6 +39,11 @@ struct ProviderLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostLabels {
+    host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
     action: &'static str,
 }
@@ -55,7 +60,9 @@ pub struct Metrics {
     pub audit_write_errors: Counter,
     intercepted: Family<ActionLabels, Counter>,
     pub cert_mints: Counter,
+    shadow_ai: Family<HostLabels, Counter>,
     models: Mutex<HashSet<String>>,
+    shadow_hosts: Mutex<HashSet<String>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -64,6 +71,20 @@ fn duration_histogram() -> Histogram {
 
 fn overhead_histogram() -> Histogram {
     Histogram::new(OVERHEAD_BUCKETS)
+}
+
+/// `value` while fewer than `MAX_MODELS` distinct values were seen (or it
+/// is one of them), else `other`: label cardinality stays bounded.
+fn bounded_label(seen: &Mutex<HashSet<String>>, value: &str) -> String {
+    let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+    if seen.contains(value) {
+        return value.to_owned();
+    }
+    if seen.len() < MAX_MODELS {
+        seen.insert(value.to_owned());
+        return value.to_owned();
+    }
+    "other".to_owned()
 }
 
 impl Default for Metrics {
@@ -83,6 +104,12 @@ impl Metrics {
         let audit_write_errors = Counter::default();
         let intercepted = Family::<ActionLabels, Counter>::default();
         let cert_mints = Counter::default();
+        let shadow_ai = Family::<HostLabels, Counter>::default();
+        registry.register(
+            "leash_shadow_ai_connections",
+            "Connections to LLM endpoints that are not intercepted (scope: all-tls), by host",
+            shadow_ai.clone(),
+        );
         registry.register(
             "leash_intercepted_connections",
             "Connections redirected to the transparent proxy, by what was done (terminated, spliced, unknown)",
@@ -133,23 +160,20 @@ impl Metrics {
             audit_write_errors,
             intercepted,
             cert_mints,
+            shadow_ai,
             models: Mutex::new(HashSet::new()),
+            shadow_hosts: Mutex::new(HashSet::new()),
         }
     }
 
     fn model_label(&self, model: Option<&str>) -> String {
-        let Some(model) = model else {
-            return "unknown".to_owned();
-        };
-        let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
-        if models.contains(model) {
-            return model.to_owned();
-        }
-        if models.len() < MAX_MODELS {
-            models.insert(model.to_owned());
-            return model.to_owned();
-        }
-        "other".to_owned()
+        model.map_or_else(|| "unknown".to_owned(), |m| bounded_label(&self.models, m))
+    }
+
+    /// Counts a connection to an unlisted LLM endpoint.
+    pub fn shadow_ai(&self, host: &str) {
+        let host = bounded_label(&self.shadow_hosts, host);
+        self.shadow_ai.get_or_create(&HostLabels { host }).inc();
     }
 
     /// Counts a redirected connection by what the proxy did with it.

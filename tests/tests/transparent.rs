@@ -53,7 +53,7 @@ impl World {
             .iter()
             .map(|h| {
                 MockProvider::start_tls(
-                    format!("{}:443", h.1).parse().unwrap(),
+                    std::net::SocketAddr::new(h.1.parse().unwrap(), 443),
                     &ca.identity(&[h.0]),
                 )
             })
@@ -376,4 +376,37 @@ fn official_sdks_with_default_urls_are_intercepted() {
         );
     }
     assert!(!w.agent.logs().contains(&key));
+}
+
+/// A native IPv6 provider address is redirected to the proxy's `::1`
+/// listener and intercepted like an IPv4 one.
+#[test]
+fn native_ipv6_provider_addresses_are_intercepted() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new("ipv6", &[Host("api.anthropic.com", "::1", true)], "");
+    let out = w.curl(
+        &w.agent.ca_pem(),
+        "https://api.anthropic.com/v1/messages",
+        &[
+            "-6",
+            "-H",
+            "x-api-key: sk-test",
+            "-d",
+            r#"{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[]}"#,
+        ],
+    );
+    assert_success(&format!("curl over IPv6\n{}", w.agent.logs()), &out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["content"][0]["text"], text_of(5));
+    let rec = &w.agent.wait_records(1)[0];
+    assert_eq!(rec["provider"], "anthropic");
+    assert_eq!(rec["mode"], "transparent");
+    assert!(
+        rec["caller"]["addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("[::1]")),
+        "{rec}"
+    );
 }

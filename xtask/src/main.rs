@@ -335,7 +335,9 @@ fn run_leash(args: &[OsString]) -> Result<()> {
     } else if is_root() {
         vec!["run".into()]
     } else {
-        eprintln!("xtask: not root, so starting the gateway; the transparent agent needs `sudo cargo xtask run`");
+        eprintln!(
+            "xtask: not root, so starting the gateway; the transparent agent needs `sudo cargo xtask run`"
+        );
         vec!["gateway".into()]
     };
     run(Command::new(leash).args(args))

@@ -6,3 +6,4 @@ pub mod caller;
 pub mod cgroup;
 pub mod hooks;
 pub mod hosts;
+pub mod shadow;

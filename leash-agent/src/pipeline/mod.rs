@@ -302,6 +302,15 @@ impl Pipeline {
         flow
     }
 
+    /// Writes a record that is not an exchange (e.g. a shadow-AI event).
+    pub fn audit_event(&self, record: AuditRecord) {
+        self.audit.submit(record);
+    }
+
+    pub fn host(&self) -> &Arc<str> {
+        &self.host
+    }
+
     /// Ends an exchange: logging phase, metrics, audit record.
     fn finish(&self, ex: &Exchange) {
         let mut record = AuditRecord::from_exchange(ex, &self.host);

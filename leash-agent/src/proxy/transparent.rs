@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     ca::{CaError, CertAuthority},
-    intercept::{caller, hooks::KernelHooks, hosts::HostTable},
+    intercept::{caller, hooks::KernelHooks, hosts::HostTable, shadow},
     metrics::Metrics,
     pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline},
     provider::Provider,
@@ -146,6 +146,22 @@ fn destination(orig: &OrigDst) -> SocketAddr {
     SocketAddr::new(ip, orig.port)
 }
 
+/// The caller of a redirected connection, as the audit names it.
+fn caller_of(orig: &OrigDst, peer: SocketAddr) -> Caller {
+    let process = caller::describe(orig);
+    Caller {
+        addr: Some(peer),
+        team: None,
+        pid: Some(process.pid),
+        exe: process.exe,
+        comm: Some(process.comm),
+        uid: Some(process.uid),
+        user: process.user,
+        cgroup: process.cgroup,
+        container: process.container,
+    }
+}
+
 /// One terminated client connection: its provider, caller and upstream.
 struct Terminated {
     provider: Arc<Provider>,
@@ -233,6 +249,9 @@ impl Transparent {
                 Hello::NotTls => None,
             };
             tracing::debug!(%peer, %dst, sni = sni.as_deref().unwrap_or("-"), "splicing");
+            if let Some(host) = sni.as_deref().filter(|h| shadow::is_provider_like(h)) {
+                self.shadow_ai(host, &orig, peer);
+            }
             return self.splice(stream, &prefix, dst).await;
         };
         self.metrics().intercepted("terminated");
@@ -244,19 +263,8 @@ impl Transparent {
             .accept(Prefixed::new(prefix, stream))
             .await
             .map_err(TransparentError::ClientTls)?;
-        let process = caller::describe(&orig);
-        tracing::debug!(%peer, %dst, %host, pid = process.pid, exe = process.exe.as_deref().unwrap_or("-"), "terminating");
-        let caller = Caller {
-            addr: Some(peer),
-            team: None,
-            pid: Some(process.pid),
-            exe: process.exe,
-            comm: Some(process.comm),
-            uid: Some(process.uid),
-            user: process.user,
-            cgroup: process.cgroup,
-            container: process.container,
-        };
+        let caller = caller_of(&orig, peer);
+        tracing::debug!(%peer, %dst, %host, pid = caller.pid, exe = caller.exe.as_deref().unwrap_or("-"), "terminating");
         let connector = MarkedConnector {
             dst,
             mark: self.bypass_mark,
@@ -285,6 +293,15 @@ impl Transparent {
             .serve_connection(TokioIo::new(tls), service)
             .await
             .map_err(TransparentError::Http)
+    }
+
+    /// Records a connection to an LLM endpoint that is not intercepted.
+    fn shadow_ai(&self, host: &str, orig: &OrigDst, peer: SocketAddr) {
+        self.metrics().shadow_ai(host);
+        let caller = caller_of(orig, peer);
+        tracing::info!(%host, pid = caller.pid, exe = caller.exe.as_deref().unwrap_or("-"), "shadow AI: connection to an LLM endpoint that is not intercepted");
+        let record = crate::audit::AuditRecord::shadow_ai(host, &caller, self.pipeline.host());
+        self.pipeline.audit_event(record);
     }
 
     async fn splice(
