@@ -139,6 +139,22 @@ pub async fn run_gateway(
     Ok(())
 }
 
+fn hook_settings(config: &Config, cgroup: std::path::PathBuf) -> HookSettings {
+    let intercept = &config.intercept;
+    HookSettings {
+        cgroup,
+        proxy_port: intercept.proxy_port,
+        ports: intercept.ports.clone(),
+        all_ports: intercept.scope == Scope::AllTls,
+        bypass_mark: intercept.bypass_mark,
+        dns_names: if intercept.observe_dns {
+            intercept.hosts.iter().map(|h| h.name.clone()).collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
 /// Runs the transparent agent (and the gateway listener when configured)
 /// until `shutdown` resolves. The kernel hooks are attached with bpf links:
 /// they go away with this process, so traffic flows direct (fail open).
@@ -179,13 +195,10 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     }
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
 
-    let hooks = Arc::new(KernelHooks::attach(&HookSettings {
-        cgroup: cgroup_dir.clone(),
-        proxy_port: config.intercept.proxy_port,
-        ports: config.intercept.ports.clone(),
-        all_ports: config.intercept.scope == Scope::AllTls,
-        bypass_mark: config.intercept.bypass_mark,
-    })?);
+    let hooks = Arc::new(KernelHooks::attach(&hook_settings(
+        &config,
+        cgroup_dir.clone(),
+    ))?);
     let host_table = HostTable::new(&config);
     let static_targets = hosts::add_static(&hooks, host_table.hosts())?;
     let resolver = config.intercept.resolve.then(|| {

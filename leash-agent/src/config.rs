@@ -97,6 +97,9 @@ pub struct InterceptConfig {
     pub hosts: Vec<InterceptHost>,
     /// Resolve `hosts` with the system resolver (and keep them fresh).
     pub resolve: bool,
+    /// Watch DNS answers received in scope for `hosts` and add their
+    /// addresses before the application sees them.
+    pub observe_dns: bool,
     pub refresh: Duration,
     pub proxy_port: u16,
     pub bypass_mark: u32,
@@ -186,6 +189,7 @@ struct RawIntercept {
     ports: Option<Vec<u16>>,
     hosts: Option<Vec<RawHost>>,
     resolve: Option<bool>,
+    observe_dns: Option<bool>,
     refresh_secs: Option<u64>,
     proxy_port: Option<u16>,
     bypass_mark: Option<u32>,
@@ -544,6 +548,7 @@ fn validate_intercept(
         ports,
         hosts,
         resolve: raw.resolve.unwrap_or(true),
+        observe_dns: raw.observe_dns.unwrap_or(true),
         refresh: secs("intercept.refresh_secs", raw.refresh_secs, 30)?,
         proxy_port: match raw.proxy_port {
             Some(0) => return Err(invalid("intercept.proxy_port", "must not be 0")),

@@ -52,6 +52,26 @@ pub mod names {
     pub const GETPEERNAME4: &str = "leash_getpeername4";
     pub const GETPEERNAME6: &str = "leash_getpeername6";
     pub const SOCKOPS: &str = "leash_sockops";
+    pub const DNS_NAMES: &str = "LEASH_DNS_NAMES";
+    pub const DNS_INGRESS: &str = "leash_dns_ingress";
+}
+
+/// Longest host name (dotted, lower case) the DNS observer matches; names
+/// are stored NUL-padded to this length.
+pub const DNS_NAME_LEN: usize = 64;
+
+/// A watched host name as the DNS observer's map key: lower case, dotted,
+/// no trailing dot, NUL-padded. `None` if it does not fit.
+pub fn dns_name_key(name: &str) -> Option<[u8; DNS_NAME_LEN]> {
+    let name = name.trim_end_matches('.');
+    if name.is_empty() || name.len() >= DNS_NAME_LEN {
+        return None;
+    }
+    let mut key = [0u8; DNS_NAME_LEN];
+    for (k, b) in key.iter_mut().zip(name.bytes()) {
+        *k = b.to_ascii_lowercase();
+    }
+    Some(key)
 }
 
 /// Capacity of the target address maps.
@@ -143,6 +163,14 @@ mod tests {
             assert_eq!(ProviderKind::from_name(kind.as_str()), Some(kind));
         }
         assert_eq!(ProviderKind::from_name("OpenAI"), None);
+    }
+
+    #[test]
+    fn dns_keys() {
+        let key = super::dns_name_key("API.OpenAI.com.").unwrap();
+        assert_eq!(&key[..15], b"api.openai.com\0");
+        assert!(super::dns_name_key(&"a".repeat(64)).is_none());
+        assert!(super::dns_name_key("").is_none());
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //!   peer port of the accepted connection.
 //! - `getpeername4` / `getpeername6`: report the original destination.
 //!
+//! - `cgroup_skb/ingress` (`leash_dns_ingress`): DNS answers (UDP from port
+//!   53) to a question for a watched name (`LEASH_DNS_NAMES`) have their A
+//!   and AAAA records added to the target maps before the answer reaches the
+//!   application, so a provider address learned from DNS is intercepted on
+//!   the very first connection.
+//!
 //! Sockets marked with the agent's `SO_MARK`, and the agent's own process,
 //! are never redirected. Every hook allows the connection: Leash never
 //! blocks in the kernel.
@@ -28,11 +34,12 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     },
-    macros::{cgroup_sock_addr, map, sock_ops},
+    macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, LruHashMap},
+    programs::SkBuffContext,
     programs::{SockAddrContext, SockOpsContext},
 };
-use leash_common::{InterceptConfig, MAX_CONNECTIONS, MAX_TARGETS, OrigDst};
+use leash_common::{DNS_NAME_LEN, InterceptConfig, MAX_CONNECTIONS, MAX_TARGETS, OrigDst};
 
 /// Cgroup sock_addr verdict: let the call proceed.
 const ALLOW: i32 = 1;
@@ -50,6 +57,8 @@ static LEASH_TARGETS_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(MAX_T
 static LEASH_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
 #[map]
 static LEASH_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+#[map]
+static LEASH_DNS_NAMES: HashMap<[u8; DNS_NAME_LEN], u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static LEASH_BY_PORT: LruHashMap<u32, OrigDst> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
@@ -218,6 +227,140 @@ pub fn leash_sockops(ctx: SockOpsContext) -> u32 {
         }
     }
     SOCKOPS_OK
+}
+
+const IPPROTO_UDP: u8 = 17;
+const DNS_PORT: u16 = 53;
+const DNS_TYPE_A: u16 = 1;
+const DNS_TYPE_AAAA: u16 = 28;
+/// Answer records looked at per response.
+const MAX_ANSWERS: u32 = 16;
+
+#[cgroup_skb(ingress)]
+pub fn leash_dns_ingress(ctx: SkBuffContext) -> i32 {
+    let _ = try_dns(&ctx);
+    // Observe only: every packet passes.
+    1
+}
+
+fn load_u8(ctx: &SkBuffContext, off: usize) -> Option<u8> {
+    ctx.load::<u8>(off).ok()
+}
+
+fn load_be16(ctx: &SkBuffContext, off: usize) -> Option<u16> {
+    ctx.load::<u16>(off).ok().map(u16::from_be)
+}
+
+/// The offset of the UDP payload of a DNS response, or `None`.
+fn dns_payload(ctx: &SkBuffContext) -> Option<usize> {
+    let first = load_u8(ctx, 0)?;
+    let udp = match first >> 4 {
+        4 => {
+            if load_u8(ctx, 9)? != IPPROTO_UDP {
+                return None;
+            }
+            usize::from(first & 0x0f) * 4
+        }
+        6 => {
+            if load_u8(ctx, 6)? != IPPROTO_UDP {
+                return None;
+            }
+            40
+        }
+        _ => return None,
+    };
+    if load_be16(ctx, udp)? != DNS_PORT {
+        return None;
+    }
+    Some(udp + 8)
+}
+
+/// Reads the question name at `off` into `name` (lower case, dotted);
+/// returns the offset after it.
+fn read_question(
+    ctx: &SkBuffContext,
+    mut off: usize,
+    name: &mut [u8; DNS_NAME_LEN],
+) -> Option<usize> {
+    let mut out = 0usize;
+    let mut label_left = 0u8;
+    for _ in 0..DNS_NAME_LEN {
+        let b = load_u8(ctx, off)?;
+        off += 1;
+        if label_left == 0 {
+            if b == 0 {
+                return Some(off);
+            }
+            if b & 0xc0 != 0 {
+                return None;
+            }
+            if out > 0 {
+                if out >= DNS_NAME_LEN - 1 {
+                    return None;
+                }
+                name[out & (DNS_NAME_LEN - 1)] = b'.';
+                out += 1;
+            }
+            label_left = b;
+        } else {
+            if out >= DNS_NAME_LEN - 1 {
+                return None;
+            }
+            name[out & (DNS_NAME_LEN - 1)] = b.to_ascii_lowercase();
+            out += 1;
+            label_left -= 1;
+        }
+    }
+    // Longer than the longest watched name.
+    None
+}
+
+/// Skips a (possibly compressed) name at `off`; returns the offset after it.
+fn skip_name(ctx: &SkBuffContext, mut off: usize) -> Option<usize> {
+    for _ in 0..DNS_NAME_LEN {
+        let b = load_u8(ctx, off)?;
+        if b & 0xc0 == 0xc0 {
+            return Some(off + 2);
+        }
+        if b == 0 {
+            return Some(off + 1);
+        }
+        off += usize::from(b) + 1;
+    }
+    None
+}
+
+fn try_dns(ctx: &SkBuffContext) -> Option<()> {
+    config()?;
+    let dns = dns_payload(ctx)?;
+    let flags = load_be16(ctx, dns + 2)?;
+    // A response (QR) without error (RCODE 0) to exactly one question.
+    if flags & 0x8000 == 0 || flags & 0x000f != 0 || load_be16(ctx, dns + 4)? != 1 {
+        return None;
+    }
+    let answers = u32::from(load_be16(ctx, dns + 6)?);
+    let mut name = [0u8; DNS_NAME_LEN];
+    let after_name = read_question(ctx, dns + 12, &mut name)?;
+    unsafe { LEASH_DNS_NAMES.get(&name) }?;
+    let mut off = after_name + 4; // qtype, qclass
+    for i in 0..MAX_ANSWERS {
+        if i >= answers {
+            break;
+        }
+        off = skip_name(ctx, off)?;
+        let rtype = load_be16(ctx, off)?;
+        let rdlen = usize::from(load_be16(ctx, off + 8)?);
+        let rdata = off + 10;
+        if rtype == DNS_TYPE_A && rdlen == 4 {
+            let ip: [u8; 4] = ctx.load(rdata).ok()?;
+            let _ = LEASH_TARGETS_V4.insert(&u32::from_ne_bytes(ip), &1, 0);
+        } else if rtype == DNS_TYPE_AAAA && rdlen == 16 {
+            let ip: [u8; 16] = ctx.load(rdata).ok()?;
+            let _ = LEASH_TARGETS_V6.insert(&ip, &1, 0);
+        }
+        off = rdata + rdlen;
+    }
+    Some(())
 }
 
 #[cfg(not(test))]

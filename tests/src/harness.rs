@@ -450,15 +450,21 @@ impl Cgroup {
     /// `hosts` is bind-mounted over /etc/hosts (so provider names resolve to
     /// the test's fake hosts for this process only).
     pub fn command(&self, hosts: &Path, program: &str, args: &[&str]) -> Command {
+        self.command_with(&[(hosts, "/etc/hosts")], program, args)
+    }
+
+    /// `cmd` run inside this cgroup, in a private mount namespace with each
+    /// `(file, over)` bind-mounted over the path `over`.
+    pub fn command_with(&self, mounts: &[(&Path, &str)], program: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg(r#"cg=$1; hosts=$2; shift 3; echo $$ > "$cg/cgroup.procs" && exec unshare -m sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$hosts" "$@""#)
+            .arg(r#"cg=$1; shift; echo $$ > "$cg/cgroup.procs" && exec unshare -m sh -c 'while [ "$1" != "--" ]; do mount --bind "$1" "$2" || exit 97; shift 2; done; shift; exec "$@"' sh "$@""#)
             .arg("sh")
-            .arg(&self.path)
-            .arg(hosts)
-            .arg("--")
-            .arg(program)
-            .args(args);
+            .arg(&self.path);
+        for (file, over) in mounts {
+            cmd.arg(file).arg(over);
+        }
+        cmd.arg("--").arg(program).args(args);
         cmd
     }
 }

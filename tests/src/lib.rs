@@ -7,6 +7,7 @@
     reason = "test support: a failed expectation is a failed test"
 )]
 
+pub mod dns;
 pub mod harness;
 pub mod mock;
 pub mod tls;

@@ -21,6 +21,7 @@ use std::{
 };
 
 use leash_tests::{
+    dns::FakeDns,
     harness::{
         Agent, Cgroup, assert_success, canary, free_port, python, python_dir, require_root, run,
     },
@@ -409,4 +410,66 @@ fn native_ipv6_provider_addresses_are_intercepted() {
             .is_some_and(|a| a.starts_with("[::1]")),
         "{rec}"
     );
+}
+
+/// An address the agent never resolved, learned only from a DNS answer the
+/// client received (through a CNAME, as from a CDN), is intercepted on the
+/// client's very first connection.
+#[test]
+fn an_address_learned_only_from_dns_is_intercepted_on_first_connection() {
+    if !require_root() {
+        return;
+    }
+    let ca = TestCa::new("fake public CA");
+    let dir = tempfile::tempdir().unwrap();
+    let public_ca = dir.path().join("public-ca.pem");
+    ca.write_cert(&public_ca);
+    let _mock = MockProvider::start_tls(
+        "127.10.0.11:443".parse().unwrap(),
+        &ca.identity(&["api.openai.com"]),
+    );
+    let _dns = FakeDns::start(
+        "127.0.0.153:53".parse().unwrap(),
+        &[("api.openai.com", "127.10.0.11".parse().unwrap())],
+    );
+    // No /etc/hosts entry: the name goes to the fake DNS server.
+    let hosts_file = dir.path().join("hosts");
+    std::fs::write(&hosts_file, "127.0.0.1 localhost\n").unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.153\noptions timeout:2 attempts:1\n",
+    )
+    .unwrap();
+    let cgroup = Cgroup::new("dns");
+    // No static address, no resolving by the agent: only the DNS answer.
+    let config = format!(
+        "upstream_tls: {{ extra_roots: [\"{}\"] }}\nintercept:\n  cgroup: \"{}\"\n  resolve: false\n  proxy_port: {}\n  hosts:\n    - {{ name: api.openai.com }}\n",
+        public_ca.display(),
+        cgroup.path.display(),
+        free_port()
+    );
+    let agent = Agent::start_in(dir, &config, Some(&cgroup));
+    let ca_pem = agent.ca_pem();
+    let out = run(&mut cgroup.command_with(
+        &[(&hosts_file, "/etc/hosts"), (&resolv, "/etc/resolv.conf")],
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca_pem.to_str().unwrap(),
+            "-d",
+            CHAT,
+            "https://api.openai.com/v1/chat/completions",
+        ],
+    ));
+    assert_success(
+        &format!("first connection after a DNS answer\n{}", agent.logs()),
+        &out,
+    );
+    let rec = &agent.wait_records(1)[0];
+    assert_eq!(rec["provider"], "openai");
+    assert_eq!(rec["mode"], "transparent");
 }

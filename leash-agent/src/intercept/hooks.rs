@@ -12,9 +12,9 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData},
-    programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps},
 };
-use leash_common::{InterceptConfig, OrigDst, names};
+use leash_common::{DNS_NAME_LEN, InterceptConfig, OrigDst, dns_name_key, names};
 
 /// The compiled kernel programs (empty when built without the eBPF
 /// toolchain: see `leash-agent/build.rs`).
@@ -46,6 +46,9 @@ pub struct HookSettings {
     pub ports: Vec<u16>,
     pub all_ports: bool,
     pub bypass_mark: u32,
+    /// Host names whose DNS answers add their addresses as targets; empty:
+    /// no DNS observation.
+    pub dns_names: Vec<String>,
 }
 
 /// Loaded and attached hooks. Dropping this detaches them.
@@ -131,6 +134,31 @@ impl KernelHooks {
         sockops
             .attach(&cgroup, mode())
             .map_err(|e| HookError::Program(names::SOCKOPS, e))?;
+
+        if !settings.dns_names.is_empty() {
+            let mut names_map: HashMap<MapData, [u8; DNS_NAME_LEN], u8> =
+                HashMap::try_from(take_map(&mut ebpf, names::DNS_NAMES)?)
+                    .map_err(map_err(names::DNS_NAMES))?;
+            for name in &settings.dns_names {
+                match dns_name_key(name) {
+                    Some(key) => names_map
+                        .insert(key, 1, 0)
+                        .map_err(map_err(names::DNS_NAMES))?,
+                    None => {
+                        tracing::warn!(%name, "host name too long for DNS observation; only resolved addresses apply");
+                    }
+                }
+            }
+            let dns: &mut CgroupSkb = ebpf
+                .program_mut(names::DNS_INGRESS)
+                .ok_or(HookError::Missing(names::DNS_INGRESS))?
+                .try_into()
+                .map_err(|e| HookError::Program(names::DNS_INGRESS, e))?;
+            dns.load()
+                .map_err(|e| HookError::Program(names::DNS_INGRESS, e))?;
+            dns.attach(&cgroup, CgroupSkbAttachType::Ingress, mode())
+                .map_err(|e| HookError::Program(names::DNS_INGRESS, e))?;
+        }
 
         Ok(Self {
             _ebpf: ebpf,

@@ -1,0 +1,119 @@
+//! The organisation CA commands: `leash ca init` and, as root in a private
+//! mount namespace (so the machine's real trust store is never touched),
+//! `leash ca install` / `leash ca uninstall`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed expectation is a failed test"
+)]
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use leash_tests::harness::{assert_success, leash_bin, leash_command, require_root, run};
+
+#[test]
+fn ca_init_writes_a_private_key_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let out = run(leash_command()
+        .args([
+            "ca",
+            "init",
+            "--name",
+            "Acme Test CA",
+            "--org",
+            "Acme",
+            "--days",
+            "30",
+            "--dir",
+        ])
+        .arg(&ca));
+    assert_success("ca init", &out);
+    let mode = std::fs::metadata(ca.join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let pem = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    let text = run(std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-enddate", "-in"])
+        .arg(ca.join("ca.pem")));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("Acme Test CA"), "{text}");
+    let again = run(leash_command().args(["ca", "init", "--dir"]).arg(&ca));
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    assert_eq!(
+        std::fs::read_to_string(ca.join("ca.pem")).unwrap(),
+        pem,
+        "the CA was replaced"
+    );
+    let forced = run(leash_command()
+        .args(["ca", "init", "--force", "--dir"])
+        .arg(&ca));
+    assert_success("ca init --force", &forced);
+    assert_ne!(std::fs::read_to_string(ca.join("ca.pem")).unwrap(), pem);
+    // The key never shows in the command's output.
+    let key = std::fs::read_to_string(ca.join("ca.key")).unwrap();
+    let key_line = key.lines().nth(1).unwrap();
+    assert!(!String::from_utf8_lossy(&forced.stdout).contains(key_line));
+    assert!(!String::from_utf8_lossy(&forced.stderr).contains(key_line));
+}
+
+#[test]
+fn ca_install_and_uninstall_update_the_system_store() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    assert_success(
+        "ca init",
+        &run(leash_command().args(["ca", "init", "--dir"]).arg(&ca)),
+    );
+    let pem = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
+    let body_line = pem.lines().nth(2).unwrap().to_owned();
+    // A private copy of the store, mounted over the real one for this
+    // namespace only.
+    let script = r#"
+        set -e
+        t=$1; leash=$2; ca=$3
+        cp -a /usr/local/share/ca-certificates "$t/local" && mount --bind "$t/local" /usr/local/share/ca-certificates
+        cp -a /etc/ssl/certs "$t/certs" && mount --bind "$t/certs" /etc/ssl/certs
+        "$leash" ca install --dir "$ca" > "$t/install.out"
+        cp /etc/ssl/certs/ca-certificates.crt "$t/after-install.crt"
+        "$leash" ca uninstall > "$t/uninstall.out"
+        cp /etc/ssl/certs/ca-certificates.crt "$t/after-uninstall.crt"
+    "#;
+    let out = run(std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", script, "sh"])
+        .arg(dir.path())
+        .arg(leash_bin())
+        .arg(&ca));
+    assert_success("ca install/uninstall in a private mount namespace", &out);
+    let installed = std::fs::read_to_string(dir.path().join("after-install.crt")).unwrap();
+    assert!(
+        installed.contains(&body_line),
+        "the org CA is not in the system bundle after install"
+    );
+    let removed = std::fs::read_to_string(dir.path().join("after-uninstall.crt")).unwrap();
+    assert!(
+        !removed.contains(&body_line),
+        "the org CA is still in the bundle after uninstall"
+    );
+    let advice = std::fs::read_to_string(dir.path().join("install.out")).unwrap();
+    for needle in [
+        "SSL_CERT_FILE=",
+        "REQUESTS_CA_BUNDLE=",
+        "NODE_EXTRA_CA_CERTS=",
+        "keytool -importcert",
+    ] {
+        assert!(
+            advice.contains(needle),
+            "install output lacks {needle}:\n{advice}"
+        );
+    }
+}
