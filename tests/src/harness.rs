@@ -578,6 +578,28 @@ impl Agent {
         }
     }
 
+    /// SIGTERM, then waits for the agent to exit; returns its status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        // The agent may run under `sh`, which `exec`s it: same pid.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leash run did not stop on SIGTERM:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// SIGKILL: no cleanup at all, as in a crash.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -473,3 +473,28 @@ fn an_address_learned_only_from_dns_is_intercepted_on_first_connection() {
     assert_eq!(rec["provider"], "openai");
     assert_eq!(rec["mode"], "transparent");
 }
+
+/// SIGTERM: the agent exits cleanly, its hooks are gone (traffic is direct),
+/// and the audit trail holds every call it proxied.
+#[test]
+fn sigterm_detaches_and_flushes() {
+    if !require_root() {
+        return;
+    }
+    let mut w = World::new(
+        "sigterm",
+        &[Host("api.openai.com", "127.10.0.12", true)],
+        "",
+    );
+    assert_chat_ok(&w.chat(&w.agent.ca_pem(), "sk-test"), &w.agent);
+    let status = w.agent.stop();
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        w.agent.logs()
+    );
+    assert!(w.agent.logs().contains("detaching kernel hooks"));
+    assert_eq!(w.agent.audit_records().len(), 1);
+    let out = w.chat(&w.public_ca.clone(), "sk-test");
+    assert_success("direct after SIGTERM", &out);
+}
