@@ -101,7 +101,7 @@ async fn bind(field: &'static str, addr: SocketAddr) -> Result<TcpListener, RunE
 pub fn check(config: &Config) -> Result<(), RunError> {
     upstream::build_client(&config.upstream)?;
     config.gateway.tls.as_ref().map(tls::acceptor).transpose()?;
-    Pipeline::check_modules(&config.pipeline.modules)?;
+    Pipeline::check_modules(config)?;
     Ok(())
 }
 

@@ -74,6 +74,13 @@ pub struct AuditRecord {
     pub completed: bool,
     pub response_bytes: u64,
     pub caller: CallerRecord,
+    /// Tokens as the provider reported them (`usage` module).
+    pub usage: Option<crate::pipeline::usage::Usage>,
+    /// Cost from the price table; `null` for an unknown model or no usage.
+    pub cost_usd: Option<f64>,
+    /// The stream ended before the provider reported usage.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub usage_estimated: bool,
     /// Set when Leash answered instead of the provider.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
@@ -152,6 +159,9 @@ impl AuditRecord {
             completed: ex.completed,
             response_bytes: ex.response_bytes,
             caller: CallerRecord::from(&ex.caller),
+            usage: None,
+            cost_usd: None,
+            usage_estimated: false,
             error: ex.error.map(crate::provider::ErrorCode::as_str),
             event: None,
         }
@@ -176,6 +186,9 @@ impl AuditRecord {
             completed: false,
             response_bytes: 0,
             caller: CallerRecord::from(caller),
+            usage: None,
+            cost_usd: None,
+            usage_estimated: false,
             error: None,
             event: Some("shadow_ai"),
         }

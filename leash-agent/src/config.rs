@@ -19,7 +19,7 @@ pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/leash/audit";
 /// Request bodies above this are refused with 413 (they are read whole for policy).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Pipeline modules run when the config names none.
-pub const DEFAULT_MODULES: &[&str] = &["team"];
+pub const DEFAULT_MODULES: &[&str] = &["team", "usage"];
 pub const DEFAULT_CA_DIR: &str = "/var/lib/leash/ca";
 /// Local port the transparent proxy listens on (`127.0.0.1` and `::1`).
 pub const DEFAULT_PROXY_PORT: u16 = 15443;
@@ -61,6 +61,7 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub ca: CaConfig,
     pub intercept: InterceptConfig,
+    pub pricing: std::sync::Arc<crate::pricing::PriceTable>,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +174,8 @@ struct RawConfig {
     ca: RawCa,
     #[serde(default)]
     intercept: RawIntercept,
+    #[serde(default)]
+    pricing: BTreeMap<String, crate::pricing::Price>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -374,6 +377,7 @@ impl RawConfig {
             pipeline,
             ca,
             intercept,
+            pricing,
         } = self;
         let host_id = match host_id {
             Some(h) if h.trim().is_empty() => return Err(invalid("host_id", "must not be empty")),
@@ -454,6 +458,7 @@ impl RawConfig {
                 dir: resolve(base, ca.dir.unwrap_or_else(|| DEFAULT_CA_DIR.into())),
             },
             intercept,
+            pricing: std::sync::Arc::new(validate_pricing(pricing)?),
         })
     }
 }
@@ -561,6 +566,26 @@ fn validate_intercept(
             None => DEFAULT_BYPASS_MARK,
         },
     })
+}
+
+fn validate_pricing(
+    raw: BTreeMap<String, crate::pricing::Price>,
+) -> Result<crate::pricing::PriceTable, ConfigError> {
+    for (model, price) in &raw {
+        let values = [
+            Some(price.input),
+            Some(price.output),
+            price.cached_input,
+            price.cache_write,
+        ];
+        if values.iter().flatten().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(invalid(
+                format!("pricing.{model}"),
+                "prices are USD per million tokens, 0 or more",
+            ));
+        }
+    }
+    Ok(crate::pricing::PriceTable::with_overrides(raw))
 }
 
 fn validate_modules(modules: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod intercept;
 pub mod metrics;
 pub mod pipeline;
+pub mod pricing;
 pub mod provider;
 pub mod proxy;
 pub mod server;

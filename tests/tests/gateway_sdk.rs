@@ -53,6 +53,51 @@ fn assert_key_forwarded(provider: &str, requests: &[Recorded], key: &str) {
     }
 }
 
+/// The usage the mock reports for `provider` and the cost of it for `model`
+/// at list prices (USD per 1M tokens), computed here independently.
+fn expected_usage(provider: &str, model: &str) -> (Value, f64) {
+    use leash_tests::mock::usage as u;
+    match provider {
+        "openai" if model.starts_with("text-embedding") => (
+            serde_json::json!({"input_tokens": u::OPENAI_INPUT, "output_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0}),
+            11.0 * 0.02,
+        ),
+        "openai" => {
+            let (input, cached, output) = if model == "gpt-4.1-mini" {
+                (0.4, 0.1, 1.6)
+            } else {
+                (0.15, 0.075, 0.6)
+            };
+            (
+                serde_json::json!({"input_tokens": u::OPENAI_INPUT, "output_tokens": u::OPENAI_OUTPUT, "cached_tokens": u::OPENAI_CACHED, "reasoning_tokens": u::OPENAI_REASONING}),
+                8.0 * input + 3.0 * cached + 7.0 * output,
+            )
+        }
+        "anthropic" => (
+            serde_json::json!({"input_tokens": u::ANTHROPIC_INPUT, "output_tokens": u::ANTHROPIC_OUTPUT, "cached_tokens": u::ANTHROPIC_CACHE_READ, "reasoning_tokens": 0, "cache_creation_tokens": u::ANTHROPIC_CACHE_CREATION}),
+            13.0 * 3.0 + 4.0 * 0.3 + 2.0 * 3.75 + 9.0 * 15.0,
+        ),
+        _ => (
+            serde_json::json!({"input_tokens": u::GOOGLE_PROMPT, "output_tokens": u::GOOGLE_CANDIDATES, "cached_tokens": u::GOOGLE_CACHED, "reasoning_tokens": u::GOOGLE_THOUGHTS}),
+            12.0 * 0.3 + 5.0 * 0.03 + 11.0 * 2.5,
+        ),
+    }
+}
+
+fn assert_usage(provider: &str, rec: &Value) {
+    let model = rec["model"].as_str().unwrap();
+    let (usage, cost_micro) = expected_usage(provider, model);
+    assert_eq!(rec["usage"], usage, "{rec}");
+    let cost = rec["cost_usd"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no cost: {rec}"));
+    assert!(
+        (cost - cost_micro / 1e6).abs() < 1e-12,
+        "cost {cost} != {} for {rec}",
+        cost_micro / 1e6
+    );
+}
+
 fn assert_no_canary(leash: &Leash, key: &str) {
     assert!(!leash.logs().contains(key), "API key found in leash logs");
     assert!(
@@ -126,6 +171,7 @@ fn check_provider(provider: &str, cases: &[(&str, Streaming, &str)]) {
         };
         assert_eq!(rec["caller"]["team"], team, "{rec}");
         assert!(rec["latency_ms"].as_f64().unwrap() >= rec["overhead_ms"].as_f64().unwrap());
+        assert_usage(provider, rec);
     }
     let requests = mock.requests();
     assert_eq!(
@@ -169,6 +215,7 @@ fn openai_sdk_embeddings_through_gateway() {
     let rec = &leash.wait_records(1)[0];
     assert_eq!(rec["endpoint"], "/embeddings");
     assert_eq!(rec["model"], "text-embedding-3-small");
+    assert_usage("openai", rec);
     assert_key_forwarded("openai", &mock.requests(), &key);
     assert_no_canary(&leash, &key);
 }

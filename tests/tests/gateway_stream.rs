@@ -14,11 +14,13 @@ use leash_tests::{
     mock::{MockProvider, text_of},
 };
 
-/// Each (path, body) asks the mock for a stream in one provider's API.
+/// Each (path, body) asks the mock for a stream in one provider's API. The
+/// `OpenAI` one asks for usage itself, so Leash adds and removes nothing and
+/// every event the mock sends reaches the client.
 const STREAMS: [(&str, &str); 3] = [
     (
         "/v1/openai/chat/completions",
-        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#,
     ),
     (
         "/v1/anthropic/v1/messages",
@@ -130,8 +132,53 @@ fn curl_streams_and_non_streams_over_http1_and_h2c() {
     }
     let records = leash.wait_records(8);
     assert_eq!(records.len(), 8);
+    // Every call was accounted for, streams included.
+    assert!(
+        records
+            .iter()
+            .all(|r| r["usage"]["input_tokens"].as_u64().is_some_and(|n| n > 0)),
+        "{records:#?}"
+    );
     for r in &mock.requests() {
         assert_eq!(r.header("authorization"), Some("Bearer sk-curl"));
         assert_eq!(r.header("accept-encoding"), Some("identity"));
+    }
+}
+
+/// Leash asks `OpenAI` for usage in chat streams the client did not ask it
+/// for, and removes that extra chunk: the client sees exactly the stream it
+/// asked for, and the record still has exact usage.
+#[test]
+fn injected_stream_usage_is_invisible_to_the_client() {
+    let mock = MockProvider::start();
+    let leash = Leash::start(&mock_providers_yaml(&mock));
+    let url = format!("http://{}/v1/openai/chat/completions", leash.addr);
+    let plain =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let out = curl_stream(&url, plain, false);
+    assert!(
+        !out.contains("\"usage\""),
+        "the injected usage chunk reached the client:\n{out}"
+    );
+    assert!(out.trim_end().ends_with("data: [DONE]"), "{out}");
+    assert_eq!(
+        out.matches("data: ").count(),
+        7,
+        "5 pieces, the finish chunk and [DONE]:\n{out}"
+    );
+    let asked = mock.requests()[0].json();
+    assert_eq!(
+        asked["stream_options"]["include_usage"], true,
+        "usage was not requested upstream"
+    );
+    // A client that asked for usage gets it.
+    let with_usage = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+    let out = curl_stream(&url, with_usage, false);
+    assert_eq!(out.matches("\"usage\"").count(), 1, "{out}");
+    let records = leash.wait_records(2);
+    for r in &records {
+        assert_eq!(r["usage"]["input_tokens"], 11, "{r}");
+        assert_eq!(r["usage"]["output_tokens"], 7, "{r}");
+        assert!(r["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{r}");
     }
 }

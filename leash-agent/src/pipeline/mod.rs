@@ -11,7 +11,9 @@
 //!    [`Module::logging`] of each module, then metrics and the audit record.
 
 pub mod identify;
+pub mod sse;
 pub mod team;
+pub mod usage;
 
 use std::{
     net::SocketAddr,
@@ -32,7 +34,7 @@ use crate::{
 };
 
 /// Names accepted in `pipeline.modules`.
-pub const MODULE_NAMES: &[&str] = &[team::NAME];
+pub const MODULE_NAMES: &[&str] = &[team::NAME, usage::NAME];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -226,7 +228,7 @@ impl Pipeline {
             .pipeline
             .modules
             .iter()
-            .map(|name| build_module(name))
+            .map(|name| build_module(name, config))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self::with_modules(
             modules,
@@ -253,10 +255,12 @@ impl Pipeline {
     }
 
     /// Checks that every module named in the config can be built.
-    pub fn check_modules(names: &[String]) -> Result<(), PipelineError> {
-        names
+    pub fn check_modules(config: &Config) -> Result<(), PipelineError> {
+        config
+            .pipeline
+            .modules
             .iter()
-            .try_for_each(|name| build_module(name).map(drop))
+            .try_for_each(|name| build_module(name, config).map(drop))
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -322,9 +326,12 @@ impl Pipeline {
     }
 }
 
-fn build_module(name: &str) -> Result<Box<dyn Module>, PipelineError> {
+fn build_module(name: &str, config: &Config) -> Result<Box<dyn Module>, PipelineError> {
     match name {
         team::NAME => Ok(Box::new(team::TeamFromHeader)),
+        usage::NAME => Ok(Box::new(usage::UsageModule::new(Arc::clone(
+            &config.pricing,
+        )))),
         other => Err(PipelineError::UnknownModule(other.to_owned())),
     }
 }

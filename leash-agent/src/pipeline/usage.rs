@@ -1,0 +1,364 @@
+//! The `usage` module: exact token accounting from what the provider reports,
+//! for every API shape, streaming or not, and the cost of each call.
+//!
+//! - `OpenAI` chat streams: when the client did not ask for usage,
+//!   `stream_options.include_usage` is added to the request and the extra
+//!   usage chunk is removed from what the client receives, so it sees
+//!   exactly the stream it asked for.
+//! - Non-streaming bodies are copied (up to [`MAX_BODY_COPY`]) as they pass
+//!   and parsed at the end; streams are parsed event by event. Nothing is
+//!   held back from the client except, when usage was injected, the bytes of
+//!   a not yet complete event.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{BodyFlow, Exchange, Flow, Module, ModuleError, ProxyRequest, sse::SseBuffer};
+use crate::{audit::AuditRecord, pricing::PriceTable, provider::ProviderKind};
+
+pub const NAME: &str = "usage";
+/// Largest non-streaming response body copied for accounting.
+pub const MAX_BODY_COPY: usize = 8 * 1024 * 1024;
+
+/// Token counts exactly as the provider reported them (see
+/// [`PriceTable::cost`] for how each provider counts).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// Anthropic cache writes.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_creation_tokens: u64,
+}
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn num(v: &Value) -> Option<u64> {
+    v.as_u64()
+}
+
+/// Usage in a JSON document (a whole body or one stream event) of `kind`;
+/// merged into `usage` (stream events carry parts of it).
+fn merge_usage(kind: ProviderKind, v: &Value, usage: &mut Option<Usage>) {
+    match kind {
+        ProviderKind::OpenAi => {
+            // Responses streams put it in `response.completed`.
+            let u = if v["type"] == "response.completed" {
+                &v["response"]["usage"]
+            } else {
+                &v["usage"]
+            };
+            if !u.is_object() {
+                return;
+            }
+            let found = if let Some(prompt) = num(&u["prompt_tokens"]) {
+                Usage {
+                    input_tokens: prompt,
+                    output_tokens: num(&u["completion_tokens"]).unwrap_or(0),
+                    cached_tokens: num(&u["prompt_tokens_details"]["cached_tokens"]).unwrap_or(0),
+                    reasoning_tokens: num(&u["completion_tokens_details"]["reasoning_tokens"])
+                        .unwrap_or(0),
+                    cache_creation_tokens: 0,
+                }
+            } else if let Some(input) = num(&u["input_tokens"]) {
+                Usage {
+                    input_tokens: input,
+                    output_tokens: num(&u["output_tokens"]).unwrap_or(0),
+                    cached_tokens: num(&u["input_tokens_details"]["cached_tokens"]).unwrap_or(0),
+                    reasoning_tokens: num(&u["output_tokens_details"]["reasoning_tokens"])
+                        .unwrap_or(0),
+                    cache_creation_tokens: 0,
+                }
+            } else {
+                return;
+            };
+            *usage = Some(found);
+        }
+        ProviderKind::Anthropic => {
+            // `message_start` carries input (and a first output count),
+            // `message_delta` the final output count; a body has both.
+            let u = if v["type"] == "message_start" {
+                &v["message"]["usage"]
+            } else {
+                &v["usage"]
+            };
+            if !u.is_object() {
+                return;
+            }
+            let acc = usage.get_or_insert_with(Usage::default);
+            if let Some(n) = num(&u["input_tokens"]) {
+                acc.input_tokens = n;
+            }
+            if let Some(n) = num(&u["output_tokens"]) {
+                acc.output_tokens = n;
+            }
+            if let Some(n) = num(&u["cache_read_input_tokens"]) {
+                acc.cached_tokens = n;
+            }
+            if let Some(n) = num(&u["cache_creation_input_tokens"]) {
+                acc.cache_creation_tokens = n;
+            }
+        }
+        ProviderKind::Google => {
+            let u = &v["usageMetadata"];
+            if !u.is_object() {
+                return;
+            }
+            // Each stream chunk carries the running totals: the last wins.
+            *usage = Some(Usage {
+                input_tokens: num(&u["promptTokenCount"]).unwrap_or(0),
+                output_tokens: num(&u["candidatesTokenCount"]).unwrap_or(0),
+                cached_tokens: num(&u["cachedContentTokenCount"]).unwrap_or(0),
+                reasoning_tokens: num(&u["thoughtsTokenCount"]).unwrap_or(0),
+                cache_creation_tokens: 0,
+            });
+        }
+    }
+}
+
+/// What is being read from the response.
+#[derive(Default, Clone)]
+enum Tracking {
+    /// Not a success response: nothing to account.
+    #[default]
+    Off,
+    /// A copy of the body, parsed at the end; `None` once it grew too big.
+    Body(Option<Vec<u8>>),
+    /// Events, as they complete.
+    Stream(SseBuffer),
+}
+
+/// Per-exchange accounting state, kept in `Exchange::ext`.
+#[derive(Default, Clone)]
+struct State {
+    usage: Option<Usage>,
+    /// We added `include_usage`: remove the usage-only chunk downstream.
+    injected: bool,
+    tracking: Tracking,
+}
+
+pub struct UsageModule {
+    prices: Arc<PriceTable>,
+}
+
+impl UsageModule {
+    pub fn new(prices: Arc<PriceTable>) -> Self {
+        Self { prices }
+    }
+}
+
+/// Adds `stream_options.include_usage: true` to an `OpenAI` chat streaming
+/// request that lacks it; returns the new body if it did.
+fn inject_include_usage(body: &[u8]) -> Option<Bytes> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object_mut()?;
+    if obj.get("stream") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    let opts = obj
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    let opts = opts.as_object_mut()?;
+    if opts.get("include_usage") == Some(&Value::Bool(true)) {
+        return None;
+    }
+    opts.insert("include_usage".into(), Value::Bool(true));
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+/// The chunk `OpenAI` adds for `include_usage`: no choices, a usage object.
+fn is_usage_only_chunk(v: &Value) -> bool {
+    v["usage"].is_object() && v["choices"].as_array().is_some_and(Vec::is_empty)
+}
+
+#[async_trait]
+impl Module for UsageModule {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn request_filter(
+        &self,
+        ex: &mut Exchange,
+        req: &mut ProxyRequest,
+    ) -> Result<Flow, ModuleError> {
+        let mut state = State::default();
+        if ex.provider.kind == ProviderKind::OpenAi
+            && ex.stream
+            && ex.endpoint.ends_with("/chat/completions")
+            && let Some(body) = inject_include_usage(&req.body)
+        {
+            req.body = body;
+            state.injected = true;
+        }
+        ex.ext.insert(state);
+        Ok(Flow::Continue)
+    }
+
+    fn response_filter(&self, ex: &mut Exchange, head: &mut http::response::Parts) {
+        let stream = ex.stream;
+        if let Some(state) = ex.ext.get_mut::<State>() {
+            state.tracking = match (head.status.is_success(), stream) {
+                (false, _) => Tracking::Off,
+                (true, false) => Tracking::Body(Some(Vec::new())),
+                (true, true) => Tracking::Stream(SseBuffer::default()),
+            };
+            // Removing an event changes the length: only when none is declared.
+            if state.injected && head.headers.contains_key(http::header::CONTENT_LENGTH) {
+                state.injected = false;
+            }
+        }
+    }
+
+    fn response_body_filter(&self, ex: &mut Exchange, chunk: &mut Bytes, end: bool) -> BodyFlow {
+        let kind = ex.provider.kind;
+        let Some(State {
+            usage,
+            injected,
+            tracking,
+        }) = ex.ext.get_mut::<State>()
+        else {
+            return BodyFlow::Continue;
+        };
+        match tracking {
+            Tracking::Off => {}
+            Tracking::Body(copy) => {
+                if let Some(body) = copy {
+                    if body.len() + chunk.len() > MAX_BODY_COPY {
+                        *copy = None;
+                    } else {
+                        body.extend_from_slice(chunk);
+                        if end && let Ok(v) = serde_json::from_slice::<Value>(body) {
+                            merge_usage(kind, &v, usage);
+                        }
+                    }
+                }
+            }
+            Tracking::Stream(sse) => {
+                let mut kept = injected.then(Vec::new);
+                for event in sse.feed(chunk, end) {
+                    let v: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+                    merge_usage(kind, &v, usage);
+                    if let Some(out) = kept.as_mut()
+                        && !is_usage_only_chunk(&v)
+                    {
+                        out.extend_from_slice(&event.raw);
+                    }
+                }
+                if let Some(out) = kept {
+                    // Incomplete events wait for the rest; complete ones go on now.
+                    *chunk = Bytes::from(out);
+                }
+            }
+        }
+        BodyFlow::Continue
+    }
+
+    fn logging(&self, ex: &Exchange, record: &mut AuditRecord) {
+        let Some(state) = ex.ext.get::<State>() else {
+            return;
+        };
+        if let Some(usage) = state.usage {
+            record.usage = Some(usage);
+            record.cost_usd = ex
+                .model
+                .as_deref()
+                .and_then(|m| self.prices.cost(ex.provider.kind, m, &usage));
+        } else if matches!(state.tracking, Tracking::Stream(_)) {
+            // The stream ended (or the client left) before the provider
+            // reported usage.
+            record.usage_estimated = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn openai_shapes() {
+        let mut u = None;
+        merge_usage(
+            ProviderKind::OpenAi,
+            &json!({"usage": {"prompt_tokens": 11, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 3}, "completion_tokens_details": {"reasoning_tokens": 2}}}),
+            &mut u,
+        );
+        assert_eq!(
+            u,
+            Some(Usage {
+                input_tokens: 11,
+                output_tokens: 7,
+                cached_tokens: 3,
+                reasoning_tokens: 2,
+                cache_creation_tokens: 0
+            })
+        );
+        let mut u = None;
+        merge_usage(
+            ProviderKind::OpenAi,
+            &json!({"type": "response.completed", "response": {"usage": {"input_tokens": 5, "output_tokens": 6, "input_tokens_details": {"cached_tokens": 1}, "output_tokens_details": {"reasoning_tokens": 4}}}}),
+            &mut u,
+        );
+        assert_eq!(u.unwrap().reasoning_tokens, 4);
+        let mut u = None;
+        merge_usage(
+            ProviderKind::OpenAi,
+            &json!({"choices": [{"delta": {"content": "x"}}]}),
+            &mut u,
+        );
+        assert_eq!(u, None);
+    }
+
+    #[test]
+    fn anthropic_stream_parts_merge() {
+        let mut u = None;
+        merge_usage(
+            ProviderKind::Anthropic,
+            &json!({"type": "message_start", "message": {"usage": {"input_tokens": 13, "output_tokens": 1, "cache_read_input_tokens": 4, "cache_creation_input_tokens": 2}}}),
+            &mut u,
+        );
+        merge_usage(
+            ProviderKind::Anthropic,
+            &json!({"type": "message_delta", "usage": {"output_tokens": 9}}),
+            &mut u,
+        );
+        assert_eq!(
+            u,
+            Some(Usage {
+                input_tokens: 13,
+                output_tokens: 9,
+                cached_tokens: 4,
+                reasoning_tokens: 0,
+                cache_creation_tokens: 2
+            })
+        );
+    }
+
+    #[test]
+    fn include_usage_injection() {
+        let body = inject_include_usage(br#"{"model":"m","stream":true}"#).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert!(
+            inject_include_usage(
+                br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#
+            )
+            .is_none()
+        );
+        assert!(inject_include_usage(br#"{"model":"m"}"#).is_none());
+    }
+}
