@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashSet,
-    sync::{Mutex, PoisonError},
+    sync::{Mutex, PoisonError, atomic::AtomicU64},
 };
 
 use prometheus_client::{
@@ -39,6 +39,19 @@ struct ProviderLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    provider: String,
+    model: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    provider: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HostLabels {
     host: String,
 }
@@ -61,6 +74,9 @@ pub struct Metrics {
     intercepted: Family<ActionLabels, Counter>,
     pub cert_mints: Counter,
     shadow_ai: Family<HostLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    unpriced: Family<ModelLabels, Counter>,
     models: Mutex<HashSet<String>>,
     shadow_hosts: Mutex<HashSet<String>>,
 }
@@ -105,6 +121,24 @@ impl Metrics {
         let intercepted = Family::<ActionLabels, Counter>::default();
         let cert_mints = Counter::default();
         let shadow_ai = Family::<HostLabels, Counter>::default();
+        let tokens = Family::<TokenLabels, Counter>::default();
+        let cost = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
+        let unpriced = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "leash_tokens",
+            "Tokens as providers reported them, by kind (input, output, cached, reasoning, cache_creation)",
+            tokens.clone(),
+        );
+        registry.register(
+            "leash_cost_usd",
+            "Cost of calls at the configured prices, in USD",
+            cost.clone(),
+        );
+        registry.register(
+            "leash_unpriced_requests",
+            "Calls with usage but no price for their model (cost_usd null)",
+            unpriced.clone(),
+        );
         registry.register(
             "leash_shadow_ai_connections",
             "Connections to LLM endpoints that are not intercepted (scope: all-tls), by host",
@@ -161,6 +195,9 @@ impl Metrics {
             intercepted,
             cert_mints,
             shadow_ai,
+            tokens,
+            cost,
+            unpriced,
             models: Mutex::new(HashSet::new()),
             shadow_hosts: Mutex::new(HashSet::new()),
         }
@@ -185,9 +222,39 @@ impl Metrics {
 
     /// Adds one finished exchange.
     pub fn observe(&self, record: &AuditRecord) {
+        let model = self.model_label(record.model.as_deref());
+        if let Some(usage) = &record.usage {
+            let kinds = [
+                ("input", usage.input_tokens),
+                ("output", usage.output_tokens),
+                ("cached", usage.cached_tokens),
+                ("reasoning", usage.reasoning_tokens),
+                ("cache_creation", usage.cache_creation_tokens),
+            ];
+            for (kind, n) in kinds.into_iter().filter(|(_, n)| *n > 0) {
+                let labels = TokenLabels {
+                    provider: record.provider.clone(),
+                    model: model.clone(),
+                    kind,
+                };
+                self.tokens.get_or_create(&labels).inc_by(n);
+            }
+            let labels = ModelLabels {
+                provider: record.provider.clone(),
+                model: model.clone(),
+            };
+            match record.cost_usd {
+                Some(cost) => {
+                    self.cost.get_or_create(&labels).inc_by(cost);
+                }
+                None => {
+                    self.unpriced.get_or_create(&labels).inc();
+                }
+            }
+        }
         let labels = RequestLabels {
             provider: record.provider.clone(),
-            model: self.model_label(record.model.as_deref()),
+            model,
             status: record
                 .status
                 .map_or_else(|| "none".to_owned(), |s| s.to_string()),

@@ -123,6 +123,9 @@ fn metrics_and_health_on_the_admin_listener() {
         "leash_overhead_seconds_bucket",
         "leash_audit_records_total 1",
         "leash_audit_dropped_total 0",
+        r#"leash_tokens_total{provider="anthropic",model="claude-x",kind="input"} 13"#,
+        r#"leash_tokens_total{provider="anthropic",model="claude-x",kind="output"} 9"#,
+        r#"leash_unpriced_requests_total{provider="anthropic",model="claude-x"} 1"#,
     ] {
         assert!(
             metrics.contains(needle),

@@ -185,6 +185,12 @@ fn check_provider(provider: &str, cases: &[(&str, Streaming, &str)]) {
         metrics.contains(&format!("leash_requests_total{{provider=\"{provider}\"")),
         "no request metric for {provider}:\n{metrics}"
     );
+    for family in ["leash_cost_usd_total", "leash_tokens_total"] {
+        assert!(
+            metrics.contains(&format!("{family}{{provider=\"{provider}\"")),
+            "no {family} for {provider}:\n{metrics}"
+        );
+    }
     assert_no_canary(&leash, &key);
 }
 
