@@ -65,7 +65,8 @@ struct Core {
 impl Core {
     fn new(config: &Config) -> Result<Self, RunError> {
         let metrics = Arc::new(Metrics::new());
-        let (audit, audit_sink) = AuditWriter::start(&config.audit, Arc::clone(&metrics))?;
+        let (audit, audit_sink) =
+            AuditWriter::start(&config.audit, &config.host_id, Arc::clone(&metrics))?;
         let pipeline = Arc::new(Pipeline::new(config, Arc::clone(&metrics), audit_sink)?);
         Ok(Self {
             metrics,
@@ -112,7 +113,8 @@ pub async fn run_gateway(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
-    let (audit_writer, audit_sink) = AuditWriter::start(&config.audit, Arc::clone(&metrics))?;
+    let (audit_writer, audit_sink) =
+        AuditWriter::start(&config.audit, &config.host_id, Arc::clone(&metrics))?;
     let pipeline = Arc::new(Pipeline::new(&config, Arc::clone(&metrics), audit_sink)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let gw_task = spawn_gateway(&config, pipeline, stop_rx.clone()).await?;

@@ -73,9 +73,82 @@ enum Command {
     /// The organisation CA that intercepted connections are signed with.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Read and check the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+/// Where the audit trail is: `--dir`, else `audit.dir` of `--config`, else
+/// the default.
+#[derive(clap::Args)]
+struct AuditDir {
+    /// The audit directory.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Take the audit directory from this config file.
+    #[arg(short, long, env = "LEASH_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl AuditDir {
+    fn resolve(self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = self.dir {
+            return Ok(dir);
+        }
+        Ok(Config::load(self.config.as_deref(), &Overrides::default())?
+            .audit
+            .dir)
+    }
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain: exit 0 if intact, 1 naming the first bad record
+    /// (edited, deleted, reordered, or a torn record left unmarked).
+    Verify {
+        #[command(flatten)]
+        dir: AuditDir,
+    },
+    /// Print the newest records (JSON Lines).
+    Tail {
+        /// How many records.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+        /// Keep printing new records as they are written.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        dir: AuditDir,
+    },
+    /// Select records, or sum tokens and spend by a field.
+    Query {
+        /// Only records since a duration ago (30m, 24h, 7d) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this provider.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Only this team.
+        #[arg(long)]
+        team: Option<String>,
+        /// Only this policy action (allow, block, redact, ...).
+        #[arg(long)]
+        action: Option<String>,
+        /// Sum requests, tokens and cost by team, provider, model, user or exe.
+        #[arg(long, value_name = "FIELD")]
+        sum_by: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: AuditDir,
+    },
 }
 
 #[derive(Subcommand)]
@@ -118,6 +191,155 @@ enum ConfigCommand {
         /// The YAML config file.
         file: PathBuf,
     },
+}
+
+fn audit_command(cmd: AuditCommand) -> anyhow::Result<()> {
+    match cmd {
+        AuditCommand::Verify { dir } => audit_verify(&dir.resolve()?),
+        AuditCommand::Tail { lines, follow, dir } => audit_tail(&dir.resolve()?, lines, follow),
+        AuditCommand::Query {
+            since,
+            provider,
+            model,
+            team,
+            action,
+            sum_by,
+            json,
+            dir,
+        } => {
+            let filter = leash_agent::audit::read::Filter {
+                since: since
+                    .as_deref()
+                    .map(leash_agent::audit::read::parse_since)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                provider,
+                model,
+                team,
+                action,
+            };
+            audit_query(&dir.resolve()?, &filter, sum_by, json)
+        }
+    }
+}
+
+fn audit_verify(dir: &std::path::Path) -> anyhow::Result<()> {
+    use leash_agent::audit::chain;
+    match chain::verify(dir) {
+        Ok(report) => {
+            println!(
+                "ok: {} records in {} segment(s), chain intact through seq {}{}",
+                report.records,
+                report.files,
+                report.last_seq,
+                if report.marked_torn > 0 {
+                    format!(
+                        "; {} torn record(s) from crashes, marked",
+                        report.marked_torn
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            if let Some((file, bytes)) = report.open_torn {
+                println!(
+                    "note: {} ends with a torn record ({bytes} bytes) from a crash; it is marked when leash restarts",
+                    file.display()
+                );
+            }
+            Ok(())
+        }
+        Err(broken) => anyhow::bail!("audit trail broken: {broken}"),
+    }
+}
+
+fn audit_tail(dir: &std::path::Path, lines: usize, follow: bool) -> anyhow::Result<()> {
+    use leash_agent::audit::read;
+    let records = read::records(dir)?;
+    let mut last = 0;
+    for r in records.iter().skip(records.len().saturating_sub(lines)) {
+        println!("{r}");
+    }
+    if let Some(r) = records.last() {
+        last = r["seq"].as_u64().unwrap_or(0);
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let seen = last;
+        for r in read::records(dir)?
+            .iter()
+            .filter(|r| r["seq"].as_u64().unwrap_or(0) > seen)
+        {
+            println!("{r}");
+            last = r["seq"].as_u64().unwrap_or(last);
+        }
+    }
+}
+
+fn audit_query(
+    dir: &std::path::Path,
+    filter: &leash_agent::audit::read::Filter,
+    sum_by: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use leash_agent::audit::read;
+    let records = read::records(dir)?;
+    let selected = records.iter().filter(|r| filter.matches(r));
+    match sum_by {
+        Some(key) => {
+            anyhow::ensure!(
+                ["team", "provider", "model", "user", "exe"].contains(&key.as_str()),
+                "--sum-by takes team, provider, model, user or exe"
+            );
+            let sums = read::sum_by(selected, &key);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sums)?);
+            } else {
+                println!(
+                    "{:<24} {:>9} {:>12} {:>12} {:>12}",
+                    key, "requests", "input", "output", "cost_usd"
+                );
+                for (group, t) in &sums {
+                    let unpriced = if t.unpriced > 0 {
+                        format!("  ({} unpriced)", t.unpriced)
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "{group:<24} {:>9} {:>12} {:>12} {:>12.6}{unpriced}",
+                        t.requests, t.input_tokens, t.output_tokens, t.cost_usd
+                    );
+                }
+            }
+        }
+        None => {
+            for r in selected {
+                if json {
+                    println!("{r}");
+                } else {
+                    println!(
+                        "{} {:<10} {:<28} {:>4} in={:<7} out={:<7} cost={:<10} team={}",
+                        r["ts"].as_str().unwrap_or("-"),
+                        r["provider"].as_str().unwrap_or("-"),
+                        r["model"].as_str().unwrap_or("-"),
+                        r["status"]
+                            .as_u64()
+                            .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                        r["usage"]["input_tokens"].as_u64().unwrap_or(0),
+                        r["usage"]["output_tokens"].as_u64().unwrap_or(0),
+                        r["cost_usd"]
+                            .as_f64()
+                            .map_or_else(|| "-".to_owned(), |c| format!("{c:.6}")),
+                        r["caller"]["team"].as_str().unwrap_or("-"),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -222,6 +444,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", trust::uninstall()?);
             Ok(())
         }
+        Command::Audit(cmd) => audit_command(cmd),
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(Some(&file), &Overrides::default())?;
             app::check(&config)?;

@@ -122,21 +122,7 @@ impl Leash {
         let log_path = dir.path().join("leash.log");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let child = leash_command()
-            .arg("gateway")
-            .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--admin-listen")
-            .arg(admin.to_string())
-            .arg("--audit-dir")
-            .arg(&audit_dir)
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn leash");
+        let child = Self::spawn(&config, addr, admin, &audit_dir, &log_path);
         let mut leash = Self {
             child,
             addr,
@@ -147,6 +133,54 @@ impl Leash {
         };
         leash.wait_healthy();
         leash
+    }
+
+    fn spawn(
+        config: &Path,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        audit_dir: &Path,
+        log_path: &Path,
+    ) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("log file");
+        leash_command()
+            .arg("gateway")
+            .arg("--config")
+            .arg(config)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .arg("--audit-dir")
+            .arg(audit_dir)
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn leash")
+    }
+
+    /// SIGKILL, as in a crash: nothing is flushed.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the gateway again with the same config, ports and audit dir.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let config = self.dir.path().join("leash.yaml");
+        self.child = Self::spawn(
+            &config,
+            self.addr,
+            self.admin,
+            &self.audit_dir,
+            &self.log_path,
+        );
+        self.wait_healthy();
     }
 
     fn wait_healthy(&mut self) {
@@ -189,15 +223,34 @@ impl Leash {
         text
     }
 
+    /// Complete records of every segment, in order (a torn last line, cut
+    /// short by a crash, is not a record).
     pub fn audit_records(&self) -> Vec<Value> {
-        self.audit_text()
-            .lines()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}"))
-            })
-            .collect()
+        read_records(&self.audit_dir)
     }
+}
 
+/// Complete audit records in `dir`: each segment's newline-terminated lines.
+pub fn read_records(dir: &Path) -> Vec<Value> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        for line in text[..complete].lines() {
+            out.push(
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("bad audit line {line:?}: {e}")),
+            );
+        }
+    }
+    out
+}
+
+impl Leash {
     /// Waits (up to 10 s) until at least `n` audit records are on disk.
     pub fn wait_records(&self, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -618,17 +671,7 @@ impl Agent {
     }
 
     pub fn audit_records(&self) -> Vec<Value> {
-        let mut text = String::new();
-        if let Ok(entries) = std::fs::read_dir(&self.audit_dir) {
-            let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-            paths.sort();
-            for p in paths {
-                text.push_str(&std::fs::read_to_string(p).unwrap_or_default());
-            }
-        }
-        text.lines()
-            .map(|l| serde_json::from_str(l).expect("audit line"))
-            .collect()
+        read_records(&self.audit_dir)
     }
 
     pub fn wait_records(&self, n: usize) -> Vec<Value> {

@@ -1,6 +1,10 @@
-//! Audit records: one JSON object per exchange, appended to a JSON Lines file
-//! in `audit.dir` by a dedicated writer thread behind a bounded queue, so the
-//! request path never waits on the disk.
+//! Audit records: one JSON object per exchange, appended to JSON Lines
+//! segment files in `audit.dir` by a dedicated writer thread behind a bounded
+//! queue, so the request path never waits on the disk. Every line is sealed
+//! into a hash chain (see [`chain`]).
+
+pub mod chain;
+pub mod read;
 
 use std::{
     fs::{File, OpenOptions},
@@ -29,6 +33,8 @@ pub enum AuditError {
     Open(PathBuf, io::Error),
     #[error("cannot start audit writer thread: {0}")]
     Thread(io::Error),
+    #[error("cannot continue the audit chain in {0}: {1}")]
+    Resume(PathBuf, io::Error),
 }
 
 /// Who made the call, as recorded. Process fields appear when known
@@ -222,7 +228,7 @@ impl AuditSink {
     }
 }
 
-/// The disk side: owns the file and the writer thread.
+/// The disk side: owns the segment file and the writer thread.
 pub struct AuditWriter {
     path: PathBuf,
     tx: mpsc::Sender<Msg>,
@@ -230,9 +236,12 @@ pub struct AuditWriter {
 }
 
 impl AuditWriter {
-    /// Creates `dir` (0700) and a new file in it (0600), and starts the writer.
+    /// Creates `dir` (0700) and a new segment in it (0600), continues the
+    /// hash chain from the newest segment (marking a torn tail left by a
+    /// crash), and starts the writer.
     pub fn start(
         config: &AuditConfig,
+        host: &str,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, AuditSink), AuditError> {
         std::fs::DirBuilder::new()
@@ -240,19 +249,44 @@ impl AuditWriter {
             .mode(0o700)
             .create(&config.dir)
             .map_err(|e| AuditError::CreateDir(config.dir.clone(), e))?;
-        let path = new_file_path(&config.dir);
+        let resume =
+            chain::resume(&config.dir).map_err(|e| AuditError::Resume(config.dir.clone(), e))?;
+        // Segments are named by their first seq, so names sort in chain order.
+        let path = config
+            .dir
+            .join(format!("audit-{:016}.jsonl", resume.head.seq + 1));
         let file = OpenOptions::new()
-            .create_new(true)
+            .create(true)
             .append(true)
             .mode(0o600)
             .open(&path)
             .map_err(|e| AuditError::Open(path.clone(), e))?;
+        let mut head = resume.head;
+        if let Some((torn_file, torn_bytes)) = &resume.torn {
+            // Mark the record a crash cut short; the chain continues from
+            // the last complete one.
+            tracing::warn!(file = %torn_file, torn_bytes, "audit: marking a torn record left by a crash");
+            let marker = serde_json::json!({
+                "id": uuid::Uuid::now_v7().to_string(),
+                "ts": rfc3339(SystemTime::now()),
+                "host": host,
+                "event": "torn_tail",
+                "file": torn_file,
+                "torn_bytes": torn_bytes,
+            });
+            let json = serde_json::to_vec(&marker)
+                .map_err(|e| AuditError::Open(path.clone(), e.into()))?;
+            (&file)
+                .write_all(&chain::seal(json, &mut head))
+                .and_then(|()| file.sync_data())
+                .map_err(|e| AuditError::Open(path.clone(), e))?;
+        }
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let thread_metrics = Arc::clone(&metrics);
         let thread_path = path.clone();
         let thread = std::thread::Builder::new()
             .name("leash-audit".into())
-            .spawn(move || write_loop(rx, file, &thread_path, &thread_metrics))
+            .spawn(move || write_loop(rx, file, head, &thread_path, &thread_metrics))
             .map_err(AuditError::Thread)?;
         let sink = AuditSink {
             tx: tx.clone(),
@@ -296,21 +330,13 @@ impl AuditWriter {
     }
 }
 
-fn new_file_path(dir: &Path) -> PathBuf {
-    let now = OffsetDateTime::now_utc();
-    let stamp = format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second()
-    );
-    dir.join(format!("leash-{stamp}-{}.jsonl", std::process::id()))
-}
-
-fn write_loop(mut rx: mpsc::Receiver<Msg>, file: File, path: &Path, metrics: &Metrics) {
+fn write_loop(
+    mut rx: mpsc::Receiver<Msg>,
+    file: File,
+    mut head: chain::ChainHead,
+    path: &Path,
+    metrics: &Metrics,
+) {
     let mut out = io::BufWriter::with_capacity(64 * 1024, file);
     let mut acks = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -319,7 +345,7 @@ fn write_loop(mut rx: mpsc::Receiver<Msg>, file: File, path: &Path, metrics: &Me
         let mut batch = 0;
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Record(rec) => match write_record(&mut out, &rec) {
+                Msg::Record(rec) => match write_record(&mut out, &rec, &mut head) {
                     Ok(()) => written += 1,
                     Err(e) => {
                         metrics.audit_write_errors.inc();
@@ -345,7 +371,11 @@ fn write_loop(mut rx: mpsc::Receiver<Msg>, file: File, path: &Path, metrics: &Me
     }
 }
 
-fn write_record(out: &mut impl Write, record: &AuditRecord) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, record)?;
-    out.write_all(b"\n")
+fn write_record(
+    out: &mut impl Write,
+    record: &AuditRecord,
+    head: &mut chain::ChainHead,
+) -> io::Result<()> {
+    let json = serde_json::to_vec(record)?;
+    out.write_all(&chain::seal(json, head))
 }

@@ -1,0 +1,198 @@
+//! The audit trail end to end: a real run verifies; an edited, deleted or
+//! reordered record is named by `leash audit verify`; a crash under load
+//! leaves a trail that verifies, its torn record marked on restart; and
+//! `leash audit query` sums spend per team.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed expectation is a failed test"
+)]
+
+use std::{path::Path, process::Output, time::Duration};
+
+use leash_tests::{
+    harness::{Leash, assert_success, http_request, leash_command, mock_providers_yaml, run},
+    mock::MockProvider,
+};
+
+const CHAT: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+
+fn verify(dir: &Path) -> Output {
+    run(leash_command().args(["audit", "verify", "--dir"]).arg(dir))
+}
+
+fn segment(dir: &Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.pop().unwrap()
+}
+
+fn chat(leash: &Leash, team: &str) {
+    let (status, _, _) = http_request(
+        leash.addr,
+        "POST",
+        "/v1/openai/chat/completions",
+        &[("x-leash-team", team)],
+        CHAT,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_real_run_verifies_and_tampering_is_named() {
+    let mock = MockProvider::start();
+    let mut leash = Leash::start(&mock_providers_yaml(&mock));
+    for team in ["a", "b", "a", "c", "a"] {
+        chat(&leash, team);
+    }
+    assert!(leash.stop().success());
+    let out = verify(&leash.audit_dir);
+    assert_success("verify a real run", &out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok: 5 records"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let records = leash.audit_records();
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["seq"], i as u64 + 1);
+        assert_eq!(r["hash"].as_str().unwrap().len(), 64);
+    }
+    assert_eq!(records[1]["prev_hash"], records[0]["hash"]);
+
+    let file = segment(&leash.audit_dir);
+    let original = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    let check = |text: String, line: usize, what: &str| {
+        std::fs::write(&file, text).unwrap();
+        let out = verify(&leash.audit_dir);
+        assert_eq!(out.status.code(), Some(1), "{what} went unnoticed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let name = file.file_name().unwrap().to_string_lossy();
+        assert!(err.contains(&format!("{name}:{line}")), "{what}: {err}");
+    };
+    // Edited: a team name changed in record 3.
+    check(
+        original
+            .replacen("\"team\":\"a\"", "\"team\":\"z\"", 2)
+            .replacen("\"team\":\"z\"", "\"team\":\"a\"", 1),
+        3,
+        "an edit",
+    );
+    // Deleted: record 2 removed.
+    let deleted: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, l)| *l)
+        .collect();
+    check(deleted.join("\n") + "\n", 2, "a deletion");
+    // Reordered: records 3 and 4 swapped.
+    let mut swapped = lines.clone();
+    swapped.swap(2, 3);
+    check(swapped.join("\n") + "\n", 3, "a reorder");
+    std::fs::write(&file, original).unwrap();
+    assert_success("verify restored", &verify(&leash.audit_dir));
+}
+
+#[test]
+fn kill_9_under_load_leaves_a_trail_that_verifies_and_restarts_mark_torn_records() {
+    let mock = MockProvider::start();
+    let mut leash = Leash::start(&mock_providers_yaml(&mock));
+    let addr = leash.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut ok = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && ok < 2000 {
+                    if http_request(addr, "POST", "/v1/openai/chat/completions", &[], CHAT)
+                        .is_some_and(|r| r.0 == 200)
+                    {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    leash.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let served: u32 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(served > 20, "too little load to mean anything: {served}");
+    let out = verify(&leash.audit_dir);
+    assert_success("verify after kill -9 under load", &out);
+
+    // A crash mid-write, made certain: a record cut short at the end.
+    let file = segment(&leash.audit_dir);
+    let mut data = std::fs::read(&file).unwrap();
+    data.extend_from_slice(br#"{"id":"cut-short","ts":"2026"#);
+    std::fs::write(&file, &data).unwrap();
+    let out = verify(&leash.audit_dir);
+    assert_success("verify with an open torn tail", &out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("torn record"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    leash.restart();
+    chat(&leash, "after-restart");
+    assert!(leash.stop().success());
+    let out = verify(&leash.audit_dir);
+    assert_success("verify after restart", &out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("1 torn record(s) from crashes, marked"),
+        "{text}"
+    );
+    let records = leash.audit_records();
+    let marker = records
+        .iter()
+        .find(|r| r["event"] == "torn_tail")
+        .expect("torn_tail marker");
+    assert_eq!(marker["torn_bytes"], 28);
+}
+
+#[test]
+fn query_sums_spend_per_team() {
+    let mock = MockProvider::start();
+    let mut leash = Leash::start(&mock_providers_yaml(&mock));
+    for team in ["research", "research", "support"] {
+        chat(&leash, team);
+    }
+    assert!(leash.stop().success());
+    let out = run(leash_command()
+        .args(["audit", "query", "--sum-by", "team", "--json", "--dir"])
+        .arg(&leash.audit_dir));
+    assert_success("audit query", &out);
+    let sums: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sums["research"]["requests"], 2);
+    assert_eq!(sums["research"]["input_tokens"], 22);
+    assert_eq!(sums["support"]["output_tokens"], 7);
+    // gpt-4o-mini: 8 uncached × 0.15 + 3 cached × 0.075 + 7 × 0.6 per 1M tokens.
+    let one = (8.0 * 0.15 + 3.0 * 0.075 + 7.0 * 0.6) / 1e6;
+    assert!(
+        (sums["research"]["cost_usd"].as_f64().unwrap() - 2.0 * one).abs() < 1e-12,
+        "{sums}"
+    );
+    let out = run(leash_command()
+        .args(["audit", "query", "--team", "support", "--dir"])
+        .arg(&leash.audit_dir));
+    assert_success("audit query --team", &out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("team=support"));
+    let out = run(leash_command()
+        .args(["audit", "tail", "-n", "2", "--dir"])
+        .arg(&leash.audit_dir));
+    assert_success("audit tail", &out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+}
