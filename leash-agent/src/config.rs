@@ -142,6 +142,8 @@ pub struct UpstreamConfig {
 pub struct AuditConfig {
     pub dir: PathBuf,
     pub queue_capacity: usize,
+    pub durability: crate::audit::Durability,
+    pub overflow: crate::audit::Overflow,
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +257,8 @@ struct RawUpstream {
 struct RawAudit {
     dir: Option<PathBuf>,
     queue_capacity: Option<usize>,
+    durability: Option<String>,
+    overflow: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -433,14 +437,7 @@ impl RawConfig {
                 600,
             )?,
         };
-        let audit = AuditConfig {
-            dir: resolve(base, audit.dir.unwrap_or_else(|| DEFAULT_AUDIT_DIR.into())),
-            queue_capacity: match audit.queue_capacity {
-                Some(0) => return Err(invalid("audit.queue_capacity", "must be positive")),
-                Some(n) => n,
-                None => 65_536,
-            },
-        };
+        let audit = validate_audit(audit, base)?;
         let pipeline = PipelineConfig {
             modules: validate_modules(pipeline.modules)?,
         };
@@ -564,6 +561,37 @@ fn validate_intercept(
             Some(0) => return Err(invalid("intercept.bypass_mark", "must not be 0")),
             Some(m) => m,
             None => DEFAULT_BYPASS_MARK,
+        },
+    })
+}
+
+fn validate_audit(audit: RawAudit, base: &Path) -> Result<AuditConfig, ConfigError> {
+    Ok(AuditConfig {
+        dir: resolve(base, audit.dir.unwrap_or_else(|| DEFAULT_AUDIT_DIR.into())),
+        queue_capacity: match audit.queue_capacity {
+            Some(0) => return Err(invalid("audit.queue_capacity", "must be positive")),
+            Some(n) => n,
+            None => 65_536,
+        },
+        durability: match audit.durability.as_deref() {
+            None | Some("batch") => crate::audit::Durability::Batch,
+            Some("sync") => crate::audit::Durability::Sync,
+            Some(other) => {
+                return Err(invalid(
+                    "audit.durability",
+                    format!("`{other}` is not one of: batch, sync"),
+                ));
+            }
+        },
+        overflow: match audit.overflow.as_deref() {
+            None | Some("block") => crate::audit::Overflow::Block,
+            Some("drop") => crate::audit::Overflow::Drop,
+            Some(other) => {
+                return Err(invalid(
+                    "audit.overflow",
+                    format!("`{other}` is not one of: block, drop"),
+                ));
+            }
         },
     })
 }

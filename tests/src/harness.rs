@@ -87,6 +87,7 @@ pub fn mock_providers_yaml(mock: &MockProvider) -> String {
 /// A running `leash gateway`, killed when dropped.
 pub struct Leash {
     child: Child,
+    env: Vec<(String, String)>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub audit_dir: PathBuf,
@@ -116,15 +117,26 @@ impl Leash {
     /// Like [`Leash::start`], in a directory prepared by the caller (for
     /// config files that name certificates and the like).
     pub fn start_in(dir: tempfile::TempDir, config_yaml: &str) -> Self {
+        Self::start_with_env(dir, config_yaml, &[])
+    }
+
+    /// Like [`Leash::start_in`], with extra environment variables for the
+    /// process (fault injection).
+    pub fn start_with_env(dir: tempfile::TempDir, config_yaml: &str, env: &[(&str, &str)]) -> Self {
         let config = dir.path().join("leash.yaml");
         std::fs::write(&config, config_yaml).expect("write config");
         let audit_dir = dir.path().join("audit");
         let log_path = dir.path().join("leash.log");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let child = Self::spawn(&config, addr, admin, &audit_dir, &log_path);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = Self::spawn(&config, addr, admin, &audit_dir, &log_path, &env);
         let mut leash = Self {
             child,
+            env,
             addr,
             admin,
             audit_dir,
@@ -141,6 +153,7 @@ impl Leash {
         admin: SocketAddr,
         audit_dir: &Path,
         log_path: &Path,
+        env: &[(String, String)],
     ) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -157,6 +170,7 @@ impl Leash {
             .arg(admin.to_string())
             .arg("--audit-dir")
             .arg(audit_dir)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
@@ -179,6 +193,7 @@ impl Leash {
             self.admin,
             &self.audit_dir,
             &self.log_path,
+            &self.env,
         );
         self.wait_healthy();
     }

@@ -24,6 +24,9 @@ use crate::{config::AuditConfig, metrics::Metrics, pipeline::Exchange};
 
 /// Most records written between two flushes to disk.
 const MAX_BATCH: usize = 1024;
+/// Fault injection for tests: a delay (ms) before each batch is written,
+/// standing in for a slow disk. Never set in production.
+const FAULT_WRITE_DELAY_ENV: &str = "LEASH_FAULT_AUDIT_WRITE_DELAY_MS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -202,29 +205,107 @@ impl AuditRecord {
 }
 
 enum Msg {
-    Record(Box<AuditRecord>),
+    /// A record, and who waits for it to be on disk (`durability: sync`).
+    Record(Box<AuditRecord>, Option<tokio::sync::oneshot::Sender<bool>>),
     Flush(std_mpsc::Sender<()>),
 }
 
-/// The request side of the audit trail: cheap to clone, never blocks.
+/// When a response may complete relative to its audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Records are synced in batches; a crash may lose the last unsynced
+    /// batch (at most one batch: up to 1024 records, or what arrived while
+    /// the previous batch was being synced).
+    Batch,
+    /// A response completes only after its record is on disk.
+    Sync,
+}
+
+/// What happens when the queue to the writer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Responses wait for room (backpressure).
+    Block,
+    /// The record is dropped and counted in `leash_audit_dropped_total`.
+    Drop,
+}
+
+/// Resolves when a record is queued (and, in sync mode, on disk); `false`
+/// if it could not be written.
+pub type Submitted = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
+/// The request side of the audit trail: cheap to clone.
 #[derive(Clone)]
 pub struct AuditSink {
     tx: mpsc::Sender<Msg>,
     metrics: Arc<Metrics>,
+    durability: Durability,
+    overflow: Overflow,
 }
 
 impl AuditSink {
-    /// Queues a record. If the queue is full the record is counted in
-    /// `leash_audit_dropped_total` and logged, never silently lost.
+    fn dropped(&self, reason: &'static str) {
+        self.metrics.audit_dropped.inc();
+        tracing::error!(reason, "audit record dropped");
+    }
+
+    pub fn is_sync(&self) -> bool {
+        self.durability == Durability::Sync
+    }
+
+    /// Queues a record without waiting (an exchange that ended without a
+    /// body to hold: the client went away). A full queue under `block` is
+    /// waited on by a task; under `drop` the record is counted and logged.
     pub fn submit(&self, record: AuditRecord) {
-        if let Err(e) = self.tx.try_send(Msg::Record(Box::new(record))) {
-            self.metrics.audit_dropped.inc();
-            let reason = match e {
-                mpsc::error::TrySendError::Full(_) => "queue full",
-                mpsc::error::TrySendError::Closed(_) => "writer stopped",
-            };
-            tracing::error!(reason, "audit record dropped");
+        match self.tx.try_send(Msg::Record(Box::new(record), None)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) if self.overflow == Overflow::Block => {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        let tx = self.tx.clone();
+                        rt.spawn(async move {
+                            let _ = tx.send(msg).await;
+                        });
+                    }
+                    Err(_) => self.dropped("queue full outside the runtime"),
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.dropped("queue full"),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.dropped("writer stopped"),
         }
+    }
+
+    /// Queues a record; the returned future resolves once it is queued
+    /// (waiting for room under `block`) and, with `durability: sync`, once
+    /// it is on disk.
+    pub fn submit_wait(&self, record: AuditRecord) -> Submitted {
+        let (ack_tx, ack_rx) = match self.durability {
+            Durability::Sync => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            Durability::Batch => (None, None),
+        };
+        let msg = Msg::Record(Box::new(record), ack_tx);
+        let sink = self.clone();
+        Box::pin(async move {
+            let queued = match sink.overflow {
+                Overflow::Block => sink.tx.send(msg).await.is_ok(),
+                Overflow::Drop => sink.tx.try_send(msg).is_ok(),
+            };
+            if !queued {
+                sink.dropped(if sink.tx.is_closed() {
+                    "writer stopped"
+                } else {
+                    "queue full"
+                });
+                return false;
+            }
+            match ack_rx {
+                Some(rx) => rx.await.unwrap_or(false),
+                None => true,
+            }
+        })
     }
 }
 
@@ -291,6 +372,8 @@ impl AuditWriter {
         let sink = AuditSink {
             tx: tx.clone(),
             metrics,
+            durability: config.durability,
+            overflow: config.overflow,
         };
         Ok((
             Self {
@@ -339,17 +422,34 @@ fn write_loop(
 ) {
     let mut out = io::BufWriter::with_capacity(64 * 1024, file);
     let mut acks = Vec::new();
+    let mut synced = Vec::new();
+    let fault_delay = std::env::var(FAULT_WRITE_DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
+    if let Some(delay) = fault_delay {
+        tracing::warn!(?delay, "fault injection: audit writes are delayed");
+    }
     while let Some(first) = rx.blocking_recv() {
+        if let Some(delay) = fault_delay {
+            std::thread::sleep(delay);
+        }
         let mut written = 0u64;
         let mut next = Some(first);
         let mut batch = 0;
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Record(rec) => match write_record(&mut out, &rec, &mut head) {
-                    Ok(()) => written += 1,
+                Msg::Record(rec, ack) => match write_record(&mut out, &rec, &mut head) {
+                    Ok(()) => {
+                        written += 1;
+                        synced.extend(ack);
+                    }
                     Err(e) => {
                         metrics.audit_write_errors.inc();
                         tracing::error!(path = %path.display(), error = %e, "audit write failed");
+                        if let Some(ack) = ack {
+                            let _ = ack.send(false);
+                        }
                     }
                 },
                 Msg::Flush(ack) => acks.push(ack),
@@ -359,11 +459,19 @@ fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
-        if let Err(e) = out.flush().and_then(|()| out.get_ref().sync_data()) {
-            metrics.audit_write_errors.inc();
-            tracing::error!(path = %path.display(), error = %e, "audit flush failed");
-        } else {
-            metrics.audit_records.inc_by(written);
+        let ok = match out.flush().and_then(|()| out.get_ref().sync_data()) {
+            Ok(()) => {
+                metrics.audit_records.inc_by(written);
+                true
+            }
+            Err(e) => {
+                metrics.audit_write_errors.inc();
+                tracing::error!(path = %path.display(), error = %e, "audit flush failed");
+                false
+            }
+        };
+        for ack in synced.drain(..) {
+            let _ = ack.send(ok);
         }
         for ack in acks.drain(..) {
             let _ = ack.send(());

@@ -267,8 +267,11 @@ impl Pipeline {
         &self.metrics
     }
 
+    /// Whether the upstream's `content-length` must go: a module may
+    /// change the body, or (`durability: sync`) the response may complete
+    /// only with its end-of-stream, released after the record is on disk.
     pub fn rewrites_response_body(&self) -> bool {
-        self.rewrites_body
+        self.rewrites_body || self.audit.is_sync()
     }
 
     /// Runs every module's request phase; stops at the first rejection.
@@ -316,13 +319,15 @@ impl Pipeline {
     }
 
     /// Ends an exchange: logging phase, metrics, audit record.
-    fn finish(&self, ex: &Exchange) {
+    /// The exchange's audit record after every module's logging phase,
+    /// counted in the metrics.
+    fn record(&self, ex: &Exchange) -> AuditRecord {
         let mut record = AuditRecord::from_exchange(ex, &self.host);
         for m in &self.modules {
             m.logging(ex, &mut record);
         }
         self.metrics.observe(&record);
-        self.audit.submit(record);
+        record
     }
 }
 
@@ -342,11 +347,29 @@ fn build_module(name: &str, config: &Config) -> Result<Box<dyn Module>, Pipeline
 pub struct ActiveExchange {
     ex: Exchange,
     pipeline: Arc<Pipeline>,
+    finished: bool,
 }
 
 impl ActiveExchange {
     pub fn new(ex: Exchange, pipeline: Arc<Pipeline>) -> Self {
-        Self { ex, pipeline }
+        Self {
+            ex,
+            pipeline,
+            finished: false,
+        }
+    }
+
+    /// Ends the exchange now (its response is complete): logging phase,
+    /// metrics, audit record. The future resolves when the record is queued
+    /// and, with `audit.durability: sync`, on disk; the response's last
+    /// frame waits for it.
+    pub fn finish(&mut self) -> crate::audit::Submitted {
+        if self.finished {
+            return Box::pin(std::future::ready(true));
+        }
+        self.finished = true;
+        let record = self.pipeline.record(&self.ex);
+        self.pipeline.audit.submit_wait(record)
     }
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
@@ -382,7 +405,13 @@ impl DerefMut for ActiveExchange {
 }
 
 impl Drop for ActiveExchange {
+    /// An exchange dropped before it finished (the client went away, the
+    /// handler was cancelled) still gets its record.
     fn drop(&mut self) {
-        self.pipeline.finish(&self.ex);
+        if !self.finished {
+            self.finished = true;
+            let record = self.pipeline.record(&self.ex);
+            self.pipeline.audit.submit(record);
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Response bodies sent to callers: Leash's own small answers, or the
 //! upstream's body streamed frame by frame through the pipeline's response
-//! phases (never buffered whole).
+//! phases (never buffered whole). Either way the exchange is finished before
+//! the last frame is released, so with `audit.durability: sync` a response
+//! completes only once its audit record is on disk.
 
 use std::{
     pin::Pin,
@@ -12,11 +14,28 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::pipeline::{ActiveExchange, BodyFlow};
+use crate::{
+    audit::Submitted,
+    pipeline::{ActiveExchange, BodyFlow},
+};
+
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("leash: the audit record of this response could not be written")]
+struct AuditFailed;
 
 pub enum LeashBody {
+    /// A body with nothing to finish (no exchange: e.g. an unknown route).
     Full(Option<Bytes>),
+    /// Leash's own answer for an exchange: sent once the exchange finished.
+    Local(Box<LocalBody>),
     Observed(Box<ObservedBody>),
+}
+
+pub struct LocalBody {
+    bytes: Option<Bytes>,
+    finishing: Submitted,
 }
 
 impl LeashBody {
@@ -24,45 +43,87 @@ impl LeashBody {
         Self::Full(Some(bytes))
     }
 
+    /// Leash's answer `bytes` for `ex`, which ends with it.
+    pub fn local(bytes: Bytes, ex: &mut ActiveExchange) -> Self {
+        Self::Local(Box::new(LocalBody {
+            bytes: Some(bytes),
+            finishing: ex.finish(),
+        }))
+    }
+
     pub fn observed(inner: Incoming, ex: ActiveExchange, rewrites: bool) -> Self {
         Self::Observed(Box::new(ObservedBody {
             inner,
             ex,
             rewrites,
-            done: false,
+            phase: Phase::Streaming,
         }))
     }
 }
 
-/// The upstream body plus the exchange it belongs to. Dropping it (stream
-/// finished or caller gone) ends the exchange and writes its record.
+enum Phase {
+    Streaming,
+    /// The upstream ended (or a module stopped the stream): the record is
+    /// being submitted; `tail` goes out once it is.
+    Finishing {
+        submitted: Submitted,
+        tail: Bytes,
+    },
+    Done,
+}
+
+/// The upstream body plus the exchange it belongs to. If it is dropped
+/// before the end (caller gone), the exchange still gets its record.
 pub struct ObservedBody {
     inner: Incoming,
     ex: ActiveExchange,
     rewrites: bool,
-    done: bool,
+    phase: Phase,
 }
 
 impl ObservedBody {
+    fn finishing(&mut self, tail: Bytes) {
+        self.ex.completed = true;
+        self.ex.response_bytes += tail.len() as u64;
+        self.phase = Phase::Finishing {
+            submitted: self.ex.finish(),
+            tail,
+        };
+    }
+
     fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if self.done {
-            return Poll::Ready(None);
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            match &mut self.phase {
+                Phase::Done => return Poll::Ready(None),
+                Phase::Finishing { submitted, tail } => {
+                    let ok = ready!(submitted.as_mut().poll(cx));
+                    let tail = std::mem::take(tail);
+                    self.phase = Phase::Done;
+                    if !ok {
+                        return Poll::Ready(Some(Err(AuditFailed.into())));
+                    }
+                    if !tail.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(tail))));
+                    }
+                }
+                Phase::Streaming => return self.poll_stream(cx),
+            }
         }
+    }
+
+    fn poll_stream(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
             None => {
-                self.done = true;
-                self.ex.completed = true;
                 let mut tail = Bytes::new();
                 self.ex.response_chunk(&mut tail, true);
-                if tail.is_empty() {
-                    Poll::Ready(None)
-                } else {
-                    self.ex.response_bytes += tail.len() as u64;
-                    Poll::Ready(Some(Ok(Frame::data(tail))))
-                }
+                self.finishing(tail);
+                self.poll_frame(cx)
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(mut data) => {
@@ -70,8 +131,8 @@ impl ObservedBody {
                         self.ex.timing.first_byte = Some(Instant::now());
                     }
                     if self.ex.response_chunk(&mut data, false) == BodyFlow::Stop {
-                        self.done = true;
-                        self.ex.completed = true;
+                        self.finishing(data);
+                        return self.poll_frame(cx);
                     }
                     self.ex.response_bytes += data.len() as u64;
                     Poll::Ready(Some(Ok(Frame::data(data))))
@@ -79,9 +140,9 @@ impl ObservedBody {
                 Err(trailers) => Poll::Ready(Some(Ok(trailers))),
             },
             Some(Err(e)) => {
-                self.done = true;
+                self.phase = Phase::Done;
                 tracing::warn!(request_id = %self.ex.id, error = %e, "upstream body failed mid-stream");
-                Poll::Ready(Some(Err(e)))
+                Poll::Ready(Some(Err(e.into())))
             }
         }
     }
@@ -89,7 +150,7 @@ impl ObservedBody {
 
 impl Body for LeashBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -97,6 +158,16 @@ impl Body for LeashBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Self::Local(local) => {
+                if local.bytes.is_some() {
+                    let ok = ready!(local.finishing.as_mut().poll(cx));
+                    if !ok {
+                        local.bytes = None;
+                        return Poll::Ready(Some(Err(AuditFailed.into())));
+                    }
+                }
+                Poll::Ready(local.bytes.take().map(|b| Ok(Frame::data(b))))
+            }
             Self::Observed(body) => body.poll_frame(cx),
         }
     }
@@ -104,14 +175,18 @@ impl Body for LeashBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Full(bytes) => bytes.is_none(),
+            Self::Local(local) => local.bytes.is_none(),
             // Always polled to its end so the end-of-stream phase runs.
-            Self::Observed(body) => body.done,
+            Self::Observed(body) => matches!(body.phase, Phase::Done),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Self::Local(local) => {
+                SizeHint::with_exact(local.bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Self::Full(None) => SizeHint::with_exact(0),
             Self::Observed(body) if !body.rewrites => body.inner.size_hint(),
             Self::Observed(_) => SizeHint::default(),

@@ -74,7 +74,7 @@ impl Gateway {
                 "known_providers": known,
             }
         });
-        json_response(StatusCode::NOT_FOUND, Bytes::from(body.to_string()), None)
+        json_response(StatusCode::NOT_FOUND, Bytes::from(body.to_string()))
     }
 
     async fn serve(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<LeashBody> {
@@ -83,7 +83,6 @@ impl Gateway {
             return json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 Bytes::from(body.to_string()),
-                None,
             );
         }
         let path = req.uri().path().to_owned();

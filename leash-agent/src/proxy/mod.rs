@@ -19,7 +19,7 @@ use hyper_util::client::legacy::{Client, connect::Connect};
 
 use self::body::LeashBody;
 use crate::{
-    pipeline::{ActiveExchange, Exchange, Flow, ProxyRequest, Rejection, identify},
+    pipeline::{ActiveExchange, Flow, ProxyRequest, Rejection, identify},
     provider::{ErrorCode, error_body},
 };
 
@@ -187,7 +187,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Forwarder<C> {
 }
 
 /// Leash's own answer, in the provider's error shape. Ends the exchange.
-pub fn local_response(ex: &mut Exchange, rejection: &Rejection) -> Response<LeashBody> {
+pub fn local_response(ex: &mut ActiveExchange, rejection: &Rejection) -> Response<LeashBody> {
     ex.status = Some(rejection.status);
     ex.error = Some(rejection.code);
     ex.timing.response_ready = Some(Instant::now());
@@ -199,24 +199,27 @@ pub fn local_response(ex: &mut Exchange, rejection: &Rejection) -> Response<Leas
         &rejection.message,
     );
     ex.response_bytes = body.len() as u64;
-    json_response(rejection.status, body, Some(&ex.id))
+    let id = HeaderValue::from_str(&ex.id).ok();
+    let mut resp = Response::new(LeashBody::local(body, ex));
+    *resp.status_mut() = rejection.status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(id) = id {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, id);
+    }
+    resp
 }
 
-/// A JSON response with an optional request id header.
-pub fn json_response(
-    status: StatusCode,
-    body: Bytes,
-    request_id: Option<&str>,
-) -> Response<LeashBody> {
+/// A JSON response that belongs to no exchange (e.g. an unknown route).
+pub fn json_response(status: StatusCode, body: Bytes) -> Response<LeashBody> {
     let mut resp = Response::new(LeashBody::full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
-        resp.headers_mut().insert(REQUEST_ID_HEADER, id);
-    }
     resp
 }
 
