@@ -234,7 +234,7 @@ fn received_and_recorded(
     let mut leash = Leash::start_with_env(
         tempfile::tempdir().unwrap(),
         &config,
-        &[("LEASH_FAULT_AUDIT_WRITE_DELAY_MS", "40")],
+        &[("LEASH_FAULT_AUDIT_WRITE_DELAY_MS", "150")],
     );
     let addr = leash.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -252,14 +252,14 @@ fn received_and_recorded(
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(Duration::from_millis(1500));
     leash.kill9();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let received: Vec<String> = workers
         .into_iter()
         .flat_map(|w| w.join().unwrap())
         .collect();
-    assert!(received.len() > 20, "too little load: {}", received.len());
+    assert!(received.len() > 10, "too little load: {}", received.len());
     let recorded = leash
         .audit_records()
         .iter()
