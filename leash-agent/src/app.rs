@@ -67,7 +67,19 @@ impl Core {
         let metrics = Arc::new(Metrics::new());
         let (audit, audit_sink) =
             AuditWriter::start(&config.audit, &config.host_id, Arc::clone(&metrics))?;
-        let pipeline = Arc::new(Pipeline::new(config, Arc::clone(&metrics), audit_sink)?);
+        let alerts = match &config.alerts.webhook {
+            Some(_) => crate::alerts::Alerter::start(
+                &config.alerts,
+                upstream::build_client(&config.upstream)?,
+            ),
+            None => crate::alerts::Alerter::disabled(),
+        };
+        let pipeline = Arc::new(Pipeline::new(
+            config,
+            Arc::clone(&metrics),
+            audit_sink,
+            &alerts,
+        )?);
         Ok(Self {
             metrics,
             audit,
@@ -112,10 +124,11 @@ pub async fn run_gateway(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let metrics = Arc::new(Metrics::new());
-    let (audit_writer, audit_sink) =
-        AuditWriter::start(&config.audit, &config.host_id, Arc::clone(&metrics))?;
-    let pipeline = Arc::new(Pipeline::new(&config, Arc::clone(&metrics), audit_sink)?);
+    let Core {
+        metrics,
+        audit: audit_writer,
+        pipeline,
+    } = Core::new(&config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let gw_task = spawn_gateway(&config, pipeline, stop_rx.clone()).await?;
     let admin_task = spawn_admin(

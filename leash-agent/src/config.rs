@@ -19,7 +19,7 @@ pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/leash/audit";
 /// Request bodies above this are refused with 413 (they are read whole for policy).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Pipeline modules run when the config names none.
-pub const DEFAULT_MODULES: &[&str] = &["team", "usage"];
+pub const DEFAULT_MODULES: &[&str] = &["team", "usage", "budget"];
 pub const DEFAULT_CA_DIR: &str = "/var/lib/leash/ca";
 /// Local port the transparent proxy listens on (`127.0.0.1` and `::1`).
 pub const DEFAULT_PROXY_PORT: u16 = 15443;
@@ -62,6 +62,37 @@ pub struct Config {
     pub ca: CaConfig,
     pub intercept: InterceptConfig,
     pub pricing: std::sync::Arc<crate::pricing::PriceTable>,
+    pub budgets: Vec<BudgetConfig>,
+    pub alerts: crate::alerts::AlertConfig,
+}
+
+/// How long a budget's spend accumulates before it starts over (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Week => "week",
+            Self::Month => "month",
+        }
+    }
+}
+
+/// A spend limit for the requests that match all of its set fields.
+#[derive(Debug, Clone)]
+pub struct BudgetConfig {
+    pub name: String,
+    pub team: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub period: Period,
+    pub limit_usd: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +209,28 @@ struct RawConfig {
     intercept: RawIntercept,
     #[serde(default)]
     pricing: BTreeMap<String, crate::pricing::Price>,
+    #[serde(default)]
+    budgets: Vec<RawBudget>,
+    #[serde(default)]
+    alerts: RawAlerts,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    name: Option<String>,
+    team: Option<String>,
+    provider: Option<String>,
+    model: Option<String>,
+    period: String,
+    limit_usd: f64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    webhook: Option<String>,
+    min_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -382,6 +435,8 @@ impl RawConfig {
             ca,
             intercept,
             pricing,
+            budgets,
+            alerts,
         } = self;
         let host_id = match host_id {
             Some(h) if h.trim().is_empty() => return Err(invalid("host_id", "must not be empty")),
@@ -456,6 +511,8 @@ impl RawConfig {
             },
             intercept,
             pricing: std::sync::Arc::new(validate_pricing(pricing)?),
+            budgets: validate_budgets(budgets)?,
+            alerts: validate_alerts(alerts)?,
         })
     }
 }
@@ -593,6 +650,70 @@ fn validate_audit(audit: RawAudit, base: &Path) -> Result<AuditConfig, ConfigErr
                 ));
             }
         },
+    })
+}
+
+fn validate_budgets(raw: Vec<RawBudget>) -> Result<Vec<BudgetConfig>, ConfigError> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let field = format!("budgets[{i}]");
+            let period = match b.period.as_str() {
+                "day" => Period::Day,
+                "week" => Period::Week,
+                "month" => Period::Month,
+                other => {
+                    return Err(invalid(
+                        format!("{field}.period"),
+                        format!("`{other}` is not one of: day, week, month"),
+                    ));
+                }
+            };
+            if !b.limit_usd.is_finite() || b.limit_usd < 0.0 {
+                return Err(invalid(format!("{field}.limit_usd"), "must be 0 or more"));
+            }
+            if b.team.is_none() && b.provider.is_none() && b.model.is_none() {
+                return Err(invalid(field, "set at least one of team, provider, model"));
+            }
+            let name = b.name.unwrap_or_else(|| {
+                [
+                    b.team.as_deref(),
+                    b.provider.as_deref(),
+                    b.model.as_deref(),
+                    Some(period.as_str()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("/")
+            });
+            Ok(BudgetConfig {
+                name,
+                team: b.team,
+                provider: b.provider,
+                model: b.model,
+                period,
+                limit_usd: b.limit_usd,
+            })
+        })
+        .collect()
+}
+
+fn validate_alerts(raw: RawAlerts) -> Result<crate::alerts::AlertConfig, ConfigError> {
+    let webhook = raw
+        .webhook
+        .map(|url| {
+            UpstreamBase::parse(&url)
+                .map_err(|reason| invalid("alerts.webhook", reason))
+                .and_then(|_| {
+                    url.parse::<http::Uri>()
+                        .map_err(|e| invalid("alerts.webhook", e.to_string()))
+                })
+        })
+        .transpose()?;
+    Ok(crate::alerts::AlertConfig {
+        webhook,
+        min_interval: Duration::from_secs(raw.min_interval_secs.unwrap_or(60)),
     })
 }
 

@@ -2,6 +2,7 @@
 //! flows through these modules.
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod audit;
 pub mod ca;

@@ -9,7 +9,7 @@ use std::{
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -52,6 +52,11 @@ struct ModelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    budget: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HostLabels {
     host: String,
 }
@@ -77,6 +82,7 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
     unpriced: Family<ModelLabels, Counter>,
+    budget_remaining: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
     models: Mutex<HashSet<String>>,
     shadow_hosts: Mutex<HashSet<String>>,
 }
@@ -124,6 +130,12 @@ impl Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         let cost = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
         let unpriced = Family::<ModelLabels, Counter>::default();
+        let budget_remaining = Family::<BudgetLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "leash_budget_remaining_usd",
+            "What is left of each budget this period, in USD (negative: overspent by calls in flight)",
+            budget_remaining.clone(),
+        );
         registry.register(
             "leash_tokens",
             "Tokens as providers reported them, by kind (input, output, cached, reasoning, cache_creation)",
@@ -198,6 +210,7 @@ impl Metrics {
             tokens,
             cost,
             unpriced,
+            budget_remaining,
             models: Mutex::new(HashSet::new()),
             shadow_hosts: Mutex::new(HashSet::new()),
         }
@@ -205,6 +218,14 @@ impl Metrics {
 
     fn model_label(&self, model: Option<&str>) -> String {
         model.map_or_else(|| "unknown".to_owned(), |m| bounded_label(&self.models, m))
+    }
+
+    /// Sets what is left of a budget.
+    pub fn budget_remaining(&self, budget: &str, usd: f64) {
+        let labels = BudgetLabels {
+            budget: budget.to_owned(),
+        };
+        self.budget_remaining.get_or_create(&labels).set(usd);
     }
 
     /// Counts a connection to an unlisted LLM endpoint.

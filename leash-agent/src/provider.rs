@@ -197,6 +197,7 @@ pub enum ErrorCode {
     PolicyBlocked,
     UpstreamUnreachable,
     UpstreamTimeout,
+    BudgetExceeded,
     Internal,
 }
 
@@ -209,6 +210,7 @@ impl ErrorCode {
             Self::PolicyBlocked => "leash_policy_blocked",
             Self::UpstreamUnreachable => "leash_upstream_unreachable",
             Self::UpstreamTimeout => "leash_upstream_timeout",
+            Self::BudgetExceeded => "leash_budget_exceeded",
             Self::Internal => "leash_internal_error",
         }
     }

@@ -716,3 +716,74 @@ impl Drop for Agent {
         self.kill9();
     }
 }
+
+/// A webhook receiver on loopback: answers 200 and keeps each body.
+pub struct WebhookReceiver {
+    pub url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl WebhookReceiver {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind webhook");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = std::sync::Arc::clone(&bodies);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Read the head, then Content-Length bytes of body.
+                let body = loop {
+                    let Ok(n) = stream.read(&mut buf) else {
+                        break None;
+                    };
+                    if n == 0 {
+                        break None;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if raw.len() >= end + 4 + len {
+                        break Some(
+                            String::from_utf8_lossy(&raw[end + 4..end + 4 + len]).into_owned(),
+                        );
+                    }
+                };
+                if let Some(body) = body {
+                    keep.lock().expect("webhook bodies").push(body);
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Self { url, bodies }
+    }
+
+    /// Waits (up to 10 s) for at least `n` deliveries.
+    pub fn wait(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.bodies.lock().expect("webhook bodies").clone();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "webhook got {} of {n} alerts",
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}

@@ -10,6 +10,7 @@
 //! 4. When the exchange ends (completed, failed or cancelled by the client):
 //!    [`Module::logging`] of each module, then metrics and the audit record.
 
+pub mod budget;
 pub mod identify;
 pub mod sse;
 pub mod team;
@@ -34,7 +35,7 @@ use crate::{
 };
 
 /// Names accepted in `pipeline.modules`.
-pub const MODULE_NAMES: &[&str] = &[team::NAME, usage::NAME];
+pub const MODULE_NAMES: &[&str] = &[team::NAME, usage::NAME, budget::NAME];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -223,12 +224,13 @@ impl Pipeline {
         config: &Config,
         metrics: Arc<Metrics>,
         audit: AuditSink,
+        alerts: &crate::alerts::Alerter,
     ) -> Result<Self, PipelineError> {
         let modules = config
             .pipeline
             .modules
             .iter()
-            .map(|name| build_module(name, config))
+            .map(|name| build_module(name, config, &metrics, alerts))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self::with_modules(
             modules,
@@ -256,11 +258,13 @@ impl Pipeline {
 
     /// Checks that every module named in the config can be built.
     pub fn check_modules(config: &Config) -> Result<(), PipelineError> {
+        let metrics = Arc::new(Metrics::new());
+        let alerts = crate::alerts::Alerter::disabled();
         config
             .pipeline
             .modules
             .iter()
-            .try_for_each(|name| build_module(name, config).map(drop))
+            .try_for_each(|name| build_module(name, config, &metrics, &alerts).map(drop))
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -331,8 +335,19 @@ impl Pipeline {
     }
 }
 
-fn build_module(name: &str, config: &Config) -> Result<Box<dyn Module>, PipelineError> {
+fn build_module(
+    name: &str,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    alerts: &crate::alerts::Alerter,
+) -> Result<Box<dyn Module>, PipelineError> {
     match name {
+        budget::NAME => Ok(Box::new(budget::BudgetModule::new(
+            config.budgets.clone(),
+            &config.audit.dir,
+            alerts.clone(),
+            Arc::clone(metrics),
+        ))),
         team::NAME => Ok(Box::new(team::TeamFromHeader)),
         usage::NAME => Ok(Box::new(usage::UsageModule::new(Arc::clone(
             &config.pricing,

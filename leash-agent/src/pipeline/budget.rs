@@ -1,0 +1,210 @@
+//! The `budget` module: spend limits per team, provider or model and
+//! period. A request whose budget is used up is refused with a
+//! provider-shaped 429 and an alert. Spend is counted from audit records, and
+//! rebuilt from the audit trail at start, so it survives restarts.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use async_trait::async_trait;
+use http::StatusCode;
+use serde_json::{Value, json};
+use time::{Date, Duration as TimeDuration, OffsetDateTime, Time};
+
+use super::{Exchange, Flow, Module, ModuleError, ProxyRequest, Rejection};
+use crate::{
+    alerts::Alerter,
+    audit::AuditRecord,
+    config::{BudgetConfig, Period},
+    metrics::Metrics,
+    provider::ErrorCode,
+};
+
+pub const NAME: &str = "budget";
+
+/// The start of the period that contains `now` (UTC).
+pub fn period_start(period: Period, now: OffsetDateTime) -> OffsetDateTime {
+    let date = now.date();
+    let day = match period {
+        Period::Day => date,
+        Period::Week => {
+            let back = i64::from(date.weekday().number_days_from_monday());
+            date - TimeDuration::days(back)
+        }
+        Period::Month => Date::from_calendar_date(date.year(), date.month(), 1).unwrap_or(date),
+    };
+    day.with_time(Time::MIDNIGHT).assume_utc()
+}
+
+struct Spend {
+    since: OffsetDateTime,
+    usd: f64,
+}
+
+pub struct BudgetModule {
+    budgets: Vec<BudgetConfig>,
+    spend: Mutex<Vec<Spend>>,
+    alerts: Alerter,
+    metrics: Arc<Metrics>,
+}
+
+fn matches(b: &BudgetConfig, provider: &str, model: Option<&str>, team: Option<&str>) -> bool {
+    b.team.as_deref().is_none_or(|t| team == Some(t))
+        && b.provider.as_deref().is_none_or(|p| p == provider)
+        && b.model.as_deref().is_none_or(|m| model == Some(m))
+}
+
+impl BudgetModule {
+    /// Budgets with their spend so far this period, read from the audit
+    /// trail in `audit_dir`.
+    pub fn new(
+        budgets: Vec<BudgetConfig>,
+        audit_dir: &Path,
+        alerts: Alerter,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let now = OffsetDateTime::now_utc();
+        let mut spend: Vec<Spend> = budgets
+            .iter()
+            .map(|b| Spend {
+                since: period_start(b.period, now),
+                usd: 0.0,
+            })
+            .collect();
+        if !budgets.is_empty() {
+            let records = crate::audit::read::records(audit_dir).unwrap_or_default();
+            for r in &records {
+                let (Some(cost), Some(ts)) = (r["cost_usd"].as_f64(), r["ts"].as_str()) else {
+                    continue;
+                };
+                let Ok(ts) =
+                    OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+                else {
+                    continue;
+                };
+                for (b, s) in budgets.iter().zip(spend.iter_mut()) {
+                    if ts >= s.since
+                        && matches(
+                            b,
+                            r["provider"].as_str().unwrap_or(""),
+                            r["model"].as_str(),
+                            r["caller"]["team"].as_str(),
+                        )
+                    {
+                        s.usd += cost;
+                    }
+                }
+            }
+        }
+        for (b, s) in budgets.iter().zip(&spend) {
+            metrics.budget_remaining(&b.name, b.limit_usd - s.usd);
+        }
+        Self {
+            budgets,
+            spend: Mutex::new(spend),
+            alerts,
+            metrics,
+        }
+    }
+}
+
+#[async_trait]
+impl Module for BudgetModule {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn request_filter(
+        &self,
+        ex: &mut Exchange,
+        _req: &mut ProxyRequest,
+    ) -> Result<Flow, ModuleError> {
+        let now = OffsetDateTime::now_utc();
+        let mut spend = self.spend.lock().unwrap_or_else(PoisonError::into_inner);
+        for (b, s) in self.budgets.iter().zip(spend.iter_mut()) {
+            let start = period_start(b.period, now);
+            if start > s.since {
+                // A new period: the budget starts over.
+                *s = Spend {
+                    since: start,
+                    usd: 0.0,
+                };
+                self.metrics.budget_remaining(&b.name, b.limit_usd);
+            }
+            if !matches(
+                b,
+                &ex.provider.name,
+                ex.model.as_deref(),
+                ex.caller.team.as_deref(),
+            ) || s.usd < b.limit_usd
+            {
+                continue;
+            }
+            let alert: Value = json!({
+                "type": "budget_exceeded",
+                "budget": b.name,
+                "team": b.team,
+                "provider": b.provider,
+                "model": b.model,
+                "period": b.period.as_str(),
+                "limit_usd": b.limit_usd,
+                "spent_usd": s.usd,
+                "request_id": ex.id,
+                "ts": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            });
+            self.alerts.fire(&format!("budget:{}", b.name), alert);
+            return Ok(Flow::Reject(Rejection {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: ErrorCode::BudgetExceeded,
+                message: format!(
+                    "leash: budget `{}` is used up: ${:.4} of ${:.2} this {}",
+                    b.name,
+                    s.usd,
+                    b.limit_usd,
+                    b.period.as_str()
+                ),
+            }));
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn logging(&self, ex: &Exchange, record: &mut AuditRecord) {
+        let Some(cost) = record.cost_usd else {
+            return;
+        };
+        let mut spend = self.spend.lock().unwrap_or_else(PoisonError::into_inner);
+        for (b, s) in self.budgets.iter().zip(spend.iter_mut()) {
+            if matches(
+                b,
+                &ex.provider.name,
+                ex.model.as_deref(),
+                ex.caller.team.as_deref(),
+            ) {
+                s.usd += cost;
+                self.metrics.budget_remaining(&b.name, b.limit_usd - s.usd);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn period_starts() {
+        let t = datetime!(2026-11-26 15:30 UTC); // a Thursday
+        assert_eq!(period_start(Period::Day, t), datetime!(2026-11-26 0:00 UTC));
+        assert_eq!(
+            period_start(Period::Week, t),
+            datetime!(2026-11-23 0:00 UTC)
+        );
+        assert_eq!(
+            period_start(Period::Month, t),
+            datetime!(2026-11-01 0:00 UTC)
+        );
+    }
+}
