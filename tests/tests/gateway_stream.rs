@@ -182,3 +182,47 @@ fn injected_stream_usage_is_invisible_to_the_client() {
         assert!(r["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{r}");
     }
 }
+
+/// Non-streaming responses carry their cost (and are complete records of
+/// it); streams never wait for it.
+#[test]
+fn non_streaming_responses_carry_their_cost_in_a_header() {
+    let mock = MockProvider::start();
+    let leash = Leash::start(&mock_providers_yaml(&mock));
+    let (status, headers, _) = leash_tests::harness::http_request(
+        leash.addr,
+        "POST",
+        "/v1/openai/chat/completions",
+        &[],
+        br#"{"model":"gpt-4o-mini","messages":[]}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let cost: f64 = header("x-leash-cost-usd")
+        .expect("cost header")
+        .parse()
+        .unwrap();
+    assert!((cost - 0.000_005_625).abs() < 1e-12, "{cost}");
+    let id = header("x-leash-request-id").unwrap();
+    let rec = &leash.wait_records(1)[0];
+    assert_eq!(rec["id"], id);
+    assert!((rec["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12);
+    let (_, headers, _) = leash_tests::harness::http_request(
+        leash.addr,
+        "POST",
+        "/v1/openai/chat/completions",
+        &[],
+        br#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#,
+    )
+    .unwrap();
+    assert!(
+        !headers.iter().any(|(k, _)| k == "x-leash-cost-usd"),
+        "a stream waited for its cost"
+    );
+}

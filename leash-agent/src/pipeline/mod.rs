@@ -111,6 +111,8 @@ pub struct Exchange {
     /// Whether the response body was delivered to its end.
     pub completed: bool,
     pub response_bytes: u64,
+    /// Set by the `usage` module once the provider reported usage.
+    pub cost_usd: Option<f64>,
     pub ext: http::Extensions,
 }
 
@@ -136,6 +138,7 @@ impl Exchange {
             },
             completed: false,
             response_bytes: 0,
+            cost_usd: None,
             ext: http::Extensions::new(),
         }
     }

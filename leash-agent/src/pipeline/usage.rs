@@ -223,6 +223,39 @@ impl Module for UsageModule {
     }
 
     fn response_body_filter(&self, ex: &mut Exchange, chunk: &mut Bytes, end: bool) -> BodyFlow {
+        let flow = Self::account(ex, chunk, end);
+        if end {
+            let usage = ex.ext.get::<State>().and_then(|s| s.usage);
+            ex.cost_usd = usage.and_then(|u| {
+                ex.model
+                    .as_deref()
+                    .and_then(|m| self.prices.cost(ex.provider.kind, m, &u))
+            });
+        }
+        flow
+    }
+
+    fn logging(&self, ex: &Exchange, record: &mut AuditRecord) {
+        let Some(state) = ex.ext.get::<State>() else {
+            return;
+        };
+        if let Some(usage) = state.usage {
+            record.usage = Some(usage);
+            record.cost_usd = ex.cost_usd.or_else(|| {
+                ex.model
+                    .as_deref()
+                    .and_then(|m| self.prices.cost(ex.provider.kind, m, &usage))
+            });
+        } else if matches!(state.tracking, Tracking::Stream(_)) {
+            // The stream ended (or the client left) before the provider
+            // reported usage.
+            record.usage_estimated = true;
+        }
+    }
+}
+
+impl UsageModule {
+    fn account(ex: &mut Exchange, chunk: &mut Bytes, end: bool) -> BodyFlow {
         let kind = ex.provider.kind;
         let Some(State {
             usage,
@@ -264,23 +297,6 @@ impl Module for UsageModule {
             }
         }
         BodyFlow::Continue
-    }
-
-    fn logging(&self, ex: &Exchange, record: &mut AuditRecord) {
-        let Some(state) = ex.ext.get::<State>() else {
-            return;
-        };
-        if let Some(usage) = state.usage {
-            record.usage = Some(usage);
-            record.cost_usd = ex
-                .model
-                .as_deref()
-                .and_then(|m| self.prices.cost(ex.provider.kind, m, &usage));
-        } else if matches!(state.tracking, Tracking::Stream(_)) {
-            // The stream ended (or the client left) before the provider
-            // reported usage.
-            record.usage_estimated = true;
-        }
     }
 }
 

@@ -51,11 +51,19 @@ impl LeashBody {
         }))
     }
 
-    pub fn observed(inner: Incoming, ex: ActiveExchange, rewrites: bool) -> Self {
+    /// The upstream body, streamed through the response phases. `prefix`:
+    /// bytes already read from it (and seen by the phases), sent first.
+    pub fn observed(
+        inner: Incoming,
+        ex: ActiveExchange,
+        rewrites: bool,
+        prefix: Option<Bytes>,
+    ) -> Self {
         Self::Observed(Box::new(ObservedBody {
             inner,
             ex,
             rewrites,
+            prefix,
             phase: Phase::Streaming,
         }))
     }
@@ -78,6 +86,7 @@ pub struct ObservedBody {
     inner: Incoming,
     ex: ActiveExchange,
     rewrites: bool,
+    prefix: Option<Bytes>,
     phase: Phase,
 }
 
@@ -188,7 +197,9 @@ impl Body for LeashBody {
                 SizeHint::with_exact(local.bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             Self::Full(None) => SizeHint::with_exact(0),
-            Self::Observed(body) if !body.rewrites => body.inner.size_hint(),
+            Self::Observed(body) if !body.rewrites && body.prefix.is_none() => {
+                body.inner.size_hint()
+            }
             Self::Observed(_) => SizeHint::default(),
         }
     }

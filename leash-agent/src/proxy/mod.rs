@@ -181,8 +181,121 @@ impl<C: Connect + Clone + Send + Sync + 'static> Forwarder<C> {
             ex.stream = true;
         }
         ex.response_head(&mut parts);
-        ex.timing.response_ready = Some(Instant::now());
-        Response::from_parts(parts, LeashBody::observed(incoming, ex, rewrites))
+        if ex.stream {
+            ex.timing.response_ready = Some(Instant::now());
+            return Response::from_parts(parts, LeashBody::observed(incoming, ex, rewrites, None));
+        }
+        self.respond_buffered(ex, parts, incoming, rewrites).await
+    }
+
+    /// A non-streaming response: read whole (up to a cap) so the response
+    /// phases see the whole document and the cost goes into a header.
+    async fn respond_buffered(
+        &self,
+        mut ex: ActiveExchange,
+        mut parts: http::response::Parts,
+        incoming: Incoming,
+        rewrites: bool,
+    ) -> Response<LeashBody> {
+        let read = tokio::time::timeout(
+            self.response_timeout,
+            read_up_to(incoming, MAX_BUFFERED_RESPONSE),
+        )
+        .await;
+        match read {
+            Ok(Buffered::Whole(mut body)) => {
+                ex.timing.first_byte = Some(Instant::now());
+                ex.response_chunk(&mut body, true);
+                ex.completed = true;
+                ex.response_bytes = body.len() as u64;
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                if let Some(cost) = ex.cost_usd
+                    && let Ok(v) = HeaderValue::from_str(&format!("{cost:.9}"))
+                {
+                    parts.headers.insert(COST_HEADER, v);
+                }
+                ex.timing.response_ready = Some(Instant::now());
+                let body = LeashBody::local(body, &mut ex);
+                Response::from_parts(parts, body)
+            }
+            Ok(Buffered::Partial { mut prefix, rest }) => {
+                // Too big to hold: stream it on, starting with what was read.
+                ex.timing.first_byte = Some(Instant::now());
+                ex.response_chunk(&mut prefix, false);
+                ex.response_bytes = prefix.len() as u64;
+                ex.timing.response_ready = Some(Instant::now());
+                Response::from_parts(parts, LeashBody::observed(rest, ex, rewrites, Some(prefix)))
+            }
+            Ok(Buffered::Failed(e)) => {
+                let cause = error_chain(&e);
+                tracing::warn!(request_id = %ex.id, error = %cause, "upstream body failed");
+                let message = format!(
+                    "leash: upstream for provider `{}` failed: {cause}",
+                    ex.provider.name
+                );
+                local_response(
+                    &mut ex,
+                    &Rejection {
+                        status: StatusCode::BAD_GATEWAY,
+                        code: ErrorCode::UpstreamUnreachable,
+                        message,
+                    },
+                )
+            }
+            Err(_) => {
+                let message = format!(
+                    "leash: upstream for provider `{}` did not finish its response in time",
+                    ex.provider.name
+                );
+                local_response(
+                    &mut ex,
+                    &Rejection {
+                        status: StatusCode::GATEWAY_TIMEOUT,
+                        code: ErrorCode::UpstreamTimeout,
+                        message,
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// Non-streaming responses up to this size are read whole before they are
+/// sent on (the cost header needs the usage at the end of the body).
+pub const MAX_BUFFERED_RESPONSE: usize = 4 * 1024 * 1024;
+/// The header with the cost of a non-streaming call, in USD.
+pub const COST_HEADER: &str = "x-leash-cost-usd";
+
+enum Buffered {
+    Whole(Bytes),
+    /// Bigger than the cap: what was read, and the rest still to come.
+    Partial {
+        prefix: Bytes,
+        rest: Incoming,
+    },
+    Failed(hyper::Error),
+}
+
+async fn read_up_to(mut body: Incoming, limit: usize) -> Buffered {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Buffered::Whole(buf.freeze()),
+            Some(Err(e)) => return Buffered::Failed(e),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > limit {
+                        return Buffered::Partial {
+                            prefix: buf.freeze(),
+                            rest: body,
+                        };
+                    }
+                }
+            }
+        }
     }
 }
 
