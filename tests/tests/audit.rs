@@ -198,7 +198,8 @@ fn query_sums_spend_per_team() {
 }
 
 /// One request over a fresh connection: the response's request id if the
-/// client received the response completely (chunked terminator included).
+/// client received the response completely (all `content-length` bytes, or
+/// the chunked terminator).
 fn complete_response_id(addr: std::net::SocketAddr) -> Option<String> {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
@@ -212,7 +213,20 @@ fn complete_response_id(addr: std::net::SocketAddr) -> Option<String> {
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw);
-    if !text.starts_with("HTTP/1.1 200") || !text.ends_with("0\r\n\r\n") {
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .and_then(|n| n.trim().parse::<usize>().ok());
+    let complete = match length {
+        Some(n) => body.len() == n,
+        None => body.ends_with("0\r\n\r\n"),
+    };
+    if !head.starts_with("HTTP/1.1 200") || !complete {
         return None;
     }
     text.lines()
