@@ -175,6 +175,10 @@ pub struct AuditConfig {
     pub queue_capacity: usize,
     pub durability: crate::audit::Durability,
     pub overflow: crate::audit::Overflow,
+    /// A new segment starts once the current one reaches this size.
+    pub segment_max_bytes: u64,
+    /// Segments last written longer ago are removed; `None`: kept forever.
+    pub retention: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -312,6 +316,8 @@ struct RawAudit {
     queue_capacity: Option<usize>,
     durability: Option<String>,
     overflow: Option<String>,
+    segment_max_bytes: Option<u64>,
+    retention_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -623,7 +629,24 @@ fn validate_intercept(
 }
 
 fn validate_audit(audit: RawAudit, base: &Path) -> Result<AuditConfig, ConfigError> {
+    let segment_max_bytes = match audit.segment_max_bytes {
+        Some(n) if n < 4096 => return Err(invalid("audit.segment_max_bytes", "at least 4096")),
+        Some(n) => n,
+        None => 64 * 1024 * 1024,
+    };
+    let retention = match audit.retention_days {
+        Some(0) => {
+            return Err(invalid(
+                "audit.retention_days",
+                "at least 1 (leave it out to keep everything)",
+            ));
+        }
+        Some(days) => Some(Duration::from_secs(days * 86_400)),
+        None => None,
+    };
     Ok(AuditConfig {
+        segment_max_bytes,
+        retention,
         dir: resolve(base, audit.dir.unwrap_or_else(|| DEFAULT_AUDIT_DIR.into())),
         queue_capacity: match audit.queue_capacity {
             Some(0) => return Err(invalid("audit.queue_capacity", "must be positive")),

@@ -227,6 +227,12 @@ fn audit_verify(dir: &std::path::Path) -> anyhow::Result<()> {
     use leash_agent::audit::chain;
     match chain::verify(dir) {
         Ok(report) => {
+            if report.first_seq > 1 {
+                println!(
+                    "note: the trail starts at seq {}: older segments were removed by retention",
+                    report.first_seq
+                );
+            }
             println!(
                 "ok: {} records in {} segment(s), chain intact through seq {}{}",
                 report.records,

@@ -140,6 +140,8 @@ pub fn resume(dir: &Path) -> io::Result<Resume> {
 /// What `verify` found in an intact trail.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// The first seq found: above 1 when retention removed older segments.
+    pub first_seq: u64,
     pub records: u64,
     pub last_seq: u64,
     pub files: usize,
@@ -194,6 +196,17 @@ pub fn verify(dir: &Path) -> Result<Report, Broken> {
             let seq = v["seq"]
                 .as_u64()
                 .ok_or_else(|| broken(file, n, None, "no seq".into()))?;
+            if report.records == 0 {
+                report.first_seq = seq;
+                if seq > 1 {
+                    // Older segments were removed (retention): the chain is
+                    // checked from here on.
+                    head = ChainHead {
+                        seq: seq - 1,
+                        hash: v["prev_hash"].as_str().unwrap_or_default().to_owned(),
+                    };
+                }
+            }
             if seq != head.seq + 1 {
                 return Err(broken(
                     file,

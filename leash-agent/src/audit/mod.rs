@@ -362,12 +362,17 @@ impl AuditWriter {
                 .and_then(|()| file.sync_data())
                 .map_err(|e| AuditError::Open(path.clone(), e))?;
         }
+        let segments = Segments {
+            dir: config.dir.clone(),
+            max_bytes: config.segment_max_bytes,
+            retention: config.retention,
+        };
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let thread_metrics = Arc::clone(&metrics);
         let thread_path = path.clone();
         let thread = std::thread::Builder::new()
             .name("leash-audit".into())
-            .spawn(move || write_loop(rx, file, head, &thread_path, &thread_metrics))
+            .spawn(move || write_loop(rx, file, head, &thread_path, &segments, &thread_metrics))
             .map_err(AuditError::Thread)?;
         let sink = AuditSink {
             tx: tx.clone(),
@@ -413,13 +418,62 @@ impl AuditWriter {
     }
 }
 
+/// Where segments go, when a new one starts, and how long old ones stay.
+struct Segments {
+    dir: PathBuf,
+    max_bytes: u64,
+    retention: Option<Duration>,
+}
+
+impl Segments {
+    /// A new segment starting at `seq`.
+    fn open(&self, seq: u64) -> io::Result<(PathBuf, File)> {
+        let path = self.dir.join(format!("audit-{seq:016}.jsonl"));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok((path, file))
+    }
+
+    /// Removes segments last written longer ago than the retention, never
+    /// the current one.
+    fn expire(&self, current: &Path) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        let Ok(files) = chain::segments(&self.dir) else {
+            return;
+        };
+        for file in files.iter().filter(|f| f.as_path() != current) {
+            let old = std::fs::metadata(file)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > retention));
+            if old {
+                match std::fs::remove_file(file) {
+                    Ok(()) => {
+                        tracing::info!(file = %file.display(), "audit segment past retention removed");
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %file.display(), error = %e, "cannot remove expired audit segment");
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn write_loop(
     mut rx: mpsc::Receiver<Msg>,
     file: File,
     mut head: chain::ChainHead,
     path: &Path,
+    segments: &Segments,
     metrics: &Metrics,
 ) {
+    let mut path = path.to_owned();
+    let mut size = file.metadata().map_or(0, |m| m.len());
     let mut out = io::BufWriter::with_capacity(64 * 1024, file);
     let mut acks = Vec::new();
     let mut synced = Vec::new();
@@ -440,7 +494,8 @@ fn write_loop(
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Record(rec, ack) => match write_record(&mut out, &rec, &mut head) {
-                    Ok(()) => {
+                    Ok(n) => {
+                        size += n as u64;
                         written += 1;
                         synced.extend(ack);
                     }
@@ -473,17 +528,34 @@ fn write_loop(
         for ack in synced.drain(..) {
             let _ = ack.send(ok);
         }
+        if ok && size >= segments.max_bytes {
+            match segments.open(head.seq + 1) {
+                Ok((new_path, file)) => {
+                    tracing::info!(file = %new_path.display(), "audit segment rotated");
+                    out = io::BufWriter::with_capacity(64 * 1024, file);
+                    path = new_path;
+                    size = 0;
+                    segments.expire(&path);
+                }
+                Err(e) => {
+                    metrics.audit_write_errors.inc();
+                    tracing::error!(error = %e, "cannot start a new audit segment; continuing the current one");
+                }
+            }
+        }
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
     }
 }
 
+/// Writes one sealed record; returns its length in bytes.
 fn write_record(
     out: &mut impl Write,
     record: &AuditRecord,
     head: &mut chain::ChainHead,
-) -> io::Result<()> {
-    let json = serde_json::to_vec(record)?;
-    out.write_all(&chain::seal(json, head))
+) -> io::Result<usize> {
+    let line = chain::seal(serde_json::to_vec(record)?, head);
+    out.write_all(&line)?;
+    Ok(line.len())
 }
