@@ -30,6 +30,8 @@ const DURATION_BUCKETS: [f64; 14] = [
 struct RequestLabels {
     provider: String,
     model: String,
+    team: String,
+    action: &'static str,
     status: String,
 }
 
@@ -42,6 +44,7 @@ struct ProviderLabels {
 struct TokenLabels {
     provider: String,
     model: String,
+    team: String,
     kind: &'static str,
 }
 
@@ -49,6 +52,7 @@ struct TokenLabels {
 struct ModelLabels {
     provider: String,
     model: String,
+    team: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,6 +77,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: HistogramFamily,
     overhead: HistogramFamily,
+    ttfb: HistogramFamily,
     pub audit_records: Counter,
     pub audit_dropped: Counter,
     pub audit_write_errors: Counter,
@@ -84,6 +89,7 @@ pub struct Metrics {
     unpriced: Family<ModelLabels, Counter>,
     budget_remaining: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
     models: Mutex<HashSet<String>>,
+    teams: Mutex<HashSet<String>>,
     shadow_hosts: Mutex<HashSet<String>>,
 }
 
@@ -93,6 +99,17 @@ fn duration_histogram() -> Histogram {
 
 fn overhead_histogram() -> Histogram {
     Histogram::new(OVERHEAD_BUCKETS)
+}
+
+/// Registers `metric` under `name` and returns it.
+fn register<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 /// `value` while fewer than `MAX_MODELS` distinct values were seen (or it
@@ -116,91 +133,102 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one registration per metric: the list reads best in one place"
+    )]
     pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
-        let overhead: HistogramFamily = Family::new_with_constructor(overhead_histogram);
-        let audit_records = Counter::default();
-        let audit_dropped = Counter::default();
-        let audit_write_errors = Counter::default();
-        let intercepted = Family::<ActionLabels, Counter>::default();
-        let cert_mints = Counter::default();
-        let shadow_ai = Family::<HostLabels, Counter>::default();
-        let tokens = Family::<TokenLabels, Counter>::default();
-        let cost = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
-        let unpriced = Family::<ModelLabels, Counter>::default();
-        let budget_remaining = Family::<BudgetLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
+        let mut r = Registry::default();
+        let budget_remaining = register(
+            &mut r,
             "leash_budget_remaining_usd",
             "What is left of each budget this period, in USD (negative: overspent by calls in flight)",
-            budget_remaining.clone(),
+            Family::<BudgetLabels, Gauge<f64, AtomicU64>>::default(),
         );
-        registry.register(
+        let tokens = register(
+            &mut r,
             "leash_tokens",
             "Tokens as providers reported them, by kind (input, output, cached, reasoning, cache_creation)",
-            tokens.clone(),
+            Family::<TokenLabels, Counter>::default(),
         );
-        registry.register(
+        let cost = register(
+            &mut r,
             "leash_cost_usd",
             "Cost of calls at the configured prices, in USD",
-            cost.clone(),
+            Family::<ModelLabels, Counter<f64, AtomicU64>>::default(),
         );
-        registry.register(
+        let unpriced = register(
+            &mut r,
             "leash_unpriced_requests",
             "Calls with usage but no price for their model (cost_usd null)",
-            unpriced.clone(),
+            Family::<ModelLabels, Counter>::default(),
         );
-        registry.register(
+        let shadow_ai = register(
+            &mut r,
             "leash_shadow_ai_connections",
             "Connections to LLM endpoints that are not intercepted (scope: all-tls), by host",
-            shadow_ai.clone(),
+            Family::<HostLabels, Counter>::default(),
         );
-        registry.register(
+        let intercepted = register(
+            &mut r,
             "leash_intercepted_connections",
             "Connections redirected to the transparent proxy, by what was done (terminated, spliced, unknown)",
-            intercepted.clone(),
+            Family::<ActionLabels, Counter>::default(),
         );
-        registry.register(
+        let cert_mints = register(
+            &mut r,
             "leash_cert_mints",
             "Leaf certificates minted from the organisation CA",
-            cert_mints.clone(),
+            Counter::default(),
         );
-        registry.register(
+        let requests = register(
+            &mut r,
             "leash_requests",
-            "Requests handled, by provider, model and response status",
-            requests.clone(),
+            "Requests handled, by provider, model, team, action (allow, block, error) and response status",
+            Family::<RequestLabels, Counter>::default(),
         );
-        registry.register(
+        let duration: HistogramFamily = register(
+            &mut r,
             "leash_request_duration_seconds",
             "Time from request received to response fully delivered",
-            duration.clone(),
+            Family::new_with_constructor(duration_histogram),
         );
-        registry.register(
+        let overhead: HistogramFamily = register(
+            &mut r,
             "leash_overhead_seconds",
             "Time spent in Leash itself, excluding waiting for the upstream",
-            overhead.clone(),
+            Family::new_with_constructor(overhead_histogram),
         );
-        registry.register(
+        let ttfb: HistogramFamily = register(
+            &mut r,
+            "leash_ttfb_seconds",
+            "Time from request received to the first response body byte",
+            Family::new_with_constructor(duration_histogram),
+        );
+        let audit_records = register(
+            &mut r,
             "leash_audit_records",
             "Audit records written to disk",
-            audit_records.clone(),
+            Counter::default(),
         );
-        registry.register(
+        let audit_dropped = register(
+            &mut r,
             "leash_audit_dropped",
             "Audit records lost because the queue was full or the writer stopped",
-            audit_dropped.clone(),
+            Counter::default(),
         );
-        registry.register(
+        let audit_write_errors = register(
+            &mut r,
             "leash_audit_write_errors",
             "Audit writes or flushes that failed",
-            audit_write_errors.clone(),
+            Counter::default(),
         );
         Self {
-            registry,
+            registry: r,
             requests,
             duration,
             overhead,
+            ttfb,
             audit_records,
             audit_dropped,
             audit_write_errors,
@@ -212,6 +240,7 @@ impl Metrics {
             unpriced,
             budget_remaining,
             models: Mutex::new(HashSet::new()),
+            teams: Mutex::new(HashSet::new()),
             shadow_hosts: Mutex::new(HashSet::new()),
         }
     }
@@ -244,6 +273,11 @@ impl Metrics {
     /// Adds one finished exchange.
     pub fn observe(&self, record: &AuditRecord) {
         let model = self.model_label(record.model.as_deref());
+        let team = record
+            .caller
+            .team
+            .as_deref()
+            .map_or_else(|| "none".to_owned(), |t| bounded_label(&self.teams, t));
         if let Some(usage) = &record.usage {
             let kinds = [
                 ("input", usage.input_tokens),
@@ -256,6 +290,7 @@ impl Metrics {
                 let labels = TokenLabels {
                     provider: record.provider.clone(),
                     model: model.clone(),
+                    team: team.clone(),
                     kind,
                 };
                 self.tokens.get_or_create(&labels).inc_by(n);
@@ -263,6 +298,7 @@ impl Metrics {
             let labels = ModelLabels {
                 provider: record.provider.clone(),
                 model: model.clone(),
+                team: team.clone(),
             };
             match record.cost_usd {
                 Some(cost) => {
@@ -273,9 +309,16 @@ impl Metrics {
                 }
             }
         }
+        let action = match record.error {
+            Some("leash_budget_exceeded" | "leash_policy_blocked") => "block",
+            Some(_) => "error",
+            None => "allow",
+        };
         let labels = RequestLabels {
             provider: record.provider.clone(),
             model,
+            team,
+            action,
             status: record
                 .status
                 .map_or_else(|| "none".to_owned(), |s| s.to_string()),
@@ -290,6 +333,9 @@ impl Metrics {
         self.overhead
             .get_or_create(&provider)
             .observe(record.overhead_ms / 1e3);
+        if let Some(ttfb) = record.ttfb_ms {
+            self.ttfb.get_or_create(&provider).observe(ttfb / 1e3);
+        }
     }
 
     /// The Prometheus text exposition.

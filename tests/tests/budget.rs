@@ -91,6 +91,15 @@ fn a_breached_budget_refuses_with_429_alerts_and_survives_restart() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(hook.wait(1).len(), 1);
     let metrics = leash.metrics();
+    assert!(
+        metrics.contains(r#"leash_requests_total{provider="openai",model="gpt-4o-mini",team="interns",action="block",status="429"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"leash_cost_usd_total{provider="openai",model="gpt-4o-mini",team="interns"}"#
+        )
+    );
     let remaining = metrics
         .lines()
         .find(|l| l.starts_with(r#"leash_budget_remaining_usd{budget="interns/month"}"#))

@@ -118,14 +118,15 @@ fn metrics_and_health_on_the_admin_listener() {
     }
     let metrics = leash.metrics();
     for needle in [
-        r#"leash_requests_total{provider="anthropic",model="claude-x",status="200"} 1"#,
+        r#"leash_requests_total{provider="anthropic",model="claude-x",team="none",action="allow",status="200"} 1"#,
         "leash_request_duration_seconds_bucket",
         "leash_overhead_seconds_bucket",
         "leash_audit_records_total 1",
         "leash_audit_dropped_total 0",
-        r#"leash_tokens_total{provider="anthropic",model="claude-x",kind="input"} 13"#,
-        r#"leash_tokens_total{provider="anthropic",model="claude-x",kind="output"} 9"#,
-        r#"leash_unpriced_requests_total{provider="anthropic",model="claude-x"} 1"#,
+        r#"leash_tokens_total{provider="anthropic",model="claude-x",team="none",kind="input"} 13"#,
+        r#"leash_tokens_total{provider="anthropic",model="claude-x",team="none",kind="output"} 9"#,
+        r#"leash_unpriced_requests_total{provider="anthropic",model="claude-x",team="none"} 1"#,
+        "leash_ttfb_seconds_bucket",
     ] {
         assert!(
             metrics.contains(needle),
