@@ -134,3 +134,47 @@ fn metrics_and_health_on_the_admin_listener() {
         );
     }
 }
+
+/// Every metric the shipped Grafana dashboard queries exists in `/metrics`.
+#[test]
+fn grafana_dashboard_queries_real_metrics() {
+    let mock = MockProvider::start();
+    let leash = Leash::start(&format!(
+        "{}budgets:\n  - {{ team: t, period: day, limit_usd: 1 }}\n",
+        mock_providers_yaml(&mock)
+    ));
+    let (status, _, _) = http_request(
+        leash.addr,
+        "POST",
+        "/v1/openai/chat/completions",
+        &[],
+        br#"{"model":"gpt-4o"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    leash.wait_records(1);
+    let metrics = leash.metrics();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../leash-agent/dist/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("leash_"))
+            {
+                // Families with no samples yet still announce themselves.
+                let family = name.trim_end_matches("_bucket").trim_end_matches("_total");
+                assert!(
+                    metrics.contains(&format!("# TYPE {family} ")),
+                    "dashboard queries unknown metric {name}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 12, "{checked}");
+}
