@@ -19,7 +19,7 @@ pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/leash/audit";
 /// Request bodies above this are refused with 413 (they are read whole for policy).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Pipeline modules run when the config names none.
-pub const DEFAULT_MODULES: &[&str] = &["team", "usage", "budget"];
+pub const DEFAULT_MODULES: &[&str] = &["team", "policy", "usage", "budget"];
 pub const DEFAULT_CA_DIR: &str = "/var/lib/leash/ca";
 /// Local port the transparent proxy listens on (`127.0.0.1` and `::1`).
 pub const DEFAULT_PROXY_PORT: u16 = 15443;
@@ -64,6 +64,8 @@ pub struct Config {
     pub pricing: std::sync::Arc<crate::pricing::PriceTable>,
     pub budgets: Vec<BudgetConfig>,
     pub alerts: crate::alerts::AlertConfig,
+    /// The compiled policy (`policy: { file: ... }` or inline); `None`: none.
+    pub policy: Option<std::sync::Arc<crate::policy::Policy>>,
 }
 
 /// How long a budget's spend accumulates before it starts over (UTC).
@@ -217,6 +219,7 @@ struct RawConfig {
     budgets: Vec<RawBudget>,
     #[serde(default)]
     alerts: RawAlerts,
+    policy: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -443,6 +446,7 @@ impl RawConfig {
             pricing,
             budgets,
             alerts,
+            policy,
         } = self;
         let host_id = match host_id {
             Some(h) if h.trim().is_empty() => return Err(invalid("host_id", "must not be empty")),
@@ -519,6 +523,7 @@ impl RawConfig {
             pricing: std::sync::Arc::new(validate_pricing(pricing)?),
             budgets: validate_budgets(budgets)?,
             alerts: validate_alerts(alerts)?,
+            policy: load_policy(policy, base)?,
         })
     }
 }
@@ -674,6 +679,28 @@ fn validate_audit(audit: RawAudit, base: &Path) -> Result<AuditConfig, ConfigErr
             }
         },
     })
+}
+
+/// `policy: { file: X }` (relative to the config) or the policy inline.
+fn load_policy(
+    raw: Option<serde_yaml::Value>,
+    base: &Path,
+) -> Result<Option<std::sync::Arc<crate::policy::Policy>>, ConfigError> {
+    let Some(value) = raw else {
+        return Ok(None);
+    };
+    let file = value
+        .as_mapping()
+        .filter(|m| m.len() == 1)
+        .and_then(|m| m.get("file"))
+        .and_then(serde_yaml::Value::as_str)
+        .map(|f| resolve(base, f.into()));
+    let policy = match file {
+        Some(path) => crate::policy::Policy::load(&path),
+        None => crate::policy::Policy::from_value(value, "policy (inline)"),
+    }
+    .map_err(|e| invalid("policy", e.to_string()))?;
+    Ok(Some(std::sync::Arc::new(policy)))
 }
 
 fn validate_budgets(raw: Vec<RawBudget>) -> Result<Vec<BudgetConfig>, ConfigError> {

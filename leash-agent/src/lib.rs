@@ -10,6 +10,7 @@ pub mod config;
 pub mod intercept;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod pricing;
 pub mod provider;
 pub mod proxy;

@@ -76,6 +76,9 @@ enum Command {
     /// Read and check the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Check and try policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -184,6 +187,32 @@ enum CaCommand {
 }
 
 #[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file: exit 0 if valid, 1 with the field (and line
+    /// and column) and the reason if not.
+    Check {
+        /// The policy YAML file.
+        file: PathBuf,
+    },
+    /// Show what a policy decides for a request body, without sending
+    /// anything anywhere: decision, rules and findings (never the matched
+    /// text).
+    Test {
+        /// The policy YAML file.
+        file: PathBuf,
+        /// The request body (JSON), as the SDK would send it.
+        #[arg(long, value_name = "FILE")]
+        request: PathBuf,
+        /// The provider the request is for.
+        #[arg(long, default_value = "openai")]
+        provider: String,
+        /// The endpoint below the provider's base URL.
+        #[arg(long, default_value = "/chat/completions")]
+        endpoint: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a config file: exit 0 if it is valid, 1 with the field and
     /// the reason if not.
@@ -191,6 +220,37 @@ enum ConfigCommand {
         /// The YAML config file.
         file: PathBuf,
     },
+}
+
+fn policy_command(cmd: PolicyCommand) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCommand::Check { file } => {
+            let policy = leash_agent::policy::Policy::load(&file)?;
+            println!("{}: ok ({policy:?})", file.display());
+            Ok(())
+        }
+        PolicyCommand::Test {
+            file,
+            request,
+            provider,
+            endpoint,
+        } => {
+            let policy = leash_agent::policy::Policy::load(&file)?;
+            let config = Config::load(None, &Overrides::default())?;
+            let provider = config
+                .providers
+                .get(&provider)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("unknown provider `{provider}`"))?;
+            let body = std::fs::read(&request)
+                .with_context(|| format!("cannot read {}", request.display()))?;
+            let decision = policy
+                .test(provider, &endpoint, &body)
+                .map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&decision)?);
+            Ok(())
+        }
+    }
 }
 
 fn audit_command(cmd: AuditCommand) -> anyhow::Result<()> {
@@ -451,6 +511,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit(cmd) => audit_command(cmd),
+        Command::Policy(cmd) => policy_command(cmd),
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(Some(&file), &Overrides::default())?;
             app::check(&config)?;

@@ -21,6 +21,11 @@ def headers():
     return json.loads(os.environ.get("LEASH_TEST_HEADERS", "{}"))
 
 
+def prompt():
+    """The user's text; tests put secrets or PII here."""
+    return os.environ.get("LEASH_TEST_PROMPT", "Say hello")
+
+
 def fail(msg):
     print(json.dumps({"ok": False, "error": msg}))
     sys.exit(1)
@@ -62,7 +67,7 @@ def google_client(base, key):
 
 def case_openai_chat(base, key):
     r = openai_client(base, key).chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hello"}]
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt()}]
     )
     return {"text": r.choices[0].message.content, "prompt_tokens": r.usage.prompt_tokens}
 
@@ -71,7 +76,7 @@ def case_openai_chat_stream(base, key):
     client = openai_client(base, key)
     started = time.monotonic()
     stream = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hello"}], stream=True
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt()}], stream=True
     )
     pieces = []
     for chunk in stream:
@@ -81,7 +86,7 @@ def case_openai_chat_stream(base, key):
 
 
 def case_openai_responses(base, key):
-    r = openai_client(base, key).responses.create(model="gpt-4.1-mini", input="Say hello")
+    r = openai_client(base, key).responses.create(model="gpt-4.1-mini", input=prompt())
     return {"text": r.output_text}
 
 
@@ -90,7 +95,7 @@ def case_openai_responses_stream(base, key):
     started = time.monotonic()
     pieces = []
     completed = False
-    for event in client.responses.create(model="gpt-4.1-mini", input="Say hello", stream=True):
+    for event in client.responses.create(model="gpt-4.1-mini", input=prompt(), stream=True):
         if event.type == "response.output_text.delta":
             pieces.append((time.monotonic(), event.delta))
         elif event.type == "response.completed":
@@ -101,7 +106,7 @@ def case_openai_responses_stream(base, key):
 
 
 def case_openai_embeddings(base, key):
-    r = openai_client(base, key).embeddings.create(model="text-embedding-3-small", input="hello")
+    r = openai_client(base, key).embeddings.create(model="text-embedding-3-small", input=prompt())
     vec = r.data[0].embedding
     if [round(x, 3) for x in vec] != [0.125, -0.5, 0.25]:
         fail(f"unexpected embedding {vec}")
@@ -110,7 +115,7 @@ def case_openai_embeddings(base, key):
 
 def case_anthropic(base, key):
     r = anthropic_client(base, key).messages.create(
-        model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "Say hello"}]
+        model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": prompt()}]
     )
     return {"text": "".join(b.text for b in r.content if b.type == "text"), "input_tokens": r.usage.input_tokens}
 
@@ -120,7 +125,7 @@ def case_anthropic_stream(base, key):
     started = time.monotonic()
     pieces = []
     with client.messages.stream(
-        model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "Say hello"}]
+        model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": prompt()}]
     ) as stream:
         for text in stream.text_stream:
             pieces.append((time.monotonic(), text))
@@ -132,7 +137,7 @@ def case_anthropic_stream(base, key):
 
 def case_google(base, key):
     client = google_client(base, key)
-    r = client.models.generate_content(model="gemini-2.5-flash", contents="Say hello")
+    r = client.models.generate_content(model="gemini-2.5-flash", contents=prompt())
     return {"text": r.text, "prompt_tokens": r.usage_metadata.prompt_token_count}
 
 
@@ -140,7 +145,7 @@ def case_google_stream(base, key):
     client = google_client(base, key)
     started = time.monotonic()
     pieces = []
-    for chunk in client.models.generate_content_stream(model="gemini-2.5-flash", contents="Say hello"):
+    for chunk in client.models.generate_content_stream(model="gemini-2.5-flash", contents=prompt()):
         if chunk.text:
             pieces.append((time.monotonic(), chunk.text))
     return stream_result(pieces, started)
@@ -152,6 +157,8 @@ def expect_error(call, status):
         call()
     except Exception as e:  # noqa: BLE001 - we report any SDK error class
         code = getattr(e, "status_code", None) or getattr(e, "code", None)
+        if code is None and hasattr(e, "response") and e.response is not None:
+            code = getattr(e.response, "status_code", None)
         return {"error_class": type(e).__name__, "status": code, "message": str(e)}
     fail(f"expected an error with status {status}, got success")
 

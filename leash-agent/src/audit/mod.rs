@@ -87,6 +87,9 @@ pub struct AuditRecord {
     pub usage: Option<crate::pipeline::usage::Usage>,
     /// Cost from the price table; `null` for an unknown model or no usage.
     pub cost_usd: Option<f64>,
+    /// What the policy decided (`policy` module).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicyRecord>,
     /// The stream ended before the provider reported usage.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub usage_estimated: bool,
@@ -170,6 +173,7 @@ impl AuditRecord {
             caller: CallerRecord::from(&ex.caller),
             usage: None,
             cost_usd: None,
+            policy: None,
             usage_estimated: false,
             error: ex.error.map(crate::provider::ErrorCode::as_str),
             event: None,
@@ -197,6 +201,7 @@ impl AuditRecord {
             caller: CallerRecord::from(caller),
             usage: None,
             cost_usd: None,
+            policy: None,
             usage_estimated: false,
             error: None,
             event: Some("shadow_ai"),

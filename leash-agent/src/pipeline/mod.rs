@@ -35,7 +35,7 @@ use crate::{
 };
 
 /// Names accepted in `pipeline.modules`.
-pub const MODULE_NAMES: &[&str] = &[team::NAME, usage::NAME, budget::NAME];
+pub const MODULE_NAMES: &[&str] = &[team::NAME, crate::policy::NAME, usage::NAME, budget::NAME];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -345,6 +345,10 @@ fn build_module(
     alerts: &crate::alerts::Alerter,
 ) -> Result<Box<dyn Module>, PipelineError> {
     match name {
+        crate::policy::NAME => Ok(Box::new(crate::policy::PolicyModule::new(
+            config.policy.clone(),
+            alerts.clone(),
+        ))),
         budget::NAME => Ok(Box::new(budget::BudgetModule::new(
             config.budgets.clone(),
             &config.audit.dir,

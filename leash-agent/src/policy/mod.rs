@@ -1,0 +1,760 @@
+//! The policy engine: what may leave the organisation. A policy file (YAML)
+//! declares custom detectors and ordered rules; the `policy` pipeline module
+//! evaluates them on every request, in every API shape, and blocks, redacts,
+//! transforms, annotates or alerts. `mode: shadow` decides and records but
+//! changes nothing.
+//!
+//! Rules are evaluated in order: the first matching `block` or `allow`
+//! decides and ends evaluation; `redact`, `transform`, `annotate` and
+//! `alert` accumulate until then.
+
+pub mod detect;
+pub mod text;
+
+use std::{collections::BTreeMap, path::Path, sync::Arc};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use self::detect::{Custom, Detectors, Finding};
+use crate::{
+    alerts::Alerter,
+    audit::AuditRecord,
+    pipeline::{Exchange, Flow, Module, ModuleError, ProxyRequest, Rejection},
+    provider::ErrorCode,
+};
+
+pub const NAME: &str = "policy";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {0}: {1}")]
+    Read(std::path::PathBuf, std::io::Error),
+    #[error("invalid policy {0}: {1}")]
+    Parse(String, serde_yaml::Error),
+    #[error("invalid policy {0}: `{1}`: {2}")]
+    Invalid(String, String, String),
+}
+
+// ---- the file as written ---------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    version: u32,
+    mode: Option<String>,
+    #[serde(default)]
+    detectors: BTreeMap<String, RawDetector>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    on_unparseable: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDetector {
+    regex: Option<String>,
+    keywords: Option<Vec<String>>,
+    #[serde(default)]
+    case_sensitive: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    #[serde(rename = "match", default)]
+    matcher: RawMatch,
+    action: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    set_model: Option<String>,
+    mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    detectors: Option<Vec<String>>,
+    provider: Option<Vec<String>>,
+    model: Option<Vec<String>>,
+    endpoint: Option<Vec<String>>,
+    direction: Option<String>,
+    team: Option<Vec<String>>,
+    header: Option<BTreeMap<String, String>>,
+    caller: Option<RawCaller>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCaller {
+    uid: Option<Vec<u32>>,
+    user: Option<Vec<String>>,
+    exe: Option<Vec<String>>,
+    cgroup: Option<Vec<String>>,
+}
+
+// ---- the compiled policy -------------------------------------------------
+
+/// What a rule does when it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Allow,
+    Annotate,
+    Alert,
+    Transform,
+    Redact,
+    Block,
+}
+
+impl Action {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "allow" => Self::Allow,
+            "block" => Self::Block,
+            "redact" => Self::Redact,
+            "transform" => Self::Transform,
+            "annotate" => Self::Annotate,
+            "alert" => Self::Alert,
+            _ => return None,
+        })
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Annotate => "annotate",
+            Self::Alert => "alert",
+            Self::Transform => "transform",
+            Self::Redact => "redact",
+            Self::Block => "block",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Request,
+    Response,
+    Both,
+}
+
+/// `*` matches any run of characters; everything else literally.
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(r) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = r;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            let Some(at) = rest.find(part) else {
+                return false;
+            };
+            rest = &rest[at + part.len()..];
+        }
+    }
+    true
+}
+
+fn any_glob(patterns: Option<&Vec<String>>, value: Option<&str>) -> bool {
+    patterns.is_none_or(|ps| value.is_some_and(|v| ps.iter().any(|p| glob(p, v))))
+}
+
+struct Rule {
+    name: String,
+    action: Action,
+    tags: Vec<String>,
+    set_model: Option<String>,
+    /// `Some(true)`: this rule only records (`mode: shadow` on the rule).
+    shadow: Option<bool>,
+    detectors: Option<Vec<usize>>,
+    direction: Direction,
+    m: RawMatch,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("shadow", &self.shadow)
+            .field(
+                "rules",
+                &self
+                    .rules
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// A validated, compiled policy.
+pub struct Policy {
+    shadow: bool,
+    forward_unparseable: bool,
+    detectors: Detectors,
+    rules: Vec<Rule>,
+}
+
+/// What the policy decided for one request.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Decision {
+    /// The strongest action taken (or, in shadow mode, that would be).
+    pub action: Option<Action>,
+    pub rules: Vec<String>,
+    pub findings: Vec<FindingRecord>,
+    pub tags: Vec<String>,
+    /// True when nothing was changed because of shadow mode.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_model: Option<String>,
+    #[serde(skip)]
+    redact: Vec<usize>,
+    #[serde(skip)]
+    block_rule: Option<String>,
+    #[serde(skip)]
+    alerts: Vec<String>,
+}
+
+/// A finding as recorded: rule, detector, count. Never the matched text.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FindingRecord {
+    pub rule: String,
+    pub detector: String,
+    pub count: usize,
+}
+
+fn invalid(name: &str, field: impl Into<String>, reason: impl Into<String>) -> PolicyError {
+    PolicyError::Invalid(name.to_owned(), field.into(), reason.into())
+}
+
+impl Policy {
+    /// Reads and compiles a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| PolicyError::Read(path.to_owned(), e))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Compiles policy text; `name` names it in errors (with line and column
+    /// for syntax errors).
+    pub fn parse(text: &str, name: &str) -> Result<Self, PolicyError> {
+        let raw: RawPolicy =
+            serde_yaml::from_str(text).map_err(|e| PolicyError::Parse(name.to_owned(), e))?;
+        Self::compile(raw, name)
+    }
+
+    /// Compiles a policy given inline in the main config.
+    pub fn from_value(value: serde_yaml::Value, name: &str) -> Result<Self, PolicyError> {
+        let raw: RawPolicy =
+            serde_yaml::from_value(value).map_err(|e| PolicyError::Parse(name.to_owned(), e))?;
+        Self::compile(raw, name)
+    }
+
+    /// The decision for a request, without a network or a pipeline: what
+    /// `leash policy test` prints.
+    pub fn test(
+        &self,
+        provider: Arc<crate::provider::Provider>,
+        endpoint: &str,
+        body: &[u8],
+    ) -> Result<Decision, String> {
+        let mut value: Value =
+            serde_json::from_slice(body).map_err(|e| format!("the request is not JSON: {e}"))?;
+        let caller = crate::pipeline::Caller::default();
+        let mut ex = Exchange::new(
+            crate::pipeline::Mode::Gateway,
+            provider,
+            caller,
+            endpoint.to_owned(),
+        );
+        let req = ProxyRequest {
+            head: http::Request::new(()).into_parts().0,
+            body: Bytes::copy_from_slice(body),
+        };
+        crate::pipeline::identify::identify(&mut ex, &req);
+        let (_, findings) = scan(self, &mut value);
+        Ok(self.decide(&ex, &req, &findings))
+    }
+
+    fn compile(raw: RawPolicy, name: &str) -> Result<Self, PolicyError> {
+        if raw.version != 1 {
+            return Err(invalid(name, "version", "only version 1 is known"));
+        }
+        let shadow = match raw.mode.as_deref() {
+            None | Some("enforce") => false,
+            Some("shadow") => true,
+            Some(o) => {
+                return Err(invalid(
+                    name,
+                    "mode",
+                    format!("`{o}` is not one of: enforce, shadow"),
+                ));
+            }
+        };
+        let forward_unparseable = match raw.on_unparseable.as_deref() {
+            None | Some("block") => false,
+            Some("forward") => true,
+            Some(o) => {
+                return Err(invalid(
+                    name,
+                    "on_unparseable",
+                    format!("`{o}` is not one of: block, forward"),
+                ));
+            }
+        };
+        let custom = raw
+            .detectors
+            .into_iter()
+            .map(|(n, d)| {
+                let c = match (d.regex, d.keywords) {
+                    (Some(r), None) => Custom::Regex(r),
+                    (None, Some(words)) => Custom::Keywords {
+                        words,
+                        case_sensitive: d.case_sensitive,
+                    },
+                    _ => {
+                        return Err(invalid(
+                            name,
+                            format!("detectors.{n}"),
+                            "give exactly one of regex, keywords",
+                        ));
+                    }
+                };
+                Ok((n, c))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let detectors = Detectors::new(&custom)
+            .map_err(|e| invalid(name, format!("detectors.{}", e.name), e.reason))?;
+        let rules = raw
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| compile_rule(r, i, name, &detectors))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            shadow,
+            forward_unparseable,
+            detectors,
+            rules,
+        })
+    }
+
+    fn rule_matches(rule: &Rule, ex: &Exchange, req: &ProxyRequest, found: &[usize]) -> bool {
+        let m = &rule.m;
+        let caller = &ex.caller;
+        let header_ok = m.header.as_ref().is_none_or(|hs| {
+            hs.iter().all(|(k, pat)| {
+                req.head
+                    .headers
+                    .get(k.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| glob(pat, v))
+            })
+        });
+        let caller_ok = m.caller.as_ref().is_none_or(|c| {
+            c.uid
+                .as_ref()
+                .is_none_or(|u| caller.uid.is_some_and(|x| u.contains(&x)))
+                && any_glob(c.user.as_ref(), caller.user.as_deref())
+                && any_glob(c.exe.as_ref(), caller.exe.as_deref())
+                && any_glob(c.cgroup.as_ref(), caller.cgroup.as_deref())
+        });
+        rule.direction != Direction::Response
+            && rule
+                .detectors
+                .as_ref()
+                .is_none_or(|ds| ds.iter().any(|d| found.contains(d)))
+            && any_glob(m.provider.as_ref(), Some(&ex.provider.name))
+            && any_glob(m.model.as_ref(), ex.model.as_deref())
+            && any_glob(m.endpoint.as_ref(), Some(&ex.endpoint))
+            && any_glob(m.team.as_ref(), caller.team.as_deref())
+            && header_ok
+            && caller_ok
+    }
+
+    /// Evaluates the request rules on `ex`/`req` given the findings in its
+    /// texts.
+    fn decide(&self, ex: &Exchange, req: &ProxyRequest, findings: &[Finding]) -> Decision {
+        let mut found: Vec<usize> = findings.iter().map(|f| f.detector).collect();
+        found.sort_unstable();
+        found.dedup();
+        let mut d = Decision {
+            shadow: self.shadow,
+            ..Decision::default()
+        };
+        for rule in &self.rules {
+            if !Self::rule_matches(rule, ex, req, &found) {
+                continue;
+            }
+            let shadow = rule.shadow.unwrap_or(self.shadow);
+            d.rules.push(rule.name.clone());
+            if let Some(ds) = &rule.detectors {
+                for &det in ds.iter().filter(|det| found.contains(det)) {
+                    d.findings.push(FindingRecord {
+                        rule: rule.name.clone(),
+                        detector: self.detectors.get(det).name.clone(),
+                        count: findings.iter().filter(|f| f.detector == det).count(),
+                    });
+                }
+            }
+            d.tags.extend(rule.tags.iter().cloned());
+            d.action = d.action.max(Some(rule.action));
+            if shadow {
+                d.shadow = true;
+                if matches!(rule.action, Action::Allow | Action::Block) {
+                    break;
+                }
+                continue;
+            }
+            match rule.action {
+                Action::Allow => break,
+                Action::Block => {
+                    d.block_rule = Some(rule.name.clone());
+                    break;
+                }
+                Action::Redact => d.redact.extend(
+                    rule.detectors
+                        .iter()
+                        .flatten()
+                        .filter(|x| found.contains(x)),
+                ),
+                Action::Transform => d.set_model.clone_from(&rule.set_model),
+                Action::Alert => d.alerts.push(rule.name.clone()),
+                Action::Annotate => {}
+            }
+        }
+        d
+    }
+}
+
+fn compile_rule(
+    r: RawRule,
+    i: usize,
+    name: &str,
+    detectors: &Detectors,
+) -> Result<Rule, PolicyError> {
+    let field = format!("rules[{i}] ({})", r.name);
+    let action = Action::parse(&r.action).ok_or_else(|| {
+        invalid(
+            name,
+            format!("{field}.action"),
+            format!(
+                "`{}` is not one of: allow, block, redact, transform, annotate, alert",
+                r.action
+            ),
+        )
+    })?;
+    let direction = match r.matcher.direction.as_deref() {
+        None | Some("request") => Direction::Request,
+        Some("response") => Direction::Response,
+        Some("both") => Direction::Both,
+        Some(o) => {
+            return Err(invalid(
+                name,
+                format!("{field}.match.direction"),
+                format!("`{o}` is not one of: request, response, both"),
+            ));
+        }
+    };
+    let shadow = match r.mode.as_deref() {
+        None => None,
+        Some("shadow") => Some(true),
+        Some("enforce") => Some(false),
+        Some(o) => {
+            return Err(invalid(
+                name,
+                format!("{field}.mode"),
+                format!("`{o}` is not one of: enforce, shadow"),
+            ));
+        }
+    };
+    if action == Action::Transform && r.set_model.is_none() {
+        return Err(invalid(
+            name,
+            format!("{field}.set_model"),
+            "a transform rule needs set_model",
+        ));
+    }
+    if action == Action::Redact && r.matcher.detectors.is_none() {
+        return Err(invalid(
+            name,
+            format!("{field}.match.detectors"),
+            "a redact rule needs detectors",
+        ));
+    }
+    let dets = match &r.matcher.detectors {
+        None => None,
+        Some(names) => {
+            let mut out = Vec::new();
+            for n in names {
+                let ids = detectors.resolve(n);
+                if ids.is_empty() {
+                    return Err(invalid(
+                        name,
+                        format!("{field}.match.detectors"),
+                        format!("unknown detector `{n}`"),
+                    ));
+                }
+                out.extend(ids);
+            }
+            Some(out)
+        }
+    };
+    Ok(Rule {
+        name: r.name,
+        action,
+        tags: r.tags,
+        set_model: r.set_model,
+        shadow,
+        detectors: dets,
+        direction,
+        m: r.matcher,
+    })
+}
+
+/// The `policy` module: applies the configured policy to each request.
+pub struct PolicyModule {
+    policy: Option<Arc<Policy>>,
+    alerts: Alerter,
+}
+
+impl PolicyModule {
+    pub fn new(policy: Option<Arc<Policy>>, alerts: Alerter) -> Self {
+        Self { policy, alerts }
+    }
+}
+
+/// Scans every text of `body`; returns the findings per text (in walk
+/// order) and all of them.
+fn scan(policy: &Policy, body: &mut Value) -> (Vec<Vec<Finding>>, Vec<Finding>) {
+    let mut per_text = Vec::new();
+    let mut all = Vec::new();
+    text::for_each_text(body, &mut |s| {
+        let mut f = Vec::new();
+        policy.detectors.scan(s, &mut f);
+        all.extend(f.iter().cloned());
+        per_text.push(f);
+    });
+    (per_text, all)
+}
+
+/// Replaces the spans of `redact` detectors with `[REDACTED:<name>]`.
+fn redact(policy: &Policy, body: &mut Value, per_text: &[Vec<Finding>], redact: &[usize]) {
+    let mut i = 0;
+    text::for_each_text(body, &mut |s| {
+        let Some(findings) = per_text.get(i) else {
+            return;
+        };
+        i += 1;
+        let mut spans: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| redact.contains(&f.detector))
+            .collect();
+        if spans.is_empty() {
+            return;
+        }
+        spans.sort_by_key(|f| std::cmp::Reverse(f.start));
+        let mut last_start = usize::MAX;
+        for f in spans {
+            if f.end > last_start {
+                continue; // overlaps a span already replaced
+            }
+            let name = &policy.detectors.get(f.detector).name;
+            s.replace_range(f.start..f.end, &format!("[REDACTED:{name}]"));
+            last_start = f.start;
+        }
+    });
+}
+
+#[async_trait]
+impl Module for PolicyModule {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn request_filter(
+        &self,
+        ex: &mut Exchange,
+        req: &mut ProxyRequest,
+    ) -> Result<Flow, ModuleError> {
+        let Some(policy) = &self.policy else {
+            return Ok(Flow::Continue);
+        };
+        let mut body: Value = if req.body.is_empty() {
+            Value::Null
+        } else {
+            match serde_json::from_slice(&req.body) {
+                Ok(v) => v,
+                Err(_) if policy.forward_unparseable => Value::Null,
+                Err(_) => {
+                    ex.ext.insert(Decision {
+                        action: Some(Action::Block),
+                        rules: vec!["on_unparseable".into()],
+                        ..Decision::default()
+                    });
+                    return Ok(Flow::Reject(Rejection {
+                        status: StatusCode::BAD_REQUEST,
+                        code: ErrorCode::BadRequest,
+                        message: "leash: the request body is not JSON, so policy cannot inspect it"
+                            .into(),
+                    }));
+                }
+            }
+        };
+        let (per_text, findings) = scan(policy, &mut body);
+        let decision = policy.decide(ex, req, &findings);
+        for rule in &decision.alerts {
+            self.alerts.fire(
+                &format!("policy:{rule}:{}", ex.id),
+                json!({
+                    "type": "policy_alert", "rule": rule, "request_id": ex.id,
+                    "provider": ex.provider.name, "model": ex.model, "team": ex.caller.team,
+                    "findings": decision.findings,
+                }),
+            );
+        }
+        if let Some(rule) = &decision.block_rule {
+            self.alerts.fire(
+                &format!("policy:{rule}:{}", ex.id),
+                json!({
+                    "type": "policy_block", "rule": rule, "request_id": ex.id,
+                    "provider": ex.provider.name, "model": ex.model, "team": ex.caller.team,
+                    "findings": decision.findings,
+                }),
+            );
+            let message = format!("leash: request blocked by policy rule `{rule}`");
+            ex.ext.insert(decision);
+            return Ok(Flow::Reject(Rejection {
+                status: StatusCode::FORBIDDEN,
+                code: ErrorCode::PolicyBlocked,
+                message,
+            }));
+        }
+        let mut changed = false;
+        if !decision.redact.is_empty() {
+            redact(policy, &mut body, &per_text, &decision.redact);
+            changed = true;
+        }
+        if let Some(model) = &decision.set_model
+            && let Some(obj) = body.as_object_mut()
+            && obj.contains_key("model")
+        {
+            obj.insert("model".into(), Value::String(model.clone()));
+            ex.model = Some(model.clone());
+            changed = true;
+        }
+        if changed {
+            let bytes = serde_json::to_vec(&body).map_err(|e| ModuleError {
+                module: NAME,
+                message: format!("cannot re-encode the request body: {e}"),
+            })?;
+            req.body = Bytes::from(bytes);
+        }
+        ex.ext.insert(decision);
+        Ok(Flow::Continue)
+    }
+
+    fn logging(&self, ex: &Exchange, record: &mut AuditRecord) {
+        if let Some(d) = ex.ext.get::<Decision>() {
+            record.policy = Some(PolicyRecord {
+                action: d.action.unwrap_or(Action::Allow).as_str(),
+                rules: d.rules.clone(),
+                findings: d.findings.clone(),
+                tags: d.tags.clone(),
+                shadow: d.shadow,
+            });
+        }
+    }
+}
+
+/// The policy part of an audit record.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyRecord {
+    pub action: &'static str,
+    pub rules: Vec<String>,
+    pub findings: Vec<FindingRecord>,
+    pub tags: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("gpt-5*", "gpt-5-mini"));
+        assert!(glob("*opus*", "claude-opus-4-1"));
+        assert!(glob("gpt-4o", "gpt-4o"));
+        assert!(!glob("gpt-4o", "gpt-4o-mini"));
+        assert!(!glob("claude-opus*", "claude-sonnet-4"));
+    }
+
+    #[test]
+    fn compile_errors_name_the_field() {
+        let cases = [
+            ("version: 2\n", "version"),
+            (
+                "version: 1\nrules: [{name: r, action: nuke}]\n",
+                "rules[0] (r).action",
+            ),
+            (
+                "version: 1\nrules: [{name: r, match: {detectors: [nope]}, action: block}]\n",
+                "unknown detector",
+            ),
+            (
+                "version: 1\nrules: [{name: r, action: transform}]\n",
+                "set_model",
+            ),
+            ("version: 1\ndetectors: {x: {regex: '('}}\n", "detectors.x"),
+        ];
+        for (text, needle) in cases {
+            let err = Policy::parse(text, "p.yaml")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        let err = Policy::parse(
+            "version: 1\nrules:\n  - name: r\n    acton: block\n",
+            "p.yaml",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn redaction_keeps_json_valid() {
+        let policy = Policy::parse(
+            "version: 1\nrules: [{name: pii, match: {detectors: [email]}, action: redact}]\n",
+            "p",
+        )
+        .unwrap();
+        let mut body = serde_json::json!({"model": "m", "input": "write to a@b.co and c@d.org"});
+        let (per_text, all) = scan(&policy, &mut body);
+        assert_eq!(all.len(), 2);
+        let email = policy.detectors.resolve("email");
+        redact(&policy, &mut body, &per_text, &email);
+        assert_eq!(
+            body["input"],
+            "write to [REDACTED:email] and [REDACTED:email]"
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! Where text is in a request: every string value of the JSON body that a
+//! provider reads as content, in every API shape, found by walking the whole
+//! document (so new fields such as Responses `input` are never missed) and
+//! skipping only structural fields. Redaction rewrites those strings in place.
+
+use serde_json::Value;
+
+/// Keys whose string values are structure, not content.
+const STRUCTURAL: &[&str] = &[
+    "model",
+    "role",
+    "type",
+    "id",
+    "object",
+    "tool_call_id",
+    "tool_use_id",
+    "mime_type",
+    "mimeType",
+    "encoding_format",
+    "service_tier",
+    "finish_reason",
+    "stop_reason",
+    "reasoning_effort",
+    "media_type",
+];
+
+/// Strings longer than this are data (images, audio), not text.
+const MAX_TEXT: usize = 1024 * 1024;
+
+fn is_data(s: &str) -> bool {
+    s.len() > MAX_TEXT || s.starts_with("data:")
+}
+
+/// Calls `f` on every content string, with a mutable reference (for
+/// redaction). Object keys in `STRUCTURAL` and inline binary data are skipped.
+pub fn for_each_text(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
+    match v {
+        Value::String(s) if !is_data(s) => f(s),
+        Value::Array(items) => items.iter_mut().for_each(|i| for_each_text(i, f)),
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if STRUCTURAL.contains(&k.as_str())
+                    || k == "inline_data"
+                    || k == "inlineData"
+                    || k == "image_url"
+                {
+                    continue;
+                }
+                for_each_text(child, f);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn texts(mut v: Value) -> Vec<String> {
+        let mut out = Vec::new();
+        for_each_text(&mut v, &mut |s| out.push(s.clone()));
+        out
+    }
+
+    #[test]
+    fn every_shape() {
+        let openai = json!({"model": "gpt-4o", "messages": [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": [{"type": "text", "text": "part"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}}]},
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"q\":\"args\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "tool result"}
+        ]});
+        // Keys are visited in sorted order.
+        assert_eq!(
+            texts(openai),
+            ["sys", "part", "{\"q\":\"args\"}", "f", "tool result"]
+        );
+        let responses = json!({"model": "gpt-4.1", "instructions": "be brief", "input": [{"role": "user", "content": [{"type": "input_text", "text": "hello"}]}]});
+        assert_eq!(texts(responses), ["hello", "be brief"]);
+        let anthropic = json!({"model": "claude", "system": [{"type": "text", "text": "sys"}], "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "res"}]}]});
+        assert_eq!(texts(anthropic), ["res", "sys"]);
+        let gemini = json!({"contents": [{"parts": [{"text": "hi"}, {"inlineData": {"mimeType": "image/png", "data": "AAAA"}}]}], "systemInstruction": {"parts": [{"text": "sys"}]}});
+        assert_eq!(texts(gemini), ["hi", "sys"]);
+    }
+}

@@ -1,0 +1,261 @@
+//! The policy engine through the gateway with the official SDKs: secrets
+//! block with each SDK's own 403 error and never reach the provider, PII is
+//! redacted before it leaves, shadow mode forwards unchanged and records the
+//! would-be action, team rules and transforms apply, and `leash policy`
+//! checks and tests files offline.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed expectation is a failed test"
+)]
+
+use leash_tests::{
+    harness::{
+        Leash, assert_success, http_request, leash_command, mock_providers_yaml, run, run_python,
+    },
+    mock::MockProvider,
+};
+use serde_json::Value;
+
+const POLICY: &str = r"version: 1
+mode: enforce
+detectors:
+  codenames: { regex: '(?i)\bproject\s+(falcon|osprey)\b' }
+rules:
+  - name: allow-security-team
+    match: { team: [secops] }
+    action: allow
+  - name: block-secrets
+    match: { detectors: [secrets] }
+    action: block
+  - name: redact-pii
+    match: { detectors: [email, phone, credit_card, us_ssn, iban] }
+    action: redact
+  - name: interns-use-small-models
+    match: { team: [interns], model: ['gpt-4o', 'gpt-4.1'] }
+    action: transform
+    set_model: gpt-4o-mini
+  - name: tag-codenames
+    match: { detectors: [codenames] }
+    action: annotate
+    tags: [confidential]
+";
+
+/// A fake AWS access key id: the shape and randomness of a real one.
+const AWS_KEY: &str = "AKIAZ7QX3PLM9V2KD4RT";
+
+fn start(mode: &str) -> (MockProvider, Leash) {
+    let mock = MockProvider::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        POLICY.replace("mode: enforce", &format!("mode: {mode}")),
+    )
+    .unwrap();
+    let leash = Leash::start_in(
+        dir,
+        &format!(
+            "{}policy: {{ file: policy.yaml }}\n",
+            mock_providers_yaml(&mock)
+        ),
+    );
+    (mock, leash)
+}
+
+fn sdk(leash: &Leash, case: &str, provider: &str, prompt: &str, headers: &str) -> Value {
+    let out = run_python(
+        "sdk_check.py",
+        &[case, &leash.base_url(provider), "sk-test-key"],
+        &[
+            ("LEASH_TEST_PROMPT", prompt),
+            ("LEASH_TEST_HEADERS", headers),
+        ],
+    );
+    assert_success(&format!("{case} ({provider})"), &out);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn secrets_block_with_each_sdks_own_403_and_never_leave() {
+    let (mock, leash) = start("enforce");
+    let prompt = format!("deploy with {AWS_KEY} please");
+    for (provider, case, class) in [
+        ("openai", "openai-error", "PermissionDeniedError"),
+        ("anthropic", "anthropic-error", "PermissionDeniedError"),
+        ("google", "google-error", "ClientError"),
+    ] {
+        let r = sdk(&leash, case, provider, &prompt, "{}");
+        assert_eq!(r["error_class"], class, "{provider}: {r}");
+        assert_eq!(r["status"], 403, "{provider}: {r}");
+        assert!(
+            r["message"].as_str().unwrap().contains("block-secrets"),
+            "{provider}: {r}"
+        );
+    }
+    assert!(mock.requests().is_empty(), "a secret reached the provider");
+    let records = leash.wait_records(3);
+    for rec in &records {
+        assert_eq!(rec["status"], 403);
+        assert_eq!(rec["policy"]["action"], "block", "{rec}");
+        assert_eq!(rec["policy"]["findings"][0]["rule"], "block-secrets");
+        assert_eq!(rec["policy"]["findings"][0]["detector"], "aws_access_key");
+        assert_eq!(rec["policy"]["findings"][0]["count"], 1);
+    }
+    assert!(
+        !leash.audit_text().contains(AWS_KEY),
+        "the secret is in the audit trail"
+    );
+    assert!(!leash.logs().contains(AWS_KEY), "the secret is in the logs");
+    assert!(leash.metrics().contains(r#"action="block""#));
+}
+
+#[test]
+fn pii_is_redacted_before_it_leaves_in_every_shape() {
+    let (mock, leash) = start("enforce");
+    let prompt = "write to jane.roe@example.com about card 4111 1111 1111 1111";
+    for (provider, case) in [
+        ("openai", "openai-chat"),
+        ("openai", "openai-responses"),
+        ("anthropic", "anthropic"),
+        ("google", "google"),
+    ] {
+        sdk(&leash, case, provider, prompt, "{}");
+    }
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 4);
+    for r in &requests {
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(body.contains("[REDACTED:email]"), "{}: {body}", r.uri);
+        assert!(body.contains("[REDACTED:credit_card]"), "{}: {body}", r.uri);
+        assert!(
+            !body.contains("jane.roe@example.com") && !body.contains("4111 1111"),
+            "{}: {body}",
+            r.uri
+        );
+        assert!(
+            serde_json::from_slice::<Value>(&r.body).is_ok(),
+            "redaction broke the JSON"
+        );
+    }
+    let records = leash.wait_records(4);
+    assert!(
+        records.iter().all(|r| r["policy"]["action"] == "redact"),
+        "{records:#?}"
+    );
+}
+
+#[test]
+fn shadow_mode_forwards_unchanged_and_records_the_would_be_action() {
+    let (mock, leash) = start("shadow");
+    let prompt = format!("key {AWS_KEY} and mail jane.roe@example.com");
+    sdk(&leash, "openai-chat", "openai", &prompt, "{}");
+    let body = String::from_utf8_lossy(&mock.requests()[0].body).into_owned();
+    assert!(
+        body.contains(AWS_KEY) && body.contains("jane.roe@example.com"),
+        "shadow mode changed the request: {body}"
+    );
+    let rec = &leash.wait_records(1)[0];
+    assert_eq!(rec["status"], 200);
+    assert_eq!(rec["policy"]["action"], "block", "{rec}");
+    assert_eq!(rec["policy"]["shadow"], true);
+}
+
+#[test]
+fn team_rules_exempt_and_transform() {
+    let (mock, leash) = start("enforce");
+    // The security team is exempt.
+    sdk(
+        &leash,
+        "openai-chat",
+        "openai",
+        &format!("key {AWS_KEY}"),
+        r#"{"x-leash-team": "secops"}"#,
+    );
+    assert!(String::from_utf8_lossy(&mock.requests()[0].body).contains(AWS_KEY));
+    // Interns asking for gpt-4o get gpt-4o-mini.
+    let (status, _, _) = http_request(
+        leash.addr,
+        "POST",
+        "/v1/openai/chat/completions",
+        &[("x-leash-team", "interns")],
+        br#"{"model":"gpt-4o","messages":[{"role":"user","content":"about project falcon"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(mock.requests()[1].json()["model"], "gpt-4o-mini");
+    let rec = &leash.wait_records(2)[1];
+    assert_eq!(rec["model"], "gpt-4o-mini");
+    assert_eq!(
+        rec["policy"]["tags"],
+        serde_json::json!(["confidential"]),
+        "{rec}"
+    );
+    assert_eq!(
+        rec["policy"]["rules"],
+        serde_json::json!(["interns-use-small-models", "tag-codenames"])
+    );
+}
+
+#[test]
+fn unparseable_bodies_are_refused() {
+    let (mock, leash) = start("enforce");
+    let (status, _, body) = http_request(
+        leash.addr,
+        "POST",
+        "/v1/openai/chat/completions",
+        &[],
+        b"{not json",
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(mock.requests().is_empty());
+}
+
+#[test]
+fn policy_check_and_test_work_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, POLICY).unwrap();
+    assert_success(
+        "policy check",
+        &run(leash_command().args(["policy", "check"]).arg(&good)),
+    );
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "version: 1\nrules:\n  - name: x\n    match: { detectors: [nope] }\n    action: block\n",
+    )
+    .unwrap();
+    let out = run(leash_command().args(["policy", "check"]).arg(&bad));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown detector `nope`"));
+    let typo = dir.path().join("typo.yaml");
+    std::fs::write(&typo, "version: 1\nrules:\n  - name: x\n    acton: block\n").unwrap();
+    let out = run(leash_command().args(["policy", "check"]).arg(&typo));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 4"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let req = dir.path().join("req.json");
+    std::fs::write(
+        &req,
+        format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"use {AWS_KEY}"}}]}}"#),
+    )
+    .unwrap();
+    let out = run(leash_command()
+        .args(["policy", "test"])
+        .arg(&good)
+        .arg("--request")
+        .arg(&req));
+    assert_success("policy test", &out);
+    let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decision["action"], "block", "{decision}");
+    assert_eq!(decision["findings"][0]["detector"], "aws_access_key");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(AWS_KEY),
+        "policy test printed the secret"
+    );
+}
