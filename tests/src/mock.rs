@@ -5,7 +5,9 @@
 //!
 //! Request headers steer it: `x-mock-chunks` (number of text pieces, default
 //! 5), `x-mock-chunk-delay-ms` (gap between stream chunks, default 0) and
-//! `x-mock-status` (answer with that error status in the provider's shape).
+//! `x-mock-status` (answer with that error status in the provider's shape),
+//! `x-mock-text` (answer with this text instead, cut into `x-mock-chunks`
+//! pieces).
 
 use std::{
     convert::Infallible,
@@ -335,6 +337,22 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
     }
     let pieces =
         usize::try_from(header_num(&parts.headers, "x-mock-chunks").unwrap_or(5)).unwrap_or(5);
+    let texts: Vec<String> = match parts
+        .headers
+        .get("x-mock-text")
+        .and_then(|v| v.to_str().ok())
+    {
+        // The given text, cut into `pieces` parts (so a word can span chunks).
+        Some(text) => {
+            let chars: Vec<char> = text.chars().collect();
+            let size = chars.len().div_ceil(pieces.max(1)).max(1);
+            chars.chunks(size).map(|c| c.iter().collect()).collect()
+        }
+        None => (0..pieces)
+            .map(|i| PIECES[i % PIECES.len()].to_owned())
+            .collect(),
+    };
+    let texts = &texts;
     let gap =
         Duration::from_millis(header_num(&parts.headers, "x-mock-chunk-delay-ms").unwrap_or(0));
     let request = recorded.json();
@@ -346,23 +364,22 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
             let include_usage = request["stream_options"]["include_usage"]
                 .as_bool()
                 .unwrap_or(false);
-            sse_response(openai_chat_stream(&model, pieces, include_usage), gap, sent)
+            sse_response(openai_chat_stream(&model, texts, include_usage), gap, sent)
         }
         (Api::OpenAi, "/v1/chat/completions") => {
-            json_response(StatusCode::OK, &openai_chat(&model, pieces))
+            json_response(StatusCode::OK, &openai_chat(&model, texts))
         }
         (Api::OpenAi, "/v1/responses") if stream => {
-            sse_response(openai_responses_stream(&model, pieces), gap, sent)
+            sse_response(openai_responses_stream(&model, texts), gap, sent)
         }
-        (Api::OpenAi, "/v1/responses") => json_response(
-            StatusCode::OK,
-            &openai_response(&model, pieces, "completed"),
-        ),
+        (Api::OpenAi, "/v1/responses") => {
+            json_response(StatusCode::OK, &openai_response(&model, texts, "completed"))
+        }
         (Api::OpenAi, "/v1/embeddings") => {
             json_response(StatusCode::OK, &openai_embeddings(&model, &request))
         }
-        (Api::Anthropic, _) if stream => sse_response(anthropic_stream(&model, pieces), gap, sent),
-        (Api::Anthropic, _) => json_response(StatusCode::OK, &anthropic_message(&model, pieces)),
+        (Api::Anthropic, _) if stream => sse_response(anthropic_stream(&model, texts), gap, sent),
+        (Api::Anthropic, _) => json_response(StatusCode::OK, &anthropic_message(&model, texts)),
         (Api::Google, p) => {
             let (model, method) = p
                 .rsplit('/')
@@ -372,9 +389,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
             match method {
                 "generateContent" => json_response(
                     StatusCode::OK,
-                    &gemini_response(model, &text_of(pieces), true),
+                    &gemini_response(model, &texts.concat(), true),
                 ),
-                "streamGenerateContent" => sse_response(gemini_stream(model, pieces), gap, sent),
+                "streamGenerateContent" => sse_response(gemini_stream(model, texts), gap, sent),
                 _ => json_response(
                     StatusCode::NOT_FOUND,
                     &error_value(api, StatusCode::NOT_FOUND, "unknown method"),
@@ -407,7 +424,7 @@ fn openai_usage() -> Value {
     })
 }
 
-fn openai_chat(model: &str, pieces: usize) -> Value {
+fn openai_chat(model: &str, texts: &[String]) -> Value {
     json!({
         "id": "chatcmpl-mock",
         "object": "chat.completion",
@@ -415,7 +432,7 @@ fn openai_chat(model: &str, pieces: usize) -> Value {
         "model": model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": text_of(pieces), "refusal": null},
+            "message": {"role": "assistant", "content": texts.concat(), "refusal": null},
             "finish_reason": "stop",
             "logprobs": null,
         }],
@@ -423,19 +440,19 @@ fn openai_chat(model: &str, pieces: usize) -> Value {
     })
 }
 
-fn openai_chat_stream(model: &str, pieces: usize, include_usage: bool) -> Vec<String> {
+fn openai_chat_stream(model: &str, texts: &[String], include_usage: bool) -> Vec<String> {
     let chunk = |delta: Value, finish: Value| {
         sse_data(&json!({
             "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
             "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }))
     };
-    let mut events: Vec<String> = (0..pieces)
+    let mut events: Vec<String> = (0..texts.len())
         .map(|i| {
             let delta = if i == 0 {
-                json!({"role": "assistant", "content": PIECES[0]})
+                json!({"role": "assistant", "content": texts[0]})
             } else {
-                json!({"content": PIECES[i % PIECES.len()]})
+                json!({"content": texts[i].as_str()})
             };
             chunk(delta, Value::Null)
         })
@@ -451,7 +468,7 @@ fn openai_chat_stream(model: &str, pieces: usize, include_usage: bool) -> Vec<St
     events
 }
 
-fn openai_response(model: &str, pieces: usize, status: &str) -> Value {
+fn openai_response(model: &str, texts: &[String], status: &str) -> Value {
     use usage::{OPENAI_CACHED, OPENAI_INPUT, OPENAI_OUTPUT, OPENAI_REASONING};
     let done = status == "completed";
     json!({
@@ -462,7 +479,7 @@ fn openai_response(model: &str, pieces: usize, status: &str) -> Value {
         "model": model,
         "output": if done { json!([{
             "type": "message", "id": "msg_mock", "status": "completed", "role": "assistant",
-            "content": [{"type": "output_text", "text": text_of(pieces), "annotations": []}],
+            "content": [{"type": "output_text", "text": texts.concat(), "annotations": []}],
         }]) } else { json!([]) },
         "parallel_tool_calls": true,
         "tool_choice": "auto",
@@ -477,7 +494,7 @@ fn openai_response(model: &str, pieces: usize, status: &str) -> Value {
     })
 }
 
-fn openai_responses_stream(model: &str, pieces: usize) -> Vec<String> {
+fn openai_responses_stream(model: &str, texts: &[String]) -> Vec<String> {
     let mut seq = 0;
     let mut next = || {
         seq += 1;
@@ -485,18 +502,18 @@ fn openai_responses_stream(model: &str, pieces: usize) -> Vec<String> {
     };
     let mut events = vec![sse_event(
         "response.created",
-        &json!({"type": "response.created", "sequence_number": next(), "response": openai_response(model, pieces, "in_progress")}),
+        &json!({"type": "response.created", "sequence_number": next(), "response": openai_response(model, texts, "in_progress")}),
     )];
-    for i in 0..pieces {
+    for text in texts {
         events.push(sse_event(
             "response.output_text.delta",
             &json!({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0,
-                    "content_index": 0, "delta": PIECES[i % PIECES.len()], "sequence_number": next()}),
+                    "content_index": 0, "delta": text, "sequence_number": next()}),
         ));
     }
     events.push(sse_event(
         "response.completed",
-        &json!({"type": "response.completed", "sequence_number": next(), "response": openai_response(model, pieces, "completed")}),
+        &json!({"type": "response.completed", "sequence_number": next(), "response": openai_response(model, texts, "completed")}),
     ));
     events
 }
@@ -526,16 +543,16 @@ fn anthropic_usage(output: u64) -> Value {
     })
 }
 
-fn anthropic_message(model: &str, pieces: usize) -> Value {
+fn anthropic_message(model: &str, texts: &[String]) -> Value {
     json!({
         "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": text_of(pieces)}],
+        "content": [{"type": "text", "text": texts.concat()}],
         "stop_reason": "end_turn", "stop_sequence": null,
         "usage": anthropic_usage(usage::ANTHROPIC_OUTPUT),
     })
 }
 
-fn anthropic_stream(model: &str, pieces: usize) -> Vec<String> {
+fn anthropic_stream(model: &str, texts: &[String]) -> Vec<String> {
     let mut events = vec![
         sse_event(
             "message_start",
@@ -549,10 +566,10 @@ fn anthropic_stream(model: &str, pieces: usize) -> Vec<String> {
         ),
         sse_event("ping", &json!({"type": "ping"})),
     ];
-    for i in 0..pieces {
+    for text in texts {
         events.push(sse_event(
             "content_block_delta",
-            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": PIECES[i % PIECES.len()]}}),
+            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
         ));
     }
     events.push(sse_event(
@@ -590,13 +607,13 @@ fn gemini_response(model: &str, text: &str, last: bool) -> Value {
     })
 }
 
-fn gemini_stream(model: &str, pieces: usize) -> Vec<String> {
-    (0..pieces)
+fn gemini_stream(model: &str, texts: &[String]) -> Vec<String> {
+    (0..texts.len())
         .map(|i| {
             sse_data(&gemini_response(
                 model,
-                PIECES[i % PIECES.len()],
-                i + 1 == pieces,
+                texts[i].as_str(),
+                i + 1 == texts.len(),
             ))
         })
         .collect()
