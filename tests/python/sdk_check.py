@@ -175,6 +175,18 @@ def case_google_error(base, key):
     return expect_error(lambda: case_google(base, key), None)
 
 
+def case_openai_chat_stream_error(base, key):
+    return expect_error(lambda: case_openai_chat_stream(base, key), None)
+
+
+def case_anthropic_stream_error(base, key):
+    return expect_error(lambda: case_anthropic_stream(base, key), None)
+
+
+def case_google_stream_error(base, key):
+    return expect_error(lambda: case_google_stream(base, key), None)
+
+
 CASES = {name[len("case_"):].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("case_")}
 
 

@@ -259,3 +259,77 @@ fn policy_check_and_test_work_offline() {
         "policy test printed the secret"
     );
 }
+
+const RESPONSE_POLICY: &str = "version: 1
+rules:
+  - name: no-secrets-out
+    match: { detectors: [secrets], direction: response }
+    action: block
+";
+
+/// The text the mock streams: the key is cut across chunks.
+const LEAKY: &str = "the key is AKIAZ7QX3PLM9V2KD4RT and then more text after it";
+
+#[test]
+fn a_secret_split_across_stream_chunks_ends_the_stream() {
+    let mock = MockProvider::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), RESPONSE_POLICY).unwrap();
+    let leash = Leash::start_in(
+        dir,
+        &format!(
+            "{}policy: {{ file: policy.yaml }}\n",
+            mock_providers_yaml(&mock)
+        ),
+    );
+    let out = run(std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "-H",
+            &format!("x-mock-text: {LEAKY}"),
+            "-H",
+            "x-mock-chunks: 6",
+        ])
+        .args([
+            "-d",
+            r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#,
+        ])
+        .arg(format!("http://{}/v1/openai/chat/completions", leash.addr)));
+    assert_success("curl", &out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("leash_policy_blocked") && text.contains("no-secrets-out"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("more text after"),
+        "text after the secret was delivered: {text}"
+    );
+    assert!(!text.contains("[DONE]"), "the stream went on: {text}");
+    let rec = &leash.wait_records(1)[0];
+    assert_eq!(rec["policy"]["action"], "block", "{rec}");
+    assert_eq!(rec["policy"]["findings"][0]["detector"], "aws_access_key");
+    // Each SDK raises when the stream ends with the error event.
+    for (provider, case) in [
+        ("openai", "openai-chat-stream-error"),
+        ("anthropic", "anthropic-stream-error"),
+        ("google", "google-stream-error"),
+    ] {
+        let r = sdk(
+            &leash,
+            case,
+            provider,
+            "hi",
+            &format!(r#"{{"x-mock-text": "{LEAKY}", "x-mock-chunks": "6"}}"#),
+        );
+        assert!(
+            r["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no-secrets-out"),
+            "{provider}: {r}"
+        );
+    }
+    assert!(!leash.audit_text().contains("AKIAZ7QX3PLM9V2KD4RT"));
+}

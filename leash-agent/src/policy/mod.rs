@@ -23,9 +23,15 @@ use self::detect::{Custom, Detectors, Finding};
 use crate::{
     alerts::Alerter,
     audit::AuditRecord,
-    pipeline::{Exchange, Flow, Module, ModuleError, ProxyRequest, Rejection},
-    provider::ErrorCode,
+    pipeline::{
+        BodyFlow, Exchange, Flow, Module, ModuleError, ProxyRequest, Rejection, sse::SseBuffer,
+    },
+    provider::{ErrorCode, ProviderKind, error_body},
 };
+
+/// Response text kept from earlier chunks, so a match split across stream
+/// chunks is still found.
+const CARRY_WINDOW: usize = 512;
 
 pub const NAME: &str = "policy";
 
@@ -441,6 +447,65 @@ impl Policy {
     }
 }
 
+impl Policy {
+    fn has_response_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.direction != Direction::Request)
+    }
+
+    /// The first response rule that matches `found`, if any, and whether it
+    /// only records (shadow).
+    fn decide_response(&self, ex: &Exchange, found: &[usize]) -> Option<(&Rule, bool)> {
+        self.rules.iter().find_map(|rule| {
+            let m = &rule.m;
+            let applies = rule.direction != Direction::Request
+                && m.header.is_none()
+                && rule
+                    .detectors
+                    .as_ref()
+                    .is_some_and(|ds| ds.iter().any(|d| found.contains(d)))
+                && any_glob(m.provider.as_ref(), Some(&ex.provider.name))
+                && any_glob(m.model.as_ref(), ex.model.as_deref())
+                && any_glob(m.endpoint.as_ref(), Some(&ex.endpoint))
+                && any_glob(m.team.as_ref(), ex.caller.team.as_deref());
+            applies.then(|| (rule, rule.shadow.unwrap_or(self.shadow)))
+        })
+    }
+}
+
+/// Response-side scanning state of one exchange.
+#[derive(Clone, Default)]
+struct ResponseScan {
+    sse: SseBuffer,
+    /// The tail of the response text seen so far (bounded).
+    window: String,
+    stopped: bool,
+}
+
+/// An SSE event that ends a stream with the provider's error shape.
+fn error_event(kind: ProviderKind, message: &str) -> Vec<u8> {
+    let body = error_body(
+        kind,
+        StatusCode::FORBIDDEN,
+        ErrorCode::PolicyBlocked,
+        message,
+    );
+    let body = String::from_utf8_lossy(&body);
+    match kind {
+        ProviderKind::Anthropic => format!("event: error\ndata: {body}\n\n").into_bytes(),
+        ProviderKind::OpenAi | ProviderKind::Google => format!("data: {body}\n\n").into_bytes(),
+    }
+}
+
+fn keep_tail(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = s.len() - max;
+        while !s.is_char_boundary(cut) {
+            cut += 1;
+        }
+        s.drain(..cut);
+    }
+}
+
 fn compile_rule(
     r: RawRule,
     i: usize,
@@ -668,6 +733,33 @@ impl Module for PolicyModule {
         Ok(Flow::Continue)
     }
 
+    fn rewrites_response_body(&self) -> bool {
+        self.policy.as_ref().is_some_and(|p| p.has_response_rules())
+    }
+
+    fn response_filter(&self, ex: &mut Exchange, head: &mut http::response::Parts) {
+        if self.rewrites_response_body() && head.status.is_success() {
+            ex.ext.insert(ResponseScan::default());
+        }
+    }
+
+    fn response_body_filter(&self, ex: &mut Exchange, chunk: &mut Bytes, end: bool) -> BodyFlow {
+        let Some(policy) = self.policy.clone() else {
+            return BodyFlow::Continue;
+        };
+        let Some(mut scan_state) = ex.ext.remove::<ResponseScan>() else {
+            return BodyFlow::Continue;
+        };
+        let flow = if ex.stream {
+            self.scan_stream(&policy, ex, &mut scan_state, chunk, end)
+        } else {
+            self.scan_document(&policy, ex, chunk);
+            BodyFlow::Continue
+        };
+        ex.ext.insert(scan_state);
+        flow
+    }
+
     fn logging(&self, ex: &Exchange, record: &mut AuditRecord) {
         if let Some(d) = ex.ext.get::<Decision>() {
             record.policy = Some(PolicyRecord {
@@ -678,6 +770,122 @@ impl Module for PolicyModule {
                 shadow: d.shadow,
             });
         }
+    }
+}
+
+impl PolicyModule {
+    /// Records a response-side match in the exchange's decision.
+    fn record_response(
+        &self,
+        policy: &Policy,
+        ex: &mut Exchange,
+        rule: &Rule,
+        shadow: bool,
+        findings: &[Finding],
+    ) {
+        let mut d = ex.ext.remove::<Decision>().unwrap_or_default();
+        if !d.rules.contains(&rule.name) {
+            d.rules.push(rule.name.clone());
+        }
+        for det in rule.detectors.iter().flatten() {
+            let count = findings.iter().filter(|f| f.detector == *det).count();
+            if count > 0 {
+                d.findings.push(FindingRecord {
+                    rule: rule.name.clone(),
+                    detector: policy.detectors.get(*det).name.clone(),
+                    count,
+                });
+            }
+        }
+        d.tags.extend(rule.tags.iter().cloned());
+        d.action = d.action.max(Some(rule.action));
+        d.shadow |= shadow;
+        if matches!(rule.action, Action::Alert | Action::Block) {
+            self.alerts.fire(
+                &format!("policy:{}:{}", rule.name, ex.id),
+                json!({
+                    "type": if rule.action == Action::Block { "policy_block" } else { "policy_alert" },
+                    "direction": "response", "rule": rule.name, "request_id": ex.id,
+                    "provider": ex.provider.name, "model": ex.model, "team": ex.caller.team,
+                    "findings": d.findings, "shadow": shadow,
+                }),
+            );
+        }
+        ex.ext.insert(d);
+    }
+
+    /// A whole (non-streaming) response: matches of a blocking or redacting
+    /// rule are replaced in place, keeping the JSON valid (the status is
+    /// already the provider's).
+    fn scan_document(&self, policy: &Policy, ex: &mut Exchange, chunk: &mut Bytes) {
+        let Ok(mut body) = serde_json::from_slice::<Value>(chunk) else {
+            return;
+        };
+        let (per_text, findings) = scan(policy, &mut body);
+        let mut found: Vec<usize> = findings.iter().map(|f| f.detector).collect();
+        found.sort_unstable();
+        found.dedup();
+        let Some((rule, shadow)) = policy.decide_response(ex, &found) else {
+            return;
+        };
+        self.record_response(policy, ex, rule, shadow, &findings);
+        if !shadow && matches!(rule.action, Action::Block | Action::Redact) {
+            let targets: Vec<usize> = rule.detectors.iter().flatten().copied().collect();
+            redact(policy, &mut body, &per_text, &targets);
+            if let Ok(bytes) = serde_json::to_vec(&body) {
+                *chunk = Bytes::from(bytes);
+            }
+        }
+    }
+
+    /// A stream: complete events are scanned as they arrive, with the tail
+    /// of earlier text kept so a match split across chunks is found. A
+    /// blocking rule ends the stream with the provider's error event:
+    /// nothing after the match is delivered.
+    fn scan_stream(
+        &self,
+        policy: &Policy,
+        ex: &mut Exchange,
+        st: &mut ResponseScan,
+        chunk: &mut Bytes,
+        end: bool,
+    ) -> BodyFlow {
+        if st.stopped {
+            *chunk = Bytes::new();
+            return BodyFlow::Stop;
+        }
+        let mut out = Vec::with_capacity(chunk.len());
+        for event in st.sse.feed(chunk, end) {
+            let Ok(v) = serde_json::from_str::<Value>(&event.data) else {
+                out.extend_from_slice(&event.raw);
+                continue;
+            };
+            let before = st.window.len();
+            text::stream_delta(ex.provider.kind, &v, &mut st.window);
+            let mut all = Vec::new();
+            policy.detectors.scan(&st.window, &mut all);
+            // Only matches that reach into the new text are new.
+            let fresh: Vec<Finding> = all.into_iter().filter(|f| f.end > before).collect();
+            let mut found: Vec<usize> = fresh.iter().map(|f| f.detector).collect();
+            found.sort_unstable();
+            found.dedup();
+            if let Some((rule, shadow)) = policy.decide_response(ex, &found) {
+                self.record_response(policy, ex, rule, shadow, &fresh);
+                if !shadow && rule.action == Action::Block {
+                    let message = format!("leash: response blocked by policy rule `{}`", rule.name);
+                    out.extend(error_event(ex.provider.kind, &message));
+                    st.stopped = true;
+                    *chunk = Bytes::from(out);
+                    return BodyFlow::Stop;
+                }
+                // Matched text already in the window is not reported again.
+                st.window.clear();
+            }
+            out.extend_from_slice(&event.raw);
+            keep_tail(&mut st.window, CARRY_WINDOW);
+        }
+        *chunk = Bytes::from(out);
+        BodyFlow::Continue
     }
 }
 

@@ -7,6 +7,10 @@ use serde_json::Value;
 
 /// Keys whose string values are structure, not content.
 const STRUCTURAL: &[&str] = &[
+    "modelVersion",
+    "responseId",
+    "system_fingerprint",
+    "created_at",
     "model",
     "role",
     "type",
@@ -50,6 +54,49 @@ pub fn for_each_text(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
             }
         }
         _ => {}
+    }
+}
+
+/// The new text a stream event carries (what the model is saying), per
+/// provider: `OpenAI` chat deltas and tool-call arguments, Responses
+/// `*.delta` events, Anthropic `content_block_delta`, Gemini candidate parts.
+/// Identifiers and metadata in the event are not included, so text split
+/// across events joins up.
+pub fn stream_delta(kind: crate::provider::ProviderKind, v: &Value, out: &mut String) {
+    use crate::provider::ProviderKind;
+    let mut push = |t: &Value| match t {
+        Value::String(s) => out.push_str(s),
+        Value::Object(_) => out.push_str(&t.to_string()),
+        _ => {}
+    };
+    match kind {
+        ProviderKind::OpenAi => {
+            if v["type"].as_str().and_then(|t| t.rsplit('.').next()) == Some("delta") {
+                push(&v["delta"]);
+            }
+            for choice in v["choices"].as_array().into_iter().flatten() {
+                let delta = &choice["delta"];
+                push(&delta["content"]);
+                push(&delta["refusal"]);
+                for call in delta["tool_calls"].as_array().into_iter().flatten() {
+                    push(&call["function"]["arguments"]);
+                }
+            }
+        }
+        ProviderKind::Anthropic => {
+            let delta = &v["delta"];
+            push(&delta["text"]);
+            push(&delta["partial_json"]);
+            push(&delta["thinking"]);
+        }
+        ProviderKind::Google => {
+            for cand in v["candidates"].as_array().into_iter().flatten() {
+                for part in cand["content"]["parts"].as_array().into_iter().flatten() {
+                    push(&part["text"]);
+                    push(&part["functionCall"]["args"]);
+                }
+            }
+        }
     }
 }
 
