@@ -74,12 +74,20 @@ impl Core {
             ),
             None => crate::alerts::Alerter::disabled(),
         };
+        let policy = Arc::new(crate::policy::PolicyHandle::new(
+            config.policy.clone(),
+            config.policy_file.clone(),
+        ));
         let pipeline = Arc::new(Pipeline::new(
             config,
             Arc::clone(&metrics),
             audit_sink,
             &alerts,
+            &policy,
         )?);
+        if policy.file().is_some() {
+            tokio::spawn(crate::policy::watch(policy, Arc::clone(&metrics)));
+        }
         Ok(Self {
             metrics,
             audit,

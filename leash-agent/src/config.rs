@@ -66,6 +66,8 @@ pub struct Config {
     pub alerts: crate::alerts::AlertConfig,
     /// The compiled policy (`policy: { file: ... }` or inline); `None`: none.
     pub policy: Option<std::sync::Arc<crate::policy::Policy>>,
+    /// The policy file, watched for changes.
+    pub policy_file: Option<PathBuf>,
 }
 
 /// How long a budget's spend accumulates before it starts over (UTC).
@@ -523,6 +525,7 @@ impl RawConfig {
             pricing: std::sync::Arc::new(validate_pricing(pricing)?),
             budgets: validate_budgets(budgets)?,
             alerts: validate_alerts(alerts)?,
+            policy_file: policy_file(policy.as_ref(), base),
             policy: load_policy(policy, base)?,
         })
     }
@@ -681,6 +684,14 @@ fn validate_audit(audit: RawAudit, base: &Path) -> Result<AuditConfig, ConfigErr
     })
 }
 
+fn policy_file(raw: Option<&serde_yaml::Value>, base: &Path) -> Option<PathBuf> {
+    raw?.as_mapping()
+        .filter(|m| m.len() == 1)
+        .and_then(|m| m.get("file"))
+        .and_then(serde_yaml::Value::as_str)
+        .map(|f| resolve(base, f.into()))
+}
+
 /// `policy: { file: X }` (relative to the config) or the policy inline.
 fn load_policy(
     raw: Option<serde_yaml::Value>,
@@ -689,12 +700,7 @@ fn load_policy(
     let Some(value) = raw else {
         return Ok(None);
     };
-    let file = value
-        .as_mapping()
-        .filter(|m| m.len() == 1)
-        .and_then(|m| m.get("file"))
-        .and_then(serde_yaml::Value::as_str)
-        .map(|f| resolve(base, f.into()));
+    let file = policy_file(Some(&value), base);
     let policy = match file {
         Some(path) => crate::policy::Policy::load(&path),
         None => crate::policy::Policy::from_value(value, "policy (inline)"),

@@ -56,6 +56,18 @@ struct ModelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FindingLabels {
+    rule: String,
+    detector: String,
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BudgetLabels {
     budget: String,
 }
@@ -88,6 +100,8 @@ pub struct Metrics {
     cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
     unpriced: Family<ModelLabels, Counter>,
     budget_remaining: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+    policy_reloads: Family<ResultLabels, Counter>,
+    findings: Family<FindingLabels, Counter>,
     models: Mutex<HashSet<String>>,
     teams: Mutex<HashSet<String>>,
     shadow_hosts: Mutex<HashSet<String>>,
@@ -139,6 +153,18 @@ impl Metrics {
     )]
     pub fn new() -> Self {
         let mut r = Registry::default();
+        let policy_reloads = register(
+            &mut r,
+            "leash_policy_reloads",
+            "Policy reloads (file change or SIGHUP), by result (ok, error: the old policy stays)",
+            Family::<ResultLabels, Counter>::default(),
+        );
+        let findings = register(
+            &mut r,
+            "leash_policy_findings",
+            "Detector matches that a policy rule acted on, by rule, detector and action",
+            Family::<FindingLabels, Counter>::default(),
+        );
         let budget_remaining = register(
             &mut r,
             "leash_budget_remaining_usd",
@@ -239,6 +265,8 @@ impl Metrics {
             cost,
             unpriced,
             budget_remaining,
+            policy_reloads,
+            findings,
             models: Mutex::new(HashSet::new()),
             teams: Mutex::new(HashSet::new()),
             shadow_hosts: Mutex::new(HashSet::new()),
@@ -247,6 +275,14 @@ impl Metrics {
 
     fn model_label(&self, model: Option<&str>) -> String {
         model.map_or_else(|| "unknown".to_owned(), |m| bounded_label(&self.models, m))
+    }
+
+    /// Counts a policy reload.
+    pub fn policy_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.policy_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Sets what is left of a budget.
@@ -307,6 +343,16 @@ impl Metrics {
                 None => {
                     self.unpriced.get_or_create(&labels).inc();
                 }
+            }
+        }
+        if let Some(policy) = &record.policy {
+            for f in &policy.findings {
+                let labels = FindingLabels {
+                    rule: bounded_label(&self.teams, &f.rule),
+                    detector: f.detector.clone(),
+                    action: policy.action,
+                };
+                self.findings.get_or_create(&labels).inc_by(f.count as u64);
             }
         }
         let action = match record.error {

@@ -177,6 +177,11 @@ impl Leash {
             .expect("spawn leash")
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as in a crash: nothing is flushed.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

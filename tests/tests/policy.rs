@@ -333,3 +333,75 @@ fn a_secret_split_across_stream_chunks_ends_the_stream() {
     }
     assert!(!leash.audit_text().contains("AKIAZ7QX3PLM9V2KD4RT"));
 }
+
+fn reloads(leash: &Leash, result: &str) -> u64 {
+    let metrics = leash.metrics();
+    let needle = format!("leash_policy_reloads_total{{result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn policy_reloads_on_change_and_sighup_and_keeps_the_old_one_when_broken() {
+    let (_mock, leash) = start("enforce");
+    let file = leash.dir.path().join("policy.yaml");
+    let secret =
+        format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{AWS_KEY}"}}]}}"#);
+    let post = || {
+        http_request(
+            leash.addr,
+            "POST",
+            "/v1/openai/chat/completions",
+            &[],
+            secret.as_bytes(),
+        )
+        .unwrap()
+        .0
+    };
+    assert_eq!(post(), 403);
+
+    // A new file without the block rule takes effect without a restart.
+    std::fs::write(&file, "version: 1\nrules: []\n").unwrap();
+    wait_until("the new policy", || post() == 200);
+    assert!(reloads(&leash, "ok") >= 1);
+
+    // A broken file: the last good policy stays, the error is logged with
+    // its line and counted.
+    std::fs::write(&file, "version: 1\nrules:\n  - name: x\n    acton: block\n").unwrap();
+    wait_until("the failed reload", || reloads(&leash, "error") >= 1);
+    assert_eq!(post(), 200, "a broken policy replaced the working one");
+    assert!(
+        leash.logs().contains("line 4"),
+        "the reload error lacks its line:\n{}",
+        leash.logs()
+    );
+
+    // SIGHUP reloads on demand.
+    std::fs::write(&file, POLICY).unwrap();
+    let before = reloads(&leash, "ok");
+    let pid = leash_pid(&leash);
+    assert_success(
+        "kill -HUP",
+        &run(std::process::Command::new("kill").args(["-HUP", &pid])),
+    );
+    wait_until("the SIGHUP reload", || reloads(&leash, "ok") > before);
+    assert_eq!(post(), 403);
+}
+
+fn leash_pid(leash: &Leash) -> String {
+    leash.pid().to_string()
+}

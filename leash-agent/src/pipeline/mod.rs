@@ -228,12 +228,13 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         audit: AuditSink,
         alerts: &crate::alerts::Alerter,
+        policy: &Arc<crate::policy::PolicyHandle>,
     ) -> Result<Self, PipelineError> {
         let modules = config
             .pipeline
             .modules
             .iter()
-            .map(|name| build_module(name, config, &metrics, alerts))
+            .map(|name| build_module(name, config, &metrics, alerts, policy))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self::with_modules(
             modules,
@@ -263,11 +264,15 @@ impl Pipeline {
     pub fn check_modules(config: &Config) -> Result<(), PipelineError> {
         let metrics = Arc::new(Metrics::new());
         let alerts = crate::alerts::Alerter::disabled();
+        let policy = Arc::new(crate::policy::PolicyHandle::new(
+            config.policy.clone(),
+            None,
+        ));
         config
             .pipeline
             .modules
             .iter()
-            .try_for_each(|name| build_module(name, config, &metrics, &alerts).map(drop))
+            .try_for_each(|name| build_module(name, config, &metrics, &alerts, &policy).map(drop))
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -343,10 +348,11 @@ fn build_module(
     config: &Config,
     metrics: &Arc<Metrics>,
     alerts: &crate::alerts::Alerter,
+    policy: &Arc<crate::policy::PolicyHandle>,
 ) -> Result<Box<dyn Module>, PipelineError> {
     match name {
         crate::policy::NAME => Ok(Box::new(crate::policy::PolicyModule::new(
-            config.policy.clone(),
+            Arc::clone(policy),
             alerts.clone(),
         ))),
         budget::NAME => Ok(Box::new(budget::BudgetModule::new(

@@ -591,15 +591,102 @@ fn compile_rule(
     })
 }
 
-/// The `policy` module: applies the configured policy to each request.
+/// The active policy, replaceable while Leash runs (hot reload). Requests
+/// take the policy that is current when they start.
+pub struct PolicyHandle {
+    current: std::sync::RwLock<Option<Arc<Policy>>>,
+    file: Option<std::path::PathBuf>,
+}
+
+impl PolicyHandle {
+    pub fn new(policy: Option<Arc<Policy>>, file: Option<std::path::PathBuf>) -> Self {
+        Self {
+            current: std::sync::RwLock::new(policy),
+            file,
+        }
+    }
+
+    pub fn current(&self) -> Option<Arc<Policy>> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The policy file, if the policy came from one.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// Loads the file again. An invalid file leaves the current policy in
+    /// force and returns why (field, line and column).
+    pub fn reload(&self) -> Result<(), PolicyError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let policy = Policy::load(file)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(policy));
+        Ok(())
+    }
+}
+
+/// The `policy` module: applies the active policy to each request.
 pub struct PolicyModule {
-    policy: Option<Arc<Policy>>,
+    handle: Arc<PolicyHandle>,
     alerts: Alerter,
 }
 
 impl PolicyModule {
-    pub fn new(policy: Option<Arc<Policy>>, alerts: Alerter) -> Self {
-        Self { policy, alerts }
+    pub fn new(handle: Arc<PolicyHandle>, alerts: Alerter) -> Self {
+        Self { handle, alerts }
+    }
+}
+
+/// Reloads the policy when its file changes (checked every second) or when
+/// Leash gets SIGHUP. Runs until the process ends.
+pub async fn watch(handle: Arc<PolicyHandle>, metrics: Arc<crate::metrics::Metrics>) {
+    let Some(file) = handle.file().map(Path::to_path_buf) else {
+        return;
+    };
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(&file);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let signalled = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = signalled => {}
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                let now = stamp(&file);
+                if now == last {
+                    continue;
+                }
+                last = now;
+            }
+        }
+        match handle.reload() {
+            Ok(()) => {
+                metrics.policy_reload(true);
+                tracing::info!(file = %file.display(), "policy reloaded");
+            }
+            Err(e) => {
+                metrics.policy_reload(false);
+                tracing::error!(error = %e, "policy reload failed; the previous policy stays in force");
+            }
+        }
     }
 }
 
@@ -656,9 +743,10 @@ impl Module for PolicyModule {
         ex: &mut Exchange,
         req: &mut ProxyRequest,
     ) -> Result<Flow, ModuleError> {
-        let Some(policy) = &self.policy else {
+        let Some(policy) = self.handle.current() else {
             return Ok(Flow::Continue);
         };
+        let policy = &*policy;
         let mut body: Value = if req.body.is_empty() {
             Value::Null
         } else {
@@ -734,17 +822,27 @@ impl Module for PolicyModule {
     }
 
     fn rewrites_response_body(&self) -> bool {
-        self.policy.as_ref().is_some_and(|p| p.has_response_rules())
+        // A reloaded file may add response rules: a policy file always counts.
+        self.handle.file().is_some()
+            || self
+                .handle
+                .current()
+                .is_some_and(|p| p.has_response_rules())
     }
 
     fn response_filter(&self, ex: &mut Exchange, head: &mut http::response::Parts) {
-        if self.rewrites_response_body() && head.status.is_success() {
+        if self
+            .handle
+            .current()
+            .is_some_and(|p| p.has_response_rules())
+            && head.status.is_success()
+        {
             ex.ext.insert(ResponseScan::default());
         }
     }
 
     fn response_body_filter(&self, ex: &mut Exchange, chunk: &mut Bytes, end: bool) -> BodyFlow {
-        let Some(policy) = self.policy.clone() else {
+        let Some(policy) = self.handle.current() else {
             return BodyFlow::Continue;
         };
         let Some(mut scan_state) = ex.ext.remove::<ResponseScan>() else {
