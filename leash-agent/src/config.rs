@@ -68,6 +68,30 @@ pub struct Config {
     pub policy: Option<std::sync::Arc<crate::policy::Policy>>,
     /// The policy file, watched for changes.
     pub policy_file: Option<PathBuf>,
+    pub teams: Vec<TeamConfig>,
+}
+
+/// How a team is recognised (any one match names it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamConfig {
+    pub name: String,
+    /// SHA-256 (hex) of API keys: `printf %s "$KEY" | sha256sum`.
+    #[serde(default)]
+    pub key_sha256: Vec<String>,
+    #[serde(default)]
+    pub uid: Vec<u32>,
+    #[serde(default)]
+    pub user: Vec<String>,
+    /// Executable path globs (transparent mode).
+    #[serde(default)]
+    pub exe: Vec<String>,
+    /// Cgroup path globs (transparent mode).
+    #[serde(default)]
+    pub cgroup: Vec<String>,
+    /// Whether `x-leash-team: <name>` names this team.
+    #[serde(default)]
+    pub header: bool,
 }
 
 /// How long a budget's spend accumulates before it starts over (UTC).
@@ -222,6 +246,8 @@ struct RawConfig {
     #[serde(default)]
     alerts: RawAlerts,
     policy: Option<serde_yaml::Value>,
+    #[serde(default)]
+    teams: Vec<TeamConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -449,6 +475,7 @@ impl RawConfig {
             budgets,
             alerts,
             policy,
+            teams,
         } = self;
         let host_id = match host_id {
             Some(h) if h.trim().is_empty() => return Err(invalid("host_id", "must not be empty")),
@@ -527,6 +554,7 @@ impl RawConfig {
             alerts: validate_alerts(alerts)?,
             policy_file: policy_file(policy.as_ref(), base),
             policy: load_policy(policy, base)?,
+            teams: validate_teams(teams)?,
         })
     }
 }
@@ -682,6 +710,32 @@ fn validate_audit(audit: RawAudit, base: &Path) -> Result<AuditConfig, ConfigErr
             }
         },
     })
+}
+
+fn validate_teams(mut teams: Vec<TeamConfig>) -> Result<Vec<TeamConfig>, ConfigError> {
+    for (i, t) in teams.iter_mut().enumerate() {
+        if t.name.is_empty()
+            || !t
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(invalid(
+                format!("teams[{i}].name"),
+                "1-64 of A-Z a-z 0-9 . _ -",
+            ));
+        }
+        for k in &mut t.key_sha256 {
+            *k = k.trim().to_ascii_lowercase();
+            if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    format!("teams[{i}].key_sha256"),
+                    "a SHA-256 in hex (64 characters), never the key itself",
+                ));
+            }
+        }
+    }
+    Ok(teams)
 }
 
 fn policy_file(raw: Option<&serde_yaml::Value>, base: &Path) -> Option<PathBuf> {

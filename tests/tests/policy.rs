@@ -405,3 +405,58 @@ fn policy_reloads_on_change_and_sighup_and_keeps_the_old_one_when_broken() {
 fn leash_pid(leash: &Leash) -> String {
     leash.pid().to_string()
 }
+
+/// With a `teams:` section, teams come from key fingerprints (and, in
+/// transparent mode, uid/user/exe/cgroup); the header counts only for teams
+/// that allow it, so nobody can claim the exempt team by header.
+#[test]
+fn teams_by_key_fingerprint_and_header_only_where_allowed() {
+    let mock = MockProvider::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    let secops_key = "sk-secops-team-key-0001";
+    let fp = leash_agent::pipeline::team::fingerprint(secops_key);
+    let config = format!(
+        "{}policy: {{ file: policy.yaml }}\nteams:\n  - {{ name: secops, key_sha256: [\"{fp}\"] }}\n  - {{ name: research, header: true }}\n",
+        mock_providers_yaml(&mock)
+    );
+    let leash = Leash::start_in(dir, &config);
+    let body =
+        format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{AWS_KEY}"}}]}}"#);
+    let post = |headers: &[(&str, &str)]| {
+        http_request(
+            leash.addr,
+            "POST",
+            "/v1/openai/chat/completions",
+            headers,
+            body.as_bytes(),
+        )
+        .unwrap()
+        .0
+    };
+    assert_eq!(
+        post(&[("authorization", &format!("Bearer {secops_key}"))]),
+        200,
+        "the secops key is exempt"
+    );
+    assert_eq!(
+        post(&[
+            ("authorization", "Bearer sk-other"),
+            ("x-leash-team", "secops")
+        ]),
+        403,
+        "secops claimed by header"
+    );
+    assert_eq!(
+        post(&[
+            ("authorization", "Bearer sk-other"),
+            ("x-leash-team", "research")
+        ]),
+        403
+    );
+    let records = leash.wait_records(3);
+    assert_eq!(records[0]["caller"]["team"], "secops");
+    assert_eq!(records[1]["caller"]["team"], serde_json::Value::Null);
+    assert_eq!(records[2]["caller"]["team"], "research");
+    assert!(!leash.audit_text().contains(secops_key) && !leash.audit_text().contains(&fp));
+}

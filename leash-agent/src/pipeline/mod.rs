@@ -361,7 +361,7 @@ fn build_module(
             alerts.clone(),
             Arc::clone(metrics),
         ))),
-        team::NAME => Ok(Box::new(team::TeamFromHeader)),
+        team::NAME => Ok(Box::new(team::TeamModule::new(config.teams.clone()))),
         usage::NAME => Ok(Box::new(usage::UsageModule::new(Arc::clone(
             &config.pricing,
         )))),
