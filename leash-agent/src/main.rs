@@ -419,6 +419,16 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
+/// Runs a server until it returns, on a multi-threaded runtime.
+fn block_on(server: impl Future<Output = Result<(), app::RunError>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(server)?;
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
@@ -476,12 +486,7 @@ fn run() -> anyhow::Result<()> {
                 audit_dir,
             };
             let config = Config::load(config.as_deref(), &overrides)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(app::run_gateway(config, shutdown_signal()))?;
-            Ok(())
+            block_on(app::run_gateway(config, shutdown_signal()))
         }
         Command::Run {
             config,
@@ -494,12 +499,7 @@ fn run() -> anyhow::Result<()> {
                 audit_dir,
             };
             let config = Config::load(config.as_deref(), &overrides)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(app::run_agent(config, shutdown_signal()))?;
-            Ok(())
+            block_on(app::run_agent(config, shutdown_signal()))
         }
         Command::Ca(CaCommand::Init {
             dir,

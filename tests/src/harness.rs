@@ -270,22 +270,29 @@ pub fn read_records(dir: &Path) -> Vec<Value> {
     out
 }
 
+/// Waits (up to 10 s) until `dir` holds at least `n` complete audit
+/// records; on timeout the failure shows them and `logs()`.
+pub fn wait_for_records(dir: &Path, n: usize, logs: impl Fn() -> String) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = read_records(dir);
+        if records.len() >= n {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} audit records, found {}:\n{records:#?}\nlogs:\n{}",
+            records.len(),
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 impl Leash {
     /// Waits (up to 10 s) until at least `n` audit records are on disk.
     pub fn wait_records(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let records = self.audit_records();
-            if records.len() >= n {
-                return records;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} audit records, found {}:\n{records:#?}",
-                records.len()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        wait_for_records(&self.audit_dir, n, || self.logs())
     }
 
     /// The Prometheus text from `/metrics`.
@@ -695,20 +702,7 @@ impl Agent {
     }
 
     pub fn wait_records(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let records = self.audit_records();
-            if records.len() >= n {
-                return records;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} audit records, found {}:\n{records:#?}\nlogs:\n{}",
-                records.len(),
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        wait_for_records(&self.audit_dir, n, || self.logs())
     }
 
     pub fn metrics(&self) -> String {

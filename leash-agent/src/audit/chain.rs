@@ -35,7 +35,8 @@ impl Default for ChainHead {
     }
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn hex_sha256(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     let mut out = String::with_capacity(64);
     for b in digest {

@@ -8,7 +8,6 @@
 //! the header counts only for teams with `header: true`.
 
 use async_trait::async_trait;
-use sha2::{Digest, Sha256};
 
 use super::{Exchange, Flow, Module, ModuleError, ProxyRequest};
 use crate::config::TeamConfig;
@@ -55,13 +54,7 @@ fn api_key(req: &ProxyRequest) -> Option<String> {
 
 /// Lower-case hex SHA-256 of a key: how keys are named in `teams:`.
 pub fn fingerprint(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            use std::fmt::Write as _;
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    crate::audit::chain::hex_sha256(key.as_bytes())
 }
 
 fn glob(pattern: &str, text: &str) -> bool {
