@@ -498,3 +498,81 @@ fn sigterm_detaches_and_flushes() {
     let out = w.chat(&w.public_ca.clone(), "sk-test");
     assert_success("direct after SIGTERM", &out);
 }
+
+/// Policy applies to intercepted calls like to gateway ones, and teams can
+/// be named by what only the agent knows: the calling executable.
+#[test]
+fn policy_and_caller_teams_apply_to_intercepted_calls() {
+    if !require_root() {
+        return;
+    }
+    let extra = "policy:
+  version: 1
+  rules:
+    - { name: block-secrets, match: { detectors: [secrets] }, action: block }
+    - { name: redact-email, match: { detectors: [email] }, action: redact }
+    - { name: tag-curl, match: { team: [curl-users] }, action: annotate, tags: [cli] }
+teams:
+  - { name: curl-users, exe: ['*/curl'] }
+";
+    let w = World::new(
+        "policy",
+        &[Host("api.openai.com", "127.10.0.13", true)],
+        extra,
+    );
+    let secret = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"use AKIAZ7QX3PLM9V2KD4RT"}]}"#;
+    let out = w.curl(
+        &w.agent.ca_pem(),
+        "https://api.openai.com/v1/chat/completions",
+        &["-H", "content-type: application/json", "-d", secret],
+    );
+    assert_success("curl with a secret", &out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "leash_policy_blocked", "{v}");
+    assert!(
+        w.mocks[0].requests().is_empty(),
+        "the secret reached the provider"
+    );
+
+    // The official SDK, default base URL: the email is redacted on the way.
+    let py = python();
+    let script = python_dir().join("sdk_check.py");
+    let ca = w.agent.ca_pem();
+    let out = run(&mut w.cgroup.command(
+        &w.hosts_file,
+        "env",
+        &[
+            &format!("SSL_CERT_FILE={}", ca.display()),
+            "LEASH_TEST_PROMPT=mail jane.roe@example.com",
+            py.to_str().unwrap(),
+            script.to_str().unwrap(),
+            "openai-chat",
+            "https://api.openai.com/v1",
+            "sk-test",
+        ],
+    ));
+    assert_success(&format!("SDK through the agent\n{}", w.agent.logs()), &out);
+    let body = String::from_utf8_lossy(&w.mocks[0].requests()[0].body).into_owned();
+    assert!(
+        body.contains("[REDACTED:email]") && !body.contains("jane.roe@example.com"),
+        "{body}"
+    );
+
+    let records = w.agent.wait_records(2);
+    assert_eq!(records[0]["policy"]["action"], "block", "{:#}", records[0]);
+    assert_eq!(
+        records[0]["caller"]["team"], "curl-users",
+        "team from the executable"
+    );
+    assert_eq!(
+        records[0]["policy"]["tags"],
+        serde_json::json!([]),
+        "block ends evaluation before tags"
+    );
+    assert_eq!(records[1]["policy"]["action"], "redact");
+    assert_eq!(
+        records[1]["caller"]["team"],
+        Value::Null,
+        "python is not in the curl team"
+    );
+}
