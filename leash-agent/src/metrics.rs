@@ -104,6 +104,7 @@ pub struct Metrics {
     findings: Family<FindingLabels, Counter>,
     models: Mutex<HashSet<String>>,
     teams: Mutex<HashSet<String>>,
+    rules: Mutex<HashSet<String>>,
     shadow_hosts: Mutex<HashSet<String>>,
 }
 
@@ -269,6 +270,7 @@ impl Metrics {
             findings,
             models: Mutex::new(HashSet::new()),
             teams: Mutex::new(HashSet::new()),
+            rules: Mutex::new(HashSet::new()),
             shadow_hosts: Mutex::new(HashSet::new()),
         }
     }
@@ -348,7 +350,7 @@ impl Metrics {
         if let Some(policy) = &record.policy {
             for f in &policy.findings {
                 let labels = FindingLabels {
-                    rule: bounded_label(&self.teams, &f.rule),
+                    rule: bounded_label(&self.rules, &f.rule),
                     detector: f.detector.clone(),
                     action: policy.action,
                 };

@@ -34,6 +34,26 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
 }
 
+/// The next connection, with `TCP_NODELAY` on. An accept error (out of file
+/// descriptors and the like) is logged, followed by a short back-off, and
+/// yields `None`: the caller keeps serving.
+pub async fn accept(
+    listener: &TcpListener,
+    name: &str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok((stream, peer)) => {
+            let _ = stream.set_nodelay(true);
+            Some((stream, peer))
+        }
+        Err(e) => {
+            tracing::warn!(listener = name, error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
 /// Serves `handler` on `listener` until `shutdown` turns true, then drains.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
@@ -51,17 +71,8 @@ pub async fn serve<H: Handler>(
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(listener = options.name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+            accepted = accept(&listener, options.name) => {
+                let Some((stream, peer)) = accepted else { continue };
                 let handler = Arc::clone(&handler);
                 let service = service_fn(move |req| {
                     let handler = Arc::clone(&handler);

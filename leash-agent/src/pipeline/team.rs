@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 
 use super::{Exchange, Flow, Module, ModuleError, ProxyRequest};
-use crate::config::TeamConfig;
+use crate::{config::TeamConfig, policy::glob};
 
 pub const NAME: &str = "team";
 pub const HEADER: &str = "x-leash-team";
@@ -55,22 +55,6 @@ fn api_key(req: &ProxyRequest) -> Option<String> {
 /// Lower-case hex SHA-256 of a key: how keys are named in `teams:`.
 pub fn fingerprint(key: &str) -> String {
     crate::audit::chain::hex_sha256(key.as_bytes())
-}
-
-fn glob(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((prefix, rest)) => {
-            text.starts_with(prefix) && (rest.is_empty() || glob_tail(rest, &text[prefix.len()..]))
-        }
-    }
-}
-
-fn glob_tail(pattern: &str, text: &str) -> bool {
-    // `pattern` follows a `*`: it may start anywhere in `text`.
-    (0..=text.len())
-        .filter(|&i| text.is_char_boundary(i))
-        .any(|i| glob(pattern, &text[i..]))
 }
 
 impl TeamModule {

@@ -150,7 +150,7 @@ enum Direction {
 }
 
 /// `*` matches any run of characters; everything else literally.
-fn glob(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
         return pattern == text;

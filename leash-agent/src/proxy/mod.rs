@@ -131,34 +131,12 @@ impl<C: Connect + Clone + Send + Sync + 'static> Forwarder<C> {
             Ok(Err(e)) => {
                 let cause = error_chain(&e);
                 tracing::warn!(request_id = %ex.id, provider = %ex.provider.name, error = %cause, "upstream request failed");
-                let message = format!(
-                    "leash: upstream for provider `{}` failed: {cause}",
-                    ex.provider.name
-                );
-                return local_response(
-                    &mut ex,
-                    &Rejection {
-                        status: StatusCode::BAD_GATEWAY,
-                        code: ErrorCode::UpstreamUnreachable,
-                        message,
-                    },
-                );
+                return upstream_failed(&mut ex, &format!("failed: {cause}"));
             }
             Err(_) => {
                 tracing::warn!(request_id = %ex.id, provider = %ex.provider.name, "upstream response timed out");
-                let message = format!(
-                    "leash: upstream for provider `{}` did not answer within {}s",
-                    ex.provider.name,
-                    self.response_timeout.as_secs()
-                );
-                return local_response(
-                    &mut ex,
-                    &Rejection {
-                        status: StatusCode::GATEWAY_TIMEOUT,
-                        code: ErrorCode::UpstreamTimeout,
-                        message,
-                    },
-                );
+                let detail = format!("did not answer within {}s", self.response_timeout.as_secs());
+                return upstream_timed_out(&mut ex, &detail);
             }
         };
 
@@ -231,33 +209,9 @@ impl<C: Connect + Clone + Send + Sync + 'static> Forwarder<C> {
             Ok(Buffered::Failed(e)) => {
                 let cause = error_chain(&e);
                 tracing::warn!(request_id = %ex.id, error = %cause, "upstream body failed");
-                let message = format!(
-                    "leash: upstream for provider `{}` failed: {cause}",
-                    ex.provider.name
-                );
-                local_response(
-                    &mut ex,
-                    &Rejection {
-                        status: StatusCode::BAD_GATEWAY,
-                        code: ErrorCode::UpstreamUnreachable,
-                        message,
-                    },
-                )
+                upstream_failed(&mut ex, &format!("failed: {cause}"))
             }
-            Err(_) => {
-                let message = format!(
-                    "leash: upstream for provider `{}` did not finish its response in time",
-                    ex.provider.name
-                );
-                local_response(
-                    &mut ex,
-                    &Rejection {
-                        status: StatusCode::GATEWAY_TIMEOUT,
-                        code: ErrorCode::UpstreamTimeout,
-                        message,
-                    },
-                )
-            }
+            Err(_) => upstream_timed_out(&mut ex, "did not finish its response in time"),
         }
     }
 }
@@ -297,6 +251,38 @@ async fn read_up_to(mut body: Incoming, limit: usize) -> Buffered {
             }
         }
     }
+}
+
+/// 502: the upstream could not be reached or broke off; `detail` says how.
+fn upstream_failed(ex: &mut ActiveExchange, detail: &str) -> Response<LeashBody> {
+    let message = format!(
+        "leash: upstream for provider `{}` {detail}",
+        ex.provider.name
+    );
+    local_response(
+        ex,
+        &Rejection {
+            status: StatusCode::BAD_GATEWAY,
+            code: ErrorCode::UpstreamUnreachable,
+            message,
+        },
+    )
+}
+
+/// 504: the upstream took too long; `detail` says for what.
+fn upstream_timed_out(ex: &mut ActiveExchange, detail: &str) -> Response<LeashBody> {
+    let message = format!(
+        "leash: upstream for provider `{}` {detail}",
+        ex.provider.name
+    );
+    local_response(
+        ex,
+        &Rejection {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            code: ErrorCode::UpstreamTimeout,
+            message,
+        },
+    )
 }
 
 /// Leash's own answer, in the provider's error shape. Ends the exchange.

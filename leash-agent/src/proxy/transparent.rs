@@ -197,16 +197,8 @@ impl Transparent {
     ) {
         loop {
             tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(conn) => conn,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "transparent accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
+                accepted = crate::server::accept(&listener, "transparent") => {
+                    let Some((stream, peer)) = accepted else { continue };
                     let this = Arc::clone(&self);
                     tokio::spawn(async move {
                         if let Err(e) = this.connection(stream, peer).await {
