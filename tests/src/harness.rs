@@ -232,15 +232,7 @@ impl Leash {
 
     /// The raw text of every audit file.
     pub fn audit_text(&self) -> String {
-        let mut text = String::new();
-        if let Ok(entries) = std::fs::read_dir(&self.audit_dir) {
-            let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-            paths.sort();
-            for p in paths {
-                text.push_str(&std::fs::read_to_string(p).unwrap_or_default());
-            }
-        }
-        text
+        audit_text(&self.audit_dir)
     }
 
     /// Complete records of every segment, in order (a torn last line, cut
@@ -701,6 +693,11 @@ impl Agent {
         read_records(&self.audit_dir)
     }
 
+    /// The raw text of every audit file.
+    pub fn audit_text(&self) -> String {
+        audit_text(&self.audit_dir)
+    }
+
     pub fn wait_records(&self, n: usize) -> Vec<Value> {
         wait_for_records(&self.audit_dir, n, || self.logs())
     }
@@ -708,6 +705,19 @@ impl Agent {
     pub fn metrics(&self) -> String {
         http_get(self.admin, "/metrics").expect("metrics").1
     }
+}
+
+/// The raw text of every file in an audit directory, in name order.
+pub fn audit_text(dir: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths {
+            text.push_str(&std::fs::read_to_string(p).unwrap_or_default());
+        }
+    }
+    text
 }
 
 impl Drop for Agent {

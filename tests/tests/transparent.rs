@@ -121,6 +121,41 @@ impl World {
     }
 }
 
+impl World {
+    /// `sdk_check.py CASE BASE sk-test` inside the cgroup, trusting only the
+    /// organisation CA, with `LEASH_TEST_PROMPT` and `LEASH_TEST_HEADERS`.
+    fn sdk(&self, case: &str, base: &str, prompt: &str, headers: &str) -> Output {
+        let py = python();
+        let script = python_dir().join("sdk_check.py");
+        let ca = self.agent.ca_pem();
+        let mut cmd = self.cgroup.command(
+            &self.hosts_file,
+            "env",
+            &[
+                &format!("SSL_CERT_FILE={}", ca.display()),
+                &format!("LEASH_TEST_PROMPT={prompt}"),
+                &format!("LEASH_TEST_HEADERS={headers}"),
+                py.to_str().unwrap(),
+                script.to_str().unwrap(),
+                case,
+                base,
+                "sk-test",
+            ],
+        );
+        for var in [
+            "OPENAI_API_KEY",
+            "ANTHROPIC_API_KEY",
+            "GOOGLE_API_KEY",
+            "GEMINI_API_KEY",
+            "HTTPS_PROXY",
+            "https_proxy",
+        ] {
+            cmd.env_remove(var);
+        }
+        run(&mut cmd)
+    }
+}
+
 fn assert_chat_ok(out: &Output, agent: &Agent) {
     assert_success(
         &format!("curl chat\n--- agent log ---\n{}", agent.logs()),
@@ -512,7 +547,9 @@ fn policy_and_caller_teams_apply_to_intercepted_calls() {
     - { name: block-secrets, match: { detectors: [secrets] }, action: block }
     - { name: redact-email, match: { detectors: [email] }, action: redact }
     - { name: tag-curl, match: { team: [curl-users] }, action: annotate, tags: [cli] }
+    - { name: tag-nobody, match: { caller: { uid: [65534] } }, action: annotate, tags: [uid-rule] }
 teams:
+  - { name: service-account, uid: [65534] }
   - { name: curl-users, exe: ['*/curl'] }
 ";
     let w = World::new(
@@ -558,7 +595,49 @@ teams:
         "{body}"
     );
 
-    let records = w.agent.wait_records(2);
+    // The same curl as uid 65534: the uid names the team (listed first)
+    // and a rule matches on the caller's uid.
+    let shared_ca = std::env::temp_dir().join(format!("leash-test-ca-{}.pem", std::process::id()));
+    std::fs::copy(w.agent.ca_pem(), &shared_ca).unwrap();
+    let out = run(&mut w.cgroup.command(
+        &w.hosts_file,
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            shared_ca.to_str().unwrap(),
+            "-H",
+            "content-type: application/json",
+            "-d",
+            CHAT,
+            "https://api.openai.com/v1/chat/completions",
+        ],
+    ));
+    let _ = std::fs::remove_file(&shared_ca);
+    assert_chat_ok(&out, &w.agent);
+
+    let records = w.agent.wait_records(3);
+    assert_eq!(records[2]["caller"]["uid"], 65534, "{:#}", records[2]);
+    assert_eq!(
+        records[2]["caller"]["team"], "service-account",
+        "{:#}",
+        records[2]
+    );
+    assert_eq!(
+        records[2]["policy"]["action"], "annotate",
+        "{:#}",
+        records[2]
+    );
+    assert_eq!(
+        records[2]["policy"]["tags"],
+        serde_json::json!(["uid-rule"])
+    );
     assert_eq!(records[0]["policy"]["action"], "block", "{:#}", records[0]);
     assert_eq!(
         records[0]["caller"]["team"], "curl-users",
@@ -575,4 +654,127 @@ teams:
         Value::Null,
         "python is not in the curl team"
     );
+}
+
+/// The policy through interception with each official SDK at its default
+/// URL: a secret blocks with the SDK's own 403 error and never reaches the
+/// provider, an email is redacted on the way, a shadow rule forwards
+/// unchanged and records what it would have done, and a secret split
+/// across response stream chunks ends the stream with an error each SDK
+/// raises.
+#[test]
+fn policy_applies_to_every_sdk_through_interception() {
+    if !require_root() {
+        return;
+    }
+    let extra = r"policy:
+  version: 1
+  detectors:
+    codenames: { regex: '(?i)\bproject\s+falcon\b' }
+  rules:
+    - { name: block-secrets, match: { detectors: [secrets] }, action: block }
+    - { name: redact-email, match: { detectors: [email] }, action: redact }
+    - { name: codename-shadow, match: { detectors: [codenames] }, action: block, mode: shadow }
+    - { name: no-secrets-out, match: { detectors: [secrets], direction: response }, action: block }
+";
+    let w = World::new(
+        "policy-sdk",
+        &[
+            Host("api.openai.com", "127.10.0.14", true),
+            Host("api.anthropic.com", "127.10.0.15", true),
+            Host("generativelanguage.googleapis.com", "127.10.0.16", true),
+        ],
+        extra,
+    );
+    let bases = [
+        ("openai", "https://api.openai.com/v1"),
+        ("anthropic", "https://api.anthropic.com"),
+        ("google", "https://generativelanguage.googleapis.com"),
+    ];
+    let sdk_json = |case: &str, base: &str, prompt: &str, headers: &str| -> Value {
+        let out = w.sdk(case, base, prompt, headers);
+        assert_success(&format!("{case}\n{}", w.agent.logs()), &out);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // A secret: each SDK's own permission error; no provider sees it.
+    for ((provider, base), class) in bases.iter().zip([
+        "PermissionDeniedError",
+        "PermissionDeniedError",
+        "ClientError",
+    ]) {
+        let r = sdk_json(
+            &format!("{provider}-error"),
+            base,
+            "deploy with AKIAZ7QX3PLM9V2KD4RT",
+            "{}",
+        );
+        assert_eq!(r["error_class"], class, "{provider}: {r}");
+        assert_eq!(r["status"], 403, "{provider}: {r}");
+        assert!(
+            r["message"].as_str().unwrap().contains("block-secrets"),
+            "{provider}: {r}"
+        );
+    }
+    for m in &w.mocks {
+        assert!(m.requests().is_empty(), "a secret reached the provider");
+    }
+
+    // An email: redacted before it leaves, in each provider's shape.
+    for (i, ((provider, base), case)) in bases
+        .iter()
+        .zip(["openai-chat", "anthropic", "google"])
+        .enumerate()
+    {
+        sdk_json(case, base, "mail jane.roe@example.com today", "{}");
+        let body = String::from_utf8_lossy(&w.mocks[i].requests()[0].body).into_owned();
+        assert!(
+            body.contains("[REDACTED:email]") && !body.contains("jane.roe@example.com"),
+            "{provider}: {body}"
+        );
+    }
+
+    // A shadow rule: forwarded unchanged, the would-be block recorded.
+    sdk_json("anthropic", bases[1].1, "status of project falcon?", "{}");
+    let body = String::from_utf8_lossy(&w.mocks[1].requests()[1].body).into_owned();
+    assert!(body.contains("project falcon"), "shadow changed it: {body}");
+
+    // A secret split across response chunks ends each SDK's stream.
+    let leaky =
+        r#"{"x-mock-text": "the key is AKIAZ7QX3PLM9V2KD4RT and then more", "x-mock-chunks": "6"}"#;
+    for ((provider, base), case) in bases.iter().zip([
+        "openai-chat-stream-error",
+        "anthropic-stream-error",
+        "google-stream-error",
+    ]) {
+        let r = sdk_json(case, base, "hi", leaky);
+        assert!(
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no-secrets-out")),
+            "{provider}: {r}"
+        );
+    }
+
+    let records = w.agent.wait_records(10);
+    for rec in &records[..3] {
+        assert_eq!(rec["mode"], "transparent", "{rec}");
+        assert_eq!(rec["status"], 403, "{rec}");
+        assert_eq!(rec["policy"]["action"], "block", "{rec}");
+        assert_eq!(rec["policy"]["findings"][0]["detector"], "aws_access_key");
+    }
+    for rec in &records[3..6] {
+        assert_eq!(rec["policy"]["action"], "redact", "{rec}");
+    }
+    let shadow = &records[6];
+    assert_eq!(shadow["status"], 200, "{shadow}");
+    assert_eq!(shadow["policy"]["action"], "block", "{shadow}");
+    assert_eq!(shadow["policy"]["shadow"], true, "{shadow}");
+    assert_eq!(shadow["policy"]["rules"][0], "codename-shadow", "{shadow}");
+    for rec in &records[7..] {
+        assert_eq!(rec["policy"]["action"], "block", "{rec}");
+        assert_eq!(rec["policy"]["rules"][0], "no-secrets-out", "{rec}");
+    }
+    let audit = w.agent.audit_text();
+    assert!(!audit.contains("AKIAZ7QX3PLM9V2KD4RT") && !audit.contains("jane.roe@"));
 }
