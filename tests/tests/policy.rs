@@ -197,6 +197,128 @@ fn team_rules_exempt_and_transform() {
     );
 }
 
+const TRANSFORMS: &str = r#"version: 1
+rules:
+  - name: contractor-limits
+    match: { team: [contractors] }
+    action: transform
+    max_tokens: 32
+    system_prepend: "Follow the ACME acceptable-use policy."
+    drop_fields: [tools, tool_choice]
+    set_headers: { x-acme-tier: contractor }
+    remove_headers: [openai-organization, anthropic-beta]
+  - name: contractors-on-flash-lite
+    match: { team: [contractors], provider: [google] }
+    action: transform
+    set_model: gemini-2.0-flash-lite
+"#;
+
+#[test]
+fn transforms_change_each_providers_own_fields_and_are_audited() {
+    let mock = MockProvider::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), TRANSFORMS).unwrap();
+    let leash = Leash::start_in(
+        dir,
+        &format!(
+            "{}policy: {{ file: policy.yaml }}\n",
+            mock_providers_yaml(&mock)
+        ),
+    );
+    let team = r#"{"x-leash-team": "contractors", "anthropic-beta": "tools-2024-04-04"}"#;
+    // OpenAI chat: tools dropped, a limit added, an instruction first.
+    let (status, _, body) = http_request(
+        leash.addr,
+        "POST",
+        "/v1/openai/chat/completions",
+        &[
+            ("x-leash-team", "contractors"),
+            ("openai-organization", "org-123"),
+        ],
+        br#"{"model":"gpt-4o","tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"auto","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // Anthropic and Gemini through their SDKs.
+    sdk(&leash, "anthropic", "anthropic", "hi", team);
+    sdk(&leash, "google", "google", "hi", team);
+
+    let reqs = mock.requests();
+    let chat = reqs[0].json();
+    assert!(chat.get("tools").is_none() && chat.get("tool_choice").is_none());
+    assert_eq!(chat["max_completion_tokens"], 32);
+    assert_eq!(chat["messages"][0]["role"], "system");
+    assert_eq!(
+        chat["messages"][0]["content"],
+        "Follow the ACME acceptable-use policy."
+    );
+    assert_eq!(chat["messages"][1]["content"], "hi");
+    assert!(reqs[0].headers.get("openai-organization").is_none());
+    assert_eq!(reqs[0].headers["x-acme-tier"], "contractor");
+
+    let claude = reqs[1].json();
+    assert_eq!(claude["max_tokens"], 32, "the SDK asked for 64");
+    assert_eq!(claude["system"], "Follow the ACME acceptable-use policy.");
+    assert!(reqs[1].headers.get("anthropic-beta").is_none());
+
+    let gemini = reqs[2].json();
+    assert!(
+        reqs[2]
+            .uri
+            .contains("/models/gemini-2.0-flash-lite:generateContent"),
+        "{}",
+        reqs[2].uri
+    );
+    assert_eq!(gemini["generationConfig"]["maxOutputTokens"], 32);
+    assert_eq!(
+        gemini["systemInstruction"]["parts"][0]["text"],
+        "Follow the ACME acceptable-use policy."
+    );
+
+    let records = leash.wait_records(3);
+    let ops = |rec: &Value| -> Vec<String> {
+        rec["policy"]["changes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no changes recorded: {rec}"))
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}:{}",
+                    c["op"].as_str().unwrap(),
+                    c["field"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        ops(&records[0]),
+        [
+            "cap_max_tokens:max_completion_tokens",
+            "system_prepend:messages[0]",
+            "drop_field:tools",
+            "drop_field:tool_choice",
+            "remove_header:openai-organization",
+            "set_header:x-acme-tier",
+        ]
+    );
+    assert_eq!(records[1]["policy"]["changes"][0]["from"], 64);
+    assert_eq!(records[1]["policy"]["changes"][0]["to"], 32);
+    assert_eq!(
+        records[2]["model"], "gemini-2.0-flash-lite",
+        "{}",
+        records[2]
+    );
+    assert_eq!(records[2]["policy"]["changes"][0]["op"], "set_model");
+    assert_eq!(
+        records[2]["policy"]["changes"][0]["from"],
+        "gemini-2.5-flash"
+    );
+    assert!(
+        !leash.audit_text().contains("contractor\""),
+        "a header value is in the audit"
+    );
+}
+
 #[test]
 fn unparseable_bodies_are_refused() {
     let (mock, leash) = start("enforce");

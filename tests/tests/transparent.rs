@@ -572,22 +572,12 @@ teams:
     );
 
     // The official SDK, default base URL: the email is redacted on the way.
-    let py = python();
-    let script = python_dir().join("sdk_check.py");
-    let ca = w.agent.ca_pem();
-    let out = run(&mut w.cgroup.command(
-        &w.hosts_file,
-        "env",
-        &[
-            &format!("SSL_CERT_FILE={}", ca.display()),
-            "LEASH_TEST_PROMPT=mail jane.roe@example.com",
-            py.to_str().unwrap(),
-            script.to_str().unwrap(),
-            "openai-chat",
-            "https://api.openai.com/v1",
-            "sk-test",
-        ],
-    ));
+    let out = w.sdk(
+        "openai-chat",
+        "https://api.openai.com/v1",
+        "mail jane.roe@example.com",
+        "{}",
+    );
     assert_success(&format!("SDK through the agent\n{}", w.agent.logs()), &out);
     let body = String::from_utf8_lossy(&w.mocks[0].requests()[0].body).into_owned();
     assert!(
@@ -756,7 +746,14 @@ fn policy_applies_to_every_sdk_through_interception() {
         );
     }
 
-    let records = w.agent.wait_records(10);
+    check_policy_records(&w.agent.wait_records(10));
+    let audit = w.agent.audit_text();
+    assert!(!audit.contains("AKIAZ7QX3PLM9V2KD4RT") && !audit.contains("jane.roe@"));
+}
+
+/// Records of `policy_applies_to_every_sdk_through_interception`: three
+/// blocks, three redactions, one shadow block, three response blocks.
+fn check_policy_records(records: &[Value]) {
     for rec in &records[..3] {
         assert_eq!(rec["mode"], "transparent", "{rec}");
         assert_eq!(rec["status"], 403, "{rec}");
@@ -775,6 +772,4 @@ fn policy_applies_to_every_sdk_through_interception() {
         assert_eq!(rec["policy"]["action"], "block", "{rec}");
         assert_eq!(rec["policy"]["rules"][0], "no-secrets-out", "{rec}");
     }
-    let audit = w.agent.audit_text();
-    assert!(!audit.contains("AKIAZ7QX3PLM9V2KD4RT") && !audit.contains("jane.roe@"));
 }

@@ -149,6 +149,8 @@ impl Exchange {
 pub struct ProxyRequest {
     pub head: http::request::Parts,
     pub body: Bytes,
+    /// The path it goes to upstream (without the query).
+    pub upstream_path: String,
 }
 
 /// Leash's own answer in place of the provider's.

@@ -10,6 +10,7 @@
 
 pub mod detect;
 pub mod text;
+pub mod transform;
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
@@ -19,7 +20,10 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use self::detect::{Custom, Detectors, Finding};
+use self::{
+    detect::{Custom, Detectors, Finding},
+    transform::{Change, Transform},
+};
 use crate::{
     alerts::Alerter,
     audit::AuditRecord,
@@ -77,8 +81,18 @@ struct RawRule {
     action: String,
     #[serde(default)]
     tags: Vec<String>,
-    set_model: Option<String>,
     mode: Option<String>,
+    // transform
+    set_model: Option<String>,
+    max_tokens: Option<u64>,
+    system_prepend: Option<String>,
+    system_append: Option<String>,
+    #[serde(default)]
+    drop_fields: Vec<String>,
+    #[serde(default)]
+    set_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    remove_headers: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,7 +196,7 @@ struct Rule {
     name: String,
     action: Action,
     tags: Vec<String>,
-    set_model: Option<String>,
+    transform: Transform,
     /// `Some(true)`: this rule only records (`mode: shadow` on the rule).
     shadow: Option<bool>,
     detectors: Option<Vec<usize>>,
@@ -225,8 +239,11 @@ pub struct Decision {
     /// True when nothing was changed because of shadow mode.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub set_model: Option<String>,
+    /// What transform rules changed in the request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<Change>,
+    #[serde(skip)]
+    transform: Transform,
     #[serde(skip)]
     redact: Vec<usize>,
     #[serde(skip)]
@@ -287,13 +304,27 @@ impl Policy {
             caller,
             endpoint.to_owned(),
         );
-        let req = ProxyRequest {
+        let mut req = ProxyRequest {
             head: http::Request::new(()).into_parts().0,
             body: Bytes::copy_from_slice(body),
+            upstream_path: endpoint.to_owned(),
         };
         crate::pipeline::identify::identify(&mut ex, &req);
         let (_, findings) = scan(self, &mut value);
-        Ok(self.decide(&ex, &req, &findings))
+        let mut decision = self.decide(&ex, &req, &findings);
+        if decision.block_rule.is_none() && !decision.transform.is_empty() {
+            decision.changes = decision
+                .transform
+                .apply(&mut transform::Target {
+                    kind: ex.provider.kind,
+                    endpoint,
+                    body: &mut value,
+                    headers: &mut req.head.headers,
+                    path: &mut req.upstream_path,
+                })
+                .changes;
+        }
+        Ok(decision)
     }
 
     fn compile(raw: RawPolicy, name: &str) -> Result<Self, PolicyError> {
@@ -438,7 +469,7 @@ impl Policy {
                         .flatten()
                         .filter(|x| found.contains(x)),
                 ),
-                Action::Transform => d.set_model.clone_from(&rule.set_model),
+                Action::Transform => d.transform.merge(&rule.transform),
                 Action::Alert => d.alerts.push(rule.name.clone()),
                 Action::Annotate => {}
             }
@@ -547,11 +578,20 @@ fn compile_rule(
             ));
         }
     };
-    if action == Action::Transform && r.set_model.is_none() {
+    let transform = compile_transform(&r, &field, name)?;
+    if action == Action::Transform && transform.is_empty() {
         return Err(invalid(
             name,
-            format!("{field}.set_model"),
-            "a transform rule needs set_model",
+            field,
+            "a transform rule needs at least one of set_model, max_tokens, system_prepend, \
+             system_append, drop_fields, set_headers, remove_headers",
+        ));
+    }
+    if action != Action::Transform && !transform.is_empty() {
+        return Err(invalid(
+            name,
+            field,
+            "set_model, max_tokens, system_*, drop_fields and *_headers need `action: transform`",
         ));
     }
     if action == Action::Redact && r.matcher.detectors.is_none() {
@@ -583,11 +623,60 @@ fn compile_rule(
         name: r.name,
         action,
         tags: r.tags,
-        set_model: r.set_model,
+        transform,
         shadow,
         detectors: dets,
         direction,
         m: r.matcher,
+    })
+}
+
+fn compile_transform(r: &RawRule, field: &str, name: &str) -> Result<Transform, PolicyError> {
+    let mut set_headers = Vec::new();
+    for (h, v) in &r.set_headers {
+        let n = transform::check_header_name(h)
+            .map_err(|e| invalid(name, format!("{field}.set_headers"), e))?;
+        let v = http::HeaderValue::from_str(v).map_err(|_| {
+            invalid(
+                name,
+                format!("{field}.set_headers.{h}"),
+                "not a valid header value",
+            )
+        })?;
+        set_headers.push((n, v));
+    }
+    let remove_headers = r
+        .remove_headers
+        .iter()
+        .map(|h| transform::check_header_name(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(name, format!("{field}.remove_headers"), e))?;
+    if let Some(bad) = r
+        .drop_fields
+        .iter()
+        .find(|p| p.is_empty() || p.split('.').any(str::is_empty) || *p == "model")
+    {
+        return Err(invalid(
+            name,
+            format!("{field}.drop_fields"),
+            format!("`{bad}` is not a field that can be dropped (dotted path; not `model`)"),
+        ));
+    }
+    if r.max_tokens == Some(0) {
+        return Err(invalid(
+            name,
+            format!("{field}.max_tokens"),
+            "must be at least 1",
+        ));
+    }
+    Ok(Transform {
+        set_model: r.set_model.clone(),
+        max_tokens: r.max_tokens,
+        system_prepend: r.system_prepend.iter().cloned().collect(),
+        system_append: r.system_append.iter().cloned().collect(),
+        drop_fields: r.drop_fields.clone(),
+        set_headers,
+        remove_headers,
     })
 }
 
@@ -797,18 +886,28 @@ impl Module for PolicyModule {
                 message,
             }));
         }
+        let mut decision = decision;
         let mut changed = false;
         if !decision.redact.is_empty() {
             redact(policy, &mut body, &per_text, &decision.redact);
             changed = true;
         }
-        if let Some(model) = &decision.set_model
-            && let Some(obj) = body.as_object_mut()
-            && obj.contains_key("model")
-        {
-            obj.insert("model".into(), Value::String(model.clone()));
-            ex.model = Some(model.clone());
-            changed = true;
+        if !decision.transform.is_empty() {
+            let applied = decision.transform.apply(&mut transform::Target {
+                kind: ex.provider.kind,
+                endpoint: &ex.endpoint,
+                body: &mut body,
+                headers: &mut req.head.headers,
+                path: &mut req.upstream_path,
+            });
+            if let Some(model) = applied.model {
+                ex.model = Some(model);
+                // Gemini names the model in the path: the endpoint follows.
+                let endpoint = ex.provider.upstream.endpoint_of(&req.upstream_path);
+                endpoint.clone_into(&mut ex.endpoint);
+            }
+            changed |= applied.body_changed;
+            decision.changes = applied.changes;
         }
         if changed {
             let bytes = serde_json::to_vec(&body).map_err(|e| ModuleError {
@@ -865,6 +964,7 @@ impl Module for PolicyModule {
                 rules: d.rules.clone(),
                 findings: d.findings.clone(),
                 tags: d.tags.clone(),
+                changes: d.changes.clone(),
                 shadow: d.shadow,
             });
         }
@@ -994,6 +1094,10 @@ pub struct PolicyRecord {
     pub rules: Vec<String>,
     pub findings: Vec<FindingRecord>,
     pub tags: Vec<String>,
+    /// What transform rules changed (fields and header names; never values
+    /// of headers).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<Change>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
 }
@@ -1025,7 +1129,15 @@ mod tests {
             ),
             (
                 "version: 1\nrules: [{name: r, action: transform}]\n",
-                "set_model",
+                "at least one of set_model",
+            ),
+            (
+                "version: 1\nrules: [{name: r, action: transform, set_headers: {host: x}}]\n",
+                "`host` cannot be changed",
+            ),
+            (
+                "version: 1\nrules: [{name: r, action: block, max_tokens: 5}]\n",
+                "need `action: transform`",
             ),
             ("version: 1\ndetectors: {x: {regex: '('}}\n", "detectors.x"),
         ];

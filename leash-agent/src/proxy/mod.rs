@@ -76,7 +76,11 @@ pub async fn admit<C: Connect + Clone + Send + Sync + 'static>(
             );
         }
     };
-    let mut request = ProxyRequest { head, body };
+    let mut request = ProxyRequest {
+        head,
+        body,
+        upstream_path: upstream_path.to_owned(),
+    };
     identify::identify(&mut ex, &request);
     if let Flow::Reject(rejection) = ex.request(&mut request).await {
         return local_response(&mut ex, &rejection);
@@ -84,7 +88,7 @@ pub async fn admit<C: Connect + Clone + Send + Sync + 'static>(
     let Ok(target) = ex
         .provider
         .upstream
-        .at_path(upstream_path, query.as_deref())
+        .at_path(&request.upstream_path, query.as_deref())
     else {
         return local_response(
             &mut ex,
@@ -114,7 +118,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Forwarder<C> {
         req: ProxyRequest,
         target: Uri,
     ) -> Response<LeashBody> {
-        let ProxyRequest { mut head, body } = req;
+        let ProxyRequest { mut head, body, .. } = req;
         headers::sanitize_request(&mut head.headers);
         head.headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
