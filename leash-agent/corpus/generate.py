@@ -117,6 +117,20 @@ for phrase in [
     add(phrase, "prompt_injection")
 for _ in range(5):
     add(f"The server is at {R.randint(11, 223)}.{R.randint(0, 255)}.{R.randint(0, 255)}.{R.randint(1, 254)} behind the firewall.", "ipv4")
+# IPv6 (own generator, so the samples above stay as they were).
+R6 = random.Random(6)
+
+
+def hexgroup():
+    return f"{R6.getrandbits(16):x}"
+
+
+for _ in range(4):
+    add(f"Reach the node at {':'.join(hexgroup() for _ in range(8))} on the VPN.", "ipv6")
+for _ in range(4):
+    add(f"Our prefix is 2001:db8:{hexgroup()}::{hexgroup()} in the lab.", "ipv6")
+add("Ping fe80::1ff:fe23:4567:890a from the jump host.", "ipv6")
+add("Resolve through 2606:4700:4700::1111 for now.", "ipv6")
 
 # --- hard negatives ---------------------------------------------------------
 for _ in range(20):
@@ -169,6 +183,15 @@ for text in [
     "The hidden layer has 128 units.", "Forget it, I'll do it myself.",
     "Send the report to the team tomorrow.", "The IBAN format is two letters and two digits, then the account.",
     "My phone broke yesterday.", "The card game starts at 8.",
+]:
+    add(text)
+for _ in range(5):
+    mac = ":".join(f"{R6.getrandbits(8):02x}" for _ in range(6))
+    add(f"The NIC has MAC {mac} on eth0.")
+for text in [
+    "std::vector<int> v; std::map<a, b> m;", "use crate::policy::detect::Finding;",
+    "Call Foo::Bar::baz() from the handler.", "The deadline is 23:59:59 on Friday.",
+    "Ratio 16:9 and 4:3 screens, time 10:00:00:00 code.", "Namespace a::b::c is deprecated.",
 ]:
     add(text)
 

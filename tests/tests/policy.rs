@@ -456,6 +456,55 @@ fn a_secret_split_across_stream_chunks_ends_the_stream() {
     assert!(!leash.audit_text().contains("AKIAZ7QX3PLM9V2KD4RT"));
 }
 
+/// A streamed answer with two emails cut across several events each.
+const CHATTY: &str = "write to jane.roe@example.com or to john.doe@example.org soon, thanks a lot";
+
+#[test]
+fn pii_split_across_stream_events_is_redacted_before_delivery() {
+    let mock = MockProvider::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        "version: 1
+rules:
+  - name: no-pii-out
+    match: { detectors: [email], direction: response }
+    action: redact
+",
+    )
+    .unwrap();
+    let leash = Leash::start_in(
+        dir,
+        &format!(
+            "{}policy: {{ file: policy.yaml }}\n",
+            mock_providers_yaml(&mock)
+        ),
+    );
+    let headers = format!(r#"{{"x-mock-text": "{CHATTY}", "x-mock-chunks": "25"}}"#);
+    let expected = "write to [REDACTED:email] or to [REDACTED:email] soon, thanks a lot";
+    for (provider, case) in [
+        ("openai", "openai-chat-stream"),
+        ("openai", "openai-responses-stream"),
+        ("anthropic", "anthropic-stream"),
+        ("google", "google-stream"),
+    ] {
+        let r = sdk(&leash, case, provider, "hi", &headers);
+        assert_eq!(r["text"], expected, "{provider} {case}: {r}");
+        assert!(r["chunks"].as_u64().unwrap() > 1, "{r}");
+    }
+    let records = leash.wait_records(4);
+    for rec in &records {
+        assert_eq!(rec["policy"]["action"], "redact", "{rec}");
+        assert_eq!(rec["policy"]["findings"][0]["detector"], "email", "{rec}");
+        assert_eq!(rec["policy"]["findings"][0]["count"], 1, "{rec}");
+        assert_eq!(
+            rec["policy"]["findings"].as_array().unwrap().len(),
+            2,
+            "{rec}"
+        );
+    }
+}
+
 fn reloads(leash: &Leash, result: &str) -> u64 {
     let metrics = leash.metrics();
     let needle = format!("leash_policy_reloads_total{{result=\"{result}\"}} ");

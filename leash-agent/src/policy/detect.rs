@@ -181,6 +181,17 @@ fn aws_key_id(text: &str) -> bool {
     entropy(text) >= 3.0
 }
 
+/// An IPv6 address that names a host: it parses, and has at least three
+/// groups written out (so `std::io`, `a::b`, MACs and clock times do not
+/// count; `::1` and `fe80::1` are not worth reporting).
+fn ipv6(text: &str) -> bool {
+    let Ok(addr) = text.parse::<std::net::Ipv6Addr>() else {
+        return false;
+    };
+    let groups = text.split(':').filter(|g| !g.is_empty()).count();
+    !addr.is_unspecified() && groups >= 3
+}
+
 /// (name, secret?, pattern, validator)
 const BUILTIN: &[(&str, bool, &str, Option<Validator>)] = &[
     (
@@ -214,6 +225,13 @@ const BUILTIN: &[(&str, bool, &str, Option<Validator>)] = &[
         false,
         r"(?:^|[^\d.])((?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d))(?:$|[^\d.])",
         None,
+    ),
+    // Candidates only; the validator parses them as addresses.
+    (
+        "ipv6",
+        false,
+        r"(?i)(?:^|[^0-9a-z:.])((?:[0-9a-f]{1,4}:|::)(?:[0-9a-f]{0,4}:){1,7}(?:[0-9a-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?)(?:$|[^0-9a-z:.])",
+        Some(ipv6),
     ),
     (
         "aws_access_key",

@@ -5,6 +5,8 @@
 
 use serde_json::Value;
 
+use crate::provider::ProviderKind;
+
 /// Keys whose string values are structure, not content.
 const STRUCTURAL: &[&str] = &[
     "modelVersion",
@@ -57,43 +59,92 @@ pub fn for_each_text(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
     }
 }
 
-/// The new text a stream event carries (what the model is saying), per
-/// provider: `OpenAI` chat deltas and tool-call arguments, Responses
-/// `*.delta` events, Anthropic `content_block_delta`, Gemini candidate parts.
-/// Identifiers and metadata in the event are not included, so text split
-/// across events joins up.
-pub fn stream_delta(kind: crate::provider::ProviderKind, v: &Value, out: &mut String) {
-    use crate::provider::ProviderKind;
-    let mut push = |t: &Value| match t {
-        Value::String(s) => out.push_str(s),
-        Value::Object(_) => out.push_str(&t.to_string()),
+/// One piece of the text a stream event carries: a string field that can
+/// be rewritten in place, or structured arguments (seen as their JSON text,
+/// which cannot be).
+pub enum DeltaPart<'a> {
+    Text(&'a mut String),
+    Json(&'a Value),
+}
+
+fn visit(v: &mut Value, f: &mut dyn FnMut(DeltaPart<'_>)) {
+    match v {
+        Value::String(s) => f(DeltaPart::Text(s)),
+        Value::Object(_) => f(DeltaPart::Json(v)),
         _ => {}
-    };
+    }
+}
+
+fn field<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Value> {
+    v.as_object_mut()?.get_mut(key)
+}
+
+/// Visits the new text a stream event carries (what the model is saying),
+/// per provider, in order: `OpenAI` chat deltas and tool-call arguments,
+/// Responses `*.delta` events, Anthropic `content_block_delta`, Gemini
+/// candidate parts. Identifiers and metadata are not visited, so text split
+/// across events joins up.
+pub fn for_each_delta(kind: ProviderKind, v: &mut Value, f: &mut dyn FnMut(DeltaPart<'_>)) {
     match kind {
         ProviderKind::OpenAi => {
-            if v["type"].as_str().and_then(|t| t.rsplit('.').next()) == Some("delta") {
-                push(&v["delta"]);
+            if v["type"].as_str().and_then(|t| t.rsplit('.').next()) == Some("delta")
+                && let Some(d) = field(v, "delta")
+            {
+                visit(d, f);
             }
-            for choice in v["choices"].as_array().into_iter().flatten() {
-                let delta = &choice["delta"];
-                push(&delta["content"]);
-                push(&delta["refusal"]);
-                for call in delta["tool_calls"].as_array().into_iter().flatten() {
-                    push(&call["function"]["arguments"]);
+            for choice in field(v, "choices")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                let Some(delta) = field(choice, "delta") else {
+                    continue;
+                };
+                for key in ["content", "refusal"] {
+                    if let Some(t) = field(delta, key) {
+                        visit(t, f);
+                    }
+                }
+                for call in field(delta, "tool_calls")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(args) =
+                        field(call, "function").and_then(|func| field(func, "arguments"))
+                    {
+                        visit(args, f);
+                    }
                 }
             }
         }
         ProviderKind::Anthropic => {
-            let delta = &v["delta"];
-            push(&delta["text"]);
-            push(&delta["partial_json"]);
-            push(&delta["thinking"]);
+            if let Some(delta) = field(v, "delta") {
+                for key in ["text", "partial_json", "thinking"] {
+                    if let Some(t) = field(delta, key) {
+                        visit(t, f);
+                    }
+                }
+            }
         }
         ProviderKind::Google => {
-            for cand in v["candidates"].as_array().into_iter().flatten() {
-                for part in cand["content"]["parts"].as_array().into_iter().flatten() {
-                    push(&part["text"]);
-                    push(&part["functionCall"]["args"]);
+            for cand in field(v, "candidates")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                for part in field(cand, "content")
+                    .and_then(|c| field(c, "parts"))
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(t) = field(part, "text") {
+                        visit(t, f);
+                    }
+                    if let Some(args) = field(part, "functionCall").and_then(|c| field(c, "args")) {
+                        visit(args, f);
+                    }
                 }
             }
         }
