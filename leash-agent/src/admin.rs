@@ -9,13 +9,20 @@ use hyper::body::Incoming;
 
 use crate::{metrics::Metrics, server::Handler};
 
+type Encode = Box<dyn Fn() -> String + Send + Sync>;
+
 pub struct Admin {
-    metrics: Arc<Metrics>,
+    encode: Encode,
 }
 
 impl Admin {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+        Self::with_encoder(Box::new(move || metrics.encode()))
+    }
+
+    /// An admin listener serving what `encode` returns as `/metrics`.
+    pub fn with_encoder(encode: Encode) -> Self {
+        Self { encode }
     }
 }
 
@@ -51,7 +58,7 @@ impl Handler for Admin {
             "/metrics" => text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics.encode(),
+                (self.encode)(),
             ),
             _ => text(
                 StatusCode::NOT_FOUND,

@@ -53,6 +53,8 @@ pub enum RunError {
     NoCgroup2,
     #[error("intercept.cgroup {0} is not a cgroup v2 directory")]
     NotCgroup(std::path::PathBuf),
+    #[error("audit.ship: cannot read {0}: {1}")]
+    ShipCredentials(std::path::PathBuf, std::io::Error),
 }
 
 /// The pieces every mode shares: metrics, the audit writer, the pipeline.
@@ -87,6 +89,29 @@ impl Core {
         )?);
         if policy.file().is_some() {
             tokio::spawn(crate::policy::watch(policy, Arc::clone(&metrics)));
+        }
+        if let Some(ship) = &config.audit.ship {
+            // Credentials are checked now: a typo fails the start, while an
+            // unreachable server only delays shipping.
+            for file in [&ship.nats.creds, &ship.nats.nkey_file, &ship.nats.ca_file]
+                .into_iter()
+                .flatten()
+            {
+                std::fs::File::open(file)
+                    .map_err(|e| RunError::ShipCredentials(file.clone(), e))?;
+            }
+            let shipper = crate::ship::Shipper::new(
+                ship.clone(),
+                &config.audit.dir,
+                &config.host_id,
+                Arc::clone(&metrics),
+            );
+            tracing::info!(nats = %ship.nats.url, stream = %ship.nats.stream, subject = %ship.subject, "shipping audit records");
+            tokio::spawn(async move {
+                if let Err(e) = shipper.run().await {
+                    tracing::error!(error = %e, "audit shipping stopped");
+                }
+            });
         }
         Ok(Self {
             metrics,

@@ -207,6 +207,46 @@ pub struct AuditConfig {
     pub segment_max_bytes: u64,
     /// Segments last written longer ago are removed; `None`: kept forever.
     pub retention: Option<Duration>,
+    /// Shipping to a central JetStream stream, if configured.
+    pub ship: Option<ShipConfig>,
+}
+
+/// How to reach a NATS server and which JetStream stream to use.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// `nats://host:port` or `tls://host:port` (several: comma-separated).
+    pub url: String,
+    pub stream: String,
+    pub creds: Option<PathBuf>,
+    pub token: Option<String>,
+    /// A file holding an nkey seed (`SU...`).
+    pub nkey_file: Option<PathBuf>,
+    /// Extra root certificate for `tls://` servers.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Shipping of this host's audit records.
+#[derive(Debug, Clone)]
+pub struct ShipConfig {
+    pub nats: NatsConfig,
+    /// The subject records are published on (`{host}` already replaced).
+    pub subject: String,
+    /// The subjects the stream takes when Leash creates it.
+    pub stream_subjects: String,
+    pub batch: usize,
+}
+
+/// `leash collector`: JetStream to PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    pub nats: NatsConfig,
+    /// The durable consumer all collectors share.
+    pub durable: String,
+    /// Subjects the stream takes when the collector creates it.
+    pub stream_subjects: String,
+    pub postgres_url: String,
+    pub admin_listen: SocketAddr,
+    pub batch: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -349,6 +389,48 @@ struct RawAudit {
     overflow: Option<String>,
     segment_max_bytes: Option<u64>,
     retention_days: Option<u64>,
+    ship: Option<RawShip>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShip {
+    nats: Option<RawNats>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNats {
+    url: Option<String>,
+    stream: Option<String>,
+    subject: Option<String>,
+    durable: Option<String>,
+    creds: Option<PathBuf>,
+    token: Option<String>,
+    nkey_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    batch: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCollectorFile {
+    collector: RawCollector,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCollector {
+    nats: RawNats,
+    postgres: RawPostgres,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    url: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -531,7 +613,7 @@ impl RawConfig {
                 600,
             )?,
         };
-        let audit = validate_audit(audit, base)?;
+        let audit = validate_audit(audit, base, &host_id)?;
         let pipeline = PipelineConfig {
             modules: validate_modules(pipeline.modules)?,
         };
@@ -664,7 +746,177 @@ fn validate_intercept(
     })
 }
 
-fn validate_audit(audit: RawAudit, base: &Path) -> Result<AuditConfig, ConfigError> {
+/// Default subject records are published on; `{host}` is the host id.
+const DEFAULT_SUBJECT: &str = "leash.audit.{host}";
+const DEFAULT_STREAM: &str = "LEASH_AUDIT";
+
+/// A host id as one subject token: no `.`, wildcards or spaces.
+fn subject_token(host: &str) -> String {
+    host.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn valid_subject(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.')
+            .all(|t| !t.is_empty() && !t.contains(char::is_whitespace))
+}
+
+fn validate_nats(raw: &RawNats, field: &str, base: &Path) -> Result<NatsConfig, ConfigError> {
+    let url = raw
+        .url
+        .clone()
+        .ok_or_else(|| invalid(format!("{field}.url"), "required (nats://host:4222)"))?;
+    for u in url.split(',') {
+        let u = u.trim();
+        let rest = u
+            .strip_prefix("nats://")
+            .or_else(|| u.strip_prefix("tls://"))
+            .ok_or_else(|| {
+                invalid(
+                    format!("{field}.url"),
+                    format!("`{u}` must start with nats:// or tls://"),
+                )
+            })?;
+        if rest.is_empty() {
+            return Err(invalid(format!("{field}.url"), "no host"));
+        }
+    }
+    let stream = raw.stream.clone().unwrap_or_else(|| DEFAULT_STREAM.into());
+    if stream.is_empty()
+        || !stream
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(invalid(
+            format!("{field}.stream"),
+            "letters, digits, `_` and `-` only",
+        ));
+    }
+    if raw.token.is_some() && (raw.creds.is_some() || raw.nkey_file.is_some()) {
+        return Err(invalid(field, "use one of token, creds and nkey_file"));
+    }
+    Ok(NatsConfig {
+        url,
+        stream,
+        creds: raw.creds.clone().map(|p| resolve(base, p)),
+        token: raw.token.clone(),
+        nkey_file: raw.nkey_file.clone().map(|p| resolve(base, p)),
+        ca_file: raw.ca_file.clone().map(|p| resolve(base, p)),
+    })
+}
+
+/// The subjects a stream takes: the template with `{host}` as `*`.
+fn stream_subjects(template: &str) -> String {
+    template.replace("{host}", "*")
+}
+
+fn batch(field: &str, value: Option<usize>) -> Result<usize, ConfigError> {
+    match value {
+        Some(0) => Err(invalid(field, "must be positive")),
+        Some(n) if n > 10_000 => Err(invalid(field, "at most 10000")),
+        Some(n) => Ok(n),
+        None => Ok(256),
+    }
+}
+
+fn validate_ship(
+    ship: Option<RawShip>,
+    base: &Path,
+    host: &str,
+) -> Result<Option<ShipConfig>, ConfigError> {
+    let Some(RawShip { nats: Some(raw) }) = ship else {
+        return Ok(None);
+    };
+    let nats = validate_nats(&raw, "audit.ship.nats", base)?;
+    if raw.durable.is_some() {
+        return Err(invalid("audit.ship.nats.durable", "is a collector setting"));
+    }
+    let template = raw
+        .subject
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SUBJECT.into());
+    let subject = template.replace("{host}", &subject_token(host));
+    if !valid_subject(&subject) || subject.contains(['*', '>']) {
+        return Err(invalid(
+            "audit.ship.nats.subject",
+            format!("`{template}` is not a subject (dot-separated tokens, no wildcards)"),
+        ));
+    }
+    Ok(Some(ShipConfig {
+        nats,
+        subject,
+        stream_subjects: stream_subjects(&template),
+        batch: batch("audit.ship.nats.batch", raw.batch)?,
+    }))
+}
+
+impl CollectorConfig {
+    /// Reads and validates a collector config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw: RawCollectorFile =
+            serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let c = raw.collector;
+        let nats = validate_nats(&c.nats, "collector.nats", base)?;
+        let durable = c
+            .nats
+            .durable
+            .clone()
+            .unwrap_or_else(|| "leash-collector".into());
+        if durable.is_empty()
+            || !durable
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(invalid(
+                "collector.nats.durable",
+                "letters, digits, `_` and `-` only",
+            ));
+        }
+        let template = c
+            .nats
+            .subject
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SUBJECT.into());
+        if !c.postgres.url.starts_with("postgres://")
+            && !c.postgres.url.starts_with("postgresql://")
+        {
+            return Err(invalid(
+                "collector.postgres.url",
+                "must start with postgres://",
+            ));
+        }
+        Ok(Self {
+            nats,
+            durable,
+            stream_subjects: stream_subjects(&template),
+            postgres_url: c.postgres.url,
+            admin_listen: parse_addr(
+                "collector.admin.listen",
+                c.admin.listen.as_deref(),
+                "127.0.0.1:9091",
+            )?,
+            batch: batch("collector.nats.batch", c.nats.batch)?,
+        })
+    }
+}
+
+fn validate_audit(audit: RawAudit, base: &Path, host: &str) -> Result<AuditConfig, ConfigError> {
     let segment_max_bytes = match audit.segment_max_bytes {
         Some(n) if n < 4096 => return Err(invalid("audit.segment_max_bytes", "at least 4096")),
         Some(n) => n,
@@ -683,6 +935,7 @@ fn validate_audit(audit: RawAudit, base: &Path) -> Result<AuditConfig, ConfigErr
     Ok(AuditConfig {
         segment_max_bytes,
         retention,
+        ship: validate_ship(audit.ship, base, host)?,
         dir: resolve(base, audit.dir.unwrap_or_else(|| DEFAULT_AUDIT_DIR.into())),
         queue_capacity: match audit.queue_capacity {
             Some(0) => return Err(invalid("audit.queue_capacity", "must be positive")),

@@ -70,6 +70,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         audit_dir: Option<PathBuf>,
     },
+    /// Run the central collector: a durable JetStream consumer that stores
+    /// every host's shipped audit records in PostgreSQL, checking each
+    /// host's hash chain and sequence.
+    Collector {
+        /// YAML file with a `collector:` section (nats, postgres, admin).
+        #[arg(short, long, env = "LEASH_COLLECTOR_CONFIG")]
+        config: PathBuf,
+    },
     /// The organisation CA that intercepted connections are signed with.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -143,12 +151,19 @@ enum AuditCommand {
         /// Only this policy action (allow, block, redact, ...).
         #[arg(long)]
         action: Option<String>,
-        /// Sum requests, tokens and cost by team, provider, model, user or exe.
+        /// Only this host (the `host` of each record).
+        #[arg(long)]
+        host: Option<String>,
+        /// Sum requests, tokens and cost by team, provider, model, user,
+        /// exe, host or rule (policy rules that matched).
         #[arg(long, value_name = "FIELD")]
         sum_by: Option<String>,
-        /// Print JSON instead of a table.
+        /// Print JSON instead of a table (records: one per line, as written).
         #[arg(long)]
         json: bool,
+        /// Query the fleet's central store instead of a local directory.
+        #[arg(long, value_name = "URL", env = "LEASH_POSTGRES_URL")]
+        postgres: Option<String>,
         #[command(flatten)]
         dir: AuditDir,
     },
@@ -263,8 +278,10 @@ fn audit_command(cmd: AuditCommand) -> anyhow::Result<()> {
             model,
             team,
             action,
+            host,
             sum_by,
             json,
+            postgres,
             dir,
         } => {
             let filter = leash_agent::audit::read::Filter {
@@ -277,8 +294,19 @@ fn audit_command(cmd: AuditCommand) -> anyhow::Result<()> {
                 model,
                 team,
                 action,
+                host,
             };
-            audit_query(&dir.resolve()?, &filter, sum_by, json)
+            if let Some(key) = &sum_by {
+                anyhow::ensure!(
+                    SUM_KEYS.contains(&key.as_str()),
+                    "--sum-by takes one of: {}",
+                    SUM_KEYS.join(", ")
+                );
+            }
+            match postgres {
+                Some(url) => fleet_query(&url, filter, sum_by, json),
+                None => audit_query(&dir.resolve()?, &filter, sum_by, json),
+            }
         }
     }
 }
@@ -345,6 +373,94 @@ fn audit_tail(dir: &std::path::Path, lines: usize, follow: bool) -> anyhow::Resu
     }
 }
 
+const SUM_KEYS: [&str; 7] = ["team", "provider", "model", "user", "exe", "host", "rule"];
+
+/// `leash audit query --postgres`: the same selections and sums over every
+/// host's records in the central store.
+fn fleet_query(
+    url: &str,
+    filter: leash_agent::audit::read::Filter,
+    sum_by: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use leash_agent::collector::store;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = store::connect(url).await?;
+        let fleet = store::FleetFilter {
+            since: filter.since,
+            host: filter.host,
+            provider: filter.provider,
+            model: filter.model,
+            team: filter.team,
+            action: filter.action,
+        };
+        if let Some(key) = sum_by {
+            return print_sums(&key, &store::sum_by(&client, &fleet, &key).await?, json);
+        }
+        for line in store::select_lines(&client, &fleet).await? {
+            if json {
+                println!("{line}");
+            } else {
+                print_record(&serde_json::from_str(&line)?);
+            }
+        }
+        Ok(())
+    })
+}
+
+fn print_sums(
+    key: &str,
+    sums: &std::collections::BTreeMap<String, leash_agent::audit::read::Totals>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(sums)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>9} {:>12} {:>12} {:>12}",
+        key, "requests", "input", "output", "cost_usd"
+    );
+    // Largest first: the top callers, teams or rules lead.
+    let mut rows: Vec<_> = sums.iter().collect();
+    rows.sort_by(|a, b| b.1.requests.cmp(&a.1.requests).then(a.0.cmp(b.0)));
+    for (group, t) in rows {
+        let unpriced = if t.unpriced > 0 {
+            format!("  ({} unpriced)", t.unpriced)
+        } else {
+            String::new()
+        };
+        println!(
+            "{group:<24} {:>9} {:>12} {:>12} {:>12.6}{unpriced}",
+            t.requests, t.input_tokens, t.output_tokens, t.cost_usd
+        );
+    }
+    Ok(())
+}
+
+fn print_record(r: &serde_json::Value) {
+    println!(
+        "{} {:<12} {:<10} {:<28} {:>4} in={:<7} out={:<7} cost={:<10} team={}",
+        r["ts"].as_str().unwrap_or("-"),
+        r["host"].as_str().unwrap_or("-"),
+        r["provider"].as_str().unwrap_or("-"),
+        r["model"].as_str().unwrap_or("-"),
+        r["status"]
+            .as_u64()
+            .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+        r["usage"]["input_tokens"].as_u64().unwrap_or(0),
+        r["usage"]["output_tokens"].as_u64().unwrap_or(0),
+        r["cost_usd"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.6}")),
+        r["caller"]["team"].as_str().unwrap_or("-"),
+    );
+}
+
 fn audit_query(
     dir: &std::path::Path,
     filter: &leash_agent::audit::read::Filter,
@@ -355,52 +471,13 @@ fn audit_query(
     let records = read::records(dir)?;
     let selected = records.iter().filter(|r| filter.matches(r));
     match sum_by {
-        Some(key) => {
-            anyhow::ensure!(
-                ["team", "provider", "model", "user", "exe"].contains(&key.as_str()),
-                "--sum-by takes team, provider, model, user or exe"
-            );
-            let sums = read::sum_by(selected, &key);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&sums)?);
-            } else {
-                println!(
-                    "{:<24} {:>9} {:>12} {:>12} {:>12}",
-                    key, "requests", "input", "output", "cost_usd"
-                );
-                for (group, t) in &sums {
-                    let unpriced = if t.unpriced > 0 {
-                        format!("  ({} unpriced)", t.unpriced)
-                    } else {
-                        String::new()
-                    };
-                    println!(
-                        "{group:<24} {:>9} {:>12} {:>12} {:>12.6}{unpriced}",
-                        t.requests, t.input_tokens, t.output_tokens, t.cost_usd
-                    );
-                }
-            }
-        }
+        Some(key) => print_sums(&key, &read::sum_by(selected, &key), json)?,
         None => {
             for r in selected {
                 if json {
                     println!("{r}");
                 } else {
-                    println!(
-                        "{} {:<10} {:<28} {:>4} in={:<7} out={:<7} cost={:<10} team={}",
-                        r["ts"].as_str().unwrap_or("-"),
-                        r["provider"].as_str().unwrap_or("-"),
-                        r["model"].as_str().unwrap_or("-"),
-                        r["status"]
-                            .as_u64()
-                            .map_or_else(|| "-".to_owned(), |s| s.to_string()),
-                        r["usage"]["input_tokens"].as_u64().unwrap_or(0),
-                        r["usage"]["output_tokens"].as_u64().unwrap_or(0),
-                        r["cost_usd"]
-                            .as_f64()
-                            .map_or_else(|| "-".to_owned(), |c| format!("{c:.6}")),
-                        r["caller"]["team"].as_str().unwrap_or("-"),
-                    );
+                    print_record(r);
                 }
             }
         }
@@ -500,6 +577,22 @@ fn run() -> anyhow::Result<()> {
             };
             let config = Config::load(config.as_deref(), &overrides)?;
             block_on(app::run_agent(config, shutdown_signal()))
+        }
+        Command::Collector { config } => {
+            let config = leash_agent::config::CollectorConfig::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    let _ = tx.send(true);
+                });
+                leash_agent::collector::run(config, rx).await
+            })?;
+            Ok(())
         }
         Command::Ca(CaCommand::Init {
             dir,

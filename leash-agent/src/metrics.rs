@@ -78,6 +78,11 @@ struct HostLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
     action: &'static str,
 }
@@ -93,6 +98,13 @@ pub struct Metrics {
     pub audit_records: Counter,
     pub audit_dropped: Counter,
     pub audit_write_errors: Counter,
+    /// Segments past retention kept because they are not shipped yet.
+    pub audit_retention_held: Counter,
+    pub audit_last_seq: Gauge,
+    pub ship_lag: Gauge,
+    pub ship_published: Counter,
+    ship_errors: Family<KindLabels, Counter>,
+    pub ship_last_ack: Gauge<f64, AtomicU64>,
     intercepted: Family<ActionLabels, Counter>,
     pub cert_mints: Counter,
     shadow_ai: Family<HostLabels, Counter>,
@@ -250,8 +262,50 @@ impl Metrics {
             "Audit writes or flushes that failed",
             Counter::default(),
         );
+        let audit_retention_held = register(
+            &mut r,
+            "leash_audit_retention_held",
+            "Audit segments past retention that were kept because they are not shipped yet",
+            Counter::default(),
+        );
+        let audit_last_seq = register(
+            &mut r,
+            "leash_audit_last_seq",
+            "Sequence number of the last audit record on disk",
+            Gauge::default(),
+        );
+        let ship_lag = register(
+            &mut r,
+            "leash_ship_lag_records",
+            "Audit records written locally and not yet acknowledged by JetStream",
+            Gauge::default(),
+        );
+        let ship_published = register(
+            &mut r,
+            "leash_ship_published",
+            "Audit records acknowledged by JetStream",
+            Counter::default(),
+        );
+        let ship_errors = register(
+            &mut r,
+            "leash_ship_errors",
+            "Shipping failures, by kind (connect, stream, publish, ack, cursor, spool)",
+            Family::<KindLabels, Counter>::default(),
+        );
+        let ship_last_ack = register(
+            &mut r,
+            "leash_ship_last_ack_timestamp_seconds",
+            "Unix time of the last JetStream acknowledgement",
+            Gauge::<f64, AtomicU64>::default(),
+        );
         Self {
             registry: r,
+            audit_retention_held,
+            audit_last_seq,
+            ship_lag,
+            ship_published,
+            ship_errors,
+            ship_last_ack,
             requests,
             duration,
             overhead,
@@ -277,6 +331,11 @@ impl Metrics {
 
     fn model_label(&self, model: Option<&str>) -> String {
         model.map_or_else(|| "unknown".to_owned(), |m| bounded_label(&self.models, m))
+    }
+
+    /// Counts a shipping failure.
+    pub fn ship_error(&self, kind: &'static str) {
+        self.ship_errors.get_or_create(&KindLabels { kind }).inc();
     }
 
     /// Counts a policy reload.

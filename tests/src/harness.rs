@@ -97,7 +97,7 @@ pub struct Leash {
 
 /// Debug for Leash (so anything a log line could leak shows up), quieter for
 /// libraries.
-const LOG_LEVEL: &str = "debug,aya=info,aya_obj=info,rustls=info,h2=info,hyper_util=info";
+const LOG_LEVEL: &str = "debug,aya=info,aya_obj=info,rustls=info,h2=info,hyper_util=info,async_nats=info,tokio_postgres=info";
 
 /// `leash` as a command with test logging (debug, so anything a log line
 /// could leak shows up).
@@ -242,11 +242,20 @@ impl Leash {
     }
 }
 
-/// Complete audit records in `dir`: each segment's newline-terminated lines.
-pub fn read_records(dir: &Path) -> Vec<Value> {
+/// The audit segments (`*.jsonl`) of `dir`, in name order (not the epoch
+/// and ship-cursor files beside them).
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
+    paths.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
+    paths.sort();
+    paths
+}
+
+/// Complete audit records in `dir`: each segment's newline-terminated lines.
+pub fn read_records(dir: &Path) -> Vec<Value> {
+    let mut paths = segment_files(dir);
     paths.sort();
     let mut out = Vec::new();
     for p in paths {
@@ -710,12 +719,8 @@ impl Agent {
 /// The raw text of every file in an audit directory, in name order.
 pub fn audit_text(dir: &Path) -> String {
     let mut text = String::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for p in paths {
-            text.push_str(&std::fs::read_to_string(p).unwrap_or_default());
-        }
+    for p in segment_files(dir) {
+        text.push_str(&std::fs::read_to_string(p).unwrap_or_default());
     }
     text
 }

@@ -8,6 +8,7 @@
 )]
 
 pub mod dns;
+pub mod fleet;
 pub mod harness;
 pub mod mock;
 pub mod tls;

@@ -12,7 +12,9 @@
 use std::{path::Path, process::Output, time::Duration};
 
 use leash_tests::{
-    harness::{Leash, assert_success, http_request, leash_command, mock_providers_yaml, run},
+    harness::{
+        Leash, assert_success, http_request, leash_command, mock_providers_yaml, run, segment_files,
+    },
     mock::MockProvider,
 };
 
@@ -23,12 +25,7 @@ fn verify(dir: &Path) -> Output {
 }
 
 fn segment(dir: &Path) -> std::path::PathBuf {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files.pop().unwrap()
+    segment_files(dir).pop().unwrap()
 }
 
 fn chat(leash: &Leash, team: &str) {
@@ -324,14 +321,7 @@ fn segments_rotate_by_size_and_expire_by_age_and_the_chain_still_verifies() {
         chat(&leash, "a");
     }
     leash.wait_records(24);
-    let segments = |dir: &Path| {
-        let mut v: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        v.sort();
-        v
-    };
+    let segments = segment_files;
     let before = segments(&leash.audit_dir);
     assert!(before.len() >= 3, "no rotation at 4 KiB: {before:?}");
     assert_success("verify across segments", &verify(&leash.audit_dir));

@@ -79,12 +79,9 @@ fn sigterm_drains_and_flushes_the_audit_trail() {
     assert_eq!(leash.audit_records().len(), 3);
     assert!(leash.logs().contains("leash stopped"));
     let mode = std::fs::metadata(
-        std::fs::read_dir(&leash.audit_dir)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path(),
+        leash_tests::harness::segment_files(&leash.audit_dir)
+            .first()
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(

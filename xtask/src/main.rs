@@ -21,8 +21,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what the tests need (curl, a Python venv with the official
-    /// SDKs), check formatting and lints, build, and run every test.
+    /// Install what the tests need (curl, psql and a PostgreSQL server, a
+    /// Python venv with the official SDKs and nats-server), check
+    /// formatting and lints, build, and run every test.
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
         #[arg(long)]
@@ -97,6 +98,27 @@ fn ensure_debian_packages(packages: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The fleet tests run a throw-away PostgreSQL cluster (`initdb`, `pg_ctl`
+/// as the `postgres` user): Debian's server package provides both, in
+/// `/usr/lib/postgresql/<version>/bin`.
+fn ensure_postgres_server() -> Result<()> {
+    let debian = std::fs::read_dir("/usr/lib/postgresql").is_ok_and(|versions| {
+        versions
+            .filter_map(Result::ok)
+            .any(|v| v.path().join("bin/initdb").exists())
+    });
+    if (have("initdb") && have("pg_ctl")) || debian {
+        return Ok(());
+    }
+    if !have("apt-get") {
+        bail!("PostgreSQL's initdb is missing and there is no apt-get to install it");
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", "postgresql"])
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
@@ -252,7 +274,13 @@ fn setup() -> Result<()> {
 }
 
 fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
-    ensure_debian_packages(&[("curl", "curl"), ("openssl", "openssl")])?;
+    ensure_debian_packages(&[
+        ("curl", "curl"),
+        ("openssl", "openssl"),
+        ("psql", "postgresql-client"),
+        ("runuser", "util-linux"),
+    ])?;
+    ensure_postgres_server()?;
     setup()?;
     let python = ensure_python_venv()?;
     if !no_lint {

@@ -61,6 +61,11 @@ pub fn seal(mut json: Vec<u8>, head: &mut ChainHead) -> Vec<u8> {
     json
 }
 
+/// Whether a sealed line (without its `\n`) matches its own hash.
+pub fn line_intact(line: &[u8]) -> bool {
+    check_seal(line).is_ok()
+}
+
 /// A sealed line's hash, if the line is intact (its hash matches its bytes).
 fn check_seal(line: &[u8]) -> Result<String, &'static str> {
     let at = line

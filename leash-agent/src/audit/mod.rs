@@ -5,6 +5,7 @@
 
 pub mod chain;
 pub mod read;
+pub mod spool;
 
 use std::{
     fs::{File, OpenOptions},
@@ -337,6 +338,9 @@ impl AuditWriter {
             .map_err(|e| AuditError::CreateDir(config.dir.clone(), e))?;
         let resume =
             chain::resume(&config.dir).map_err(|e| AuditError::Resume(config.dir.clone(), e))?;
+        // A chain that starts at seq 1 is a new epoch (for shipping).
+        spool::epoch(&config.dir, resume.head.seq == 0 && resume.torn.is_none())
+            .map_err(|e| AuditError::Resume(config.dir.clone(), e))?;
         // Segments are named by their first seq, so names sort in chain order.
         let path = config
             .dir
@@ -371,6 +375,8 @@ impl AuditWriter {
             dir: config.dir.clone(),
             max_bytes: config.segment_max_bytes,
             retention: config.retention,
+            hold_unshipped: config.ship.is_some(),
+            metrics: Arc::clone(&metrics),
         };
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let thread_metrics = Arc::clone(&metrics);
@@ -428,6 +434,10 @@ struct Segments {
     dir: PathBuf,
     max_bytes: u64,
     retention: Option<Duration>,
+    /// Shipping is on: a segment with records not yet acknowledged by
+    /// JetStream stays, whatever its age.
+    hold_unshipped: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl Segments {
@@ -451,10 +461,27 @@ impl Segments {
         let Ok(files) = chain::segments(&self.dir) else {
             return;
         };
-        for file in files.iter().filter(|f| f.as_path() != current) {
+        let shipped = self
+            .hold_unshipped
+            .then(|| spool::Cursor::read(&self.dir).map_or(0, |c| c.seq));
+        for (i, file) in files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.as_path() != current)
+        {
             let old = std::fs::metadata(file)
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > retention));
+            // Its last seq is one before the next segment's first.
+            let last = files
+                .get(i + 1)
+                .and_then(|next| next.file_name()?.to_str()?.get(6..22)?.parse::<u64>().ok())
+                .map_or(u64::MAX, |first| first.saturating_sub(1));
+            if old && shipped.is_some_and(|s| last > s) {
+                self.metrics.audit_retention_held.inc();
+                tracing::warn!(file = %file.display(), "audit segment past retention kept: not shipped yet");
+                continue;
+            }
             if old {
                 match std::fs::remove_file(file) {
                     Ok(()) => {
@@ -478,6 +505,9 @@ fn write_loop(
     metrics: &Metrics,
 ) {
     let mut path = path.to_owned();
+    metrics
+        .audit_last_seq
+        .set(i64::try_from(head.seq).unwrap_or(i64::MAX));
     let mut size = file.metadata().map_or(0, |m| m.len());
     let mut out = io::BufWriter::with_capacity(64 * 1024, file);
     let mut acks = Vec::new();
@@ -522,6 +552,9 @@ fn write_loop(
         let ok = match out.flush().and_then(|()| out.get_ref().sync_data()) {
             Ok(()) => {
                 metrics.audit_records.inc_by(written);
+                metrics
+                    .audit_last_seq
+                    .set(i64::try_from(head.seq).unwrap_or(i64::MAX));
                 true
             }
             Err(e) => {

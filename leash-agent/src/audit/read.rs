@@ -54,6 +54,7 @@ pub struct Filter {
     pub model: Option<String>,
     pub team: Option<String>,
     pub action: Option<String>,
+    pub host: Option<String>,
 }
 
 impl Filter {
@@ -72,6 +73,7 @@ impl Filter {
             && eq(&self.provider, &r["provider"])
             && eq(&self.model, &r["model"])
             && eq(&self.team, &r["caller"]["team"])
+            && eq(&self.host, &r["host"])
             && self
                 .action
                 .as_deref()
@@ -90,24 +92,31 @@ pub struct Totals {
     pub unpriced: u64,
 }
 
-/// Sums records by the value at `key` (`team`, `provider`, `model`, `user`).
+/// Sums records by the value at `key` (`team`, `provider`, `model`,
+/// `user`, `exe`, `host`; `rule`: each policy rule that matched).
 pub fn sum_by<'a>(records: impl Iterator<Item = &'a Value>, key: &str) -> BTreeMap<String, Totals> {
     let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
     for r in records {
-        let group = match key {
-            "team" | "user" | "exe" => &r["caller"][key],
-            other => &r[other],
+        let names: Vec<&str> = match key {
+            "team" | "user" | "exe" => vec![r["caller"][key].as_str().unwrap_or("-")],
+            "rule" => r["policy"]["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect(),
+            other => vec![r[other].as_str().unwrap_or("-")],
         };
-        let t = groups
-            .entry(group.as_str().unwrap_or("-").to_owned())
-            .or_default();
-        t.requests += 1;
-        t.input_tokens += r["usage"]["input_tokens"].as_u64().unwrap_or(0);
-        t.output_tokens += r["usage"]["output_tokens"].as_u64().unwrap_or(0);
-        match r["cost_usd"].as_f64() {
-            Some(c) => t.cost_usd += c,
-            None if r["usage"].is_object() => t.unpriced += 1,
-            None => {}
+        for name in names {
+            let t = groups.entry(name.to_owned()).or_default();
+            t.requests += 1;
+            t.input_tokens += r["usage"]["input_tokens"].as_u64().unwrap_or(0);
+            t.output_tokens += r["usage"]["output_tokens"].as_u64().unwrap_or(0);
+            match r["cost_usd"].as_f64() {
+                Some(c) => t.cost_usd += c,
+                None if r["usage"].is_object() => t.unpriced += 1,
+                None => {}
+            }
         }
     }
     groups

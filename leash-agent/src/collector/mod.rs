@@ -1,0 +1,326 @@
+//! `leash collector`: the central side of shipping. A durable JetStream pull
+//! consumer (shared by every collector, so several can run at once) feeds
+//! batches into PostgreSQL; a batch is acknowledged to JetStream only after
+//! its transaction commits, so a crash at any point means redelivery, and
+//! redelivery is harmless (`ON CONFLICT DO NOTHING`). Each host's hash chain
+//! and sequence are checked as records arrive; breaks and gaps go to
+//! `leash_chain_faults` and to metrics, never silently accepted.
+
+pub mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures_util::StreamExt;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::sync::watch;
+
+use crate::{
+    config::CollectorConfig,
+    metrics::KindLabels,
+    ship::{self, ShipError},
+};
+
+/// How long an unacknowledged message waits before JetStream redelivers it.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Gaps are only called gaps once the record after them is this old: a
+/// batch held by a collector that died is redelivered after `ACK_WAIT`, so
+/// until then a hole may just be records in flight.
+const GAP_SETTLE_SECS: i64 = 2 * ACK_WAIT.as_secs().cast_signed();
+const GAP_SCAN: Duration = Duration::from_secs(5);
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error(transparent)]
+    Nats(#[from] ShipError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on collector.admin.listen {0}: {1}")]
+    Bind(std::net::SocketAddr, std::io::Error),
+}
+
+pub struct CollectorMetrics {
+    registry: Registry,
+    records: Family<KindLabels, Counter>,
+    faults: Family<KindLabels, Counter>,
+    errors: Family<KindLabels, Counter>,
+    last_commit: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl CollectorMetrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let records = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "leash_collector_records",
+            "Records received, by kind (inserted, duplicate)",
+            records.clone(),
+        );
+        let faults = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "leash_collector_chain_faults",
+            "Problems found in hosts' audit chains, by kind (chain_break, gap)",
+            faults.clone(),
+        );
+        let errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "leash_collector_errors",
+            "Collector failures, by kind (nats, postgres, message)",
+            errors.clone(),
+        );
+        let last_commit = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "leash_collector_last_commit_timestamp_seconds",
+            "Unix time of the last committed batch",
+            last_commit.clone(),
+        );
+        Self {
+            registry,
+            records,
+            faults,
+            errors,
+            last_commit,
+        }
+    }
+
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    fn count(family: &Family<KindLabels, Counter>, kind: &'static str, n: u64) {
+        family.get_or_create(&KindLabels { kind }).inc_by(n);
+    }
+}
+
+/// Host and epoch of a message, from its headers (or its message id).
+fn origin(msg: &async_nats::Message) -> Option<(String, i64)> {
+    let headers = msg.headers.as_ref()?;
+    if let (Some(host), Some(epoch)) = (headers.get("Leash-Host"), headers.get("Leash-Epoch")) {
+        return Some((host.as_str().to_owned(), epoch.as_str().parse().ok()?));
+    }
+    let id = headers.get("Nats-Msg-Id")?.as_str();
+    let mut parts = id.rsplitn(3, ':');
+    let _seq = parts.next()?;
+    let epoch = parts.next()?.parse().ok()?;
+    Some((parts.next()?.to_owned(), epoch))
+}
+
+/// Runs the collector until `shutdown` turns true.
+pub async fn run(
+    cfg: CollectorConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), CollectorError> {
+    let metrics = Arc::new(CollectorMetrics::new());
+    let listener = tokio::net::TcpListener::bind(cfg.admin_listen)
+        .await
+        .map_err(|e| CollectorError::Bind(cfg.admin_listen, e))?;
+    let admin_metrics = Arc::clone(&metrics);
+    tokio::spawn(crate::server::serve(
+        listener,
+        None,
+        Arc::new(crate::admin::Admin::with_encoder(Box::new(move || {
+            admin_metrics.encode()
+        }))),
+        crate::server::ServeOptions {
+            name: "collector admin",
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(1),
+        },
+        shutdown.clone(),
+    ));
+
+    let mut db = store::connect(&cfg.postgres_url).await?;
+    store::migrate(&mut db).await?;
+    let client = ship::connect(&cfg.nats, "leash-collector", true).await?;
+    let js = jetstream::new(client);
+    let Some(consumer) = open_consumer(&cfg, &js, &metrics, &mut shutdown).await else {
+        return Ok(());
+    };
+    tracing::info!(stream = %cfg.nats.stream, durable = %cfg.durable, "collector ready");
+
+    let mut last_gap_scan = tokio::time::Instant::now();
+    let mut backoff = BACKOFF_START;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        if last_gap_scan.elapsed() >= GAP_SCAN {
+            last_gap_scan = tokio::time::Instant::now();
+            scan_gaps(&db, &metrics).await;
+        }
+        let batch = tokio::select! {
+            b = consumer.fetch().max_messages(cfg.batch).expires(Duration::from_secs(1)).messages() => b,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let mut messages = Vec::new();
+        match batch {
+            Ok(mut stream) => {
+                while let Some(m) = stream.next().await {
+                    match m {
+                        Ok(m) => messages.push(m),
+                        Err(e) => {
+                            CollectorMetrics::count(&metrics.errors, "nats", 1);
+                            tracing::warn!(error = %e, "collector: fetch failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                CollectorMetrics::count(&metrics.errors, "nats", 1);
+                tracing::warn!(error = %e, retry_in = ?backoff, "collector: cannot fetch");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        if store_batch(&cfg, &mut db, &messages, &metrics).await {
+            backoff = BACKOFF_START;
+        } else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// The shared durable consumer, once NATS and the stream are there; `None`
+/// if shutdown came first.
+async fn open_consumer(
+    cfg: &CollectorConfig,
+    js: &jetstream::Context,
+    metrics: &CollectorMetrics,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<jetstream::consumer::Consumer<pull::Config>> {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let attempt = async {
+            ship::ensure_stream(js, &cfg.nats.stream, &cfg.stream_subjects).await?;
+            let stream = js
+                .get_stream(&cfg.nats.stream)
+                .await
+                .map_err(|e| ShipError::Stream(cfg.nats.stream.clone(), e.to_string()))?;
+            stream
+                .get_or_create_consumer(
+                    &cfg.durable,
+                    pull::Config {
+                        durable_name: Some(cfg.durable.clone()),
+                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                        ack_wait: ACK_WAIT,
+                        max_ack_pending: 100_000,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| ShipError::Stream(cfg.nats.stream.clone(), e.to_string()))
+        };
+        match attempt.await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                CollectorMetrics::count(&metrics.errors, "nats", 1);
+                tracing::warn!(error = %e, retry_in = ?backoff, "collector: JetStream not ready");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return None,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+async fn scan_gaps(db: &tokio_postgres::Client, metrics: &CollectorMetrics) {
+    match store::find_gaps(db, GAP_SETTLE_SECS).await {
+        Ok(gaps) => {
+            for g in &gaps {
+                tracing::error!(host = %g.host, epoch = g.epoch, seq = g.seq, detail = %g.detail, "audit chain gap");
+            }
+            CollectorMetrics::count(&metrics.faults, "gap", gaps.len() as u64);
+        }
+        Err(e) => tracing::warn!(error = %e, "collector: gap scan failed"),
+    }
+}
+
+/// Stores one fetched batch and acknowledges it after the commit (or asks
+/// for redelivery). Whether it was stored.
+async fn store_batch(
+    cfg: &CollectorConfig,
+    db: &mut tokio_postgres::Client,
+    messages: &[jetstream::Message],
+    metrics: &CollectorMetrics,
+) -> bool {
+    let mut incoming = Vec::with_capacity(messages.len());
+    let mut accepted = Vec::with_capacity(messages.len());
+    for m in messages {
+        if let (Some((host, epoch)), Ok(line)) = (origin(m), std::str::from_utf8(&m.payload)) {
+            incoming.push(store::Incoming {
+                host,
+                epoch,
+                line: line.to_owned(),
+            });
+            accepted.push(m);
+        } else {
+            // Not a Leash record: terminate it, loudly.
+            CollectorMetrics::count(&metrics.errors, "message", 1);
+            tracing::error!(subject = %m.subject, "collector: message without Leash headers or not UTF-8; dropped");
+            let _ = m.ack_with(AckKind::Term).await;
+        }
+    }
+    if db.is_closed() {
+        match store::connect(&cfg.postgres_url).await {
+            Ok(c) => *db = c,
+            Err(e) => {
+                CollectorMetrics::count(&metrics.errors, "postgres", 1);
+                tracing::warn!(error = %e, "collector: PostgreSQL unavailable");
+                nak_all(&accepted).await;
+                return false;
+            }
+        }
+    }
+    match store::insert_batch(db, &incoming).await {
+        Ok(outcome) => {
+            // Committed: now (and only now) tell JetStream.
+            for m in &accepted {
+                if let Err(e) = m.ack().await {
+                    CollectorMetrics::count(&metrics.errors, "nats", 1);
+                    tracing::warn!(error = %e, "collector: ack failed (the record will be redelivered and ignored)");
+                }
+            }
+            CollectorMetrics::count(&metrics.records, "inserted", outcome.inserted);
+            CollectorMetrics::count(&metrics.records, "duplicate", outcome.duplicates);
+            for f in &outcome.faults {
+                tracing::error!(host = %f.host, epoch = f.epoch, seq = f.seq, detail = %f.detail, "audit chain break");
+                CollectorMetrics::count(&metrics.faults, f.kind, 1);
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            metrics.last_commit.set(now);
+            true
+        }
+        Err(e) => {
+            CollectorMetrics::count(&metrics.errors, "postgres", 1);
+            tracing::warn!(error = %e, "collector: batch not stored; it will be redelivered");
+            nak_all(&accepted).await;
+            false
+        }
+    }
+}
+
+async fn nak_all(messages: &[&jetstream::Message]) {
+    for m in messages {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+    }
+}

@@ -1,0 +1,274 @@
+//! Shipping: every audit record of this host to a central NATS JetStream
+//! stream, in order, nothing lost. The shipper follows the local spool from
+//! a persisted cursor, publishes each record with
+//! `Nats-Msg-Id = <host>:<epoch>:<seq>` (JetStream drops duplicates within
+//! its window; the collector's `ON CONFLICT` catches the rest), and moves the
+//! cursor (an atomic file write) only past records JetStream acknowledged.
+//! While NATS is away, records wait in the spool (retention keeps unshipped
+//! segments) and publishing retries with capped exponential backoff.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use async_nats::{HeaderMap, jetstream};
+
+use crate::{
+    audit::spool::{self, Cursor, Reader},
+    config::{NatsConfig, ShipConfig},
+    metrics::Metrics,
+};
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long an acknowledgement may take before the batch is retried.
+const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an idle shipper looks for new records.
+const POLL: Duration = Duration::from_millis(100);
+/// JetStream's de-duplication window on streams Leash creates.
+const DUPLICATE_WINDOW: Duration = Duration::from_mins(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error("cannot read NATS credentials {0}: {1}")]
+    Credentials(PathBuf, std::io::Error),
+    #[error("cannot connect to NATS at {0}: {1}")]
+    Connect(String, String),
+    #[error("JetStream stream {0}: {1}")]
+    Stream(String, String),
+    #[error("audit spool {0}: {1}")]
+    Spool(PathBuf, std::io::Error),
+}
+
+/// Connects to NATS as configured. With `background`, returns at once and
+/// keeps connecting (a shipper must start while the central side is down).
+pub async fn connect(
+    cfg: &NatsConfig,
+    name: &str,
+    background: bool,
+) -> Result<async_nats::Client, ShipError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None::<usize>)
+        // Back quickly once the server returns: at most a second between
+        // attempts (the client's default waits up to several).
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(100)
+                .saturating_mul(u32::try_from(attempts).unwrap_or(u32::MAX))
+                .min(Duration::from_secs(1))
+        });
+    if background {
+        opts = opts.retry_on_initial_connect();
+    }
+    if let Some(creds) = &cfg.creds {
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .map_err(|e| ShipError::Credentials(creds.clone(), e))?;
+    }
+    if let Some(token) = &cfg.token {
+        opts = opts.token(token.clone());
+    }
+    if let Some(file) = &cfg.nkey_file {
+        let seed =
+            std::fs::read_to_string(file).map_err(|e| ShipError::Credentials(file.clone(), e))?;
+        opts = opts.nkey(seed.trim().to_owned());
+    }
+    if let Some(ca) = &cfg.ca_file {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if cfg.url.starts_with("tls://") {
+        opts = opts.require_tls(true);
+    }
+    let addrs: Vec<async_nats::ServerAddr> = cfg
+        .url
+        .split(',')
+        .map(|u| {
+            u.trim()
+                .parse()
+                .map_err(|e| ShipError::Connect(u.trim().to_owned(), format!("{e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    opts.connect(addrs)
+        .await
+        .map_err(|e| ShipError::Connect(cfg.url.clone(), e.to_string()))
+}
+
+/// Makes sure the stream exists (created with file storage and a wide
+/// de-duplication window when it does not).
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: &str,
+) -> Result<(), ShipError> {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subjects.to_owned()],
+        storage: jetstream::stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| ShipError::Stream(name.to_owned(), e.to_string()))
+}
+
+/// The message id JetStream de-duplicates on.
+pub fn msg_id(host: &str, epoch: u64, seq: u64) -> String {
+    format!("{host}:{epoch}:{seq}")
+}
+
+pub struct Shipper {
+    cfg: ShipConfig,
+    dir: PathBuf,
+    host: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Shipper {
+    pub fn new(cfg: ShipConfig, dir: &Path, host: &str, metrics: Arc<Metrics>) -> Self {
+        Self {
+            cfg,
+            dir: dir.to_path_buf(),
+            host: host.to_owned(),
+            metrics,
+        }
+    }
+
+    /// Ships until the process ends. Errors are logged, counted and retried;
+    /// only a broken configuration (unreadable credentials) ends it.
+    pub async fn run(self) -> Result<(), ShipError> {
+        let client = connect(
+            &self.cfg.nats,
+            &format!("leash-shipper {}", self.host),
+            true,
+        )
+        .await?;
+        let mut js = jetstream::new(client);
+        js.set_timeout(ACK_TIMEOUT);
+        let mut backoff = BACKOFF_START;
+        let mut stream_ready = false;
+        loop {
+            if !stream_ready {
+                match ensure_stream(&js, &self.cfg.nats.stream, &self.cfg.stream_subjects).await {
+                    Ok(()) => stream_ready = true,
+                    Err(e) => {
+                        self.metrics.ship_error("stream");
+                        tracing::warn!(error = %e, retry_in = ?backoff, "audit shipping: stream not ready");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                }
+            }
+            match self.ship_from_cursor(&js).await {
+                Ok(()) => backoff = BACKOFF_START,
+                Err(kind) => {
+                    self.metrics.ship_error(kind);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Reads from the cursor and publishes until something fails; returns
+    /// the kind of failure (the caller backs off, then starts again from
+    /// the cursor).
+    async fn ship_from_cursor(&self, js: &jetstream::Context) -> Result<(), &'static str> {
+        let epoch = spool::read_epoch(&self.dir)
+            .map_err(|e| self.spool_error(&e))?
+            .unwrap_or(0);
+        let mut cursor = Cursor::load(&self.dir, epoch).map_err(|e| self.spool_error(&e))?;
+        let mut reader = Reader::new(&self.dir, cursor.seq);
+        loop {
+            // A spool started anew (new epoch): start over from its start.
+            if spool::read_epoch(&self.dir).ok().flatten().unwrap_or(0) != cursor.epoch {
+                return Ok(());
+            }
+            let batch = reader
+                .next_batch(self.cfg.batch)
+                .map_err(|e| self.spool_error(&e))?;
+            if batch.is_empty() {
+                self.update_lag(cursor.seq);
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            let mut pending = Vec::with_capacity(batch.len());
+            let mut failed = None;
+            for line in &batch {
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    "Nats-Msg-Id",
+                    msg_id(&self.host, cursor.epoch, line.seq).as_str(),
+                );
+                headers.insert("Leash-Host", self.host.as_str());
+                headers.insert("Leash-Epoch", cursor.epoch.to_string().as_str());
+                match js
+                    .publish_with_headers(self.cfg.subject.clone(), headers, line.bytes.clone())
+                    .await
+                {
+                    Ok(ack) => pending.push((line.seq, ack)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "audit shipping: publish failed");
+                        failed = Some("publish");
+                        break;
+                    }
+                }
+            }
+            // Acks in order: the cursor moves over the acknowledged prefix.
+            let mut acked = None;
+            for (seq, ack) in pending {
+                match ack.await {
+                    Ok(_) => acked = Some(seq),
+                    Err(e) => {
+                        tracing::warn!(error = %e, seq, "audit shipping: no acknowledgement");
+                        failed = Some("ack");
+                        break;
+                    }
+                }
+            }
+            if let Some(seq) = acked {
+                let n = seq - cursor.seq;
+                cursor.seq = seq;
+                if let Err(e) = cursor.store(&self.dir) {
+                    tracing::error!(error = %e, "audit shipping: cannot write the cursor");
+                    return Err("cursor");
+                }
+                self.metrics.ship_published.inc_by(n);
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                self.metrics.ship_last_ack.set(now);
+                self.update_lag(cursor.seq);
+            }
+            if let Some(kind) = failed {
+                return Err(kind);
+            }
+            if reader.skipped > 0 {
+                tracing::warn!(
+                    lines = reader.skipped,
+                    "audit shipping: skipped lines that are not records (torn tails)"
+                );
+                reader.skipped = 0;
+            }
+        }
+    }
+
+    fn spool_error(&self, e: &std::io::Error) -> &'static str {
+        tracing::error!(dir = %self.dir.display(), error = %e, "audit shipping: cannot read the spool");
+        "spool"
+    }
+
+    /// Records written but not acknowledged: the newest seq on disk minus
+    /// the cursor.
+    fn update_lag(&self, shipped: u64) {
+        let newest = u64::try_from(self.metrics.audit_last_seq.get()).unwrap_or(0);
+        self.metrics
+            .ship_lag
+            .set(i64::try_from(newest.saturating_sub(shipped)).unwrap_or(i64::MAX));
+    }
+}

