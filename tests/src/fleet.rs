@@ -43,6 +43,7 @@ fn nats_server_bin() -> PathBuf {
 pub struct Nats {
     child: Option<Child>,
     pub port: u16,
+    token: Option<String>,
     config: PathBuf,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -50,13 +51,21 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Self {
+        Self::start_with_token(None)
+    }
+
+    /// A server that only admits clients presenting `token`.
+    pub fn start_with_token(token: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = dir.path().join("nats.conf");
+        let auth = token.map_or_else(String::new, |t| {
+            format!("authorization {{\n  token: \"{t}\"\n}}\n")
+        });
         std::fs::write(
             &config,
             format!(
-                "host: 127.0.0.1\nport: {port}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                "host: 127.0.0.1\nport: {port}\n{auth}jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
                 dir.path().join("js").display()
             ),
         )
@@ -65,6 +74,7 @@ impl Nats {
         let mut nats = Self {
             child: None,
             port,
+            token: token.map(str::to_owned),
             config,
             log,
             _dir: dir,
@@ -75,6 +85,15 @@ impl Nats {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The inside of a `nats: { ... }` config block for this server.
+    pub fn yaml(&self) -> String {
+        let token = self
+            .token
+            .as_ref()
+            .map_or_else(String::new, |t| format!(", token: \"{t}\""));
+        format!("url: \"{}\", stream: LEASH_AUDIT{token}", self.url())
     }
 
     /// Starts the server (again).
@@ -258,14 +277,15 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn start(nats_url: &str, postgres_url: &str) -> Self {
+    pub fn start(nats: &Nats, postgres_url: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config = dir.path().join("collector.yaml");
         std::fs::write(
             &config,
             format!(
-                "collector:\n  nats: {{ url: \"{nats_url}\", stream: LEASH_AUDIT, durable: leash-collector }}\n  postgres: {{ url: \"{postgres_url}\" }}\n  admin: {{ listen: \"{admin}\" }}\n"
+                "collector:\n  nats: {{ {}, durable: leash-collector }}\n  postgres: {{ url: \"{postgres_url}\" }}\n  admin: {{ listen: \"{admin}\" }}\n",
+                nats.yaml()
             ),
         )
         .expect("write collector config");

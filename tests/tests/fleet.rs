@@ -26,9 +26,10 @@ use leash_tests::{
 
 const CHAT: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 
-fn host_yaml(host: &str, mock: &MockProvider, nats: &str) -> String {
+fn host_yaml(host: &str, mock: &MockProvider, nats: &Nats) -> String {
     format!(
-        "host_id: {host}\naudit:\n  ship:\n    nats: {{ url: \"{nats}\", stream: LEASH_AUDIT, subject: \"leash.audit.{{host}}\" }}\n{}",
+        "host_id: {host}\naudit:\n  ship:\n    nats: {{ {}, subject: \"leash.audit.{{host}}\" }}\n{}",
+        nats.yaml(),
         mock_providers_yaml(mock)
     )
 }
@@ -100,18 +101,13 @@ fn three_hosts_ship_every_record_exactly_once_through_a_nats_outage() {
     let mut nats = Nats::start();
     // Two collectors share the durable consumer.
     let collectors = [
-        Collector::start(&nats.url(), &pg.url()),
-        Collector::start(&nats.url(), &pg.url()),
+        Collector::start(&nats, &pg.url()),
+        Collector::start(&nats, &pg.url()),
     ];
     let mock = MockProvider::start();
     let hosts: Vec<(String, Leash)> = ["web-1", "web-2", "web-3"]
         .iter()
-        .map(|h| {
-            (
-                (*h).to_owned(),
-                Leash::start(&host_yaml(h, &mock, &nats.url())),
-            )
-        })
+        .map(|h| ((*h).to_owned(), Leash::start(&host_yaml(h, &mock, &nats))))
         .collect();
     let loads: Vec<_> = hosts
         .iter()
@@ -195,9 +191,9 @@ fn three_hosts_ship_every_record_exactly_once_through_a_nats_outage() {
 fn killing_the_collector_or_the_shipper_loses_and_duplicates_nothing() {
     let pg = Postgres::start();
     let nats = Nats::start();
-    let mut collector = Collector::start(&nats.url(), &pg.url());
+    let mut collector = Collector::start(&nats, &pg.url());
     let mock = MockProvider::start();
-    let mut leash = Leash::start(&host_yaml("db-1", &mock, &nats.url()));
+    let mut leash = Leash::start(&host_yaml("db-1", &mock, &nats));
     let load = paced_load(leash.addr, 1500, Duration::from_millis(4));
     let stored = || pg.count("SELECT count(*) FROM leash_audit");
 
@@ -248,11 +244,12 @@ fn killing_the_collector_or_the_shipper_loses_and_duplicates_nothing() {
 #[test]
 fn a_record_tampered_with_before_shipping_is_flagged_as_a_chain_break() {
     let pg = Postgres::start();
-    let mut nats = Nats::start();
+    // A server that wants a token: shipper and collector present it.
+    let mut nats = Nats::start_with_token(Some("fleet-token-Xq9"));
     nats.stop();
     let mock = MockProvider::start();
     // NATS is down: records wait in the spool.
-    let mut leash = Leash::start(&host_yaml("edge-1", &mock, &nats.url()));
+    let mut leash = Leash::start(&host_yaml("edge-1", &mock, &nats));
     for _ in 0..5 {
         let r = http_request(leash.addr, "POST", "/v1/openai/chat/completions", &[], CHAT);
         assert_eq!(r.unwrap().0, 200);
@@ -274,7 +271,7 @@ fn a_record_tampered_with_before_shipping_is_flagged_as_a_chain_break() {
     std::fs::write(&segment, edited.join("\n") + "\n").unwrap();
 
     nats.restart();
-    let collector = Collector::start(&nats.url(), &pg.url());
+    let collector = Collector::start(&nats, &pg.url());
     leash.restart();
     wait_until(
         "the spool shipped",
@@ -294,4 +291,7 @@ fn a_record_tampered_with_before_shipping_is_flagged_as_a_chain_break() {
         collector.metrics()
     );
     assert!(collector.logs().contains("audit chain break"));
+    for logs in [leash.logs(), collector.logs()] {
+        assert!(!logs.contains("fleet-token-Xq9"), "the NATS token is logged");
+    }
 }

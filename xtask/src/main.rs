@@ -118,7 +118,13 @@ fn ensure_postgres_server() -> Result<()> {
     }
     run(Command::new("apt-get").arg("update").arg("-q"))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends", "postgresql"])
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "postgresql",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
