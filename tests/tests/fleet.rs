@@ -292,6 +292,9 @@ fn a_record_tampered_with_before_shipping_is_flagged_as_a_chain_break() {
     );
     assert!(collector.logs().contains("audit chain break"));
     for logs in [leash.logs(), collector.logs()] {
-        assert!(!logs.contains("fleet-token-Xq9"), "the NATS token is logged");
+        assert!(
+            !logs.contains("fleet-token-Xq9"),
+            "the NATS token is logged"
+        );
     }
 }
