@@ -9,6 +9,8 @@ use std::{
     process::{Command, Stdio},
 };
 
+mod bench;
+
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
@@ -35,6 +37,13 @@ enum Task {
     /// Install what the eBPF build needs: the nightly toolchain's `rust-src`
     /// and bpf-linker built against rustc's own LLVM.
     Setup,
+    /// Benchmark Leash against a direct call and nginx (measured from
+    /// outside; writes BENCHMARKS.md, bench/results.json, bench/latency.svg).
+    Bench {
+        /// A short run (a few minutes): 3 rates, 6 s each, one round.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Install the eBPF toolchain if needed, build Leash (release) and start
     /// it on its embedded defaults: `leash run` (the transparent agent) as
     /// root, `leash gateway` otherwise. Arguments go to `leash` instead
@@ -380,7 +389,17 @@ fn run_leash(args: &[OsString]) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Setup => setup(),
+        Task::Bench { quick } => bench::bench(quick),
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Run { args } => run_leash(&args),
     }
+}
+
+/// Today's date (UTC), as `YYYY-MM-DD`.
+fn today() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }

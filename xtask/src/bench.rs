@@ -1,0 +1,812 @@
+//! `cargo xtask bench [--quick]`: Leash side by side with a direct call and a
+//! do-nothing proxy (nginx), measured from outside by `leash-bench` against
+//! the same lean upstream, in one run, with the load generator pinned to
+//! one CPU and the contender + upstream to the other. Writes
+//! `BENCHMARKS.md`, `bench/results.json` and `bench/latency.svg`.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::{cargo, ensure_debian_packages, root, run, target_dir};
+
+/// CPU of the load generator; contenders and the upstream get the other.
+const LOADGEN_CPU: &str = "0";
+const SERVER_CPU: &str = "1";
+
+struct Plan {
+    rates: Vec<f64>,
+    seconds: f64,
+    rounds: usize,
+    saturate_seconds: f64,
+    sse_requests: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                rates: vec![500.0, 1000.0, 2000.0],
+                seconds: 6.0,
+                rounds: 1,
+                saturate_seconds: 3.0,
+                sse_requests: 20,
+            }
+        } else {
+            Self {
+                rates: vec![500.0, 1000.0, 2000.0, 4000.0],
+                seconds: 20.0,
+                rounds: 3,
+                saturate_seconds: 10.0,
+                sse_requests: 100,
+            }
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn wait_port(port: u16, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} is not listening on {port} after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A process started for the run, killed at the end.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, log: &Path) -> Result<Self> {
+        let log = std::fs::File::create(log)?;
+        let child = cmd
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        Ok(Self { child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pinned(cpu: &str, program: &Path) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", cpu]).arg(program);
+    c
+}
+
+/// A process and its descendants (nginx serves from worker children).
+fn family(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for t in tasks {
+            let children = std::fs::read_to_string(t.join("children")).unwrap_or_default();
+            out.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    out
+}
+
+/// `VmRSS` (or another field) of a process and its children, in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
+    family(pid)
+        .into_iter()
+        .filter_map(|p| {
+            let s = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        })
+        .sum::<f64>()
+        / 1024.0
+}
+
+/// CPU time (user + system) of a process and its children so far, in
+/// seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    family(pid)
+        .into_iter()
+        .map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            // After the command name: state is field 0; utime 11, stime 12.
+            (ticks(11) + ticks(12)) / 100.0
+        })
+        .sum()
+}
+
+struct Contender {
+    name: &'static str,
+    what: String,
+    url: String,
+    /// The process whose CPU and memory are the contender's (the upstream
+    /// for `direct`).
+    pid: u32,
+    _proc: Option<Proc>,
+}
+
+fn leash_config(dir: &Path, upstream: u16, extra: &str) -> Result<PathBuf> {
+    let path = dir.join(format!("leash-{}.yaml", free_port()?));
+    std::fs::write(
+        &path,
+        format!(
+            "providers:\n  openai: {{ upstream: \"http://127.0.0.1:{upstream}/v1\" }}\n{extra}"
+        ),
+    )?;
+    Ok(path)
+}
+
+const EXAMPLE_POLICY: &str = r"policy:
+  version: 1
+  detectors:
+    codenames: { regex: '(?i)\bproject\s+(falcon|osprey)\b' }
+  rules:
+    - { name: block-secrets, match: { detectors: [secrets] }, action: block }
+    - { name: redact-pii, match: { detectors: [email, phone, credit_card, us_ssn, iban] }, action: redact }
+    - { name: tag-codenames, match: { detectors: [codenames] }, action: annotate, tags: [confidential] }
+    - { name: no-secrets-out, match: { detectors: [secrets], direction: response }, action: block }
+";
+
+fn start_leash(
+    name: &'static str,
+    what: &str,
+    bin: &Path,
+    dir: &Path,
+    upstream: u16,
+    extra: &str,
+) -> Result<Contender> {
+    let config = leash_config(dir, upstream, extra)?;
+    let port = free_port()?;
+    let admin = free_port()?;
+    let proc = Proc::spawn(
+        pinned(SERVER_CPU, bin)
+            .args(["--log-level", "warn", "gateway", "--config"])
+            .arg(&config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .arg("--audit-dir")
+            .arg(dir.join(format!("audit-{name}"))),
+        &dir.join(format!("{name}.log")),
+    )?;
+    wait_port(port, name)?;
+    Ok(Contender {
+        name,
+        what: what.to_owned(),
+        url: format!("http://127.0.0.1:{port}/v1/openai/chat/completions"),
+        pid: proc.pid(),
+        _proc: Some(proc),
+    })
+}
+
+fn start_nginx(dir: &Path, upstream: u16) -> Result<Contender> {
+    let port = free_port()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir}/nginx-body;\n  proxy_temp_path {dir}/nginx-proxy;\n  upstream up {{ server 127.0.0.1:{upstream}; keepalive 128; }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
+            dir = dir.display()
+        ),
+    )?;
+    let nginx = which("nginx").unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"));
+    let proc = Proc::spawn(
+        pinned(SERVER_CPU, &nginx)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir),
+        &dir.join("nginx.log"),
+    )?;
+    wait_port(port, "nginx")?;
+    let version = Command::new(&nginx)
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+        .unwrap_or_default();
+    Ok(Contender {
+        name: "nginx",
+        what: format!("{version}, proxy_pass with upstream keepalive, 1 worker"),
+        url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        pid: proc.pid(),
+        _proc: Some(proc),
+    })
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+}
+
+fn bench_tool(bin: &Path, args: &[String]) -> Result<Value> {
+    let out = pinned(LOADGEN_CPU, bin)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running leash-bench")?;
+    if !out.status.success() {
+        bail!("leash-bench {args:?} failed with {}", out.status);
+    }
+    serde_json::from_slice(&out.stdout).context("leash-bench printed no JSON")
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// Median of a list (NaN when empty).
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.retain(|x| x.is_finite());
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+#[allow(
+    clippy::too_many_lines,
+    reason = "the run reads best top to bottom: start, measure, write"
+)]
+pub fn bench(quick: bool) -> Result<()> {
+    ensure_debian_packages(&[("nginx", "nginx"), ("taskset", "util-linux")])?;
+    crate::setup()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "leash-agent",
+        "--bin",
+        "leash",
+        "-p",
+        "leash-tests",
+        "--bin",
+        "leash-bench",
+    ]))?;
+    let release = target_dir().join("release");
+    let leash = release.join("leash");
+    let tool = release.join("leash-bench");
+    let dir = target_dir().join("bench-run");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let plan = Plan::new(quick);
+    let started = Instant::now();
+
+    let up_port = free_port()?;
+    let upstream = Proc::spawn(
+        pinned(SERVER_CPU, &tool).args([
+            "upstream",
+            "--listen",
+            &format!("127.0.0.1:{up_port}"),
+            "--size",
+            "1024",
+            "--chunks",
+            "20",
+            "--gap-ms",
+            "10",
+        ]),
+        &dir.join("upstream.log"),
+    )?;
+    wait_port(up_port, "upstream")?;
+
+    let mut contenders = vec![Contender {
+        name: "direct",
+        what: "straight to the upstream".into(),
+        url: format!("http://127.0.0.1:{up_port}/v1/chat/completions"),
+        pid: upstream.pid(),
+        _proc: None,
+    }];
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    match start_nginx(&dir, up_port) {
+        Ok(c) => contenders.push(c),
+        Err(e) => skipped.push(("nginx".into(), format!("{e:#}"))),
+    }
+    contenders.push(start_leash(
+        "leash-bare",
+        "gateway, no pipeline modules; audit on (batch)",
+        &leash,
+        &dir,
+        up_port,
+        "pipeline: { modules: [] }\n",
+    )?);
+    contenders.push(start_leash(
+        "leash-policy",
+        "gateway, default modules (team, policy, usage, budget) + a 4-rule policy; audit on (batch)",
+        &leash,
+        &dir,
+        up_port,
+        EXAMPLE_POLICY,
+    )?);
+    contenders.push(start_leash(
+        "leash-sync",
+        "as leash-policy, with audit durability: sync (fsync before the response ends)",
+        &leash,
+        &dir,
+        up_port,
+        &format!("audit: {{ durability: sync }}\n{EXAMPLE_POLICY}"),
+    )?);
+    for (name, why) in [
+        (
+            "LiteLLM proxy",
+            "not yet wired into the harness (PyPI install and config are the next slice of issue 7)",
+        ),
+        (
+            "Portkey gateway",
+            "not yet wired into the harness (npm install and routing headers are the next slice of issue 7)",
+        ),
+        (
+            "Leash transparent",
+            "needs the eBPF agent and a TLS upstream; not in this harness yet",
+        ),
+    ] {
+        skipped.push((name.into(), why.into()));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_rss: Vec<f64> = contenders
+        .iter()
+        .map(|c| status_mib(c.pid, "VmRSS:"))
+        .collect();
+
+    // Open loop at each rate, contenders alternating within each round.
+    let mut open: Vec<Vec<Vec<Value>>> = vec![vec![Vec::new(); plan.rates.len()]; contenders.len()];
+    let mut cpu_us: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+    for round in 0..plan.rounds {
+        for (ri, rate) in plan.rates.iter().enumerate() {
+            for (ci, c) in contenders.iter().enumerate() {
+                eprintln!("bench: round {} rate {rate} {}", round + 1, c.name);
+                let before = cpu_seconds(c.pid);
+                let r = bench_tool(
+                    &tool,
+                    &[
+                        "load".into(),
+                        "--url".into(),
+                        c.url.clone(),
+                        "--rate".into(),
+                        rate.to_string(),
+                        "--seconds".into(),
+                        plan.seconds.to_string(),
+                    ],
+                )?;
+                let used = cpu_seconds(c.pid) - before;
+                if (*rate - 1000.0).abs() < f64::EPSILON {
+                    // Includes the 1 s warm-up the tool sends first.
+                    cpu_us[ci].push(used * 1e6 / (rate * (plan.seconds + 1.0)));
+                }
+                open[ci][ri].push(r);
+            }
+        }
+    }
+    let load_rss: Vec<f64> = contenders
+        .iter()
+        .map(|c| status_mib(c.pid, "VmHWM:"))
+        .collect();
+    let mut saturation = Vec::new();
+    let mut sse = Vec::new();
+    for c in &contenders {
+        eprintln!("bench: saturation and streams {}", c.name);
+        saturation.push(bench_tool(
+            &tool,
+            &[
+                "saturate".into(),
+                "--url".into(),
+                c.url.clone(),
+                "--seconds".into(),
+                plan.saturate_seconds.to_string(),
+                "--connections".into(),
+                "32".into(),
+            ],
+        )?);
+        sse.push(bench_tool(
+            &tool,
+            &[
+                "sse".into(),
+                "--url".into(),
+                c.url.clone(),
+                "--requests".into(),
+                plan.sse_requests.to_string(),
+            ],
+        )?);
+    }
+    drop(upstream);
+
+    // Per contender and rate: the median over rounds of each percentile.
+    let pct = |ci: usize, ri: usize, key: &str, field: &str| -> f64 {
+        median(open[ci][ri].iter().map(|r| f(&r[key][field])).collect())
+    };
+    let results = json!({
+        "date": crate::today(),
+        "quick": quick,
+        "machine": machine(),
+        "placement": format!("load generator on CPU {LOADGEN_CPU}; contender and upstream on CPU {SERVER_CPU} (taskset)"),
+        "plan": {"rates": plan.rates, "seconds": plan.seconds, "rounds": plan.rounds},
+        "upstream": "leash-bench upstream: 1 KiB chat completion, no delay; streams: 20 events 10 ms apart",
+        "contenders": contenders.iter().enumerate().map(|(ci, c)| json!({
+            "name": c.name, "what": c.what,
+            "rss_idle_mib": idle_rss[ci], "rss_peak_mib": load_rss[ci],
+            "cpu_us_per_request_at_1000": median(cpu_us[ci].clone()),
+            "open_loop": plan.rates.iter().enumerate().map(|(ri, rate)| json!({
+                "rate": rate,
+                "p50_ms": pct(ci, ri, "latency", "p50_ms"),
+                "p95_ms": pct(ci, ri, "latency", "p95_ms"),
+                "p99_ms": pct(ci, ri, "latency", "p99_ms"),
+                "service_p50_ms": pct(ci, ri, "service", "p50_ms"),
+                "service_p99_ms": pct(ci, ri, "service", "p99_ms"),
+                "errors": open[ci][ri].iter().map(|r| r["errors"].as_u64().unwrap_or(0)).sum::<u64>(),
+                "runs": open[ci][ri],
+            })).collect::<Vec<_>>(),
+            "saturation": saturation[ci],
+            "sse": sse[ci],
+        })).collect::<Vec<_>>(),
+        "not_run": skipped.iter().map(|(n, w)| json!({"name": n, "why": w})).collect::<Vec<_>>(),
+        "elapsed_s": started.elapsed().as_secs_f64(),
+    });
+    let out = root().join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    std::fs::write(out.join("latency.svg"), plot(&results))?;
+    std::fs::write(root().join("BENCHMARKS.md"), report(&results))?;
+    eprintln!(
+        "bench: wrote BENCHMARKS.md, bench/results.json, bench/latency.svg in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    let rustc = Command::new("rustc")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    json!({"cpu": cpu, "cpus": cpus, "kernel": kernel, "memory": mem, "rustc": rustc, "leash_commit": commit})
+}
+
+#[allow(
+    clippy::too_many_lines,
+    reason = "one table after another, in the order the report reads"
+)]
+fn report(r: &Value) -> String {
+    let mut md = String::new();
+    let contenders = r["contenders"].as_array().cloned().unwrap_or_default();
+    let direct = &contenders[0];
+    let nginx = contenders.iter().find(|c| c["name"] == "nginx");
+    let _ = writeln!(md, "# Leash benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Generated by `cargo xtask bench{}` on {} (commit {}). Do not edit by hand: run it again.\n",
+        if r["quick"].as_bool() == Some(true) {
+            " --quick"
+        } else {
+            ""
+        },
+        r["date"].as_str().unwrap_or("?"),
+        r["machine"]["leash_commit"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        md,
+        "**Machine**: {} ({} vCPUs), {}, Linux {}, {}.  \n**Placement**: {}. Compare figures only within one placement: on 2 vCPUs a cross-CPU wakeup costs tens of microseconds.  \n**Upstream**: {}.  \n**Load**: open loop at fixed rates, {} s per run after a 1 s warm-up, {} round(s) alternating contenders (figures are medians over rounds); latency measured from each request's intended send time (coordinated omission corrected), new requests on keep-alive HTTP/1.1 connections.\n",
+        r["machine"]["cpu"].as_str().unwrap_or("?"),
+        r["machine"]["cpus"],
+        r["machine"]["memory"].as_str().unwrap_or("?"),
+        r["machine"]["kernel"].as_str().unwrap_or("?"),
+        r["machine"]["rustc"].as_str().unwrap_or("?"),
+        r["placement"].as_str().unwrap_or("?"),
+        r["upstream"].as_str().unwrap_or("?"),
+        r["plan"]["seconds"],
+        r["plan"]["rounds"],
+    );
+    let _ = writeln!(md, "## Contenders\n\n| name | what |\n| --- | --- |");
+    for c in &contenders {
+        let _ = writeln!(
+            md,
+            "| {} | {} |",
+            c["name"].as_str().unwrap_or("?"),
+            c["what"].as_str().unwrap_or("")
+        );
+    }
+    for s in r["not_run"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | **not run**: {} |",
+            s["name"].as_str().unwrap_or("?"),
+            s["why"].as_str().unwrap_or("")
+        );
+    }
+    let rates: Vec<f64> = r["plan"]["rates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_f64)
+        .collect();
+    for (ri, rate) in rates.iter().enumerate() {
+        let _ = writeln!(
+            md,
+            "\n## {rate:.0} requests/s (open loop)\n\n| contender | p50 ms | p95 ms | p99 ms | added p50 ms | added p99 ms | ×direct p99 | ×nginx p99 | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        let d = &direct["open_loop"][ri];
+        let n = nginx.map(|n| &n["open_loop"][ri]);
+        for c in &contenders {
+            let o = &c["open_loop"][ri];
+            let _ = writeln!(
+                md,
+                "| {} | {:.3} | {:.3} | {:.3} | {:+.3} | {:+.3} | {:.2} | {} | {} |",
+                c["name"].as_str().unwrap_or("?"),
+                f(&o["p50_ms"]),
+                f(&o["p95_ms"]),
+                f(&o["p99_ms"]),
+                f(&o["p50_ms"]) - f(&d["p50_ms"]),
+                f(&o["p99_ms"]) - f(&d["p99_ms"]),
+                f(&o["p99_ms"]) / f(&d["p99_ms"]),
+                n.map_or_else(
+                    || "-".to_owned(),
+                    |n| format!("{:.2}", f(&o["p99_ms"]) / f(&n["p99_ms"]))
+                ),
+                o["errors"],
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n## Throughput, CPU and memory\n\n| contender | saturation RPS (32 connections, closed loop) | p99 at saturation ms | CPU µs per request at 1000 RPS | RSS idle MiB | RSS peak MiB |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for c in &contenders {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} |",
+            c["name"].as_str().unwrap_or("?"),
+            f(&c["saturation"]["rps"]),
+            f(&c["saturation"]["latency"]["p99_ms"]),
+            f(&c["cpu_us_per_request_at_1000"]),
+            f(&c["rss_idle_mib"]),
+            f(&c["rss_peak_mib"]),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nFor `direct` the CPU and memory are the upstream's own; for the others, the proxy's alone (the upstream is the same for all).\n\n## Streams (SSE: 20 events, 10 ms apart)\n\n| contender | TTFT p50 ms | TTFT p99 ms | added TTFT p50 ms | inter-chunk gap p50 ms | gap p99 ms |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for c in &contenders {
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} | {:.3} | {:+.3} | {:.3} | {:.3} |",
+            c["name"].as_str().unwrap_or("?"),
+            f(&c["sse"]["ttft"]["p50_ms"]),
+            f(&c["sse"]["ttft"]["p99_ms"]),
+            f(&c["sse"]["ttft"]["p50_ms"]) - f(&direct["sse"]["ttft"]["p50_ms"]),
+            f(&c["sse"]["gap"]["p50_ms"]),
+            f(&c["sse"]["gap"]["p99_ms"]),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## Latency vs offered load\n\n![p50 and p99 latency per contender and rate](bench/latency.svg)\n"
+    );
+    let _ = writeln!(md, "{}", goals(&contenders, &rates));
+    let _ = writeln!(
+        md,
+        "## Reproduce\n\n```sh\ncargo xtask bench --quick   # ~{:.0} s here: 3 rates x 6 s, 1 round\ncargo xtask bench           # 4 rates x 20 s, 3 alternating rounds\n```\n\nRaw figures (every run, all percentiles): `bench/results.json`.",
+        f(&r["elapsed_s"])
+    );
+    md
+}
+
+/// Where Leash stands against its goals (added latency at 1000 RPS).
+fn goals(contenders: &[Value], rates: &[f64]) -> String {
+    let mut md = String::from(
+        "## Against the goals\n\nGoals: added latency P50 ≤ 0.150 ms and P99 ≤ 0.500 ms over a direct call at 1000 RPS; ≥ 8000 RPS passthrough; idle RSS ≤ 20 MiB.\n\n| contender | added p50 ms | added p99 ms | saturation RPS | idle RSS MiB | verdict |\n| --- | ---: | ---: | ---: | ---: | --- |\n",
+    );
+    let Some(ri) = rates
+        .iter()
+        .position(|r| (*r - 1000.0).abs() < f64::EPSILON)
+    else {
+        return md;
+    };
+    let d = &contenders[0]["open_loop"][ri];
+    for c in contenders
+        .iter()
+        .filter(|c| c["name"].as_str().is_some_and(|n| n.starts_with("leash")))
+    {
+        let o = &c["open_loop"][ri];
+        let a50 = f(&o["p50_ms"]) - f(&d["p50_ms"]);
+        let a99 = f(&o["p99_ms"]) - f(&d["p99_ms"]);
+        let rps = f(&c["saturation"]["rps"]);
+        let rss = f(&c["rss_idle_mib"]);
+        let mut misses = Vec::new();
+        if a50 > 0.15 {
+            misses.push(format!("p50 by {:.3} ms", a50 - 0.15));
+        }
+        if a99 > 0.5 {
+            misses.push(format!("p99 by {:.3} ms", a99 - 0.5));
+        }
+        if rps < 8000.0 {
+            misses.push(format!("throughput by {:.0} RPS", 8000.0 - rps));
+        }
+        if rss > 20.0 {
+            misses.push(format!("idle RSS by {:.1} MiB", rss - 20.0));
+        }
+        let verdict = if misses.is_empty() {
+            "meets all".to_owned()
+        } else {
+            format!("misses: {}", misses.join(", "))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {a50:+.3} | {a99:+.3} | {rps:.0} | {rss:.1} | {verdict} |",
+            c["name"].as_str().unwrap_or("?")
+        );
+    }
+    md
+}
+
+/// p50 (solid) and p99 (dashed) latency against offered load, one colour
+/// per contender, log-scaled latency.
+#[allow(
+    clippy::many_single_char_names,
+    clippy::cast_precision_loss,
+    reason = "plot geometry: x, y, w, h are the clearest names; counts are tiny"
+)]
+fn plot(r: &Value) -> String {
+    let (w, h, left, right, top, bottom) = (760.0, 420.0, 70.0, 190.0, 30.0, 50.0);
+    let contenders = r["contenders"].as_array().cloned().unwrap_or_default();
+    let rates: Vec<f64> = r["plan"]["rates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_f64)
+        .collect();
+    let mut lo = f64::MAX;
+    let mut hi = f64::MIN;
+    for c in &contenders {
+        for o in c["open_loop"].as_array().into_iter().flatten() {
+            for k in ["p50_ms", "p99_ms"] {
+                let v = f(&o[k]);
+                if v.is_finite() && v > 0.0 {
+                    lo = lo.min(v);
+                    hi = hi.max(v);
+                }
+            }
+        }
+    }
+    if lo >= hi {
+        lo = 0.01;
+        hi = 10.0;
+    }
+    let (llo, lhi) = (lo.log10().floor(), hi.log10().ceil());
+    let x = |i: usize| left + (w - left - right) * (i as f64) / ((rates.len().max(2) - 1) as f64);
+    let y = |v: f64| top + (h - top - bottom) * (1.0 - (v.log10() - llo) / (lhi - llo));
+    let colours = [
+        "#444444", "#2a9d8f", "#e76f51", "#264653", "#e9c46a", "#8e44ad", "#1f77b4",
+    ];
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\">Latency (ms, log scale) vs offered load: p50 solid, p99 dashed</text>\n"
+    );
+    let mut decade = llo;
+    while decade <= lhi {
+        let v = 10f64.powf(decade);
+        let yy = y(v);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v}</text>",
+            w - right,
+            left - 6.0,
+            yy + 4.0
+        );
+        decade += 1.0;
+    }
+    for (i, rate) in rates.iter().enumerate() {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{rate:.0}/s</text>",
+            x(i),
+            h - bottom + 20.0
+        );
+    }
+    for (ci, c) in contenders.iter().enumerate() {
+        let colour = colours[ci % colours.len()];
+        for (k, dash) in [("p50_ms", ""), ("p99_ms", " stroke-dasharray=\"5,4\"")] {
+            let points: Vec<String> = c["open_loop"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(i, o)| {
+                    let v = f(&o[k]);
+                    (v.is_finite() && v > 0.0).then(|| format!("{:.1},{:.1}", x(i), y(v)))
+                })
+                .collect();
+            let _ = writeln!(
+                svg,
+                "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"{dash} points=\"{}\"/>",
+                points.join(" ")
+            );
+        }
+        let ly = top + 18.0 * ci as f64;
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{}\" x2=\"{}\" y1=\"{ly:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"3\"/><text x=\"{}\" y=\"{:.1}\">{}</text>",
+            w - right + 10.0,
+            w - right + 30.0,
+            w - right + 36.0,
+            ly + 4.0,
+            c["name"].as_str().unwrap_or("?")
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
