@@ -33,8 +33,8 @@ impl Plan {
         if quick {
             Self {
                 rates: vec![500.0, 1000.0, 2000.0],
-                seconds: 6.0,
-                rounds: 1,
+                seconds: 5.0,
+                rounds: 2,
                 saturate_seconds: 3.0,
                 sse_requests: 20,
             }
@@ -426,6 +426,14 @@ pub fn bench(quick: bool) -> Result<()> {
             }
         }
     }
+    // Where the proxy's time goes: system calls per request of the bare
+    // gateway at 1000 RPS (strace -c), the kernel side being most of it.
+    let profile = contenders
+        .iter()
+        .find(|c| c.name == "leash-bare")
+        .map(|c| syscall_profile(&tool, c, plan.seconds))
+        .transpose()?
+        .flatten();
     let load_rss: Vec<f64> = contenders
         .iter()
         .map(|c| status_mib(c.pid, "VmHWM:"))
@@ -487,6 +495,7 @@ pub fn bench(quick: bool) -> Result<()> {
             "saturation": saturation[ci],
             "sse": sse[ci],
         })).collect::<Vec<_>>(),
+        "profile": profile,
         "not_run": skipped.iter().map(|(n, w)| json!({"name": n, "why": w})).collect::<Vec<_>>(),
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
@@ -503,6 +512,70 @@ pub fn bench(quick: bool) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `strace -c -f` on a contender during an open-loop run at 1000 RPS: the
+/// system calls per request, most expensive first. `None` without strace.
+fn syscall_profile(tool: &Path, c: &Contender, seconds: f64) -> Result<Option<Value>> {
+    if ensure_debian_packages(&[("strace", "strace")]).is_err() {
+        return Ok(None);
+    }
+    let out = target_dir().join("bench-run").join("strace.txt");
+    let mut strace = Command::new("strace")
+        .args(["-c", "-f", "-o"])
+        .arg(&out)
+        .args(["-p", &c.pid.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting strace")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let rate = 1000.0;
+    let r = bench_tool(
+        tool,
+        &[
+            "load".into(),
+            "--url".into(),
+            c.url.clone(),
+            "--rate".into(),
+            rate.to_string(),
+            "--seconds".into(),
+            seconds.to_string(),
+        ],
+    )?;
+    let _ = Command::new("kill")
+        .args(["-INT", &strace.id().to_string()])
+        .status();
+    let _ = strace.wait();
+    let requests = rate * (seconds + 1.0);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // % time, seconds, usecs/call, calls, [errors], syscall
+        if cols.len() < 5 || cols[0].parse::<f64>().is_err() {
+            continue;
+        }
+        let name = cols[cols.len() - 1];
+        // Totals, and the audit writer's deliberate group-commit wait.
+        if name == "total" || name.ends_with("nanosleep") {
+            continue;
+        }
+        let calls: f64 = cols[3].parse().unwrap_or(0.0);
+        rows.push(json!({
+            "syscall": name,
+            "share_pct": cols[0].parse::<f64>().unwrap_or(0.0),
+            "usecs_per_call": cols[2].parse::<f64>().unwrap_or(0.0),
+            "calls_per_request": calls / requests,
+        }));
+    }
+    rows.truncate(8);
+    Ok(Some(json!({
+        "contender": c.name,
+        "rate": rate,
+        "note": "strace itself slows system calls down: read shares and calls per request, not absolute times",
+        "latency_under_strace": r["latency"],
+        "syscalls": rows,
+    })))
 }
 
 fn machine() -> Value {
@@ -658,11 +731,43 @@ fn report(r: &Value) -> String {
         "\n## Latency vs offered load\n\n![p50 and p99 latency per contender and rate](bench/latency.svg)\n"
     );
     let _ = writeln!(md, "{}", goals(&contenders, &rates));
+    let _ = writeln!(md, "{}", profile_section(&r["profile"]));
     let _ = writeln!(
         md,
         "## Reproduce\n\n```sh\ncargo xtask bench --quick   # ~{:.0} s here: 3 rates x 6 s, 1 round\ncargo xtask bench           # 4 rates x 20 s, 3 alternating rounds\n```\n\nRaw figures (every run, all percentiles): `bench/results.json`.",
         f(&r["elapsed_s"])
     );
+    md
+}
+
+fn profile_section(p: &Value) -> String {
+    let mut md = String::from(
+        "## Profile: where the time goes
+
+",
+    );
+    let Some(rows) = p["syscalls"].as_array() else {
+        md.push_str("Not measured (no strace).\n");
+        return md;
+    };
+    let _ = writeln!(
+        md,
+        "System calls of `{}` at {} RPS (`strace -c -f`; {}). Most of a request's CPU time here is in the kernel (see CPU per request above; `/proc/<pid>/stat` shows system time several times user time), so this is the profile that explains it.\n\n| syscall | share of syscall time % | µs per call | calls per request |\n| --- | ---: | ---: | ---: |",
+        p["contender"].as_str().unwrap_or("?"),
+        p["rate"],
+        p["note"].as_str().unwrap_or("")
+    );
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| `{}` | {:.1} | {:.0} | {:.2} |",
+            r["syscall"].as_str().unwrap_or("?"),
+            f(&r["share_pct"]),
+            f(&r["usecs_per_call"]),
+            f(&r["calls_per_request"])
+        );
+    }
+    md.push_str("\nA proxied request costs at least two `writev` and two reads (client and upstream sides) plus `epoll_wait` wake-ups; the `futex` calls are wake-ups between tokio worker threads and the audit writer, and `fdatasync` is the audit group commit (one per 5 ms in batch mode). Fewer cross-thread wake-ups (a current-thread runtime per core, handing audit records over in batches) is the next step toward the throughput goal.\n");
     md
 }
 
@@ -700,7 +805,9 @@ fn goals(contenders: &[Value], rates: &[f64]) -> String {
         if rss > 20.0 {
             misses.push(format!("idle RSS by {:.1} MiB", rss - 20.0));
         }
-        let verdict = if misses.is_empty() {
+        let verdict = if misses.is_empty() && (a50 < 0.0 || a99 < 0.0) {
+            "meets all (the difference to direct is within this run's noise)".to_owned()
+        } else if misses.is_empty() {
             "meets all".to_owned()
         } else {
             format!("misses: {}", misses.join(", "))
