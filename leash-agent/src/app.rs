@@ -106,7 +106,7 @@ impl Core {
                 &config.host_id,
                 Arc::clone(&metrics),
             );
-            tracing::info!(nats = %ship.nats.url, stream = %ship.nats.stream, subject = %ship.subject, "shipping audit records");
+            tracing::info!(nats = %crate::ship::redact_url(&ship.nats.url), stream = %ship.nats.stream, subject = %ship.subject, "shipping audit records");
             tokio::spawn(async move {
                 if let Err(e) = shipper.run().await {
                     tracing::error!(error = %e, "audit shipping stopped");

@@ -89,12 +89,12 @@ pub async fn connect(
         .map(|u| {
             u.trim()
                 .parse()
-                .map_err(|e| ShipError::Connect(u.trim().to_owned(), format!("{e}")))
+                .map_err(|e| ShipError::Connect(redact_url(u), format!("{e}")))
         })
         .collect::<Result<_, _>>()?;
     opts.connect(addrs)
         .await
-        .map_err(|e| ShipError::Connect(cfg.url.clone(), e.to_string()))
+        .map_err(|e| ShipError::Connect(redact_url(&cfg.url), e.to_string()))
 }
 
 /// Makes sure the stream exists (created with file storage and a wide
@@ -114,6 +114,20 @@ pub async fn ensure_stream(
     .await
     .map(|_| ())
     .map_err(|e| ShipError::Stream(name.to_owned(), e.to_string()))
+}
+
+/// `url` for logs: any `user:password@` in it replaced by `***@`.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|u| {
+            let u = u.trim();
+            match (u.find("://"), u.rfind('@')) {
+                (Some(s), Some(at)) if at > s => format!("{}***{}", &u[..s + 3], &u[at..]),
+                _ => u.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The message id JetStream de-duplicates on.
@@ -270,5 +284,19 @@ impl Shipper {
         self.metrics
             .ship_lag
             .set(i64::try_from(newest.saturating_sub(shipped)).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_not_logged() {
+        assert_eq!(
+            redact_url("nats://alice:s3cret@a:4222, tls://b:4222"),
+            "nats://***@a:4222,tls://b:4222"
+        );
+        assert_eq!(msg_id("web-1", 7, 42), "web-1:7:42");
     }
 }
