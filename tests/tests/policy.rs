@@ -46,13 +46,14 @@ rules:
 const AWS_KEY: &str = "AKIAZ7QX3PLM9V2KD4RT";
 
 fn start(mode: &str) -> (MockProvider, Leash) {
+    start_with_policy(&POLICY.replace("mode: enforce", &format!("mode: {mode}")))
+}
+
+/// A mock provider and a gateway running `policy` from a policy file.
+fn start_with_policy(policy: &str) -> (MockProvider, Leash) {
     let mock = MockProvider::start();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("policy.yaml"),
-        POLICY.replace("mode: enforce", &format!("mode: {mode}")),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
     let leash = Leash::start_in(
         dir,
         &format!(
@@ -215,16 +216,7 @@ rules:
 
 #[test]
 fn transforms_change_each_providers_own_fields_and_are_audited() {
-    let mock = MockProvider::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), TRANSFORMS).unwrap();
-    let leash = Leash::start_in(
-        dir,
-        &format!(
-            "{}policy: {{ file: policy.yaml }}\n",
-            mock_providers_yaml(&mock)
-        ),
-    );
+    let (mock, leash) = start_with_policy(TRANSFORMS);
     let team = r#"{"x-leash-team": "contractors", "anthropic-beta": "tools-2024-04-04"}"#;
     // OpenAI chat: tools dropped, a limit added, an instruction first.
     let (status, _, body) = http_request(
@@ -394,16 +386,7 @@ const LEAKY: &str = "the key is AKIAZ7QX3PLM9V2KD4RT and then more text after it
 
 #[test]
 fn a_secret_split_across_stream_chunks_ends_the_stream() {
-    let mock = MockProvider::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), RESPONSE_POLICY).unwrap();
-    let leash = Leash::start_in(
-        dir,
-        &format!(
-            "{}policy: {{ file: policy.yaml }}\n",
-            mock_providers_yaml(&mock)
-        ),
-    );
+    let (_mock, leash) = start_with_policy(RESPONSE_POLICY);
     let out = run(std::process::Command::new("curl")
         .args([
             "-sS",
@@ -461,24 +444,13 @@ const CHATTY: &str = "write to jane.roe@example.com or to john.doe@example.org s
 
 #[test]
 fn pii_split_across_stream_events_is_redacted_before_delivery() {
-    let mock = MockProvider::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("policy.yaml"),
+    let (_mock, leash) = start_with_policy(
         "version: 1
 rules:
   - name: no-pii-out
     match: { detectors: [email], direction: response }
     action: redact
 ",
-    )
-    .unwrap();
-    let leash = Leash::start_in(
-        dir,
-        &format!(
-            "{}policy: {{ file: policy.yaml }}\n",
-            mock_providers_yaml(&mock)
-        ),
     );
     let headers = format!(r#"{{"x-mock-text": "{CHATTY}", "x-mock-chunks": "25"}}"#);
     let expected = "write to [REDACTED:email] or to [REDACTED:email] soon, thanks a lot";

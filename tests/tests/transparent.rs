@@ -125,6 +125,18 @@ impl World {
     /// `sdk_check.py CASE BASE sk-test` inside the cgroup, trusting only the
     /// organisation CA, with `LEASH_TEST_PROMPT` and `LEASH_TEST_HEADERS`.
     fn sdk(&self, case: &str, base: &str, prompt: &str, headers: &str) -> Output {
+        self.sdk_with(case, base, prompt, headers, &["sk-test"])
+    }
+
+    /// As [`World::sdk`], with the key (and an expected text) in `rest`.
+    fn sdk_with(
+        &self,
+        case: &str,
+        base: &str,
+        prompt: &str,
+        headers: &str,
+        rest: &[&str],
+    ) -> Output {
         let py = python();
         let script = python_dir().join("sdk_check.py");
         let ca = self.agent.ca_pem();
@@ -139,8 +151,10 @@ impl World {
                 script.to_str().unwrap(),
                 case,
                 base,
-                "sk-test",
-            ],
+            ]
+            .into_iter()
+            .chain(rest.iter().copied())
+            .collect::<Vec<_>>(),
         );
         for var in [
             "OPENAI_API_KEY",
@@ -352,9 +366,7 @@ fn official_sdks_with_default_urls_are_intercepted() {
         "",
     );
     let key = canary("sdk");
-    let py = python();
-    let script = python_dir().join("sdk_check.py");
-    let ca = w.agent.ca_pem();
+    let expected = text_of(5);
     let cases = [
         ("openai-chat", "https://api.openai.com/v1", "openai"),
         ("openai-chat-stream", "https://api.openai.com/v1", "openai"),
@@ -372,31 +384,7 @@ fn official_sdks_with_default_urls_are_intercepted() {
         ),
     ];
     for (i, (case, base, provider)) in cases.iter().enumerate() {
-        let mut cmd = w.cgroup.command(
-            &w.hosts_file,
-            "env",
-            &[
-                &format!("SSL_CERT_FILE={}", ca.display()),
-                "LEASH_TEST_HEADERS={}",
-                py.to_str().unwrap(),
-                script.to_str().unwrap(),
-                case,
-                base,
-                &key,
-                &text_of(5),
-            ],
-        );
-        for var in [
-            "OPENAI_API_KEY",
-            "ANTHROPIC_API_KEY",
-            "GOOGLE_API_KEY",
-            "GEMINI_API_KEY",
-            "HTTPS_PROXY",
-            "https_proxy",
-        ] {
-            cmd.env_remove(var);
-        }
-        let out = run(&mut cmd);
+        let out = w.sdk_with(case, base, "Say hello", "{}", &[&key, &expected]);
         assert_success(
             &format!("{case} with default URL\n{}", w.agent.logs()),
             &out,

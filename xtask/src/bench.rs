@@ -268,9 +268,16 @@ fn which(program: &str) -> Option<PathBuf> {
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
 }
 
-fn bench_tool(bin: &Path, args: &[String]) -> Result<Value> {
+/// Runs `leash-bench MODE --url URL [--flag value]...` pinned to the load
+/// generator's CPU; returns the JSON it prints.
+fn bench_tool(bin: &Path, mode: &str, url: &str, flags: &[(&str, String)]) -> Result<Value> {
+    let mut args = vec![mode.to_owned(), "--url".to_owned(), url.to_owned()];
+    for (flag, value) in flags {
+        args.push((*flag).to_owned());
+        args.push(value.clone());
+    }
     let out = pinned(LOADGEN_CPU, bin)
-        .args(args)
+        .args(&args)
         .stderr(Stdio::inherit())
         .output()
         .context("running leash-bench")?;
@@ -407,14 +414,11 @@ pub fn bench(quick: bool) -> Result<()> {
                 let before = cpu_seconds(c.pid);
                 let r = bench_tool(
                     &tool,
+                    "load",
+                    &c.url,
                     &[
-                        "load".into(),
-                        "--url".into(),
-                        c.url.clone(),
-                        "--rate".into(),
-                        rate.to_string(),
-                        "--seconds".into(),
-                        plan.seconds.to_string(),
+                        ("--rate", rate.to_string()),
+                        ("--seconds", plan.seconds.to_string()),
                     ],
                 )?;
                 let used = cpu_seconds(c.pid) - before;
@@ -444,25 +448,18 @@ pub fn bench(quick: bool) -> Result<()> {
         eprintln!("bench: saturation and streams {}", c.name);
         saturation.push(bench_tool(
             &tool,
+            "saturate",
+            &c.url,
             &[
-                "saturate".into(),
-                "--url".into(),
-                c.url.clone(),
-                "--seconds".into(),
-                plan.saturate_seconds.to_string(),
-                "--connections".into(),
-                "32".into(),
+                ("--seconds", plan.saturate_seconds.to_string()),
+                ("--connections", "32".to_owned()),
             ],
         )?);
         sse.push(bench_tool(
             &tool,
-            &[
-                "sse".into(),
-                "--url".into(),
-                c.url.clone(),
-                "--requests".into(),
-                plan.sse_requests.to_string(),
-            ],
+            "sse",
+            &c.url,
+            &[("--requests", plan.sse_requests.to_string())],
         )?);
     }
     drop(upstream);
@@ -532,14 +529,11 @@ fn syscall_profile(tool: &Path, c: &Contender, seconds: f64) -> Result<Option<Va
     let rate = 1000.0;
     let r = bench_tool(
         tool,
+        "load",
+        &c.url,
         &[
-            "load".into(),
-            "--url".into(),
-            c.url.clone(),
-            "--rate".into(),
-            rate.to_string(),
-            "--seconds".into(),
-            seconds.to_string(),
+            ("--rate", rate.to_string()),
+            ("--seconds", seconds.to_string()),
         ],
     )?;
     let _ = Command::new("kill")
