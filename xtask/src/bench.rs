@@ -259,6 +259,65 @@ fn start_nginx(dir: &Path, upstream: u16) -> Result<Contender> {
     })
 }
 
+/// LiteLLM's pinned release (never 1.82.7 or 1.82.8: those were malicious).
+const LITELLM: &str = "litellm[proxy]==1.80.0";
+
+/// The LiteLLM proxy (PyPI, in its own venv under target/), one worker,
+/// routing `gpt-4o-mini` to the upstream.
+fn start_litellm(dir: &Path, upstream: u16) -> Result<Contender> {
+    let venv = target_dir().join("bench-litellm");
+    let bin = venv.join("bin/litellm");
+    let stamp = venv.join(".leash-pinned");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(LITELLM) {
+        run(Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv))?;
+        run(Command::new(venv.join("bin/python")).args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            LITELLM,
+        ]))?;
+        std::fs::write(&stamp, LITELLM)?;
+    }
+    let config = dir.join("litellm.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n      model: openai/gpt-4o-mini\n      api_base: http://127.0.0.1:{upstream}/v1\n      api_key: sk-bench\n"
+        ),
+    )?;
+    let port = free_port()?;
+    let proc = Proc::spawn(
+        pinned(SERVER_CPU, &bin)
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--num_workers",
+                "1",
+            ])
+            .env("LITELLM_LOG", "ERROR"),
+        &dir.join("litellm.log"),
+    )?;
+    wait_port(port, "LiteLLM")?;
+    Ok(Contender {
+        name: "litellm",
+        what: format!(
+            "LiteLLM proxy {} (PyPI), 1 worker",
+            LITELLM.trim_start_matches("litellm[proxy]==")
+        ),
+        url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        pid: proc.pid(),
+        _proc: Some(proc),
+    })
+}
+
 fn which(program: &str) -> Option<PathBuf> {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
@@ -382,11 +441,11 @@ pub fn bench(quick: bool) -> Result<()> {
         up_port,
         &format!("audit: {{ durability: sync }}\n{EXAMPLE_POLICY}"),
     )?);
+    match start_litellm(&dir, up_port) {
+        Ok(c) => contenders.push(c),
+        Err(e) => skipped.push(("LiteLLM proxy".into(), format!("{e:#}"))),
+    }
     for (name, why) in [
-        (
-            "LiteLLM proxy",
-            "not yet wired into the harness (PyPI install and config are the next slice of issue 7)",
-        ),
         (
             "Portkey gateway",
             "not yet wired into the harness (npm install and routing headers are the next slice of issue 7)",
@@ -487,6 +546,7 @@ pub fn bench(quick: bool) -> Result<()> {
                 "service_p50_ms": pct(ci, ri, "service", "p50_ms"),
                 "service_p99_ms": pct(ci, ri, "service", "p99_ms"),
                 "errors": open[ci][ri].iter().map(|r| r["errors"].as_u64().unwrap_or(0)).sum::<u64>(),
+                "not_sent": open[ci][ri].iter().map(|r| r["not_sent"].as_u64().unwrap_or(0)).sum::<u64>(),
                 "runs": open[ci][ri],
             })).collect::<Vec<_>>(),
             "saturation": saturation[ci],
@@ -664,7 +724,7 @@ fn report(r: &Value) -> String {
     for (ri, rate) in rates.iter().enumerate() {
         let _ = writeln!(
             md,
-            "\n## {rate:.0} requests/s (open loop)\n\n| contender | p50 ms | p95 ms | p99 ms | added p50 ms | added p99 ms | ×direct p99 | ×nginx p99 | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "\n## {rate:.0} requests/s (open loop)\n\n| contender | p50 ms | p95 ms | p99 ms | added p50 ms | added p99 ms | ×direct p99 | ×nginx p99 | errors | not sent in time |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         let d = &direct["open_loop"][ri];
         let n = nginx.map(|n| &n["open_loop"][ri]);
@@ -672,7 +732,7 @@ fn report(r: &Value) -> String {
             let o = &c["open_loop"][ri];
             let _ = writeln!(
                 md,
-                "| {} | {:.3} | {:.3} | {:.3} | {:+.3} | {:+.3} | {:.2} | {} | {} |",
+                "| {} | {:.3} | {:.3} | {:.3} | {:+.3} | {:+.3} | {:.2} | {} | {} | {} |",
                 c["name"].as_str().unwrap_or("?"),
                 f(&o["p50_ms"]),
                 f(&o["p95_ms"]),
@@ -685,6 +745,7 @@ fn report(r: &Value) -> String {
                     |n| format!("{:.2}", f(&o["p99_ms"]) / f(&n["p99_ms"]))
                 ),
                 o["errors"],
+                o["not_sent"],
             );
         }
     }
