@@ -715,6 +715,10 @@ fn report(r: &Value) -> String {
             s["why"].as_str().unwrap_or("")
         );
     }
+    let _ = writeln!(
+        md,
+        "\n*not sent in time*: requests a contender fell so far behind on that they could not even be sent before the run's deadline (warm-up + run + 2 s); percentiles cover the requests that completed, measured from their intended send times, and show — when none did."
+    );
     let rates: Vec<f64> = r["plan"]["rates"]
         .as_array()
         .into_iter()
@@ -787,6 +791,9 @@ fn report(r: &Value) -> String {
     );
     let _ = writeln!(md, "{}", goals(&contenders, &rates));
     let _ = writeln!(md, "{}", profile_section(&r["profile"]));
+    // A contender that completed nothing in time has no latency: a dash,
+    // never a number.
+    md = md.replace("+NaN", "—").replace("NaN", "—");
     let _ = writeln!(
         md,
         "## Reproduce\n\n```sh\ncargo xtask bench --quick   # ~{:.0} s here: 3 rates x 6 s, 1 round\ncargo xtask bench           # 4 rates x 20 s, 3 alternating rounds\n```\n\nRaw figures (every run, all percentiles): `bench/results.json`.",

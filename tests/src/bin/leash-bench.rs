@@ -333,6 +333,10 @@ fn histogram() -> Histogram<u64> {
 }
 
 fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    if h.is_empty() {
+        // Nothing completed in time: no latency to report (not zero).
+        return json!({"count": 0});
+    }
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     json!({
         "count": h.len(),
