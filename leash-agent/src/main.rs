@@ -304,7 +304,7 @@ fn audit_command(cmd: AuditCommand) -> anyhow::Result<()> {
                 );
             }
             match postgres {
-                Some(url) => fleet_query(&url, filter, sum_by, json),
+                Some(url) => fleet_query(&url, &filter, sum_by, json),
                 None => audit_query(&dir.resolve()?, &filter, sum_by, json),
             }
         }
@@ -379,7 +379,7 @@ const SUM_KEYS: [&str; 7] = ["team", "provider", "model", "user", "exe", "host",
 /// host's records in the central store.
 fn fleet_query(
     url: &str,
-    filter: leash_agent::audit::read::Filter,
+    filter: &leash_agent::audit::read::Filter,
     sum_by: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -390,18 +390,10 @@ fn fleet_query(
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let client = store::connect(url).await?;
-        let fleet = store::FleetFilter {
-            since: filter.since,
-            host: filter.host,
-            provider: filter.provider,
-            model: filter.model,
-            team: filter.team,
-            action: filter.action,
-        };
         if let Some(key) = sum_by {
-            return print_sums(&key, &store::sum_by(&client, &fleet, &key).await?, json);
+            return print_sums(&key, &store::sum_by(&client, filter, &key).await?, json);
         }
-        for line in store::select_lines(&client, &fleet).await? {
+        for line in store::select_lines(&client, filter).await? {
             if json {
                 println!("{line}");
             } else {

@@ -10,7 +10,10 @@ use serde_json::Value;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio_postgres::{Client, NoTls, types::ToSql};
 
-use crate::audit::{chain, read::Totals};
+use crate::audit::{
+    chain,
+    read::{Filter, Totals},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -367,48 +370,33 @@ pub async fn find_gaps(client: &Client, settle_secs: i64) -> Result<Vec<Fault>, 
         .collect())
 }
 
-/// Which records a fleet query selects (as the local `leash audit query`).
-#[derive(Debug, Default)]
-pub struct FleetFilter {
-    pub since: Option<OffsetDateTime>,
-    pub host: Option<String>,
-    pub provider: Option<String>,
-    pub model: Option<String>,
-    pub team: Option<String>,
-    pub action: Option<String>,
-}
-
-impl FleetFilter {
-    /// The WHERE clause and its parameters.
-    fn clause(&self) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
-        let mut sql = String::from("event IS NULL");
-        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-        if let Some(since) = self.since {
-            params.push(Box::new(since));
-            let _ = write!(sql, " AND ts >= ${}", params.len());
-        }
-        for (col, value) in [
-            ("host", &self.host),
-            ("provider", &self.provider),
-            ("model", &self.model),
-            ("team", &self.team),
-            ("action", &self.action),
-        ] {
-            if let Some(v) = value {
-                params.push(Box::new(v.clone()));
-                let _ = write!(sql, " AND {col} = ${}", params.len());
-            }
-        }
-        (sql, params)
+/// The WHERE clause and parameters selecting what `filter` selects in a
+/// local spool (`leash audit query`), across the fleet.
+fn clause(filter: &Filter) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+    let mut sql = String::from("event IS NULL");
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    if let Some(since) = filter.since {
+        params.push(Box::new(since));
+        let _ = write!(sql, " AND ts >= ${}", params.len());
     }
+    for (col, value) in [
+        ("host", &filter.host),
+        ("provider", &filter.provider),
+        ("model", &filter.model),
+        ("team", &filter.team),
+        ("action", &filter.action),
+    ] {
+        if let Some(v) = value {
+            params.push(Box::new(v.clone()));
+            let _ = write!(sql, " AND {col} = ${}", params.len());
+        }
+    }
+    (sql, params)
 }
 
 /// The selected records, oldest first, exactly as written on their hosts.
-pub async fn select_lines(
-    client: &Client,
-    filter: &FleetFilter,
-) -> Result<Vec<String>, StoreError> {
-    let (clause, params) = filter.clause();
+pub async fn select_lines(client: &Client, filter: &Filter) -> Result<Vec<String>, StoreError> {
+    let (clause, params) = clause(filter);
     let refs: Vec<&(dyn ToSql + Sync)> =
         params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
     let rows = client
@@ -424,7 +412,7 @@ pub async fn select_lines(
 /// exe, host or rule).
 pub async fn sum_by(
     client: &Client,
-    filter: &FleetFilter,
+    filter: &Filter,
     key: &str,
 ) -> Result<BTreeMap<String, Totals>, StoreError> {
     let group = match key {
@@ -442,7 +430,7 @@ pub async fn sum_by(
     } else {
         "leash_audit"
     };
-    let (clause, params) = filter.clause();
+    let (clause, params) = clause(filter);
     let refs: Vec<&(dyn ToSql + Sync)> =
         params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
     let rows = client
