@@ -178,31 +178,30 @@ impl Shipper {
                     }
                 }
             }
-            match self.ship_from_cursor(&js).await {
-                Ok(()) => backoff = BACKOFF_START,
-                Err(kind) => {
-                    self.metrics.ship_error(kind);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
+            let Err(kind) = self.ship_from_cursor(&js, &mut backoff).await;
+            self.metrics.ship_error(kind);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
     /// Reads from the cursor and publishes until something fails; returns
     /// the kind of failure (the caller backs off, then starts again from
-    /// the cursor).
-    async fn ship_from_cursor(&self, js: &jetstream::Context) -> Result<(), &'static str> {
+    /// the cursor). Every acknowledged batch resets `backoff`: the next
+    /// failure is retried quickly again.
+    async fn ship_from_cursor(
+        &self,
+        js: &jetstream::Context,
+        backoff: &mut Duration,
+    ) -> Result<std::convert::Infallible, &'static str> {
+        // The writer of this process set the epoch before shipping started;
+        // it does not change while the process runs.
         let epoch = spool::read_epoch(&self.dir)
             .map_err(|e| self.spool_error(&e))?
             .unwrap_or(0);
         let mut cursor = Cursor::load(&self.dir, epoch).map_err(|e| self.spool_error(&e))?;
         let mut reader = Reader::new(&self.dir, cursor.seq);
         loop {
-            // A spool started anew (new epoch): start over from its start.
-            if spool::read_epoch(&self.dir).ok().flatten().unwrap_or(0) != cursor.epoch {
-                return Ok(());
-            }
             let batch = reader
                 .next_batch(self.cfg.batch)
                 .map_err(|e| self.spool_error(&e))?;
@@ -258,6 +257,7 @@ impl Shipper {
                     .map_or(0.0, |d| d.as_secs_f64());
                 self.metrics.ship_last_ack.set(now);
                 self.update_lag(cursor.seq);
+                *backoff = BACKOFF_START;
             }
             if let Some(kind) = failed {
                 return Err(kind);
