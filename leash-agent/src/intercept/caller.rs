@@ -1,6 +1,12 @@
 //! Who made an intercepted call: process, executable, user, cgroup and
 //! container, from the kernel's record and `/proc`.
 
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
 use leash_common::OrigDst;
 
 use super::cgroup;
@@ -27,6 +33,37 @@ pub fn user_name_from(passwd: &str, uid: u32) -> Option<String> {
     })
 }
 
+/// How long user names read from `/etc/passwd` are reused.
+const USER_NAMES_TTL: Duration = Duration::from_mins(1);
+
+/// User names by uid, read from `/etc/passwd` at most once a minute rather
+/// than on every intercepted connection.
+static USER_NAMES: Mutex<Option<UserNames>> = Mutex::new(None);
+
+/// When the names were read, and the names by uid.
+type UserNames = (Instant, HashMap<u32, Option<String>>);
+
+fn user_name(uid: u32) -> Option<String> {
+    let mut cache = USER_NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    if cache
+        .as_ref()
+        .is_none_or(|(at, _)| at.elapsed() > USER_NAMES_TTL)
+    {
+        *cache = Some((Instant::now(), HashMap::new()));
+    }
+    let names = &mut cache
+        .get_or_insert_with(|| (Instant::now(), HashMap::new()))
+        .1;
+    names
+        .entry(uid)
+        .or_insert_with(|| {
+            std::fs::read_to_string("/etc/passwd")
+                .ok()
+                .and_then(|p| user_name_from(&p, uid))
+        })
+        .clone()
+}
+
 /// Describes the process in `rec`. The process may be gone already: what
 /// cannot be read stays `None` (the kernel's `comm` always remains).
 pub fn describe(rec: &OrigDst) -> ProcessInfo {
@@ -49,9 +86,7 @@ pub fn describe(rec: &OrigDst) -> ProcessInfo {
         exe,
         comm: String::from_utf8_lossy(&rec.comm[..comm_len]).into_owned(),
         uid: rec.uid,
-        user: std::fs::read_to_string("/etc/passwd")
-            .ok()
-            .and_then(|p| user_name_from(&p, rec.uid)),
+        user: user_name(rec.uid),
         container: cgroup.as_deref().and_then(cgroup::container_id),
         cgroup,
     }

@@ -29,6 +29,7 @@ pub const REQUEST_ID_HEADER: &str = "x-leash-request-id";
 /// Sends requests upstream over a pooled, verified-TLS client. `C` is how
 /// connections are made: by resolving the URI (gateway), or to one fixed
 /// original destination on a marked socket (transparent).
+#[derive(Clone)]
 pub struct Forwarder<C> {
     client: Client<C, Full<Bytes>>,
     response_timeout: std::time::Duration,

@@ -123,6 +123,18 @@ impl CertCache {
     }
 }
 
+/// Most original destinations whose upstream client (and its connection
+/// pool) is kept; past it the map starts over.
+const MAX_UPSTREAM_CLIENTS: usize = 1024;
+
+/// One pooled upstream client per original destination, shared by every
+/// client connection to it: a new client connection reuses the agent's
+/// warm TLS connections to the provider instead of opening its own.
+#[derive(Default)]
+pub struct UpstreamClients {
+    by_dst: Mutex<HashMap<SocketAddr, Forwarder<MarkedHttpsConnector>>>,
+}
+
 /// Everything the transparent listener needs.
 pub struct Transparent {
     pub hooks: Arc<KernelHooks>,
@@ -134,6 +146,7 @@ pub struct Transparent {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub max_body_bytes: usize,
+    pub upstreams: UpstreamClients,
 }
 
 /// The original destination as a socket address.
@@ -257,19 +270,11 @@ impl Transparent {
             .map_err(TransparentError::ClientTls)?;
         let caller = caller_of(&orig, peer);
         tracing::debug!(%peer, %dst, %host, pid = caller.pid, exe = caller.exe.as_deref().unwrap_or("-"), "terminating");
-        let connector = MarkedConnector {
-            dst,
-            mark: self.bypass_mark,
-            timeout: self.connect_timeout,
-        };
         let conn = Arc::new(Terminated {
             provider,
             caller,
             pipeline: Arc::clone(&self.pipeline),
-            forwarder: Forwarder::new(
-                marked_client(connector, self.upstream_tls.clone()),
-                self.response_timeout,
-            ),
+            forwarder: self.forwarder(dst),
             max_body_bytes: self.max_body_bytes,
         });
         let service = service_fn(move |req| {
@@ -285,6 +290,32 @@ impl Transparent {
             .serve_connection(TokioIo::new(tls), service)
             .await
             .map_err(TransparentError::Http)
+    }
+
+    /// The shared upstream client for `dst` (made on first use).
+    fn forwarder(&self, dst: SocketAddr) -> Forwarder<MarkedHttpsConnector> {
+        let mut map = self
+            .upstreams
+            .by_dst
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = map.get(&dst) {
+            return f.clone();
+        }
+        if map.len() >= MAX_UPSTREAM_CLIENTS {
+            map.clear();
+        }
+        let connector = MarkedConnector {
+            dst,
+            mark: self.bypass_mark,
+            timeout: self.connect_timeout,
+        };
+        let f = Forwarder::new(
+            marked_client(connector, self.upstream_tls.clone()),
+            self.response_timeout,
+        );
+        map.insert(dst, f.clone());
+        f
     }
 
     /// Records a connection to an LLM endpoint that is not intercepted.

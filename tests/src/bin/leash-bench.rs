@@ -1,9 +1,12 @@
 //! Benchmark tools, driven by `cargo xtask bench`:
 //!
 //! - `leash-bench upstream --listen ADDR [--delay-ms N] [--size BYTES]
-//!   [--chunks N --gap-ms N]`: a lean OpenAI-compatible upstream (hyper). A
-//!   chat completion of about `size` bytes after `delay-ms`; with
-//!   `"stream":true` in the body, `chunks` SSE events `gap-ms` apart.
+//!   [--chunks N --gap-ms N] [--tls-names a,b --tls-ca-out FILE]`: a lean
+//!   OpenAI-compatible upstream (hyper). A chat completion of about `size`
+//!   bytes after `delay-ms` (a request's `x-bench-size` / `x-bench-delay-ms`
+//!   headers override both); with `"stream":true` in the body, `chunks` SSE
+//!   events `gap-ms` apart. With `--tls-names`, it serves TLS with a leaf
+//!   for those names from a throwaway CA written to `--tls-ca-out`.
 //! - `leash-bench load --url URL --rate R --seconds S [--connections C]`:
 //!   open-loop load at a fixed rate. Each request has an intended send time
 //!   (`start + i / rate`); latency is measured from it, so a stalled server
@@ -13,6 +16,17 @@
 //!   loop, every connection back to back: the throughput ceiling.
 //! - `leash-bench sse --url URL --requests N`: streams, one after another;
 //!   time to first token and gaps between chunks.
+//!
+//! - `leash-bench handshake --url URL --names a,b,... [--rounds N]`: one
+//!   request per new connection, one after another, cycling through `names`
+//!   as the TLS server name (and Host): with a fresh agent, the first round
+//!   shows certificate minting (cache cold), later ones the cache hit.
+//!
+//! Client options of `load`, `saturate`, `sse` and `handshake`: `https://`
+//! URLs with `--ca PEM` (the only root trusted), `--connect IP:PORT` to dial
+//! an address other than the URL's, `--header 'name: value'` (repeatable),
+//! `--new-connection` (a fresh connection, and full TLS handshake, for
+//! every request).
 //!
 //! Results are one JSON object on stdout.
 
@@ -68,8 +82,11 @@ fn main() {
         Some("load") => load(&args),
         Some("saturate") => saturate(&args),
         Some("sse") => sse(&args),
+        Some("handshake") => handshake(&args),
         _ => {
-            eprintln!("usage: leash-bench upstream|load|saturate|sse ... (see the source header)");
+            eprintln!(
+                "usage: leash-bench upstream|load|saturate|sse|handshake ... (see the source header)"
+            );
             std::process::exit(2);
         }
     }
@@ -81,6 +98,8 @@ fn main() {
 struct UpstreamConfig {
     delay: Duration,
     body: Bytes,
+    /// Bodies made ahead for the sizes a request may ask for.
+    sized: Arc<std::collections::HashMap<usize, Bytes>>,
     chunks: usize,
     gap: Duration,
 }
@@ -159,14 +178,24 @@ async fn answer(
     req: Request<Incoming>,
 ) -> Result<Response<UpBody>, std::convert::Infallible> {
     use http_body_util::BodyExt;
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let delay = header("x-bench-delay-ms").map_or(cfg.delay, Duration::from_millis);
+    let answer = header("x-bench-size")
+        .and_then(|n| cfg.sized.get(&usize::try_from(n).ok()?).cloned())
+        .unwrap_or_else(|| cfg.body.clone());
     let body = req
         .into_body()
         .collect()
         .await
         .map(http_body_util::Collected::to_bytes)
         .unwrap_or_default();
-    if !cfg.delay.is_zero() {
-        tokio::time::sleep(cfg.delay).await;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     let stream = body.windows(13).any(|w| w == b"\"stream\":true");
     let resp = if stream {
@@ -180,7 +209,7 @@ async fn answer(
     } else {
         Response::builder()
             .header("content-type", "application/json")
-            .body(http_body_util::Either::Left(Full::new(cfg.body.clone())))
+            .body(http_body_util::Either::Left(Full::new(answer)))
     };
     Ok(resp.expect("response"))
 }
@@ -190,12 +219,25 @@ fn upstream(args: &[String]) {
         .unwrap_or_else(|| "127.0.0.1:9998".into())
         .parse()
         .expect("--listen IP:PORT");
+    let size = num(args, "--size", 1024);
+    let sized = [size, 1024, 10 * 1024]
+        .into_iter()
+        .map(|n| (n, chat_body(n)))
+        .collect();
     let cfg = UpstreamConfig {
         delay: Duration::from_millis(num(args, "--delay-ms", 0)),
-        body: chat_body(num(args, "--size", 1024)),
+        body: chat_body(size),
+        sized: Arc::new(sized),
         chunks: num(args, "--chunks", 20),
         gap: Duration::from_millis(num(args, "--gap-ms", 10)),
     };
+    let tls = arg(args, "--tls-names").map(|names| {
+        let ca = leash_tests::tls::TestCa::new("leash-bench public CA");
+        let out = arg(args, "--tls-ca-out").expect("--tls-ca-out FILE with --tls-names");
+        ca.write_cert(std::path::Path::new(&out));
+        let names: Vec<&str> = names.split(',').collect();
+        ca.identity(&names).acceptor()
+    });
     let threads = num(args, "--threads", 1);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -211,11 +253,18 @@ fn upstream(args: &[String]) {
                 };
                 let _ = tcp.set_nodelay(true);
                 let cfg = cfg.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| answer(cfg.clone(), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    if let Some(tls) = tls {
+                        if let Ok(stream) = tls.accept(tcp).await {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    } else {
+                        let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                    }
                 });
             }
         });
@@ -223,31 +272,86 @@ fn upstream(args: &[String]) {
 
 // ---- a minimal blocking HTTP/1.1 client ----------------------------------------
 
+/// Where and how the client connects; shared by every worker thread.
 struct Target {
     addr: SocketAddr,
+    /// Host header and TLS server name.
     host: String,
     path: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    headers: String,
+    new_connection: bool,
 }
 
-fn target(url: &str) -> Target {
-    let rest = url.strip_prefix("http://").expect("http:// URL");
+fn target(url: &str, args: &[String]) -> Target {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
+    } else {
+        (
+            false,
+            url.strip_prefix("http://")
+                .expect("http:// or https:// URL"),
+        )
+    };
     let (host, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
-        .expect("resolve")
-        .next()
-        .expect("an address");
+    let addr = arg(args, "--connect").map_or_else(
+        || {
+            let with_port = if host.contains(':') {
+                host.to_owned()
+            } else {
+                format!("{host}:{}", if tls { 443 } else { 80 })
+            };
+            std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+                .expect("resolve")
+                .next()
+                .expect("an address")
+        },
+        |a| a.parse().expect("--connect IP:PORT"),
+    );
+    let tls = tls.then(|| {
+        let ca = arg(args, "--ca").expect("--ca PEM for an https:// URL");
+        let pem = std::fs::read(&ca).expect("read --ca");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            roots.add(cert.expect("a PEM certificate")).expect("root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("tls versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Every new connection is a full handshake: the worst case, and
+        // what a fresh process (most SDK clients) does.
+        config.resumption = rustls::client::Resumption::disabled();
+        Arc::new(config)
+    });
+    let mut headers = String::new();
+    for (i, a) in args.iter().enumerate() {
+        if a == "--header" {
+            let h = args.get(i + 1).expect("--header 'name: value'");
+            headers.push_str(h);
+            headers.push_str("\r\n");
+        }
+    }
     Target {
         addr,
-        host: host.to_owned(),
+        host: host.split(':').next().unwrap_or(host).to_owned(),
         path,
+        tls,
+        headers,
+        new_connection: args.iter().any(|a| a == "--new-connection"),
     }
 }
 
+trait Io: Read + Write + Send {}
+impl<T: Read + Write + Send> Io for T {}
+
 struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    io: BufReader<Box<dyn Io>>,
 }
 
 /// What reading one response saw.
@@ -259,28 +363,53 @@ struct Read1 {
 
 impl Conn {
     fn open(t: &Target) -> std::io::Result<Self> {
+        Self::open_as(t, &t.host)
+    }
+
+    /// A connection presenting `name` as the TLS server name.
+    fn open_as(t: &Target, name: &str) -> std::io::Result<Self> {
         let s = TcpStream::connect_timeout(&t.addr, Duration::from_secs(2))?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let io: Box<dyn Io> = match &t.tls {
+            Some(config) => {
+                let name = rustls_pki_types::ServerName::try_from(name.to_owned())
+                    .map_err(std::io::Error::other)?;
+                let conn = rustls::ClientConnection::new(Arc::clone(config), name)
+                    .map_err(std::io::Error::other)?;
+                let mut tls = rustls::StreamOwned::new(conn, s);
+                // Finish the handshake now, so a failure is a connect error.
+                while tls.conn.is_handshaking() {
+                    tls.conn.complete_io(&mut tls.sock)?;
+                }
+                Box::new(tls)
+            }
+            None => Box::new(s),
+        };
         Ok(Self {
-            reader: BufReader::with_capacity(64 * 1024, s.try_clone()?),
-            writer: s,
+            io: BufReader::with_capacity(64 * 1024, io),
         })
     }
 
     fn send(&mut self, t: &Target, body: &str) -> std::io::Result<()> {
+        self.send_as(t, &t.host, body)
+    }
+
+    fn send_as(&mut self, t: &Target, host: &str, body: &str) -> std::io::Result<()> {
         let req = format!(
-            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\nauthorization: Bearer sk-bench\r\ncontent-length: {}\r\n\r\n{body}",
+            "POST {} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\nauthorization: Bearer sk-bench\r\n{}content-length: {}\r\n\r\n{body}",
             t.path,
-            t.host,
+            t.headers,
             body.len()
         );
-        self.writer.write_all(req.as_bytes())
+        let w = self.io.get_mut();
+        w.write_all(req.as_bytes())?;
+        w.flush()
     }
 
     fn read(&mut self) -> std::io::Result<Read1> {
         let mut line = String::new();
-        self.reader.read_line(&mut line)?;
+        self.io.read_line(&mut line)?;
         let status: u16 = line
             .split_whitespace()
             .nth(1)
@@ -290,7 +419,7 @@ impl Conn {
         let mut chunked = false;
         loop {
             line.clear();
-            self.reader.read_line(&mut line)?;
+            self.io.read_line(&mut line)?;
             let l = line.trim_end();
             if l.is_empty() {
                 break;
@@ -306,22 +435,22 @@ impl Conn {
         if chunked {
             loop {
                 line.clear();
-                self.reader.read_line(&mut line)?;
+                self.io.read_line(&mut line)?;
                 let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
                     .map_err(|_| std::io::Error::other("bad chunk size"))?;
                 if size == 0 {
                     line.clear();
-                    self.reader.read_line(&mut line)?;
+                    self.io.read_line(&mut line)?;
                     break;
                 }
                 let mut buf = vec![0; size + 2];
-                self.reader.read_exact(&mut buf)?;
+                self.io.read_exact(&mut buf)?;
                 chunks.push(Instant::now());
             }
         } else {
             let n = length.ok_or_else(|| std::io::Error::other("no content-length"))?;
             let mut buf = vec![0; n];
-            self.reader.read_exact(&mut buf)?;
+            self.io.read_exact(&mut buf)?;
             chunks.push(Instant::now());
         }
         Ok(Read1 { status, chunks })
@@ -367,7 +496,7 @@ fn load(args: &[String]) {
     } else {
         CHAT_BODY
     };
-    let t = Arc::new(target(&url));
+    let t = Arc::new(target(&url, args));
     let total = (rate * seconds) as u64;
     let warm = (rate * warmup) as u64;
     let errors = Arc::new(AtomicU64::new(0));
@@ -413,6 +542,9 @@ fn load(args: &[String]) {
                             conn = None;
                         }
                     }
+                    if t.new_connection {
+                        conn = None;
+                    }
                     if i >= warm {
                         completed.fetch_add(1, Ordering::Relaxed);
                         let _ = corrected.record(us(done - intended));
@@ -452,7 +584,7 @@ fn saturate(args: &[String]) {
     let url = arg(args, "--url").expect("--url");
     let seconds: f64 = num(args, "--seconds", 5.0);
     let conns: usize = num(args, "--connections", 32);
-    let t = Arc::new(target(&url));
+    let t = Arc::new(target(&url, args));
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -475,6 +607,9 @@ fn saturate(args: &[String]) {
                         c.send(&t, CHAT_BODY)?;
                         Ok(c.read()?.status == 200)
                     })();
+                    if t.new_connection {
+                        conn = None;
+                    }
                     match r {
                         Ok(true) => {
                             done.fetch_add(1, Ordering::Relaxed);
@@ -514,7 +649,7 @@ fn saturate(args: &[String]) {
 fn sse(args: &[String]) {
     let url = arg(args, "--url").expect("--url");
     let requests: usize = num(args, "--requests", 50);
-    let t = target(&url);
+    let t = target(&url, args);
     let mut ttft = histogram();
     let mut gaps = histogram();
     let mut conn = Conn::open(&t).expect("connect");
@@ -539,5 +674,41 @@ fn sse(args: &[String]) {
         "{}",
         json!({"mode": "sse", "requests": requests, "errors": errors,
                "ttft": percentiles(&ttft), "gap": percentiles(&gaps)})
+    );
+}
+
+// ---- new connections, one server name after another ---------------------------
+
+fn handshake(args: &[String]) {
+    let url = arg(args, "--url").expect("--url");
+    let names: Vec<String> = arg(args, "--names")
+        .expect("--names a,b,...")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let rounds: usize = num(args, "--rounds", 2);
+    let t = target(&url, args);
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        let mut h = histogram();
+        let mut errors = 0;
+        for name in &names {
+            let sent = Instant::now();
+            let ok = (|| -> std::io::Result<bool> {
+                let mut c = Conn::open_as(&t, name)?;
+                c.send_as(&t, name, CHAT_BODY)?;
+                Ok(c.read()?.status == 200)
+            })();
+            if matches!(ok, Ok(true)) {
+                let _ = h.record(us(sent.elapsed()));
+            } else {
+                errors += 1;
+            }
+        }
+        out.push(json!({"errors": errors, "latency": percentiles(&h)}));
+    }
+    println!(
+        "{}",
+        json!({"mode": "handshake", "names": names.len(), "rounds": out})
     );
 }

@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 
 use crate::{cargo, ensure_debian_packages, root, run, target_dir};
 
+mod extra;
+mod transparent;
+
 /// CPU of the load generator; contenders and the upstream get the other.
 const LOADGEN_CPU: &str = "0";
 const SERVER_CPU: &str = "1";
@@ -26,6 +29,8 @@ struct Plan {
     rounds: usize,
     saturate_seconds: f64,
     sse_requests: usize,
+    /// Criterion's measurement time per micro-benchmark.
+    micro_seconds: u32,
 }
 
 impl Plan {
@@ -33,10 +38,11 @@ impl Plan {
         if quick {
             Self {
                 rates: vec![500.0, 1000.0, 2000.0],
-                seconds: 5.0,
+                seconds: 3.0,
                 rounds: 2,
-                saturate_seconds: 3.0,
-                sse_requests: 20,
+                saturate_seconds: 2.0,
+                sse_requests: 10,
+                micro_seconds: 1,
             }
         } else {
             Self {
@@ -45,6 +51,7 @@ impl Plan {
                 rounds: 3,
                 saturate_seconds: 10.0,
                 sse_requests: 100,
+                micro_seconds: 5,
             }
         }
     }
@@ -56,8 +63,12 @@ fn free_port() -> Result<u16> {
 }
 
 fn wait_port(port: u16, what: &str) -> Result<()> {
+    wait_addr(std::net::SocketAddr::from(([127, 0, 0, 1], port)), what)
+}
+
+fn wait_addr(addr: std::net::SocketAddr, what: &str) -> Result<()> {
+    let port = addr.port();
     let deadline = Instant::now() + Duration::from_mins(1);
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         if Instant::now() > deadline {
             bail!("{what} is not listening on {port} after 60 s");
@@ -166,10 +177,12 @@ struct Contender {
     name: &'static str,
     what: String,
     url: String,
+    /// Extra `leash-bench` client flags (routing headers, TLS roots).
+    client: Vec<(&'static str, String)>,
     /// The process whose CPU and memory are the contender's (the upstream
     /// for `direct`).
     pid: u32,
-    _proc: Option<Proc>,
+    proc: Option<Proc>,
 }
 
 fn leash_config(dir: &Path, upstream: u16, extra: &str) -> Result<PathBuf> {
@@ -220,8 +233,9 @@ fn start_leash(
         name,
         what: what.to_owned(),
         url: format!("http://127.0.0.1:{port}/v1/openai/chat/completions"),
+        client: Vec::new(),
         pid: proc.pid(),
-        _proc: Some(proc),
+        proc: Some(proc),
     })
 }
 
@@ -254,8 +268,9 @@ fn start_nginx(dir: &Path, upstream: u16) -> Result<Contender> {
         name: "nginx",
         what: format!("{version}, proxy_pass with upstream keepalive, 1 worker"),
         url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        client: Vec::new(),
         pid: proc.pid(),
-        _proc: Some(proc),
+        proc: Some(proc),
     })
 }
 
@@ -313,8 +328,61 @@ fn start_litellm(dir: &Path, upstream: u16) -> Result<Contender> {
             LITELLM.trim_start_matches("litellm[proxy]==")
         ),
         url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        client: Vec::new(),
         pid: proc.pid(),
-        _proc: Some(proc),
+        proc: Some(proc),
+    })
+}
+
+/// Portkey's open-source gateway, pinned (npm).
+const PORTKEY: &str = "@portkey-ai/gateway@1.15.2";
+
+/// The Portkey gateway (npm, Node.js, in its own prefix under target/),
+/// routed to the upstream with its `x-portkey-provider` and
+/// `x-portkey-custom-host` headers (127.0.0.1 is a trusted custom host by
+/// default).
+fn start_portkey(dir: &Path, upstream: u16) -> Result<Contender> {
+    let prefix = target_dir().join("bench-portkey");
+    let stamp = prefix.join(".leash-pinned");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(PORTKEY) {
+        let _ = std::fs::remove_dir_all(&prefix);
+        std::fs::create_dir_all(&prefix)?;
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&prefix)
+            .arg(PORTKEY))?;
+        std::fs::write(&stamp, PORTKEY)?;
+    }
+    let node = which("node").context("Node.js (node) is not installed")?;
+    let port = free_port()?;
+    let proc = Proc::spawn(
+        pinned(SERVER_CPU, &node)
+            .arg(prefix.join("node_modules/@portkey-ai/gateway/build/start-server.js"))
+            .args([&format!("--port={port}"), "--headless"]),
+        &dir.join("portkey.log"),
+    )?;
+    wait_port(port, "Portkey gateway")?;
+    let node_version = Command::new(&node)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    Ok(Contender {
+        name: "portkey",
+        what: format!(
+            "Portkey gateway {} (npm) on Node.js {node_version}, routed by x-portkey-provider / x-portkey-custom-host headers",
+            PORTKEY.trim_start_matches("@portkey-ai/gateway@")
+        ),
+        url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        client: vec![
+            ("--header", "x-portkey-provider: openai".to_owned()),
+            (
+                "--header",
+                format!("x-portkey-custom-host: http://127.0.0.1:{upstream}/v1"),
+            ),
+        ],
+        pid: proc.pid(),
+        proc: Some(proc),
     })
 }
 
@@ -330,12 +398,48 @@ fn which(program: &str) -> Option<PathBuf> {
 /// Runs `leash-bench MODE --url URL [--flag value]...` pinned to the load
 /// generator's CPU; returns the JSON it prints.
 fn bench_tool(bin: &Path, mode: &str, url: &str, flags: &[(&str, String)]) -> Result<Value> {
+    bench_tool_in(None, LOADGEN_CPU, bin, mode, url, flags)
+}
+
+/// As [`bench_tool`], on the CPUs `cpus`.
+fn bench_tool_on(
+    cpus: &str,
+    bin: &Path,
+    mode: &str,
+    url: &str,
+    flags: &[(&str, String)],
+) -> Result<Value> {
+    bench_tool_in(None, cpus, bin, mode, url, flags)
+}
+
+/// As [`bench_tool_on`], inside the cgroup v2 directory `cgroup` if given.
+fn bench_tool_in(
+    cgroup: Option<&Path>,
+    cpus: &str,
+    bin: &Path,
+    mode: &str,
+    url: &str,
+    flags: &[(&str, String)],
+) -> Result<Value> {
     let mut args = vec![mode.to_owned(), "--url".to_owned(), url.to_owned()];
     for (flag, value) in flags {
         args.push((*flag).to_owned());
         args.push(value.clone());
     }
-    let out = pinned(LOADGEN_CPU, bin)
+    let mut cmd = match cgroup {
+        Some(cg) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+                .arg("sh")
+                .arg(cg)
+                .args(["taskset", "-c", cpus])
+                .arg(bin);
+            c
+        }
+        None => pinned(cpus, bin),
+    };
+    let out = cmd
         .args(&args)
         .stderr(Stdio::inherit())
         .output()
@@ -344,6 +448,15 @@ fn bench_tool(bin: &Path, mode: &str, url: &str, flags: &[(&str, String)]) -> Re
         bail!("leash-bench {args:?} failed with {}", out.status);
     }
     serde_json::from_slice(&out.stdout).context("leash-bench printed no JSON")
+}
+
+impl Contender {
+    /// `leash-bench MODE` against this contender with its client flags.
+    fn measure(&self, tool: &Path, mode: &str, flags: &[(&str, String)]) -> Result<Value> {
+        let mut all: Vec<(&str, String)> = self.client.clone();
+        all.extend(flags.iter().cloned());
+        bench_tool(tool, mode, &self.url, &all)
+    }
 }
 
 fn f(v: &Value) -> f64 {
@@ -367,6 +480,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 pub fn bench(quick: bool) -> Result<()> {
     ensure_debian_packages(&[("nginx", "nginx"), ("taskset", "util-linux")])?;
     crate::setup()?;
+    // One build for the binaries and the criterion benches (same features,
+    // so the agent library is compiled once).
     run(cargo().args([
         "build",
         "--release",
@@ -374,6 +489,7 @@ pub fn bench(quick: bool) -> Result<()> {
         "leash-agent",
         "--bin",
         "leash",
+        "--benches",
         "-p",
         "leash-tests",
         "--bin",
@@ -409,8 +525,9 @@ pub fn bench(quick: bool) -> Result<()> {
         name: "direct",
         what: "straight to the upstream".into(),
         url: format!("http://127.0.0.1:{up_port}/v1/chat/completions"),
+        client: Vec::new(),
         pid: upstream.pid(),
-        _proc: None,
+        proc: None,
     }];
     let mut skipped: Vec<(String, String)> = Vec::new();
     match start_nginx(&dir, up_port) {
@@ -445,17 +562,9 @@ pub fn bench(quick: bool) -> Result<()> {
         Ok(c) => contenders.push(c),
         Err(e) => skipped.push(("LiteLLM proxy".into(), format!("{e:#}"))),
     }
-    for (name, why) in [
-        (
-            "Portkey gateway",
-            "not yet wired into the harness (npm install and routing headers are the next slice of issue 7)",
-        ),
-        (
-            "Leash transparent",
-            "needs the eBPF agent and a TLS upstream; not in this harness yet",
-        ),
-    ] {
-        skipped.push((name.into(), why.into()));
+    match start_portkey(&dir, up_port) {
+        Ok(c) => contenders.push(c),
+        Err(e) => skipped.push(("Portkey gateway".into(), format!("{e:#}"))),
     }
     std::thread::sleep(Duration::from_secs(1));
     let idle_rss: Vec<f64> = contenders
@@ -471,10 +580,9 @@ pub fn bench(quick: bool) -> Result<()> {
             for (ci, c) in contenders.iter().enumerate() {
                 eprintln!("bench: round {} rate {rate} {}", round + 1, c.name);
                 let before = cpu_seconds(c.pid);
-                let r = bench_tool(
+                let r = c.measure(
                     &tool,
                     "load",
-                    &c.url,
                     &[
                         ("--rate", rate.to_string()),
                         ("--seconds", plan.seconds.to_string()),
@@ -503,25 +611,58 @@ pub fn bench(quick: bool) -> Result<()> {
         .collect();
     let mut saturation = Vec::new();
     let mut sse = Vec::new();
+    let mut single = Vec::new();
     for c in &contenders {
-        eprintln!("bench: saturation and streams {}", c.name);
-        saturation.push(bench_tool(
+        eprintln!("bench: one client, saturation and streams {}", c.name);
+        // One client, back to back: latency with no queue at all (the
+        // figure for a contender that cannot keep up with the rates above).
+        single.push(c.measure(
             &tool,
             "saturate",
-            &c.url,
+            &[
+                ("--seconds", plan.saturate_seconds.to_string()),
+                ("--connections", "1".to_owned()),
+            ],
+        )?);
+        saturation.push(c.measure(
+            &tool,
+            "saturate",
             &[
                 ("--seconds", plan.saturate_seconds.to_string()),
                 ("--connections", "32".to_owned()),
             ],
         )?);
-        sse.push(bench_tool(
+        sse.push(c.measure(
             &tool,
             "sse",
-            &c.url,
             &[("--requests", plan.sse_requests.to_string())],
         )?);
     }
+    // The same contenders at 1000 RPS with other upstream answers, and
+    // without CPU pinning (the scheduler's placement).
+    let variants = extra::variants(&tool, &contenders, &plan)?;
+    let unpinned = extra::unpinned(&tool, &contenders, &upstream, &plan)?;
+    // Where the policy gateway's CPU goes at saturation (perf).
+    let perf = contenders
+        .iter()
+        .find(|c| c.name == "leash-policy")
+        .map(|c| extra::perf_profile(&tool, c, &dir, plan.saturate_seconds.max(3.0)))
+        .transpose()?
+        .flatten();
     drop(upstream);
+    // Stop every contender: the transparent run and the micro-benchmarks
+    // get the machine to themselves.
+    for c in &mut contenders {
+        c.proc = None;
+    }
+    let transparent = transparent::run(&leash, &tool, &dir, &plan).unwrap_or_else(|e| {
+        eprintln!("bench: transparent run failed: {e:#}");
+        json!({"error": format!("{e:#}")})
+    });
+    let micro = extra::micro_benchmarks(&plan).unwrap_or_else(|e| {
+        eprintln!("bench: micro-benchmarks failed: {e:#}");
+        json!({"error": format!("{e:#}")})
+    });
 
     // Per contender and rate: the median over rounds of each percentile.
     let pct = |ci: usize, ri: usize, key: &str, field: &str| -> f64 {
@@ -550,9 +691,15 @@ pub fn bench(quick: bool) -> Result<()> {
                 "runs": open[ci][ri],
             })).collect::<Vec<_>>(),
             "saturation": saturation[ci],
+            "single_client": single[ci],
             "sse": sse[ci],
         })).collect::<Vec<_>>(),
         "profile": profile,
+        "perf": perf,
+        "variants": variants,
+        "unpinned": unpinned,
+        "transparent": transparent,
+        "micro": micro,
         "not_run": skipped.iter().map(|(n, w)| json!({"name": n, "why": w})).collect::<Vec<_>>(),
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
@@ -755,15 +902,56 @@ fn report(r: &Value) -> String {
     }
     let _ = writeln!(
         md,
-        "\n## Throughput, CPU and memory\n\n| contender | saturation RPS (32 connections, closed loop) | p99 at saturation ms | CPU µs per request at 1000 RPS | RSS idle MiB | RSS peak MiB |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+        "\n## One client, back to back (no load)\n\nOne connection, each request sent when the previous answer arrived: the latency a contender adds when nothing queues — the fair figure for a contender that falls behind at the rates above.\n\n| contender | requests/s | p50 ms | p99 ms | added p50 ms | added p99 ms |\n| --- | ---: | ---: | ---: | ---: | ---: |"
     );
     for c in &contenders {
+        let s = &c["single_client"];
+        let d = &direct["single_client"];
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} |",
+            "| {} | {:.0} | {:.3} | {:.3} | {:+.3} | {:+.3} |",
+            c["name"].as_str().unwrap_or("?"),
+            f(&s["rps"]),
+            f(&s["latency"]["p50_ms"]),
+            f(&s["latency"]["p99_ms"]),
+            f(&s["latency"]["p50_ms"]) - f(&d["latency"]["p50_ms"]),
+            f(&s["latency"]["p99_ms"]) - f(&d["latency"]["p99_ms"]),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## Throughput, CPU and memory\n\n*Highest rate with p99 ≤ X*: the highest offered rate of the open-loop runs at which p99 stayed within X with no errors and nothing left unsent (`<{lowest}` when even the lowest missed).\n\n| contender | saturation RPS (32 connections, closed loop) | ×nginx | p99 at saturation ms | highest rate with p99 ≤ 1 / 5 / 10 ms | CPU µs per request at 1000 RPS | RSS idle MiB | RSS peak MiB |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        lowest = rates.first().copied().unwrap_or(0.0)
+    );
+    let nginx_rps = nginx.map_or(f64::NAN, |n| f(&n["saturation"]["rps"]));
+    for c in &contenders {
+        let within = |ms: f64| {
+            c["open_loop"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|o| {
+                    f(&o["p99_ms"]) <= ms
+                        && o["errors"].as_u64() == Some(0)
+                        && o["not_sent"].as_u64() == Some(0)
+                })
+                .map(|o| f(&o["rate"]))
+                .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))))
+                .map_or_else(
+                    || format!("<{:.0}", rates.first().copied().unwrap_or(0.0)),
+                    |r| format!("{r:.0}"),
+                )
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.2} | {:.2} | {} / {} / {} | {:.0} | {:.1} | {:.1} |",
             c["name"].as_str().unwrap_or("?"),
             f(&c["saturation"]["rps"]),
+            f(&c["saturation"]["rps"]) / nginx_rps,
             f(&c["saturation"]["latency"]["p99_ms"]),
+            within(1.0),
+            within(5.0),
+            within(10.0),
             f(&c["cpu_us_per_request_at_1000"]),
             f(&c["rss_idle_mib"]),
             f(&c["rss_peak_mib"]),
@@ -771,13 +959,15 @@ fn report(r: &Value) -> String {
     }
     let _ = writeln!(
         md,
-        "\nFor `direct` the CPU and memory are the upstream's own; for the others, the proxy's alone (the upstream is the same for all).\n\n## Streams (SSE: 20 events, 10 ms apart)\n\n| contender | TTFT p50 ms | TTFT p99 ms | added TTFT p50 ms | inter-chunk gap p50 ms | gap p99 ms |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+        "\nFor `direct` the CPU and memory are the upstream's own; for the others, the proxy's alone (the upstream is the same for all).\n\n## Streams (SSE: 20 events, 10 ms apart)\n\n| contender | streams | failed | TTFT p50 ms | TTFT p99 ms | added TTFT p50 ms | inter-chunk gap p50 ms | gap p99 ms |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for c in &contenders {
         let _ = writeln!(
             md,
-            "| {} | {:.3} | {:.3} | {:+.3} | {:.3} | {:.3} |",
+            "| {} | {} | {} | {:.3} | {:.3} | {:+.3} | {:.3} | {:.3} |",
             c["name"].as_str().unwrap_or("?"),
+            c["sse"]["requests"],
+            c["sse"]["errors"],
             f(&c["sse"]["ttft"]["p50_ms"]),
             f(&c["sse"]["ttft"]["p99_ms"]),
             f(&c["sse"]["ttft"]["p50_ms"]) - f(&direct["sse"]["ttft"]["p50_ms"]),
@@ -789,14 +979,19 @@ fn report(r: &Value) -> String {
         md,
         "\n## Latency vs offered load\n\n![p50 and p99 latency per contender and rate](bench/latency.svg)\n"
     );
+    let _ = writeln!(md, "{}", extra::variants_section(r));
+    let _ = writeln!(md, "{}", extra::unpinned_section(r));
+    let _ = writeln!(md, "{}", transparent::section(&r["transparent"]));
     let _ = writeln!(md, "{}", goals(&contenders, &rates));
     let _ = writeln!(md, "{}", profile_section(&r["profile"]));
+    let _ = writeln!(md, "{}", extra::perf_section(&r["perf"]));
+    let _ = writeln!(md, "{}", extra::micro_section(&r["micro"]));
     // A contender that completed nothing in time has no latency: a dash,
     // never a number.
     md = md.replace("+NaN", "—").replace("NaN", "—");
     let _ = writeln!(
         md,
-        "## Reproduce\n\n```sh\ncargo xtask bench --quick   # ~{:.0} s here: 3 rates x 6 s, 1 round\ncargo xtask bench           # 4 rates x 20 s, 3 alternating rounds\n```\n\nRaw figures (every run, all percentiles): `bench/results.json`.",
+        "## Reproduce\n\n```sh\ncargo xtask bench --quick   # this run: {:.0} s of measuring after the build; 3 rates x (1 s warm-up + 3 s), 2 alternating rounds\ncargo xtask bench           # 4 rates x (1 s + 20 s), 3 alternating rounds, 10 s saturation, 100 streams, 5 s per micro-benchmark\n```\n\nBoth build the release binaries and the criterion benches first (one build), install nginx, strace and perf (Debian), LiteLLM (PyPI, its own venv under `target/`) and the Portkey gateway (npm, its own prefix under `target/`) when missing, and need root for the transparent part (it is reported as not run otherwise). Nothing leaves the machine: every server is reached on loopback (the Portkey gateway has no bind option and listens on all interfaces while it runs).\n\nRaw figures (every run, all percentiles): `bench/results.json`.",
         f(&r["elapsed_s"])
     );
     md
@@ -829,7 +1024,7 @@ fn profile_section(p: &Value) -> String {
             f(&r["calls_per_request"])
         );
     }
-    md.push_str("\nA proxied request costs at least two `writev` and two reads (client and upstream sides) plus `epoll_wait` wake-ups; the `futex` calls are wake-ups between tokio worker threads and the audit writer, and `fdatasync` is the audit group commit (one per 5 ms in batch mode). Fewer cross-thread wake-ups (a current-thread runtime per core, handing audit records over in batches) is the next step toward the throughput goal.\n");
+    md.push_str("\nA proxied request costs at least two `writev` and two reads (client and upstream sides) plus `epoll_wait` wake-ups — the same calls nginx makes; `fdatasync` is the audit group commit (at most one per 5 ms in batch mode, off the request path), and `futex` wake-ups are rare (well under one per request).\n");
     md
 }
 

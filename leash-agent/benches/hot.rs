@@ -1,0 +1,114 @@
+//! The other hot pieces of a request, each on its own: SSE event parsing
+//! (every streamed chunk passes through it), audit record encoding and
+//! sealing (once per request), and the leaf certificate cache of the
+//! transparent proxy (a miss mints a certificate; a hit is a map lookup).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    reason = "benchmark"
+)]
+
+use std::{fmt::Write as _, hint::black_box, sync::Arc};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use leash_agent::{
+    audit::{AuditRecord, chain},
+    ca::{CaOptions, CertAuthority},
+    metrics::Metrics,
+    pipeline::{Caller, sse::SseBuffer, usage::Usage},
+    proxy::transparent::CertCache,
+};
+
+/// An `OpenAI` chat stream of 20 content events and a usage event, cut into
+/// 64-byte network reads.
+fn stream() -> Vec<Vec<u8>> {
+    let mut text = String::new();
+    for i in 0..20 {
+        let _ = write!(
+            text,
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token{i} \"}},\"finish_reason\":null}}]}}\n\n"
+        );
+    }
+    text.push_str("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":20,\"total_tokens\":29}}\n\ndata: [DONE]\n\n");
+    text.as_bytes().chunks(64).map(<[u8]>::to_vec).collect()
+}
+
+fn record() -> AuditRecord {
+    let caller = Caller {
+        addr: Some("127.0.0.1:50123".parse().unwrap()),
+        team: Some("payments".into()),
+        pid: Some(4242),
+        exe: Some("/usr/bin/python3.11".into()),
+        comm: Some("python3".into()),
+        uid: Some(1000),
+        user: Some("alice".into()),
+        cgroup: Some("/system.slice/app.service".into()),
+        container: None,
+    };
+    let mut r = AuditRecord::shadow_ai("api.openai.com", &caller, &Arc::from("host-1"));
+    r.provider = "openai".into();
+    r.endpoint = "/v1/chat/completions".into();
+    r.model = Some("gpt-4o-mini".into());
+    r.status = Some(200);
+    r.latency_ms = 412.3;
+    r.ttfb_ms = Some(180.2);
+    r.overhead_ms = 0.12;
+    r.completed = true;
+    r.response_bytes = 1834;
+    r.usage = Some(Usage {
+        input_tokens: 1200,
+        output_tokens: 300,
+        cached_tokens: 0,
+        reasoning_tokens: 0,
+        cache_creation_tokens: 0,
+    });
+    r.cost_usd = Some(0.000_36);
+    r.event = None;
+    r
+}
+
+fn bench(c: &mut Criterion) {
+    let chunks = stream();
+    c.bench_function("sse_parse_21_events", |b| {
+        b.iter(|| {
+            let mut buf = SseBuffer::default();
+            let mut n = 0;
+            for (i, chunk) in chunks.iter().enumerate() {
+                n += buf.feed(black_box(chunk), i + 1 == chunks.len()).len();
+            }
+            assert_eq!(n, 22);
+            n
+        });
+    });
+
+    let rec = record();
+    let mut head = chain::ChainHead::default();
+    c.bench_function("audit_encode_and_seal", |b| {
+        b.iter(|| chain::seal(serde_json::to_vec(black_box(&rec)).unwrap(), &mut head).len());
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertAuthority::init(dir.path(), &CaOptions::default(), false).unwrap();
+    c.bench_function("cert_mint_miss", |b| {
+        b.iter(|| ca.mint(black_box("api.openai.com")).unwrap());
+    });
+    let cache = CertCache::new(
+        CertAuthority::load(dir.path()).unwrap(),
+        Arc::new(Metrics::new()),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(cache.server_config("api.openai.com")).unwrap();
+    c.bench_function("cert_cache_hit", |b| {
+        b.iter(|| {
+            rt.block_on(cache.server_config(black_box("api.openai.com")))
+                .unwrap()
+        });
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
