@@ -343,6 +343,7 @@ async fn spawn_gateway(
         name: "gateway",
         header_read_timeout: config.gateway.header_read_timeout,
         drain_timeout: Duration::from_secs(10),
+        limits: config.gateway.limits,
     };
     Ok(tokio::spawn(server::serve(
         listener, tls, gateway, options, stop,
@@ -358,6 +359,7 @@ fn spawn_admin(
         name: "admin",
         header_read_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(1),
+        limits: crate::config::ConnLimits::default(),
     };
     tokio::spawn(server::serve(
         listener,

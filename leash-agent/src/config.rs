@@ -174,6 +174,32 @@ pub struct GatewayConfig {
     pub tls: Option<TlsFiles>,
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
+    pub limits: ConnLimits,
+}
+
+/// Per-listener protocol limits (the gateway's are configurable; the admin
+/// listener uses the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Request line + headers, in bytes (beyond: 431).
+    pub max_header_bytes: usize,
+    /// Header fields per request (beyond: 431).
+    pub max_headers: usize,
+    /// Open client connections; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// HTTP/2 streams open at once per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: 4096,
+            max_concurrent_streams: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +221,11 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// How long to wait for the upstream's response headers.
     pub response_timeout: Duration,
+    /// Upstream host names allowed to resolve to loopback, private,
+    /// link-local or other internal addresses (lower case). Any other name
+    /// that resolves only to such addresses is refused (SSRF guard); IP
+    /// literals in a provider URL are explicit and always allowed.
+    pub allow_private_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -344,6 +375,10 @@ struct RawGateway {
     tls: Option<RawTls>,
     max_body_bytes: Option<usize>,
     header_read_timeout_secs: Option<u64>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_connections: Option<usize>,
+    max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -378,6 +413,8 @@ struct RawUpstreamTls {
 struct RawUpstream {
     connect_timeout_secs: Option<u64>,
     response_timeout_secs: Option<u64>,
+    #[serde(default)]
+    allow_private_hosts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -490,6 +527,70 @@ impl Config {
     }
 }
 
+fn validate_upstream(
+    upstream: RawUpstream,
+    upstream_tls: RawUpstreamTls,
+    base: &Path,
+) -> Result<UpstreamConfig, ConfigError> {
+    Ok(UpstreamConfig {
+        extra_roots: upstream_tls
+            .extra_roots
+            .into_iter()
+            .map(|p| resolve(base, p))
+            .collect(),
+        connect_timeout: secs(
+            "upstream.connect_timeout_secs",
+            upstream.connect_timeout_secs,
+            10,
+        )?,
+        response_timeout: secs(
+            "upstream.response_timeout_secs",
+            upstream.response_timeout_secs,
+            600,
+        )?,
+        allow_private_hosts: upstream
+            .allow_private_hosts
+            .into_iter()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            .collect(),
+    })
+}
+
+fn conn_limits(g: &RawGateway) -> Result<ConnLimits, ConfigError> {
+    let d = ConnLimits::default();
+    let max_header_bytes = g.max_header_bytes.unwrap_or(d.max_header_bytes);
+    if !(8192..=16 * 1024 * 1024).contains(&max_header_bytes) {
+        return Err(invalid(
+            "gateway.max_header_bytes",
+            "must be between 8192 and 16777216",
+        ));
+    }
+    let positive = |field: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(invalid(field, "must be positive")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    Ok(ConnLimits {
+        max_header_bytes,
+        max_headers: positive("gateway.max_headers", g.max_headers, d.max_headers)?,
+        max_connections: positive(
+            "gateway.max_connections",
+            g.max_connections,
+            d.max_connections,
+        )?,
+        max_concurrent_streams: match g.max_concurrent_streams {
+            Some(0) => {
+                return Err(invalid(
+                    "gateway.max_concurrent_streams",
+                    "must be positive",
+                ));
+            }
+            Some(n) => n,
+            None => d.max_concurrent_streams,
+        },
+    })
+}
+
 fn parse_addr(field: &str, value: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
     let text = value.unwrap_or(default);
     text.parse()
@@ -564,6 +665,7 @@ impl RawConfig {
             Some(h) => h,
             None => read_hostname(),
         };
+        let limits = conn_limits(&gateway)?;
         let gateway = GatewayConfig {
             explicit: gateway.listen.is_some(),
             listen: parse_addr(
@@ -585,6 +687,7 @@ impl RawConfig {
                 gateway.header_read_timeout_secs,
                 30,
             )?,
+            limits,
         };
         let admin = AdminConfig {
             listen: parse_addr(
@@ -596,23 +699,7 @@ impl RawConfig {
         if admin.listen == gateway.listen && admin.listen.port() != 0 {
             return Err(invalid("admin.listen", "must differ from gateway.listen"));
         }
-        let upstream = UpstreamConfig {
-            extra_roots: upstream_tls
-                .extra_roots
-                .into_iter()
-                .map(|p| resolve(base, p))
-                .collect(),
-            connect_timeout: secs(
-                "upstream.connect_timeout_secs",
-                upstream.connect_timeout_secs,
-                10,
-            )?,
-            response_timeout: secs(
-                "upstream.response_timeout_secs",
-                upstream.response_timeout_secs,
-                600,
-            )?,
-        };
+        let upstream = validate_upstream(upstream, upstream_tls, base)?;
         let audit = validate_audit(audit, base, &host_id)?;
         let pipeline = PipelineConfig {
             modules: validate_modules(pipeline.modules)?,

@@ -32,6 +32,7 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// How long in-flight connections may take to finish after shutdown.
     pub drain_timeout: Duration,
+    pub limits: crate::config::ConnLimits,
 }
 
 /// The next connection, with `TCP_NODELAY` on. An accept error (out of file
@@ -62,17 +63,35 @@ pub async fn serve<H: Handler>(
     options: ServeOptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let limits = options.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487): a client that keeps opening and
+        // cancelling streams is cut off.
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(256));
     let graceful = GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         tokio::select! {
             accepted = accept(&listener, options.name) => {
                 let Some((stream, peer)) = accepted else { continue };
+                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                    // Over the connection cap: closed at once, never queued.
+                    tracing::warn!(listener = options.name, %peer, max = limits.max_connections, "connection refused: too many open connections");
+                    drop(stream);
+                    continue;
+                };
                 let handler = Arc::clone(&handler);
                 let service = service_fn(move |req| {
                     let handler = Arc::clone(&handler);
@@ -83,6 +102,7 @@ pub async fn serve<H: Handler>(
                 let tls = tls.clone();
                 let name = options.name;
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let result = if let Some(acceptor) = tls {
                         let tls_stream = match acceptor.accept(stream).await {
                             Ok(tls_stream) => tls_stream,

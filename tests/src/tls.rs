@@ -43,22 +43,19 @@ impl TestCa {
     /// A server identity for `names` (DNS names or IP literals).
     pub fn identity(&self, names: &[&str]) -> Identity {
         let key = KeyPair::generate().expect("leaf key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.subject_alt_names = names
-            .iter()
-            .map(|n| match n.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName((*n).try_into().expect("dns name")),
-            })
-            .collect();
+        let params = leaf_params(names);
         let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
-        Identity {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            cert_der: cert.der().clone(),
-            key_der: key.serialize_der(),
-        }
+        Identity::from_parts(&cert, &key)
+    }
+
+    /// A server identity for `names` that expired at the start of 2021.
+    pub fn expired_identity(&self, names: &[&str]) -> Identity {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params = leaf_params(names);
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
+        Identity::from_parts(&cert, &key)
     }
 
     pub fn write_cert(&self, path: &Path) {
@@ -66,7 +63,37 @@ impl TestCa {
     }
 }
 
+/// Leaf parameters for `names` (DNS names or IP literals).
+fn leaf_params(names: &[&str]) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
+    params.distinguished_name.push(DnType::CommonName, names[0]);
+    params.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName((*n).try_into().expect("dns name")),
+        })
+        .collect();
+    params
+}
+
 impl Identity {
+    /// A self-signed server identity for `names` (no CA vouches for it).
+    pub fn self_signed(names: &[&str]) -> Self {
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = leaf_params(names).self_signed(&key).expect("leaf cert");
+        Self::from_parts(&cert, &key)
+    }
+
+    fn from_parts(cert: &rcgen::Certificate, key: &KeyPair) -> Self {
+        Self {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
+    }
+
     /// A TLS acceptor presenting this identity (h2 and http/1.1).
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         let provider = Arc::new(rustls::crypto::ring::default_provider());

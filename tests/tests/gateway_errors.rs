@@ -266,3 +266,51 @@ fn upstream_errors_pass_through_unchanged() {
     assert_eq!(rec["status"], 429);
     assert!(rec.get("error").is_none());
 }
+
+/// SSRF guard: a provider host name that resolves only to an internal
+/// address (here `localhost`) is refused on the resolved address, unless
+/// `upstream.allow_private_hosts` names it; nothing reaches the upstream.
+#[test]
+fn upstream_names_resolving_to_internal_addresses_are_refused_unless_allowed() {
+    let mock = MockProvider::start();
+    let port = mock.addr().port();
+    let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let headers = [("content-type", "application/json")];
+    let leash = Leash::start(&format!(
+        "providers:\n  openai: {{ upstream: \"http://localhost:{port}/v1\" }}\n"
+    ));
+    let (status, _, answer) = http_request(
+        leash.addr,
+        "POST",
+        "/v1/openai/chat/completions",
+        &headers,
+        body,
+    )
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status, 502, "{answer}");
+    assert!(
+        mock.requests().is_empty(),
+        "the request reached the upstream"
+    );
+    assert!(
+        leash.logs().contains("resolves only to internal addresses"),
+        "{}",
+        leash.logs()
+    );
+    drop(leash);
+
+    let leash = Leash::start(&format!(
+        "providers:\n  openai: {{ upstream: \"http://localhost:{port}/v1\" }}\nupstream: {{ allow_private_hosts: [localhost] }}\n"
+    ));
+    let (status, _, answer) = http_request(
+        leash.addr,
+        "POST",
+        "/v1/openai/chat/completions",
+        &headers,
+        body,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(mock.requests().len(), 1);
+}

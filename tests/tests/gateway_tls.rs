@@ -92,14 +92,22 @@ fn upstream_tls_is_verified_against_extra_roots() {
 }
 
 #[test]
-fn untrusted_or_misnamed_upstream_certificates_are_refused() {
+fn untrusted_misnamed_expired_or_self_signed_upstream_certificates_are_refused() {
     let trusted = TestCa::new("trusted CA");
     let untrusted = TestCa::new("untrusted CA");
+    let start = |id: &leash_tests::tls::Identity| {
+        MockProvider::start_tls("127.0.0.1:0".parse().unwrap(), id)
+    };
     let cases = [
         (tls_mock(&untrusted, &["127.0.0.1"]), "UnknownIssuer"),
         (
             tls_mock(&trusted, &["other.example"]),
             "certificate not valid for name",
+        ),
+        (start(&trusted.expired_identity(&["127.0.0.1"])), "xpired"),
+        (
+            start(&leash_tests::tls::Identity::self_signed(&["127.0.0.1"])),
+            "UnknownIssuer",
         ),
     ];
     for (mock, reason) in cases {

@@ -10,6 +10,7 @@ use std::{
 };
 
 mod bench;
+mod fuzz;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -40,9 +41,19 @@ enum Task {
     /// Benchmark Leash against a direct call and nginx (measured from
     /// outside; writes BENCHMARKS.md, bench/results.json, bench/latency.svg).
     Bench {
-        /// A short run (a few minutes): 3 rates, 6 s each, one round.
+        /// A short run (a few minutes): 3 rates, 3 s each, two rounds.
         #[arg(long)]
         quick: bool,
+    },
+    /// Run the cargo-fuzz targets (libFuzzer, nightly) for N minutes each,
+    /// minimise their corpora and record executions and crashes in
+    /// leash-agent/fuzz/results.json.
+    Fuzz {
+        /// Minutes per target.
+        #[arg(long, default_value_t = 1)]
+        minutes: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
     },
     /// Install the eBPF toolchain if needed, build Leash (release) and start
     /// it on its embedded defaults: `leash run` (the transparent agent) as
@@ -390,6 +401,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Setup => setup(),
         Task::Bench { quick } => bench::bench(quick),
+        Task::Fuzz { minutes, targets } => fuzz::fuzz(minutes, &targets),
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Run { args } => run_leash(&args),
     }

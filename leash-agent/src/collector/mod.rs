@@ -135,6 +135,7 @@ pub async fn run(
             name: "collector admin",
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(1),
+            limits: crate::config::ConnLimits::default(),
         },
         shutdown.clone(),
     ));

@@ -259,6 +259,11 @@ pub struct Decision {
     block_rule: Option<String>,
     #[serde(skip)]
     alerts: Vec<String>,
+    /// From [`Policy::test`]: the body as it would be forwarded, when
+    /// redaction or a transform changed it (`None`: forwarded unchanged or
+    /// blocked).
+    #[serde(skip)]
+    pub forwarded_body: Option<Vec<u8>>,
 }
 
 /// A finding as recorded: rule, detector, count. Never the matched text.
@@ -319,19 +324,32 @@ impl Policy {
             upstream_path: endpoint.to_owned(),
         };
         crate::pipeline::identify::identify(&mut ex, &req);
-        let (_, findings) = scan(self, &mut value);
+        let (per_text, findings) = scan(self, &mut value);
         let mut decision = self.decide(&ex, &req, &findings);
-        if decision.block_rule.is_none() && !decision.transform.is_empty() {
-            decision.changes = decision
-                .transform
-                .apply(&mut transform::Target {
-                    kind: ex.provider.kind,
-                    endpoint,
-                    body: &mut value,
-                    headers: &mut req.head.headers,
-                    path: &mut req.upstream_path,
-                })
-                .changes;
+        if decision.block_rule.is_some() {
+            return Ok(decision);
+        }
+        let mut changed = false;
+        if !decision.redact.is_empty() {
+            redact(self, &mut value, &per_text, &decision.redact);
+            changed = true;
+        }
+        if !decision.transform.is_empty() {
+            let applied = decision.transform.apply(&mut transform::Target {
+                kind: ex.provider.kind,
+                endpoint,
+                body: &mut value,
+                headers: &mut req.head.headers,
+                path: &mut req.upstream_path,
+            });
+            changed |= applied.body_changed;
+            decision.changes = applied.changes;
+        }
+        if changed {
+            decision.forwarded_body = Some(
+                serde_json::to_vec(&value)
+                    .map_err(|e| format!("cannot re-encode the request body: {e}"))?,
+            );
         }
         Ok(decision)
     }
@@ -1345,6 +1363,9 @@ pub struct PolicyRecord {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {

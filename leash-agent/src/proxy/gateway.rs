@@ -36,12 +36,26 @@ fn route(path: &str) -> Option<(&str, &str)> {
 }
 
 /// Refuses path tricks that could make the upstream path escape the
-/// provider's base path: dot segments (plain or percent-encoded) and encoded
-/// slashes or backslashes.
+/// provider's base path or confuse the upstream's parser: dot segments
+/// (plain or percent-encoded), encoded slashes or backslashes, and encoded
+/// control bytes (`%00`, `%0a`, ...).
 fn safe_rest(rest: &str) -> bool {
     let lower = rest.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
+    if lower.contains('\\') {
         return false;
+    }
+    let bytes = lower.as_bytes();
+    for (i, _) in lower.match_indices('%') {
+        let decoded = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match decoded {
+            Some(b) if b < 0x20 || b == 0x7f || b == b'/' || b == b'\\' => return false,
+            Some(_) => {}
+            // A lone `%` is not a valid escape: refuse rather than guess.
+            None => return false,
+        }
     }
     lower.split('/').all(|seg| {
         let decoded = seg.replace("%2e", ".");
@@ -84,6 +98,31 @@ impl Gateway {
                 StatusCode::METHOD_NOT_ALLOWED,
                 Bytes::from(body.to_string()),
             );
+        }
+        // Only the methods provider APIs use; anything else (TRACE, WebDAV,
+        // made-up tokens) never reaches a provider.
+        if !matches!(
+            *req.method(),
+            Method::GET
+                | Method::POST
+                | Method::PUT
+                | Method::PATCH
+                | Method::DELETE
+                | Method::HEAD
+                | Method::OPTIONS
+        ) {
+            let body = json!({"error": {"message": format!("leash: method {} is not allowed", req.method()), "type": "invalid_request_error", "code": ErrorCode::BadRequest.as_str()}});
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Bytes::from(body.to_string()),
+            );
+        }
+        // Absolute-form targets (`POST http://host/...`) are what clients
+        // send to a forward proxy; Leash is not one, so it never even
+        // appears to honour one (HTTP/2 always carries an authority).
+        if req.version() < http::Version::HTTP_2 && req.uri().scheme().is_some() {
+            let body = json!({"error": {"message": "leash: absolute-form request targets are not accepted; Leash is not a forward proxy (send the path only, e.g. /v1/openai/chat/completions)", "type": "invalid_request_error", "code": ErrorCode::BadRequest.as_str()}});
+            return json_response(StatusCode::BAD_REQUEST, Bytes::from(body.to_string()));
         }
         let path = req.uri().path().to_owned();
         let Some((name, rest)) = route(&path) else {
@@ -170,6 +209,7 @@ mod tests {
         assert!(safe_rest("/chat/completions"));
         assert!(safe_rest("/v1beta/models/gemini-2.0-flash:generateContent"));
         assert!(safe_rest(""));
+        assert!(safe_rest("/files/a%20b"));
         for bad in [
             "/../admin",
             "/a/./b",
@@ -178,6 +218,11 @@ mod tests {
             "/a%5cb",
             "/a\\b",
             "/..",
+            "/a%00b",
+            "/a%0d%0ab",
+            "/a%7F",
+            "/a%zz",
+            "/a%",
         ] {
             assert!(!safe_rest(bad), "{bad}");
         }

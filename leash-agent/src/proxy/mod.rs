@@ -42,6 +42,48 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Message framing Leash will not pass on, however its HTTP parser read it:
+/// a body framed both by `Content-Length` and `Transfer-Encoding` (the
+/// classic smuggling set-up), more than one or a malformed length, or a
+/// transfer coding other than `chunked` (the body would be forwarded still
+/// encoded, past inspection).
+fn framing_problem(headers: &http::HeaderMap) -> Option<Rejection> {
+    let bad = |status, message: &str| {
+        Some(Rejection {
+            status,
+            code: ErrorCode::BadRequest,
+            message: format!("leash: {message}"),
+        })
+    };
+    let lengths: Vec<&http::HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    let codings: Vec<String> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
+    if !codings.is_empty() && !lengths.is_empty() {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            "a request may not carry both Content-Length and Transfer-Encoding",
+        );
+    }
+    if lengths.len() > 1
+        || lengths
+            .iter()
+            .any(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
+    {
+        return bad(StatusCode::BAD_REQUEST, "malformed Content-Length");
+    }
+    if !codings.is_empty() && codings != ["chunked"] {
+        return bad(
+            StatusCode::NOT_IMPLEMENTED,
+            "only the chunked transfer coding is supported",
+        );
+    }
+    None
+}
+
 /// The request phases shared by every listener, once it knows the provider
 /// and the exact upstream path: read the body (at most `max_body_bytes`),
 /// identify, run the request modules, forward.
@@ -54,6 +96,9 @@ pub async fn admit<C: Connect + Clone + Send + Sync + 'static>(
 ) -> Response<LeashBody> {
     let query = req.uri().query().map(str::to_owned);
     let (head, body) = req.into_parts();
+    if let Some(rejection) = framing_problem(&head.headers) {
+        return local_response(&mut ex, &rejection);
+    }
     let too_large = Rejection {
         status: StatusCode::PAYLOAD_TOO_LARGE,
         code: ErrorCode::BodyTooLarge,

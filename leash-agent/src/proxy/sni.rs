@@ -54,8 +54,9 @@ pub async fn peek_client_hello<S: AsyncRead + Unpin>(
     Ok((hello, buf.freeze()))
 }
 
-/// `Some` once `data` is enough to decide.
-fn parse(data: &[u8]) -> Option<Hello> {
+/// `Some` once `data` (the first bytes of a connection) is enough to
+/// decide what the connection is.
+pub fn parse(data: &[u8]) -> Option<Hello> {
     let first = *data.first()?;
     if first != HANDSHAKE {
         return Some(Hello::NotTls);

@@ -5,7 +5,7 @@
 use std::{
     future::Future,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     pin::Pin,
     sync::Arc,
@@ -18,7 +18,13 @@ use http::Uri;
 use http_body_util::Full;
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
+    client::legacy::{
+        Client,
+        connect::{
+            HttpConnector,
+            dns::{GaiResolver, Name},
+        },
+    },
     rt::{TokioExecutor, TokioIo},
 };
 use rustls::{ClientConfig, RootCertStore};
@@ -27,8 +33,9 @@ use tokio::net::TcpStream;
 
 use crate::config::UpstreamConfig;
 
-/// The gateway's connector: resolves the URI's host.
-pub type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// The gateway's connector: resolves the URI's host (through the SSRF
+/// guard).
+pub type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
 /// The transparent proxy's connector: one original destination, marked.
 pub type MarkedHttpsConnector = hyper_rustls::HttpsConnector<MarkedConnector>;
 pub type HttpsClient = Client<HttpsConnector, Full<Bytes>>;
@@ -79,9 +86,105 @@ pub fn tls_config(config: &UpstreamConfig) -> Result<ClientConfig, UpstreamError
         .with_no_client_auth())
 }
 
+/// Whether `ip` is internal: loopback, private, link-local (cloud metadata
+/// at 169.254.169.254 included), carrier-grade NAT, unspecified, broadcast,
+/// multicast, documentation or unique-local. A provider host name resolving
+/// to one of these is refused unless allowed by name.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && v4.octets()[2] == 0)
+                || a >= 240
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8
+        }
+    }
+}
+
+/// Resolves upstream host names with the system resolver, then drops
+/// internal addresses unless the name is allowed: the check is on the
+/// address actually connected to, so DNS rebinding does not get around it.
+#[derive(Clone)]
+pub struct GuardedResolver {
+    inner: GaiResolver,
+    allowed: Arc<Vec<String>>,
+}
+
+impl GuardedResolver {
+    pub fn new(allowed: Vec<String>) -> Self {
+        Self {
+            inner: GaiResolver::new(),
+            allowed: Arc::new(allowed),
+        }
+    }
+}
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        let allowed = self.allowed.contains(&host);
+        let lookup = self.inner.call(name);
+        Box::pin(async move {
+            let all: Vec<SocketAddr> = lookup.await?.collect();
+            if allowed {
+                return Ok(all.into_iter());
+            }
+            let (internal, public): (Vec<SocketAddr>, Vec<SocketAddr>) =
+                all.into_iter().partition(|a| is_internal(a.ip()));
+            if public.is_empty() && !internal.is_empty() {
+                tracing::warn!(%host, addresses = ?internal, "upstream refused: the host name resolves only to internal addresses");
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "upstream host `{host}` resolves only to internal addresses ({}); list it in upstream.allow_private_hosts to allow it",
+                        internal
+                            .iter()
+                            .map(|a| a.ip().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            if !internal.is_empty() {
+                tracing::warn!(%host, dropped = ?internal, "internal addresses dropped from an upstream's DNS answer");
+            }
+            Ok(public.into_iter())
+        })
+    }
+}
+
 pub fn build_client(config: &UpstreamConfig) -> Result<HttpsClient, UpstreamError> {
     let tls = tls_config(config)?;
-    let mut http = HttpConnector::new();
+    let mut http =
+        HttpConnector::new_with_resolver(GuardedResolver::new(config.allow_private_hosts.clone()));
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout));
@@ -157,4 +260,58 @@ pub fn marked_client(
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:169.254.169.254",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_internal(ip.parse().unwrap()), "{ip} is internal");
+        }
+        for ip in [
+            "104.18.7.192",
+            "142.250.74.138",
+            "2606:4700::6812:7c0",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip} is public");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_only_to_loopback_is_refused_unless_allowed() {
+        use tower_service::Service as _;
+        let name: Name = "localhost".parse().unwrap();
+        let err = GuardedResolver::new(Vec::new())
+            .call(name.clone())
+            .await
+            .expect_err("localhost is refused");
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("allow_private_hosts"), "{err}");
+        let addrs: Vec<SocketAddr> = GuardedResolver::new(vec!["localhost".into()])
+            .call(name)
+            .await
+            .unwrap()
+            .collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty());
+    }
 }

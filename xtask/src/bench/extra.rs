@@ -171,7 +171,7 @@ pub fn perf_profile(tool: &Path, c: &Contender, dir: &Path, seconds: f64) -> Res
             .map(|s| ("kernel", s))
             .or_else(|| symbol.strip_prefix("[.] ").map(|s| ("user", s)))
             .unwrap_or(("?", symbol));
-        rows.push(json!({"pct": pct, "dso": dso, "space": space, "symbol": symbol.trim()}));
+        rows.push(json!({"pct": pct, "dso": dso, "space": space, "symbol": symbol.split("   ").next().unwrap_or(symbol).trim()}));
     }
     let split = Command::new("perf")
         .args([
