@@ -484,6 +484,30 @@ fn send(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
+/// Every case sent, eight clients at a time (an incomplete request costs
+/// its client a wait); the answers in case order.
+fn answers(addr: SocketAddr, cases: &[Case]) -> Vec<Option<u16>> {
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                scope.spawn(move || {
+                    (w..cases.len())
+                        .step_by(8)
+                        .map(|i| (i, send(addr, &cases[i].bytes)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all = vec![None; cases.len()];
+        for w in workers {
+            for (i, got) in w.join().unwrap() {
+                all[i] = got;
+            }
+        }
+        all
+    })
+}
+
 /// Sends `bytes` and reads until the gateway closes (true) or 5 s pass.
 fn answered_then_closed(addr: SocketAddr, bytes: &[u8]) -> bool {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -505,29 +529,7 @@ fn a_thousand_hostile_requests_are_refused_and_never_forwarded() {
     let mut wrong: Vec<String> = Vec::new();
     let mut by_family: BTreeMap<&str, usize> = BTreeMap::new();
     let mut forwarded_expected = 0;
-    // Eight clients at a time (an incomplete request costs its client a
-    // wait); answers are checked case by case afterwards.
-    let addr = leash.addr;
-    let answers: Vec<Option<u16>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..8)
-            .map(|w| {
-                let cases = &cases;
-                scope.spawn(move || {
-                    (w..cases.len())
-                        .step_by(8)
-                        .map(|i| (i, send(addr, &cases[i].bytes)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut all = vec![None; cases.len()];
-        for w in workers {
-            for (i, got) in w.join().unwrap() {
-                all[i] = got;
-            }
-        }
-        all
-    });
+    let answers = answers(leash.addr, &cases);
     for (i, case) in cases.iter().enumerate() {
         *by_family.entry(case.family).or_default() += 1;
         let got = answers[i];
