@@ -4,7 +4,7 @@
 
 use std::{
     fmt::Write as _,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -13,14 +13,12 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use super::{Contender, Plan, Proc, bench_tool_on, f, family};
-use crate::{cargo, ensure_debian_packages, target_dir};
+use crate::{ensure_debian_packages, target_dir};
 
-/// Contenders that take 1000 RPS (LiteLLM falls behind far below it).
+/// Contenders that take 1000 RPS (LiteLLM and the Portkey gateway fall
+/// behind far below it: see their saturation figures).
 fn fast(c: &Contender) -> bool {
-    matches!(
-        c.name,
-        "direct" | "nginx" | "leash-bare" | "leash-policy" | "portkey"
-    )
+    matches!(c.name, "direct" | "nginx" | "leash-bare" | "leash-policy")
 }
 
 /// Each fast contender at 1000 RPS with a 10 KiB answer and with an
@@ -114,19 +112,10 @@ pub fn unpinned(
 /// the most samples, and the split between kernel and user space. `None`
 /// without perf.
 pub fn perf_profile(tool: &Path, c: &Contender, dir: &Path, seconds: f64) -> Result<Option<Value>> {
-    if ensure_debian_packages(&[("perf", "linux-perf")]).is_err() {
+    let data = dir.join(format!("perf-{}.data", c.name));
+    let Some(perf) = perf_start(c.pid, &data)? else {
         return Ok(None);
-    }
-    let data = dir.join("perf.data");
-    let mut perf = Command::new("perf")
-        .args(["record", "-e", "cpu-clock", "-F", "2999", "-o"])
-        .arg(&data)
-        .args(["-p", &c.pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting perf record")?;
-    std::thread::sleep(Duration::from_millis(300));
+    };
     let r = c.measure(
         tool,
         "saturate",
@@ -134,11 +123,42 @@ pub fn perf_profile(tool: &Path, c: &Contender, dir: &Path, seconds: f64) -> Res
             ("--seconds", seconds.to_string()),
             ("--connections", "32".to_owned()),
         ],
-    )?;
+    );
+    let summary = perf_stop(perf, &data);
+    let r = r?;
+    let mut summary = summary?;
+    summary["contender"] = json!(c.name);
+    summary["load"] = json!(format!("closed loop, 32 connections, {seconds} s"));
+    summary["rps_under_perf"] = r["rps"].clone();
+    Ok(Some(summary))
+}
+
+/// `perf record` (cpu-clock samples) on `pid` into `data`; `None` without
+/// perf.
+pub fn perf_start(pid: u32, data: &Path) -> Result<Option<std::process::Child>> {
+    if ensure_debian_packages(&[("perf", "linux-perf")]).is_err() {
+        return Ok(None);
+    }
+    let perf = Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-F", "2999", "-o"])
+        .arg(data)
+        .args(["-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting perf record")?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(Some(perf))
+}
+
+/// Stops `perf` and summarises `data`: the symbols with the most samples
+/// and the kernel's share.
+pub fn perf_stop(mut perf: std::process::Child, data: &Path) -> Result<Value> {
     let _ = Command::new("kill")
         .args(["-INT", &perf.id().to_string()])
         .status();
     let _ = perf.wait();
+    let data = data.to_owned();
     let report = Command::new("perf")
         .args([
             "report",
@@ -200,36 +220,32 @@ pub fn perf_profile(tool: &Path, c: &Contender, dir: &Path, seconds: f64) -> Res
         }
     }
     rows.truncate(20);
-    Ok(Some(json!({
-        "contender": c.name,
-        "load": format!("closed loop, 32 connections, {seconds} s"),
-        "rps_under_perf": r["rps"],
+    Ok(json!({
         "kernel_pct": kernel,
         "total_pct": total,
         "top": rows,
-    })))
+    }))
 }
 
-/// The criterion micro-benchmarks of `leash-agent` (`benches/`): mean time
-/// per iteration of each, from criterion's own estimates.
-pub fn micro_benchmarks(plan: &Plan) -> Result<Value> {
+/// The criterion micro-benchmarks of `leash-agent` (`benches/`), run from
+/// the executables the release build made: mean time per iteration of
+/// each, from criterion's own estimates.
+pub fn micro_benchmarks(plan: &Plan, benches: &[(String, PathBuf)]) -> Result<Value> {
     let criterion = target_dir().join("criterion");
     let _ = std::fs::remove_dir_all(&criterion);
-    crate::run(cargo().args([
-        "bench",
-        "-p",
-        "leash-agent",
-        "--bench",
-        "policy",
-        "--bench",
-        "hot",
-        "--",
-        "--warm-up-time",
-        "1",
-        "--measurement-time",
-        &plan.micro_seconds.to_string(),
-        "--noplot",
-    ]))?;
+    if benches.is_empty() {
+        anyhow::bail!("the release build reported no bench executables");
+    }
+    for (name, exe) in benches {
+        eprintln!("bench: micro-benchmark {name}");
+        crate::run(
+            Command::new(exe)
+                .args(["--bench", "--warm-up-time", "1", "--measurement-time"])
+                .arg(plan.micro_seconds.to_string())
+                .arg("--noplot")
+                .env("CRITERION_HOME", &criterion),
+        )?;
+    }
     let mut rows = Vec::new();
     let mut stack = vec![criterion];
     while let Some(d) = stack.pop() {
@@ -330,8 +346,8 @@ pub fn unpinned_section(r: &Value) -> String {
     md
 }
 
-pub fn perf_section(p: &Value) -> String {
-    let mut md = String::from("## Profile: where the policy gateway's CPU goes (perf)\n\n");
+pub fn perf_section(title: &str, p: &Value) -> String {
+    let mut md = format!("{title}\n\n");
     let Some(rows) = p["top"].as_array() else {
         md.push_str("Not measured (perf is not available).\n");
         return md;

@@ -253,14 +253,26 @@ pub fn run(leash: &Path, tool: &Path, dir: &Path, plan: &Plan) -> Result<Value> 
             ],
         )?);
     }
+    // Keep-alive saturation, with the agent's CPU sampled by perf.
+    let perf_data = dir.join("perf-transparent.data");
+    let perf = super::extra::perf_start(agent.pid(), &perf_data)?;
     let saturation_leash = measure(
         &sides[1],
         "saturate",
         &[
-            ("--seconds", plan.saturate_seconds.to_string()),
+            ("--seconds", plan.saturate_seconds.max(3.0).to_string()),
             ("--connections", "32".to_owned()),
         ],
-    )?;
+    );
+    let perf = perf
+        .map(|p| super::extra::perf_stop(p, &perf_data))
+        .transpose()?
+        .map(|mut s| {
+            s["contender"] = json!("leash-transparent (agent)");
+            s["load"] = json!("keep-alive TLS, closed loop, 32 connections");
+            s
+        });
+    let saturation_leash = saturation_leash?;
     let programs = bpf_programs(agent.pid());
     let peak_rss = status_mib(agent.pid(), "VmHWM:");
     drop(agent);
@@ -283,6 +295,10 @@ pub fn run(leash: &Path, tool: &Path, dir: &Path, plan: &Plan) -> Result<Value> 
         "saturation_keepalive": saturation_leash,
         "cert_cache": {"names": COLD_NAMES, "leash": handshake_leash, "direct": handshake_direct},
         "bpf_programs": programs,
+        "perf": perf.map(|mut p| {
+            p["rps_under_perf"] = saturation_leash["rps"].clone();
+            p
+        }),
         "cpu_us_per_request_at_1000": median(cpu_us),
         "rss_idle_mib": idle_rss,
         "rss_peak_mib": peak_rss,
@@ -371,7 +387,8 @@ pub fn section(t: &Value) -> String {
         md,
         "\n### Kernel hooks (`kernel.bpf_stats_enabled=1` during the run)\n\nRun time of each program the agent attached, over every run above (the connect hooks run on every `connect()` in the cgroup, intercepted or not).\n\n| program | id | runs | ns per run |\n| --- | --- | ---: | ---: |"
     );
-    for p in t["bpf_programs"].as_array().into_iter().flatten() {
+    let programs = t["bpf_programs"].as_array().cloned().unwrap_or_default();
+    for p in &programs {
         let _ = writeln!(
             md,
             "| {} | {} | {:.0} | {:.0} |",
@@ -381,5 +398,11 @@ pub fn section(t: &Value) -> String {
             f(&p["ns_per_run"]),
         );
     }
+    md.push('\n');
+    md.push_str(&super::extra::perf_section(
+        "### Where the agent's CPU goes (perf)",
+        &t["perf"],
+    ));
+    md.push_str("\nBesides the gateway's work, every request here is decrypted from the client and encrypted again toward the provider (and back): the `ring` AES-GCM and record-layer symbols and the extra socket calls are the transparent path's own cost.\n");
     md
 }
