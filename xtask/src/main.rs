@@ -44,6 +44,10 @@ enum Task {
         /// A short run (a few minutes): 3 rates, 3 s each, two rounds.
         #[arg(long)]
         quick: bool,
+        /// Only rewrite BENCHMARKS.md and the plot from bench/results.json
+        /// (after a change to the report's wording; measures nothing).
+        #[arg(long)]
+        report_only: bool,
     },
     /// Run the cargo-fuzz targets (libFuzzer, nightly) for N minutes each,
     /// minimise their corpora and record executions and crashes in
@@ -400,7 +404,10 @@ fn run_leash(args: &[OsString]) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Setup => setup(),
-        Task::Bench { quick } => bench::bench(quick),
+        Task::Bench {
+            report_only: true, ..
+        } => bench::rewrite_report(),
+        Task::Bench { quick, .. } => bench::bench(quick),
         Task::Fuzz { minutes, targets } => fuzz::fuzz(minutes, &targets),
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Run { args } => run_leash(&args),

@@ -723,6 +723,19 @@ pub fn bench(quick: bool) -> Result<()> {
     Ok(())
 }
 
+/// Rewrites BENCHMARKS.md and the plot from the last run's results.
+pub fn rewrite_report() -> Result<()> {
+    let out = root().join("bench");
+    let results: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("results.json"))
+            .context("no bench/results.json: run `cargo xtask bench` first")?,
+    )?;
+    std::fs::write(out.join("latency.svg"), plot(&results))?;
+    std::fs::write(root().join("BENCHMARKS.md"), report(&results))?;
+    eprintln!("bench: BENCHMARKS.md and bench/latency.svg rewritten from bench/results.json");
+    Ok(())
+}
+
 /// Builds the release binaries and the criterion benches; returns the bench
 /// executables (name, path) as cargo reported them.
 fn build_release() -> Result<Vec<(String, PathBuf)>> {

@@ -403,6 +403,6 @@ pub fn section(t: &Value) -> String {
         "### Where the agent's CPU goes (perf)",
         &t["perf"],
     ));
-    md.push_str("\nBesides the gateway's work, every request here is decrypted from the client and encrypted again toward the provider (and back): the `ring` AES-GCM and record-layer symbols and the extra socket calls are the transparent path's own cost.\n");
+    md.push_str("\nBesides the gateway's work, every request here is decrypted from the client and encrypted again toward the provider (and back). The cipher itself (`ring`'s AES-GCM) stays below the 0.7 % cut; what grows against the gateway profile is copying (`memmove`: TLS records are copied between buffers on both sides) and allocation — the places to work on next.\n");
     md
 }
