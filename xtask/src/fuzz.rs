@@ -43,14 +43,14 @@ fn ensure_cargo_fuzz() -> Result<()> {
     Ok(())
 }
 
-/// libFuzzer's closing line: `Done 123456 runs in 600 second(s)`.
-fn executions(log: &str) -> Option<u64> {
+/// libFuzzer's closing line: `Done 123456 runs in 600 second(s)`: the
+/// executions and the seconds spent fuzzing (the build not included).
+fn executions(log: &str) -> Option<(u64, u64)> {
     log.lines().rev().find_map(|l| {
-        l.strip_prefix("Done ")?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+        let mut words = l.strip_prefix("Done ")?.split_whitespace();
+        let runs = words.next()?.parse().ok()?;
+        let secs = words.nth(2)?.parse().ok()?;
+        Some((runs, secs))
     })
 }
 
@@ -98,7 +98,7 @@ pub fn fuzz(minutes: u64, only: &[String]) -> Result<()> {
             .stderr(log);
         let status = cmd.status().context("starting cargo fuzz")?;
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let execs = executions(&text);
+        let (execs, fuzz_secs) = executions(&text).unzip();
         let ok = status.success();
         if !ok {
             crashed.push(target);
@@ -120,7 +120,7 @@ pub fn fuzz(minutes: u64, only: &[String]) -> Result<()> {
         }
         results["targets"][target] = json!({
             "date": crate::today(),
-            "seconds": started.elapsed().as_secs(),
+            "seconds_fuzzing": fuzz_secs,
             "executions": execs,
             "crashes": u32::from(!ok),
             "corpus_files": std::fs::read_dir(&corpus).map_or(0, Iterator::count),

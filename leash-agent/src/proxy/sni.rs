@@ -140,7 +140,14 @@ fn client_hello_sni(handshake: &[u8]) -> Option<Sni> {
         while let (Some(name_type), Some(name)) = (list.u8(), list.vec16()) {
             if name_type == 0 {
                 let name = std::str::from_utf8(name).ok()?;
-                return Some(Sni::Name(name.trim_end_matches('.').to_ascii_lowercase()));
+                let name = name.trim_end_matches('.');
+                // An empty host name (or only dots) is malformed (RFC 6066:
+                // at least one byte): no usable SNI, as if none was sent.
+                // Found by the `client_hello` fuzz target.
+                if name.is_empty() {
+                    return Some(Sni::Absent);
+                }
+                return Some(Sni::Name(name.to_ascii_lowercase()));
             }
         }
     }
@@ -240,6 +247,9 @@ mod tests {
             })
         );
         assert_eq!(parse(&hello(None)), Some(Hello::Tls { sni: None }));
+        // An empty name (or only dots) is no name (found by fuzzing).
+        assert_eq!(parse(&hello(Some(""))), Some(Hello::Tls { sni: None }));
+        assert_eq!(parse(&hello(Some(".."))), Some(Hello::Tls { sni: None }));
     }
 
     #[test]

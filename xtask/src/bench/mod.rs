@@ -706,6 +706,7 @@ pub fn bench(quick: bool) -> Result<()> {
         "transparent": transparent,
         "micro": micro,
         "not_run": skipped.iter().map(|(n, w)| json!({"name": n, "why": w})).collect::<Vec<_>>(),
+        "notes": contender_notes(&dir),
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
     let out = root().join("bench");
@@ -723,13 +724,35 @@ pub fn bench(quick: bool) -> Result<()> {
     Ok(())
 }
 
+/// What contenders' own logs say went wrong during the run (failed
+/// requests are counted in the tables; this says why).
+fn contender_notes(dir: &Path) -> Vec<String> {
+    let mut notes = Vec::new();
+    let portkey = std::fs::read_to_string(dir.join("portkey.log")).unwrap_or_default();
+    if let Some(line) = portkey.lines().find(|l| l.contains("TypeError")) {
+        notes.push(format!(
+            "the Portkey gateway failed requests with `{}` (from its log; on this Node.js its streaming path fails, so its stream rows show failures, not latency).",
+            line.trim()
+        ));
+    }
+    notes
+}
+
 /// Rewrites BENCHMARKS.md and the plot from the last run's results.
 pub fn rewrite_report() -> Result<()> {
     let out = root().join("bench");
-    let results: Value = serde_json::from_str(
+    let mut results: Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("results.json"))
             .context("no bench/results.json: run `cargo xtask bench` first")?,
     )?;
+    if results.get("notes").is_none() {
+        // Results from before notes existed: the run's logs are still there.
+        results["notes"] = json!(contender_notes(&target_dir().join("bench-run")));
+        std::fs::write(
+            out.join("results.json"),
+            serde_json::to_string_pretty(&results)?,
+        )?;
+    }
     std::fs::write(out.join("latency.svg"), plot(&results))?;
     std::fs::write(root().join("BENCHMARKS.md"), report(&results))?;
     eprintln!("bench: BENCHMARKS.md and bench/latency.svg rewritten from bench/results.json");
@@ -924,6 +947,9 @@ fn report(r: &Value) -> String {
             s["name"].as_str().unwrap_or("?"),
             s["why"].as_str().unwrap_or("")
         );
+    }
+    for n in r["notes"].as_array().into_iter().flatten() {
+        let _ = writeln!(md, "\n**Note**: {}", n.as_str().unwrap_or(""));
     }
     let _ = writeln!(
         md,
