@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use super::{Contender, Plan, Proc, bench_tool_on, f, family};
+use super::{Contender, Plan, Proc, bench_tool_on, f, family, ms};
 use crate::{ensure_debian_packages, target_dir};
 
 /// Contenders that take 1000 RPS (LiteLLM and the Portkey gateway fall
@@ -272,15 +272,6 @@ pub fn micro_benchmarks(plan: &Plan, benches: &[(String, PathBuf)]) -> Result<Va
     }
     rows.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     Ok(json!({"measurement_s": plan.micro_seconds, "rows": rows}))
-}
-
-fn ms(v: &Value) -> String {
-    let x = f(v);
-    if x.is_finite() {
-        format!("{x:.3}")
-    } else {
-        "—".to_owned()
-    }
 }
 
 pub fn variants_section(r: &Value) -> String {

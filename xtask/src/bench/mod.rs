@@ -229,14 +229,12 @@ fn start_leash(
         &dir.join(format!("{name}.log")),
     )?;
     wait_port(port, name)?;
-    Ok(Contender {
+    Ok(Contender::served(
         name,
-        what: what.to_owned(),
-        url: format!("http://127.0.0.1:{port}/v1/openai/chat/completions"),
-        client: Vec::new(),
-        pid: proc.pid(),
-        proc: Some(proc),
-    })
+        what.to_owned(),
+        format!("http://127.0.0.1:{port}/v1/openai/chat/completions"),
+        proc,
+    ))
 }
 
 fn start_nginx(dir: &Path, upstream: u16) -> Result<Contender> {
@@ -264,14 +262,12 @@ fn start_nginx(dir: &Path, upstream: u16) -> Result<Contender> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
         .unwrap_or_default();
-    Ok(Contender {
-        name: "nginx",
-        what: format!("{version}, proxy_pass with upstream keepalive, 1 worker"),
-        url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
-        client: Vec::new(),
-        pid: proc.pid(),
-        proc: Some(proc),
-    })
+    Ok(Contender::served(
+        "nginx",
+        format!("{version}, proxy_pass with upstream keepalive, 1 worker"),
+        format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        proc,
+    ))
 }
 
 /// LiteLLM's pinned release (never 1.82.7 or 1.82.8: those were malicious).
@@ -321,17 +317,15 @@ fn start_litellm(dir: &Path, upstream: u16) -> Result<Contender> {
         &dir.join("litellm.log"),
     )?;
     wait_port(port, "LiteLLM")?;
-    Ok(Contender {
-        name: "litellm",
-        what: format!(
+    Ok(Contender::served(
+        "litellm",
+        format!(
             "LiteLLM proxy {} (PyPI), 1 worker",
             LITELLM.trim_start_matches("litellm[proxy]==")
         ),
-        url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
-        client: Vec::new(),
-        pid: proc.pid(),
-        proc: Some(proc),
-    })
+        format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        proc,
+    ))
 }
 
 /// Portkey's open-source gateway, pinned (npm).
@@ -451,11 +445,35 @@ fn bench_tool_in(
 }
 
 impl Contender {
+    /// A contender served by `proc`, called at `url` with no extra client
+    /// flags.
+    fn served(name: &'static str, what: String, url: String, proc: Proc) -> Self {
+        Self {
+            name,
+            what,
+            url,
+            client: Vec::new(),
+            pid: proc.pid(),
+            proc: Some(proc),
+        }
+    }
+
     /// `leash-bench MODE` against this contender with its client flags.
     fn measure(&self, tool: &Path, mode: &str, flags: &[(&str, String)]) -> Result<Value> {
         let mut all: Vec<(&str, String)> = self.client.clone();
         all.extend(flags.iter().cloned());
         bench_tool(tool, mode, &self.url, &all)
+    }
+}
+
+/// A latency cell: milliseconds to the microsecond, or a dash when there is
+/// no figure.
+fn ms(v: &Value) -> String {
+    let x = f(v);
+    if x.is_finite() {
+        format!("{x:.3}")
+    } else {
+        "—".to_owned()
     }
 }
 

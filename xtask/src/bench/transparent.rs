@@ -18,8 +18,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::{
-    LOADGEN_CPU, Plan, Proc, SERVER_CPU, bench_tool_in, cpu_seconds, f, free_port, median, pinned,
-    status_mib, wait_addr,
+    LOADGEN_CPU, Plan, Proc, SERVER_CPU, bench_tool_in, cpu_seconds, f, free_port, median, ms,
+    pinned, status_mib, wait_addr,
 };
 
 /// The fake provider's address (loopback; not one the tests use).
@@ -303,15 +303,6 @@ pub fn run(leash: &Path, tool: &Path, dir: &Path, plan: &Plan) -> Result<Value> 
         "rss_idle_mib": idle_rss,
         "rss_peak_mib": peak_rss,
     }))
-}
-
-fn ms(v: &Value) -> String {
-    let x = f(v);
-    if x.is_finite() {
-        format!("{x:.3}")
-    } else {
-        "—".to_owned()
-    }
 }
 
 #[allow(
