@@ -334,7 +334,15 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
             .args(args)
             .env("LEASH_BIN", &leash)
             .env("LEASH_TEST_PYTHON", &python),
-    )
+    )?;
+    if args.is_empty() {
+        // The release build (and the criterion benches) must compile too;
+        // it is the exact build `cargo xtask bench` and `cargo xtask run`
+        // use, so a benchmark after the tests starts from a warm tree.
+        eprintln!("xtask: tests passed; building the release binaries and benches");
+        bench::build_release()?;
+    }
+    Ok(())
 }
 
 /// Runs `cargo test`, echoing its output, and ends with one total line

@@ -779,7 +779,7 @@ pub fn rewrite_report() -> Result<()> {
 
 /// Builds the release binaries and the criterion benches; returns the bench
 /// executables (name, path) as cargo reported them.
-fn build_release() -> Result<Vec<(String, PathBuf)>> {
+pub fn build_release() -> Result<Vec<(String, PathBuf)>> {
     let mut cmd = cargo();
     cmd.args([
         "build",
@@ -1105,7 +1105,7 @@ fn report(r: &Value) -> String {
     md = md.replace("+NaN", "—").replace("NaN", "—");
     let _ = writeln!(
         md,
-        "## Reproduce\n\n```sh\ncargo xtask bench --quick   # this run: {:.0} s of measuring after the build; 3 rates x (1 s warm-up + 3 s), 2 alternating rounds\ncargo xtask bench           # 4 rates x (1 s + 20 s), 3 alternating rounds, 10 s saturation, 100 streams, 5 s per micro-benchmark\n```\n\nBoth build the release binaries and the criterion benches first (one build), install nginx, strace and perf (Debian), LiteLLM (PyPI, its own venv under `target/`) and the Portkey gateway (npm, its own prefix under `target/`) when missing, and need root for the transparent part (it is reported as not run otherwise). Nothing leaves the machine: every server is reached on loopback (the Portkey gateway has no bind option and listens on all interfaces while it runs).\n\nRaw figures (every run, all percentiles): `bench/results.json`.",
+        "## Reproduce\n\n```sh\ncargo xtask bench --quick   # this run: {:.0} s of measuring after the build; 3 rates x (1 s warm-up + 3 s), 2 alternating rounds\ncargo xtask bench           # 4 rates x (1 s + 20 s), 3 alternating rounds, 10 s saturation, 100 streams, 5 s per micro-benchmark\n```\n\nBoth build the release binaries and the criterion benches first (one build; `cargo xtask test` ends with the same build, so after the tests it is already made — on a fresh clone it takes about ten minutes here), install nginx, strace and perf (Debian), LiteLLM (PyPI, its own venv under `target/`) and the Portkey gateway (npm, its own prefix under `target/`) when missing, and need root for the transparent part (it is reported as not run otherwise). Nothing leaves the machine: every server is reached on loopback (the Portkey gateway has no bind option and listens on all interfaces while it runs).\n\nRaw figures (every run, all percentiles): `bench/results.json`.",
         f(&r["elapsed_s"])
     );
     md
