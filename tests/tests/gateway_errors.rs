@@ -274,20 +274,21 @@ fn upstream_errors_pass_through_unchanged() {
 fn upstream_names_resolving_to_internal_addresses_are_refused_unless_allowed() {
     let mock = MockProvider::start();
     let port = mock.addr().port();
-    let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
-    let headers = [("content-type", "application/json")];
+    let chat = |leash: &Leash| {
+        let (status, _, answer) = http_request(
+            leash.addr,
+            "POST",
+            "/v1/openai/chat/completions",
+            &[("content-type", "application/json")],
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+        (status, String::from_utf8_lossy(&answer).into_owned())
+    };
     let leash = Leash::start(&format!(
         "providers:\n  openai: {{ upstream: \"http://localhost:{port}/v1\" }}\n"
     ));
-    let (status, _, answer) = http_request(
-        leash.addr,
-        "POST",
-        "/v1/openai/chat/completions",
-        &headers,
-        body,
-    )
-    .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let (status, answer) = chat(&leash);
     assert_eq!(status, 502, "{answer}");
     assert!(
         mock.requests().is_empty(),
@@ -303,14 +304,7 @@ fn upstream_names_resolving_to_internal_addresses_are_refused_unless_allowed() {
     let leash = Leash::start(&format!(
         "providers:\n  openai: {{ upstream: \"http://localhost:{port}/v1\" }}\nupstream: {{ allow_private_hosts: [localhost] }}\n"
     ));
-    let (status, _, answer) = http_request(
-        leash.addr,
-        "POST",
-        "/v1/openai/chat/completions",
-        &headers,
-        body,
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    let (status, answer) = chat(&leash);
+    assert_eq!(status, 200, "{answer}");
     assert_eq!(mock.requests().len(), 1);
 }

@@ -329,22 +329,18 @@ impl Policy {
         if decision.block_rule.is_some() {
             return Ok(decision);
         }
-        let mut changed = false;
-        if !decision.redact.is_empty() {
-            redact(self, &mut value, &per_text, &decision.redact);
-            changed = true;
-        }
-        if !decision.transform.is_empty() {
-            let applied = decision.transform.apply(&mut transform::Target {
+        let (changed, _) = apply_changes(
+            self,
+            &mut decision,
+            &per_text,
+            &mut transform::Target {
                 kind: ex.provider.kind,
                 endpoint,
                 body: &mut value,
                 headers: &mut req.head.headers,
                 path: &mut req.upstream_path,
-            });
-            changed |= applied.body_changed;
-            decision.changes = applied.changes;
-        }
+            },
+        );
         if changed {
             decision.forwarded_body = Some(
                 serde_json::to_vec(&value)
@@ -971,6 +967,31 @@ fn scan(policy: &Policy, body: &mut Value) -> (Vec<Vec<Finding>>, Vec<Finding>) 
     (per_text, all)
 }
 
+/// What a decision that did not block does to the request: its redactions,
+/// then its transforms (recorded in `decision.changes`). Returns whether the
+/// body changed and the model a transform set, if any. Shared by the module
+/// and `Policy::test`, so `policy test` shows what would be forwarded.
+fn apply_changes(
+    policy: &Policy,
+    decision: &mut Decision,
+    per_text: &[Vec<Finding>],
+    target: &mut transform::Target<'_>,
+) -> (bool, Option<String>) {
+    let mut changed = false;
+    if !decision.redact.is_empty() {
+        redact(policy, target.body, per_text, &decision.redact);
+        changed = true;
+    }
+    let mut model = None;
+    if !decision.transform.is_empty() {
+        let applied = decision.transform.apply(target);
+        changed |= applied.body_changed;
+        decision.changes = applied.changes;
+        model = applied.model;
+    }
+    (changed, model)
+}
+
 /// Replaces the spans of `redact` detectors with `[REDACTED:<name>]`.
 fn redact(policy: &Policy, body: &mut Value, per_text: &[Vec<Finding>], redact: &[usize]) {
     let mut i = 0;
@@ -1065,27 +1086,23 @@ impl Module for PolicyModule {
             }));
         }
         let mut decision = decision;
-        let mut changed = false;
-        if !decision.redact.is_empty() {
-            redact(policy, &mut body, &per_text, &decision.redact);
-            changed = true;
-        }
-        if !decision.transform.is_empty() {
-            let applied = decision.transform.apply(&mut transform::Target {
+        let (changed, model) = apply_changes(
+            policy,
+            &mut decision,
+            &per_text,
+            &mut transform::Target {
                 kind: ex.provider.kind,
                 endpoint: &ex.endpoint,
                 body: &mut body,
                 headers: &mut req.head.headers,
                 path: &mut req.upstream_path,
-            });
-            if let Some(model) = applied.model {
-                ex.model = Some(model);
-                // Gemini names the model in the path: the endpoint follows.
-                let endpoint = ex.provider.upstream.endpoint_of(&req.upstream_path);
-                endpoint.clone_into(&mut ex.endpoint);
-            }
-            changed |= applied.body_changed;
-            decision.changes = applied.changes;
+            },
+        );
+        if let Some(model) = model {
+            ex.model = Some(model);
+            // Gemini names the model in the path: the endpoint follows.
+            let endpoint = ex.provider.upstream.endpoint_of(&req.upstream_path);
+            endpoint.clone_into(&mut ex.endpoint);
         }
         if changed {
             let bytes = serde_json::to_vec(&body).map_err(|e| ModuleError {

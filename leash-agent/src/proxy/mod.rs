@@ -55,31 +55,37 @@ fn framing_problem(headers: &http::HeaderMap) -> Option<Rejection> {
             message: format!("leash: {message}"),
         })
     };
-    let lengths: Vec<&http::HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
-    let codings: Vec<String> = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(|c| c.trim().to_ascii_lowercase())
-        .collect();
-    if !codings.is_empty() && !lengths.is_empty() {
+    // Every request passes here: no allocation unless a transfer coding is
+    // present at all.
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first_length = lengths.next();
+    let more_lengths = lengths.next().is_some();
+    let codings = headers.get_all(header::TRANSFER_ENCODING);
+    let has_codings = codings.iter().next().is_some();
+    if has_codings && first_length.is_some() {
         return bad(
             StatusCode::BAD_REQUEST,
             "a request may not carry both Content-Length and Transfer-Encoding",
         );
     }
-    if lengths.len() > 1
-        || lengths
-            .iter()
-            .any(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
+    if more_lengths
+        || first_length
+            .is_some_and(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
     {
         return bad(StatusCode::BAD_REQUEST, "malformed Content-Length");
     }
-    if !codings.is_empty() && codings != ["chunked"] {
-        return bad(
-            StatusCode::NOT_IMPLEMENTED,
-            "only the chunked transfer coding is supported",
-        );
+    if has_codings {
+        let codings: Vec<String> = codings
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+            .map(|c| c.trim().to_ascii_lowercase())
+            .collect();
+        if codings != ["chunked"] {
+            return bad(
+                StatusCode::NOT_IMPLEMENTED,
+                "only the chunked transfer coding is supported",
+            );
+        }
     }
     None
 }

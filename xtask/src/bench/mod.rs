@@ -270,6 +270,18 @@ fn start_nginx(dir: &Path, upstream: u16) -> Result<Contender> {
     ))
 }
 
+/// Runs `install` unless `dir` already holds exactly `pin` (recorded in a
+/// stamp file once the install succeeded).
+fn ensure_pinned(dir: &Path, pin: &str, install: impl FnOnce() -> Result<()>) -> Result<()> {
+    let stamp = dir.join(".leash-pinned");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(pin) {
+        return Ok(());
+    }
+    install()?;
+    std::fs::write(stamp, pin)?;
+    Ok(())
+}
+
 /// LiteLLM's pinned release (never 1.82.7 or 1.82.8: those were malicious).
 const LITELLM: &str = "litellm[proxy]==1.80.0";
 
@@ -278,8 +290,7 @@ const LITELLM: &str = "litellm[proxy]==1.80.0";
 fn start_litellm(dir: &Path, upstream: u16) -> Result<Contender> {
     let venv = target_dir().join("bench-litellm");
     let bin = venv.join("bin/litellm");
-    let stamp = venv.join(".leash-pinned");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(LITELLM) {
+    ensure_pinned(&venv, LITELLM, || {
         run(Command::new("python3")
             .args(["-m", "venv", "--clear"])
             .arg(&venv))?;
@@ -290,9 +301,8 @@ fn start_litellm(dir: &Path, upstream: u16) -> Result<Contender> {
             "-q",
             "--disable-pip-version-check",
             LITELLM,
-        ]))?;
-        std::fs::write(&stamp, LITELLM)?;
-    }
+        ]))
+    })?;
     let config = dir.join("litellm.yaml");
     std::fs::write(
         &config,
@@ -337,16 +347,14 @@ const PORTKEY: &str = "@portkey-ai/gateway@1.15.2";
 /// default).
 fn start_portkey(dir: &Path, upstream: u16) -> Result<Contender> {
     let prefix = target_dir().join("bench-portkey");
-    let stamp = prefix.join(".leash-pinned");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(PORTKEY) {
+    ensure_pinned(&prefix, PORTKEY, || {
         let _ = std::fs::remove_dir_all(&prefix);
         std::fs::create_dir_all(&prefix)?;
         run(Command::new("npm")
             .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
             .arg(&prefix)
-            .arg(PORTKEY))?;
-        std::fs::write(&stamp, PORTKEY)?;
-    }
+            .arg(PORTKEY))
+    })?;
     let node = which("node").context("Node.js (node) is not installed")?;
     let port = free_port()?;
     let proc = Proc::spawn(
