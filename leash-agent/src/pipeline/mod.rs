@@ -110,6 +110,10 @@ pub struct Exchange {
     pub timing: Timing,
     /// Whether the response body was delivered to its end.
     pub completed: bool,
+    /// Set by the `usage` module once the provider's last stream event
+    /// (`[DONE]`, `message_stop`, a final candidate) went to the caller: a
+    /// caller that leaves after it has the whole stream completed it.
+    pub final_event_sent: bool,
     pub response_bytes: u64,
     /// Set by the `usage` module once the provider reported usage.
     pub cost_usd: Option<f64>,
@@ -137,6 +141,7 @@ impl Exchange {
                 first_byte: None,
             },
             completed: false,
+            final_event_sent: false,
             response_bytes: 0,
             cost_usd: None,
             ext: http::Extensions::new(),
@@ -440,6 +445,7 @@ impl Drop for ActiveExchange {
     fn drop(&mut self) {
         if !self.finished {
             self.finished = true;
+            self.ex.completed |= self.ex.final_event_sent;
             let record = self.pipeline.record(&self.ex);
             self.pipeline.audit.submit(record);
         }

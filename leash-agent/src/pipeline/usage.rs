@@ -178,6 +178,21 @@ fn inject_include_usage(body: &[u8]) -> Option<Bytes> {
     serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
+/// Whether a stream event is the provider's last one.
+fn is_final_event(kind: ProviderKind, data: &str, v: &Value) -> bool {
+    match kind {
+        ProviderKind::OpenAi => {
+            data == "[DONE]"
+                || matches!(
+                    v["type"].as_str(),
+                    Some("response.completed" | "response.incomplete" | "response.failed")
+                )
+        }
+        ProviderKind::Anthropic => v["type"] == "message_stop",
+        ProviderKind::Google => v["candidates"][0]["finishReason"].is_string(),
+    }
+}
+
 /// The chunk `OpenAI` adds for `include_usage`: no choices, a usage object.
 fn is_usage_only_chunk(v: &Value) -> bool {
     v["usage"].is_object() && v["choices"].as_array().is_some_and(Vec::is_empty)
@@ -284,6 +299,7 @@ impl UsageModule {
                 for event in sse.feed(chunk, end) {
                     let v: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
                     merge_usage(kind, &v, usage);
+                    ex.final_event_sent |= is_final_event(kind, &event.data, &v);
                     if let Some(out) = kept.as_mut()
                         && !is_usage_only_chunk(&v)
                     {
@@ -304,6 +320,48 @@ impl UsageModule {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn final_events_of_each_provider() {
+        let v = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+        let cases = [
+            (ProviderKind::OpenAi, "[DONE]", true),
+            (
+                ProviderKind::OpenAi,
+                r#"{"choices":[{"delta":{"content":"x"}}]}"#,
+                false,
+            ),
+            (
+                ProviderKind::OpenAi,
+                r#"{"type":"response.completed"}"#,
+                true,
+            ),
+            (
+                ProviderKind::OpenAi,
+                r#"{"type":"response.output_text.delta"}"#,
+                false,
+            ),
+            (ProviderKind::Anthropic, r#"{"type":"message_stop"}"#, true),
+            (
+                ProviderKind::Anthropic,
+                r#"{"type":"message_delta"}"#,
+                false,
+            ),
+            (
+                ProviderKind::Google,
+                r#"{"candidates":[{"finishReason":"STOP"}]}"#,
+                true,
+            ),
+            (
+                ProviderKind::Google,
+                r#"{"candidates":[{"content":{}}]}"#,
+                false,
+            ),
+        ];
+        for (kind, data, want) in cases {
+            assert_eq!(is_final_event(kind, data, &v(data)), want, "{data}");
+        }
+    }
 
     #[test]
     fn openai_shapes() {

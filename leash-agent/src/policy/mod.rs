@@ -555,6 +555,8 @@ struct ResponseScan {
     released: usize,
     /// Text to replace, sorted by start.
     spans: Vec<Span>,
+    /// A match was found that starts in text already delivered unredacted.
+    leaked: bool,
     stopped: bool,
 }
 
@@ -583,27 +585,34 @@ impl ResponseScan {
     fn add_span(&mut self, span: Span) {
         for s in &mut self.spans {
             if span.start < s.end && s.start < span.end {
+                // Growing to the left into delivered text cannot be undone.
+                if span.start < s.start && span.start < self.released {
+                    self.leaked = true;
+                }
                 s.start = s.start.min(span.start);
                 s.end = s.end.max(span.end);
                 return;
             }
         }
+        if span.start < self.released {
+            self.leaked = true;
+        }
         self.spans.push(span);
         self.spans.sort_by_key(|s| s.start);
     }
 
-    /// Whether every span can still be replaced: none starts in delivered
-    /// text or touches structured arguments.
+    /// Whether every span can still be replaced: none starts in text that
+    /// was delivered unredacted, and none touches structured arguments.
     fn spans_redactable(&self) -> bool {
-        self.spans.iter().all(|s| {
-            s.end <= self.released
-                || (s.start >= self.released
-                    && self
+        !self.leaked
+            && self.spans.iter().all(|s| {
+                s.end <= self.released
+                    || self
                         .pending
                         .iter()
                         .flat_map(|p| &p.opaque)
-                        .all(|&(a, b)| s.end <= a || b <= s.start))
-        })
+                        .all(|&(a, b)| s.end <= a || b <= s.start)
+            })
     }
 
     /// Delivers held events whose text is `HOLD_BACK` behind the newest
@@ -631,6 +640,8 @@ impl ResponseScan {
                 _ => out.extend_from_slice(&p.raw),
             }
         }
+        // A span that straddles the release point went out as its
+        // `[REDACTED:…]` marker; its rest is dropped from the next events.
         self.spans.retain(|s| s.end > self.released);
     }
 }
@@ -1461,6 +1472,42 @@ mod tests {
         let text = String::from_utf8(raw).unwrap();
         assert!(text.starts_with("event: content_block_delta\ndata: {"));
         assert!(text.ends_with("}\n\n"));
+    }
+
+    #[test]
+    fn a_span_straddling_a_released_event_stays_redactable() {
+        let policy = Policy::parse("version: 1\n", "p.yaml").unwrap();
+        let email = policy.detectors.resolve("email")[0];
+        let event = |text: &str, start: usize| Pending {
+            raw: b"data: {}\n\n".to_vec(),
+            value: Some(json!({"type": "content_block_delta", "delta": {"text": text}})),
+            start,
+            end: start + text.len(),
+            opaque: Vec::new(),
+        };
+        let mut st = ResponseScan::default();
+        st.window = format!("say a@b.io ok{}", "x".repeat(HOLD_BACK - 6));
+        st.pending.push_back(event("say a@", 0));
+        st.pending.push_back(event("b.io ok", 6));
+        st.add_span(Span {
+            start: 4,
+            end: 10,
+            detector: email,
+        });
+        // The first event goes out with the marker; the span's rest is still
+        // held, so the stream can go on (this once ended it).
+        let mut out = Vec::new();
+        st.release(&policy, ProviderKind::Anthropic, false, &mut out);
+        assert_eq!(st.released, 6);
+        assert!(String::from_utf8_lossy(&out).contains("say [REDACTED:email]"));
+        assert!(st.spans_redactable());
+        // A match that starts in text delivered unredacted cannot be undone.
+        st.add_span(Span {
+            start: 1,
+            end: 8,
+            detector: email,
+        });
+        assert!(!st.spans_redactable());
     }
 
     #[test]
