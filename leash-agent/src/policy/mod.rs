@@ -1485,8 +1485,10 @@ mod tests {
             end: start + text.len(),
             opaque: Vec::new(),
         };
-        let mut st = ResponseScan::default();
-        st.window = format!("say a@b.io ok{}", "x".repeat(HOLD_BACK - 6));
+        let mut st = ResponseScan {
+            window: format!("say a@b.io ok{}", "x".repeat(HOLD_BACK - 6)),
+            ..ResponseScan::default()
+        };
         st.pending.push_back(event("say a@", 0));
         st.pending.push_back(event("b.io ok", 6));
         st.add_span(Span {
