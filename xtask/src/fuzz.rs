@@ -17,10 +17,11 @@ use serde_json::{Value, json};
 use crate::{cargo_home, output_of, root, run};
 
 /// Every target, in the order they run.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "sse",
     "client_hello",
     "request_policy",
+    "stream_policy",
     "policy_file",
     "config_file",
 ];
