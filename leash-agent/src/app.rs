@@ -9,11 +9,12 @@ use crate::{
     admin::Admin,
     audit::{AuditError, AuditWriter},
     ca::{CaError, CertAuthority},
-    config::{Config, Scope},
+    config::{Config, FailureMode, Scope},
     intercept::{
         cgroup,
         hooks::{HookError, HookSettings, KernelHooks},
         hosts::{self, HostTable},
+        pin::{self, PinError},
     },
     metrics::Metrics,
     pipeline::{Pipeline, PipelineError},
@@ -47,6 +48,8 @@ pub enum RunError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Hooks(#[from] HookError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
     #[error("`leash run` needs root (it loads eBPF programs and marks sockets): run it with sudo")]
     NotRoot,
     #[error("no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo); set `intercept.cgroup`")]
@@ -204,9 +207,14 @@ pub async fn run_gateway(
     Ok(())
 }
 
-fn hook_settings(config: &Config, cgroup: std::path::PathBuf) -> HookSettings {
+fn hook_settings(config: &Config, cgroup: std::path::PathBuf) -> Result<HookSettings, RunError> {
     let intercept = &config.intercept;
-    HookSettings {
+    let pin_dir = match intercept.failure_mode {
+        FailureMode::Open => None,
+        FailureMode::Closed => Some(pin::dir_for(&pin::bpffs()?, &cgroup)?),
+    };
+    Ok(HookSettings {
+        pin_dir,
         cgroup,
         proxy_port: intercept.proxy_port,
         ports: intercept.ports.clone(),
@@ -217,12 +225,50 @@ fn hook_settings(config: &Config, cgroup: std::path::PathBuf) -> HookSettings {
         } else {
             Vec::new()
         },
+    })
+}
+
+/// Keeps this process out of core dumps (and from being traced by non-root
+/// users): it holds private keys. `RLIMIT_CORE` 0 and not dumpable.
+pub fn no_core_dumps() -> std::io::Result<()> {
+    use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
+    setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    )?;
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)?;
+    Ok(())
+}
+
+/// Detaches the hooks a stopped agent left pinned on `cgroup` (default:
+/// the cgroup v2 root). Returns the pin directory and how many went.
+pub fn release_pinned(
+    cgroup: Option<std::path::PathBuf>,
+) -> Result<(std::path::PathBuf, usize), RunError> {
+    if !is_root() {
+        return Err(RunError::NotRoot);
+    }
+    let cgroup = match cgroup {
+        Some(dir) => dir,
+        None => cgroup::v2_root().ok_or(RunError::NoCgroup2)?,
+    };
+    match pin::existing_dir(&cgroup) {
+        Some(dir) => {
+            let released = pin::release(&dir, &[])?;
+            Ok((dir, released))
+        }
+        None => Ok((cgroup, 0)),
     }
 }
 
 /// Runs the transparent agent (and the gateway listener when configured)
 /// until `shutdown` resolves. The kernel hooks are attached with bpf links:
-/// they go away with this process, so traffic flows direct (fail open).
+/// with `failure_mode: open` they go away with this process, so traffic
+/// flows direct; with `closed` they are pinned and stay, so provider
+/// connections are refused until an agent runs again.
 pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     if !is_root() {
         return Err(RunError::NotRoot);
@@ -263,7 +309,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let hooks = Arc::new(KernelHooks::attach(&hook_settings(
         &config,
         cgroup_dir.clone(),
-    ))?);
+    )?)?);
     let host_table = HostTable::new(&config);
     let static_targets = hosts::add_static(&hooks, host_table.hosts())?;
     release_startup_memory();
@@ -308,7 +354,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     );
 
     shutdown.await;
-    tracing::info!("shutting down: detaching kernel hooks");
+    tracing::info!("shutting down");
     if let Some(r) = resolver {
         r.abort();
     }

@@ -163,6 +163,17 @@ pub struct InterceptConfig {
     pub refresh: Duration,
     pub proxy_port: u16,
     pub bypass_mark: u32,
+    pub failure_mode: FailureMode,
+}
+
+/// What happens to provider connections while the agent is not running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// The hooks go away with the agent: traffic flows direct.
+    Open,
+    /// The hooks stay attached (pinned in bpffs): connections to providers
+    /// are refused until the agent is back, which takes the hooks over.
+    Closed,
 }
 
 #[derive(Debug, Clone)]
@@ -357,6 +368,7 @@ struct RawIntercept {
     refresh_secs: Option<u64>,
     proxy_port: Option<u16>,
     bypass_mark: Option<u32>,
+    failure_mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -830,7 +842,19 @@ fn validate_intercept(
             Some(m) => m,
             None => DEFAULT_BYPASS_MARK,
         },
+        failure_mode: failure_mode(raw.failure_mode.as_deref())?,
     })
+}
+
+fn failure_mode(raw: Option<&str>) -> Result<FailureMode, ConfigError> {
+    match raw {
+        None | Some("open") => Ok(FailureMode::Open),
+        Some("closed") => Ok(FailureMode::Closed),
+        Some(other) => Err(invalid(
+            "intercept.failure_mode",
+            format!("`{other}` is not one of: open, closed"),
+        )),
+    }
 }
 
 /// Default subject records are published on; `{host}` is the host id.

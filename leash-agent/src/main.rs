@@ -90,6 +90,24 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The kernel hooks of the transparent agent.
+    #[command(subcommand)]
+    Intercept(InterceptCommand),
+}
+
+#[derive(Subcommand)]
+enum InterceptCommand {
+    /// Detach the hooks a stopped agent left pinned (`intercept.failure_mode:
+    /// closed`): provider connections flow direct again, uninspected. For
+    /// uninstalling Leash; a running agent keeps its own hooks.
+    Release {
+        /// The cgroup the hooks are on; default: `intercept.cgroup` of
+        /// `--config`, else the cgroup v2 root.
+        #[arg(long, value_name = "DIR")]
+        cgroup: Option<PathBuf>,
+        #[arg(short, long, env = "LEASH_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Where the audit trail is: `--dir`, else `audit.dir` of `--config`, else
@@ -235,6 +253,27 @@ enum ConfigCommand {
         /// The YAML config file.
         file: PathBuf,
     },
+}
+
+fn intercept_command(cmd: InterceptCommand) -> anyhow::Result<()> {
+    match cmd {
+        InterceptCommand::Release { cgroup, config } => {
+            let cgroup = match cgroup {
+                Some(c) => Some(c),
+                None => {
+                    Config::load(config.as_deref(), &Overrides::default())?
+                        .intercept
+                        .cgroup
+                }
+            };
+            let (dir, released) = app::release_pinned(cgroup)?;
+            println!(
+                "released {released} pinned hook(s) on {}: provider connections there now go direct",
+                dir.display()
+            );
+            Ok(())
+        }
+    }
 }
 
 fn policy_command(cmd: PolicyCommand) -> anyhow::Result<()> {
@@ -542,6 +581,10 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
+    // Keys (the organisation CA's, gateway TLS) never end up in a core dump.
+    if let Err(e) = app::no_core_dumps() {
+        tracing::warn!(error = %e, "cannot disable core dumps for this process");
+    }
     match cli.command {
         Command::Gateway {
             config,
@@ -618,6 +661,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Audit(cmd) => audit_command(cmd),
         Command::Policy(cmd) => policy_command(cmd),
+        Command::Intercept(cmd) => intercept_command(cmd),
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(Some(&file), &Overrides::default())?;
             app::check(&config)?;

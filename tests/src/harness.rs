@@ -689,6 +689,11 @@ impl Agent {
         }
     }
 
+    /// The agent's process id (`sh` `exec`s it: same pid).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
     /// The organisation CA clients must trust.
     pub fn ca_pem(&self) -> PathBuf {
         self.ca_dir.join("ca.pem")

@@ -8,7 +8,9 @@
 )]
 
 use leash_tests::{
-    harness::{Leash, http_request, leash_command, mock_providers_yaml, run},
+    harness::{
+        Leash, http_request, leash_bin, leash_command, mock_providers_yaml, require_root, run,
+    },
     mock::MockProvider,
 };
 
@@ -88,6 +90,58 @@ fn sigterm_drains_and_flushes_the_audit_trail() {
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
         0o600,
         "audit files are private"
+    );
+}
+
+/// The process holds private keys (CA, gateway TLS): no core dumps of it,
+/// whatever the user's limits or the system's core pattern.
+#[test]
+fn leash_cannot_dump_core() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !require_root() {
+        return;
+    }
+    // Any long-running command: as an unprivileged user, so that "not
+    // dumpable" shows (the kernel then gives /proc/<pid>/fd to root).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(leash_bin())
+        .args(["audit", "tail", "--follow", "--dir"])
+        .arg(dir.path())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let limits = loop {
+        // setpriv execs leash: same pid, once the exec happened.
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        if exe == leash_bin().canonicalize().unwrap() {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            break std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "leash did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let fd_owner = std::fs::metadata(format!("/proc/{pid}/fd")).unwrap().uid();
+    let _ = child.kill();
+    let _ = child.wait();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let values: Vec<&str> = core.split_whitespace().skip(4).take(2).collect();
+    assert_eq!(values, ["0", "0"], "{core}");
+    assert!(status.contains("Uid:\t65534"), "{status}");
+    assert_eq!(
+        fd_owner, 0,
+        "/proc/{pid}/fd belongs to the process's user: it is dumpable"
     );
 }
 

@@ -349,6 +349,97 @@ fn after_kill_9_traffic_goes_direct_and_a_restart_resumes_interception() {
     assert_eq!(w.agent.wait_records(2).len(), 2);
 }
 
+/// `intercept.failure_mode: closed`: after kill -9 and after SIGTERM the
+/// pinned hooks stay, so provider connections are refused (never direct);
+/// a new agent takes the hooks over with no gap; `leash intercept release`
+/// lets traffic go direct again.
+#[test]
+fn fail_closed_refuses_while_down_and_a_restart_takes_over() {
+    if !require_root() {
+        return;
+    }
+    let mut w = World::new(
+        "failclosed",
+        &[Host("api.openai.com", "127.10.0.17", true)],
+        "  failure_mode: closed\n",
+    );
+    assert_chat_ok(&w.chat(&w.agent.ca_pem(), "sk-test"), &w.agent);
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&w.cgroup.path).unwrap());
+    let pins = leash_agent::intercept::pin::dir_for(
+        &leash_agent::intercept::pin::bpffs().unwrap(),
+        &w.cgroup.path,
+    )
+    .unwrap();
+    assert!(pins.ends_with(format!("cg-{ino}")), "{}", pins.display());
+    let refused_for = |w: &World, what: &str| {
+        // Refused (curl exit 7) for a second, whichever CA the client trusts;
+        // the provider sees nothing.
+        let seen = w.mocks[0].requests().len();
+        let start = Instant::now();
+        let mut tries = 0;
+        while start.elapsed() < Duration::from_secs(1) {
+            for ca in [w.public_ca.clone(), w.agent.ca_pem()] {
+                let out = w.chat(&ca, "sk-test");
+                assert_eq!(
+                    out.status.code(),
+                    Some(7),
+                    "{what}: expected a refused connection, got {}: {}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                tries += 1;
+            }
+        }
+        assert_eq!(
+            w.mocks[0].requests().len(),
+            seen,
+            "{what}: a request went direct"
+        );
+        tries
+    };
+
+    w.agent.kill9();
+    let tries = refused_for(&w, "after kill -9");
+    assert!(pins.is_dir() && std::fs::read_dir(&pins).unwrap().count() >= 5);
+    let start = Instant::now();
+    w.agent.restart();
+    assert_chat_ok(&w.chat(&w.agent.ca_pem(), "sk-test"), &w.agent);
+    let restored = start.elapsed();
+    assert!(
+        w.agent
+            .logs()
+            .contains("took over from the hooks a previous agent left pinned"),
+        "{}",
+        w.agent.logs()
+    );
+    // Only this agent's pins are left.
+    let pid = w.agent.pid();
+    for entry in std::fs::read_dir(&pins).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(name.ends_with(&format!("-{pid}")), "stale pin {name}");
+    }
+    eprintln!(
+        "fail closed: {tries} connections refused in 1 s after kill -9; interception restored {restored:?} after the restart began"
+    );
+
+    assert!(w.agent.stop().success());
+    refused_for(&w, "after SIGTERM");
+    let out = run(leash_tests::harness::leash_command()
+        .args(["intercept", "release", "--cgroup"])
+        .arg(&w.cgroup.path));
+    assert_success("leash intercept release", &out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("released"),
+        "{out:?}"
+    );
+    assert!(!pins.exists());
+    // Now direct: the provider's own certificate verifies.
+    let out = w.chat(&w.public_ca.clone(), "sk-test");
+    assert_success("direct after release", &out);
+    assert_eq!(w.agent.wait_records(2).len(), 2);
+}
+
 /// The official SDKs with their default base URLs; only `SSL_CERT_FILE`
 /// points at the organisation CA.
 #[test]

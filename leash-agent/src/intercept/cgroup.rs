@@ -5,10 +5,15 @@ use std::path::{Path, PathBuf};
 
 /// The mount point of the cgroup v2 hierarchy, from mountinfo text.
 pub fn v2_root_from(mountinfo: &str) -> Option<PathBuf> {
+    mount_of_type(mountinfo, "cgroup2")
+}
+
+/// The first mount point of file system type `fstype` in mountinfo text.
+pub fn mount_of_type(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         // `... mount_point options - fstype source super_options`
         let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
+        if right.split_whitespace().next()? != fstype {
             return None;
         }
         let mount_point = left.split_whitespace().nth(4)?;
@@ -70,6 +75,12 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         assert_eq!(v2_root_from("1 2 0:1 / /proc rw - proc proc rw\n"), None);
+        let with_bpf = format!("{mi}50 25 0:40 / /sys/fs/bpf rw,nosuid - bpf bpf rw\n");
+        assert_eq!(
+            mount_of_type(&with_bpf, "bpf"),
+            Some(PathBuf::from("/sys/fs/bpf"))
+        );
+        assert_eq!(mount_of_type(mi, "bpf"), None);
     }
 
     #[test]

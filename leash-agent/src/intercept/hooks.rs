@@ -1,6 +1,7 @@
 //! The kernel side, loaded and attached: the eBPF object built from
-//! `leash-ebpf`, its programs attached with bpf links to one cgroup (so they
-//! go away with the agent: fail open), and its maps.
+//! `leash-ebpf`, its programs attached with bpf links to one cgroup, and its
+//! maps. With `failure_mode: open` the links go away with the agent (traffic
+//! flows direct); with `closed` they are pinned (see `pin`) and stay.
 
 use std::{
     fs::File,
@@ -12,9 +13,14 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
+        links::{FdLink, LinkError, PinnedLink},
+    },
 };
 use leash_common::{DNS_NAME_LEN, InterceptConfig, OrigDst, dns_name_key, names};
+
+use super::pin::{self, PinError};
 
 /// The compiled kernel programs (empty when built without the eBPF
 /// toolchain: see `leash-agent/build.rs`).
@@ -36,6 +42,10 @@ pub enum HookError {
     Map(&'static str, #[source] aya::maps::MapError),
     #[error("cannot open cgroup {0}: {1}")]
     Cgroup(PathBuf, std::io::Error),
+    #[error("eBPF link of `{0}`: {1}")]
+    Link(&'static str, #[source] LinkError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
 }
 
 /// What the kernel side is told at start.
@@ -49,15 +59,97 @@ pub struct HookSettings {
     /// Host names whose DNS answers add their addresses as targets; empty:
     /// no DNS observation.
     pub dns_names: Vec<String>,
+    /// `failure_mode: closed`: pin the links here so they outlive the agent.
+    pub pin_dir: Option<PathBuf>,
 }
 
-/// Loaded and attached hooks. Dropping this detaches them.
+/// Loaded and attached hooks. Dropping this detaches them, unless they
+/// are pinned (fail closed).
 pub struct KernelHooks {
     _ebpf: Ebpf,
+    config: Mutex<Array<MapData, InterceptConfig>>,
+    _ports: HashMap<MapData, u16, u8>,
+    pinned: Vec<PinnedLink>,
     targets_v4: Mutex<HashMap<MapData, u32, u8>>,
     targets_v6: Mutex<HashMap<MapData, [u8; 16], u8>>,
     by_port: HashMap<MapData, u32, OrigDst>,
     cgroup: PathBuf,
+}
+
+/// Keeps the attached `link` of program `name` for pinning.
+fn keep_link<L>(
+    links: &mut Vec<(&'static str, FdLink)>,
+    name: &'static str,
+    link: Result<L, aya::programs::ProgramError>,
+) -> Result<(), HookError>
+where
+    FdLink: TryFrom<L, Error = LinkError>,
+{
+    let link = link.map_err(|e| HookError::Program(name, e))?;
+    links.push((
+        name,
+        FdLink::try_from(link).map_err(|e| HookError::Link(name, e))?,
+    ));
+    Ok(())
+}
+
+/// Pins `links` (fail closed), then, with ours attached, releases the
+/// hooks a previous agent left pinned on the cgroup: there is no gap.
+fn pin_and_take_over(
+    settings: &HookSettings,
+    links: Vec<(&'static str, FdLink)>,
+) -> Result<Vec<PinnedLink>, HookError> {
+    let mut pinned = Vec::new();
+    let mut keep = Vec::new();
+    if let Some(dir) = &settings.pin_dir {
+        for (name, link) in links {
+            let (link, path) = pin::pin(dir, name, link)?;
+            keep.push(path);
+            pinned.push(link);
+        }
+    }
+    if let Some(dir) = settings
+        .pin_dir
+        .clone()
+        .or_else(|| pin::existing_dir(&settings.cgroup))
+    {
+        let released = pin::release(&dir, &keep)?;
+        if released > 0 {
+            tracing::info!(released, dir = %dir.display(), "took over from the hooks a previous agent left pinned");
+        }
+    }
+    Ok(pinned)
+}
+
+/// The config and ports maps, filled from `settings`. Both must stay open
+/// until the programs are loaded (their fds are what the loader refers to);
+/// the config map is also updated at stop.
+type Configured = (Array<MapData, InterceptConfig>, HashMap<MapData, u16, u8>);
+
+fn configure(ebpf: &mut Ebpf, settings: &HookSettings) -> Result<Configured, HookError> {
+    let map_err = |name| move |e| HookError::Map(name, e);
+    let mut config: Array<MapData, InterceptConfig> =
+        Array::try_from(take_map(ebpf, names::CONFIG)?).map_err(map_err(names::CONFIG))?;
+    let mut ports: HashMap<MapData, u16, u8> =
+        HashMap::try_from(take_map(ebpf, names::PORTS)?).map_err(map_err(names::PORTS))?;
+    for port in &settings.ports {
+        ports.insert(port, 1, 0).map_err(map_err(names::PORTS))?;
+    }
+    config
+        .set(
+            0,
+            InterceptConfig {
+                proxy_ip4_be: u32::from_ne_bytes([127, 0, 0, 1]),
+                proxy_port_be: settings.proxy_port.to_be(),
+                enabled: 1,
+                all_ports: u8::from(settings.all_ports),
+                bypass_mark: settings.bypass_mark,
+                agent_tgid: std::process::id(),
+            },
+            0,
+        )
+        .map_err(map_err(names::CONFIG))?;
+    Ok((config, ports))
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, HookError> {
@@ -73,27 +165,7 @@ impl KernelHooks {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(HookError::Load)?;
         let map_err = |name| move |e| HookError::Map(name, e);
 
-        let mut config: Array<MapData, InterceptConfig> =
-            Array::try_from(take_map(&mut ebpf, names::CONFIG)?).map_err(map_err(names::CONFIG))?;
-        let mut ports: HashMap<MapData, u16, u8> =
-            HashMap::try_from(take_map(&mut ebpf, names::PORTS)?).map_err(map_err(names::PORTS))?;
-        for port in &settings.ports {
-            ports.insert(port, 1, 0).map_err(map_err(names::PORTS))?;
-        }
-        config
-            .set(
-                0,
-                InterceptConfig {
-                    proxy_ip4_be: u32::from_ne_bytes([127, 0, 0, 1]),
-                    proxy_port_be: settings.proxy_port.to_be(),
-                    enabled: 1,
-                    all_ports: u8::from(settings.all_ports),
-                    bypass_mark: settings.bypass_mark,
-                    agent_tgid: std::process::id(),
-                },
-                0,
-            )
-            .map_err(map_err(names::CONFIG))?;
+        let (config, ports) = configure(&mut ebpf, settings)?;
         let targets_v4 = HashMap::try_from(take_map(&mut ebpf, names::TARGETS_V4)?)
             .map_err(map_err(names::TARGETS_V4))?;
         let targets_v6 = HashMap::try_from(take_map(&mut ebpf, names::TARGETS_V6)?)
@@ -101,6 +173,8 @@ impl KernelHooks {
         let by_port = HashMap::try_from(take_map(&mut ebpf, names::BY_PORT)?)
             .map_err(map_err(names::BY_PORT))?;
 
+        let pinning = settings.pin_dir.is_some();
+        let mut links: Vec<(&'static str, FdLink)> = Vec::new();
         let cgroup = File::open(&settings.cgroup)
             .map_err(|e| HookError::Cgroup(settings.cgroup.clone(), e))?;
         // With bpf links (kernel >= 5.7, which aya uses) the kernel always
@@ -119,9 +193,12 @@ impl KernelHooks {
                 .try_into()
                 .map_err(|e| HookError::Program(name, e))?;
             program.load().map_err(|e| HookError::Program(name, e))?;
-            program
+            let id = program
                 .attach(&cgroup, mode())
                 .map_err(|e| HookError::Program(name, e))?;
+            if pinning {
+                keep_link(&mut links, name, program.take_link(id))?;
+            }
         }
         let sockops: &mut SockOps = ebpf
             .program_mut(names::SOCKOPS)
@@ -131,9 +208,12 @@ impl KernelHooks {
         sockops
             .load()
             .map_err(|e| HookError::Program(names::SOCKOPS, e))?;
-        sockops
+        let id = sockops
             .attach(&cgroup, mode())
             .map_err(|e| HookError::Program(names::SOCKOPS, e))?;
+        if pinning {
+            keep_link(&mut links, names::SOCKOPS, sockops.take_link(id))?;
+        }
 
         if !settings.dns_names.is_empty() {
             let mut names_map: HashMap<MapData, [u8; DNS_NAME_LEN], u8> =
@@ -156,12 +236,20 @@ impl KernelHooks {
                 .map_err(|e| HookError::Program(names::DNS_INGRESS, e))?;
             dns.load()
                 .map_err(|e| HookError::Program(names::DNS_INGRESS, e))?;
-            dns.attach(&cgroup, CgroupSkbAttachType::Ingress, mode())
+            let id = dns
+                .attach(&cgroup, CgroupSkbAttachType::Ingress, mode())
                 .map_err(|e| HookError::Program(names::DNS_INGRESS, e))?;
+            if pinning {
+                keep_link(&mut links, names::DNS_INGRESS, dns.take_link(id))?;
+            }
         }
 
+        let pinned = pin_and_take_over(settings, links)?;
         Ok(Self {
             _ebpf: ebpf,
+            config: Mutex::new(config),
+            _ports: ports,
+            pinned,
             targets_v4: Mutex::new(targets_v4),
             targets_v6: Mutex::new(targets_v6),
             by_port,
@@ -171,6 +259,11 @@ impl KernelHooks {
 
     pub fn cgroup(&self) -> &Path {
         &self.cgroup
+    }
+
+    /// Whether the hooks stay attached when the agent goes (fail closed).
+    pub fn pinned(&self) -> bool {
+        !self.pinned.is_empty()
     }
 
     /// Makes connections to `ip` targets (idempotent). IPv4-mapped IPv6
@@ -196,5 +289,27 @@ impl KernelHooks {
     /// whose client side uses local port `client_port`.
     pub fn lookup(&self, client_port: u16) -> Option<OrigDst> {
         self.by_port.get(&u32::from(client_port), 0).ok()
+    }
+}
+
+impl Drop for KernelHooks {
+    /// Pinned hooks stay (fail closed): they keep redirecting provider
+    /// connections to the closed proxy port. They no longer exempt this
+    /// process's id, which the system may give to another process.
+    fn drop(&mut self) {
+        if self.pinned.is_empty() {
+            return;
+        }
+        let mut config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Ok(mut c) = config.get(&0, 0) {
+            c.agent_tgid = 0;
+            if let Err(e) = config.set(0, c, 0) {
+                tracing::warn!(error = %e, "cannot clear the agent's process id in the pinned hooks");
+            }
+        }
+        tracing::info!(
+            cgroup = %self.cgroup.display(),
+            "kernel hooks stay attached (intercept.failure_mode: closed): provider connections are refused until leash runs again"
+        );
     }
 }

@@ -6,4 +6,5 @@ pub mod caller;
 pub mod cgroup;
 pub mod hooks;
 pub mod hosts;
+pub mod pin;
 pub mod shadow;
