@@ -26,7 +26,7 @@ use leash_tests::{
         Agent, Cgroup, assert_success, canary, free_port, python, python_dir, require_root, run,
     },
     mock::{MockProvider, text_of},
-    tls::TestCa,
+    tls::{Identity, TestCa},
 };
 use serde_json::Value;
 
@@ -46,6 +46,17 @@ struct World {
 
 impl World {
     fn new(tag: &str, hosts: &[Host], extra_config: &str) -> Self {
+        Self::with_identities(tag, hosts, extra_config, |ca, h| ca.identity(&[h.0]))
+    }
+
+    /// As [`World::new`], with each fake host's certificate made by
+    /// `identity` (from the public CA, or not).
+    fn with_identities(
+        tag: &str,
+        hosts: &[Host],
+        extra_config: &str,
+        identity: impl Fn(&TestCa, &Host) -> Identity,
+    ) -> Self {
         let ca = TestCa::new("fake public CA");
         let dir = tempfile::tempdir().unwrap();
         let public_ca = dir.path().join("public-ca.pem");
@@ -55,7 +66,7 @@ impl World {
             .map(|h| {
                 MockProvider::start_tls(
                     std::net::SocketAddr::new(h.1.parse().unwrap(), 443),
-                    &ca.identity(&[h.0]),
+                    &identity(&ca, h),
                 )
             })
             .collect();
@@ -347,6 +358,69 @@ fn after_kill_9_traffic_goes_direct_and_a_restart_resumes_interception() {
     w.agent.restart();
     assert_chat_ok(&w.chat(&w.agent.ca_pem(), "sk-test"), &w.agent);
     assert_eq!(w.agent.wait_records(2).len(), 2);
+}
+
+/// The agent verifies the real provider's certificate for the name the
+/// client asked for: an expired, misnamed or self-signed upstream
+/// certificate is refused (502 to the client) and nothing is sent.
+#[test]
+fn upstream_certificates_are_verified_in_transparent_mode() {
+    if !require_root() {
+        return;
+    }
+    let hosts = [
+        Host("api.openai.com", "127.10.0.18", true),
+        Host("api.anthropic.com", "127.10.0.19", true),
+        Host("generativelanguage.googleapis.com", "127.10.0.20", true),
+    ];
+    let w = World::with_identities("upcert", &hosts, "", |ca, h| match h.0 {
+        "api.openai.com" => ca.expired_identity(&[h.0]),
+        "api.anthropic.com" => ca.identity(&["other.example"]),
+        _ => Identity::self_signed(&[h.0]),
+    });
+    let cases = [
+        ("https://api.openai.com/v1/chat/completions", "xpired"),
+        (
+            "https://api.anthropic.com/v1/messages",
+            "certificate not valid for name",
+        ),
+        (
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent",
+            "UnknownIssuer",
+        ),
+    ];
+    for (url, reason) in cases {
+        let out = w.curl(
+            &w.agent.ca_pem(),
+            url,
+            &[
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                CHAT,
+            ],
+        );
+        assert_success(&format!("curl {url}\n{}", w.agent.logs()), &out);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        assert_eq!(code, "502", "{url}: {body}");
+        assert!(body.contains(reason), "{url}: expected {reason}: {body}");
+    }
+    for mock in &w.mocks {
+        assert!(
+            mock.requests().is_empty(),
+            "a request crossed an unverified connection"
+        );
+    }
+    let records = w.agent.wait_records(3);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["status"] == 502 && r["mode"] == "transparent"),
+        "{records:?}"
+    );
 }
 
 /// `intercept.failure_mode: closed`: after kill -9 and after SIGTERM the
