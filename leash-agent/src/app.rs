@@ -274,6 +274,8 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         return Err(RunError::NotRoot);
     }
     let (ca, created) = CertAuthority::load_or_init(&config.ca.dir)?;
+    // Drops retired CAs whose grace period ended from trust.pem.
+    crate::ca::refresh_trust(&config.ca.dir)?;
     if created {
         tracing::warn!(
             ca = %ca.cert_path().display(),

@@ -21,6 +21,11 @@ use time::OffsetDateTime;
 
 pub const CERT_FILE: &str = "ca.pem";
 pub const KEY_FILE: &str = "ca.key";
+/// The certificates machines should trust: the current CA plus the ones
+/// `leash ca rotate` retired whose grace period has not ended.
+pub const TRUST_FILE: &str = "trust.pem";
+/// Retired CA certificates (never keys): `ca-until-<unix time>.pem`.
+pub const RETIRED_DIR: &str = "retired";
 /// Leaf certificates live this long (capped by the CA's own expiry).
 pub const LEAF_VALIDITY: Duration = Duration::from_hours(7 * 24);
 
@@ -44,8 +49,16 @@ pub enum CaError {
     Mint(String, rcgen::Error),
     #[error("minted certificate for `{0}` is not usable: {1}")]
     ServerConfig(String, rustls::Error),
-    #[error("the CA in {0} has expired; create a new one with `leash ca init --force`")]
+    #[error("the CA in {0} has expired; replace it with `leash ca rotate --dir {0}`")]
     Expired(PathBuf),
+}
+
+/// A CA certificate machines trust, and until when (`None`: the current CA,
+/// as long as it is valid).
+#[derive(Debug, Clone)]
+pub struct Trusted {
+    pub pem: String,
+    pub until: Option<OffsetDateTime>,
 }
 
 /// Options for a new CA.
@@ -143,7 +156,36 @@ impl CertAuthority {
             .map_err(|e| CaError::Invalid(cert_path.clone(), e))?;
         write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
         write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
-        Self::load(dir)
+        let ca = Self::load(dir)?;
+        refresh_trust(dir)?;
+        Ok(ca)
+    }
+
+    /// Replaces the CA in `dir` with a new one (the old key is overwritten)
+    /// and keeps the old certificate trusted for `grace`: it stays in
+    /// `trust.pem` (what `leash ca install` puts in the system store) until
+    /// then, so clients keep accepting leaves from either while machines
+    /// and agents move to the new one. Works on an expired CA too.
+    pub fn rotate(dir: &Path, options: &CaOptions, grace: Duration) -> Result<Self, CaError> {
+        let cert_path = dir.join(CERT_FILE);
+        if !cert_path.exists() {
+            return Err(CaError::Missing(dir.to_owned()));
+        }
+        let old =
+            std::fs::read_to_string(&cert_path).map_err(|e| CaError::Read(cert_path.clone(), e))?;
+        let retired = dir.join(RETIRED_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&retired)
+            .map_err(|e| CaError::Write(retired.clone(), e))?;
+        let until = OffsetDateTime::now_utc() + grace;
+        write_file(
+            &retired.join(format!("ca-until-{}.pem", until.unix_timestamp())),
+            old.as_bytes(),
+            0o644,
+        )?;
+        Self::init(dir, options, true)
     }
 
     /// Loads `dir/ca.pem` and `dir/ca.key`; the key must not be readable by
@@ -239,6 +281,59 @@ impl CertAuthority {
     }
 }
 
+/// The certificates to trust for the CA in `dir`: the current one first,
+/// then retired ones still in their grace period. Retired certificates
+/// past it are deleted.
+pub fn trusted(dir: &Path) -> Result<Vec<Trusted>, CaError> {
+    let cert_path = dir.join(CERT_FILE);
+    let current =
+        std::fs::read_to_string(&cert_path).map_err(|e| CaError::Read(cert_path.clone(), e))?;
+    let mut out = vec![Trusted {
+        pem: current,
+        until: None,
+    }];
+    let retired = dir.join(RETIRED_DIR);
+    let entries = match std::fs::read_dir(&retired) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(CaError::Read(retired, e)),
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut old = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| CaError::Read(retired.clone(), e))?.path();
+        let Some(until) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("ca-until-")?.strip_suffix(".pem"))
+            .and_then(|t| t.parse().ok())
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+        else {
+            continue;
+        };
+        if until <= now {
+            std::fs::remove_file(&path).map_err(|e| CaError::Write(path.clone(), e))?;
+            continue;
+        }
+        let pem = std::fs::read_to_string(&path).map_err(|e| CaError::Read(path.clone(), e))?;
+        old.push(Trusted {
+            pem,
+            until: Some(until),
+        });
+    }
+    old.sort_by_key(|t| std::cmp::Reverse(t.until));
+    out.extend(old);
+    Ok(out)
+}
+
+/// Rewrites `dir/trust.pem` from [`trusted`]; returns what it holds.
+pub fn refresh_trust(dir: &Path) -> Result<Vec<Trusted>, CaError> {
+    let trusted = trusted(dir)?;
+    let bundle: String = trusted.iter().map(|t| t.pem.as_str()).collect();
+    write_file(&dir.join(TRUST_FILE), bundle.as_bytes(), 0o644)?;
+    Ok(trusted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +359,72 @@ mod tests {
         // The key's bytes never show in Debug output.
         let key_pem = std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap();
         assert!(!format!("{ca:?}").contains(key_pem.lines().nth(1).unwrap()));
+    }
+
+    /// Whether `chain` (leaf, CA) verifies for `host` against `bundle`.
+    fn verifies(bundle: &str, chain: &[CertificateDer<'static>], host: &str) -> bool {
+        use rustls::client::danger::ServerCertVerifier as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        verifier
+            .verify_server_cert(
+                &chain[0],
+                &[],
+                &rustls_pki_types::ServerName::try_from(host.to_owned()).unwrap(),
+                &[],
+                rustls_pki_types::UnixTime::now(),
+            )
+            .is_ok()
+    }
+
+    #[test]
+    fn rotate_keeps_the_old_ca_trusted_for_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = CertAuthority::init(dir.path(), &CaOptions::default(), false).unwrap();
+        let (old_leaf, _) = old.mint("api.openai.com").unwrap();
+        let old_key = std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap();
+        let new =
+            CertAuthority::rotate(dir.path(), &CaOptions::default(), Duration::from_hours(24))
+                .unwrap();
+        assert_ne!(new.cert_pem(), old.cert_pem());
+        // The old key is gone; the new one is private.
+        let new_key = std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap();
+        assert_ne!(new_key, old_key);
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (new_leaf, _) = new.mint("api.openai.com").unwrap();
+        let bundle = std::fs::read_to_string(dir.path().join(TRUST_FILE)).unwrap();
+        assert!(verifies(&bundle, &new_leaf, "api.openai.com"));
+        assert!(
+            verifies(&bundle, &old_leaf, "api.openai.com"),
+            "old leaves verify during the grace period"
+        );
+        assert!(!verifies(new.cert_pem(), &old_leaf, "api.openai.com"));
+        let trusted = trusted(dir.path()).unwrap();
+        assert_eq!(trusted.len(), 2);
+        assert!(trusted[0].until.is_none() && trusted[1].until.is_some());
+        // A rotation with no grace: the previous CA is dropped at once.
+        let third =
+            CertAuthority::rotate(dir.path(), &CaOptions::default(), Duration::ZERO).unwrap();
+        let bundle = std::fs::read_to_string(dir.path().join(TRUST_FILE)).unwrap();
+        assert!(bundle.contains(third.cert_pem()));
+        assert!(!bundle.contains(new.cert_pem()));
+        assert!(
+            bundle.contains(old.cert_pem()),
+            "the first CA's grace has not ended"
+        );
+        assert!(!verifies(&bundle, &new_leaf, "api.openai.com"));
     }
 
     #[test]

@@ -105,6 +105,7 @@ enum InterceptCommand {
         /// `--config`, else the cgroup v2 root.
         #[arg(long, value_name = "DIR")]
         cgroup: Option<PathBuf>,
+        /// The agent's config file (for `intercept.cgroup`).
         #[arg(short, long, env = "LEASH_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -217,6 +218,27 @@ enum CaCommand {
     },
     /// Remove the CA from this machine's trust store.
     Uninstall,
+    /// Replace the CA with a new one (the old key is destroyed) and keep
+    /// the old certificate trusted for a grace period, so clients accept
+    /// leaves from either while machines (`leash ca install`) and agents
+    /// (restart) move to the new one.
+    Rotate {
+        /// The CA directory.
+        #[arg(long, default_value = DEFAULT_CA_DIR)]
+        dir: PathBuf,
+        /// How long the old CA stays trusted, in days.
+        #[arg(long, default_value_t = 30)]
+        grace_days: u32,
+        /// The new CA certificate's common name.
+        #[arg(long, default_value = "Leash Organisation CA")]
+        name: String,
+        /// The new CA certificate's organisation name.
+        #[arg(long)]
+        org: Option<String>,
+        /// How long the new CA is valid, in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -253,6 +275,82 @@ enum ConfigCommand {
         /// The YAML config file.
         file: PathBuf,
     },
+}
+
+fn ca_command(cmd: CaCommand) -> anyhow::Result<()> {
+    match cmd {
+        CaCommand::Init {
+            dir,
+            name,
+            org,
+            days,
+            force,
+        } => {
+            let options = CaOptions {
+                common_name: name,
+                organization: org,
+                validity_days: days,
+            };
+            let ca = CertAuthority::init(&dir, &options, force)?;
+            println!(
+                "Created {} (key in {}, mode 0600).\nTrust it on each machine: leash ca install --dir {}",
+                ca.cert_path().display(),
+                dir.join(leash_agent::ca::KEY_FILE).display(),
+                dir.display()
+            );
+            Ok(())
+        }
+        CaCommand::Install { dir } => {
+            CertAuthority::load(&dir)?;
+            let certs: Vec<String> = leash_agent::ca::refresh_trust(&dir)?
+                .into_iter()
+                .map(|t| t.pem)
+                .collect();
+            print!(
+                "{}",
+                trust::install(&certs, &dir.join(leash_agent::ca::TRUST_FILE))?
+            );
+            Ok(())
+        }
+        CaCommand::Rotate {
+            dir,
+            grace_days,
+            name,
+            org,
+            days,
+        } => {
+            let options = CaOptions {
+                common_name: name,
+                organization: org,
+                validity_days: days,
+            };
+            let grace = std::time::Duration::from_secs(u64::from(grace_days) * 86_400);
+            let ca = CertAuthority::rotate(&dir, &options, grace)?;
+            let trusted = leash_agent::ca::trusted(&dir)?;
+            println!(
+                "Created a new CA in {} (valid until {}); the old key is gone.",
+                ca.cert_path().display(),
+                ca.not_after().date()
+            );
+            for t in trusted.iter().skip(1) {
+                if let Some(until) = t.until {
+                    println!(
+                        "A retired CA stays trusted until {until} (in {}).",
+                        dir.join(leash_agent::ca::TRUST_FILE).display()
+                    );
+                }
+            }
+            println!(
+                "Next: on every machine `leash ca install --dir {d}` (trusts the new and the retired CA), then restart the agents so they sign with the new one. Once the grace period is over, `leash ca install` again drops the old CA.",
+                d = dir.display()
+            );
+            Ok(())
+        }
+        CaCommand::Uninstall => {
+            print!("{}", trust::uninstall()?);
+            Ok(())
+        }
+    }
 }
 
 fn intercept_command(cmd: InterceptCommand) -> anyhow::Result<()> {
@@ -629,36 +727,7 @@ fn run() -> anyhow::Result<()> {
             })?;
             Ok(())
         }
-        Command::Ca(CaCommand::Init {
-            dir,
-            name,
-            org,
-            days,
-            force,
-        }) => {
-            let options = CaOptions {
-                common_name: name,
-                organization: org,
-                validity_days: days,
-            };
-            let ca = CertAuthority::init(&dir, &options, force)?;
-            println!(
-                "Created {} (key in {}, mode 0600).\nTrust it on each machine: leash ca install --dir {}",
-                ca.cert_path().display(),
-                dir.join(leash_agent::ca::KEY_FILE).display(),
-                dir.display()
-            );
-            Ok(())
-        }
-        Command::Ca(CaCommand::Install { dir }) => {
-            let ca = CertAuthority::load(&dir)?;
-            print!("{}", trust::install(&ca.cert_path())?);
-            Ok(())
-        }
-        Command::Ca(CaCommand::Uninstall) => {
-            print!("{}", trust::uninstall()?);
-            Ok(())
-        }
+        Command::Ca(cmd) => ca_command(cmd),
         Command::Audit(cmd) => audit_command(cmd),
         Command::Policy(cmd) => policy_command(cmd),
         Command::Intercept(cmd) => intercept_command(cmd),

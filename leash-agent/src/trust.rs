@@ -60,39 +60,89 @@ fn update(store: &Store) -> Result<(), TrustError> {
     }
 }
 
-/// Adds `ca_pem` to the system store; returns the lines to print for
-/// runtimes that keep their own stores.
-pub fn install(ca_pem: &Path) -> Result<String, TrustError> {
+/// The anchor files of the CA's certificates: the current one at
+/// `store.anchor`, retired ones beside it (`leash-org-ca-retired-N`).
+fn anchor_paths(store: &Store, n: usize) -> Vec<PathBuf> {
+    let anchor = Path::new(store.anchor);
+    (0..n)
+        .map(|i| {
+            if i == 0 {
+                anchor.to_path_buf()
+            } else {
+                let ext = anchor.extension().and_then(|e| e.to_str()).unwrap_or("crt");
+                anchor.with_file_name(format!("leash-org-ca-retired-{i}.{ext}"))
+            }
+        })
+        .collect()
+}
+
+/// Every anchor file Leash may have written (current and retired).
+fn installed_anchors(store: &Store) -> Vec<PathBuf> {
+    let anchor = Path::new(store.anchor);
+    let Some(dir) = anchor.parent() else {
+        return Vec::new();
+    };
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("leash-org-ca"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Puts `certs` (PEM; the current CA first, then retired ones still in
+/// their grace period) in the system store, replacing what Leash put there
+/// before; returns the lines to print for runtimes that keep their own
+/// stores, which should use `bundle` (all of them in one file).
+pub fn install(certs: &[String], bundle: &Path) -> Result<String, TrustError> {
     let store = store()?;
-    std::fs::copy(ca_pem, store.anchor).map_err(|e| TrustError::Write(store.anchor.into(), e))?;
+    for old in installed_anchors(store) {
+        std::fs::remove_file(&old).map_err(|e| TrustError::Write(old.clone(), e))?;
+    }
+    for (path, pem) in anchor_paths(store, certs.len()).iter().zip(certs) {
+        std::fs::write(path, pem).map_err(|e| TrustError::Write(path.clone(), e))?;
+    }
     update(store)?;
+    let retired = certs.len().saturating_sub(1);
     Ok(format!(
-        "Added {ca} to the system trust store ({anchor}).\n\
+        "Added the organisation CA{also} to the system trust store ({anchor}).\n\
          Runtimes with their own trust stores need one more step:\n\
          \x20 Python (httpx/requests, used by the openai/anthropic/google SDKs, which otherwise trust certifi):\n\
-         \x20   export SSL_CERT_FILE={bundle} REQUESTS_CA_BUNDLE={bundle}\n\
+         \x20   export SSL_CERT_FILE={system} REQUESTS_CA_BUNDLE={system}\n\
          \x20 Node.js:\n\
          \x20   export NODE_EXTRA_CA_CERTS={ca}\n\
          \x20 Java (JVM trust store):\n\
          \x20   keytool -importcert -cacerts -alias leash-org-ca -file {ca} -noprompt -storepass changeit\n",
-        ca = ca_pem.display(),
+        also = if retired > 0 {
+            format!(" and {retired} retired CA(s) still in their grace period")
+        } else {
+            String::new()
+        },
+        ca = bundle.display(),
         anchor = store.anchor,
-        bundle = store.bundle,
+        system = store.bundle,
     ))
 }
 
 /// Removes the CA from the system store.
 pub fn uninstall() -> Result<String, TrustError> {
     let store = store()?;
-    match std::fs::remove_file(store.anchor) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(format!(
-                "{} was not installed; nothing to do.\n",
-                store.anchor
-            ));
-        }
-        Err(e) => return Err(TrustError::Write(store.anchor.into(), e)),
+    let installed = installed_anchors(store);
+    if installed.is_empty() {
+        return Ok(format!(
+            "{} was not installed; nothing to do.\n",
+            store.anchor
+        ));
+    }
+    for path in installed {
+        std::fs::remove_file(&path).map_err(|e| TrustError::Write(path.clone(), e))?;
     }
     update(store)?;
     Ok(format!(

@@ -117,3 +117,83 @@ fn ca_install_and_uninstall_update_the_system_store() {
         );
     }
 }
+
+/// `leash ca rotate`: a new CA, the old key destroyed, the old certificate
+/// kept trusted (installed beside the new one) for the grace period;
+/// uninstall removes both.
+#[test]
+fn ca_rotate_keeps_the_old_ca_trusted_and_install_puts_both_in_the_store() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    assert_success(
+        "ca init",
+        &run(leash_command().args(["ca", "init", "--dir"]).arg(&ca)),
+    );
+    let old_pem = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
+    let old_key = std::fs::read_to_string(ca.join("ca.key")).unwrap();
+    let out = run(leash_command()
+        .args(["ca", "rotate", "--grace-days", "7", "--dir"])
+        .arg(&ca));
+    assert_success("ca rotate", &out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("stays trusted until"), "{said}");
+    assert!(!said.contains(old_key.lines().nth(1).unwrap()));
+    let new_pem = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
+    assert_ne!(new_pem, old_pem);
+    assert_ne!(std::fs::read_to_string(ca.join("ca.key")).unwrap(), old_key);
+    let bundle = std::fs::read_to_string(ca.join("trust.pem")).unwrap();
+    assert!(bundle.contains(&new_pem) && bundle.contains(&old_pem));
+    // No key of the old CA is kept anywhere in the directory.
+    let old_key_line = old_key.lines().nth(1).unwrap();
+    for entry in walk(&ca) {
+        let text = std::fs::read_to_string(&entry).unwrap_or_default();
+        assert!(
+            !text.contains(old_key_line),
+            "old key left in {}",
+            entry.display()
+        );
+    }
+    let script = r#"
+        set -e
+        t=$1; leash=$2; ca=$3
+        cp -a /usr/local/share/ca-certificates "$t/local" && mount --bind "$t/local" /usr/local/share/ca-certificates
+        cp -a /etc/ssl/certs "$t/certs" && mount --bind "$t/certs" /etc/ssl/certs
+        "$leash" ca install --dir "$ca" > "$t/install.out"
+        cp /etc/ssl/certs/ca-certificates.crt "$t/after-install.crt"
+        "$leash" ca uninstall > "$t/uninstall.out"
+        cp /etc/ssl/certs/ca-certificates.crt "$t/after-uninstall.crt"
+    "#;
+    let out = run(std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", script, "sh"])
+        .arg(dir.path())
+        .arg(leash_bin())
+        .arg(&ca));
+    assert_success("ca install/uninstall after rotate", &out);
+    let line = |pem: &str| pem.lines().nth(2).unwrap().to_owned();
+    let installed = std::fs::read_to_string(dir.path().join("after-install.crt")).unwrap();
+    assert!(installed.contains(&line(&new_pem)), "new CA not installed");
+    assert!(
+        installed.contains(&line(&old_pem)),
+        "retired CA not trusted in its grace period"
+    );
+    let said = std::fs::read_to_string(dir.path().join("install.out")).unwrap();
+    assert!(said.contains("1 retired CA(s)"), "{said}");
+    let removed = std::fs::read_to_string(dir.path().join("after-uninstall.crt")).unwrap();
+    assert!(!removed.contains(&line(&new_pem)) && !removed.contains(&line(&old_pem)));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
