@@ -19,7 +19,7 @@ use crate::{
     metrics::Metrics,
     pipeline::{Pipeline, PipelineError},
     proxy::{
-        Forwarder,
+        BodyLimits, Forwarder,
         gateway::Gateway,
         transparent::{self, CertCache, Transparent, UpstreamClients},
         upstream::{self, UpstreamError},
@@ -228,6 +228,13 @@ fn hook_settings(config: &Config, cgroup: std::path::PathBuf) -> Result<HookSett
     })
 }
 
+fn body_limits(gateway: &crate::config::GatewayConfig) -> BodyLimits {
+    BodyLimits {
+        max_bytes: gateway.max_body_bytes,
+        max_ratio: gateway.max_decompression_ratio,
+    }
+}
+
 /// Keeps this process out of core dumps (and from being traced by non-root
 /// users): it holds private keys. `RLIMIT_CORE` 0 and not dumpable.
 pub fn no_core_dumps() -> std::io::Result<()> {
@@ -331,7 +338,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         bypass_mark: config.intercept.bypass_mark,
         connect_timeout: config.upstream.connect_timeout,
         response_timeout: config.upstream.response_timeout,
-        max_body_bytes: config.gateway.max_body_bytes,
+        limits: body_limits(&config.gateway),
         upstreams: UpstreamClients::default(),
     });
 
@@ -383,7 +390,7 @@ async fn spawn_gateway(
             upstream::build_client(&config.upstream)?,
             config.upstream.response_timeout,
         ),
-        config.gateway.max_body_bytes,
+        body_limits(&config.gateway),
     ));
     let tls = config.gateway.tls.as_ref().map(tls::acceptor).transpose()?;
     let listener = bind("gateway.listen", config.gateway.listen).await?;

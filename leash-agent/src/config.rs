@@ -18,6 +18,8 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/leash/audit";
 /// Request bodies above this are refused with 413 (they are read whole for policy).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// A compressed request body decodes to at most this many times its size.
+pub const DEFAULT_MAX_DECOMPRESSION_RATIO: usize = 100;
 /// Pipeline modules run when the config names none.
 pub const DEFAULT_MODULES: &[&str] = &["team", "policy", "usage", "budget"];
 pub const DEFAULT_CA_DIR: &str = "/var/lib/leash/ca";
@@ -184,6 +186,9 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub tls: Option<TlsFiles>,
     pub max_body_bytes: usize,
+    /// A compressed request body may decode to at most this many times its
+    /// size (and never past `max_body_bytes`).
+    pub max_decompression_ratio: usize,
     pub header_read_timeout: Duration,
     pub limits: ConnLimits,
 }
@@ -386,6 +391,7 @@ struct RawGateway {
     listen: Option<String>,
     tls: Option<RawTls>,
     max_body_bytes: Option<usize>,
+    max_decompression_ratio: Option<usize>,
     header_read_timeout_secs: Option<u64>,
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
@@ -693,6 +699,16 @@ impl RawConfig {
                 Some(0) => return Err(invalid("gateway.max_body_bytes", "must be positive")),
                 Some(n) => n,
                 None => DEFAULT_MAX_BODY_BYTES,
+            },
+            max_decompression_ratio: match gateway.max_decompression_ratio {
+                Some(0) => {
+                    return Err(invalid(
+                        "gateway.max_decompression_ratio",
+                        "must be positive",
+                    ));
+                }
+                Some(n) => n,
+                None => DEFAULT_MAX_DECOMPRESSION_RATIO,
             },
             header_read_timeout: secs(
                 "gateway.header_read_timeout_secs",

@@ -326,6 +326,65 @@ fn unparseable_bodies_are_refused() {
     assert!(mock.requests().is_empty());
 }
 
+/// A gzip-compressed body is inspected after decoding (and forwarded
+/// decoded); a zip bomb, a corrupt body and an unknown coding never leave.
+#[test]
+fn compressed_bodies_are_inspected_and_bombs_refused() {
+    use std::io::Write as _;
+    let gzip = |data: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let (mock, leash) = start("enforce");
+    let chat =
+        br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"mail bob@example.com"}]}"#;
+    let post = |encoding: &str, body: &[u8]| {
+        http_request(
+            leash.addr,
+            "POST",
+            "/v1/openai/chat/completions",
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", encoding),
+            ],
+            body,
+        )
+        .unwrap()
+    };
+    let (status, _, body) = post("gzip", &gzip(chat));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let got = mock.requests();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].header("content-encoding").is_none());
+    let forwarded = got[0].json();
+    let content = forwarded["messages"][0]["content"].as_str().unwrap();
+    assert_eq!(content, "mail [REDACTED:email]");
+    // A secret inside a compressed body is found and blocked.
+    let secret = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"key {AWS_KEY}"}}]}}"#
+    );
+    let (status, _, _) = post("gzip", &gzip(secret.as_bytes()));
+    assert_eq!(status, 403);
+    // 64 MiB of spaces after the JSON: ~64 KiB compressed.
+    let mut bomb = chat.to_vec();
+    bomb.extend(std::iter::repeat_n(b' ', 64 * 1024 * 1024));
+    let (status, _, body) = post("gzip", &gzip(&bomb));
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let (status, _, _) = post("gzip", b"not gzip at all");
+    assert_eq!(status, 400);
+    let (status, _, body) = post("zstd", b"\x28\xb5\x2f\xfd");
+    assert_eq!(status, 415, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "a refused body reached the provider"
+    );
+    let records = leash.wait_records(5);
+    assert_eq!(records[2]["status"], 413);
+    assert_eq!(records[4]["status"], 415);
+}
+
 #[test]
 fn policy_check_and_test_work_offline() {
     let dir = tempfile::tempdir().unwrap();

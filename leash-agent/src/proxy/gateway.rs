@@ -10,7 +10,8 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::{
-    Forwarder, admit, body::LeashBody, json_response, local_response, upstream::HttpsConnector,
+    BodyLimits, Forwarder, admit, body::LeashBody, json_response, local_response,
+    upstream::HttpsConnector,
 };
 use crate::{
     pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline, Rejection},
@@ -24,7 +25,7 @@ pub struct Gateway {
     providers: Providers,
     pipeline: Arc<Pipeline>,
     forwarder: Forwarder<HttpsConnector>,
-    max_body_bytes: usize,
+    limits: BodyLimits,
 }
 
 /// Splits `/v1/<provider><rest>` into the provider name and `rest`
@@ -68,13 +69,13 @@ impl Gateway {
         providers: Providers,
         pipeline: Arc<Pipeline>,
         forwarder: Forwarder<HttpsConnector>,
-        max_body_bytes: usize,
+        limits: BodyLimits,
     ) -> Self {
         Self {
             providers,
             pipeline,
             forwarder,
-            max_body_bytes,
+            limits,
         }
     }
 
@@ -161,14 +162,7 @@ impl Gateway {
         }
 
         let upstream_path = format!("{}{rest}", ex.provider.upstream.base_path());
-        admit(
-            ex,
-            req,
-            &upstream_path,
-            self.max_body_bytes,
-            &self.forwarder,
-        )
-        .await
+        admit(ex, req, &upstream_path, self.limits, &self.forwarder).await
     }
 }
 

@@ -3,6 +3,7 @@
 //! transparent one) decide *where* a request goes; this module owns *how*.
 
 pub mod body;
+pub mod decode;
 pub mod gateway;
 pub mod headers;
 pub mod sni;
@@ -18,6 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::Connect};
 
 use self::body::LeashBody;
+pub use self::decode::BodyLimits;
 use crate::{
     pipeline::{ActiveExchange, Flow, ProxyRequest, Rejection, identify},
     provider::{ErrorCode, error_body},
@@ -91,17 +93,18 @@ fn framing_problem(headers: &http::HeaderMap) -> Option<Rejection> {
 }
 
 /// The request phases shared by every listener, once it knows the provider
-/// and the exact upstream path: read the body (at most `max_body_bytes`),
-/// identify, run the request modules, forward.
+/// and the exact upstream path: read the body (at most `limits.max_bytes`),
+/// decode it, identify, run the request modules, forward.
 pub async fn admit<C: Connect + Clone + Send + Sync + 'static>(
     mut ex: ActiveExchange,
     req: Request<Incoming>,
     upstream_path: &str,
-    max_body_bytes: usize,
+    limits: BodyLimits,
     forwarder: &Forwarder<C>,
 ) -> Response<LeashBody> {
+    let max_body_bytes = limits.max_bytes;
     let query = req.uri().query().map(str::to_owned);
-    let (head, body) = req.into_parts();
+    let (mut head, body) = req.into_parts();
     if let Some(rejection) = framing_problem(&head.headers) {
         return local_response(&mut ex, &rejection);
     }
@@ -127,6 +130,10 @@ pub async fn admit<C: Connect + Clone + Send + Sync + 'static>(
                 },
             );
         }
+    };
+    let body = match decode::decode_request(&mut head.headers, body, limits) {
+        Ok(body) => body,
+        Err(rejection) => return local_response(&mut ex, &rejection),
     };
     let mut request = ProxyRequest {
         head,

@@ -28,7 +28,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    Forwarder, admit,
+    BodyLimits, Forwarder, admit,
     body::LeashBody,
     sni::{Hello, Prefixed, peek_client_hello},
     upstream::{MarkedConnector, MarkedHttpsConnector, marked_client},
@@ -145,7 +145,7 @@ pub struct Transparent {
     pub bypass_mark: u32,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
-    pub max_body_bytes: usize,
+    pub limits: BodyLimits,
     pub upstreams: UpstreamClients,
 }
 
@@ -181,7 +181,7 @@ struct Terminated {
     caller: Caller,
     pipeline: Arc<Pipeline>,
     forwarder: Forwarder<MarkedHttpsConnector>,
-    max_body_bytes: usize,
+    limits: BodyLimits,
 }
 
 impl Terminated {
@@ -197,7 +197,7 @@ impl Terminated {
             ),
             Arc::clone(&self.pipeline),
         );
-        admit(ex, req, &path, self.max_body_bytes, &self.forwarder).await
+        admit(ex, req, &path, self.limits, &self.forwarder).await
     }
 }
 
@@ -275,7 +275,7 @@ impl Transparent {
             caller,
             pipeline: Arc::clone(&self.pipeline),
             forwarder: self.forwarder(dst),
-            max_body_bytes: self.max_body_bytes,
+            limits: self.limits,
         });
         let service = service_fn(move |req| {
             let conn = Arc::clone(&conn);
