@@ -655,6 +655,29 @@ async fn shutdown_signal() {
     }
 }
 
+/// Panics are logged with where they happened; their message only when it
+/// is a literal in the code: a formatted message may hold request data
+/// (headers, keys, prompts) and is withheld.
+fn log_panics_without_data() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map_or_else(|| "?".to_owned(), |l| format!("{}:{}", l.file(), l.line()));
+        let message = info
+            .payload()
+            .downcast_ref::<&'static str>()
+            .copied()
+            .unwrap_or("(formatted message withheld: it may hold request data)");
+        let thread = std::thread::current();
+        tracing::error!(
+            %location,
+            thread = thread.name().unwrap_or("?"),
+            message,
+            "panic; the request it happened in was answered 500"
+        );
+    }));
+}
+
 /// Errors are printed as one line with their causes (`a: b: c`; a cause
 /// already in the message is not repeated), exit 1.
 fn main() -> std::process::ExitCode {
@@ -679,6 +702,7 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
+    log_panics_without_data();
     // Keys (the organisation CA's, gateway TLS) never end up in a core dump.
     if let Err(e) = app::no_core_dumps() {
         tracing::warn!(error = %e, "cannot disable core dumps for this process");

@@ -35,9 +35,14 @@ fn canary_keys_never_appear_in_logs_audit_metrics_or_errors() {
     let mock = MockProvider::start();
     let down = free_port();
     let url = mock.url();
-    let leash = Leash::start(&format!(
-        "providers:\n  openai: {{ upstream: \"{url}/v1\" }}\n  anthropic: {{ upstream: \"{url}\" }}\n  google: {{ upstream: \"{url}\" }}\n  gone: {{ kind: openai, upstream: \"http://127.0.0.1:{down}/v1\" }}\ngateway: {{ max_body_bytes: 65536 }}\npolicy:\n  version: 1\n  rules:\n    - {{ name: block-secrets, match: {{ detectors: [secrets] }}, action: block }}\n    - {{ name: redact-pii, match: {{ detectors: [email] }}, action: redact }}\n"
-    ));
+    // Debug builds of leash panic on `x-leash-test-panic` with this set.
+    let leash = Leash::start_with_env(
+        tempfile::tempdir().unwrap(),
+        &format!(
+            "providers:\n  openai: {{ upstream: \"{url}/v1\" }}\n  anthropic: {{ upstream: \"{url}\" }}\n  google: {{ upstream: \"{url}\" }}\n  gone: {{ kind: openai, upstream: \"http://127.0.0.1:{down}/v1\" }}\ngateway: {{ max_body_bytes: 65536 }}\npolicy:\n  version: 1\n  rules:\n    - {{ name: block-secrets, match: {{ detectors: [secrets] }}, action: block }}\n    - {{ name: redact-pii, match: {{ detectors: [email] }}, action: redact }}\n"
+        ),
+        &[("LEASH_TEST_PANIC", "1")],
+    );
     // Every canary: keys in each provider's key header, in a query
     // parameter, in an arbitrary header and a cookie, and text in prompts.
     let key = canary("key");
@@ -187,6 +192,17 @@ fn canary_keys_never_appear_in_logs_audit_metrics_or_errors() {
             leash_body: true,
         },
         Flow {
+            // The panic message holds every header (the canary keys): the
+            // panic hook must keep it out of the logs.
+            name: "forced panic",
+            method: "POST",
+            path: "/v1/openai/chat/completions".into(),
+            headers: common(&[("x-leash-test-panic", "1".into())]),
+            body: chat(&prompt, false),
+            status: 500,
+            leash_body: true,
+        },
+        Flow {
             name: "path trick",
             method: "POST",
             path: format!("/v1/openai/../admin?key={query_key}"),
@@ -225,7 +241,9 @@ fn canary_keys_never_appear_in_logs_audit_metrics_or_errors() {
     assert!(!records.is_empty());
     let logs = leash.logs();
     assert!(
-        logs.contains("upstream request failed") && logs.contains("policy_block"),
+        logs.contains("upstream request failed")
+            && logs.contains("policy_block")
+            && logs.contains("formatted message withheld"),
         "expected the error and alert log lines to search:\n{logs}"
     );
     let audit = leash.audit_text();

@@ -174,7 +174,7 @@ impl Handler for Gateway {
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Response<LeashBody> {
-        self.serve(peer, req).await
+        super::contain_panics(self.serve(peer, req)).await
     }
 }
 

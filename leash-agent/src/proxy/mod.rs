@@ -374,6 +374,28 @@ pub fn local_response(ex: &mut ActiveExchange, rejection: &Rejection) -> Respons
     resp
 }
 
+/// Runs a request handler and answers 500 if it panics, so one request's
+/// bug never takes down the other streams of its connection, or more. The
+/// exchange (dropped while unwinding) still gets its audit record; the
+/// panic hook (see `main`) logs where, never request data.
+pub async fn contain_panics(
+    handler: impl Future<Output = Response<LeashBody>>,
+) -> Response<LeashBody> {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(_) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            error_body(
+                crate::provider::ProviderKind::OpenAi,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "leash: internal error while handling this request",
+            ),
+        ),
+    }
+}
+
 /// A JSON response that belongs to no exchange (e.g. an unknown route).
 pub fn json_response(status: StatusCode, body: Bytes) -> Response<LeashBody> {
     let mut resp = Response::new(LeashBody::full(body));

@@ -279,7 +279,7 @@ impl Transparent {
         });
         let service = service_fn(move |req| {
             let conn = Arc::clone(&conn);
-            async move { Ok::<_, Infallible>(conn.handle(req).await) }
+            async move { Ok::<_, Infallible>(super::contain_panics(conn.handle(req)).await) }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
