@@ -449,9 +449,11 @@ impl DerefMut for ActiveExchange {
 fn forced_test_panic(req: &ProxyRequest) {
     static ENABLED: std::sync::LazyLock<bool> =
         std::sync::LazyLock::new(|| std::env::var_os("LEASH_TEST_PANIC").is_some_and(|v| v == "1"));
-    if *ENABLED && req.head.headers.contains_key("x-leash-test-panic") {
-        panic!("panic forced by a test; headers: {:?}", req.head.headers);
-    }
+    assert!(
+        !(*ENABLED && req.head.headers.contains_key("x-leash-test-panic")),
+        "panic forced by a test; headers: {:?}",
+        req.head.headers
+    );
 }
 
 impl Drop for ActiveExchange {
