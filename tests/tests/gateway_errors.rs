@@ -308,3 +308,56 @@ fn upstream_names_resolving_to_internal_addresses_are_refused_unless_allowed() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(mock.requests().len(), 1);
 }
+
+/// Slowloris and idle connections: a client that sends its headers too
+/// slowly, or keeps a connection open without a next request, is cut off
+/// after `gateway.header_read_timeout_secs`.
+#[test]
+fn slow_and_idle_connections_are_closed_after_the_header_timeout() {
+    use std::io::{Read as _, Write as _};
+    let mock = MockProvider::start();
+    let leash = Leash::start(&format!(
+        "{}gateway: {{ header_read_timeout_secs: 1 }}\n",
+        mock_providers_yaml(&mock)
+    ));
+    let closed_within = |mut s: std::net::TcpStream, limit: std::time::Duration| {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return start.elapsed(),
+                Ok(_) => {}
+                Err(e) => panic!("not closed within {limit:?}: {e}"),
+            }
+        }
+    };
+    // Headers trickled a byte at a time, never finished.
+    let mut slow = std::net::TcpStream::connect(leash.addr).unwrap();
+    slow.write_all(b"POST /v1/openai/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let trickle = std::thread::spawn({
+        let mut s = slow.try_clone().unwrap();
+        move || {
+            for _ in 0..30 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if s.write_all(b"x").is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let slow_after = closed_within(slow, std::time::Duration::from_secs(3));
+    trickle.join().unwrap();
+    // One request answered, then idle.
+    let mut idle = std::net::TcpStream::connect(leash.addr).unwrap();
+    idle.write_all(b"GET /v1/nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    let idle_after = closed_within(idle, std::time::Duration::from_secs(3));
+    eprintln!("slow headers closed after {slow_after:?}, idle keep-alive after {idle_after:?}");
+    assert!(slow_after < std::time::Duration::from_millis(2500));
+    assert!(idle_after < std::time::Duration::from_millis(2500));
+}
