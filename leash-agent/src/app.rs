@@ -65,6 +65,7 @@ struct Core {
     metrics: Arc<Metrics>,
     audit: AuditWriter,
     pipeline: Arc<Pipeline>,
+    policy: Arc<crate::policy::PolicyHandle>,
 }
 
 impl Core {
@@ -91,7 +92,10 @@ impl Core {
             &policy,
         )?);
         if policy.file().is_some() {
-            tokio::spawn(crate::policy::watch(policy, Arc::clone(&metrics)));
+            tokio::spawn(crate::policy::watch(
+                Arc::clone(&policy),
+                Arc::clone(&metrics),
+            ));
         }
         if let Some(ship) = &config.audit.ship {
             // Credentials are checked now: a typo fails the start, while an
@@ -120,6 +124,7 @@ impl Core {
             metrics,
             audit,
             pipeline,
+            policy,
         })
     }
 }
@@ -181,12 +186,15 @@ pub async fn run_gateway(
         metrics,
         audit: audit_writer,
         pipeline,
+        policy,
     } = Core::new(&config)?;
+    let console = Some(console_for(&config, policy, None));
     let (stop_tx, stop_rx) = watch::channel(false);
     let gw_task = spawn_gateway(&config, pipeline, stop_rx.clone()).await?;
     let admin_task = spawn_admin(
         bind("admin.listen", config.admin.listen).await?,
         metrics,
+        console,
         stop_rx,
     );
     tracing::info!(
@@ -301,7 +309,10 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         metrics,
         audit: audit_writer,
         pipeline,
+        policy,
     } = Core::new(&config)?;
+    let interception = interception_status(&config, &cgroup_dir, &ca);
+    let console = Some(console_for(&config, policy, Some(interception)));
     let upstream_tls = upstream::tls_config(&config.upstream)?;
 
     // Listen before attaching: a redirected connect must find the proxy.
@@ -352,7 +363,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     if config.gateway.explicit {
         tasks.push(spawn_gateway(&config, Arc::clone(&pipeline), stop_rx.clone()).await?);
     }
-    tasks.push(spawn_admin(admin_listener, metrics, stop_rx));
+    tasks.push(spawn_admin(admin_listener, metrics, console, stop_rx));
     tracing::info!(
         cgroup = %cgroup_dir.display(),
         proxy_port = config.intercept.proxy_port,
@@ -405,9 +416,59 @@ async fn spawn_gateway(
     )))
 }
 
+/// What the console's interception page shows of this agent's setup.
+fn interception_status(
+    config: &Config,
+    cgroup_dir: &std::path::Path,
+    ca: &CertAuthority,
+) -> serde_json::Value {
+    serde_json::json!({
+        "mode": "transparent",
+        "cgroup": cgroup_dir.display().to_string(),
+        "scope": match config.intercept.scope {
+            Scope::Providers => "providers",
+            Scope::AllTls => "all-tls",
+        },
+        "ports": config.intercept.ports,
+        "failure_mode": match config.intercept.failure_mode {
+            FailureMode::Open => "open",
+            FailureMode::Closed => "closed",
+        },
+        "proxy_port": config.intercept.proxy_port,
+        "hosts": config.intercept.hosts.iter().map(|h| serde_json::json!({
+            "name": h.name,
+            "provider": h.provider,
+            "static_addresses": h.addresses,
+        })).collect::<Vec<_>>(),
+        "observe_dns": config.intercept.observe_dns,
+        "ca": {
+            "certificate": ca.cert_path().display().to_string(),
+            "sha256": ca.fingerprint(),
+            "not_after": ca.not_after().to_string(),
+        },
+    })
+}
+
+/// The web console of this process, served by its admin listener.
+fn console_for(
+    config: &Config,
+    policy: Arc<crate::policy::PolicyHandle>,
+    interception: Option<serde_json::Value>,
+) -> crate::console::Console {
+    crate::console::Console::new(
+        config.audit.dir.clone(),
+        policy,
+        config.providers.clone(),
+        interception,
+        config.admin.token.clone(),
+        config.admin.listen.ip().is_loopback(),
+    )
+}
+
 fn spawn_admin(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    console: Option<crate::console::Console>,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let options = ServeOptions {
@@ -419,7 +480,7 @@ fn spawn_admin(
     tokio::spawn(server::serve(
         listener,
         None,
-        Arc::new(Admin::new(metrics)),
+        Arc::new(Admin::new(metrics, console)),
         options,
         stop,
     ))

@@ -254,6 +254,16 @@ impl CertAuthority {
         self.not_after
     }
 
+    /// The SHA-256 fingerprint of the CA certificate (hex, colon-separated).
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&self.cert_der)
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
     /// Mints a leaf certificate for `host` with a fresh ECDSA P-256 key:
     /// SAN = host, server auth, valid from an hour ago for [`LEAF_VALIDITY`]
     /// (never past the CA's own expiry). Returns the chain (leaf, CA) and key.

@@ -227,6 +227,9 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Bearer token the console's API requires (from `admin.token_file`).
+    /// Without one, the console is served only on a loopback listener.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -410,6 +413,7 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -723,6 +727,7 @@ impl RawConfig {
                 admin.listen.as_deref(),
                 DEFAULT_ADMIN_LISTEN,
             )?,
+            token: admin_token(base, admin.token_file.as_deref())?,
         };
         if admin.listen == gateway.listen && admin.listen.port() != 0 {
             return Err(invalid("admin.listen", "must differ from gateway.listen"));
@@ -860,6 +865,28 @@ fn validate_intercept(
         },
         failure_mode: failure_mode(raw.failure_mode.as_deref())?,
     })
+}
+
+/// The console's bearer token from `admin.token_file`.
+fn admin_token(base: &Path, file: Option<&Path>) -> Result<Option<String>, ConfigError> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let path = resolve(base, file.to_path_buf());
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        invalid(
+            "admin.token_file",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let token = text.trim().to_owned();
+    if token.len() < 16 || token.chars().any(char::is_whitespace) {
+        return Err(invalid(
+            "admin.token_file",
+            "the token must be at least 16 characters, without spaces",
+        ));
+    }
+    Ok(Some(token))
 }
 
 fn failure_mode(raw: Option<&str>) -> Result<FailureMode, ConfigError> {

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod ca;
 pub mod collector;
 pub mod config;
+pub mod console;
 pub mod intercept;
 pub mod metrics;
 pub mod pipeline;

@@ -159,7 +159,7 @@ pub struct Provider {
 
 /// The validated set of providers, looked up by the name used in gateway
 /// paths (`/v1/<name>/...`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Providers {
     by_name: BTreeMap<String, Arc<Provider>>,
 }

@@ -152,6 +152,41 @@ fn ensure_postgres_server() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// Runs `install` unless `dir` already holds exactly `pin` (recorded in a
+/// stamp file once the install succeeded).
+pub(crate) fn ensure_pinned(
+    dir: &Path,
+    pin: &str,
+    install: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    let stamp = dir.join(".leash-pinned");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(pin) {
+        return Ok(());
+    }
+    install()?;
+    std::fs::write(stamp, pin)?;
+    Ok(())
+}
+
+/// playwright-core, pinned, for the console's browser tests.
+const PLAYWRIGHT: &str = "playwright-core@1.65.1";
+
+/// `target/console-browser` with playwright-core (npm): it drives the
+/// Debian chromium, so no browser is downloaded. Returns its
+/// `node_modules`.
+fn ensure_playwright() -> Result<PathBuf> {
+    let prefix = target_dir().join("console-browser");
+    ensure_pinned(&prefix, PLAYWRIGHT, || {
+        let _ = std::fs::remove_dir_all(&prefix);
+        std::fs::create_dir_all(&prefix)?;
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&prefix)
+            .arg(PLAYWRIGHT))
+    })?;
+    Ok(prefix.join("node_modules"))
+}
+
 /// Creates `target/leash-venv` with the pinned SDKs; reinstalls only when
 /// `tests/python/requirements.txt` changed.
 fn ensure_python_venv() -> Result<PathBuf> {
@@ -309,10 +344,14 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
         ("openssl", "openssl"),
         ("psql", "postgresql-client"),
         ("runuser", "util-linux"),
+        ("chromium", "chromium"),
+        ("node", "nodejs"),
+        ("npm", "npm"),
     ])?;
     ensure_postgres_server()?;
     setup()?;
     let python = ensure_python_venv()?;
+    let playwright = ensure_playwright()?;
     if !no_lint {
         run(cargo().args(["fmt", "--all", "--", "--check"]))?;
         run(cargo().args([
@@ -333,7 +372,8 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
             .args(["test", "--workspace", "--exclude", "leash-ebpf"])
             .args(args)
             .env("LEASH_BIN", &leash)
-            .env("LEASH_TEST_PYTHON", &python),
+            .env("LEASH_TEST_PYTHON", &python)
+            .env("LEASH_TEST_PLAYWRIGHT", &playwright),
     )?;
     if args.is_empty() {
         // The release build (and the criterion benches) must compile too;

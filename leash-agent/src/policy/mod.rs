@@ -237,6 +237,38 @@ pub struct Policy {
     rules: Vec<Rule>,
 }
 
+impl Policy {
+    /// The rules as the console shows them: name, action, direction,
+    /// detectors, shadow; plus the policy-wide settings.
+    pub fn describe(&self) -> Value {
+        let rules: Vec<Value> = self
+            .rules
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "action": r.action,
+                    "direction": match r.direction {
+                        Direction::Request => "request",
+                        Direction::Response => "response",
+                        Direction::Both => "both",
+                    },
+                    "detectors": r.detectors.iter().flatten()
+                        .map(|&d| self.detectors.get(d).name.clone())
+                        .collect::<Vec<_>>(),
+                    "shadow": r.shadow.unwrap_or(self.shadow),
+                    "tags": r.tags,
+                })
+            })
+            .collect();
+        json!({
+            "mode": if self.shadow { "shadow" } else { "enforce" },
+            "on_unparseable": if self.forward_unparseable { "forward" } else { "block" },
+            "rules": rules,
+        })
+    }
+}
+
 /// What the policy decided for one request.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Decision {

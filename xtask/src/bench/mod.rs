@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{cargo, ensure_debian_packages, root, run, target_dir};
+use crate::{cargo, ensure_debian_packages, ensure_pinned, root, run, target_dir};
 
 mod extra;
 mod transparent;
@@ -268,18 +268,6 @@ fn start_nginx(dir: &Path, upstream: u16) -> Result<Contender> {
         format!("http://127.0.0.1:{port}/v1/chat/completions"),
         proc,
     ))
-}
-
-/// Runs `install` unless `dir` already holds exactly `pin` (recorded in a
-/// stamp file once the install succeeded).
-fn ensure_pinned(dir: &Path, pin: &str, install: impl FnOnce() -> Result<()>) -> Result<()> {
-    let stamp = dir.join(".leash-pinned");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(pin) {
-        return Ok(());
-    }
-    install()?;
-    std::fs::write(stamp, pin)?;
-    Ok(())
 }
 
 /// LiteLLM's pinned release (never 1.82.7 or 1.82.8: those were malicious).

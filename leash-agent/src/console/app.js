@@ -1,0 +1,165 @@
+// Leash console: plain DOM, no dependencies. Data comes from /api/*.
+"use strict";
+
+const token = () => sessionStorage.getItem("leash-token") || "";
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (token()) headers.authorization = "Bearer " + token();
+  const resp = await fetch(path, Object.assign({}, options, { headers }));
+  if (resp.status === 401) {
+    const t = prompt("Admin token");
+    if (t) { sessionStorage.setItem("leash-token", t); return api(path, options); }
+  }
+  const body = await resp.json();
+  if (!resp.ok) throw new Error(body.error || resp.statusText);
+  return body;
+}
+
+const el = (tag, attrs = {}, ...children) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(c ?? ""));
+  return e;
+};
+const num = (n, digits = 0) => (n ?? 0).toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+const usd = (n) => num(n, 4);
+const usd6 = (n) => num(n, 6);
+
+function table(node, head, rows) {
+  node.replaceChildren(
+    el("thead", {}, el("tr", {}, ...head.map(([h, cls]) => el("th", cls ? { class: cls } : {}, h)))),
+    el("tbody", {}, ...rows));
+}
+
+// Live traffic: newest first, refreshed every second with what is new.
+let lastId = null;
+const seen = [];
+function filters() {
+  const data = new FormData(document.getElementById("filters"));
+  const q = new URLSearchParams();
+  for (const [k, v] of data) if (v) q.set(k, v);
+  return q;
+}
+function recordRow(r) {
+  const action = (r.policy && r.policy.action) || "allow";
+  const caller = r.caller || {};
+  const tr = el("tr", { "data-id": r.id },
+    el("td", {}, (r.ts || "").replace("T", " ").slice(0, 19)),
+    el("td", {}, r.mode || ""),
+    el("td", {}, r.provider || ""),
+    el("td", {}, r.model || ""),
+    el("td", { class: "num" }, String(r.status ?? "")),
+    el("td", {}, caller.exe || caller.addr || ""),
+    el("td", {}, caller.team || ""),
+    el("td", { class: action }, action),
+    el("td", { class: "num" }, r.usage ? `${num(r.usage.input_tokens)} / ${num(r.usage.output_tokens)}` : ""),
+    el("td", { class: "num" }, r.cost_usd != null ? usd6(r.cost_usd) : ""),
+    el("td", { class: "num" }, r.latency_ms != null ? num(r.latency_ms, 1) : ""));
+  tr.addEventListener("click", () => {
+    const pre = document.getElementById("record");
+    pre.hidden = false;
+    pre.textContent = JSON.stringify(r, null, 2);
+  });
+  return tr;
+}
+async function refreshLive(reset) {
+  const q = filters();
+  q.set("limit", "200");
+  if (reset) { lastId = null; seen.length = 0; }
+  if (lastId) q.set("after", lastId);
+  const { records } = await api("/api/records?" + q);
+  if (records.length) {
+    lastId = records[0].id;
+    seen.unshift(...records);
+    seen.length = Math.min(seen.length, 500);
+  }
+  const tbody = document.querySelector("#live-table tbody");
+  tbody.replaceChildren(...seen.map(recordRow));
+  document.getElementById("status").textContent = `${seen.length} requests shown · updated ${new Date().toLocaleTimeString()}`;
+}
+
+function totalsRows(groups) {
+  return Object.entries(groups).map(([name, t]) => el("tr", {},
+    el("td", {}, name), el("td", { class: "num" }, num(t.requests)),
+    el("td", { class: "num" }, num(t.input_tokens)), el("td", { class: "num" }, num(t.output_tokens)),
+    el("td", { class: "num" }, usd(t.cost_usd))));
+}
+const totalsHead = [["name"], ["requests", "num"], ["input tokens", "num"], ["output tokens", "num"], ["cost $", "num"]];
+async function refreshSpend() {
+  const s = await api("/api/spend");
+  const t = s.total || {};
+  document.getElementById("spend-total").replaceChildren(
+    el("div", { class: "card", id: "total-requests" }, el("b", {}, num(t.requests)), "requests"),
+    el("div", { class: "card", id: "total-tokens" }, el("b", {}, num((t.input_tokens || 0) + (t.output_tokens || 0))), "tokens"),
+    el("div", { class: "card", id: "total-cost" }, el("b", {}, "$" + usd(t.cost_usd)), "spend"));
+  table(document.getElementById("spend-team"), totalsHead, totalsRows(s.by_team));
+  table(document.getElementById("spend-provider"), totalsHead, totalsRows(s.by_provider));
+  table(document.getElementById("spend-model"), totalsHead, totalsRows(s.by_model));
+}
+
+async function refreshViolations() {
+  const v = await api("/api/violations");
+  table(document.getElementById("violations-rules"), [["rule"], ["requests", "num"], ["detectors"]],
+    Object.entries(v.by_rule).map(([rule, x]) => el("tr", {}, el("td", {}, rule),
+      el("td", { class: "num" }, num(x.requests)),
+      el("td", {}, Object.entries(x.detectors).map(([d, n]) => `${d} ×${n}`).join(", ")))));
+  table(document.getElementById("violations-recent"),
+    [["time"], ["provider"], ["model"], ["action"], ["rules"], ["caller"]],
+    v.recent.map((r) => el("tr", {}, el("td", {}, (r.ts || "").slice(0, 19)), el("td", {}, r.provider || ""),
+      el("td", {}, r.model || ""), el("td", { class: r.policy.action }, r.policy.action || ""),
+      el("td", {}, (r.policy.rules || []).join(", ")), el("td", {}, (r.caller || {}).exe || (r.caller || {}).addr || ""))));
+}
+
+async function refreshPolicy() {
+  const p = await api("/api/policy");
+  const summary = document.getElementById("policy-summary");
+  if (!p.active) {
+    summary.textContent = "No policy is loaded: every request is allowed.";
+    document.getElementById("policy-rules").replaceChildren();
+  } else {
+    summary.textContent = `Mode ${p.active.mode}; bodies policy cannot read: ${p.active.on_unparseable}; file ${p.file || "(inline in the config)"}`;
+    table(document.getElementById("policy-rules"), [["rule"], ["action"], ["direction"], ["detectors"], ["shadow"]],
+      p.active.rules.map((r) => el("tr", {}, el("td", {}, r.name), el("td", { class: r.action }, r.action),
+        el("td", {}, r.direction), el("td", {}, r.detectors.join(", ")), el("td", {}, r.shadow ? "yes" : ""))));
+  }
+  document.getElementById("policy-yaml").textContent = p.yaml || "";
+}
+
+async function runPlayground(ev) {
+  ev.preventDefault();
+  const f = new FormData(ev.target);
+  const provider = f.get("provider");
+  const prompt = f.get("prompt");
+  const body = provider === "anthropic"
+    ? { model: "claude-sonnet-4", max_tokens: 100, messages: [{ role: "user", content: prompt }] }
+    : provider === "google"
+      ? { contents: [{ role: "user", parts: [{ text: prompt }] }] }
+      : { model: "gpt-4o-mini", messages: [{ role: "user", content: prompt }] };
+  const out = document.getElementById("playground-result");
+  try {
+    const d = await api("/api/policy/test", { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ provider, endpoint: f.get("endpoint"), body }) });
+    out.textContent = JSON.stringify(d, null, 2);
+  } catch (e) { out.textContent = "error: " + e.message; }
+}
+
+async function refreshInterception() {
+  const i = await api("/api/interception");
+  document.getElementById("interception").textContent = JSON.stringify(i, null, 2);
+}
+
+const pages = { live: () => refreshLive(true), spend: refreshSpend, violations: refreshViolations, policy: refreshPolicy, interception: refreshInterception };
+let current = "live";
+async function show(name) {
+  current = pages[name] ? name : "live";
+  for (const s of document.querySelectorAll(".page")) s.hidden = s.id !== "page-" + current;
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === current);
+  try { await pages[current](); document.body.dataset.loaded = current; }
+  catch (e) { document.getElementById("status").textContent = "error: " + e.message; }
+}
+window.addEventListener("hashchange", () => show(location.hash.slice(1)));
+document.getElementById("filters").addEventListener("input", () => refreshLive(true));
+document.getElementById("playground").addEventListener("submit", runPlayground);
+setInterval(() => { if (current === "live") refreshLive(false).catch(() => {}); }, 1000);
+show(location.hash.slice(1));

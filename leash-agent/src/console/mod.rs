@@ -1,0 +1,418 @@
+//! The web console, served by the admin listener: one page (embedded in
+//! the binary, no CDN) and the JSON API behind it, read from the audit
+//! trail and the live policy. Read-only: the policy playground decides on a
+//! pasted body without sending anything anywhere.
+//!
+//! Access: on a loopback admin listener the API is open to the machine;
+//! with `admin.token_file` it requires `Authorization: Bearer <token>`; on
+//! any other listener without a token it is refused.
+
+use std::{path::PathBuf, sync::Arc};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::{
+    audit::read::{self, Filter},
+    policy::PolicyHandle,
+    provider::Providers,
+};
+
+const INDEX: &str = include_str!("index.html");
+const APP_JS: &str = include_str!("app.js");
+const APP_CSS: &str = include_str!("app.css");
+
+/// Most records one API answer holds.
+const MAX_RECORDS: usize = 1000;
+
+/// A console answer: status, content type, body.
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+impl Answer {
+    fn json(status: StatusCode, v: &Value) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            body: Bytes::from(v.to_string()),
+        }
+    }
+
+    fn error(status: StatusCode, message: &str) -> Self {
+        Self::json(status, &json!({"error": message}))
+    }
+
+    fn asset(content_type: &'static str, text: &'static str) -> Self {
+        Self {
+            status: StatusCode::OK,
+            content_type,
+            body: Bytes::from_static(text.as_bytes()),
+        }
+    }
+}
+
+pub struct Console {
+    audit_dir: PathBuf,
+    policy: Arc<PolicyHandle>,
+    providers: Providers,
+    /// The transparent agent's setup (scope, hosts, CA, fail mode); `None`
+    /// for the gateway.
+    interception: Option<Value>,
+    token: Option<String>,
+    /// The admin listener is on loopback.
+    loopback: bool,
+}
+
+/// Equal without an early exit on the first differing byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name && !v.is_empty()).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(b) => {
+                    out.push(b);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Console {
+    pub fn new(
+        audit_dir: PathBuf,
+        policy: Arc<PolicyHandle>,
+        providers: Providers,
+        interception: Option<Value>,
+        token: Option<String>,
+        loopback: bool,
+    ) -> Self {
+        Self {
+            audit_dir,
+            policy,
+            providers,
+            interception,
+            token,
+            loopback,
+        }
+    }
+
+    /// Whether `path` is the console's.
+    pub fn owns(path: &str) -> bool {
+        path == "/"
+            || path == "/favicon.ico"
+            || path.starts_with("/console")
+            || path.starts_with("/api/")
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> Result<(), Answer> {
+        match &self.token {
+            Some(token) => {
+                let given = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or_default();
+                if same(given.as_bytes(), token.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err(Answer::error(
+                        StatusCode::UNAUTHORIZED,
+                        "the console API needs `Authorization: Bearer <admin token>`",
+                    ))
+                }
+            }
+            None if self.loopback => Ok(()),
+            None => Err(Answer::error(
+                StatusCode::FORBIDDEN,
+                "the console is served only on a loopback admin listener unless admin.token_file is set",
+            )),
+        }
+    }
+
+    /// Answers a console request. `body` is the request body (POST only).
+    pub fn handle(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Answer {
+        // The page itself holds no data.
+        match path {
+            "/" | "/console" | "/console/" => {
+                return Answer::asset("text/html; charset=utf-8", INDEX);
+            }
+            "/console/app.js" => return Answer::asset("text/javascript; charset=utf-8", APP_JS),
+            "/console/app.css" => return Answer::asset("text/css; charset=utf-8", APP_CSS),
+            "/favicon.ico" => {
+                return Answer {
+                    status: StatusCode::NO_CONTENT,
+                    content_type: "image/x-icon",
+                    body: Bytes::new(),
+                };
+            }
+            _ => {}
+        }
+        if let Err(denied) = self.authorized(headers) {
+            return denied;
+        }
+        match (method.as_str(), path) {
+            ("GET", "/api/records") => self.records(query),
+            ("GET", "/api/spend") => self.spend(query),
+            ("GET", "/api/violations") => self.violations(),
+            ("GET", "/api/policy") => self.policy(),
+            ("POST", "/api/policy/test") => self.playground(body),
+            ("GET", "/api/interception") => match &self.interception {
+                Some(v) => Answer::json(StatusCode::OK, v),
+                None => Answer::json(
+                    StatusCode::OK,
+                    &json!({"mode": "gateway", "note": "this leash runs the explicit gateway only"}),
+                ),
+            },
+            (_, p) if p.starts_with("/api/") => {
+                Answer::error(StatusCode::NOT_FOUND, "no such console API")
+            }
+            _ => Answer::error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    fn all_records(&self) -> Result<Vec<Value>, Answer> {
+        read::records(&self.audit_dir).map_err(|e| {
+            tracing::warn!(error = %e, "console: cannot read the audit trail");
+            Answer::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the audit trail",
+            )
+        })
+    }
+
+    /// Newest first, filtered; `after`: only records after that id.
+    fn records(&self, query: &str) -> Answer {
+        let records = match self.all_records() {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        let filter = Filter {
+            since: None,
+            provider: query_param(query, "provider"),
+            model: query_param(query, "model"),
+            team: query_param(query, "team"),
+            action: query_param(query, "action"),
+            host: query_param(query, "host"),
+        };
+        let limit = query_param(query, "limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(200)
+            .min(MAX_RECORDS);
+        let after = query_param(query, "after");
+        let start = after
+            .as_deref()
+            .and_then(|id| records.iter().position(|r| r["id"] == id))
+            .map_or(0, |i| i + 1);
+        let caller = query_param(query, "caller");
+        let selected: Vec<&Value> = records[start..]
+            .iter()
+            .rev()
+            .filter(|r| filter.matches(r))
+            .filter(|r| {
+                caller.as_deref().is_none_or(|c| {
+                    ["exe", "user", "comm", "container", "cgroup"]
+                        .iter()
+                        .any(|k| r["caller"][k].as_str().is_some_and(|v| v.contains(c)))
+                })
+            })
+            .take(limit)
+            .collect();
+        Answer::json(StatusCode::OK, &json!({"records": selected}))
+    }
+
+    fn spend(&self, query: &str) -> Answer {
+        let records = match self.all_records() {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        let requests: Vec<&Value> = records.iter().filter(|r| r["event"].is_null()).collect();
+        let by = |key: &str| read::sum_by(requests.iter().copied(), key);
+        let total = read::sum_by(requests.iter().copied(), "-").remove("-");
+        let key = query_param(query, "by");
+        let mut out = json!({
+            "total": total,
+            "by_team": by("team"),
+            "by_provider": by("provider"),
+            "by_model": by("model"),
+        });
+        if let Some(k) = key.filter(|k| ["user", "exe", "host"].contains(&k.as_str())) {
+            out[format!("by_{k}")] = json!(by(&k));
+        }
+        Answer::json(StatusCode::OK, &out)
+    }
+
+    fn violations(&self) -> Answer {
+        let records = match self.all_records() {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        let mut by_rule = std::collections::BTreeMap::<String, Value>::new();
+        let mut recent = Vec::new();
+        for r in records.iter().rev() {
+            let action = r["policy"]["action"].as_str().unwrap_or("allow");
+            if matches!(action, "allow" | "annotate" | "transform")
+                && r["policy"]["alerts"].is_null()
+            {
+                continue;
+            }
+            for f in r["policy"]["findings"].as_array().into_iter().flatten() {
+                let rule = f["rule"].as_str().unwrap_or("-").to_owned();
+                let entry = by_rule
+                    .entry(rule)
+                    .or_insert_with(|| json!({"requests": 0, "detectors": {}}));
+                entry["requests"] = json!(entry["requests"].as_u64().unwrap_or(0) + 1);
+                let det = f["detector"].as_str().unwrap_or("-");
+                let n = entry["detectors"][det].as_u64().unwrap_or(0);
+                entry["detectors"][det] = json!(n + f["count"].as_u64().unwrap_or(1));
+            }
+            if recent.len() < 200 {
+                recent.push(r);
+            }
+        }
+        Answer::json(
+            StatusCode::OK,
+            &json!({"by_rule": by_rule, "recent": recent}),
+        )
+    }
+
+    fn policy(&self) -> Answer {
+        let file = self.policy.file().map(|f| f.display().to_string());
+        let text = self
+            .policy
+            .file()
+            .and_then(|f| std::fs::read_to_string(f).ok());
+        Answer::json(
+            StatusCode::OK,
+            &json!({
+                "file": file,
+                "yaml": text,
+                "active": self.policy.current().map(|p| p.describe()),
+                "editable": false,
+            }),
+        )
+    }
+
+    /// `{"provider": "openai", "endpoint": "/chat/completions", "body": {...}}`
+    /// → the decision, as `leash policy test` prints it.
+    fn playground(&self, body: &[u8]) -> Answer {
+        let Ok(input) = serde_json::from_slice::<Value>(body) else {
+            return Answer::error(
+                StatusCode::BAD_REQUEST,
+                "send JSON: {provider, endpoint, body}",
+            );
+        };
+        let Some(policy) = self.policy.current() else {
+            return Answer::error(StatusCode::CONFLICT, "no policy is loaded");
+        };
+        let name = input["provider"].as_str().unwrap_or("openai");
+        let Some(provider) = self.providers.get(name) else {
+            return Answer::error(StatusCode::BAD_REQUEST, "unknown provider");
+        };
+        let endpoint = input["endpoint"].as_str().unwrap_or("/chat/completions");
+        let request = match &input["body"] {
+            Value::String(s) => s.clone().into_bytes(),
+            v => v.to_string().into_bytes(),
+        };
+        match policy.test(Arc::clone(provider), endpoint, &request) {
+            Ok(decision) => {
+                let mut out = json!(decision);
+                if out["action"].is_null() {
+                    out["action"] = json!("allow");
+                }
+                out["forwarded_body"] = decision
+                    .forwarded_body
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                    .unwrap_or(Value::Null);
+                Answer::json(StatusCode::OK, &out)
+            }
+            Err(e) => Answer::error(StatusCode::BAD_REQUEST, &e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_and_constant_time_compare() {
+        assert_eq!(
+            query_param("a=1&team=red%20team", "team").as_deref(),
+            Some("red team")
+        );
+        assert_eq!(query_param("a=1&team=", "team"), None);
+        assert_eq!(query_param("x=%zz", "x").as_deref(), Some("%zz"));
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn refused_off_loopback_without_a_token() {
+        let console = |token: Option<&str>, loopback| {
+            Console::new(
+                PathBuf::from("/nonexistent"),
+                Arc::new(PolicyHandle::new(None, None)),
+                Providers::default(),
+                None,
+                token.map(str::to_owned),
+                loopback,
+            )
+        };
+        let get = |c: &Console, auth: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(a) = auth {
+                h.insert(header::AUTHORIZATION, a.parse().unwrap());
+            }
+            c.handle(&http::Method::GET, "/api/policy", "", &h, b"")
+                .status
+        };
+        assert_eq!(get(&console(None, false), None), StatusCode::FORBIDDEN);
+        assert_eq!(get(&console(None, true), None), StatusCode::OK);
+        let with_token = console(Some("0123456789abcdef"), false);
+        assert_eq!(get(&with_token, None), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            get(&with_token, Some("Bearer 0123456789abcdef")),
+            StatusCode::OK
+        );
+        // The page itself is static and always served.
+        let page =
+            console(None, false).handle(&http::Method::GET, "/console", "", &HeaderMap::new(), b"");
+        assert_eq!(page.status, StatusCode::OK);
+    }
+}

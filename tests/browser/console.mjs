@@ -1,0 +1,68 @@
+// Loads every console page in headless Chromium (Debian's, driven by
+// playwright-core), saves a screenshot of each, runs the policy
+// playground, and prints what the pages show as JSON for the Rust test to
+// check against the audit records.
+//
+// usage: node console.mjs <admin base URL> <screenshot dir>
+// env: LEASH_TEST_PLAYWRIGHT (node_modules with playwright-core),
+//      LEASH_TEST_CHROMIUM (the browser, default /usr/bin/chromium)
+import { createRequire } from "node:module";
+
+const [base, shots] = process.argv.slice(2);
+const require = createRequire(process.env.LEASH_TEST_PLAYWRIGHT + "/");
+const { chromium } = require("playwright-core");
+
+const browser = await chromium.launch({
+  executablePath: process.env.LEASH_TEST_CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const out = { errors: [], requests: [] };
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  page.on("pageerror", (e) => out.errors.push(String(e)));
+  page.on("console", (m) => { if (m.type() === "error") out.errors.push(m.text()); });
+  // Everything the page loads must come from the admin listener itself.
+  page.on("request", (r) => out.requests.push(r.url()));
+  const cells = (sel) => page.$$eval(sel, (rows) => rows.map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent)));
+  const open = async (name) => {
+    await page.goto(`${base}/console#${name}`);
+    await page.waitForSelector(`body[data-loaded="${name}"]`, { timeout: 10000 });
+  };
+
+  await open("live");
+  await page.waitForFunction(() => document.querySelectorAll("#live-table tbody tr").length > 0);
+  out.live = await cells("#live-table tbody tr");
+  await page.click("#live-table tbody tr");
+  out.record = JSON.parse(await page.textContent("#record"));
+  await page.screenshot({ path: `${shots}/live.png` });
+
+  await open("spend");
+  out.spend = {
+    requests: await page.textContent("#total-requests b"),
+    tokens: await page.textContent("#total-tokens b"),
+    cost: await page.textContent("#total-cost b"),
+    by_team: await cells("#spend-team tbody tr"),
+    by_model: await cells("#spend-model tbody tr"),
+  };
+  await page.screenshot({ path: `${shots}/spend.png`, fullPage: true });
+
+  await open("violations");
+  out.violations = await cells("#violations-rules tbody tr");
+  await page.screenshot({ path: `${shots}/violations.png`, fullPage: true });
+
+  await open("policy");
+  out.rules = await cells("#policy-rules tbody tr");
+  await page.fill("#playground textarea", "my key is AKIAZ7QX3PLM9V2KD4RT");
+  await page.click("#playground button");
+  await page.waitForFunction(() => document.querySelector("#playground-result").textContent.includes("action"));
+  out.playground = JSON.parse(await page.textContent("#playground-result"));
+  await page.screenshot({ path: `${shots}/policy.png`, fullPage: true });
+
+  await open("interception");
+  out.interception = JSON.parse(await page.textContent("#interception"));
+  await page.screenshot({ path: `${shots}/interception.png` });
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(out));

@@ -1,0 +1,320 @@
+//! The web console's API and page, served by the admin listener, against a
+//! gateway with real traffic: the numbers it shows are the audit records'.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed expectation is a failed test"
+)]
+
+use leash_tests::{
+    harness::{Leash, assert_success, http_request, mock_providers_yaml, run, run_python},
+    mock::MockProvider,
+};
+use serde_json::{Value, json};
+
+const POLICY: &str = "version: 1\nrules:\n  - { name: block-secrets, match: { detectors: [secrets] }, action: block }\n  - { name: redact-pii, match: { detectors: [email] }, action: redact }\n";
+
+fn get(leash: &Leash, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let (status, _, body) = http_request(leash.admin, "GET", path, headers, b"").unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn chat(leash: &Leash, text: &str) -> u16 {
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]});
+    http_request(
+        leash.addr,
+        "POST",
+        "/v1/openai/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer sk-test"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .unwrap()
+    .0
+}
+
+#[test]
+fn console_api_matches_the_audit_records() {
+    let mock = MockProvider::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    let leash = Leash::start_in(
+        dir,
+        &format!(
+            "{}policy: {{ file: policy.yaml }}\n",
+            mock_providers_yaml(&mock)
+        ),
+    );
+    for i in 0..5 {
+        assert_eq!(chat(&leash, &format!("hello {i}")), 200);
+    }
+    assert_eq!(chat(&leash, "mail bob@example.com"), 200);
+    assert_eq!(chat(&leash, "key AKIAZ7QX3PLM9V2KD4RT"), 403);
+    let records = leash.wait_records(7);
+
+    // The page and its assets, embedded, no CDN.
+    let (status, _, page) = http_request(leash.admin, "GET", "/console", &[], b"").unwrap();
+    assert_eq!(status, 200);
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.contains("/console/app.js") && !page.contains("http"),
+        "{page}"
+    );
+    let (status, _, js) = http_request(leash.admin, "GET", "/console/app.js", &[], b"").unwrap();
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&js).contains("/api/records"));
+
+    let (status, v) = get(&leash, "/api/records?limit=100", &[]);
+    assert_eq!(status, 200);
+    let listed = v["records"].as_array().unwrap();
+    assert_eq!(listed.len(), records.len());
+    assert_eq!(
+        listed[0]["id"],
+        records.last().unwrap()["id"],
+        "newest first"
+    );
+    let (_, v) = get(&leash, "/api/records?action=block", &[]);
+    assert_eq!(v["records"].as_array().unwrap().len(), 1);
+    let (_, v) = get(
+        &leash,
+        &format!("/api/records?after={}", records[5]["id"].as_str().unwrap()),
+        &[],
+    );
+    assert_eq!(
+        v["records"].as_array().unwrap().len(),
+        1,
+        "only what came after"
+    );
+
+    let (status, spend) = get(&leash, "/api/spend", &[]);
+    assert_eq!(status, 200);
+    let cost: f64 = records.iter().filter_map(|r| r["cost_usd"].as_f64()).sum();
+    let input: u64 = records
+        .iter()
+        .filter_map(|r| r["usage"]["input_tokens"].as_u64())
+        .sum();
+    assert_eq!(spend["total"]["requests"], records.len());
+    assert_eq!(spend["total"]["input_tokens"], input);
+    assert!((spend["total"]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-9);
+    assert_eq!(spend["by_provider"]["openai"]["requests"], records.len());
+
+    let (_, violations) = get(&leash, "/api/violations", &[]);
+    assert_eq!(
+        violations["by_rule"]["block-secrets"]["requests"], 1,
+        "{violations}"
+    );
+    assert_eq!(
+        violations["by_rule"]["redact-pii"]["requests"], 1,
+        "{violations}"
+    );
+    assert_eq!(violations["recent"].as_array().unwrap().len(), 2);
+
+    let (_, policy) = get(&leash, "/api/policy", &[]);
+    assert_eq!(policy["active"]["rules"][0]["name"], "block-secrets");
+    assert_eq!(policy["active"]["rules"][0]["action"], "block");
+    assert!(policy["yaml"].as_str().unwrap().contains("redact-pii"));
+
+    // The playground decides without sending anything.
+    let sent = mock.requests().len();
+    let body = json!({"provider": "openai", "endpoint": "/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "to bob@example.com"}]}});
+    let (status, _, out) = http_request(
+        leash.admin,
+        "POST",
+        "/api/policy/test",
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let decision: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(decision["action"], "redact", "{decision}");
+    assert_eq!(
+        decision["forwarded_body"]["messages"][0]["content"],
+        "to [REDACTED:email]"
+    );
+    assert_eq!(mock.requests().len(), sent);
+    assert_eq!(
+        leash.audit_records().len(),
+        records.len(),
+        "the playground is not audited traffic"
+    );
+}
+
+#[test]
+fn console_api_requires_the_admin_token_when_one_is_set() {
+    let mock = MockProvider::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = "c0nsole-t0ken-for-tests-0123456789";
+    std::fs::write(dir.path().join("token"), format!("{token}\n")).unwrap();
+    let leash = Leash::start_in(
+        dir,
+        &format!(
+            "{}admin: {{ token_file: token }}\n",
+            mock_providers_yaml(&mock)
+        ),
+    );
+    assert_eq!(get(&leash, "/api/spend", &[]).0, 401);
+    assert_eq!(
+        get(
+            &leash,
+            "/api/spend",
+            &[("authorization", "Bearer wrong-token-0123456789")]
+        )
+        .0,
+        401
+    );
+    let auth = format!("Bearer {token}");
+    assert_eq!(
+        get(&leash, "/api/spend", &[("authorization", &auth)]).0,
+        200
+    );
+    // The page holds no data and loads without it; /metrics is unchanged.
+    assert_eq!(
+        http_request(leash.admin, "GET", "/console", &[], b"")
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(
+        http_request(leash.admin, "GET", "/metrics", &[], b"")
+            .unwrap()
+            .0,
+        200
+    );
+    assert!(!leash.logs().contains(token), "the token was logged");
+}
+
+/// Runs `tests/browser/console.mjs` against `leash`'s console; returns
+/// what the pages showed (checked here for errors and outside requests)
+/// and the screenshot directory.
+fn browse(leash: &Leash) -> (Value, std::path::PathBuf) {
+    let shots =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let playwright = std::env::var("LEASH_TEST_PLAYWRIGHT").unwrap_or_else(|_| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/console-browser/node_modules")
+            .display()
+            .to_string()
+    });
+    assert!(
+        std::path::Path::new(&playwright)
+            .join("playwright-core")
+            .is_dir(),
+        "playwright-core is not installed in {playwright}: run the tests with `cargo xtask test`, which installs it (and Debian's chromium)"
+    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/console.mjs");
+    let base = format!("http://{}", leash.admin);
+    let out = run(std::process::Command::new("node")
+        .arg(&script)
+        .arg(&base)
+        .arg(&shots)
+        .env("LEASH_TEST_PLAYWRIGHT", &playwright));
+    assert_success("the browser run", &out);
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["errors"], json!([]), "errors in the page");
+    for url in seen["requests"].as_array().unwrap() {
+        assert!(
+            url.as_str().unwrap().starts_with(&base),
+            "the page loaded {url}"
+        );
+    }
+    (seen, shots)
+}
+
+/// Every page in headless Chromium against a gateway that served real SDK
+/// traffic: what the pages show is what the audit records say. Screenshots
+/// go to `target/console-screenshots/` (the README's).
+#[test]
+fn console_pages_in_a_real_browser() {
+    let mock = MockProvider::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    let leash = Leash::start_in(
+        dir,
+        &format!(
+            "{}policy: {{ file: policy.yaml }}\nteams:\n  - {{ name: research, header: true }}\n",
+            mock_providers_yaml(&mock)
+        ),
+    );
+    for (case, provider) in [
+        ("openai-chat", "openai"),
+        ("openai-chat-stream", "openai"),
+        ("anthropic", "anthropic"),
+        ("google", "google"),
+    ] {
+        let out = run_python(
+            "sdk_check.py",
+            &[case, &leash.base_url(provider), "sk-test-key"],
+            &[("LEASH_TEST_HEADERS", r#"{"x-leash-team": "research"}"#)],
+        );
+        assert_success(case, &out);
+    }
+    assert_eq!(chat(&leash, "mail bob@example.com"), 200);
+    assert_eq!(chat(&leash, "key AKIAZ7QX3PLM9V2KD4RT"), 403);
+    let records = leash.wait_records(6);
+
+    let (seen, shots) = browse(&leash);
+
+    // Live: one row per record, newest first; a click shows the record.
+    let live = seen["live"].as_array().unwrap();
+    assert_eq!(live.len(), records.len());
+    assert_eq!(live[0][2], records.last().unwrap()["provider"]);
+    assert_eq!(seen["record"]["id"], records.last().unwrap()["id"]);
+    // Spend: the totals of the records.
+    let cost: f64 = records.iter().filter_map(|r| r["cost_usd"].as_f64()).sum();
+    let tokens: u64 = records
+        .iter()
+        .map(|r| {
+            r["usage"]["input_tokens"].as_u64().unwrap_or(0)
+                + r["usage"]["output_tokens"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(seen["spend"]["requests"], records.len().to_string());
+    assert_eq!(
+        seen["spend"]["tokens"].as_str().unwrap().replace(',', ""),
+        tokens.to_string()
+    );
+    assert_eq!(seen["spend"]["cost"], format!("${cost:.4}"));
+    let research: Vec<&Value> = seen["spend"]["by_team"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row[0] == "research")
+        .collect();
+    let research_records = records
+        .iter()
+        .filter(|r| r["caller"]["team"] == "research")
+        .count();
+    assert_eq!(research[0][1], research_records.to_string(), "{research:?}");
+    // Violations: one block, one redaction, by rule and detector.
+    let violations = seen["violations"].as_array().unwrap();
+    assert!(
+        violations
+            .iter()
+            .any(|r| r[0] == "block-secrets" && r[1] == "1"),
+        "{violations:?}"
+    );
+    assert!(
+        violations
+            .iter()
+            .any(|r| r[0] == "redact-pii" && r[1] == "1" && r[2] == "email ×1"),
+        "{violations:?}"
+    );
+    // Policy: the rules, and the playground's decision.
+    assert_eq!(seen["rules"][0][0], "block-secrets");
+    assert_eq!(
+        seen["playground"]["action"], "block",
+        "{}",
+        seen["playground"]
+    );
+    assert_eq!(leash.audit_records().len(), records.len());
+    assert_eq!(seen["interception"]["mode"], "gateway");
+    for page in ["live", "spend", "violations", "policy", "interception"] {
+        assert!(shots.join(format!("{page}.png")).exists());
+    }
+}
