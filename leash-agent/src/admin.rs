@@ -36,8 +36,14 @@ impl Admin {
         }
     }
 
-    async fn console(&self, console: &Console, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn console(&self, console: &Console, req: Request<Incoming>) -> Response<AdminBody> {
         let (head, body) = req.into_parts();
+        if head.uri.path() == "/api/live" && head.method == Method::GET {
+            return match console.live(&head.headers) {
+                Ok(rx) => live_feed(rx),
+                Err(answer) => text(answer.status, answer.content_type, answer.body),
+            };
+        }
         let body = if head.method == Method::POST {
             match Limited::new(body, MAX_CONSOLE_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
@@ -78,22 +84,107 @@ fn text(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body.into()));
+) -> Response<AdminBody> {
+    let mut resp = Response::new(AdminBody::Full(Full::new(body.into())));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
+/// A response of the admin listener: whole, or the console's live feed.
+pub enum AdminBody {
+    Full(Full<Bytes>),
+    /// Server-sent events, as a forwarding task produces them.
+    Live(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+impl http_body::Body for AdminBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Full(body) => std::pin::Pin::new(body).poll_frame(cx),
+            Self::Live(rx) => rx
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|b| Ok(http_body::Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(body) => body.is_end_stream(),
+            Self::Live(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Full(body) => body.size_hint(),
+            Self::Live(_) => http_body::SizeHint::default(),
+        }
+    }
+}
+
+/// How often the live feed sends a comment, so a client that went away is
+/// noticed (and proxies keep the stream open).
+const LIVE_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Streams `live` records to a client as server-sent events
+/// (`event: record`), until it goes away.
+fn live_feed(mut live: tokio::sync::broadcast::Receiver<Bytes>) -> Response<AdminBody> {
+    use tokio::sync::broadcast::error::RecvError;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        if tx
+            .send(Bytes::from_static(b": leash live feed\n\n"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let chunk = tokio::select! {
+                r = live.recv() => match r {
+                    Ok(line) => {
+                        let mut event = Vec::with_capacity(line.len() + 24);
+                        event.extend_from_slice(b"event: record\ndata: ");
+                        event.extend_from_slice(line.strip_suffix(b"\n").unwrap_or(&line));
+                        event.extend_from_slice(b"\n\n");
+                        Bytes::from(event)
+                    }
+                    Err(RecvError::Lagged(n)) => Bytes::from(format!("event: lagged\ndata: {n}\n\n")),
+                    Err(RecvError::Closed) => return,
+                },
+                () = tokio::time::sleep(LIVE_KEEPALIVE) => Bytes::from_static(b": keep-alive\n\n"),
+            };
+            if tx.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = Response::new(AdminBody::Live(rx));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 impl Handler for Admin {
-    type Body = Full<Bytes>;
+    type Body = AdminBody;
 
     async fn handle(
         self: Arc<Self>,
         _peer: SocketAddr,
         req: Request<Incoming>,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<AdminBody> {
         if let Some(console) = &self.console
             && Console::owns(req.uri().path())
             && matches!(*req.method(), Method::GET | Method::HEAD | Method::POST)

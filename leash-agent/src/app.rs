@@ -188,7 +188,7 @@ pub async fn run_gateway(
         pipeline,
         policy,
     } = Core::new(&config)?;
-    let console = Some(console_for(&config, policy, None));
+    let console = Some(console_for(&config, policy, None).with_live(audit_writer.live()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let gw_task = spawn_gateway(&config, pipeline, stop_rx.clone()).await?;
     let admin_task = spawn_admin(
@@ -312,7 +312,8 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         policy,
     } = Core::new(&config)?;
     let interception = interception_status(&config, &cgroup_dir, &ca);
-    let console = Some(console_for(&config, policy, Some(interception)));
+    let console =
+        Some(console_for(&config, policy, Some(interception)).with_live(audit_writer.live()));
     let upstream_tls = upstream::tls_config(&config.upstream)?;
 
     // Listen before attaching: a redirected connect must find the proxy.

@@ -3,12 +3,12 @@
 // playground, and prints what the pages show as JSON for the Rust test to
 // check against the audit records.
 //
-// usage: node console.mjs <admin base URL> <screenshot dir>
+// usage: node console.mjs <admin base URL> <screenshot dir> <gateway base URL>
 // env: LEASH_TEST_PLAYWRIGHT (node_modules with playwright-core),
 //      LEASH_TEST_CHROMIUM (the browser, default /usr/bin/chromium)
 import { createRequire } from "node:module";
 
-const [base, shots] = process.argv.slice(2);
+const [base, shots, gateway] = process.argv.slice(2);
 const require = createRequire(process.env.LEASH_TEST_PLAYWRIGHT + "/");
 const { chromium } = require("playwright-core");
 
@@ -35,6 +35,17 @@ try {
   out.live = await cells("#live-table tbody tr");
   await page.click("#live-table tbody tr");
   out.record = JSON.parse(await page.textContent("#record"));
+  // A request made now shows up without a reload (the live feed).
+  await page.waitForSelector('body[data-live="connected"]', { timeout: 10000 });
+  const before = out.live.length;
+  const resp = await fetch(`${gateway}/v1/openai/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: "Bearer sk-test" },
+    body: JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: "live?" }] }),
+  });
+  out.live_status = resp.status;
+  await page.waitForFunction((n) => document.querySelectorAll("#live-table tbody tr").length > n, before, { timeout: 10000 });
+  out.live_after = await cells("#live-table tbody tr");
   await page.screenshot({ path: `${shots}/live.png` });
 
   await open("spend");

@@ -144,6 +144,48 @@ fn console_api_matches_the_audit_records() {
     );
 }
 
+/// `/api/live`: each record as a server-sent event once it is on disk.
+#[test]
+fn live_feed_streams_records_as_they_are_written() {
+    use std::io::{BufRead as _, Write as _};
+    let mock = MockProvider::start();
+    let leash = Leash::start(&mock_providers_yaml(&mock));
+    let mut stream = std::net::TcpStream::connect(leash.admin).unwrap();
+    stream
+        .write_all(b"GET /api/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let mut head = String::new();
+    while reader.read_line(&mut line).is_ok() && line.trim() != "" && !line.starts_with(": leash") {
+        head.push_str(&line);
+        line.clear();
+    }
+    assert!(
+        head.to_ascii_lowercase().contains("text/event-stream"),
+        "{head}"
+    );
+    assert_eq!(chat(&leash, "hello"), 200);
+    let record = leash.wait_records(1).remove(0);
+    let mut event = String::new();
+    loop {
+        let mut l = String::new();
+        reader.read_line(&mut l).expect("an event within 10 s");
+        if l.starts_with("data: ") {
+            event = l;
+            break;
+        }
+    }
+    let v: Value = serde_json::from_str(event.trim_start_matches("data: ").trim()).unwrap();
+    assert_eq!(v["id"], record["id"]);
+    assert_eq!(v["hash"], record["hash"]);
+}
+
 #[test]
 fn console_api_requires_the_admin_token_when_one_is_set() {
     let mock = MockProvider::start();
@@ -213,6 +255,7 @@ fn browse(leash: &Leash) -> (Value, std::path::PathBuf) {
         .arg(&script)
         .arg(&base)
         .arg(&shots)
+        .arg(format!("http://{}", leash.addr))
         .env("LEASH_TEST_PLAYWRIGHT", &playwright));
     assert_success("the browser run", &out);
     let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -265,6 +308,14 @@ fn console_pages_in_a_real_browser() {
     assert_eq!(live.len(), records.len());
     assert_eq!(live[0][2], records.last().unwrap()["provider"]);
     assert_eq!(seen["record"]["id"], records.last().unwrap()["id"]);
+    // The request the browser script made while the page was open arrived
+    // through the live feed, on top.
+    assert_eq!(seen["live_status"], 200);
+    let after = seen["live_after"].as_array().unwrap();
+    assert_eq!(after.len(), records.len() + 1);
+    let records = leash.wait_records(records.len() + 1);
+    assert_eq!(after[0][2], "openai");
+    assert_eq!(after[0][5], records.last().unwrap()["caller"]["addr"]);
     // Spend: the totals of the records.
     let cost: f64 = records.iter().filter_map(|r| r["cost_usd"].as_f64()).sum();
     let tokens: u64 = records

@@ -325,7 +325,11 @@ pub struct AuditWriter {
     path: PathBuf,
     tx: mpsc::Sender<Msg>,
     thread: Option<JoinHandle<()>>,
+    live: tokio::sync::broadcast::Sender<bytes::Bytes>,
 }
+
+/// Records kept for a live subscriber that reads slower than they come.
+const LIVE_BACKLOG: usize = 1024;
 
 impl AuditWriter {
     /// Creates `dir` (0700) and a new segment in it (0600), continues the
@@ -391,6 +395,8 @@ impl AuditWriter {
         };
         let thread_metrics = Arc::clone(&metrics);
         let thread_path = path.clone();
+        let (live, _) = tokio::sync::broadcast::channel(LIVE_BACKLOG);
+        let thread_live = live.clone();
         let thread = std::thread::Builder::new()
             .name("leash-audit".into())
             .spawn(move || {
@@ -402,6 +408,7 @@ impl AuditWriter {
                     &segments,
                     &thread_metrics,
                     linger,
+                    &thread_live,
                 );
             })
             .map_err(AuditError::Thread)?;
@@ -416,6 +423,7 @@ impl AuditWriter {
                 path,
                 tx,
                 thread: Some(thread),
+                live,
             },
             sink,
         ))
@@ -423,6 +431,12 @@ impl AuditWriter {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Every record, as its sealed JSON line, once it is on disk (for the
+    /// console's live feed). Costs nothing while nobody subscribes.
+    pub fn live(&self) -> tokio::sync::broadcast::Sender<bytes::Bytes> {
+        self.live.clone()
     }
 
     /// Waits until every record queued so far is on disk.
@@ -524,8 +538,10 @@ fn write_loop(
     segments: &Segments,
     metrics: &Metrics,
     linger: Duration,
+    live: &tokio::sync::broadcast::Sender<bytes::Bytes>,
 ) {
     let mut path = path.to_owned();
+    let mut lines: Vec<bytes::Bytes> = Vec::new();
     metrics
         .audit_last_seq
         .set(i64::try_from(head.seq).unwrap_or(i64::MAX));
@@ -557,10 +573,13 @@ fn write_loop(
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Record(rec, ack) => match write_record(&mut out, &rec, &mut head) {
-                    Ok(n) => {
-                        size += n as u64;
+                    Ok(line) => {
+                        size += line.len() as u64;
                         written += 1;
                         synced.extend(ack);
+                        if live.receiver_count() > 0 {
+                            lines.push(bytes::Bytes::from(line));
+                        }
                     }
                     Err(e) => {
                         metrics.audit_write_errors.inc();
@@ -596,6 +615,11 @@ fn write_loop(
         for ack in synced.drain(..) {
             let _ = ack.send(ok);
         }
+        for line in lines.drain(..) {
+            if ok {
+                let _ = live.send(line);
+            }
+        }
         if ok && size >= segments.max_bytes {
             match segments.open(head.seq + 1) {
                 Ok((new_path, file)) => {
@@ -622,8 +646,8 @@ fn write_record(
     out: &mut impl Write,
     record: &AuditRecord,
     head: &mut chain::ChainHead,
-) -> io::Result<usize> {
+) -> io::Result<Vec<u8>> {
     let line = chain::seal(serde_json::to_vec(record)?, head);
     out.write_all(&line)?;
-    Ok(line.len())
+    Ok(line)
 }

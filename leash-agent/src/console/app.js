@@ -1,6 +1,7 @@
 // Leash console: plain DOM, no dependencies. Data comes from /api/*.
 "use strict";
 
+let current = "live";
 const token = () => sessionStorage.getItem("leash-token") || "";
 
 async function api(path, options = {}) {
@@ -32,15 +33,83 @@ function table(node, head, rows) {
     el("tbody", {}, ...rows));
 }
 
-// Live traffic: newest first, refreshed every second with what is new.
-let lastId = null;
+// Live traffic: the newest records first, then each new one as the audit
+// writer puts it on disk (server-sent events on /api/live, read with fetch
+// so the admin token can go in a header).
 const seen = [];
+let liveState = "connecting";
 function filters() {
   const data = new FormData(document.getElementById("filters"));
   const q = new URLSearchParams();
   for (const [k, v] of data) if (v) q.set(k, v);
   return q;
 }
+function matches(r, q) {
+  const caller = r.caller || {};
+  const action = (r.policy && r.policy.action) || "allow";
+  if (r.event) return false;
+  for (const k of ["provider", "model"]) if (q.get(k) && r[k] !== q.get(k)) return false;
+  if (q.get("team") && caller.team !== q.get("team")) return false;
+  if (q.get("action") && action !== q.get("action")) return false;
+  const c = q.get("caller");
+  if (c && !["exe", "user", "comm", "container", "cgroup"].some((k) => (caller[k] || "").includes(c))) return false;
+  return true;
+}
+function renderLive() {
+  const tbody = document.querySelector("#live-table tbody");
+  tbody.replaceChildren(...seen.map(recordRow));
+  document.getElementById("status").textContent = `${seen.length} requests shown · live feed ${liveState}`;
+}
+async function refreshLive() {
+  const q = filters();
+  q.set("limit", "200");
+  const { records } = await api("/api/records?" + q);
+  seen.length = 0;
+  seen.push(...records);
+  renderLive();
+}
+function onEvent(text) {
+  let name = "message", data = "";
+  for (const line of text.split("\n")) {
+    if (line.startsWith("event:")) name = line.slice(6).trim();
+    else if (line.startsWith("data:")) data += line.slice(5).trim();
+  }
+  if (name !== "record") return;
+  const r = JSON.parse(data);
+  if (!matches(r, filters())) return;
+  seen.unshift(r);
+  seen.length = Math.min(seen.length, 500);
+  if (current === "live") renderLive();
+}
+async function follow() {
+  for (;;) {
+    try {
+      const headers = token() ? { authorization: "Bearer " + token() } : {};
+      const resp = await fetch("/api/live", { headers });
+      if (!resp.ok) throw new Error(resp.statusText);
+      liveState = "connected";
+      document.body.dataset.live = "connected";
+      if (current === "live") renderLive();
+      const reader = resp.body.getReader();
+      const decoder = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += decoder.decode(value, { stream: true });
+        let i;
+        while ((i = buf.indexOf("\n\n")) >= 0) {
+          onEvent(buf.slice(0, i));
+          buf = buf.slice(i + 2);
+        }
+      }
+    } catch (e) { /* reconnect below */ }
+    liveState = "reconnecting";
+    document.body.dataset.live = "reconnecting";
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
 function recordRow(r) {
   const action = (r.policy && r.policy.action) || "allow";
   const caller = r.caller || {};
@@ -63,22 +132,6 @@ function recordRow(r) {
   });
   return tr;
 }
-async function refreshLive(reset) {
-  const q = filters();
-  q.set("limit", "200");
-  if (reset) { lastId = null; seen.length = 0; }
-  if (lastId) q.set("after", lastId);
-  const { records } = await api("/api/records?" + q);
-  if (records.length) {
-    lastId = records[0].id;
-    seen.unshift(...records);
-    seen.length = Math.min(seen.length, 500);
-  }
-  const tbody = document.querySelector("#live-table tbody");
-  tbody.replaceChildren(...seen.map(recordRow));
-  document.getElementById("status").textContent = `${seen.length} requests shown · updated ${new Date().toLocaleTimeString()}`;
-}
-
 function totalsRows(groups) {
   return Object.entries(groups).map(([name, t]) => el("tr", {},
     el("td", {}, name), el("td", { class: "num" }, num(t.requests)),
@@ -149,8 +202,7 @@ async function refreshInterception() {
   document.getElementById("interception").textContent = JSON.stringify(i, null, 2);
 }
 
-const pages = { live: () => refreshLive(true), spend: refreshSpend, violations: refreshViolations, policy: refreshPolicy, interception: refreshInterception };
-let current = "live";
+const pages = { live: refreshLive, spend: refreshSpend, violations: refreshViolations, policy: refreshPolicy, interception: refreshInterception };
 async function show(name) {
   current = pages[name] ? name : "live";
   for (const s of document.querySelectorAll(".page")) s.hidden = s.id !== "page-" + current;
@@ -159,7 +211,7 @@ async function show(name) {
   catch (e) { document.getElementById("status").textContent = "error: " + e.message; }
 }
 window.addEventListener("hashchange", () => show(location.hash.slice(1)));
-document.getElementById("filters").addEventListener("input", () => refreshLive(true));
+document.getElementById("filters").addEventListener("input", () => refreshLive().catch(() => {}));
 document.getElementById("playground").addEventListener("submit", runPlayground);
-setInterval(() => { if (current === "live") refreshLive(false).catch(() => {}); }, 1000);
 show(location.hash.slice(1));
+follow();

@@ -65,6 +65,8 @@ pub struct Console {
     token: Option<String>,
     /// The admin listener is on loopback.
     loopback: bool,
+    /// Records as they are written (the live feed).
+    live: Option<tokio::sync::broadcast::Sender<Bytes>>,
 }
 
 /// Equal without an early exit on the first differing byte.
@@ -120,7 +122,27 @@ impl Console {
             interception,
             token,
             loopback,
+            live: None,
         }
+    }
+
+    /// Feeds `/api/live` from the audit writer's records.
+    #[must_use]
+    pub fn with_live(mut self, live: tokio::sync::broadcast::Sender<Bytes>) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// A subscription to the live feed, for an authorized request.
+    pub fn live(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<tokio::sync::broadcast::Receiver<Bytes>, Answer> {
+        self.authorized(headers)?;
+        self.live
+            .as_ref()
+            .map(tokio::sync::broadcast::Sender::subscribe)
+            .ok_or_else(|| Answer::error(StatusCode::NOT_FOUND, "no live feed here"))
     }
 
     /// Whether `path` is the console's.
