@@ -150,10 +150,10 @@ fn live_feed(mut live: tokio::sync::broadcast::Receiver<Bytes>) -> Response<Admi
         loop {
             let chunk = tokio::select! {
                 r = live.recv() => match r {
-                    Ok(line) => {
-                        let mut event = Vec::with_capacity(line.len() + 24);
+                    Ok(sealed) => {
+                        let mut event = Vec::with_capacity(sealed.len() + 24);
                         event.extend_from_slice(b"event: record\ndata: ");
-                        event.extend_from_slice(line.strip_suffix(b"\n").unwrap_or(&line));
+                        event.extend_from_slice(sealed.strip_suffix(b"\n").unwrap_or(&sealed));
                         event.extend_from_slice(b"\n\n");
                         Bytes::from(event)
                     }

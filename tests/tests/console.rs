@@ -172,15 +172,13 @@ fn live_feed_streams_records_as_they_are_written() {
     );
     assert_eq!(chat(&leash, "hello"), 200);
     let record = leash.wait_records(1).remove(0);
-    let mut event = String::new();
-    loop {
+    let event = loop {
         let mut l = String::new();
         reader.read_line(&mut l).expect("an event within 10 s");
         if l.starts_with("data: ") {
-            event = l;
-            break;
+            break l;
         }
-    }
+    };
     let v: Value = serde_json::from_str(event.trim_start_matches("data: ").trim()).unwrap();
     assert_eq!(v["id"], record["id"]);
     assert_eq!(v["hash"], record["hash"]);

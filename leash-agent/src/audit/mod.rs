@@ -407,8 +407,10 @@ impl AuditWriter {
                     &thread_path,
                     &segments,
                     &thread_metrics,
-                    linger,
-                    &thread_live,
+                    &WriterOptions {
+                        linger,
+                        live: thread_live,
+                    },
                 );
             })
             .map_err(AuditError::Thread)?;
@@ -530,6 +532,14 @@ impl Segments {
     }
 }
 
+/// How the writer thread batches and whom it tells.
+struct WriterOptions {
+    /// Group-commit window.
+    linger: Duration,
+    /// Records once on disk, for live subscribers.
+    live: tokio::sync::broadcast::Sender<bytes::Bytes>,
+}
+
 fn write_loop(
     mut rx: mpsc::Receiver<Msg>,
     file: File,
@@ -537,9 +547,9 @@ fn write_loop(
     path: &Path,
     segments: &Segments,
     metrics: &Metrics,
-    linger: Duration,
-    live: &tokio::sync::broadcast::Sender<bytes::Bytes>,
+    WriterOptions { linger, live }: &WriterOptions,
 ) {
+    let linger = *linger;
     let mut path = path.to_owned();
     let mut lines: Vec<bytes::Bytes> = Vec::new();
     metrics
@@ -573,12 +583,12 @@ fn write_loop(
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Record(rec, ack) => match write_record(&mut out, &rec, &mut head) {
-                    Ok(line) => {
-                        size += line.len() as u64;
+                    Ok(sealed) => {
+                        size += sealed.len() as u64;
                         written += 1;
                         synced.extend(ack);
                         if live.receiver_count() > 0 {
-                            lines.push(bytes::Bytes::from(line));
+                            lines.push(bytes::Bytes::from(sealed));
                         }
                     }
                     Err(e) => {
