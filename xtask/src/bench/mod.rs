@@ -183,6 +183,9 @@ struct Contender {
     /// for `direct`).
     pid: u32,
     proc: Option<Proc>,
+    /// Processes that run alongside while it is measured (a console
+    /// client following the live feed).
+    helpers: Vec<Proc>,
 }
 
 fn leash_config(dir: &Path, upstream: u16, extra: &str) -> Result<PathBuf> {
@@ -215,9 +218,43 @@ fn start_leash(
     upstream: u16,
     extra: &str,
 ) -> Result<Contender> {
+    start_leash_with_admin(name, what, bin, dir, upstream, extra, free_port()?)
+}
+
+/// As `leash-policy`, with the web console open: a client (curl, on the
+/// load generator's CPU) follows the live feed, one event per request.
+fn start_leash_console(bin: &Path, dir: &Path, upstream: u16) -> Result<Contender> {
+    let admin = free_port()?;
+    let mut c = start_leash_with_admin(
+        "leash-console",
+        "as leash-policy, with the web console open: a client follows its live feed (/api/live, one server-sent event per request)",
+        bin,
+        dir,
+        upstream,
+        EXAMPLE_POLICY,
+        admin,
+    )?;
+    let curl = which("curl").context("curl is not installed")?;
+    c.helpers.push(Proc::spawn(
+        pinned(LOADGEN_CPU, &curl)
+            .args(["-sN", "-o", "/dev/null"])
+            .arg(format!("http://127.0.0.1:{admin}/api/live")),
+        &dir.join("console-live.log"),
+    )?);
+    Ok(c)
+}
+
+fn start_leash_with_admin(
+    name: &'static str,
+    what: &str,
+    bin: &Path,
+    dir: &Path,
+    upstream: u16,
+    extra: &str,
+    admin: u16,
+) -> Result<Contender> {
     let config = leash_config(dir, upstream, extra)?;
     let port = free_port()?;
-    let admin = free_port()?;
     let proc = Proc::spawn(
         pinned(SERVER_CPU, bin)
             .args(["--log-level", "warn", "gateway", "--config"])
@@ -373,6 +410,7 @@ fn start_portkey(dir: &Path, upstream: u16) -> Result<Contender> {
         ],
         pid: proc.pid(),
         proc: Some(proc),
+        helpers: Vec::new(),
     })
 }
 
@@ -451,6 +489,7 @@ impl Contender {
             client: Vec::new(),
             pid: proc.pid(),
             proc: Some(proc),
+            helpers: Vec::new(),
         }
     }
 
@@ -532,6 +571,7 @@ pub fn bench(quick: bool) -> Result<()> {
         client: Vec::new(),
         pid: upstream.pid(),
         proc: None,
+        helpers: Vec::new(),
     }];
     let mut skipped: Vec<(String, String)> = Vec::new();
     match start_nginx(&dir, up_port) {
@@ -554,6 +594,7 @@ pub fn bench(quick: bool) -> Result<()> {
         up_port,
         EXAMPLE_POLICY,
     )?);
+    contenders.push(start_leash_console(&leash, &dir, up_port)?);
     contenders.push(start_leash(
         "leash-sync",
         "as leash-policy, with audit durability: sync (fsync before the response ends)",
@@ -1138,6 +1179,25 @@ fn profile_section(p: &Value) -> String {
     md
 }
 
+/// The web console's cost on the proxy path: `leash-console` (a client
+/// following the live feed) against `leash-policy` (same config, no
+/// console client) at 1000 RPS, and at saturation.
+fn console_overhead(contenders: &[Value], ri: usize) -> String {
+    let find = |name: &str| contenders.iter().find(|c| c["name"] == name);
+    let (Some(with), Some(without)) = (find("leash-console"), find("leash-policy")) else {
+        return String::new();
+    };
+    let (a, b) = (&with["open_loop"][ri], &without["open_loop"][ri]);
+    format!(
+        "\nWith the console open (`leash-console`: a client follows the live feed, one event per request) against the same gateway without it (`leash-policy`), at 1000 RPS: p50 {:+.3} ms, p99 {:+.3} ms; saturation {:.0} vs {:.0} RPS ({:+.1} %). Run-to-run noise of a quick run is about ±0.03 ms at p50 and ±15 % at saturation (compare runs in `bench/results.json`).\n",
+        f(&a["p50_ms"]) - f(&b["p50_ms"]),
+        f(&a["p99_ms"]) - f(&b["p99_ms"]),
+        f(&with["saturation"]["rps"]),
+        f(&without["saturation"]["rps"]),
+        (f(&with["saturation"]["rps"]) / f(&without["saturation"]["rps"]).max(1.0) - 1.0) * 100.0,
+    )
+}
+
 /// Where Leash stands against its goals (added latency at 1000 RPS).
 fn goals(contenders: &[Value], rates: &[f64], transparent: &Value) -> String {
     let mut md = String::from(
@@ -1202,6 +1262,7 @@ fn goals(contenders: &[Value], rates: &[f64], transparent: &Value) -> String {
             "| {name} | {a50:+.3} | {a99:+.3} | {rps:.0} | {rss:.1} | {verdict} |"
         );
     }
+    md.push_str(&console_overhead(contenders, ri));
     md.push_str("\nWhy, from the profiles below: per request the gateway spends about twice nginx's CPU (hyper's HTTP/1 server and pooled client, allocation, and with the default modules the JSON parse and detector scan of every body), and most of a request's time is the kernel's loopback send/receive path, which both pay; saturation figures of single quick runs vary by ±15 % here (compare runs in `bench/results.json`). The transparent path adds two TLS sessions per request (client side and upstream side). `leash-sync` misses by design: it waits for the disk before answering.\n");
     md
 }
