@@ -196,15 +196,8 @@ enum CaCommand {
         /// Where to write the CA.
         #[arg(long, default_value = DEFAULT_CA_DIR)]
         dir: PathBuf,
-        /// The CA certificate's common name.
-        #[arg(long, default_value = "Leash Organisation CA")]
-        name: String,
-        /// The CA certificate's organisation name.
-        #[arg(long)]
-        org: Option<String>,
-        /// How long the CA is valid, in days.
-        #[arg(long, default_value_t = 3650)]
-        days: u32,
+        #[command(flatten)]
+        new: NewCa,
         /// Replace an existing CA (every machine must then trust the new one).
         #[arg(long)]
         force: bool,
@@ -229,16 +222,33 @@ enum CaCommand {
         /// How long the old CA stays trusted, in days.
         #[arg(long, default_value_t = 30)]
         grace_days: u32,
-        /// The new CA certificate's common name.
-        #[arg(long, default_value = "Leash Organisation CA")]
-        name: String,
-        /// The new CA certificate's organisation name.
-        #[arg(long)]
-        org: Option<String>,
-        /// How long the new CA is valid, in days.
-        #[arg(long, default_value_t = 3650)]
-        days: u32,
+        #[command(flatten)]
+        new: NewCa,
     },
+}
+
+/// The certificate of a new CA.
+#[derive(clap::Args)]
+struct NewCa {
+    /// The CA certificate's common name.
+    #[arg(long, default_value = "Leash Organisation CA")]
+    name: String,
+    /// The CA certificate's organisation name.
+    #[arg(long)]
+    org: Option<String>,
+    /// How long the CA is valid, in days.
+    #[arg(long, default_value_t = 3650)]
+    days: u32,
+}
+
+impl From<NewCa> for CaOptions {
+    fn from(n: NewCa) -> Self {
+        Self {
+            common_name: n.name,
+            organization: n.org,
+            validity_days: n.days,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -279,19 +289,8 @@ enum ConfigCommand {
 
 fn ca_command(cmd: CaCommand) -> anyhow::Result<()> {
     match cmd {
-        CaCommand::Init {
-            dir,
-            name,
-            org,
-            days,
-            force,
-        } => {
-            let options = CaOptions {
-                common_name: name,
-                organization: org,
-                validity_days: days,
-            };
-            let ca = CertAuthority::init(&dir, &options, force)?;
+        CaCommand::Init { dir, new, force } => {
+            let ca = CertAuthority::init(&dir, &new.into(), force)?;
             println!(
                 "Created {} (key in {}, mode 0600).\nTrust it on each machine: leash ca install --dir {}",
                 ca.cert_path().display(),
@@ -315,17 +314,10 @@ fn ca_command(cmd: CaCommand) -> anyhow::Result<()> {
         CaCommand::Rotate {
             dir,
             grace_days,
-            name,
-            org,
-            days,
+            new,
         } => {
-            let options = CaOptions {
-                common_name: name,
-                organization: org,
-                validity_days: days,
-            };
             let grace = std::time::Duration::from_secs(u64::from(grace_days) * 86_400);
-            let ca = CertAuthority::rotate(&dir, &options, grace)?;
+            let ca = CertAuthority::rotate(&dir, &new.into(), grace)?;
             let trusted = leash_agent::ca::trusted(&dir)?;
             println!(
                 "Created a new CA in {} (valid until {}); the old key is gone.",

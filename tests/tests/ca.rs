@@ -76,23 +76,7 @@ fn ca_install_and_uninstall_update_the_system_store() {
     );
     let pem = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
     let body_line = pem.lines().nth(2).unwrap().to_owned();
-    // A private copy of the store, mounted over the real one for this
-    // namespace only.
-    let script = r#"
-        set -e
-        t=$1; leash=$2; ca=$3
-        cp -a /usr/local/share/ca-certificates "$t/local" && mount --bind "$t/local" /usr/local/share/ca-certificates
-        cp -a /etc/ssl/certs "$t/certs" && mount --bind "$t/certs" /etc/ssl/certs
-        "$leash" ca install --dir "$ca" > "$t/install.out"
-        cp /etc/ssl/certs/ca-certificates.crt "$t/after-install.crt"
-        "$leash" ca uninstall > "$t/uninstall.out"
-        cp /etc/ssl/certs/ca-certificates.crt "$t/after-uninstall.crt"
-    "#;
-    let out = run(std::process::Command::new("unshare")
-        .args(["-m", "sh", "-c", script, "sh"])
-        .arg(dir.path())
-        .arg(leash_bin())
-        .arg(&ca));
+    let out = install_then_uninstall(dir.path(), &ca);
     assert_success("ca install/uninstall in a private mount namespace", &out);
     let installed = std::fs::read_to_string(dir.path().join("after-install.crt")).unwrap();
     assert!(
@@ -156,21 +140,7 @@ fn ca_rotate_keeps_the_old_ca_trusted_and_install_puts_both_in_the_store() {
             entry.display()
         );
     }
-    let script = r#"
-        set -e
-        t=$1; leash=$2; ca=$3
-        cp -a /usr/local/share/ca-certificates "$t/local" && mount --bind "$t/local" /usr/local/share/ca-certificates
-        cp -a /etc/ssl/certs "$t/certs" && mount --bind "$t/certs" /etc/ssl/certs
-        "$leash" ca install --dir "$ca" > "$t/install.out"
-        cp /etc/ssl/certs/ca-certificates.crt "$t/after-install.crt"
-        "$leash" ca uninstall > "$t/uninstall.out"
-        cp /etc/ssl/certs/ca-certificates.crt "$t/after-uninstall.crt"
-    "#;
-    let out = run(std::process::Command::new("unshare")
-        .args(["-m", "sh", "-c", script, "sh"])
-        .arg(dir.path())
-        .arg(leash_bin())
-        .arg(&ca));
+    let out = install_then_uninstall(dir.path(), &ca);
     assert_success("ca install/uninstall after rotate", &out);
     let line = |pem: &str| pem.lines().nth(2).unwrap().to_owned();
     let installed = std::fs::read_to_string(dir.path().join("after-install.crt")).unwrap();
@@ -196,4 +166,25 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// `leash ca install --dir ca`, then `leash ca uninstall`, against a private
+/// copy of the system store mounted over the real one (for this mount
+/// namespace only); the bundle after each and the outputs land in `t`.
+fn install_then_uninstall(t: &std::path::Path, ca: &std::path::Path) -> std::process::Output {
+    let script = r#"
+        set -e
+        t=$1; leash=$2; ca=$3
+        cp -a /usr/local/share/ca-certificates "$t/local" && mount --bind "$t/local" /usr/local/share/ca-certificates
+        cp -a /etc/ssl/certs "$t/certs" && mount --bind "$t/certs" /etc/ssl/certs
+        "$leash" ca install --dir "$ca" > "$t/install.out"
+        cp /etc/ssl/certs/ca-certificates.crt "$t/after-install.crt"
+        "$leash" ca uninstall > "$t/uninstall.out"
+        cp /etc/ssl/certs/ca-certificates.crt "$t/after-uninstall.crt"
+    "#;
+    run(std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", script, "sh"])
+        .arg(t)
+        .arg(leash_bin())
+        .arg(ca))
 }

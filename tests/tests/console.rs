@@ -15,6 +15,22 @@ use serde_json::{Value, json};
 
 const POLICY: &str = "version: 1\nrules:\n  - { name: block-secrets, match: { detectors: [secrets] }, action: block }\n  - { name: redact-pii, match: { detectors: [email] }, action: redact }\n";
 
+/// A gateway to a mock provider with `POLICY` from a file, plus `extra`
+/// config.
+fn start_with_policy(extra: &str) -> (MockProvider, Leash) {
+    let mock = MockProvider::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    let leash = Leash::start_in(
+        dir,
+        &format!(
+            "{}policy: {{ file: policy.yaml }}\n{extra}",
+            mock_providers_yaml(&mock)
+        ),
+    );
+    (mock, leash)
+}
+
 fn get(leash: &Leash, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
     let (status, _, body) = http_request(leash.admin, "GET", path, headers, b"").unwrap();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
@@ -38,16 +54,7 @@ fn chat(leash: &Leash, text: &str) -> u16 {
 
 #[test]
 fn console_api_matches_the_audit_records() {
-    let mock = MockProvider::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-    let leash = Leash::start_in(
-        dir,
-        &format!(
-            "{}policy: {{ file: policy.yaml }}\n",
-            mock_providers_yaml(&mock)
-        ),
-    );
+    let (mock, leash) = start_with_policy("");
     for i in 0..5 {
         assert_eq!(chat(&leash, &format!("hello {i}")), 200);
     }
@@ -272,16 +279,7 @@ fn browse(leash: &Leash) -> (Value, std::path::PathBuf) {
 /// go to `target/console-screenshots/` (the README's).
 #[test]
 fn console_pages_in_a_real_browser() {
-    let mock = MockProvider::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-    let leash = Leash::start_in(
-        dir,
-        &format!(
-            "{}policy: {{ file: policy.yaml }}\nteams:\n  - {{ name: research, header: true }}\n",
-            mock_providers_yaml(&mock)
-        ),
-    );
+    let (_mock, leash) = start_with_policy("teams:\n  - { name: research, header: true }\n");
     for (case, provider) in [
         ("openai-chat", "openai"),
         ("openai-chat-stream", "openai"),
