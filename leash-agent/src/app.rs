@@ -312,8 +312,6 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         policy,
     } = Core::new(&config)?;
     let interception = interception_status(&config, &cgroup_dir, &ca);
-    let console =
-        Some(console_for(&config, policy, Some(interception)).with_live(audit_writer.live()));
     let upstream_tls = upstream::tls_config(&config.upstream)?;
 
     // Listen before attaching: a redirected connect must find the proxy.
@@ -331,6 +329,8 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         &config,
         cgroup_dir.clone(),
     )?)?);
+    let state = interception_state(interception, Arc::clone(&hooks), Arc::clone(&metrics));
+    let console = Some(console_for(&config, policy, Some(state)).with_live(audit_writer.live()));
     let host_table = HostTable::new(&config);
     let static_targets = hosts::add_static(&hooks, host_table.hosts())?;
     release_startup_memory();
@@ -417,6 +417,30 @@ async fn spawn_gateway(
     )))
 }
 
+/// The console's interception page, read at each request: the setup plus
+/// the current target addresses, connection counters and hook state.
+fn interception_state(
+    setup: serde_json::Value,
+    hooks: Arc<KernelHooks>,
+    metrics: Arc<Metrics>,
+) -> crate::console::Interception {
+    Box::new(move || {
+        let mut v = setup.clone();
+        let mut targets: Vec<String> = hooks.targets().iter().map(ToString::to_string).collect();
+        targets.sort();
+        v["targets"] = serde_json::json!(targets);
+        v["connections"] = serde_json::json!(
+            metrics
+                .intercepted_counts()
+                .iter()
+                .map(|(action, n)| ((*action).to_owned(), *n))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        );
+        v["hooks"] = serde_json::json!({"attached": true, "pinned": hooks.pinned()});
+        v
+    })
+}
+
 /// What the console's interception page shows of this agent's setup.
 fn interception_status(
     config: &Config,
@@ -454,7 +478,7 @@ fn interception_status(
 fn console_for(
     config: &Config,
     policy: Arc<crate::policy::PolicyHandle>,
-    interception: Option<serde_json::Value>,
+    interception: Option<crate::console::Interception>,
 ) -> crate::console::Console {
     crate::console::Console::new(
         config.audit.dir.clone(),

@@ -367,6 +367,18 @@ impl Metrics {
             .inc();
     }
 
+    /// Redirected connections so far, by what the proxy did with them.
+    pub fn intercepted_counts(&self) -> [(&'static str, u64); 3] {
+        ["terminated", "spliced", "unknown"].map(|action| {
+            (
+                action,
+                self.intercepted
+                    .get_or_create(&ActionLabels { action })
+                    .get(),
+            )
+        })
+    }
+
     /// Adds one finished exchange.
     pub fn observe(&self, record: &AuditRecord) {
         let model = self.model_label(record.model.as_deref());

@@ -307,6 +307,33 @@ fn all_tls_scope_splices_other_hosts_untouched() {
         "{}",
         w.agent.metrics()
     );
+    // The console's interception page: setup, counters, CA.
+    let (status, body) =
+        leash_tests::harness::http_get(w.agent.admin, "/api/interception").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["mode"], "transparent");
+    assert_eq!(v["scope"], "all-tls");
+    assert_eq!(v["failure_mode"], "open");
+    assert_eq!(v["connections"]["spliced"], 2, "{v}");
+    assert_eq!(v["connections"]["terminated"], 1, "{v}");
+    assert_eq!(v["hosts"][0]["name"], "api.openai.com");
+    assert!(
+        v["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "127.10.0.3"),
+        "{v}"
+    );
+    let out = run(std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(w.agent.ca_pem()));
+    let fingerprint = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        fingerprint.trim().rsplit('=').next().unwrap(),
+        v["ca"]["sha256"].as_str().unwrap()
+    );
 }
 
 #[test]

@@ -55,13 +55,16 @@ impl Answer {
     }
 }
 
+/// The agent's interception state, as the console shows it.
+pub type Interception = Box<dyn Fn() -> Value + Send + Sync>;
+
 pub struct Console {
     audit_dir: PathBuf,
     policy: Arc<PolicyHandle>,
     providers: Providers,
-    /// The transparent agent's setup (scope, hosts, CA, fail mode); `None`
-    /// for the gateway.
-    interception: Option<Value>,
+    /// The transparent agent's state (setup, targets, counters), read at
+    /// each request; `None` for the gateway.
+    interception: Option<Interception>,
     token: Option<String>,
     /// The admin listener is on loopback.
     loopback: bool,
@@ -111,7 +114,7 @@ impl Console {
         audit_dir: PathBuf,
         policy: Arc<PolicyHandle>,
         providers: Providers,
-        interception: Option<Value>,
+        interception: Option<Interception>,
         token: Option<String>,
         loopback: bool,
     ) -> Self {
@@ -213,7 +216,11 @@ impl Console {
             ("GET", "/api/policy") => self.policy(),
             ("POST", "/api/policy/test") => self.playground(body),
             ("GET", "/api/interception") => match &self.interception {
-                Some(v) => Answer::json(StatusCode::OK, v),
+                Some(state) => {
+                    let mut v = state();
+                    v["shadow_ai"] = self.shadow_ai();
+                    Answer::json(StatusCode::OK, &v)
+                }
                 None => Answer::json(
                     StatusCode::OK,
                     &json!({"mode": "gateway", "note": "this leash runs the explicit gateway only"}),
@@ -224,6 +231,32 @@ impl Console {
             }
             _ => Answer::error(StatusCode::NOT_FOUND, "not found"),
         }
+    }
+
+    /// The shadow-AI inventory: unlisted LLM hosts seen, by host, with the
+    /// processes that called them.
+    fn shadow_ai(&self) -> Value {
+        let Ok(records) = self.all_records() else {
+            return Value::Null;
+        };
+        let mut hosts = std::collections::BTreeMap::<String, Value>::new();
+        for r in records.iter().filter(|r| r["event"] == "shadow_ai") {
+            // A shadow-AI event names the host it saw as its endpoint.
+            let host = r["endpoint"].as_str().unwrap_or("-").to_owned();
+            let entry = hosts
+                .entry(host)
+                .or_insert_with(|| json!({"connections": 0, "callers": [], "last": null}));
+            entry["connections"] = json!(entry["connections"].as_u64().unwrap_or(0) + 1);
+            entry["last"] = r["ts"].clone();
+            let exe = r["caller"]["exe"].clone();
+            if let Some(callers) = entry["callers"].as_array_mut()
+                && !exe.is_null()
+                && !callers.contains(&exe)
+            {
+                callers.push(exe);
+            }
+        }
+        json!(hosts)
     }
 
     fn all_records(&self) -> Result<Vec<Value>, Answer> {

@@ -285,6 +285,27 @@ impl KernelHooks {
         }
     }
 
+    /// Every address connections to which are redirected now.
+    pub fn targets(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self
+            .targets_v4
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| IpAddr::from(k.to_ne_bytes()))
+            .collect();
+        out.extend(
+            self.targets_v6
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keys()
+                .filter_map(Result::ok)
+                .map(IpAddr::from),
+        );
+        out
+    }
+
     /// The original destination and caller of the redirected connection
     /// whose client side uses local port `client_port`.
     pub fn lookup(&self, client_port: u16) -> Option<OrigDst> {
