@@ -44,7 +44,7 @@ impl Admin {
                 Err(answer) => text(answer.status, answer.content_type, answer.body),
             };
         }
-        let body = if head.method == Method::POST {
+        let body = if matches!(head.method, Method::POST | Method::PUT) {
             match Limited::new(body, MAX_CONSOLE_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => {
@@ -187,7 +187,10 @@ impl Handler for Admin {
     ) -> Response<AdminBody> {
         if let Some(console) = &self.console
             && Console::owns(req.uri().path())
-            && matches!(*req.method(), Method::GET | Method::HEAD | Method::POST)
+            && matches!(
+                *req.method(),
+                Method::GET | Method::HEAD | Method::POST | Method::PUT
+            )
         {
             return self.console(console, req).await;
         }

@@ -488,6 +488,7 @@ fn console_for(
         config.admin.token.clone(),
         config.admin.listen.ip().is_loopback(),
     )
+    .with_policy_edit(config.admin.allow_policy_edit)
 }
 
 fn spawn_admin(

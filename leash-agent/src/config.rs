@@ -230,6 +230,8 @@ pub struct AdminConfig {
     /// Bearer token the console's API requires (from `admin.token_file`).
     /// Without one, the console is served only on a loopback listener.
     pub token: Option<String>,
+    /// The console may replace the policy file (validated first).
+    pub allow_policy_edit: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -414,6 +416,8 @@ struct RawTls {
 struct RawAdmin {
     listen: Option<String>,
     token_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_policy_edit: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -728,6 +732,7 @@ impl RawConfig {
                 DEFAULT_ADMIN_LISTEN,
             )?,
             token: admin_token(base, admin.token_file.as_deref())?,
+            allow_policy_edit: admin.allow_policy_edit,
         };
         if admin.listen == gateway.listen && admin.listen.port() != 0 {
             return Err(invalid("admin.listen", "must differ from gateway.listen"));

@@ -54,7 +54,7 @@ fn chat(leash: &Leash, text: &str) -> u16 {
 
 #[test]
 fn console_api_matches_the_audit_records() {
-    let (mock, leash) = start_with_policy("");
+    let (_mock, leash) = start_with_policy("");
     for i in 0..5 {
         assert_eq!(chat(&leash, &format!("hello {i}")), 200);
     }
@@ -108,7 +108,23 @@ fn console_api_matches_the_audit_records() {
     assert!((spend["total"]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-9);
     assert_eq!(spend["by_provider"]["openai"]["requests"], records.len());
 
+    let hours = spend["by_hour"].as_object().unwrap();
+    let hourly: u64 = hours
+        .values()
+        .map(|t| t["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(hourly, records.len() as u64);
+    assert_eq!(spend["top_callers"][0]["caller"], "127.0.0.1", "{spend}");
+    assert_eq!(spend["top_callers"][0]["totals"]["requests"], records.len());
+
     let (_, violations) = get(&leash, "/api/violations", &[]);
+    let per_hour: u64 = violations["by_hour"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|h| h["block"].as_u64().unwrap_or(0) + h["redact"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(per_hour, 2, "{violations}");
     assert_eq!(
         violations["by_rule"]["block-secrets"]["requests"], 1,
         "{violations}"
@@ -123,8 +139,21 @@ fn console_api_matches_the_audit_records() {
     assert_eq!(policy["active"]["rules"][0]["name"], "block-secrets");
     assert_eq!(policy["active"]["rules"][0]["action"], "block");
     assert!(policy["yaml"].as_str().unwrap().contains("redact-pii"));
+    assert_eq!(policy["editable"], false);
+    assert_eq!(policy["history"][0]["trigger"], "start");
+    // Read-only by default.
+    let (status, _, _) =
+        http_request(leash.admin, "PUT", "/api/policy", &[], b"version: 1\n").unwrap();
+    assert_eq!(status, 403);
+}
 
-    // The playground decides without sending anything.
+/// The policy playground decides on a pasted body: nothing is sent to the
+/// provider and nothing is audited.
+#[test]
+fn playground_decides_without_sending() {
+    let (mock, leash) = start_with_policy("");
+    assert_eq!(chat(&leash, "hello"), 200);
+    let records = leash.wait_records(1);
     let sent = mock.requests().len();
     let body = json!({"provider": "openai", "endpoint": "/chat/completions",
         "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "to bob@example.com"}]}});
@@ -149,6 +178,40 @@ fn console_api_matches_the_audit_records() {
         records.len(),
         "the playground is not audited traffic"
     );
+}
+
+/// With `admin.allow_policy_edit`, the console replaces the policy file,
+/// but only with a policy that passes `leash policy check`.
+#[test]
+fn policy_edits_are_validated_written_and_loaded() {
+    let (mock, leash) = start_with_policy("admin: { allow_policy_edit: true }\n");
+    let file = leash.dir.path().join("policy.yaml");
+    let put = |yaml: &str| {
+        let (status, _, body) =
+            http_request(leash.admin, "PUT", "/api/policy", &[], yaml.as_bytes()).unwrap();
+        (
+            status,
+            serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+        )
+    };
+    let (_, policy) = get(&leash, "/api/policy", &[]);
+    assert_eq!(policy["editable"], true);
+    // Invalid: refused with the reason, the file and the policy unchanged.
+    let (status, err) =
+        put("version: 1\nrules:\n  - { name: x, match: { detectors: [nope] }, action: block }\n");
+    assert_eq!(status, 422, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("nope"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), POLICY);
+    // Valid: written, loaded at once, in the history.
+    let new = "version: 1\nrules:\n  - { name: no-emails, match: { detectors: [email] }, action: block }\n";
+    let (status, policy) = put(new);
+    assert_eq!(status, 200, "{policy}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), new);
+    assert_eq!(policy["active"]["rules"][0]["name"], "no-emails");
+    assert_eq!(policy["history"][0]["trigger"], "console edit");
+    assert_eq!(policy["history"][0]["ok"], true);
+    assert_eq!(chat(&leash, "mail bob@example.com"), 403);
+    assert!(mock.requests().is_empty());
 }
 
 /// `/api/live`: each record as a server-sent event once it is on disk.

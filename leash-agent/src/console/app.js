@@ -149,6 +149,9 @@ async function refreshSpend() {
   table(document.getElementById("spend-team"), totalsHead, totalsRows(s.by_team));
   table(document.getElementById("spend-provider"), totalsHead, totalsRows(s.by_provider));
   table(document.getElementById("spend-model"), totalsHead, totalsRows(s.by_model));
+  table(document.getElementById("spend-callers"), totalsHead,
+    totalsRows(Object.fromEntries(s.top_callers.map((c) => [c.caller, c.totals]))));
+  table(document.getElementById("spend-hours"), totalsHead, totalsRows(s.by_hour));
 }
 
 async function refreshViolations() {
@@ -157,6 +160,9 @@ async function refreshViolations() {
     Object.entries(v.by_rule).map(([rule, x]) => el("tr", {}, el("td", {}, rule),
       el("td", { class: "num" }, num(x.requests)),
       el("td", {}, Object.entries(x.detectors).map(([d, n]) => `${d} ×${n}`).join(", ")))));
+  table(document.getElementById("violations-hours"), [["hour"], ["block", "num"], ["redact", "num"], ["alert", "num"]],
+    Object.entries(v.by_hour).map(([h, x]) => el("tr", {}, el("td", {}, h),
+      el("td", { class: "num" }, num(x.block)), el("td", { class: "num" }, num(x.redact)), el("td", { class: "num" }, num(x.alert)))));
   table(document.getElementById("violations-recent"),
     [["time"], ["provider"], ["model"], ["action"], ["rules"], ["caller"]],
     v.recent.map((r) => el("tr", {}, el("td", {}, (r.ts || "").slice(0, 19)), el("td", {}, r.provider || ""),
@@ -177,6 +183,26 @@ async function refreshPolicy() {
         el("td", {}, r.direction), el("td", {}, r.detectors.join(", ")), el("td", {}, r.shadow ? "yes" : ""))));
   }
   document.getElementById("policy-yaml").textContent = p.yaml || "";
+  const editor = document.getElementById("policy-editor");
+  editor.hidden = !p.editable;
+  document.getElementById("policy-yaml").hidden = p.editable;
+  if (p.editable) editor.yaml.value = p.yaml || "";
+  document.getElementById("policy-edit-note").textContent = p.editable
+    ? "Saving checks the policy as `leash policy check` does, then replaces the file; the previous policy stays if it is invalid."
+    : "Read-only (admin.allow_policy_edit is off, or the policy is inline in the config).";
+  table(document.getElementById("policy-history"), [["time"], ["trigger"], ["result"]],
+    (p.history || []).map((h) => el("tr", {}, el("td", {}, h.ts), el("td", {}, h.trigger),
+      el("td", { class: h.ok ? "" : "block" }, h.ok ? "loaded" : "refused: " + h.error))));
+}
+
+async function savePolicy(ev) {
+  ev.preventDefault();
+  const out = document.getElementById("policy-save-result");
+  try {
+    await api("/api/policy", { method: "PUT", headers: { "content-type": "application/yaml" }, body: ev.target.yaml.value });
+    out.textContent = "saved and loaded";
+    await refreshPolicy();
+  } catch (e) { out.textContent = "not saved: " + e.message; }
 }
 
 async function runPlayground(ev) {
@@ -213,5 +239,6 @@ async function show(name) {
 window.addEventListener("hashchange", () => show(location.hash.slice(1)));
 document.getElementById("filters").addEventListener("input", () => refreshLive().catch(() => {}));
 document.getElementById("playground").addEventListener("submit", runPlayground);
+document.getElementById("policy-editor").addEventListener("submit", savePolicy);
 show(location.hash.slice(1));
 follow();

@@ -70,6 +70,8 @@ pub struct Console {
     loopback: bool,
     /// Records as they are written (the live feed).
     live: Option<tokio::sync::broadcast::Sender<Bytes>>,
+    /// `admin.allow_policy_edit`: the policy file may be replaced.
+    policy_edit: bool,
 }
 
 /// Equal without an early exit on the first differing byte.
@@ -126,7 +128,15 @@ impl Console {
             token,
             loopback,
             live: None,
+            policy_edit: false,
         }
+    }
+
+    /// Lets the console replace the policy file (`admin.allow_policy_edit`).
+    #[must_use]
+    pub fn with_policy_edit(mut self, allowed: bool) -> Self {
+        self.policy_edit = allowed;
+        self
     }
 
     /// Feeds `/api/live` from the audit writer's records.
@@ -215,6 +225,7 @@ impl Console {
             ("GET", "/api/violations") => self.violations(),
             ("GET", "/api/policy") => self.policy(),
             ("POST", "/api/policy/test") => self.playground(body),
+            ("PUT", "/api/policy") => self.save_policy(body),
             ("GET", "/api/interception") => match &self.interception {
                 Some(state) => {
                     let mut v = state();
@@ -318,11 +329,54 @@ impl Console {
         let by = |key: &str| read::sum_by(requests.iter().copied(), key);
         let total = read::sum_by(requests.iter().copied(), "-").remove("-");
         let key = query_param(query, "by");
+        let mut by_hour = std::collections::BTreeMap::<String, read::Totals>::new();
+        for r in &requests {
+            let hour = r["ts"].as_str().and_then(|t| t.get(..13)).unwrap_or("-");
+            if let Some(t) = read::sum_by(std::iter::once(*r), "-").remove("-") {
+                let e = by_hour.entry(hour.to_owned()).or_default();
+                e.requests += t.requests;
+                e.input_tokens += t.input_tokens;
+                e.output_tokens += t.output_tokens;
+                e.cost_usd += t.cost_usd;
+                e.unpriced += t.unpriced;
+            }
+        }
+        // Top callers: the process where known, else the client address.
+        let mut callers = std::collections::BTreeMap::<String, read::Totals>::new();
+        for r in &requests {
+            let c = &r["caller"];
+            let name = c["exe"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| {
+                    c["addr"]
+                        .as_str()
+                        .and_then(|a| a.rsplit_once(':'))
+                        .map(|(ip, _)| ip.to_owned())
+                })
+                .unwrap_or_else(|| "-".to_owned());
+            if let Some(t) = read::sum_by(std::iter::once(*r), "-").remove("-") {
+                let e = callers.entry(name).or_default();
+                e.requests += t.requests;
+                e.input_tokens += t.input_tokens;
+                e.output_tokens += t.output_tokens;
+                e.cost_usd += t.cost_usd;
+            }
+        }
+        let mut top: Vec<(String, read::Totals)> = callers.into_iter().collect();
+        top.sort_by(|a, b| {
+            b.1.cost_usd
+                .total_cmp(&a.1.cost_usd)
+                .then(b.1.requests.cmp(&a.1.requests))
+        });
+        top.truncate(10);
         let mut out = json!({
             "total": total,
             "by_team": by("team"),
             "by_provider": by("provider"),
             "by_model": by("model"),
+            "by_hour": by_hour,
+            "top_callers": top.into_iter().map(|(name, t)| json!({"caller": name, "totals": t})).collect::<Vec<_>>(),
         });
         if let Some(k) = key.filter(|k| ["user", "exe", "host"].contains(&k.as_str())) {
             out[format!("by_{k}")] = json!(by(&k));
@@ -336,6 +390,7 @@ impl Console {
             Err(e) => return e,
         };
         let mut by_rule = std::collections::BTreeMap::<String, Value>::new();
+        let mut by_hour = std::collections::BTreeMap::<String, Value>::new();
         let mut recent = Vec::new();
         for r in records.iter().rev() {
             let action = r["policy"]["action"].as_str().unwrap_or("allow");
@@ -354,13 +409,16 @@ impl Console {
                 let n = entry["detectors"][det].as_u64().unwrap_or(0);
                 entry["detectors"][det] = json!(n + f["count"].as_u64().unwrap_or(1));
             }
+            let hour = r["ts"].as_str().and_then(|t| t.get(..13)).unwrap_or("-");
+            let e = by_hour.entry(hour.to_owned()).or_insert_with(|| json!({}));
+            e[action] = json!(e[action].as_u64().unwrap_or(0) + 1);
             if recent.len() < 200 {
                 recent.push(r);
             }
         }
         Answer::json(
             StatusCode::OK,
-            &json!({"by_rule": by_rule, "recent": recent}),
+            &json!({"by_rule": by_rule, "by_hour": by_hour, "recent": recent}),
         )
     }
 
@@ -376,9 +434,63 @@ impl Console {
                 "file": file,
                 "yaml": text,
                 "active": self.policy.current().map(|p| p.describe()),
-                "editable": false,
+                "editable": self.policy_edit && file.is_some(),
+                "history": self.policy.history(),
             }),
         )
+    }
+
+    /// Replaces the policy file with `body` (YAML) once it passes the
+    /// checks of `leash policy check`, then loads it. Off unless
+    /// `admin.allow_policy_edit`.
+    fn save_policy(&self, body: &[u8]) -> Answer {
+        if !self.policy_edit {
+            return Answer::error(
+                StatusCode::FORBIDDEN,
+                "editing the policy from the console is off; set admin.allow_policy_edit: true",
+            );
+        }
+        let Some(file) = self.policy.file() else {
+            return Answer::error(
+                StatusCode::CONFLICT,
+                "the policy is inline in the config; only a policy file can be edited",
+            );
+        };
+        let Ok(text) = std::str::from_utf8(body) else {
+            return Answer::error(StatusCode::BAD_REQUEST, "the policy must be UTF-8 YAML");
+        };
+        if let Err(e) = crate::policy::Policy::parse(text, &file.display().to_string()) {
+            return Answer::error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string());
+        }
+        // Written beside it and renamed over it: never a half-written file.
+        let tmp = file.with_extension("leash-console.tmp");
+        let written = std::fs::write(&tmp, text)
+            .and_then(|()| {
+                if let Ok(meta) = std::fs::metadata(file) {
+                    std::fs::set_permissions(&tmp, meta.permissions())?;
+                }
+                Ok(())
+            })
+            .and_then(|()| std::fs::rename(&tmp, file));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::error!(file = %file.display(), error = %e, "console: cannot write the policy file");
+            return Answer::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot write the policy file",
+            );
+        }
+        match self.policy.reload() {
+            Ok(()) => {
+                self.policy.note("console edit", None);
+                tracing::warn!(file = %file.display(), "policy replaced from the console");
+                self.policy()
+            }
+            Err(e) => {
+                self.policy.note("console edit", Some(&e.to_string()));
+                Answer::error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string())
+            }
+        }
     }
 
     /// `{"provider": "openai", "endpoint": "/chat/completions", "body": {...}}`

@@ -902,14 +902,54 @@ fn compile_transform(r: &RawRule, field: &str, name: &str) -> Result<Transform, 
 pub struct PolicyHandle {
     current: std::sync::RwLock<Option<Arc<Policy>>>,
     file: Option<std::path::PathBuf>,
+    /// The latest reloads (time, outcome), newest last.
+    history: std::sync::Mutex<std::collections::VecDeque<Value>>,
 }
+
+/// Reloads kept for the console.
+const RELOAD_HISTORY: usize = 50;
 
 impl PolicyHandle {
     pub fn new(policy: Option<Arc<Policy>>, file: Option<std::path::PathBuf>) -> Self {
-        Self {
+        let loaded = policy.is_some();
+        let handle = Self {
             current: std::sync::RwLock::new(policy),
             file,
+            history: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        };
+        if loaded {
+            handle.note("start", None);
         }
+        handle
+    }
+
+    /// Records a load of the policy: `error` when it was refused (the
+    /// previous policy stayed in force).
+    pub fn note(&self, trigger: &str, error: Option<&str>) {
+        let ts = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let mut history = self
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if history.len() == RELOAD_HISTORY {
+            history.pop_front();
+        }
+        history.push_back(
+            json!({"ts": ts, "trigger": trigger, "ok": error.is_none(), "error": error}),
+        );
+    }
+
+    /// The latest loads, newest first.
+    pub fn history(&self) -> Vec<Value> {
+        self.history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .rev()
+            .cloned()
+            .collect()
     }
 
     pub fn current(&self) -> Option<Arc<Policy>> {
@@ -986,10 +1026,12 @@ pub async fn watch(handle: Arc<PolicyHandle>, metrics: Arc<crate::metrics::Metri
         match handle.reload() {
             Ok(()) => {
                 metrics.policy_reload(true);
+                handle.note("file changed", None);
                 tracing::info!(file = %file.display(), "policy reloaded");
             }
             Err(e) => {
                 metrics.policy_reload(false);
+                handle.note("file changed", Some(&e.to_string()));
                 tracing::error!(error = %e, "policy reload failed; the previous policy stays in force");
             }
         }
