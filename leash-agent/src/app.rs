@@ -489,6 +489,7 @@ fn console_for(
         config.admin.listen.ip().is_loopback(),
     )
     .with_policy_edit(config.admin.allow_policy_edit)
+    .with_budgets(config.budgets.clone())
 }
 
 fn spawn_admin(

@@ -54,6 +54,7 @@ try {
     tokens: await page.textContent("#total-tokens b"),
     cost: await page.textContent("#total-cost b"),
     by_team: await cells("#spend-team tbody tr"),
+    budgets: await cells("#spend-budgets tbody tr"),
     by_model: await cells("#spend-model tbody tr"),
   };
   await page.screenshot({ path: `${shots}/spend.png`, fullPage: true });

@@ -342,7 +342,9 @@ fn browse(leash: &Leash) -> (Value, std::path::PathBuf) {
 /// go to `target/console-screenshots/` (the README's).
 #[test]
 fn console_pages_in_a_real_browser() {
-    let (_mock, leash) = start_with_policy("teams:\n  - { name: research, header: true }\n");
+    let (_mock, leash) = start_with_policy(
+        "teams:\n  - { name: research, header: true }\nbudgets:\n  - { team: research, period: day, limit_usd: 5, name: research-daily }\n",
+    );
     for (case, provider) in [
         ("openai-chat", "openai"),
         ("openai-chat-stream", "openai"),
@@ -390,6 +392,17 @@ fn console_pages_in_a_real_browser() {
         tokens.to_string()
     );
     assert_eq!(seen["spend"]["cost"], format!("${cost:.4}"));
+    // The budget: limit, and what the research team spent of it.
+    let research_cost: f64 = records
+        .iter()
+        .filter(|r| r["caller"]["team"] == "research")
+        .filter_map(|r| r["cost_usd"].as_f64())
+        .sum();
+    let budget = &seen["spend"]["budgets"][0];
+    assert_eq!(budget[0], "research-daily");
+    assert_eq!(budget[3], "5.0000");
+    assert_eq!(budget[4], format!("{research_cost:.6}"));
+    assert_eq!(budget[5], format!("{:.6}", 5.0 - research_cost));
     let research: Vec<&Value> = seen["spend"]["by_team"]
         .as_array()
         .unwrap()

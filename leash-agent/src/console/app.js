@@ -136,7 +136,7 @@ function totalsRows(groups) {
   return Object.entries(groups).map(([name, t]) => el("tr", {},
     el("td", {}, name), el("td", { class: "num" }, num(t.requests)),
     el("td", { class: "num" }, num(t.input_tokens)), el("td", { class: "num" }, num(t.output_tokens)),
-    el("td", { class: "num" }, usd(t.cost_usd))));
+    el("td", { class: "num" }, usd6(t.cost_usd))));
 }
 const totalsHead = [["name"], ["requests", "num"], ["input tokens", "num"], ["output tokens", "num"], ["cost $", "num"]];
 async function refreshSpend() {
@@ -146,6 +146,13 @@ async function refreshSpend() {
     el("div", { class: "card", id: "total-requests" }, el("b", {}, num(t.requests)), "requests"),
     el("div", { class: "card", id: "total-tokens" }, el("b", {}, num((t.input_tokens || 0) + (t.output_tokens || 0))), "tokens"),
     el("div", { class: "card", id: "total-cost" }, el("b", {}, "$" + usd(t.cost_usd)), "spend"));
+  table(document.getElementById("spend-budgets"),
+    [["budget"], ["scope"], ["period"], ["limit $", "num"], ["spent $", "num"], ["remaining $", "num"]],
+    s.budgets.map((b) => el("tr", {}, el("td", {}, b.name),
+      el("td", {}, [b.team && "team " + b.team, b.provider, b.model].filter(Boolean).join(", ") || "all"),
+      el("td", {}, b.period), el("td", { class: "num" }, usd(b.limit_usd)),
+      el("td", { class: "num" }, usd6(b.spent_usd)),
+      el("td", { class: b.remaining_usd < 0 ? "num block" : "num" }, usd6(b.remaining_usd)))));
   table(document.getElementById("spend-team"), totalsHead, totalsRows(s.by_team));
   table(document.getElementById("spend-provider"), totalsHead, totalsRows(s.by_provider));
   table(document.getElementById("spend-model"), totalsHead, totalsRows(s.by_model));

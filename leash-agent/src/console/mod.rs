@@ -72,6 +72,7 @@ pub struct Console {
     live: Option<tokio::sync::broadcast::Sender<Bytes>>,
     /// `admin.allow_policy_edit`: the policy file may be replaced.
     policy_edit: bool,
+    budgets: Vec<crate::config::BudgetConfig>,
 }
 
 /// Equal without an early exit on the first differing byte.
@@ -129,7 +130,15 @@ impl Console {
             loopback,
             live: None,
             policy_edit: false,
+            budgets: Vec::new(),
         }
+    }
+
+    /// The budgets the spend page reports on.
+    #[must_use]
+    pub fn with_budgets(mut self, budgets: Vec<crate::config::BudgetConfig>) -> Self {
+        self.budgets = budgets;
+        self
     }
 
     /// Lets the console replace the policy file (`admin.allow_policy_edit`).
@@ -376,6 +385,7 @@ impl Console {
             "by_provider": by("provider"),
             "by_model": by("model"),
             "by_hour": by_hour,
+            "budgets": crate::pipeline::budget::report(&self.budgets, &records),
             "top_callers": top.into_iter().map(|(name, t)| json!({"caller": name, "totals": t})).collect::<Vec<_>>(),
         });
         if let Some(k) = key.filter(|k| ["user", "exe", "host"].contains(&k.as_str())) {

@@ -56,6 +56,62 @@ fn matches(b: &BudgetConfig, provider: &str, model: Option<&str>, team: Option<&
         && b.model.as_deref().is_none_or(|m| model == Some(m))
 }
 
+/// What each budget has spent in its current period, from `records`.
+fn spent(budgets: &[BudgetConfig], records: &[Value], now: OffsetDateTime) -> Vec<Spend> {
+    let mut spend: Vec<Spend> = budgets
+        .iter()
+        .map(|b| Spend {
+            since: period_start(b.period, now),
+            usd: 0.0,
+        })
+        .collect();
+    for r in records {
+        let (Some(cost), Some(ts)) = (r["cost_usd"].as_f64(), r["ts"].as_str()) else {
+            continue;
+        };
+        let Ok(ts) = OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+        else {
+            continue;
+        };
+        for (b, s) in budgets.iter().zip(spend.iter_mut()) {
+            if ts >= s.since
+                && matches(
+                    b,
+                    r["provider"].as_str().unwrap_or(""),
+                    r["model"].as_str(),
+                    r["caller"]["team"].as_str(),
+                )
+            {
+                s.usd += cost;
+            }
+        }
+    }
+    spend
+}
+
+/// Each budget with its limit, spend this period and what remains (the
+/// console's spend page).
+pub fn report(budgets: &[BudgetConfig], records: &[Value]) -> Vec<Value> {
+    let spend = spent(budgets, records, OffsetDateTime::now_utc());
+    budgets
+        .iter()
+        .zip(spend)
+        .map(|(b, s)| {
+            json!({
+                "name": b.name,
+                "team": b.team,
+                "provider": b.provider,
+                "model": b.model,
+                "period": b.period.as_str(),
+                "since": s.since.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                "limit_usd": b.limit_usd,
+                "spent_usd": s.usd,
+                "remaining_usd": b.limit_usd - s.usd,
+            })
+        })
+        .collect()
+}
+
 impl BudgetModule {
     /// Budgets with their spend so far this period, read from the audit
     /// trail in `audit_dir`.
@@ -65,39 +121,12 @@ impl BudgetModule {
         alerts: Alerter,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let now = OffsetDateTime::now_utc();
-        let mut spend: Vec<Spend> = budgets
-            .iter()
-            .map(|b| Spend {
-                since: period_start(b.period, now),
-                usd: 0.0,
-            })
-            .collect();
-        if !budgets.is_empty() {
-            let records = crate::audit::read::records(audit_dir).unwrap_or_default();
-            for r in &records {
-                let (Some(cost), Some(ts)) = (r["cost_usd"].as_f64(), r["ts"].as_str()) else {
-                    continue;
-                };
-                let Ok(ts) =
-                    OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
-                else {
-                    continue;
-                };
-                for (b, s) in budgets.iter().zip(spend.iter_mut()) {
-                    if ts >= s.since
-                        && matches(
-                            b,
-                            r["provider"].as_str().unwrap_or(""),
-                            r["model"].as_str(),
-                            r["caller"]["team"].as_str(),
-                        )
-                    {
-                        s.usd += cost;
-                    }
-                }
-            }
-        }
+        let records = if budgets.is_empty() {
+            Vec::new()
+        } else {
+            crate::audit::read::records(audit_dir).unwrap_or_default()
+        };
+        let spend = spent(&budgets, &records, OffsetDateTime::now_utc());
         for (b, s) in budgets.iter().zip(&spend) {
             metrics.budget_remaining(&b.name, b.limit_usd - s.usd);
         }
