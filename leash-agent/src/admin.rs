@@ -28,12 +28,10 @@ impl Admin {
         }
     }
 
-    /// An admin listener serving what `encode` returns as `/metrics`.
-    pub fn with_encoder(encode: Encode) -> Self {
-        Self {
-            encode,
-            console: None,
-        }
+    /// An admin listener serving what `encode` returns as `/metrics`, and
+    /// `console` if given.
+    pub fn with_encoder(encode: Encode, console: Option<Console>) -> Self {
+        Self { encode, console }
     }
 
     async fn console(&self, console: &Console, req: Request<Incoming>) -> Response<AdminBody> {
@@ -58,13 +56,15 @@ impl Admin {
         } else {
             Bytes::new()
         };
-        let answer = console.handle(
-            &head.method,
-            head.uri.path(),
-            head.uri.query().unwrap_or_default(),
-            &head.headers,
-            &body,
-        );
+        let answer = console
+            .handle(
+                &head.method,
+                head.uri.path(),
+                head.uri.query().unwrap_or_default(),
+                &head.headers,
+                &body,
+            )
+            .await;
         let mut resp = text(answer.status, answer.content_type, answer.body);
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

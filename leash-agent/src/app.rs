@@ -481,7 +481,7 @@ fn console_for(
     interception: Option<crate::console::Interception>,
 ) -> crate::console::Console {
     crate::console::Console::new(
-        config.audit.dir.clone(),
+        crate::console::Source::Dir(config.audit.dir.clone()),
         policy,
         config.providers.clone(),
         interception,

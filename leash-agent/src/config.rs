@@ -298,6 +298,8 @@ pub struct CollectorConfig {
     pub stream_subjects: String,
     pub postgres_url: String,
     pub admin_listen: SocketAddr,
+    /// Bearer token of the fleet console's API (`admin.token_file`).
+    pub admin_token: Option<String>,
     pub batch: usize,
 }
 
@@ -1070,6 +1072,7 @@ impl CollectorConfig {
                 c.admin.listen.as_deref(),
                 "127.0.0.1:9091",
             )?,
+            admin_token: admin_token(base, c.admin.token_file.as_deref())?,
             batch: batch("collector.nats.batch", c.nats.batch)?,
         })
     }

@@ -182,6 +182,19 @@ fn three_hosts_ship_every_record_exactly_once_through_a_nats_outage() {
     for (host, _) in &hosts {
         assert_eq!(sums[host]["requests"], PER_HOST, "{sums}");
     }
+    // The collector's console shows the same fleet-wide numbers.
+    let (status, body) =
+        leash_tests::harness::http_get(collectors[0].admin, "/api/spend?by=host").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let spend: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(spend["total"]["requests"], 3 * PER_HOST, "{spend}");
+    for (host, _) in &hosts {
+        assert_eq!(spend["by_host"][host]["requests"], PER_HOST, "{spend}");
+    }
+    let (_, body) =
+        leash_tests::harness::http_get(collectors[0].admin, "/api/records?limit=5").unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["records"].as_array().unwrap().len(), 5);
     eprintln!(
         "fleet: {total} records from 3 hosts; NATS down {outage:?} ({before_outage} stored before it, {during_outage} by its end); the {backlog} records written by then were all stored {caught_up:?} after NATS returned; the last record {all_stored:?} after; lost 0, duplicates 0"
     );

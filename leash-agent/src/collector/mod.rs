@@ -125,12 +125,22 @@ pub async fn run(
         .await
         .map_err(|e| CollectorError::Bind(cfg.admin_listen, e))?;
     let admin_metrics = Arc::clone(&metrics);
+    // The fleet console reads the central store on a connection of its own.
+    let console = crate::console::Console::new(
+        crate::console::Source::Fleet(store::connect(&cfg.postgres_url).await?),
+        Arc::new(crate::policy::PolicyHandle::new(None, None)),
+        crate::provider::Providers::default(),
+        None,
+        cfg.admin_token.clone(),
+        cfg.admin_listen.ip().is_loopback(),
+    );
     tokio::spawn(crate::server::serve(
         listener,
         None,
-        Arc::new(crate::admin::Admin::with_encoder(Box::new(move || {
-            admin_metrics.encode()
-        }))),
+        Arc::new(crate::admin::Admin::with_encoder(
+            Box::new(move || admin_metrics.encode()),
+            Some(console),
+        )),
         crate::server::ServeOptions {
             name: "collector admin",
             header_read_timeout: Duration::from_secs(10),

@@ -180,7 +180,10 @@ async function refreshViolations() {
 async function refreshPolicy() {
   const p = await api("/api/policy");
   const summary = document.getElementById("policy-summary");
-  if (!p.active) {
+  if (p.fleet) {
+    summary.textContent = "The fleet console: each host enforces its own policy; open that host's console to see it.";
+    document.getElementById("policy-rules").replaceChildren();
+  } else if (!p.active) {
     summary.textContent = "No policy is loaded: every request is allowed.";
     document.getElementById("policy-rules").replaceChildren();
   } else {

@@ -58,8 +58,15 @@ impl Answer {
 /// The agent's interception state, as the console shows it.
 pub type Interception = Box<dyn Fn() -> Value + Send + Sync>;
 
+/// Where the console reads records: this host's audit trail, or the
+/// fleet's central store (`leash collector`).
+pub enum Source {
+    Dir(PathBuf),
+    Fleet(tokio_postgres::Client),
+}
+
 pub struct Console {
-    audit_dir: PathBuf,
+    source: Source,
     policy: Arc<PolicyHandle>,
     providers: Providers,
     /// The transparent agent's state (setup, targets, counters), read at
@@ -114,7 +121,7 @@ fn percent_decode(s: &str) -> String {
 
 impl Console {
     pub fn new(
-        audit_dir: PathBuf,
+        source: Source,
         policy: Arc<PolicyHandle>,
         providers: Providers,
         interception: Option<Interception>,
@@ -122,7 +129,7 @@ impl Console {
         loopback: bool,
     ) -> Self {
         Self {
-            audit_dir,
+            source,
             policy,
             providers,
             interception,
@@ -201,7 +208,7 @@ impl Console {
     }
 
     /// Answers a console request. `body` is the request body (POST only).
-    pub fn handle(
+    pub async fn handle(
         &self,
         method: &http::Method,
         path: &str,
@@ -229,18 +236,22 @@ impl Console {
             return denied;
         }
         match (method.as_str(), path) {
-            ("GET", "/api/records") => self.records(query),
-            ("GET", "/api/spend") => self.spend(query),
-            ("GET", "/api/violations") => self.violations(),
+            ("GET", "/api/records") => self.records(query).await,
+            ("GET", "/api/spend") => self.spend(query).await,
+            ("GET", "/api/violations") => self.violations().await,
             ("GET", "/api/policy") => self.policy(),
             ("POST", "/api/policy/test") => self.playground(body),
             ("PUT", "/api/policy") => self.save_policy(body),
             ("GET", "/api/interception") => match &self.interception {
                 Some(state) => {
                     let mut v = state();
-                    v["shadow_ai"] = self.shadow_ai();
+                    v["shadow_ai"] = self.shadow_ai().await;
                     Answer::json(StatusCode::OK, &v)
                 }
+                None if matches!(self.source, Source::Fleet(_)) => Answer::json(
+                    StatusCode::OK,
+                    &json!({"mode": "fleet", "note": "the collector: every host's records; each agent's own console shows its interception"}),
+                ),
                 None => Answer::json(
                     StatusCode::OK,
                     &json!({"mode": "gateway", "note": "this leash runs the explicit gateway only"}),
@@ -255,8 +266,8 @@ impl Console {
 
     /// The shadow-AI inventory: unlisted LLM hosts seen, by host, with the
     /// processes that called them.
-    fn shadow_ai(&self) -> Value {
-        let Ok(records) = self.all_records() else {
+    async fn shadow_ai(&self) -> Value {
+        let Ok(records) = self.all_records().await else {
             return Value::Null;
         };
         let mut hosts = std::collections::BTreeMap::<String, Value>::new();
@@ -279,19 +290,36 @@ impl Console {
         json!(hosts)
     }
 
-    fn all_records(&self) -> Result<Vec<Value>, Answer> {
-        read::records(&self.audit_dir).map_err(|e| {
-            tracing::warn!(error = %e, "console: cannot read the audit trail");
-            Answer::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot read the audit trail",
-            )
-        })
+    async fn all_records(&self) -> Result<Vec<Value>, Answer> {
+        match &self.source {
+            Source::Dir(dir) => read::records(dir).map_err(|e| {
+                tracing::warn!(error = %e, "console: cannot read the audit trail");
+                Answer::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot read the audit trail",
+                )
+            }),
+            Source::Fleet(client) => {
+                let lines = crate::collector::store::select_lines(client, &Filter::default())
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "console: cannot read the fleet store");
+                        Answer::error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "cannot read the fleet store",
+                        )
+                    })?;
+                Ok(lines
+                    .iter()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect())
+            }
+        }
     }
 
     /// Newest first, filtered; `after`: only records after that id.
-    fn records(&self, query: &str) -> Answer {
-        let records = match self.all_records() {
+    async fn records(&self, query: &str) -> Answer {
+        let records = match self.all_records().await {
             Ok(r) => r,
             Err(e) => return e,
         };
@@ -329,8 +357,8 @@ impl Console {
         Answer::json(StatusCode::OK, &json!({"records": selected}))
     }
 
-    fn spend(&self, query: &str) -> Answer {
-        let records = match self.all_records() {
+    async fn spend(&self, query: &str) -> Answer {
+        let records = match self.all_records().await {
             Ok(r) => r,
             Err(e) => return e,
         };
@@ -394,8 +422,8 @@ impl Console {
         Answer::json(StatusCode::OK, &out)
     }
 
-    fn violations(&self) -> Answer {
-        let records = match self.all_records() {
+    async fn violations(&self) -> Answer {
+        let records = match self.all_records().await {
             Ok(r) => r,
             Err(e) => return e,
         };
@@ -445,6 +473,7 @@ impl Console {
                 "yaml": text,
                 "active": self.policy.current().map(|p| p.describe()),
                 "editable": self.policy_edit && file.is_some(),
+                "fleet": matches!(self.source, Source::Fleet(_)),
                 "history": self.policy.history(),
             }),
         )
@@ -563,7 +592,7 @@ mod tests {
     fn refused_off_loopback_without_a_token() {
         let console = |token: Option<&str>, loopback| {
             Console::new(
-                PathBuf::from("/nonexistent"),
+                Source::Dir(PathBuf::from("/nonexistent")),
                 Arc::new(PolicyHandle::new(None, None)),
                 Providers::default(),
                 None,
@@ -576,8 +605,15 @@ mod tests {
             if let Some(a) = auth {
                 h.insert(header::AUTHORIZATION, a.parse().unwrap());
             }
-            c.handle(&http::Method::GET, "/api/policy", "", &h, b"")
-                .status
+            futures_util::FutureExt::now_or_never(c.handle(
+                &http::Method::GET,
+                "/api/policy",
+                "",
+                &h,
+                b"",
+            ))
+            .expect("answers without waiting")
+            .status
         };
         assert_eq!(get(&console(None, false), None), StatusCode::FORBIDDEN);
         assert_eq!(get(&console(None, true), None), StatusCode::OK);
@@ -588,8 +624,15 @@ mod tests {
             StatusCode::OK
         );
         // The page itself is static and always served.
-        let page =
-            console(None, false).handle(&http::Method::GET, "/console", "", &HeaderMap::new(), b"");
+        let unauth = console(None, false);
+        let page = futures_util::FutureExt::now_or_never(unauth.handle(
+            &http::Method::GET,
+            "/console",
+            "",
+            &HeaderMap::new(),
+            b"",
+        ))
+        .expect("answers without waiting");
         assert_eq!(page.status, StatusCode::OK);
     }
 }
