@@ -375,7 +375,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     );
 
     shutdown.await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: {}", hooks_at_stop(hooks.pinned()));
     if let Some(r) = resolver {
         r.abort();
     }
@@ -439,6 +439,15 @@ fn interception_state(
         v["hooks"] = serde_json::json!({"attached": true, "pinned": hooks.pinned()});
         v
     })
+}
+
+/// What happens to the kernel hooks when the agent stops.
+fn hooks_at_stop(pinned: bool) -> &'static str {
+    if pinned {
+        "the kernel hooks stay attached (failure_mode: closed)"
+    } else {
+        "detaching kernel hooks"
+    }
 }
 
 /// What the console's interception page shows of this agent's setup.
