@@ -61,6 +61,8 @@ try {
 
   await open("violations");
   out.violations = await cells("#violations-rules tbody tr");
+  await page.click("#violations-recent tbody tr");
+  out.violation = JSON.parse(await page.textContent("#violation-record"));
   await page.screenshot({ path: `${shots}/violations.png`, fullPage: true });
 
   await open("policy");

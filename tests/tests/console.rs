@@ -428,6 +428,8 @@ fn console_pages_in_a_real_browser() {
             .any(|r| r[0] == "redact-pii" && r[1] == "1" && r[2] == "email ×1"),
         "{violations:?}"
     );
+    // Drill-down: the newest violation's record.
+    assert_eq!(seen["violation"]["policy"]["action"], "block", "{}", seen["violation"]);
     // Policy: the rules, and the playground's decision.
     assert_eq!(seen["rules"][0][0], "block-secrets");
     assert_eq!(

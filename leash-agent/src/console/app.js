@@ -172,9 +172,18 @@ async function refreshViolations() {
       el("td", { class: "num" }, num(x.block)), el("td", { class: "num" }, num(x.redact)), el("td", { class: "num" }, num(x.alert)))));
   table(document.getElementById("violations-recent"),
     [["time"], ["provider"], ["model"], ["action"], ["rules"], ["caller"]],
-    v.recent.map((r) => el("tr", {}, el("td", {}, (r.ts || "").slice(0, 19)), el("td", {}, r.provider || ""),
-      el("td", {}, r.model || ""), el("td", { class: r.policy.action }, r.policy.action || ""),
-      el("td", {}, (r.policy.rules || []).join(", ")), el("td", {}, (r.caller || {}).exe || (r.caller || {}).addr || ""))));
+    v.recent.map((r) => {
+      const tr = el("tr", {}, el("td", {}, (r.ts || "").slice(0, 19)), el("td", {}, r.provider || ""),
+        el("td", {}, r.model || ""), el("td", { class: r.policy.action }, r.policy.action || ""),
+        el("td", {}, (r.policy.rules || []).join(", ")), el("td", {}, (r.caller || {}).exe || (r.caller || {}).addr || ""));
+      // Drill-down: the whole record (findings by detector, never the matched text).
+      tr.addEventListener("click", () => {
+        const pre = document.getElementById("violation-record");
+        pre.hidden = false;
+        pre.textContent = JSON.stringify(r, null, 2);
+      });
+      return tr;
+    }));
 }
 
 async function refreshPolicy() {
