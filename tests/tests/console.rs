@@ -429,7 +429,11 @@ fn console_pages_in_a_real_browser() {
         "{violations:?}"
     );
     // Drill-down: the newest violation's record.
-    assert_eq!(seen["violation"]["policy"]["action"], "block", "{}", seen["violation"]);
+    assert_eq!(
+        seen["violation"]["policy"]["action"], "block",
+        "{}",
+        seen["violation"]
+    );
     // Policy: the rules, and the playground's decision.
     assert_eq!(seen["rules"][0][0], "block-secrets");
     assert_eq!(
