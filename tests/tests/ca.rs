@@ -69,11 +69,7 @@ fn ca_install_and_uninstall_update_the_system_store() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    assert_success(
-        "ca init",
-        &run(leash_command().args(["ca", "init", "--dir"]).arg(&ca)),
-    );
+    let ca = new_ca(dir.path());
     let pem = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
     let body_line = pem.lines().nth(2).unwrap().to_owned();
     let out = install_then_uninstall(dir.path(), &ca);
@@ -111,11 +107,7 @@ fn ca_rotate_keeps_the_old_ca_trusted_and_install_puts_both_in_the_store() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    assert_success(
-        "ca init",
-        &run(leash_command().args(["ca", "init", "--dir"]).arg(&ca)),
-    );
+    let ca = new_ca(dir.path());
     let old_pem = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
     let old_key = std::fs::read_to_string(ca.join("ca.key")).unwrap();
     let out = run(leash_command()
@@ -187,4 +179,14 @@ fn install_then_uninstall(t: &std::path::Path, ca: &std::path::Path) -> std::pro
         .arg(t)
         .arg(leash_bin())
         .arg(ca))
+}
+
+/// `leash ca init` into `dir/ca`; returns that directory.
+fn new_ca(dir: &std::path::Path) -> std::path::PathBuf {
+    let ca = dir.join("ca");
+    assert_success(
+        "ca init",
+        &run(leash_command().args(["ca", "init", "--dir"]).arg(&ca)),
+    );
+    ca
 }

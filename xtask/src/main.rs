@@ -176,15 +176,21 @@ const PLAYWRIGHT: &str = "playwright-core@1.65.1";
 /// `node_modules`.
 fn ensure_playwright() -> Result<PathBuf> {
     let prefix = target_dir().join("console-browser");
-    ensure_pinned(&prefix, PLAYWRIGHT, || {
-        let _ = std::fs::remove_dir_all(&prefix);
-        std::fs::create_dir_all(&prefix)?;
+    ensure_npm(&prefix, PLAYWRIGHT)?;
+    Ok(prefix.join("node_modules"))
+}
+
+/// The npm package `pin` (`name@version`) installed alone in `prefix`,
+/// once per pin.
+pub(crate) fn ensure_npm(prefix: &Path, pin: &str) -> Result<()> {
+    ensure_pinned(prefix, pin, || {
+        let _ = std::fs::remove_dir_all(prefix);
+        std::fs::create_dir_all(prefix)?;
         run(Command::new("npm")
             .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
-            .arg(&prefix)
-            .arg(PLAYWRIGHT))
-    })?;
-    Ok(prefix.join("node_modules"))
+            .arg(prefix)
+            .arg(pin))
+    })
 }
 
 /// Creates `target/leash-venv` with the pinned SDKs; reinstalls only when

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{cargo, ensure_debian_packages, ensure_pinned, root, run, target_dir};
+use crate::{cargo, ensure_debian_packages, ensure_npm, ensure_pinned, root, run, target_dir};
 
 mod extra;
 mod transparent;
@@ -372,14 +372,7 @@ const PORTKEY: &str = "@portkey-ai/gateway@1.15.2";
 /// default).
 fn start_portkey(dir: &Path, upstream: u16) -> Result<Contender> {
     let prefix = target_dir().join("bench-portkey");
-    ensure_pinned(&prefix, PORTKEY, || {
-        let _ = std::fs::remove_dir_all(&prefix);
-        std::fs::create_dir_all(&prefix)?;
-        run(Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
-            .arg(&prefix)
-            .arg(PORTKEY))
-    })?;
+    ensure_npm(&prefix, PORTKEY)?;
     let node = which("node").context("Node.js (node) is not installed")?;
     let port = free_port()?;
     let proc = Proc::spawn(
