@@ -134,6 +134,16 @@ impl http_body::Body for AdminBody {
 /// noticed (and proxies keep the stream open).
 const LIVE_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// Bytes of events the live feed gathers into one write at most.
+const LIVE_CHUNK: usize = 64 * 1024;
+
+/// Appends one record (a sealed JSON line) as an `event: record`.
+fn push_event(out: &mut Vec<u8>, sealed: &[u8]) {
+    out.extend_from_slice(b"event: record\ndata: ");
+    out.extend_from_slice(sealed.strip_suffix(b"\n").unwrap_or(sealed));
+    out.extend_from_slice(b"\n\n");
+}
+
 /// Streams `live` records to a client as server-sent events
 /// (`event: record`), until it goes away.
 fn live_feed(mut live: tokio::sync::broadcast::Receiver<Bytes>) -> Response<AdminBody> {
@@ -151,11 +161,17 @@ fn live_feed(mut live: tokio::sync::broadcast::Receiver<Bytes>) -> Response<Admi
             let chunk = tokio::select! {
                 r = live.recv() => match r {
                     Ok(sealed) => {
-                        let mut event = Vec::with_capacity(sealed.len() + 24);
-                        event.extend_from_slice(b"event: record\ndata: ");
-                        event.extend_from_slice(sealed.strip_suffix(b"\n").unwrap_or(&sealed));
-                        event.extend_from_slice(b"\n\n");
-                        Bytes::from(event)
+                        // Records come in batches (one per audit sync): one
+                        // write for all that are ready, not one per record.
+                        let mut events = Vec::with_capacity(4096);
+                        push_event(&mut events, &sealed);
+                        while events.len() < LIVE_CHUNK {
+                            match live.try_recv() {
+                                Ok(more) => push_event(&mut events, &more),
+                                Err(_) => break,
+                            }
+                        }
+                        Bytes::from(events)
                     }
                     Err(RecvError::Lagged(n)) => Bytes::from(format!("event: lagged\ndata: {n}\n\n")),
                     Err(RecvError::Closed) => return,
