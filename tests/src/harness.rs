@@ -84,6 +84,22 @@ pub fn mock_providers_yaml(mock: &MockProvider) -> String {
     )
 }
 
+/// A mock provider and a gateway to it running `policy` from a policy
+/// file, with `extra` config appended.
+pub fn start_with_policy_file(policy: &str, extra: &str) -> (MockProvider, Leash) {
+    let mock = MockProvider::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("policy.yaml"), policy).expect("write policy");
+    let leash = Leash::start_in(
+        dir,
+        &format!(
+            "{}policy: {{ file: policy.yaml }}\n{extra}",
+            mock_providers_yaml(&mock)
+        ),
+    );
+    (mock, leash)
+}
+
 /// A running `leash gateway`, killed when dropped.
 pub struct Leash {
     child: Child,

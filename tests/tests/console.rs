@@ -18,17 +18,7 @@ const POLICY: &str = "version: 1\nrules:\n  - { name: block-secrets, match: { de
 /// A gateway to a mock provider with `POLICY` from a file, plus `extra`
 /// config.
 fn start_with_policy(extra: &str) -> (MockProvider, Leash) {
-    let mock = MockProvider::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-    let leash = Leash::start_in(
-        dir,
-        &format!(
-            "{}policy: {{ file: policy.yaml }}\n{extra}",
-            mock_providers_yaml(&mock)
-        ),
-    );
-    (mock, leash)
+    leash_tests::harness::start_with_policy_file(POLICY, extra)
 }
 
 fn get(leash: &Leash, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {

@@ -51,17 +51,7 @@ fn start(mode: &str) -> (MockProvider, Leash) {
 
 /// A mock provider and a gateway running `policy` from a policy file.
 fn start_with_policy(policy: &str) -> (MockProvider, Leash) {
-    let mock = MockProvider::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
-    let leash = Leash::start_in(
-        dir,
-        &format!(
-            "{}policy: {{ file: policy.yaml }}\n",
-            mock_providers_yaml(&mock)
-        ),
-    );
-    (mock, leash)
+    leash_tests::harness::start_with_policy_file(policy, "")
 }
 
 fn sdk(leash: &Leash, case: &str, provider: &str, prompt: &str, headers: &str) -> Value {

@@ -92,34 +92,48 @@ pub struct Totals {
     pub unpriced: u64,
 }
 
-/// Sums records by the value at `key` (`team`, `provider`, `model`,
-/// `user`, `exe`, `host`; `rule`: each policy rule that matched).
-pub fn sum_by<'a>(records: impl Iterator<Item = &'a Value>, key: &str) -> BTreeMap<String, Totals> {
+impl Totals {
+    /// Counts one record in.
+    pub fn add(&mut self, r: &Value) {
+        self.requests += 1;
+        self.input_tokens += r["usage"]["input_tokens"].as_u64().unwrap_or(0);
+        self.output_tokens += r["usage"]["output_tokens"].as_u64().unwrap_or(0);
+        match r["cost_usd"].as_f64() {
+            Some(c) => self.cost_usd += c,
+            None if r["usage"].is_object() => self.unpriced += 1,
+            None => {}
+        }
+    }
+}
+
+/// Sums records into the groups `names` puts each one in (none, one, or
+/// several).
+pub fn sum_grouped<'a, N: Into<String>>(
+    records: impl Iterator<Item = &'a Value>,
+    mut names: impl FnMut(&'a Value) -> Vec<N>,
+) -> BTreeMap<String, Totals> {
     let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
     for r in records {
-        let names: Vec<&str> = match key {
-            "team" | "user" | "exe" => vec![r["caller"][key].as_str().unwrap_or("-")],
-            "rule" => r["policy"]["rules"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect(),
-            other => vec![r[other].as_str().unwrap_or("-")],
-        };
-        for name in names {
-            let t = groups.entry(name.to_owned()).or_default();
-            t.requests += 1;
-            t.input_tokens += r["usage"]["input_tokens"].as_u64().unwrap_or(0);
-            t.output_tokens += r["usage"]["output_tokens"].as_u64().unwrap_or(0);
-            match r["cost_usd"].as_f64() {
-                Some(c) => t.cost_usd += c,
-                None if r["usage"].is_object() => t.unpriced += 1,
-                None => {}
-            }
+        for name in names(r) {
+            groups.entry(name.into()).or_default().add(r);
         }
     }
     groups
+}
+
+/// Sums records by the value at `key` (`team`, `provider`, `model`,
+/// `user`, `exe`, `host`; `rule`: each policy rule that matched).
+pub fn sum_by<'a>(records: impl Iterator<Item = &'a Value>, key: &str) -> BTreeMap<String, Totals> {
+    sum_grouped(records, |r| match key {
+        "team" | "user" | "exe" => vec![r["caller"][key].as_str().unwrap_or("-")],
+        "rule" => r["policy"]["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect(),
+        other => vec![r[other].as_str().unwrap_or("-")],
+    })
 }
 
 #[cfg(test)]

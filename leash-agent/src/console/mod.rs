@@ -364,42 +364,29 @@ impl Console {
         };
         let requests: Vec<&Value> = records.iter().filter(|r| r["event"].is_null()).collect();
         let by = |key: &str| read::sum_by(requests.iter().copied(), key);
-        let total = read::sum_by(requests.iter().copied(), "-").remove("-");
+        let mut total = read::Totals::default();
+        for r in &requests {
+            total.add(r);
+        }
         let key = query_param(query, "by");
-        let mut by_hour = std::collections::BTreeMap::<String, read::Totals>::new();
-        for r in &requests {
-            let hour = r["ts"].as_str().and_then(|t| t.get(..13)).unwrap_or("-");
-            if let Some(t) = read::sum_by(std::iter::once(*r), "-").remove("-") {
-                let e = by_hour.entry(hour.to_owned()).or_default();
-                e.requests += t.requests;
-                e.input_tokens += t.input_tokens;
-                e.output_tokens += t.output_tokens;
-                e.cost_usd += t.cost_usd;
-                e.unpriced += t.unpriced;
-            }
-        }
+        let by_hour = read::sum_grouped(requests.iter().copied(), |r| {
+            vec![r["ts"].as_str().and_then(|t| t.get(..13)).unwrap_or("-")]
+        });
         // Top callers: the process where known, else the client address.
-        let mut callers = std::collections::BTreeMap::<String, read::Totals>::new();
-        for r in &requests {
+        let callers = read::sum_grouped(requests.iter().copied(), |r| {
             let c = &r["caller"];
-            let name = c["exe"]
-                .as_str()
-                .map(str::to_owned)
-                .or_else(|| {
-                    c["addr"]
-                        .as_str()
-                        .and_then(|a| a.rsplit_once(':'))
-                        .map(|(ip, _)| ip.to_owned())
-                })
-                .unwrap_or_else(|| "-".to_owned());
-            if let Some(t) = read::sum_by(std::iter::once(*r), "-").remove("-") {
-                let e = callers.entry(name).or_default();
-                e.requests += t.requests;
-                e.input_tokens += t.input_tokens;
-                e.output_tokens += t.output_tokens;
-                e.cost_usd += t.cost_usd;
-            }
-        }
+            vec![
+                c["exe"]
+                    .as_str()
+                    .or_else(|| {
+                        c["addr"]
+                            .as_str()
+                            .and_then(|a| a.rsplit_once(':'))
+                            .map(|(ip, _)| ip)
+                    })
+                    .unwrap_or("-"),
+            ]
+        });
         let mut top: Vec<(String, read::Totals)> = callers.into_iter().collect();
         top.sort_by(|a, b| {
             b.1.cost_usd
