@@ -7,10 +7,13 @@
 //! 5), `x-mock-chunk-delay-ms` (gap between stream chunks, default 0) and
 //! `x-mock-status` (answer with that error status in the provider's shape),
 //! `x-mock-text` (answer with this text instead, cut into `x-mock-chunks`
-//! pieces).
+//! pieces), `x-mock-embeddings: N` (an embeddings answer of N 1536-float
+//! vectors — about 18 KiB each — with `x-mock-text`, if given, as a `note`
+//! after them).
 
 use std::{
     convert::Infallible,
+    fmt::Write as _,
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -214,9 +217,11 @@ pub async fn run_forever(addr: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Response bodies: whole, or chunks pushed by a task at a fixed gap.
+/// Response bodies: whole, in frames, or chunks pushed by a task at a
+/// fixed gap.
 pub enum MockBody {
     Full(Option<Bytes>),
+    Frames(std::collections::VecDeque<Bytes>),
     Chunks(mpsc::Receiver<Bytes>),
 }
 
@@ -230,9 +235,19 @@ impl Body for MockBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Frames(frames) => Poll::Ready(frames.pop_front().map(|b| Ok(Frame::data(b)))),
             Self::Chunks(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
         }
     }
+}
+
+/// A JSON body of `len` bytes sent as `frames`, with its length declared.
+fn frames_response(frames: Vec<Bytes>, len: usize) -> Response<MockBody> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, len)
+        .body(MockBody::Frames(frames.into()))
+        .expect("static response")
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<MockBody> {
@@ -375,9 +390,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
         (Api::OpenAi, "/v1/responses") => {
             json_response(StatusCode::OK, &openai_response(&model, texts, "completed"))
         }
-        (Api::OpenAi, "/v1/embeddings") => {
-            json_response(StatusCode::OK, &openai_embeddings(&model, &request))
-        }
+        (Api::OpenAi, "/v1/embeddings") => embeddings(&model, &request, &parts.headers),
         (Api::Anthropic, _) if stream => sse_response(anthropic_stream(&model, texts), gap, sent),
         (Api::Anthropic, _) => json_response(StatusCode::OK, &anthropic_message(&model, texts)),
         (Api::Google, p) => {
@@ -532,6 +545,59 @@ fn openai_embeddings(model: &str, request: &Value) -> Value {
         "model": model,
         "usage": {"prompt_tokens": usage::OPENAI_INPUT, "total_tokens": usage::OPENAI_INPUT},
     })
+}
+
+fn embeddings(model: &str, request: &Value, headers: &HeaderMap) -> Response<MockBody> {
+    match header_num(headers, "x-mock-embeddings") {
+        Some(n) => big_embeddings(model, n, headers.get("x-mock-text")),
+        None => json_response(StatusCode::OK, &openai_embeddings(model, request)),
+    }
+}
+
+/// An embeddings answer of `n` vectors of 1536 deterministic floats, sent
+/// in 64 KiB frames (built as text: a `Value` of this size would be slow).
+fn big_embeddings(model: &str, n: u64, note: Option<&http::HeaderValue>) -> Response<MockBody> {
+    // 61 distinct vectors, used in turn.
+    let rows: Vec<String> = (0..61u32)
+        .map(|i| {
+            (0..1536u32)
+                .map(|j| {
+                    let x = f64::from((i * 7919 + j * 104_729) % 2_000_001) / 1e6 - 1.0;
+                    format!("{x:.9}")
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    let mut body = String::from(r#"{"object":"list","data":["#);
+    for i in 0..n {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(r#"{"object":"embedding","index":"#);
+        body.push_str(&i.to_string());
+        body.push_str(r#","embedding":["#);
+        body.push_str(&rows[usize::try_from(i % 61).unwrap_or(0)]);
+        body.push_str("]}");
+    }
+    body.push(']');
+    if let Some(note) = note.and_then(|v| v.to_str().ok()) {
+        body.push_str(r#","note":"#);
+        body.push_str(&Value::from(note).to_string());
+    }
+    let _ = write!(
+        body,
+        r#","model":{},"usage":{{"prompt_tokens":{},"total_tokens":{}}}}}"#,
+        Value::from(model),
+        usage::OPENAI_INPUT,
+        usage::OPENAI_INPUT
+    );
+    let bytes = Bytes::from(body);
+    let frames: Vec<Bytes> = (0..bytes.len())
+        .step_by(64 * 1024)
+        .map(|at| bytes.slice(at..(at + 64 * 1024).min(bytes.len())))
+        .collect();
+    frames_response(frames, bytes.len())
 }
 
 fn anthropic_usage(output: u64) -> Value {

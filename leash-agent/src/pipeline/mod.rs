@@ -174,12 +174,28 @@ pub enum Flow {
 }
 
 /// What a response body phase decided about the stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum BodyFlow {
     Continue,
     /// Deliver this (possibly rewritten) chunk, then end the stream: nothing
     /// after it reaches the caller.
     Stop,
+    /// The body must not reach the caller as if it were whole: deliver this
+    /// chunk, then end the body with an error. When nothing was sent yet
+    /// (a buffered body), the caller gets this answer instead.
+    Abort(Rejection),
+}
+
+impl BodyFlow {
+    /// The stronger of two decisions (abort over stop over continue).
+    #[must_use]
+    pub fn and(self, other: Self) -> Self {
+        match (self, other) {
+            (a @ Self::Abort(_), _) | (_, a @ Self::Abort(_)) => a,
+            (Self::Stop, _) | (_, Self::Stop) => Self::Stop,
+            _ => Self::Continue,
+        }
+    }
 }
 
 /// One pluggable stage. Every phase has a do-nothing default, so a module
@@ -323,9 +339,7 @@ impl Pipeline {
     pub fn response_chunk(&self, ex: &mut Exchange, chunk: &mut Bytes, end: bool) -> BodyFlow {
         let mut flow = BodyFlow::Continue;
         for m in &self.modules {
-            if m.response_body_filter(ex, chunk, end) == BodyFlow::Stop {
-                flow = BodyFlow::Stop;
-            }
+            flow = flow.and(m.response_body_filter(ex, chunk, end));
         }
         flow
     }

@@ -9,6 +9,7 @@
 //! `alert` accumulate until then.
 
 pub mod detect;
+pub mod document;
 pub mod text;
 pub mod transform;
 
@@ -590,6 +591,21 @@ struct ResponseScan {
     /// A match was found that starts in text already delivered unredacted.
     leaked: bool,
     stopped: bool,
+    /// A non-streaming body: its content type, and its scanner once the
+    /// first bytes told what it is.
+    content_type: Option<String>,
+    document: Document,
+}
+
+/// What is known of a non-streaming body.
+#[derive(Clone, Default)]
+enum Document {
+    /// No bytes seen yet.
+    #[default]
+    Unknown,
+    /// Binary (audio, images): not scanned.
+    Binary,
+    Scanning(document::DocumentScan),
 }
 
 #[derive(Clone)]
@@ -1043,7 +1059,7 @@ pub async fn watch(handle: Arc<PolicyHandle>, metrics: Arc<crate::metrics::Metri
 fn scan(policy: &Policy, body: &mut Value) -> (Vec<Vec<Finding>>, Vec<Finding>) {
     let mut per_text = Vec::new();
     let mut all = Vec::new();
-    text::for_each_text(body, &mut |s| {
+    text::for_each_text(body, &mut |s, _| {
         let mut f = Vec::new();
         policy.detectors.scan(s, &mut f);
         all.extend(f.iter().cloned());
@@ -1080,7 +1096,7 @@ fn apply_changes(
 /// Replaces the spans of `redact` detectors with `[REDACTED:<name>]`.
 fn redact(policy: &Policy, body: &mut Value, per_text: &[Vec<Finding>], redact: &[usize]) {
     let mut i = 0;
-    text::for_each_text(body, &mut |s| {
+    text::for_each_text(body, &mut |s, _| {
         let Some(findings) = per_text.get(i) else {
             return;
         };
@@ -1216,7 +1232,14 @@ impl Module for PolicyModule {
             .is_some_and(|p| p.has_response_rules())
             && head.status.is_success()
         {
-            ex.ext.insert(ResponseScan::default());
+            ex.ext.insert(ResponseScan {
+                content_type: head
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                ..ResponseScan::default()
+            });
         }
     }
 
@@ -1230,8 +1253,7 @@ impl Module for PolicyModule {
         let flow = if ex.stream {
             self.scan_stream(&policy, ex, &mut scan_state, chunk, end)
         } else {
-            self.scan_document(&policy, ex, chunk);
-            BodyFlow::Continue
+            self.scan_document(&policy, ex, &mut scan_state, chunk, end)
         };
         ex.ext.insert(scan_state);
         flow
@@ -1292,28 +1314,106 @@ impl PolicyModule {
         ex.ext.insert(d);
     }
 
-    /// A whole (non-streaming) response: matches of a blocking or redacting
-    /// rule are replaced in place, keeping the JSON valid (the status is
-    /// already the provider's).
-    fn scan_document(&self, policy: &Policy, ex: &mut Exchange, chunk: &mut Bytes) {
-        let Ok(mut body) = serde_json::from_slice::<Value>(chunk) else {
-            return;
+    /// A non-streaming body (JSON, JSON Lines or text; binary is not
+    /// scanned), whole or in chunks, any size: scanned incrementally, matches
+    /// of a redacting rule replaced in place (all other bytes unchanged). A
+    /// blocking rule aborts the body: Leash's 403 when nothing was sent yet,
+    /// otherwise the body ends with an error so it cannot pass for whole.
+    fn scan_document(
+        &self,
+        policy: &Policy,
+        ex: &mut Exchange,
+        st: &mut ResponseScan,
+        chunk: &mut Bytes,
+        end: bool,
+    ) -> BodyFlow {
+        if matches!(st.document, Document::Unknown) {
+            st.document = document::BodyKind::sniff(st.content_type.as_deref(), chunk)
+                .map_or(Document::Binary, |kind| {
+                    Document::Scanning(document::DocumentScan::new(kind))
+                });
+        }
+        let Document::Scanning(scanner) = &mut st.document else {
+            return BodyFlow::Continue;
         };
-        let (per_text, findings) = scan(policy, &mut body);
-        let mut found: Vec<usize> = findings.iter().map(|f| f.detector).collect();
+        let mut blocked = None;
+        let (out, stop) = scanner.feed(chunk, end, &mut |pass| {
+            self.judge_document(
+                policy,
+                ex,
+                &mut st.redacting,
+                &mut st.reported,
+                pass,
+                &mut blocked,
+            )
+        });
+        *chunk = Bytes::from(out);
+        if !stop {
+            return BodyFlow::Continue;
+        }
+        if let Some(d) = ex.ext.get_mut::<Decision>() {
+            d.action = Some(Action::Block);
+        }
+        BodyFlow::Abort(Rejection {
+            status: StatusCode::FORBIDDEN,
+            code: ErrorCode::PolicyBlocked,
+            message: blocked.unwrap_or_else(|| {
+                "leash: response ended: a match could not be redacted before delivery".into()
+            }),
+        })
+    }
+
+    /// One window of a document's text: records what matched (once, however
+    /// many windows see it) and says what to replace, or to stop.
+    fn judge_document(
+        &self,
+        policy: &Policy,
+        ex: &mut Exchange,
+        redacting: &mut Vec<usize>,
+        reported: &mut usize,
+        pass: document::Pass<'_>,
+        blocked: &mut Option<String>,
+    ) -> document::Verdict {
+        let mut all = Vec::new();
+        policy.detectors.scan(pass.text, &mut all);
+        let base = usize::try_from(pass.base).unwrap_or(usize::MAX);
+        let fresh: Vec<Finding> = all
+            .into_iter()
+            .filter(|f| f.end > pass.fresh_from)
+            .collect();
+        let new: Vec<Finding> = fresh
+            .iter()
+            .filter(|f| base + f.start >= *reported)
+            .cloned()
+            .collect();
+        let mut found: Vec<usize> = new.iter().map(|f| f.detector).collect();
         found.sort_unstable();
         found.dedup();
-        let Some((rule, shadow)) = policy.decide_response(ex, &found) else {
-            return;
-        };
-        self.record_response(policy, ex, rule, shadow, &findings);
-        if !shadow && matches!(rule.action, Action::Block | Action::Redact) {
-            let targets: Vec<usize> = rule.detectors.iter().flatten().copied().collect();
-            redact(policy, &mut body, &per_text, &targets);
-            if let Ok(bytes) = serde_json::to_vec(&body) {
-                *chunk = Bytes::from(bytes);
+        let mut verdict = document::Verdict::default();
+        if let Some((rule, shadow)) = policy.decide_response(ex, &found) {
+            self.record_response(policy, ex, rule, shadow, &new);
+            *reported = new.iter().map(|f| base + f.end).max().unwrap_or(*reported);
+            if !shadow && rule.action == Action::Block {
+                *blocked = Some(format!(
+                    "leash: response blocked by policy rule `{}`",
+                    rule.name
+                ));
+                verdict.stop = true;
+                return verdict;
+            }
+            if !shadow && rule.action == Action::Redact {
+                redacting.extend(rule.detectors.iter().flatten());
             }
         }
+        verdict.redact = fresh
+            .iter()
+            .filter(|f| redacting.contains(&f.detector))
+            .map(|f| {
+                let name = &policy.detectors.get(f.detector).name;
+                (f.start, f.end, format!("[REDACTED:{name}]"))
+            })
+            .collect();
+        verdict
     }
 
     /// A stream: complete events are scanned as they arrive, with the tail

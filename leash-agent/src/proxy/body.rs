@@ -72,10 +72,17 @@ impl LeashBody {
 enum Phase {
     Streaming,
     /// The upstream ended (or a module stopped the stream): the record is
-    /// being submitted; `tail` goes out once it is.
+    /// being submitted; `tail` goes out once it is, then (`abort`) an error
+    /// so the caller cannot take what it got for the whole body.
     Finishing {
         submitted: Submitted,
         tail: Bytes,
+        abort: bool,
+    },
+    /// The record is written: the tail, then (`abort`) the error.
+    Ending {
+        tail: Option<Bytes>,
+        abort: bool,
     },
     Done,
 }
@@ -90,13 +97,18 @@ pub struct ObservedBody {
     phase: Phase,
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("leash: the response was cut off by policy")]
+struct Aborted;
+
 impl ObservedBody {
-    fn finishing(&mut self, tail: Bytes) {
-        self.ex.completed = true;
+    fn finishing(&mut self, tail: Bytes, abort: bool) {
+        self.ex.completed = !abort;
         self.ex.response_bytes += tail.len() as u64;
         self.phase = Phase::Finishing {
             submitted: self.ex.finish(),
             tail,
+            abort,
         };
     }
 
@@ -107,15 +119,30 @@ impl ObservedBody {
         loop {
             match &mut self.phase {
                 Phase::Done => return Poll::Ready(None),
-                Phase::Finishing { submitted, tail } => {
+                Phase::Finishing {
+                    submitted,
+                    tail,
+                    abort,
+                } => {
                     let ok = ready!(submitted.as_mut().poll(cx));
-                    let tail = std::mem::take(tail);
-                    self.phase = Phase::Done;
                     if !ok {
+                        self.phase = Phase::Done;
                         return Poll::Ready(Some(Err(AuditFailed.into())));
                     }
-                    if !tail.is_empty() {
+                    let tail = std::mem::take(tail);
+                    self.phase = Phase::Ending {
+                        tail: (!tail.is_empty()).then_some(tail),
+                        abort: *abort,
+                    };
+                }
+                Phase::Ending { tail, abort } => {
+                    if let Some(tail) = tail.take() {
                         return Poll::Ready(Some(Ok(Frame::data(tail))));
+                    }
+                    let abort = *abort;
+                    self.phase = Phase::Done;
+                    if abort {
+                        return Poll::Ready(Some(Err(Aborted.into())));
                     }
                 }
                 Phase::Streaming => return self.poll_stream(cx),
@@ -127,11 +154,16 @@ impl ObservedBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(prefix) = self.prefix.take() {
+            // Read (and seen by the response phases) before streaming began.
+            self.ex.response_bytes += prefix.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
         match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
             None => {
                 let mut tail = Bytes::new();
-                self.ex.response_chunk(&mut tail, true);
-                self.finishing(tail);
+                let flow = self.ex.response_chunk(&mut tail, true);
+                self.finishing(tail, matches!(flow, BodyFlow::Abort(_)));
                 self.poll_frame(cx)
             }
             Some(Ok(frame)) => match frame.into_data() {
@@ -139,9 +171,16 @@ impl ObservedBody {
                     if self.ex.timing.first_byte.is_none() {
                         self.ex.timing.first_byte = Some(Instant::now());
                     }
-                    if self.ex.response_chunk(&mut data, false) == BodyFlow::Stop {
-                        self.finishing(data);
-                        return self.poll_frame(cx);
+                    match self.ex.response_chunk(&mut data, false) {
+                        BodyFlow::Continue => {}
+                        BodyFlow::Stop => {
+                            self.finishing(data, false);
+                            return self.poll_frame(cx);
+                        }
+                        BodyFlow::Abort(_) => {
+                            self.finishing(data, true);
+                            return self.poll_frame(cx);
+                        }
                     }
                     self.ex.response_bytes += data.len() as u64;
                     Poll::Ready(Some(Ok(Frame::data(data))))

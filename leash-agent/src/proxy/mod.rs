@@ -21,7 +21,7 @@ use hyper_util::client::legacy::{Client, connect::Connect};
 use self::body::LeashBody;
 pub use self::decode::BodyLimits;
 use crate::{
-    pipeline::{ActiveExchange, Flow, ProxyRequest, Rejection, identify},
+    pipeline::{ActiveExchange, BodyFlow, Flow, ProxyRequest, Rejection, identify},
     provider::{ErrorCode, error_body},
 };
 
@@ -246,7 +246,10 @@ impl<C: Connect + Clone + Send + Sync + 'static> Forwarder<C> {
         match read {
             Ok(Buffered::Whole(mut body)) => {
                 ex.timing.first_byte = Some(Instant::now());
-                ex.response_chunk(&mut body, true);
+                if let BodyFlow::Abort(rejection) = ex.response_chunk(&mut body, true) {
+                    // Nothing was sent yet: the caller gets Leash's answer.
+                    return local_response(&mut ex, &rejection);
+                }
                 ex.completed = true;
                 ex.response_bytes = body.len() as u64;
                 parts
@@ -262,10 +265,20 @@ impl<C: Connect + Clone + Send + Sync + 'static> Forwarder<C> {
                 Response::from_parts(parts, body)
             }
             Ok(Buffered::Partial { mut prefix, rest }) => {
-                // Too big to hold: stream it on, starting with what was read.
+                // Too big to hold: stream it on, starting with what was read
+                // (the response phases see every byte, in order).
                 ex.timing.first_byte = Some(Instant::now());
-                ex.response_chunk(&mut prefix, false);
-                ex.response_bytes = prefix.len() as u64;
+                match ex.response_chunk(&mut prefix, false) {
+                    BodyFlow::Abort(rejection) => return local_response(&mut ex, &rejection),
+                    BodyFlow::Stop => {
+                        ex.completed = true;
+                        ex.response_bytes = prefix.len() as u64;
+                        parts.headers.remove(header::CONTENT_LENGTH);
+                        ex.timing.response_ready = Some(Instant::now());
+                        return Response::from_parts(parts, LeashBody::local(prefix, &mut ex));
+                    }
+                    BodyFlow::Continue => {}
+                }
                 ex.timing.response_ready = Some(Instant::now());
                 Response::from_parts(parts, LeashBody::observed(rest, ex, rewrites, Some(prefix)))
             }

@@ -1,0 +1,231 @@
+//! Nothing unscanned, nothing corrupted (issue 16), through the gateway:
+//! secrets hidden behind a `data:` prefix, at the end of a 2 MiB prompt, in
+//! `id`/`type` fields or object keys are blocked like any other; responses
+//! of any size reach the client byte for byte and are scanned all the way.
+//! Each attack has its control: the same request without the secret goes
+//! through.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed expectation is a failed test"
+)]
+
+use std::process::Command;
+
+use leash_tests::{
+    harness::{Leash, assert_success, http_request, run, start_with_policy_file},
+    mock::MockProvider,
+};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+/// A fake AWS access key id: the shape and randomness of a real one.
+const AWS_KEY: &str = "AKIAZ7QX3PLM9V2KD4RT";
+/// A fake GitHub token.
+const GH_TOKEN: &str = "ghp_Zq8xK2mP9vL4nR7tW1yB5cD3fG6hJ0sA8eUi";
+
+const BLOCK_SECRETS: &str = "version: 1
+rules:
+  - { name: block-secrets, match: { detectors: [secrets] }, action: block }
+";
+
+fn post(leash: &Leash, path: &str, body: &Value) -> u16 {
+    http_request(
+        leash.addr,
+        "POST",
+        path,
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .expect("gateway answers")
+    .0
+}
+
+fn chat(content: impl Into<Value>) -> Value {
+    json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content.into()}]})
+}
+
+/// Each case, built around a secret, is blocked with 403 and never reaches
+/// the provider; built around harmless text instead (the control), it goes
+/// through.
+fn assert_blocked_with_control(leash: &Leash, mock: &MockProvider, cases: &[Case]) {
+    for (what, make) in cases {
+        let before = mock.requests().len();
+        for secret in [AWS_KEY, GH_TOKEN] {
+            assert_eq!(
+                post(leash, "/v1/openai/chat/completions", &make(secret)),
+                403,
+                "{what} ({secret}): not blocked"
+            );
+        }
+        assert_eq!(
+            mock.requests().len(),
+            before,
+            "{what}: reached the provider"
+        );
+        assert_eq!(
+            post(
+                leash,
+                "/v1/openai/chat/completions",
+                &make("harmless words")
+            ),
+            200,
+            "{what}: the control was not forwarded"
+        );
+        assert_eq!(mock.requests().len(), before + 1, "{what}: control");
+    }
+}
+
+type Case = (&'static str, fn(&str) -> Value);
+
+#[test]
+fn data_prefixed_long_and_structural_secrets_are_blocked() {
+    let (mock, leash) = start_with_policy_file(BLOCK_SECRETS, "");
+    let cases: [Case; 7] = [
+        ("data: prefix", |s| {
+            chat(json!(format!("data: my key is {s}")))
+        }),
+        ("data: prefix alone", |s| chat(json!(format!("data:{s}")))),
+        ("2 MiB prompt ending in a secret", |s| {
+            let long = format!("{} and my key is {s}", "lorem ipsum ".repeat(180_000));
+            assert!(long.len() > 2 * 1024 * 1024);
+            chat(json!(long))
+        }),
+        ("secret in a content part's id", |s| {
+            chat(json!([{"type": "text", "text": "hi", "id": s}]))
+        }),
+        (
+            "secret in metadata.type",
+            |s| json!({"model": "gpt-4o-mini", "metadata": {"type": s}, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "secret as an object key",
+            |s| json!({"model": "gpt-4o-mini", "metadata": {s: "x"}, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        ("secret in a base64 'image' that is really text", |s| {
+            let url = format!("data:image/png;base64,{}", b64(&format!("key {s}")));
+            chat(json!([{"type": "image_url", "image_url": {"url": url}}]))
+        }),
+    ];
+    assert_blocked_with_control(&leash, &mock, &cases);
+    // A real image in its field is not text and passes.
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+    let image = chat(
+        json!([{"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{png}")}}]),
+    );
+    assert_eq!(post(&leash, "/v1/openai/chat/completions", &image), 200);
+    let sent: String = mock
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert!(!sent.contains(AWS_KEY) && !sent.contains(GH_TOKEN));
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// `curl` POSTs an embeddings request for `vectors` vectors (with `note`
+/// after them) and returns the body's SHA-256, its length and curl's exit
+/// status.
+fn fetch_embeddings(base: &str, vectors: usize, note: Option<&str>) -> (String, usize, bool) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "120", "-o", "-", "-H"])
+        .arg(format!("x-mock-embeddings: {vectors}"))
+        .args(["-H", "content-type: application/json"]);
+    if let Some(note) = note {
+        cmd.args(["-H", &format!("x-mock-text: {note}")]);
+    }
+    let out = run(cmd
+        .args(["-d", r#"{"model":"text-embedding-3-small","input":"hi"}"#])
+        .arg(format!("{base}/embeddings")));
+    (
+        format!("{:x}", Sha256::digest(&out.stdout)),
+        out.stdout.len(),
+        out.status.success(),
+    )
+}
+
+#[test]
+fn large_responses_arrive_byte_for_byte_and_are_scanned() {
+    let (mock, leash) = start_with_policy_file(
+        "version: 1
+rules:
+  - { name: no-keys-out, match: { detectors: [aws_access_key], direction: response }, action: redact }
+  - { name: no-tokens-out, match: { detectors: [github_token], direction: response }, action: block }
+",
+        "",
+    );
+    let direct = format!("{}/v1", mock.url());
+    let through = format!("http://{}/v1/openai", leash.addr);
+    // 10 MiB and 100 MiB: the same bytes as straight from the provider.
+    for vectors in [570_usize, 5_700] {
+        let want = fetch_embeddings(&direct, vectors, None);
+        assert!(want.1 > vectors * 17_000, "{want:?}");
+        let got = fetch_embeddings(&through, vectors, None);
+        assert!(got.2, "curl failed for {vectors} vectors");
+        assert_eq!(got, want, "{vectors} vectors: the body changed");
+    }
+    let records = leash.wait_records(2);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["completed"] == true && r["status"] == 200)
+    );
+
+    // A key after the first 4 MiB is still found and redacted in place.
+    let (_, direct_len, _) = fetch_embeddings(&direct, 570, Some(&format!("key {AWS_KEY}")));
+    let out = run(Command::new("curl")
+        .args(["-sS", "-H", "x-mock-embeddings: 570", "-H"])
+        .arg(format!("x-mock-text: key {AWS_KEY}"))
+        .args(["-d", r#"{"model":"text-embedding-3-small","input":"hi"}"#])
+        .arg(format!("{through}/embeddings")));
+    assert_success("curl", &out);
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(!body.contains(AWS_KEY), "the key was delivered");
+    assert!(body.contains(r#""note":"key [REDACTED:aws_access_key]""#));
+    assert_eq!(
+        out.stdout.len(),
+        direct_len + "[REDACTED:aws_access_key]".len() - AWS_KEY.len()
+    );
+    let parsed: Value = serde_json::from_slice(&out.stdout).expect("still JSON");
+    assert_eq!(parsed["data"].as_array().unwrap().len(), 570);
+
+    // A blocked token after the first 4 MiB: the body ends with an error,
+    // never as a whole document, and the token never leaves.
+    let (_, _, ok) = fetch_embeddings(&through, 570, Some(GH_TOKEN));
+    assert!(!ok, "a cut-off body looked complete to curl");
+    let out = run(Command::new("curl")
+        .args(["-sS", "-H", "x-mock-embeddings: 570", "-H"])
+        .arg(format!("x-mock-text: {GH_TOKEN}"))
+        .args(["-d", r#"{"model":"m","input":"hi"}"#])
+        .arg(format!("{through}/embeddings")));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(GH_TOKEN));
+    // A small answer with the token: Leash's 403 instead of the answer.
+    let (status, _, body) = http_request(
+        leash.addr,
+        "POST",
+        "/v1/openai/embeddings",
+        &[("x-mock-embeddings", "1"), ("x-mock-text", GH_TOKEN)],
+        br#"{"model":"m","input":"hi"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 403);
+    assert!(String::from_utf8_lossy(&body).contains("no-tokens-out"));
+    let records = leash.wait_records(6);
+    let blocked: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["policy"]["rules"][0] == "no-tokens-out")
+        .collect();
+    assert_eq!(blocked.len(), 3, "{records:#?}");
+    assert!(blocked.iter().all(|r| r["policy"]["action"] == "block"));
+    assert!(
+        blocked
+            .iter()
+            .all(|r| r["completed"] == false || r["status"] == 403)
+    );
+    assert!(!leash.audit_text().contains(GH_TOKEN));
+}
