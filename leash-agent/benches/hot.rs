@@ -14,11 +14,13 @@ use std::{fmt::Write as _, hint::black_box, sync::Arc};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use leash_agent::{
-    audit::{AuditRecord, chain},
+    audit::chain,
     ca::{CaOptions, CertAuthority},
+    intercept::shadow,
     metrics::Metrics,
-    pipeline::{Caller, sse::SseBuffer, usage::Usage},
+    pipeline::sse::SseBuffer,
     proxy::transparent::CertCache,
+    record::{AuditRecord, Caller, Usage},
 };
 
 /// An `OpenAI` chat stream of 20 content events and a usage event, cut into
@@ -47,7 +49,7 @@ fn record() -> AuditRecord {
         cgroup: Some("/system.slice/app.service".into()),
         container: None,
     };
-    let mut r = AuditRecord::shadow_ai("api.openai.com", &caller, &Arc::from("host-1"));
+    let mut r = shadow::record("api.openai.com", &caller, &Arc::from("host-1"));
     r.provider = "openai".into();
     r.endpoint = "/v1/chat/completions".into();
     r.model = Some("gpt-4o-mini".into());

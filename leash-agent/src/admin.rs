@@ -8,7 +8,70 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::{console::Console, metrics::Metrics, server::Handler};
+use serde::Deserialize;
+
+use crate::{
+    console::Console,
+    field::{self, FieldError, invalid},
+    metrics::Metrics,
+    server::Handler,
+};
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
+/// The `admin` section: where the admin listener is and who may use the
+/// console.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token the console's API requires (from `admin.token_file`).
+    /// Without one, the console is served only on a loopback listener.
+    pub token: Option<String>,
+    /// The console may replace the policy file (validated first).
+    pub allow_policy_edit: bool,
+}
+
+/// `admin` as written (also the collector's `collector.admin`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub allow_policy_edit: bool,
+}
+
+impl AdminConfig {
+    pub fn validate(raw: &RawAdmin, base: &std::path::Path) -> Result<Self, FieldError> {
+        Ok(Self {
+            listen: field::addr("admin.listen", raw.listen.as_deref(), DEFAULT_ADMIN_LISTEN)?,
+            token: token("admin.token_file", base, raw.token_file.as_deref())?,
+            allow_policy_edit: raw.allow_policy_edit,
+        })
+    }
+}
+
+/// The console's bearer token from a token file.
+pub fn token(
+    field: &str,
+    base: &std::path::Path,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, FieldError> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let path = field::resolve(base, file.to_path_buf());
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
+    let token = text.trim().to_owned();
+    if token.len() < 16 || token.chars().any(char::is_whitespace) {
+        return Err(invalid(
+            field,
+            "the token must be at least 16 characters, without spaces",
+        ));
+    }
+    Ok(Some(token))
+}
 
 /// Largest request body the console API reads (the policy playground).
 const MAX_CONSOLE_BODY: usize = 1024 * 1024;

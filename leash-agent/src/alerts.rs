@@ -15,7 +15,11 @@ use http_body_util::Full;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::proxy::upstream::HttpsClient;
+use crate::{
+    field::{FieldError, invalid},
+    provider::UpstreamBase,
+    upstream::HttpsClient,
+};
 
 const QUEUE: usize = 1024;
 const ATTEMPTS: u32 = 4;
@@ -25,6 +29,34 @@ const ATTEMPTS: u32 = 4;
 pub struct AlertConfig {
     pub webhook: Option<Uri>,
     pub min_interval: Duration,
+}
+
+/// `alerts` as written.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    webhook: Option<String>,
+    min_interval_secs: Option<u64>,
+}
+
+impl AlertConfig {
+    pub fn validate(raw: RawAlerts) -> Result<Self, FieldError> {
+        let webhook = raw
+            .webhook
+            .map(|url| {
+                UpstreamBase::parse(&url)
+                    .map_err(|reason| invalid("alerts.webhook", reason))
+                    .and_then(|_| {
+                        url.parse::<Uri>()
+                            .map_err(|e| invalid("alerts.webhook", e.to_string()))
+                    })
+            })
+            .transpose()?;
+        Ok(Self {
+            webhook,
+            min_interval: Duration::from_secs(raw.min_interval_secs.unwrap_or(60)),
+        })
+    }
 }
 
 /// The sending side: cheap to clone, never blocks.

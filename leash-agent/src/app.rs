@@ -9,23 +9,27 @@ use crate::{
     admin::Admin,
     audit::{AuditError, AuditWriter},
     ca::{CaError, CertAuthority},
-    config::{Config, FailureMode, Scope},
+    config::Config,
     intercept::{
         cgroup,
+        config::{FailureMode, Scope},
         hooks::{HookError, HookSettings, KernelHooks},
         hosts::{self, HostTable},
         pin::{self, PinError},
     },
     metrics::Metrics,
-    pipeline::{Pipeline, PipelineError},
+    modules::{self, Parts, UnknownModule},
+    pipeline::Pipeline,
+    policy::{PolicyError, PolicyHandle},
+    pricing::PriceTable,
     proxy::{
-        BodyLimits, Forwarder,
+        Forwarder,
         gateway::Gateway,
         transparent::{self, CertCache, Transparent, UpstreamClients},
-        upstream::{self, UpstreamError},
     },
     server::{self, ServeOptions},
     tls::{self, TlsError},
+    upstream::{self, UpstreamError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +43,9 @@ pub enum RunError {
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Pipeline(#[from] UnknownModule),
+    #[error("invalid config: `policy`: {0}")]
+    Policy(#[from] PolicyError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("gateway.tls: {0}")]
@@ -65,7 +71,7 @@ struct Core {
     metrics: Arc<Metrics>,
     audit: AuditWriter,
     pipeline: Arc<Pipeline>,
-    policy: Arc<crate::policy::PolicyHandle>,
+    policy: Arc<PolicyHandle>,
 }
 
 impl Core {
@@ -80,17 +86,14 @@ impl Core {
             ),
             None => crate::alerts::Alerter::disabled(),
         };
-        let policy = Arc::new(crate::policy::PolicyHandle::new(
-            config.policy.clone(),
-            config.policy_file.clone(),
-        ));
+        let policy = Arc::new(policy_handle(config)?);
+        let modules = build_modules(config, &metrics, &alerts, &policy)?;
         let pipeline = Arc::new(Pipeline::new(
-            config,
+            modules,
+            config.host_id.as_str().into(),
             Arc::clone(&metrics),
             audit_sink,
-            &alerts,
-            &policy,
-        )?);
+        ));
         if policy.file().is_some() {
             tokio::spawn(crate::policy::watch(
                 Arc::clone(&policy),
@@ -127,6 +130,39 @@ impl Core {
             policy,
         })
     }
+}
+
+/// The policy of `config`, compiled, in a handle that reloads its file.
+fn policy_handle(config: &Config) -> Result<PolicyHandle, RunError> {
+    let Some(source) = &config.policy else {
+        return Ok(PolicyHandle::new(None, None));
+    };
+    Ok(PolicyHandle::new(
+        Some(Arc::new(source.load()?)),
+        source.file().map(std::path::Path::to_path_buf),
+    ))
+}
+
+/// The pipeline modules `config` lists, built in order.
+fn build_modules(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    alerts: &crate::alerts::Alerter,
+    policy: &Arc<PolicyHandle>,
+) -> Result<Vec<Box<dyn crate::pipeline::Module>>, RunError> {
+    let prices = Arc::new(PriceTable::with_overrides(config.pricing.clone()));
+    Ok(modules::build_all(
+        &config.pipeline,
+        &Parts {
+            metrics,
+            alerts,
+            policy,
+            prices: &prices,
+            budgets: &config.budgets,
+            teams: &config.teams,
+            audit_dir: &config.audit.dir,
+        },
+    )?)
 }
 
 /// Hands memory freed after start-up back to the kernel. Loading the eBPF
@@ -172,7 +208,13 @@ async fn bind(field: &'static str, addr: SocketAddr) -> Result<TcpListener, RunE
 pub fn check(config: &Config) -> Result<(), RunError> {
     upstream::build_client(&config.upstream)?;
     config.gateway.tls.as_ref().map(tls::acceptor).transpose()?;
-    Pipeline::check_modules(config)?;
+    let policy = Arc::new(policy_handle(config)?);
+    build_modules(
+        config,
+        &Arc::new(Metrics::new()),
+        &crate::alerts::Alerter::disabled(),
+        &policy,
+    )?;
     Ok(())
 }
 
@@ -234,13 +276,6 @@ fn hook_settings(config: &Config, cgroup: std::path::PathBuf) -> Result<HookSett
             Vec::new()
         },
     })
-}
-
-fn body_limits(gateway: &crate::config::GatewayConfig) -> BodyLimits {
-    BodyLimits {
-        max_bytes: gateway.max_body_bytes,
-        max_ratio: gateway.max_decompression_ratio,
-    }
 }
 
 /// Keeps this process out of core dumps (and from being traced by non-root
@@ -331,7 +366,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     )?)?);
     let state = interception_state(interception, Arc::clone(&hooks), Arc::clone(&metrics));
     let console = Some(console_for(&config, policy, Some(state)).with_live(audit_writer.live()));
-    let host_table = HostTable::new(&config);
+    let host_table = HostTable::new(&config.intercept, &config.providers);
     let static_targets = hosts::add_static(&hooks, host_table.hosts())?;
     release_startup_memory();
     let resolver = config.intercept.resolve.then(|| {
@@ -350,7 +385,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         bypass_mark: config.intercept.bypass_mark,
         connect_timeout: config.upstream.connect_timeout,
         response_timeout: config.upstream.response_timeout,
-        limits: body_limits(&config.gateway),
+        limits: config.gateway.body_limits(),
         upstreams: UpstreamClients::default(),
     });
 
@@ -402,7 +437,7 @@ async fn spawn_gateway(
             upstream::build_client(&config.upstream)?,
             config.upstream.response_timeout,
         ),
-        body_limits(&config.gateway),
+        config.gateway.body_limits(),
     ));
     let tls = config.gateway.tls.as_ref().map(tls::acceptor).transpose()?;
     let listener = bind("gateway.listen", config.gateway.listen).await?;
@@ -511,7 +546,7 @@ fn spawn_admin(
         name: "admin",
         header_read_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(1),
-        limits: crate::config::ConnLimits::default(),
+        limits: crate::server::ConnLimits::default(),
     };
     tokio::spawn(server::serve(
         listener,

@@ -19,6 +19,29 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject};
 use time::OffsetDateTime;
 
+pub const DEFAULT_CA_DIR: &str = "/var/lib/leash/ca";
+
+/// The `ca` section: where the organisation CA lives.
+#[derive(Debug, Clone)]
+pub struct CaConfig {
+    pub dir: PathBuf,
+}
+
+/// `ca` as written.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCa {
+    dir: Option<PathBuf>,
+}
+
+impl CaConfig {
+    pub fn from_raw(raw: RawCa, base: &Path) -> Self {
+        Self {
+            dir: crate::field::resolve(base, raw.dir.unwrap_or_else(|| DEFAULT_CA_DIR.into())),
+        }
+    }
+}
+
 pub const CERT_FILE: &str = "ca.pem";
 pub const KEY_FILE: &str = "ca.key";
 /// The certificates machines should trust: the current CA plus the ones

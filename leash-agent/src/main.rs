@@ -6,8 +6,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use leash_agent::{
     app,
-    ca::{CaOptions, CertAuthority},
-    config::{Config, DEFAULT_CA_DIR, Overrides},
+    ca::{CaOptions, CertAuthority, DEFAULT_CA_DIR},
+    config::{Config, Overrides},
     trust,
 };
 use tracing_subscriber::EnvFilter;
@@ -728,7 +728,7 @@ fn run() -> anyhow::Result<()> {
             block_on(app::run_agent(config, shutdown_signal()))
         }
         Command::Collector { config } => {
-            let config = leash_agent::config::CollectorConfig::load(&config)?;
+            let config = leash_agent::collector::CollectorConfig::load(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::audit::AuditRecord;
+use crate::record::{AuditRecord, ErrorCode, ErrorSide};
 
 /// Distinct model label values kept before new ones become `other`.
 const MAX_MODELS: usize = 256;
@@ -423,13 +423,13 @@ impl Metrics {
                 let labels = FindingLabels {
                     rule: bounded_label(&self.rules, &f.rule),
                     detector: f.detector.clone(),
-                    action: policy.action,
+                    action: policy.action.as_str(),
                 };
                 self.findings.get_or_create(&labels).inc_by(f.count as u64);
             }
         }
-        let action = match record.error {
-            Some("leash_budget_exceeded" | "leash_policy_blocked") => "block",
+        let action = match record.error.map(ErrorCode::side) {
+            Some(ErrorSide::Decision) => "block",
             Some(_) => "error",
             None => "allow",
         };

@@ -6,7 +6,33 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::{pipeline::usage::Usage, provider::ProviderKind};
+use crate::{
+    field::{FieldError, invalid},
+    provider::ProviderKind,
+    record::Usage,
+};
+
+/// The `pricing` section: prices per model, on top of the built-in table.
+pub type Prices = BTreeMap<String, Price>;
+
+/// Checks the `pricing` section: every price finite and 0 or more.
+pub fn validate(raw: Prices) -> Result<Prices, FieldError> {
+    for (model, price) in &raw {
+        let values = [
+            Some(price.input),
+            Some(price.output),
+            price.cached_input,
+            price.cache_write,
+        ];
+        if values.iter().flatten().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(invalid(
+                format!("pricing.{model}"),
+                "prices are USD per million tokens, 0 or more",
+            ));
+        }
+    }
+    Ok(raw)
+}
 
 /// Prices per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]

@@ -6,7 +6,11 @@ use std::{collections::BTreeMap, fmt, sync::Arc};
 use bytes::Bytes;
 use http::{StatusCode, Uri, uri::Authority, uri::Scheme};
 pub use leash_common::ProviderKind;
+use serde::Deserialize;
 use serde_json::json;
+
+use crate::field::{FieldError, invalid, valid_name};
+pub use crate::record::ErrorCode;
 
 /// Providers available with no configuration: the three native APIs plus
 /// OpenAI-compatible services people commonly use.
@@ -188,31 +192,67 @@ impl Providers {
     }
 }
 
-/// Why Leash answered instead of the provider; becomes the error `code`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
-    BadRequest,
-    BodyTooLarge,
-    NotFound,
-    PolicyBlocked,
-    UpstreamUnreachable,
-    UpstreamTimeout,
-    BudgetExceeded,
-    Internal,
+/// A `providers.<name>` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    kind: Option<String>,
+    upstream: String,
 }
 
-impl ErrorCode {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::BadRequest => "leash_bad_request",
-            Self::BodyTooLarge => "leash_body_too_large",
-            Self::NotFound => "leash_not_found",
-            Self::PolicyBlocked => "leash_policy_blocked",
-            Self::UpstreamUnreachable => "leash_upstream_unreachable",
-            Self::UpstreamTimeout => "leash_upstream_timeout",
-            Self::BudgetExceeded => "leash_budget_exceeded",
-            Self::Internal => "leash_internal_error",
+impl Providers {
+    /// The built-in providers with the `providers` section's entries added
+    /// or replacing them.
+    pub fn validate(raw: BTreeMap<String, RawProvider>) -> Result<Self, FieldError> {
+        let mut providers: BTreeMap<String, Provider> = BUILTIN
+            .iter()
+            .filter_map(|&(name, kind, url)| {
+                let upstream = UpstreamBase::parse(url).ok()?;
+                Some((
+                    name.to_owned(),
+                    Provider {
+                        name: name.to_owned(),
+                        kind,
+                        upstream,
+                    },
+                ))
+            })
+            .collect();
+        for (name, entry) in raw {
+            let field = format!("providers.{name}");
+            if !valid_name(&name) {
+                return Err(invalid(
+                    field,
+                    "provider names use a-z, 0-9, `-` and `_` only",
+                ));
+            }
+            let kind = match (&entry.kind, providers.get(&name)) {
+                (Some(k), _) => ProviderKind::from_name(k).ok_or_else(|| {
+                    invalid(
+                        format!("{field}.kind"),
+                        format!("unknown kind `{k}` (known: openai, anthropic, google)"),
+                    )
+                })?,
+                (None, Some(builtin)) => builtin.kind,
+                (None, None) => {
+                    return Err(invalid(
+                        format!("{field}.kind"),
+                        "required for a provider that is not built in (openai, anthropic or google)",
+                    ));
+                }
+            };
+            let upstream = UpstreamBase::parse(&entry.upstream)
+                .map_err(|reason| invalid(format!("{field}.upstream"), reason))?;
+            providers.insert(
+                name.clone(),
+                Provider {
+                    name,
+                    kind,
+                    upstream,
+                },
+            );
         }
+        Ok(Self::new(providers.into_values()))
     }
 }
 

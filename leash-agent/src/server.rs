@@ -13,6 +13,8 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::field::{FieldError, invalid, positive};
+
 /// Something that answers requests on a listener.
 pub trait Handler: Send + Sync + 'static {
     type Body: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
@@ -26,13 +28,76 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
+/// Per-listener protocol limits (the gateway's are configurable; the admin
+/// listener uses the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Request line + headers, in bytes (beyond: 431).
+    pub max_header_bytes: usize,
+    /// Header fields per request (beyond: 431).
+    pub max_headers: usize,
+    /// Open client connections; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// HTTP/2 streams open at once per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: 4096,
+            max_concurrent_streams: 100,
+        }
+    }
+}
+
+/// The limits as a config section gives them (`None`: the default).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_concurrent_streams: Option<u32>,
+}
+
+impl ConnLimits {
+    /// Validates `raw`; `section` prefixes the field names in errors.
+    pub fn validate(raw: RawLimits, section: &str) -> Result<Self, FieldError> {
+        let d = Self::default();
+        let field = |name: &str| format!("{section}.{name}");
+        let max_header_bytes = raw.max_header_bytes.unwrap_or(d.max_header_bytes);
+        if !(8192..=16 * 1024 * 1024).contains(&max_header_bytes) {
+            return Err(invalid(
+                field("max_header_bytes"),
+                "must be between 8192 and 16777216",
+            ));
+        }
+        Ok(Self {
+            max_header_bytes,
+            max_headers: positive(&field("max_headers"), raw.max_headers, d.max_headers)?,
+            max_connections: positive(
+                &field("max_connections"),
+                raw.max_connections,
+                d.max_connections,
+            )?,
+            max_concurrent_streams: positive(
+                &field("max_concurrent_streams"),
+                raw.max_concurrent_streams,
+                d.max_concurrent_streams,
+            )?,
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub name: &'static str,
     pub header_read_timeout: Duration,
     /// How long in-flight connections may take to finish after shutdown.
     pub drain_timeout: Duration,
-    pub limits: crate::config::ConnLimits,
+    pub limits: ConnLimits,
 }
 
 /// The next connection, with `TCP_NODELAY` on. An accept error (out of file

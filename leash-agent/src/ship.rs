@@ -15,9 +15,11 @@ use std::{
 
 use async_nats::{HeaderMap, jetstream};
 
+pub mod config;
+
+pub use self::config::{NatsConfig, ShipConfig};
 use crate::{
     audit::spool::{self, Cursor, Reader},
-    config::{NatsConfig, ShipConfig},
     metrics::Metrics,
 };
 

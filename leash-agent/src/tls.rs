@@ -6,7 +6,32 @@ use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsFiles;
+use serde::Deserialize;
+
+/// The gateway's certificate chain and key (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `gateway.tls` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The files, relative to the config file's directory `base`.
+    pub fn from_raw(raw: RawTls, base: &std::path::Path) -> Self {
+        Self {
+            cert: crate::field::resolve(base, raw.cert),
+            key: crate::field::resolve(base, raw.key),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

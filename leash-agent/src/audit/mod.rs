@@ -4,6 +4,7 @@
 //! into a hash chain (see [`chain`]).
 
 pub mod chain;
+pub mod config;
 pub mod read;
 pub mod spool;
 
@@ -14,14 +15,13 @@ use std::{
     path::{Path, PathBuf},
     sync::{Arc, mpsc as std_mpsc},
     thread::JoinHandle,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
-use serde::Serialize;
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::sync::mpsc;
 
-use crate::{config::AuditConfig, metrics::Metrics, pipeline::Exchange};
+pub use self::config::AuditConfig;
+use crate::metrics::Metrics;
 
 /// Most records written between two flushes to disk.
 const MAX_BATCH: usize = 1024;
@@ -46,174 +46,7 @@ pub enum AuditError {
     Resume(PathBuf, io::Error),
 }
 
-/// Who made the call, as recorded. Process fields appear when known
-/// (transparent mode).
-#[derive(Debug, Clone, Serialize)]
-pub struct CallerRecord {
-    pub addr: Option<String>,
-    pub team: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub comm: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-}
-
-/// One audit record. Holds no header, key or body: only what is safe to hand
-/// to an auditor.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditRecord {
-    pub id: String,
-    pub ts: String,
-    pub host: Arc<str>,
-    pub mode: &'static str,
-    pub provider: String,
-    pub endpoint: String,
-    pub model: Option<String>,
-    pub stream: bool,
-    /// HTTP status sent to the caller; `null` if the caller left before any.
-    pub status: Option<u16>,
-    pub latency_ms: f64,
-    pub ttfb_ms: Option<f64>,
-    pub overhead_ms: f64,
-    /// Whether the response was delivered to its end.
-    pub completed: bool,
-    pub response_bytes: u64,
-    pub caller: CallerRecord,
-    /// Tokens as the provider reported them (`usage` module).
-    pub usage: Option<crate::pipeline::usage::Usage>,
-    /// Cost from the price table; `null` for an unknown model or no usage.
-    pub cost_usd: Option<f64>,
-    /// What the policy decided (`policy` module).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<crate::policy::PolicyRecord>,
-    /// The stream ended before the provider reported usage.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub usage_estimated: bool,
-    /// Set when Leash answered instead of the provider.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'static str>,
-    /// Set on records that are not a request: `shadow_ai` (a connection to
-    /// an LLM endpoint that is not intercepted; `endpoint` holds its host).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub event: Option<&'static str>,
-}
-
-impl From<&crate::pipeline::Caller> for CallerRecord {
-    fn from(c: &crate::pipeline::Caller) -> Self {
-        let crate::pipeline::Caller {
-            addr,
-            team,
-            pid,
-            exe,
-            comm,
-            uid,
-            user,
-            cgroup,
-            container,
-        } = c;
-        Self {
-            addr: addr.map(|a| a.to_string()),
-            team: team.clone(),
-            pid: *pid,
-            exe: exe.clone(),
-            comm: comm.clone(),
-            uid: *uid,
-            user: user.clone(),
-            cgroup: cgroup.clone(),
-            container: container.clone(),
-        }
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    OffsetDateTime::from(t)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
-}
-
-impl AuditRecord {
-    /// Builds the record of an exchange that has just ended.
-    pub fn from_exchange(ex: &Exchange, host: &Arc<str>) -> Self {
-        let now = Instant::now();
-        let t = &ex.timing;
-        // Time spent in Leash: before the upstream was asked, and between
-        // the upstream's answer and handing it to the caller. When Leash
-        // answered itself, all of it.
-        let overhead = match (t.upstream_sent, t.upstream_headers) {
-            (Some(sent), Some(headers)) => {
-                sent.duration_since(t.received)
-                    + t.response_ready.unwrap_or(headers).duration_since(headers)
-            }
-            (Some(sent), None) => sent.duration_since(t.received),
-            _ => t.response_ready.unwrap_or(now).duration_since(t.received),
-        };
-        Self {
-            id: ex.id.clone(),
-            ts: rfc3339(ex.ts),
-            host: Arc::clone(host),
-            mode: ex.mode.as_str(),
-            provider: ex.provider.name.clone(),
-            endpoint: ex.endpoint.clone(),
-            model: ex.model.clone(),
-            stream: ex.stream,
-            status: ex.status.map(|s| s.as_u16()),
-            latency_ms: ms(now.duration_since(t.received)),
-            ttfb_ms: t.first_byte.map(|f| ms(f.duration_since(t.received))),
-            overhead_ms: ms(overhead),
-            completed: ex.completed,
-            response_bytes: ex.response_bytes,
-            caller: CallerRecord::from(&ex.caller),
-            usage: None,
-            cost_usd: None,
-            policy: None,
-            usage_estimated: false,
-            error: ex.error.map(crate::provider::ErrorCode::as_str),
-            event: None,
-        }
-    }
-
-    /// A `shadow_ai` event: `caller` connected to `host`, an LLM endpoint
-    /// that is not intercepted (the connection was spliced, not inspected).
-    pub fn shadow_ai(host: &str, caller: &crate::pipeline::Caller, node: &Arc<str>) -> Self {
-        Self {
-            id: uuid::Uuid::now_v7().to_string(),
-            ts: rfc3339(SystemTime::now()),
-            host: Arc::clone(node),
-            mode: crate::pipeline::Mode::Transparent.as_str(),
-            provider: "unlisted".to_owned(),
-            endpoint: host.to_owned(),
-            model: None,
-            stream: false,
-            status: None,
-            latency_ms: 0.0,
-            ttfb_ms: None,
-            overhead_ms: 0.0,
-            completed: false,
-            response_bytes: 0,
-            caller: CallerRecord::from(caller),
-            usage: None,
-            cost_usd: None,
-            policy: None,
-            usage_estimated: false,
-            error: None,
-            event: Some("shadow_ai"),
-        }
-    }
-}
+use crate::record::AuditRecord;
 
 enum Msg {
     /// A record, and who waits for it to be on disk (`durability: sync`).
@@ -367,7 +200,7 @@ impl AuditWriter {
             tracing::warn!(file = %torn_file, torn_bytes, "audit: marking a torn record left by a crash");
             let marker = serde_json::json!({
                 "id": uuid::Uuid::now_v7().to_string(),
-                "ts": rfc3339(SystemTime::now()),
+                "ts": crate::record::timestamp(SystemTime::now()),
                 "host": host,
                 "event": "torn_tail",
                 "file": torn_file,

@@ -6,6 +6,7 @@
 //! and sequence are checked as records arrive; breaks and gaps go to
 //! `leash_chain_faults` and to metrics, never silently accepted.
 
+pub mod config;
 pub mod store;
 
 use std::{sync::Arc, time::Duration};
@@ -19,8 +20,8 @@ use prometheus_client::{
 };
 use tokio::sync::watch;
 
+pub use self::config::CollectorConfig;
 use crate::{
-    config::CollectorConfig,
     metrics::KindLabels,
     ship::{self, ShipError},
 };
@@ -145,7 +146,7 @@ pub async fn run(
             name: "collector admin",
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(1),
-            limits: crate::config::ConnLimits::default(),
+            limits: crate::server::ConnLimits::default(),
         },
         shutdown.clone(),
     ));

@@ -79,7 +79,7 @@ pub struct Console {
     live: Option<tokio::sync::broadcast::Sender<Bytes>>,
     /// `admin.allow_policy_edit`: the policy file may be replaced.
     policy_edit: bool,
-    budgets: Vec<crate::config::BudgetConfig>,
+    budgets: Vec<crate::pipeline::budget::BudgetConfig>,
 }
 
 /// Equal without an early exit on the first differing byte.
@@ -143,7 +143,7 @@ impl Console {
 
     /// The budgets the spend page reports on.
     #[must_use]
-    pub fn with_budgets(mut self, budgets: Vec<crate::config::BudgetConfig>) -> Self {
+    pub fn with_budgets(mut self, budgets: Vec<crate::pipeline::budget::BudgetConfig>) -> Self {
         self.budgets = budgets;
         self
     }

@@ -4,12 +4,11 @@
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
-use crate::{
-    config::{Config, InterceptHost},
-    provider::{Provider, UpstreamBase},
+use super::{
+    config::{InterceptConfig, InterceptHost},
+    hooks::KernelHooks,
 };
-
-use super::hooks::KernelHooks;
+use crate::provider::{Provider, Providers, UpstreamBase};
 
 /// SNI → provider, for every intercepted host.
 #[derive(Debug, Clone)]
@@ -19,13 +18,12 @@ pub struct HostTable {
 }
 
 impl HostTable {
-    pub fn new(config: &Config) -> Self {
-        let by_name = config
-            .intercept
+    pub fn new(intercept: &InterceptConfig, providers: &Providers) -> Self {
+        let by_name = intercept
             .hosts
             .iter()
             .filter_map(|h| {
-                let provider = match h.provider.as_deref().and_then(|p| config.providers.get(p)) {
+                let provider = match h.provider.as_deref().and_then(|p| providers.get(p)) {
                     Some(p) => Provider {
                         name: p.name.clone(),
                         kind: p.kind,
@@ -42,7 +40,7 @@ impl HostTable {
             .collect();
         Self {
             by_name,
-            hosts: config.intercept.hosts.clone(),
+            hosts: intercept.hosts.clone(),
         }
     }
 

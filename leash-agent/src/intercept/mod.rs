@@ -4,6 +4,7 @@
 
 pub mod caller;
 pub mod cgroup;
+pub mod config;
 pub mod hooks;
 pub mod hosts;
 pub mod pin;

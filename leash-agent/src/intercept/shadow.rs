@@ -2,6 +2,38 @@
 //! in `intercept.hosts`. Seen in `scope: all-tls`, where every TLS connection
 //! reaches the proxy and is spliced unless its host is intercepted.
 
+use std::{sync::Arc, time::SystemTime};
+
+use crate::record::{AuditRecord, Caller, Event, Mode, timestamp};
+
+/// The `shadow_ai` event: `caller` connected to `host`, an LLM endpoint that
+/// is not intercepted (the connection was spliced, not inspected).
+pub fn record(host: &str, caller: &Caller, node: &Arc<str>) -> AuditRecord {
+    AuditRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        ts: timestamp(SystemTime::now()),
+        host: Arc::clone(node),
+        mode: Mode::Transparent,
+        provider: "unlisted".to_owned(),
+        endpoint: host.to_owned(),
+        model: None,
+        stream: false,
+        status: None,
+        latency_ms: 0.0,
+        ttfb_ms: None,
+        overhead_ms: 0.0,
+        completed: false,
+        response_bytes: 0,
+        caller: caller.clone(),
+        usage: None,
+        cost_usd: None,
+        policy: None,
+        usage_estimated: false,
+        error: None,
+        event: Some(Event::ShadowAi),
+    }
+}
+
 /// Host name suffixes of LLM APIs (a heuristic list, kept short and
 /// specific: API hosts, not whole company domains).
 const PROVIDER_SUFFIXES: &[&str] = &[

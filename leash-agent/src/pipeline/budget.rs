@@ -16,13 +16,105 @@ use time::{Date, Duration as TimeDuration, OffsetDateTime, Time};
 use super::{Exchange, Flow, Module, ModuleError, ProxyRequest, Rejection};
 use crate::{
     alerts::Alerter,
-    audit::AuditRecord,
-    config::{BudgetConfig, Period},
+    field::{FieldError, invalid},
     metrics::Metrics,
     provider::ErrorCode,
+    record::AuditRecord,
 };
 
 pub const NAME: &str = "budget";
+
+/// How long a budget's spend accumulates before it starts over (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Week => "week",
+            Self::Month => "month",
+        }
+    }
+}
+
+/// A spend limit for the requests that match all of its set fields.
+#[derive(Debug, Clone)]
+pub struct BudgetConfig {
+    pub name: String,
+    pub team: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub period: Period,
+    pub limit_usd: f64,
+}
+
+/// A `budgets[]` entry as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    name: Option<String>,
+    team: Option<String>,
+    provider: Option<String>,
+    model: Option<String>,
+    period: String,
+    limit_usd: f64,
+}
+
+impl BudgetConfig {
+    /// The `budgets` section.
+    pub fn validate_all(raw: Vec<RawBudget>) -> Result<Vec<Self>, FieldError> {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, b)| Self::validate(i, b))
+            .collect()
+    }
+
+    fn validate(i: usize, b: RawBudget) -> Result<Self, FieldError> {
+        let field = format!("budgets[{i}]");
+        let period = match b.period.as_str() {
+            "day" => Period::Day,
+            "week" => Period::Week,
+            "month" => Period::Month,
+            other => {
+                return Err(invalid(
+                    format!("{field}.period"),
+                    format!("`{other}` is not one of: day, week, month"),
+                ));
+            }
+        };
+        if !b.limit_usd.is_finite() || b.limit_usd < 0.0 {
+            return Err(invalid(format!("{field}.limit_usd"), "must be 0 or more"));
+        }
+        if b.team.is_none() && b.provider.is_none() && b.model.is_none() {
+            return Err(invalid(field, "set at least one of team, provider, model"));
+        }
+        let name = b.name.unwrap_or_else(|| {
+            [
+                b.team.as_deref(),
+                b.provider.as_deref(),
+                b.model.as_deref(),
+                Some(period.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("/")
+        });
+        Ok(Self {
+            name,
+            team: b.team,
+            provider: b.provider,
+            model: b.model,
+            period,
+            limit_usd: b.limit_usd,
+        })
+    }
+}
 
 /// The start of the period that contains `now` (UTC).
 pub fn period_start(period: Period, now: OffsetDateTime) -> OffsetDateTime {

@@ -17,10 +17,9 @@ pub mod team;
 pub mod usage;
 
 use std::{
-    net::SocketAddr,
     ops::{Deref, DerefMut},
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use async_trait::async_trait;
@@ -28,20 +27,11 @@ use bytes::Bytes;
 use http::StatusCode;
 
 use crate::{
-    audit::{AuditRecord, AuditSink},
-    config::Config,
+    audit::AuditSink,
     metrics::Metrics,
-    provider::{ErrorCode, Provider},
+    provider::Provider,
+    record::{AuditRecord, ErrorCode, timestamp},
 };
-
-/// Names accepted in `pipeline.modules`.
-pub const MODULE_NAMES: &[&str] = &[team::NAME, crate::policy::NAME, usage::NAME, budget::NAME];
-
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    #[error("pipeline module `{0}` is not known")]
-    UnknownModule(String),
-}
 
 /// Failure inside a module's phase. The request is refused (fail closed).
 #[derive(Debug, thiserror::Error)]
@@ -51,35 +41,7 @@ pub struct ModuleError {
     pub message: String,
 }
 
-/// How the request reached Leash.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Gateway,
-    Transparent,
-}
-
-impl Mode {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Gateway => "gateway",
-            Self::Transparent => "transparent",
-        }
-    }
-}
-
-/// Who made the call. The process fields are known in transparent mode.
-#[derive(Clone, Debug, Default)]
-pub struct Caller {
-    pub addr: Option<SocketAddr>,
-    pub team: Option<String>,
-    pub pid: Option<u32>,
-    pub exe: Option<String>,
-    pub comm: Option<String>,
-    pub uid: Option<u32>,
-    pub user: Option<String>,
-    pub cgroup: Option<String>,
-    pub container: Option<String>,
-}
+pub use crate::record::{Caller, Mode};
 
 /// Moments in the life of an exchange.
 #[derive(Clone, Debug)]
@@ -145,6 +107,53 @@ impl Exchange {
             response_bytes: 0,
             cost_usd: None,
             ext: http::Extensions::new(),
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl Exchange {
+    /// The record of this exchange as it ends (before the modules' logging
+    /// phase adds what they know).
+    pub fn to_record(&self, host: &Arc<str>) -> AuditRecord {
+        let now = Instant::now();
+        let t = &self.timing;
+        // Time spent in Leash: before the upstream was asked, and between
+        // the upstream's answer and handing it to the caller. When Leash
+        // answered itself, all of it.
+        let overhead = match (t.upstream_sent, t.upstream_headers) {
+            (Some(sent), Some(headers)) => {
+                sent.duration_since(t.received)
+                    + t.response_ready.unwrap_or(headers).duration_since(headers)
+            }
+            (Some(sent), None) => sent.duration_since(t.received),
+            _ => t.response_ready.unwrap_or(now).duration_since(t.received),
+        };
+        AuditRecord {
+            id: self.id.clone(),
+            ts: timestamp(self.ts),
+            host: Arc::clone(host),
+            mode: self.mode,
+            provider: self.provider.name.clone(),
+            endpoint: self.endpoint.clone(),
+            model: self.model.clone(),
+            stream: self.stream,
+            status: self.status.map(|s| s.as_u16()),
+            latency_ms: ms(now.duration_since(t.received)),
+            ttfb_ms: t.first_byte.map(|f| ms(f.duration_since(t.received))),
+            overhead_ms: ms(overhead),
+            completed: self.completed,
+            response_bytes: self.response_bytes,
+            caller: self.caller.clone(),
+            usage: None,
+            cost_usd: None,
+            policy: None,
+            usage_estimated: false,
+            error: self.error,
+            event: None,
         }
     }
 }
@@ -246,28 +255,9 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// `modules` in the order their phases run; every exchange ends in
+    /// `metrics` and `audit`, its record naming `host`.
     pub fn new(
-        config: &Config,
-        metrics: Arc<Metrics>,
-        audit: AuditSink,
-        alerts: &crate::alerts::Alerter,
-        policy: &Arc<crate::policy::PolicyHandle>,
-    ) -> Result<Self, PipelineError> {
-        let modules = config
-            .pipeline
-            .modules
-            .iter()
-            .map(|name| build_module(name, config, &metrics, alerts, policy))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::with_modules(
-            modules,
-            config.host_id.as_str().into(),
-            metrics,
-            audit,
-        ))
-    }
-
-    pub fn with_modules(
         modules: Vec<Box<dyn Module>>,
         host: Arc<str>,
         metrics: Arc<Metrics>,
@@ -281,21 +271,6 @@ impl Pipeline {
             metrics,
             audit,
         }
-    }
-
-    /// Checks that every module named in the config can be built.
-    pub fn check_modules(config: &Config) -> Result<(), PipelineError> {
-        let metrics = Arc::new(Metrics::new());
-        let alerts = crate::alerts::Alerter::disabled();
-        let policy = Arc::new(crate::policy::PolicyHandle::new(
-            config.policy.clone(),
-            None,
-        ));
-        config
-            .pipeline
-            .modules
-            .iter()
-            .try_for_each(|name| build_module(name, config, &metrics, &alerts, &policy).map(drop))
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -357,38 +332,12 @@ impl Pipeline {
     /// The exchange's audit record after every module's logging phase,
     /// counted in the metrics.
     fn record(&self, ex: &Exchange) -> AuditRecord {
-        let mut record = AuditRecord::from_exchange(ex, &self.host);
+        let mut record = ex.to_record(&self.host);
         for m in &self.modules {
             m.logging(ex, &mut record);
         }
         self.metrics.observe(&record);
         record
-    }
-}
-
-fn build_module(
-    name: &str,
-    config: &Config,
-    metrics: &Arc<Metrics>,
-    alerts: &crate::alerts::Alerter,
-    policy: &Arc<crate::policy::PolicyHandle>,
-) -> Result<Box<dyn Module>, PipelineError> {
-    match name {
-        crate::policy::NAME => Ok(Box::new(crate::policy::PolicyModule::new(
-            Arc::clone(policy),
-            alerts.clone(),
-        ))),
-        budget::NAME => Ok(Box::new(budget::BudgetModule::new(
-            config.budgets.clone(),
-            &config.audit.dir,
-            alerts.clone(),
-            Arc::clone(metrics),
-        ))),
-        team::NAME => Ok(Box::new(team::TeamModule::new(config.teams.clone()))),
-        usage::NAME => Ok(Box::new(usage::UsageModule::new(Arc::clone(
-            &config.pricing,
-        )))),
-        other => Err(PipelineError::UnknownModule(other.to_owned())),
     }
 }
 

@@ -14,36 +14,18 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use serde::Serialize;
 use serde_json::Value;
 
 use super::{BodyFlow, Exchange, Flow, Module, ModuleError, ProxyRequest, sse::SseBuffer};
-use crate::{audit::AuditRecord, pricing::PriceTable, provider::ProviderKind};
+use crate::{
+    pricing::PriceTable,
+    provider::ProviderKind,
+    record::{AuditRecord, Usage},
+};
 
 pub const NAME: &str = "usage";
 /// Largest non-streaming response body copied for accounting.
 pub const MAX_BODY_COPY: usize = 8 * 1024 * 1024;
-
-/// Token counts exactly as the provider reported them (see
-/// [`PriceTable::cost`] for how each provider counts).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cached_tokens: u64,
-    pub reasoning_tokens: u64,
-    /// Anthropic cache writes.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub cache_creation_tokens: u64,
-}
-
-#[allow(
-    clippy::trivially_copy_pass_by_ref,
-    reason = "serde's skip_serializing_if passes a reference"
-)]
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
 
 fn num(v: &Value) -> Option<u64> {
     v.as_u64()

@@ -5,10 +5,12 @@
 //! are: they may be credentials).
 
 use http::{HeaderName, HeaderValue, header};
-use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::provider::ProviderKind;
+use crate::{
+    provider::ProviderKind,
+    record::{Change, ChangeOp},
+};
 
 /// Headers a rule may not set or remove: the connection's framing, and
 /// Leash's own headers (which never cross to the provider).
@@ -32,28 +34,6 @@ pub struct Transform {
     pub drop_fields: Vec<String>,
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     pub remove_headers: Vec<HeaderName>,
-}
-
-/// One change made to a request, as the audit records it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Change {
-    pub op: &'static str,
-    pub field: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub to: Option<Value>,
-}
-
-impl Change {
-    fn new(op: &'static str, field: impl Into<String>) -> Self {
-        Self {
-            op,
-            field: field.into(),
-            from: None,
-            to: None,
-        }
-    }
 }
 
 /// The request a transform applies to.
@@ -131,19 +111,21 @@ impl Transform {
         }
         for path in &self.drop_fields {
             if drop_field(t.body, path) {
-                out.changes.push(Change::new("drop_field", path.clone()));
+                out.changes
+                    .push(Change::new(ChangeOp::DropField, path.clone()));
                 out.body_changed = true;
             }
         }
         for name in &self.remove_headers {
             if t.headers.remove(name).is_some() {
                 out.changes
-                    .push(Change::new("remove_header", name.as_str()));
+                    .push(Change::new(ChangeOp::RemoveHeader, name.as_str()));
             }
         }
         for (name, value) in &self.set_headers {
             t.headers.insert(name.clone(), value.clone());
-            out.changes.push(Change::new("set_header", name.as_str()));
+            out.changes
+                .push(Change::new(ChangeOp::SetHeader, name.as_str()));
         }
         out
     }
@@ -161,7 +143,7 @@ fn set_model(t: &mut Target<'_>, model: &str, out: &mut Applied) {
         if old == model || !dir.ends_with("/models") {
             return;
         }
-        let mut change = Change::new("set_model", "path");
+        let mut change = Change::new(ChangeOp::SetModel, "path");
         change.from = Some(json!(old));
         change.to = Some(json!(model));
         *t.path = format!("{dir}/{model}:{method}");
@@ -178,7 +160,7 @@ fn set_model(t: &mut Target<'_>, model: &str, out: &mut Applied) {
     if old.as_str() == Some(model) {
         return;
     }
-    let mut change = Change::new("set_model", "model");
+    let mut change = Change::new(ChangeOp::SetModel, "model");
     change.from = Some(old.clone());
     change.to = Some(json!(model));
     obj.insert("model".into(), json!(model));
@@ -244,7 +226,7 @@ fn cap_tokens(t: &mut Target<'_>, cap: u64, out: &mut Applied) {
         if old.as_u64().is_some_and(|n| n <= cap) {
             continue;
         }
-        let mut change = Change::new("cap_max_tokens", key);
+        let mut change = Change::new(ChangeOp::CapMaxTokens, key);
         change.from = Some(old.clone());
         change.to = Some(json!(cap));
         obj.insert(key.into(), json!(cap));
@@ -253,7 +235,7 @@ fn cap_tokens(t: &mut Target<'_>, cap: u64, out: &mut Applied) {
     }
     if !present {
         obj.insert(default_key.into(), json!(cap));
-        let mut change = Change::new("cap_max_tokens", default_key);
+        let mut change = Change::new(ChangeOp::CapMaxTokens, default_key);
         change.to = Some(json!(cap));
         out.changes.push(change);
         out.body_changed = true;
@@ -271,9 +253,9 @@ fn joined(existing: &str, text: &str, prepend: bool) -> String {
 
 fn add_instruction(t: &mut Target<'_>, text: &str, prepend: bool, out: &mut Applied) {
     let op = if prepend {
-        "system_prepend"
+        ChangeOp::SystemPrepend
     } else {
-        "system_append"
+        ChangeOp::SystemAppend
     };
     let Some(obj) = t.body.as_object_mut() else {
         return;
@@ -441,13 +423,13 @@ mod tests {
         assert_eq!(
             ops,
             [
-                "set_model",
-                "cap_max_tokens",
-                "system_prepend",
-                "system_append",
-                "drop_field",
-                "remove_header",
-                "set_header"
+                ChangeOp::SetModel,
+                ChangeOp::CapMaxTokens,
+                ChangeOp::SystemPrepend,
+                ChangeOp::SystemAppend,
+                ChangeOp::DropField,
+                ChangeOp::RemoveHeader,
+                ChangeOp::SetHeader
             ]
         );
         assert_eq!(changes[1].from, Some(json!(4096)));
@@ -538,7 +520,7 @@ mod tests {
         assert_eq!(b, json!({"model": "small", "input": "x"}));
         assert_eq!(
             c.iter().map(|c| c.op).collect::<Vec<_>>(),
-            ["remove_header", "set_header"]
+            [ChangeOp::RemoveHeader, ChangeOp::SetHeader]
         );
         assert!(check_header_name("host").is_err());
         assert!(check_header_name("x-leash-team").is_err());

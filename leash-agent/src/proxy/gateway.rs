@@ -7,19 +7,105 @@ use std::{net::SocketAddr, sync::Arc};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use serde::Deserialize;
 use serde_json::json;
 
-use super::{
-    BodyLimits, Forwarder, admit, body::LeashBody, json_response, local_response,
-    upstream::HttpsConnector,
-};
+use super::{BodyLimits, Forwarder, admit, body::LeashBody, json_response, local_response};
 use crate::{
+    field::{self, FieldError},
     pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline, Rejection},
     provider::{ErrorCode, Providers},
-    server::Handler,
+    server::{ConnLimits, Handler, RawLimits},
+    tls::{RawTls, TlsFiles},
+    upstream::HttpsConnector,
 };
 
 const ROUTE_PREFIX: &str = "/v1/";
+
+pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8080";
+/// Request bodies above this are refused with 413 (they are read whole for policy).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// A compressed request body decodes to at most this many times its size.
+pub const DEFAULT_MAX_DECOMPRESSION_RATIO: usize = 100;
+
+/// The `gateway` section: the explicit listener, and the request limits
+/// every listener applies.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Whether the file (or a flag) configured the gateway listener: `leash
+    /// run` serves it only then.
+    pub explicit: bool,
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub max_body_bytes: usize,
+    /// A compressed request body may decode to at most this many times its
+    /// size (and never past `max_body_bytes`).
+    pub max_decompression_ratio: usize,
+    pub header_read_timeout: std::time::Duration,
+    pub limits: ConnLimits,
+}
+
+/// `gateway` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    pub listen: Option<String>,
+    tls: Option<RawTls>,
+    max_body_bytes: Option<usize>,
+    max_decompression_ratio: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_connections: Option<usize>,
+    max_concurrent_streams: Option<u32>,
+}
+
+impl GatewayConfig {
+    pub fn validate(raw: RawGateway, base: &std::path::Path) -> Result<Self, FieldError> {
+        let limits = ConnLimits::validate(
+            RawLimits {
+                max_header_bytes: raw.max_header_bytes,
+                max_headers: raw.max_headers,
+                max_connections: raw.max_connections,
+                max_concurrent_streams: raw.max_concurrent_streams,
+            },
+            "gateway",
+        )?;
+        Ok(Self {
+            explicit: raw.listen.is_some(),
+            listen: field::addr(
+                "gateway.listen",
+                raw.listen.as_deref(),
+                DEFAULT_GATEWAY_LISTEN,
+            )?,
+            tls: raw.tls.map(|t| TlsFiles::from_raw(t, base)),
+            max_body_bytes: field::positive(
+                "gateway.max_body_bytes",
+                raw.max_body_bytes,
+                DEFAULT_MAX_BODY_BYTES,
+            )?,
+            max_decompression_ratio: field::positive(
+                "gateway.max_decompression_ratio",
+                raw.max_decompression_ratio,
+                DEFAULT_MAX_DECOMPRESSION_RATIO,
+            )?,
+            header_read_timeout: field::secs(
+                "gateway.header_read_timeout_secs",
+                raw.header_read_timeout_secs,
+                30,
+            )?,
+            limits,
+        })
+    }
+
+    /// The body limits every listener applies to requests.
+    pub fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
+            max_bytes: self.max_body_bytes,
+            max_ratio: self.max_decompression_ratio,
+        }
+    }
+}
 
 pub struct Gateway {
     providers: Providers,

@@ -8,7 +8,6 @@ pub mod gateway;
 pub mod headers;
 pub mod sni;
 pub mod transparent;
-pub mod upstream;
 
 use std::time::Instant;
 

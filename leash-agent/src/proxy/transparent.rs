@@ -31,7 +31,6 @@ use super::{
     BodyLimits, Forwarder, admit,
     body::LeashBody,
     sni::{Hello, Prefixed, peek_client_hello},
-    upstream::{MarkedConnector, MarkedHttpsConnector, marked_client},
 };
 use crate::{
     ca::{CaError, CertAuthority},
@@ -39,6 +38,7 @@ use crate::{
     metrics::Metrics,
     pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline},
     provider::Provider,
+    upstream::{MarkedConnector, MarkedHttpsConnector, marked_client},
 };
 
 /// Minted leaves are replaced after this long (they live 7 days).
@@ -323,7 +323,7 @@ impl Transparent {
         self.metrics().shadow_ai(host);
         let caller = caller_of(orig, peer);
         tracing::info!(%host, pid = caller.pid, exe = caller.exe.as_deref().unwrap_or("-"), "shadow AI: connection to an LLM endpoint that is not intercepted");
-        let record = crate::audit::AuditRecord::shadow_ai(host, &caller, self.pipeline.host());
+        let record = shadow::record(host, &caller, self.pipeline.host());
         self.pipeline.audit_event(record);
     }
 

@@ -31,7 +31,75 @@ use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use tokio::net::TcpStream;
 
-use crate::config::UpstreamConfig;
+use serde::Deserialize;
+
+use crate::field::{self, FieldError};
+
+/// The `upstream` section (and `upstream_tls.extra_roots`): how Leash
+/// reaches providers.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// PEM files whose certificates are trusted in addition to the system and
+    /// webpki roots.
+    pub extra_roots: Vec<PathBuf>,
+    pub connect_timeout: std::time::Duration,
+    /// How long to wait for the upstream's response headers.
+    pub response_timeout: std::time::Duration,
+    /// Upstream host names allowed to resolve to loopback, private,
+    /// link-local or other internal addresses (lower case). Any other name
+    /// that resolves only to such addresses is refused (SSRF guard); IP
+    /// literals in a provider URL are explicit and always allowed.
+    pub allow_private_hosts: Vec<String>,
+}
+
+/// `upstream` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    connect_timeout_secs: Option<u64>,
+    response_timeout_secs: Option<u64>,
+    #[serde(default)]
+    allow_private_hosts: Vec<String>,
+}
+
+/// `upstream_tls` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    #[serde(default)]
+    extra_roots: Vec<PathBuf>,
+}
+
+impl UpstreamConfig {
+    pub fn validate(
+        upstream: RawUpstream,
+        upstream_tls: RawUpstreamTls,
+        base: &std::path::Path,
+    ) -> Result<Self, FieldError> {
+        Ok(Self {
+            extra_roots: upstream_tls
+                .extra_roots
+                .into_iter()
+                .map(|p| field::resolve(base, p))
+                .collect(),
+            connect_timeout: field::secs(
+                "upstream.connect_timeout_secs",
+                upstream.connect_timeout_secs,
+                10,
+            )?,
+            response_timeout: field::secs(
+                "upstream.response_timeout_secs",
+                upstream.response_timeout_secs,
+                600,
+            )?,
+            allow_private_hosts: upstream
+                .allow_private_hosts
+                .into_iter()
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+        })
+    }
+}
 
 /// The gateway's connector: resolves the URI's host (through the SSRF
 /// guard).

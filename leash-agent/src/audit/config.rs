@@ -1,0 +1,93 @@
+//! The `audit` section: where the trail is written, how durably, how it
+//! rotates and expires, and (`audit.ship`) where it is shipped.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use super::{Durability, Overflow};
+use crate::{
+    field::{self, FieldError, invalid},
+    ship::config::{RawShip, ShipConfig},
+};
+
+pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/leash/audit";
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub dir: PathBuf,
+    pub queue_capacity: usize,
+    pub durability: Durability,
+    pub overflow: Overflow,
+    /// A new segment starts once the current one reaches this size.
+    pub segment_max_bytes: u64,
+    /// Segments last written longer ago are removed; `None`: kept forever.
+    pub retention: Option<Duration>,
+    /// Shipping to a central JetStream stream, if configured.
+    pub ship: Option<ShipConfig>,
+}
+
+/// `audit` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub dir: Option<PathBuf>,
+    queue_capacity: Option<usize>,
+    durability: Option<String>,
+    overflow: Option<String>,
+    segment_max_bytes: Option<u64>,
+    retention_days: Option<u64>,
+    ship: Option<RawShip>,
+}
+
+impl AuditConfig {
+    /// Validates `raw`; paths are relative to `base`, `host` names this
+    /// host in the shipping subject.
+    pub fn validate(raw: RawAudit, base: &Path, host: &str) -> Result<Self, FieldError> {
+        let segment_max_bytes = match raw.segment_max_bytes {
+            Some(n) if n < 4096 => return Err(invalid("audit.segment_max_bytes", "at least 4096")),
+            Some(n) => n,
+            None => 64 * 1024 * 1024,
+        };
+        let retention = match raw.retention_days {
+            Some(0) => {
+                return Err(invalid(
+                    "audit.retention_days",
+                    "at least 1 (leave it out to keep everything)",
+                ));
+            }
+            Some(days) => Some(Duration::from_secs(days * 86_400)),
+            None => None,
+        };
+        Ok(Self {
+            segment_max_bytes,
+            retention,
+            ship: ShipConfig::validate(raw.ship, base, host)?,
+            dir: field::resolve(base, raw.dir.unwrap_or_else(|| DEFAULT_AUDIT_DIR.into())),
+            queue_capacity: field::positive("audit.queue_capacity", raw.queue_capacity, 65_536)?,
+            durability: match raw.durability.as_deref() {
+                None | Some("batch") => Durability::Batch,
+                Some("sync") => Durability::Sync,
+                Some(other) => {
+                    return Err(invalid(
+                        "audit.durability",
+                        format!("`{other}` is not one of: batch, sync"),
+                    ));
+                }
+            },
+            overflow: match raw.overflow.as_deref() {
+                None | Some("block") => Overflow::Block,
+                Some("drop") => Overflow::Drop,
+                Some(other) => {
+                    return Err(invalid(
+                        "audit.overflow",
+                        format!("`{other}` is not one of: block, drop"),
+                    ));
+                }
+            },
+        })
+    }
+}

@@ -1,0 +1,110 @@
+//! The pipeline module registry: which modules exist, the `pipeline`
+//! section that lists them in order, and how each is built from its parts.
+//! It sits above the modules (it names them all) and below the composition
+//! root, which hands it what they need.
+
+use std::{path::Path, sync::Arc};
+
+use serde::Deserialize;
+
+use crate::{
+    alerts::Alerter,
+    field::{FieldError, invalid},
+    metrics::Metrics,
+    pipeline::{
+        Module,
+        budget::{self, BudgetConfig},
+        team::{self, TeamConfig},
+        usage,
+    },
+    policy::{self, PolicyHandle},
+    pricing::PriceTable,
+};
+
+/// Names accepted in `pipeline.modules`.
+pub const NAMES: &[&str] = &[team::NAME, policy::NAME, usage::NAME, budget::NAME];
+/// Pipeline modules run when the config names none.
+pub const DEFAULT_MODULES: &[&str] = &[team::NAME, policy::NAME, usage::NAME, budget::NAME];
+
+/// The `pipeline` section: module names, in the order their phases run.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub modules: Vec<String>,
+}
+
+/// `pipeline` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    modules: Option<Vec<String>>,
+}
+
+impl PipelineConfig {
+    pub fn validate(raw: RawPipeline) -> Result<Self, FieldError> {
+        let modules = raw
+            .modules
+            .unwrap_or_else(|| DEFAULT_MODULES.iter().map(|&s| s.to_owned()).collect());
+        for (i, name) in modules.iter().enumerate() {
+            if !NAMES.contains(&name.as_str()) {
+                return Err(invalid(
+                    format!("pipeline.modules[{i}]"),
+                    format!("unknown module `{name}` (known: {})", NAMES.join(", ")),
+                ));
+            }
+            if modules[..i].contains(name) {
+                return Err(invalid(
+                    format!("pipeline.modules[{i}]"),
+                    format!("`{name}` listed twice"),
+                ));
+            }
+        }
+        Ok(Self { modules })
+    }
+}
+
+/// Everything a module may need to be built.
+pub struct Parts<'a> {
+    pub metrics: &'a Arc<Metrics>,
+    pub alerts: &'a Alerter,
+    pub policy: &'a Arc<PolicyHandle>,
+    pub prices: &'a Arc<PriceTable>,
+    pub budgets: &'a [BudgetConfig],
+    pub teams: &'a [TeamConfig],
+    /// Where the audit trail is (budgets rebuild their spend from it).
+    pub audit_dir: &'a Path,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("pipeline module `{0}` is not known")]
+pub struct UnknownModule(pub String);
+
+/// The module called `name`.
+pub fn build(name: &str, parts: &Parts<'_>) -> Result<Box<dyn Module>, UnknownModule> {
+    match name {
+        policy::NAME => Ok(Box::new(policy::PolicyModule::new(
+            Arc::clone(parts.policy),
+            parts.alerts.clone(),
+        ))),
+        budget::NAME => Ok(Box::new(budget::BudgetModule::new(
+            parts.budgets.to_vec(),
+            parts.audit_dir,
+            parts.alerts.clone(),
+            Arc::clone(parts.metrics),
+        ))),
+        team::NAME => Ok(Box::new(team::TeamModule::new(parts.teams.to_vec()))),
+        usage::NAME => Ok(Box::new(usage::UsageModule::new(Arc::clone(parts.prices)))),
+        other => Err(UnknownModule(other.to_owned())),
+    }
+}
+
+/// The modules listed in `pipeline`, built in order.
+pub fn build_all(
+    pipeline: &PipelineConfig,
+    parts: &Parts<'_>,
+) -> Result<Vec<Box<dyn Module>>, UnknownModule> {
+    pipeline
+        .modules
+        .iter()
+        .map(|name| build(name, parts))
+        .collect()
+}

@@ -1,0 +1,498 @@
+//! The policy file: its YAML form, where it comes from (a file or inline in
+//! the config), and compiling it into a [`Policy`] — detectors, rules and
+//! transforms checked, every error naming its field.
+
+use std::{collections::BTreeMap, path::Path};
+
+use serde::Deserialize;
+
+use super::{
+    Policy, Rule,
+    detect::{Custom, Detectors},
+    rules::{CallerMatch, Direction, Match},
+    transform::{self, Transform},
+};
+use crate::record::Action;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid policy {policy}: {source}")]
+    Parse {
+        policy: String,
+        source: serde_yaml::Error,
+    },
+    #[error("invalid policy {policy}: `{field}`: {reason}")]
+    Invalid {
+        policy: String,
+        field: String,
+        reason: String,
+    },
+}
+
+// ---- the file as written ---------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    pub(super) version: u32,
+    pub(super) mode: Option<String>,
+    #[serde(default)]
+    pub(super) detectors: BTreeMap<String, RawDetector>,
+    #[serde(default)]
+    pub(super) rules: Vec<RawRule>,
+    pub(super) on_unparseable: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDetector {
+    pub(super) regex: Option<String>,
+    pub(super) keywords: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) case_sensitive: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    pub(super) name: String,
+    #[serde(rename = "match", default)]
+    pub(super) matcher: RawMatch,
+    pub(super) action: String,
+    #[serde(default)]
+    pub(super) tags: Vec<String>,
+    pub(super) mode: Option<String>,
+    // transform
+    pub(super) set_model: Option<String>,
+    pub(super) max_tokens: Option<u64>,
+    pub(super) system_prepend: Option<String>,
+    pub(super) system_append: Option<String>,
+    #[serde(default)]
+    pub(super) drop_fields: Vec<String>,
+    #[serde(default)]
+    pub(super) set_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) remove_headers: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMatch {
+    pub(super) detectors: Option<Vec<String>>,
+    pub(super) provider: Option<Vec<String>>,
+    pub(super) model: Option<Vec<String>>,
+    pub(super) endpoint: Option<Vec<String>>,
+    pub(super) direction: Option<String>,
+    pub(super) team: Option<Vec<String>>,
+    pub(super) header: Option<BTreeMap<String, String>>,
+    pub(super) caller: Option<RawCaller>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCaller {
+    pub(super) uid: Option<Vec<u32>>,
+    pub(super) user: Option<Vec<String>>,
+    pub(super) exe: Option<Vec<String>>,
+    pub(super) cgroup: Option<Vec<String>>,
+}
+
+/// `match` of a rule, its globs compiled.
+fn compile_match(m: &RawMatch, field: &str, name: &str) -> Result<Match, PolicyError> {
+    let set = |key: &str, patterns: Option<&Vec<String>>| {
+        patterns
+            .map(|p| crate::field::globs(p))
+            .transpose()
+            .map_err(|e| invalid(name, format!("{field}.match.{key}"), e))
+    };
+    let mut header = Vec::new();
+    for (h, pattern) in m.header.iter().flatten() {
+        let n = http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+            invalid(
+                name,
+                format!("{field}.match.header"),
+                format!("`{h}` is not a header name"),
+            )
+        })?;
+        let glob = globset::Glob::new(pattern)
+            .map_err(|e| invalid(name, format!("{field}.match.header.{h}"), e.to_string()))?;
+        header.push((n, glob.compile_matcher()));
+    }
+    let caller = match &m.caller {
+        None => None,
+        Some(c) => Some(CallerMatch {
+            uid: c.uid.clone(),
+            user: set("caller.user", c.user.as_ref())?,
+            exe: set("caller.exe", c.exe.as_ref())?,
+            cgroup: set("caller.cgroup", c.cgroup.as_ref())?,
+        }),
+    };
+    Ok(Match {
+        provider: set("provider", m.provider.as_ref())?,
+        model: set("model", m.model.as_ref())?,
+        endpoint: set("endpoint", m.endpoint.as_ref())?,
+        team: set("team", m.team.as_ref())?,
+        header,
+        caller,
+    })
+}
+
+pub(super) fn parse_action(s: &str) -> Option<Action> {
+    Some(match s {
+        "allow" => Action::Allow,
+        "block" => Action::Block,
+        "redact" => Action::Redact,
+        "transform" => Action::Transform,
+        "annotate" => Action::Annotate,
+        "alert" => Action::Alert,
+        _ => return None,
+    })
+}
+
+pub(super) fn invalid(
+    name: &str,
+    field: impl Into<String>,
+    reason: impl Into<String>,
+) -> PolicyError {
+    PolicyError::Invalid {
+        policy: name.to_owned(),
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Policy {
+    /// Reads and compiles a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Compiles policy text; `name` names it in errors (with line and column
+    /// for syntax errors).
+    pub fn parse(text: &str, name: &str) -> Result<Self, PolicyError> {
+        let raw: RawPolicy = serde_yaml::from_str(text).map_err(|source| PolicyError::Parse {
+            policy: name.to_owned(),
+            source,
+        })?;
+        Self::compile(raw, name)
+    }
+
+    /// Compiles a policy given inline in the main config.
+    pub fn from_value(value: serde_yaml::Value, name: &str) -> Result<Self, PolicyError> {
+        let raw: RawPolicy =
+            serde_yaml::from_value(value).map_err(|source| PolicyError::Parse {
+                policy: name.to_owned(),
+                source,
+            })?;
+        Self::compile(raw, name)
+    }
+
+    pub(super) fn compile(raw: RawPolicy, name: &str) -> Result<Self, PolicyError> {
+        if raw.version != 1 {
+            return Err(invalid(name, "version", "only version 1 is known"));
+        }
+        let shadow = match raw.mode.as_deref() {
+            None | Some("enforce") => false,
+            Some("shadow") => true,
+            Some(o) => {
+                return Err(invalid(
+                    name,
+                    "mode",
+                    format!("`{o}` is not one of: enforce, shadow"),
+                ));
+            }
+        };
+        let forward_unparseable = match raw.on_unparseable.as_deref() {
+            None | Some("block") => false,
+            Some("forward") => true,
+            Some(o) => {
+                return Err(invalid(
+                    name,
+                    "on_unparseable",
+                    format!("`{o}` is not one of: block, forward"),
+                ));
+            }
+        };
+        let custom = raw
+            .detectors
+            .into_iter()
+            .map(|(n, d)| {
+                let c = match (d.regex, d.keywords) {
+                    (Some(r), None) => Custom::Regex(r),
+                    (None, Some(words)) => Custom::Keywords {
+                        words,
+                        case_sensitive: d.case_sensitive,
+                    },
+                    _ => {
+                        return Err(invalid(
+                            name,
+                            format!("detectors.{n}"),
+                            "give exactly one of regex, keywords",
+                        ));
+                    }
+                };
+                Ok((n, c))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let detectors = Detectors::new(&custom)
+            .map_err(|e| invalid(name, format!("detectors.{}", e.name), e.reason))?;
+        let rules = raw
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| compile_rule(r, i, name, &detectors))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            shadow,
+            forward_unparseable,
+            detectors,
+            rules,
+        })
+    }
+}
+
+pub(super) fn compile_rule(
+    r: RawRule,
+    i: usize,
+    name: &str,
+    detectors: &Detectors,
+) -> Result<Rule, PolicyError> {
+    let field = format!("rules[{i}] ({})", r.name);
+    let action = parse_action(&r.action).ok_or_else(|| {
+        invalid(
+            name,
+            format!("{field}.action"),
+            format!(
+                "`{}` is not one of: allow, block, redact, transform, annotate, alert",
+                r.action
+            ),
+        )
+    })?;
+    let direction = match r.matcher.direction.as_deref() {
+        None | Some("request") => Direction::Request,
+        Some("response") => Direction::Response,
+        Some("both") => Direction::Both,
+        Some(o) => {
+            return Err(invalid(
+                name,
+                format!("{field}.match.direction"),
+                format!("`{o}` is not one of: request, response, both"),
+            ));
+        }
+    };
+    let shadow = match r.mode.as_deref() {
+        None => None,
+        Some("shadow") => Some(true),
+        Some("enforce") => Some(false),
+        Some(o) => {
+            return Err(invalid(
+                name,
+                format!("{field}.mode"),
+                format!("`{o}` is not one of: enforce, shadow"),
+            ));
+        }
+    };
+    let transform = compile_transform(&r, &field, name)?;
+    if action == Action::Transform && transform.is_empty() {
+        return Err(invalid(
+            name,
+            field,
+            "a transform rule needs at least one of set_model, max_tokens, system_prepend, \
+             system_append, drop_fields, set_headers, remove_headers",
+        ));
+    }
+    if action != Action::Transform && !transform.is_empty() {
+        return Err(invalid(
+            name,
+            field,
+            "set_model, max_tokens, system_*, drop_fields and *_headers need `action: transform`",
+        ));
+    }
+    if action == Action::Redact && r.matcher.detectors.is_none() {
+        return Err(invalid(
+            name,
+            format!("{field}.match.detectors"),
+            "a redact rule needs detectors",
+        ));
+    }
+    let dets = match &r.matcher.detectors {
+        None => None,
+        Some(names) => {
+            let mut out = Vec::new();
+            for n in names {
+                let ids = detectors.resolve(n);
+                if ids.is_empty() {
+                    return Err(invalid(
+                        name,
+                        format!("{field}.match.detectors"),
+                        format!("unknown detector `{n}`"),
+                    ));
+                }
+                out.extend(ids);
+            }
+            Some(out)
+        }
+    };
+    Ok(Rule {
+        name: r.name,
+        action,
+        tags: r.tags,
+        transform,
+        shadow,
+        detectors: dets,
+        direction,
+        m: compile_match(&r.matcher, &field, name)?,
+    })
+}
+
+pub(super) fn compile_transform(
+    r: &RawRule,
+    field: &str,
+    name: &str,
+) -> Result<Transform, PolicyError> {
+    let mut set_headers = Vec::new();
+    for (h, v) in &r.set_headers {
+        let n = transform::check_header_name(h)
+            .map_err(|e| invalid(name, format!("{field}.set_headers"), e))?;
+        let v = http::HeaderValue::from_str(v).map_err(|_| {
+            invalid(
+                name,
+                format!("{field}.set_headers.{h}"),
+                "not a valid header value",
+            )
+        })?;
+        set_headers.push((n, v));
+    }
+    let remove_headers = r
+        .remove_headers
+        .iter()
+        .map(|h| transform::check_header_name(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(name, format!("{field}.remove_headers"), e))?;
+    if let Some(bad) = r
+        .drop_fields
+        .iter()
+        .find(|p| p.is_empty() || p.split('.').any(str::is_empty) || *p == "model")
+    {
+        return Err(invalid(
+            name,
+            format!("{field}.drop_fields"),
+            format!("`{bad}` is not a field that can be dropped (dotted path; not `model`)"),
+        ));
+    }
+    if r.max_tokens == Some(0) {
+        return Err(invalid(
+            name,
+            format!("{field}.max_tokens"),
+            "must be at least 1",
+        ));
+    }
+    Ok(Transform {
+        set_model: r.set_model.clone(),
+        max_tokens: r.max_tokens,
+        system_prepend: r.system_prepend.iter().cloned().collect(),
+        system_append: r.system_append.iter().cloned().collect(),
+        drop_fields: r.drop_fields.clone(),
+        set_headers,
+        remove_headers,
+    })
+}
+
+/// Where the policy comes from: the `policy` section of the config.
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    /// `policy: { file: X }` (relative to the config file): watched and
+    /// reloaded when it changes.
+    File(std::path::PathBuf),
+    /// The policy written inline in the config.
+    Inline(serde_yaml::Value),
+}
+
+impl PolicySource {
+    /// The `policy` section as written; `base` resolves a relative file.
+    pub fn from_raw(raw: serde_yaml::Value, base: &Path) -> Self {
+        let file = raw
+            .as_mapping()
+            .filter(|m| m.len() == 1)
+            .and_then(|m| m.get("file"))
+            .and_then(serde_yaml::Value::as_str)
+            .map(|f| crate::field::resolve(base, f.into()));
+        match file {
+            Some(path) => Self::File(path),
+            None => Self::Inline(raw),
+        }
+    }
+
+    /// The file to watch, if the policy has one.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Self::File(path) => Some(path),
+            Self::Inline(_) => None,
+        }
+    }
+
+    /// Reads and compiles the policy.
+    pub fn load(&self) -> Result<Policy, PolicyError> {
+        match self {
+            Self::File(path) => Policy::load(path),
+            Self::Inline(value) => Policy::from_value(value.clone(), "policy (inline)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compile_errors_name_the_field() {
+        let cases = [
+            ("version: 2\n", "version"),
+            (
+                "version: 1\nrules: [{name: r, action: nuke}]\n",
+                "rules[0] (r).action",
+            ),
+            (
+                "version: 1\nrules: [{name: r, match: {detectors: [nope]}, action: block}]\n",
+                "unknown detector",
+            ),
+            (
+                "version: 1\nrules: [{name: r, action: transform}]\n",
+                "at least one of set_model",
+            ),
+            (
+                "version: 1\nrules: [{name: r, action: transform, set_headers: {host: x}}]\n",
+                "`host` cannot be changed",
+            ),
+            (
+                "version: 1\nrules: [{name: r, action: block, max_tokens: 5}]\n",
+                "need `action: transform`",
+            ),
+            ("version: 1\ndetectors: {x: {regex: '('}}\n", "detectors.x"),
+        ];
+        for (text, needle) in cases {
+            let err = Policy::parse(text, "p.yaml")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        let err = Policy::parse(
+            "version: 1\nrules:\n  - name: r\n    acton: block\n",
+            "p.yaml",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("line 4"), "{err}");
+    }
+}

@@ -1,0 +1,204 @@
+//! The response side, whole bodies: what a response rule found is recorded
+//! once, and a non-streaming body of any size is scanned incrementally
+//! (`document`), matches redacted in place or the body aborted.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::json;
+
+use super::{
+    Decision, Policy, PolicyModule, Rule,
+    detect::Finding,
+    document,
+    stream::{Pending, Span},
+};
+use crate::{
+    pipeline::{BodyFlow, Exchange, Rejection, sse::SseBuffer},
+    provider::ErrorCode,
+    record::{Action, FindingRecord},
+};
+
+/// Response-side scanning state of one exchange. Offsets are positions in
+/// the stream's text (all deltas joined).
+#[derive(Clone, Default)]
+pub(super) struct ResponseScan {
+    pub(super) sse: SseBuffer,
+    /// The tail of the response text seen so far (bounded); starts at `base`.
+    pub(super) window: String,
+    pub(super) base: usize,
+    /// Where the last recorded match ended: a match that grows as more text
+    /// arrives is recorded once.
+    pub(super) reported: usize,
+    /// Detectors an enforcing redact rule has matched.
+    pub(super) redacting: Vec<usize>,
+    /// Events held back (only while redacting).
+    pub(super) pending: VecDeque<Pending>,
+    /// Text up to here has been delivered.
+    pub(super) released: usize,
+    /// Text to replace, sorted by start.
+    pub(super) spans: Vec<Span>,
+    /// A match was found that starts in text already delivered unredacted.
+    pub(super) leaked: bool,
+    pub(super) stopped: bool,
+    /// A non-streaming body: its content type, and its scanner once the
+    /// first bytes told what it is.
+    pub(super) content_type: Option<String>,
+    pub(super) document: Document,
+}
+
+/// What is known of a non-streaming body.
+#[derive(Clone, Default)]
+pub(super) enum Document {
+    /// No bytes seen yet.
+    #[default]
+    Unknown,
+    /// Binary (audio, images): not scanned.
+    Binary,
+    Scanning(document::DocumentScan),
+}
+
+impl PolicyModule {
+    /// Records a response-side match in the exchange's decision.
+    pub(super) fn record_response(
+        &self,
+        policy: &Policy,
+        ex: &mut Exchange,
+        rule: &Rule,
+        shadow: bool,
+        findings: &[Finding],
+    ) {
+        let mut d = ex.ext.remove::<Decision>().unwrap_or_default();
+        if !d.rules.contains(&rule.name) {
+            d.rules.push(rule.name.clone());
+        }
+        for det in rule.detectors.iter().flatten() {
+            let count = findings.iter().filter(|f| f.detector == *det).count();
+            if count > 0 {
+                d.findings.push(FindingRecord {
+                    rule: rule.name.clone(),
+                    detector: policy.detectors.get(*det).name.clone(),
+                    count,
+                });
+            }
+        }
+        d.tags.extend(rule.tags.iter().cloned());
+        d.action = d.action.max(Some(rule.action));
+        d.shadow |= shadow;
+        if matches!(rule.action, Action::Alert | Action::Block) {
+            self.alerts.fire(
+                &format!("policy:{}:{}", rule.name, ex.id),
+                json!({
+                    "type": if rule.action == Action::Block { "policy_block" } else { "policy_alert" },
+                    "direction": "response", "rule": rule.name, "request_id": ex.id,
+                    "provider": ex.provider.name, "model": ex.model, "team": ex.caller.team,
+                    "findings": d.findings, "shadow": shadow,
+                }),
+            );
+        }
+        ex.ext.insert(d);
+    }
+
+    /// A non-streaming body (JSON, JSON Lines or text; binary is not
+    /// scanned), whole or in chunks, any size: scanned incrementally, matches
+    /// of a redacting rule replaced in place (all other bytes unchanged). A
+    /// blocking rule aborts the body: Leash's 403 when nothing was sent yet,
+    /// otherwise the body ends with an error so it cannot pass for whole.
+    pub(super) fn scan_document(
+        &self,
+        policy: &Policy,
+        ex: &mut Exchange,
+        st: &mut ResponseScan,
+        chunk: &mut Bytes,
+        end: bool,
+    ) -> BodyFlow {
+        if matches!(st.document, Document::Unknown) {
+            st.document = document::BodyKind::sniff(st.content_type.as_deref(), chunk)
+                .map_or(Document::Binary, |kind| {
+                    Document::Scanning(document::DocumentScan::new(kind))
+                });
+        }
+        let Document::Scanning(scanner) = &mut st.document else {
+            return BodyFlow::Continue;
+        };
+        let mut blocked = None;
+        let (out, stop) = scanner.feed(chunk, end, &mut |pass| {
+            self.judge_document(
+                policy,
+                ex,
+                &mut st.redacting,
+                &mut st.reported,
+                pass,
+                &mut blocked,
+            )
+        });
+        *chunk = Bytes::from(out);
+        if !stop {
+            return BodyFlow::Continue;
+        }
+        if let Some(d) = ex.ext.get_mut::<Decision>() {
+            d.action = Some(Action::Block);
+        }
+        BodyFlow::Abort(Rejection {
+            status: StatusCode::FORBIDDEN,
+            code: ErrorCode::PolicyBlocked,
+            message: blocked.unwrap_or_else(|| {
+                "leash: response ended: a match could not be redacted before delivery".into()
+            }),
+        })
+    }
+
+    /// One window of a document's text: records what matched (once, however
+    /// many windows see it) and says what to replace, or to stop.
+    pub(super) fn judge_document(
+        &self,
+        policy: &Policy,
+        ex: &mut Exchange,
+        redacting: &mut Vec<usize>,
+        reported: &mut usize,
+        pass: document::Pass<'_>,
+        blocked: &mut Option<String>,
+    ) -> document::Verdict {
+        let mut all = Vec::new();
+        policy.detectors.scan(pass.text, &mut all);
+        let base = usize::try_from(pass.base).unwrap_or(usize::MAX);
+        let fresh: Vec<Finding> = all
+            .into_iter()
+            .filter(|f| f.end > pass.fresh_from)
+            .collect();
+        let new: Vec<Finding> = fresh
+            .iter()
+            .filter(|f| base + f.start >= *reported)
+            .cloned()
+            .collect();
+        let mut found: Vec<usize> = new.iter().map(|f| f.detector).collect();
+        found.sort_unstable();
+        found.dedup();
+        let mut verdict = document::Verdict::default();
+        if let Some((rule, shadow)) = policy.decide_response(ex, &found) {
+            self.record_response(policy, ex, rule, shadow, &new);
+            *reported = new.iter().map(|f| base + f.end).max().unwrap_or(*reported);
+            if !shadow && rule.action == Action::Block {
+                *blocked = Some(format!(
+                    "leash: response blocked by policy rule `{}`",
+                    rule.name
+                ));
+                verdict.stop = true;
+                return verdict;
+            }
+            if !shadow && rule.action == Action::Redact {
+                redacting.extend(rule.detectors.iter().flatten());
+            }
+        }
+        verdict.redact = fresh
+            .iter()
+            .filter(|f| redacting.contains(&f.detector))
+            .map(|f| {
+                let name = &policy.detectors.get(f.detector).name;
+                (f.start, f.end, format!("[REDACTED:{name}]"))
+            })
+            .collect();
+        verdict
+    }
+}

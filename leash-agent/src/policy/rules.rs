@@ -1,0 +1,302 @@
+//! The compiled rules and how they decide: which rules match an exchange,
+//! the strongest action among them, and what the response side looks for.
+
+use globset::{GlobMatcher, GlobSet};
+use http::{HeaderMap, HeaderName};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{
+    detect::{Detectors, Finding},
+    transform::Transform,
+};
+use crate::{
+    pipeline::{Exchange, ProxyRequest},
+    record::{Action, Change, FindingRecord},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Direction {
+    Request,
+    Response,
+    Both,
+}
+
+/// What a rule's `match` asks of an exchange, compiled when the policy
+/// loads (globs: `*` matches any run of characters).
+#[derive(Default)]
+pub(super) struct Match {
+    pub(super) provider: Option<GlobSet>,
+    pub(super) model: Option<GlobSet>,
+    pub(super) endpoint: Option<GlobSet>,
+    pub(super) team: Option<GlobSet>,
+    /// Request headers that must be present and match (response rules see
+    /// the request's headers too).
+    pub(super) header: Vec<(HeaderName, GlobMatcher)>,
+    pub(super) caller: Option<CallerMatch>,
+}
+
+/// `match.caller`: every field given must match.
+#[derive(Default)]
+pub(super) struct CallerMatch {
+    pub(super) uid: Option<Vec<u32>>,
+    pub(super) user: Option<GlobSet>,
+    pub(super) exe: Option<GlobSet>,
+    pub(super) cgroup: Option<GlobSet>,
+}
+
+/// The request's headers, kept for response rules that name headers.
+#[derive(Clone)]
+pub(super) struct RequestHeaders(pub(super) HeaderMap);
+
+/// No set: anything matches; a set: the value must be there and match.
+fn matches(set: Option<&GlobSet>, value: Option<&str>) -> bool {
+    set.is_none_or(|s| value.is_some_and(|v| s.is_match(v)))
+}
+
+impl Match {
+    /// What the exchange itself says: provider, model, endpoint, team,
+    /// caller.
+    fn exchange(&self, ex: &Exchange) -> bool {
+        let c = &ex.caller;
+        let caller_ok = self.caller.as_ref().is_none_or(|m| {
+            m.uid
+                .as_ref()
+                .is_none_or(|u| c.uid.is_some_and(|x| u.contains(&x)))
+                && matches(m.user.as_ref(), c.user.as_deref())
+                && matches(m.exe.as_ref(), c.exe.as_deref())
+                && matches(m.cgroup.as_ref(), c.cgroup.as_deref())
+        });
+        matches(self.provider.as_ref(), Some(&ex.provider.name))
+            && matches(self.model.as_ref(), ex.model.as_deref())
+            && matches(self.endpoint.as_ref(), Some(&ex.endpoint))
+            && matches(self.team.as_ref(), c.team.as_deref())
+            && caller_ok
+    }
+
+    /// The request headers the rule names, all present and matching.
+    fn headers(&self, headers: &HeaderMap) -> bool {
+        self.header.iter().all(|(name, pattern)| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| pattern.is_match(v))
+        })
+    }
+}
+
+pub(super) struct Rule {
+    pub(super) name: String,
+    pub(super) action: Action,
+    pub(super) tags: Vec<String>,
+    pub(super) transform: Transform,
+    /// `Some(true)`: this rule only records (`mode: shadow` on the rule).
+    pub(super) shadow: Option<bool>,
+    pub(super) detectors: Option<Vec<usize>>,
+    pub(super) direction: Direction,
+    pub(super) m: Match,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("shadow", &self.shadow)
+            .field(
+                "rules",
+                &self
+                    .rules
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// A validated, compiled policy.
+pub struct Policy {
+    pub(super) shadow: bool,
+    pub(super) forward_unparseable: bool,
+    pub(super) detectors: Detectors,
+    pub(super) rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// The rules as the console shows them: name, action, direction,
+    /// detectors, shadow; plus the policy-wide settings.
+    pub fn describe(&self) -> Value {
+        let rules: Vec<Value> = self
+            .rules
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "action": r.action,
+                    "direction": match r.direction {
+                        Direction::Request => "request",
+                        Direction::Response => "response",
+                        Direction::Both => "both",
+                    },
+                    "detectors": r.detectors.iter().flatten()
+                        .map(|&d| self.detectors.get(d).name.clone())
+                        .collect::<Vec<_>>(),
+                    "shadow": r.shadow.unwrap_or(self.shadow),
+                    "tags": r.tags,
+                })
+            })
+            .collect();
+        json!({
+            "mode": if self.shadow { "shadow" } else { "enforce" },
+            "on_unparseable": if self.forward_unparseable { "forward" } else { "block" },
+            "rules": rules,
+        })
+    }
+}
+
+/// What the policy decided for one request.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Decision {
+    /// The strongest action taken (or, in shadow mode, that would be).
+    pub action: Option<Action>,
+    pub rules: Vec<String>,
+    pub findings: Vec<FindingRecord>,
+    pub tags: Vec<String>,
+    /// True when nothing was changed because of shadow mode.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+    /// What transform rules changed in the request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<Change>,
+    #[serde(skip)]
+    pub(super) transform: Transform,
+    #[serde(skip)]
+    pub(super) redact: Vec<usize>,
+    #[serde(skip)]
+    pub(super) block_rule: Option<String>,
+    #[serde(skip)]
+    pub(super) alerts: Vec<String>,
+    /// From [`Policy::test`]: the body as it would be forwarded, when
+    /// redaction or a transform changed it (`None`: forwarded unchanged or
+    /// blocked).
+    #[serde(skip)]
+    pub forwarded_body: Option<Vec<u8>>,
+}
+
+impl Policy {
+    pub(super) fn rule_matches(
+        rule: &Rule,
+        ex: &Exchange,
+        req: &ProxyRequest,
+        found: &[usize],
+    ) -> bool {
+        rule.direction != Direction::Response
+            && rule
+                .detectors
+                .as_ref()
+                .is_none_or(|ds| ds.iter().any(|d| found.contains(d)))
+            && rule.m.exchange(ex)
+            && rule.m.headers(&req.head.headers)
+    }
+
+    /// Evaluates the request rules on `ex`/`req` given the findings in its
+    /// texts.
+    pub(super) fn decide(
+        &self,
+        ex: &Exchange,
+        req: &ProxyRequest,
+        findings: &[Finding],
+    ) -> Decision {
+        let mut found: Vec<usize> = findings.iter().map(|f| f.detector).collect();
+        found.sort_unstable();
+        found.dedup();
+        let mut d = Decision {
+            shadow: self.shadow,
+            ..Decision::default()
+        };
+        for rule in &self.rules {
+            if !Self::rule_matches(rule, ex, req, &found) {
+                continue;
+            }
+            let shadow = rule.shadow.unwrap_or(self.shadow);
+            d.rules.push(rule.name.clone());
+            if let Some(ds) = &rule.detectors {
+                for &det in ds.iter().filter(|det| found.contains(det)) {
+                    d.findings.push(FindingRecord {
+                        rule: rule.name.clone(),
+                        detector: self.detectors.get(det).name.clone(),
+                        count: findings.iter().filter(|f| f.detector == det).count(),
+                    });
+                }
+            }
+            d.tags.extend(rule.tags.iter().cloned());
+            d.action = d.action.max(Some(rule.action));
+            if shadow {
+                d.shadow = true;
+                if matches!(rule.action, Action::Allow | Action::Block) {
+                    break;
+                }
+                continue;
+            }
+            match rule.action {
+                Action::Allow => break,
+                Action::Block => {
+                    d.block_rule = Some(rule.name.clone());
+                    break;
+                }
+                Action::Redact => d.redact.extend(
+                    rule.detectors
+                        .iter()
+                        .flatten()
+                        .filter(|x| found.contains(x)),
+                ),
+                Action::Transform => d.transform.merge(&rule.transform),
+                Action::Alert => d.alerts.push(rule.name.clone()),
+                Action::Annotate => {}
+            }
+        }
+        d
+    }
+}
+
+impl Policy {
+    pub(super) fn has_response_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.direction != Direction::Request)
+    }
+
+    /// Whether an enforcing response rule redacts: streams are then held
+    /// back by `HOLD_BACK` bytes of text.
+    pub(super) fn redacts_responses(&self) -> bool {
+        self.rules.iter().any(|r| {
+            r.direction != Direction::Request
+                && r.action == Action::Redact
+                && !r.shadow.unwrap_or(self.shadow)
+        })
+    }
+
+    /// The first response rule that matches `found`, if any, and whether it
+    /// only records (shadow).
+    /// The first response rule that matches `found` (and the request's
+    /// headers, kept in the exchange for rules that name headers), if any,
+    /// and whether it only records (shadow).
+    pub(super) fn decide_response(&self, ex: &Exchange, found: &[usize]) -> Option<(&Rule, bool)> {
+        let headers = ex.ext.get::<RequestHeaders>().map(|h| &h.0);
+        self.rules.iter().find_map(|rule| {
+            let applies = rule.direction != Direction::Request
+                && rule
+                    .detectors
+                    .as_ref()
+                    .is_some_and(|ds| ds.iter().any(|d| found.contains(d)))
+                && rule.m.exchange(ex)
+                && (rule.m.header.is_empty() || headers.is_some_and(|h| rule.m.headers(h)));
+            applies.then(|| (rule, rule.shadow.unwrap_or(self.shadow)))
+        })
+    }
+
+    /// Whether a response rule looks at request headers (they are then kept
+    /// for the response phase).
+    pub(super) fn response_needs_headers(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.direction != Direction::Request && !r.m.header.is_empty())
+    }
+}

@@ -1,0 +1,341 @@
+//! The plain data every part of Leash shares: the audit record and what it
+//! is made of (caller, usage, policy outcome, changes, error code). Serde
+//! types with no behaviour beyond naming themselves, importing nothing else
+//! of the crate: the pipeline fills them in, audit seals and writes them,
+//! metrics and the console read them.
+
+use std::{net::SocketAddr, sync::Arc, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A moment as records write it: RFC 3339, UTC.
+pub fn timestamp(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// How the request reached Leash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Gateway,
+    Transparent,
+}
+
+impl Mode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Transparent => "transparent",
+        }
+    }
+}
+
+/// Which side of an exchange an error belongs to (as pingora tells them
+/// apart): it picks the status class and the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSide {
+    /// The caller sent something Leash refuses (4xx).
+    Client,
+    /// The provider could not be reached or failed (5xx).
+    Upstream,
+    /// Leash itself failed (500).
+    Internal,
+    /// A policy or budget said no: not a failure, a decision.
+    Decision,
+}
+
+/// Why Leash answered instead of the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    #[serde(rename = "leash_bad_request")]
+    BadRequest,
+    #[serde(rename = "leash_body_too_large")]
+    BodyTooLarge,
+    #[serde(rename = "leash_not_found")]
+    NotFound,
+    #[serde(rename = "leash_policy_blocked")]
+    PolicyBlocked,
+    #[serde(rename = "leash_upstream_unreachable")]
+    UpstreamUnreachable,
+    #[serde(rename = "leash_upstream_timeout")]
+    UpstreamTimeout,
+    #[serde(rename = "leash_budget_exceeded")]
+    BudgetExceeded,
+    #[serde(rename = "leash_internal_error")]
+    Internal,
+}
+
+impl ErrorCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "leash_bad_request",
+            Self::BodyTooLarge => "leash_body_too_large",
+            Self::NotFound => "leash_not_found",
+            Self::PolicyBlocked => "leash_policy_blocked",
+            Self::UpstreamUnreachable => "leash_upstream_unreachable",
+            Self::UpstreamTimeout => "leash_upstream_timeout",
+            Self::BudgetExceeded => "leash_budget_exceeded",
+            Self::Internal => "leash_internal_error",
+        }
+    }
+
+    pub const fn side(self) -> ErrorSide {
+        match self {
+            Self::BadRequest | Self::BodyTooLarge | Self::NotFound => ErrorSide::Client,
+            Self::UpstreamUnreachable | Self::UpstreamTimeout => ErrorSide::Upstream,
+            Self::PolicyBlocked | Self::BudgetExceeded => ErrorSide::Decision,
+            Self::Internal => ErrorSide::Internal,
+        }
+    }
+}
+
+/// Who made the call. The process fields are known in transparent mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    #[serde(with = "addr_text")]
+    pub addr: Option<SocketAddr>,
+    pub team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+/// The caller's address as text (`"127.0.0.1:40406"`), `null` when unknown.
+mod addr_text {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    #[allow(
+        clippy::ref_option,
+        reason = "serde's `with` passes a reference to the field"
+    )]
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.and_then(|t| t.parse().ok()))
+    }
+}
+
+/// Token counts exactly as the provider reported them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// Anthropic cache writes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_creation_tokens: u64,
+}
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What a policy rule does when it matches (ordered by strength).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Allow,
+    Annotate,
+    Alert,
+    Transform,
+    Redact,
+    Block,
+}
+
+impl Action {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Annotate => "annotate",
+            Self::Alert => "alert",
+            Self::Transform => "transform",
+            Self::Redact => "redact",
+            Self::Block => "block",
+        }
+    }
+}
+
+/// A finding as recorded: rule, detector, count. Never the matched text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindingRecord {
+    pub rule: String,
+    pub detector: String,
+    pub count: usize,
+}
+
+/// What a transform did to one part of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeOp {
+    SetModel,
+    CapMaxTokens,
+    DropField,
+    SetHeader,
+    RemoveHeader,
+    SystemPrepend,
+    SystemAppend,
+}
+
+/// One change made to a request, as the audit records it (header values
+/// never appear).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub op: ChangeOp,
+    pub field: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Value>,
+}
+
+impl Change {
+    pub fn new(op: ChangeOp, field: impl Into<String>) -> Self {
+        Self {
+            op,
+            field: field.into(),
+            from: None,
+            to: None,
+        }
+    }
+}
+
+/// The policy part of an audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub action: Action,
+    pub rules: Vec<String>,
+    pub findings: Vec<FindingRecord>,
+    pub tags: Vec<String>,
+    /// What transform rules changed (fields and header names; never values
+    /// of headers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<Change>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+}
+
+/// Records that are not a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// A connection to an LLM endpoint that is not intercepted (`endpoint`
+    /// holds its host).
+    ShadowAi,
+}
+
+/// One audit record. Holds no header, key or body: only what is safe to hand
+/// to an auditor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub id: String,
+    pub ts: String,
+    pub host: Arc<str>,
+    pub mode: Mode,
+    pub provider: String,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub stream: bool,
+    /// HTTP status sent to the caller; `null` if the caller left before any.
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    pub ttfb_ms: Option<f64>,
+    pub overhead_ms: f64,
+    /// Whether the response was delivered to its end.
+    pub completed: bool,
+    pub response_bytes: u64,
+    pub caller: Caller,
+    /// Tokens as the provider reported them (`usage` module).
+    pub usage: Option<Usage>,
+    /// Cost from the price table; `null` for an unknown model or no usage.
+    pub cost_usd: Option<f64>,
+    /// What the policy decided (`policy` module).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyRecord>,
+    /// The stream ended before the provider reported usage.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub usage_estimated: bool,
+    /// Set when Leash answered instead of the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorCode>,
+    /// Set on records that are not a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Event>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_reads_back_as_written() {
+        let record = AuditRecord {
+            id: "01".into(),
+            ts: "2026-11-30T00:00:00Z".into(),
+            host: "h".into(),
+            mode: Mode::Transparent,
+            provider: "openai".into(),
+            endpoint: "/chat/completions".into(),
+            model: Some("gpt-4o".into()),
+            stream: true,
+            status: Some(403),
+            latency_ms: 1.5,
+            ttfb_ms: None,
+            overhead_ms: 0.25,
+            completed: true,
+            response_bytes: 10,
+            caller: Caller {
+                addr: "127.0.0.1:4000".parse().ok(),
+                uid: Some(0),
+                ..Caller::default()
+            },
+            usage: Some(Usage {
+                input_tokens: 3,
+                ..Usage::default()
+            }),
+            cost_usd: Some(0.5),
+            policy: Some(PolicyRecord {
+                action: Action::Block,
+                rules: vec!["r".into()],
+                findings: vec![],
+                tags: vec![],
+                changes: vec![Change::new(ChangeOp::SetModel, "model")],
+                shadow: false,
+            }),
+            usage_estimated: false,
+            error: Some(ErrorCode::PolicyBlocked),
+            event: None,
+        };
+        let text = serde_json::to_string(&record).unwrap_or_default();
+        assert!(text.contains(r#""error":"leash_policy_blocked""#), "{text}");
+        assert!(text.contains(r#""addr":"127.0.0.1:4000""#), "{text}");
+        assert!(text.contains(r#""op":"set_model""#), "{text}");
+        let back: AuditRecord = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, record);
+    }
+}
