@@ -7,8 +7,11 @@
     reason = "test support: a failed expectation is a failed test"
 )]
 
+pub mod agent;
 pub mod dns;
 pub mod fleet;
+pub mod gateway;
 pub mod harness;
+pub mod http;
 pub mod mock;
 pub mod tls;

@@ -11,6 +11,7 @@ use std::{
 
 mod bench;
 mod fuzz;
+mod lint;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -35,6 +36,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Check the structure: no import cycle in leash-agent, every import
+    /// down the layering of ARCHITECTURE.md, no source file over 700 lines.
+    Lint,
     /// Install what the eBPF build needs: the nightly toolchain's `rust-src`
     /// and bpf-linker built against rustc's own LLVM.
     Setup,
@@ -359,6 +363,7 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
     let python = ensure_python_venv()?;
     let playwright = ensure_playwright()?;
     if !no_lint {
+        lint::lint()?;
         run(cargo().args(["fmt", "--all", "--", "--check"]))?;
         run(cargo().args([
             "clippy",
@@ -458,6 +463,7 @@ fn run_leash(args: &[OsString]) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Setup => setup(),
+        Task::Lint => lint::lint(),
         Task::Bench {
             report_only: true, ..
         } => bench::rewrite_report(),

@@ -33,8 +33,8 @@ pub use self::{
 };
 use self::{
     request::{apply_changes, scan},
-    response::ResponseScan,
     rules::{RequestHeaders, Rule},
+    stream::ResponseScan,
 };
 pub use crate::record::{Action, Change, FindingRecord, PolicyRecord};
 use crate::{

@@ -2,8 +2,6 @@
 //! once, and a non-streaming body of any size is scanned incrementally
 //! (`document`), matches redacted in place or the body aborted.
 
-use std::collections::VecDeque;
-
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::json;
@@ -12,52 +10,13 @@ use super::{
     Decision, Policy, PolicyModule, Rule,
     detect::Finding,
     document,
-    stream::{Pending, Span},
+    stream::{Document, ResponseScan},
 };
 use crate::{
-    pipeline::{BodyFlow, Exchange, Rejection, sse::SseBuffer},
+    pipeline::{BodyFlow, Exchange, Rejection},
     provider::ErrorCode,
     record::{Action, FindingRecord},
 };
-
-/// Response-side scanning state of one exchange. Offsets are positions in
-/// the stream's text (all deltas joined).
-#[derive(Clone, Default)]
-pub(super) struct ResponseScan {
-    pub(super) sse: SseBuffer,
-    /// The tail of the response text seen so far (bounded); starts at `base`.
-    pub(super) window: String,
-    pub(super) base: usize,
-    /// Where the last recorded match ended: a match that grows as more text
-    /// arrives is recorded once.
-    pub(super) reported: usize,
-    /// Detectors an enforcing redact rule has matched.
-    pub(super) redacting: Vec<usize>,
-    /// Events held back (only while redacting).
-    pub(super) pending: VecDeque<Pending>,
-    /// Text up to here has been delivered.
-    pub(super) released: usize,
-    /// Text to replace, sorted by start.
-    pub(super) spans: Vec<Span>,
-    /// A match was found that starts in text already delivered unredacted.
-    pub(super) leaked: bool,
-    pub(super) stopped: bool,
-    /// A non-streaming body: its content type, and its scanner once the
-    /// first bytes told what it is.
-    pub(super) content_type: Option<String>,
-    pub(super) document: Document,
-}
-
-/// What is known of a non-streaming body.
-#[derive(Clone, Default)]
-pub(super) enum Document {
-    /// No bytes seen yet.
-    #[default]
-    Unknown,
-    /// Binary (audio, images): not scanned.
-    Binary,
-    Scanning(document::DocumentScan),
-}
 
 impl PolicyModule {
     /// Records a response-side match in the exchange's decision.

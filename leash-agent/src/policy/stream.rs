@@ -4,13 +4,15 @@
 //! back by `HOLD_BACK` bytes of text so a match split across events is
 //! replaced before any of it leaves.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::Value;
 
-use super::{Decision, Policy, PolicyModule, detect::Finding, response::ResponseScan, text};
+use super::{Decision, Policy, PolicyModule, detect::Finding, document, text};
 use crate::{
-    pipeline::{BodyFlow, Exchange},
+    pipeline::{BodyFlow, Exchange, sse::SseBuffer},
     provider::{ErrorCode, ProviderKind, error_body},
     record::Action,
 };
@@ -23,6 +25,45 @@ pub(super) const CARRY_WINDOW: usize = 512;
 /// a match split across events is replaced before any of it leaves. A
 /// longer match whose start was already delivered ends the stream instead.
 pub(super) const HOLD_BACK: usize = 256;
+
+/// Response-side scanning state of one exchange. Offsets are positions in
+/// the stream's text (all deltas joined).
+#[derive(Clone, Default)]
+pub(super) struct ResponseScan {
+    pub(super) sse: SseBuffer,
+    /// The tail of the response text seen so far (bounded); starts at `base`.
+    pub(super) window: String,
+    pub(super) base: usize,
+    /// Where the last recorded match ended: a match that grows as more text
+    /// arrives is recorded once.
+    pub(super) reported: usize,
+    /// Detectors an enforcing redact rule has matched.
+    pub(super) redacting: Vec<usize>,
+    /// Events held back (only while redacting).
+    pub(super) pending: VecDeque<Pending>,
+    /// Text up to here has been delivered.
+    pub(super) released: usize,
+    /// Text to replace, sorted by start.
+    pub(super) spans: Vec<Span>,
+    /// A match was found that starts in text already delivered unredacted.
+    pub(super) leaked: bool,
+    pub(super) stopped: bool,
+    /// A non-streaming body: its content type, and its scanner once the
+    /// first bytes told what it is.
+    pub(super) content_type: Option<String>,
+    pub(super) document: Document,
+}
+
+/// What is known of a non-streaming body.
+#[derive(Clone, Default)]
+pub(super) enum Document {
+    /// No bytes seen yet.
+    #[default]
+    Unknown,
+    /// Binary (audio, images): not scanned.
+    Binary,
+    Scanning(document::DocumentScan),
+}
 
 #[derive(Clone)]
 pub(super) struct Pending {

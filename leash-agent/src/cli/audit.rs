@@ -1,0 +1,295 @@
+//! `leash audit`: verify the hash chain, tail the trail, select and sum
+//! records (locally or in the fleet's store).
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use crate::config::{Config, Overrides};
+
+/// Where the audit trail is: `--dir`, else `audit.dir` of `--config`, else
+/// the default.
+#[derive(clap::Args)]
+pub struct AuditDir {
+    /// The audit directory.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Take the audit directory from this config file.
+    #[arg(short, long, env = "LEASH_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl AuditDir {
+    fn resolve(self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = self.dir {
+            return Ok(dir);
+        }
+        Ok(Config::load(self.config.as_deref(), &Overrides::default())?
+            .audit
+            .dir)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain: exit 0 if intact, 1 naming the first bad record
+    /// (edited, deleted, reordered, or a torn record left unmarked).
+    Verify {
+        #[command(flatten)]
+        dir: AuditDir,
+    },
+    /// Print the newest records (JSON Lines).
+    Tail {
+        /// How many records.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+        /// Keep printing new records as they are written.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        dir: AuditDir,
+    },
+    /// Select records, or sum tokens and spend by a field.
+    Query {
+        /// Only records since a duration ago (30m, 24h, 7d) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this provider.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Only this team.
+        #[arg(long)]
+        team: Option<String>,
+        /// Only this policy action (allow, block, redact, ...).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only this host (the `host` of each record).
+        #[arg(long)]
+        host: Option<String>,
+        /// Sum requests, tokens and cost by team, provider, model, user,
+        /// exe, host or rule (policy rules that matched).
+        #[arg(long, value_name = "FIELD")]
+        sum_by: Option<String>,
+        /// Print JSON instead of a table (records: one per line, as written).
+        #[arg(long)]
+        json: bool,
+        /// Query the fleet's central store instead of a local directory.
+        #[arg(long, value_name = "URL", env = "LEASH_POSTGRES_URL")]
+        postgres: Option<String>,
+        #[command(flatten)]
+        dir: AuditDir,
+    },
+}
+
+pub fn command(cmd: AuditCommand) -> anyhow::Result<()> {
+    match cmd {
+        AuditCommand::Verify { dir } => audit_verify(&dir.resolve()?),
+        AuditCommand::Tail { lines, follow, dir } => audit_tail(&dir.resolve()?, lines, follow),
+        AuditCommand::Query {
+            since,
+            provider,
+            model,
+            team,
+            action,
+            host,
+            sum_by,
+            json,
+            postgres,
+            dir,
+        } => {
+            let filter = crate::audit::read::Filter {
+                since: since
+                    .as_deref()
+                    .map(crate::audit::read::parse_since)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                provider,
+                model,
+                team,
+                action,
+                host,
+            };
+            if let Some(key) = &sum_by {
+                anyhow::ensure!(
+                    SUM_KEYS.contains(&key.as_str()),
+                    "--sum-by takes one of: {}",
+                    SUM_KEYS.join(", ")
+                );
+            }
+            match postgres {
+                Some(url) => fleet_query(&url, &filter, sum_by, json),
+                None => audit_query(&dir.resolve()?, &filter, sum_by, json),
+            }
+        }
+    }
+}
+
+fn audit_verify(dir: &std::path::Path) -> anyhow::Result<()> {
+    use crate::audit::chain;
+    match chain::verify(dir) {
+        Ok(report) => {
+            if report.first_seq > 1 {
+                println!(
+                    "note: the trail starts at seq {}: older segments were removed by retention",
+                    report.first_seq
+                );
+            }
+            println!(
+                "ok: {} records in {} segment(s), chain intact through seq {}{}",
+                report.records,
+                report.files,
+                report.last_seq,
+                if report.marked_torn > 0 {
+                    format!(
+                        "; {} torn record(s) from crashes, marked",
+                        report.marked_torn
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            if let Some((file, bytes)) = report.open_torn {
+                println!(
+                    "note: {} ends with a torn record ({bytes} bytes) from a crash; it is marked when leash restarts",
+                    file.display()
+                );
+            }
+            Ok(())
+        }
+        Err(broken) => anyhow::bail!("audit trail broken: {broken}"),
+    }
+}
+
+fn audit_tail(dir: &std::path::Path, lines: usize, follow: bool) -> anyhow::Result<()> {
+    use crate::audit::read;
+    let records = read::records(dir)?;
+    let mut last = 0;
+    for r in records.iter().skip(records.len().saturating_sub(lines)) {
+        println!("{r}");
+    }
+    if let Some(r) = records.last() {
+        last = r["seq"].as_u64().unwrap_or(0);
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let seen = last;
+        for r in read::records(dir)?
+            .iter()
+            .filter(|r| r["seq"].as_u64().unwrap_or(0) > seen)
+        {
+            println!("{r}");
+            last = r["seq"].as_u64().unwrap_or(last);
+        }
+    }
+}
+
+const SUM_KEYS: [&str; 7] = ["team", "provider", "model", "user", "exe", "host", "rule"];
+
+/// `leash audit query --postgres`: the same selections and sums over every
+/// host's records in the central store.
+fn fleet_query(
+    url: &str,
+    filter: &crate::audit::read::Filter,
+    sum_by: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use crate::collector::store;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = store::connect(url).await?;
+        if let Some(key) = sum_by {
+            return print_sums(&key, &store::sum_by(&client, filter, &key).await?, json);
+        }
+        for line in store::select_lines(&client, filter).await? {
+            if json {
+                println!("{line}");
+            } else {
+                print_record(&serde_json::from_str(&line)?);
+            }
+        }
+        Ok(())
+    })
+}
+
+fn print_sums(
+    key: &str,
+    sums: &std::collections::BTreeMap<String, crate::audit::read::Totals>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(sums)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>9} {:>12} {:>12} {:>12}",
+        key, "requests", "input", "output", "cost_usd"
+    );
+    // Largest first: the top callers, teams or rules lead.
+    let mut rows: Vec<_> = sums.iter().collect();
+    rows.sort_by(|a, b| b.1.requests.cmp(&a.1.requests).then(a.0.cmp(b.0)));
+    for (group, t) in rows {
+        let unpriced = if t.unpriced > 0 {
+            format!("  ({} unpriced)", t.unpriced)
+        } else {
+            String::new()
+        };
+        println!(
+            "{group:<24} {:>9} {:>12} {:>12} {:>12.6}{unpriced}",
+            t.requests, t.input_tokens, t.output_tokens, t.cost_usd
+        );
+    }
+    Ok(())
+}
+
+fn print_record(r: &serde_json::Value) {
+    println!(
+        "{} {:<12} {:<10} {:<28} {:>4} in={:<7} out={:<7} cost={:<10} team={}",
+        r["ts"].as_str().unwrap_or("-"),
+        r["host"].as_str().unwrap_or("-"),
+        r["provider"].as_str().unwrap_or("-"),
+        r["model"].as_str().unwrap_or("-"),
+        r["status"]
+            .as_u64()
+            .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+        r["usage"]["input_tokens"].as_u64().unwrap_or(0),
+        r["usage"]["output_tokens"].as_u64().unwrap_or(0),
+        r["cost_usd"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.6}")),
+        r["caller"]["team"].as_str().unwrap_or("-"),
+    );
+}
+
+fn audit_query(
+    dir: &std::path::Path,
+    filter: &crate::audit::read::Filter,
+    sum_by: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use crate::audit::read;
+    let records = read::records(dir)?;
+    let selected = records.iter().filter(|r| filter.matches(r));
+    match sum_by {
+        Some(key) => print_sums(&key, &read::sum_by(selected, &key), json)?,
+        None => {
+            for r in selected {
+                if json {
+                    println!("{r}");
+                } else {
+                    print_record(r);
+                }
+            }
+        }
+    }
+    Ok(())
+}

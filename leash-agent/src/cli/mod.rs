@@ -1,0 +1,264 @@
+//! The `leash` command line: argument parsing, logging, signals, and one
+//! module per command group (`ca`, `audit`, `policy`, `intercept`).
+
+mod audit;
+mod ca;
+mod intercept;
+mod policy;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use self::{
+    audit::AuditCommand, ca::CaCommand, intercept::InterceptCommand, policy::PolicyCommand,
+};
+use crate::{
+    app,
+    config::{Config, Overrides},
+};
+
+/// Leash: see, govern and account for every request your organisation sends
+/// to LLM providers.
+#[derive(Parser)]
+#[command(name = "leash", version, about, long_about = None)]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Log filter (e.g. `info`, `leash_agent=debug`); `RUST_LOG` wins when set.
+    #[arg(long, default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the explicit gateway: applications point their SDK base URL at
+    /// `http(s)://<listen>/v1/<provider>`.
+    Gateway {
+        /// YAML config file; without it the embedded defaults are used
+        /// (gateway 127.0.0.1:8080, admin 127.0.0.1:9090, audit in
+        /// /var/lib/leash/audit, public provider upstreams).
+        #[arg(short, long, env = "LEASH_CONFIG")]
+        config: Option<PathBuf>,
+        /// Gateway listen address, overriding `gateway.listen`.
+        #[arg(long, value_name = "IP:PORT")]
+        listen: Option<String>,
+        /// Admin listen address (/healthz, /metrics), overriding `admin.listen`.
+        #[arg(long, value_name = "IP:PORT")]
+        admin_listen: Option<String>,
+        /// Audit directory, overriding `audit.dir`.
+        #[arg(long, value_name = "DIR")]
+        audit_dir: Option<PathBuf>,
+    },
+    /// Run the transparent host agent (root): eBPF hooks redirect
+    /// connections to provider hosts into a local TLS-terminating proxy that
+    /// uses the organisation CA. Applications change nothing. Also serves
+    /// the gateway listener when the config sets `gateway.listen`.
+    Run {
+        /// YAML config file; without it the embedded defaults are used (the
+        /// built-in providers for the whole host, CA in /var/lib/leash/ca,
+        /// audit in /var/lib/leash/audit, admin on 127.0.0.1:9090).
+        #[arg(short, long, env = "LEASH_CONFIG")]
+        config: Option<PathBuf>,
+        /// Admin listen address (/healthz, /metrics), overriding `admin.listen`.
+        #[arg(long, value_name = "IP:PORT")]
+        admin_listen: Option<String>,
+        /// Audit directory, overriding `audit.dir`.
+        #[arg(long, value_name = "DIR")]
+        audit_dir: Option<PathBuf>,
+    },
+    /// Run the central collector: a durable JetStream consumer that stores
+    /// every host's shipped audit records in PostgreSQL, checking each
+    /// host's hash chain and sequence.
+    Collector {
+        /// YAML file with a `collector:` section (nats, postgres, admin).
+        #[arg(short, long, env = "LEASH_COLLECTOR_CONFIG")]
+        config: PathBuf,
+    },
+    /// The organisation CA that intercepted connections are signed with.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Read and check the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Check and try policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// The kernel hooks of the transparent agent.
+    #[command(subcommand)]
+    Intercept(InterceptCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file: exit 0 if it is valid, 1 with the field and
+    /// the reason if not.
+    Check {
+        /// The YAML config file.
+        file: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs a server until it returns, on a multi-threaded runtime.
+fn block_on(server: impl Future<Output = Result<(), app::RunError>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(server)?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Panics are logged with where they happened; their message only when it
+/// is a literal in the code: a formatted message may hold request data
+/// (headers, keys, prompts) and is withheld.
+fn log_panics_without_data() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map_or_else(|| "?".to_owned(), |l| format!("{}:{}", l.file(), l.line()));
+        let message = info
+            .payload()
+            .downcast_ref::<&'static str>()
+            .copied()
+            .unwrap_or("(formatted message withheld: it may hold request data)");
+        let thread = std::thread::current();
+        tracing::error!(
+            %location,
+            thread = thread.name().unwrap_or("?"),
+            message,
+            "panic; the request it happened in was answered 500"
+        );
+    }));
+}
+
+/// Errors are printed as one line with their causes (`a: b: c`; a cause
+/// already in the message is not repeated), exit 1.
+pub fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let mut message = String::new();
+            for cause in e.chain().map(ToString::to_string) {
+                if !message.contains(&cause) {
+                    if !message.is_empty() {
+                        message.push_str(": ");
+                    }
+                    message.push_str(&cause);
+                }
+            }
+            eprintln!("Error: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    log_panics_without_data();
+    // Keys (the organisation CA's, gateway TLS) never end up in a core dump.
+    if let Err(e) = app::no_core_dumps() {
+        tracing::warn!(error = %e, "cannot disable core dumps for this process");
+    }
+    match cli.command {
+        Command::Gateway {
+            config,
+            listen,
+            admin_listen,
+            audit_dir,
+        } => {
+            let overrides = Overrides {
+                gateway_listen: listen,
+                admin_listen,
+                audit_dir,
+            };
+            let config = Config::load(config.as_deref(), &overrides)?;
+            block_on(app::run_gateway(config, shutdown_signal()))
+        }
+        Command::Run {
+            config,
+            admin_listen,
+            audit_dir,
+        } => {
+            let overrides = Overrides {
+                gateway_listen: None,
+                admin_listen,
+                audit_dir,
+            };
+            let config = Config::load(config.as_deref(), &overrides)?;
+            block_on(app::run_agent(config, shutdown_signal()))
+        }
+        Command::Collector { config } => {
+            let config = crate::collector::CollectorConfig::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    let _ = tx.send(true);
+                });
+                crate::collector::run(config, rx).await
+            })?;
+            Ok(())
+        }
+        Command::Ca(cmd) => ca::command(cmd),
+        Command::Audit(cmd) => audit::command(cmd),
+        Command::Policy(cmd) => policy::command(cmd),
+        Command::Intercept(cmd) => intercept::command(cmd),
+        Command::Config(ConfigCommand::Check { file }) => {
+            let config = Config::load(Some(&file), &Overrides::default())?;
+            app::check(&config)?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! `leash policy`: check a policy file, and see what it decides for a
+//! request without sending anything.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use crate::config::{Config, Overrides};
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file: exit 0 if valid, 1 with the field (and line
+    /// and column) and the reason if not.
+    Check {
+        /// The policy YAML file.
+        file: PathBuf,
+    },
+    /// Show what a policy decides for a request body, without sending
+    /// anything anywhere: decision, rules and findings (never the matched
+    /// text).
+    Test {
+        /// The policy YAML file.
+        file: PathBuf,
+        /// The request body (JSON), as the SDK would send it.
+        #[arg(long, value_name = "FILE")]
+        request: PathBuf,
+        /// The provider the request is for.
+        #[arg(long, default_value = "openai")]
+        provider: String,
+        /// The endpoint below the provider's base URL.
+        #[arg(long, default_value = "/chat/completions")]
+        endpoint: String,
+    },
+}
+
+pub fn command(cmd: PolicyCommand) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCommand::Check { file } => {
+            let policy = crate::policy::Policy::load(&file)?;
+            println!("{}: ok ({policy:?})", file.display());
+            Ok(())
+        }
+        PolicyCommand::Test {
+            file,
+            request,
+            provider,
+            endpoint,
+        } => {
+            let policy = crate::policy::Policy::load(&file)?;
+            let config = Config::load(None, &Overrides::default())?;
+            let provider = config
+                .providers
+                .get(&provider)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("unknown provider `{provider}`"))?;
+            let body = std::fs::read(&request)
+                .with_context(|| format!("cannot read {}", request.display()))?;
+            let decision = policy
+                .test(provider, &endpoint, &body)
+                .map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&decision)?);
+            Ok(())
+        }
+    }
+}

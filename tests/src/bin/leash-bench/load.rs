@@ -1,0 +1,275 @@
+//! The load generators: open loop at a rate, closed loop to saturation,
+//! SSE streams, new TLS connections.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::{
+    CHAT_BODY, STREAM_BODY, arg,
+    client::{Conn, target},
+    num,
+};
+
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram")
+}
+
+pub(crate) fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    if h.is_empty() {
+        // Nothing completed in time: no latency to report (not zero).
+        return json!({"count": 0});
+    }
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    json!({
+        "count": h.len(),
+        "p50_ms": ms(0.50), "p90_ms": ms(0.90), "p95_ms": ms(0.95),
+        "p99_ms": ms(0.99), "p999_ms": ms(0.999), "max_ms": h.max() as f64 / 1000.0,
+        "mean_ms": h.mean() / 1000.0,
+    })
+}
+
+pub(crate) fn us(d: Duration) -> u64 {
+    d.as_micros().max(1) as u64
+}
+
+// ---- open loop ----------------------------------------------------------------
+
+pub(crate) fn load(args: &[String]) {
+    let url = arg(args, "--url").expect("--url");
+    let rate: f64 = num(args, "--rate", 1000.0);
+    let seconds: f64 = num(args, "--seconds", 10.0);
+    let conns: usize = num(
+        args,
+        "--connections",
+        ((rate / 100.0) as usize).clamp(4, 64),
+    );
+    let warmup: f64 = num(args, "--warmup", 1.0);
+    let body = if arg(args, "--stream").is_some() {
+        STREAM_BODY
+    } else {
+        CHAT_BODY
+    };
+    let t = Arc::new(target(&url, args));
+    let total = (rate * seconds) as u64;
+    let warm = (rate * warmup) as u64;
+    let errors = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now() + Duration::from_millis(200);
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    // A server that cannot keep up is not waited for forever: requests not
+    // sent by the deadline count as not sent (and the run says so).
+    let deadline = start + Duration::from_secs_f64(warmup + seconds + 2.0);
+    let workers: Vec<_> = (0..conns)
+        .map(|k| {
+            let t = Arc::clone(&t);
+            let errors = Arc::clone(&errors);
+            let completed = Arc::clone(&completed);
+            std::thread::spawn(move || {
+                let mut corrected = histogram();
+                let mut service = histogram();
+                let mut conn = Conn::open(&t).ok();
+                let mut i = k as u64;
+                while i < warm + total && Instant::now() < deadline {
+                    let intended = start + interval.mul_f64(i as f64);
+                    let now = Instant::now();
+                    if intended > now {
+                        std::thread::sleep(intended - now);
+                    }
+                    let sent = Instant::now();
+                    let ok = (|| -> std::io::Result<bool> {
+                        if conn.is_none() {
+                            conn = Some(Conn::open(&t)?);
+                        }
+                        let c = conn.as_mut().expect("connection");
+                        c.send(&t, body)?;
+                        Ok(c.read()?.status == 200)
+                    })();
+                    let done = Instant::now();
+                    match ok {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            conn = None;
+                        }
+                    }
+                    if t.new_connection {
+                        conn = None;
+                    }
+                    if i >= warm {
+                        completed.fetch_add(1, Ordering::Relaxed);
+                        let _ = corrected.record(us(done - intended));
+                        let _ = service.record(us(done - sent));
+                    }
+                    i += conns as u64;
+                }
+                (corrected, service)
+            })
+        })
+        .collect();
+    let mut corrected = histogram();
+    let mut service = histogram();
+    for w in workers {
+        let (c, s) = w.join().expect("worker");
+        corrected.add(c).expect("merge");
+        service.add(s).expect("merge");
+    }
+    let elapsed = start.elapsed().as_secs_f64() - warmup;
+    let completed = completed.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        json!({
+            "mode": "open-loop", "rate": rate, "seconds": seconds, "connections": conns,
+            "achieved_rps": completed as f64 / elapsed.max(1e-9),
+            "not_sent": total.saturating_sub(completed),
+            "errors": errors.load(Ordering::Relaxed),
+            "latency": percentiles(&corrected),
+            "service": percentiles(&service),
+        })
+    );
+}
+
+// ---- closed loop ----------------------------------------------------------------
+
+pub(crate) fn saturate(args: &[String]) {
+    let url = arg(args, "--url").expect("--url");
+    let seconds: f64 = num(args, "--seconds", 5.0);
+    let conns: usize = num(args, "--connections", 32);
+    let t = Arc::new(target(&url, args));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(seconds);
+    let workers: Vec<_> = (0..conns)
+        .map(|_| {
+            let t = Arc::clone(&t);
+            let done = Arc::clone(&done);
+            let errors = Arc::clone(&errors);
+            std::thread::spawn(move || {
+                let mut h = histogram();
+                let mut conn = Conn::open(&t).ok();
+                while Instant::now() < end {
+                    let sent = Instant::now();
+                    let r = (|| -> std::io::Result<bool> {
+                        if conn.is_none() {
+                            conn = Some(Conn::open(&t)?);
+                        }
+                        let c = conn.as_mut().expect("connection");
+                        c.send(&t, CHAT_BODY)?;
+                        Ok(c.read()?.status == 200)
+                    })();
+                    if t.new_connection {
+                        conn = None;
+                    }
+                    match r {
+                        Ok(true) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                            let _ = h.record(us(sent.elapsed()));
+                        }
+                        Ok(false) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            conn = None;
+                        }
+                    }
+                }
+                h
+            })
+        })
+        .collect();
+    let mut h = histogram();
+    for w in workers {
+        h.add(w.join().expect("worker")).expect("merge");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({
+            "mode": "closed-loop", "connections": conns, "seconds": elapsed,
+            "rps": done.load(Ordering::Relaxed) as f64 / elapsed,
+            "errors": errors.load(Ordering::Relaxed),
+            "latency": percentiles(&h),
+        })
+    );
+}
+
+// ---- streams ----------------------------------------------------------------
+
+pub(crate) fn sse(args: &[String]) {
+    let url = arg(args, "--url").expect("--url");
+    let requests: usize = num(args, "--requests", 50);
+    let t = target(&url, args);
+    let mut ttft = histogram();
+    let mut gaps = histogram();
+    let mut conn = Conn::open(&t).expect("connect");
+    let mut errors = 0;
+    for _ in 0..requests {
+        let sent = Instant::now();
+        conn.send(&t, STREAM_BODY).expect("send");
+        match conn.read() {
+            Ok(r) if r.status == 200 && !r.chunks.is_empty() => {
+                let _ = ttft.record(us(r.chunks[0] - sent));
+                for pair in r.chunks.windows(2) {
+                    let _ = gaps.record(us(pair[1] - pair[0]));
+                }
+            }
+            _ => {
+                errors += 1;
+                conn = Conn::open(&t).expect("reconnect");
+            }
+        }
+    }
+    println!(
+        "{}",
+        json!({"mode": "sse", "requests": requests, "errors": errors,
+               "ttft": percentiles(&ttft), "gap": percentiles(&gaps)})
+    );
+}
+
+// ---- new connections, one server name after another ---------------------------
+
+pub(crate) fn handshake(args: &[String]) {
+    let url = arg(args, "--url").expect("--url");
+    let names: Vec<String> = arg(args, "--names")
+        .expect("--names a,b,...")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let rounds: usize = num(args, "--rounds", 2);
+    let t = target(&url, args);
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        let mut h = histogram();
+        let mut errors = 0;
+        for name in &names {
+            let sent = Instant::now();
+            let ok = (|| -> std::io::Result<bool> {
+                let mut c = Conn::open_as(&t, name)?;
+                c.send_as(&t, name, CHAT_BODY)?;
+                Ok(c.read()?.status == 200)
+            })();
+            if matches!(ok, Ok(true)) {
+                let _ = h.record(us(sent.elapsed()));
+            } else {
+                errors += 1;
+            }
+        }
+        out.push(json!({"errors": errors, "latency": percentiles(&h)}));
+    }
+    println!(
+        "{}",
+        json!({"mode": "handshake", "names": names.len(), "rounds": out})
+    );
+}
