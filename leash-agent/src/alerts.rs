@@ -3,13 +3,10 @@
 //! queue, retried with backoff, rate-limited per alert key. An alert never
 //! contains a secret: only names, numbers and the request id.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
-};
+use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
 use bytes::Bytes;
+use governor::{Quota, RateLimiter, clock::DefaultClock, state::keyed::DefaultKeyedStateStore};
 use http::{Method, Request, Uri, header};
 use http_body_util::Full;
 use serde_json::Value;
@@ -59,12 +56,39 @@ impl AlertConfig {
     }
 }
 
+/// Alert keys tracked at once; past it, stale keys are dropped and, if
+/// that is not enough, new keys share one limit (memory stays bounded
+/// whatever names requests bring).
+const MAX_KEYS: usize = 10_000;
+
+type Limiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>;
+
 /// The sending side: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct Alerter {
     tx: Option<mpsc::Sender<Value>>,
-    last: Arc<Mutex<HashMap<String, Instant>>>,
-    min_interval: Duration,
+    /// One alert per key per `min_interval`; `None`: no limit.
+    limiter: Option<Arc<Limiter>>,
+}
+
+/// What an alert is about, for rate limiting: a rule (or budget) and the
+/// team it happened to.
+pub struct AlertKey<'a> {
+    pub kind: &'static str,
+    pub name: &'a str,
+    pub team: Option<&'a str>,
+}
+
+impl std::fmt::Display for AlertKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}",
+            self.kind,
+            self.name,
+            self.team.unwrap_or("-")
+        )
+    }
 }
 
 impl Alerter {
@@ -72,8 +96,7 @@ impl Alerter {
     pub fn disabled() -> Self {
         Self {
             tx: None,
-            last: Arc::default(),
-            min_interval: Duration::ZERO,
+            limiter: None,
         }
     }
 
@@ -84,34 +107,49 @@ impl Alerter {
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(send_loop(rx, url, client));
+        let limiter = Quota::with_period(config.min_interval)
+            .map(|q| Arc::new(RateLimiter::keyed(q.allow_burst(NonZeroU32::MIN))));
         Self {
             tx: Some(tx),
-            last: Arc::default(),
-            min_interval: config.min_interval,
+            limiter,
         }
     }
 
-    /// Queues `alert` unless one with the same `key` went out less than
+    /// Queues `alert` unless one with the same key went out less than
     /// `min_interval` ago. Always logged.
-    pub fn fire(&self, key: &str, alert: Value) {
+    pub fn fire(&self, key: &AlertKey<'_>, alert: Value) {
+        let key = key.to_string();
         tracing::warn!(%key, alert = %alert, "alert");
         let Some(tx) = &self.tx else {
             return;
         };
+        if let Some(limiter) = &self.limiter
+            && limiter.check_key(&bounded(limiter, key.clone())).is_err()
         {
-            let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-            let now = Instant::now();
-            if last
-                .get(key)
-                .is_some_and(|t| now.duration_since(*t) < self.min_interval)
-            {
-                return;
-            }
-            last.insert(key.to_owned(), now);
+            return;
         }
         if tx.try_send(alert).is_err() {
             tracing::error!(%key, "alert queue full: alert not sent");
         }
+    }
+
+    /// Keys the limiter tracks now (for tests and metrics).
+    pub fn tracked_keys(&self) -> usize {
+        self.limiter.as_ref().map_or(0, |l| l.len())
+    }
+}
+
+/// `key`, or the shared overflow key when the limiter already tracks
+/// `MAX_KEYS` keys that are all still limiting.
+fn bounded(limiter: &Limiter, key: String) -> String {
+    if limiter.len() < MAX_KEYS {
+        return key;
+    }
+    limiter.retain_recent();
+    if limiter.len() < MAX_KEYS {
+        key
+    } else {
+        "overflow".to_owned()
     }
 }
 
@@ -141,5 +179,55 @@ async fn send_loop(mut rx: mpsc::Receiver<Value>, url: Uri, client: HttpsClient)
                 delay *= 2;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alerter(min_interval: Duration) -> (Alerter, mpsc::Receiver<Value>) {
+        let (tx, rx) = mpsc::channel(QUEUE * 40);
+        let limiter = Quota::with_period(min_interval)
+            .map(|q| Arc::new(RateLimiter::keyed(q.allow_burst(NonZeroU32::MIN))));
+        (
+            Alerter {
+                tx: Some(tx),
+                limiter,
+            },
+            rx,
+        )
+    }
+
+    fn key<'a>(name: &'a str, team: Option<&'a str>) -> AlertKey<'a> {
+        AlertKey {
+            kind: "policy",
+            name,
+            team,
+        }
+    }
+
+    #[test]
+    fn one_alert_per_rule_and_team_per_interval() {
+        let (a, mut rx) = alerter(Duration::from_mins(1));
+        for _ in 0..10_000 {
+            a.fire(&key("block-secrets", Some("ml")), Value::Null);
+        }
+        a.fire(&key("block-secrets", Some("web")), Value::Null);
+        a.fire(&key("redact-pii", Some("ml")), Value::Null);
+        let mut sent = 0;
+        while rx.try_recv().is_ok() {
+            sent += 1;
+        }
+        assert_eq!(sent, 3);
+    }
+
+    #[test]
+    fn the_keys_kept_stay_bounded() {
+        let (a, _rx) = alerter(Duration::from_mins(1));
+        for i in 0..(MAX_KEYS * 2) {
+            a.fire(&key("r", Some(&format!("team-{i}"))), Value::Null);
+        }
+        assert!(a.tracked_keys() <= MAX_KEYS + 1, "{}", a.tracked_keys());
     }
 }

@@ -43,7 +43,7 @@ pub enum ConfigError {
     #[error("invalid config {path}: {source}")]
     Parse {
         path: PathBuf,
-        source: serde_yaml::Error,
+        source: crate::field::YamlError,
     },
     #[error("invalid config: {0}")]
     Invalid(#[from] FieldError),
@@ -100,7 +100,7 @@ struct RawConfig {
     budgets: Vec<RawBudget>,
     #[serde(default)]
     alerts: RawAlerts,
-    policy: Option<serde_yaml::Value>,
+    policy: Option<serde_norway::Value>,
     #[serde(default)]
     teams: Vec<TeamConfig>,
 }
@@ -149,7 +149,7 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(RawConfig::default());
         }
-        serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+        crate::field::from_yaml(text).map_err(|source| ConfigError::Parse {
             path: name.to_owned(),
             source,
         })

@@ -73,6 +73,50 @@ pub fn globs(patterns: &[String]) -> Result<globset::GlobSet, String> {
     set.build().map_err(|e| e.to_string())
 }
 
+/// A YAML document that does not fit its schema: the path of the field at
+/// fault and the parser's reason (with line and column).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct YamlError {
+    /// The dotted path of the field (`rules[0].action`), `.` for the whole
+    /// document.
+    pub path: String,
+    message: String,
+}
+
+impl From<serde_path_to_error::Error<serde_norway::Error>> for YamlError {
+    fn from(e: serde_path_to_error::Error<serde_norway::Error>) -> Self {
+        let path = e.path().to_string();
+        let reason = e.inner().to_string();
+        // The parser names the enclosing field itself (`rules[0]: …`).
+        let reason = match reason.split_once(": ") {
+            Some((prefix, rest)) if path.starts_with(prefix) => rest.to_owned(),
+            _ => reason,
+        };
+        let message = if path == "." {
+            reason
+        } else {
+            format!("`{path}`: {reason}")
+        };
+        Self { path, message }
+    }
+}
+
+/// Reads YAML `text` into `T`, naming the field at fault on error.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
+    Ok(serde_path_to_error::deserialize(
+        serde_norway::Deserializer::from_str(text),
+    )?)
+}
+
+/// Reads a YAML value (e.g. a section given inline) into `T`, naming the
+/// field at fault on error.
+pub fn from_yaml_value<T: serde::de::DeserializeOwned>(
+    value: serde_norway::Value,
+) -> Result<T, YamlError> {
+    Ok(serde_path_to_error::deserialize(value)?)
+}
+
 /// A short machine name: `a-z`, `0-9`, `-` and `_`, 1 to 64 of them.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()

@@ -98,6 +98,7 @@ pub struct Metrics {
     pub audit_records: Counter,
     pub audit_dropped: Counter,
     pub audit_write_errors: Counter,
+    pub audit_overflowed: Counter,
     /// Segments past retention kept because they are not shipped yet.
     pub audit_retention_held: Counter,
     pub audit_last_seq: Gauge,
@@ -262,6 +263,12 @@ impl Metrics {
             "Audit writes or flushes that failed",
             Counter::default(),
         );
+        let audit_overflowed = register(
+            &mut r,
+            "leash_audit_overflowed",
+            "Audit records that found the queue full and waited in the overflow relay (overflow: block)",
+            Counter::default(),
+        );
         let audit_retention_held = register(
             &mut r,
             "leash_audit_retention_held",
@@ -313,6 +320,7 @@ impl Metrics {
             audit_records,
             audit_dropped,
             audit_write_errors,
+            audit_overflowed,
             intercepted,
             cert_mints,
             shadow_ai,

@@ -87,6 +87,7 @@ pub fn build(name: &str, parts: &Parts<'_>) -> Result<Box<dyn Module>, UnknownMo
         ))),
         budget::NAME => Ok(Box::new(budget::BudgetModule::new(
             parts.budgets.to_vec(),
+            Arc::clone(parts.prices),
             parts.audit_dir,
             parts.alerts.clone(),
             Arc::clone(parts.metrics),

@@ -12,6 +12,18 @@ use crate::{
     record::Usage,
 };
 
+/// Whether `model` is `base` or a dated or suffixed variant of it
+/// (`gpt-4o-2024-08-06`, `gpt-4o-mini` of `gpt-4o`; `models/` prefixes
+/// aside): how prices and budgets name models.
+pub fn is_variant_of(model: &str, base: &str) -> bool {
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    let base = base.strip_prefix("models/").unwrap_or(base);
+    model == base
+        || (model.len() > base.len()
+            && model.starts_with(base)
+            && model.as_bytes()[base.len()] == b'-')
+}
+
 /// The `pricing` section: prices per model, on top of the built-in table.
 pub type Prices = BTreeMap<String, Price>;
 
@@ -115,22 +127,25 @@ impl PriceTable {
         }
         self.prices
             .iter()
-            .filter(|(name, _)| {
-                model.len() > name.len()
-                    && model.starts_with(name.as_str())
-                    && model.as_bytes()[name.len()] == b'-'
-            })
+            .filter(|(name, _)| is_variant_of(model, name))
             .max_by_key(|(name, _)| name.len())
             .map(|(_, p)| p)
     }
 
-    /// The cost of `usage` for `model`, under each provider's way of
+    /// The cost of `usage` for `model` (see [`Price::cost`]); `None` for
+    /// a model without a price.
+    pub fn cost(&self, kind: ProviderKind, model: &str, usage: &Usage) -> Option<f64> {
+        Some(self.lookup(model)?.cost(kind, usage))
+    }
+}
+
+impl Price {
+    /// The cost of `usage` at this price, under each provider's way of
     /// counting: `OpenAI` and Gemini count cached tokens inside input tokens,
     /// Anthropic counts cache reads and writes apart from them; Gemini bills
     /// thinking tokens as output, `OpenAI` counts reasoning inside output.
-    pub fn cost(&self, kind: ProviderKind, model: &str, usage: &Usage) -> Option<f64> {
-        let price = self.lookup(model)?;
-        let cached_price = price.cached_input.unwrap_or(price.input);
+    pub fn cost(&self, kind: ProviderKind, usage: &Usage) -> f64 {
+        let cached_price = self.cached_input.unwrap_or(self.input);
         let per = |tokens: u64, usd_per_million: f64| {
             // Token counts are far below 2^52: exact in f64.
             #[allow(
@@ -143,26 +158,26 @@ impl PriceTable {
         let cost = match kind {
             ProviderKind::OpenAi => {
                 let uncached = usage.input_tokens.saturating_sub(usage.cached_tokens);
-                per(uncached, price.input)
+                per(uncached, self.input)
                     + per(usage.cached_tokens, cached_price)
-                    + per(usage.output_tokens, price.output)
+                    + per(usage.output_tokens, self.output)
             }
             ProviderKind::Anthropic => {
-                let write = price.cache_write.unwrap_or(price.input * 1.25);
-                per(usage.input_tokens, price.input)
+                let write = self.cache_write.unwrap_or(self.input * 1.25);
+                per(usage.input_tokens, self.input)
                     + per(usage.cached_tokens, cached_price)
                     + per(usage.cache_creation_tokens, write)
-                    + per(usage.output_tokens, price.output)
+                    + per(usage.output_tokens, self.output)
             }
             ProviderKind::Google => {
                 let uncached = usage.input_tokens.saturating_sub(usage.cached_tokens);
-                per(uncached, price.input)
+                per(uncached, self.input)
                     + per(usage.cached_tokens, cached_price)
-                    + per(usage.output_tokens + usage.reasoning_tokens, price.output)
+                    + per(usage.output_tokens + usage.reasoning_tokens, self.output)
             }
         };
         // Micro-dollar precision: stable, comparable numbers in records.
-        Some((cost * 1e9).round() / 1e9)
+        (cost * 1e9).round() / 1e9
     }
 }
 

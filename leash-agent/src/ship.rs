@@ -36,12 +36,30 @@ const DUPLICATE_WINDOW: Duration = Duration::from_mins(10);
 pub enum ShipError {
     #[error("cannot read NATS credentials {0}: {1}")]
     Credentials(PathBuf, std::io::Error),
-    #[error("cannot connect to NATS at {0}: {1}")]
-    Connect(String, String),
-    #[error("JetStream stream {0}: {1}")]
-    Stream(String, String),
+    #[error("`{url}` is not a NATS server address: {source}")]
+    Address { url: String, source: std::io::Error },
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("JetStream stream {stream}: {source}")]
+    Stream {
+        stream: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("audit spool {0}: {1}")]
     Spool(PathBuf, std::io::Error),
+}
+
+impl ShipError {
+    /// A JetStream error about `stream`.
+    pub fn stream(stream: &str, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Stream {
+            stream: stream.to_owned(),
+            source: Box::new(e),
+        }
+    }
 }
 
 /// Connects to NATS as configured. With `background`, returns at once and
@@ -89,14 +107,18 @@ pub async fn connect(
         .url
         .split(',')
         .map(|u| {
-            u.trim()
-                .parse()
-                .map_err(|e| ShipError::Connect(redact_url(u), format!("{e}")))
+            u.trim().parse().map_err(|source| ShipError::Address {
+                url: redact_url(u),
+                source,
+            })
         })
         .collect::<Result<_, _>>()?;
     opts.connect(addrs)
         .await
-        .map_err(|e| ShipError::Connect(redact_url(&cfg.url), e.to_string()))
+        .map_err(|source| ShipError::Connect {
+            url: redact_url(&cfg.url),
+            source,
+        })
 }
 
 /// Makes sure the stream exists (created with file storage and a wide
@@ -115,7 +137,7 @@ pub async fn ensure_stream(
     })
     .await
     .map(|_| ())
-    .map_err(|e| ShipError::Stream(name.to_owned(), e.to_string()))
+    .map_err(|e| ShipError::stream(name, e))
 }
 
 /// `url` for logs: any `user:password@` in it replaced by `***@`.

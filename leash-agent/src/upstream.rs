@@ -154,39 +154,67 @@ pub fn tls_config(config: &UpstreamConfig) -> Result<ClientConfig, UpstreamError
         .with_no_client_auth())
 }
 
-/// Whether `ip` is internal: loopback, private, link-local (cloud metadata
-/// at 169.254.169.254 included), carrier-grade NAT, unspecified, broadcast,
-/// multicast, documentation or unique-local. A provider host name resolving
-/// to one of these is refused unless allowed by name.
+/// Ranges that are not globally reachable (the IANA IPv4 and IPv6
+/// Special-Purpose Address Registries, plus multicast and the deprecated
+/// site-local range): loopback, private, link-local (cloud metadata at
+/// 169.254.169.254 included), carrier-grade NAT, benchmarking,
+/// documentation, reserved, unique-local.
+const NOT_GLOBAL: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.88.99.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "100::/64",
+    "2001::/23",
+    "2001:db8::/32",
+    "3fff::/20",
+    "5f00::/16",
+    "fc00::/7",
+    "fe80::/10",
+    "fec0::/10",
+    "ff00::/8",
+];
+
+static NOT_GLOBAL_NETS: std::sync::LazyLock<Vec<ipnet::IpNet>> =
+    std::sync::LazyLock::new(|| NOT_GLOBAL.iter().filter_map(|n| n.parse().ok()).collect());
+
+/// Whether `ip` is internal: not globally reachable, or an IPv6 address
+/// that carries an internal IPv4 address inside (v4-mapped,
+/// v4-compatible, NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`, 6to4
+/// `2002::/16`). A provider host name resolving to one of these is refused
+/// unless allowed by name.
 pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 192 && b == 0 && v4.octets()[2] == 0)
-                || a >= 240
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8
-        }
+    if NOT_GLOBAL_NETS.iter().any(|n| n.contains(&ip)) {
+        return true;
     }
+    let IpAddr::V6(v6) = ip else {
+        return false;
+    };
+    let s = v6.segments();
+    let embedded =
+        |hi: u16, lo: u16| std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    let inner = match s {
+        [0, 0, 0, 0, 0, 0 | 0xffff, hi, lo] | [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => {
+            Some(embedded(hi, lo))
+        }
+        [0x64, 0xff9b, 1, ..] => Some(embedded(s[6], s[7])),
+        [0x2002, hi, lo, ..] => Some(embedded(hi, lo)),
+        _ => None,
+    };
+    inner.is_some_and(|v4| is_internal(IpAddr::V4(v4)))
 }
 
 /// Resolves upstream host names with the system resolver, then drops
@@ -352,6 +380,16 @@ mod tests {
             "fe80::1",
             "::ffff:169.254.169.254",
             "::ffff:127.0.0.1",
+            "198.18.0.1",
+            "192.0.0.8",
+            "fec0::1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a00:1",
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2001::1",
+            "::127.0.0.1",
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip} is internal");
         }
@@ -360,6 +398,8 @@ mod tests {
             "142.250.74.138",
             "2606:4700::6812:7c0",
             "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
         ] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip} is public");
         }

@@ -342,3 +342,36 @@ fn segments_rotate_by_size_and_expire_by_age_and_the_chain_still_verifies() {
     let out = verify(&leash.audit_dir);
     assert_success("verify after retention", &out);
 }
+
+/// Two audit batches fail half-written (a torn write, as a full disk or an
+/// I/O error leaves it): the chain head does not move, the torn bytes are
+/// cut off and the same records are re-sealed and written on the retry.
+/// Afterwards every request has its record, in order, and the chain
+/// verifies. The control is the same run without the injected failures.
+#[test]
+fn a_failed_audit_write_is_retried_and_the_chain_still_verifies() {
+    for fail in ["", "2,3"] {
+        let mock = MockProvider::start();
+        let config = format!("{}audit:\n  durability: sync\n", mock_providers_yaml(&mock));
+        let leash = Leash::start_with_env(
+            tempfile::tempdir().unwrap(),
+            &config,
+            &[("LEASH_FAULT_AUDIT_WRITE_FAIL", fail)],
+        );
+        for _ in 0..6 {
+            chat(&leash, "ops");
+        }
+        let records = leash.wait_records(6);
+        let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6], "fail {fail:?}");
+        let out = verify(&leash.audit_dir);
+        assert_success(&format!("verify (fail {fail:?})"), &out);
+        let errors = leash
+            .metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("leash_audit_write_errors_total "))
+            .map(|v| v.trim().to_owned());
+        let expected = if fail.is_empty() { "0" } else { "2" };
+        assert_eq!(errors.as_deref(), Some(expected), "fail {fail:?}");
+    }
+}

@@ -348,6 +348,10 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
+/// The fault-injection hooks the end-to-end tests use (never in the
+/// release build, which is made without this feature).
+const TEST_HOOKS: &str = "leash-agent/test-hooks";
+
 fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
     ensure_debian_packages(&[
         ("curl", "curl"),
@@ -371,16 +375,33 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
             "--exclude",
             "leash-ebpf",
             "--all-targets",
+            "--features",
+            TEST_HOOKS,
             "--",
             "-D",
             "warnings",
         ]))?;
     }
-    run(cargo().args(["build", "--workspace", "--exclude", "leash-ebpf", "--bins"]))?;
+    run(cargo().args([
+        "build",
+        "--workspace",
+        "--exclude",
+        "leash-ebpf",
+        "--bins",
+        "--features",
+        TEST_HOOKS,
+    ]))?;
     let leash = target_dir().join("debug/leash");
     run_tests(
         cargo()
-            .args(["test", "--workspace", "--exclude", "leash-ebpf"])
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "leash-ebpf",
+                "--features",
+                TEST_HOOKS,
+            ])
             .args(args)
             .env("LEASH_BIN", &leash)
             .env("LEASH_TEST_PYTHON", &python)

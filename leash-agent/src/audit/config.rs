@@ -36,8 +36,8 @@ pub struct AuditConfig {
 pub struct RawAudit {
     pub dir: Option<PathBuf>,
     queue_capacity: Option<usize>,
-    durability: Option<String>,
-    overflow: Option<String>,
+    durability: Option<Durability>,
+    overflow: Option<Overflow>,
     segment_max_bytes: Option<u64>,
     retention_days: Option<u64>,
     ship: Option<RawShip>,
@@ -68,26 +68,8 @@ impl AuditConfig {
             ship: ShipConfig::validate(raw.ship, base, host)?,
             dir: field::resolve(base, raw.dir.unwrap_or_else(|| DEFAULT_AUDIT_DIR.into())),
             queue_capacity: field::positive("audit.queue_capacity", raw.queue_capacity, 65_536)?,
-            durability: match raw.durability.as_deref() {
-                None | Some("batch") => Durability::Batch,
-                Some("sync") => Durability::Sync,
-                Some(other) => {
-                    return Err(invalid(
-                        "audit.durability",
-                        format!("`{other}` is not one of: batch, sync"),
-                    ));
-                }
-            },
-            overflow: match raw.overflow.as_deref() {
-                None | Some("block") => Overflow::Block,
-                Some("drop") => Overflow::Drop,
-                Some(other) => {
-                    return Err(invalid(
-                        "audit.overflow",
-                        format!("`{other}` is not one of: block, drop"),
-                    ));
-                }
-            },
+            durability: raw.durability.unwrap_or(Durability::Batch),
+            overflow: raw.overflow.unwrap_or(Overflow::Block),
         })
     }
 }

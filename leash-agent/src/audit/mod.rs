@@ -7,9 +7,10 @@ pub mod chain;
 pub mod config;
 pub mod read;
 pub mod spool;
+mod writer;
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::OpenOptions,
     io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
@@ -23,16 +24,11 @@ use tokio::sync::mpsc;
 pub use self::config::AuditConfig;
 use crate::metrics::Metrics;
 
-/// Most records written between two flushes to disk.
-const MAX_BATCH: usize = 1024;
 /// `durability: batch`: at most one sync per this long. Records arriving
 /// meanwhile join the next batch: one `fdatasync` for many records instead
 /// of one each under steady load (what a machine crash may lose grows by at
 /// most this window).
 const BATCH_LINGER: Duration = Duration::from_millis(5);
-/// Fault injection for tests: a delay (ms) before each batch is written,
-/// standing in for a slow disk. Never set in production.
-const FAULT_WRITE_DELAY_ENV: &str = "LEASH_FAULT_AUDIT_WRITE_DELAY_MS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -55,7 +51,8 @@ enum Msg {
 }
 
 /// When a response may complete relative to its audit record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Durability {
     /// Records are synced in batches; a crash may lose the last unsynced
     /// batch (at most one batch: up to 1024 records, or what arrived while
@@ -66,7 +63,8 @@ pub enum Durability {
 }
 
 /// What happens when the queue to the writer is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Overflow {
     /// Responses wait for room (backpressure).
     Block,
@@ -82,6 +80,10 @@ pub type Submitted = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + 
 #[derive(Clone)]
 pub struct AuditSink {
     tx: mpsc::Sender<Msg>,
+    /// `overflow: block`: where records go that could not wait for room
+    /// (an exchange ended without a body to hold back); one relay task
+    /// feeds them to the writer as room frees up.
+    overflow_tx: Option<mpsc::UnboundedSender<Msg>>,
     metrics: Arc<Metrics>,
     durability: Durability,
     overflow: Overflow,
@@ -98,23 +100,21 @@ impl AuditSink {
     }
 
     /// Queues a record without waiting (an exchange that ended without a
-    /// body to hold: the client went away). A full queue under `block` is
-    /// waited on by a task; under `drop` the record is counted and logged.
+    /// body to hold: the client went away). A full queue under `block`
+    /// hands the record to the overflow relay (counted), which waits for
+    /// room; under `drop` the record is counted and logged.
     pub fn submit(&self, record: AuditRecord) {
         match self.tx.try_send(Msg::Record(Box::new(record), None)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(msg)) if self.overflow == Overflow::Block => {
-                match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => {
-                        let tx = self.tx.clone();
-                        rt.spawn(async move {
-                            let _ = tx.send(msg).await;
-                        });
+            Err(mpsc::error::TrySendError::Full(msg)) => match &self.overflow_tx {
+                Some(relay) => {
+                    self.metrics.audit_overflowed.inc();
+                    if relay.send(msg).is_err() {
+                        self.dropped("writer stopped");
                     }
-                    Err(_) => self.dropped("queue full outside the runtime"),
                 }
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => self.dropped("queue full"),
+                None => self.dropped("queue full"),
+            },
             Err(mpsc::error::TrySendError::Closed(_)) => self.dropped("writer stopped"),
         }
     }
@@ -151,6 +151,28 @@ impl AuditSink {
             }
         })
     }
+}
+
+/// Under `overflow: block`, the one task that moves records which could not
+/// wait into the queue as room frees up (nothing spawned per record).
+fn overflow_relay(
+    tx: &mpsc::Sender<Msg>,
+    overflow: Overflow,
+) -> Option<mpsc::UnboundedSender<Msg>> {
+    if overflow != Overflow::Block {
+        return None;
+    }
+    let rt = tokio::runtime::Handle::try_current().ok()?;
+    let (relay_tx, mut relay_rx) = mpsc::unbounded_channel::<Msg>();
+    let tx = tx.clone();
+    rt.spawn(async move {
+        while let Some(msg) = relay_rx.recv().await {
+            if tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    Some(relay_tx)
 }
 
 /// The disk side: owns the segment file and the writer thread.
@@ -194,6 +216,7 @@ impl AuditWriter {
             .open(&path)
             .map_err(|e| AuditError::Open(path.clone(), e))?;
         let mut head = resume.head;
+        let mut size = file.metadata().map_or(0, |m| m.len());
         if let Some((torn_file, torn_bytes)) = &resume.torn {
             // Mark the record a crash cut short; the chain continues from
             // the last complete one.
@@ -208,12 +231,14 @@ impl AuditWriter {
             });
             let json = serde_json::to_vec(&marker)
                 .map_err(|e| AuditError::Open(path.clone(), e.into()))?;
+            let line = chain::seal(json, &mut head);
             (&file)
-                .write_all(&chain::seal(json, &mut head))
+                .write_all(&line)
                 .and_then(|()| file.sync_data())
                 .map_err(|e| AuditError::Open(path.clone(), e))?;
+            size += line.len() as u64;
         }
-        let segments = Segments {
+        let segments = writer::Segments {
             dir: config.dir.clone(),
             max_bytes: config.segment_max_bytes,
             retention: config.retention,
@@ -226,29 +251,29 @@ impl AuditWriter {
             Durability::Batch => BATCH_LINGER,
             Durability::Sync => Duration::ZERO,
         };
-        let thread_metrics = Arc::clone(&metrics);
-        let thread_path = path.clone();
         let (live, _) = tokio::sync::broadcast::channel(LIVE_BACKLOG);
-        let thread_live = live.clone();
+        let writer = writer::Writer {
+            rx,
+            head,
+            segment: writer::Segment {
+                path: path.clone(),
+                file,
+                size,
+            },
+            segments,
+            metrics: Arc::clone(&metrics),
+            options: writer::WriterOptions {
+                linger,
+                live: live.clone(),
+            },
+        };
         let thread = std::thread::Builder::new()
             .name("leash-audit".into())
-            .spawn(move || {
-                write_loop(
-                    rx,
-                    file,
-                    head,
-                    &thread_path,
-                    &segments,
-                    &thread_metrics,
-                    &WriterOptions {
-                        linger,
-                        live: thread_live,
-                    },
-                );
-            })
+            .spawn(move || writer.run())
             .map_err(AuditError::Thread)?;
         let sink = AuditSink {
             tx: tx.clone(),
+            overflow_tx: overflow_relay(&tx, config.overflow),
             metrics,
             durability: config.durability,
             overflow: config.overflow,
@@ -296,201 +321,4 @@ impl AuditWriter {
             }
         }
     }
-}
-
-/// Where segments go, when a new one starts, and how long old ones stay.
-struct Segments {
-    dir: PathBuf,
-    max_bytes: u64,
-    retention: Option<Duration>,
-    /// Shipping is on: a segment with records not yet acknowledged by
-    /// JetStream stays, whatever its age.
-    hold_unshipped: bool,
-    metrics: Arc<Metrics>,
-}
-
-impl Segments {
-    /// A new segment starting at `seq`.
-    fn open(&self, seq: u64) -> io::Result<(PathBuf, File)> {
-        let path = self.dir.join(format!("audit-{seq:016}.jsonl"));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)?;
-        Ok((path, file))
-    }
-
-    /// Removes segments last written longer ago than the retention, never
-    /// the current one.
-    fn expire(&self, current: &Path) {
-        let Some(retention) = self.retention else {
-            return;
-        };
-        let Ok(files) = chain::segments(&self.dir) else {
-            return;
-        };
-        let shipped = self
-            .hold_unshipped
-            .then(|| spool::Cursor::read(&self.dir).map_or(0, |c| c.seq));
-        for (i, file) in files
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.as_path() != current)
-        {
-            let old = std::fs::metadata(file)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > retention));
-            // Its last seq is one before the next segment's first.
-            let last = files
-                .get(i + 1)
-                .and_then(|next| next.file_name()?.to_str()?.get(6..22)?.parse::<u64>().ok())
-                .map_or(u64::MAX, |first| first.saturating_sub(1));
-            if old && shipped.is_some_and(|s| last > s) {
-                self.metrics.audit_retention_held.inc();
-                tracing::warn!(file = %file.display(), "audit segment past retention kept: not shipped yet");
-                continue;
-            }
-            if old {
-                match std::fs::remove_file(file) {
-                    Ok(()) => {
-                        tracing::info!(file = %file.display(), "audit segment past retention removed");
-                    }
-                    Err(e) => {
-                        tracing::warn!(file = %file.display(), error = %e, "cannot remove expired audit segment");
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// How the writer thread batches and whom it tells.
-struct WriterOptions {
-    /// Group-commit window.
-    linger: Duration,
-    /// Records once on disk, for live subscribers.
-    live: tokio::sync::broadcast::Sender<bytes::Bytes>,
-}
-
-fn write_loop(
-    mut rx: mpsc::Receiver<Msg>,
-    file: File,
-    mut head: chain::ChainHead,
-    path: &Path,
-    segments: &Segments,
-    metrics: &Metrics,
-    WriterOptions { linger, live }: &WriterOptions,
-) {
-    let linger = *linger;
-    let mut path = path.to_owned();
-    let mut lines: Vec<bytes::Bytes> = Vec::new();
-    metrics
-        .audit_last_seq
-        .set(i64::try_from(head.seq).unwrap_or(i64::MAX));
-    let mut size = file.metadata().map_or(0, |m| m.len());
-    let mut out = io::BufWriter::with_capacity(64 * 1024, file);
-    let mut acks = Vec::new();
-    let mut synced = Vec::new();
-    let fault_delay = std::env::var(FAULT_WRITE_DELAY_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis);
-    if let Some(delay) = fault_delay {
-        tracing::warn!(?delay, "fault injection: audit writes are delayed");
-    }
-    let mut last_sync = std::time::Instant::now();
-    while let Some(first) = rx.blocking_recv() {
-        if let Some(delay) = fault_delay {
-            std::thread::sleep(delay);
-        }
-        // Group commit: wait out the rest of the linger window so the
-        // records arriving meanwhile share this batch's sync.
-        let rest = linger.saturating_sub(last_sync.elapsed());
-        if !rest.is_zero() {
-            std::thread::sleep(rest);
-        }
-        let mut written = 0u64;
-        let mut next = Some(first);
-        let mut batch = 0;
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Record(rec, ack) => match write_record(&mut out, &rec, &mut head) {
-                    Ok(sealed) => {
-                        size += sealed.len() as u64;
-                        written += 1;
-                        synced.extend(ack);
-                        if live.receiver_count() > 0 {
-                            lines.push(bytes::Bytes::from(sealed));
-                        }
-                    }
-                    Err(e) => {
-                        metrics.audit_write_errors.inc();
-                        tracing::error!(path = %path.display(), error = %e, "audit write failed");
-                        if let Some(ack) = ack {
-                            let _ = ack.send(false);
-                        }
-                    }
-                },
-                Msg::Flush(ack) => acks.push(ack),
-            }
-            batch += 1;
-            if batch < MAX_BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        let synced_now = out.flush().and_then(|()| out.get_ref().sync_data());
-        last_sync = std::time::Instant::now();
-        let ok = match synced_now {
-            Ok(()) => {
-                metrics.audit_records.inc_by(written);
-                metrics
-                    .audit_last_seq
-                    .set(i64::try_from(head.seq).unwrap_or(i64::MAX));
-                true
-            }
-            Err(e) => {
-                metrics.audit_write_errors.inc();
-                tracing::error!(path = %path.display(), error = %e, "audit flush failed");
-                false
-            }
-        };
-        for ack in synced.drain(..) {
-            let _ = ack.send(ok);
-        }
-        for line in lines.drain(..) {
-            if ok {
-                let _ = live.send(line);
-            }
-        }
-        if ok && size >= segments.max_bytes {
-            match segments.open(head.seq + 1) {
-                Ok((new_path, file)) => {
-                    tracing::info!(file = %new_path.display(), "audit segment rotated");
-                    out = io::BufWriter::with_capacity(64 * 1024, file);
-                    path = new_path;
-                    size = 0;
-                    segments.expire(&path);
-                }
-                Err(e) => {
-                    metrics.audit_write_errors.inc();
-                    tracing::error!(error = %e, "cannot start a new audit segment; continuing the current one");
-                }
-            }
-        }
-        for ack in acks.drain(..) {
-            let _ = ack.send(());
-        }
-    }
-}
-
-/// Writes one sealed record; returns its length in bytes.
-fn write_record(
-    out: &mut impl Write,
-    record: &AuditRecord,
-    head: &mut chain::ChainHead,
-) -> io::Result<Vec<u8>> {
-    let line = chain::seal(serde_json::to_vec(record)?, head);
-    out.write_all(&line)?;
-    Ok(line)
 }

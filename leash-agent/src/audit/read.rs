@@ -1,7 +1,7 @@
 //! Reading the audit trail back: records in chain order, filters, and the
 //! sums behind `leash audit query`.
 
-use std::{collections::BTreeMap, io, path::Path, time::Duration};
+use std::{collections::BTreeMap, io, path::Path};
 
 use serde_json::Value;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -28,23 +28,18 @@ pub fn records(dir: &Path) -> io::Result<Vec<Value>> {
 
 /// `--since`: a duration back from now (`30m`, `24h`, `7d`) or an RFC 3339
 /// time.
-pub fn parse_since(text: &str) -> Result<OffsetDateTime, String> {
+pub fn parse_since(text: &str) -> Result<OffsetDateTime, SinceError> {
     if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
         return Ok(t);
     }
-    let (num, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (30m, 24h, 7d) or an RFC 3339 time"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
-    };
-    Ok(OffsetDateTime::now_utc() - Duration::from_secs(secs))
+    let ago = humantime::parse_duration(text).map_err(|_| SinceError(text.to_owned()))?;
+    Ok(OffsetDateTime::now_utc() - ago)
 }
+
+/// `--since` that is neither a duration nor a time.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a duration (30m, 24h, 7d) or an RFC 3339 time")]
+pub struct SinceError(String);
 
 /// Which records a query selects.
 #[derive(Debug, Default)]

@@ -56,9 +56,7 @@ pub fn command(cmd: PolicyCommand) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("unknown provider `{provider}`"))?;
             let body = std::fs::read(&request)
                 .with_context(|| format!("cannot read {}", request.display()))?;
-            let decision = policy
-                .test(provider, &endpoint, &body)
-                .map_err(anyhow::Error::msg)?;
+            let decision = policy.test(provider, &endpoint, &body)?;
             println!("{}", serde_json::to_string_pretty(&decision)?);
             Ok(())
         }

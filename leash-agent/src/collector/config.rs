@@ -56,7 +56,7 @@ impl CollectorConfig {
             source,
         })?;
         let raw: RawCollectorFile =
-            serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+            field::from_yaml(&text).map_err(|source| ConfigError::Parse {
                 path: path.to_owned(),
                 source,
             })?;

@@ -223,7 +223,7 @@ async fn open_consumer(
             let stream = js
                 .get_stream(&cfg.nats.stream)
                 .await
-                .map_err(|e| ShipError::Stream(cfg.nats.stream.clone(), e.to_string()))?;
+                .map_err(|e| ShipError::stream(&cfg.nats.stream, e))?;
             stream
                 .get_or_create_consumer(
                     &cfg.durable,
@@ -236,7 +236,7 @@ async fn open_consumer(
                     },
                 )
                 .await
-                .map_err(|e| ShipError::Stream(cfg.nats.stream.clone(), e.to_string()))
+                .map_err(|e| ShipError::stream(&cfg.nats.stream, e))
         };
         match attempt.await {
             Ok(c) => return Some(c),

@@ -83,8 +83,10 @@ pub struct Console {
 }
 
 /// Equal without an early exit on the first differing byte.
+/// Constant-time comparison of a given token with the expected one.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq as _;
+    a.ct_eq(b).into()
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {
@@ -553,7 +555,7 @@ impl Console {
                     .unwrap_or(Value::Null);
                 Answer::json(StatusCode::OK, &out)
             }
-            Err(e) => Answer::error(StatusCode::BAD_REQUEST, &e),
+            Err(e) => Answer::error(StatusCode::BAD_REQUEST, &e.to_string()),
         }
     }
 }

@@ -1,13 +1,10 @@
 //! Who made an intercepted call: process, executable, user, cgroup and
 //! container, from the kernel's record and `/proc`.
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, PoisonError},
-    time::{Duration, Instant},
-};
+use std::{sync::LazyLock, time::Duration};
 
 use leash_common::OrigDst;
+use moka::sync::Cache;
 
 use super::cgroup;
 
@@ -23,45 +20,23 @@ pub struct ProcessInfo {
     pub container: Option<String>,
 }
 
-/// The user name of `uid` from a passwd file's text.
-pub fn user_name_from(passwd: &str, uid: u32) -> Option<String> {
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let id: u32 = fields.nth(1)?.parse().ok()?;
-        (id == uid).then(|| name.to_owned())
-    })
-}
-
-/// How long user names read from `/etc/passwd` are reused.
+/// How long user names are reused.
 const USER_NAMES_TTL: Duration = Duration::from_mins(1);
 
-/// User names by uid, read from `/etc/passwd` at most once a minute rather
-/// than on every intercepted connection.
-static USER_NAMES: Mutex<Option<UserNames>> = Mutex::new(None);
-
-/// When the names were read, and the names by uid.
-type UserNames = (Instant, HashMap<u32, Option<String>>);
+/// User names by uid through the system's name service (NSS: `/etc/passwd`,
+/// LDAP, SSSD…), looked up at most once a minute per uid rather than on
+/// every intercepted connection.
+static USER_NAMES: LazyLock<Cache<u32, Option<String>>> = LazyLock::new(|| {
+    Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(USER_NAMES_TTL)
+        .build()
+});
 
 fn user_name(uid: u32) -> Option<String> {
-    let mut cache = USER_NAMES.lock().unwrap_or_else(PoisonError::into_inner);
-    if cache
-        .as_ref()
-        .is_none_or(|(at, _)| at.elapsed() > USER_NAMES_TTL)
-    {
-        *cache = Some((Instant::now(), HashMap::new()));
-    }
-    let names = &mut cache
-        .get_or_insert_with(|| (Instant::now(), HashMap::new()))
-        .1;
-    names
-        .entry(uid)
-        .or_insert_with(|| {
-            std::fs::read_to_string("/etc/passwd")
-                .ok()
-                .and_then(|p| user_name_from(&p, uid))
-        })
-        .clone()
+    USER_NAMES.get_with(uid, || {
+        uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned())
+    })
 }
 
 /// Describes the process in `rec`. The process may be gone already: what
@@ -97,10 +72,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn user_names() {
-        let passwd = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n";
-        assert_eq!(user_name_from(passwd, 1000).as_deref(), Some("alice"));
-        assert_eq!(user_name_from(passwd, 0).as_deref(), Some("root"));
-        assert_eq!(user_name_from(passwd, 7), None);
+    fn user_names_come_from_the_name_service() {
+        assert_eq!(user_name(0).as_deref(), Some("root"));
+        assert_eq!(user_name(u32::MAX - 7), None);
     }
 }

@@ -18,7 +18,8 @@ pub const DEFAULT_BYPASS_MARK: u32 = 0x1ea5;
 const DEFAULT_HOSTS: [&str; 3] = ["openai", "anthropic", "google"];
 
 /// Which connections the transparent agent takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Scope {
     /// Connections to the addresses of `intercept.hosts`.
     Providers,
@@ -27,7 +28,8 @@ pub enum Scope {
 }
 
 /// What happens to provider connections while the agent is not running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FailureMode {
     /// The hooks go away with the agent: traffic flows direct.
     Open,
@@ -70,7 +72,7 @@ pub struct InterceptConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawIntercept {
     pub cgroup: Option<PathBuf>,
-    scope: Option<String>,
+    scope: Option<Scope>,
     ports: Option<Vec<u16>>,
     hosts: Option<Vec<RawHost>>,
     resolve: Option<bool>,
@@ -78,7 +80,7 @@ pub struct RawIntercept {
     refresh_secs: Option<u64>,
     proxy_port: Option<u16>,
     bypass_mark: Option<u32>,
-    failure_mode: Option<String>,
+    failure_mode: Option<FailureMode>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,16 +96,7 @@ impl InterceptConfig {
     /// Validates `raw`; hosts that are a configured provider's upstream
     /// take its kind.
     pub fn validate(raw: RawIntercept, providers: &Providers) -> Result<Self, FieldError> {
-        let scope = match raw.scope.as_deref() {
-            None | Some("providers") => Scope::Providers,
-            Some("all-tls") => Scope::AllTls,
-            Some(other) => {
-                return Err(invalid(
-                    "intercept.scope",
-                    format!("`{other}` is not one of: providers, all-tls"),
-                ));
-            }
-        };
+        let scope = raw.scope.unwrap_or(Scope::Providers);
         let ports = raw.ports.unwrap_or_else(|| vec![443]);
         if ports.is_empty() || ports.len() > 64 || ports.contains(&0) {
             return Err(invalid("intercept.ports", "1 to 64 ports, none of them 0"));
@@ -143,16 +136,7 @@ impl InterceptConfig {
                 Some(m) => m,
                 None => DEFAULT_BYPASS_MARK,
             },
-            failure_mode: match raw.failure_mode.as_deref() {
-                None | Some("open") => FailureMode::Open,
-                Some("closed") => FailureMode::Closed,
-                Some(other) => {
-                    return Err(invalid(
-                        "intercept.failure_mode",
-                        format!("`{other}` is not one of: open, closed"),
-                    ));
-                }
-            },
+            failure_mode: raw.failure_mode.unwrap_or(FailureMode::Open),
         })
     }
 }

@@ -15,9 +15,10 @@ use time::{Date, Duration as TimeDuration, OffsetDateTime, Time};
 
 use super::{Exchange, Flow, Module, ModuleError, ProxyRequest, Rejection};
 use crate::{
-    alerts::Alerter,
+    alerts::{AlertKey, Alerter},
     field::{FieldError, invalid},
     metrics::Metrics,
+    pricing::{Price, PriceTable, is_variant_of},
     provider::ErrorCode,
     record::AuditRecord,
 };
@@ -25,7 +26,8 @@ use crate::{
 pub const NAME: &str = "budget";
 
 /// How long a budget's spend accumulates before it starts over (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Period {
     Day,
     Week,
@@ -42,7 +44,8 @@ impl Period {
     }
 }
 
-/// A spend limit for the requests that match all of its set fields.
+/// A spend limit for the requests that match all of its set fields. A
+/// model matches its dated and suffixed variants too (as prices do).
 #[derive(Debug, Clone)]
 pub struct BudgetConfig {
     pub name: String,
@@ -51,6 +54,9 @@ pub struct BudgetConfig {
     pub model: Option<String>,
     pub period: Period,
     pub limit_usd: f64,
+    /// What a model without a price costs under this budget; `None`:
+    /// such requests are refused (a budget never lets a call be free).
+    pub unpriced_price: Option<Price>,
 }
 
 /// A `budgets[]` entry as written.
@@ -61,8 +67,9 @@ pub struct RawBudget {
     team: Option<String>,
     provider: Option<String>,
     model: Option<String>,
-    period: String,
+    period: Period,
     limit_usd: f64,
+    unpriced_price: Option<Price>,
 }
 
 impl BudgetConfig {
@@ -76,19 +83,18 @@ impl BudgetConfig {
 
     fn validate(i: usize, b: RawBudget) -> Result<Self, FieldError> {
         let field = format!("budgets[{i}]");
-        let period = match b.period.as_str() {
-            "day" => Period::Day,
-            "week" => Period::Week,
-            "month" => Period::Month,
-            other => {
-                return Err(invalid(
-                    format!("{field}.period"),
-                    format!("`{other}` is not one of: day, week, month"),
-                ));
-            }
-        };
+        let period = b.period;
         if !b.limit_usd.is_finite() || b.limit_usd < 0.0 {
             return Err(invalid(format!("{field}.limit_usd"), "must be 0 or more"));
+        }
+        if let Some(p) = &b.unpriced_price {
+            crate::pricing::validate(std::iter::once(("unpriced".to_owned(), *p)).collect())
+                .map_err(|_| {
+                    invalid(
+                        format!("{field}.unpriced_price"),
+                        "prices are USD per million tokens, 0 or more",
+                    )
+                })?;
         }
         if b.team.is_none() && b.provider.is_none() && b.model.is_none() {
             return Err(invalid(field, "set at least one of team, provider, model"));
@@ -112,6 +118,7 @@ impl BudgetConfig {
             model: b.model,
             period,
             limit_usd: b.limit_usd,
+            unpriced_price: b.unpriced_price,
         })
     }
 }
@@ -138,6 +145,7 @@ struct Spend {
 pub struct BudgetModule {
     budgets: Vec<BudgetConfig>,
     spend: Mutex<Vec<Spend>>,
+    prices: Arc<PriceTable>,
     alerts: Alerter,
     metrics: Arc<Metrics>,
 }
@@ -145,7 +153,9 @@ pub struct BudgetModule {
 fn matches(b: &BudgetConfig, provider: &str, model: Option<&str>, team: Option<&str>) -> bool {
     b.team.as_deref().is_none_or(|t| team == Some(t))
         && b.provider.as_deref().is_none_or(|p| p == provider)
-        && b.model.as_deref().is_none_or(|m| model == Some(m))
+        && b.model
+            .as_deref()
+            .is_none_or(|m| model.is_some_and(|model| is_variant_of(model, m)))
 }
 
 /// What each budget has spent in its current period, from `records`.
@@ -209,6 +219,7 @@ impl BudgetModule {
     /// trail in `audit_dir`.
     pub fn new(
         budgets: Vec<BudgetConfig>,
+        prices: Arc<PriceTable>,
         audit_dir: &Path,
         alerts: Alerter,
         metrics: Arc<Metrics>,
@@ -225,9 +236,23 @@ impl BudgetModule {
         Self {
             budgets,
             spend: Mutex::new(spend),
+            prices,
             alerts,
             metrics,
         }
+    }
+
+    /// A budget over `ex` that cannot price its model, if any: such a call
+    /// would otherwise be free.
+    fn unpriceable(&self, ex: &Exchange) -> Option<&BudgetConfig> {
+        let model = ex.model.as_deref()?;
+        if self.prices.lookup(model).is_some() {
+            return None;
+        }
+        self.budgets.iter().find(|b| {
+            b.unpriced_price.is_none()
+                && matches(b, &ex.provider.name, Some(model), ex.caller.team.as_deref())
+        })
     }
 }
 
@@ -242,6 +267,18 @@ impl Module for BudgetModule {
         ex: &mut Exchange,
         _req: &mut ProxyRequest,
     ) -> Result<Flow, ModuleError> {
+        if let Some(b) = self.unpriceable(ex) {
+            return Ok(Flow::Reject(Rejection {
+                status: StatusCode::FORBIDDEN,
+                code: ErrorCode::BudgetExceeded,
+                message: format!(
+                    "leash: model `{}` has no price, so budget `{}` cannot account for it; \
+                     add it to `pricing` or give the budget an `unpriced_price`",
+                    ex.model.as_deref().unwrap_or_default(),
+                    b.name
+                ),
+            }));
+        }
         let now = OffsetDateTime::now_utc();
         let mut spend = self.spend.lock().unwrap_or_else(PoisonError::into_inner);
         for (b, s) in self.budgets.iter().zip(spend.iter_mut()) {
@@ -275,7 +312,14 @@ impl Module for BudgetModule {
                 "request_id": ex.id,
                 "ts": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
             });
-            self.alerts.fire(&format!("budget:{}", b.name), alert);
+            self.alerts.fire(
+                &AlertKey {
+                    kind: "budget",
+                    name: &b.name,
+                    team: ex.caller.team.as_deref(),
+                },
+                alert,
+            );
             return Ok(Flow::Reject(Rejection {
                 status: StatusCode::TOO_MANY_REQUESTS,
                 code: ErrorCode::BudgetExceeded,
@@ -292,17 +336,24 @@ impl Module for BudgetModule {
     }
 
     fn logging(&self, ex: &Exchange, record: &mut AuditRecord) {
-        let Some(cost) = record.cost_usd else {
-            return;
-        };
         let mut spend = self.spend.lock().unwrap_or_else(PoisonError::into_inner);
         for (b, s) in self.budgets.iter().zip(spend.iter_mut()) {
-            if matches(
+            if !matches(
                 b,
                 &ex.provider.name,
                 ex.model.as_deref(),
                 ex.caller.team.as_deref(),
             ) {
+                continue;
+            }
+            // A model without a price is charged at the budget's fallback
+            // price, and the record says what it cost.
+            if record.cost_usd.is_none()
+                && let (Some(price), Some(usage)) = (b.unpriced_price, record.usage)
+            {
+                record.cost_usd = Some(price.cost(ex.provider.kind, &usage));
+            }
+            if let Some(cost) = record.cost_usd {
                 s.usd += cost;
                 self.metrics.budget_remaining(&b.name, b.limit_usd - s.usd);
             }

@@ -35,10 +35,10 @@ use crate::{
 
 /// Failure inside a module's phase. The request is refused (fail closed).
 #[derive(Debug, thiserror::Error)]
-#[error("module `{module}` failed: {message}")]
+#[error("module `{module}` failed: {source}")]
 pub struct ModuleError {
     pub module: &'static str,
-    pub message: String,
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 pub use crate::record::{Caller, Mode};
@@ -286,8 +286,7 @@ impl Pipeline {
 
     /// Runs every module's request phase; stops at the first rejection.
     pub async fn request(&self, ex: &mut Exchange, req: &mut ProxyRequest) -> Flow {
-        #[cfg(debug_assertions)]
-        forced_test_panic(req);
+        crate::faults::maybe_panic(&req.head.headers);
         for m in &self.modules {
             match m.request_filter(ex, req).await {
                 Ok(Flow::Continue) => {}
@@ -402,21 +401,6 @@ impl DerefMut for ActiveExchange {
     fn deref_mut(&mut self) -> &mut Exchange {
         &mut self.ex
     }
-}
-
-/// Debug builds only, for the secrets-hygiene test: with
-/// `LEASH_TEST_PANIC=1`, a request carrying `x-leash-test-panic` panics in
-/// the pipeline, with every header in the panic message (which the panic
-/// hook must keep out of the logs).
-#[cfg(debug_assertions)]
-fn forced_test_panic(req: &ProxyRequest) {
-    static ENABLED: std::sync::LazyLock<bool> =
-        std::sync::LazyLock::new(|| std::env::var_os("LEASH_TEST_PANIC").is_some_and(|v| v == "1"));
-    assert!(
-        !(*ENABLED && req.head.headers.contains_key("x-leash-test-panic")),
-        "panic forced by a test; headers: {:?}",
-        req.head.headers
-    );
 }
 
 impl Drop for ActiveExchange {

@@ -24,7 +24,7 @@ pub enum PolicyError {
     #[error("invalid policy {policy}: {source}")]
     Parse {
         policy: String,
-        source: serde_yaml::Error,
+        source: crate::field::YamlError,
     },
     #[error("invalid policy {policy}: `{field}`: {reason}")]
     Invalid {
@@ -40,12 +40,12 @@ pub enum PolicyError {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPolicy {
     pub(super) version: u32,
-    pub(super) mode: Option<String>,
+    pub(super) mode: Option<PolicyMode>,
     #[serde(default)]
     pub(super) detectors: BTreeMap<String, RawDetector>,
     #[serde(default)]
     pub(super) rules: Vec<RawRule>,
-    pub(super) on_unparseable: Option<String>,
+    pub(super) on_unparseable: Option<Unparseable>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,10 +63,10 @@ pub(super) struct RawRule {
     pub(super) name: String,
     #[serde(rename = "match", default)]
     pub(super) matcher: RawMatch,
-    pub(super) action: String,
+    pub(super) action: Action,
     #[serde(default)]
     pub(super) tags: Vec<String>,
-    pub(super) mode: Option<String>,
+    pub(super) mode: Option<PolicyMode>,
     // transform
     pub(super) set_model: Option<String>,
     pub(super) max_tokens: Option<u64>,
@@ -87,7 +87,7 @@ pub(super) struct RawMatch {
     pub(super) provider: Option<Vec<String>>,
     pub(super) model: Option<Vec<String>>,
     pub(super) endpoint: Option<Vec<String>>,
-    pub(super) direction: Option<String>,
+    pub(super) direction: Option<Direction>,
     pub(super) team: Option<Vec<String>>,
     pub(super) header: Option<BTreeMap<String, String>>,
     pub(super) caller: Option<RawCaller>,
@@ -142,16 +142,20 @@ fn compile_match(m: &RawMatch, field: &str, name: &str) -> Result<Match, PolicyE
     })
 }
 
-pub(super) fn parse_action(s: &str) -> Option<Action> {
-    Some(match s {
-        "allow" => Action::Allow,
-        "block" => Action::Block,
-        "redact" => Action::Redact,
-        "transform" => Action::Transform,
-        "annotate" => Action::Annotate,
-        "alert" => Action::Alert,
-        _ => return None,
-    })
+/// `mode` of the policy or of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum PolicyMode {
+    Enforce,
+    Shadow,
+}
+
+/// `on_unparseable`: what happens to a body policy cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Unparseable {
+    Block,
+    Forward,
 }
 
 pub(super) fn invalid(
@@ -179,17 +183,18 @@ impl Policy {
     /// Compiles policy text; `name` names it in errors (with line and column
     /// for syntax errors).
     pub fn parse(text: &str, name: &str) -> Result<Self, PolicyError> {
-        let raw: RawPolicy = serde_yaml::from_str(text).map_err(|source| PolicyError::Parse {
-            policy: name.to_owned(),
-            source,
-        })?;
+        let raw: RawPolicy =
+            crate::field::from_yaml(text).map_err(|source| PolicyError::Parse {
+                policy: name.to_owned(),
+                source,
+            })?;
         Self::compile(raw, name)
     }
 
     /// Compiles a policy given inline in the main config.
-    pub fn from_value(value: serde_yaml::Value, name: &str) -> Result<Self, PolicyError> {
+    pub fn from_value(value: serde_norway::Value, name: &str) -> Result<Self, PolicyError> {
         let raw: RawPolicy =
-            serde_yaml::from_value(value).map_err(|source| PolicyError::Parse {
+            crate::field::from_yaml_value(value).map_err(|source| PolicyError::Parse {
                 policy: name.to_owned(),
                 source,
             })?;
@@ -200,28 +205,8 @@ impl Policy {
         if raw.version != 1 {
             return Err(invalid(name, "version", "only version 1 is known"));
         }
-        let shadow = match raw.mode.as_deref() {
-            None | Some("enforce") => false,
-            Some("shadow") => true,
-            Some(o) => {
-                return Err(invalid(
-                    name,
-                    "mode",
-                    format!("`{o}` is not one of: enforce, shadow"),
-                ));
-            }
-        };
-        let forward_unparseable = match raw.on_unparseable.as_deref() {
-            None | Some("block") => false,
-            Some("forward") => true,
-            Some(o) => {
-                return Err(invalid(
-                    name,
-                    "on_unparseable",
-                    format!("`{o}` is not one of: block, forward"),
-                ));
-            }
-        };
+        let shadow = raw.mode == Some(PolicyMode::Shadow);
+        let forward_unparseable = raw.on_unparseable == Some(Unparseable::Forward);
         let custom = raw
             .detectors
             .into_iter()
@@ -267,40 +252,9 @@ pub(super) fn compile_rule(
     detectors: &Detectors,
 ) -> Result<Rule, PolicyError> {
     let field = format!("rules[{i}] ({})", r.name);
-    let action = parse_action(&r.action).ok_or_else(|| {
-        invalid(
-            name,
-            format!("{field}.action"),
-            format!(
-                "`{}` is not one of: allow, block, redact, transform, annotate, alert",
-                r.action
-            ),
-        )
-    })?;
-    let direction = match r.matcher.direction.as_deref() {
-        None | Some("request") => Direction::Request,
-        Some("response") => Direction::Response,
-        Some("both") => Direction::Both,
-        Some(o) => {
-            return Err(invalid(
-                name,
-                format!("{field}.match.direction"),
-                format!("`{o}` is not one of: request, response, both"),
-            ));
-        }
-    };
-    let shadow = match r.mode.as_deref() {
-        None => None,
-        Some("shadow") => Some(true),
-        Some("enforce") => Some(false),
-        Some(o) => {
-            return Err(invalid(
-                name,
-                format!("{field}.mode"),
-                format!("`{o}` is not one of: enforce, shadow"),
-            ));
-        }
-    };
+    let action = r.action;
+    let direction = r.matcher.direction.unwrap_or(Direction::Request);
+    let shadow = r.mode.map(|m| m == PolicyMode::Shadow);
     let transform = compile_transform(&r, &field, name)?;
     if action == Action::Transform && transform.is_empty() {
         return Err(invalid(
@@ -414,17 +368,17 @@ pub enum PolicySource {
     /// reloaded when it changes.
     File(std::path::PathBuf),
     /// The policy written inline in the config.
-    Inline(serde_yaml::Value),
+    Inline(serde_norway::Value),
 }
 
 impl PolicySource {
     /// The `policy` section as written; `base` resolves a relative file.
-    pub fn from_raw(raw: serde_yaml::Value, base: &Path) -> Self {
+    pub fn from_raw(raw: serde_norway::Value, base: &Path) -> Self {
         let file = raw
             .as_mapping()
             .filter(|m| m.len() == 1)
             .and_then(|m| m.get("file"))
-            .and_then(serde_yaml::Value::as_str)
+            .and_then(serde_norway::Value::as_str)
             .map(|f| crate::field::resolve(base, f.into()));
         match file {
             Some(path) => Self::File(path),
@@ -459,7 +413,7 @@ mod tests {
             ("version: 2\n", "version"),
             (
                 "version: 1\nrules: [{name: r, action: nuke}]\n",
-                "rules[0] (r).action",
+                "`rules[0].action`: unknown variant `nuke`",
             ),
             (
                 "version: 1\nrules: [{name: r, match: {detectors: [nope]}, action: block}]\n",

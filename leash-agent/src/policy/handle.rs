@@ -4,6 +4,7 @@
 
 use std::{path::Path, sync::Arc};
 
+use arc_swap::ArcSwapOption;
 use serde_json::{Value, json};
 
 use super::{Policy, PolicyError};
@@ -11,7 +12,7 @@ use super::{Policy, PolicyError};
 /// The active policy, replaceable while Leash runs (hot reload). Requests
 /// take the policy that is current when they start.
 pub struct PolicyHandle {
-    pub(super) current: std::sync::RwLock<Option<Arc<Policy>>>,
+    pub(super) current: ArcSwapOption<Policy>,
     pub(super) file: Option<std::path::PathBuf>,
     /// The latest reloads (time, outcome), newest last.
     pub(super) history: std::sync::Mutex<std::collections::VecDeque<Value>>,
@@ -24,7 +25,7 @@ impl PolicyHandle {
     pub fn new(policy: Option<Arc<Policy>>, file: Option<std::path::PathBuf>) -> Self {
         let loaded = policy.is_some();
         let handle = Self {
-            current: std::sync::RwLock::new(policy),
+            current: ArcSwapOption::new(policy),
             file,
             history: std::sync::Mutex::new(std::collections::VecDeque::new()),
         };
@@ -64,10 +65,7 @@ impl PolicyHandle {
     }
 
     pub fn current(&self) -> Option<Arc<Policy>> {
-        self.current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.current.load_full()
     }
 
     /// The policy file, if the policy came from one.
@@ -82,10 +80,7 @@ impl PolicyHandle {
             return Ok(());
         };
         let policy = Policy::load(file)?;
-        *self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(policy));
+        self.current.store(Some(Arc::new(policy)));
         Ok(())
     }
 }

@@ -8,6 +8,7 @@
 //! decides and ends evaluation; `redact`, `transform`, `annotate` and
 //! `alert` accumulate until then.
 
+mod body;
 pub mod detect;
 pub mod document;
 mod file;
@@ -23,8 +24,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 pub use self::{
     file::{PolicyError, PolicySource},
@@ -32,15 +32,14 @@ pub use self::{
     rules::{Decision, Policy},
 };
 use self::{
-    request::{apply_changes, scan},
+    request::Verdict,
     rules::{RequestHeaders, Rule},
     stream::ResponseScan,
 };
 pub use crate::record::{Action, Change, FindingRecord, PolicyRecord};
 use crate::{
-    alerts::Alerter,
-    pipeline::{BodyFlow, Exchange, Flow, Module, ModuleError, ProxyRequest, Rejection},
-    provider::ErrorCode,
+    alerts::{AlertKey, Alerter},
+    pipeline::{BodyFlow, Exchange, Flow, Module, ModuleError, ProxyRequest},
     record::AuditRecord,
 };
 
@@ -72,88 +71,52 @@ impl Module for PolicyModule {
         let Some(policy) = self.handle.current() else {
             return Ok(Flow::Continue);
         };
-        let policy = &*policy;
         if policy.response_needs_headers() {
             ex.ext.insert(RequestHeaders(req.head.headers.clone()));
         }
-        let mut body: Value = if req.body.is_empty() {
-            Value::Null
-        } else {
-            match serde_json::from_slice(&req.body) {
-                Ok(v) => v,
-                Err(_) if policy.forward_unparseable => Value::Null,
-                Err(_) => {
-                    ex.ext.insert(Decision {
-                        action: Some(Action::Block),
-                        rules: vec!["on_unparseable".into()],
-                        ..Decision::default()
-                    });
-                    return Ok(Flow::Reject(Rejection {
-                        status: StatusCode::BAD_REQUEST,
-                        code: ErrorCode::BadRequest,
-                        message: "leash: the request body is not JSON, so policy cannot inspect it"
-                            .into(),
-                    }));
-                }
-            }
+        let verdict = policy.inspect(ex, req);
+        let decision = match &verdict {
+            Verdict::Forward { decision, .. } | Verdict::Refuse { decision, .. } => decision,
         };
-        let (per_text, findings) = scan(policy, &mut body);
-        let decision = policy.decide(ex, req, &findings);
-        for rule in &decision.alerts {
+        let blocked = decision.block_rule.iter().map(|r| (r, "policy_block"));
+        for (rule, kind) in decision
+            .alerts
+            .iter()
+            .map(|r| (r, "policy_alert"))
+            .chain(blocked)
+        {
             self.alerts.fire(
-                &format!("policy:{rule}:{}", ex.id),
+                &AlertKey {
+                    kind: "policy",
+                    name: rule,
+                    team: ex.caller.team.as_deref(),
+                },
                 json!({
-                    "type": "policy_alert", "rule": rule, "request_id": ex.id,
+                    "type": kind, "rule": rule, "request_id": ex.id,
                     "provider": ex.provider.name, "model": ex.model, "team": ex.caller.team,
                     "findings": decision.findings,
                 }),
             );
         }
-        if let Some(rule) = &decision.block_rule {
-            self.alerts.fire(
-                &format!("policy:{rule}:{}", ex.id),
-                json!({
-                    "type": "policy_block", "rule": rule, "request_id": ex.id,
-                    "provider": ex.provider.name, "model": ex.model, "team": ex.caller.team,
-                    "findings": decision.findings,
-                }),
-            );
-            let message = format!("leash: request blocked by policy rule `{rule}`");
-            ex.ext.insert(decision);
-            return Ok(Flow::Reject(Rejection {
-                status: StatusCode::FORBIDDEN,
-                code: ErrorCode::PolicyBlocked,
-                message,
-            }));
+        match verdict {
+            Verdict::Refuse {
+                decision,
+                rejection,
+            } => {
+                ex.ext.insert(decision);
+                Ok(Flow::Reject(rejection))
+            }
+            Verdict::Forward { decision, model } => {
+                if let Some(model) = model {
+                    ex.model = Some(model);
+                    // Gemini names the model in the path: the endpoint follows.
+                    let endpoint = ex.provider.upstream.endpoint_of(&req.upstream_path);
+                    endpoint.clone_into(&mut ex.endpoint);
+                }
+                ex.ext.insert(decision);
+                Ok(Flow::Continue)
+            }
         }
-        let mut decision = decision;
-        let (changed, model) = apply_changes(
-            policy,
-            &mut decision,
-            &per_text,
-            &mut transform::Target {
-                kind: ex.provider.kind,
-                endpoint: &ex.endpoint,
-                body: &mut body,
-                headers: &mut req.head.headers,
-                path: &mut req.upstream_path,
-            },
-        );
-        if let Some(model) = model {
-            ex.model = Some(model);
-            // Gemini names the model in the path: the endpoint follows.
-            let endpoint = ex.provider.upstream.endpoint_of(&req.upstream_path);
-            endpoint.clone_into(&mut ex.endpoint);
-        }
-        if changed {
-            let bytes = serde_json::to_vec(&body).map_err(|e| ModuleError {
-                module: NAME,
-                message: format!("cannot re-encode the request body: {e}"),
-            })?;
-            req.body = Bytes::from(bytes);
-        }
-        ex.ext.insert(decision);
-        Ok(Flow::Continue)
     }
 
     fn rewrites_response_body(&self) -> bool {

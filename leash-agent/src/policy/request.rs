@@ -1,21 +1,52 @@
-//! The request side: every text of the body scanned, the rules decided,
-//! redactions and transforms applied — shared by the module and `leash
-//! policy test`, so the test shows exactly what would be forwarded.
+//! The request side: the body read as what it is (`body`), every text in
+//! it scanned, the rules decided, redactions and transforms applied —
+//! shared by the module and `leash policy test`, so the test shows exactly
+//! what would be forwarded.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::StatusCode;
 use serde_json::Value;
 
-use super::{Decision, Policy, detect::Finding, text, transform};
-use crate::pipeline::{Exchange, ProxyRequest};
+use super::{
+    Decision, Policy,
+    body::{Body, BodyError},
+    detect::Finding,
+    transform,
+};
+use crate::{
+    pipeline::{Caller, Exchange, Mode, ProxyRequest, Rejection, identify},
+    provider::{ErrorCode, Provider},
+    record::Action,
+};
+
+/// What the request side made of a request.
+pub(super) enum Verdict {
+    /// Forward it, changed as `decision` records (the request was updated;
+    /// `model` is the model a transform set).
+    Forward {
+        decision: Decision,
+        model: Option<String>,
+    },
+    /// Refuse it with `rejection`.
+    Refuse {
+        decision: Decision,
+        rejection: Rejection,
+    },
+}
+
+/// Why `leash policy test` could not run.
+#[derive(Debug, thiserror::Error)]
+#[error("the request cannot be inspected: {0}")]
+pub struct TestError(String);
 
 /// Scans every text of `body`; returns the findings per text (in walk
 /// order) and all of them.
-pub(super) fn scan(policy: &Policy, body: &mut Value) -> (Vec<Vec<Finding>>, Vec<Finding>) {
+pub(super) fn scan(policy: &Policy, body: &mut Body) -> (Vec<Vec<Finding>>, Vec<Finding>) {
     let mut per_text = Vec::new();
     let mut all = Vec::new();
-    text::for_each_text(body, &mut |s, _| {
+    body.for_each_text(&mut |s, _| {
         let mut f = Vec::new();
         policy.detectors.scan(s, &mut f);
         all.extend(f.iter().cloned());
@@ -24,40 +55,15 @@ pub(super) fn scan(policy: &Policy, body: &mut Value) -> (Vec<Vec<Finding>>, Vec
     (per_text, all)
 }
 
-/// What a decision that did not block does to the request: its redactions,
-/// then its transforms (recorded in `decision.changes`). Returns whether the
-/// body changed and the model a transform set, if any. Shared by the module
-/// and `Policy::test`, so `policy test` shows what would be forwarded.
-pub(super) fn apply_changes(
-    policy: &Policy,
-    decision: &mut Decision,
-    per_text: &[Vec<Finding>],
-    target: &mut transform::Target<'_>,
-) -> (bool, Option<String>) {
-    let mut changed = false;
-    if !decision.redact.is_empty() {
-        redact(policy, target.body, per_text, &decision.redact);
-        changed = true;
-    }
-    let mut model = None;
-    if !decision.transform.is_empty() {
-        let applied = decision.transform.apply(target);
-        changed |= applied.body_changed;
-        decision.changes = applied.changes;
-        model = applied.model;
-    }
-    (changed, model)
-}
-
 /// Replaces the spans of `redact` detectors with `[REDACTED:<name>]`.
 pub(super) fn redact(
     policy: &Policy,
-    body: &mut Value,
+    body: &mut Body,
     per_text: &[Vec<Finding>],
     redact: &[usize],
 ) {
     let mut i = 0;
-    text::for_each_text(body, &mut |s, _| {
+    body.rewrite_texts(&mut |s, _| {
         let Some(findings) = per_text.get(i) else {
             return;
         };
@@ -82,54 +88,134 @@ pub(super) fn redact(
     });
 }
 
+/// A refusal of the whole body, recorded as the rule `rule`.
+fn refuse(rule: &str, message: String) -> Verdict {
+    Verdict::Refuse {
+        decision: Decision {
+            action: Some(Action::Block),
+            rules: vec![rule.into()],
+            ..Decision::default()
+        },
+        rejection: Rejection {
+            status: StatusCode::BAD_REQUEST,
+            code: ErrorCode::BadRequest,
+            message,
+        },
+    }
+}
+
 impl Policy {
+    /// Reads, scans and decides `req`; on `Forward`, `req` is what goes to
+    /// the provider (redactions and transforms applied).
+    pub(super) fn inspect(&self, ex: &Exchange, req: &mut ProxyRequest) -> Verdict {
+        let content_type = req
+            .head
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let mut body = match Body::parse(content_type, &req.body) {
+            Ok(body) => body,
+            Err(e @ BodyError::DuplicateKey(_)) => {
+                return refuse("duplicate_key", format!("leash: {e}; policy refuses it"));
+            }
+            Err(_) if self.forward_unparseable => {
+                return Verdict::Forward {
+                    decision: Decision {
+                        rules: vec!["on_unparseable".into()],
+                        tags: vec!["uninspected".into()],
+                        ..Decision::default()
+                    },
+                    model: None,
+                };
+            }
+            Err(e) => {
+                return refuse(
+                    "on_unparseable",
+                    format!("leash: {e}, so policy cannot inspect it"),
+                );
+            }
+        };
+        let (per_text, findings) = scan(self, &mut body);
+        let mut decision = self.decide(ex, req, &findings);
+        if let Some(rule) = &decision.block_rule {
+            let message = format!("leash: request blocked by policy rule `{rule}`");
+            return Verdict::Refuse {
+                decision,
+                rejection: Rejection {
+                    status: StatusCode::FORBIDDEN,
+                    code: ErrorCode::PolicyBlocked,
+                    message,
+                },
+            };
+        }
+        let mut changed = false;
+        if !decision.redact.is_empty() {
+            redact(self, &mut body, &per_text, &decision.redact);
+            changed = true;
+        }
+        let mut model = None;
+        if !decision.transform.is_empty() {
+            // Transforms change JSON fields; other bodies keep theirs (the
+            // headers and the path still change).
+            let mut none = Value::Null;
+            let applied = decision.transform.apply(&mut transform::Target {
+                kind: ex.provider.kind,
+                endpoint: &ex.endpoint,
+                body: body.json_mut().unwrap_or(&mut none),
+                headers: &mut req.head.headers,
+                path: &mut req.upstream_path,
+            });
+            changed |= applied.body_changed;
+            decision.changes = applied.changes;
+            model = applied.model;
+        }
+        if changed {
+            req.body = body.encode();
+        }
+        Verdict::Forward { decision, model }
+    }
+
     /// The decision for a request, without a network or a pipeline: what
     /// `leash policy test` prints.
     pub fn test(
         &self,
-        provider: Arc<crate::provider::Provider>,
+        provider: Arc<Provider>,
         endpoint: &str,
         body: &[u8],
-    ) -> Result<Decision, String> {
-        let mut value: Value =
-            serde_json::from_slice(body).map_err(|e| format!("the request is not JSON: {e}"))?;
-        let caller = crate::pipeline::Caller::default();
+    ) -> Result<Decision, TestError> {
         let mut ex = Exchange::new(
-            crate::pipeline::Mode::Gateway,
+            Mode::Gateway,
             provider,
-            caller,
+            Caller::default(),
             endpoint.to_owned(),
         );
+        let mut head = http::Request::new(()).into_parts().0;
+        head.headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
         let mut req = ProxyRequest {
-            head: http::Request::new(()).into_parts().0,
+            head,
             body: Bytes::copy_from_slice(body),
             upstream_path: endpoint.to_owned(),
         };
-        crate::pipeline::identify::identify(&mut ex, &req);
-        let (per_text, findings) = scan(self, &mut value);
-        let mut decision = self.decide(&ex, &req, &findings);
-        if decision.block_rule.is_some() {
-            return Ok(decision);
+        identify::identify(&mut ex, &req);
+        match self.inspect(&ex, &mut req) {
+            Verdict::Refuse {
+                rejection,
+                decision,
+            } if rejection.code != ErrorCode::PolicyBlocked => {
+                let _ = decision;
+                Err(TestError(rejection.message))
+            }
+            Verdict::Refuse { decision, .. } => Ok(decision),
+            Verdict::Forward { mut decision, .. } => {
+                if req.body != body {
+                    decision.forwarded_body = Some(req.body.to_vec());
+                }
+                Ok(decision)
+            }
         }
-        let (changed, _) = apply_changes(
-            self,
-            &mut decision,
-            &per_text,
-            &mut transform::Target {
-                kind: ex.provider.kind,
-                endpoint,
-                body: &mut value,
-                headers: &mut req.head.headers,
-                path: &mut req.upstream_path,
-            },
-        );
-        if changed {
-            decision.forwarded_body = Some(
-                serde_json::to_vec(&value)
-                    .map_err(|e| format!("cannot re-encode the request body: {e}"))?,
-            );
-        }
-        Ok(decision)
     }
 }
 
@@ -144,14 +230,13 @@ mod tests {
             "p",
         )
         .unwrap();
-        let mut body = serde_json::json!({"model": "m", "input": "write to a@b.co and c@d.org"});
+        let raw = Bytes::from_static(br#"{"model": "m", "input": "write to a@b.co and c@d.org"}"#);
+        let mut body = Body::parse(None, &raw).unwrap();
         let (per_text, all) = scan(&policy, &mut body);
         assert_eq!(all.len(), 2);
         let email = policy.detectors.resolve("email");
         redact(&policy, &mut body, &per_text, &email);
-        assert_eq!(
-            body["input"],
-            "write to [REDACTED:email] and [REDACTED:email]"
-        );
+        let v: Value = serde_json::from_slice(&body.encode()).unwrap();
+        assert_eq!(v["input"], "write to [REDACTED:email] and [REDACTED:email]");
     }
 }

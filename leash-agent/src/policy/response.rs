@@ -13,6 +13,7 @@ use super::{
     stream::{Document, ResponseScan},
 };
 use crate::{
+    alerts::AlertKey,
     pipeline::{BodyFlow, Exchange, Rejection},
     provider::ErrorCode,
     record::{Action, FindingRecord},
@@ -47,7 +48,11 @@ impl PolicyModule {
         d.shadow |= shadow;
         if matches!(rule.action, Action::Alert | Action::Block) {
             self.alerts.fire(
-                &format!("policy:{}:{}", rule.name, ex.id),
+                &AlertKey {
+                    kind: "policy",
+                    name: &rule.name,
+                    team: ex.caller.team.as_deref(),
+                },
                 json!({
                     "type": if rule.action == Action::Block { "policy_block" } else { "policy_alert" },
                     "direction": "response", "rule": rule.name, "request_id": ex.id,

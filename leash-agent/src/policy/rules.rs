@@ -15,7 +15,9 @@ use crate::{
     record::{Action, Change, FindingRecord},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which side of an exchange a rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub(super) enum Direction {
     Request,
     Response,

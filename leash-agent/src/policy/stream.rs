@@ -304,6 +304,21 @@ impl PolicyModule {
             keep_tail(&mut st.window, CARRY_WINDOW);
             st.base += before - st.window.len();
         }
+        if st.sse.overflowed() {
+            // An event too large to hold cannot be inspected: the stream
+            // ends here, visibly, rather than going on unseen.
+            st.release(policy, kind, true, &mut out);
+            out.extend(error_event(
+                kind,
+                "leash: a stream event exceeded the size policy can inspect; the stream was ended",
+            ));
+            let d = ex.ext.get_or_insert_default::<Decision>();
+            d.action = d.action.max(Some(Action::Block));
+            d.rules.push("event_too_large".into());
+            st.stopped = true;
+            *chunk = Bytes::from(out);
+            return BodyFlow::Stop;
+        }
         if end {
             st.release(policy, kind, true, &mut out);
         }

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{BodyLimits, Forwarder, admit, body::LeashBody, json_response, local_response};
+use super::{BodyLimits, Forwarder, admit, body::LeashBody, json_response, local_response, path};
 use crate::{
     field::{self, FieldError},
     pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline, Rejection},
@@ -122,34 +122,6 @@ fn route(path: &str) -> Option<(&str, &str)> {
     (!name.is_empty()).then_some((name, rest))
 }
 
-/// Refuses path tricks that could make the upstream path escape the
-/// provider's base path or confuse the upstream's parser: dot segments
-/// (plain or percent-encoded), encoded slashes or backslashes, and encoded
-/// control bytes (`%00`, `%0a`, ...).
-fn safe_rest(rest: &str) -> bool {
-    let lower = rest.to_ascii_lowercase();
-    if lower.contains('\\') {
-        return false;
-    }
-    let bytes = lower.as_bytes();
-    for (i, _) in lower.match_indices('%') {
-        let decoded = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match decoded {
-            Some(b) if b < 0x20 || b == 0x7f || b == b'/' || b == b'\\' => return false,
-            Some(_) => {}
-            // A lone `%` is not a valid escape: refuse rather than guess.
-            None => return false,
-        }
-    }
-    lower.split('/').all(|seg| {
-        let decoded = seg.replace("%2e", ".");
-        decoded != "." && decoded != ".."
-    })
-}
-
 impl Gateway {
     pub fn new(
         providers: Providers,
@@ -211,10 +183,10 @@ impl Gateway {
             let body = json!({"error": {"message": "leash: absolute-form request targets are not accepted; Leash is not a forward proxy (send the path only, e.g. /v1/openai/chat/completions)", "type": "invalid_request_error", "code": ErrorCode::BadRequest.as_str()}});
             return json_response(StatusCode::BAD_REQUEST, Bytes::from(body.to_string()));
         }
-        let path = req.uri().path().to_owned();
-        let Some((name, rest)) = route(&path) else {
+        let uri_path = req.uri().path().to_owned();
+        let Some((name, rest)) = route(&uri_path) else {
             return self.not_found(&format!(
-                "leash: no route for `{path}`; use /v1/<provider>/..."
+                "leash: no route for `{uri_path}`; use /v1/<provider>/..."
             ));
         };
         let Some(provider) = self.providers.get(name).map(Arc::clone) else {
@@ -223,30 +195,34 @@ impl Gateway {
                 "leash: unknown provider `{name}`; known providers: {known}"
             ));
         };
-        let endpoint = if rest.is_empty() {
-            "/".to_owned()
-        } else {
-            rest.to_owned()
-        };
         let caller = Caller {
             addr: Some(peer),
             ..Caller::default()
+        };
+        // Decoded once: rules match, the record shows and the provider
+        // receives the same path.
+        let rest = path::canonical(rest);
+        let endpoint = match &rest {
+            Ok(c) if !c.decoded.is_empty() => c.decoded.clone(),
+            _ => "/".to_owned(),
         };
         let mut ex = ActiveExchange::new(
             Exchange::new(Mode::Gateway, provider, caller, endpoint),
             Arc::clone(&self.pipeline),
         );
-        if !safe_rest(rest) {
-            return local_response(
-                &mut ex,
-                &Rejection {
-                    status: StatusCode::BAD_REQUEST,
-                    code: ErrorCode::BadRequest,
-                    message: "leash: path contains dot segments or encoded slashes".into(),
-                },
-            );
-        }
-
+        let rest = match rest {
+            Ok(c) => c.encoded,
+            Err(e) => {
+                return local_response(
+                    &mut ex,
+                    &Rejection {
+                        status: StatusCode::BAD_REQUEST,
+                        code: ErrorCode::BadRequest,
+                        message: e.to_string(),
+                    },
+                );
+            }
+        };
         let upstream_path = format!("{}{rest}", ex.provider.upstream.base_path());
         admit(ex, req, &upstream_path, self.limits, &self.forwarder).await
     }
@@ -282,29 +258,5 @@ mod tests {
         assert_eq!(route("/v1/"), None);
         assert_eq!(route("/v2/openai/x"), None);
         assert_eq!(route("/"), None);
-    }
-
-    #[test]
-    fn path_tricks_refused() {
-        assert!(safe_rest("/chat/completions"));
-        assert!(safe_rest("/v1beta/models/gemini-2.0-flash:generateContent"));
-        assert!(safe_rest(""));
-        assert!(safe_rest("/files/a%20b"));
-        for bad in [
-            "/../admin",
-            "/a/./b",
-            "/%2e%2E/x",
-            "/a%2Fb",
-            "/a%5cb",
-            "/a\\b",
-            "/..",
-            "/a%00b",
-            "/a%0d%0ab",
-            "/a%7F",
-            "/a%zz",
-            "/a%",
-        ] {
-            assert!(!safe_rest(bad), "{bad}");
-        }
     }
 }

@@ -6,6 +6,7 @@ pub mod body;
 pub mod decode;
 pub mod gateway;
 pub mod headers;
+pub mod path;
 pub mod sni;
 pub mod transparent;
 

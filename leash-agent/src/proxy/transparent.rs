@@ -5,11 +5,10 @@
 //! splices everything else to its original destination byte for byte.
 
 use std::{
-    collections::HashMap,
     convert::Infallible,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use http::{Request, Response};
@@ -19,24 +18,26 @@ use hyper_util::{
     server::conn::auto,
 };
 use leash_common::OrigDst;
+use moka::sync::Cache;
 use rustls::{ClientConfig, ServerConfig};
 use tokio::{
     io::AsyncWriteExt as _,
     net::{TcpListener, TcpStream},
-    sync::{OnceCell, watch},
+    sync::watch,
 };
 use tokio_rustls::TlsAcceptor;
 
 use super::{
     BodyLimits, Forwarder, admit,
     body::LeashBody,
+    local_response, path,
     sni::{Hello, Prefixed, peek_client_hello},
 };
 use crate::{
     ca::{CaError, CertAuthority},
     intercept::{caller, hooks::KernelHooks, hosts::HostTable, shadow},
     metrics::Metrics,
-    pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline},
+    pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline, Rejection},
     provider::Provider,
     upstream::{MarkedConnector, MarkedHttpsConnector, marked_client},
 };
@@ -44,7 +45,7 @@ use crate::{
 /// Minted leaves are replaced after this long (they live 7 days).
 const REMINT_AFTER: Duration = Duration::from_hours(24);
 /// More cached leaves than this and the cache starts over.
-const MAX_CACHED_CERTS: usize = 10_000;
+const MAX_CACHED_CERTS: u64 = 10_000;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +53,7 @@ pub enum TransparentError {
     #[error("no ClientHello: {0}")]
     Hello(std::io::Error),
     #[error(transparent)]
-    Cert(#[from] CaError),
+    Cert(#[from] Arc<CaError>),
     #[error("TLS handshake with the client failed: {0}")]
     ClientTls(std::io::Error),
     #[error("cannot reach the original destination {0}: {1}")]
@@ -63,16 +64,13 @@ pub enum TransparentError {
     Http(Box<dyn std::error::Error + Send + Sync>),
 }
 
-struct Minted {
-    config: Arc<ServerConfig>,
-    at: Instant,
-}
-
 /// Leaf certificates by host name, minted once per host even under a burst
-/// (single flight), re-minted well before they expire.
+/// (concurrent first connections wait for one mint), re-minted a day after
+/// they were made (they live 7 days), at most `MAX_CACHED_CERTS` kept (the
+/// least used go first).
 pub struct CertCache {
     ca: CertAuthority,
-    entries: Mutex<HashMap<String, Arc<OnceCell<Minted>>>>,
+    configs: Cache<String, Arc<ServerConfig>>,
     metrics: Arc<Metrics>,
 }
 
@@ -80,59 +78,52 @@ impl CertCache {
     pub fn new(ca: CertAuthority, metrics: Arc<Metrics>) -> Self {
         Self {
             ca,
-            entries: Mutex::new(HashMap::new()),
+            configs: Cache::builder()
+                .max_capacity(MAX_CACHED_CERTS)
+                .time_to_live(REMINT_AFTER)
+                .build(),
             metrics,
         }
     }
 
-    fn cell(&self, host: &str) -> Arc<OnceCell<Minted>> {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(cell) = entries.get(host)
-            && cell.get().is_none_or(|m| m.at.elapsed() < REMINT_AFTER)
-        {
-            return Arc::clone(cell);
-        }
-        if entries.len() >= MAX_CACHED_CERTS {
-            entries.clear();
-        }
-        let cell = Arc::new(OnceCell::new());
-        entries.insert(host.to_owned(), Arc::clone(&cell));
-        cell
+    /// The TLS configuration presenting a leaf for `host`.
+    pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, Arc<CaError>> {
+        self.configs.try_get_with_by_ref(host, || self.mint(host))
     }
 
-    /// The TLS configuration presenting a leaf for `host`.
-    pub async fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, CaError> {
-        let cell = self.cell(host);
-        let minted = cell
-            .get_or_try_init(|| async {
-                let (chain, key) = self.ca.mint(host)?;
-                self.metrics.cert_mints.inc();
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let mut config = ServerConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
-                    .map_err(|e| CaError::ServerConfig(host.to_owned(), e))?;
-                config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-                Ok::<_, CaError>(Minted {
-                    config: Arc::new(config),
-                    at: Instant::now(),
-                })
-            })
-            .await?;
-        Ok(Arc::clone(&minted.config))
+    fn mint(&self, host: &str) -> Result<Arc<ServerConfig>, CaError> {
+        let (chain, key) = self.ca.mint(host)?;
+        self.metrics.cert_mints.inc();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+            .map_err(|e| CaError::ServerConfig(host.to_owned(), e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
     }
 }
 
 /// Most original destinations whose upstream client (and its connection
-/// pool) is kept; past it the map starts over.
-const MAX_UPSTREAM_CLIENTS: usize = 1024;
+/// pool) is kept; the least used go first.
+const MAX_UPSTREAM_CLIENTS: u64 = 1024;
 
 /// One pooled upstream client per original destination, shared by every
 /// client connection to it: a new client connection reuses the agent's
 /// warm TLS connections to the provider instead of opening its own.
-#[derive(Default)]
 pub struct UpstreamClients {
-    by_dst: Mutex<HashMap<SocketAddr, Forwarder<MarkedHttpsConnector>>>,
+    by_dst: Cache<SocketAddr, Forwarder<MarkedHttpsConnector>>,
+}
+
+impl Default for UpstreamClients {
+    fn default() -> Self {
+        Self {
+            by_dst: Cache::builder()
+                .max_capacity(MAX_UPSTREAM_CLIENTS)
+                .time_to_idle(Duration::from_mins(10))
+                .build(),
+        }
+    }
 }
 
 /// Everything the transparent listener needs.
@@ -186,9 +177,14 @@ struct Terminated {
 
 impl Terminated {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<LeashBody> {
-        let path = req.uri().path().to_owned();
-        let endpoint = self.provider.upstream.endpoint_of(&path).to_owned();
-        let ex = ActiveExchange::new(
+        // Decoded once, as in the gateway: rules match, the record shows and
+        // the provider receives the same path.
+        let canonical = path::canonical(req.uri().path());
+        let endpoint = match &canonical {
+            Ok(c) => self.provider.upstream.endpoint_of(&c.decoded).to_owned(),
+            Err(_) => req.uri().path().to_owned(),
+        };
+        let mut ex = ActiveExchange::new(
             Exchange::new(
                 Mode::Transparent,
                 Arc::clone(&self.provider),
@@ -197,7 +193,17 @@ impl Terminated {
             ),
             Arc::clone(&self.pipeline),
         );
-        admit(ex, req, &path, self.limits, &self.forwarder).await
+        match canonical {
+            Ok(c) => admit(ex, req, &c.encoded, self.limits, &self.forwarder).await,
+            Err(e) => local_response(
+                &mut ex,
+                &Rejection {
+                    status: http::StatusCode::BAD_REQUEST,
+                    code: crate::provider::ErrorCode::BadRequest,
+                    message: e.to_string(),
+                },
+            ),
+        }
     }
 }
 
@@ -263,7 +269,7 @@ impl Transparent {
         let Hello::Tls { sni: Some(host) } = hello else {
             return Ok(());
         };
-        let config = self.certs.server_config(&host).await?;
+        let config = self.certs.server_config(&host)?;
         let tls = TlsAcceptor::from(config)
             .accept(Prefixed::new(prefix, stream))
             .await
@@ -294,28 +300,17 @@ impl Transparent {
 
     /// The shared upstream client for `dst` (made on first use).
     fn forwarder(&self, dst: SocketAddr) -> Forwarder<MarkedHttpsConnector> {
-        let mut map = self
-            .upstreams
-            .by_dst
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(f) = map.get(&dst) {
-            return f.clone();
-        }
-        if map.len() >= MAX_UPSTREAM_CLIENTS {
-            map.clear();
-        }
-        let connector = MarkedConnector {
-            dst,
-            mark: self.bypass_mark,
-            timeout: self.connect_timeout,
-        };
-        let f = Forwarder::new(
-            marked_client(connector, self.upstream_tls.clone()),
-            self.response_timeout,
-        );
-        map.insert(dst, f.clone());
-        f
+        self.upstreams.by_dst.get_with(dst, || {
+            let connector = MarkedConnector {
+                dst,
+                mark: self.bypass_mark,
+                timeout: self.connect_timeout,
+            };
+            Forwarder::new(
+                marked_client(connector, self.upstream_tls.clone()),
+                self.response_timeout,
+            )
+        })
     }
 
     /// Records a connection to an LLM endpoint that is not intercepted.

@@ -1,0 +1,305 @@
+//! The writer thread: batches records, seals them into the hash chain,
+//! appends them to the current segment and syncs — one transaction per
+//! batch. The chain head moves only once a batch is durably written; a
+//! failed write is cut off the file again (torn bytes truncated) and the
+//! same records are re-sealed and retried, so the chain on disk never has a
+//! gap or a dangling link and nothing queued is lost.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, mpsc as std_mpsc},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Msg, chain, spool};
+use crate::{metrics::Metrics, record::AuditRecord};
+
+/// Most records written in one batch.
+const MAX_BATCH: usize = 1024;
+/// Pause before retrying a failed write, doubling up to `RETRY_MAX`.
+const RETRY_START: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long a response waits on a record that cannot be written before it
+/// is told so (the record itself is still retried).
+const GIVE_UP_ACK: Duration = Duration::from_secs(5);
+
+/// Where segments go, when a new one starts, and how long old ones stay.
+pub(super) struct Segments {
+    pub(super) dir: PathBuf,
+    pub(super) max_bytes: u64,
+    pub(super) retention: Option<Duration>,
+    /// Shipping is on: a segment with records not yet acknowledged by
+    /// JetStream stays, whatever its age.
+    pub(super) hold_unshipped: bool,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl Segments {
+    /// A new segment starting at `seq`.
+    fn open(&self, seq: u64) -> io::Result<(PathBuf, File)> {
+        let path = self.dir.join(format!("audit-{seq:016}.jsonl"));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok((path, file))
+    }
+
+    /// Removes segments last written longer ago than the retention, never
+    /// the current one.
+    fn expire(&self, current: &Path) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        let Ok(files) = chain::segments(&self.dir) else {
+            return;
+        };
+        let shipped = self
+            .hold_unshipped
+            .then(|| spool::Cursor::read(&self.dir).map_or(0, |c| c.seq));
+        for (i, file) in files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.as_path() != current)
+        {
+            let old = std::fs::metadata(file)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > retention));
+            // Its last seq is one before the next segment's first.
+            let last = files
+                .get(i + 1)
+                .and_then(|next| next.file_name()?.to_str()?.get(6..22)?.parse::<u64>().ok())
+                .map_or(u64::MAX, |first| first.saturating_sub(1));
+            if old && shipped.is_some_and(|s| last > s) {
+                self.metrics.audit_retention_held.inc();
+                tracing::warn!(file = %file.display(), "audit segment past retention kept: not shipped yet");
+                continue;
+            }
+            if old {
+                match std::fs::remove_file(file) {
+                    Ok(()) => {
+                        tracing::info!(file = %file.display(), "audit segment past retention removed");
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %file.display(), error = %e, "cannot remove expired audit segment");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How the writer thread batches and whom it tells.
+pub(super) struct WriterOptions {
+    /// Group-commit window.
+    pub(super) linger: Duration,
+    /// Records once on disk, for live subscribers.
+    pub(super) live: tokio::sync::broadcast::Sender<bytes::Bytes>,
+}
+
+/// A record waiting to be written, and who waits for it.
+struct Queued {
+    record: Box<AuditRecord>,
+    ack: Option<oneshot::Sender<bool>>,
+    since: Instant,
+}
+
+/// The segment being appended to.
+pub(super) struct Segment {
+    pub(super) path: PathBuf,
+    pub(super) file: File,
+    /// Bytes durably written so far.
+    pub(super) size: u64,
+}
+
+impl Segment {
+    /// Appends `bytes` and syncs; on failure cuts the file back to its
+    /// last durable size so no torn line stays behind.
+    fn append(&mut self, bytes: &[u8], batch: u64) -> io::Result<()> {
+        let written = if crate::faults::audit_write_fails(batch) {
+            // A torn write: half of the batch reaches the file.
+            let _ = self.file.write_all(&bytes[..bytes.len() / 2]);
+            Err(io::Error::other("injected audit write failure"))
+        } else {
+            self.file
+                .write_all(bytes)
+                .and_then(|()| self.file.sync_data())
+        };
+        if let Err(e) = written {
+            let _ = self.file.set_len(self.size);
+            let _ = self.file.sync_data();
+            return Err(e);
+        }
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+/// The writer: the queue, the chain head, the current segment.
+pub(super) struct Writer {
+    pub(super) rx: mpsc::Receiver<Msg>,
+    pub(super) head: chain::ChainHead,
+    pub(super) segment: Segment,
+    pub(super) segments: Segments,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) options: WriterOptions,
+}
+
+impl Writer {
+    /// Runs until every sender is gone and everything queued is written
+    /// (or, at shutdown, could not be after retrying).
+    pub(super) fn run(mut self) {
+        self.metrics
+            .audit_last_seq
+            .set(i64::try_from(self.head.seq).unwrap_or(i64::MAX));
+        let fault_delay = crate::faults::audit_write_delay();
+        if let Some(delay) = fault_delay {
+            tracing::warn!(?delay, "fault injection: audit writes are delayed");
+        }
+        let mut pending: Vec<Queued> = Vec::new();
+        let mut flushes: Vec<std_mpsc::Sender<()>> = Vec::new();
+        let mut last_sync = Instant::now();
+        let mut retry = RETRY_START;
+        let mut batch_no = 0u64;
+        let mut open = true;
+        loop {
+            if pending.is_empty() {
+                let Some(first) = self.rx.blocking_recv() else {
+                    break;
+                };
+                if let Some(delay) = fault_delay {
+                    std::thread::sleep(delay);
+                }
+                // Group commit: records arriving during the linger window
+                // share this batch's sync.
+                let rest = self.options.linger.saturating_sub(last_sync.elapsed());
+                if !rest.is_zero() {
+                    std::thread::sleep(rest);
+                }
+                take(first, &mut pending, &mut flushes);
+            }
+            while open && pending.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(msg) => take(msg, &mut pending, &mut flushes),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            batch_no += 1;
+            last_sync = Instant::now();
+            match self.write_batch(&mut pending, batch_no) {
+                Ok(()) => retry = RETRY_START,
+                Err(e) => {
+                    self.metrics.audit_write_errors.inc();
+                    tracing::error!(path = %self.segment.path.display(), error = %e, records = pending.len(), "audit write failed; the batch is cut off the file and retried");
+                    for q in &mut pending {
+                        if q.since.elapsed() > GIVE_UP_ACK
+                            && let Some(ack) = q.ack.take()
+                        {
+                            let _ = ack.send(false);
+                        }
+                    }
+                    if !open && retry >= RETRY_MAX {
+                        self.metrics.audit_dropped.inc_by(pending.len() as u64);
+                        tracing::error!(
+                            records = pending.len(),
+                            "audit records lost at shutdown: the disk keeps failing"
+                        );
+                        pending.clear();
+                    }
+                    std::thread::sleep(retry);
+                    retry = (retry * 2).min(RETRY_MAX);
+                    continue;
+                }
+            }
+            for ack in flushes.drain(..) {
+                let _ = ack.send(());
+            }
+            if !open && pending.is_empty() && self.rx.is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// Seals `pending` against a copy of the chain head, appends and syncs
+    /// them; only then does the head move and everyone waiting hear of it.
+    /// On failure nothing moved: the same records are sealed again next time.
+    fn write_batch(&mut self, pending: &mut Vec<Queued>, batch_no: u64) -> io::Result<()> {
+        let mut head = self.head.clone();
+        let mut bytes = Vec::with_capacity(pending.len() * 512);
+        let mut sealed = Vec::new();
+        let subscribed = self.options.live.receiver_count() > 0;
+        pending.retain(|q| match serde_json::to_vec(&q.record) {
+            Ok(json) => {
+                let line = chain::seal(json, &mut head);
+                bytes.extend_from_slice(&line);
+                if subscribed {
+                    sealed.push(bytes::Bytes::from(line));
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit record cannot be encoded; dropped");
+                self.metrics.audit_dropped.inc();
+                false
+            }
+        });
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.segment.append(&bytes, batch_no)?;
+        self.head = head;
+        self.metrics.audit_records.inc_by(pending.len() as u64);
+        self.metrics
+            .audit_last_seq
+            .set(i64::try_from(self.head.seq).unwrap_or(i64::MAX));
+        for q in pending.drain(..) {
+            if let Some(ack) = q.ack {
+                let _ = ack.send(true);
+            }
+        }
+        for line in sealed {
+            let _ = self.options.live.send(line);
+        }
+        if self.segment.size >= self.segments.max_bytes {
+            self.rotate();
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) {
+        match self.segments.open(self.head.seq + 1) {
+            Ok((path, file)) => {
+                tracing::info!(file = %path.display(), "audit segment rotated");
+                self.segment = Segment {
+                    path,
+                    file,
+                    size: 0,
+                };
+                self.segments.expire(&self.segment.path);
+            }
+            Err(e) => {
+                self.metrics.audit_write_errors.inc();
+                tracing::error!(error = %e, "cannot start a new audit segment; continuing the current one");
+            }
+        }
+    }
+}
+
+/// Adds a message to the batch being formed.
+fn take(msg: Msg, pending: &mut Vec<Queued>, flushes: &mut Vec<std_mpsc::Sender<()>>) {
+    match msg {
+        Msg::Record(record, ack) => pending.push(Queued {
+            record,
+            ack,
+            since: Instant::now(),
+        }),
+        Msg::Flush(ack) => flushes.push(ack),
+    }
+}

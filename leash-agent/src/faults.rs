@@ -1,0 +1,66 @@
+//! Fault injection for the end-to-end tests, compiled in only with the
+//! `test-hooks` cargo feature (which `cargo xtask test` turns on); release
+//! builds carry none of it and every hook is a no-op there.
+//!
+//! - `LEASH_FAULT_AUDIT_WRITE_DELAY_MS=N`: each audit batch waits N ms
+//!   before it is written (a slow disk).
+//! - `LEASH_FAULT_AUDIT_WRITE_FAIL=3,4`: audit batches 3 and 4 fail half
+//!   written (a torn write, as a full disk or an I/O error leaves it).
+//! - `LEASH_TEST_PANIC=1`: a request carrying `x-leash-test-panic` panics in
+//!   the pipeline with every header in the message (which the panic hook
+//!   must keep out of the logs).
+
+use std::time::Duration;
+
+/// The injected delay before each audit batch, if any.
+pub fn audit_write_delay() -> Option<Duration> {
+    #[cfg(feature = "test-hooks")]
+    {
+        std::env::var("LEASH_FAULT_AUDIT_WRITE_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    {
+        None
+    }
+}
+
+/// Whether audit batch `n` (counting from 1 since start) is to fail, torn
+/// half-way (`LEASH_FAULT_AUDIT_WRITE_FAIL=3,4`: the third and fourth
+/// batches).
+pub fn audit_write_fails(n: u64) -> bool {
+    #[cfg(feature = "test-hooks")]
+    {
+        static FAILING: std::sync::LazyLock<Vec<u64>> = std::sync::LazyLock::new(|| {
+            std::env::var("LEASH_FAULT_AUDIT_WRITE_FAIL")
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .collect()
+        });
+        FAILING.contains(&n)
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    {
+        let _ = n;
+        false
+    }
+}
+
+/// Panics when a test asks for it (see the module docs).
+pub fn maybe_panic(headers: &http::HeaderMap) {
+    #[cfg(feature = "test-hooks")]
+    {
+        static ENABLED: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+            std::env::var_os("LEASH_TEST_PANIC").is_some_and(|v| v == "1")
+        });
+        assert!(
+            !(*ENABLED && headers.contains_key("x-leash-test-panic")),
+            "panic forced by a test; headers: {headers:?}"
+        );
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    let _ = headers;
+}
