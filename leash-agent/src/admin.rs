@@ -19,16 +19,37 @@ use crate::{
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
+/// The file the admin token is made in when none is configured.
+pub const TOKEN_FILE: &str = "admin.token";
+
 /// The `admin` section: where the admin listener is and who may use the
 /// console.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// Bearer token the console's API requires (from `admin.token_file`).
-    /// Without one, the console is served only on a loopback listener.
-    pub token: Option<String>,
+    /// The admin token the console and its API require on every listener.
+    pub token: TokenFile,
+    /// Host names (besides `localhost`, `127.0.0.1`, `::1` and the listen
+    /// address) the console answers to.
+    pub allowed_hosts: Vec<String>,
     /// The console may replace the policy file (validated first).
     pub allow_policy_edit: bool,
+}
+
+/// Where the admin token is: `admin.token_file`, or a file Leash makes on
+/// first start (32 random bytes, mode 0600).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFile {
+    pub path: std::path::PathBuf,
+    /// Configured (must exist) or Leash's own (made when missing).
+    pub configured: bool,
+}
+
+impl TokenFile {
+    /// The token, the file made first if it is Leash's own.
+    pub fn load(&self) -> std::io::Result<String> {
+        crate::console::auth::load_or_create_token(&self.path, !self.configured)
+    }
 }
 
 /// `admin` as written (also the collector's `collector.admin`).
@@ -38,39 +59,70 @@ pub struct RawAdmin {
     pub listen: Option<String>,
     pub token_file: Option<std::path::PathBuf>,
     #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    #[serde(default)]
     pub allow_policy_edit: bool,
 }
 
 impl AdminConfig {
-    pub fn validate(raw: &RawAdmin, base: &std::path::Path) -> Result<Self, FieldError> {
+    /// `state_dir` holds Leash's own token file when none is configured.
+    pub fn validate(
+        raw: &RawAdmin,
+        section: &str,
+        base: &std::path::Path,
+        default_listen: &str,
+        state_dir: &std::path::Path,
+    ) -> Result<Self, FieldError> {
         Ok(Self {
-            listen: field::addr("admin.listen", raw.listen.as_deref(), DEFAULT_ADMIN_LISTEN)?,
-            token: token("admin.token_file", base, raw.token_file.as_deref())?,
+            listen: field::addr(
+                &format!("{section}.listen"),
+                raw.listen.as_deref(),
+                default_listen,
+            )?,
+            token: token_file(
+                &format!("{section}.token_file"),
+                base,
+                raw.token_file.as_deref(),
+                state_dir,
+            )?,
+            allowed_hosts: raw
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
             allow_policy_edit: raw.allow_policy_edit,
         })
     }
 }
 
-/// The console's bearer token from a token file.
-pub fn token(
+/// The admin token file: a configured one is checked now (readable, a
+/// usable token).
+fn token_file(
     field: &str,
     base: &std::path::Path,
     file: Option<&std::path::Path>,
-) -> Result<Option<String>, FieldError> {
+    state_dir: &std::path::Path,
+) -> Result<TokenFile, FieldError> {
     let Some(file) = file else {
-        return Ok(None);
+        return Ok(TokenFile {
+            path: state_dir.join(TOKEN_FILE),
+            configured: false,
+        });
     };
     let path = field::resolve(base, file.to_path_buf());
     let text = std::fs::read_to_string(&path)
         .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
-    let token = text.trim().to_owned();
+    let token = text.trim();
     if token.len() < 16 || token.chars().any(char::is_whitespace) {
         return Err(invalid(
             field,
             "the token must be at least 16 characters, without spaces",
         ));
     }
-    Ok(Some(token))
+    Ok(TokenFile {
+        path,
+        configured: true,
+    })
 }
 
 /// Largest request body the console API reads (the policy playground).
@@ -99,8 +151,9 @@ impl Admin {
 
     async fn console(&self, console: &Console, req: Request<Incoming>) -> Response<AdminBody> {
         let (head, body) = req.into_parts();
+        let authority = head.uri.authority().map(http::uri::Authority::as_str);
         if head.uri.path() == "/api/live" && head.method == Method::GET {
-            return match console.live(&head.headers) {
+            return match console.live(&head.headers, authority) {
                 Ok(rx) => live_feed(rx),
                 Err(answer) => text(answer.status, answer.content_type, answer.body),
             };
@@ -125,10 +178,14 @@ impl Admin {
                 head.uri.path(),
                 head.uri.query().unwrap_or_default(),
                 &head.headers,
+                authority,
                 &body,
             )
             .await;
         let mut resp = text(answer.status, answer.content_type, answer.body);
+        for (name, value) in answer.headers {
+            resp.headers_mut().insert(name, value);
+        }
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp.headers_mut().insert(

@@ -62,6 +62,8 @@ pub enum RunError {
     NoCgroup2,
     #[error("intercept.cgroup {0} is not a cgroup v2 directory")]
     NotCgroup(std::path::PathBuf),
+    #[error("admin: cannot read or make the admin token {0}: {1}")]
+    AdminToken(std::path::PathBuf, std::io::Error),
     #[error("audit.ship: cannot read {0}: {1}")]
     ShipCredentials(std::path::PathBuf, std::io::Error),
 }
@@ -230,7 +232,7 @@ pub async fn run_gateway(
         pipeline,
         policy,
     } = Core::new(&config)?;
-    let console = Some(console_for(&config, policy, None).with_live(audit_writer.live()));
+    let console = Some(console_for(&config, policy, None)?.with_live(audit_writer.live()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let gw_task = spawn_gateway(&config, pipeline, stop_rx.clone()).await?;
     let admin_task = spawn_admin(
@@ -365,7 +367,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         cgroup_dir.clone(),
     )?)?);
     let state = interception_state(interception, Arc::clone(&hooks), Arc::clone(&metrics));
-    let console = Some(console_for(&config, policy, Some(state)).with_live(audit_writer.live()));
+    let console = Some(console_for(&config, policy, Some(state))?.with_live(audit_writer.live()));
     let host_table = HostTable::new(&config.intercept, &config.providers);
     let static_targets = hosts::add_static(&hooks, host_table.hosts())?;
     release_startup_memory();
@@ -523,17 +525,24 @@ fn console_for(
     config: &Config,
     policy: Arc<crate::policy::PolicyHandle>,
     interception: Option<crate::console::Interception>,
-) -> crate::console::Console {
-    crate::console::Console::new(
+) -> Result<crate::console::Console, RunError> {
+    Ok(crate::console::Console::new(
         crate::console::Source::Dir(config.audit.dir.clone()),
         policy,
         config.providers.clone(),
         interception,
-        config.admin.token.clone(),
-        config.admin.listen.ip().is_loopback(),
+        crate::console::auth::Auth::new(
+            config
+                .admin
+                .token
+                .load()
+                .map_err(|e| RunError::AdminToken(config.admin.token.path.clone(), e))?,
+            config.admin.listen,
+            &config.admin.allowed_hosts,
+        ),
     )
     .with_policy_edit(config.admin.allow_policy_edit)
-    .with_budgets(config.budgets.clone())
+    .with_budgets(config.budgets.clone()))
 }
 
 fn spawn_admin(

@@ -202,14 +202,21 @@ impl RawConfig {
             None => read_hostname(),
         };
         let gateway = GatewayConfig::validate(gateway, base)?;
-        let admin = AdminConfig::validate(&admin, base)?;
+        let audit = AuditConfig::validate(audit, base, &host_id)?;
+        let admin = AdminConfig::validate(
+            &admin,
+            "admin",
+            base,
+            crate::admin::DEFAULT_ADMIN_LISTEN,
+            &audit.dir,
+        )?;
         if admin.listen == gateway.listen && admin.listen.port() != 0 {
             return Err(invalid("admin.listen", "must differ from gateway.listen"));
         }
         let providers = Providers::validate(providers)?;
         Ok(Config {
             upstream: UpstreamConfig::validate(upstream, upstream_tls, base)?,
-            audit: AuditConfig::validate(audit, base, &host_id)?,
+            audit,
             pipeline: PipelineConfig::validate(pipeline)?,
             intercept: InterceptConfig::validate(intercept, &providers)?,
             ca: CaConfig::from_raw(ca, base),

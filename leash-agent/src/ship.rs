@@ -140,6 +140,22 @@ pub async fn ensure_stream(
     .map_err(|e| ShipError::stream(name, e))
 }
 
+/// Whether NATS refused an operation for lack of permission.
+fn is_permission(e: &ShipError) -> bool {
+    let ShipError::Stream { source, .. } = e else {
+        return false;
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+    while let Some(c) = cause {
+        let text = c.to_string().to_ascii_lowercase();
+        if text.contains("permission") || text.contains("authorization") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// `url` for logs: any `user:password@` in it replaced by `***@`.
 pub fn redact_url(url: &str) -> String {
     url.split(',')
@@ -155,8 +171,27 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The message id JetStream de-duplicates on.
-pub fn msg_id(host: &str, epoch: u64, seq: u64) -> String {
-    format!("{host}:{epoch}:{seq}")
+/// `host:epoch:seq:hash`: the record's own hash makes the id one no other
+/// host can claim ahead of it (JetStream drops a later message with an id
+/// it has seen), while a genuine retry of the same line has the same id.
+pub fn msg_id(host: &str, epoch: u64, seq: u64, line: &[u8]) -> String {
+    let hash = line_hash(line).unwrap_or("-");
+    format!("{host}:{epoch}:{seq}:{hash}")
+}
+
+/// The `hash` a sealed line ends with.
+fn line_hash(line: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(line).ok()?.trim_end();
+    let at = text.rfind("\"hash\":\"")? + "\"hash\":\"".len();
+    text.get(at..)?.strip_suffix("\"}")
+}
+
+/// The epoch in a message id.
+pub fn msg_id_epoch(id: &str) -> Option<i64> {
+    let mut parts = id.rsplitn(4, ':');
+    let _hash = parts.next()?;
+    let _seq = parts.next()?;
+    parts.next()?.parse().ok()
 }
 
 pub struct Shipper {
@@ -193,6 +228,15 @@ impl Shipper {
             if !stream_ready {
                 match ensure_stream(&js, &self.cfg.nats.stream, &self.cfg.stream_subjects).await {
                     Ok(()) => stream_ready = true,
+                    // Credentials that may only publish on this host's
+                    // subject cannot look at the stream: the collector
+                    // creates it; publishing tells whether it is there.
+                    Err(e) if is_permission(&e) => {
+                        tracing::info!(
+                            "audit shipping: no permission to check the stream; publishing"
+                        );
+                        stream_ready = true;
+                    }
                     Err(e) => {
                         self.metrics.ship_error("stream");
                         tracing::warn!(error = %e, retry_in = ?backoff, "audit shipping: stream not ready");
@@ -240,7 +284,7 @@ impl Shipper {
                 let mut headers = HeaderMap::new();
                 headers.insert(
                     "Nats-Msg-Id",
-                    msg_id(&self.host, cursor.epoch, line.seq).as_str(),
+                    msg_id(&self.host, cursor.epoch, line.seq, &line.bytes).as_str(),
                 );
                 headers.insert("Leash-Host", self.host.as_str());
                 headers.insert("Leash-Epoch", cursor.epoch.to_string().as_str());
@@ -321,6 +365,8 @@ mod tests {
             redact_url("nats://alice:s3cret@a:4222, tls://b:4222"),
             "nats://***@a:4222,tls://b:4222"
         );
-        assert_eq!(msg_id("web-1", 7, 42), "web-1:7:42");
+        let line = br#"{"id":"x","seq":42,"prev_hash":"00","hash":"abc123"}"#;
+        assert_eq!(msg_id("web-1", 7, 42, line), "web-1:7:42:abc123");
+        assert_eq!(msg_id_epoch("web-1:7:42:abc123"), Some(7));
     }
 }

@@ -3,12 +3,12 @@
 // playground, and prints what the pages show as JSON for the Rust test to
 // check against the audit records.
 //
-// usage: node console.mjs <admin base URL> <screenshot dir> <gateway base URL>
+// usage: node console.mjs <admin base URL> <screenshot dir> <gateway base URL> <login URL>
 // env: LEASH_TEST_PLAYWRIGHT (node_modules with playwright-core),
 //      LEASH_TEST_CHROMIUM (the browser, default /usr/bin/chromium)
 import { createRequire } from "node:module";
 
-const [base, shots, gateway] = process.argv.slice(2);
+const [base, shots, gateway, login] = process.argv.slice(2);
 const require = createRequire(process.env.LEASH_TEST_PLAYWRIGHT + "/");
 const { chromium } = require("playwright-core");
 
@@ -24,6 +24,10 @@ try {
   page.on("console", (m) => { if (m.type() === "error") out.errors.push(m.text()); });
   // Everything the page loads must come from the admin listener itself.
   page.on("request", (r) => out.requests.push(r.url()));
+  // The one-time URL of `leash console` opens a session (a cookie): no
+  // token is typed or stored in the page.
+  await page.goto(login);
+  out.logged_in = page.url();
   const cells = (sel) => page.$$eval(sel, (rows) => rows.map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent)));
   const open = async (name) => {
     await page.goto(`${base}/console#${name}`);

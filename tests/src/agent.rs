@@ -216,6 +216,12 @@ impl Agent {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// A console API request with the agent's admin token.
+    pub fn api(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+        let token = crate::gateway::admin_token(&self.audit_dir.join("admin.token"));
+        crate::gateway::api(self.admin, &token, method, path, body)
+    }
+
     pub fn audit_records(&self) -> Vec<Value> {
         read_records(&self.audit_dir)
     }

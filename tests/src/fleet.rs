@@ -56,12 +56,38 @@ impl Nats {
 
     /// A server that only admits clients presenting `token`.
     pub fn start_with_token(token: Option<&str>) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let config = dir.path().join("nats.conf");
         let auth = token.map_or_else(String::new, |t| {
             format!("authorization {{\n  token: \"{t}\"\n}}\n")
         });
+        Self::start_with_auth(&auth, token)
+    }
+
+    /// A server that admits the nkey users `users` (public key, subjects
+    /// they may publish on; `>` for all), each allowed its replies.
+    pub fn start_with_nkeys(users: &[(&str, &[&str])]) -> Self {
+        let entries: Vec<String> = users
+            .iter()
+            .map(|(key, publish)| {
+                let allow: Vec<String> = publish.iter().map(|p| format!("\"{p}\"")).collect();
+                // A host reads only the replies to its own requests.
+                let subscribe = if publish.contains(&">") { ">" } else { "_INBOX.>" };
+                format!(
+                    "    {{ nkey: \"{key}\", permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"{subscribe}\"] }} }} }}",
+                    allow.join(", ")
+                )
+            })
+            .collect();
+        let auth = format!(
+            "authorization {{\n  users: [\n{}\n  ]\n}}\n",
+            entries.join("\n")
+        );
+        Self::start_with_auth(&auth, None)
+    }
+
+    fn start_with_auth(auth: &str, token: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("nats.conf");
         std::fs::write(
             &config,
             format!(
@@ -85,6 +111,16 @@ impl Nats {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The inside of a `nats: { ... }` config block for this server, as
+    /// the nkey user whose seed is in `seed_file`.
+    pub fn yaml_as(&self, seed_file: &Path) -> String {
+        format!(
+            "url: \"{}\", stream: LEASH_AUDIT, nkey_file: \"{}\"",
+            self.url(),
+            seed_file.display()
+        )
     }
 
     /// The inside of a `nats: { ... }` config block for this server.
@@ -277,15 +313,27 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// A GET on the fleet console's API with the collector's admin token
+    /// (made beside its config file).
+    pub fn api(&self, path: &str) -> (u16, serde_json::Value) {
+        let dir = self.config.parent().expect("config dir");
+        let token = crate::gateway::admin_token(&dir.join("admin.token"));
+        crate::gateway::api(self.admin, &token, "GET", path, b"")
+    }
+
     pub fn start(nats: &Nats, postgres_url: &str) -> Self {
+        Self::start_with(&nats.yaml(), postgres_url)
+    }
+
+    /// A collector whose `nats` block holds `nats_yaml`.
+    pub fn start_with(nats_yaml: &str, postgres_url: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config = dir.path().join("collector.yaml");
         std::fs::write(
             &config,
             format!(
-                "collector:\n  nats: {{ {}, durable: leash-collector }}\n  postgres: {{ url: \"{postgres_url}\" }}\n  admin: {{ listen: \"{admin}\" }}\n",
-                nats.yaml()
+                "collector:\n  nats: {{ {nats_yaml}, durable: leash-collector }}\n  postgres: {{ url: \"{postgres_url}\" }}\n  admin: {{ listen: \"{admin}\" }}\n"
             ),
         )
         .expect("write collector config");

@@ -169,6 +169,36 @@ impl Leash {
         }
     }
 
+    /// The admin token Leash made in its audit directory.
+    pub fn admin_token(&self) -> String {
+        admin_token(&self.audit_dir.join("admin.token"))
+    }
+
+    /// A console API request with the admin token: status and JSON body.
+    pub fn api(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+        api(self.admin, &self.admin_token(), method, path, body)
+    }
+
+    /// The one-time login URL `leash console` prints for this gateway.
+    pub fn console_login_url(&self) -> String {
+        let out = crate::harness::run(
+            leash_command()
+                .arg("console")
+                .arg("--config")
+                .arg(self.dir.path().join("leash.yaml"))
+                .arg("--admin-listen")
+                .arg(self.admin.to_string())
+                .arg("--audit-dir")
+                .arg(&self.audit_dir),
+        );
+        crate::harness::assert_success("leash console", &out);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("http://"))
+            .expect("a login URL")
+            .to_owned()
+    }
+
     /// `http://127.0.0.1:PORT/v1/<provider>`: the SDK base URL.
     pub fn base_url(&self, provider: &str) -> String {
         format!("http://{}/v1/{provider}", self.addr)
@@ -188,6 +218,41 @@ impl Leash {
     pub fn audit_records(&self) -> Vec<Value> {
         read_records(&self.audit_dir)
     }
+}
+
+/// The token in an admin token file (waiting briefly for Leash to make it).
+pub fn admin_token(file: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(t) = std::fs::read_to_string(file)
+            && !t.trim().is_empty()
+        {
+            return t.trim().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no admin token in {}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A console API request to `admin` with `token`: status and JSON body.
+pub fn api(admin: SocketAddr, token: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    let (status, _, body) = crate::http::http_request(
+        admin,
+        method,
+        path,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .expect("the admin listener answers");
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 /// The audit segments (`*.jsonl`) of `dir`, in name order (not the epoch

@@ -25,9 +25,13 @@ pub fn http_request(
         .set_read_timeout(Some(Duration::from_secs(30)))
         .ok()?;
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    // The caller's own Host, if it gives one (a rebound name, say).
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        let _ = write!(req, "Host: {addr}\r\n");
+    }
     for (k, v) in headers {
         let _ = write!(req, "{k}: {v}\r\n");
     }

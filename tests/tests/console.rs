@@ -21,7 +21,12 @@ fn start_with_policy(extra: &str) -> (MockProvider, Leash) {
     leash_tests::harness::start_with_policy_file(POLICY, extra)
 }
 
+/// GET on the console API with the admin token (or with `headers` only,
+/// when given).
 fn get(leash: &Leash, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    if headers.is_empty() {
+        return leash.api("GET", path, b"");
+    }
     let (status, _, body) = http_request(leash.admin, "GET", path, headers, b"").unwrap();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
@@ -132,8 +137,7 @@ fn console_api_matches_the_audit_records() {
     assert_eq!(policy["editable"], false);
     assert_eq!(policy["history"][0]["trigger"], "start");
     // Read-only by default.
-    let (status, _, _) =
-        http_request(leash.admin, "PUT", "/api/policy", &[], b"version: 1\n").unwrap();
+    let (status, _) = leash.api("PUT", "/api/policy", b"version: 1\n");
     assert_eq!(status, 403);
 }
 
@@ -147,16 +151,8 @@ fn playground_decides_without_sending() {
     let sent = mock.requests().len();
     let body = json!({"provider": "openai", "endpoint": "/chat/completions",
         "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "to bob@example.com"}]}});
-    let (status, _, out) = http_request(
-        leash.admin,
-        "POST",
-        "/api/policy/test",
-        &[("content-type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .unwrap();
+    let (status, decision) = leash.api("POST", "/api/policy/test", body.to_string().as_bytes());
     assert_eq!(status, 200);
-    let decision: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(decision["action"], "redact", "{decision}");
     assert_eq!(
         decision["forwarded_body"]["messages"][0]["content"],
@@ -176,14 +172,7 @@ fn playground_decides_without_sending() {
 fn policy_edits_are_validated_written_and_loaded() {
     let (mock, leash) = start_with_policy("admin: { allow_policy_edit: true }\n");
     let file = leash.dir.path().join("policy.yaml");
-    let put = |yaml: &str| {
-        let (status, _, body) =
-            http_request(leash.admin, "PUT", "/api/policy", &[], yaml.as_bytes()).unwrap();
-        (
-            status,
-            serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
-        )
-    };
+    let put = |yaml: &str| leash.api("PUT", "/api/policy", yaml.as_bytes());
     let (_, policy) = get(&leash, "/api/policy", &[]);
     assert_eq!(policy["editable"], true);
     // Invalid: refused with the reason, the file and the policy unchanged.
@@ -211,8 +200,15 @@ fn live_feed_streams_records_as_they_are_written() {
     let mock = MockProvider::start();
     let leash = Leash::start(&mock_providers_yaml(&mock));
     let mut stream = std::net::TcpStream::connect(leash.admin).unwrap();
+    let token = leash.admin_token();
     stream
-        .write_all(b"GET /api/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(
+            format!(
+                "GET /api/live HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+                leash.admin
+            )
+            .as_bytes(),
+        )
         .unwrap();
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(10)))
@@ -257,19 +253,32 @@ fn console_api_requires_the_admin_token_when_one_is_set() {
             mock_providers_yaml(&mock)
         ),
     );
-    assert_eq!(get(&leash, "/api/spend", &[]).0, 401);
+    assert!(
+        !leash.audit_dir.join("admin.token").exists(),
+        "Leash made a token of its own beside the configured one"
+    );
+    let host = leash.admin.to_string();
+    assert_eq!(get(&leash, "/api/spend", &[("host", &host)]).0, 401);
     assert_eq!(
         get(
             &leash,
             "/api/spend",
-            &[("authorization", "Bearer wrong-token-0123456789")]
+            &[
+                ("host", &host),
+                ("authorization", "Bearer wrong-token-0123456789")
+            ]
         )
         .0,
         401
     );
     let auth = format!("Bearer {token}");
     assert_eq!(
-        get(&leash, "/api/spend", &[("authorization", &auth)]).0,
+        get(
+            &leash,
+            "/api/spend",
+            &[("host", &host), ("authorization", &auth)]
+        )
+        .0,
         200
     );
     // The page holds no data and loads without it; /metrics is unchanged.
@@ -286,6 +295,99 @@ fn console_api_requires_the_admin_token_when_one_is_set() {
         200
     );
     assert!(!leash.logs().contains(token), "the token was logged");
+}
+
+/// Without a configured token, Leash makes its own (0600, in the audit
+/// directory): the API is closed to anyone without it, on loopback too, and
+/// to any host name the listener does not answer to (DNS rebinding); `leash
+/// console` prints a one-time login URL that opens a session.
+#[test]
+fn the_console_is_closed_on_loopback_without_the_token_and_opens_with_a_login_url() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (_mock, leash) = start_with_policy("admin: { allow_policy_edit: true }\n");
+    let token = leash.admin_token();
+    let mode = std::fs::metadata(leash.audit_dir.join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let host = leash.admin.to_string();
+    let auth = format!("Bearer {token}");
+    // Attack: no token on loopback; the token under a rebound host name.
+    assert_eq!(get(&leash, "/api/records", &[("host", &host)]).0, 401);
+    assert_eq!(
+        get(
+            &leash,
+            "/api/records",
+            &[("host", "attacker.example"), ("authorization", &auth)]
+        )
+        .0,
+        421
+    );
+    let (status, _, _) = http_request(
+        leash.admin,
+        "PUT",
+        "/api/policy",
+        &[("host", &host)],
+        b"version: 1\n",
+    )
+    .unwrap();
+    assert_eq!(status, 401, "a policy edit without the token");
+    // Control: the same requests with the token and the listener's name.
+    assert_eq!(
+        get(
+            &leash,
+            "/api/records",
+            &[("host", &host), ("authorization", &auth)]
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        get(
+            &leash,
+            "/api/records",
+            &[("host", "localhost"), ("authorization", &auth)]
+        )
+        .0,
+        200
+    );
+    // `leash console`: a URL that works once and gives a session.
+    let url = leash.console_login_url();
+    assert!(!url.contains(&token), "the token is in the URL");
+    let path = url.trim_start_matches(&format!("http://{host}"));
+    let (status, headers, _) =
+        http_request(leash.admin, "GET", path, &[("host", &host)], b"").unwrap();
+    assert_eq!(status, 303);
+    let cookie = headers
+        .iter()
+        .find(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+        .expect("a session cookie");
+    assert!(headers.iter().any(|(k, v)| k == "set-cookie"
+        && v.contains("HttpOnly")
+        && v.contains("SameSite=Strict")));
+    let (status, _, _) = http_request(leash.admin, "GET", path, &[("host", &host)], b"").unwrap();
+    assert_eq!(status, 401, "a login code works once");
+    assert_eq!(
+        get(
+            &leash,
+            "/api/spend",
+            &[("host", &host), ("cookie", &cookie)]
+        )
+        .0,
+        200
+    );
+    // A change from a session must come from the page (its own header).
+    let put = |extra: &[(&str, &str)]| {
+        let mut h = vec![("host", host.as_str()), ("cookie", cookie.as_str())];
+        h.extend_from_slice(extra);
+        http_request(leash.admin, "PUT", "/api/policy", &h, POLICY.as_bytes())
+            .unwrap()
+            .0
+    };
+    assert_eq!(put(&[]), 403, "a cross-site form with the session cookie");
+    assert_eq!(put(&[("x-leash-console", "1")]), 200);
 }
 
 /// Runs `tests/browser/console.mjs` against `leash`'s console; returns
@@ -314,10 +416,16 @@ fn browse(leash: &Leash) -> (Value, std::path::PathBuf) {
         .arg(&base)
         .arg(&shots)
         .arg(format!("http://{}", leash.addr))
+        .arg(leash.console_login_url())
         .env("LEASH_TEST_PLAYWRIGHT", &playwright));
     assert_success("the browser run", &out);
     let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(seen["errors"], json!([]), "errors in the page");
+    assert!(
+        seen["logged_in"].as_str().unwrap().ends_with("/console"),
+        "the login URL did not open the console: {}",
+        seen["logged_in"]
+    );
     for url in seen["requests"].as_array().unwrap() {
         assert!(
             url.as_str().unwrap().starts_with(&base),

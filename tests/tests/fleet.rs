@@ -183,17 +183,13 @@ fn three_hosts_ship_every_record_exactly_once_through_a_nats_outage() {
         assert_eq!(sums[host]["requests"], PER_HOST, "{sums}");
     }
     // The collector's console shows the same fleet-wide numbers.
-    let (status, body) =
-        leash_tests::harness::http_get(collectors[0].admin, "/api/spend?by=host").unwrap();
-    assert_eq!(status, 200, "{body}");
-    let spend: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (status, spend) = collectors[0].api("/api/spend?by=host");
+    assert_eq!(status, 200, "{spend}");
     assert_eq!(spend["total"]["requests"], 3 * PER_HOST, "{spend}");
     for (host, _) in &hosts {
         assert_eq!(spend["by_host"][host]["requests"], PER_HOST, "{spend}");
     }
-    let (_, body) =
-        leash_tests::harness::http_get(collectors[0].admin, "/api/records?limit=5").unwrap();
-    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (_, listed) = collectors[0].api("/api/records?limit=5");
     assert_eq!(listed["records"].as_array().unwrap().len(), 5);
     eprintln!(
         "fleet: {total} records from 3 hosts; NATS down {outage:?} ({before_outage} stored before it, {during_outage} by its end); the {backlog} records written by then were all stored {caught_up:?} after NATS returned; the last record {all_stored:?} after; lost 0, duplicates 0"
@@ -310,4 +306,155 @@ fn a_record_tampered_with_before_shipping_is_flagged_as_a_chain_break() {
             "the NATS token is logged"
         );
     }
+}
+
+/// Hosts ship under their own NATS credentials, each allowed to publish
+/// only on its own subject (the NATS config README.md shows). Host A,
+/// holding its own key, tries to pass records off as host B's: on B's
+/// subject NATS refuses; on its own subject with every header and record
+/// field claiming B, the collector still files them under A (the host comes
+/// from the subject). Control: B's genuine records are all stored, exactly
+/// once, under B.
+#[test]
+fn a_host_can_ship_only_as_itself() {
+    use nkeys::KeyPair;
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        KeyPair::new_user(),
+        KeyPair::new_user(),
+        KeyPair::new_user(),
+    );
+    let seed = |name: &str, k: &KeyPair| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, k.seed().unwrap()).unwrap();
+        path
+    };
+    let (seed_a, seed_b, seed_c) = (seed("a.nk", &a), seed("b.nk", &b), seed("c.nk", &c));
+    let host_perms = |host: &str| {
+        vec![
+            format!("leash.audit.{host}"),
+            "$JS.API.STREAM.INFO.LEASH_AUDIT".to_owned(),
+        ]
+    };
+    let (pa, pb) = (host_perms("host-a"), host_perms("host-b"));
+    let pa: Vec<&str> = pa.iter().map(String::as_str).collect();
+    let pb: Vec<&str> = pb.iter().map(String::as_str).collect();
+    let nats = Nats::start_with_nkeys(&[
+        (&a.public_key(), &pa),
+        (&b.public_key(), &pb),
+        (&c.public_key(), &[">"]),
+    ]);
+    let collector = Collector::start_with(&nats.yaml_as(&seed_c), &pg.url());
+    let mock = MockProvider::start();
+    let host = |name: &str, seed: &std::path::Path| {
+        Leash::start(&format!(
+            "host_id: {name}\naudit:\n  ship:\n    nats: {{ {}, subject: \"leash.audit.{{host}}\" }}\n{}",
+            nats.yaml_as(seed),
+            mock_providers_yaml(&mock)
+        ))
+    };
+    let leash_a = host("host-a", &seed_a);
+    for _ in 0..3 {
+        assert_eq!(
+            http_request(
+                leash_a.addr,
+                "POST",
+                "/v1/openai/chat/completions",
+                &[],
+                CHAT
+            )
+            .unwrap()
+            .0,
+            200
+        );
+    }
+    let count = |h: &str| {
+        pg.sql(&format!(
+            "SELECT count(*) FROM leash_audit WHERE host = '{h}'"
+        ))
+    };
+    wait_until(
+        "host-a's records",
+        Duration::from_secs(30),
+        || logs_of(&leash_a, &collector),
+        || count("host-a") == "3",
+    );
+
+    // A's key, publishing as B: a record shaped like B's first one.
+    let forged = r#"{"id":"forged","ts":"2026-11-30T00:00:00Z","host":"host-b","mode":"gateway","provider":"openai","endpoint":"/chat/completions","model":"m","stream":false,"status":200,"latency_ms":1.0,"ttfb_ms":null,"overhead_ms":0.1,"completed":true,"response_bytes":1,"caller":{"addr":null,"team":null},"usage":null,"cost_usd":null,"seq":1,"prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","hash":"forged"}"#;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (on_b, on_a) = rt.block_on(async {
+        let client = async_nats::ConnectOptions::with_nkey(a.seed().unwrap())
+            .connect(nats.url())
+            .await
+            .unwrap();
+        let mut js = async_nats::jetstream::new(client);
+        js.set_timeout(Duration::from_secs(2));
+        let publish = |subject: &'static str| {
+            let js = js.clone();
+            async move {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Leash-Host", "host-b");
+                h.insert("Leash-Epoch", "1");
+                h.insert("Nats-Msg-Id", "host-b:1:1:forged");
+                match js.publish_with_headers(subject, h, forged.into()).await {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        };
+        (
+            publish("leash.audit.host-b").await,
+            publish("leash.audit.host-a").await,
+        )
+    });
+    assert!(!on_b, "NATS let host A publish on host B's subject");
+    assert!(
+        on_a,
+        "host A cannot publish on its own subject (the control)"
+    );
+    wait_until(
+        "the forged record",
+        Duration::from_secs(30),
+        || logs_of(&leash_a, &collector),
+        || count("host-a") == "4",
+    );
+
+    // B's genuine records: all of them, once, under B.
+    let leash_b = host("host-b", &seed_b);
+    for _ in 0..2 {
+        assert_eq!(
+            http_request(
+                leash_b.addr,
+                "POST",
+                "/v1/openai/chat/completions",
+                &[],
+                CHAT
+            )
+            .unwrap()
+            .0,
+            200
+        );
+    }
+    wait_until(
+        "host-b's records",
+        Duration::from_secs(30),
+        || logs_of(&leash_b, &collector),
+        || count("host-b") != "0",
+    );
+    wait_until(
+        "all of host-b's records",
+        Duration::from_secs(10),
+        || logs_of(&leash_b, &collector),
+        || count("host-b") == "2",
+    );
+    assert_complete(&pg, "host-b", 2);
+    assert_eq!(
+        pg.sql("SELECT count(*) FROM leash_audit WHERE host = 'host-b' AND line LIKE '%forged%'"),
+        "0"
+    );
 }

@@ -308,10 +308,8 @@ fn all_tls_scope_splices_other_hosts_untouched() {
         w.agent.metrics()
     );
     // The console's interception page: setup, counters, CA.
-    let (status, body) =
-        leash_tests::harness::http_get(w.agent.admin, "/api/interception").unwrap();
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
+    let (status, v) = w.agent.api("GET", "/api/interception", b"");
+    assert_eq!(status, 200, "{v}");
     assert_eq!(v["mode"], "transparent");
     assert_eq!(v["scope"], "all-tls");
     assert_eq!(v["failure_mode"], "open");

@@ -3,6 +3,7 @@
 
 mod audit;
 mod ca;
+mod console;
 mod intercept;
 mod policy;
 
@@ -98,6 +99,20 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a one-time login URL for the web console of the Leash running
+    /// with this config (the admin token stays out of the URL).
+    Console {
+        /// The config file of the running Leash.
+        #[arg(short, long, env = "LEASH_CONFIG")]
+        config: Option<PathBuf>,
+        /// The admin listen address it was started with, if overridden.
+        #[arg(long, value_name = "IP:PORT")]
+        admin_listen: Option<String>,
+        /// The audit directory it was started with, if overridden (its
+        /// admin token is made there).
+        #[arg(long, value_name = "DIR")]
+        audit_dir: Option<PathBuf>,
+    },
     /// The kernel hooks of the transparent agent.
     #[command(subcommand)]
     Intercept(InterceptCommand),
@@ -254,6 +269,18 @@ fn run() -> anyhow::Result<()> {
         Command::Audit(cmd) => audit::command(cmd),
         Command::Policy(cmd) => policy::command(cmd),
         Command::Intercept(cmd) => intercept::command(cmd),
+        Command::Console {
+            config,
+            admin_listen,
+            audit_dir,
+        } => console::command(
+            config.as_deref(),
+            &Overrides {
+                gateway_listen: None,
+                admin_listen,
+                audit_dir,
+            },
+        ),
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(Some(&file), &Overrides::default())?;
             app::check(&config)?;

@@ -1,12 +1,12 @@
 //! The collector's config file: a `collector:` section with its NATS
 //! consumer, PostgreSQL store and admin listener.
 
-use std::{net::SocketAddr, path::Path};
+use std::path::Path;
 
 use serde::Deserialize;
 
 use crate::{
-    admin::{self, RawAdmin},
+    admin::{AdminConfig, RawAdmin},
     config::ConfigError,
     field::{self, FieldError, invalid},
     ship::config::{DEFAULT_SUBJECT, NatsConfig, RawNats, batch, stream_subjects},
@@ -20,10 +20,15 @@ pub struct CollectorConfig {
     pub durable: String,
     /// Subjects the stream takes when the collector creates it.
     pub stream_subjects: String,
+    /// Which token of a record's subject names its host (`{host}` in the
+    /// subject template): the host a record is stored under comes from the
+    /// subject, which NATS permissions tie to that host's credentials, never
+    /// from anything the publisher writes into the message.
+    pub host_token: usize,
     pub postgres_url: String,
-    pub admin_listen: SocketAddr,
-    /// Bearer token of the fleet console's API (`admin.token_file`).
-    pub admin_token: Option<String>,
+    /// The fleet console's admin listener and token (its own token file,
+    /// when none is configured, beside the config file).
+    pub admin: AdminConfig,
     pub batch: usize,
 }
 
@@ -98,16 +103,19 @@ impl CollectorConfig {
             nats,
             durable,
             stream_subjects: stream_subjects(&template),
+            host_token: template
+                .split('.')
+                .position(|t| t == "{host}")
+                .ok_or_else(|| {
+                    invalid("collector.nats.subject", "must name `{host}` as one token")
+                })?,
             postgres_url: c.postgres.url,
-            admin_listen: field::addr(
-                "collector.admin.listen",
-                c.admin.listen.as_deref(),
-                "127.0.0.1:9091",
-            )?,
-            admin_token: admin::token(
-                "collector.admin.token_file",
+            admin: AdminConfig::validate(
+                &c.admin,
+                "collector.admin",
                 base,
-                c.admin.token_file.as_deref(),
+                "127.0.0.1:9091",
+                base,
             )?,
             batch: batch("collector.nats.batch", c.nats.batch)?,
         })

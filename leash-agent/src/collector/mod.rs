@@ -38,6 +38,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
+    #[error("cannot read or make the admin token {0}: {1}")]
+    Token(std::path::PathBuf, std::io::Error),
     #[error(transparent)]
     Nats(#[from] ShipError),
     #[error(transparent)]
@@ -103,17 +105,18 @@ impl CollectorMetrics {
     }
 }
 
-/// Host and epoch of a message, from its headers (or its message id).
-fn origin(msg: &async_nats::Message) -> Option<(String, i64)> {
+/// Host and epoch of a message. The host is the subject's host token: a
+/// host's credentials may publish only on its own subject, so no header
+/// or record field can make a record pass for another host's. The epoch
+/// (the publisher's own numbering) comes from its headers.
+fn origin(msg: &async_nats::Message, host_token: usize) -> Option<(String, i64)> {
+    let host = msg.subject.as_str().split('.').nth(host_token)?.to_owned();
     let headers = msg.headers.as_ref()?;
-    if let (Some(host), Some(epoch)) = (headers.get("Leash-Host"), headers.get("Leash-Epoch")) {
-        return Some((host.as_str().to_owned(), epoch.as_str().parse().ok()?));
-    }
-    let id = headers.get("Nats-Msg-Id")?.as_str();
-    let mut parts = id.rsplitn(3, ':');
-    let _seq = parts.next()?;
-    let epoch = parts.next()?.parse().ok()?;
-    Some((parts.next()?.to_owned(), epoch))
+    let epoch = match headers.get("Leash-Epoch") {
+        Some(e) => e.as_str().parse().ok()?,
+        None => crate::ship::msg_id_epoch(headers.get("Nats-Msg-Id")?.as_str())?,
+    };
+    Some((host, epoch))
 }
 
 /// Runs the collector until `shutdown` turns true.
@@ -122,9 +125,14 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), CollectorError> {
     let metrics = Arc::new(CollectorMetrics::new());
-    let listener = tokio::net::TcpListener::bind(cfg.admin_listen)
+    let listener = tokio::net::TcpListener::bind(cfg.admin.listen)
         .await
-        .map_err(|e| CollectorError::Bind(cfg.admin_listen, e))?;
+        .map_err(|e| CollectorError::Bind(cfg.admin.listen, e))?;
+    let token = cfg
+        .admin
+        .token
+        .load()
+        .map_err(|e| CollectorError::Token(cfg.admin.token.path.clone(), e))?;
     let admin_metrics = Arc::clone(&metrics);
     // The fleet console reads the central store on a connection of its own.
     let console = crate::console::Console::new(
@@ -132,8 +140,7 @@ pub async fn run(
         Arc::new(crate::policy::PolicyHandle::new(None, None)),
         crate::provider::Providers::default(),
         None,
-        cfg.admin_token.clone(),
-        cfg.admin_listen.ip().is_loopback(),
+        crate::console::auth::Auth::new(token, cfg.admin.listen, &cfg.admin.allowed_hosts),
     );
     tokio::spawn(crate::server::serve(
         listener,
@@ -276,7 +283,9 @@ async fn store_batch(
     let mut incoming = Vec::with_capacity(messages.len());
     let mut accepted = Vec::with_capacity(messages.len());
     for m in messages {
-        if let (Some((host, epoch)), Ok(line)) = (origin(m), std::str::from_utf8(&m.payload)) {
+        if let (Some((host, epoch)), Ok(line)) =
+            (origin(m, cfg.host_token), std::str::from_utf8(&m.payload))
+        {
             incoming.push(store::Incoming {
                 host,
                 epoch,

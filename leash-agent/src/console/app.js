@@ -5,7 +5,9 @@ let current = "live";
 const token = () => sessionStorage.getItem("leash-token") || "";
 
 async function api(path, options = {}) {
-  const headers = Object.assign({}, options.headers || {});
+  // The console's own header: a session's changes need it, and a
+  // cross-site form cannot send it.
+  const headers = Object.assign({ "x-leash-console": "1" }, options.headers || {});
   if (token()) headers.authorization = "Bearer " + token();
   const resp = await fetch(path, Object.assign({}, options, { headers }));
   if (resp.status === 401) {

@@ -3,9 +3,11 @@
 //! trail and the live policy. Read-only: the policy playground decides on a
 //! pasted body without sending anything anywhere.
 //!
-//! Access: on a loopback admin listener the API is open to the machine;
-//! with `admin.token_file` it requires `Authorization: Bearer <token>`; on
-//! any other listener without a token it is refused.
+//! Access (see `auth`): the admin token on every listener, as a bearer
+//! token or through a session opened with a one-time code from `leash
+//! console`; only under the host names the listener answers to.
+
+pub mod auth;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -26,11 +28,12 @@ const APP_CSS: &str = include_str!("app.css");
 /// Most records one API answer holds.
 const MAX_RECORDS: usize = 1000;
 
-/// A console answer: status, content type, body.
+/// A console answer: status, content type, body, and any other headers.
 pub struct Answer {
     pub status: StatusCode,
     pub content_type: &'static str,
     pub body: Bytes,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Answer {
@@ -39,6 +42,7 @@ impl Answer {
             status,
             content_type: "application/json",
             body: Bytes::from(v.to_string()),
+            headers: Vec::new(),
         }
     }
 
@@ -51,6 +55,7 @@ impl Answer {
             status: StatusCode::OK,
             content_type,
             body: Bytes::from_static(text.as_bytes()),
+            headers: Vec::new(),
         }
     }
 }
@@ -72,21 +77,12 @@ pub struct Console {
     /// The transparent agent's state (setup, targets, counters), read at
     /// each request; `None` for the gateway.
     interception: Option<Interception>,
-    token: Option<String>,
-    /// The admin listener is on loopback.
-    loopback: bool,
+    auth: auth::Auth,
     /// Records as they are written (the live feed).
     live: Option<tokio::sync::broadcast::Sender<Bytes>>,
     /// `admin.allow_policy_edit`: the policy file may be replaced.
     policy_edit: bool,
     budgets: Vec<crate::pipeline::budget::BudgetConfig>,
-}
-
-/// Equal without an early exit on the first differing byte.
-/// Constant-time comparison of a given token with the expected one.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq as _;
-    a.ct_eq(b).into()
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {
@@ -127,16 +123,14 @@ impl Console {
         policy: Arc<PolicyHandle>,
         providers: Providers,
         interception: Option<Interception>,
-        token: Option<String>,
-        loopback: bool,
+        auth: auth::Auth,
     ) -> Self {
         Self {
             source,
             policy,
             providers,
             interception,
-            token,
-            loopback,
+            auth,
             live: None,
             policy_edit: false,
             budgets: Vec::new(),
@@ -168,8 +162,9 @@ impl Console {
     pub fn live(
         &self,
         headers: &HeaderMap,
+        authority: Option<&str>,
     ) -> Result<tokio::sync::broadcast::Receiver<Bytes>, Answer> {
-        self.authorized(headers)?;
+        self.authorized(headers, authority, false)?;
         self.live
             .as_ref()
             .map(tokio::sync::broadcast::Sender::subscribe)
@@ -180,32 +175,54 @@ impl Console {
     pub fn owns(path: &str) -> bool {
         path == "/"
             || path == "/favicon.ico"
+            || path == "/login"
             || path.starts_with("/console")
             || path.starts_with("/api/")
     }
 
-    fn authorized(&self, headers: &HeaderMap) -> Result<(), Answer> {
-        match &self.token {
-            Some(token) => {
-                let given = headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .unwrap_or_default();
-                if same(given.as_bytes(), token.as_bytes()) {
-                    Ok(())
-                } else {
-                    Err(Answer::error(
-                        StatusCode::UNAUTHORIZED,
-                        "the console API needs `Authorization: Bearer <admin token>`",
-                    ))
-                }
-            }
-            None if self.loopback => Ok(()),
-            None => Err(Answer::error(
+    fn authorized(
+        &self,
+        headers: &HeaderMap,
+        authority: Option<&str>,
+        changes: bool,
+    ) -> Result<(), Answer> {
+        self.auth.check(headers, authority, changes).map_err(|d| match d {
+            auth::Denied::WrongHost => Answer::error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this admin listener does not answer to that host name (admin.allowed_hosts)",
+            ),
+            auth::Denied::Unauthenticated => Answer::error(
+                StatusCode::UNAUTHORIZED,
+                "the console needs the admin token (`Authorization: Bearer <token>`) or a session: run `leash console` for a login URL",
+            ),
+            auth::Denied::Forged => Answer::error(
                 StatusCode::FORBIDDEN,
-                "the console is served only on a loopback admin listener unless admin.token_file is set",
-            )),
+                "a change from a session must come from the console page",
+            ),
+        })
+    }
+
+    /// `/login?code=…`: a one-time code from `leash console` becomes a
+    /// session cookie, then the page.
+    fn login(&self, headers: &HeaderMap, authority: Option<&str>, query: &str) -> Answer {
+        if !self.auth.host_allowed(headers, authority) {
+            return Answer::error(StatusCode::MISDIRECTED_REQUEST, "wrong host name");
+        }
+        let cookie = query_param(query, "code").and_then(|c| self.auth.login(&c));
+        match cookie {
+            Some(cookie) => Answer {
+                status: StatusCode::SEE_OTHER,
+                content_type: "text/plain",
+                body: Bytes::from_static(b"logged in\n"),
+                headers: vec![
+                    (header::SET_COOKIE, cookie),
+                    (header::LOCATION, http::HeaderValue::from_static("/console")),
+                ],
+            },
+            None => Answer::error(
+                StatusCode::UNAUTHORIZED,
+                "this login code is unknown, used or expired: run `leash console` again",
+            ),
         }
     }
 
@@ -216,8 +233,18 @@ impl Console {
         path: &str,
         query: &str,
         headers: &HeaderMap,
+        authority: Option<&str>,
         body: &[u8],
     ) -> Answer {
+        if path == "/login" {
+            return self.login(headers, authority, query);
+        }
+        if !self.auth.host_allowed(headers, authority) {
+            return Answer::error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this admin listener does not answer to that host name (admin.allowed_hosts)",
+            );
+        }
         // The page itself holds no data.
         match path {
             "/" | "/console" | "/console/" => {
@@ -230,14 +257,20 @@ impl Console {
                     status: StatusCode::NO_CONTENT,
                     content_type: "image/x-icon",
                     body: Bytes::new(),
+                    headers: Vec::new(),
                 };
             }
             _ => {}
         }
-        if let Err(denied) = self.authorized(headers) {
+        let changes = !matches!(*method, http::Method::GET | http::Method::HEAD);
+        if let Err(denied) = self.authorized(headers, authority, changes) {
             return denied;
         }
         match (method.as_str(), path) {
+            ("POST", "/api/login-code") => Answer::json(
+                StatusCode::OK,
+                &json!({"code": self.auth.new_code(), "expires_in_secs": 120}),
+            ),
             ("GET", "/api/records") => self.records(query).await,
             ("GET", "/api/spend") => self.spend(query).await,
             ("GET", "/api/violations") => self.violations().await,
@@ -565,63 +598,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn query_params_and_constant_time_compare() {
+    fn query_params() {
         assert_eq!(
             query_param("a=1&team=red%20team", "team").as_deref(),
             Some("red team")
         );
         assert_eq!(query_param("a=1&team=", "team"), None);
         assert_eq!(query_param("x=%zz", "x").as_deref(), Some("%zz"));
-        assert!(same(b"abc", b"abc"));
-        assert!(!same(b"abc", b"abd"));
-        assert!(!same(b"abc", b"abcd"));
     }
 
     #[test]
-    fn refused_off_loopback_without_a_token() {
-        let console = |token: Option<&str>, loopback| {
-            Console::new(
-                Source::Dir(PathBuf::from("/nonexistent")),
-                Arc::new(PolicyHandle::new(None, None)),
-                Providers::default(),
-                None,
-                token.map(str::to_owned),
-                loopback,
-            )
-        };
-        let get = |c: &Console, auth: Option<&str>| {
+    fn the_api_needs_the_token_on_loopback_too() {
+        let console = Console::new(
+            Source::Dir(PathBuf::from("/nonexistent")),
+            Arc::new(PolicyHandle::new(None, None)),
+            Providers::default(),
+            None,
+            auth::Auth::new(
+                "0123456789abcdef".into(),
+                "127.0.0.1:9090".parse().unwrap(),
+                &[],
+            ),
+        );
+        let get = |path: &str, host: &str, auth: Option<&str>| {
             let mut h = HeaderMap::new();
+            h.insert(header::HOST, host.parse().unwrap());
             if let Some(a) = auth {
                 h.insert(header::AUTHORIZATION, a.parse().unwrap());
             }
-            futures_util::FutureExt::now_or_never(c.handle(
+            futures_util::FutureExt::now_or_never(console.handle(
                 &http::Method::GET,
-                "/api/policy",
+                path,
                 "",
                 &h,
+                None,
                 b"",
             ))
             .expect("answers without waiting")
             .status
         };
-        assert_eq!(get(&console(None, false), None), StatusCode::FORBIDDEN);
-        assert_eq!(get(&console(None, true), None), StatusCode::OK);
-        let with_token = console(Some("0123456789abcdef"), false);
-        assert_eq!(get(&with_token, None), StatusCode::UNAUTHORIZED);
+        let bearer = Some("Bearer 0123456789abcdef");
         assert_eq!(
-            get(&with_token, Some("Bearer 0123456789abcdef")),
-            StatusCode::OK
+            get("/api/policy", "127.0.0.1:9090", None),
+            StatusCode::UNAUTHORIZED
         );
-        // The page itself is static and always served.
-        let unauth = console(None, false);
-        let page = futures_util::FutureExt::now_or_never(unauth.handle(
-            &http::Method::GET,
-            "/console",
-            "",
-            &HeaderMap::new(),
-            b"",
-        ))
-        .expect("answers without waiting");
-        assert_eq!(page.status, StatusCode::OK);
+        assert_eq!(get("/api/policy", "127.0.0.1:9090", bearer), StatusCode::OK);
+        assert_eq!(
+            get("/api/policy", "evil.example:9090", bearer),
+            StatusCode::MISDIRECTED_REQUEST
+        );
+        // The page itself is static and served without a token.
+        assert_eq!(get("/console", "localhost:9090", None), StatusCode::OK);
+        assert_eq!(
+            get("/console", "evil.example", None),
+            StatusCode::MISDIRECTED_REQUEST
+        );
     }
 }
