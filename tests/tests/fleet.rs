@@ -308,87 +308,17 @@ fn a_record_tampered_with_before_shipping_is_flagged_as_a_chain_break() {
     }
 }
 
-/// Hosts ship under their own NATS credentials, each allowed to publish
-/// only on its own subject (the NATS config README.md shows). Host A,
-/// holding its own key, tries to pass records off as host B's: on B's
-/// subject NATS refuses; on its own subject with every header and record
-/// field claiming B, the collector still files them under A (the host comes
-/// from the subject). Control: B's genuine records are all stored, exactly
-/// once, under B.
-#[test]
-fn a_host_can_ship_only_as_itself() {
-    use nkeys::KeyPair;
-    let pg = Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b, c) = (
-        KeyPair::new_user(),
-        KeyPair::new_user(),
-        KeyPair::new_user(),
-    );
-    let seed = |name: &str, k: &KeyPair| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, k.seed().unwrap()).unwrap();
-        path
-    };
-    let (seed_a, seed_b, seed_c) = (seed("a.nk", &a), seed("b.nk", &b), seed("c.nk", &c));
-    let host_perms = |host: &str| {
-        vec![
-            format!("leash.audit.{host}"),
-            "$JS.API.STREAM.INFO.LEASH_AUDIT".to_owned(),
-        ]
-    };
-    let (pa, pb) = (host_perms("host-a"), host_perms("host-b"));
-    let pa: Vec<&str> = pa.iter().map(String::as_str).collect();
-    let pb: Vec<&str> = pb.iter().map(String::as_str).collect();
-    let nats = Nats::start_with_nkeys(&[
-        (&a.public_key(), &pa),
-        (&b.public_key(), &pb),
-        (&c.public_key(), &[">"]),
-    ]);
-    let collector = Collector::start_with(&nats.yaml_as(&seed_c), &pg.url());
-    let mock = MockProvider::start();
-    let host = |name: &str, seed: &std::path::Path| {
-        Leash::start(&format!(
-            "host_id: {name}\naudit:\n  ship:\n    nats: {{ {}, subject: \"leash.audit.{{host}}\" }}\n{}",
-            nats.yaml_as(seed),
-            mock_providers_yaml(&mock)
-        ))
-    };
-    let leash_a = host("host-a", &seed_a);
-    for _ in 0..3 {
-        assert_eq!(
-            http_request(
-                leash_a.addr,
-                "POST",
-                "/v1/openai/chat/completions",
-                &[],
-                CHAT
-            )
-            .unwrap()
-            .0,
-            200
-        );
-    }
-    let count = |h: &str| {
-        pg.sql(&format!(
-            "SELECT count(*) FROM leash_audit WHERE host = '{h}'"
-        ))
-    };
-    wait_until(
-        "host-a's records",
-        Duration::from_secs(30),
-        || logs_of(&leash_a, &collector),
-        || count("host-a") == "3",
-    );
-
-    // A's key, publishing as B: a record shaped like B's first one.
+/// With `key` (host A's), publishes a record shaped like host B's first
+/// one, with every header claiming B: on B's subject, then on A's own.
+/// Whether JetStream acknowledged each.
+fn publish_as_host_b(nats: &Nats, key: &nkeys::KeyPair) -> (bool, bool) {
     let forged = r#"{"id":"forged","ts":"2026-11-30T00:00:00Z","host":"host-b","mode":"gateway","provider":"openai","endpoint":"/chat/completions","model":"m","stream":false,"status":200,"latency_ms":1.0,"ttfb_ms":null,"overhead_ms":0.1,"completed":true,"response_bytes":1,"caller":{"addr":null,"team":null},"usage":null,"cost_usd":null,"seq":1,"prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","hash":"forged"}"#;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (on_b, on_a) = rt.block_on(async {
-        let client = async_nats::ConnectOptions::with_nkey(a.seed().unwrap())
+    rt.block_on(async {
+        let client = async_nats::ConnectOptions::with_nkey(key.seed().unwrap())
             .connect(nats.url())
             .await
             .unwrap();
@@ -411,7 +341,70 @@ fn a_host_can_ship_only_as_itself() {
             publish("leash.audit.host-b").await,
             publish("leash.audit.host-a").await,
         )
-    });
+    })
+}
+
+/// Hosts ship under their own NATS credentials, each allowed to publish
+/// only on its own subject (the NATS config README.md shows). Host A,
+/// holding its own key, tries to pass records off as host B's: on B's
+/// subject NATS refuses; on its own subject with every header and record
+/// field claiming B, the collector still files them under A (the host comes
+/// from the subject). Control: B's genuine records are all stored, exactly
+/// once, under B.
+#[test]
+fn a_host_can_ship_only_as_itself() {
+    use nkeys::KeyPair;
+    const INFO: &str = "$JS.API.STREAM.INFO.LEASH_AUDIT";
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        KeyPair::new_user(),
+        KeyPair::new_user(),
+        KeyPair::new_user(),
+    );
+    let seed = |name: &str, k: &KeyPair| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, k.seed().unwrap()).unwrap();
+        path
+    };
+    let (seed_a, seed_b, seed_c) = (seed("a.nk", &a), seed("b.nk", &b), seed("c.nk", &c));
+    // Each host: its own subject, and a look at the stream (README.md).
+    let nats = Nats::start_with_nkeys(&[
+        (&a.public_key(), &["leash.audit.host-a", INFO]),
+        (&b.public_key(), &["leash.audit.host-b", INFO]),
+        (&c.public_key(), &[">"]),
+    ]);
+    let collector = Collector::start_with(&nats.yaml_as(&seed_c), &pg.url());
+    let mock = MockProvider::start();
+    let host = |name: &str, seed: &std::path::Path| {
+        Leash::start(&format!(
+            "host_id: {name}\naudit:\n  ship:\n    nats: {{ {}, subject: \"leash.audit.{{host}}\" }}\n{}",
+            nats.yaml_as(seed),
+            mock_providers_yaml(&mock)
+        ))
+    };
+    let chats = |leash: &Leash, n: usize| {
+        for _ in 0..n {
+            let r = http_request(leash.addr, "POST", "/v1/openai/chat/completions", &[], CHAT);
+            assert_eq!(r.unwrap().0, 200);
+        }
+    };
+    let leash_a = host("host-a", &seed_a);
+    chats(&leash_a, 3);
+    let count = |h: &str| {
+        pg.sql(&format!(
+            "SELECT count(*) FROM leash_audit WHERE host = '{h}'"
+        ))
+    };
+    wait_until(
+        "host-a's records",
+        Duration::from_secs(30),
+        || logs_of(&leash_a, &collector),
+        || count("host-a") == "3",
+    );
+
+    // A's key, publishing as B: on B's subject, then on its own.
+    let (on_b, on_a) = publish_as_host_b(&nats, &a);
     assert!(!on_b, "NATS let host A publish on host B's subject");
     assert!(
         on_a,
@@ -426,20 +419,7 @@ fn a_host_can_ship_only_as_itself() {
 
     // B's genuine records: all of them, once, under B.
     let leash_b = host("host-b", &seed_b);
-    for _ in 0..2 {
-        assert_eq!(
-            http_request(
-                leash_b.addr,
-                "POST",
-                "/v1/openai/chat/completions",
-                &[],
-                CHAT
-            )
-            .unwrap()
-            .0,
-            200
-        );
-    }
+    chats(&leash_b, 2);
     wait_until(
         "host-b's records",
         Duration::from_secs(30),
