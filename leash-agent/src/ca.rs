@@ -72,6 +72,8 @@ pub enum CaError {
     Mint(String, rcgen::Error),
     #[error("minted certificate for `{0}` is not usable: {1}")]
     ServerConfig(String, rustls::Error),
+    #[error("{0} {1}: refused (it could be swapped for another CA by someone else)")]
+    Unsafe(PathBuf, &'static str),
     #[error("the CA in {0} has expired; replace it with `leash ca rotate --dir {0}`")]
     Expired(PathBuf),
 }
@@ -121,19 +123,95 @@ impl std::fmt::Debug for CertAuthority {
     }
 }
 
+/// Writes `contents` to `path` with `mode`: into a new file beside it
+/// (created exclusively, never through a symlink), synced, then renamed
+/// over `path` — a reader sees the old file or the new one, and a symlink
+/// planted at `path` is replaced, not followed.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
+    let err = |e| CaError::Write(path.to_owned(), e);
+    let tmp = path.with_extension(format!("new-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let mut file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .mode(mode)
-        .open(path)
-        .map_err(|e| CaError::Write(path.to_owned(), e))?;
-    // `mode` applies only to new files: make sure a replaced file gets it too.
-    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .open(&tmp)
+        .map_err(err)?;
+    let written = file
+        .set_permissions(std::fs::Permissions::from_mode(mode))
         .and_then(|()| file.write_all(contents))
         .and_then(|()| file.sync_all())
-        .map_err(|e| CaError::Write(path.to_owned(), e))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    Ok(())
+}
+
+/// Reads a CA file without following a symlink, checking the file it
+/// opened (not the path): a regular file owned by this process's user and,
+/// with `private`, readable by no one else.
+fn read_checked(path: &Path, private: bool) -> Result<String, CaError> {
+    use std::{io::Read as _, os::unix::fs::MetadataExt as _};
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => CaError::Unsafe(path.to_owned(), "is a symbolic link"),
+            _ if e.kind() == std::io::ErrorKind::NotFound => {
+                CaError::Missing(path.parent().unwrap_or(path).to_owned())
+            }
+            _ => CaError::Read(path.to_owned(), e),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| CaError::Read(path.to_owned(), e))?;
+    if !meta.is_file() {
+        return Err(CaError::Unsafe(path.to_owned(), "is not a regular file"));
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(CaError::Unsafe(
+            path.to_owned(),
+            "is owned by another user than the one Leash runs as",
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if private && mode & 0o077 != 0 {
+        return Err(CaError::KeyPermissions(path.to_owned(), mode));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| CaError::Read(path.to_owned(), e))?;
+    Ok(text)
+}
+
+/// Creates the CA directory (0700), or makes an existing one 0700; a
+/// symlink or another user's directory is refused.
+fn private_dir(dir: &Path) -> Result<(), CaError> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| CaError::Write(dir.to_owned(), e))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| CaError::Read(dir.to_owned(), e))?;
+    if !meta.is_dir() {
+        return Err(CaError::Unsafe(dir.to_owned(), "is not a directory"));
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(CaError::Unsafe(
+            dir.to_owned(),
+            "is owned by another user than the one Leash runs as",
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| CaError::Write(dir.to_owned(), e))?;
+    }
+    Ok(())
 }
 
 /// The expiry of a DER certificate.
@@ -148,14 +226,13 @@ impl CertAuthority {
     pub fn init(dir: &Path, options: &CaOptions, force: bool) -> Result<Self, CaError> {
         let cert_path = dir.join(CERT_FILE);
         let key_path = dir.join(KEY_FILE);
-        if !force && (cert_path.exists() || key_path.exists()) {
+        if !force
+            && (std::fs::symlink_metadata(&cert_path).is_ok()
+                || std::fs::symlink_metadata(&key_path).is_ok())
+        {
             return Err(CaError::Exists(dir.to_owned()));
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| CaError::Write(dir.to_owned(), e))?;
+        private_dir(dir)?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| CaError::Invalid(key_path.clone(), e))?;
         let mut params = CertificateParams::default();
@@ -216,21 +293,13 @@ impl CertAuthority {
     pub fn load(dir: &Path) -> Result<Self, CaError> {
         let cert_path = dir.join(CERT_FILE);
         let key_path = dir.join(KEY_FILE);
-        if !cert_path.exists() || !key_path.exists() {
+        if std::fs::symlink_metadata(&cert_path).is_err()
+            || std::fs::symlink_metadata(&key_path).is_err()
+        {
             return Err(CaError::Missing(dir.to_owned()));
         }
-        let mode = std::fs::metadata(&key_path)
-            .map_err(|e| CaError::Read(key_path.clone(), e))?
-            .permissions()
-            .mode()
-            & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(CaError::KeyPermissions(key_path, mode));
-        }
-        let cert_pem =
-            std::fs::read_to_string(&cert_path).map_err(|e| CaError::Read(cert_path.clone(), e))?;
-        let key_pem =
-            std::fs::read_to_string(&key_path).map_err(|e| CaError::Read(key_path.clone(), e))?;
+        let key_pem = read_checked(&key_path, true)?;
+        let cert_pem = read_checked(&cert_path, false)?;
         let bad_cert =
             || CaError::Invalid(cert_path.clone(), rcgen::Error::CouldNotParseCertificate);
         let cert_der =
@@ -370,6 +439,47 @@ pub fn refresh_trust(dir: &Path) -> Result<Vec<Trusted>, CaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ca_files_are_checked_on_the_open_file() {
+        use std::os::unix::fs::{PermissionsExt as _, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        // An existing directory open to others is made private.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        CertAuthority::init(dir.path(), &CaOptions::default(), false).unwrap();
+        let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // A key swapped for a symlink (to another CA's key) is refused.
+        let other = tempfile::tempdir().unwrap();
+        CertAuthority::init(other.path(), &CaOptions::default(), false).unwrap();
+        let key = dir.path().join(KEY_FILE);
+        std::fs::remove_file(&key).unwrap();
+        symlink(other.path().join(KEY_FILE), &key).unwrap();
+        assert!(matches!(
+            CertAuthority::load(dir.path()),
+            Err(CaError::Unsafe(_, "is a symbolic link"))
+        ));
+        // A replacement writes through the link's place, not through it.
+        CertAuthority::init(dir.path(), &CaOptions::default(), true).unwrap();
+        assert!(
+            !std::fs::symlink_metadata(&key)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(
+            CertAuthority::load(other.path()).is_ok(),
+            "the other CA was written through"
+        );
+        // Another user's key is refused (as root, give it away).
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+            assert!(matches!(
+                CertAuthority::load(dir.path()),
+                Err(CaError::Unsafe(_, _))
+            ));
+        }
+    }
 
     #[test]
     fn init_load_mint() {
