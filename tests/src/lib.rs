@@ -14,4 +14,5 @@ pub mod gateway;
 pub mod harness;
 pub mod http;
 pub mod mock;
+pub mod results;
 pub mod tls;

@@ -374,4 +374,8 @@ fn a_failed_audit_write_is_retried_and_the_chain_still_verifies() {
         let expected = if fail.is_empty() { "0" } else { "2" };
         assert_eq!(errors.as_deref(), Some(expected), "fail {fail:?}");
     }
+    leash_tests::results::record(
+        "audit_write_failures",
+        &serde_json::json!({"injected": 2, "records": 6, "lost": 0, "verify": "ok"}),
+    );
 }

@@ -388,6 +388,10 @@ fn the_console_is_closed_on_loopback_without_the_token_and_opens_with_a_login_ur
     };
     assert_eq!(put(&[]), 403, "a cross-site form with the session cookie");
     assert_eq!(put(&[("x-leash-console", "1")]), 200);
+    leash_tests::results::record(
+        "console_access",
+        &json!({"loopback_without_token": 401, "rebound_host": 421, "policy_edit_without_token": 401, "reused_login_code": 401, "cross_site_change": 403}),
+    );
 }
 
 /// Runs `tests/browser/console.mjs` against `leash`'s console; returns

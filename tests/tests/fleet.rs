@@ -437,4 +437,8 @@ fn a_host_can_ship_only_as_itself() {
         pg.sql("SELECT count(*) FROM leash_audit WHERE host = 'host-b' AND line LIKE '%forged%'"),
         "0"
     );
+    leash_tests::results::record(
+        "host_identity",
+        &serde_json::json!({"cross_subject_publish": "refused by NATS", "forged_headers": "filed under the real host", "genuine_records_of_b": 2}),
+    );
 }

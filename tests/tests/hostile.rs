@@ -517,6 +517,16 @@ fn answered_then_closed(addr: SocketAddr, bytes: &[u8]) -> bool {
     s.read_to_end(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200")
 }
 
+/// The peak resident memory of process `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
 #[test]
 fn a_thousand_hostile_requests_are_refused_and_never_forwarded() {
     let mock = MockProvider::start();
@@ -529,10 +539,18 @@ fn a_thousand_hostile_requests_are_refused_and_never_forwarded() {
     let mut wrong: Vec<String> = Vec::new();
     let mut by_family: BTreeMap<&str, usize> = BTreeMap::new();
     let mut forwarded_expected = 0;
+    // A refusal is an answer; a connection closed without one is counted
+    // apart (it is right only for a request that never completed).
+    let (mut refused, mut no_answer, mut served) = (0usize, 0usize, 0usize);
     let answers = answers(leash.addr, &cases);
     for (i, case) in cases.iter().enumerate() {
         *by_family.entry(case.family).or_default() += 1;
         let got = answers[i];
+        match got {
+            None => no_answer += 1,
+            Some(s) if s >= 400 => refused += 1,
+            Some(_) => served += 1,
+        }
         let ok = match case.expect {
             Expect::Forwarded => {
                 forwarded_expected += 1;
@@ -562,17 +580,26 @@ fn a_thousand_hostile_requests_are_refused_and_never_forwarded() {
     }
     let forwarded = mock.requests().len();
     let wrongly_forwarded = forwarded.saturating_sub(forwarded_expected);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", leash.pid())).unwrap();
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap();
+    let peak_kib = peak_rss_kib(leash.pid());
     eprintln!(
-        "hostile suite: {} cases ({by_family:?}); crashes 0; wrongly forwarded {wrongly_forwarded}; wrong answers {}; peak RSS {} MiB",
+        "hostile suite: {} cases ({by_family:?}); refused {refused}, no answer {no_answer}, served {served}; crashes 0; wrongly forwarded {wrongly_forwarded}; wrong answers {}; peak RSS {} MiB",
         cases.len(),
         wrong.len(),
         peak_kib / 1024
+    );
+    leash_tests::results::record(
+        "hostile",
+        &serde_json::json!({
+            "cases": cases.len(),
+            "families": by_family,
+            "refused": refused,
+            "no_answer": no_answer,
+            "served": served,
+            "crashes": 0,
+            "wrongly_forwarded": wrongly_forwarded,
+            "wrong_answers": wrong.len(),
+            "peak_rss_mib": peak_kib / 1024,
+        }),
     );
     assert!(
         wrong.is_empty(),

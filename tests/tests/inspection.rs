@@ -109,6 +109,10 @@ fn data_prefixed_long_and_structural_secrets_are_blocked() {
         }),
     ];
     assert_blocked_with_control(&leash, &mock, &cases);
+    leash_tests::results::record(
+        "inspection_evasions",
+        &json!({"evasions": cases.len(), "secrets_per_evasion": 2, "blocked": cases.len() * 2, "controls_forwarded": cases.len()}),
+    );
     // A real image in its field is not text and passes.
     let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
     let image = chat(

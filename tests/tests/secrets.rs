@@ -275,5 +275,15 @@ fn canary_keys_never_appear_in_logs_audit_metrics_or_errors() {
         leash_bodies.len(),
         hits.len()
     );
+    leash_tests::results::record(
+        "secrets",
+        &serde_json::json!({
+            "canaries": all.len(),
+            "flows": flows.len(),
+            "log_lines": logs.lines().count(),
+            "error_bodies": leash_bodies.len(),
+            "hits": hits.len(),
+        }),
+    );
     assert!(hits.is_empty(), "canaries found:\n{}", hits.join("\n"));
 }

@@ -380,6 +380,10 @@ fn after_kill_9_traffic_goes_direct_and_a_restart_resumes_interception() {
         std::thread::sleep(Duration::from_millis(50));
     };
     eprintln!("direct {direct:?} after kill -9");
+    leash_tests::results::record(
+        "fail_open",
+        &serde_json::json!({"direct_after_kill_ms": direct.as_millis()}),
+    );
     w.agent.restart();
     assert_chat_ok(&w.chat(&w.agent.ca_pem(), "sk-test"), &w.agent);
     assert_eq!(w.agent.wait_records(2).len(), 2);
@@ -445,6 +449,10 @@ fn upstream_certificates_are_verified_in_transparent_mode() {
             .iter()
             .all(|r| r["status"] == 502 && r["mode"] == "transparent"),
         "{records:?}"
+    );
+    leash_tests::results::record(
+        "upstream_certificates",
+        &serde_json::json!({"cases": ["expired", "wrong host", "self-signed"], "refused": 3, "sent": 0}),
     );
 }
 
@@ -520,6 +528,14 @@ fn fail_closed_refuses_while_down_and_a_restart_takes_over() {
     }
     eprintln!(
         "fail closed: {tries} connections refused in 1 s after kill -9; interception restored {restored:?} after the restart began"
+    );
+    leash_tests::results::record(
+        "fail_closed",
+        &serde_json::json!({
+            "refused_in_first_second": tries,
+            "reached_provider": 0,
+            "restored_after_ms": restored.as_millis(),
+        }),
     );
 
     assert!(w.agent.stop().success());

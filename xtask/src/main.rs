@@ -12,6 +12,7 @@ use std::{
 mod bench;
 mod fuzz;
 mod lint;
+mod results;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -39,6 +40,9 @@ enum Task {
     /// Check the structure: no import cycle in leash-agent, every import
     /// down the layering of ARCHITECTURE.md, no source file over 700 lines.
     Lint,
+    /// Rewrite SECURITY.md's figures from the last test run
+    /// (target/test-results) and fuzz run.
+    SecurityReport,
     /// Install what the eBPF build needs: the nightly toolchain's `rust-src`
     /// and bpf-linker built against rustc's own LLVM.
     Setup,
@@ -404,10 +408,13 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
             ])
             .args(args)
             .env("LEASH_BIN", &leash)
+            .env("LEASH_TEST_RESULTS", target_dir().join("test-results"))
             .env("LEASH_TEST_PYTHON", &python)
             .env("LEASH_TEST_PLAYWRIGHT", &playwright),
     )?;
     if args.is_empty() {
+        // Every figure SECURITY.md shows comes from this run.
+        results::render()?;
         // The release build (and the criterion benches) must compile too;
         // it is the exact build `cargo xtask bench` and `cargo xtask run`
         // use, so a benchmark after the tests starts from a warm tree.
@@ -485,6 +492,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Setup => setup(),
         Task::Lint => lint::lint(),
+        Task::SecurityReport => results::render(),
         Task::Bench {
             report_only: true, ..
         } => bench::rewrite_report(),

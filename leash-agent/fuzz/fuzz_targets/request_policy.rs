@@ -43,11 +43,45 @@ static PROVIDERS: LazyLock<[(Arc<Provider>, &'static str); 3]> = LazyLock::new(|
     ]
 });
 
+/// An email planted in the text: the oracle is this list, not the
+/// detector under test.
+const CANARY: &str = "leash.canary@example.org";
+
+/// The arbitrary `text` with the canary planted in the middle, as a chat
+/// request of the provider `pick` names.
+fn planted(pick: u8, text: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(text);
+    let mut at = text.len() / 2;
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let content = format!("{} {CANARY} {}", &text[..at], &text[at..]);
+    let body = match pick % 3 {
+        0 => serde_json::json!({"model": "m", "messages": [{"role": "user", "content": content}]}),
+        1 => serde_json::json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": content}]}),
+        _ => serde_json::json!({"contents": [{"parts": [{"text": content}]}]}),
+    };
+    body.to_string().into_bytes()
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, body)) = data.split_first() else {
         return;
     };
     let (provider, endpoint) = &PROVIDERS[usize::from(pick) % 3];
+    if pick & 0x80 != 0 {
+        // Independent oracle: the planted canary never leaves.
+        let body = planted(pick, body);
+        let decision = POLICY_
+            .test(Arc::clone(provider), endpoint, &body)
+            .expect("a planted body is JSON");
+        let out = decision.forwarded_body.expect("the canary was redacted");
+        assert!(
+            !String::from_utf8_lossy(&out).contains(CANARY),
+            "the planted canary survived redaction"
+        );
+        return;
+    }
     let Ok(decision) = POLICY_.test(Arc::clone(provider), endpoint, body) else {
         return;
     };

@@ -34,6 +34,10 @@ const KINDS: [(ProviderKind, &str, &str, &str); 3] = [
     ),
 ];
 
+/// An email planted in every structured stream: the oracle is this, not
+/// the detector under test.
+const CANARY: &str = "leash.canary@example.org";
+
 fn delta_event(kind: ProviderKind, piece: &str) -> String {
     match kind {
         ProviderKind::OpenAi => format!(
@@ -79,10 +83,16 @@ fuzz_target!(|data: &[u8]| {
     ex.stream = true;
     let mut head = http::Response::new(()).into_parts().0;
     module.response_filter(&mut ex, &mut head);
-    // Text pieces are separated by 0x01 bytes.
+    // Text pieces are separated by 0x01 bytes; a canary email is planted
+    // (split across two pieces) as an oracle independent of the detector.
     let sse: Vec<u8> = if structured {
-        String::from_utf8_lossy(rest)
-            .split('\u{1}')
+        let text = String::from_utf8_lossy(rest);
+        let mut pieces: Vec<String> = text.split('\u{1}').map(str::to_owned).collect();
+        let at = pieces.len() / 2;
+        pieces.insert(at, format!(" {}", &CANARY[..7]));
+        pieces.insert(at + 1, format!("{} ", &CANARY[7..]));
+        pieces
+            .iter()
             .map(|piece| delta_event(kind, piece))
             .collect::<String>()
             .into_bytes()
@@ -119,6 +129,10 @@ fuzz_target!(|data: &[u8]| {
     if stopped {
         return;
     }
+    assert!(
+        !delivered.contains(CANARY),
+        "the planted canary survived stream redaction: {delivered:?}"
+    );
     let body = match kind {
         ProviderKind::OpenAi => json!({"model": "m", "messages": [{"role": "user", "content": delivered}]}),
         ProviderKind::Anthropic => json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": delivered}]}),

@@ -1,0 +1,181 @@
+//! SECURITY.md's figures, written from what the tests measured
+//! (`target/test-results/*.json`, written by `tests/src/results.rs`) and
+//! what the last fuzz run recorded (`leash-agent/fuzz/results.json`):
+//! `cargo xtask test` rewrites the table between the `figures` markers
+//! after a full run; `cargo xtask security-report` does it alone.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+
+use crate::{root, target_dir};
+
+const BEGIN: &str =
+    "<!-- figures:begin (written by `cargo xtask test` from target/test-results; do not edit) -->";
+const END: &str = "<!-- figures:end -->";
+
+fn load(dir: &Path, name: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// A number with thousands separators.
+fn n(v: &Value) -> String {
+    let Some(x) = v.as_u64() else {
+        return v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    };
+    let digits = x.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The figures: what, the test's results file, the figure (`{field}` is
+/// that field of the file), and the test.
+const FIGURES: &[(&str, &str, &str, &str)] = &[
+    (
+        "Malformed or adversarial requests: tried / refused with a status / closed without an answer (incomplete requests) / served (controls) / wrongly forwarded / wrong answers / crashes",
+        "hostile",
+        "{cases} / {refused} / {no_answer} / {served} / {wrongly_forwarded} / {wrong_answers} / {crashes} (peak gateway RSS {peak_rss_mib} MiB)",
+        "`tests/tests/hostile.rs`",
+    ),
+    (
+        "Inspection evasions (`data:` prefix, 2 MiB prompt, `id`/`type` fields, object keys, text in an image field…): blocked / controls forwarded",
+        "inspection_evasions",
+        "{evasions} evasions × {secrets_per_evasion} secrets: {blocked} blocked / {controls_forwarded} of {evasions} controls forwarded",
+        "`tests/tests/inspection.rs`",
+    ),
+    (
+        "Non-streaming responses past the in-memory limit (10 and 100 MiB): identical to the provider's (SHA-256), and scanned",
+        "large_responses",
+        "{byte_exact} of 2",
+        "`tests/tests/inspection.rs`",
+    ),
+    (
+        "Audit writes failing half-way: injected / records lost / chain verifies",
+        "audit_write_failures",
+        "{injected} / {lost} of {records} / {verify}",
+        "`tests/tests/audit.rs`",
+    ),
+    (
+        "Console access: without the token on loopback / rebound host name / policy edit without the token / reused login code / cross-site change with a session",
+        "console_access",
+        "{loopback_without_token} / {rebound_host} / {policy_edit_without_token} / {reused_login_code} / {cross_site_change}",
+        "`tests/tests/console.rs`",
+    ),
+    (
+        "A host shipping as another: on the other's subject / with forged headers",
+        "host_identity",
+        "{cross_subject_publish} / {forged_headers}",
+        "`tests/tests/fleet.rs`",
+    ),
+    (
+        "Canary secrets: canaries × flows / hits in logs, audit, metrics and Leash's error bodies",
+        "secrets",
+        "{canaries} × {flows} (a forced panic included) / {hits}",
+        "`tests/tests/secrets.rs`",
+    ),
+    (
+        "Upstream certificates in transparent mode (expired, wrong host, self-signed): refused / requests sent",
+        "upstream_certificates",
+        "{refused} of 3 (502) / {sent}",
+        "`tests/tests/transparent.rs`",
+    ),
+    (
+        "Fail open: kill -9 of the agent → the client reaches the provider directly after",
+        "fail_open",
+        "{direct_after_kill_ms} ms",
+        "`tests/tests/transparent.rs`",
+    ),
+    (
+        "Fail closed: connections refused in the first second after kill -9 / reaching the provider / interception back after a restart",
+        "fail_closed",
+        "{refused_in_first_second} / {reached_provider} / {restored_after_ms} ms",
+        "`tests/tests/transparent.rs`",
+    ),
+];
+
+/// `template` with each `{field}` replaced by that field of `v`.
+fn fill(template: &str, v: &Value) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        out.push_str(&n(&v[&rest[open + 1..open + close]]));
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One table row per figure the tests recorded (a test that did not run
+/// says so).
+fn rows(dir: &Path) -> Vec<String> {
+    let row = |what: &str, figure: Option<String>, how: &str| {
+        format!(
+            "| {what} | {} | {how} |",
+            figure.unwrap_or_else(|| "not measured in the last run".to_owned())
+        )
+    };
+    let mut out: Vec<String> = FIGURES
+        .iter()
+        .map(|(what, name, template, how)| {
+            row(what, load(dir, name).map(|v| fill(template, &v)), how)
+        })
+        .collect();
+    out.push(row(
+        "Fuzzing: targets / executions per target / crashes",
+        fuzz_figure(),
+        "`cargo xtask fuzz --minutes 10` → `leash-agent/fuzz/results.json`",
+    ));
+    out
+}
+
+fn fuzz_figure() -> Option<String> {
+    let text = std::fs::read_to_string(root().join("leash-agent/fuzz/results.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let targets = v["targets"].as_object()?;
+    let execs: Vec<u64> = targets
+        .values()
+        .filter_map(|t| t["executions"].as_u64())
+        .collect();
+    let crashes: u64 = targets.values().filter_map(|t| t["crashes"].as_u64()).sum();
+    Some(format!(
+        "{} targets / {} – {} / {}",
+        targets.len(),
+        n(&Value::from(execs.iter().min().copied().unwrap_or(0))),
+        n(&Value::from(execs.iter().max().copied().unwrap_or(0))),
+        crashes
+    ))
+}
+
+/// Rewrites the figures table of SECURITY.md from the last test run.
+pub fn render() -> Result<()> {
+    let dir = target_dir().join("test-results");
+    let path = root().join("SECURITY.md");
+    let text = std::fs::read_to_string(&path).context("reading SECURITY.md")?;
+    let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
+        anyhow::bail!("SECURITY.md has no figures markers");
+    };
+    let mut table = String::from("| what | figure | test |\n| --- | --- | --- |\n");
+    for r in rows(&dir) {
+        table.push_str(&r);
+        table.push('\n');
+    }
+    let new = format!("{}{BEGIN}\n{table}{}", &text[..a], &text[b..]);
+    std::fs::write(&path, new).context("writing SECURITY.md")?;
+    eprintln!(
+        "xtask: SECURITY.md figures rewritten from {}",
+        dir.display()
+    );
+    Ok(())
+}
