@@ -9,7 +9,7 @@
 //! `x-mock-text` (answer with this text instead, cut into `x-mock-chunks`
 //! pieces), `x-mock-embeddings: N` (an embeddings answer of N 1536-float
 //! vectors — about 18 KiB each — with `x-mock-text`, if given, as a `note`
-//! after them).
+//! after them), `x-mock-repeat: N` (the `x-mock-text` N times over).
 
 use std::{
     convert::Infallible,
@@ -357,9 +357,12 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
         .get("x-mock-text")
         .and_then(|v| v.to_str().ok())
     {
-        // The given text, cut into `pieces` parts (so a word can span chunks).
+        // The given text (`x-mock-repeat` times), cut into `pieces` parts
+        // (so a word can span chunks).
         Some(text) => {
-            let chars: Vec<char> = text.chars().collect();
+            let repeat = usize::try_from(header_num(&parts.headers, "x-mock-repeat").unwrap_or(1))
+                .unwrap_or(1);
+            let chars: Vec<char> = text.repeat(repeat).chars().collect();
             let size = chars.len().div_ceil(pieces.max(1)).max(1);
             chars.chunks(size).map(|c| c.iter().collect()).collect()
         }

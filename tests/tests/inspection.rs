@@ -233,3 +233,158 @@ rules:
     );
     assert!(!leash.audit_text().contains(GH_TOKEN));
 }
+
+/// Bodies that are not one JSON document are read as what they are:
+/// multipart uploads part by part (a JSONL file part line by line), JSON
+/// Lines, plain text. A secret in any of them is blocked; the same body
+/// without it goes through byte for byte.
+#[test]
+fn multipart_jsonl_and_text_bodies_are_scanned() {
+    let (mock, leash) = start_with_policy_file(BLOCK_SECRETS, "");
+    let multipart = |secret: &str| {
+        format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"batch.jsonl\"\r\nContent-Type: application/jsonl\r\n\r\n{{\"custom_id\": \"1\", \"body\": {{\"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}}}\n{{\"custom_id\": \"2\", \"body\": {{\"messages\": [{{\"role\": \"user\", \"content\": \"key {secret}\"}}]}}}}\n\r\n--XyZ--\r\n"
+        )
+    };
+    let jsonl = |secret: &str| {
+        format!(
+            "{{\"custom_id\": \"1\", \"body\": \"hello\"}}\n{{\"custom_id\": \"2\", \"body\": \"key {secret}\"}}\n"
+        )
+    };
+    let text = |secret: &str| format!("plain prompt with key {secret}");
+    let cases: [(&str, &str, &str, fn(&str) -> String); 3] = [
+        (
+            "/v1/openai/files",
+            "multipart/form-data; boundary=XyZ",
+            "multipart",
+            multipart,
+        ),
+        ("/v1/openai/files", "application/jsonl", "jsonl", jsonl),
+        ("/v1/openai/audio/speech", "text/plain", "text", text),
+    ];
+    for (path, content_type, what, make) in cases {
+        let before = mock.requests().len();
+        for secret in [AWS_KEY, GH_TOKEN] {
+            let (status, _, _) = http_request(
+                leash.addr,
+                "POST",
+                path,
+                &[("content-type", content_type)],
+                make(secret).as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(status, 403, "{what} with {secret}");
+        }
+        assert_eq!(
+            mock.requests().len(),
+            before,
+            "{what}: reached the provider"
+        );
+        // The control reaches the provider (whose mock may not know the
+        // endpoint: its answer does not matter here).
+        let control = make("harmless words");
+        let (status, _, _) = http_request(
+            leash.addr,
+            "POST",
+            path,
+            &[("content-type", content_type)],
+            control.as_bytes(),
+        )
+        .unwrap();
+        assert_ne!(status, 403, "{what}: the control was refused");
+        let sent = mock.requests();
+        assert_eq!(sent.len(), before + 1, "{what}: control");
+        assert_eq!(
+            sent.last().unwrap().body,
+            control.as_bytes(),
+            "{what}: changed"
+        );
+    }
+}
+
+/// A JSON body that gives a key twice could be read one way by the policy
+/// and another by the provider: refused (400) in the provider's shape.
+#[test]
+fn duplicate_json_keys_are_refused() {
+    let (mock, leash) = start_with_policy_file(BLOCK_SECRETS, "");
+    let twice = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi","content":"key {AWS_KEY}"}}]}}"#
+    );
+    let (status, _, body) = http_request(
+        leash.addr,
+        "POST",
+        "/v1/openai/chat/completions",
+        &[("content-type", "application/json")],
+        twice.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`content` twice"),
+        "{v}"
+    );
+    assert!(mock.requests().is_empty());
+    // Control: the same body with the key once.
+    let once = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(
+        post(
+            &leash,
+            "/v1/openai/chat/completions",
+            &serde_json::from_str(once).unwrap()
+        ),
+        200
+    );
+    let rec = &leash.wait_records(2)[0];
+    assert_eq!(rec["policy"]["rules"][0], "duplicate_key", "{rec}");
+}
+
+/// A streamed event too large to inspect ends the stream with the
+/// provider's error event and a mark in the audit record, never silently;
+/// the control (a small event) streams to its end.
+#[test]
+fn an_sse_event_too_large_to_inspect_ends_the_stream_visibly() {
+    let (_mock, leash) = start_with_policy_file(
+        "version: 1\nrules:\n  - { name: no-keys-out, match: { detectors: [secrets], direction: response }, action: block }\n",
+        "",
+    );
+    let stream = |repeat: &str| {
+        run(Command::new("curl")
+            .args([
+                "-sS",
+                "-N",
+                "-H",
+                "x-mock-text: abcdefgh ",
+                "-H",
+                "x-mock-chunks: 1",
+                "-H",
+            ])
+            .arg(format!("x-mock-repeat: {repeat}"))
+            .args([
+                "-d",
+                r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#,
+            ])
+            .arg(format!("http://{}/v1/openai/chat/completions", leash.addr)))
+    };
+    let small = stream("10");
+    assert_success("curl", &small);
+    assert!(String::from_utf8_lossy(&small.stdout).contains("[DONE]"));
+    let big = stream("200000");
+    let text = String::from_utf8_lossy(&big.stdout);
+    assert!(
+        text.contains("leash_policy_blocked") && text.contains("exceeded"),
+        "{}",
+        &text[..text.len().min(400)]
+    );
+    assert!(!text.contains("[DONE]"), "the stream went on");
+    let records = leash.wait_records(2);
+    assert_eq!(
+        records[1]["policy"]["rules"][0], "event_too_large",
+        "{}",
+        records[1]
+    );
+    assert_eq!(records[1]["policy"]["action"], "block");
+}
