@@ -234,6 +234,9 @@ rules:
     assert!(!leash.audit_text().contains(GH_TOKEN));
 }
 
+/// A body kind: path, content type, name, and the body around a secret.
+type BodyCase = (&'static str, &'static str, &'static str, fn(&str) -> String);
+
 /// Bodies that are not one JSON document are read as what they are:
 /// multipart uploads part by part (a JSONL file part line by line), JSON
 /// Lines, plain text. A secret in any of them is blocked; the same body
@@ -252,7 +255,7 @@ fn multipart_jsonl_and_text_bodies_are_scanned() {
         )
     };
     let text = |secret: &str| format!("plain prompt with key {secret}");
-    let cases: [(&str, &str, &str, fn(&str) -> String); 3] = [
+    let cases: [BodyCase; 3] = [
         (
             "/v1/openai/files",
             "multipart/form-data; boundary=XyZ",
