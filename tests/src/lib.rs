@@ -14,5 +14,6 @@ pub mod gateway;
 pub mod harness;
 pub mod http;
 pub mod mock;
+pub mod pdf;
 pub mod results;
 pub mod tls;

@@ -82,7 +82,7 @@ type Case = (&'static str, fn(&str) -> Value);
 #[test]
 fn data_prefixed_long_and_structural_secrets_are_blocked() {
     let (mock, leash) = start_with_policy_file(BLOCK_SECRETS, "");
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         ("data: prefix", |s| {
             chat(json!(format!("data: my key is {s}")))
         }),
@@ -106,6 +106,13 @@ fn data_prefixed_long_and_structural_secrets_are_blocked() {
         ("secret in a base64 'image' that is really text", |s| {
             let url = format!("data:image/png;base64,{}", b64(&format!("key {s}")));
             chat(json!([{"type": "image_url", "image_url": {"url": url}}]))
+        }),
+        ("secret in the text of a PDF document", |s| {
+            use base64::Engine as _;
+            let pdf = leash_tests::pdf::with_text(&format!("the key is {s} ok"));
+            let data = base64::engine::general_purpose::STANDARD.encode(pdf);
+            let url = format!("data:application/pdf;base64,{data}");
+            chat(json!([{"type": "file", "file": {"filename": "a.pdf", "file_data": url}}]))
         }),
     ];
     assert_blocked_with_control(&leash, &mock, &cases);

@@ -13,6 +13,7 @@ use super::{
     Decision, Policy,
     body::{Body, BodyError},
     detect::Finding,
+    text::Origin,
     transform,
 };
 use crate::{
@@ -42,17 +43,25 @@ pub(super) enum Verdict {
 pub struct TestError(String);
 
 /// Scans every text of `body`; returns the findings per text (in walk
-/// order) and all of them.
-pub(super) fn scan(policy: &Policy, body: &mut Body) -> (Vec<Vec<Finding>>, Vec<Finding>) {
+/// order), all of them, and the detectors found in text that cannot be
+/// rewritten (a PDF's).
+pub(super) fn scan(
+    policy: &Policy,
+    body: &mut Body,
+) -> (Vec<Vec<Finding>>, Vec<Finding>, Vec<usize>) {
     let mut per_text = Vec::new();
     let mut all = Vec::new();
-    body.for_each_text(&mut |s, _| {
+    let mut read_only = Vec::new();
+    body.for_each_text(&mut |s, origin| {
         let mut f = Vec::new();
         policy.detectors.scan(s, &mut f);
+        if origin == Origin::PdfText {
+            read_only.extend(f.iter().map(|x| x.detector));
+        }
         all.extend(f.iter().cloned());
         per_text.push(f);
     });
-    (per_text, all)
+    (per_text, all, read_only)
 }
 
 /// Replaces the spans of `redact` detectors with `[REDACTED:<name>]`.
@@ -135,8 +144,25 @@ impl Policy {
                 );
             }
         };
-        let (per_text, findings) = scan(self, &mut body);
+        let (per_text, findings, read_only) = scan(self, &mut body);
         let mut decision = self.decide(ex, req, &findings);
+        if decision.block_rule.is_none() && decision.redact.iter().any(|d| read_only.contains(d)) {
+            // A PDF cannot be rewritten: what a rule would redact there must
+            // not leave unredacted.
+            let rule = decision.rules.last().cloned().unwrap_or_default();
+            decision.action = Some(Action::Block);
+            decision.block_rule = Some(rule.clone());
+            return Verdict::Refuse {
+                decision,
+                rejection: Rejection {
+                    status: StatusCode::FORBIDDEN,
+                    code: ErrorCode::PolicyBlocked,
+                    message: format!(
+                        "leash: request blocked by policy rule `{rule}`: it redacts text inside a PDF, which cannot be rewritten"
+                    ),
+                },
+            };
+        }
         if let Some(rule) = &decision.block_rule {
             let message = format!("leash: request blocked by policy rule `{rule}`");
             return Verdict::Refuse {
@@ -232,7 +258,7 @@ mod tests {
         .unwrap();
         let raw = Bytes::from_static(br#"{"model": "m", "input": "write to a@b.co and c@d.org"}"#);
         let mut body = Body::parse(None, &raw).unwrap();
-        let (per_text, all) = scan(&policy, &mut body);
+        let (per_text, all, _) = scan(&policy, &mut body);
         assert_eq!(all.len(), 2);
         let email = policy.detectors.resolve("email");
         redact(&policy, &mut body, &per_text, &email);

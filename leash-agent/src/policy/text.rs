@@ -24,6 +24,9 @@ pub enum Origin {
     String,
     Key,
     DecodedMedia,
+    /// The text of a PDF document: read, but a change cannot be written
+    /// back (a redaction there blocks the request instead).
+    PdfText,
 }
 
 /// Field names of the providers' APIs: fixed words, so nothing to find in
@@ -121,8 +124,21 @@ fn is_text(bytes: &[u8]) -> bool {
 /// otherwise.
 enum Decoded {
     Text(String, &'static base64::engine::GeneralPurpose),
+    /// A PDF's text.
+    Pdf(String),
     Binary,
     NotBase64,
+}
+
+/// The text of a PDF (`None`: not one, or unreadable). The parser is
+/// third-party code on hostile input: a panic in it is contained.
+fn pdf_text(bytes: &[u8]) -> Option<String> {
+    if !bytes.starts_with(b"%PDF-") {
+        return None;
+    }
+    std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem(bytes).ok())
+        .ok()
+        .flatten()
 }
 
 fn decode(payload: &str) -> Decoded {
@@ -147,10 +163,15 @@ fn decode(payload: &str) -> Decoded {
         } else {
             None
         };
-        if sniffed.as_deref().is_some_and(|b| !is_text(b)) && engine.decode(payload).is_ok() {
+        let pdf = sniffed.as_deref().is_some_and(|b| b.starts_with(b"%PDF-"));
+        if !pdf && sniffed.as_deref().is_some_and(|b| !is_text(b)) && engine.decode(payload).is_ok()
+        {
             return Decoded::Binary;
         }
         if let Ok(bytes) = engine.decode(payload) {
+            if let Some(text) = pdf_text(&bytes) {
+                return Decoded::Pdf(text);
+            }
             if !is_text(&bytes) {
                 return Decoded::Binary;
             }
@@ -180,6 +201,7 @@ fn media_text(s: &mut String, form: Media, f: &mut dyn FnMut(&mut String, Origin
     match decode(payload) {
         Decoded::Binary => {}
         Decoded::NotBase64 => f(s, Origin::String),
+        Decoded::Pdf(mut text) => f(&mut text, Origin::PdfText),
         Decoded::Text(mut text, engine) => {
             let before = text.clone();
             f(&mut text, Origin::DecodedMedia);
