@@ -16,7 +16,7 @@
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::Output,
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
@@ -29,6 +29,7 @@ use leash_tests::{
     tls::{Identity, TestCa},
 };
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 
@@ -966,4 +967,101 @@ fn check_policy_records(records: &[Value]) {
         assert_eq!(rec["policy"]["action"], "block", "{rec}");
         assert_eq!(rec["policy"]["rules"][0], "no-secrets-out", "{rec}");
     }
+}
+
+/// Inspection through interception, not only through the gateway: a
+/// `data:`-prefixed secret and a key given twice are refused, the same
+/// calls without them go through (controls), and a 10 MiB answer arrives
+/// byte for byte (SHA-256 compared with the provider's own bytes).
+#[test]
+fn inspection_evasions_are_caught_through_interception() {
+    if !require_root() {
+        return;
+    }
+    let extra = "policy:
+  version: 1
+  rules:
+    - { name: block-secrets, match: { detectors: [secrets] }, action: block }
+";
+    let w = World::new(
+        "evasions",
+        &[Host("api.openai.com", "127.10.0.17", true)],
+        extra,
+    );
+    let ca = w.agent.ca_pem();
+    let url = "https://api.openai.com/v1/chat/completions";
+    let post = |body: &str| -> Value {
+        let out = w.curl(
+            &ca,
+            url,
+            &["-H", "content-type: application/json", "-d", body],
+        );
+        assert_success("curl", &out);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let prefixed = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"data: use AKIAZ7QX3PLM9V2KD4RT"}]}"#;
+    let v = post(prefixed);
+    assert_eq!(v["error"]["code"], "leash_policy_blocked", "{v}");
+    let twice = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi","content":"use AKIAZ7QX3PLM9V2KD4RT"}]}"#;
+    let v = post(twice);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`content` twice")),
+        "{v}"
+    );
+    assert!(
+        w.mocks[0].requests().is_empty(),
+        "a refused body reached the provider"
+    );
+    // Controls: the same shapes without the secret or the second key.
+    let v = post(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"data: hello"}]}"#);
+    assert_eq!(v["choices"][0]["message"]["content"], text_of(5), "{v}");
+
+    // 10 MiB of embeddings, straight from the provider and through Leash.
+    let embeddings = |cacert: &Path, resolve: &[&str]| {
+        let mut args = vec![
+            "-H",
+            "x-mock-embeddings: 570",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"model":"text-embedding-3-small","input":"hi"}"#,
+        ];
+        args.extend_from_slice(resolve);
+        let out = w.curl(cacert, "https://api.openai.com/v1/embeddings", &args);
+        assert_success("curl embeddings", &out);
+        out.stdout
+    };
+    let through = embeddings(&ca, &[]);
+    assert!(through.len() > 570 * 17_000, "{}", through.len());
+    assert_eq!(w.mocks[0].requests().len(), 2);
+    // The provider's bytes, fetched outside the cgroup.
+    let direct = run(Command::new("curl").args([
+        "-sS",
+        "--cacert",
+        w.public_ca.to_str().unwrap(),
+        "--resolve",
+        "api.openai.com:443:127.10.0.17",
+        "-H",
+        "x-mock-embeddings: 570",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"model":"text-embedding-3-small","input":"hi"}"#,
+        "https://api.openai.com/v1/embeddings",
+    ]));
+    assert_success("curl direct", &direct);
+    assert_eq!(
+        Sha256::digest(&through),
+        Sha256::digest(&direct.stdout),
+        "the 10 MiB answer changed on the way ({} vs {} bytes)",
+        through.len(),
+        direct.stdout.len()
+    );
+    let records = w.agent.wait_records(4);
+    assert_eq!(records[0]["policy"]["action"], "block", "{:#}", records[0]);
+    assert_eq!(records[1]["policy"]["rules"][0], "duplicate_key");
+    assert_eq!(records[3]["status"], 200);
+    assert_eq!(records[3]["completed"], true);
 }

@@ -177,4 +177,6 @@ impl Module for PolicyModule {
 }
 
 #[cfg(test)]
+mod corpus;
+#[cfg(test)]
 mod proptests;
