@@ -52,6 +52,18 @@ const FIGURES: &[(&str, &str, &str, &str)] = &[
         "`tests/tests/inspection.rs`",
     ),
     (
+        "Detectors over the labelled corpus (`leash-agent/corpus/corpus.jsonl`; floors 0.98 precision, 0.95 recall): lowest precision / lowest recall of any detector / hard negatives left clean",
+        "detector_corpus",
+        "{samples} samples ({positives} positives, {negatives} hard negatives), {detectors} detectors: {min_precision} / {min_recall} / {negatives_clean}",
+        "`leash-agent/src/policy/corpus.rs`",
+    ),
+    (
+        "The same corpus carried in bodies an evasion would use (`data:` prefix, 1 MiB string, `id`/`type` at depth, object key, inline media, multipart, JSON Lines, text): lowest precision / recall / negatives clean over all carriers",
+        "detector_corpus_carriers",
+        "{carriers} carriers: {min_precision} / {min_recall} / {negatives_clean}",
+        "`leash-agent/src/policy/corpus.rs`",
+    ),
+    (
         "Non-streaming responses past the in-memory limit (10 and 100 MiB): identical to the provider's (SHA-256), and scanned",
         "large_responses",
         "{byte_exact} of 2",
@@ -74,6 +86,12 @@ const FIGURES: &[(&str, &str, &str, &str)] = &[
         "host_identity",
         "{cross_subject_publish} / {forged_headers}",
         "`tests/tests/fleet.rs`",
+    ),
+    (
+        "Alert flood: policy violations / alerts sent (one per rule and team) / peak agent RSS",
+        "alert_limits",
+        "{violations} / {alerts} / {peak_rss_mib} MiB",
+        "`tests/tests/alerts.rs`",
     ),
     (
         "Canary secrets: canaries × flows / hits in logs, audit, metrics and Leash's error bodies",
