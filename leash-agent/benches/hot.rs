@@ -19,7 +19,7 @@ use leash_agent::{
     intercept::shadow,
     metrics::Metrics,
     pipeline::sse::SseBuffer,
-    proxy::transparent::CertCache,
+    proxy::certs::CertCache,
     record::{AuditRecord, Caller, Usage},
 };
 

@@ -24,8 +24,9 @@ use crate::{
     pricing::PriceTable,
     proxy::{
         Forwarder,
+        certs::{CertCache, UpstreamClients},
         gateway::Gateway,
-        transparent::{self, CertCache, Transparent, UpstreamClients},
+        transparent::{self, Transparent},
     },
     server::{self, ServeOptions},
     tls::{self, TlsError},
@@ -259,6 +260,52 @@ pub async fn run_gateway(
     Ok(())
 }
 
+/// Serves the transparent proxy on `listeners` with the same server loop
+/// as the gateway: its connection cap, header and stream limits, header
+/// timeout and drain.
+fn serve_transparent(
+    config: &Config,
+    proxy: &Arc<Transparent>,
+    listeners: Vec<TcpListener>,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let options = ServeOptions {
+        name: "transparent",
+        header_read_timeout: config.gateway.header_read_timeout,
+        drain_timeout: Duration::from_secs(10),
+        limits: config.gateway.limits,
+    };
+    listeners
+        .into_iter()
+        .map(|listener| {
+            tokio::spawn(server::serve_with(
+                listener,
+                Arc::clone(proxy),
+                options.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// The transparent proxy's listeners: `127.0.0.1` and `::1` on the proxy
+/// port, and `intercept.namespace_listen` for other network namespaces.
+async fn proxy_listeners(config: &Config) -> Result<Vec<TcpListener>, RunError> {
+    let [v4, v6] = transparent::listen_addrs(config.intercept.proxy_port);
+    let mut listeners = vec![bind("intercept.proxy_port", v4).await?];
+    match TcpListener::bind(v6).await {
+        Ok(l) => listeners.push(l),
+        Err(e) => {
+            tracing::warn!(addr = %v6, error = %e, "no IPv6 proxy listener; IPv6 provider connections cannot be intercepted");
+        }
+    }
+    if let Some(ip) = config.intercept.namespace_listen {
+        let addr = std::net::SocketAddr::new(ip.into(), config.intercept.proxy_port);
+        listeners.push(bind("intercept.namespace_listen", addr).await?);
+    }
+    Ok(listeners)
+}
+
 fn hook_settings(config: &Config, cgroup: std::path::PathBuf) -> Result<HookSettings, RunError> {
     let intercept = &config.intercept;
     let pin_dir = match intercept.failure_mode {
@@ -277,7 +324,31 @@ fn hook_settings(config: &Config, cgroup: std::path::PathBuf) -> Result<HookSett
         } else {
             Vec::new()
         },
+        namespace_listen: intercept.namespace_listen,
+        block_udp: intercept.block_quic,
+        forward_proxies: forward_proxy_addrs(&intercept.all_forward_proxies()),
     })
+}
+
+/// The addresses of the forward proxies (each name resolved now; one that
+/// does not resolve is logged and skipped).
+fn forward_proxy_addrs(proxies: &[(String, u16)]) -> Vec<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    let mut out = Vec::new();
+    for (host, port) in proxies {
+        match (host.as_str(), *port).to_socket_addrs() {
+            Ok(addrs) => out.extend(addrs),
+            Err(e) => {
+                tracing::warn!(proxy = %host, port, error = %e, "cannot resolve a forward proxy; its connections are not intercepted");
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    if !out.is_empty() {
+        tracing::info!(proxies = ?out, "connections to these forward proxies are answered by the agent");
+    }
+    out
 }
 
 /// Keeps this process out of core dumps (and from being traced by non-root
@@ -352,14 +423,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let upstream_tls = upstream::tls_config(&config.upstream)?;
 
     // Listen before attaching: a redirected connect must find the proxy.
-    let [v4, v6] = transparent::listen_addrs(config.intercept.proxy_port);
-    let mut proxy_listeners = vec![bind("intercept.proxy_port", v4).await?];
-    match TcpListener::bind(v6).await {
-        Ok(l) => proxy_listeners.push(l),
-        Err(e) => {
-            tracing::warn!(addr = %v6, error = %e, "no IPv6 proxy listener; IPv6 provider connections cannot be intercepted");
-        }
-    }
+    let proxy_listeners = proxy_listeners(&config).await?;
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
 
     let hooks = Arc::new(KernelHooks::attach(&hook_settings(
@@ -383,21 +447,22 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         hosts: host_table,
         certs: CertCache::new(ca, Arc::clone(&metrics)),
         pipeline: Arc::clone(&pipeline),
-        upstream_tls,
-        bypass_mark: config.intercept.bypass_mark,
-        connect_timeout: config.upstream.connect_timeout,
-        response_timeout: config.upstream.response_timeout,
         limits: config.gateway.body_limits(),
-        upstreams: UpstreamClients::default(),
+        upstreams: UpstreamClients::new(
+            upstream_tls,
+            config.intercept.bypass_mark,
+            config.upstream.connect_timeout,
+            config.upstream.response_timeout,
+        ),
+        ports: config.intercept.ports.clone(),
     });
+    let refusals = tokio::spawn(crate::proxy::refusals::watch(
+        Arc::clone(&hooks),
+        Arc::clone(&pipeline),
+    ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    for listener in proxy_listeners {
-        tasks.push(tokio::spawn(
-            Arc::clone(&proxy).serve(listener, stop_rx.clone()),
-        ));
-    }
+    let mut tasks = serve_transparent(&config, &proxy, proxy_listeners, &stop_rx);
     if config.gateway.explicit {
         tasks.push(spawn_gateway(&config, Arc::clone(&pipeline), stop_rx.clone()).await?);
     }
@@ -416,6 +481,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     if let Some(r) = resolver {
         r.abort();
     }
+    refusals.abort();
     let _ = stop_tx.send(true);
     drop(proxy);
     for t in tasks {

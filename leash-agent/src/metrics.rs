@@ -87,6 +87,11 @@ struct ActionLabels {
     action: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -107,6 +112,9 @@ pub struct Metrics {
     ship_errors: Family<KindLabels, Counter>,
     pub ship_last_ack: Gauge<f64, AtomicU64>,
     intercepted: Family<ActionLabels, Counter>,
+    refused: Family<ReasonLabels, Counter>,
+    /// Provider addresses that could not be added: the target map is full.
+    pub targets_full: Counter,
     pub cert_mints: Counter,
     shadow_ai: Family<HostLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
@@ -215,6 +223,18 @@ impl Metrics {
             "Connections redirected to the transparent proxy, by what was done (terminated, spliced, unknown)",
             Family::<ActionLabels, Counter>::default(),
         );
+        let refused = register(
+            &mut r,
+            "leash_refused_connections",
+            "Connections the transparent agent refused, by reason (no_record, stale_record, not_tls, bad_hello, no_sni, unknown_host, plain_http, provider_in_tunnel, quic, other_namespace)",
+            Family::<ReasonLabels, Counter>::default(),
+        );
+        let targets_full = register(
+            &mut r,
+            "leash_intercept_targets_full",
+            "Provider addresses that could not be intercepted because the kernel target map is full",
+            Counter::default(),
+        );
         let cert_mints = register(
             &mut r,
             "leash_cert_mints",
@@ -322,6 +342,8 @@ impl Metrics {
             audit_write_errors,
             audit_overflowed,
             intercepted,
+            refused,
+            targets_full,
             cert_mints,
             shadow_ai,
             tokens,
@@ -366,6 +388,13 @@ impl Metrics {
     pub fn shadow_ai(&self, host: &str) {
         let host = bounded_label(&self.shadow_hosts, host);
         self.shadow_ai.get_or_create(&HostLabels { host }).inc();
+    }
+
+    /// Counts `n` connections refused for `reason`.
+    pub fn refused(&self, reason: &'static str, n: u64) {
+        self.refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(n);
     }
 
     /// Counts a redirected connection by what the proxy did with it.

@@ -247,6 +247,68 @@ pub enum Event {
     /// A connection to an LLM endpoint that is not intercepted (`endpoint`
     /// holds its host).
     ShadowAi,
+    /// A connection the transparent agent refused (`refusal` says why,
+    /// `endpoint` where it was going).
+    Refused,
+}
+
+/// Why the transparent agent refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// A connection to the proxy port that the kernel hooks did not send.
+    NoRecord,
+    /// Its kernel record was too old: another connection's.
+    StaleRecord,
+    /// Bytes that are not TLS, to a provider address.
+    NotTls,
+    /// A malformed or unfinished `ClientHello`, to a provider address.
+    BadHello,
+    /// A `ClientHello` without a server name, to a provider address.
+    NoSni,
+    /// A server name that is not an intercepted provider, to a provider
+    /// address (or through a tunnel to a provider).
+    UnknownHost,
+    /// Plain HTTP to a provider through a forward proxy.
+    PlainHttp,
+    /// A provider's server name inside a forward-proxy tunnel to another
+    /// host (an alias of the provider would let it through uninspected).
+    ProviderInTunnel,
+    /// UDP to a provider address (QUIC), refused in the kernel.
+    Quic,
+    /// A connection to a provider from another network namespace, with no
+    /// `intercept.namespace_listen` to send it to (refused in the kernel).
+    OtherNamespace,
+}
+
+impl Refusal {
+    pub const ALL: [Self; 10] = [
+        Self::NoRecord,
+        Self::StaleRecord,
+        Self::NotTls,
+        Self::BadHello,
+        Self::NoSni,
+        Self::UnknownHost,
+        Self::PlainHttp,
+        Self::ProviderInTunnel,
+        Self::Quic,
+        Self::OtherNamespace,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NoRecord => "no_record",
+            Self::StaleRecord => "stale_record",
+            Self::NotTls => "not_tls",
+            Self::BadHello => "bad_hello",
+            Self::NoSni => "no_sni",
+            Self::UnknownHost => "unknown_host",
+            Self::PlainHttp => "plain_http",
+            Self::ProviderInTunnel => "provider_in_tunnel",
+            Self::Quic => "quic",
+            Self::OtherNamespace => "other_namespace",
+        }
+    }
 }
 
 /// One audit record. Holds no header, key or body: only what is safe to hand
@@ -286,6 +348,9 @@ pub struct AuditRecord {
     /// Set on records that are not a request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<Event>,
+    /// Why a connection was refused (`event: refused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
 }
 
 #[cfg(test)]
@@ -330,6 +395,7 @@ mod tests {
             usage_estimated: false,
             error: Some(ErrorCode::PolicyBlocked),
             event: None,
+            refusal: None,
         };
         let text = serde_json::to_string(&record).unwrap_or_default();
         assert!(text.contains(r#""error":"leash_policy_blocked""#), "{text}");

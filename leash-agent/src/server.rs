@@ -1,5 +1,9 @@
-//! Accept loops: TCP (optionally TLS) connections served with HTTP/1.1 and
-//! HTTP/2, `TCP_NODELAY` on, header-read timeout, graceful drain on shutdown.
+//! Accept loops: TCP connections served with HTTP/1.1 and HTTP/2,
+//! `TCP_NODELAY` on, header-read timeout, header and stream limits, a
+//! connection cap, graceful drain on shutdown. Every listener (gateway,
+//! transparent proxy, admin) is this one loop: what differs is how a
+//! connection is opened (an [`Opener`]: plain, TLS, or the transparent
+//! proxy's look at the `ClientHello`).
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -10,7 +14,11 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 use tokio_rustls::TlsAcceptor;
 
 use crate::field::{FieldError, invalid, positive};
@@ -91,6 +99,52 @@ impl ConnLimits {
     }
 }
 
+/// A connection's byte stream, once opened.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// An opened connection: the stream to serve and who answers on it.
+pub type Opened<H> = Option<(Box<dyn Io>, Arc<H>)>;
+
+/// How a listener opens a connection before HTTP is served on it.
+pub trait Opener: Send + Sync + 'static {
+    type Handler: Handler;
+
+    /// The stream to serve HTTP on and who answers its requests, or `None`
+    /// when the connection was dealt with here (refused, spliced, a failed
+    /// handshake). Runs under the connection cap.
+    fn open(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Opened<Self::Handler>> + Send;
+}
+
+/// Plain TCP, or TLS with one certificate: one handler for all.
+pub struct Plain<H> {
+    tls: Option<TlsAcceptor>,
+    handler: Arc<H>,
+    name: &'static str,
+}
+
+impl<H: Handler> Opener for Plain<H> {
+    type Handler = H;
+
+    async fn open(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) -> Opened<H> {
+        let io: Box<dyn Io> = match &self.tls {
+            None => Box::new(stream),
+            Some(acceptor) => match acceptor.accept(stream).await {
+                Ok(tls) => Box::new(tls),
+                Err(e) => {
+                    tracing::debug!(listener = self.name, %peer, error = %e, "TLS handshake failed");
+                    return None;
+                }
+            },
+        };
+        Some((io, Arc::clone(&self.handler)))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub name: &'static str,
@@ -120,11 +174,28 @@ pub async fn accept(
     }
 }
 
-/// Serves `handler` on `listener` until `shutdown` turns true, then drains.
+/// Serves `handler` on `listener` (plain or TLS) until `shutdown` turns
+/// true, then drains.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     handler: Arc<H>,
+    options: ServeOptions,
+    shutdown: watch::Receiver<bool>,
+) {
+    let opener = Arc::new(Plain {
+        tls,
+        handler,
+        name: options.name,
+    });
+    serve_with(listener, opener, options, shutdown).await;
+}
+
+/// Serves the connections `opener` opens on `listener` until `shutdown`
+/// turns true, then drains.
+pub async fn serve_with<O: Opener>(
+    listener: TcpListener,
+    opener: Arc<O>,
     options: ServeOptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -157,32 +228,21 @@ pub async fn serve<H: Handler>(
                     drop(stream);
                     continue;
                 };
-                let handler = Arc::clone(&handler);
-                let service = service_fn(move |req| {
-                    let handler = Arc::clone(&handler);
-                    async move { Ok::<_, Infallible>(handler.handle(peer, req).await) }
-                });
+                let opener = Arc::clone(&opener);
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
-                let tls = tls.clone();
                 let name = options.name;
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let result = if let Some(acceptor) = tls {
-                        let tls_stream = match acceptor.accept(stream).await {
-                            Ok(tls_stream) => tls_stream,
-                            Err(e) => {
-                                tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                        };
-                        let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
-                        watcher.watch(conn).await
-                    } else {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                        watcher.watch(conn).await
+                    let Some((io, handler)) = opener.open(stream, peer).await else {
+                        return;
                     };
-                    if let Err(e) = result {
+                    let service = service_fn(move |req| {
+                        let handler = Arc::clone(&handler);
+                        async move { Ok::<_, Infallible>(handler.handle(peer, req).await) }
+                    });
+                    let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
                     }
                 });

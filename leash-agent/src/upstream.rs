@@ -29,7 +29,10 @@ use hyper_util::{
 };
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, pem::PemObject};
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::TcpStream,
+};
 
 use serde::Deserialize;
 
@@ -295,14 +298,90 @@ pub fn build_client(config: &UpstreamConfig) -> Result<HttpsClient, UpstreamErro
         .build(connector))
 }
 
+/// A credential: kept, passed on, never printed.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// The longest answer head a forward proxy may give to a `CONNECT`.
+const MAX_PROXY_ANSWER: usize = 16 * 1024;
+
+/// Opens a tunnel to `authority` through the proxy at the other end of
+/// `stream` (a `CONNECT`, with the client's credential): `Ok` once the
+/// proxy answered 2xx.
+pub async fn open_tunnel<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    authority: &str,
+    auth: Option<&Secret>,
+) -> io::Result<()> {
+    let mut head = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n").into_bytes();
+    if let Some(Secret(value)) = auth {
+        head.extend_from_slice(b"Proxy-Authorization: ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    stream.write_all(&head).await?;
+    let answer = read_connect_answer(stream).await?;
+    if connect_succeeded(&answer) {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "the forward proxy refused the tunnel to {authority}: {}",
+        String::from_utf8_lossy(answer.split(|b| *b == b'\r').next().unwrap_or_default())
+    )))
+}
+
+/// Reads a forward proxy's answer to a `CONNECT`, up to its blank line.
+/// The answer to a CONNECT has no body and nothing follows it until the
+/// client speaks, so reading up to the blank line is exact.
+pub async fn read_connect_answer<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if buf.len() >= MAX_PROXY_ANSWER || stream.read(&mut byte).await? == 0 {
+            return Err(io::Error::other(
+                "the forward proxy did not answer the CONNECT",
+            ));
+        }
+        buf.push(byte[0]);
+    }
+    Ok(buf)
+}
+
+/// Whether a `CONNECT` answer head says the tunnel is open (2xx).
+pub fn connect_succeeded(answer: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    matches!(resp.parse(answer), Ok(httparse::Status::Complete(_)))
+        && resp.code.is_some_and(|c| (200..300).contains(&c))
+}
+
 /// Connects every request to one address (an intercepted connection's
 /// original destination) on a socket carrying `SO_MARK = mark`, so the
-/// kernel hooks let it through instead of looping it back to Leash.
+/// kernel hooks let it through instead of looping it back to Leash; with a
+/// `tunnel`, `dst` is a forward proxy and each connection is a `CONNECT`
+/// through it.
 #[derive(Clone, Debug)]
 pub struct MarkedConnector {
     pub dst: SocketAddr,
     pub mark: u32,
     pub timeout: Duration,
+    pub tunnel: Option<Tunnel>,
+}
+
+/// Where a forward proxy is asked to connect, with the client's own
+/// credential for it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tunnel {
+    /// `host:port`.
+    pub authority: String,
+    pub auth: Option<Secret>,
 }
 
 impl MarkedConnector {
@@ -325,6 +404,26 @@ impl MarkedConnector {
             })??;
         Ok(stream)
     }
+
+    /// A connection to the original destination: direct, or through the
+    /// forward proxy's tunnel.
+    pub async fn connect(&self) -> io::Result<TcpStream> {
+        let mut stream = self.connect_raw().await?;
+        if let Some(t) = &self.tunnel {
+            tokio::time::timeout(
+                self.timeout,
+                open_tunnel(&mut stream, &t.authority, t.auth.as_ref()),
+            )
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the forward proxy did not answer in time",
+                )
+            })??;
+        }
+        Ok(stream)
+    }
 }
 
 impl tower_service::Service<Uri> for MarkedConnector {
@@ -338,7 +437,7 @@ impl tower_service::Service<Uri> for MarkedConnector {
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { this.connect_raw().await.map(TokioIo::new) })
+        Box::pin(async move { this.connect().await.map(TokioIo::new) })
     }
 }
 

@@ -46,11 +46,17 @@ pub mod names {
     pub const TARGETS_V6: &str = "LEASH_TARGETS_V6";
     pub const PORTS: &str = "LEASH_PORTS";
     pub const BY_COOKIE: &str = "LEASH_BY_COOKIE";
-    pub const BY_PORT: &str = "LEASH_BY_PORT";
+    pub const BY_CLIENT: &str = "LEASH_BY_CLIENT";
+    pub const DNS_V4: &str = "LEASH_DNS_V4";
+    pub const DNS_V6: &str = "LEASH_DNS_V6";
+    pub const FORWARD_PROXIES: &str = "LEASH_FORWARD_PROXIES";
+    pub const REFUSED: &str = "LEASH_REFUSED";
     pub const CONNECT4: &str = "leash_connect4";
     pub const CONNECT6: &str = "leash_connect6";
     pub const GETPEERNAME4: &str = "leash_getpeername4";
     pub const GETPEERNAME6: &str = "leash_getpeername6";
+    pub const SENDMSG4: &str = "leash_sendmsg4";
+    pub const SENDMSG6: &str = "leash_sendmsg6";
     pub const SOCKOPS: &str = "leash_sockops";
     pub const DNS_NAMES: &str = "LEASH_DNS_NAMES";
     pub const DNS_INGRESS: &str = "leash_dns_ingress";
@@ -79,6 +85,10 @@ pub const MAX_TARGETS: u32 = 16_384;
 /// Capacity of the connection maps (LRU: the oldest entries go first).
 pub const MAX_CONNECTIONS: u32 = 65_536;
 
+/// Addresses learned from DNS answers live at least this long (seconds),
+/// whatever the answer's TTL: applications cache answers past their TTL.
+pub const MIN_DNS_TTL_SECS: u64 = 900;
+
 /// What the agent tells the kernel side (index 0 of the `CONFIG` array).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,11 +102,68 @@ pub struct InterceptConfig {
     /// 1: every TCP connection to a port in `PORTS` is redirected
     /// (`scope: all-tls`); 0: only those to addresses in `TARGETS_V4/V6`.
     pub all_ports: u8,
-    /// Sockets carrying this `SO_MARK` (the agent's own upstream sockets)
-    /// are never redirected.
+    /// Sockets carrying this `SO_MARK` (the agent's own upstream sockets;
+    /// setting a mark takes `CAP_NET_ADMIN`) are never redirected.
     pub bypass_mark: u32,
-    /// The agent's process id (tgid): its connections are never redirected.
-    pub agent_tgid: u32,
+    /// The address (network byte order) the agent listens on for
+    /// connections from other network namespaces (containers); 0: none,
+    /// such connections to a target are refused and counted.
+    pub ns_proxy_ip4_be: u32,
+    /// The network namespace cookie of the agent's own namespace (0: the
+    /// kernel cannot tell; every namespace counts as the agent's).
+    pub agent_netns: u64,
+    /// 1: UDP to a target address on an intercepted port (QUIC) is refused,
+    /// so clients fall back to TCP.
+    pub block_udp: u8,
+    pub pad: [u8; 7],
+}
+
+/// An address and port: a redirected connection's client side as the
+/// proxy sees it (the key of `BY_CLIENT`), or a forward proxy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// IPv6, or IPv4 as `::ffff:a.b.c.d`.
+    pub ip: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub pad: [u8; 6],
+}
+
+impl Endpoint {
+    pub const fn new(ip: [u8; 16], port: u16) -> Self {
+        Self {
+            ip,
+            port,
+            pad: [0; 6],
+        }
+    }
+}
+
+/// `OrigDst::flags`: the connection was made to a forward proxy, which the
+/// agent answers in its place (it reads the `CONNECT` first).
+pub const VIA_FORWARD_PROXY: u8 = 1;
+/// `OrigDst::flags`: the destination is a provider address (not only a
+/// port in scope): a connection there that is not a provider's TLS is
+/// refused, never spliced.
+pub const TARGETED: u8 = 2;
+
+/// Why the kernel side refused a connection (`RefusalKey::reason`).
+pub mod refusal {
+    /// UDP to a provider address on an intercepted port (QUIC).
+    pub const UDP: u8 = 1;
+    /// A connection to a provider from another network namespace, with no
+    /// address for such connections configured.
+    pub const NETNS: u8 = 2;
+}
+
+/// Counts of kernel refusals, per cgroup and reason (the `REFUSED` map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RefusalKey {
+    pub cgroup_id: u64,
+    pub reason: u8,
+    pub pad: [u8; 7],
 }
 
 /// The original destination and the caller of a redirected connection.
@@ -109,13 +176,17 @@ pub struct OrigDst {
     pub port: u16,
     /// 4 or 6: the address family the application connected with.
     pub family: u8,
-    pub pad: u8,
+    /// [`VIA_FORWARD_PROXY`], [`TARGETED`].
+    pub flags: u8,
     pub tgid: u32,
     pub pid: u32,
     pub uid: u32,
     pub gid: u32,
     pub pad2: u32,
     pub cgroup_id: u64,
+    /// When the connect hook ran (`CLOCK_MONOTONIC`, ns): a record older
+    /// than a few seconds at accept is refused.
+    pub created_ns: u64,
     /// The calling thread's `comm`, NUL-padded.
     pub comm: [u8; 16],
 }
@@ -126,13 +197,14 @@ impl OrigDst {
             ip: [0; 16],
             port: 0,
             family: 0,
-            pad: 0,
+            flags: 0,
             tgid: 0,
             pid: 0,
             uid: 0,
             gid: 0,
             pad2: 0,
             cgroup_id: 0,
+            created_ns: 0,
             comm: [0; 16],
         }
     }
@@ -151,6 +223,16 @@ mod user {
         reason = "aya::Pod is an unsafe marker trait for map values"
     )]
     unsafe impl aya::Pod for super::OrigDst {}
+    #[allow(
+        unsafe_code,
+        reason = "aya::Pod is an unsafe marker trait for map values"
+    )]
+    unsafe impl aya::Pod for super::Endpoint {}
+    #[allow(
+        unsafe_code,
+        reason = "aya::Pod is an unsafe marker trait for map values"
+    )]
+    unsafe impl aya::Pod for super::RefusalKey {}
 }
 
 #[cfg(test)]
@@ -175,7 +257,9 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<super::InterceptConfig>(), 16);
-        assert_eq!(core::mem::size_of::<super::OrigDst>(), 64);
+        assert_eq!(core::mem::size_of::<super::InterceptConfig>(), 32);
+        assert_eq!(core::mem::size_of::<super::OrigDst>(), 72);
+        assert_eq!(core::mem::size_of::<super::Endpoint>(), 24);
+        assert_eq!(core::mem::size_of::<super::RefusalKey>(), 16);
     }
 }

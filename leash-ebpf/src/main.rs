@@ -1,25 +1,34 @@
 //! Leash's kernel side: cgroup hooks that send TCP connections bound for LLM
 //! providers to the local proxy, remember where they were going and who made
-//! them, and keep the redirect invisible to the application.
+//! them, keep the redirect invisible to the application, and refuse the ways
+//! around it.
 //!
 //! - `connect4` / `connect6`: a TCP connect to a target (address in
-//!   `LEASH_TARGETS_*`, or any address with `all_ports`) on a port in
-//!   `LEASH_PORTS` is rewritten to the proxy; the original destination and
-//!   the caller go into `LEASH_BY_COOKIE`.
-//! - `sockops` (`TCP_CONNECT_CB`): copies that record to `LEASH_BY_PORT`,
-//!   keyed by the client's local port, which is what the proxy sees as the
-//!   peer port of the accepted connection.
+//!   `LEASH_TARGETS_*` or, while fresh, `LEASH_DNS_*`; any address with
+//!   `all_ports`) on a port in `LEASH_PORTS`, or to a forward proxy in
+//!   `LEASH_FORWARD_PROXIES`, is rewritten to the proxy; the original
+//!   destination and the caller go into `LEASH_BY_COOKIE`. From another
+//!   network namespace (a container) the proxy's address there is
+//!   `ns_proxy_ip4`; with none configured the connect is refused and
+//!   counted in `LEASH_REFUSED` (never sent to a 127.0.0.1 where nothing
+//!   listens). UDP to a target on an intercepted port (QUIC) is refused
+//!   with `block_udp`, so clients fall back to TCP.
+//! - `sendmsg4` / `sendmsg6`: the same UDP refusal for unconnected sends.
+//! - `sockops` (`TCP_CONNECT_CB`): copies that record to `LEASH_BY_CLIENT`,
+//!   keyed by the client's address and port, which is what the proxy sees
+//!   as the peer of the accepted connection (the proxy deletes it there).
 //! - `getpeername4` / `getpeername6`: report the original destination.
 //!
 //! - `cgroup_skb/ingress` (`leash_dns_ingress`): DNS answers (UDP from port
 //!   53) to a question for a watched name (`LEASH_DNS_NAMES`) have their A
-//!   and AAAA records added to the target maps before the answer reaches the
-//!   application, so a provider address learned from DNS is intercepted on
-//!   the very first connection.
+//!   and AAAA records added to the LRU maps `LEASH_DNS_*` (with an expiry:
+//!   the answer's TTL, at least `MIN_DNS_TTL_SECS`) before the answer
+//!   reaches the application, so a provider address learned from DNS is
+//!   intercepted on the very first connection; a flood of forged answers
+//!   evicts only other observed addresses, never configured or resolved ones.
 //!
-//! Sockets marked with the agent's `SO_MARK`, and the agent's own process,
-//! are never redirected. Every hook allows the connection: Leash never
-//! blocks in the kernel.
+//! Sockets marked with the agent's `SO_MARK` (which takes `CAP_NET_ADMIN`)
+//! are never redirected.
 #![no_std]
 #![no_main]
 #![allow(
@@ -32,20 +41,31 @@ use aya_ebpf::{
     bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+            bpf_ktime_get_ns,
+        },
     },
     macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, LruHashMap},
     programs::SkBuffContext,
     programs::{SockAddrContext, SockOpsContext},
 };
-use leash_common::{DNS_NAME_LEN, InterceptConfig, MAX_CONNECTIONS, MAX_TARGETS, OrigDst};
+use leash_common::{
+    DNS_NAME_LEN, Endpoint, InterceptConfig, MAX_CONNECTIONS, MAX_TARGETS, MIN_DNS_TTL_SECS,
+    OrigDst, RefusalKey, TARGETED, VIA_FORWARD_PROXY, refusal,
+};
 
 /// Cgroup sock_addr verdict: let the call proceed.
 const ALLOW: i32 = 1;
+/// Cgroup sock_addr verdict: the call fails with `EPERM`.
+const DENY: i32 = 0;
 /// Cgroup sock_ops verdict: success.
 const SOCKOPS_OK: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP_ADDR: u32 = 17;
+const AF_INET: u32 = 2;
+const NS_PER_SEC: u64 = 1_000_000_000;
 
 #[map]
 static LEASH_CONFIG: Array<InterceptConfig> = Array::with_max_entries(1, 0);
@@ -53,25 +73,31 @@ static LEASH_CONFIG: Array<InterceptConfig> = Array::with_max_entries(1, 0);
 static LEASH_TARGETS_V4: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
 #[map]
 static LEASH_TARGETS_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
+/// Addresses seen in DNS answers, with their expiry (`bpf_ktime_get_ns`).
+#[map]
+static LEASH_DNS_V4: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
+#[map]
+static LEASH_DNS_V6: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
 #[map]
 static LEASH_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+#[map]
+static LEASH_FORWARD_PROXIES: HashMap<Endpoint, u8> = HashMap::with_max_entries(64, 0);
 #[map]
 static LEASH_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 #[map]
 static LEASH_DNS_NAMES: HashMap<[u8; DNS_NAME_LEN], u8> = HashMap::with_max_entries(1024, 0);
 #[map]
-static LEASH_BY_PORT: LruHashMap<u32, OrigDst> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+static LEASH_BY_CLIENT: LruHashMap<Endpoint, OrigDst> =
+    LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+#[map]
+static LEASH_REFUSED: LruHashMap<RefusalKey, u64> = LruHashMap::with_max_entries(4096, 0);
 
 fn config() -> Option<InterceptConfig> {
     LEASH_CONFIG.get(0).copied().filter(|c| c.enabled == 1)
 }
 
-/// The agent's own connections (marked sockets, or its process) pass.
+/// The agent's own connections (sockets with its mark) pass.
 fn is_agent(ctx: &SockAddrContext, cfg: &InterceptConfig) -> bool {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == cfg.agent_tgid {
-        return true;
-    }
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
     if sk.is_null() || cfg.bypass_mark == 0 {
         return false;
@@ -79,23 +105,41 @@ fn is_agent(ctx: &SockAddrContext, cfg: &InterceptConfig) -> bool {
     unsafe { (*sk).mark == cfg.bypass_mark }
 }
 
-fn port_in_scope(user_port: u32) -> Option<u16> {
-    let port = u16::from_be(user_port as u16);
-    unsafe { LEASH_PORTS.get(&port) }.map(|_| port)
+fn port_in_scope(port: u16) -> bool {
+    unsafe { LEASH_PORTS.get(&port) }.is_some()
 }
 
-fn caller_record(ip: [u8; 16], port: u16, family: u8) -> OrigDst {
+fn now_ns() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+fn fresh(expiry: Option<&u64>) -> bool {
+    expiry.is_some_and(|e| *e > now_ns())
+}
+
+fn target_v4(ip4_be: u32) -> bool {
+    unsafe { LEASH_TARGETS_V4.get(&ip4_be) }.is_some()
+        || fresh(unsafe { LEASH_DNS_V4.get(&ip4_be) })
+}
+
+fn target_v6(ip: &[u8; 16]) -> bool {
+    unsafe { LEASH_TARGETS_V6.get(ip) }.is_some() || fresh(unsafe { LEASH_DNS_V6.get(ip) })
+}
+
+fn caller_record(ip: [u8; 16], port: u16, family: u8, flags: u8) -> OrigDst {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     let mut rec = OrigDst::zeroed();
     rec.ip = ip;
     rec.port = port;
     rec.family = family;
+    rec.flags = flags;
     rec.tgid = (pid_tgid >> 32) as u32;
     rec.pid = pid_tgid as u32;
     rec.uid = uid_gid as u32;
     rec.gid = (uid_gid >> 32) as u32;
     rec.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    rec.created_ns = now_ns();
     rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     rec
 }
@@ -105,6 +149,27 @@ fn remember(ctx: &SockAddrContext, rec: &OrigDst) -> Option<()> {
     LEASH_BY_COOKIE.insert(&cookie, rec, 0).ok()
 }
 
+/// Counts a refusal for the calling cgroup.
+fn refused(reason: u8) {
+    let key = RefusalKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        reason,
+        pad: [0; 7],
+    };
+    match LEASH_REFUSED.get_ptr_mut(&key) {
+        Some(count) => unsafe { *count += 1 },
+        None => {
+            let _ = LEASH_REFUSED.insert(&key, &1, 0);
+        }
+    }
+}
+
+/// Whether the calling socket is in another network namespace than the
+/// agent (a container).
+fn foreign_netns(ctx: &SockAddrContext, cfg: &InterceptConfig) -> bool {
+    cfg.agent_netns != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != cfg.agent_netns
+}
+
 fn mapped_v4(ip4_be: u32) -> [u8; 16] {
     let b = ip4_be.to_ne_bytes();
     [
@@ -112,81 +177,198 @@ fn mapped_v4(ip4_be: u32) -> [u8; 16] {
     ]
 }
 
-#[cgroup_sock_addr(connect4)]
-pub fn leash_connect4(ctx: SockAddrContext) -> i32 {
-    let _ = try_connect4(&ctx);
-    ALLOW
+/// What a connect or send to an address should do.
+enum Verdict {
+    /// Not ours: let it through untouched.
+    Pass,
+    /// Refused (`EPERM`), counted with the reason.
+    Refuse(u8),
+    /// Send it to the proxy, remembering where it was going.
+    Redirect { flags: u8 },
 }
 
-fn try_connect4(ctx: &SockAddrContext) -> Option<()> {
-    let cfg = config()?;
+/// The decision for a connect (or UDP send) to `port` on an address that
+/// `targeted` says is a provider's (`forward_proxy`: one of the forward
+/// proxies), before the namespace check.
+fn decide(
+    ctx: &SockAddrContext,
+    cfg: &InterceptConfig,
+    protocol: u32,
+    port: u16,
+    targeted: bool,
+    forward_proxy: bool,
+) -> Verdict {
+    if is_agent(ctx, cfg) {
+        return Verdict::Pass;
+    }
+    if protocol == IPPROTO_UDP_ADDR {
+        return if cfg.block_udp == 1 && targeted && port_in_scope(port) {
+            Verdict::Refuse(refusal::UDP)
+        } else {
+            Verdict::Pass
+        };
+    }
+    if protocol != IPPROTO_TCP {
+        return Verdict::Pass;
+    }
+    if forward_proxy {
+        return Verdict::Redirect {
+            flags: VIA_FORWARD_PROXY,
+        };
+    }
+    if port_in_scope(port) && (cfg.all_ports == 1 || targeted) {
+        return Verdict::Redirect {
+            flags: if targeted { TARGETED } else { 0 },
+        };
+    }
+    Verdict::Pass
+}
+
+fn verdict_code(v: &Verdict) -> i32 {
+    match v {
+        Verdict::Refuse(reason) => {
+            refused(*reason);
+            DENY
+        }
+        _ => ALLOW,
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn leash_connect4(ctx: SockAddrContext) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
     let sa = unsafe { &mut *ctx.sock_addr };
-    if sa.protocol != IPPROTO_TCP {
-        return None;
-    }
-    let port = port_in_scope(sa.user_port)?;
+    let port = u16::from_be(sa.user_port as u16);
     let ip4_be = sa.user_ip4;
-    if cfg.all_ports == 0 && unsafe { LEASH_TARGETS_V4.get(&ip4_be) }.is_none() {
-        return None;
+    let ip = mapped_v4(ip4_be);
+    let forward_proxy = unsafe { LEASH_FORWARD_PROXIES.get(&Endpoint::new(ip, port)) }.is_some();
+    let mut verdict = decide(
+        &ctx,
+        &cfg,
+        sa.protocol,
+        port,
+        target_v4(ip4_be),
+        forward_proxy,
+    );
+    if let Verdict::Redirect { flags } = verdict {
+        let proxy_ip = if foreign_netns(&ctx, &cfg) {
+            cfg.ns_proxy_ip4_be
+        } else {
+            cfg.proxy_ip4_be
+        };
+        if proxy_ip == 0 {
+            verdict = Verdict::Refuse(refusal::NETNS);
+        } else if remember(&ctx, &caller_record(ip, port, 4, flags)).is_some() {
+            sa.user_ip4 = proxy_ip;
+            sa.user_port = u32::from(cfg.proxy_port_be);
+        }
     }
-    if is_agent(ctx, &cfg) {
-        return None;
+    verdict_code(&verdict)
+}
+
+/// The address of a `sock_addr` context as 16 bytes, and whether it is an
+/// IPv4-mapped address.
+fn user_ip6(words: [u32; 4]) -> ([u8; 16], bool) {
+    let mut ip = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        ip[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
     }
-    remember(ctx, &caller_record(mapped_v4(ip4_be), port, 4))?;
-    sa.user_ip4 = cfg.proxy_ip4_be;
-    sa.user_port = u32::from(cfg.proxy_port_be);
-    Some(())
+    let mapped =
+        words[0] == 0 && words[1] == 0 && words[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    (ip, mapped)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn leash_connect6(ctx: SockAddrContext) -> i32 {
-    let _ = try_connect6(&ctx);
-    ALLOW
-}
-
-fn try_connect6(ctx: &SockAddrContext) -> Option<()> {
-    let cfg = config()?;
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
     let sa = unsafe { &mut *ctx.sock_addr };
-    if sa.protocol != IPPROTO_TCP {
-        return None;
-    }
-    let port = port_in_scope(sa.user_port)?;
+    let port = u16::from_be(sa.user_port as u16);
     let words = [
         sa.user_ip6[0],
         sa.user_ip6[1],
         sa.user_ip6[2],
         sa.user_ip6[3],
     ];
-    let mut ip = [0u8; 16];
-    for (i, w) in words.iter().enumerate() {
-        ip[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    let is_mapped =
-        words[0] == 0 && words[1] == 0 && words[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    let (ip, is_mapped) = user_ip6(words);
     let targeted = if is_mapped {
-        unsafe { LEASH_TARGETS_V4.get(&words[3]) }.is_some()
+        target_v4(words[3])
     } else {
-        unsafe { LEASH_TARGETS_V6.get(&ip) }.is_some()
+        target_v6(&ip)
     };
-    if cfg.all_ports == 0 && !targeted {
-        return None;
+    let forward_proxy = unsafe { LEASH_FORWARD_PROXIES.get(&Endpoint::new(ip, port)) }.is_some();
+    let mut verdict = decide(&ctx, &cfg, sa.protocol, port, targeted, forward_proxy);
+    if let Verdict::Redirect { flags } = verdict {
+        if foreign_netns(&ctx, &cfg) {
+            // Only an IPv4 address is configured for other namespaces.
+            if is_mapped && cfg.ns_proxy_ip4_be != 0 {
+                if remember(&ctx, &caller_record(ip, port, 6, flags)).is_some() {
+                    sa.user_ip6[3] = cfg.ns_proxy_ip4_be;
+                    sa.user_port = u32::from(cfg.proxy_port_be);
+                }
+            } else {
+                verdict = Verdict::Refuse(refusal::NETNS);
+            }
+        } else if remember(&ctx, &caller_record(ip, port, 6, flags)).is_some() {
+            if is_mapped {
+                // ::ffff:127.0.0.1 — the proxy's IPv4 listener.
+                sa.user_ip6[3] = cfg.proxy_ip4_be;
+            } else {
+                // ::1 — the proxy's IPv6 listener.
+                sa.user_ip6[0] = 0;
+                sa.user_ip6[1] = 0;
+                sa.user_ip6[2] = 0;
+                sa.user_ip6[3] = u32::from_ne_bytes([0, 0, 0, 1]);
+            }
+            sa.user_port = u32::from(cfg.proxy_port_be);
+        }
     }
-    if is_agent(ctx, &cfg) {
-        return None;
-    }
-    remember(ctx, &caller_record(ip, port, 6))?;
-    if is_mapped {
-        // ::ffff:127.0.0.1 — the proxy's IPv4 listener.
-        sa.user_ip6[3] = cfg.proxy_ip4_be;
+    verdict_code(&verdict)
+}
+
+/// UDP sent without `connect` (QUIC clients that use `sendto`).
+#[cgroup_sock_addr(sendmsg4)]
+pub fn leash_sendmsg4(ctx: SockAddrContext) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    let sa = unsafe { &*ctx.sock_addr };
+    let port = u16::from_be(sa.user_port as u16);
+    let verdict = decide(
+        &ctx,
+        &cfg,
+        IPPROTO_UDP_ADDR,
+        port,
+        target_v4(sa.user_ip4),
+        false,
+    );
+    verdict_code(&verdict)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn leash_sendmsg6(ctx: SockAddrContext) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    let sa = unsafe { &*ctx.sock_addr };
+    let port = u16::from_be(sa.user_port as u16);
+    let words = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
+    let (ip, is_mapped) = user_ip6(words);
+    let targeted = if is_mapped {
+        target_v4(words[3])
     } else {
-        // ::1 — the proxy's IPv6 listener.
-        sa.user_ip6[0] = 0;
-        sa.user_ip6[1] = 0;
-        sa.user_ip6[2] = 0;
-        sa.user_ip6[3] = u32::from_ne_bytes([0, 0, 0, 1]);
-    }
-    sa.user_port = u32::from(cfg.proxy_port_be);
-    Some(())
+        target_v6(&ip)
+    };
+    let verdict = decide(&ctx, &cfg, IPPROTO_UDP_ADDR, port, targeted, false);
+    verdict_code(&verdict)
 }
 
 fn redirected(ctx: &SockAddrContext) -> Option<OrigDst> {
@@ -218,12 +400,32 @@ pub fn leash_getpeername6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// The socket's local IPv6 address, one field load at a time (the verifier
+/// refuses loads through a context pointer that was moved).
+fn local_ip6(ctx: &SockOpsContext) -> [u32; 4] {
+    let ops = ctx.ops;
+    unsafe {
+        [
+            core::ptr::read_volatile(&raw const (*ops).local_ip6[0]),
+            core::ptr::read_volatile(&raw const (*ops).local_ip6[1]),
+            core::ptr::read_volatile(&raw const (*ops).local_ip6[2]),
+            core::ptr::read_volatile(&raw const (*ops).local_ip6[3]),
+        ]
+    }
+}
+
 #[sock_ops]
 pub fn leash_sockops(ctx: SockOpsContext) -> u32 {
     if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         if let Some(rec) = unsafe { LEASH_BY_COOKIE.get(&cookie) } {
-            let _ = LEASH_BY_PORT.insert(&ctx.local_port(), rec, 0);
+            let ip = if ctx.family() == AF_INET {
+                mapped_v4(ctx.local_ip4())
+            } else {
+                user_ip6(local_ip6(&ctx)).0
+            };
+            let key = Endpoint::new(ip, ctx.local_port() as u16);
+            let _ = LEASH_BY_CLIENT.insert(&key, rec, 0);
         }
     }
     SOCKOPS_OK
@@ -349,14 +551,16 @@ fn try_dns(ctx: &SkBuffContext) -> Option<()> {
         }
         off = skip_name(ctx, off)?;
         let rtype = load_be16(ctx, off)?;
+        let ttl = u64::from(u32::from_be(ctx.load::<u32>(off + 4).ok()?));
         let rdlen = usize::from(load_be16(ctx, off + 8)?);
         let rdata = off + 10;
+        let expiry = now_ns() + ttl.max(MIN_DNS_TTL_SECS).min(86_400) * NS_PER_SEC;
         if rtype == DNS_TYPE_A && rdlen == 4 {
             let ip: [u8; 4] = ctx.load(rdata).ok()?;
-            let _ = LEASH_TARGETS_V4.insert(&u32::from_ne_bytes(ip), &1, 0);
+            let _ = LEASH_DNS_V4.insert(&u32::from_ne_bytes(ip), &expiry, 0);
         } else if rtype == DNS_TYPE_AAAA && rdlen == 16 {
             let ip: [u8; 16] = ctx.load(rdata).ok()?;
-            let _ = LEASH_TARGETS_V6.insert(&ip, &1, 0);
+            let _ = LEASH_DNS_V6.insert(&ip, &expiry, 0);
         }
         off = rdata + rdlen;
     }

@@ -985,7 +985,7 @@ fn inspection_evasions_are_caught_through_interception() {
 ";
     let w = World::new(
         "evasions",
-        &[Host("api.openai.com", "127.10.0.17", true)],
+        &[Host("api.openai.com", "127.10.0.21", true)],
         extra,
     );
     let ca = w.agent.ca_pem();
@@ -1042,7 +1042,7 @@ fn inspection_evasions_are_caught_through_interception() {
         "--cacert",
         w.public_ca.to_str().unwrap(),
         "--resolve",
-        "api.openai.com:443:127.10.0.17",
+        "api.openai.com:443:127.10.0.21",
         "-H",
         "x-mock-embeddings: 570",
         "-H",

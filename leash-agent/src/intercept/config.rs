@@ -1,7 +1,11 @@
 //! The `intercept` section: which cgroup, which connections, which hosts,
 //! and what happens while the agent is down.
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -65,6 +69,25 @@ pub struct InterceptConfig {
     pub proxy_port: u16,
     pub bypass_mark: u32,
     pub failure_mode: FailureMode,
+    /// Refuse UDP to provider addresses on the intercepted ports (QUIC),
+    /// and strip `alt-svc` from intercepted answers: clients stay on TCP.
+    pub block_quic: bool,
+    pub forward_proxies: ForwardProxies,
+    /// The address the agent listens on for connections from other network
+    /// namespaces in the cgroup (containers); `None`: those are refused and
+    /// reported.
+    pub namespace_listen: Option<Ipv4Addr>,
+}
+
+/// Forward proxies whose connections from the cgroup the agent answers
+/// (reading the `CONNECT`).
+#[derive(Debug, Clone)]
+pub struct ForwardProxies {
+    /// `intercept.forward_proxies`: (`host`, `port`).
+    pub listed: Vec<(String, u16)>,
+    /// Also the proxy of the agent's own environment (`HTTPS_PROXY`,
+    /// `HTTP_PROXY`, `ALL_PROXY`, either case).
+    pub from_env: bool,
 }
 
 /// `intercept` as written.
@@ -81,6 +104,10 @@ pub struct RawIntercept {
     proxy_port: Option<u16>,
     bypass_mark: Option<u32>,
     failure_mode: Option<FailureMode>,
+    block_quic: Option<bool>,
+    forward_proxies: Option<Vec<String>>,
+    forward_proxies_from_env: Option<bool>,
+    namespace_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,8 +164,93 @@ impl InterceptConfig {
                 None => DEFAULT_BYPASS_MARK,
             },
             failure_mode: raw.failure_mode.unwrap_or(FailureMode::Open),
+            block_quic: raw.block_quic.unwrap_or(true),
+            forward_proxies: ForwardProxies {
+                listed: raw
+                    .forward_proxies
+                    .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    proxy_address(p).ok_or_else(|| {
+                        invalid(
+                            format!("intercept.forward_proxies[{i}]"),
+                            format!("`{p}` is not host:port (or a proxy URL)"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+                from_env: raw.forward_proxies_from_env.unwrap_or(true),
+            },
+            namespace_listen: raw
+                .namespace_listen
+                .map(|a| {
+                    a.parse::<Ipv4Addr>()
+                        .ok()
+                        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+                        .ok_or_else(|| {
+                            invalid(
+                                "intercept.namespace_listen",
+                                format!("`{a}` is not an IPv4 address other containers can reach (not 0.0.0.0, not loopback)"),
+                            )
+                        })
+                })
+                .transpose()?,
         })
     }
+
+    /// The forward proxies to answer: configured ones, and those of the
+    /// agent's own environment when allowed.
+    pub fn all_forward_proxies(&self) -> Vec<(String, u16)> {
+        let mut out = self.forward_proxies.listed.clone();
+        if self.forward_proxies.from_env {
+            for var in [
+                "HTTPS_PROXY",
+                "https_proxy",
+                "HTTP_PROXY",
+                "http_proxy",
+                "ALL_PROXY",
+                "all_proxy",
+            ] {
+                if let Some(p) = std::env::var(var).ok().as_deref().and_then(proxy_address)
+                    && !out.contains(&p)
+                {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The host and port of a proxy written as `host:port` or as an `http(s)`
+/// URL (`http://user:pass@host:port/`; without a port, the scheme's).
+fn proxy_address(text: &str) -> Option<(String, u16)> {
+    let text = text.trim();
+    let (scheme, rest) = text.split_once("://").unwrap_or(("http", text));
+    let authority = rest.split('/').next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']')?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().ok()?,
+                None if after.is_empty() => default_port,
+                None => return None,
+            };
+            (host, port)
+        }
+        None => match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (host_port, default_port),
+        },
+    };
+    (!host.is_empty() && port != 0).then(|| (host.to_ascii_lowercase(), port))
 }
 
 /// `intercept.hosts[i]`.
@@ -184,4 +296,32 @@ fn host(i: usize, h: &RawHost, providers: &Providers) -> Result<InterceptHost, F
         provider: provider.map(|p| p.name.clone()),
         addresses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proxy_address;
+
+    #[test]
+    fn proxy_addresses() {
+        assert_eq!(
+            proxy_address("10.0.0.5:3128"),
+            Some(("10.0.0.5".into(), 3128))
+        );
+        assert_eq!(
+            proxy_address("http://u:p@Proxy.Corp:8080/"),
+            Some(("proxy.corp".into(), 8080))
+        );
+        assert_eq!(
+            proxy_address("http://proxy.corp"),
+            Some(("proxy.corp".into(), 80))
+        );
+        assert_eq!(
+            proxy_address("http://[::1]:3128"),
+            Some(("::1".into(), 3128))
+        );
+        assert_eq!(proxy_address("socks5://proxy:1080"), None);
+        assert_eq!(proxy_address("proxy:0"), None);
+        assert_eq!(proxy_address(":3128"), None);
+    }
 }

@@ -5,9 +5,10 @@
 
 use std::{
     fs::File,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Mutex, PoisonError},
+    time::Duration,
 };
 
 use aya::{
@@ -18,7 +19,9 @@ use aya::{
         links::{FdLink, LinkError, PinnedLink},
     },
 };
-use leash_common::{DNS_NAME_LEN, InterceptConfig, OrigDst, dns_name_key, names};
+use leash_common::{
+    DNS_NAME_LEN, Endpoint, InterceptConfig, OrigDst, RefusalKey, dns_name_key, names,
+};
 
 use super::pin::{self, PinError};
 
@@ -61,18 +64,94 @@ pub struct HookSettings {
     pub dns_names: Vec<String>,
     /// `failure_mode: closed`: pin the links here so they outlive the agent.
     pub pin_dir: Option<PathBuf>,
+    /// Where connections from other network namespaces (containers) are
+    /// sent; `None`: they are refused and reported.
+    pub namespace_listen: Option<Ipv4Addr>,
+    /// Refuse UDP to provider addresses on intercepted ports (QUIC).
+    pub block_udp: bool,
+    /// Forward proxies whose connections are answered by the agent.
+    pub forward_proxies: Vec<SocketAddr>,
 }
+
+/// A kernel record older than this at accept is refused: the connection it
+/// named has long been accepted or failed.
+const MAX_RECORD_AGE: Duration = Duration::from_secs(10);
+
+/// Why there is no usable record for an accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRecord {
+    /// No record: the connection did not come through the hooks.
+    Missing,
+    /// A record older than `MAX_RECORD_AGE`: left by another connection.
+    Stale,
+}
+
+impl NoRecord {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "no_record",
+            Self::Stale => "stale_record",
+        }
+    }
+}
+
+/// `addr` as the kernel side's 16-byte address (IPv4 mapped).
+pub fn endpoint(addr: SocketAddr) -> Endpoint {
+    let ip = match addr.ip().to_canonical() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    Endpoint::new(ip, addr.port())
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+}
+
+/// The cookie of the network namespace this process is in (0 when the
+/// kernel cannot say).
+fn own_netns_cookie() -> u64 {
+    let Ok(sock) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None) else {
+        return 0;
+    };
+    let mut cookie = 0u64;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<u64>()).unwrap_or(8);
+    // SAFETY: SO_NETNS_COOKIE writes one u64 into the buffer given, whose
+    // length is passed; the socket is open for the call's duration.
+    #[allow(
+        unsafe_code,
+        reason = "getsockopt has no safe wrapper for SO_NETNS_COOKIE"
+    )]
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == 0 { cookie } else { 0 }
+}
+
+/// `SO_NETNS_COOKIE` (Linux 5.14).
+const SO_NETNS_COOKIE: libc::c_int = 71;
 
 /// Loaded and attached hooks. Dropping this detaches them, unless they
 /// are pinned (fail closed).
 pub struct KernelHooks {
     _ebpf: Ebpf,
-    config: Mutex<Array<MapData, InterceptConfig>>,
+    _config: Array<MapData, InterceptConfig>,
     _ports: HashMap<MapData, u16, u8>,
     pinned: Vec<PinnedLink>,
     targets_v4: Mutex<HashMap<MapData, u32, u8>>,
     targets_v6: Mutex<HashMap<MapData, [u8; 16], u8>>,
-    by_port: HashMap<MapData, u32, OrigDst>,
+    dns_v4: HashMap<MapData, u32, u64>,
+    dns_v6: HashMap<MapData, [u8; 16], u64>,
+    by_client: Mutex<HashMap<MapData, Endpoint, OrigDst>>,
+    refused: HashMap<MapData, RefusalKey, u64>,
     cgroup: PathBuf,
 }
 
@@ -135,6 +214,16 @@ fn configure(ebpf: &mut Ebpf, settings: &HookSettings) -> Result<Configured, Hoo
     for port in &settings.ports {
         ports.insert(port, 1, 0).map_err(map_err(names::PORTS))?;
     }
+    let mut proxies: HashMap<_, Endpoint, u8> = HashMap::try_from(
+        ebpf.map_mut(names::FORWARD_PROXIES)
+            .ok_or(HookError::Missing(names::FORWARD_PROXIES))?,
+    )
+    .map_err(map_err(names::FORWARD_PROXIES))?;
+    for proxy in &settings.forward_proxies {
+        proxies
+            .insert(endpoint(*proxy), 1, 0)
+            .map_err(map_err(names::FORWARD_PROXIES))?;
+    }
     config
         .set(
             0,
@@ -144,7 +233,12 @@ fn configure(ebpf: &mut Ebpf, settings: &HookSettings) -> Result<Configured, Hoo
                 enabled: 1,
                 all_ports: u8::from(settings.all_ports),
                 bypass_mark: settings.bypass_mark,
-                agent_tgid: std::process::id(),
+                ns_proxy_ip4_be: settings
+                    .namespace_listen
+                    .map_or(0, |ip| u32::from_ne_bytes(ip.octets())),
+                agent_netns: own_netns_cookie(),
+                block_udp: u8::from(settings.block_udp),
+                pad: [0; 7],
             },
             0,
         )
@@ -170,8 +264,14 @@ impl KernelHooks {
             .map_err(map_err(names::TARGETS_V4))?;
         let targets_v6 = HashMap::try_from(take_map(&mut ebpf, names::TARGETS_V6)?)
             .map_err(map_err(names::TARGETS_V6))?;
-        let by_port = HashMap::try_from(take_map(&mut ebpf, names::BY_PORT)?)
-            .map_err(map_err(names::BY_PORT))?;
+        let by_client = HashMap::try_from(take_map(&mut ebpf, names::BY_CLIENT)?)
+            .map_err(map_err(names::BY_CLIENT))?;
+        let dns_v4 = HashMap::try_from(take_map(&mut ebpf, names::DNS_V4)?)
+            .map_err(map_err(names::DNS_V4))?;
+        let dns_v6 = HashMap::try_from(take_map(&mut ebpf, names::DNS_V6)?)
+            .map_err(map_err(names::DNS_V6))?;
+        let refused = HashMap::try_from(take_map(&mut ebpf, names::REFUSED)?)
+            .map_err(map_err(names::REFUSED))?;
 
         let pinning = settings.pin_dir.is_some();
         let mut links: Vec<(&'static str, FdLink)> = Vec::new();
@@ -184,6 +284,8 @@ impl KernelHooks {
         for name in [
             names::CONNECT4,
             names::CONNECT6,
+            names::SENDMSG4,
+            names::SENDMSG6,
             names::GETPEERNAME4,
             names::GETPEERNAME6,
         ] {
@@ -247,12 +349,15 @@ impl KernelHooks {
         let pinned = pin_and_take_over(settings, links)?;
         Ok(Self {
             _ebpf: ebpf,
-            config: Mutex::new(config),
+            _config: config,
             _ports: ports,
             pinned,
             targets_v4: Mutex::new(targets_v4),
             targets_v6: Mutex::new(targets_v6),
-            by_port,
+            dns_v4,
+            dns_v6,
+            by_client: Mutex::new(by_client),
+            refused,
             cgroup: settings.cgroup.clone(),
         })
     }
@@ -285,8 +390,10 @@ impl KernelHooks {
         }
     }
 
-    /// Every address connections to which are redirected now.
+    /// Every address connections to which are redirected now: configured
+    /// and resolved ones, and those seen in DNS answers and not expired.
     pub fn targets(&self) -> Vec<IpAddr> {
+        let now = monotonic_ns();
         let mut out: Vec<IpAddr> = self
             .targets_v4
             .lock()
@@ -303,30 +410,83 @@ impl KernelHooks {
                 .filter_map(Result::ok)
                 .map(IpAddr::from),
         );
+        out.extend(
+            self.dns_v4
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, expiry)| *expiry > now)
+                .map(|(k, _)| IpAddr::from(k.to_ne_bytes())),
+        );
+        out.extend(
+            self.dns_v6
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, expiry)| *expiry > now)
+                .map(|(k, _)| IpAddr::from(k)),
+        );
+        out.sort_unstable();
+        out.dedup();
         out
     }
 
-    /// The original destination and caller of the redirected connection
-    /// whose client side uses local port `client_port`.
-    pub fn lookup(&self, client_port: u16) -> Option<OrigDst> {
-        self.by_port.get(&u32::from(client_port), 0).ok()
+    /// Whether connections to `ip` are redirected now (a configured,
+    /// resolved, or fresh DNS-observed provider address).
+    pub fn is_target(&self, ip: IpAddr) -> bool {
+        let now = monotonic_ns();
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let key = u32::from_ne_bytes(v4.octets());
+                self.targets_v4
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&key, 0)
+                    .is_ok()
+                    || self.dns_v4.get(&key, 0).is_ok_and(|expiry| expiry > now)
+            }
+            IpAddr::V6(v6) => {
+                let key = v6.octets();
+                self.targets_v6
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&key, 0)
+                    .is_ok()
+                    || self.dns_v6.get(&key, 0).is_ok_and(|expiry| expiry > now)
+            }
+        }
+    }
+
+    /// Takes the record of the redirected connection whose client side is
+    /// `peer` (as the proxy sees it): each record is used once, and one
+    /// older than a few seconds is refused.
+    pub fn take(&self, peer: SocketAddr) -> Result<OrigDst, NoRecord> {
+        let key = endpoint(peer);
+        let mut map = self
+            .by_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let rec = map.get(&key, 0).map_err(|_| NoRecord::Missing)?;
+        let _ = map.remove(&key);
+        let age = monotonic_ns().saturating_sub(rec.created_ns);
+        if u128::from(age) > MAX_RECORD_AGE.as_nanos() {
+            return Err(NoRecord::Stale);
+        }
+        Ok(rec)
+    }
+
+    /// The kernel's refusal counts, per cgroup and reason, since the hooks
+    /// were loaded.
+    pub fn refusals(&self) -> Vec<(RefusalKey, u64)> {
+        self.refused.iter().filter_map(Result::ok).collect()
     }
 }
 
 impl Drop for KernelHooks {
     /// Pinned hooks stay (fail closed): they keep redirecting provider
-    /// connections to the closed proxy port. They no longer exempt this
-    /// process's id, which the system may give to another process.
+    /// connections to the closed proxy port. No process is exempt from
+    /// them but by the socket mark, which only a privileged process can set.
     fn drop(&mut self) {
         if self.pinned.is_empty() {
             return;
-        }
-        let mut config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Ok(mut c) = config.get(&0, 0) {
-            c.agent_tgid = 0;
-            if let Err(e) = config.set(0, c, 0) {
-                tracing::warn!(error = %e, "cannot clear the agent's process id in the pinned hooks");
-            }
         }
         tracing::info!(
             cgroup = %self.cgroup.display(),

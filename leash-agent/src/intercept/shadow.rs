@@ -1,20 +1,41 @@
-//! Shadow AI: LLM endpoints that processes in scope talk to but that are not
-//! in `intercept.hosts`. Seen in `scope: all-tls`, where every TLS connection
+//! Connection events of the transparent agent: refusals, and shadow AI —
+//! LLM endpoints that processes in scope talk to but that are not in
+//! `intercept.hosts`. Seen in `scope: all-tls`, where every TLS connection
 //! reaches the proxy and is spliced unless its host is intercepted.
 
 use std::{sync::Arc, time::SystemTime};
 
-use crate::record::{AuditRecord, Caller, Event, Mode, timestamp};
+use crate::record::{AuditRecord, Caller, Event, Mode, Refusal, timestamp};
 
 /// The `shadow_ai` event: `caller` connected to `host`, an LLM endpoint that
 /// is not intercepted (the connection was spliced, not inspected).
 pub fn record(host: &str, caller: &Caller, node: &Arc<str>) -> AuditRecord {
+    event(Event::ShadowAi, None, host, caller, node)
+}
+
+/// The `refused` event: the connection of `caller` to `to` was refused.
+pub fn refused(refusal: Refusal, to: &str, caller: &Caller, node: &Arc<str>) -> AuditRecord {
+    event(Event::Refused, Some(refusal), to, caller, node)
+}
+
+fn event(
+    event: Event,
+    refusal: Option<Refusal>,
+    host: &str,
+    caller: &Caller,
+    node: &Arc<str>,
+) -> AuditRecord {
     AuditRecord {
         id: uuid::Uuid::now_v7().to_string(),
         ts: timestamp(SystemTime::now()),
         host: Arc::clone(node),
         mode: Mode::Transparent,
-        provider: "unlisted".to_owned(),
+        provider: if event == Event::Refused {
+            "-"
+        } else {
+            "unlisted"
+        }
+        .to_owned(),
         endpoint: host.to_owned(),
         model: None,
         stream: false,
@@ -30,7 +51,8 @@ pub fn record(host: &str, caller: &Caller, node: &Arc<str>) -> AuditRecord {
         policy: None,
         usage_estimated: false,
         error: None,
-        event: Some(Event::ShadowAi),
+        event: Some(event),
+        refusal,
     }
 }
 

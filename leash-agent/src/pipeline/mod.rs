@@ -154,6 +154,7 @@ impl Exchange {
             usage_estimated: false,
             error: self.error,
             event: None,
+            refusal: None,
         }
     }
 }

@@ -5,12 +5,14 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{BodyLimits, Forwarder, admit, body::LeashBody, json_response, local_response, path};
+use super::{
+    BodyLimits, Forwarder, admit, body::LeashBody, hygiene, json_response, local_response, path,
+};
 use crate::{
     field::{self, FieldError},
     pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline, Rejection},
@@ -151,37 +153,8 @@ impl Gateway {
     }
 
     async fn serve(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<LeashBody> {
-        if req.method() == Method::CONNECT {
-            let body = json!({"error": {"message": "leash: CONNECT is not supported", "type": "invalid_request_error", "code": ErrorCode::BadRequest.as_str()}});
-            return json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                Bytes::from(body.to_string()),
-            );
-        }
-        // Only the methods provider APIs use; anything else (TRACE, WebDAV,
-        // made-up tokens) never reaches a provider.
-        if !matches!(
-            *req.method(),
-            Method::GET
-                | Method::POST
-                | Method::PUT
-                | Method::PATCH
-                | Method::DELETE
-                | Method::HEAD
-                | Method::OPTIONS
-        ) {
-            let body = json!({"error": {"message": format!("leash: method {} is not allowed", req.method()), "type": "invalid_request_error", "code": ErrorCode::BadRequest.as_str()}});
-            return json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                Bytes::from(body.to_string()),
-            );
-        }
-        // Absolute-form targets (`POST http://host/...`) are what clients
-        // send to a forward proxy; Leash is not one, so it never even
-        // appears to honour one (HTTP/2 always carries an authority).
-        if req.version() < http::Version::HTTP_2 && req.uri().scheme().is_some() {
-            let body = json!({"error": {"message": "leash: absolute-form request targets are not accepted; Leash is not a forward proxy (send the path only, e.g. /v1/openai/chat/completions)", "type": "invalid_request_error", "code": ErrorCode::BadRequest.as_str()}});
-            return json_response(StatusCode::BAD_REQUEST, Bytes::from(body.to_string()));
+        if let Some(refused) = hygiene::check(&req) {
+            return refused;
         }
         let uri_path = req.uri().path().to_owned();
         let Some((name, rest)) = route(&uri_path) else {

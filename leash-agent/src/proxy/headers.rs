@@ -60,10 +60,13 @@ pub fn sanitize_request(headers: &mut HeaderMap) {
     );
 }
 
-/// Prepares the upstream's headers for the caller.
+/// Prepares the upstream's headers for the caller. `alt-svc` goes too: it
+/// would invite the client to reach the provider over another protocol
+/// (HTTP/3 over QUIC) that does not come through Leash.
 pub fn sanitize_response(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
     remove_leash_headers(headers);
+    headers.remove(header::ALT_SVC);
 }
 
 #[cfg(test)]

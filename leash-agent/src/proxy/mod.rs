@@ -3,10 +3,14 @@
 //! transparent one) decide *where* a request goes; this module owns *how*.
 
 pub mod body;
+pub mod certs;
 pub mod decode;
+pub mod forward;
 pub mod gateway;
 pub mod headers;
+pub mod hygiene;
 pub mod path;
+pub mod refusals;
 pub mod sni;
 pub mod transparent;
 

@@ -1,130 +1,59 @@
-//! The transparent proxy: takes the connections the kernel hooks redirected,
-//! peeks at the `ClientHello`, terminates TLS for intercepted provider hosts
-//! with a leaf minted from the organisation CA (then the same pipeline as the
-//! gateway, forwarding to the original destination over verified TLS), and
-//! splices everything else to its original destination byte for byte.
+//! The transparent proxy: takes the connections the kernel hooks redirected
+//! and decides, before any byte reaches a provider, what each one is.
+//!
+//! 1. Its kernel record (who called, where to) is taken once; a connection
+//!    without a fresh one is refused.
+//! 2. A connection to a forward proxy: the proxy request is read first. A
+//!    `CONNECT` to a provider is answered by Leash and goes on as below,
+//!    its upstream through the real proxy; a plain-HTTP request to a
+//!    provider is refused; anything else is relayed to the real proxy.
+//! 3. The `ClientHello` is read (rustls' acceptor: a hello split across
+//!    records is reassembled). A provider's server name: TLS is terminated
+//!    with a leaf from the organisation CA and the requests are served by
+//!    the same pipeline as the gateway's, on the same server loop (limits,
+//!    drain). Anything else to a provider address — no server name, another
+//!    name, not TLS, a malformed hello — is refused, counted and audited
+//!    with its caller; to any other address (`scope: all-tls`) it is
+//!    spliced to its destination byte for byte.
 
 use std::{
-    convert::Infallible,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
 
+use bytes::Bytes;
 use http::{Request, Response};
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
-};
-use leash_common::OrigDst;
-use moka::sync::Cache;
-use rustls::{ClientConfig, ServerConfig};
-use tokio::{
-    io::AsyncWriteExt as _,
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
+use hyper::body::Incoming;
+use leash_common::{OrigDst, TARGETED, VIA_FORWARD_PROXY};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::{
     BodyLimits, Forwarder, admit,
     body::LeashBody,
-    local_response, path,
+    certs::{CertCache, Route, UpstreamClients},
+    forward::{self, ProxyRequest},
+    hygiene, local_response, path,
     sni::{Hello, Prefixed, peek_client_hello},
 };
 use crate::{
-    ca::{CaError, CertAuthority},
-    intercept::{caller, hooks::KernelHooks, hosts::HostTable, shadow},
+    intercept::{
+        caller,
+        hooks::{KernelHooks, NoRecord},
+        hosts::HostTable,
+        shadow,
+    },
     metrics::Metrics,
     pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline, Rejection},
     provider::Provider,
-    upstream::{MarkedConnector, MarkedHttpsConnector, marked_client},
+    record::Refusal,
+    server::{Handler, Opened, Opener},
+    upstream::{MarkedHttpsConnector, Tunnel, connect_succeeded, read_connect_answer},
 };
 
-/// Minted leaves are replaced after this long (they live 7 days).
-const REMINT_AFTER: Duration = Duration::from_hours(24);
-/// More cached leaves than this and the cache starts over.
-const MAX_CACHED_CERTS: u64 = 10_000;
+/// How long a client may take to send its `ClientHello` or proxy request.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, thiserror::Error)]
-pub enum TransparentError {
-    #[error("no ClientHello: {0}")]
-    Hello(std::io::Error),
-    #[error(transparent)]
-    Cert(#[from] Arc<CaError>),
-    #[error("TLS handshake with the client failed: {0}")]
-    ClientTls(std::io::Error),
-    #[error("cannot reach the original destination {0}: {1}")]
-    Upstream(SocketAddr, std::io::Error),
-    #[error("spliced connection to {0} failed: {1}")]
-    Splice(SocketAddr, std::io::Error),
-    #[error("serving the terminated connection failed: {0}")]
-    Http(Box<dyn std::error::Error + Send + Sync>),
-}
-
-/// Leaf certificates by host name, minted once per host even under a burst
-/// (concurrent first connections wait for one mint), re-minted a day after
-/// they were made (they live 7 days), at most `MAX_CACHED_CERTS` kept (the
-/// least used go first).
-pub struct CertCache {
-    ca: CertAuthority,
-    configs: Cache<String, Arc<ServerConfig>>,
-    metrics: Arc<Metrics>,
-}
-
-impl CertCache {
-    pub fn new(ca: CertAuthority, metrics: Arc<Metrics>) -> Self {
-        Self {
-            ca,
-            configs: Cache::builder()
-                .max_capacity(MAX_CACHED_CERTS)
-                .time_to_live(REMINT_AFTER)
-                .build(),
-            metrics,
-        }
-    }
-
-    /// The TLS configuration presenting a leaf for `host`.
-    pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, Arc<CaError>> {
-        self.configs.try_get_with_by_ref(host, || self.mint(host))
-    }
-
-    fn mint(&self, host: &str) -> Result<Arc<ServerConfig>, CaError> {
-        let (chain, key) = self.ca.mint(host)?;
-        self.metrics.cert_mints.inc();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
-            .map_err(|e| CaError::ServerConfig(host.to_owned(), e))?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
-    }
-}
-
-/// Most original destinations whose upstream client (and its connection
-/// pool) is kept; the least used go first.
-const MAX_UPSTREAM_CLIENTS: u64 = 1024;
-
-/// One pooled upstream client per original destination, shared by every
-/// client connection to it: a new client connection reuses the agent's
-/// warm TLS connections to the provider instead of opening its own.
-pub struct UpstreamClients {
-    by_dst: Cache<SocketAddr, Forwarder<MarkedHttpsConnector>>,
-}
-
-impl Default for UpstreamClients {
-    fn default() -> Self {
-        Self {
-            by_dst: Cache::builder()
-                .max_capacity(MAX_UPSTREAM_CLIENTS)
-                .time_to_idle(Duration::from_mins(10))
-                .build(),
-        }
-    }
-}
 
 /// Everything the transparent listener needs.
 pub struct Transparent {
@@ -132,12 +61,11 @@ pub struct Transparent {
     pub hosts: HostTable,
     pub certs: CertCache,
     pub pipeline: Arc<Pipeline>,
-    pub upstream_tls: ClientConfig,
-    pub bypass_mark: u32,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
     pub limits: BodyLimits,
     pub upstreams: UpstreamClients,
+    /// The intercepted ports: a tunnel to one of them is expected to carry
+    /// TLS, and its `ClientHello` is read.
+    pub ports: Vec<u16>,
 }
 
 /// The original destination as a socket address.
@@ -167,7 +95,7 @@ fn caller_of(orig: &OrigDst, peer: SocketAddr) -> Caller {
 }
 
 /// One terminated client connection: its provider, caller and upstream.
-struct Terminated {
+pub struct Terminated {
     provider: Arc<Provider>,
     caller: Caller,
     pipeline: Arc<Pipeline>,
@@ -176,7 +104,10 @@ struct Terminated {
 }
 
 impl Terminated {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<LeashBody> {
+    async fn serve(&self, req: Request<Incoming>) -> Response<LeashBody> {
+        if let Some(refused) = hygiene::check(&req) {
+            return refused;
+        }
         // Decoded once, as in the gateway: rules match, the record shows and
         // the provider receives the same path.
         let canonical = path::canonical(req.uri().path());
@@ -207,144 +138,262 @@ impl Terminated {
     }
 }
 
-impl Transparent {
-    /// Accepts redirected connections until `shutdown` turns true.
-    pub async fn serve(
+impl Handler for Terminated {
+    type Body = LeashBody;
+
+    async fn handle(
         self: Arc<Self>,
-        listener: TcpListener,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        loop {
-            tokio::select! {
-                accepted = crate::server::accept(&listener, "transparent") => {
-                    let Some((stream, peer)) = accepted else { continue };
-                    let this = Arc::clone(&self);
-                    tokio::spawn(async move {
-                        if let Err(e) = this.connection(stream, peer).await {
-                            tracing::debug!(%peer, error = %e, "intercepted connection ended with an error");
-                        }
-                    });
-                }
-                _ = shutdown.changed() => return,
+        _peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Response<LeashBody> {
+        super::contain_panics(self.serve(req)).await
+    }
+}
+
+/// A connection on its way: who made it, where it goes, and whether that
+/// is a provider.
+struct Opening {
+    orig: OrigDst,
+    peer: SocketAddr,
+    route: Route,
+    /// A provider address (or a tunnel to a provider): nothing but a
+    /// provider's TLS may pass.
+    target: bool,
+}
+
+impl Opener for Transparent {
+    type Handler = Terminated;
+
+    async fn open(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) -> Opened<Terminated> {
+        let orig = match self.hooks.take(peer) {
+            Ok(orig) => orig,
+            Err(why) => {
+                let refusal = match why {
+                    NoRecord::Missing => Refusal::NoRecord,
+                    NoRecord::Stale => Refusal::StaleRecord,
+                };
+                self.metrics().intercepted("unknown");
+                tracing::warn!(%peer, reason = refusal.as_str(), "connection to the transparent proxy without a kernel record; refused");
+                self.refuse(
+                    refusal,
+                    &peer.to_string(),
+                    &Caller {
+                        addr: Some(peer),
+                        ..Caller::default()
+                    },
+                );
+                return None;
             }
-        }
-    }
-
-    fn metrics(&self) -> &Metrics {
-        self.pipeline.metrics()
-    }
-
-    async fn connection(
-        self: Arc<Self>,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-    ) -> Result<(), TransparentError> {
-        let Some(orig) = self.hooks.lookup(peer.port()) else {
-            // Someone connected to the proxy port directly: nothing to forward to.
-            self.metrics().intercepted("unknown");
-            tracing::warn!(%peer, "connection to the transparent proxy that the kernel hooks did not redirect; closing");
-            return Ok(());
         };
-        let dst = destination(&orig);
-        let (hello, prefix) = peek_client_hello(&mut stream, HELLO_TIMEOUT)
-            .await
-            .map_err(TransparentError::Hello)?;
-        let provider = match &hello {
-            Hello::Tls { sni: Some(name) } => self.hosts.provider(name).map(Arc::clone),
+        let mut opening = Opening {
+            orig,
+            peer,
+            route: Route {
+                dst: destination(&orig),
+                tunnel: None,
+            },
+            target: orig.flags & TARGETED != 0,
+        };
+        if orig.flags & VIA_FORWARD_PROXY != 0
+            && !self.through_proxy(&mut stream, &mut opening).await
+        {
+            return None;
+        }
+        let Ok((hello, prefix)) = peek_client_hello(&mut stream, HELLO_TIMEOUT).await else {
+            if opening.target {
+                self.refuse_opening(&opening, Refusal::BadHello, None);
+            }
+            return None;
+        };
+        let sni = match &hello {
+            Hello::Tls { sni } => sni.clone(),
             _ => None,
         };
-        let Some(provider) = provider else {
-            self.metrics().intercepted("spliced");
-            let sni = match hello {
-                Hello::Tls { sni } => sni,
-                Hello::NotTls => None,
-            };
-            tracing::debug!(%peer, %dst, sni = sni.as_deref().unwrap_or("-"), "splicing");
+        let Some(provider) = sni
+            .as_deref()
+            .and_then(|n| self.hosts.provider(n))
+            .map(Arc::clone)
+        else {
             if let Some(host) = sni.as_deref().filter(|h| shadow::is_provider_like(h)) {
-                self.shadow_ai(host, &orig, peer);
+                self.shadow_ai(host, &opening);
             }
-            return self.splice(stream, &prefix, dst).await;
+            if opening.target {
+                let refusal = match (&hello, &sni) {
+                    (Hello::NotTls, _) => Refusal::NotTls,
+                    (Hello::Malformed, _) => Refusal::BadHello,
+                    (Hello::Tls { .. }, None) => Refusal::NoSni,
+                    (Hello::Tls { .. }, Some(_)) => Refusal::UnknownHost,
+                };
+                self.refuse_opening(&opening, refusal, sni.as_deref());
+                return None;
+            }
+            self.metrics().intercepted("spliced");
+            tracing::debug!(%peer, dst = %opening.route.dst, sni = sni.as_deref().unwrap_or("-"), "splicing");
+            self.splice(&mut stream, &prefix, &opening.route).await;
+            return None;
         };
+        let host = sni.unwrap_or_default();
         self.metrics().intercepted("terminated");
-        let Hello::Tls { sni: Some(host) } = hello else {
-            return Ok(());
+        let config = match self.certs.server_config(&host) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(%host, error = %e, "cannot mint a leaf; closing");
+                return None;
+            }
         };
-        let config = self.certs.server_config(&host)?;
-        let tls = TlsAcceptor::from(config)
+        let tls = match TlsAcceptor::from(config)
             .accept(Prefixed::new(prefix, stream))
             .await
-            .map_err(TransparentError::ClientTls)?;
-        let caller = caller_of(&orig, peer);
-        tracing::debug!(%peer, %dst, %host, pid = caller.pid, exe = caller.exe.as_deref().unwrap_or("-"), "terminating");
+        {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::debug!(%peer, %host, error = %e, "TLS handshake with the client failed");
+                return None;
+            }
+        };
+        let caller = caller_of(&opening.orig, peer);
+        tracing::debug!(%peer, dst = %opening.route.dst, %host, pid = caller.pid, exe = caller.exe.as_deref().unwrap_or("-"), "terminating");
         let conn = Arc::new(Terminated {
             provider,
             caller,
             pipeline: Arc::clone(&self.pipeline),
-            forwarder: self.forwarder(dst),
+            forwarder: self.upstreams.forwarder(&opening.route),
             limits: self.limits,
         });
-        let service = service_fn(move |req| {
-            let conn = Arc::clone(&conn);
-            async move { Ok::<_, Infallible>(super::contain_panics(conn.handle(req)).await) }
-        });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
-        builder
-            .serve_connection(TokioIo::new(tls), service)
-            .await
-            .map_err(TransparentError::Http)
+        Some((Box::new(tls), conn))
+    }
+}
+
+impl Transparent {
+    fn metrics(&self) -> &Metrics {
+        self.pipeline.metrics()
     }
 
-    /// The shared upstream client for `dst` (made on first use).
-    fn forwarder(&self, dst: SocketAddr) -> Forwarder<MarkedHttpsConnector> {
-        self.upstreams.by_dst.get_with(dst, || {
-            let connector = MarkedConnector {
-                dst,
-                mark: self.bypass_mark,
-                timeout: self.connect_timeout,
+    /// Whether `host` (a name or an address) is a provider's.
+    fn is_provider(&self, host: &str) -> bool {
+        self.hosts.provider(host).is_some()
+            || host
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| self.hooks.is_target(ip))
+    }
+
+    /// Reads what the client asked its forward proxy for and sets the
+    /// route; `false` when the connection was dealt with here.
+    async fn through_proxy(&self, stream: &mut TcpStream, opening: &mut Opening) -> bool {
+        let Ok((request, head)) = forward::read_request(stream, HELLO_TIMEOUT).await else {
+            return false;
+        };
+        match request {
+            ProxyRequest::Connect { host, port, auth } if self.is_provider(&host) => {
+                // Leash is the tunnel's far end; the real one is opened by
+                // the upstream connector, with the client's credential.
+                if forward::established(stream).await.is_err() {
+                    return false;
+                }
+                let authority = match host.parse::<Ipv6Addr>() {
+                    Ok(v6) => format!("[{v6}]:{port}"),
+                    Err(_) => format!("{host}:{port}"),
+                };
+                opening.target = true;
+                opening.route.tunnel = Some(Tunnel { authority, auth });
+                true
+            }
+            ProxyRequest::Connect { port, .. } if self.ports.contains(&port) => {
+                self.relay_tunnel(stream, &head, opening).await;
+                false
+            }
+            ProxyRequest::Plain { host } if self.is_provider(&host) => {
+                let _ = forward::refuse_plain(stream).await;
+                self.refuse_opening(opening, Refusal::PlainHttp, Some(&host));
+                false
+            }
+            _ => {
+                tracing::debug!(peer = %opening.peer, proxy = %opening.route.dst, "relaying a proxy request");
+                self.splice(stream, &head, &opening.route).await;
+                false
+            }
+        }
+    }
+
+    /// A `CONNECT` to another host on an intercepted port: relayed to the
+    /// real proxy, its answer passed back, then the `ClientHello` read: a
+    /// provider's server name inside a tunnel to another host is refused
+    /// (it would reach the provider uninspected if that host were an alias
+    /// of it); anything else goes on byte for byte.
+    async fn relay_tunnel(&self, client: &mut TcpStream, head: &[u8], opening: &Opening) {
+        let result = async {
+            let direct = Route {
+                dst: opening.route.dst,
+                tunnel: None,
             };
-            Forwarder::new(
-                marked_client(connector, self.upstream_tls.clone()),
-                self.response_timeout,
-            )
-        })
+            let mut upstream = self.upstreams.connector(&direct).connect_raw().await?;
+            upstream.write_all(head).await?;
+            let answer = read_connect_answer(&mut upstream).await?;
+            client.write_all(&answer).await?;
+            let mut prefix = Bytes::new();
+            if connect_succeeded(&answer) {
+                let (hello, read) = peek_client_hello(client, HELLO_TIMEOUT).await?;
+                if let Hello::Tls { sni: Some(name) } = &hello
+                    && self.hosts.provider(name).is_some()
+                {
+                    self.refuse_opening(opening, Refusal::ProviderInTunnel, Some(name));
+                    return Ok(());
+                }
+                prefix = read;
+            }
+            upstream.write_all(&prefix).await?;
+            tokio::io::copy_bidirectional(client, &mut upstream).await?;
+            Ok::<_, std::io::Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(proxy = %opening.route.dst, error = %e, "relayed tunnel ended with an error");
+        }
+    }
+
+    /// Refuses the connection `opening` describes: counted, logged and
+    /// audited with its caller.
+    fn refuse_opening(&self, opening: &Opening, refusal: Refusal, name: Option<&str>) {
+        let to = match name {
+            Some(n) => format!("{n} ({})", opening.route.dst),
+            None => opening.route.dst.to_string(),
+        };
+        let caller = caller_of(&opening.orig, opening.peer);
+        tracing::warn!(peer = %opening.peer, %to, reason = refusal.as_str(), pid = caller.pid, exe = caller.exe.as_deref().unwrap_or("-"), "connection to a provider refused");
+        self.refuse(refusal, &to, &caller);
+    }
+
+    fn refuse(&self, refusal: Refusal, to: &str, caller: &Caller) {
+        self.metrics().refused(refusal.as_str(), 1);
+        let record = shadow::refused(refusal, to, caller, self.pipeline.host());
+        self.pipeline.audit_event(record);
     }
 
     /// Records a connection to an LLM endpoint that is not intercepted.
-    fn shadow_ai(&self, host: &str, orig: &OrigDst, peer: SocketAddr) {
+    fn shadow_ai(&self, host: &str, opening: &Opening) {
         self.metrics().shadow_ai(host);
-        let caller = caller_of(orig, peer);
+        let caller = caller_of(&opening.orig, opening.peer);
         tracing::info!(%host, pid = caller.pid, exe = caller.exe.as_deref().unwrap_or("-"), "shadow AI: connection to an LLM endpoint that is not intercepted");
         let record = shadow::record(host, &caller, self.pipeline.host());
         self.pipeline.audit_event(record);
     }
 
-    async fn splice(
-        &self,
-        mut client: TcpStream,
-        prefix: &[u8],
-        dst: SocketAddr,
-    ) -> Result<(), TransparentError> {
-        let connector = MarkedConnector {
-            dst,
-            mark: self.bypass_mark,
-            timeout: self.connect_timeout,
+    /// Relays `client` to the route's destination (the original one, or
+    /// the real forward proxy), after the bytes already read.
+    async fn splice(&self, client: &mut TcpStream, head: &[u8], route: &Route) {
+        let direct = Route {
+            dst: route.dst,
+            tunnel: None,
         };
-        let mut upstream = connector
-            .connect_raw()
-            .await
-            .map_err(|e| TransparentError::Upstream(dst, e))?;
-        upstream
-            .write_all(prefix)
-            .await
-            .map_err(|e| TransparentError::Splice(dst, e))?;
-        tokio::io::copy_bidirectional(&mut client, &mut upstream)
-            .await
-            .map_err(|e| TransparentError::Splice(dst, e))?;
-        Ok(())
+        let result = async {
+            let mut upstream = self.upstreams.connector(&direct).connect_raw().await?;
+            upstream.write_all(head).await?;
+            tokio::io::copy_bidirectional(client, &mut upstream).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(dst = %route.dst, error = %e, "spliced connection ended with an error");
+        }
     }
 }
 
