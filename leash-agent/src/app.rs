@@ -440,6 +440,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
             Arc::clone(&hooks),
             host_table.hosts().to_vec(),
             config.intercept.refresh,
+            Arc::clone(&metrics),
         ))
     });
     let proxy = Arc::new(Transparent {
@@ -540,6 +541,20 @@ fn interception_state(
                 .collect::<std::collections::BTreeMap<_, _>>()
         );
         v["hooks"] = serde_json::json!({"attached": true, "pinned": hooks.pinned()});
+        // Setups the kernel refused to govern, per cgroup (containers
+        // without `namespace_listen`, QUIC).
+        let root = crate::intercept::cgroup::v2_root();
+        v["refused_in_kernel"] = hooks
+            .refusals()
+            .iter()
+            .filter_map(|(key, count)| {
+                let reason = crate::proxy::refusals::kernel_refusal(key)?;
+                let cgroup = root.as_deref().and_then(|r| {
+                    crate::proxy::refusals::cgroup_path(r, hooks.cgroup(), key.cgroup_id)
+                });
+                Some(serde_json::json!({"cgroup": cgroup, "reason": reason.as_str(), "count": count}))
+            })
+            .collect();
         v
     })
 }

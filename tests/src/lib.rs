@@ -17,3 +17,4 @@ pub mod mock;
 pub mod pdf;
 pub mod results;
 pub mod tls;
+pub mod world;

@@ -14,173 +14,20 @@
 )]
 
 use std::{
-    fmt::Write as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
     time::{Duration, Instant},
 };
 
 use leash_tests::{
     dns::FakeDns,
-    harness::{
-        Agent, Cgroup, assert_success, canary, free_port, python, python_dir, require_root, run,
-    },
+    harness::{Agent, Cgroup, assert_success, canary, free_port, python, require_root, run},
     mock::{MockProvider, text_of},
     tls::{Identity, TestCa},
+    world::{CHAT, Host, World},
 };
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
-
-/// A fake host: name, address, and whether the agent intercepts it.
-struct Host(&'static str, &'static str, bool);
-
-/// One test world: fake hosts with their public CA, a cgroup, the agent.
-struct World {
-    agent: Agent,
-    cgroup: Cgroup,
-    hosts_file: PathBuf,
-    public_ca: PathBuf,
-    mocks: Vec<MockProvider>,
-}
-
-impl World {
-    fn new(tag: &str, hosts: &[Host], extra_config: &str) -> Self {
-        Self::with_identities(tag, hosts, extra_config, |ca, h| ca.identity(&[h.0]))
-    }
-
-    /// As [`World::new`], with each fake host's certificate made by
-    /// `identity` (from the public CA, or not).
-    fn with_identities(
-        tag: &str,
-        hosts: &[Host],
-        extra_config: &str,
-        identity: impl Fn(&TestCa, &Host) -> Identity,
-    ) -> Self {
-        let ca = TestCa::new("fake public CA");
-        let dir = tempfile::tempdir().unwrap();
-        let public_ca = dir.path().join("public-ca.pem");
-        ca.write_cert(&public_ca);
-        let mocks = hosts
-            .iter()
-            .map(|h| {
-                MockProvider::start_tls(
-                    std::net::SocketAddr::new(h.1.parse().unwrap(), 443),
-                    &identity(&ca, h),
-                )
-            })
-            .collect();
-        let hosts_file = dir.path().join("hosts");
-        let mut text = String::from("127.0.0.1 localhost\n");
-        for h in hosts {
-            let _ = writeln!(text, "{} {}", h.1, h.0);
-        }
-        std::fs::write(&hosts_file, text).unwrap();
-        let cgroup = Cgroup::new(tag);
-        let mut config = format!(
-            "upstream_tls: {{ extra_roots: [\"{}\"] }}\nintercept:\n  cgroup: \"{}\"\n  resolve: false\n  proxy_port: {}\n  hosts:\n",
-            public_ca.display(),
-            cgroup.path.display(),
-            free_port()
-        );
-        for h in hosts.iter().filter(|h| h.2) {
-            let _ = writeln!(
-                config,
-                "    - {{ name: {}, addresses: [\"{}\"] }}",
-                h.0, h.1
-            );
-        }
-        config.push_str(extra_config);
-        let agent = Agent::start_in(dir, &config, Some(&cgroup));
-        Self {
-            agent,
-            cgroup,
-            hosts_file,
-            public_ca,
-            mocks,
-        }
-    }
-
-    /// curl inside the cgroup, trusting `cacert` only.
-    fn curl(&self, cacert: &Path, url: &str, extra: &[&str]) -> Output {
-        let mut args = vec![
-            "-sS",
-            "--max-time",
-            "10",
-            "--cacert",
-            cacert.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        args.push(url);
-        run(&mut self.cgroup.command(&self.hosts_file, "curl", &args))
-    }
-
-    fn chat(&self, cacert: &Path, key: &str) -> Output {
-        let auth = format!("authorization: Bearer {key}");
-        self.curl(
-            cacert,
-            "https://api.openai.com/v1/chat/completions",
-            &[
-                "-H",
-                &auth,
-                "-H",
-                "content-type: application/json",
-                "-d",
-                CHAT,
-            ],
-        )
-    }
-}
-
-impl World {
-    /// `sdk_check.py CASE BASE sk-test` inside the cgroup, trusting only the
-    /// organisation CA, with `LEASH_TEST_PROMPT` and `LEASH_TEST_HEADERS`.
-    fn sdk(&self, case: &str, base: &str, prompt: &str, headers: &str) -> Output {
-        self.sdk_with(case, base, prompt, headers, &["sk-test"])
-    }
-
-    /// As [`World::sdk`], with the key (and an expected text) in `rest`.
-    fn sdk_with(
-        &self,
-        case: &str,
-        base: &str,
-        prompt: &str,
-        headers: &str,
-        rest: &[&str],
-    ) -> Output {
-        let py = python();
-        let script = python_dir().join("sdk_check.py");
-        let ca = self.agent.ca_pem();
-        let mut cmd = self.cgroup.command(
-            &self.hosts_file,
-            "env",
-            &[
-                &format!("SSL_CERT_FILE={}", ca.display()),
-                &format!("LEASH_TEST_PROMPT={prompt}"),
-                &format!("LEASH_TEST_HEADERS={headers}"),
-                py.to_str().unwrap(),
-                script.to_str().unwrap(),
-                case,
-                base,
-            ]
-            .into_iter()
-            .chain(rest.iter().copied())
-            .collect::<Vec<_>>(),
-        );
-        for var in [
-            "OPENAI_API_KEY",
-            "ANTHROPIC_API_KEY",
-            "GOOGLE_API_KEY",
-            "GEMINI_API_KEY",
-            "HTTPS_PROXY",
-            "https_proxy",
-        ] {
-            cmd.env_remove(var);
-        }
-        run(&mut cmd)
-    }
-}
 
 fn assert_chat_ok(out: &Output, agent: &Agent) {
     assert_success(

@@ -365,6 +365,8 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
         ("chromium", "chromium"),
         ("node", "nodejs"),
         ("npm", "npm"),
+        ("tinyproxy", "tinyproxy"),
+        ("ip", "iproute2"),
     ])?;
     ensure_postgres_server()?;
     setup()?;

@@ -4,7 +4,7 @@
 //! `cargo xtask test` rewrites the table between the `figures` markers
 //! after a full run; `cargo xtask security-report` does it alone.
 
-use std::path::Path;
+use std::{fmt::Write as _, path::Path};
 
 use anyhow::{Context as _, Result};
 use serde_json::Value;
@@ -176,20 +176,68 @@ fn fuzz_figure() -> Option<String> {
     ))
 }
 
-/// Rewrites the figures table of SECURITY.md from the last test run.
+const ESCAPES_BEGIN: &str =
+    "<!-- escapes:begin (written by `cargo xtask test` from target/test-results; do not edit) -->";
+const ESCAPES_END: &str = "<!-- escapes:end -->";
+
+/// The escape suite's table: one row per `escape_*.json` the last run
+/// wrote (`tests/tests/escapes.rs`).
+fn escapes_table(dir: &Path) -> String {
+    let mut rows: Vec<(String, Value)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name
+                .strip_prefix("escape_")?
+                .strip_suffix(".json")?
+                .to_owned();
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
+            Some((stem, v))
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut table = String::from(
+        "| escape | result | control (the same without the attack) | test |\n| --- | --- | --- | --- |\n",
+    );
+    if rows.is_empty() {
+        table.push_str("| not measured in the last run | | | |\n");
+    }
+    for (_, v) in rows {
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} | `escapes.rs` `{}` |",
+            v["escape"].as_str().unwrap_or("?"),
+            v["result"].as_str().unwrap_or("?"),
+            v["control"].as_str().unwrap_or("?"),
+            v["name"].as_str().unwrap_or("?"),
+        );
+    }
+    table
+}
+
+/// `text` with what lies between `begin` and `end` replaced by `body`.
+fn between(text: &str, begin: &str, end: &str, body: &str) -> Result<String> {
+    let (Some(a), Some(b)) = (text.find(begin), text.find(end)) else {
+        anyhow::bail!("SECURITY.md has no `{begin}` … `{end}` markers");
+    };
+    Ok(format!("{}{begin}\n{body}{}", &text[..a], &text[b..]))
+}
+
+/// Rewrites the figures and escapes tables of SECURITY.md from the last
+/// test run.
 pub fn render() -> Result<()> {
     let dir = target_dir().join("test-results");
     let path = root().join("SECURITY.md");
     let text = std::fs::read_to_string(&path).context("reading SECURITY.md")?;
-    let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
-        anyhow::bail!("SECURITY.md has no figures markers");
-    };
     let mut table = String::from("| what | figure | test |\n| --- | --- | --- |\n");
     for r in rows(&dir) {
         table.push_str(&r);
         table.push('\n');
     }
-    let new = format!("{}{BEGIN}\n{table}{}", &text[..a], &text[b..]);
+    let text = between(&text, BEGIN, END, &table)?;
+    let new = between(&text, ESCAPES_BEGIN, ESCAPES_END, &escapes_table(&dir))?;
     std::fs::write(&path, new).context("writing SECURITY.md")?;
     eprintln!(
         "xtask: SECURITY.md figures rewritten from {}",

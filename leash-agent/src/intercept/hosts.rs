@@ -68,7 +68,15 @@ pub fn add_static(
 }
 
 /// Resolves every host now and then every `refresh`, adding new addresses.
-pub async fn keep_resolved(hooks: Arc<KernelHooks>, hosts: Vec<InterceptHost>, refresh: Duration) {
+/// An address that cannot be added (the target map is full) is an error
+/// in the log and in `leash_intercept_targets_full_total`: connections to
+/// it would go direct.
+pub async fn keep_resolved(
+    hooks: Arc<KernelHooks>,
+    hosts: Vec<InterceptHost>,
+    refresh: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     loop {
         for host in &hosts {
             match tokio::net::lookup_host((host.name.as_str(), 443)).await {
@@ -76,7 +84,8 @@ pub async fn keep_resolved(hooks: Arc<KernelHooks>, hosts: Vec<InterceptHost>, r
                     for addr in addrs {
                         let ip: IpAddr = addr.ip();
                         if let Err(e) = hooks.add_target(ip) {
-                            tracing::warn!(host = %host.name, %ip, error = %e, "cannot add target address");
+                            metrics.targets_full.inc();
+                            tracing::error!(host = %host.name, %ip, error = %e, "cannot add a provider address to the kernel's targets: connections to it are NOT intercepted");
                         }
                     }
                 }

@@ -25,7 +25,8 @@ const EVENT_EVERY: Duration = Duration::from_mins(1);
 /// Cgroups looked at when naming one from its id.
 const MAX_CGROUPS_WALKED: usize = 10_000;
 
-fn reason(key: &RefusalKey) -> Option<Refusal> {
+/// What a kernel refusal counter counts.
+pub fn kernel_refusal(key: &RefusalKey) -> Option<Refusal> {
     match key.reason {
         refusal::UDP => Some(Refusal::Quic),
         refusal::NETNS => Some(Refusal::OtherNamespace),
@@ -67,7 +68,7 @@ pub async fn watch(hooks: Arc<KernelHooks>, pipeline: Arc<Pipeline>) {
         tick.tick().await;
         for (key, count) in hooks.refusals() {
             let before = counted.insert(key, count).unwrap_or(0);
-            let Some(refusal) = reason(&key) else {
+            let Some(refusal) = kernel_refusal(&key) else {
                 continue;
             };
             if count <= before {
