@@ -1,5 +1,8 @@
 //! The admin listener: `GET /healthz`, `GET /metrics` (Prometheus text)
-//! and, when given one, the web console (`/`, `/console`, `/api/*`).
+//! and, when given one, the web console (`/`, `/console`, `/api/*`). It
+//! runs on a runtime of its own, in its own thread at a lower CPU priority
+//! (`serve_isolated`): looking at the console never takes a worker that
+//! serves LLM traffic.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -14,8 +17,53 @@ use crate::{
     console::Console,
     field::{self, FieldError, invalid},
     metrics::Metrics,
-    server::Handler,
+    server::{self, Handler, ServeOptions},
 };
+
+/// The admin thread's nice value: the data path comes first.
+const ADMIN_NICE: i32 = 10;
+/// Threads the admin runtime may use for reading the audit trail.
+const ADMIN_READERS: usize = 2;
+
+/// Serves `admin` on `listener` on a runtime of its own (one thread, plus
+/// at most `ADMIN_READERS` for blocking reads), niced, until `stop`. The
+/// returned task ends when that runtime has drained.
+pub fn serve_isolated(
+    listener: tokio::net::TcpListener,
+    admin: Arc<Admin>,
+    options: ServeOptions,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = listener.into_std()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("leash-admin".to_owned())
+        .spawn(move || {
+            // Per thread on Linux; the reader threads this one starts
+            // inherit it.
+            if let Err(e) = rustix::process::setpriority_process(None, ADMIN_NICE) {
+                tracing::debug!(error = %e, "cannot lower the admin thread's priority");
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(ADMIN_READERS)
+                .thread_name("leash-admin-read")
+                .build();
+            match runtime {
+                Ok(rt) => rt.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => server::serve(l, None, admin, options, stop).await,
+                        Err(e) => tracing::error!(error = %e, "admin listener lost"),
+                    }
+                }),
+                Err(e) => tracing::error!(error = %e, "cannot start the admin runtime"),
+            }
+            let _ = done_tx.send(());
+        })?;
+    Ok(tokio::spawn(async move {
+        let _ = done_rx.await;
+    }))
+}
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 

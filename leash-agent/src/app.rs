@@ -41,6 +41,8 @@ pub enum RunError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the admin runtime: {0}")]
+    AdminRuntime(std::io::Error),
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error(transparent)]
@@ -241,7 +243,7 @@ pub async fn run_gateway(
         metrics,
         console,
         stop_rx,
-    );
+    )?;
     tracing::info!(
         gateway = %config.gateway.listen,
         tls = config.gateway.tls.is_some(),
@@ -467,7 +469,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     if config.gateway.explicit {
         tasks.push(spawn_gateway(&config, Arc::clone(&pipeline), stop_rx.clone()).await?);
     }
-    tasks.push(spawn_admin(admin_listener, metrics, console, stop_rx));
+    tasks.push(spawn_admin(admin_listener, metrics, console, stop_rx)?);
     tracing::info!(
         cgroup = %cgroup_dir.display(),
         proxy_port = config.intercept.proxy_port,
@@ -631,18 +633,18 @@ fn spawn_admin(
     metrics: Arc<Metrics>,
     console: Option<crate::console::Console>,
     stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
     let options = ServeOptions {
         name: "admin",
         header_read_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(1),
         limits: crate::server::ConnLimits::default(),
     };
-    tokio::spawn(server::serve(
+    crate::admin::serve_isolated(
         listener,
-        None,
         Arc::new(Admin::new(metrics, console)),
         options,
         stop,
-    ))
+    )
+    .map_err(RunError::AdminRuntime)
 }

@@ -6,6 +6,8 @@
 //!   before it is written (a slow disk).
 //! - `LEASH_FAULT_AUDIT_WRITE_FAIL=3,4`: audit batches 3 and 4 fail half
 //!   written (a torn write, as a full disk or an I/O error leaves it).
+//! - `LEASH_FAULT_CONSOLE_DELAY_MS=N`: each heavy console query holds its
+//!   place N ms before it reads (to fill the concurrency limit).
 //! - `LEASH_TEST_PANIC=1`: a request carrying `x-leash-test-panic` panics in
 //!   the pipeline with every header in the message (which the panic hook
 //!   must keep out of the logs).
@@ -24,6 +26,20 @@ pub fn audit_write_delay() -> Option<Duration> {
     #[cfg(not(feature = "test-hooks"))]
     {
         None
+    }
+}
+
+/// Waits as `LEASH_FAULT_CONSOLE_DELAY_MS` says, before a heavy console
+/// query reads.
+pub async fn console_query_delay() {
+    #[cfg(feature = "test-hooks")]
+    {
+        if let Some(ms) = std::env::var("LEASH_FAULT_CONSOLE_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
     }
 }
 

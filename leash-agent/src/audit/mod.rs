@@ -5,6 +5,7 @@
 
 pub mod chain;
 pub mod config;
+pub mod index;
 pub mod read;
 pub mod spool;
 mod writer;

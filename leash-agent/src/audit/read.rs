@@ -9,21 +9,49 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use super::chain;
 
 /// Every complete record of `dir`, in chain order (torn tails skipped).
+/// Holds the whole trail in memory: for tests and small trails; queries
+/// stream with [`for_each`].
 pub fn records(dir: &Path) -> io::Result<Vec<Value>> {
     let mut out = Vec::new();
+    for_each(dir, |line| {
+        if let Ok(v) = serde_json::from_slice(line) {
+            out.push(v);
+        }
+        true
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` on each complete record line of `dir`, in chain order, one
+/// line in memory at a time; `f` returns `false` to stop.
+pub fn for_each(dir: &Path, mut f: impl FnMut(&[u8]) -> bool) -> io::Result<()> {
+    use std::io::BufRead as _;
+    let mut line = Vec::with_capacity(4096);
     for file in chain::segments(dir)? {
-        let data = std::fs::read(&file)?;
-        let complete = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        for line in data[..complete]
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-        {
-            if let Ok(v) = serde_json::from_slice(line) {
-                out.push(v);
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(&file)?);
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 || line.last() != Some(&b'\n') {
+                break;
+            }
+            if n > 1 && !f(&line[..n - 1]) {
+                return Ok(());
             }
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Which policy outcomes the console lists as violations.
+pub struct Violation;
+
+impl Violation {
+    /// A block, redaction, alert... (anything but allow, annotate and
+    /// transform), or any record that raised an alert.
+    pub fn is(action: &str, alerted: bool) -> bool {
+        alerted || !matches!(action, "allow" | "annotate" | "transform")
+    }
 }
 
 /// `--since`: a duration back from now (`30m`, `24h`, `7d`) or an RFC 3339
@@ -77,7 +105,7 @@ impl Filter {
 }
 
 /// Totals for one group of records.
-#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
     pub requests: u64,
     pub input_tokens: u64,
@@ -90,14 +118,33 @@ pub struct Totals {
 impl Totals {
     /// Counts one record in.
     pub fn add(&mut self, r: &Value) {
+        self.add_parts(
+            r["usage"]["input_tokens"].as_u64().unwrap_or(0),
+            r["usage"]["output_tokens"].as_u64().unwrap_or(0),
+            r["cost_usd"].as_f64(),
+            r["usage"].is_object(),
+        );
+    }
+
+    /// Counts one request in from its parts.
+    pub fn add_parts(&mut self, input: u64, output: u64, cost: Option<f64>, has_usage: bool) {
         self.requests += 1;
-        self.input_tokens += r["usage"]["input_tokens"].as_u64().unwrap_or(0);
-        self.output_tokens += r["usage"]["output_tokens"].as_u64().unwrap_or(0);
-        match r["cost_usd"].as_f64() {
+        self.input_tokens += input;
+        self.output_tokens += output;
+        match cost {
             Some(c) => self.cost_usd += c,
-            None if r["usage"].is_object() => self.unpriced += 1,
+            None if has_usage => self.unpriced += 1,
             None => {}
         }
+    }
+
+    /// Adds another group's totals.
+    pub fn merge(&mut self, other: &Self) {
+        self.requests += other.requests;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cost_usd += other.cost_usd;
+        self.unpriced += other.unpriced;
     }
 }
 
@@ -116,10 +163,10 @@ pub fn sum_grouped<'a, N: Into<String>>(
     groups
 }
 
-/// Sums records by the value at `key` (`team`, `provider`, `model`,
-/// `user`, `exe`, `host`; `rule`: each policy rule that matched).
-pub fn sum_by<'a>(records: impl Iterator<Item = &'a Value>, key: &str) -> BTreeMap<String, Totals> {
-    sum_grouped(records, |r| match key {
+/// The groups `key` puts a record in (`team`, `provider`, `model`, `user`,
+/// `exe`, `host`; `rule`: each policy rule that matched).
+pub fn group_names<'a>(r: &'a Value, key: &str) -> Vec<&'a str> {
+    match key {
         "team" | "user" | "exe" => vec![r["caller"][key].as_str().unwrap_or("-")],
         "rule" => r["policy"]["rules"]
             .as_array()
@@ -128,7 +175,12 @@ pub fn sum_by<'a>(records: impl Iterator<Item = &'a Value>, key: &str) -> BTreeM
             .filter_map(Value::as_str)
             .collect(),
         other => vec![r[other].as_str().unwrap_or("-")],
-    })
+    }
+}
+
+/// Sums records by the value at `key` (see [`group_names`]).
+pub fn sum_by<'a>(records: impl Iterator<Item = &'a Value>, key: &str) -> BTreeMap<String, Totals> {
+    sum_grouped(records, |r| group_names(r, key))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `leash audit`: verify the hash chain, tail the trail, select and sum
 //! records (locally or in the fleet's store).
 
-use std::path::PathBuf;
+use std::{io::Write as _, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -83,12 +83,19 @@ pub enum AuditCommand {
         #[command(flatten)]
         dir: AuditDir,
     },
+    /// Rebuild the audit index (per-segment summaries the console reads)
+    /// from the segments.
+    Reindex {
+        #[command(flatten)]
+        dir: AuditDir,
+    },
 }
 
 pub fn command(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::Verify { dir } => audit_verify(&dir.resolve()?),
         AuditCommand::Tail { lines, follow, dir } => audit_tail(&dir.resolve()?, lines, follow),
+        AuditCommand::Reindex { dir } => audit_reindex(&dir.resolve()?),
         AuditCommand::Query {
             since,
             provider,
@@ -165,14 +172,13 @@ fn audit_verify(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn audit_tail(dir: &std::path::Path, lines: usize, follow: bool) -> anyhow::Result<()> {
-    use crate::audit::read;
-    let records = read::records(dir)?;
-    let mut last = 0;
-    for r in records.iter().skip(records.len().saturating_sub(lines)) {
+    use crate::audit::index;
+    // The newest records, read backwards: not the whole trail.
+    let (mut newest, _) = index::newest(dir, |_| true, lines.max(1), |_| false, u64::MAX)?;
+    newest.reverse();
+    let mut last = newest.last().and_then(|r| r["seq"].as_u64()).unwrap_or(0);
+    for r in newest.iter().skip(newest.len().saturating_sub(lines)) {
         println!("{r}");
-    }
-    if let Some(r) = records.last() {
-        last = r["seq"].as_u64().unwrap_or(0);
     }
     if !follow {
         return Ok(());
@@ -180,12 +186,18 @@ fn audit_tail(dir: &std::path::Path, lines: usize, follow: bool) -> anyhow::Resu
     loop {
         std::thread::sleep(std::time::Duration::from_millis(500));
         let seen = last;
-        for r in read::records(dir)?
-            .iter()
-            .filter(|r| r["seq"].as_u64().unwrap_or(0) > seen)
-        {
-            println!("{r}");
+        // Read back only to what was printed.
+        let (mut fresh, _) = index::newest(
+            dir,
+            |_| true,
+            usize::MAX,
+            |r| r["seq"].as_u64().unwrap_or(0) <= seen,
+            u64::MAX,
+        )?;
+        fresh.reverse();
+        for r in fresh {
             last = r["seq"].as_u64().unwrap_or(last);
+            println!("{r}");
         }
     }
 }
@@ -214,7 +226,7 @@ fn fleet_query(
             if json {
                 println!("{line}");
             } else {
-                print_record(&serde_json::from_str(&line)?);
+                print_record(&mut std::io::stdout(), &serde_json::from_str(&line)?)?;
             }
         }
         Ok(())
@@ -251,8 +263,9 @@ fn print_sums(
     Ok(())
 }
 
-fn print_record(r: &serde_json::Value) {
-    println!(
+fn print_record(out: &mut impl std::io::Write, r: &serde_json::Value) -> std::io::Result<()> {
+    writeln!(
+        out,
         "{} {:<12} {:<10} {:<28} {:>4} in={:<7} out={:<7} cost={:<10} team={}",
         r["ts"].as_str().unwrap_or("-"),
         r["host"].as_str().unwrap_or("-"),
@@ -267,7 +280,7 @@ fn print_record(r: &serde_json::Value) {
             .as_f64()
             .map_or_else(|| "-".to_owned(), |c| format!("{c:.6}")),
         r["caller"]["team"].as_str().unwrap_or("-"),
-    );
+    )
 }
 
 fn audit_query(
@@ -277,19 +290,61 @@ fn audit_query(
     json: bool,
 ) -> anyhow::Result<()> {
     use crate::audit::read;
-    let records = read::records(dir)?;
-    let selected = records.iter().filter(|r| filter.matches(r));
-    match sum_by {
-        Some(key) => print_sums(&key, &read::sum_by(selected, &key), json)?,
-        None => {
-            for r in selected {
-                if json {
-                    println!("{r}");
-                } else {
-                    print_record(r);
+    // One record in memory at a time, whatever the trail's size.
+    let mut sums: std::collections::BTreeMap<String, read::Totals> =
+        std::collections::BTreeMap::new();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut failed = None;
+    read::for_each(dir, |line| {
+        let Ok(r) = serde_json::from_slice::<serde_json::Value>(line) else {
+            return true;
+        };
+        if !filter.matches(&r) {
+            return true;
+        }
+        let written = match &sum_by {
+            Some(key) => {
+                for name in read::group_names(&r, key) {
+                    sums.entry(name.to_owned()).or_default().add(&r);
                 }
+                Ok(())
             }
+            None if json => out.write_all(line).and_then(|()| out.write_all(b"\n")),
+            None => print_record(&mut out, &r),
+        };
+        if let Err(e) = written {
+            failed = Some(e);
+            return false;
+        }
+        true
+    })?;
+    if let Some(e) = failed {
+        // A closed pipe (`| head`) ends the output, not the command.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e.into());
         }
     }
+    out.flush()?;
+    drop(out);
+    if let Some(key) = sum_by {
+        print_sums(&key, &sums, json)?;
+    }
+    Ok(())
+}
+
+/// `leash audit reindex`: the per-segment summaries computed again from
+/// the segments.
+fn audit_reindex(dir: &std::path::Path) -> anyhow::Result<()> {
+    let index = crate::audit::index::Index::new(dir);
+    let s = index.rebuild()?;
+    let t = s.total();
+    println!(
+        "reindexed {}: {} records ({} requests, {} violations), cost {:.6} USD",
+        dir.display(),
+        s.records,
+        t.requests,
+        s.violations,
+        t.cost_usd
+    );
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! console`; only under the host names the listener answers to.
 
 pub mod auth;
+mod queries;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -15,11 +16,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::{
-    audit::read::{self, Filter},
-    policy::PolicyHandle,
-    provider::Providers,
-};
+use crate::{policy::PolicyHandle, provider::Providers};
 
 const INDEX: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
@@ -83,6 +80,11 @@ pub struct Console {
     /// `admin.allow_policy_edit`: the policy file may be replaced.
     policy_edit: bool,
     budgets: Vec<crate::pipeline::budget::BudgetConfig>,
+    /// This host's audit index (`Source::Dir`).
+    index: Option<Arc<crate::audit::index::Index>>,
+    /// Heavy queries running at once (records, spend, violations,
+    /// interception); past it, 429.
+    queries: Arc<tokio::sync::Semaphore>,
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {
@@ -125,7 +127,13 @@ impl Console {
         interception: Option<Interception>,
         auth: auth::Auth,
     ) -> Self {
+        let index = match &source {
+            Source::Dir(dir) => Some(Arc::new(crate::audit::index::Index::new(dir))),
+            Source::Fleet(_) => None,
+        };
         Self {
+            index,
+            queries: Arc::new(tokio::sync::Semaphore::new(queries::MAX_CONCURRENT)),
             source,
             policy,
             providers,
@@ -266,6 +274,22 @@ impl Console {
         if let Err(denied) = self.authorized(headers, authority, changes) {
             return denied;
         }
+        let heavy = matches!(
+            path,
+            "/api/records" | "/api/spend" | "/api/violations" | "/api/interception"
+        );
+        let _permit = if heavy {
+            match Arc::clone(&self.queries).try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => return queries::busy(),
+            }
+        } else {
+            None
+        };
+        if heavy {
+            tracing::debug!(path, "console query holds a slot");
+            crate::faults::console_query_delay().await;
+        }
         match (method.as_str(), path) {
             ("POST", "/api/login-code") => Answer::json(
                 StatusCode::OK,
@@ -297,189 +321,6 @@ impl Console {
             }
             _ => Answer::error(StatusCode::NOT_FOUND, "not found"),
         }
-    }
-
-    /// The shadow-AI inventory: unlisted LLM hosts seen, by host, with the
-    /// processes that called them.
-    async fn shadow_ai(&self) -> Value {
-        let Ok(records) = self.all_records().await else {
-            return Value::Null;
-        };
-        let mut hosts = std::collections::BTreeMap::<String, Value>::new();
-        for r in records.iter().filter(|r| r["event"] == "shadow_ai") {
-            // A shadow-AI event names the host it saw as its endpoint.
-            let host = r["endpoint"].as_str().unwrap_or("-").to_owned();
-            let entry = hosts
-                .entry(host)
-                .or_insert_with(|| json!({"connections": 0, "callers": [], "last": null}));
-            entry["connections"] = json!(entry["connections"].as_u64().unwrap_or(0) + 1);
-            entry["last"] = r["ts"].clone();
-            let exe = r["caller"]["exe"].clone();
-            if let Some(callers) = entry["callers"].as_array_mut()
-                && !exe.is_null()
-                && !callers.contains(&exe)
-            {
-                callers.push(exe);
-            }
-        }
-        json!(hosts)
-    }
-
-    async fn all_records(&self) -> Result<Vec<Value>, Answer> {
-        match &self.source {
-            Source::Dir(dir) => read::records(dir).map_err(|e| {
-                tracing::warn!(error = %e, "console: cannot read the audit trail");
-                Answer::error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "cannot read the audit trail",
-                )
-            }),
-            Source::Fleet(client) => {
-                let lines = crate::collector::store::select_lines(client, &Filter::default())
-                    .await
-                    .map_err(|e| {
-                        tracing::warn!(error = %e, "console: cannot read the fleet store");
-                        Answer::error(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "cannot read the fleet store",
-                        )
-                    })?;
-                Ok(lines
-                    .iter()
-                    .filter_map(|l| serde_json::from_str(l).ok())
-                    .collect())
-            }
-        }
-    }
-
-    /// Newest first, filtered; `after`: only records after that id.
-    async fn records(&self, query: &str) -> Answer {
-        let records = match self.all_records().await {
-            Ok(r) => r,
-            Err(e) => return e,
-        };
-        let filter = Filter {
-            since: None,
-            provider: query_param(query, "provider"),
-            model: query_param(query, "model"),
-            team: query_param(query, "team"),
-            action: query_param(query, "action"),
-            host: query_param(query, "host"),
-        };
-        let limit = query_param(query, "limit")
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(200)
-            .min(MAX_RECORDS);
-        let after = query_param(query, "after");
-        let start = after
-            .as_deref()
-            .and_then(|id| records.iter().position(|r| r["id"] == id))
-            .map_or(0, |i| i + 1);
-        let caller = query_param(query, "caller");
-        let selected: Vec<&Value> = records[start..]
-            .iter()
-            .rev()
-            .filter(|r| filter.matches(r))
-            .filter(|r| {
-                caller.as_deref().is_none_or(|c| {
-                    ["exe", "user", "comm", "container", "cgroup"]
-                        .iter()
-                        .any(|k| r["caller"][k].as_str().is_some_and(|v| v.contains(c)))
-                })
-            })
-            .take(limit)
-            .collect();
-        Answer::json(StatusCode::OK, &json!({"records": selected}))
-    }
-
-    async fn spend(&self, query: &str) -> Answer {
-        let records = match self.all_records().await {
-            Ok(r) => r,
-            Err(e) => return e,
-        };
-        let requests: Vec<&Value> = records.iter().filter(|r| r["event"].is_null()).collect();
-        let by = |key: &str| read::sum_by(requests.iter().copied(), key);
-        let mut total = read::Totals::default();
-        for r in &requests {
-            total.add(r);
-        }
-        let key = query_param(query, "by");
-        let by_hour = read::sum_grouped(requests.iter().copied(), |r| {
-            vec![r["ts"].as_str().and_then(|t| t.get(..13)).unwrap_or("-")]
-        });
-        // Top callers: the process where known, else the client address.
-        let callers = read::sum_grouped(requests.iter().copied(), |r| {
-            let c = &r["caller"];
-            vec![
-                c["exe"]
-                    .as_str()
-                    .or_else(|| {
-                        c["addr"]
-                            .as_str()
-                            .and_then(|a| a.rsplit_once(':'))
-                            .map(|(ip, _)| ip)
-                    })
-                    .unwrap_or("-"),
-            ]
-        });
-        let mut top: Vec<(String, read::Totals)> = callers.into_iter().collect();
-        top.sort_by(|a, b| {
-            b.1.cost_usd
-                .total_cmp(&a.1.cost_usd)
-                .then(b.1.requests.cmp(&a.1.requests))
-        });
-        top.truncate(10);
-        let mut out = json!({
-            "total": total,
-            "by_team": by("team"),
-            "by_provider": by("provider"),
-            "by_model": by("model"),
-            "by_hour": by_hour,
-            "budgets": crate::pipeline::budget::report(&self.budgets, &records),
-            "top_callers": top.into_iter().map(|(name, t)| json!({"caller": name, "totals": t})).collect::<Vec<_>>(),
-        });
-        if let Some(k) = key.filter(|k| ["user", "exe", "host"].contains(&k.as_str())) {
-            out[format!("by_{k}")] = json!(by(&k));
-        }
-        Answer::json(StatusCode::OK, &out)
-    }
-
-    async fn violations(&self) -> Answer {
-        let records = match self.all_records().await {
-            Ok(r) => r,
-            Err(e) => return e,
-        };
-        let mut by_rule = std::collections::BTreeMap::<String, Value>::new();
-        let mut by_hour = std::collections::BTreeMap::<String, Value>::new();
-        let mut recent = Vec::new();
-        for r in records.iter().rev() {
-            let action = r["policy"]["action"].as_str().unwrap_or("allow");
-            if matches!(action, "allow" | "annotate" | "transform")
-                && r["policy"]["alerts"].is_null()
-            {
-                continue;
-            }
-            for f in r["policy"]["findings"].as_array().into_iter().flatten() {
-                let rule = f["rule"].as_str().unwrap_or("-").to_owned();
-                let entry = by_rule
-                    .entry(rule)
-                    .or_insert_with(|| json!({"requests": 0, "detectors": {}}));
-                entry["requests"] = json!(entry["requests"].as_u64().unwrap_or(0) + 1);
-                let det = f["detector"].as_str().unwrap_or("-");
-                let n = entry["detectors"][det].as_u64().unwrap_or(0);
-                entry["detectors"][det] = json!(n + f["count"].as_u64().unwrap_or(1));
-            }
-            let hour = r["ts"].as_str().and_then(|t| t.get(..13)).unwrap_or("-");
-            let e = by_hour.entry(hour.to_owned()).or_insert_with(|| json!({}));
-            e[action] = json!(e[action].as_u64().unwrap_or(0) + 1);
-            if recent.len() < 200 {
-                recent.push(r);
-            }
-        }
-        Answer::json(
-            StatusCode::OK,
-            &json!({"by_rule": by_rule, "by_hour": by_hour, "recent": recent}),
-        )
     }
 
     fn policy(&self) -> Answer {

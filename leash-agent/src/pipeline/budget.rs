@@ -4,6 +4,7 @@
 //! rebuilt from the audit trail at start, so it survives restarts.
 
 use std::{
+    collections::BTreeMap,
     path::Path,
     sync::{Arc, Mutex, PoisonError},
 };
@@ -16,6 +17,10 @@ use time::{Date, Duration as TimeDuration, OffsetDateTime, Time};
 use super::{Exchange, Flow, Module, ModuleError, ProxyRequest, Rejection};
 use crate::{
     alerts::{AlertKey, Alerter},
+    audit::{
+        index::{CubeKey, Index, Summary},
+        read::Totals,
+    },
     field::{FieldError, invalid},
     metrics::Metrics,
     pricing::{Price, PriceTable, is_variant_of},
@@ -158,8 +163,40 @@ fn matches(b: &BudgetConfig, provider: &str, model: Option<&str>, team: Option<&
             .is_none_or(|m| model.is_some_and(|model| is_variant_of(model, m)))
 }
 
-/// What each budget has spent in its current period, from `records`.
-fn spent(budgets: &[BudgetConfig], records: &[Value], now: OffsetDateTime) -> Vec<Spend> {
+/// Spend in one hour (a cell of the audit index's cube).
+struct Charge<'a> {
+    hour: OffsetDateTime,
+    provider: &'a str,
+    model: Option<&'a str>,
+    team: Option<&'a str>,
+    usd: f64,
+}
+
+/// The audit index's cube as charges (periods start at midnight, so an
+/// hour is either wholly in a period or wholly before it).
+fn charges(cube: &BTreeMap<CubeKey, Totals>) -> impl Iterator<Item = Charge<'_>> {
+    cube.iter().filter_map(|(k, t)| {
+        let hour = OffsetDateTime::parse(
+            &format!("{}:00:00Z", k.hour),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()?;
+        Some(Charge {
+            hour,
+            provider: &k.provider,
+            model: k.model.as_deref(),
+            team: k.team.as_deref(),
+            usd: t.cost_usd,
+        })
+    })
+}
+
+/// What each budget has spent in its current period.
+fn spent<'a>(
+    budgets: &[BudgetConfig],
+    charges: impl Iterator<Item = Charge<'a>>,
+    now: OffsetDateTime,
+) -> Vec<Spend> {
     let mut spend: Vec<Spend> = budgets
         .iter()
         .map(|b| Spend {
@@ -167,24 +204,10 @@ fn spent(budgets: &[BudgetConfig], records: &[Value], now: OffsetDateTime) -> Ve
             usd: 0.0,
         })
         .collect();
-    for r in records {
-        let (Some(cost), Some(ts)) = (r["cost_usd"].as_f64(), r["ts"].as_str()) else {
-            continue;
-        };
-        let Ok(ts) = OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
-        else {
-            continue;
-        };
+    for c in charges {
         for (b, s) in budgets.iter().zip(spend.iter_mut()) {
-            if ts >= s.since
-                && matches(
-                    b,
-                    r["provider"].as_str().unwrap_or(""),
-                    r["model"].as_str(),
-                    r["caller"]["team"].as_str(),
-                )
-            {
-                s.usd += cost;
+            if c.hour >= s.since && matches(b, c.provider, c.model, c.team) {
+                s.usd += c.usd;
             }
         }
     }
@@ -192,9 +215,9 @@ fn spent(budgets: &[BudgetConfig], records: &[Value], now: OffsetDateTime) -> Ve
 }
 
 /// Each budget with its limit, spend this period and what remains (the
-/// console's spend page).
-pub fn report(budgets: &[BudgetConfig], records: &[Value]) -> Vec<Value> {
-    let spend = spent(budgets, records, OffsetDateTime::now_utc());
+/// console's spend page), from the audit index's cube.
+pub fn report(budgets: &[BudgetConfig], cube: &BTreeMap<CubeKey, Totals>) -> Vec<Value> {
+    let spend = spent(budgets, charges(cube), OffsetDateTime::now_utc());
     budgets
         .iter()
         .zip(spend)
@@ -224,12 +247,17 @@ impl BudgetModule {
         alerts: Alerter,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let records = if budgets.is_empty() {
-            Vec::new()
+        // From the audit index: a restart reads the per-segment summaries,
+        // not the whole trail.
+        let summary = if budgets.is_empty() {
+            Summary::default()
         } else {
-            crate::audit::read::records(audit_dir).unwrap_or_default()
+            Index::new(audit_dir).summary(None).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "budgets: cannot read the audit trail; spend starts at 0");
+                Summary::default()
+            })
         };
-        let spend = spent(&budgets, &records, OffsetDateTime::now_utc());
+        let spend = spent(&budgets, charges(&summary.cube), OffsetDateTime::now_utc());
         for (b, s) in budgets.iter().zip(&spend) {
             metrics.budget_remaining(&b.name, b.limit_usd - s.usd);
         }

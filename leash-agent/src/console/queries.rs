@@ -1,0 +1,249 @@
+//! The console's read side: totals and time series from the audit index
+//! (per-segment summaries, so a page costs about the same on a trail of a
+//! million records as on a hundred), record lists read from the newest
+//! record backwards within a bounded window. Reading runs on the admin
+//! runtime's blocking pool — never on the workers that serve LLM traffic —
+//! at most `MAX_CONCURRENT` at once (429 past that), each within
+//! `DEADLINE`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use super::{Answer, Console, MAX_RECORDS, Source, query_param};
+use crate::audit::{
+    index::{self, IndexError, Summary},
+    read::{Filter, Totals, Violation},
+};
+
+/// Heavy console queries at once.
+pub const MAX_CONCURRENT: usize = 2;
+/// How long one query may read.
+const DEADLINE: Duration = Duration::from_secs(10);
+/// The trail one record list reads at most, newest first.
+const MAX_SCAN_BYTES: u64 = 64 * 1024 * 1024;
+/// Violations listed as "recent".
+const RECENT_VIOLATIONS: usize = 200;
+
+/// The answer past the concurrency limit.
+pub fn busy() -> Answer {
+    let mut a = Answer::error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "the console is answering other queries; retry in a second",
+    );
+    a.headers.push((
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    ));
+    a
+}
+
+fn failed(e: &IndexError) -> Answer {
+    match e {
+        IndexError::Deadline => Answer::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the query took longer than 10 s; narrow it",
+        ),
+        IndexError::Io(e) => {
+            tracing::warn!(error = %e, "console: cannot read the audit trail");
+            Answer::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the audit trail",
+            )
+        }
+    }
+}
+
+/// Runs blocking reading work on the current (admin) runtime's blocking
+/// pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, Answer> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Answer::error(StatusCode::INTERNAL_SERVER_ERROR, "the query failed"))?
+        .map_err(|e| failed(&e))
+}
+
+fn by_value(map: &std::collections::BTreeMap<String, Totals>) -> Value {
+    json!(map)
+}
+
+impl Console {
+    /// The fleet store's rows, each as its JSON line (the collector).
+    async fn fleet_lines(client: &tokio_postgres::Client) -> Result<Vec<String>, Answer> {
+        crate::collector::store::select_lines(client, &Filter::default())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "console: cannot read the fleet store");
+                Answer::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot read the fleet store",
+                )
+            })
+    }
+
+    /// The whole source summed.
+    pub(super) async fn summary(&self) -> Result<Summary, Answer> {
+        match (&self.source, &self.index) {
+            (Source::Dir(_), Some(index)) => {
+                let index = Arc::clone(index);
+                let deadline = Instant::now() + DEADLINE;
+                blocking(move || index.summary(Some(deadline))).await
+            }
+            (Source::Fleet(client), _) => {
+                let lines = Self::fleet_lines(client).await?;
+                Ok(Summary::of_lines(lines.iter().map(String::as_bytes)))
+            }
+            (Source::Dir(_), None) => Ok(Summary::default()),
+        }
+    }
+
+    /// Records newest first that `keep` selects (at most `limit`, none
+    /// older than the record `stop_at`), and whether the read window ran
+    /// out first.
+    async fn newest(
+        &self,
+        keep: impl FnMut(&Value) -> bool + Send + 'static,
+        limit: usize,
+        stop_at: Option<String>,
+    ) -> Result<(Vec<Value>, bool), Answer> {
+        match &self.source {
+            Source::Dir(dir) => {
+                let dir = dir.clone();
+                blocking(move || {
+                    let stop = |v: &Value| stop_at.as_deref().is_some_and(|id| v["id"] == id);
+                    index::newest(&dir, keep, limit, stop, MAX_SCAN_BYTES).map_err(IndexError::from)
+                })
+                .await
+            }
+            Source::Fleet(client) => {
+                let mut keep = keep;
+                let mut out = Vec::new();
+                for line in Self::fleet_lines(client).await?.iter().rev() {
+                    let Ok(v) = serde_json::from_str::<Value>(line) else {
+                        continue;
+                    };
+                    if stop_at.as_deref().is_some_and(|id| v["id"] == id) {
+                        break;
+                    }
+                    if keep(&v) {
+                        out.push(v);
+                        if out.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+                Ok((out, false))
+            }
+        }
+    }
+
+    /// `/api/records`: newest first, filtered; `after`: only records newer
+    /// than that id.
+    pub(super) async fn records(&self, query: &str) -> Answer {
+        let filter = Filter {
+            since: None,
+            provider: query_param(query, "provider"),
+            model: query_param(query, "model"),
+            team: query_param(query, "team"),
+            action: query_param(query, "action"),
+            host: query_param(query, "host"),
+        };
+        let limit = query_param(query, "limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(200)
+            .min(MAX_RECORDS);
+        let caller = query_param(query, "caller");
+        let keep = move |r: &Value| {
+            filter.matches(r)
+                && caller.as_deref().is_none_or(|c| {
+                    ["exe", "user", "comm", "container", "cgroup"]
+                        .iter()
+                        .any(|k| r["caller"][k].as_str().is_some_and(|v| v.contains(c)))
+                })
+        };
+        match self.newest(keep, limit, query_param(query, "after")).await {
+            Ok((records, truncated)) => Answer::json(
+                StatusCode::OK,
+                &json!({"records": records, "truncated": truncated}),
+            ),
+            Err(a) => a,
+        }
+    }
+
+    /// `/api/spend`: totals, by team, provider, model and hour, budgets,
+    /// top callers (and by user, exe or host with `?by=`).
+    pub(super) async fn spend(&self, query: &str) -> Answer {
+        let s = match self.summary().await {
+            Ok(s) => s,
+            Err(a) => return a,
+        };
+        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+        let mut top: Vec<(&String, &Totals)> = s.by_caller.iter().collect();
+        top.sort_by(|a, b| {
+            b.1.cost_usd
+                .total_cmp(&a.1.cost_usd)
+                .then(b.1.requests.cmp(&a.1.requests))
+        });
+        top.truncate(10);
+        let mut out = json!({
+            "total": s.total(),
+            "by_team": s.project(|k| dash(&k.team)),
+            "by_provider": s.project(|k| k.provider.clone()),
+            "by_model": s.project(|k| dash(&k.model)),
+            "by_hour": s.project(|k| k.hour.clone()),
+            "budgets": crate::pipeline::budget::report(&self.budgets, &s.cube),
+            "top_callers": top.into_iter().map(|(name, t)| json!({"caller": name, "totals": t})).collect::<Vec<_>>(),
+        });
+        match query_param(query, "by").as_deref() {
+            Some("user") => out["by_user"] = by_value(&s.by_user),
+            Some("exe") => out["by_exe"] = by_value(&s.by_exe),
+            Some("host") => out["by_host"] = by_value(&s.by_host),
+            _ => {}
+        }
+        Answer::json(StatusCode::OK, &out)
+    }
+
+    /// `/api/violations`: by rule and detector, by hour, and the latest.
+    pub(super) async fn violations(&self) -> Answer {
+        let s = match self.summary().await {
+            Ok(s) => s,
+            Err(a) => return a,
+        };
+        let keep = |r: &Value| {
+            r["event"].is_null()
+                && Violation::is(
+                    r["policy"]["action"].as_str().unwrap_or("allow"),
+                    !r["policy"]["alerts"].is_null(),
+                )
+                && r["policy"].is_object()
+        };
+        let (recent, truncated) = match self.newest(keep, RECENT_VIOLATIONS, None).await {
+            Ok(r) => r,
+            Err(a) => return a,
+        };
+        Answer::json(
+            StatusCode::OK,
+            &json!({
+                "by_rule": s.by_rule,
+                "by_hour": s.actions_by_hour,
+                "recent": recent,
+                "recent_truncated": truncated,
+                "total": s.violations,
+            }),
+        )
+    }
+
+    /// The shadow-AI inventory: unlisted LLM hosts seen, by host, with the
+    /// processes that called them.
+    pub(super) async fn shadow_ai(&self) -> Value {
+        self.summary()
+            .await
+            .map_or(Value::Null, |s| json!(s.shadow))
+    }
+}
