@@ -1,8 +1,8 @@
 //! The admin listener: `GET /healthz`, `GET /metrics` (Prometheus text)
 //! and, when given one, the web console (`/`, `/console`, `/api/*`). It
-//! runs on a runtime of its own, in its own thread at a lower CPU priority
-//! (`serve_isolated`): looking at the console never takes a worker that
-//! serves LLM traffic.
+//! runs on a runtime of its own, in its own thread in the `SCHED_IDLE`
+//! class (`serve_isolated`): looking at the console never takes a worker
+//! that serves LLM traffic, nor CPU time that traffic wants.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -20,13 +20,25 @@ use crate::{
     server::{self, Handler, ServeOptions},
 };
 
-/// The admin thread's nice value: the data path comes first.
-const ADMIN_NICE: i32 = 10;
+/// Puts the calling thread (and the threads it starts later) in the
+/// `SCHED_IDLE` class: it runs only on CPU time no other thread wants, and
+/// any data-path thread that wakes takes the CPU at once.
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the duration of the call;
+    // pid 0 is the calling thread.
+    #[allow(unsafe_code, reason = "sched_setscheduler has no safe wrapper")]
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot move the admin thread to SCHED_IDLE");
+    }
+}
 /// Threads the admin runtime may use for reading the audit trail.
 const ADMIN_READERS: usize = 2;
 
 /// Serves `admin` on `listener` on a runtime of its own (one thread, plus
-/// at most `ADMIN_READERS` for blocking reads), niced, until `stop`. The
+/// at most `ADMIN_READERS` for blocking reads), at idle priority, until
+/// `stop`. The
 /// returned task ends when that runtime has drained.
 pub fn serve_isolated(
     listener: tokio::net::TcpListener,
@@ -41,9 +53,7 @@ pub fn serve_isolated(
         .spawn(move || {
             // Per thread on Linux; the reader threads this one starts
             // inherit it.
-            if let Err(e) = rustix::process::setpriority_process(None, ADMIN_NICE) {
-                tracing::debug!(error = %e, "cannot lower the admin thread's priority");
-            }
+            idle_priority();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .max_blocking_threads(ADMIN_READERS)
@@ -51,6 +61,9 @@ pub fn serve_isolated(
                 .build();
             match runtime {
                 Ok(rt) => rt.block_on(async move {
+                    if let Some(console) = &admin.console {
+                        console.warm_up();
+                    }
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(l) => server::serve(l, None, admin, options, stop).await,
                         Err(e) => tracing::error!(error = %e, "admin listener lost"),

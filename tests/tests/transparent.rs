@@ -211,6 +211,9 @@ fn after_kill_9_traffic_goes_direct_and_a_restart_resumes_interception() {
         "",
     );
     assert_chat_ok(&w.chat(&w.agent.ca_pem(), "sk-test"), &w.agent);
+    // Its record is on disk before the crash (batch durability writes it a
+    // moment after the answer).
+    w.agent.wait_records(1);
     w.agent.kill9();
     let killed = Instant::now();
     // Fail open: within 2 s the client reaches the provider directly (its

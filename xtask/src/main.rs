@@ -57,6 +57,14 @@ enum Task {
         #[arg(long)]
         report_only: bool,
     },
+    /// Benchmark the web console against a large audit trail (1,000,000
+    /// records): console latency, its effect on LLM traffic, memory;
+    /// writes bench/console.json and its section of BENCHMARKS.md.
+    BenchConsole {
+        /// A short run: 200,000 records, 2 rounds of 5 s.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Run the cargo-fuzz targets (libFuzzer, nightly) for N minutes each,
     /// minimise their corpora and record executions and crashes in
     /// leash-agent/fuzz/results.json.
@@ -398,6 +406,15 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
         TEST_HOOKS,
     ]))?;
     let leash = target_dir().join("debug/leash");
+    if args.is_empty() {
+        // SECURITY.md's figures must come from this run alone.
+        let results = target_dir().join("test-results");
+        match std::fs::remove_dir_all(&results) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("clearing target/test-results"),
+        }
+    }
     run_tests(
         cargo()
             .args([
@@ -499,6 +516,7 @@ fn main() -> Result<()> {
             report_only: true, ..
         } => bench::rewrite_report(),
         Task::Bench { quick, .. } => bench::bench(quick),
+        Task::BenchConsole { quick } => bench::bench_console(quick),
         Task::Fuzz { minutes, targets } => fuzz::fuzz(minutes, &targets),
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Run { args } => run_leash(&args),

@@ -10,7 +10,7 @@
 //! line into a typed slim record: memory stays bounded whatever the trail.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     fs::File,
     io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom},
     path::{Path, PathBuf},
@@ -174,9 +174,10 @@ fn bounded<'a, V: Default>(map: &'a mut BTreeMap<String, V>, key: &str) -> &'a m
 
 impl Summary {
     /// Counts one record line in (a line that is not a record is skipped).
-    pub fn add_line(&mut self, line: &[u8]) {
+    /// Returns whether the record is a violation.
+    pub fn add_line(&mut self, line: &[u8]) -> bool {
         let Ok(r) = serde_json::from_slice::<Slim>(line) else {
-            return;
+            return false;
         };
         self.records += 1;
         if self.first_ts.is_none() {
@@ -194,9 +195,9 @@ impl Summary {
                 {
                     host.callers.push(exe);
                 }
-                return;
+                return false;
             }
-            Some(_) => return,
+            Some(_) => return false,
             None => {}
         }
         let (input, output, has_usage) = r
@@ -233,11 +234,11 @@ impl Summary {
         });
         add(bounded(&mut self.by_caller, caller.unwrap_or("-")));
         let Some(policy) = r.policy else {
-            return;
+            return false;
         };
         let action = policy.action.as_deref().unwrap_or("allow");
         if !Violation::is(action, policy.alerts.is_some()) {
-            return;
+            return false;
         }
         self.violations += 1;
         for f in &policy.findings {
@@ -248,6 +249,7 @@ impl Summary {
         *bounded(&mut self.actions_by_hour, &hour)
             .entry(action.to_owned())
             .or_default() += 1;
+        true
     }
 
     /// Adds `other` (a later stretch of the trail) to this summary.
@@ -337,6 +339,7 @@ fn summarise_from(
     from: u64,
     summary: &mut Summary,
     deadline: Option<Instant>,
+    on_violation: &mut dyn FnMut(&[u8]),
 ) -> Result<u64, IndexError> {
     let mut f = File::open(file)?;
     f.seek(SeekFrom::Start(from))?;
@@ -351,7 +354,9 @@ fn summarise_from(
             break;
         }
         offset += n as u64;
-        summary.add_line(&line[..n - 1]);
+        if summary.add_line(&line[..n - 1]) {
+            on_violation(&line[..n - 1]);
+        }
         if summary.records.is_multiple_of(4096) && deadline.is_some_and(|d| Instant::now() > d) {
             return Err(IndexError::Deadline);
         }
@@ -370,8 +375,29 @@ fn file_name(p: &Path) -> String {
 struct State {
     /// Closed segments by file name.
     closed: HashMap<String, Arc<Summary>>,
+    /// The closed segments summed (their names, in order): a query adds
+    /// only the newest segment to it.
+    closed_total: Option<(Vec<String>, Arc<Summary>)>,
     /// The newest segment: its name and what was read of it.
     open: Option<(String, Summary)>,
+    /// The newest segment's latest violations (raw lines, newest first).
+    open_recent: VecDeque<Vec<u8>>,
+    /// The closed segments' latest violations (their names; newest first).
+    closed_recent: Option<(Vec<String>, Vec<Value>)>,
+}
+
+/// Violations kept for the console's "recent" list.
+pub const RECENT: usize = 200;
+
+/// Whether a record is a violation the console lists (a block, redaction,
+/// alert...).
+pub fn is_violation(r: &Value) -> bool {
+    r["event"].is_null()
+        && r["policy"].is_object()
+        && Violation::is(
+            r["policy"]["action"].as_str().unwrap_or("allow"),
+            !r["policy"]["alerts"].is_null(),
+        )
 }
 
 /// The summaries of one audit directory, kept current.
@@ -413,7 +439,7 @@ impl Index {
             return Ok(s);
         }
         let mut s = Summary::default();
-        summarise_from(segment, 0, &mut s, deadline)?;
+        summarise_from(segment, 0, &mut s, deadline, &mut |_| {})?;
         if let Err(e) = self.store(&stored, &s) {
             tracing::warn!(path = %stored.display(), error = %e, "cannot store an audit index summary; it will be recomputed");
         }
@@ -452,23 +478,37 @@ impl Index {
         let names: Vec<String> = segments.iter().map(|p| file_name(p)).collect();
         // Segments removed by retention leave the index.
         state.closed.retain(|n, _| names.contains(n));
-        let mut total = Summary::default();
         let Some((newest, older)) = segments.split_last() else {
             state.open = None;
-            return Ok(total);
+            return Ok(Summary::default());
         };
-        for seg in older {
-            let name = file_name(seg);
-            let s = if let Some(s) = state.closed.get(&name) {
-                Arc::clone(s)
-            } else {
-                // Rotated since we read it as the open segment, or new.
-                let s = Arc::new(self.closed_summary(seg, deadline)?);
-                state.closed.insert(name, Arc::clone(&s));
-                s
-            };
-            total.merge(&s);
-        }
+        let older_names: Vec<String> = older.iter().map(|p| file_name(p)).collect();
+        let cached = state
+            .closed_total
+            .as_ref()
+            .filter(|(names, _)| *names == older_names)
+            .map(|(_, s)| Arc::clone(s));
+        let closed_total = if let Some(t) = cached {
+            t
+        } else {
+            let mut t = Summary::default();
+            for seg in older {
+                let name = file_name(seg);
+                let s = if let Some(s) = state.closed.get(&name) {
+                    Arc::clone(s)
+                } else {
+                    // Rotated since we read it as the open segment, or new.
+                    let s = Arc::new(self.closed_summary(seg, deadline)?);
+                    state.closed.insert(name, Arc::clone(&s));
+                    s
+                };
+                t.merge(&s);
+            }
+            let t = Arc::new(t);
+            state.closed_total = Some((older_names, Arc::clone(&t)));
+            t
+        };
+        let mut total = (*closed_total).clone();
         let newest_name = file_name(newest);
         let mut open = match state.open.take() {
             Some((name, s)) if name == newest_name => s,
@@ -479,12 +519,49 @@ impl Index {
             // Cut back (a torn tail removed at restart): read again.
             open = Summary::default();
         }
+        if open.bytes == 0 {
+            state.open_recent.clear();
+        }
         let from = open.bytes;
-        let result = summarise_from(newest, from, &mut open, deadline);
+        let recent = &mut state.open_recent;
+        let result = summarise_from(newest, from, &mut open, deadline, &mut |line| {
+            recent.push_front(line.to_vec());
+            recent.truncate(RECENT);
+        });
         total.merge(&open);
         state.open = Some((newest_name, open));
         result?;
         Ok(total)
+    }
+
+    /// The latest violations, newest first (at most [`RECENT`]): those
+    /// seen in the newest segment, then the closed segments' (read back
+    /// once per rotation, within `max_bytes`). Call after [`Index::summary`].
+    pub fn recent_violations(&self, max_bytes: u64) -> Result<Vec<Value>, IndexError> {
+        let segments = chain::segments(&self.dir)?;
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<Value> = state
+            .open_recent
+            .iter()
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect();
+        if out.len() >= RECENT {
+            return Ok(out);
+        }
+        let older = segments.split_last().map_or(&[][..], |(_, o)| o);
+        let names: Vec<String> = older.iter().map(|p| file_name(p)).collect();
+        let fresh = state
+            .closed_recent
+            .as_ref()
+            .is_some_and(|(n, _)| *n == names);
+        if !fresh {
+            let (found, _) = newest_in(older, is_violation, RECENT, |_| false, max_bytes)?;
+            state.closed_recent = Some((names, found));
+        }
+        if let Some((_, closed)) = &state.closed_recent {
+            out.extend(closed.iter().take(RECENT - out.len()).cloned());
+        }
+        Ok(out)
     }
 
     /// Drops every stored summary and computes them again.
@@ -572,6 +649,17 @@ impl ReverseLines {
 /// ran out before `limit` was reached.
 pub fn newest(
     dir: &Path,
+    keep: impl FnMut(&Value) -> bool,
+    limit: usize,
+    stop: impl Fn(&Value) -> bool,
+    max_bytes: u64,
+) -> io::Result<(Vec<Value>, bool)> {
+    newest_in(&chain::segments(dir)?, keep, limit, stop, max_bytes)
+}
+
+/// As [`newest`], over the given segments (oldest first).
+fn newest_in(
+    segments: &[PathBuf],
     mut keep: impl FnMut(&Value) -> bool,
     limit: usize,
     stop: impl Fn(&Value) -> bool,
@@ -579,7 +667,7 @@ pub fn newest(
 ) -> io::Result<(Vec<Value>, bool)> {
     let mut out = Vec::new();
     let mut read = 0u64;
-    for seg in chain::segments(dir)?.iter().rev() {
+    for seg in segments.iter().rev() {
         let mut lines = ReverseLines::open(seg)?;
         while let Some(line) = lines.next_line()? {
             read += line.len() as u64 + 1;
@@ -671,6 +759,12 @@ mod tests {
         // The torn line, completed, is a record now.
         assert_eq!(s.records, 96);
         assert!((s.total().cost_usd - (25.0 + 10.0 + 5.0)).abs() < 1e-9);
+        // The latest violations, kept while reading, are those a search
+        // from the newest record back finds.
+        let kept = index.recent_violations(u64::MAX).unwrap();
+        let (searched, _) = newest(dir.path(), is_violation, RECENT, |_| false, u64::MAX).unwrap();
+        assert_eq!(kept, searched);
+        assert_eq!(kept.len(), 24);
         // A fresh index (a restart) and a rebuild say the same.
         assert_eq!(Index::new(dir.path()).summary(None).unwrap(), s);
         assert_eq!(Index::new(dir.path()).rebuild().unwrap(), s);

@@ -82,8 +82,9 @@ pub struct Console {
     budgets: Vec<crate::pipeline::budget::BudgetConfig>,
     /// This host's audit index (`Source::Dir`).
     index: Option<Arc<crate::audit::index::Index>>,
-    /// Heavy queries running at once (records, spend, violations,
-    /// interception); past it, 429.
+    /// Heavy queries (records, spend, violations, interception): admitted
+    /// (running or briefly waiting), and running.
+    admitted: Arc<tokio::sync::Semaphore>,
     queries: Arc<tokio::sync::Semaphore>,
 }
 
@@ -133,6 +134,7 @@ impl Console {
         };
         Self {
             index,
+            admitted: Arc::new(tokio::sync::Semaphore::new(queries::MAX_ADMITTED)),
             queries: Arc::new(tokio::sync::Semaphore::new(queries::MAX_CONCURRENT)),
             source,
             policy,
@@ -278,10 +280,19 @@ impl Console {
             path,
             "/api/records" | "/api/spend" | "/api/violations" | "/api/interception"
         );
-        let _permit = if heavy {
-            match Arc::clone(&self.queries).try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => return queries::busy(),
+        let _permits = if heavy {
+            // A short queue, then 429: never an unbounded wait.
+            let Ok(admitted) = Arc::clone(&self.admitted).try_acquire_owned() else {
+                return queries::busy();
+            };
+            match tokio::time::timeout(
+                queries::QUEUE_WAIT,
+                Arc::clone(&self.queries).acquire_owned(),
+            )
+            .await
+            {
+                Ok(Ok(running)) => Some((admitted, running)),
+                _ => return queries::busy(),
             }
         } else {
             None

@@ -17,17 +17,22 @@ use serde_json::{Value, json};
 use super::{Answer, Console, MAX_RECORDS, Source, query_param};
 use crate::audit::{
     index::{self, IndexError, Summary},
-    read::{Filter, Totals, Violation},
+    read::{Filter, Totals},
 };
 
-/// Heavy console queries at once.
+/// Heavy console queries reading at once.
 pub const MAX_CONCURRENT: usize = 2;
+/// Heavy queries admitted at once (reading or waiting their turn); past
+/// it, 429 at once.
+pub const MAX_ADMITTED: usize = 16;
+/// How long an admitted query waits for its turn before 429.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(1);
 /// How long one query may read.
 const DEADLINE: Duration = Duration::from_secs(10);
 /// The trail one record list reads at most, newest first.
 const MAX_SCAN_BYTES: u64 = 64 * 1024 * 1024;
 /// Violations listed as "recent".
-const RECENT_VIOLATIONS: usize = 200;
+const RECENT_VIOLATIONS: usize = index::RECENT;
 
 /// The answer past the concurrency limit.
 pub fn busy() -> Answer {
@@ -74,6 +79,27 @@ fn by_value(map: &std::collections::BTreeMap<String, Totals>) -> Value {
 }
 
 impl Console {
+    /// Brings the audit index up to date in the background (at start), so
+    /// the first page does not wait for it.
+    pub fn warm_up(&self) {
+        if let Some(index) = &self.index {
+            let index = Arc::clone(index);
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                match index.summary(None) {
+                    Ok(s) => tracing::info!(
+                        records = s.records,
+                        secs = started.elapsed().as_secs_f64(),
+                        "audit index ready"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot build the audit index; the console builds it on demand");
+                    }
+                }
+            });
+        }
+    }
+
     /// The fleet store's rows, each as its JSON line (the collector).
     async fn fleet_lines(client: &tokio_postgres::Client) -> Result<Vec<String>, Answer> {
         crate::collector::store::select_lines(client, &Filter::default())
@@ -209,21 +235,24 @@ impl Console {
         Answer::json(StatusCode::OK, &out)
     }
 
-    /// `/api/violations`: by rule and detector, by hour, and the latest.
+    /// `/api/violations`: by rule and detector, by hour, and the latest
+    /// (kept by the index as it reads, not searched for).
     pub(super) async fn violations(&self) -> Answer {
         let s = match self.summary().await {
             Ok(s) => s,
             Err(a) => return a,
         };
-        let keep = |r: &Value| {
-            r["event"].is_null()
-                && Violation::is(
-                    r["policy"]["action"].as_str().unwrap_or("allow"),
-                    !r["policy"]["alerts"].is_null(),
-                )
-                && r["policy"].is_object()
+        let recent = match (&self.source, &self.index) {
+            (Source::Dir(_), Some(index)) => {
+                let index = Arc::clone(index);
+                blocking(move || index.recent_violations(MAX_SCAN_BYTES)).await
+            }
+            _ => self
+                .newest(index::is_violation, RECENT_VIOLATIONS, None)
+                .await
+                .map(|(r, _)| r),
         };
-        let (recent, truncated) = match self.newest(keep, RECENT_VIOLATIONS, None).await {
+        let recent = match recent {
             Ok(r) => r,
             Err(a) => return a,
         };
@@ -233,7 +262,6 @@ impl Console {
                 "by_rule": s.by_rule,
                 "by_hour": s.actions_by_hour,
                 "recent": recent,
-                "recent_truncated": truncated,
                 "total": s.violations,
             }),
         )

@@ -74,9 +74,16 @@ pub(super) fn start_leash_console(bin: &Path, dir: &Path, upstream: u16) -> Resu
         admin,
     )?;
     let curl = which("curl").context("curl is not installed")?;
+    // The console needs the admin token (made by Leash in its audit
+    // directory); curl reads the header from a file, not its command line.
+    let token = std::fs::read_to_string(dir.join("audit-leash-console/admin.token"))
+        .context("reading the console's admin token")?;
+    let header = dir.join("console-auth.header");
+    std::fs::write(&header, format!("authorization: Bearer {}\n", token.trim()))?;
     c.helpers.push(Proc::spawn(
         pinned(LOADGEN_CPU, &curl)
-            .args(["-sN", "-o", "/dev/null"])
+            .args(["-sN", "--fail", "-o", "/dev/null", "-H"])
+            .arg(format!("@{}", header.display()))
             .arg(format!("http://127.0.0.1:{admin}/api/live")),
         &dir.join("console-live.log"),
     )?);

@@ -4,6 +4,7 @@
 //! one CPU and the contender + upstream to the other. Writes
 //! `BENCHMARKS.md`, `bench/results.json` and `bench/latency.svg`.
 
+mod console;
 mod contenders;
 mod extra;
 mod plot;
@@ -12,7 +13,10 @@ mod report;
 mod run;
 mod transparent;
 
-pub use self::run::{bench, build_release, rewrite_report};
+pub use self::{
+    console::bench_console,
+    run::{bench, build_release, rewrite_report},
+};
 use self::{
     contenders::{
         Contender, EXAMPLE_POLICY, bench_tool, bench_tool_in, bench_tool_on, start_leash,

@@ -22,6 +22,13 @@
 //!   as the TLS server name (and Host): with a fresh agent, the first round
 //!   shows certificate minting (cache cold), later ones the cache hit.
 //!
+//! - `leash-bench trail --dir DIR --records N [--segment-bytes B]
+//!   [--spacing-ms MS]`: a synthetic audit trail, chained and sealed as
+//!   Leash writes it, for the console benchmark.
+//! - `leash-bench pages --admin ADDR --token-file F --clients C --seconds S`:
+//!   C clients load the console's pages back to back; latency of each API
+//!   call and the statuses answered.
+//!
 //! Client options of `load`, `saturate`, `sse` and `handshake`: `https://`
 //! URLs with `--ca PEM` (the only root trusted), `--connect IP:PORT` to dial
 //! an address other than the URL's, `--header 'name: value'` (repeatable),
@@ -41,6 +48,7 @@
 
 mod client;
 mod load;
+mod trail;
 mod upstream;
 
 const CHAT_BODY: &str =
@@ -69,9 +77,11 @@ fn main() {
         Some("saturate") => load::saturate(&args),
         Some("sse") => load::sse(&args),
         Some("handshake") => load::handshake(&args),
+        Some("trail") => trail::trail(&args),
+        Some("pages") => trail::pages(&args),
         _ => {
             eprintln!(
-                "usage: leash-bench upstream|load|saturate|sse|handshake ... (see the source header)"
+                "usage: leash-bench upstream|load|saturate|sse|handshake|trail|pages ... (see the source header)"
             );
             std::process::exit(2);
         }
