@@ -329,6 +329,8 @@ fn fail_closed_refuses_while_down_and_a_restart_takes_over() {
     )
     .unwrap();
     assert!(pins.ends_with(format!("cg-{ino}")), "{}", pins.display());
+    // Its record is on disk before the crash.
+    w.agent.wait_records(1);
     let refused_for = |w: &World, what: &str| {
         // Refused (curl exit 7) for a second, whichever CA the client trusts;
         // the provider sees nothing.

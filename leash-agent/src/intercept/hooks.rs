@@ -73,6 +73,40 @@ pub struct HookSettings {
     pub forward_proxies: Vec<SocketAddr>,
 }
 
+/// The client end of an accepted connection, as the proxy sees it (what
+/// the kernel record is keyed by).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Where a redirected connection was going: the address the application
+/// connected to (a provider, or a forward proxy), from the kernel record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OrigDstAddr(pub SocketAddr);
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Display for OrigDstAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl OrigDstAddr {
+    /// The original destination of a kernel record.
+    pub fn of(orig: &OrigDst) -> Self {
+        let v6 = std::net::Ipv6Addr::from(orig.ip);
+        let ip = match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        };
+        Self(SocketAddr::new(ip, orig.port))
+    }
+}
+
 /// A kernel record older than this at accept is refused: the connection it
 /// named has long been accepted or failed.
 const MAX_RECORD_AGE: Duration = Duration::from_secs(10);
@@ -458,8 +492,8 @@ impl KernelHooks {
     /// Takes the record of the redirected connection whose client side is
     /// `peer` (as the proxy sees it): each record is used once, and one
     /// older than a few seconds is refused.
-    pub fn take(&self, peer: SocketAddr) -> Result<OrigDst, NoRecord> {
-        let key = endpoint(peer);
+    pub fn take(&self, peer: ClientAddr) -> Result<OrigDst, NoRecord> {
+        let key = endpoint(peer.0);
         let mut map = self
             .by_client
             .lock()

@@ -1,7 +1,7 @@
 //! What the transparent proxy keeps across connections: the leaves it
 //! minted, and one pooled upstream client per destination.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use moka::sync::Cache;
 use rustls::{ClientConfig, ServerConfig};
@@ -9,6 +9,7 @@ use rustls::{ClientConfig, ServerConfig};
 use super::Forwarder;
 use crate::{
     ca::{CaError, CertAuthority},
+    intercept::hooks::OrigDstAddr,
     metrics::Metrics,
     upstream::{MarkedConnector, MarkedHttpsConnector, Tunnel, marked_client},
 };
@@ -62,7 +63,7 @@ impl CertCache {
 /// or a tunnel through the forward proxy the client asked for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Route {
-    pub dst: SocketAddr,
+    pub dst: OrigDstAddr,
     pub tunnel: Option<Tunnel>,
 }
 
@@ -103,7 +104,7 @@ impl UpstreamClients {
     /// The connector for `route` (marked sockets, so never redirected).
     pub fn connector(&self, route: &Route) -> MarkedConnector {
         MarkedConnector {
-            dst: route.dst,
+            dst: route.dst.0,
             mark: self.mark,
             timeout: self.connect_timeout,
             tunnel: route.tunnel.clone(),

@@ -40,7 +40,7 @@ use super::{
 use crate::{
     intercept::{
         caller,
-        hooks::{KernelHooks, NoRecord},
+        hooks::{ClientAddr, KernelHooks, NoRecord, OrigDstAddr},
         hosts::HostTable,
         shadow,
     },
@@ -68,21 +68,11 @@ pub struct Transparent {
     pub ports: Vec<u16>,
 }
 
-/// The original destination as a socket address.
-fn destination(orig: &OrigDst) -> SocketAddr {
-    let v6 = Ipv6Addr::from(orig.ip);
-    let ip = match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    };
-    SocketAddr::new(ip, orig.port)
-}
-
 /// The caller of a redirected connection, as the audit names it.
-fn caller_of(orig: &OrigDst, peer: SocketAddr) -> Caller {
+fn caller_of(orig: &OrigDst, peer: ClientAddr) -> Caller {
     let process = caller::describe(orig);
     Caller {
-        addr: Some(peer),
+        addr: Some(peer.0),
         team: None,
         pid: Some(process.pid),
         exe: process.exe,
@@ -154,7 +144,7 @@ impl Handler for Terminated {
 /// is a provider.
 struct Opening {
     orig: OrigDst,
-    peer: SocketAddr,
+    peer: ClientAddr,
     route: Route,
     /// A provider address (or a tunnel to a provider): nothing but a
     /// provider's TLS may pass.
@@ -165,6 +155,7 @@ impl Opener for Transparent {
     type Handler = Terminated;
 
     async fn open(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) -> Opened<Terminated> {
+        let peer = ClientAddr(peer);
         let orig = match self.hooks.take(peer) {
             Ok(orig) => orig,
             Err(why) => {
@@ -178,7 +169,7 @@ impl Opener for Transparent {
                     refusal,
                     &peer.to_string(),
                     &Caller {
-                        addr: Some(peer),
+                        addr: Some(peer.0),
                         ..Caller::default()
                     },
                 );
@@ -189,7 +180,7 @@ impl Opener for Transparent {
             orig,
             peer,
             route: Route {
-                dst: destination(&orig),
+                dst: OrigDstAddr::of(&orig),
                 tunnel: None,
             },
             target: orig.flags & TARGETED != 0,
