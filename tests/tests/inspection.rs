@@ -186,6 +186,7 @@ rules:
             .iter()
             .all(|r| r["completed"] == true && r["status"] == 200)
     );
+    leash_tests::results::record("large_responses", &serde_json::json!({"byte_exact": 2}));
 
     // A key after the first 4 MiB is still found and redacted in place.
     let (_, direct_len, _) = fetch_embeddings(&direct, 570, Some(&format!("key {AWS_KEY}")));
