@@ -86,10 +86,9 @@ fn ca_install_and_uninstall_update_the_system_store() {
     );
     let advice = std::fs::read_to_string(dir.path().join("install.out")).unwrap();
     for needle in [
-        "SSL_CERT_FILE=",
-        "REQUESTS_CA_BUNDLE=",
-        "NODE_EXTRA_CA_CERTS=",
-        "keytool -importcert",
+        "/etc/environment",
+        "/etc/profile.d/leash-ca.sh",
+        "Already running processes",
     ] {
         assert!(
             advice.contains(needle),
@@ -168,10 +167,12 @@ fn install_then_uninstall(t: &std::path::Path, ca: &std::path::Path) -> std::pro
         set -e
         t=$1; leash=$2; ca=$3
         cp -a /usr/local/share/ca-certificates "$t/local" && mount --bind "$t/local" /usr/local/share/ca-certificates
-        cp -a /etc/ssl/certs "$t/certs" && mount --bind "$t/certs" /etc/ssl/certs
+        cp -a /etc "$t/etc" && mount --bind "$t/etc" /etc
+        if [ -d /var/lib/ca-certificates-java ]; then cp -a /var/lib/ca-certificates-java "$t/cajava" && mount --bind "$t/cajava" /var/lib/ca-certificates-java; fi
+        export DPKG_MAINTSCRIPT_PACKAGE=leash-test-sandbox
         "$leash" ca install --dir "$ca" > "$t/install.out"
         cp /etc/ssl/certs/ca-certificates.crt "$t/after-install.crt"
-        "$leash" ca uninstall > "$t/uninstall.out"
+        "$leash" ca uninstall --dir "$ca" > "$t/uninstall.out"
         cp /etc/ssl/certs/ca-certificates.crt "$t/after-uninstall.crt"
     "#;
     run(std::process::Command::new("unshare")

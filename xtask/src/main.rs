@@ -190,14 +190,24 @@ const PLAYWRIGHT: &str = "playwright-core@1.65.1";
 /// `target/console-browser` with playwright-core (npm): it drives the
 /// Debian chromium, so no browser is downloaded. Returns its
 /// `node_modules`.
+/// The official Node.js SDKs the runtime-trust test drives (pinned).
+const NODE_SDKS: &str = "openai@7.59.0 @anthropic-ai/sdk@1.14.0";
+
+/// `target/node-sdk` with the pinned Node.js SDKs.
+fn ensure_node_sdks() -> Result<PathBuf> {
+    let prefix = target_dir().join("node-sdk");
+    ensure_npm(&prefix, NODE_SDKS)?;
+    Ok(prefix)
+}
+
 fn ensure_playwright() -> Result<PathBuf> {
     let prefix = target_dir().join("console-browser");
     ensure_npm(&prefix, PLAYWRIGHT)?;
     Ok(prefix.join("node_modules"))
 }
 
-/// The npm package `pin` (`name@version`) installed alone in `prefix`,
-/// once per pin.
+/// The npm packages `pin` (`name@version`, space-separated) installed
+/// alone in `prefix`, once per pin.
 pub(crate) fn ensure_npm(prefix: &Path, pin: &str) -> Result<()> {
     ensure_pinned(prefix, pin, || {
         let _ = std::fs::remove_dir_all(prefix);
@@ -205,7 +215,7 @@ pub(crate) fn ensure_npm(prefix: &Path, pin: &str) -> Result<()> {
         run(Command::new("npm")
             .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
             .arg(prefix)
-            .arg(pin))
+            .args(pin.split_whitespace()))
     })
 }
 
@@ -375,11 +385,13 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
         ("npm", "npm"),
         ("tinyproxy", "tinyproxy"),
         ("ip", "iproute2"),
+        ("java", "openjdk-17-jdk-headless"),
     ])?;
     ensure_postgres_server()?;
     setup()?;
     let python = ensure_python_venv()?;
     let playwright = ensure_playwright()?;
+    let node_sdk = ensure_node_sdks()?;
     if !no_lint {
         lint::lint()?;
         run(cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -429,7 +441,8 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
             .env("LEASH_BIN", &leash)
             .env("LEASH_TEST_RESULTS", target_dir().join("test-results"))
             .env("LEASH_TEST_PYTHON", &python)
-            .env("LEASH_TEST_PLAYWRIGHT", &playwright),
+            .env("LEASH_TEST_PLAYWRIGHT", &playwright)
+            .env("LEASH_TEST_NODE_SDK", &node_sdk),
     )?;
     if args.is_empty() {
         // Every figure SECURITY.md shows comes from this run.

@@ -23,15 +23,26 @@ pub enum CaCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Add the CA to this machine's trust store and print what runtimes
-    /// with their own stores (Python, Node.js, Java) need.
+    /// Trust the CA on this machine, for every process started from now
+    /// on: the system store, and the runtimes with their own (an
+    /// environment for logins, shells and services naming the system
+    /// bundle; JDKs with their own cacerts). Lists each change.
     Install {
+        /// The CA directory (where the record of the changes is kept).
+        #[arg(long, default_value = DEFAULT_CA_DIR)]
+        dir: PathBuf,
+        /// Also append the CA to certifi bundles of the host's Python
+        /// environments.
+        #[arg(long)]
+        python_bundles: bool,
+    },
+    /// Undo `leash ca install`: the system store, and every file it
+    /// changed restored (or removed, if it made it).
+    Uninstall {
         /// The CA directory.
         #[arg(long, default_value = DEFAULT_CA_DIR)]
         dir: PathBuf,
     },
-    /// Remove the CA from this machine's trust store.
-    Uninstall,
     /// Replace the CA with a new one (the old key is destroyed) and keep
     /// the old certificate trusted for a grace period, so clients accept
     /// leaves from either while machines (`leash ca install`) and agents
@@ -84,7 +95,10 @@ pub fn command(cmd: CaCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        CaCommand::Install { dir } => {
+        CaCommand::Install {
+            dir,
+            python_bundles,
+        } => {
             CertAuthority::load(&dir)?;
             let certs: Vec<String> = crate::ca::refresh_trust(&dir)?
                 .into_iter()
@@ -92,7 +106,7 @@ pub fn command(cmd: CaCommand) -> anyhow::Result<()> {
                 .collect();
             print!(
                 "{}",
-                trust::install(&certs, &dir.join(crate::ca::TRUST_FILE))?
+                trust::install(&dir, &certs, trust::Reach { python_bundles })?
             );
             Ok(())
         }
@@ -123,8 +137,8 @@ pub fn command(cmd: CaCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        CaCommand::Uninstall => {
-            print!("{}", trust::uninstall()?);
+        CaCommand::Uninstall { dir } => {
+            print!("{}", trust::uninstall(&dir)?);
             Ok(())
         }
     }

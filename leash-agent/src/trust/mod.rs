@@ -1,7 +1,12 @@
-//! Putting the organisation CA into (and out of) the machine's trust store,
-//! and telling the operator what runtimes with their own stores need.
+//! Putting the organisation CA into (and out of) the machine's trust store
+//! and the runtimes that keep their own (`runtimes`), remembering every
+//! change so uninstall undoes exactly that (`manifest`).
+
+pub mod manifest;
+pub mod runtimes;
 
 use std::{
+    fmt::Write as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -32,6 +37,8 @@ pub enum TrustError {
     Write(PathBuf, std::io::Error),
     #[error("`{0}` failed: {1}")]
     Update(&'static str, String),
+    #[error("the install record {0} is unreadable: {1}")]
+    Manifest(PathBuf, String),
 }
 
 fn on_path(program: &str) -> bool {
@@ -97,56 +104,94 @@ fn installed_anchors(store: &Store) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// What `leash ca install` covers besides the system store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reach {
+    /// Append the CA to certifi bundles of the host's Python environments.
+    pub python_bundles: bool,
+}
+
+/// Undoes the runtime changes of an earlier install (in reverse order).
+fn undo_runtimes(ca_dir: &Path, out: &mut String) -> Result<(), TrustError> {
+    let m = manifest::Manifest::load(ca_dir)?;
+    for entry in m.entries.iter().rev() {
+        out.push_str(&runtimes::undo(entry)?);
+        out.push('\n');
+    }
+    manifest::Manifest::clear(ca_dir)
+}
+
 /// Puts `certs` (PEM; the current CA first, then retired ones still in
 /// their grace period) in the system store, replacing what Leash put there
-/// before; returns the lines to print for runtimes that keep their own
-/// stores, which should use `bundle` (all of them in one file).
-pub fn install(certs: &[String], bundle: &Path) -> Result<String, TrustError> {
+/// before, and into the runtimes that keep their own stores (see
+/// `runtimes`); every change is listed in the returned text and recorded
+/// in `ca_dir` for uninstall.
+pub fn install(ca_dir: &Path, certs: &[String], reach: Reach) -> Result<String, TrustError> {
     let store = store()?;
+    let mut out = String::new();
+    // A second install starts from the machine as it was.
+    undo_runtimes(ca_dir, &mut String::new())?;
     for old in installed_anchors(store) {
         std::fs::remove_file(&old).map_err(|e| TrustError::Write(old.clone(), e))?;
     }
-    for (path, pem) in anchor_paths(store, certs.len()).iter().zip(certs) {
+    let mut m = manifest::Manifest::default();
+    // Java stores are copied before the system store's update, which may
+    // touch them (a distribution hook).
+    let jdks = runtimes::JdkStores::back_up(&m, ca_dir)?;
+    let anchors = anchor_paths(store, certs.len());
+    for (path, pem) in anchors.iter().zip(certs) {
         std::fs::write(path, pem).map_err(|e| TrustError::Write(path.clone(), e))?;
     }
     update(store)?;
     let retired = certs.len().saturating_sub(1);
-    Ok(format!(
-        "Added the organisation CA{also} to the system trust store ({anchor}).\n\
-         Runtimes with their own trust stores need one more step:\n\
-         \x20 Python (httpx/requests, used by the openai/anthropic/google SDKs, which otherwise trust certifi):\n\
-         \x20   export SSL_CERT_FILE={system} REQUESTS_CA_BUNDLE={system}\n\
-         \x20 Node.js:\n\
-         \x20   export NODE_EXTRA_CA_CERTS={ca}\n\
-         \x20 Java (JVM trust store):\n\
-         \x20   keytool -importcert -cacerts -alias leash-org-ca -file {ca} -noprompt -storepass changeit\n",
+    let _ = write!(
+        out,
+        "Added the organisation CA{also} to the system trust store ({anchor}; bundle {bundle}).\nRuntimes, for every process started from now on:\n",
         also = if retired > 0 {
             format!(" and {retired} retired CA(s) still in their grace period")
         } else {
             String::new()
         },
-        ca = bundle.display(),
         anchor = store.anchor,
-        system = store.bundle,
-    ))
+        bundle = store.bundle,
+    );
+    let result = (|| {
+        runtimes::environment(&mut m, ca_dir, Path::new(store.bundle), &mut out)?;
+        jdks.import(&mut m, &anchors, &mut out)?;
+        if reach.python_bundles {
+            runtimes::python_bundles(&mut m, ca_dir, certs, &mut out)?;
+        }
+        Ok::<_, TrustError>(())
+    })();
+    // Whatever was done is recorded, even if a later step failed.
+    m.save(ca_dir)?;
+    result?;
+    if !reach.python_bundles {
+        out.push_str("  Python certifi bundles: left alone (the variables above cover requests and httpx; `--python-bundles` also appends the CA to them)\n");
+    }
+    out.push_str("Already running processes keep their old environment: restart them (and `systemctl daemon-reexec` for services). Check with `leash ca check`.\n");
+    Ok(out)
 }
 
-/// Removes the CA from the system store.
-pub fn uninstall() -> Result<String, TrustError> {
+/// Removes the CA from the system store and undoes every runtime change
+/// recorded in `ca_dir` by `install`.
+pub fn uninstall(ca_dir: &Path) -> Result<String, TrustError> {
     let store = store()?;
+    let mut out = String::new();
+    undo_runtimes(ca_dir, &mut out)?;
     let installed = installed_anchors(store);
     if installed.is_empty() {
-        return Ok(format!(
-            "{} was not installed; nothing to do.\n",
+        let _ = writeln!(
+            out,
+            "{} was not installed in the system store.",
             store.anchor
-        ));
+        );
+        return Ok(out);
     }
     for path in installed {
         std::fs::remove_file(&path).map_err(|e| TrustError::Write(path.clone(), e))?;
     }
     update(store)?;
-    Ok(format!(
-        "Removed {} from the system trust store. Also drop it from NODE_EXTRA_CA_CERTS and the JVM store (`keytool -delete -cacerts -alias leash-org-ca`).\n",
-        store.anchor
-    ))
+    let _ = writeln!(out, "Removed {} from the system trust store.", store.anchor);
+    Ok(out)
 }
