@@ -27,6 +27,7 @@ use crate::{
         certs::{CertCache, UpstreamClients},
         gateway::Gateway,
         transparent::{self, Transparent},
+        untrusted::Untrusted,
     },
     server::{self, ServeOptions},
     tls::{self, TlsError},
@@ -432,7 +433,8 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         &config,
         cgroup_dir.clone(),
     )?)?);
-    let state = interception_state(interception, Arc::clone(&hooks), Arc::clone(&metrics));
+    let untrusted = Arc::new(Untrusted::new(&config.intercept.untrusted));
+    let state = interception_state(interception, &hooks, &metrics, &untrusted);
     let console = Some(console_for(&config, policy, Some(state))?.with_live(audit_writer.live()));
     let host_table = HostTable::new(&config.intercept, &config.providers);
     let static_targets = hosts::add_static(&hooks, host_table.hosts())?;
@@ -458,6 +460,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
             config.upstream.response_timeout,
         ),
         ports: config.intercept.ports.clone(),
+        untrusted: Arc::clone(&untrusted),
     });
     let refusals = tokio::spawn(crate::proxy::refusals::watch(
         Arc::clone(&hooks),
@@ -527,9 +530,15 @@ async fn spawn_gateway(
 /// the current target addresses, connection counters and hook state.
 fn interception_state(
     setup: serde_json::Value,
-    hooks: Arc<KernelHooks>,
-    metrics: Arc<Metrics>,
+    hooks: &Arc<KernelHooks>,
+    metrics: &Arc<Metrics>,
+    untrusted: &Arc<Untrusted>,
 ) -> crate::console::Interception {
+    let (hooks, metrics, untrusted) = (
+        Arc::clone(hooks),
+        Arc::clone(metrics),
+        Arc::clone(untrusted),
+    );
     Box::new(move || {
         let mut v = setup.clone();
         let mut targets: Vec<String> = hooks.targets().iter().map(ToString::to_string).collect();
@@ -543,6 +552,7 @@ fn interception_state(
                 .collect::<std::collections::BTreeMap<_, _>>()
         );
         v["hooks"] = serde_json::json!({"attached": true, "pinned": hooks.pinned()});
+        v["untrusted_clients"] = untrusted.report();
         // Setups the kernel refused to govern, per cgroup (containers
         // without `namespace_listen`, QUIC).
         let root = crate::intercept::cgroup::v2_root();

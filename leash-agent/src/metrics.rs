@@ -78,6 +78,11 @@ struct HostLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExeLabels {
+    exe: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
 }
@@ -127,6 +132,8 @@ pub struct Metrics {
     teams: Mutex<HashSet<String>>,
     rules: Mutex<HashSet<String>>,
     shadow_hosts: Mutex<HashSet<String>>,
+    untrusted: Family<ExeLabels, Counter>,
+    untrusted_exes: Mutex<HashSet<String>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -228,6 +235,12 @@ impl Metrics {
             "leash_refused_connections",
             "Connections the transparent agent refused, by reason (no_record, stale_record, not_tls, bad_hello, no_sni, unknown_host, plain_http, provider_in_tunnel, quic, other_namespace)",
             Family::<ReasonLabels, Counter>::default(),
+        );
+        let untrusted = register(
+            &mut r,
+            "leash_untrusted_clients",
+            "TLS handshakes a client broke off because it does not trust the organisation CA, by executable",
+            Family::<ExeLabels, Counter>::default(),
         );
         let targets_full = register(
             &mut r,
@@ -356,6 +369,8 @@ impl Metrics {
             teams: Mutex::new(HashSet::new()),
             rules: Mutex::new(HashSet::new()),
             shadow_hosts: Mutex::new(HashSet::new()),
+            untrusted,
+            untrusted_exes: Mutex::new(HashSet::new()),
         }
     }
 
@@ -388,6 +403,12 @@ impl Metrics {
     pub fn shadow_ai(&self, host: &str) {
         let host = bounded_label(&self.shadow_hosts, host);
         self.shadow_ai.get_or_create(&HostLabels { host }).inc();
+    }
+
+    /// Counts a client that rejected the organisation CA's leaf.
+    pub fn untrusted_client(&self, exe: &str) {
+        let exe = bounded_label(&self.untrusted_exes, exe);
+        self.untrusted.get_or_create(&ExeLabels { exe }).inc();
     }
 
     /// Counts `n` connections refused for `reason`.

@@ -250,6 +250,20 @@ pub enum Event {
     /// A connection the transparent agent refused (`refusal` says why,
     /// `endpoint` where it was going).
     Refused,
+    /// A provider connection let through uninspected on purpose (`bypass`
+    /// says why).
+    Bypassed,
+}
+
+/// Why a provider connection was let through uninspected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bypass {
+    /// The executable rejected the organisation CA before
+    /// (`intercept.on_untrusted_client: splice`).
+    UntrustedClient,
+    /// The executable is in `intercept.bypass_executables`.
+    Listed,
 }
 
 /// Why the transparent agent refused a connection.
@@ -271,6 +285,9 @@ pub enum Refusal {
     UnknownHost,
     /// Plain HTTP to a provider through a forward proxy.
     PlainHttp,
+    /// The client broke off the TLS handshake: it does not trust the
+    /// organisation CA (`unknown_ca`, `bad_certificate`, or a close).
+    UntrustedClient,
     /// A provider's server name inside a forward-proxy tunnel to another
     /// host (an alias of the provider would let it through uninspected).
     ProviderInTunnel,
@@ -282,7 +299,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::NoRecord,
         Self::StaleRecord,
         Self::NotTls,
@@ -290,6 +307,7 @@ impl Refusal {
         Self::NoSni,
         Self::UnknownHost,
         Self::PlainHttp,
+        Self::UntrustedClient,
         Self::ProviderInTunnel,
         Self::Quic,
         Self::OtherNamespace,
@@ -304,6 +322,7 @@ impl Refusal {
             Self::NoSni => "no_sni",
             Self::UnknownHost => "unknown_host",
             Self::PlainHttp => "plain_http",
+            Self::UntrustedClient => "untrusted_client",
             Self::ProviderInTunnel => "provider_in_tunnel",
             Self::Quic => "quic",
             Self::OtherNamespace => "other_namespace",
@@ -351,6 +370,9 @@ pub struct AuditRecord {
     /// Why a connection was refused (`event: refused`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<Refusal>,
+    /// Why a provider connection went uninspected (`event: bypassed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bypass: Option<Bypass>,
 }
 
 #[cfg(test)]
@@ -396,6 +418,7 @@ mod tests {
             error: Some(ErrorCode::PolicyBlocked),
             event: None,
             refusal: None,
+            bypass: None,
         };
         let text = serde_json::to_string(&record).unwrap_or_default();
         assert!(text.contains(r#""error":"leash_policy_blocked""#), "{text}");

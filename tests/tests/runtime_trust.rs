@@ -30,6 +30,20 @@ fn node_sdk() -> Option<PathBuf> {
     std::env::var_os("LEASH_TEST_NODE_SDK").map(PathBuf::from)
 }
 
+/// The Node client beside the SDKs it loads (written whole, then renamed:
+/// tests run side by side).
+fn place_node_client(sdk: &std::path::Path) {
+    let tmp = sdk.join(format!(
+        "sdk_check.cjs.{}",
+        std::thread::current()
+            .name()
+            .unwrap_or("t")
+            .replace(':', "_")
+    ));
+    std::fs::copy(python_dir().join("../node/sdk_check.cjs"), &tmp).unwrap();
+    std::fs::rename(&tmp, sdk.join("sdk_check.cjs")).unwrap();
+}
+
 const SCRIPT: &str = r#"
 set -u
 T=$1; LEASH=$2; CA=$3; HOSTS=$4; CG=$5; NODE=$6; PY=$7; PYCHECK=$8; JAVA=$9
@@ -67,6 +81,27 @@ client node-after-uninstall "node $NODE/sdk_check.cjs openai"
 sums > "$T/after.sums"
 "#;
 
+/// Each client intercepted and audited under its own executable.
+fn check_audited_by_exe(w: &World) {
+    // Each intercepted and audited under its own executable.
+    let records = w.agent.wait_records(7);
+    let exes: Vec<String> = records
+        .iter()
+        .filter(|r| r["event"].is_null())
+        .map(|r| r["caller"]["exe"].as_str().unwrap_or("-").to_owned())
+        .collect();
+    for (n, want) in [(1, "curl"), (2, "python"), (2, "node"), (1, "java")] {
+        assert_eq!(
+            exes.iter()
+                .filter(|e| e.rsplit('/').next().unwrap_or("").starts_with(want))
+                .count(),
+            n,
+            "{want}: {exes:?}"
+        );
+    }
+    assert!(records.iter().all(|r| r["mode"] == "transparent"));
+}
+
 #[test]
 fn every_runtime_is_covered_after_ca_install_and_uninstall_restores_the_machine() {
     if !require_root() {
@@ -85,12 +120,7 @@ fn every_runtime_is_covered_after_ca_install_and_uninstall_restores_the_machine(
         ],
         "",
     );
-    // The Node client beside the SDKs it loads.
-    std::fs::copy(
-        python_dir().join("../node/sdk_check.cjs"),
-        sdk.join("sdk_check.cjs"),
-    )
-    .unwrap();
+    place_node_client(&sdk);
     let t = tempfile::tempdir().unwrap();
     let java = python_dir().join("../java/Client.java");
     let out = run(std::process::Command::new("unshare")
@@ -135,23 +165,21 @@ fn every_runtime_is_covered_after_ca_install_and_uninstall_restores_the_machine(
             w.agent.logs()
         );
     }
-    // Each intercepted and audited under its own executable.
-    let records = w.agent.wait_records(6);
-    let exes: Vec<String> = records
+    check_audited_by_exe(&w);
+    // Uninstall: the machine as it was, and Node no longer trusts the CA —
+    // refused visibly, named.
+    let records = w.agent.audit_records();
+    let refused: Vec<&serde_json::Value> = records
         .iter()
-        .map(|r| r["caller"]["exe"].as_str().unwrap_or("-").to_owned())
+        .filter(|r| r["refusal"] == "untrusted_client")
         .collect();
-    for (n, want) in [(1, "curl"), (2, "python"), (2, "node"), (1, "java")] {
-        assert_eq!(
-            exes.iter()
-                .filter(|e| e.rsplit('/').next().unwrap_or("").starts_with(want))
-                .count(),
-            n,
-            "{want}: {exes:?}"
-        );
-    }
-    assert!(records.iter().all(|r| r["mode"] == "transparent"));
-    // Uninstall: the machine as it was, and Node no longer trusts the CA.
+    assert_eq!(refused.len(), 1, "{records:#?}");
+    assert!(
+        refused[0]["caller"]["exe"]
+            .as_str()
+            .unwrap()
+            .ends_with("node")
+    );
     assert_eq!(
         read("before.sums"),
         read("after.sums"),
@@ -170,4 +198,120 @@ fn every_runtime_is_covered_after_ca_install_and_uninstall_restores_the_machine(
             "install does not list {listed}:\n{install}"
         );
     }
+}
+
+/// A Node.js client that trusts the provider's public CA but not the
+/// organisation CA, called twice through the agent: what the agent does
+/// with it (after each call, the audit and the metric).
+fn untrusting_node_twice(on_untrusted: &str, addr: &'static str) -> (World, Vec<bool>) {
+    let sdk = node_sdk().expect("LEASH_TEST_NODE_SDK (set by cargo xtask test)");
+    place_node_client(&sdk);
+    let w = World::new(
+        &format!("untrusted-{on_untrusted}"),
+        &[Host("api.openai.com", addr, true)],
+        &format!("  on_untrusted_client: {on_untrusted}\n"),
+    );
+    let script = sdk.join("sdk_check.cjs");
+    let ok: Vec<bool> = (0..2)
+        .map(|_| {
+            let out = run(&mut w.cgroup.command(
+                &w.hosts_file,
+                "env",
+                &[
+                    &format!("NODE_EXTRA_CA_CERTS={}", w.public_ca.display()),
+                    "node",
+                    script.to_str().unwrap(),
+                    "openai",
+                ],
+            ));
+            out.status.success()
+        })
+        .collect();
+    (w, ok)
+}
+
+/// Never a silently broken app: an executable that rejects the
+/// organisation CA is counted (`leash_untrusted_clients_total{exe}`),
+/// audited as refused with its caller and listed on the console; by default
+/// it keeps failing, visibly.
+#[test]
+fn an_untrusting_client_is_refused_counted_and_named() {
+    if !require_root() {
+        return;
+    }
+    let (w, ok) = untrusting_node_twice("refuse", "127.10.2.3");
+    assert_eq!(ok, [false, false]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let records = loop {
+        let r = w.agent.audit_records();
+        if r.iter()
+            .filter(|r| r["refusal"] == "untrusted_client")
+            .count()
+            == 2
+        {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{r:#?}\n{}",
+            w.agent.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        records
+            .iter()
+            .all(|r| r["caller"]["exe"].as_str().unwrap().ends_with("node")),
+        "{records:#?}"
+    );
+    let metrics = w.agent.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("leash_untrusted_clients_total{exe=\"")
+                && l.contains("node\"}")
+                && l.ends_with(" 2")),
+        "{metrics}"
+    );
+    let (_, page) = w.agent.api("GET", "/api/interception", b"");
+    assert_eq!(page["untrusted_clients"][0]["rejections"], 2, "{page}");
+    assert!(w.mocks[0].requests().is_empty());
+}
+
+/// `on_untrusted_client: splice`: after the first rejection, the same
+/// executable's next connection goes through uninspected — and is audited
+/// as bypassed, naming it.
+#[test]
+fn splice_lets_an_untrusting_client_through_audited_as_bypassed() {
+    if !require_root() {
+        return;
+    }
+    let (w, ok) = untrusting_node_twice("splice", "127.10.2.4");
+    assert_eq!(ok, [false, true], "{}", w.agent.logs());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let records = loop {
+        let r = w.agent.audit_records();
+        if r.iter().any(|r| r["event"] == "bypassed") {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{r:#?}\n{}",
+            w.agent.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let bypassed = records.iter().find(|r| r["event"] == "bypassed").unwrap();
+    assert_eq!(bypassed["bypass"], "untrusted_client");
+    assert!(
+        bypassed["caller"]["exe"]
+            .as_str()
+            .unwrap()
+            .ends_with("node")
+    );
+    assert_eq!(
+        w.mocks[0].requests().len(),
+        1,
+        "the second call went through"
+    );
 }

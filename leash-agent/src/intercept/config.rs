@@ -42,6 +42,26 @@ pub enum FailureMode {
     Closed,
 }
 
+/// What happens to an executable that rejected the organisation CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUntrusted {
+    /// Its connections keep failing (counted, audited, shown).
+    Refuse,
+    /// Its later provider connections go through uninspected for
+    /// `untrusted_splice_secs`, each audited as bypassed.
+    Splice,
+}
+
+/// Executables whose provider connections are not inspected.
+#[derive(Debug, Clone)]
+pub struct Untrusted {
+    pub on_untrusted: OnUntrusted,
+    pub splice_for: Duration,
+    /// `intercept.bypass_executables` (globs over the executable's path).
+    pub bypass_executables: Vec<String>,
+}
+
 /// A provider host the agent intercepts.
 #[derive(Debug, Clone)]
 pub struct InterceptHost {
@@ -77,6 +97,7 @@ pub struct InterceptConfig {
     /// namespaces in the cgroup (containers); `None`: those are refused and
     /// reported.
     pub namespace_listen: Option<Ipv4Addr>,
+    pub untrusted: Untrusted,
 }
 
 /// Forward proxies whose connections from the cgroup the agent answers
@@ -108,6 +129,9 @@ pub struct RawIntercept {
     forward_proxies: Option<Vec<String>>,
     forward_proxies_from_env: Option<bool>,
     namespace_listen: Option<String>,
+    on_untrusted_client: Option<OnUntrusted>,
+    untrusted_splice_secs: Option<u64>,
+    bypass_executables: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +220,23 @@ impl InterceptConfig {
                         })
                 })
                 .transpose()?,
+            untrusted: Untrusted {
+                on_untrusted: raw.on_untrusted_client.unwrap_or(OnUntrusted::Refuse),
+                splice_for: field::secs(
+                    "intercept.untrusted_splice_secs",
+                    raw.untrusted_splice_secs,
+                    3600,
+                )?,
+                bypass_executables: {
+                    let globs = raw.bypass_executables.unwrap_or_default();
+                    for (i, g) in globs.iter().enumerate() {
+                        globset::Glob::new(g).map_err(|e| {
+                            invalid(format!("intercept.bypass_executables[{i}]"), e.to_string())
+                        })?;
+                    }
+                    globs
+                },
+            },
         })
     }
 

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use crate::record::{AuditRecord, Caller, Event, Mode, Refusal, timestamp};
+use crate::record::{AuditRecord, Bypass, Caller, Event, Mode, Refusal, timestamp};
 
 /// The `shadow_ai` event: `caller` connected to `host`, an LLM endpoint that
 /// is not intercepted (the connection was spliced, not inspected).
@@ -16,6 +16,14 @@ pub fn record(host: &str, caller: &Caller, node: &Arc<str>) -> AuditRecord {
 /// The `refused` event: the connection of `caller` to `to` was refused.
 pub fn refused(refusal: Refusal, to: &str, caller: &Caller, node: &Arc<str>) -> AuditRecord {
     event(Event::Refused, Some(refusal), to, caller, node)
+}
+
+/// The `bypassed` event: the connection of `caller` to `to` went through
+/// uninspected, on purpose.
+pub fn bypassed(bypass: Bypass, to: &str, caller: &Caller, node: &Arc<str>) -> AuditRecord {
+    let mut r = event(Event::Bypassed, None, to, caller, node);
+    r.bypass = Some(bypass);
+    r
 }
 
 fn event(
@@ -53,6 +61,7 @@ fn event(
         error: None,
         event: Some(event),
         refusal,
+        bypass: None,
     }
 }
 

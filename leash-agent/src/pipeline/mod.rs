@@ -155,6 +155,7 @@ impl Exchange {
             error: self.error,
             event: None,
             refusal: None,
+            bypass: None,
         }
     }
 }

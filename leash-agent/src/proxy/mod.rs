@@ -13,6 +13,7 @@ pub mod path;
 pub mod refusals;
 pub mod sni;
 pub mod transparent;
+pub mod untrusted;
 
 use std::time::Instant;
 

@@ -36,6 +36,7 @@ use super::{
     forward::{self, ProxyRequest},
     hygiene, local_response, path,
     sni::{Hello, Prefixed, peek_client_hello},
+    untrusted::{self, Untrusted},
 };
 use crate::{
     intercept::{
@@ -66,6 +67,8 @@ pub struct Transparent {
     /// The intercepted ports: a tunnel to one of them is expected to carry
     /// TLS, and its `ClientHello` is read.
     pub ports: Vec<u16>,
+    /// Clients that reject the organisation CA, and what to do with them.
+    pub untrusted: Arc<Untrusted>,
 }
 
 /// The caller of a redirected connection, as the audit names it.
@@ -156,26 +159,7 @@ impl Opener for Transparent {
 
     async fn open(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) -> Opened<Terminated> {
         let peer = ClientAddr(peer);
-        let orig = match self.hooks.take(peer) {
-            Ok(orig) => orig,
-            Err(why) => {
-                let refusal = match why {
-                    NoRecord::Missing => Refusal::NoRecord,
-                    NoRecord::Stale => Refusal::StaleRecord,
-                };
-                self.metrics().intercepted("unknown");
-                tracing::warn!(%peer, reason = refusal.as_str(), "connection to the transparent proxy without a kernel record; refused");
-                self.refuse(
-                    refusal,
-                    &peer.to_string(),
-                    &Caller {
-                        addr: Some(peer.0),
-                        ..Caller::default()
-                    },
-                );
-                return None;
-            }
-        };
+        let orig = self.record_of(peer)?;
         let mut opening = Opening {
             orig,
             peer,
@@ -224,6 +208,11 @@ impl Opener for Transparent {
             return None;
         };
         let host = sni.unwrap_or_default();
+        if self.bypassed(&opening, &host) {
+            self.splice_route(&mut stream, &prefix, &opening.route)
+                .await;
+            return None;
+        }
         self.metrics().intercepted("terminated");
         let config = match self.certs.server_config(&host) {
             Ok(c) => c,
@@ -238,7 +227,7 @@ impl Opener for Transparent {
         {
             Ok(tls) => tls,
             Err(e) => {
-                tracing::debug!(%peer, %host, error = %e, "TLS handshake with the client failed");
+                self.handshake_failed(&opening, &host, &e);
                 return None;
             }
         };
@@ -367,6 +356,77 @@ impl Transparent {
         tracing::info!(%host, pid = caller.pid, exe = caller.exe.as_deref().unwrap_or("-"), "shadow AI: connection to an LLM endpoint that is not intercepted");
         let record = shadow::record(host, &caller, self.pipeline.host());
         self.pipeline.audit_event(record);
+    }
+
+    /// The kernel record of the connection from `peer`; without a fresh
+    /// one, the connection is refused and audited.
+    fn record_of(&self, peer: ClientAddr) -> Option<OrigDst> {
+        let why = match self.hooks.take(peer) {
+            Ok(orig) => return Some(orig),
+            Err(why) => why,
+        };
+        let refusal = match why {
+            NoRecord::Missing => Refusal::NoRecord,
+            NoRecord::Stale => Refusal::StaleRecord,
+        };
+        self.metrics().intercepted("unknown");
+        tracing::warn!(%peer, reason = refusal.as_str(), "connection to the transparent proxy without a kernel record; refused");
+        let caller = Caller {
+            addr: Some(peer.0),
+            ..Caller::default()
+        };
+        self.refuse(refusal, &peer.to_string(), &caller);
+        None
+    }
+
+    /// Whether the connection's executable is let through uninspected
+    /// (`intercept.bypass_executables`, or `on_untrusted_client: splice`
+    /// after it rejected the CA); audited as bypassed.
+    fn bypassed(&self, opening: &Opening, host: &str) -> bool {
+        if !self.untrusted.active() {
+            return false;
+        }
+        let caller = caller_of(&opening.orig, opening.peer);
+        let Some(why) = caller.exe.as_deref().and_then(|e| self.untrusted.bypass(e)) else {
+            return false;
+        };
+        self.metrics().intercepted("bypassed");
+        tracing::info!(peer = %opening.peer, %host, exe = caller.exe.as_deref().unwrap_or("-"), reason = ?why, "provider connection let through uninspected (bypass)");
+        let record = shadow::bypassed(why, host, &caller, self.pipeline.host());
+        self.pipeline.audit_event(record);
+        true
+    }
+
+    /// A client's TLS handshake failed: when it rejected the organisation
+    /// CA, counted per executable, remembered, and audited.
+    fn handshake_failed(&self, opening: &Opening, host: &str, e: &std::io::Error) {
+        if !untrusted::is_rejection(e) {
+            tracing::debug!(peer = %opening.peer, %host, error = %e, "TLS handshake with the client failed");
+            return;
+        }
+        let caller = caller_of(&opening.orig, opening.peer);
+        let exe = caller.exe.as_deref().unwrap_or("-");
+        tracing::warn!(peer = %opening.peer, %host, exe, pid = caller.pid, error = %e, "the client does not trust the organisation CA (run `leash ca install`, or see intercept.on_untrusted_client)");
+        self.metrics().untrusted_client(exe);
+        self.untrusted.rejected(&caller);
+        self.refuse(Refusal::UntrustedClient, host, &caller);
+    }
+
+    /// Relays `client` to where the route goes (through the forward proxy's
+    /// tunnel, if it has one), after the bytes already read.
+    async fn splice_route(&self, client: &mut TcpStream, head: &[u8], route: &Route) {
+        if route.tunnel.is_none() {
+            return self.splice(client, head, route).await;
+        }
+        let result = async {
+            let mut upstream = self.upstreams.connector(route).connect().await?;
+            upstream.write_all(head).await?;
+            tokio::io::copy_bidirectional(client, &mut upstream).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(dst = %route.dst, error = %e, "spliced tunnel ended with an error");
+        }
     }
 
     /// Relays `client` to the route's destination (the original one, or
