@@ -440,6 +440,48 @@ pub fn refresh_trust(dir: &Path) -> Result<Vec<Trusted>, CaError> {
 mod tests {
     use super::*;
 
+    /// The CA and a minted leaf pass OpenSSL's strict X.509 checks (what
+    /// Python 3.13 turns on by default: critical basic constraints, key
+    /// identifiers, key usage) for a TLS server.
+    #[test]
+    fn ca_and_leaf_pass_strict_verification() {
+        use rustls_pki_types::pem::PemObject as _;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertAuthority::init(dir.path(), &CaOptions::default(), false).unwrap();
+        let (chain, _) = ca.mint("api.openai.com").unwrap();
+        let leaf = dir.path().join("leaf.pem");
+        let der = chain[0].as_ref();
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
+        let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap());
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+        assert!(CertificateDer::from_pem_slice(pem.as_bytes()).is_ok());
+        std::fs::write(&leaf, pem).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args([
+                "verify",
+                "-x509_strict",
+                "-purpose",
+                "sslserver",
+                "-verify_hostname",
+                "api.openai.com",
+                "-CAfile",
+            ])
+            .arg(ca.cert_path())
+            .arg(&leaf)
+            .output()
+            .expect("openssl (cargo xtask test installs it)");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     #[test]
     fn ca_files_are_checked_on_the_open_file() {
         use std::os::unix::fs::{PermissionsExt as _, symlink};

@@ -63,7 +63,10 @@ sums() {
   ls -a /etc/profile.d /etc/systemd /usr/local/share/ca-certificates
 }
 sums > "$T/before.sums"
+"$LEASH" ca check --dir "$CA" --json > "$T/check-before.json" 2>"$T/check-before.err"
 "$LEASH" ca install --dir "$CA" > "$T/install.out" 2>&1 || exit 98
+"$LEASH" ca check --dir "$CA" --json > "$T/check-after.json" 2>"$T/check-after.err"
+"$LEASH" ca check --dir "$CA" > "$T/check-after.txt" 2>&1
 echo $$ > "$CG/cgroup.procs"
 client() {
   name=$1; shift
@@ -100,6 +103,40 @@ fn check_audited_by_exe(w: &World) {
         );
     }
     assert!(records.iter().all(|r| r["mode"] == "transparent"));
+}
+
+/// `leash ca check` says what the clients did.
+fn check_doctor_verdicts(t: &std::path::Path) {
+    // `leash ca check` says what the clients did: nothing trusted the CA
+    // before, everything after.
+    let read = |name: &str| std::fs::read_to_string(t.join(name)).unwrap_or_default();
+    let verdicts = |name: &str| -> Vec<serde_json::Value> {
+        serde_json::from_str(&read(name)).unwrap_or_else(|e| panic!("{name}: {e}: {}", read(name)))
+    };
+    let before = verdicts("check-before.json");
+    let after = verdicts("check-after.json");
+    for runtime in ["curl", "requests", "node", "java"] {
+        let find = |v: &[serde_json::Value]| {
+            v.iter()
+                .find(|x| x["runtime"].as_str().unwrap().contains(runtime))
+                .map(|x| x["trusted"].clone())
+        };
+        assert_eq!(
+            find(&before),
+            Some(serde_json::json!(false)),
+            "{runtime} before: {before:#?}"
+        );
+        assert_eq!(
+            find(&after),
+            Some(serde_json::json!(true)),
+            "{runtime} after: {after:#?}"
+        );
+    }
+    assert!(after.iter().all(|v| v["trusted"] == true), "{after:#?}");
+    leash_tests::results::record(
+        "ca_check",
+        &serde_json::json!({"table": read("check-after.txt"), "runtimes": after.len()}),
+    );
 }
 
 #[test]
@@ -192,6 +229,7 @@ fn every_runtime_is_covered_after_ca_install_and_uninstall_restores_the_machine(
         "Node still trusts the organisation CA after uninstall: {}",
         read("node-after-uninstall.out")
     );
+    check_doctor_verdicts(t.path());
     for listed in ["/etc/environment", "/etc/profile.d/leash-ca.sh"] {
         assert!(
             install.contains(listed),

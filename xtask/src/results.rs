@@ -179,6 +179,9 @@ fn fuzz_figure() -> Option<String> {
 const ESCAPES_BEGIN: &str =
     "<!-- escapes:begin (written by `cargo xtask test` from target/test-results; do not edit) -->";
 const ESCAPES_END: &str = "<!-- escapes:end -->";
+const CA_CHECK_BEGIN: &str =
+    "<!-- ca-check:begin (written by `cargo xtask test` from target/test-results; do not edit) -->";
+const CA_CHECK_END: &str = "<!-- ca-check:end -->";
 
 /// The escape suite's table: one row per `escape_*.json` the last run
 /// wrote (`tests/tests/escapes.rs`).
@@ -220,7 +223,7 @@ fn escapes_table(dir: &Path) -> String {
 /// `text` with what lies between `begin` and `end` replaced by `body`.
 fn between(text: &str, begin: &str, end: &str, body: &str) -> Result<String> {
     let (Some(a), Some(b)) = (text.find(begin), text.find(end)) else {
-        anyhow::bail!("SECURITY.md has no `{begin}` … `{end}` markers");
+        anyhow::bail!("no `{begin}` … `{end}` markers");
     };
     Ok(format!("{}{begin}\n{body}{}", &text[..a], &text[b..]))
 }
@@ -239,6 +242,18 @@ pub fn render() -> Result<()> {
     let text = between(&text, BEGIN, END, &table)?;
     let new = between(&text, ESCAPES_BEGIN, ESCAPES_END, &escapes_table(&dir))?;
     std::fs::write(&path, new).context("writing SECURITY.md")?;
+    // README: what `leash ca check` said on the test machine after
+    // `leash ca install` (tests/tests/runtime_trust.rs).
+    if let Some(check) = load(&dir, "ca_check") {
+        let readme = root().join("README.md");
+        let text = std::fs::read_to_string(&readme).context("reading README.md")?;
+        let body = format!(
+            "```text\n$ leash ca check\n{}```\n",
+            check["table"].as_str().unwrap_or("")
+        );
+        let new = between(&text, CA_CHECK_BEGIN, CA_CHECK_END, &body)?;
+        std::fs::write(&readme, new).context("writing README.md")?;
+    }
     eprintln!(
         "xtask: SECURITY.md figures rewritten from {}",
         dir.display()

@@ -43,6 +43,29 @@ pub enum CaCommand {
         #[arg(long, default_value = DEFAULT_CA_DIR)]
         dir: PathBuf,
     },
+    /// Does every runtime on this host trust the CA with its default
+    /// settings? Starts each one found (curl, python3 and its HTTP
+    /// libraries, node, java) from a fresh login environment against a
+    /// local TLS server with a leaf from the CA. Exits 1 if one does not.
+    Check {
+        /// The CA directory.
+        #[arg(long, default_value = DEFAULT_CA_DIR)]
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the system bundle plus the CA to one file, to mount into
+    /// containers (with `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE` and
+    /// `NODE_EXTRA_CA_CERTS` pointing at it).
+    Bundle {
+        /// The CA directory.
+        #[arg(long, default_value = DEFAULT_CA_DIR)]
+        dir: PathBuf,
+        /// Where to write the bundle.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Replace the CA with a new one (the old key is destroyed) and keep
     /// the old certificate trusted for a grace period, so clients accept
     /// leaves from either while machines (`leash ca install`) and agents
@@ -134,6 +157,27 @@ pub fn command(cmd: CaCommand) -> anyhow::Result<()> {
             println!(
                 "Next: on every machine `leash ca install --dir {d}` (trusts the new and the retired CA), then restart the agents so they sign with the new one. Once the grace period is over, `leash ca install` again drops the old CA.",
                 d = dir.display()
+            );
+            Ok(())
+        }
+        CaCommand::Check { dir, json } => {
+            let verdicts = trust::check::check(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&verdicts)?);
+            } else {
+                print!("{}", trust::check::table(&verdicts));
+            }
+            if verdicts.iter().any(|v| !v.trusted) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        CaCommand::Bundle { dir, out } => {
+            crate::ca::refresh_trust(&dir)?;
+            trust::bundle(&dir.join(crate::ca::TRUST_FILE), &out)?;
+            println!(
+                "Wrote {}: the system roots and the organisation CA. In a container, mount it and set SSL_CERT_FILE, REQUESTS_CA_BUNDLE and NODE_EXTRA_CA_CERTS to its path.",
+                out.display()
             );
             Ok(())
         }

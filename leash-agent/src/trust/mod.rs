@@ -2,6 +2,7 @@
 //! and the runtimes that keep their own (`runtimes`), remembering every
 //! change so uninstall undoes exactly that (`manifest`).
 
+pub mod check;
 pub mod manifest;
 pub mod runtimes;
 
@@ -102,6 +103,23 @@ fn installed_anchors(store: &Store) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `leash ca bundle`: the system bundle followed by the organisation CA's
+/// certificates (`trust_pem`), in one file to mount into containers.
+pub fn bundle(trust_pem: &Path, out: &Path) -> Result<(), TrustError> {
+    let store = store()?;
+    let mut bytes =
+        std::fs::read(store.bundle).map_err(|e| TrustError::Write(store.bundle.into(), e))?;
+    if !bytes.ends_with(b"\n") {
+        bytes.push(b'\n');
+    }
+    let ca = std::fs::read(trust_pem).map_err(|e| TrustError::Write(trust_pem.to_path_buf(), e))?;
+    // Not twice, if the store already has it.
+    if !bytes.windows(ca.len().max(1)).any(|w| w == ca.as_slice()) {
+        bytes.extend_from_slice(&ca);
+    }
+    std::fs::write(out, bytes).map_err(|e| TrustError::Write(out.to_path_buf(), e))
 }
 
 /// What `leash ca install` covers besides the system store.
