@@ -78,6 +78,7 @@ struct Core {
     audit: AuditWriter,
     pipeline: Arc<Pipeline>,
     policy: Arc<PolicyHandle>,
+    alerts: crate::alerts::Alerter,
 }
 
 impl Core {
@@ -134,6 +135,7 @@ impl Core {
             audit,
             pipeline,
             policy,
+            alerts,
         })
     }
 }
@@ -235,6 +237,7 @@ pub async fn run_gateway(
         audit: audit_writer,
         pipeline,
         policy,
+        ..
     } = Core::new(&config)?;
     let console = Some(console_for(&config, policy, None)?.with_live(audit_writer.live()));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -421,6 +424,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         audit: audit_writer,
         pipeline,
         policy,
+        alerts,
     } = Core::new(&config)?;
     let interception = interception_status(&config, &cgroup_dir, &ca);
     let upstream_tls = upstream::tls_config(&config.upstream)?;
@@ -433,7 +437,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         &config,
         cgroup_dir.clone(),
     )?)?);
-    let untrusted = Arc::new(Untrusted::new(&config.intercept.untrusted));
+    let untrusted = Arc::new(Untrusted::new(&config.intercept.untrusted, alerts));
     let state = interception_state(interception, &hooks, &metrics, &untrusted);
     let console = Some(console_for(&config, policy, Some(state))?.with_live(audit_writer.live()));
     let host_table = HostTable::new(&config.intercept, &config.providers);

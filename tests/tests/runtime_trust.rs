@@ -241,13 +241,13 @@ fn every_runtime_is_covered_after_ca_install_and_uninstall_restores_the_machine(
 /// A Node.js client that trusts the provider's public CA but not the
 /// organisation CA, called twice through the agent: what the agent does
 /// with it (after each call, the audit and the metric).
-fn untrusting_node_twice(on_untrusted: &str, addr: &'static str) -> (World, Vec<bool>) {
+fn untrusting_node_twice(on_untrusted: &str, addr: &'static str, top: &str) -> (World, Vec<bool>) {
     let sdk = node_sdk().expect("LEASH_TEST_NODE_SDK (set by cargo xtask test)");
     place_node_client(&sdk);
     let w = World::new(
         &format!("untrusted-{on_untrusted}"),
         &[Host("api.openai.com", addr, true)],
-        &format!("  on_untrusted_client: {on_untrusted}\n"),
+        &format!("  on_untrusted_client: {on_untrusted}\n{top}"),
     );
     let script = sdk.join("sdk_check.cjs");
     let ok: Vec<bool> = (0..2)
@@ -270,15 +270,29 @@ fn untrusting_node_twice(on_untrusted: &str, addr: &'static str) -> (World, Vec<
 
 /// Never a silently broken app: an executable that rejects the
 /// organisation CA is counted (`leash_untrusted_clients_total{exe}`),
-/// audited as refused with its caller and listed on the console; by default
-/// it keeps failing, visibly.
+/// audited as refused with its caller, alerted and listed on the console;
+/// by default it keeps failing, visibly.
 #[test]
 fn an_untrusting_client_is_refused_counted_and_named() {
     if !require_root() {
         return;
     }
-    let (w, ok) = untrusting_node_twice("refuse", "127.10.2.3");
+    let hook = leash_tests::harness::WebhookReceiver::start();
+    let (w, ok) = untrusting_node_twice(
+        "refuse",
+        "127.10.2.3",
+        &format!(
+            "alerts: {{ webhook: \"{}\", min_interval_secs: 3600 }}\n",
+            hook.url
+        ),
+    );
     assert_eq!(ok, [false, false]);
+    // An alert names the executable (rate limiting per key is tested with
+    // the alert limits in policy tests).
+    let alerts = hook.wait(1);
+    let alert: serde_json::Value = serde_json::from_str(&alerts[0]).unwrap();
+    assert_eq!(alert["kind"], "untrusted_client", "{alert}");
+    assert!(alert["exe"].as_str().unwrap().ends_with("node"), "{alert}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let records = loop {
         let r = w.agent.audit_records();
@@ -324,7 +338,7 @@ fn splice_lets_an_untrusting_client_through_audited_as_bypassed() {
     if !require_root() {
         return;
     }
-    let (w, ok) = untrusting_node_twice("splice", "127.10.2.4");
+    let (w, ok) = untrusting_node_twice("splice", "127.10.2.4", "");
     assert_eq!(ok, [false, true], "{}", w.agent.logs());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let records = loop {

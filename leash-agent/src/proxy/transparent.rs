@@ -408,7 +408,7 @@ impl Transparent {
         let exe = caller.exe.as_deref().unwrap_or("-");
         tracing::warn!(peer = %opening.peer, %host, exe, pid = caller.pid, error = %e, "the client does not trust the organisation CA (run `leash ca install`, or see intercept.on_untrusted_client)");
         self.metrics().untrusted_client(exe);
-        self.untrusted.rejected(&caller);
+        self.untrusted.rejected(&caller, host);
         self.refuse(Refusal::UntrustedClient, host, &caller);
     }
 

@@ -2,8 +2,8 @@
 //! trust store that `leash ca install` did not reach, a pinned
 //! certificate): never a silently broken app. Each rejection is counted per
 //! executable (`leash_untrusted_clients_total{exe}`), audited as a refused
-//! connection naming the caller, and listed on the console's interception
-//! page. The operator chooses what follows: `refuse` (the default: the
+//! connection naming the caller, alerted (webhook, once per executable per
+//! interval) and listed on the console's interception page. The operator chooses what follows: `refuse` (the default: the
 //! app keeps failing, visibly) or `splice` (its later provider connections
 //! go through uninspected for a while, each audited as bypassed). Listed
 //! executables (`intercept.bypass_executables`) are bypassed up front, the
@@ -19,6 +19,7 @@ use moka::sync::Cache;
 use serde_json::{Value, json};
 
 use crate::{
+    alerts::{AlertKey, Alerter},
     intercept::config::{OnUntrusted, Untrusted as UntrustedConfig},
     record::{Bypass, Caller, timestamp},
 };
@@ -36,6 +37,7 @@ struct Seen {
 
 pub struct Untrusted {
     then: OnUntrusted,
+    alerts: Alerter,
     listed: GlobSet,
     /// Executables spliced after a rejection, until their time runs out.
     spliced: Cache<String, ()>,
@@ -64,7 +66,7 @@ pub fn is_rejection(e: &std::io::Error) -> bool {
 }
 
 impl Untrusted {
-    pub fn new(config: &UntrustedConfig) -> Self {
+    pub fn new(config: &UntrustedConfig, alerts: Alerter) -> Self {
         let mut b = GlobSetBuilder::new();
         for g in &config.bypass_executables {
             // Validated with the config.
@@ -73,6 +75,7 @@ impl Untrusted {
             }
         }
         Self {
+            alerts,
             then: config.on_untrusted,
             listed: b.build().unwrap_or_else(|_| GlobSet::empty()),
             spliced: Cache::builder()
@@ -101,9 +104,27 @@ impl Untrusted {
             .then_some(Bypass::UntrustedClient)
     }
 
-    /// Notes that `caller` rejected the organisation CA.
-    pub fn rejected(&self, caller: &Caller) {
+    /// Notes that `caller` rejected the organisation CA, and alerts (at
+    /// most once per executable per `alerts.min_interval`).
+    pub fn rejected(&self, caller: &Caller, host: &str) {
         let exe = caller.exe.clone().unwrap_or_else(|| "-".to_owned());
+        self.alerts.fire(
+            &AlertKey {
+                kind: "untrusted_client",
+                name: &exe,
+                team: None,
+            },
+            json!({
+                "kind": "untrusted_client",
+                "message": "a client does not trust the organisation CA: its calls to the provider fail (run `leash ca install`, or see intercept.on_untrusted_client)",
+                "exe": exe,
+                "pid": caller.pid,
+                "user": caller.user,
+                "cgroup": caller.cgroup,
+                "provider_host": host,
+                "then": if self.then == OnUntrusted::Splice { "spliced: later calls pass uninspected" } else { "refused" },
+            }),
+        );
         if self.then == OnUntrusted::Splice && caller.exe.is_some() {
             self.spliced.insert(exe.clone(), ());
         }
