@@ -12,10 +12,12 @@ import json
 import random
 import string
 import uuid
+import zlib
 
 R = random.Random(20261126)
 ALNUM = string.ascii_letters + string.digits
 UPPER_DIGITS = string.ascii_uppercase + string.digits
+BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 out = []
 
 
@@ -77,8 +79,19 @@ for _ in range(10):
     add(f"aws_access_key_id = AKIA{rand(UPPER_DIGITS, 16)}", "aws_access_key")
 for _ in range(5):
     add(f"export AWS_SECRET_ACCESS_KEY={rand(ALNUM + '/+', 40)}", "aws_secret_key")
+def github_token(prefix):
+    """30 random base62 characters, then their CRC32 in base62 (6 digits)."""
+    body = rand(ALNUM, 36)[:30]
+    n = zlib.crc32(body.encode())
+    check = ""
+    for _ in range(6):
+        check = BASE62[n % 62] + check
+        n //= 62
+    return f"{prefix}{body}{check}"
+
+
 for _ in range(10):
-    add(f"git clone https://ghp_{rand(ALNUM, 36)}@github.com/acme/app", "github_token")
+    add(f"git clone https://{github_token('ghp_')}@github.com/acme/app", "github_token")
 for _ in range(5):
     add(f"token: glpat-{rand(ALNUM + '-_', 20)}", "gitlab_token")
 for _ in range(5):

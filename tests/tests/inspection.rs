@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 /// A fake AWS access key id: the shape and randomness of a real one.
 const AWS_KEY: &str = "AKIAZ7QX3PLM9V2KD4RT";
 /// A fake GitHub token.
-const GH_TOKEN: &str = "ghp_Zq8xK2mP9vL4nR7tW1yB5cD3fG6hJ0sA8eUi";
+const GH_TOKEN: &str = "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";
 
 const BLOCK_SECRETS: &str = "version: 1
 rules:

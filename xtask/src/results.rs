@@ -64,6 +64,24 @@ const FIGURES: &[(&str, &str, &str, &str)] = &[
         "`leash-agent/src/policy/corpus.rs`",
     ),
     (
+        "Secret detectors over the generated secrets corpus (`leash-agent/corpus/secrets.jsonl`; floors for `high`: 0.99 precision, 0.97 recall): high precision / recall, medium precision / recall",
+        "secrets_corpus",
+        "{samples} samples ({positives} positives, {negatives} hard negatives), {detectors} detectors: high {high_precision} / {high_recall}, medium {medium_precision} / {medium_recall}",
+        "`leash-agent/src/policy/secrets_corpus.rs`",
+    ),
+    (
+        "Every secret kind in a chat request, per provider (OpenAI, Anthropic, Gemini), through the gateway: blocked / hard-negative sets forwarded",
+        "secret_kinds_gateway",
+        "{kinds} kinds × {providers} providers: {blocked} blocked / {negative_sets_forwarded} forwarded ({negatives} negatives)",
+        "`tests/tests/secret_kinds.rs`",
+    ),
+    (
+        "The same through transparent interception",
+        "secret_kinds_transparent",
+        "{kinds} kinds × {providers} providers: {blocked} blocked / {negative_sets_forwarded} forwarded ({negatives} negatives)",
+        "`tests/tests/secret_kinds.rs`",
+    ),
+    (
         "Non-streaming responses past the in-memory limit (10 and 100 MiB): identical to the provider's (SHA-256), and scanned",
         "large_responses",
         "{byte_exact} of 2",
@@ -182,6 +200,63 @@ const ESCAPES_END: &str = "<!-- escapes:end -->";
 const CA_CHECK_BEGIN: &str =
     "<!-- ca-check:begin (written by `cargo xtask test` from target/test-results; do not edit) -->";
 const CA_CHECK_END: &str = "<!-- ca-check:end -->";
+const SECRETS_BEGIN: &str =
+    "<!-- secrets:begin (written by `cargo xtask test` from target/test-results; do not edit) -->";
+const SECRETS_END: &str = "<!-- secrets:end -->";
+
+/// README's secrets table: per group, per confidence, and (folded) per
+/// detector, from `secrets_corpus.json`.
+fn secrets_table(v: &Value) -> String {
+    let s = |x: &Value| n(x);
+    let mut t = format!(
+        "{} samples ({} positives, {} hard negatives), {} detectors.\n\n| confidence | detectors | precision | recall |\n| --- | ---: | ---: | ---: |\n",
+        s(&v["samples"]),
+        s(&v["positives"]),
+        s(&v["negatives"]),
+        s(&v["detectors"])
+    );
+    for level in ["high", "medium"] {
+        let l = &v[level];
+        let _ = writeln!(
+            t,
+            "| {level} | {} | {} | {} |",
+            s(&l["detectors"]),
+            s(&l["precision"]),
+            s(&l["recall"])
+        );
+    }
+    t.push_str("\n| group | detectors | precision | recall | tp / fp / fn |\n| --- | ---: | ---: | ---: | --- |\n");
+    for g in v["groups"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} / {} / {} |",
+            s(&g["group"]),
+            s(&g["detectors"]),
+            s(&g["precision"]),
+            s(&g["recall"]),
+            s(&g["tp"]),
+            s(&g["fp"]),
+            s(&g["fn"])
+        );
+    }
+    t.push_str("\n<details><summary>Per detector</summary>\n\n| detector | group | confidence | precision | recall | tp / fp / fn |\n| --- | --- | --- | ---: | ---: | --- |\n");
+    for d in v["by_detector"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            t,
+            "| `{}` | {} | {} | {} | {} | {} / {} / {} |",
+            s(&d["detector"]),
+            s(&d["group"]),
+            s(&d["confidence"]),
+            s(&d["precision"]),
+            s(&d["recall"]),
+            s(&d["tp"]),
+            s(&d["fp"]),
+            s(&d["fn"])
+        );
+    }
+    t.push_str("\n</details>\n");
+    t
+}
 
 /// The escape suite's table: one row per `escape_*.json` the last run
 /// wrote (`tests/tests/escapes.rs`).
@@ -244,6 +319,12 @@ pub fn render() -> Result<()> {
     std::fs::write(&path, new).context("writing SECURITY.md")?;
     // README: what `leash ca check` said on the test machine after
     // `leash ca install` (tests/tests/runtime_trust.rs).
+    if let Some(secrets) = load(&dir, "secrets_corpus") {
+        let readme = root().join("README.md");
+        let text = std::fs::read_to_string(&readme).context("reading README.md")?;
+        let new = between(&text, SECRETS_BEGIN, SECRETS_END, &secrets_table(&secrets))?;
+        std::fs::write(&readme, new).context("writing README.md")?;
+    }
     if let Some(check) = load(&dir, "ca_check") {
         let readme = root().join("README.md");
         let text = std::fs::read_to_string(&readme).context("reading README.md")?;

@@ -133,7 +133,7 @@ impl Tally {
 
 /// Writes what the corpus measured where `cargo xtask test` renders
 /// SECURITY.md's figures from (only when it runs the tests).
-fn record(name: &str, figures: &Value) {
+pub(super) fn record(name: &str, figures: &Value) {
     let Some(dir) = std::env::var_os("LEASH_TEST_RESULTS") else {
         return;
     };

@@ -180,3 +180,5 @@ impl Module for PolicyModule {
 mod corpus;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod secrets_corpus;
