@@ -482,6 +482,17 @@ mod tests {
         );
     }
 
+    /// The same chain passes rustls's verifier (webpki: what Rust clients
+    /// such as `reqwest` with rustls use), for the minted name and only it.
+    #[test]
+    fn ca_and_leaf_pass_rustls_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertAuthority::init(dir.path(), &CaOptions::default(), false).unwrap();
+        let (chain, _) = ca.mint("api.openai.com").unwrap();
+        assert!(verifies(ca.cert_pem(), &chain, "api.openai.com"));
+        assert!(!verifies(ca.cert_pem(), &chain, "api.anthropic.com"));
+    }
+
     #[test]
     fn ca_files_are_checked_on_the_open_file() {
         use std::os::unix::fs::{PermissionsExt as _, symlink};

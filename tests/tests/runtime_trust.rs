@@ -3,7 +3,8 @@
 //! the watched cgroup and calling its provider's default URL, is
 //! intercepted and audited under its own executable — curl, Python
 //! `requests` and the official `openai` SDK, the official Node.js `openai`
-//! and `@anthropic-ai/sdk` packages, Java's `HttpClient` — with no variable
+//! and `@anthropic-ai/sdk` packages, Java's `HttpClient`, a Go `net/http`
+//! client (crypto/x509) — with no variable
 //! set by the test. After `leash ca uninstall` every file it changed is
 //! byte for byte what it was, and a fresh Node client no longer trusts the
 //! organisation CA.
@@ -44,9 +45,23 @@ fn place_node_client(sdk: &std::path::Path) {
     std::fs::rename(&tmp, sdk.join("sdk_check.cjs")).unwrap();
 }
 
+/// `tests/go/client.go` built (standard library only, so offline) into
+/// `dir`: Go's own verifier (crypto/x509 against the system roots).
+fn go_client(dir: &std::path::Path) -> PathBuf {
+    let exe = dir.join("go-client");
+    let out = run(std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(python_dir().join("../go/client.go"))
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GO111MODULE", "off"));
+    assert_success("go build (cargo xtask test installs golang-go)", &out);
+    exe
+}
+
 const SCRIPT: &str = r#"
 set -u
-T=$1; LEASH=$2; CA=$3; HOSTS=$4; CG=$5; NODE=$6; PY=$7; PYCHECK=$8; JAVA=$9
+T=$1; LEASH=$2; CA=$3; HOSTS=$4; CG=$5; NODE=$6; PY=$7; PYCHECK=$8; JAVA=$9; GO=${10}
 cp -a /etc "$T/etc" && mount --bind "$T/etc" /etc || exit 97
 cp -a /usr/local/share/ca-certificates "$T/local" \
   && mount --bind "$T/local" /usr/local/share/ca-certificates || exit 97
@@ -79,6 +94,7 @@ client python-openai "$PY $PYCHECK openai"
 client node-openai "node $NODE/sdk_check.cjs openai"
 client node-anthropic "node $NODE/sdk_check.cjs anthropic"
 client java "java $JAVA"
+client go "$GO"
 "$LEASH" ca uninstall --dir "$CA" > "$T/uninstall.out" 2>&1 || exit 99
 client node-after-uninstall "node $NODE/sdk_check.cjs openai"
 sums > "$T/after.sums"
@@ -87,13 +103,19 @@ sums > "$T/after.sums"
 /// Each client intercepted and audited under its own executable.
 fn check_audited_by_exe(w: &World) {
     // Each intercepted and audited under its own executable.
-    let records = w.agent.wait_records(7);
+    let records = w.agent.wait_records(8);
     let exes: Vec<String> = records
         .iter()
         .filter(|r| r["event"].is_null())
         .map(|r| r["caller"]["exe"].as_str().unwrap_or("-").to_owned())
         .collect();
-    for (n, want) in [(1, "curl"), (2, "python"), (2, "node"), (1, "java")] {
+    for (n, want) in [
+        (1, "curl"),
+        (2, "python"),
+        (2, "node"),
+        (1, "java"),
+        (1, "go-client"),
+    ] {
         assert_eq!(
             exes.iter()
                 .filter(|e| e.rsplit('/').next().unwrap_or("").starts_with(want))
@@ -160,6 +182,7 @@ fn every_runtime_is_covered_after_ca_install_and_uninstall_restores_the_machine(
     place_node_client(&sdk);
     let t = tempfile::tempdir().unwrap();
     let java = python_dir().join("../java/Client.java");
+    let go = go_client(t.path());
     let out = run(std::process::Command::new("unshare")
         .args(["-m", "bash", "-c", SCRIPT, "bash"])
         .arg(t.path())
@@ -170,7 +193,8 @@ fn every_runtime_is_covered_after_ca_install_and_uninstall_restores_the_machine(
         .arg(&sdk)
         .arg(python())
         .arg(python_dir().join("trust_check.py"))
-        .arg(&java));
+        .arg(&java)
+        .arg(&go));
     let read = |name: &str| std::fs::read_to_string(t.path().join(name)).unwrap_or_default();
     assert_success(
         &format!(
@@ -193,6 +217,7 @@ fn every_runtime_is_covered_after_ca_install_and_uninstall_restores_the_machine(
         "node-openai",
         "node-anthropic",
         "java",
+        "go",
     ] {
         assert_eq!(
             rc.get(client).map(String::as_str),

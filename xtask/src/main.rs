@@ -65,6 +65,20 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Compare the criterion micro-benchmarks of this tree with those of an
+    /// earlier commit, in one run (rounds alternate); writes
+    /// bench/micro.json and its section of BENCHMARKS.md.
+    BenchMicro {
+        /// The commit to compare with.
+        #[arg(long)]
+        base: String,
+        /// Rounds of each build.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Criterion measurement seconds per round.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+    },
     /// Run the cargo-fuzz targets (libFuzzer, nightly) for N minutes each,
     /// minimise their corpora and record executions and crashes in
     /// leash-agent/fuzz/results.json.
@@ -386,6 +400,7 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
         ("tinyproxy", "tinyproxy"),
         ("ip", "iproute2"),
         ("java", "openjdk-17-jdk-headless"),
+        ("go", "golang-go"),
     ])?;
     ensure_postgres_server()?;
     setup()?;
@@ -530,6 +545,11 @@ fn main() -> Result<()> {
         } => bench::rewrite_report(),
         Task::Bench { quick, .. } => bench::bench(quick),
         Task::BenchConsole { quick } => bench::bench_console(quick),
+        Task::BenchMicro {
+            base,
+            rounds,
+            seconds,
+        } => bench::bench_micro(&base, rounds, seconds),
         Task::Fuzz { minutes, targets } => fuzz::fuzz(minutes, &targets),
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Run { args } => run_leash(&args),

@@ -7,6 +7,7 @@
 mod console;
 mod contenders;
 mod extra;
+mod micro;
 mod plot;
 mod proc;
 mod report;
@@ -15,6 +16,7 @@ mod transparent;
 
 pub use self::{
     console::bench_console,
+    micro::bench_micro,
     run::{bench, build_release, rewrite_report},
 };
 use self::{
@@ -27,6 +29,23 @@ use self::{
     report::report,
     run::{f, median, ms},
 };
+
+/// BENCHMARKS.md's sections that other runs write (`bench-console`,
+/// `bench-micro`), put back from their results after the main report
+/// rewrote the file.
+fn other_sections() -> anyhow::Result<()> {
+    let load = |name: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(crate::root().join("bench").join(name)).ok()?)
+            .ok()
+    };
+    if let Some(r) = load("console.json") {
+        console::render(&r)?;
+    }
+    if let Some(r) = load("micro.json") {
+        micro::render(&r)?;
+    }
+    Ok(())
+}
 
 /// CPU of the load generator; contenders and the upstream get the other.
 const LOADGEN_CPU: &str = "0";

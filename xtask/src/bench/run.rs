@@ -288,6 +288,7 @@ pub fn bench(quick: bool) -> Result<()> {
     )?;
     std::fs::write(out.join("latency.svg"), plot(&results))?;
     std::fs::write(root().join("BENCHMARKS.md"), report(&results))?;
+    super::other_sections()?;
     eprintln!(
         "bench: wrote BENCHMARKS.md, bench/results.json, bench/latency.svg in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -326,6 +327,7 @@ pub fn rewrite_report() -> Result<()> {
     }
     std::fs::write(out.join("latency.svg"), plot(&results))?;
     std::fs::write(root().join("BENCHMARKS.md"), report(&results))?;
+    super::other_sections()?;
     eprintln!("bench: BENCHMARKS.md and bench/latency.svg rewritten from bench/results.json");
     Ok(())
 }

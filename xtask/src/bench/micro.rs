@@ -1,0 +1,213 @@
+//! `cargo xtask bench-micro --base REV`: the criterion micro-benchmarks of
+//! this tree against those of an earlier commit, measured in one run. The
+//! earlier commit is checked out in a git worktree under `target/` and its
+//! benches built with the same toolchain and profile (sharing the target
+//! directory, so only the workspace crates build twice); then each
+//! benchmark runs alternately, base and current, for several rounds, and
+//! the ratio of the medians is reported with the rounds' own spread. A
+//! difference inside that spread is "inconclusive". Writes
+//! `bench/micro.json` and its section of BENCHMARKS.md.
+
+use std::{fmt::Write as _, path::Path, process::Stdio};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use super::{build_release, median};
+use crate::{cargo, root, target_dir};
+
+const BEGIN: &str =
+    "<!-- micro-bench:begin (written by `cargo xtask bench-micro`; do not edit) -->";
+const END: &str = "<!-- micro-bench:end -->";
+/// The benchmarks compared, and the most the current tree may take
+/// relative to the base (issue 26: the 10 KiB prompt within 2×).
+const BENCHES: &[(&str, &str, f64)] = &[("policy", "policy_10KiB_prompt", 2.0)];
+
+/// Criterion's mean for `id` after running `exe` with `home` as its home.
+fn criterion_mean(exe: &Path, id: &str, home: &Path, seconds: u32) -> Result<f64> {
+    let _ = std::fs::remove_dir_all(home);
+    crate::run(
+        std::process::Command::new(exe)
+            .args(["--bench", "--warm-up-time", "1", "--measurement-time"])
+            .arg(seconds.to_string())
+            .args(["--noplot", id])
+            .env("CRITERION_HOME", home)
+            .stdout(Stdio::null()),
+    )?;
+    let est: Value = serde_json::from_str(
+        &std::fs::read_to_string(home.join(id).join("new/estimates.json"))
+            .with_context(|| format!("criterion estimates of {id}"))?,
+    )?;
+    est["mean"]["point_estimate"]
+        .as_f64()
+        .context("criterion mean")
+}
+
+/// Builds the benches of `rev` in a worktree; their executables by name.
+fn base_benches(rev: &str) -> Result<Vec<(String, std::path::PathBuf)>> {
+    let tree = target_dir().join("bench-base");
+    let _ = std::process::Command::new("git")
+        .args(["worktree", "remove", "--force"])
+        .arg(&tree)
+        .current_dir(root())
+        .status();
+    let _ = std::fs::remove_dir_all(&tree);
+    crate::run(
+        std::process::Command::new("git")
+            .args(["worktree", "add", "--detach"])
+            .arg(&tree)
+            .arg(rev)
+            .current_dir(root()),
+    )?;
+    let mut cmd = cargo();
+    cmd.current_dir(&tree)
+        .env("CARGO_TARGET_DIR", target_dir())
+        .args([
+            "build",
+            "--release",
+            "--message-format=json-render-diagnostics",
+            "-p",
+            "leash-agent",
+            "--benches",
+        ]);
+    eprintln!("xtask: {cmd:?}");
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the base")?;
+    if !out.status.success() {
+        bail!("the base's release build failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| {
+            m["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|x| x == "bench"))
+        })
+        .filter_map(|m| {
+            Some((
+                m["target"]["name"].as_str()?.to_owned(),
+                m["executable"].as_str()?.into(),
+            ))
+        })
+        .collect())
+}
+
+pub fn bench_micro(base: &str, rounds: usize, seconds: u32) -> Result<()> {
+    let rev = String::from_utf8(
+        std::process::Command::new("git")
+            .args(["rev-parse", "--short", base])
+            .current_dir(root())
+            .output()?
+            .stdout,
+    )?
+    .trim()
+    .to_owned();
+    if rev.is_empty() {
+        bail!("`{base}` is not a commit");
+    }
+    let head = String::from_utf8(
+        std::process::Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(root())
+            .output()?
+            .stdout,
+    )?
+    .trim()
+    .to_owned();
+    let current = build_release()?;
+    let based = base_benches(&rev)?;
+    let home = target_dir().join("criterion-micro");
+    let mut rows = Vec::new();
+    for &(bench, id, limit) in BENCHES {
+        let find = |list: &[(String, std::path::PathBuf)]| {
+            list.iter()
+                .find(|(n, _)| n == bench)
+                .map(|(_, p)| p.clone())
+                .with_context(|| format!("no `{bench}` bench executable"))
+        };
+        let (b_exe, c_exe) = (find(&based)?, find(&current)?);
+        let (mut b, mut c) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            eprintln!("bench-micro: {id} round {} of {rounds}", round + 1);
+            b.push(criterion_mean(&b_exe, id, &home.join("base"), seconds)?);
+            c.push(criterion_mean(&c_exe, id, &home.join("current"), seconds)?);
+        }
+        rows.push(
+            json!({"bench": bench, "id": id, "limit_ratio": limit, "base_ns": b, "current_ns": c}),
+        );
+    }
+    let results = json!({
+        "base": rev, "current": head, "rounds": rounds, "seconds": seconds, "rows": rows,
+    });
+    std::fs::create_dir_all(root().join("bench"))?;
+    std::fs::write(
+        root().join("bench/micro.json"),
+        serde_json::to_vec_pretty(&results)?,
+    )?;
+    render(&results)
+}
+
+/// Writes the micro-benchmark section of BENCHMARKS.md from a run.
+pub fn render(r: &Value) -> Result<()> {
+    let mut md = format!(
+        "{BEGIN}\n## Micro-benchmarks against an earlier commit\n\n`cargo xtask bench-micro --base {}`: this tree ({}) and commit {} built with the same toolchain and profile, each criterion benchmark run alternately base / current, {} rounds of {} s. The spread is the largest difference between two rounds of the same build, relative to its median; a difference within it is inconclusive.\n\n| benchmark | base median | current median | current / base | spread | limit | verdict |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |\n",
+        r["base"].as_str().unwrap_or("?"),
+        r["current"].as_str().unwrap_or("?"),
+        r["base"].as_str().unwrap_or("?"),
+        r["rounds"],
+        r["seconds"],
+    );
+    for row in r["rows"].as_array().into_iter().flatten() {
+        let vals = |k: &str| -> Vec<f64> {
+            row[k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .collect()
+        };
+        let (b, c) = (vals("base_ns"), vals("current_ns"));
+        let spread_of = |v: &[f64]| {
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+            (hi - lo) / median(v.to_vec())
+        };
+        let (bm, cm) = (median(b.clone()), median(c.clone()));
+        let ratio = cm / bm;
+        let spread = spread_of(&b).max(spread_of(&c));
+        let limit = row["limit_ratio"].as_f64().unwrap_or(f64::NAN);
+        let verdict = if (ratio - 1.0).abs() <= spread {
+            "inconclusive (no difference beyond the spread)".to_owned()
+        } else if ratio <= limit {
+            format!(
+                "within {limit}× ({})",
+                if ratio < 1.0 { "faster" } else { "slower" }
+            )
+        } else {
+            format!("over {limit}×")
+        };
+        let _ = writeln!(
+            md,
+            "| `{}` | {:.1} µs | {:.1} µs | {ratio:.2} | {:.1} % | {limit}× | {verdict} |",
+            row["id"].as_str().unwrap_or("?"),
+            bm / 1000.0,
+            cm / 1000.0,
+            spread * 100.0,
+        );
+    }
+    md.push_str(END);
+    md.push('\n');
+    let path = root().join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path)?;
+    let new = match (text.find(BEGIN), text.find(END)) {
+        (Some(a), Some(b)) => format!("{}{md}{}", &text[..a], &text[b + END.len() + 1..]),
+        _ => format!("{text}\n{md}"),
+    };
+    std::fs::write(&path, new)?;
+    eprintln!("xtask: BENCHMARKS.md micro-benchmark section written");
+    Ok(())
+}
