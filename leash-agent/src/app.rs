@@ -393,6 +393,26 @@ pub fn release_pinned(
     }
 }
 
+/// What the resolver calls when a provider address cannot enter the
+/// kernel's target map: an alert (once per host per interval).
+fn targets_full_alert(alerts: crate::alerts::Alerter) -> impl Fn(&str, std::net::IpAddr) + Send {
+    move |host, ip| {
+        alerts.fire(
+            &crate::alerts::AlertKey {
+                kind: "intercept_targets_full",
+                name: host,
+                team: None,
+            },
+            serde_json::json!({
+                "kind": "intercept_targets_full",
+                "message": "the kernel's target map is full: connections to this provider address are NOT intercepted",
+                "provider_host": host,
+                "address": ip.to_string(),
+            }),
+        );
+    }
+}
+
 /// Runs the transparent agent (and the gateway listener when configured)
 /// until `shutdown` resolves. The kernel hooks are attached with bpf links:
 /// with `failure_mode: open` they go away with this process, so traffic
@@ -437,7 +457,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         &config,
         cgroup_dir.clone(),
     )?)?);
-    let untrusted = Arc::new(Untrusted::new(&config.intercept.untrusted, alerts));
+    let untrusted = Arc::new(Untrusted::new(&config.intercept.untrusted, alerts.clone()));
     let state = interception_state(interception, &hooks, &metrics, &untrusted);
     let console = Some(console_for(&config, policy, Some(state))?.with_live(audit_writer.live()));
     let host_table = HostTable::new(&config.intercept, &config.providers);
@@ -449,6 +469,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
             host_table.hosts().to_vec(),
             config.intercept.refresh,
             Arc::clone(&metrics),
+            targets_full_alert(alerts),
         ))
     });
     let proxy = Arc::new(Transparent {

@@ -8,6 +8,8 @@
 //!   written (a torn write, as a full disk or an I/O error leaves it).
 //! - `LEASH_FAULT_CONSOLE_DELAY_MS=N`: each heavy console query holds its
 //!   place N ms before it reads (to fill the concurrency limit).
+//! - `LEASH_FAULT_TARGETS_FULL=1`: every resolved provider address fails to
+//!   enter the kernel's target map, as when it is full.
 //! - `LEASH_TEST_PANIC=1`: a request carrying `x-leash-test-panic` panics in
 //!   the pipeline with every header in the message (which the panic hook
 //!   must keep out of the logs).
@@ -26,6 +28,19 @@ pub fn audit_write_delay() -> Option<Duration> {
     #[cfg(not(feature = "test-hooks"))]
     {
         None
+    }
+}
+
+/// Whether the kernel's target map is to count as full
+/// (`LEASH_FAULT_TARGETS_FULL=1`).
+pub fn targets_full() -> bool {
+    #[cfg(feature = "test-hooks")]
+    {
+        std::env::var_os("LEASH_FAULT_TARGETS_FULL").is_some_and(|v| v == "1")
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    {
+        false
     }
 }
 

@@ -85,6 +85,8 @@ pub struct Agent {
     pub ca_dir: PathBuf,
     config: PathBuf,
     log_path: PathBuf,
+    /// Extra environment of the agent process (fault injection).
+    env: Vec<(String, String)>,
     pub dir: tempfile::TempDir,
 }
 
@@ -92,6 +94,17 @@ impl Agent {
     /// Starts `leash run` with `config_yaml` (`ca.dir` is set by the
     /// harness) in `dir`, and waits until it is healthy.
     pub fn start_in(dir: tempfile::TempDir, config_yaml: &str, inside: Option<&Cgroup>) -> Self {
+        Self::start_with_env(dir, config_yaml, inside, &[])
+    }
+
+    /// As [`Agent::start_in`], with extra environment variables for the
+    /// agent process (fault injection).
+    pub fn start_with_env(
+        dir: tempfile::TempDir,
+        config_yaml: &str,
+        inside: Option<&Cgroup>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let ca_dir = dir.path().join("org-ca");
         let config = dir.path().join("leash.yaml");
         std::fs::write(
@@ -107,6 +120,10 @@ impl Agent {
             ca_dir,
             config,
             log_path: dir.path().join("leash.log"),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             dir,
         };
         agent.restart();
@@ -141,6 +158,7 @@ impl Agent {
             .arg(self.admin.to_string())
             .arg("--audit-dir")
             .arg(&self.audit_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()

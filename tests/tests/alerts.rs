@@ -77,3 +77,42 @@ fn ten_thousand_violations_send_one_alert_per_rule_and_team() {
         &serde_json::json!({"violations": 10_001, "alerts": alerts.len(), "peak_rss_mib": peak_mib}),
     );
 }
+
+/// A provider address that cannot enter the kernel's target map (the map
+/// is full: injected with `LEASH_FAULT_TARGETS_FULL=1`) is never a silent
+/// miss: it is counted and alerted, naming the host and the address.
+#[test]
+fn a_full_target_map_is_alerted() {
+    if !leash_tests::harness::require_root() {
+        return;
+    }
+    let hook = WebhookReceiver::start();
+    let cgroup = leash_tests::agent::Cgroup::new("targets-full");
+    let config = format!(
+        "intercept:\n  cgroup: \"{}\"\n  resolve: true\n  proxy_port: {}\n  hosts:\n    - {{ name: localhost, kind: openai }}\nalerts: {{ webhook: \"{}\", min_interval_secs: 3600 }}\n",
+        cgroup.path.display(),
+        leash_tests::harness::free_port(),
+        hook.url
+    );
+    let agent = leash_tests::agent::Agent::start_with_env(
+        tempfile::tempdir().unwrap(),
+        &config,
+        Some(&cgroup),
+        &[("LEASH_FAULT_TARGETS_FULL", "1")],
+    );
+    let alerts = hook.wait(1);
+    let alert: Value = serde_json::from_str(&alerts[0]).unwrap();
+    assert_eq!(alert["kind"], "intercept_targets_full", "{alert}");
+    assert_eq!(alert["provider_host"], "localhost", "{alert}");
+    assert!(
+        ["127.0.0.1", "::1"].contains(&alert["address"].as_str().unwrap()),
+        "{alert}"
+    );
+    let metrics = agent.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("leash_intercept_targets_full_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}

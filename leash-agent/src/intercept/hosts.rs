@@ -69,13 +69,15 @@ pub fn add_static(
 
 /// Resolves every host now and then every `refresh`, adding new addresses.
 /// An address that cannot be added (the target map is full) is an error
-/// in the log and in `leash_intercept_targets_full_total`: connections to
-/// it would go direct.
+/// in the log, in `leash_intercept_targets_full_total` and handed to
+/// `on_full` (the composition root alerts): connections to it would go
+/// direct.
 pub async fn keep_resolved(
     hooks: Arc<KernelHooks>,
     hosts: Vec<InterceptHost>,
     refresh: Duration,
     metrics: Arc<crate::metrics::Metrics>,
+    on_full: impl Fn(&str, IpAddr) + Send,
 ) {
     loop {
         for host in &hosts {
@@ -83,9 +85,15 @@ pub async fn keep_resolved(
                 Ok(addrs) => {
                     for addr in addrs {
                         let ip: IpAddr = addr.ip();
-                        if let Err(e) = hooks.add_target(ip) {
+                        let error = if crate::faults::targets_full() {
+                            Some("the target map is full (injected)".to_owned())
+                        } else {
+                            hooks.add_target(ip).err().map(|e| e.to_string())
+                        };
+                        if let Some(error) = error {
                             metrics.targets_full.inc();
-                            tracing::error!(host = %host.name, %ip, error = %e, "cannot add a provider address to the kernel's targets: connections to it are NOT intercepted");
+                            on_full(&host.name, ip);
+                            tracing::error!(host = %host.name, %ip, %error, "cannot add a provider address to the kernel's targets: connections to it are NOT intercepted");
                         }
                     }
                 }

@@ -7,7 +7,6 @@
 mod secrets;
 pub mod validate;
 
-use aho_corasick::AhoCorasick;
 use regex::{Regex, RegexSet};
 pub use secrets::{Confidence, SECRETS as SECRET_SPECS, SecretGroup};
 use validate::Validator;
@@ -48,21 +47,12 @@ pub struct Finding {
 }
 
 /// Every detector, compiled once. Which ones run on a text is decided in
-/// two passes over it: an Aho-Corasick search for the literals each
-/// secret detector needs (`ghp_`, `AKIA`, `://`...), and one `RegexSet`
-/// over the detectors that have none (personal data, custom detectors).
-/// A single `RegexSet` over everything would combine the counted
-/// repetitions of seventy token formats into one automaton, whose lazy DFA
-/// then thrashes (hundreds of times slower).
+/// one `RegexSet` pass over it (see `index`): a secret detector runs only
+/// when a literal it needs (`ghp_`, `AKIA`, `://`...) occurs.
 pub struct Detectors {
     list: Vec<Detector>,
-    /// The detectors without needles, as one set; `set_members[i]` is the
-    /// detector of the set's pattern `i`.
+    /// Pattern `i` is detector `i`'s pattern or its needles.
     set: RegexSet,
-    set_members: Vec<usize>,
-    needles: AhoCorasick,
-    /// The detector each needle belongs to.
-    needle_owner: Vec<usize>,
 }
 
 /// The personal-data and prompt-injection detectors: (name, pattern,
@@ -196,14 +186,8 @@ impl Detectors {
                 needles: &[],
             });
         }
-        let (set, set_members, needles, needle_owner) = index(&list)?;
-        Ok(Self {
-            list,
-            set,
-            set_members,
-            needles,
-            needle_owner,
-        })
+        let set = index(&list)?;
+        Ok(Self { list, set })
     }
 
     pub fn get(&self, i: usize) -> &Detector {
@@ -239,17 +223,8 @@ impl Detectors {
     /// that also look like a phone number) is dropped.
     pub fn scan(&self, text: &str, out: &mut Vec<Finding>) {
         let first = out.len();
-        let mut run = vec![false; self.list.len()];
         for i in &self.set.matches(text) {
-            run[self.set_members[i]] = true;
-        }
-        for m in self.needles.find_overlapping_iter(text) {
-            run[self.needle_owner[m.pattern().as_usize()]] = true;
-        }
-        for (i, d) in self.list.iter().enumerate() {
-            if !run[i] {
-                continue;
-            }
+            let d = &self.list[i];
             for m in d.regex.captures_iter(text) {
                 let Some(whole) = m.get(0) else { continue };
                 // A pattern with a group reports the group (the secret value).
@@ -301,38 +276,25 @@ impl Detectors {
     }
 }
 
-/// The two passes that pick the detectors to run on a text: a `RegexSet`
-/// over the detectors without needles (and which detector each of its
-/// patterns is), and the Aho-Corasick automaton over every needle (and
-/// which detector each needle belongs to).
-fn index(
-    list: &[Detector],
-) -> Result<(RegexSet, Vec<usize>, AhoCorasick, Vec<usize>), DetectorError> {
-    let set_members: Vec<usize> = (0..list.len())
-        .filter(|&i| list[i].needles.is_empty())
-        .collect();
-    let set = RegexSet::new(set_members.iter().map(|&i| list[i].regex.as_str())).map_err(|e| {
-        DetectorError {
-            name: "(all)".into(),
-            reason: e.to_string(),
+/// The one pass that picks the detectors to run on a text: a `RegexSet`
+/// with, for each detector, its own pattern (personal data, custom
+/// detectors) or, when it has needles, just those literals (ASCII case
+/// ignored). A set of the full secret patterns would combine the counted
+/// repetitions of seventy token formats into one automaton, whose lazy DFA
+/// then thrashes (hundreds of times slower); literals cost next to nothing.
+fn index(list: &[Detector]) -> Result<RegexSet, DetectorError> {
+    RegexSet::new(list.iter().map(|d| {
+        if d.needles.is_empty() {
+            d.regex.as_str().to_owned()
+        } else {
+            let literals: Vec<String> = d.needles.iter().map(|n| regex::escape(n)).collect();
+            format!("(?i:{})", literals.join("|"))
         }
-    })?;
-    let mut needle_owner = Vec::new();
-    let mut literals = Vec::new();
-    for (i, d) in list.iter().enumerate() {
-        for n in d.needles {
-            literals.push(*n);
-            needle_owner.push(i);
-        }
-    }
-    let needles = AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .build(&literals)
-        .map_err(|e| DetectorError {
-            name: "(needles)".into(),
-            reason: e.to_string(),
-        })?;
-    Ok((set, set_members, needles, needle_owner))
+    }))
+    .map_err(|e| DetectorError {
+        name: "(all)".into(),
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]

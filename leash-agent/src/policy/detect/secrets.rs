@@ -74,9 +74,8 @@ pub struct SecretSpec {
     pub pattern: &'static str,
     pub validate: Option<Validator>,
     /// Literals (ASCII case ignored), one of which every match contains:
-    /// the detector runs only on texts that have one. None: it runs on
-    /// every text (one pass of a `RegexSet` with the personal-data
-    /// detectors).
+    /// the detector runs only on texts that have one (they stand for it in
+    /// the one `RegexSet` pass). None: its whole pattern is in the set.
     pub needles: &'static [&'static str],
     /// Documented placeholders (`xxxx…`, `EXAMPLE`, `<…>`) do not count.
     /// Off for key blocks, whose real contents have runs of `A`.
