@@ -191,3 +191,30 @@ fn new_ca(dir: &std::path::Path) -> std::path::PathBuf {
     );
     ca
 }
+
+/// `leash ca check --container` says what the host's install does not
+/// reach and how to fix it; on a host with no running container (or a
+/// container client without a daemon, as here) it has nothing to fail.
+#[test]
+fn ca_check_container_explains_what_the_host_install_does_not_reach() {
+    let t = tempfile::tempdir().unwrap();
+    let ca = new_ca(t.path());
+    let out = run(leash_command()
+        .args(["ca", "check", "--container", "--dir"])
+        .arg(&ca));
+    assert_success("ca check --container", &out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "own filesystem and trust store",
+        "leash ca bundle --out",
+        "SSL_CERT_FILE, REQUESTS_CA_BUNDLE and NODE_EXTRA_CA_CERTS",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    assert!(
+        text.contains("No running containers")
+            || text.contains("not reachable")
+            || text.contains("trusts"),
+        "{text}"
+    );
+}

@@ -54,6 +54,12 @@ pub enum CaCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Check the running containers (docker, podman) instead: the
+        /// host's install does not reach them; says which have the CA
+        /// mounted and pointed at by `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE` and
+        /// `NODE_EXTRA_CA_CERTS`.
+        #[arg(long)]
+        container: bool,
     },
     /// Write the system bundle plus the CA to one file, to mount into
     /// containers (with `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE` and
@@ -160,7 +166,28 @@ pub fn command(cmd: CaCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        CaCommand::Check { dir, json } => {
+        CaCommand::Check {
+            dir,
+            json,
+            container: true,
+        } => {
+            let ca = crate::ca::CertAuthority::load(&dir)?;
+            let verdicts = trust::containers::check(ca.cert_pem());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&verdicts)?);
+            } else {
+                print!("{}", trust::containers::table(&verdicts));
+            }
+            if verdicts.iter().any(|v| !v.trusted) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        CaCommand::Check {
+            dir,
+            json,
+            container: false,
+        } => {
             let verdicts = trust::check::check(&dir)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&verdicts)?);

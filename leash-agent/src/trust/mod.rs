@@ -3,6 +3,7 @@
 //! change so uninstall undoes exactly that (`manifest`).
 
 pub mod check;
+pub mod containers;
 pub mod manifest;
 pub mod runtimes;
 

@@ -46,21 +46,43 @@ fn criterion_mean(exe: &Path, id: &str, home: &Path, seconds: u32) -> Result<f64
 /// Builds the benches of `rev` in a worktree; their executables by name.
 fn base_benches(rev: &str) -> Result<Vec<(String, std::path::PathBuf)>> {
     let tree = target_dir().join("bench-base");
+    // Kept from an earlier run at the same commit: its build is still
+    // fresh (a new checkout would rebuild the workspace crates).
+    let at = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(&tree)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if at.as_deref() != Some(rev) {
+        checkout(&tree, rev)?;
+    }
+    build_benches(&tree)
+}
+
+/// A fresh worktree of `rev` at `tree`.
+fn checkout(tree: &Path, rev: &str) -> Result<()> {
     let _ = std::process::Command::new("git")
         .args(["worktree", "remove", "--force"])
-        .arg(&tree)
+        .arg(tree)
         .current_dir(root())
         .status();
-    let _ = std::fs::remove_dir_all(&tree);
+    let _ = std::fs::remove_dir_all(tree);
     crate::run(
         std::process::Command::new("git")
             .args(["worktree", "add", "--detach"])
-            .arg(&tree)
+            .arg(tree)
             .arg(rev)
             .current_dir(root()),
-    )?;
+    )
+}
+
+/// Builds the benches of the tree at `tree` (release, the shared target
+/// directory); their executables by name.
+fn build_benches(tree: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
     let mut cmd = cargo();
-    cmd.current_dir(&tree)
+    cmd.current_dir(tree)
         .env("CARGO_TARGET_DIR", target_dir())
         .args([
             "build",
