@@ -314,13 +314,7 @@ pub fn render(r: &Value) -> Result<()> {
         num(r, &["audit_query", "seconds"]),
         verdict(query < GOAL_QUERY_MIB),
     );
-    let path = root().join("BENCHMARKS.md");
-    let text = std::fs::read_to_string(&path)?;
-    let new = match (text.find(BEGIN), text.find(END)) {
-        (Some(a), Some(b)) => format!("{}{md}{}", &text[..a], &text[b + END.len() + 1..]),
-        _ => format!("{text}\n{md}"),
-    };
-    std::fs::write(&path, new)?;
+    super::write_section(BEGIN, END, &md)?;
     eprintln!("xtask: BENCHMARKS.md console section written");
     Ok(())
 }

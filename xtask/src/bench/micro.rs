@@ -100,21 +100,7 @@ fn build_benches(tree: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
     if !out.status.success() {
         bail!("the base's release build failed ({})", out.status);
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| {
-            m["target"]["kind"]
-                .as_array()
-                .is_some_and(|k| k.iter().any(|x| x == "bench"))
-        })
-        .filter_map(|m| {
-            Some((
-                m["target"]["name"].as_str()?.to_owned(),
-                m["executable"].as_str()?.into(),
-            ))
-        })
-        .collect())
+    Ok(super::run::bench_executables(&out.stdout))
 }
 
 pub fn bench_micro(base: &str, rounds: usize, seconds: u32) -> Result<()> {
@@ -223,13 +209,7 @@ pub fn render(r: &Value) -> Result<()> {
     }
     md.push_str(END);
     md.push('\n');
-    let path = root().join("BENCHMARKS.md");
-    let text = std::fs::read_to_string(&path)?;
-    let new = match (text.find(BEGIN), text.find(END)) {
-        (Some(a), Some(b)) => format!("{}{md}{}", &text[..a], &text[b + END.len() + 1..]),
-        _ => format!("{text}\n{md}"),
-    };
-    std::fs::write(&path, new)?;
+    super::write_section(BEGIN, END, &md)?;
     eprintln!("xtask: BENCHMARKS.md micro-benchmark section written");
     Ok(())
 }

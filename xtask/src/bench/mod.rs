@@ -30,6 +30,20 @@ use self::{
     run::{f, median, ms},
 };
 
+/// Puts `md` (which starts with `begin` and ends with `end` and a line
+/// break) in place of BENCHMARKS.md's section between those markers, or
+/// at the end.
+fn write_section(begin: &str, end: &str, md: &str) -> anyhow::Result<()> {
+    let path = crate::root().join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path)?;
+    let new = match (text.find(begin), text.find(end)) {
+        (Some(a), Some(b)) => format!("{}{md}{}", &text[..a], &text[b + end.len() + 1..]),
+        _ => format!("{text}\n{md}"),
+    };
+    std::fs::write(&path, new)?;
+    Ok(())
+}
+
 /// BENCHMARKS.md's sections that other runs write (`bench-console`,
 /// `bench-micro`), put back from their results after the main report
 /// rewrote the file.

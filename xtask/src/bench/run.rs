@@ -358,8 +358,14 @@ pub fn build_release() -> Result<Vec<(String, PathBuf)>> {
     if !out.status.success() {
         bail!("the release build failed ({})", out.status);
     }
+    Ok(bench_executables(&out.stdout))
+}
+
+/// The bench executables a `cargo build --message-format=json…` reported:
+/// (target name, path).
+pub(super) fn bench_executables(stdout: &[u8]) -> Vec<(String, PathBuf)> {
     let mut benches = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in String::from_utf8_lossy(stdout).lines() {
         let Ok(msg) = serde_json::from_str::<Value>(line) else {
             continue;
         };
@@ -374,7 +380,7 @@ pub fn build_release() -> Result<Vec<(String, PathBuf)>> {
             benches.push((name.to_owned(), PathBuf::from(exe)));
         }
     }
-    Ok(benches)
+    benches
 }
 
 /// `strace -c -f` on a contender during an open-loop run at 1000 RPS: the
