@@ -293,6 +293,23 @@ fn untrusting_node_twice(on_untrusted: &str, addr: &'static str, top: &str) -> (
     (w, ok)
 }
 
+/// The agent's audit records once `done` holds for them (within 10 s).
+fn records_until(w: &World, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = w.agent.audit_records();
+        if done(&r) {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{r:#?}\n{}",
+            w.agent.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Never a silently broken app: an executable that rejects the
 /// organisation CA is counted (`leash_untrusted_clients_total{exe}`),
 /// audited as refused with its caller, alerted and listed on the console;
@@ -318,23 +335,12 @@ fn an_untrusting_client_is_refused_counted_and_named() {
     let alert: serde_json::Value = serde_json::from_str(&alerts[0]).unwrap();
     assert_eq!(alert["kind"], "untrusted_client", "{alert}");
     assert!(alert["exe"].as_str().unwrap().ends_with("node"), "{alert}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let records = loop {
-        let r = w.agent.audit_records();
-        if r.iter()
+    let records = records_until(&w, |r| {
+        r.iter()
             .filter(|r| r["refusal"] == "untrusted_client")
             .count()
             == 2
-        {
-            break r;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{r:#?}\n{}",
-            w.agent.logs()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    });
     assert!(
         records
             .iter()
@@ -365,19 +371,7 @@ fn splice_lets_an_untrusting_client_through_audited_as_bypassed() {
     }
     let (w, ok) = untrusting_node_twice("splice", "127.10.2.4", "");
     assert_eq!(ok, [false, true], "{}", w.agent.logs());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let records = loop {
-        let r = w.agent.audit_records();
-        if r.iter().any(|r| r["event"] == "bypassed") {
-            break r;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{r:#?}\n{}",
-            w.agent.logs()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let records = records_until(&w, |r| r.iter().any(|r| r["event"] == "bypassed"));
     let bypassed = records.iter().find(|r| r["event"] == "bypassed").unwrap();
     assert_eq!(bypassed["bypass"], "untrusted_client");
     assert!(
