@@ -65,10 +65,11 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// Compare the criterion micro-benchmarks of this tree with those of an
-    /// earlier commit, in one run (rounds alternate); writes
-    /// bench/micro.json and its section of BENCHMARKS.md.
-    BenchMicro {
+    /// Compare this tree with an earlier commit in one run (rounds
+    /// alternate): the criterion micro-benchmarks and, as root, the
+    /// transparent path's latency; writes bench/micro.json and its section
+    /// of BENCHMARKS.md.
+    BenchCompare {
         /// The commit to compare with.
         #[arg(long)]
         base: String,
@@ -545,7 +546,7 @@ fn main() -> Result<()> {
         } => bench::rewrite_report(),
         Task::Bench { quick, .. } => bench::bench(quick),
         Task::BenchConsole { quick } => bench::bench_console(quick),
-        Task::BenchMicro {
+        Task::BenchCompare {
             base,
             rounds,
             seconds,

@@ -1,11 +1,11 @@
-//! `cargo xtask bench-micro --base REV`: the criterion micro-benchmarks of
-//! this tree against those of an earlier commit, measured in one run. The
-//! earlier commit is checked out in a git worktree under `target/` and its
-//! benches built with the same toolchain and profile (sharing the target
-//! directory, so only the workspace crates build twice); then each
-//! benchmark runs alternately, base and current, for several rounds, and
-//! the ratio of the medians is reported with the rounds' own spread. A
-//! difference inside that spread is "inconclusive". Writes
+//! `cargo xtask bench-compare --base REV`: this tree against an earlier
+//! commit, measured in one run: the criterion micro-benchmarks, and (as
+//! root) the transparent path's latency at 1000 RPS. The earlier commit is
+//! checked out in a git worktree under `target/` and built with the same
+//! toolchain and profile (sharing the target directory, so only the
+//! workspace crates build twice); then base and current run alternately
+//! for several rounds, and each difference is reported with the rounds'
+//! own spread. A difference inside that spread is "inconclusive". Writes
 //! `bench/micro.json` and its section of BENCHMARKS.md.
 
 use std::{fmt::Write as _, path::Path, process::Stdio};
@@ -17,7 +17,7 @@ use super::{build_release, median};
 use crate::{cargo, root, target_dir};
 
 const BEGIN: &str =
-    "<!-- micro-bench:begin (written by `cargo xtask bench-micro`; do not edit) -->";
+    "<!-- micro-bench:begin (written by `cargo xtask bench-compare`; do not edit) -->";
 const END: &str = "<!-- micro-bench:end -->";
 /// The benchmarks compared, and the most the current tree may take
 /// relative to the base (issue 26: the 10 KiB prompt within 2×).
@@ -91,6 +91,8 @@ fn build_benches(tree: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
             "-p",
             "leash-agent",
             "--benches",
+            "--bin",
+            "leash",
         ]);
     eprintln!("xtask: {cmd:?}");
     let out = cmd
@@ -100,7 +102,22 @@ fn build_benches(tree: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
     if !out.status.success() {
         bail!("the base's release build failed ({})", out.status);
     }
-    Ok(super::run::bench_executables(&out.stdout))
+    let mut built = super::run::bench_executables(&out.stdout);
+    // The `leash` binary too (its path is fixed in the shared target dir
+    // only for the current tree, so take it from cargo's report).
+    built.extend(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|m| {
+                m["target"]["name"] == "leash"
+                    && m["target"]["kind"][0] == "bin"
+                    && m["profile"]["test"] == false
+                    && m["executable"].is_string()
+            })
+            .filter_map(|m| Some(("leash-bin".to_owned(), m["executable"].as_str()?.into()))),
+    );
+    Ok(built)
 }
 
 pub fn bench_micro(base: &str, rounds: usize, seconds: u32) -> Result<()> {
@@ -139,7 +156,7 @@ pub fn bench_micro(base: &str, rounds: usize, seconds: u32) -> Result<()> {
         let (b_exe, c_exe) = (find(&based)?, find(&current)?);
         let (mut b, mut c) = (Vec::new(), Vec::new());
         for round in 0..rounds {
-            eprintln!("bench-micro: {id} round {} of {rounds}", round + 1);
+            eprintln!("bench-compare: {id} round {} of {rounds}", round + 1);
             b.push(criterion_mean(&b_exe, id, &home.join("base"), seconds)?);
             c.push(criterion_mean(&c_exe, id, &home.join("current"), seconds)?);
         }
@@ -147,8 +164,25 @@ pub fn bench_micro(base: &str, rounds: usize, seconds: u32) -> Result<()> {
             json!({"bench": bench, "id": id, "limit_ratio": limit, "base_ns": b, "current_ns": c}),
         );
     }
+    let base_leash = based
+        .iter()
+        .find(|(n, _)| n == "leash-bin")
+        .map(|(_, p)| p.clone())
+        .context("the base build reported no leash binary")?;
+    let dir = target_dir().join("bench-compare");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let transparent = super::transparent::compare(
+        &base_leash,
+        &target_dir().join("release/leash"),
+        &target_dir().join("release/leash-bench"),
+        &dir,
+        rounds,
+        f64::from(seconds),
+    )?;
     let results = json!({
         "base": rev, "current": head, "rounds": rounds, "seconds": seconds, "rows": rows,
+        "transparent": transparent,
     });
     std::fs::create_dir_all(root().join("bench"))?;
     std::fs::write(
@@ -161,7 +195,7 @@ pub fn bench_micro(base: &str, rounds: usize, seconds: u32) -> Result<()> {
 /// Writes the micro-benchmark section of BENCHMARKS.md from a run.
 pub fn render(r: &Value) -> Result<()> {
     let mut md = format!(
-        "{BEGIN}\n## Micro-benchmarks against an earlier commit\n\n`cargo xtask bench-micro --base {}`: this tree ({}) and commit {} built with the same toolchain and profile, each criterion benchmark run alternately base / current, {} rounds of {} s. The spread is the largest difference between two rounds of the same build, relative to its median; a difference within it is inconclusive.\n\n| benchmark | base median | current median | current / base | spread | limit | verdict |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |\n",
+        "{BEGIN}\n## Against an earlier commit\n\n`cargo xtask bench-compare --base {}`: this tree ({}) and commit {} built with the same toolchain and profile, each criterion benchmark run alternately base / current, {} rounds of {} s. The spread is the largest difference between two rounds of the same build, relative to its median; a difference within it is inconclusive.\n\n| benchmark | base median | current median | current / base | spread | limit | verdict |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |\n",
         r["base"].as_str().unwrap_or("?"),
         r["current"].as_str().unwrap_or("?"),
         r["base"].as_str().unwrap_or("?"),
@@ -207,9 +241,56 @@ pub fn render(r: &Value) -> Result<()> {
             spread * 100.0,
         );
     }
+    md.push_str(&transparent_rows(&r["transparent"]));
     md.push_str(END);
     md.push('\n');
     super::write_section(BEGIN, END, &md)?;
     eprintln!("xtask: BENCHMARKS.md micro-benchmark section written");
     Ok(())
+}
+
+/// The transparent path's rows: p50 and p99 at 1000 RPS, base and
+/// current, medians over the rounds, with the largest round-to-round
+/// difference of either build as the spread.
+fn transparent_rows(t: &Value) -> String {
+    if let Some(why) = t["not_run"].as_str() {
+        return format!("\nTransparent path: not measured ({why}).\n");
+    }
+    if t.is_null() {
+        return String::new();
+    }
+    let mut md = format!(
+        "\nThe transparent path (`leash run`, eBPF hooks on a child cgroup, pipeline modules off; client in the cgroup at {} req/s for {} s a round; the two agents never run at the same time):\n\n| latency | base median | current median | current − base | spread | verdict |\n| --- | ---: | ---: | ---: | ---: | --- |\n",
+        t["rate"], t["seconds"]
+    );
+    for key in ["p50_ms", "p99_ms"] {
+        let col = |runs: &str| -> Vec<f64> {
+            t[runs]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["latency"][key].as_f64())
+                .collect()
+        };
+        let (b, c) = (col("base_runs"), col("current_runs"));
+        let range = |v: &[f64]| {
+            v.iter().copied().fold(f64::MIN, f64::max) - v.iter().copied().fold(f64::MAX, f64::min)
+        };
+        let (bm, cm) = (median(b.clone()), median(c.clone()));
+        let spread = range(&b).max(range(&c));
+        let diff = cm - bm;
+        let verdict = if diff.abs() <= spread {
+            "inconclusive (no difference beyond the spread)"
+        } else if diff < 0.0 {
+            "faster"
+        } else {
+            "slower"
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {bm:.3} ms | {cm:.3} ms | {diff:+.3} ms | {spread:.3} ms | {verdict} |",
+            key.trim_end_matches("_ms")
+        );
+    }
+    md
 }

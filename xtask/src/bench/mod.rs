@@ -45,7 +45,7 @@ fn write_section(begin: &str, end: &str, md: &str) -> anyhow::Result<()> {
 }
 
 /// BENCHMARKS.md's sections that other runs write (`bench-console`,
-/// `bench-micro`), put back from their results after the main report
+/// `bench-compare`), put back from their results after the main report
 /// rewrote the file.
 fn other_sections() -> anyhow::Result<()> {
     let load = |name: &str| -> Option<serde_json::Value> {

@@ -122,18 +122,9 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "one run top to bottom: start, measure, stop"
-)]
-pub fn run(leash: &Path, tool: &Path, dir: &Path, plan: &Plan) -> Result<Value> {
-    if !is_root() {
-        return Ok(json!({"not_run": "needs root: the agent attaches cgroup eBPF programs"}));
-    }
-    let cg = Cgroup(cgroup2_root()?.join(format!("leash-bench-{}", std::process::id())));
-    let _ = std::fs::remove_dir(&cg.0);
-    std::fs::create_dir(&cg.0).with_context(|| format!("creating {}", cg.0.display()))?;
-
+/// The TLS upstream on `UPSTREAM_IP:443` with a leaf from its own "public"
+/// CA: the process, the CA file, the address.
+fn start_upstream(tool: &Path, dir: &Path) -> Result<(Proc, PathBuf, std::net::SocketAddr)> {
     let public_ca = dir.join("public-ca.pem");
     let upstream_addr: std::net::SocketAddr = format!("{UPSTREAM_IP}:443").parse()?;
     let upstream = Proc::spawn(
@@ -150,6 +141,113 @@ pub fn run(leash: &Path, tool: &Path, dir: &Path, plan: &Plan) -> Result<Value> 
         &dir.join("upstream-tls.log"),
     )?;
     wait_addr(upstream_addr, "TLS upstream")?;
+    Ok((upstream, public_ca, upstream_addr))
+}
+
+/// `leash run` with `config` (on the server CPU), once it intercepts.
+fn start_agent(leash: &Path, config: &Path, dir: &Path, tag: &str) -> Result<Proc> {
+    let admin = free_port()?;
+    let log = dir.join(format!("leash-{tag}.log"));
+    let agent = Proc::spawn(
+        pinned(SERVER_CPU, leash)
+            .args(["--log-level", "info", "run", "--config"])
+            .arg(config)
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .arg("--audit-dir")
+            .arg(dir.join(format!("audit-{tag}"))),
+        &log,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("intercepting")
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "leash run did not start intercepting in 30 s:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The first connections mint and pool; let start-up settle.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(agent)
+}
+
+/// The transparent path of two builds in one run (`cargo xtask
+/// bench-compare`): each round starts `base`, then `current`, on the same
+/// cgroup and upstream, and measures keep-alive latency at 1000 RPS for
+/// `seconds`; the agents never run at the same time.
+pub fn compare(
+    base: &Path,
+    current: &Path,
+    tool: &Path,
+    dir: &Path,
+    rounds: usize,
+    seconds: f64,
+) -> Result<Value> {
+    if !is_root() {
+        return Ok(json!({"not_run": "needs root: the agent attaches cgroup eBPF programs"}));
+    }
+    let cg = Cgroup(cgroup2_root()?.join(format!("leash-compare-{}", std::process::id())));
+    let _ = std::fs::remove_dir(&cg.0);
+    std::fs::create_dir(&cg.0).with_context(|| format!("creating {}", cg.0.display()))?;
+    let (_upstream, public_ca, upstream_addr) = start_upstream(tool, dir)?;
+    let builds = [("base", base), ("current", current)];
+    let mut configs = Vec::new();
+    for (tag, _) in builds {
+        let org = dir.join(format!("org-ca-{tag}"));
+        let config = dir.join(format!("leash-{tag}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "ca: {{ dir: \"{}\" }}\nupstream_tls: {{ extra_roots: [\"{}\"] }}\npipeline: {{ modules: [] }}\nintercept:\n  cgroup: \"{}\"\n  resolve: false\n  proxy_port: {}\n  hosts:\n    - {{ name: api.openai.com, addresses: [\"{UPSTREAM_IP}\"] }}\n",
+                org.display(),
+                public_ca.display(),
+                cg.0.display(),
+                free_port()?
+            ),
+        )?;
+        configs.push((config, org.join("ca.pem")));
+    }
+    let mut runs: [Vec<Value>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for (i, (tag, leash)) in builds.iter().enumerate() {
+            eprintln!("bench-compare: transparent round {} {tag}", round + 1);
+            let agent = start_agent(leash, &configs[i].0, dir, &format!("{tag}-{round}"))?;
+            runs[i].push(bench_tool_in(
+                Some(&cg.0),
+                LOADGEN_CPU,
+                tool,
+                "load",
+                URL,
+                &[
+                    ("--ca", configs[i].1.display().to_string()),
+                    ("--connect", upstream_addr.to_string()),
+                    ("--rate", "1000".to_owned()),
+                    ("--seconds", seconds.to_string()),
+                ],
+            )?);
+            drop(agent);
+        }
+    }
+    Ok(json!({"rate": 1000, "seconds": seconds, "base_runs": runs[0], "current_runs": runs[1]}))
+}
+
+#[allow(
+    clippy::too_many_lines,
+    reason = "one run top to bottom: start, measure, stop"
+)]
+pub fn run(leash: &Path, tool: &Path, dir: &Path, plan: &Plan) -> Result<Value> {
+    if !is_root() {
+        return Ok(json!({"not_run": "needs root: the agent attaches cgroup eBPF programs"}));
+    }
+    let cg = Cgroup(cgroup2_root()?.join(format!("leash-bench-{}", std::process::id())));
+    let _ = std::fs::remove_dir(&cg.0);
+    std::fs::create_dir(&cg.0).with_context(|| format!("creating {}", cg.0.display()))?;
+
+    let (upstream, public_ca, upstream_addr) = start_upstream(tool, dir)?;
 
     let cold: Vec<String> = (0..COLD_NAMES)
         .map(|i| format!("c{i}.bench.test"))
@@ -170,32 +268,8 @@ pub fn run(leash: &Path, tool: &Path, dir: &Path, plan: &Plan) -> Result<Value> 
     }
     let config_path = dir.join("leash-transparent.yaml");
     std::fs::write(&config_path, config)?;
-    let admin = free_port()?;
-    let log = dir.join("leash-transparent.log");
     let stats = BpfStats::enable();
-    let agent = Proc::spawn(
-        pinned(SERVER_CPU, leash)
-            .args(["--log-level", "info", "run", "--config"])
-            .arg(&config_path)
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .arg("--audit-dir")
-            .arg(dir.join("audit-transparent")),
-        &log,
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("intercepting")
-    {
-        if Instant::now() > deadline {
-            bail!(
-                "leash run did not start intercepting in 30 s:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    let agent = start_agent(leash, &config_path, dir, "transparent")?;
     let idle_rss = status_mib(agent.pid(), "VmRSS:");
     let org_ca = org.join("ca.pem");
     let connect = ("--connect", upstream_addr.to_string());
