@@ -180,9 +180,17 @@ pub fn bench_micro(base: &str, rounds: usize, seconds: u32) -> Result<()> {
         rounds,
         f64::from(seconds),
     )?;
+    let gateway = gateway_compare(
+        &base_leash,
+        &target_dir().join("release/leash"),
+        &target_dir().join("release/leash-bench"),
+        &dir,
+        rounds,
+        f64::from(seconds),
+    )?;
     let results = json!({
         "base": rev, "current": head, "rounds": rounds, "seconds": seconds, "rows": rows,
-        "transparent": transparent,
+        "transparent": transparent, "gateway": gateway,
     });
     std::fs::create_dir_all(root().join("bench"))?;
     std::fs::write(
@@ -241,7 +249,14 @@ pub fn render(r: &Value) -> Result<()> {
             spread * 100.0,
         );
     }
-    md.push_str(&transparent_rows(&r["transparent"]));
+    md.push_str(&latency_rows(
+        &r["gateway"],
+        "The policy gateway (`leash gateway`, default modules and the example policy; both builds side by side on one upstream, measured in turn)",
+    ));
+    md.push_str(&latency_rows(
+        &r["transparent"],
+        "The transparent path (`leash run`, eBPF hooks on a child cgroup, pipeline modules off; client in the cgroup; the two agents never run at the same time)",
+    ));
     md.push_str(END);
     md.push('\n');
     super::write_section(BEGIN, END, &md)?;
@@ -249,48 +264,135 @@ pub fn render(r: &Value) -> Result<()> {
     Ok(())
 }
 
-/// The transparent path's rows: p50 and p99 at 1000 RPS, base and
-/// current, medians over the rounds, with the largest round-to-round
-/// difference of either build as the spread.
-fn transparent_rows(t: &Value) -> String {
+/// Medians of `pick` over base and current runs, their difference, the
+/// largest round-to-round difference of either build (the spread), and the
+/// verdict (`lower` is better or not).
+fn compared(
+    t: &Value,
+    runs: (&str, &str),
+    pick: &dyn Fn(&Value) -> Option<f64>,
+    lower_is_better: bool,
+) -> (f64, f64, f64, f64, &'static str) {
+    let col = |k: &str| -> Vec<f64> {
+        t[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(pick)
+            .collect()
+    };
+    let (b, c) = (col(runs.0), col(runs.1));
+    let range = |v: &[f64]| {
+        v.iter().copied().fold(f64::MIN, f64::max) - v.iter().copied().fold(f64::MAX, f64::min)
+    };
+    let (bm, cm) = (median(b.clone()), median(c.clone()));
+    let spread = range(&b).max(range(&c));
+    let diff = cm - bm;
+    let verdict = if diff.abs() <= spread {
+        "inconclusive (no difference beyond the spread)"
+    } else if (diff < 0.0) == lower_is_better {
+        "better"
+    } else {
+        "worse"
+    };
+    (bm, cm, diff, spread, verdict)
+}
+
+/// Latency rows (p50, p99 at the fixed rate) of a comparison, and the
+/// saturation row when measured.
+fn latency_rows(t: &Value, title: &str) -> String {
     if let Some(why) = t["not_run"].as_str() {
-        return format!("\nTransparent path: not measured ({why}).\n");
+        return format!("\n{title}: not measured ({why}).\n");
     }
     if t.is_null() {
         return String::new();
     }
     let mut md = format!(
-        "\nThe transparent path (`leash run`, eBPF hooks on a child cgroup, pipeline modules off; client in the cgroup at {} req/s for {} s a round; the two agents never run at the same time):\n\n| latency | base median | current median | current − base | spread | verdict |\n| --- | ---: | ---: | ---: | ---: | --- |\n",
+        "\n{title} ({} req/s for {} s a round):\n\n| measure | base median | current median | current − base | spread | verdict |\n| --- | ---: | ---: | ---: | ---: | --- |\n",
         t["rate"], t["seconds"]
     );
     for key in ["p50_ms", "p99_ms"] {
-        let col = |runs: &str| -> Vec<f64> {
-            t[runs]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|r| r["latency"][key].as_f64())
-                .collect()
-        };
-        let (b, c) = (col("base_runs"), col("current_runs"));
-        let range = |v: &[f64]| {
-            v.iter().copied().fold(f64::MIN, f64::max) - v.iter().copied().fold(f64::MAX, f64::min)
-        };
-        let (bm, cm) = (median(b.clone()), median(c.clone()));
-        let spread = range(&b).max(range(&c));
-        let diff = cm - bm;
-        let verdict = if diff.abs() <= spread {
-            "inconclusive (no difference beyond the spread)"
-        } else if diff < 0.0 {
-            "faster"
-        } else {
-            "slower"
-        };
+        let (bm, cm, diff, spread, verdict) = compared(
+            t,
+            ("base_runs", "current_runs"),
+            &|r| r["latency"][key].as_f64(),
+            true,
+        );
         let _ = writeln!(
             md,
-            "| {} | {bm:.3} ms | {cm:.3} ms | {diff:+.3} ms | {spread:.3} ms | {verdict} |",
+            "| {} latency | {bm:.3} ms | {cm:.3} ms | {diff:+.3} ms | {spread:.3} ms | {verdict} |",
             key.trim_end_matches("_ms")
         );
     }
+    if t["base_saturate"].is_array() {
+        let (bm, cm, diff, spread, verdict) = compared(
+            t,
+            ("base_saturate", "current_saturate"),
+            &|r| r["rps"].as_f64(),
+            false,
+        );
+        let _ = writeln!(
+            md,
+            "| saturation (32 connections, closed loop) | {bm:.0} req/s | {cm:.0} req/s | {diff:+.0} req/s | {spread:.0} req/s | {verdict} |"
+        );
+    }
     md
+}
+
+/// The policy gateway of both builds (the `leash-policy` contender: default
+/// modules and the example policy), side by side on one plain-HTTP
+/// upstream, measured in turn each round: latency at 1000 req/s and
+/// keep-alive saturation.
+fn gateway_compare(
+    base: &Path,
+    current: &Path,
+    tool: &Path,
+    dir: &Path,
+    rounds: usize,
+    seconds: f64,
+) -> Result<Value> {
+    use super::{EXAMPLE_POLICY, Proc, SERVER_CPU, free_port, pinned, start_leash, wait_port};
+    let up_port = free_port()?;
+    let _upstream = Proc::spawn(
+        pinned(SERVER_CPU, tool).args([
+            "upstream",
+            "--listen",
+            &format!("127.0.0.1:{up_port}"),
+            "--size",
+            "1024",
+        ]),
+        &dir.join("upstream-gateway.log"),
+    )?;
+    wait_port(up_port, "upstream")?;
+    let what = "gateway, default modules + the example policy";
+    let builds = [
+        start_leash("base", what, base, dir, up_port, EXAMPLE_POLICY)?,
+        start_leash("current", what, current, dir, up_port, EXAMPLE_POLICY)?,
+    ];
+    let (mut load, mut saturate): ([Vec<Value>; 2], [Vec<Value>; 2]) = Default::default();
+    for round in 0..rounds {
+        for (i, c) in builds.iter().enumerate() {
+            eprintln!("bench-compare: gateway round {} {}", round + 1, c.name);
+            load[i].push(c.measure(
+                tool,
+                "load",
+                &[
+                    ("--rate", "1000".to_owned()),
+                    ("--seconds", seconds.to_string()),
+                ],
+            )?);
+            saturate[i].push(c.measure(
+                tool,
+                "saturate",
+                &[
+                    ("--seconds", seconds.to_string()),
+                    ("--connections", "32".to_owned()),
+                ],
+            )?);
+        }
+    }
+    Ok(json!({
+        "rate": 1000, "seconds": seconds,
+        "base_runs": load[0], "current_runs": load[1],
+        "base_saturate": saturate[0], "current_saturate": saturate[1],
+    }))
 }
