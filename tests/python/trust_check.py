@@ -1,6 +1,6 @@
 """One call as an application makes it, with no CA or proxy setting.
 
-Usage: trust_check.py requests|openai
+Usage: trust_check.py requests|openai|anthropic
 Prints "ok <text>" and exits 0, or "error <what>" and exits 1.
 """
 
@@ -26,6 +26,14 @@ def main(which):
         client = openai.OpenAI(api_key="sk-test", max_retries=0, timeout=15)
         r = client.chat.completions.create(**BODY)
         return r.choices[0].message.content
+    if which == "anthropic":
+        import anthropic
+
+        client = anthropic.Anthropic(api_key="sk-ant-test", max_retries=0, timeout=15)
+        r = client.messages.create(
+            model="claude-3-5-haiku-latest", max_tokens=64, messages=BODY["messages"]
+        )
+        return r.content[0].text
     raise SystemExit(f"unknown client {which}")
 
 

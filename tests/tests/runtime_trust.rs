@@ -2,7 +2,7 @@
 //! client, started from a clean login shell (`env -i … bash -lc`) inside
 //! the watched cgroup and calling its provider's default URL, is
 //! intercepted and audited under its own executable — curl, Python
-//! `requests` and the official `openai` SDK, the official Node.js `openai`
+//! `requests` and the official `openai` and `anthropic` SDKs, the official Node.js `openai`
 //! and `@anthropic-ai/sdk` packages, Java's `HttpClient`, a Go `net/http`
 //! client (crypto/x509) — with no variable
 //! set by the test. After `leash ca uninstall` every file it changed is
@@ -91,6 +91,7 @@ client() {
 client curl "curl -sS --max-time 15 -H 'content-type: application/json' -H 'authorization: Bearer sk-test' -d '{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}' https://api.openai.com/v1/chat/completions"
 client python-requests "$PY $PYCHECK requests"
 client python-openai "$PY $PYCHECK openai"
+client python-anthropic "$PY $PYCHECK anthropic"
 client node-openai "node $NODE/sdk_check.cjs openai"
 client node-anthropic "node $NODE/sdk_check.cjs anthropic"
 client java "java $JAVA"
@@ -103,7 +104,7 @@ sums > "$T/after.sums"
 /// Each client intercepted and audited under its own executable.
 fn check_audited_by_exe(w: &World) {
     // Each intercepted and audited under its own executable.
-    let records = w.agent.wait_records(8);
+    let records = w.agent.wait_records(9);
     let exes: Vec<String> = records
         .iter()
         .filter(|r| r["event"].is_null())
@@ -111,7 +112,7 @@ fn check_audited_by_exe(w: &World) {
         .collect();
     for (n, want) in [
         (1, "curl"),
-        (2, "python"),
+        (3, "python"),
         (2, "node"),
         (1, "java"),
         (1, "go-client"),
@@ -214,6 +215,7 @@ fn every_runtime_is_covered_after_ca_install_and_uninstall_restores_the_machine(
         "curl",
         "python-requests",
         "python-openai",
+        "python-anthropic",
         "node-openai",
         "node-anthropic",
         "java",
