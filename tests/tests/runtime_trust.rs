@@ -45,6 +45,61 @@ fn place_node_client(sdk: &std::path::Path) {
     std::fs::rename(&tmp, sdk.join("sdk_check.cjs")).unwrap();
 }
 
+/// Every client exited 0 after `leash ca install` (`rc`: client → exit
+/// status); whether the Python 3.13 client ran.
+fn check_clients_succeeded(rc: &BTreeMap<String, String>, t: &std::path::Path, w: &World) -> bool {
+    let read = |name: &str| std::fs::read_to_string(t.join(name)).unwrap_or_default();
+    let install = read("install.out");
+    for client in [
+        "curl",
+        "python-requests",
+        "python-openai",
+        "python-anthropic",
+        "node-openai",
+        "node-anthropic",
+        "java",
+        "go",
+    ] {
+        assert_eq!(
+            rc.get(client).map(String::as_str),
+            Some("0"),
+            "{client} failed after `leash ca install`:\n{}\n--- install ---\n{install}\n--- agent ---\n{}",
+            read(&format!("{client}.out")),
+            w.agent.logs()
+        );
+    }
+    // Python 3.13's strict urllib, where this host has the interpreter.
+    let python313 = rc.contains_key("python313-urllib");
+    eprintln!("python 3.13 urllib client: {python313}");
+    if python313 {
+        assert_eq!(
+            rc["python313-urllib"],
+            "0",
+            "{}",
+            read("python313-urllib.out")
+        );
+    }
+    python313
+}
+
+/// A Python 3.13 interpreter on this host, if any (a real executable, not
+/// a version manager's shim that a clean login shell cannot resolve).
+fn python313() -> Option<PathBuf> {
+    let mut candidates = vec![
+        PathBuf::from("/usr/bin/python3.13"),
+        PathBuf::from("/usr/local/bin/python3.13"),
+    ];
+    let pyenv = PathBuf::from(std::env::var_os("HOME")?).join(".pyenv/versions");
+    for v in std::fs::read_dir(pyenv).into_iter().flatten().flatten() {
+        if v.file_name().to_string_lossy().starts_with("3.13") {
+            candidates.push(v.path().join("bin/python3.13"));
+        }
+    }
+    candidates
+        .into_iter()
+        .find(|p| std::fs::read(p).is_ok_and(|bytes| bytes.starts_with(b"\x7fELF")))
+}
+
 /// `tests/go/client.go` built (standard library only, so offline) into
 /// `dir`: Go's own verifier (crypto/x509 against the system roots).
 fn go_client(dir: &std::path::Path) -> PathBuf {
@@ -61,7 +116,7 @@ fn go_client(dir: &std::path::Path) -> PathBuf {
 
 const SCRIPT: &str = r#"
 set -u
-T=$1; LEASH=$2; CA=$3; HOSTS=$4; CG=$5; NODE=$6; PY=$7; PYCHECK=$8; JAVA=$9; GO=${10}
+T=$1; LEASH=$2; CA=$3; HOSTS=$4; CG=$5; NODE=$6; PY=$7; PYCHECK=$8; JAVA=$9; GO=${10}; PY313=${11}
 cp -a /etc "$T/etc" && mount --bind "$T/etc" /etc || exit 97
 cp -a /usr/local/share/ca-certificates "$T/local" \
   && mount --bind "$T/local" /usr/local/share/ca-certificates || exit 97
@@ -96,15 +151,19 @@ client node-openai "node $NODE/sdk_check.cjs openai"
 client node-anthropic "node $NODE/sdk_check.cjs anthropic"
 client java "java $JAVA"
 client go "$GO"
+# Python 3.13's urllib (strict X.509 verification by default), when present.
+if [ -n "$PY313" ]; then
+  client python313-urllib "$PY313 $(dirname "$PYCHECK")/urllib_check.py"
+fi
 "$LEASH" ca uninstall --dir "$CA" > "$T/uninstall.out" 2>&1 || exit 99
 client node-after-uninstall "node $NODE/sdk_check.cjs openai"
 sums > "$T/after.sums"
 "#;
 
 /// Each client intercepted and audited under its own executable.
-fn check_audited_by_exe(w: &World) {
+fn check_audited_by_exe(w: &World, python313: bool) {
     // Each intercepted and audited under its own executable.
-    let records = w.agent.wait_records(9);
+    let records = w.agent.wait_records(9 + usize::from(python313));
     let exes: Vec<String> = records
         .iter()
         .filter(|r| r["event"].is_null())
@@ -112,7 +171,7 @@ fn check_audited_by_exe(w: &World) {
         .collect();
     for (n, want) in [
         (1, "curl"),
-        (3, "python"),
+        (3 + usize::from(python313), "python"),
         (2, "node"),
         (1, "java"),
         (1, "go-client"),
@@ -195,7 +254,8 @@ fn every_runtime_is_covered_after_ca_install_and_uninstall_restores_the_machine(
         .arg(python())
         .arg(python_dir().join("trust_check.py"))
         .arg(&java)
-        .arg(&go));
+        .arg(&go)
+        .arg(python313().unwrap_or_default()));
     let read = |name: &str| std::fs::read_to_string(t.path().join(name)).unwrap_or_default();
     assert_success(
         &format!(
@@ -211,25 +271,8 @@ fn every_runtime_is_covered_after_ca_install_and_uninstall_restores_the_machine(
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     let install = read("install.out");
-    for client in [
-        "curl",
-        "python-requests",
-        "python-openai",
-        "python-anthropic",
-        "node-openai",
-        "node-anthropic",
-        "java",
-        "go",
-    ] {
-        assert_eq!(
-            rc.get(client).map(String::as_str),
-            Some("0"),
-            "{client} failed after `leash ca install`:\n{}\n--- install ---\n{install}\n--- agent ---\n{}",
-            read(&format!("{client}.out")),
-            w.agent.logs()
-        );
-    }
-    check_audited_by_exe(&w);
+    let python313 = check_clients_succeeded(&rc, t.path(), &w);
+    check_audited_by_exe(&w, python313);
     // Uninstall: the machine as it was, and Node no longer trusts the CA —
     // refused visibly, named.
     let records = w.agent.audit_records();
