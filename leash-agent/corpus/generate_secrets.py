@@ -61,7 +61,7 @@ def base62_crc32(prefix):
 
 def jwt(alg="HS256"):
     head = b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
-    payload = b64url(json.dumps({"sub": str(R.randint(1, 10**9)), "iat": R.randint(1.6e9, 1.9e9)}).encode())
+    payload = b64url(json.dumps({"sub": str(R.randint(1, 10**9)), "iat": R.randint(1_600_000_000, 1_900_000_000)}).encode())
     return f"{head}.{payload}.{b64url(R.randbytes(32 if alg == 'HS256' else 64))}"
 
 
