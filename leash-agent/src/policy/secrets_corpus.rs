@@ -194,6 +194,24 @@ fn secret_detectors_meet_their_floors() {
             );
         }
     }
+    // Per group: its high detectors together meet the same floors.
+    for g in SecretGroup::ALL {
+        let c = by_detector
+            .iter()
+            .filter(|(n, _)| secret[*n] == (g, Confidence::High))
+            .fold(Counts::default(), |a, (_, c)| {
+                Counts(a.0 + c.0, a.1 + c.1, a.2 + c.2)
+            });
+        if c.0 + c.1 + c.2 > 0 {
+            assert!(
+                c.precision() >= HIGH_PRECISION && c.recall() >= HIGH_RECALL,
+                "group {}: high detectors at precision {:.3}, recall {:.3}\n{report}",
+                g.name(),
+                c.precision(),
+                c.recall()
+            );
+        }
+    }
     let positives = rows.iter().filter(|r| r.label.is_some()).count();
     super::corpus::record(
         "secrets_corpus",
