@@ -13,7 +13,10 @@ use std::{fmt::Write as _, path::Path, process::Stdio};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use super::{build_release, median};
+use super::{
+    EXAMPLE_POLICY, Proc, SERVER_CPU, build_release, free_port, median, pinned, start_leash,
+    wait_port,
+};
 use crate::{cargo, root, target_dir};
 
 const BEGIN: &str =
@@ -41,6 +44,18 @@ fn criterion_mean(exe: &Path, id: &str, home: &Path, seconds: u32) -> Result<f64
     est["mean"]["point_estimate"]
         .as_f64()
         .context("criterion mean")
+}
+
+/// The two `leash` builds compared, the load tool, the run's directory,
+/// and how long to measure.
+#[derive(Clone, Copy)]
+pub(super) struct Pair<'a> {
+    pub base: &'a Path,
+    pub current: &'a Path,
+    pub tool: &'a Path,
+    pub dir: &'a Path,
+    pub rounds: usize,
+    pub seconds: f64,
 }
 
 /// Builds the benches of `rev` in a worktree; their executables by name.
@@ -172,22 +187,20 @@ pub fn bench_micro(base: &str, rounds: usize, seconds: u32) -> Result<()> {
     let dir = target_dir().join("bench-compare");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let transparent = super::transparent::compare(
-        &base_leash,
-        &target_dir().join("release/leash"),
-        &target_dir().join("release/leash-bench"),
-        &dir,
+    let (current_leash, tool) = (
+        target_dir().join("release/leash"),
+        target_dir().join("release/leash-bench"),
+    );
+    let pair = Pair {
+        base: &base_leash,
+        current: &current_leash,
+        tool: &tool,
+        dir: &dir,
         rounds,
-        f64::from(seconds),
-    )?;
-    let gateway = gateway_compare(
-        &base_leash,
-        &target_dir().join("release/leash"),
-        &target_dir().join("release/leash-bench"),
-        &dir,
-        rounds,
-        f64::from(seconds),
-    )?;
+        seconds: f64::from(seconds),
+    };
+    let transparent = super::transparent::compare(&pair)?;
+    let gateway = gateway_compare(&pair)?;
     let results = json!({
         "base": rev, "current": head, "rounds": rounds, "seconds": seconds, "rows": rows,
         "transparent": transparent, "gateway": gateway,
@@ -342,15 +355,15 @@ fn latency_rows(t: &Value, title: &str) -> String {
 /// modules and the example policy), side by side on one plain-HTTP
 /// upstream, measured in turn each round: latency at 1000 req/s and
 /// keep-alive saturation.
-fn gateway_compare(
-    base: &Path,
-    current: &Path,
-    tool: &Path,
-    dir: &Path,
-    rounds: usize,
-    seconds: f64,
-) -> Result<Value> {
-    use super::{EXAMPLE_POLICY, Proc, SERVER_CPU, free_port, pinned, start_leash, wait_port};
+fn gateway_compare(pair: &Pair<'_>) -> Result<Value> {
+    let Pair {
+        base,
+        current,
+        tool,
+        dir,
+        rounds,
+        seconds,
+    } = *pair;
     let up_port = free_port()?;
     let _upstream = Proc::spawn(
         pinned(SERVER_CPU, tool).args([

@@ -179,14 +179,15 @@ fn start_agent(leash: &Path, config: &Path, dir: &Path, tag: &str) -> Result<Pro
 /// bench-compare`): each round starts `base`, then `current`, on the same
 /// cgroup and upstream, and measures keep-alive latency at 1000 RPS for
 /// `seconds`; the agents never run at the same time.
-pub fn compare(
-    base: &Path,
-    current: &Path,
-    tool: &Path,
-    dir: &Path,
-    rounds: usize,
-    seconds: f64,
-) -> Result<Value> {
+pub(super) fn compare(pair: &super::micro::Pair<'_>) -> Result<Value> {
+    let super::micro::Pair {
+        base,
+        current,
+        tool,
+        dir,
+        rounds,
+        seconds,
+    } = *pair;
     if !is_root() {
         return Ok(json!({"not_run": "needs root: the agent attaches cgroup eBPF programs"}));
     }
