@@ -166,8 +166,13 @@ pub fn environment(
 }
 
 /// Walks `root` (at most `MAX_WALK` entries, `depth` levels, no symlinks
-/// followed) and returns files whose path ends with `suffix`.
-fn find(root: &Path, suffix: &str, depth: usize) -> Vec<PathBuf> {
+/// followed) and returns the entries `keep` accepts (path and type; a kept
+/// directory is not entered).
+fn walk(
+    root: &Path,
+    depth: usize,
+    keep: impl Fn(&Path, std::fs::FileType) -> bool,
+) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![(root.to_path_buf(), 0)];
     let mut seen = 0;
@@ -182,14 +187,21 @@ fn find(root: &Path, suffix: &str, depth: usize) -> Vec<PathBuf> {
             }
             let Ok(t) = e.file_type() else { continue };
             let p = e.path();
-            if t.is_dir() && d < depth {
-                stack.push((p, d + 1));
-            } else if t.is_file() && p.to_string_lossy().ends_with(suffix) {
+            if keep(&p, t) {
                 out.push(p);
+            } else if t.is_dir() && d < depth {
+                stack.push((p, d + 1));
             }
         }
     }
     out
+}
+
+/// Files under `root` whose path ends with `suffix`.
+fn find(root: &Path, suffix: &str, depth: usize) -> Vec<PathBuf> {
+    walk(root, depth, |p, t| {
+        t.is_file() && p.to_string_lossy().ends_with(suffix)
+    })
 }
 
 /// Every JDK trust store on the host (each JDK's `cacerts`, or the shared
@@ -218,27 +230,7 @@ fn jdk_stores() -> Vec<(PathBuf, PathBuf)> {
 /// JDKs link to one shared store, which its package keeps in step with the
 /// system store only when its hook runs: Leash edits it itself).
 fn find_store_links(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![(root.to_path_buf(), 0)];
-    let mut seen = 0;
-    while let Some((dir, d)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            seen += 1;
-            if seen > MAX_WALK {
-                return out;
-            }
-            let p = e.path();
-            if p.ends_with("lib/security/cacerts") {
-                out.push(p);
-            } else if e.file_type().is_ok_and(|t| t.is_dir()) && d < 5 {
-                stack.push((p, d + 1));
-            }
-        }
-    }
-    out
+    walk(root, 5, |p, _| p.ends_with("lib/security/cacerts"))
 }
 
 fn keytool(keytool: &Path, args: &[&str]) -> Result<(), TrustError> {
