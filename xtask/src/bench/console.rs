@@ -48,6 +48,22 @@ fn idle(cmd: &Command) -> Command {
     c
 }
 
+/// `leash-bench pages`: four clients loading the console's pages back to
+/// back for `secs`, in the idle class on the load generator's CPU.
+fn page_loader(tool: &Path, admin: u16, secs: f64, token: &Path) -> Command {
+    let mut cmd = idle(&pinned(LOADGEN_CPU, tool));
+    cmd.args([
+        "pages",
+        "--admin",
+        &format!("127.0.0.1:{admin}"),
+        "--clients",
+        "4",
+    ])
+    .args(["--seconds", &secs.to_string(), "--token-file"])
+    .arg(token);
+    cmd
+}
+
 /// Samples a process's resident memory until stopped; the peak seen.
 fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<f64> {
     std::thread::spawn(move || {
@@ -161,17 +177,7 @@ pub fn bench_console(quick: bool) -> Result<()> {
     let url = format!("http://127.0.0.1:{port}/v1/openai/chat/completions");
     let token = trail.join("admin.token");
     let pages = |secs: f64| -> Result<Value> {
-        let out = idle(&pinned(LOADGEN_CPU, &tool))
-            .args([
-                "pages",
-                "--admin",
-                &format!("127.0.0.1:{admin}"),
-                "--clients",
-                "4",
-            ])
-            .args(["--seconds", &secs.to_string(), "--token-file"])
-            .arg(&token)
-            .output()?;
+        let out = page_loader(&tool, admin, secs, &token).output()?;
         Ok(serde_json::from_slice(&out.stdout)?)
     };
     // The first page load: the index is built (or read back) first.
@@ -192,19 +198,7 @@ pub fn bench_console(quick: bool) -> Result<()> {
         let loader = {
             let tool = tool.clone();
             let token = token.clone();
-            std::thread::spawn(move || {
-                idle(&pinned(LOADGEN_CPU, &tool))
-                    .args([
-                        "pages",
-                        "--admin",
-                        &format!("127.0.0.1:{admin}"),
-                        "--clients",
-                        "4",
-                    ])
-                    .args(["--seconds", &(seconds + 2.0).to_string(), "--token-file"])
-                    .arg(&token)
-                    .output()
-            })
+            std::thread::spawn(move || page_loader(&tool, admin, seconds + 2.0, &token).output())
         };
         std::thread::sleep(Duration::from_millis(500));
         busy.push(load(seconds)?);

@@ -109,28 +109,15 @@ fn build_benches(tree: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
             "--bin",
             "leash",
         ]);
-    eprintln!("xtask: {cmd:?}");
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .context("building the base")?;
-    if !out.status.success() {
-        bail!("the base's release build failed ({})", out.status);
-    }
-    let mut built = super::run::bench_executables(&out.stdout);
-    // The `leash` binary too (its path is fixed in the shared target dir
-    // only for the current tree, so take it from cargo's report).
+    let out = super::run::cargo_build(&mut cmd, "the base's release build")?;
+    let mut built = super::run::executables(&out, "bench", true);
+    // The `leash` binary too (under its own name: the current tree's is at
+    // a fixed path, the base's only in cargo's report).
     built.extend(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|m| {
-                m["target"]["name"] == "leash"
-                    && m["target"]["kind"][0] == "bin"
-                    && m["profile"]["test"] == false
-                    && m["executable"].is_string()
-            })
-            .filter_map(|m| Some(("leash-bin".to_owned(), m["executable"].as_str()?.into()))),
+        super::run::executables(&out, "bin", false)
+            .into_iter()
+            .filter(|(name, _)| name == "leash")
+            .map(|(_, path)| ("leash-bin".to_owned(), path)),
     );
     Ok(built)
 }

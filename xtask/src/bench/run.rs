@@ -350,37 +350,44 @@ pub fn build_release() -> Result<Vec<(String, PathBuf)>> {
         "--bin",
         "leash-bench",
     ]);
+    let out = cargo_build(&mut cmd, "the release build")?;
+    Ok(executables(&out, "bench", true))
+}
+
+/// Runs a `cargo build --message-format=json…` (diagnostics to stderr);
+/// its JSON messages, or an error naming `what` if the build failed.
+pub(super) fn cargo_build(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
     eprintln!("xtask: {cmd:?}");
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
-        .context("running cargo build")?;
+        .with_context(|| format!("running cargo build for {what}"))?;
     if !out.status.success() {
-        bail!("the release build failed ({})", out.status);
+        bail!("{what} failed ({})", out.status);
     }
-    Ok(bench_executables(&out.stdout))
+    Ok(out.stdout)
 }
 
-/// The bench executables a `cargo build --message-format=json…` reported:
+/// The executables of targets of `kind` (`bench`, `bin`) that cargo
+/// reported building (`test`: the test-harness build, as benches are):
 /// (target name, path).
-pub(super) fn bench_executables(stdout: &[u8]) -> Vec<(String, PathBuf)> {
-    let mut benches = Vec::new();
-    for line in String::from_utf8_lossy(stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        let is_bench = msg["target"]["kind"]
-            .as_array()
-            .is_some_and(|k| k.iter().any(|x| x == "bench"));
-        if let (true, Some(name), Some(exe)) = (
-            is_bench,
-            msg["target"]["name"].as_str(),
-            msg["executable"].as_str(),
-        ) {
-            benches.push((name.to_owned(), PathBuf::from(exe)));
-        }
-    }
-    benches
+pub(super) fn executables(stdout: &[u8], kind: &str, test: bool) -> Vec<(String, PathBuf)> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| {
+            m["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|x| x == kind))
+                && m["profile"]["test"] == test
+        })
+        .filter_map(|m| {
+            Some((
+                m["target"]["name"].as_str()?.to_owned(),
+                PathBuf::from(m["executable"].as_str()?),
+            ))
+        })
+        .collect()
 }
 
 /// `strace -c -f` on a contender during an open-loop run at 1000 RPS: the
@@ -474,4 +481,28 @@ pub(super) fn machine() -> Value {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     json!({"cpu": cpu, "cpus": cpus, "kernel": kernel, "memory": mem, "rustc": rustc, "leash_commit": commit})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::executables;
+
+    /// What cargo reports for `build --release --benches --bin leash`: the
+    /// bench harnesses, the binary, and the binary's own test harness.
+    #[test]
+    fn executables_by_kind_and_harness() {
+        let out = br#"{"reason":"compiler-artifact","target":{"name":"policy","kind":["bench"]},"profile":{"test":true},"executable":"/t/release/deps/policy-1"}
+{"reason":"compiler-artifact","target":{"name":"leash","kind":["bin"]},"profile":{"test":true},"executable":"/t/release/deps/leash-2"}
+{"reason":"compiler-artifact","target":{"name":"leash","kind":["bin"]},"profile":{"test":false},"executable":"/t/release/leash"}
+{"reason":"compiler-artifact","target":{"name":"leash_agent","kind":["lib"]},"profile":{"test":false},"executable":null}
+not json"#;
+        let names = |kind, test| {
+            executables(out, kind, test)
+                .into_iter()
+                .map(|(n, p)| format!("{n} {}", p.display()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("bench", true), ["policy /t/release/deps/policy-1"]);
+        assert_eq!(names("bin", false), ["leash /t/release/leash"]);
+    }
 }
