@@ -418,12 +418,10 @@ fn targets_full_alert(alerts: crate::alerts::Alerter) -> impl Fn(&str, std::net:
 /// with `failure_mode: open` they go away with this process, so traffic
 /// flows direct; with `closed` they are pinned and stay, so provider
 /// connections are refused until an agent runs again.
-pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    if !is_root() {
-        return Err(RunError::NotRoot);
-    }
+/// The organisation CA (created at first start), with retired CAs whose
+/// grace period ended dropped from trust.pem.
+fn organisation_ca(config: &Config) -> Result<CertAuthority, RunError> {
     let (ca, created) = CertAuthority::load_or_init(&config.ca.dir)?;
-    // Drops retired CAs whose grace period ended from trust.pem.
     crate::ca::refresh_trust(&config.ca.dir)?;
     if created {
         tracing::warn!(
@@ -432,6 +430,14 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
             ca.dir().display()
         );
     }
+    Ok(ca)
+}
+
+pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    if !is_root() {
+        return Err(RunError::NotRoot);
+    }
+    let ca = organisation_ca(&config)?;
     let cgroup_dir = match &config.intercept.cgroup {
         Some(dir) => dir.clone(),
         None => cgroup::v2_root().ok_or(RunError::NoCgroup2)?,
@@ -458,7 +464,8 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         cgroup_dir.clone(),
     )?)?);
     let untrusted = Arc::new(Untrusted::new(&config.intercept.untrusted, alerts.clone()));
-    let state = interception_state(interception, &hooks, &metrics, &untrusted);
+    let refused = Arc::new(crate::proxy::refusals::Totals::default());
+    let state = interception_state(interception, &hooks, &metrics, &untrusted, &refused);
     let console = Some(console_for(&config, policy, Some(state))?.with_live(audit_writer.live()));
     let host_table = HostTable::new(&config.intercept, &config.providers);
     let static_targets = hosts::add_static(&hooks, host_table.hosts())?;
@@ -490,6 +497,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let refusals = tokio::spawn(crate::proxy::refusals::watch(
         Arc::clone(&hooks),
         Arc::clone(&pipeline),
+        refused,
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -558,11 +566,13 @@ fn interception_state(
     hooks: &Arc<KernelHooks>,
     metrics: &Arc<Metrics>,
     untrusted: &Arc<Untrusted>,
+    refused: &Arc<crate::proxy::refusals::Totals>,
 ) -> crate::console::Interception {
-    let (hooks, metrics, untrusted) = (
+    let (hooks, metrics, untrusted, refused) = (
         Arc::clone(hooks),
         Arc::clone(metrics),
         Arc::clone(untrusted),
+        Arc::clone(refused),
     );
     Box::new(move || {
         let mut v = setup.clone();
@@ -581,8 +591,8 @@ fn interception_state(
         // Setups the kernel refused to govern, per cgroup (containers
         // without `namespace_listen`, QUIC).
         let root = crate::intercept::cgroup::v2_root();
-        v["refused_in_kernel"] = hooks
-            .refusals()
+        v["refused_in_kernel"] = refused
+            .snapshot()
             .iter()
             .filter_map(|(key, count)| {
                 let reason = crate::proxy::refusals::kernel_refusal(key)?;

@@ -72,16 +72,24 @@ fn saw_secret(mock: &MockProvider) -> bool {
 /// Waits for an audit record matching `pred` (a later event than the
 /// attack), and returns every record at that point.
 fn wait_record(w: &World, what: &str, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    wait_record_of(&w.agent, what, pred)
+}
+
+fn wait_record_of(
+    agent: &leash_tests::harness::Agent,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let records = w.agent.audit_records();
+        let records = agent.audit_records();
         if records.iter().any(&pred) {
             return records;
         }
         assert!(
             Instant::now() < deadline,
             "no audit record {what}: {records:#?}\n{}",
-            w.agent.logs()
+            agent.logs()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -692,6 +700,121 @@ fn a_reused_client_port_does_not_inherit_a_caller() {
     );
 }
 
+/// Two fake providers (api.openai.com, api.anthropic.com) whose addresses
+/// the agent learns only from DNS answers (`resolve: false`), a fake DNS
+/// server that gives them, and an agent on a cgroup of its own.
+struct DnsWorld {
+    openai: MockProvider,
+    anthropic: MockProvider,
+    _dns: FakeDns,
+    public_ca: std::path::PathBuf,
+    hosts: std::path::PathBuf,
+    resolv: std::path::PathBuf,
+    cgroup: leash_tests::harness::Cgroup,
+    agent: leash_tests::harness::Agent,
+    tmp: tempfile::TempDir,
+}
+
+impl DnsWorld {
+    /// `tag` names the cgroup; `n` picks the addresses (127.10.1.n and
+    /// n+1, DNS on 127.0.0.(146+n)); `intercept` is extra `intercept:` lines.
+    fn new(tag: &str, n: u8, intercept: &str) -> Self {
+        let ca = TestCa::new("fake public CA");
+        let tmp = tempfile::tempdir().unwrap();
+        let public_ca = tmp.path().join("public-ca.pem");
+        ca.write_cert(&public_ca);
+        let (ip_openai, ip_anthropic) = (format!("127.10.1.{n}"), format!("127.10.1.{}", n + 1));
+        let openai = MockProvider::start_tls(
+            format!("{ip_openai}:443").parse().unwrap(),
+            &ca.identity(&["api.openai.com"]),
+        );
+        let anthropic = MockProvider::start_tls(
+            format!("{ip_anthropic}:443").parse().unwrap(),
+            &ca.identity(&["api.anthropic.com"]),
+        );
+        let dns_ip = format!("127.0.0.{}", 146 + u16::from(n));
+        let dns = FakeDns::start(
+            format!("{dns_ip}:53").parse().unwrap(),
+            &[
+                ("api.openai.com", ip_openai.parse().unwrap()),
+                ("api.anthropic.com", ip_anthropic.parse().unwrap()),
+            ],
+        );
+        let hosts = tmp.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        let resolv = tmp.path().join("resolv.conf");
+        std::fs::write(
+            &resolv,
+            format!("nameserver {dns_ip}\noptions timeout:2 attempts:1\n"),
+        )
+        .unwrap();
+        let cgroup = leash_tests::harness::Cgroup::new(tag);
+        // Only DNS answers make these addresses targets.
+        let config = format!(
+            "upstream_tls: {{ extra_roots: [\"{}\"] }}\nintercept:\n  cgroup: \"{}\"\n  resolve: false\n  proxy_port: {}\n{intercept}  hosts:\n    - {{ name: api.openai.com }}\n    - {{ name: api.anthropic.com }}\n{BLOCK_SECRETS}",
+            public_ca.display(),
+            cgroup.path.display(),
+            free_port()
+        );
+        let agent_dir = tempfile::tempdir().unwrap();
+        let agent = leash_tests::harness::Agent::start_in(agent_dir, &config, Some(&cgroup));
+        Self {
+            openai,
+            anthropic,
+            _dns: dns,
+            public_ca,
+            hosts,
+            resolv,
+            cgroup,
+            agent,
+            tmp,
+        }
+    }
+
+    /// curl in the cgroup, with the canary, to `url`; `extra` curl options.
+    /// It trusts both the providers' CA and the organisation's (curl takes
+    /// one `--cacert`: a bundle of both), so a call that goes direct works.
+    fn call(&self, url: &str, extra: &[&str]) -> Output {
+        let bundle = self.tmp.path().join("bundle.pem");
+        let mut pem = std::fs::read(&self.public_ca).unwrap();
+        pem.extend(std::fs::read(self.agent.ca_pem()).unwrap());
+        std::fs::write(&bundle, pem).unwrap();
+        let mut args = vec![
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            bundle.to_str().unwrap(),
+        ];
+        let body = secret_chat();
+        args.extend(["-H", "content-type: application/json", "-d", &body]);
+        args.extend(extra);
+        args.push(url);
+        run(&mut self.cgroup.command_with(
+            &[
+                (&self.hosts, "/etc/hosts"),
+                (&self.resolv, "/etc/resolv.conf"),
+            ],
+            "curl",
+            &args,
+        ))
+    }
+
+    fn canary_reached_a_provider(&self) -> bool {
+        saw_secret(&self.openai) || saw_secret(&self.anthropic)
+    }
+}
+
+impl Drop for DnsWorld {
+    /// Releases hooks left pinned (fail closed), even when a test failed.
+    fn drop(&mut self) {
+        let _ = Command::new(leash_tests::harness::leash_bin())
+            .args(["intercept", "release", "--cgroup"])
+            .arg(&self.cgroup.path)
+            .output();
+    }
+}
+
 /// 20,000 forged DNS answers (more than the observed-address map holds)
 /// for a watched name: configured addresses stay intercepted, and an
 /// address learned from a real answer afterwards is intercepted too.
@@ -700,70 +823,14 @@ fn forged_dns_answers_cannot_crowd_out_provider_addresses() {
     if !require_root() {
         return;
     }
-    let ca = TestCa::new("fake public CA");
-    let tmp = tempfile::tempdir().unwrap();
-    let public_ca = tmp.path().join("public-ca.pem");
-    ca.write_cert(&public_ca);
-    let openai = MockProvider::start_tls(
-        "127.10.1.9:443".parse().unwrap(),
-        &ca.identity(&["api.openai.com"]),
-    );
-    let anthropic = MockProvider::start_tls(
-        "127.10.1.10:443".parse().unwrap(),
-        &ca.identity(&["api.anthropic.com"]),
-    );
-    let _dns = FakeDns::start(
-        "127.0.0.155:53".parse().unwrap(),
-        &[
-            ("api.openai.com", "127.10.1.9".parse().unwrap()),
-            ("api.anthropic.com", "127.10.1.10".parse().unwrap()),
-        ],
-    );
-    let hosts = tmp.path().join("hosts");
-    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
-    let resolv = tmp.path().join("resolv.conf");
-    std::fs::write(
-        &resolv,
-        "nameserver 127.0.0.155\noptions timeout:2 attempts:1\n",
-    )
-    .unwrap();
-    let cgroup = leash_tests::harness::Cgroup::new("esc-dns");
-    // Only DNS answers make these addresses targets.
-    let config = format!(
-        "upstream_tls: {{ extra_roots: [\"{}\"] }}\nintercept:\n  cgroup: \"{}\"\n  resolve: false\n  proxy_port: {}\n  hosts:\n    - {{ name: api.openai.com }}\n    - {{ name: api.anthropic.com }}\n{BLOCK_SECRETS}",
-        public_ca.display(),
-        cgroup.path.display(),
-        free_port()
-    );
-    let agent_dir = tempfile::tempdir().unwrap();
-    let agent = leash_tests::harness::Agent::start_in(agent_dir, &config, Some(&cgroup));
-    let call = |url: &str| -> Output {
-        run(&mut cgroup.command_with(
-            &[(&hosts, "/etc/hosts"), (&resolv, "/etc/resolv.conf")],
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "10",
-                "--cacert",
-                public_ca.to_str().unwrap(),
-                "--cacert",
-                agent.ca_pem().to_str().unwrap(),
-                "-H",
-                "content-type: application/json",
-                "-d",
-                &secret_chat(),
-                url,
-            ],
-        ))
-    };
+    let w = DnsWorld::new("esc-dns", 9, "");
     // Control: before the flood, a DNS-learned address is intercepted.
-    let out = call("https://api.openai.com/v1/chat/completions");
+    let out = w.call("https://api.openai.com/v1/chat/completions", &[]);
     assert_success("before the flood", &out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("leash_policy_blocked"));
     // The flood, from a forged server on port 53, to a socket in the cgroup.
-    let out = run(&mut cgroup.command(
-        &hosts,
+    let out = run(&mut w.cgroup.command(
+        &w.hosts,
         escape_client(),
         &["dns-flood", "127.0.0.156:53", "20000", "api.openai.com"],
     ));
@@ -773,23 +840,122 @@ fn forged_dns_answers_cannot_crowd_out_provider_addresses() {
         "received 20000 of 20000"
     );
     // After it: a newly learned provider address is still intercepted.
-    let out = call("https://api.anthropic.com/v1/messages");
-    assert_success(&format!("after the flood\n{}", agent.logs()), &out);
+    let out = w.call("https://api.anthropic.com/v1/messages", &[]);
+    assert_success(&format!("after the flood\n{}", w.agent.logs()), &out);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("block-secrets"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(
-        !saw_secret(&openai) && !saw_secret(&anthropic),
+        !w.canary_reached_a_provider(),
         "the canary reached a provider"
     );
-    assert_eq!(agent.wait_records(2).len(), 2);
+    assert_eq!(w.agent.wait_records(2).len(), 2);
     record(
         "dns_flood",
         "20,000 forged DNS answers for a watched name, then a provider address learned from a real answer",
         "intercepted: the canary blocked after the flood",
         "a DNS-learned address before the flood is intercepted",
+    );
+}
+
+/// Fail closed: what the old hooks knew and counted survives `kill -9` and
+/// the take-over. An address learned from DNS before the crash is still a
+/// target for the new agent (an app that cached it connects without asking
+/// DNS again), and a refusal the hooks made while no agent ran is reported
+/// by the new one.
+#[test]
+fn a_take_over_keeps_what_the_old_hooks_learned_and_counted() {
+    if !require_root() {
+        return;
+    }
+    let mut w = DnsWorld::new("esc-take", 14, "  failure_mode: closed\n");
+    let url = "https://api.openai.com/v1/chat/completions";
+    // Connects to the learned address without asking DNS (a cached answer).
+    let cached = ["--resolve", "api.openai.com:443:127.10.1.14"];
+    // Control: the address is learned from DNS and intercepted.
+    let out = w.call(url, &[]);
+    assert_success("before the crash", &out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("leash_policy_blocked"));
+    w.agent.kill9();
+    // While no agent runs, QUIC to the learned address is refused and counted.
+    let out = run(&mut w
+        .cgroup
+        .command(&w.hosts, escape_client(), &["udp", "127.10.1.14:443"]));
+    assert_success("udp while no agent runs", &out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("connect: refused"),
+        "{out:?}"
+    );
+    w.agent.restart();
+    // The attack: the cached address, after the take-over, with no new DNS
+    // answer to teach it again.
+    let out = w.call(url, &cached);
+    assert_success(&format!("after the take-over\n{}", w.agent.logs()), &out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("leash_policy_blocked"),
+        "not intercepted after the take-over: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !w.canary_reached_a_provider(),
+        "the canary reached the provider"
+    );
+    assert!(
+        w.agent
+            .logs()
+            .contains("took over from the hooks a previous agent left pinned"),
+        "{}",
+        w.agent.logs()
+    );
+    // The refusal counted while no agent ran is reported by the new one.
+    let records = wait_record_of(&w.agent, "refused for quic", |r| {
+        r["event"] == "refused" && r["refusal"] == "quic"
+    });
+    let rec = records.iter().find(|r| r["event"] == "refused").unwrap();
+    assert!(
+        rec["caller"]["cgroup"]
+            .as_str()
+            .unwrap()
+            .contains("esc-take"),
+        "{rec}"
+    );
+    assert!(
+        w.agent
+            .metrics()
+            .contains("leash_refused_connections_total{reason=\"quic\"} 2"),
+        "{}",
+        w.agent.metrics()
+    );
+    // Release the pinned hooks and their maps (they outlive the agent).
+    assert!(w.agent.stop().success());
+    let pins = leash_agent::intercept::pin::dir_for(
+        &leash_agent::intercept::pin::bpffs().unwrap(),
+        &w.cgroup.path,
+    )
+    .unwrap();
+    let out = run(Command::new(leash_tests::harness::leash_bin())
+        .args(["intercept", "release", "--cgroup"])
+        .arg(&w.cgroup.path));
+    assert_success("leash intercept release", &out);
+    let maps_left: Vec<_> = std::fs::read_dir(pins.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.starts_with(&format!(
+                "{}-maps-",
+                pins.file_name().unwrap().to_string_lossy()
+            ))
+        })
+        .collect();
+    assert!(maps_left.is_empty(), "pinned maps left: {maps_left:?}");
+    record(
+        "take_over_records",
+        "fail closed, kill -9: an address learned from DNS before the crash, used from a cache after the new agent took over; QUIC refused while no agent ran",
+        "intercepted (the canary blocked) and the refusal reported by the new agent: the old hooks' maps are shared",
+        "the same address before the crash is intercepted",
     );
 }
 

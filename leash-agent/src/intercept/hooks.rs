@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
@@ -185,7 +185,7 @@ pub struct KernelHooks {
     dns_v4: HashMap<MapData, u32, u64>,
     dns_v6: HashMap<MapData, [u8; 16], u64>,
     by_client: Mutex<HashMap<MapData, Endpoint, OrigDst>>,
-    refused: HashMap<MapData, RefusalKey, u64>,
+    refused: Mutex<HashMap<MapData, RefusalKey, u64>>,
     cgroup: PathBuf,
 }
 
@@ -206,11 +206,43 @@ where
     Ok(())
 }
 
+/// The maps a new agent shares with the hooks a previous one left pinned
+/// (fail closed): the records (callers, DNS-learned targets, refusal
+/// counts) and the config, which the new agent overwrites at once, so the
+/// old hooks redirect to it while both are attached.
+const SHARED_MAPS: [&str; 6] = [
+    names::CONFIG,
+    names::BY_COOKIE,
+    names::BY_CLIENT,
+    names::DNS_V4,
+    names::DNS_V6,
+    names::REFUSED,
+];
+
+/// Loads the eBPF object; with `pin_dir` (fail closed), its shared maps are
+/// opened from (or created and pinned in) the maps directory beside it.
+/// Returns the object and that directory.
+fn load(settings: &HookSettings) -> Result<(Ebpf, Option<PathBuf>), HookError> {
+    let Some(dir) = &settings.pin_dir else {
+        return Ok((Ebpf::load(EBPF_OBJECT).map_err(HookError::Load)?, None));
+    };
+    let maps = pin::maps_dir(dir, &pin::layout(EBPF_OBJECT, &SHARED_MAPS)?);
+    std::fs::create_dir_all(&maps).map_err(|e| PinError::Dir(maps.clone(), e))?;
+    let mut loader = EbpfLoader::new();
+    for name in SHARED_MAPS {
+        loader.map_pin_path(name, maps.join(name));
+    }
+    let ebpf = loader.load(EBPF_OBJECT).map_err(HookError::Load)?;
+    Ok((ebpf, Some(maps)))
+}
+
 /// Pins `links` (fail closed), then, with ours attached, releases the
-/// hooks a previous agent left pinned on the cgroup: there is no gap.
+/// hooks a previous agent left pinned on the cgroup (and the maps of
+/// another layout): there is no gap.
 fn pin_and_take_over(
     settings: &HookSettings,
     links: Vec<(&'static str, FdLink)>,
+    maps: Option<&Path>,
 ) -> Result<Vec<PinnedLink>, HookError> {
     let mut pinned = Vec::new();
     let mut keep = Vec::new();
@@ -227,6 +259,9 @@ fn pin_and_take_over(
         .or_else(|| pin::existing_dir(&settings.cgroup))
     {
         let released = pin::release(&dir, &keep)?;
+        if maps.is_some() {
+            pin::release_maps(&dir, maps)?;
+        }
         if released > 0 {
             tracing::info!(released, dir = %dir.display(), "took over from the hooks a previous agent left pinned");
         }
@@ -290,7 +325,7 @@ impl KernelHooks {
         if EBPF_OBJECT.is_empty() {
             return Err(HookError::NotBuilt);
         }
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(HookError::Load)?;
+        let (mut ebpf, maps) = load(settings)?;
         let map_err = |name| move |e| HookError::Map(name, e);
 
         let (config, ports) = configure(&mut ebpf, settings)?;
@@ -380,7 +415,7 @@ impl KernelHooks {
             }
         }
 
-        let pinned = pin_and_take_over(settings, links)?;
+        let pinned = pin_and_take_over(settings, links, maps.as_deref())?;
         Ok(Self {
             _ebpf: ebpf,
             _config: config,
@@ -391,7 +426,7 @@ impl KernelHooks {
             dns_v4,
             dns_v6,
             by_client: Mutex::new(by_client),
-            refused,
+            refused: Mutex::new(refused),
             cgroup: settings.cgroup.clone(),
         })
     }
@@ -507,10 +542,19 @@ impl KernelHooks {
         Ok(rec)
     }
 
-    /// The kernel's refusal counts, per cgroup and reason, since the hooks
-    /// were loaded.
-    pub fn refusals(&self) -> Vec<(RefusalKey, u64)> {
-        self.refused.iter().filter_map(Result::ok).collect()
+    /// Takes the kernel's refusal counts, per cgroup and reason, since the
+    /// last call: each count is removed as it is read (the kernel starts it
+    /// again at the next refusal), so counts the hooks made while no agent
+    /// ran (fail closed) are read once, by the agent that takes over. A
+    /// refusal counted between the read and the removal of its key (a few
+    /// microseconds) goes uncounted; the connection is refused all the same.
+    pub fn take_refusals(&self) -> Vec<(RefusalKey, u64)> {
+        let mut map = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        let counts: Vec<(RefusalKey, u64)> = map.iter().filter_map(Result::ok).collect();
+        for (key, _) in &counts {
+            let _ = map.remove(key);
+        }
+        counts
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt as _,
     path::Path,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -58,23 +58,39 @@ pub fn cgroup_path(root: &Path, start: &Path, id: u64) -> Option<String> {
     None
 }
 
+/// The refusal counts this agent has taken from the kernel, per cgroup and
+/// reason, for the console's interception page.
+#[derive(Debug, Default)]
+pub struct Totals(Mutex<HashMap<RefusalKey, u64>>);
+
+impl Totals {
+    pub fn snapshot(&self) -> Vec<(RefusalKey, u64)> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    fn add(&self, key: RefusalKey, count: u64) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *map.entry(key).or_default() += count;
+    }
+}
+
 /// Watches the kernel's refusal counters until aborted.
-pub async fn watch(hooks: Arc<KernelHooks>, pipeline: Arc<Pipeline>) {
-    let mut counted: HashMap<RefusalKey, u64> = HashMap::new();
+pub async fn watch(hooks: Arc<KernelHooks>, pipeline: Arc<Pipeline>, totals: Arc<Totals>) {
     let mut last_event: HashMap<RefusalKey, Instant> = HashMap::new();
     let mut names: HashMap<u64, Option<String>> = HashMap::new();
     let mut tick = tokio::time::interval(POLL);
     loop {
         tick.tick().await;
-        for (key, count) in hooks.refusals() {
-            let before = counted.insert(key, count).unwrap_or(0);
+        for (key, count) in hooks.take_refusals() {
             let Some(refusal) = kernel_refusal(&key) else {
                 continue;
             };
-            if count <= before {
+            if count == 0 {
                 continue;
             }
-            pipeline.metrics().refused(refusal.as_str(), count - before);
+            totals.add(key, count);
+            pipeline.metrics().refused(refusal.as_str(), count);
             if last_event
                 .get(&key)
                 .is_some_and(|t| t.elapsed() < EVENT_EVERY)
@@ -92,7 +108,7 @@ pub async fn watch(hooks: Arc<KernelHooks>, pipeline: Arc<Pipeline>) {
             tracing::warn!(
                 reason = refusal.as_str(),
                 cgroup = cgroup.as_deref().unwrap_or("?"),
-                count = count - before,
+                count,
                 "connections to providers refused in the kernel"
             );
             let caller = Caller {
