@@ -24,5 +24,6 @@ pub mod record;
 pub mod server;
 pub mod ship;
 pub mod tls;
+pub mod translate;
 pub mod trust;
 pub mod upstream;

@@ -55,6 +55,9 @@ pub const BUILTIN: &[(&str, ProviderKind, &str)] = &[
     ("xai", ProviderKind::OpenAi, "https://api.x.ai/v1"),
 ];
 
+/// Names the gateway's unified API uses below `/v1/`: no provider may take them.
+pub const RESERVED_NAMES: &[&str] = &["chat", "embeddings", "unified"];
+
 /// A base URL requests are forwarded under: scheme, authority and a path
 /// prefix without a trailing slash.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,6 +227,14 @@ impl Providers {
                 return Err(invalid(
                     field,
                     "provider names use a-z, 0-9, `-` and `_` only",
+                ));
+            }
+            if RESERVED_NAMES.contains(&name.as_str()) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "`{name}` is a path of the unified API (/v1/{name}/…); name the provider otherwise"
+                    ),
                 ));
             }
             let kind = match (&entry.kind, providers.get(&name)) {

@@ -92,6 +92,15 @@ impl ErrorCode {
     }
 }
 
+/// How a request to the unified API reached its provider: the API the
+/// client spoke and the model as it named it (the record's `provider`,
+/// `endpoint` and `model` are what was actually called).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unified {
+    pub api: String,
+    pub model: String,
+}
+
 /// Who made the call. The process fields are known in transparent mode.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caller {
@@ -373,6 +382,9 @@ pub struct AuditRecord {
     /// Why a provider connection went uninspected (`event: bypassed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bypass: Option<Bypass>,
+    /// Set for requests to the unified API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unified: Option<Unified>,
 }
 
 #[cfg(test)]
@@ -419,6 +431,7 @@ mod tests {
             event: None,
             refusal: None,
             bypass: None,
+            unified: None,
         };
         let text = serde_json::to_string(&record).unwrap_or_default();
         assert!(text.contains(r#""error":"leash_policy_blocked""#), "{text}");

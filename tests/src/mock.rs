@@ -13,7 +13,6 @@
 
 use std::{
     convert::Infallible,
-    fmt::Write as _,
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -21,7 +20,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body::{Body, Frame};
@@ -33,6 +31,19 @@ use hyper_util::{
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+
+mod embeddings;
+mod expect;
+mod tools;
+
+use self::{
+    embeddings::embeddings,
+    tools::{gemini_embeddings, tool_answer},
+};
+pub use self::{
+    expect::{assert_usage, expected_usage},
+    tools::TOOL_ARGS,
+};
 
 /// The text pieces a response is made of; `x-mock-chunks: N` takes N of them
 /// (cycling).
@@ -350,26 +361,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return json_response(status, &error_value(api, status, "mock error on request"));
     }
-    let pieces =
-        usize::try_from(header_num(&parts.headers, "x-mock-chunks").unwrap_or(5)).unwrap_or(5);
-    let texts: Vec<String> = match parts
-        .headers
-        .get("x-mock-text")
-        .and_then(|v| v.to_str().ok())
-    {
-        // The given text (`x-mock-repeat` times), cut into `pieces` parts
-        // (so a word can span chunks).
-        Some(text) => {
-            let repeat = usize::try_from(header_num(&parts.headers, "x-mock-repeat").unwrap_or(1))
-                .unwrap_or(1);
-            let chars: Vec<char> = text.repeat(repeat).chars().collect();
-            let size = chars.len().div_ceil(pieces.max(1)).max(1);
-            chars.chunks(size).map(|c| c.iter().collect()).collect()
-        }
-        None => (0..pieces)
-            .map(|i| PIECES[i % PIECES.len()].to_owned())
-            .collect(),
-    };
+    let texts = texts_of(&parts.headers);
     let texts = &texts;
     let gap =
         Duration::from_millis(header_num(&parts.headers, "x-mock-chunk-delay-ms").unwrap_or(0));
@@ -377,6 +369,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
     let sent = Arc::clone(&recorded.chunk_sent);
     let stream = request["stream"].as_bool().unwrap_or(false);
     let model = request["model"].as_str().unwrap_or("mock-model").to_owned();
+    if let Some(answer) = tool_answer(api, &path, &request, &model, gap, &sent) {
+        return answer;
+    }
     match (api, path.as_str()) {
         (Api::OpenAi, "/v1/chat/completions") if stream => {
             let include_usage = request["stream_options"]["include_usage"]
@@ -408,6 +403,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
                     &gemini_response(model, &texts.concat(), true),
                 ),
                 "streamGenerateContent" => sse_response(gemini_stream(model, texts), gap, sent),
+                "batchEmbedContents" => json_response(StatusCode::OK, &gemini_embeddings(&request)),
                 _ => json_response(
                     StatusCode::NOT_FOUND,
                     &error_value(api, StatusCode::NOT_FOUND, "unknown method"),
@@ -418,6 +414,25 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
             StatusCode::NOT_FOUND,
             &error_value(api, StatusCode::NOT_FOUND, &format!("mock has no {path}")),
         ),
+    }
+}
+
+/// The text pieces of an answer, as the request's headers ask.
+fn texts_of(headers: &HeaderMap) -> Vec<String> {
+    let pieces = usize::try_from(header_num(headers, "x-mock-chunks").unwrap_or(5)).unwrap_or(5);
+    match headers.get("x-mock-text").and_then(|v| v.to_str().ok()) {
+        // The given text (`x-mock-repeat` times), cut into `pieces` parts
+        // (so a word can span chunks).
+        Some(text) => {
+            let repeat =
+                usize::try_from(header_num(headers, "x-mock-repeat").unwrap_or(1)).unwrap_or(1);
+            let chars: Vec<char> = text.repeat(repeat).chars().collect();
+            let size = chars.len().div_ceil(pieces.max(1)).max(1);
+            chars.chunks(size).map(|c| c.iter().collect()).collect()
+        }
+        None => (0..pieces)
+            .map(|i| PIECES[i % PIECES.len()].to_owned())
+            .collect(),
     }
 }
 
@@ -532,75 +547,6 @@ fn openai_responses_stream(model: &str, texts: &[String]) -> Vec<String> {
         &json!({"type": "response.completed", "sequence_number": next(), "response": openai_response(model, texts, "completed")}),
     ));
     events
-}
-
-fn openai_embeddings(model: &str, request: &Value) -> Value {
-    let vector = [0.125_f32, -0.5, 0.25];
-    let embedding = if request["encoding_format"] == "base64" {
-        let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
-        json!(base64::engine::general_purpose::STANDARD.encode(bytes))
-    } else {
-        json!(vector)
-    };
-    json!({
-        "object": "list",
-        "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
-        "model": model,
-        "usage": {"prompt_tokens": usage::OPENAI_INPUT, "total_tokens": usage::OPENAI_INPUT},
-    })
-}
-
-fn embeddings(model: &str, request: &Value, headers: &HeaderMap) -> Response<MockBody> {
-    match header_num(headers, "x-mock-embeddings") {
-        Some(n) => big_embeddings(model, n, headers.get("x-mock-text")),
-        None => json_response(StatusCode::OK, &openai_embeddings(model, request)),
-    }
-}
-
-/// An embeddings answer of `n` vectors of 1536 deterministic floats, sent
-/// in 64 KiB frames (built as text: a `Value` of this size would be slow).
-fn big_embeddings(model: &str, n: u64, note: Option<&http::HeaderValue>) -> Response<MockBody> {
-    // 61 distinct vectors, used in turn.
-    let rows: Vec<String> = (0..61u32)
-        .map(|i| {
-            (0..1536u32)
-                .map(|j| {
-                    let x = f64::from((i * 7919 + j * 104_729) % 2_000_001) / 1e6 - 1.0;
-                    format!("{x:.9}")
-                })
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .collect();
-    let mut body = String::from(r#"{"object":"list","data":["#);
-    for i in 0..n {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(r#"{"object":"embedding","index":"#);
-        body.push_str(&i.to_string());
-        body.push_str(r#","embedding":["#);
-        body.push_str(&rows[usize::try_from(i % 61).unwrap_or(0)]);
-        body.push_str("]}");
-    }
-    body.push(']');
-    if let Some(note) = note.and_then(|v| v.to_str().ok()) {
-        body.push_str(r#","note":"#);
-        body.push_str(&Value::from(note).to_string());
-    }
-    let _ = write!(
-        body,
-        r#","model":{},"usage":{{"prompt_tokens":{},"total_tokens":{}}}}}"#,
-        Value::from(model),
-        usage::OPENAI_INPUT,
-        usage::OPENAI_INPUT
-    );
-    let bytes = Bytes::from(body);
-    let frames: Vec<Bytes> = (0..bytes.len())
-        .step_by(64 * 1024)
-        .map(|at| bytes.slice(at..(at + 64 * 1024).min(bytes.len())))
-        .collect();
-    frames_response(frames, bytes.len())
 }
 
 fn anthropic_usage(output: u64) -> Value {

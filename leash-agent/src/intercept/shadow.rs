@@ -62,6 +62,7 @@ fn event(
         event: Some(event),
         refusal,
         bypass: None,
+        unified: None,
     }
 }
 

@@ -79,6 +79,8 @@ pub struct Exchange {
     pub response_bytes: u64,
     /// Set by the `usage` module once the provider reported usage.
     pub cost_usd: Option<f64>,
+    /// Set for requests to the unified API.
+    pub unified: Option<crate::record::Unified>,
     pub ext: http::Extensions,
 }
 
@@ -106,6 +108,7 @@ impl Exchange {
             final_event_sent: false,
             response_bytes: 0,
             cost_usd: None,
+            unified: None,
             ext: http::Extensions::new(),
         }
     }
@@ -156,6 +159,7 @@ impl Exchange {
             event: None,
             refusal: None,
             bypass: None,
+            unified: self.unified.clone(),
         }
     }
 }

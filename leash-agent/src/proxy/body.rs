@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use crate::{
     audit::Submitted,
     pipeline::{ActiveExchange, BodyFlow},
+    translate::Translator,
 };
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -31,6 +32,14 @@ pub enum LeashBody {
     /// Leash's own answer for an exchange: sent once the exchange finished.
     Local(Box<LocalBody>),
     Observed(Box<ObservedBody>),
+    /// Another body's bytes turned into the unified (`OpenAI`) shape.
+    Translated(Box<TranslatedBody>),
+}
+
+pub struct TranslatedBody {
+    inner: LeashBody,
+    translator: Translator,
+    ended: bool,
 }
 
 pub struct LocalBody {
@@ -39,6 +48,15 @@ pub struct LocalBody {
 }
 
 impl LeashBody {
+    /// `inner` as the client of the unified API reads it.
+    pub fn translated(inner: Self, translator: Translator) -> Self {
+        Self::Translated(Box::new(TranslatedBody {
+            inner,
+            translator,
+            ended: false,
+        }))
+    }
+
     pub fn full(bytes: Bytes) -> Self {
         Self::Full(Some(bytes))
     }
@@ -196,6 +214,46 @@ impl ObservedBody {
     }
 }
 
+impl TranslatedBody {
+    /// The inner body's frames, translated; what a frame makes nothing of
+    /// (half an event) waits for the next.
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                // Trailers: the translated answer has none.
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    match self.translator.feed(&data) {
+                        Ok(out) if out.is_empty() => {}
+                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Err(e) => {
+                            self.ended = true;
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    self.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => {
+                    self.ended = true;
+                    let rest = self.translator.finish();
+                    return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
+                }
+            }
+        }
+    }
+}
+
 impl Body for LeashBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -217,6 +275,7 @@ impl Body for LeashBody {
                 Poll::Ready(local.bytes.take().map(|b| Ok(Frame::data(b))))
             }
             Self::Observed(body) => body.poll_frame(cx),
+            Self::Translated(body) => body.poll_frame(cx),
         }
     }
 
@@ -226,6 +285,7 @@ impl Body for LeashBody {
             Self::Local(local) => local.bytes.is_none(),
             // Always polled to its end so the end-of-stream phase runs.
             Self::Observed(body) => matches!(body.phase, Phase::Done),
+            Self::Translated(body) => body.ended,
         }
     }
 
@@ -239,7 +299,7 @@ impl Body for LeashBody {
             Self::Observed(body) if !body.rewrites && body.prefix.is_none() => {
                 body.inner.size_hint()
             }
-            Self::Observed(_) => SizeHint::default(),
+            Self::Observed(_) | Self::Translated(_) => SizeHint::default(),
         }
     }
 }

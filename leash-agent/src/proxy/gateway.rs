@@ -157,6 +157,18 @@ impl Gateway {
             return refused;
         }
         let uri_path = req.uri().path().to_owned();
+        if let Some(api) = uri_path
+            .strip_prefix("/v1")
+            .and_then(crate::translate::Api::of_path)
+        {
+            let context = super::unified::Context {
+                providers: &self.providers,
+                pipeline: &self.pipeline,
+                forwarder: &self.forwarder,
+                limits: self.limits,
+            };
+            return super::unified::serve(context, peer, req, api).await;
+        }
         let Some((name, rest)) = route(&uri_path) else {
             return self.not_found(&format!(
                 "leash: no route for `{uri_path}`; use /v1/<provider>/..."

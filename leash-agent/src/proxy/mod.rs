@@ -13,6 +13,7 @@ pub mod path;
 pub mod refusals;
 pub mod sni;
 pub mod transparent;
+pub mod unified;
 pub mod untrusted;
 
 use std::time::Instant;
@@ -107,11 +108,25 @@ pub async fn admit<C: Connect + Clone + Send + Sync + 'static>(
     limits: BodyLimits,
     forwarder: &Forwarder<C>,
 ) -> Response<LeashBody> {
-    let max_body_bytes = limits.max_bytes;
     let query = req.uri().query().map(str::to_owned);
     let (mut head, body) = req.into_parts();
+    let body = match read_body(&mut head, body, limits, &ex.id).await {
+        Ok(body) => body,
+        Err(rejection) => return local_response(&mut ex, &rejection),
+    };
+    admit_read(ex, head, body, upstream_path, query.as_deref(), forwarder).await
+}
+
+/// Reads a request body: framing checks, at most `limits.max_bytes`, decoded.
+pub async fn read_body(
+    head: &mut http::request::Parts,
+    body: Incoming,
+    limits: BodyLimits,
+    request_id: &str,
+) -> Result<Bytes, Rejection> {
+    let max_body_bytes = limits.max_bytes;
     if let Some(rejection) = framing_problem(&head.headers) {
-        return local_response(&mut ex, &rejection);
+        return Err(rejection);
     }
     let too_large = Rejection {
         status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -119,27 +134,33 @@ pub async fn admit<C: Connect + Clone + Send + Sync + 'static>(
         message: format!("leash: request body exceeds the limit of {max_body_bytes} bytes"),
     };
     if declared_length(&head.headers).is_some_and(|n| n > max_body_bytes as u64) {
-        return local_response(&mut ex, &too_large);
+        return Err(too_large);
     }
     let body = match Limited::new(body, max_body_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return local_response(&mut ex, &too_large),
+        Err(e) if e.is::<LengthLimitError>() => return Err(too_large),
         Err(e) => {
-            tracing::debug!(request_id = %ex.id, error = %e, "reading request body failed");
-            return local_response(
-                &mut ex,
-                &Rejection {
-                    status: StatusCode::BAD_REQUEST,
-                    code: ErrorCode::BadRequest,
-                    message: "leash: could not read the request body".into(),
-                },
-            );
+            tracing::debug!(request_id, error = %e, "reading request body failed");
+            return Err(Rejection {
+                status: StatusCode::BAD_REQUEST,
+                code: ErrorCode::BadRequest,
+                message: "leash: could not read the request body".into(),
+            });
         }
     };
-    let body = match decode::decode_request(&mut head.headers, body, limits) {
-        Ok(body) => body,
-        Err(rejection) => return local_response(&mut ex, &rejection),
-    };
+    decode::decode_request(&mut head.headers, body, limits)
+}
+
+/// The request phases after the body is read: identify, the request
+/// modules, forward to `upstream_path` (below the provider's base).
+pub async fn admit_read<C: Connect + Clone + Send + Sync + 'static>(
+    mut ex: ActiveExchange,
+    head: http::request::Parts,
+    body: Bytes,
+    upstream_path: &str,
+    query: Option<&str>,
+    forwarder: &Forwarder<C>,
+) -> Response<LeashBody> {
     let mut request = ProxyRequest {
         head,
         body,
@@ -149,11 +170,7 @@ pub async fn admit<C: Connect + Clone + Send + Sync + 'static>(
     if let Flow::Reject(rejection) = ex.request(&mut request).await {
         return local_response(&mut ex, &rejection);
     }
-    let Ok(target) = ex
-        .provider
-        .upstream
-        .at_path(&request.upstream_path, query.as_deref())
-    else {
+    let Ok(target) = ex.provider.upstream.at_path(&request.upstream_path, query) else {
         return local_response(
             &mut ex,
             &Rejection {

@@ -1,0 +1,369 @@
+//! `OpenAI` chat completions ⇄ Anthropic Messages.
+
+use serde_json::{Map, Value, json};
+
+use super::{
+    Chunks, DEFAULT_ANTHROPIC_MAX_TOKENS, Image, StreamEvents, TranslateError, check_fields,
+    completion, function_of, image_of, max_tokens, openai_usage, stop_sequences, text_of,
+    tool_arguments,
+};
+
+const PROVIDER: &str = "anthropic";
+
+/// Request fields that translate to Anthropic.
+const KNOWN: &[&str] = &[
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "user",
+];
+
+pub(super) fn request(body: &Map<String, Value>, model: &str) -> Result<Value, TranslateError> {
+    check_fields(body, KNOWN, PROVIDER)?;
+    if let Some(format) = body.get("response_format").filter(|f| !f.is_null())
+        && format.get("type").and_then(Value::as_str) != Some("text")
+    {
+        return Err(TranslateError::Unsupported {
+            field: "response_format".into(),
+            provider: PROVIDER,
+        });
+    }
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or(TranslateError::Missing("messages"))?;
+    let (system, messages) = messages_of(messages)?;
+    let mut out = Map::new();
+    out.insert("model".into(), json!(model));
+    out.insert(
+        "max_tokens".into(),
+        json!(max_tokens(body)?.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS)),
+    );
+    if !system.is_empty() {
+        out.insert("system".into(), json!(system));
+    }
+    out.insert("messages".into(), Value::Array(messages));
+    for (from, to) in [("temperature", "temperature"), ("top_p", "top_p")] {
+        if let Some(v) = body.get(from).filter(|v| !v.is_null()) {
+            out.insert(to.into(), v.clone());
+        }
+    }
+    if let Some(stop) = stop_sequences(body)? {
+        out.insert("stop_sequences".into(), stop);
+    }
+    if body.get("stream").and_then(Value::as_bool) == Some(true) {
+        out.insert("stream".into(), json!(true));
+    }
+    if let Some(user) = body.get("user").and_then(Value::as_str) {
+        out.insert("metadata".into(), json!({"user_id": user}));
+    }
+    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
+        let tools = tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let (name, description, parameters) = function_of(t, i)?;
+                let mut tool = json!({"name": name, "input_schema": parameters});
+                if let Some(d) = description {
+                    tool["description"] = d;
+                }
+                Ok(tool)
+            })
+            .collect::<Result<Vec<_>, TranslateError>>()?;
+        out.insert("tools".into(), Value::Array(tools));
+    }
+    let parallel = body.get("parallel_tool_calls").and_then(Value::as_bool);
+    let choice = match body.get("tool_choice") {
+        None | Some(Value::Null) => parallel.map(|_| json!({"type": "auto"})),
+        Some(Value::String(s)) => Some(match s.as_str() {
+            "auto" => json!({"type": "auto"}),
+            "required" => json!({"type": "any"}),
+            "none" => json!({"type": "none"}),
+            other => {
+                return Err(TranslateError::invalid(
+                    "tool_choice",
+                    format!("`{other}` is not auto, required or none"),
+                ));
+            }
+        }),
+        Some(v) => {
+            let name = v
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| TranslateError::invalid("tool_choice", "names no function"))?;
+            Some(json!({"type": "tool", "name": name}))
+        }
+    };
+    if let Some(mut choice) = choice {
+        if parallel == Some(false) && choice["type"] != "none" {
+            choice["disable_parallel_tool_use"] = json!(true);
+        }
+        out.insert("tool_choice".into(), choice);
+    }
+    Ok(Value::Object(out))
+}
+
+/// The system prompt and the Anthropic messages (consecutive turns of one
+/// role merged: tool results follow their calls in one user turn).
+fn messages_of(messages: &[Value]) -> Result<(String, Vec<Value>), TranslateError> {
+    let mut system = String::new();
+    let mut out: Vec<Value> = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        let field = format!("messages[{i}]");
+        let role = message
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| TranslateError::invalid(format!("{field}.role"), "is required"))?;
+        let content = message.get("content").unwrap_or(&Value::Null);
+        let (role, blocks) = match role {
+            "system" | "developer" => {
+                if !system.is_empty() {
+                    system.push_str("\n\n");
+                }
+                system.push_str(&text_of(content, &format!("{field}.content"))?);
+                continue;
+            }
+            "user" => ("user", user_blocks(content, &field)?),
+            "assistant" => ("assistant", assistant_blocks(message, &field)?),
+            "tool" => {
+                let id = message
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        TranslateError::invalid(format!("{field}.tool_call_id"), "is required")
+                    })?;
+                let text = text_of(content, &format!("{field}.content"))?;
+                (
+                    "user",
+                    vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})],
+                )
+            }
+            other => {
+                return Err(TranslateError::invalid(
+                    format!("{field}.role"),
+                    format!("`{other}` is not a role"),
+                ));
+            }
+        };
+        match out.last_mut() {
+            Some(last) if last["role"] == role => {
+                if let Some(content) = last["content"].as_array_mut() {
+                    content.extend(blocks);
+                }
+            }
+            _ => out.push(json!({"role": role, "content": blocks})),
+        }
+    }
+    Ok((system, out))
+}
+
+fn user_blocks(content: &Value, field: &str) -> Result<Vec<Value>, TranslateError> {
+    match content {
+        Value::String(s) => Ok(vec![json!({"type": "text", "text": s})]),
+        Value::Array(parts) => parts
+            .iter()
+            .enumerate()
+            .map(|(j, part)| {
+                let field = format!("{field}.content[{j}]");
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => Ok(json!({"type": "text", "text": part.get("text").cloned().unwrap_or(Value::Null)})),
+                    Some("image_url") => Ok(match image_of(part, &field)? {
+                        Image::Inline { media_type, data } => json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}),
+                        Image::Url(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+                    }),
+                    other => Err(TranslateError::invalid(
+                        format!("{field}.type"),
+                        format!("{other:?} cannot be translated to anthropic"),
+                    )),
+                }
+            })
+            .collect(),
+        _ => Err(TranslateError::invalid(
+            format!("{field}.content"),
+            "must be a string or an array of parts",
+        )),
+    }
+}
+
+fn assistant_blocks(message: &Value, field: &str) -> Result<Vec<Value>, TranslateError> {
+    let mut blocks = Vec::new();
+    let text = text_of(
+        message.get("content").unwrap_or(&Value::Null),
+        &format!("{field}.content"),
+    )?;
+    if !text.is_empty() {
+        blocks.push(json!({"type": "text", "text": text}));
+    }
+    if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+        for (k, call) in calls.iter().enumerate() {
+            let field = format!("{field}.tool_calls[{k}]");
+            let id = call
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| TranslateError::invalid(format!("{field}.id"), "is required"))?;
+            let name = call
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    TranslateError::invalid(format!("{field}.function.name"), "is required")
+                })?;
+            blocks.push(json!({"type": "tool_use", "id": id, "name": name, "input": tool_arguments(call, &field)?}));
+        }
+    }
+    Ok(blocks)
+}
+
+fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+    match stop_reason {
+        Some("max_tokens") => "length",
+        Some("tool_use") => "tool_calls",
+        Some("refusal") => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// Input tokens as `OpenAI` counts them (cache reads and writes included),
+/// cached, output.
+fn usage_of(usage: &Value) -> (u64, u64, u64) {
+    let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let cached = n("cache_read_input_tokens");
+    (
+        n("input_tokens") + cached + n("cache_creation_input_tokens"),
+        cached,
+        n("output_tokens"),
+    )
+}
+
+pub(super) fn answer(native: &Value, model: &str) -> Value {
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    for block in native
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("tool_use") => tool_calls.push(json!({
+                "id": block.get("id"), "type": "function",
+                "function": {"name": block.get("name"), "arguments": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string)},
+            })),
+            _ => {}
+        }
+    }
+    let (prompt, cached, output) = usage_of(native.get("usage").unwrap_or(&Value::Null));
+    let id = native.get("id").and_then(Value::as_str).unwrap_or("msg");
+    completion(
+        model,
+        &format!("chatcmpl-{id}"),
+        (!text.is_empty() || tool_calls.is_empty()).then_some(text.as_str()),
+        tool_calls,
+        finish_reason(native.get("stop_reason").and_then(Value::as_str)),
+        &openai_usage(prompt, cached, output),
+    )
+}
+
+/// Anthropic stream events → `OpenAI` chunks.
+pub(super) struct Stream {
+    chunks: Chunks,
+    /// Content block index → tool call index, for `tool_use` blocks.
+    tools: Vec<(u64, usize)>,
+    usage: Value,
+}
+
+impl Stream {
+    pub(super) fn new(chunks: Chunks) -> Self {
+        Self {
+            chunks,
+            tools: Vec::new(),
+            usage: json!({}),
+        }
+    }
+
+    fn tool_index(&self, block: u64) -> Option<usize> {
+        self.tools
+            .iter()
+            .find(|(b, _)| *b == block)
+            .map(|(_, t)| *t)
+    }
+}
+
+impl StreamEvents for Stream {
+    fn event(&mut self, data: &Value, out: &mut Vec<Value>) {
+        let block = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+        match data.get("type").and_then(Value::as_str) {
+            Some("message_start") => {
+                if let Some(usage) = data.get("message").and_then(|m| m.get("usage")) {
+                    self.usage = usage.clone();
+                }
+                out.push(
+                    self.chunks
+                        .chunk(&json!({"role": "assistant", "content": ""}), None),
+                );
+            }
+            Some("content_block_start") => {
+                let start = data.get("content_block").unwrap_or(&Value::Null);
+                if start.get("type").and_then(Value::as_str) == Some("tool_use") {
+                    let index = self.tools.len();
+                    self.tools.push((block, index));
+                    out.push(self.chunks.chunk(
+                        &json!({"tool_calls": [{"index": index, "id": start.get("id"), "type": "function",
+                            "function": {"name": start.get("name"), "arguments": ""}}]}),
+                        None,
+                    ));
+                }
+            }
+            Some("content_block_delta") => {
+                let delta = data.get("delta").unwrap_or(&Value::Null);
+                match delta.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => out.push(
+                        self.chunks
+                            .chunk(&json!({"content": delta.get("text")}), None),
+                    ),
+                    Some("input_json_delta") => {
+                        if let Some(index) = self.tool_index(block) {
+                            out.push(self.chunks.chunk(
+                                &json!({"tool_calls": [{"index": index, "function": {"arguments": delta.get("partial_json")}}]}),
+                                None,
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some("message_delta") => {
+                if let Some(usage) = data.get("usage").and_then(Value::as_object) {
+                    for (k, v) in usage {
+                        self.usage[k] = v.clone();
+                    }
+                }
+                let reason = data
+                    .get("delta")
+                    .and_then(|d| d.get("stop_reason"))
+                    .and_then(Value::as_str);
+                out.push(self.chunks.chunk(&json!({}), Some(finish_reason(reason))));
+            }
+            _ => {}
+        }
+    }
+
+    fn end(&mut self, out: &mut Vec<Value>) {
+        if self.chunks.include_usage {
+            let (prompt, cached, output) = usage_of(&self.usage);
+            out.push(self.chunks.usage(&openai_usage(prompt, cached, output)));
+        }
+    }
+}
