@@ -538,7 +538,7 @@ async fn spawn_gateway(
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, RunError> {
     let gateway = Arc::new(Gateway::new(
-        config.providers.clone(),
+        (config.providers.clone(), config.routes.clone()),
         pipeline,
         Forwarder::new(
             upstream::build_client(&config.upstream)?,

@@ -68,6 +68,8 @@ pub struct Config {
     /// Where the policy comes from; `None`: no policy.
     pub policy: Option<PolicySource>,
     pub teams: Vec<TeamConfig>,
+    /// Named routes of the unified API.
+    pub routes: crate::routes::Routes,
 }
 
 // ---- the file as written -------------------------------------------------
@@ -103,6 +105,8 @@ struct RawConfig {
     policy: Option<serde_norway::Value>,
     #[serde(default)]
     teams: Vec<TeamConfig>,
+    #[serde(default)]
+    routes: BTreeMap<String, crate::routes::RawRoute>,
 }
 
 /// Command-line values that take precedence over the file.
@@ -195,6 +199,7 @@ impl RawConfig {
             alerts,
             policy,
             teams,
+            routes,
         } = self;
         let host_id = match host_id {
             Some(h) if h.trim().is_empty() => return Err(invalid("host_id", "must not be empty")),
@@ -214,7 +219,9 @@ impl RawConfig {
             return Err(invalid("admin.listen", "must differ from gateway.listen"));
         }
         let providers = Providers::validate(providers)?;
+        let routes = crate::routes::Routes::validate(routes, &providers)?;
         Ok(Config {
+            routes,
             upstream: UpstreamConfig::validate(upstream, upstream_tls, base)?,
             audit,
             pipeline: PipelineConfig::validate(pipeline)?,

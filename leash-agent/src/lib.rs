@@ -21,6 +21,7 @@ pub mod pricing;
 pub mod provider;
 pub mod proxy;
 pub mod record;
+pub mod routes;
 pub mod server;
 pub mod ship;
 pub mod tls;

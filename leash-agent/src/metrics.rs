@@ -93,6 +93,13 @@ struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    target: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -118,6 +125,7 @@ pub struct Metrics {
     pub ship_last_ack: Gauge<f64, AtomicU64>,
     intercepted: Family<ActionLabels, Counter>,
     refused: Family<ReasonLabels, Counter>,
+    route_attempts: Family<RouteLabels, Counter>,
     /// Provider addresses that could not be added: the target map is full.
     pub targets_full: Counter,
     pub cert_mints: Counter,
@@ -235,6 +243,12 @@ impl Metrics {
             "leash_refused_connections",
             "Connections the transparent agent refused, by reason (no_record, stale_record, not_tls, bad_hello, no_sni, unknown_host, plain_http, provider_in_tunnel, quic, other_namespace)",
             Family::<ReasonLabels, Counter>::default(),
+        );
+        let route_attempts = register(
+            &mut r,
+            "leash_route_attempts",
+            "Attempts of routed unified-API requests, by route, target (provider/model) and outcome (success, client_error, failure, skipped: circuit breaker open, untranslatable)",
+            Family::<RouteLabels, Counter>::default(),
         );
         let untrusted = register(
             &mut r,
@@ -356,6 +370,7 @@ impl Metrics {
             audit_overflowed,
             intercepted,
             refused,
+            route_attempts,
             targets_full,
             cert_mints,
             shadow_ai,
@@ -412,6 +427,18 @@ impl Metrics {
     }
 
     /// Counts `n` connections refused for `reason`.
+    /// Counts an attempt of a route's request at `target` by its outcome
+    /// (route and target names come from the config: bounded).
+    pub fn route_attempt(&self, route: &str, target: &str, outcome: &'static str) {
+        self.route_attempts
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+                target: target.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
     pub fn refused(&self, reason: &'static str, n: u64) {
         self.refused
             .get_or_create(&ReasonLabels { reason })

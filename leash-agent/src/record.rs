@@ -95,10 +95,26 @@ impl ErrorCode {
 /// How a request to the unified API reached its provider: the API the
 /// client spoke and the model as it named it (the record's `provider`,
 /// `endpoint` and `model` are what was actually called).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Unified {
     pub api: String,
     pub model: String,
+    /// The route the model named, if it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Every attempt of a route's request up to and including this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+}
+
+/// One attempt of a routed request at a target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub provider: String,
+    pub model: String,
+    /// The status answered; `null` when the attempt timed out.
+    pub status: Option<u16>,
+    pub ms: f64,
 }
 
 /// Who made the call. The process fields are known in transparent mode.

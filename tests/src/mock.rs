@@ -9,7 +9,10 @@
 //! `x-mock-text` (answer with this text instead, cut into `x-mock-chunks`
 //! pieces), `x-mock-embeddings: N` (an embeddings answer of N 1536-float
 //! vectors — about 18 KiB each — with `x-mock-text`, if given, as a `note`
-//! after them), `x-mock-repeat: N` (the `x-mock-text` N times over).
+//! after them), `x-mock-repeat: N` (the `x-mock-text` N times over). A
+//! path under `/status/<code>/` always fails with that status, one under
+//! `/delay/<ms>/` answers that late, one under `/cut/<n>/` ends its stream
+//! after n events (for routes' fallbacks).
 
 use std::{
     convert::Infallible,
@@ -353,8 +356,18 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
         .expect("mock state")
         .push(recorded.clone());
 
+    // A base path `/status/<code>` or `/delay/<ms>` (a provider configured
+    // with such an upstream) fails every request, or answers late.
+    let (steer, path) = steered(&path);
+    if let Steer::Delay(ms) = steer {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let api = api_for(&path);
-    if let Some(code) = header_num(&parts.headers, "x-mock-status") {
+    let forced = match steer {
+        Steer::Status(code) => Some(code),
+        _ => header_num(&parts.headers, "x-mock-status"),
+    };
+    if let Some(code) = forced {
         let status = u16::try_from(code)
             .ok()
             .and_then(|c| StatusCode::from_u16(c).ok())
@@ -372,7 +385,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
     if let Some(answer) = tool_answer(api, &path, &request, &model, gap, &sent) {
         return answer;
     }
-    match (api, path.as_str()) {
+    let resp = match (api, path.as_str()) {
         (Api::OpenAi, "/v1/chat/completions") if stream => {
             let include_usage = request["stream_options"]["include_usage"]
                 .as_bool()
@@ -414,7 +427,53 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
             StatusCode::NOT_FOUND,
             &error_value(api, StatusCode::NOT_FOUND, &format!("mock has no {path}")),
         ),
+    };
+    match steer {
+        Steer::Cut(n) => cut_after(resp, n),
+        _ => resp,
     }
+}
+
+enum Steer {
+    None,
+    Status(u64),
+    Delay(u64),
+    Cut(u64),
+}
+
+/// `resp` with its stream cut after `n` events (the connection closes).
+fn cut_after(resp: Response<MockBody>, n: u64) -> Response<MockBody> {
+    let (parts, body) = resp.into_parts();
+    let MockBody::Chunks(mut rx) = body else {
+        return Response::from_parts(parts, body);
+    };
+    let (tx, cut) = mpsc::channel(4);
+    tokio::spawn(async move {
+        for _ in 0..n {
+            let Some(chunk) = rx.recv().await else { return };
+            if tx.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::from_parts(parts, MockBody::Chunks(cut))
+}
+
+/// A `/status/<code>` or `/delay/<ms>` prefix, and the path after it.
+fn steered(path: &str) -> (Steer, String) {
+    for (prefix, make) in [
+        ("/status/", Steer::Status as fn(u64) -> Steer),
+        ("/delay/", Steer::Delay),
+        ("/cut/", Steer::Cut),
+    ] {
+        if let Some(rest) = path.strip_prefix(prefix)
+            && let Some((n, rest)) = rest.split_once('/')
+            && let Ok(n) = n.parse()
+        {
+            return (make(n), format!("/{rest}"));
+        }
+    }
+    (Steer::None, path.to_owned())
 }
 
 /// The text pieces of an answer, as the request's headers ask.

@@ -17,6 +17,7 @@ use leash_tests::{
     },
     mock::MockProvider,
 };
+use serde_json::Value;
 
 const CHAT: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 
@@ -378,4 +379,55 @@ fn a_failed_audit_write_is_retried_and_the_chain_still_verifies() {
         "audit_write_failures",
         &serde_json::json!({"injected": 2, "records": 6, "lost": 0, "verify": "ok"}),
     );
+}
+
+/// A client that leaves before Leash answers (the provider is slow) still
+/// leaves its record, marked as not delivered (no status, not completed).
+/// The later event that shows nothing more will come is a second, normal
+/// call's record. (An answer dropped unsent inside Leash — a route's failed
+/// attempt — is covered by `routes.rs`: each attempt has its record.)
+#[test]
+fn a_client_gone_before_the_answer_still_has_its_record() {
+    use std::io::Write as _;
+    let mock = MockProvider::start();
+    let leash = Leash::start(&format!(
+        "{}  slowai: {{ kind: openai, upstream: \"{}/delay/400/v1\" }}\n",
+        mock_providers_yaml(&mock),
+        mock.url()
+    ));
+    let mut stream = std::net::TcpStream::connect(leash.addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/slowai/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        CHAT.len()
+    )
+    .unwrap();
+    stream.write_all(CHAT).unwrap();
+    // Gone as soon as the provider has the request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mock.requests().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the provider"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(stream);
+    // The control: a normal call, answered and recorded.
+    let (status, _, _) = http_request(
+        leash.addr,
+        "POST",
+        "/v1/openai/chat/completions",
+        &[("content-type", "application/json")],
+        CHAT,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let records = leash.wait_records(2);
+    let gone = records
+        .iter()
+        .find(|r| r["provider"] == "slowai")
+        .unwrap_or_else(|| panic!("no record of the call whose client left: {records:#?}"));
+    assert_eq!(gone["status"], Value::Null, "{gone}");
+    assert_eq!(gone["completed"], false, "{gone}");
 }

@@ -132,18 +132,28 @@ impl AuditSink {
             Durability::Batch => (None, None),
         };
         let msg = Msg::Record(Box::new(record), ack_tx);
+        // Queued at once when there is room: a caller that never polls the
+        // future (the client left before the response) loses nothing.
+        let waiting = match self.tx.try_send(msg) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(msg)) if self.overflow == Overflow::Block => {
+                Some(msg)
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped("queue full");
+                return Box::pin(std::future::ready(false));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.dropped("writer stopped");
+                return Box::pin(std::future::ready(false));
+            }
+        };
         let sink = self.clone();
         Box::pin(async move {
-            let queued = match sink.overflow {
-                Overflow::Block => sink.tx.send(msg).await.is_ok(),
-                Overflow::Drop => sink.tx.try_send(msg).is_ok(),
-            };
-            if !queued {
-                sink.dropped(if sink.tx.is_closed() {
-                    "writer stopped"
-                } else {
-                    "queue full"
-                });
+            if let Some(msg) = waiting
+                && sink.tx.send(msg).await.is_err()
+            {
+                sink.dropped("writer stopped");
                 return false;
             }
             match ack_rx {

@@ -159,7 +159,19 @@ impl Exchange {
             event: None,
             refusal: None,
             bypass: None,
-            unified: self.unified.clone(),
+            unified: self.unified.as_ref().map(|u| {
+                let mut u = u.clone();
+                // A routed request's record lists its own attempt last.
+                if u.route.is_some() {
+                    u.attempts.push(crate::record::Attempt {
+                        provider: self.provider.name.clone(),
+                        model: self.model.clone().unwrap_or_default(),
+                        status: self.status.map(|s| s.as_u16()),
+                        ms: ms(now.duration_since(t.received)),
+                    });
+                }
+                u
+            }),
         }
     }
 }

@@ -87,6 +87,32 @@ impl LeashBody {
     }
 }
 
+/// A record whose submission was not seen through (the body was dropped
+/// before it: the client left) still goes to the writer: the rest of the
+/// submission runs on its own.
+fn see_through(submitted: &mut Submitted) {
+    let rest = std::mem::replace(submitted, Box::pin(std::future::ready(true)));
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(rest);
+    }
+}
+
+impl Drop for LocalBody {
+    fn drop(&mut self) {
+        if self.bytes.is_some() {
+            see_through(&mut self.finishing);
+        }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        if let Phase::Finishing { submitted, .. } = &mut self.phase {
+            see_through(submitted);
+        }
+    }
+}
+
 enum Phase {
     Streaming,
     /// The upstream ended (or a module stopped the stream): the record is

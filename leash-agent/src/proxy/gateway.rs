@@ -111,6 +111,7 @@ impl GatewayConfig {
 
 pub struct Gateway {
     providers: Providers,
+    routes: crate::routes::Routes,
     pipeline: Arc<Pipeline>,
     forwarder: Forwarder<HttpsConnector>,
     limits: BodyLimits,
@@ -126,13 +127,14 @@ fn route(path: &str) -> Option<(&str, &str)> {
 
 impl Gateway {
     pub fn new(
-        providers: Providers,
+        (providers, routes): (Providers, crate::routes::Routes),
         pipeline: Arc<Pipeline>,
         forwarder: Forwarder<HttpsConnector>,
         limits: BodyLimits,
     ) -> Self {
         Self {
             providers,
+            routes,
             pipeline,
             forwarder,
             limits,
@@ -166,8 +168,10 @@ impl Gateway {
                 pipeline: &self.pipeline,
                 forwarder: &self.forwarder,
                 limits: self.limits,
+                routes: &self.routes,
             };
-            return super::unified::serve(context, peer, req, api).await;
+            // Boxed: the unified API's future (routes, retries) is large.
+            return Box::pin(super::unified::serve(context, peer, req, api)).await;
         }
         let Some((name, rest)) = route(&uri_path) else {
             return self.not_found(&format!(

@@ -31,6 +31,10 @@ use crate::{
     provider::{ErrorCode, error_body},
 };
 
+/// Marks a response Leash answered itself (not the provider), with why.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAnswer(pub ErrorCode);
+
 /// The header every response carries: the id of its audit record.
 pub const REQUEST_ID_HEADER: &str = "x-leash-request-id";
 
@@ -114,7 +118,17 @@ pub async fn admit<C: Connect + Clone + Send + Sync + 'static>(
         Ok(body) => body,
         Err(rejection) => return local_response(&mut ex, &rejection),
     };
-    admit_read(ex, head, body, upstream_path, query.as_deref(), forwarder).await
+    // Boxed: the forwarding future is large, and every listener's handler
+    // future holds this one.
+    Box::pin(admit_read(
+        ex,
+        head,
+        body,
+        upstream_path,
+        query.as_deref(),
+        forwarder,
+    ))
+    .await
 }
 
 /// Reads a request body: framing checks, at most `limits.max_bytes`, decoded.
@@ -399,6 +413,7 @@ pub fn local_response(ex: &mut ActiveExchange, rejection: &Rejection) -> Respons
     let id = HeaderValue::from_str(&ex.id).ok();
     let mut resp = Response::new(LeashBody::local(body, ex));
     *resp.status_mut() = rejection.status;
+    resp.extensions_mut().insert(LocalAnswer(rejection.code));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
