@@ -70,6 +70,8 @@ pub struct Config {
     pub teams: Vec<TeamConfig>,
     /// Named routes of the unified API.
     pub routes: crate::routes::Routes,
+    /// Provider credentials Leash holds.
+    pub credentials: crate::credentials::Credentials,
 }
 
 // ---- the file as written -------------------------------------------------
@@ -107,6 +109,8 @@ struct RawConfig {
     teams: Vec<TeamConfig>,
     #[serde(default)]
     routes: BTreeMap<String, crate::routes::RawRoute>,
+    #[serde(default)]
+    credentials: BTreeMap<String, crate::credentials::RawCredential>,
 }
 
 /// Command-line values that take precedence over the file.
@@ -200,6 +204,7 @@ impl RawConfig {
             policy,
             teams,
             routes,
+            credentials,
         } = self;
         let host_id = match host_id {
             Some(h) if h.trim().is_empty() => return Err(invalid("host_id", "must not be empty")),
@@ -219,9 +224,11 @@ impl RawConfig {
             return Err(invalid("admin.listen", "must differ from gateway.listen"));
         }
         let providers = Providers::validate(providers)?;
-        let routes = crate::routes::Routes::validate(routes, &providers)?;
+        let credentials = crate::credentials::Credentials::validate(credentials, base)?;
+        let routes = crate::routes::Routes::validate(routes, &providers, &credentials)?;
         Ok(Config {
             routes,
+            credentials,
             upstream: UpstreamConfig::validate(upstream, upstream_tls, base)?,
             audit,
             pipeline: PipelineConfig::validate(pipeline)?,

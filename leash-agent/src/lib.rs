@@ -10,6 +10,7 @@ pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod console;
+pub mod credentials;
 pub mod faults;
 pub mod field;
 pub mod intercept;

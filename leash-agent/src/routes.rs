@@ -15,6 +15,7 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
+    credentials::{Credential, Credentials},
     field::{FieldError, invalid, valid_name},
     provider::Providers,
 };
@@ -58,6 +59,7 @@ struct RawTarget {
     model: String,
     weight: Option<u32>,
     timeout_ms: Option<u64>,
+    credential: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,10 +84,11 @@ impl Routes {
     pub fn validate(
         raw: BTreeMap<String, RawRoute>,
         providers: &Providers,
+        credentials: &Credentials,
     ) -> Result<Self, FieldError> {
         let mut routes = BTreeMap::new();
         for (name, raw) in raw {
-            let route = Route::validate(&name, raw, providers)?;
+            let route = Route::validate(&name, raw, providers, credentials)?;
             routes.insert(name, Arc::new(route));
         }
         Ok(Self(Arc::new(routes)))
@@ -120,6 +123,8 @@ pub struct Target {
     pub model: String,
     pub weight: u32,
     pub timeout: Duration,
+    /// The credential Leash sends instead of the client's.
+    pub credential: Option<Credential>,
     health: Mutex<Health>,
 }
 
@@ -155,7 +160,12 @@ pub enum Outcome {
 }
 
 impl Route {
-    fn validate(name: &str, raw: RawRoute, providers: &Providers) -> Result<Self, FieldError> {
+    fn validate(
+        name: &str,
+        raw: RawRoute,
+        providers: &Providers,
+        credentials: &Credentials,
+    ) -> Result<Self, FieldError> {
         let field = format!("routes.{name}");
         if !valid_name(name) {
             return Err(invalid(
@@ -185,13 +195,33 @@ impl Route {
             let weight = crate::field::positive(&format!("{tf}.weight"), t.weight, 1)?;
             let timeout_ms =
                 crate::field::positive(&format!("{tf}.timeout_ms"), t.timeout_ms, 120_000)?;
+            let credential = match &t.credential {
+                None => None,
+                Some(c) => Some(credentials.get(c).cloned().ok_or_else(|| {
+                    let known = credentials.names().collect::<Vec<_>>().join(", ");
+                    invalid(
+                        format!("{tf}.credential"),
+                        format!("unknown credential `{c}` (known: {known})"),
+                    )
+                })?),
+            };
             targets.push(Target {
                 provider: t.provider,
                 model: t.model,
                 weight,
                 timeout: Duration::from_millis(timeout_ms),
+                credential,
                 health: Mutex::default(),
             });
+        }
+        // One client key cannot be valid at two providers, and Leash does
+        // not send a key meant for one provider to another.
+        let mixed = targets.iter().any(|t| t.provider != targets[0].provider);
+        if let Some(i) = targets.iter().position(|t| mixed && t.credential.is_none()) {
+            return Err(invalid(
+                format!("{field}.targets[{i}].credential"),
+                "a route across several providers needs a credential on every target (the client's key is meant for one provider only)",
+            ));
         }
         let max_attempts = crate::field::positive(
             &format!("{field}.max_attempts"),
@@ -362,13 +392,18 @@ mod tests {
     fn route(yaml: &str) -> Arc<Route> {
         let raw: BTreeMap<String, RawRoute> = crate::field::from_yaml(yaml).unwrap();
         let providers = Providers::validate(BTreeMap::new()).unwrap();
-        Arc::clone(Routes::validate(raw, &providers).unwrap().get("r").unwrap())
+        Arc::clone(
+            Routes::validate(raw, &providers, &Credentials::default())
+                .unwrap()
+                .get("r")
+                .unwrap(),
+        )
     }
 
     #[test]
     fn weighted_draws_by_weight_and_falls_back_to_the_rest() {
         let r = route(
-            "r: { strategy: weighted, targets: [{provider: openai, model: a, weight: 3}, {provider: google, model: b}] }",
+            "r: { strategy: weighted, targets: [{provider: openai, model: a, weight: 3}, {provider: openai, model: b}] }",
         );
         let firsts = (0..4000).filter(|_| r.plan().0[0] == 0).count();
         assert!((2800..3200).contains(&firsts), "{firsts}");
@@ -378,7 +413,7 @@ mod tests {
     #[test]
     fn a_breaker_opens_after_failures_and_closes_on_success() {
         let r = route(
-            "r: { targets: [{provider: openai, model: a}, {provider: google, model: b}], breaker: {failures: 2, cooldown_secs: 60} }",
+            "r: { targets: [{provider: openai, model: a}, {provider: openai, model: b}], breaker: {failures: 2, cooldown_secs: 60} }",
         );
         r.record(0, Outcome::Failed, Duration::ZERO);
         assert_eq!(r.plan().0, vec![0, 1]);
@@ -393,7 +428,7 @@ mod tests {
     #[test]
     fn least_latency_prefers_untried_then_fastest() {
         let r = route(
-            "r: { strategy: least-latency, targets: [{provider: openai, model: a}, {provider: google, model: b}] }",
+            "r: { strategy: least-latency, targets: [{provider: openai, model: a}, {provider: openai, model: b}] }",
         );
         r.record(0, Outcome::Answered, Duration::from_millis(50));
         assert_eq!(r.plan().0, vec![1, 0]);
@@ -406,11 +441,19 @@ mod tests {
         let providers = Providers::validate(BTreeMap::new()).unwrap();
         let raw: BTreeMap<String, RawRoute> =
             crate::field::from_yaml("r: { targets: [{provider: nope, model: a}] }").unwrap();
-        let err = Routes::validate(raw, &providers).unwrap_err();
+        let none = Credentials::default();
+        let err = Routes::validate(raw, &providers, &none).unwrap_err();
         assert_eq!(err.field, "routes.r.targets[0].provider");
         let raw: BTreeMap<String, RawRoute> =
             crate::field::from_yaml("r: { targets: [] }").unwrap();
-        assert!(Routes::validate(raw, &providers).is_err());
+        assert!(Routes::validate(raw, &providers, &none).is_err());
+        // Across providers, every target needs a credential of its own.
+        let raw: BTreeMap<String, RawRoute> = crate::field::from_yaml(
+            "r: { targets: [{provider: openai, model: a}, {provider: google, model: b}] }",
+        )
+        .unwrap();
+        let err = Routes::validate(raw, &providers, &none).unwrap_err();
+        assert_eq!(err.field, "routes.r.targets[0].credential");
     }
 
     #[test]

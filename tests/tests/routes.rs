@@ -40,12 +40,43 @@ fn config(mock: &MockProvider, routes: &str) -> String {
   slow: {{ kind: anthropic, upstream: \"{url}/delay/5000\" }}
   cut: {{ kind: anthropic, upstream: \"{url}/cut/4\" }}
   down: {{ kind: anthropic, upstream: \"http://127.0.0.1:{closed}\" }}
+credentials:
+  held: {{ env: LEASH_TEST_HELD_KEY }}
 routes:
 {routes}"
     )
 }
 
 /// The official `OpenAI` SDK's chat call with `model` (a route name).
+/// The key Leash holds for every target; the client's (`sk-route`) must
+/// never reach a provider.
+const HELD_KEY: &str = "sk-held-by-leash-7f3a";
+
+fn start(mock: &MockProvider, routes: &str) -> Leash {
+    Leash::start_with_env(
+        tempfile::tempdir().unwrap(),
+        &config(mock, routes),
+        &[("LEASH_TEST_HELD_KEY", HELD_KEY)],
+    )
+}
+
+/// Every request the mock got carries the held key in its provider's
+/// header, and none the client's.
+fn assert_held_key_only(mock: &MockProvider) {
+    for r in mock.requests() {
+        let text = format!("{:?}", r.headers);
+        assert!(
+            !text.contains("sk-route"),
+            "the client's key reached {}: {text}",
+            r.uri
+        );
+        let held = ["x-api-key", "x-goog-api-key", "authorization"]
+            .iter()
+            .any(|h| r.header(h).is_some_and(|v| v.contains(HELD_KEY)));
+        assert!(held, "no held key at {}: {text}", r.uri);
+    }
+}
+
 fn sdk_chat(leash: &Leash, model: &str) -> Value {
     let out = run_python(
         "unified_check.py",
@@ -96,14 +127,14 @@ fn record(leash: &Leash, n: usize) -> Value {
 fn fallback_after_500_429_timeout_and_refused_connection() {
     let mock = MockProvider::start();
     let routes = format!(
-        "  after-500: {{ backoff_ms: 10, targets: [{{provider: a500, model: m}}, {{provider: google, model: {FLASH}}}] }}
-  after-429: {{ backoff_ms: 10, targets: [{{provider: a429, model: m}}, {{provider: anthropic, model: {SONNET}}}] }}
-  after-timeout: {{ backoff_ms: 10, targets: [{{provider: slow, model: m, timeout_ms: 400}}, {{provider: anthropic, model: {SONNET}}}] }}
-  after-down: {{ backoff_ms: 10, targets: [{{provider: down, model: m}}, {{provider: anthropic, model: {SONNET}}}] }}
-  no-retry-400: {{ targets: [{{provider: a400, model: m}}, {{provider: anthropic, model: {SONNET}}}] }}
+        "  after-500: {{ backoff_ms: 10, targets: [{{provider: a500, model: m, credential: held}}, {{provider: google, model: {FLASH}, credential: held}}] }}
+  after-429: {{ backoff_ms: 10, targets: [{{provider: a429, model: m, credential: held}}, {{provider: anthropic, model: {SONNET}, credential: held}}] }}
+  after-timeout: {{ backoff_ms: 10, targets: [{{provider: slow, model: m, credential: held, timeout_ms: 400}}, {{provider: anthropic, model: {SONNET}, credential: held}}] }}
+  after-down: {{ backoff_ms: 10, targets: [{{provider: down, model: m, credential: held}}, {{provider: anthropic, model: {SONNET}, credential: held}}] }}
+  no-retry-400: {{ targets: [{{provider: a400, model: m, credential: held}}, {{provider: anthropic, model: {SONNET}, credential: held}}] }}
 "
     );
-    let leash = Leash::start(&config(&mock, &routes));
+    let leash = start(&mock, &routes);
     let mut records = 0;
     for (route, failing, status) in [
         ("after-500", "/status/500/", Some(500)),
@@ -138,6 +169,14 @@ fn fallback_after_500_429_timeout_and_refused_connection() {
             );
         }
     }
+    assert_held_key_only(&mock);
+    for (place, text) in [
+        ("logs", leash.logs()),
+        ("audit", leash.audit_text()),
+        ("metrics", leash.metrics()),
+    ] {
+        assert!(!text.contains(HELD_KEY), "the held key is in the {place}");
+    }
     // A 400 is the client's fault: no retry, the SDK sees it.
     let before = mock.requests().len();
     let (status, body) = raw_chat(&leash, "no-retry-400", false);
@@ -158,9 +197,9 @@ fn fallback_after_500_429_timeout_and_refused_connection() {
 fn a_stream_is_not_retried_after_its_first_byte() {
     let mock = MockProvider::start();
     let routes = format!(
-        "  cut-stream: {{ targets: [{{provider: cut, model: m}}, {{provider: google, model: {FLASH}}}] }}\n"
+        "  cut-stream: {{ targets: [{{provider: cut, model: m, credential: held}}, {{provider: google, model: {FLASH}, credential: held}}] }}\n"
     );
-    let leash = Leash::start(&config(&mock, &routes));
+    let leash = start(&mock, &routes);
     let (status, body) = raw_chat(&leash, "cut-stream", true);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("chat.completion.chunk"), "{body}");
@@ -179,9 +218,9 @@ fn a_stream_is_not_retried_after_its_first_byte() {
 fn weighted_split_over_2000_requests() {
     let mock = MockProvider::start();
     let routes = format!(
-        "  split: {{ strategy: weighted, targets: [{{provider: openai, model: gpt-4o-mini, weight: 3}}, {{provider: anthropic, model: {SONNET}, weight: 1}}] }}\n"
+        "  split: {{ strategy: weighted, targets: [{{provider: openai, model: gpt-4o-mini, credential: held, weight: 3}}, {{provider: anthropic, model: {SONNET}, credential: held, weight: 1}}] }}\n"
     );
-    let leash = Leash::start(&config(&mock, &routes));
+    let leash = start(&mock, &routes);
     let n = 2000;
     for _ in 0..n {
         let (status, body) = raw_chat(&leash, "split", false);
@@ -208,9 +247,9 @@ fn weighted_split_over_2000_requests() {
 fn the_circuit_breaker_skips_a_failing_target_and_lets_it_back() {
     let mock = MockProvider::start();
     let routes = format!(
-        "  guarded: {{ backoff_ms: 1, breaker: {{failures: 2, cooldown_secs: 2}}, targets: [{{provider: a500, model: m}}, {{provider: anthropic, model: {SONNET}}}] }}\n"
+        "  guarded: {{ backoff_ms: 1, breaker: {{failures: 2, cooldown_secs: 2}}, targets: [{{provider: a500, model: m, credential: held}}, {{provider: anthropic, model: {SONNET}, credential: held}}] }}\n"
     );
-    let leash = Leash::start(&config(&mock, &routes));
+    let leash = start(&mock, &routes);
     let chat = || {
         let (status, body) = raw_chat(&leash, "guarded", false);
         assert_eq!(status, 200, "{body}");
@@ -265,7 +304,8 @@ fn routes_are_validated_against_the_providers() {
     let out = leash_tests::harness::run(
         leash_tests::harness::leash_command()
             .args(["gateway", "--config"])
-            .arg(&path),
+            .arg(&path)
+            .env("LEASH_TEST_HELD_KEY", HELD_KEY),
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -15,6 +15,7 @@ use super::{
     BodyLimits, Forwarder, LocalAnswer, admit_read, body::LeashBody, json_response, read_body,
 };
 use crate::{
+    credentials::{self, Credential},
     pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline},
     provider::{ErrorCode, Providers},
     record::{Attempt, Unified},
@@ -93,7 +94,7 @@ pub async fn serve(
         route: None,
         attempts: Vec::new(),
     };
-    match attempt(&gw, peer, &head, value, api, (&name, &model), unified).await {
+    match attempt(&gw, peer, &head, value, api, (&name, &model, None), unified).await {
         Ok((resp, answer)) => translated(resp, &answer),
         Err(AttemptError::Refused(e)) => refused(&e),
         Err(AttemptError::UnknownProvider) => {
@@ -134,7 +135,7 @@ async fn attempt(
     head: &Parts,
     value: Value,
     api: Api,
-    (name, model): (&str, &str),
+    (name, model, credential): (&str, &str, Option<&Credential>),
     unified: Unified,
 ) -> Result<(Response<LeashBody>, translate::Answer), AttemptError> {
     let provider = gw
@@ -146,6 +147,9 @@ async fn attempt(
         .map_err(AttemptError::Refused)?;
     let mut head = head_copy(head);
     translate::request_headers(provider.kind, &mut head.headers);
+    if let Some(credential) = credential {
+        credentials::inject(provider.kind, &mut head.headers, credential);
+    }
     let upstream_path = format!("{}{}", provider.upstream.base_path(), native.path);
     let caller = Caller {
         addr: Some(peer),
@@ -203,7 +207,7 @@ async fn try_target(
         head,
         value.clone(),
         api,
-        (&target.provider, &target.model),
+        (&target.provider, &target.model, target.credential.as_ref()),
         unified,
     );
     let result = tokio::time::timeout(target.timeout, call).await;
