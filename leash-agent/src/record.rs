@@ -58,6 +58,9 @@ pub enum ErrorCode {
     NotFound,
     #[serde(rename = "leash_policy_blocked")]
     PolicyBlocked,
+    /// A policy rule sent the request to another route (`action: route`).
+    #[serde(rename = "leash_policy_routed")]
+    PolicyRouted,
     #[serde(rename = "leash_upstream_unreachable")]
     UpstreamUnreachable,
     #[serde(rename = "leash_upstream_timeout")]
@@ -75,6 +78,7 @@ impl ErrorCode {
             Self::BodyTooLarge => "leash_body_too_large",
             Self::NotFound => "leash_not_found",
             Self::PolicyBlocked => "leash_policy_blocked",
+            Self::PolicyRouted => "leash_policy_routed",
             Self::UpstreamUnreachable => "leash_upstream_unreachable",
             Self::UpstreamTimeout => "leash_upstream_timeout",
             Self::BudgetExceeded => "leash_budget_exceeded",
@@ -86,7 +90,7 @@ impl ErrorCode {
         match self {
             Self::BadRequest | Self::BodyTooLarge | Self::NotFound => ErrorSide::Client,
             Self::UpstreamUnreachable | Self::UpstreamTimeout => ErrorSide::Upstream,
-            Self::PolicyBlocked | Self::BudgetExceeded => ErrorSide::Decision,
+            Self::PolicyBlocked | Self::PolicyRouted | Self::BudgetExceeded => ErrorSide::Decision,
             Self::Internal => ErrorSide::Internal,
         }
     }
@@ -190,6 +194,8 @@ pub enum Action {
     Alert,
     Transform,
     Redact,
+    /// Sent to another route (`action: route`).
+    Route,
     Block,
 }
 
@@ -201,6 +207,7 @@ impl Action {
             Self::Alert => "alert",
             Self::Transform => "transform",
             Self::Redact => "redact",
+            Self::Route => "route",
             Self::Block => "block",
         }
     }
@@ -263,6 +270,9 @@ pub struct PolicyRecord {
     pub changes: Vec<Change>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
+    /// The route a rule sent the request to (`action: route`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
 }
 
 /// Records that are not a request.
@@ -441,6 +451,7 @@ mod tests {
                 tags: vec![],
                 changes: vec![Change::new(ChangeOp::SetModel, "model")],
                 shadow: false,
+                route: None,
             }),
             usage_estimated: false,
             error: Some(ErrorCode::PolicyBlocked),

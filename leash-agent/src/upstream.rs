@@ -441,6 +441,98 @@ impl tower_service::Service<Uri> for MarkedConnector {
     }
 }
 
+/// Resolves the request's host (through the `GuardedResolver`, as the
+/// gateway does; an IP literal as it is) and connects on a socket carrying
+/// `SO_MARK = mark`: the agent's own calls to other providers (a policy's
+/// reroute), which the kernel hooks must let through.
+#[derive(Clone)]
+pub struct MarkedResolvingConnector {
+    resolver: GuardedResolver,
+    mark: u32,
+    timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for MarkedResolvingConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let mut resolver = self.resolver.clone();
+        let (mark, timeout) = (self.mark, self.timeout);
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host"))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri
+                .port_u16()
+                .unwrap_or(if uri.scheme_str() == Some("https") {
+                    443
+                } else {
+                    80
+                });
+            let addrs: Vec<SocketAddr> = if let Ok(ip) = host.parse::<IpAddr>() {
+                vec![SocketAddr::new(ip, port)]
+            } else {
+                let name: Name = host
+                    .parse()
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad host"))?;
+                std::future::poll_fn(|cx| resolver.poll_ready(cx)).await?;
+                resolver
+                    .call(name)
+                    .await?
+                    .map(|a| SocketAddr::new(a.ip(), port))
+                    .collect()
+            };
+            let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+            for dst in addrs {
+                let connector = MarkedConnector {
+                    dst,
+                    mark,
+                    timeout,
+                    tunnel: None,
+                };
+                match connector.connect_raw().await {
+                    Ok(stream) => return Ok(TokioIo::new(stream)),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        })
+    }
+}
+
+/// The agent's client for calls it makes on its own (a policy's reroute):
+/// any upstream, verified TLS, marked sockets.
+pub fn marked_resolving_client(
+    config: &UpstreamConfig,
+    mark: u32,
+) -> Result<
+    Client<hyper_rustls::HttpsConnector<MarkedResolvingConnector>, Full<Bytes>>,
+    UpstreamError,
+> {
+    let connector = MarkedResolvingConnector {
+        resolver: GuardedResolver::new(config.allow_private_hosts.clone()),
+        mark,
+        timeout: config.connect_timeout,
+    };
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(config)?)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(connector);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https))
+}
+
 /// A client whose connections all go to `connector.dst`, TLS-verified
 /// against the request URI's host name.
 pub fn marked_client(

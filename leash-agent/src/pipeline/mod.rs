@@ -198,6 +198,9 @@ pub struct Rejection {
 pub enum Flow {
     Continue,
     Reject(Rejection),
+    /// A policy rule sends the request to this route instead
+    /// (`action: route`); nothing is forwarded to this exchange's provider.
+    Reroute(String),
 }
 
 /// What a response body phase decided about the stream.
@@ -308,7 +311,7 @@ impl Pipeline {
         for m in &self.modules {
             match m.request_filter(ex, req).await {
                 Ok(Flow::Continue) => {}
-                Ok(reject @ Flow::Reject(_)) => return reject,
+                Ok(stop @ (Flow::Reject(_) | Flow::Reroute(_))) => return stop,
                 Err(e) => {
                     tracing::error!(request_id = %ex.id, error = %e, "pipeline module failed; refusing request");
                     return Flow::Reject(Rejection {

@@ -64,6 +64,8 @@ pub(super) struct RawRule {
     #[serde(rename = "match", default)]
     pub(super) matcher: RawMatch,
     pub(super) action: Action,
+    /// `action: route`: the route matching requests go to.
+    pub(super) route: Option<String>,
     #[serde(default)]
     pub(super) tags: Vec<String>,
     pub(super) mode: Option<PolicyMode>,
@@ -271,6 +273,37 @@ pub(super) fn compile_rule(
             "set_model, max_tokens, system_*, drop_fields and *_headers need `action: transform`",
         ));
     }
+    match (&r.route, action) {
+        (None, Action::Route) => {
+            return Err(invalid(
+                name,
+                format!("{field}.route"),
+                "a route rule names the route matching requests go to",
+            ));
+        }
+        (Some(_), a) if a != Action::Route => {
+            return Err(invalid(
+                name,
+                format!("{field}.route"),
+                "`route` needs `action: route`",
+            ));
+        }
+        (Some(route), _) if !crate::field::valid_name(route) => {
+            return Err(invalid(
+                name,
+                format!("{field}.route"),
+                format!("`{route}` is not a route name"),
+            ));
+        }
+        _ => {}
+    }
+    if action == Action::Route && direction != Direction::Request {
+        return Err(invalid(
+            name,
+            format!("{field}.match.direction"),
+            "a route rule acts on requests only",
+        ));
+    }
     if action == Action::Redact && r.matcher.detectors.is_none() {
         return Err(invalid(
             name,
@@ -299,6 +332,7 @@ pub(super) fn compile_rule(
     Ok(Rule {
         name: r.name,
         action,
+        route: r.route,
         tags: r.tags,
         transform,
         shadow,

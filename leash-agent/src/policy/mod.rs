@@ -106,6 +106,11 @@ impl Module for PolicyModule {
                 ex.ext.insert(decision);
                 Ok(Flow::Reject(rejection))
             }
+            Verdict::Forward { decision, .. } if decision.route.is_some() => {
+                let route = decision.route.clone().unwrap_or_default();
+                ex.ext.insert(decision);
+                Ok(Flow::Reroute(route))
+            }
             Verdict::Forward { decision, model } => {
                 if let Some(model) = model {
                     ex.model = Some(model);
@@ -171,6 +176,7 @@ impl Module for PolicyModule {
                 tags: d.tags.clone(),
                 changes: d.changes.clone(),
                 shadow: d.shadow,
+                route: d.route.clone(),
             });
         }
     }

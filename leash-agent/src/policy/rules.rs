@@ -90,6 +90,8 @@ impl Match {
 pub(super) struct Rule {
     pub(super) name: String,
     pub(super) action: Action,
+    /// `action: route`: where to.
+    pub(super) route: Option<String>,
     pub(super) tags: Vec<String>,
     pub(super) transform: Transform,
     /// `Some(true)`: this rule only records (`mode: shadow` on the rule).
@@ -173,6 +175,9 @@ pub struct Decision {
     pub(super) transform: Transform,
     #[serde(skip)]
     pub(super) redact: Vec<usize>,
+    /// The route a rule sends the request to (`action: route`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     #[serde(skip)]
     pub(super) block_rule: Option<String>,
     #[serde(skip)]
@@ -254,6 +259,14 @@ impl Policy {
                 Action::Transform => d.transform.merge(&rule.transform),
                 Action::Alert => d.alerts.push(rule.name.clone()),
                 Action::Annotate => {}
+                // The first route rule decides; a later block still blocks.
+                // A request already on that route stays (no loop).
+                Action::Route => {
+                    let here = ex.unified.as_ref().and_then(|u| u.route.as_deref());
+                    if d.route.is_none() && here != rule.route.as_deref() {
+                        d.route.clone_from(&rule.route);
+                    }
+                }
             }
         }
         d

@@ -141,6 +141,20 @@ impl Gateway {
         }
     }
 
+    /// What the unified API (and a policy's reroute) serves with.
+    fn context<'a>(&'a self, caller: &'a Caller) -> super::unified::Context<'a, HttpsConnector> {
+        super::unified::Context {
+            providers: &self.providers,
+            pipeline: &self.pipeline,
+            forwarder: &self.forwarder,
+            limits: self.limits,
+            routes: &self.routes,
+            caller,
+            mode: Mode::Gateway,
+            keep_client_key: true,
+        }
+    }
+
     fn not_found(&self, message: &str) -> Response<LeashBody> {
         let known: Vec<&str> = self.providers.names().collect();
         let body = json!({
@@ -163,15 +177,12 @@ impl Gateway {
             .strip_prefix("/v1")
             .and_then(crate::translate::Api::of_path)
         {
-            let context = super::unified::Context {
-                providers: &self.providers,
-                pipeline: &self.pipeline,
-                forwarder: &self.forwarder,
-                limits: self.limits,
-                routes: &self.routes,
+            let caller = Caller {
+                addr: Some(peer),
+                ..Caller::default()
             };
             // Boxed: the unified API's future (routes, retries) is large.
-            return Box::pin(super::unified::serve(context, peer, req, api)).await;
+            return Box::pin(super::unified::serve(self.context(&caller), req, api)).await;
         }
         let Some((name, rest)) = route(&uri_path) else {
             return self.not_found(&format!(
@@ -213,7 +224,25 @@ impl Gateway {
             }
         };
         let upstream_path = format!("{}{rest}", ex.provider.upstream.base_path());
-        admit(ex, req, &upstream_path, self.limits, &self.forwarder).await
+        let kind = ex.provider.kind;
+        let answer = admit(ex, req, &upstream_path, self.limits, &self.forwarder).await;
+        if answer.extensions().get::<super::Reroute>().is_none() {
+            return answer;
+        }
+        // A policy rule sends it to a route (rare: the check above is all
+        // the common path pays).
+        let caller = Caller {
+            addr: Some(peer),
+            ..Caller::default()
+        };
+        let endpoint = route(&uri_path).map_or("", |(_, rest)| rest);
+        Box::pin(super::unified::reroute_native(
+            self.context(&caller),
+            kind,
+            endpoint,
+            answer,
+        ))
+        .await
     }
 }
 

@@ -31,6 +31,15 @@ use crate::{
     provider::{ErrorCode, error_body},
 };
 
+/// On a policy's refusal to forward (`action: route`): the route the
+/// request goes to instead and its body as the policy left it.
+#[derive(Debug, Clone)]
+pub struct Reroute {
+    pub route: String,
+    pub body: Bytes,
+    pub headers: HeaderMap,
+}
+
 /// Marks a response Leash answered itself (not the provider), with why.
 #[derive(Debug, Clone, Copy)]
 pub struct LocalAnswer(pub ErrorCode);
@@ -181,8 +190,30 @@ pub async fn admit_read<C: Connect + Clone + Send + Sync + 'static>(
         upstream_path: upstream_path.to_owned(),
     };
     identify::identify(&mut ex, &request);
-    if let Flow::Reject(rejection) = ex.request(&mut request).await {
-        return local_response(&mut ex, &rejection);
+    match ex.request(&mut request).await {
+        Flow::Continue => {}
+        Flow::Reject(rejection) => return local_response(&mut ex, &rejection),
+        Flow::Reroute(route) => {
+            // Nothing went to this provider; an entry point that can serve
+            // the route takes `Reroute` from the answer, the others send
+            // this refusal.
+            let mut resp = local_response(
+                &mut ex,
+                &Rejection {
+                    status: StatusCode::FORBIDDEN,
+                    code: ErrorCode::PolicyRouted,
+                    message: format!(
+                        "leash: policy sends this request to route `{route}`, which cannot serve it here (only OpenAI-shaped chat completions and embeddings can be rerouted)"
+                    ),
+                },
+            );
+            resp.extensions_mut().insert(Reroute {
+                route,
+                body: request.body.clone(),
+                headers: request.head.headers.clone(),
+            });
+            return resp;
+        }
     }
     let Ok(target) = ex.provider.upstream.at_path(&request.upstream_path, query) else {
         return local_response(

@@ -50,7 +50,10 @@ use crate::{
     provider::Provider,
     record::Refusal,
     server::{Handler, Opened, Opener},
-    upstream::{MarkedHttpsConnector, Tunnel, connect_succeeded, read_connect_answer},
+    upstream::{
+        MarkedHttpsConnector, MarkedResolvingConnector, Tunnel, connect_succeeded,
+        read_connect_answer,
+    },
 };
 
 /// How long a client may take to send its `ClientHello` or proxy request.
@@ -69,6 +72,7 @@ pub struct Transparent {
     pub ports: Vec<u16>,
     /// Clients that reject the organisation CA, and what to do with them.
     pub untrusted: Arc<Untrusted>,
+    pub rerouter: Arc<Rerouter>,
 }
 
 /// The caller of a redirected connection, as the audit names it.
@@ -94,6 +98,15 @@ pub struct Terminated {
     pipeline: Arc<Pipeline>,
     forwarder: Forwarder<MarkedHttpsConnector>,
     limits: BodyLimits,
+    rerouter: Arc<Rerouter>,
+}
+
+/// What the agent serves a policy's reroute (`action: route`) with: the
+/// configured providers and routes, and a client on marked sockets.
+pub struct Rerouter {
+    pub providers: crate::provider::Providers,
+    pub routes: crate::routes::Routes,
+    pub forwarder: Forwarder<hyper_rustls::HttpsConnector<MarkedResolvingConnector>>,
 }
 
 impl Terminated {
@@ -118,7 +131,33 @@ impl Terminated {
             Arc::clone(&self.pipeline),
         );
         match canonical {
-            Ok(c) => admit(ex, req, &c.encoded, self.limits, &self.forwarder).await,
+            Ok(c) => {
+                let resp = admit(ex, req, &c.encoded, self.limits, &self.forwarder).await;
+                if resp.extensions().get::<super::Reroute>().is_none() {
+                    return resp;
+                }
+                // A policy rule sends it to a route: served from here on
+                // marked sockets, as the same caller.
+                let r = &self.rerouter;
+                let context = super::unified::Context {
+                    providers: &r.providers,
+                    pipeline: &self.pipeline,
+                    forwarder: &r.forwarder,
+                    limits: self.limits,
+                    routes: &r.routes,
+                    caller: &self.caller,
+                    mode: Mode::Transparent,
+                    keep_client_key: false,
+                };
+                let endpoint = self.provider.upstream.endpoint_of(&c.decoded);
+                Box::pin(super::unified::reroute_native(
+                    context,
+                    self.provider.kind,
+                    endpoint,
+                    resp,
+                ))
+                .await
+            }
             Err(e) => local_response(
                 &mut ex,
                 &Rejection {
@@ -239,6 +278,7 @@ impl Opener for Transparent {
             pipeline: Arc::clone(&self.pipeline),
             forwarder: self.upstreams.forwarder(&opening.route),
             limits: self.limits,
+            rerouter: Arc::clone(&self.rerouter),
         });
         Some((Box::new(tls), conn))
     }

@@ -4,24 +4,25 @@
 //! through the same phases as a native one, and the answer comes back in
 //! the `OpenAI` shape.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header, request::Parts};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::Connect;
 use serde_json::{Value, json};
 
 use super::{
-    BodyLimits, Forwarder, LocalAnswer, admit_read, body::LeashBody, json_response, read_body,
+    BodyLimits, Forwarder, LocalAnswer, Reroute, admit_read, body::LeashBody, json_response,
+    read_body,
 };
 use crate::{
     credentials::{self, Credential},
     pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline},
-    provider::{ErrorCode, Providers},
+    provider::{ErrorCode, ProviderKind, Providers},
     record::{Attempt, Unified},
     routes::{Outcome, Route, Routes},
     translate::{self, Api, Translator},
-    upstream::HttpsConnector,
 };
 
 /// An error of the unified API in the `OpenAI` shape, before any provider
@@ -36,19 +37,38 @@ fn openai_error(
     json_response(status, Bytes::from(body.to_string()))
 }
 
-/// What the unified API serves with: the gateway's providers, pipeline,
-/// upstream client and limits.
-pub struct Context<'a> {
+/// What the unified API serves with: providers, routes, pipeline, an
+/// upstream client (`C`: the gateway's, or the agent's marked one), limits,
+/// and who is calling.
+pub struct Context<'a, C> {
     pub providers: &'a Providers,
     pub pipeline: &'a Arc<Pipeline>,
-    pub forwarder: &'a Forwarder<HttpsConnector>,
+    pub forwarder: &'a Forwarder<C>,
     pub limits: BodyLimits,
     pub routes: &'a Routes,
+    pub caller: &'a Caller,
+    pub mode: Mode,
+    /// Whether a target without a credential of its own gets the client's
+    /// (not when a policy sent the request elsewhere: the client's key was
+    /// meant for the provider it called).
+    pub keep_client_key: bool,
 }
 
-pub async fn serve(
-    gw: Context<'_>,
-    peer: SocketAddr,
+impl<C> Clone for Context<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C> Copy for Context<'_, C> {}
+
+/// How the unified API's client connection is made.
+pub trait Connector: Connect + Clone + Send + Sync + 'static {}
+
+impl<C: Connect + Clone + Send + Sync + 'static> Connector for C {}
+
+pub async fn serve<C: Connector>(
+    gw: Context<'_, C>,
     req: Request<Incoming>,
     api: Api,
 ) -> Response<LeashBody> {
@@ -82,7 +102,8 @@ pub async fn serve(
         .unwrap_or_default()
         .to_owned();
     if let Some(route) = gw.routes.get(&requested) {
-        return serve_route(&gw, peer, &head, &value, api, route).await;
+        let resp = serve_route(&gw, &head, &value, api, route).await;
+        return follow(gw, &head, &value, api, resp).await;
     }
     let (name, model) = match translate::split_model(&value) {
         Ok((p, m)) => (p.to_owned(), m.to_owned()),
@@ -94,8 +115,17 @@ pub async fn serve(
         route: None,
         attempts: Vec::new(),
     };
-    match attempt(&gw, peer, &head, value, api, (&name, &model, None), unified).await {
-        Ok((resp, answer)) => translated(resp, &answer),
+    match attempt(
+        &gw,
+        &head,
+        value.clone(),
+        api,
+        (&name, &model, None),
+        unified,
+    )
+    .await
+    {
+        Ok((resp, answer)) => follow(gw, &head, &value, api, translated(resp, &answer)).await,
         Err(AttemptError::Refused(e)) => refused(&e),
         Err(AttemptError::UnknownProvider) => {
             let known = gw.providers.names().collect::<Vec<_>>().join(", ");
@@ -129,9 +159,8 @@ fn head_copy(head: &Parts) -> Parts {
 
 /// One call of `target` (provider, model): translated, through the
 /// pipeline, forwarded. The answer is still the provider's shape.
-async fn attempt(
-    gw: &Context<'_>,
-    peer: SocketAddr,
+async fn attempt<C: Connector>(
+    gw: &Context<'_, C>,
     head: &Parts,
     value: Value,
     api: Api,
@@ -147,15 +176,13 @@ async fn attempt(
         .map_err(AttemptError::Refused)?;
     let mut head = head_copy(head);
     translate::request_headers(provider.kind, &mut head.headers);
-    if let Some(credential) = credential {
-        credentials::inject(provider.kind, &mut head.headers, credential);
+    match credential {
+        Some(credential) => credentials::inject(provider.kind, &mut head.headers, credential),
+        None if !gw.keep_client_key => credentials::strip(&mut head.headers),
+        None => {}
     }
     let upstream_path = format!("{}{}", provider.upstream.base_path(), native.path);
-    let caller = Caller {
-        addr: Some(peer),
-        ..Caller::default()
-    };
-    let mut exchange = Exchange::new(Mode::Gateway, provider, caller, native.path.clone());
+    let mut exchange = Exchange::new(gw.mode, provider, gw.caller.clone(), native.path.clone());
     exchange.unified = Some(unified);
     let ex = ActiveExchange::new(exchange, Arc::clone(gw.pipeline));
     let resp = admit_read(
@@ -187,9 +214,8 @@ enum Tried {
 /// One attempt of a route's request at target `i`, within its timeout;
 /// the breaker, latency average and metrics learn how it went.
 #[allow(clippy::too_many_arguments, reason = "one attempt's whole context")]
-async fn try_target(
-    gw: &Context<'_>,
-    peer: SocketAddr,
+async fn try_target<C: Connector>(
+    gw: &Context<'_, C>,
     head: &Parts,
     value: &Value,
     api: Api,
@@ -203,7 +229,6 @@ async fn try_target(
     let started = Instant::now();
     let call = attempt(
         gw,
-        peer,
         head,
         value.clone(),
         api,
@@ -266,9 +291,8 @@ fn retryable(resp: &Response<LeashBody>) -> bool {
 /// one answers (or the attempts, or the retry budget, run out). A target
 /// that cannot take the request (a field it cannot translate) is passed
 /// over; a stream is never retried once its answer started.
-async fn serve_route(
-    gw: &Context<'_>,
-    peer: SocketAddr,
+async fn serve_route<C: Connector>(
+    gw: &Context<'_, C>,
     head: &Parts,
     value: &Value,
     api: Api,
@@ -309,7 +333,7 @@ async fn serve_route(
             route: Some(route.name.clone()),
             attempts: attempts.clone(),
         };
-        match try_target(gw, peer, head, value, api, route, i, unified).await {
+        match try_target(gw, head, value, api, route, i, unified).await {
             Tried::Answered(resp, answer) => return translated(resp, &answer),
             Tried::Failed(status, ms, answer) => {
                 attempts.push(Attempt {
@@ -341,6 +365,75 @@ async fn serve_route(
             None,
         ),
     }
+}
+
+/// A policy rule sent the request elsewhere (`Reroute` on the answer): it
+/// is served by that route instead, without the client's key (meant for
+/// the provider it called). Once only: a route's request sent on again is
+/// refused.
+async fn follow<C: Connector>(
+    gw: Context<'_, C>,
+    head: &Parts,
+    value: &Value,
+    api: Api,
+    resp: Response<LeashBody>,
+) -> Response<LeashBody> {
+    let Some(reroute) = resp.extensions().get::<Reroute>().cloned() else {
+        return resp;
+    };
+    drop(resp);
+    let Some(route) = gw.routes.get(&reroute.route) else {
+        return openai_error(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            &format!(
+                "leash: policy sends this request to route `{}`, which is not configured",
+                reroute.route
+            ),
+            None,
+        );
+    };
+    let gw = Context {
+        keep_client_key: false,
+        ..gw
+    };
+    let resp = serve_route(&gw, head, value, api, route).await;
+    if resp.extensions().get::<Reroute>().is_some() {
+        return openai_error(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            &format!(
+                "leash: policy sends this request on from route `{}` again; Leash reroutes once",
+                route.name
+            ),
+            None,
+        );
+    }
+    resp
+}
+
+/// A native request (to `/v1/openai/...`, or intercepted) that a policy
+/// rule sent to a route: served there when it is an `OpenAI`-shaped chat
+/// completion or embeddings request; any other answer is returned as is.
+pub async fn reroute_native<C: Connector>(
+    gw: Context<'_, C>,
+    kind: ProviderKind,
+    endpoint: &str,
+    resp: Response<LeashBody>,
+) -> Response<LeashBody> {
+    let Some(reroute) = resp.extensions().get::<Reroute>() else {
+        return resp;
+    };
+    let (ProviderKind::OpenAi, Some(api)) = (kind, Api::of_path(endpoint)) else {
+        return resp;
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(&reroute.body) else {
+        return resp;
+    };
+    let mut head = Request::new(()).into_parts().0;
+    head.method = Method::POST;
+    head.headers = reroute.headers.clone();
+    follow(gw, &head, &value, api, resp).await
 }
 
 /// The provider's (or Leash's own) answer in the `OpenAI` shape.
