@@ -65,6 +65,14 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// What the unified API's translation adds against the native route,
+    /// in one run (rounds alternate); writes bench/translate.json and its
+    /// section of BENCHMARKS.md.
+    BenchTranslate {
+        /// A short run: 3 rounds of 3 s.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Compare this tree with an earlier commit in one run (rounds
     /// alternate): the criterion micro-benchmarks and, as root, the
     /// transparent path's latency; writes bench/micro.json and its section
@@ -546,6 +554,7 @@ fn main() -> Result<()> {
         } => bench::rewrite_report(),
         Task::Bench { quick, .. } => bench::bench(quick),
         Task::BenchConsole { quick } => bench::bench_console(quick),
+        Task::BenchTranslate { quick } => bench::bench_translate(quick),
         Task::BenchCompare {
             base,
             rounds,

@@ -12,12 +12,14 @@ mod plot;
 mod proc;
 mod report;
 mod run;
+mod translate;
 mod transparent;
 
 pub use self::{
     console::bench_console,
     micro::bench_micro,
     run::{bench, build_release, rewrite_report},
+    translate::bench_translate,
 };
 use self::{
     contenders::{
@@ -57,6 +59,9 @@ fn other_sections() -> anyhow::Result<()> {
     }
     if let Some(r) = load("micro.json") {
         micro::render(&r)?;
+    }
+    if let Some(r) = load("translate.json") {
+        translate::render(&r)?;
     }
     Ok(())
 }

@@ -52,10 +52,12 @@ pub(crate) fn load(args: &[String]) {
         ((rate / 100.0) as usize).clamp(4, 64),
     );
     let warmup: f64 = num(args, "--warmup", 1.0);
-    let body = if arg(args, "--stream").is_some() {
-        STREAM_BODY
-    } else {
-        CHAT_BODY
+    // `--body JSON`: another request body (another API's shape).
+    let custom: Option<&'static str> = arg(args, "--body").map(|b| &*Box::leak(b.into_boxed_str()));
+    let body = match custom {
+        Some(b) => b,
+        None if arg(args, "--stream").is_some() => STREAM_BODY,
+        None => CHAT_BODY,
     };
     let t = Arc::new(target(&url, args));
     let total = (rate * seconds) as u64;

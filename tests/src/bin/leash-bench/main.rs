@@ -5,13 +5,15 @@
 //!   OpenAI-compatible upstream (hyper). A chat completion of about `size`
 //!   bytes after `delay-ms` (a request's `x-bench-size` / `x-bench-delay-ms`
 //!   headers override both); with `"stream":true` in the body, `chunks` SSE
-//!   events `gap-ms` apart. With `--tls-names`, it serves TLS with a leaf
+//!   events `gap-ms` apart; `/v1/messages` gets an Anthropic Messages answer
+//!   instead. With `--tls-names`, it serves TLS with a leaf
 //!   for those names from a throwaway CA written to `--tls-ca-out`.
 //! - `leash-bench load --url URL --rate R --seconds S [--connections C]`:
 //!   open-loop load at a fixed rate. Each request has an intended send time
 //!   (`start + i / rate`); latency is measured from it, so a stalled server
 //!   cannot hide its queue (coordinated omission corrected). Plain threads
 //!   and blocking sockets, so timers are precise to tens of microseconds.
+//!   `--body JSON` sends another request body.
 //! - `leash-bench saturate --url URL --seconds S --connections C`: closed
 //!   loop, every connection back to back: the throughput ceiling.
 //! - `leash-bench sse --url URL --requests N`: streams, one after another;

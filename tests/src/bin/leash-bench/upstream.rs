@@ -36,6 +36,24 @@ pub(crate) fn chat_body(size: usize) -> Bytes {
     Bytes::from(v.to_string())
 }
 
+/// An Anthropic Messages answer (for `/v1/messages`), about as large as the
+/// default chat completion.
+fn anthropic_body() -> Bytes {
+    static BODY: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
+        let text = "lorem ipsum ".repeat(70);
+        Bytes::from(
+            json!({
+                "id": "msg_bench", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": 9, "output_tokens": 12}
+            })
+            .to_string(),
+        )
+    });
+    BODY.clone()
+}
+
 pub(crate) fn sse_event(i: usize, last: bool) -> Bytes {
     let chunk = if last {
         json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
@@ -103,9 +121,13 @@ async fn answer(
             .and_then(|v| v.parse::<u64>().ok())
     };
     let delay = header("x-bench-delay-ms").map_or(cfg.delay, Duration::from_millis);
-    let answer = header("x-bench-size")
-        .and_then(|n| cfg.sized.get(&usize::try_from(n).ok()?).cloned())
-        .unwrap_or_else(|| cfg.body.clone());
+    let answer = if req.uri().path() == "/v1/messages" {
+        anthropic_body()
+    } else {
+        header("x-bench-size")
+            .and_then(|n| cfg.sized.get(&usize::try_from(n).ok()?).cloned())
+            .unwrap_or_else(|| cfg.body.clone())
+    };
     let body = req
         .into_body()
         .collect()
