@@ -129,6 +129,45 @@ pub struct Target {
 }
 
 impl Target {
+    fn validate(
+        t: RawTarget,
+        tf: &str,
+        providers: &Providers,
+        credentials: &Credentials,
+    ) -> Result<Self, FieldError> {
+        if providers.get(&t.provider).is_none() {
+            let known = providers.names().collect::<Vec<_>>().join(", ");
+            return Err(invalid(
+                format!("{tf}.provider"),
+                format!("unknown provider `{}` (known: {known})", t.provider),
+            ));
+        }
+        if t.model.is_empty() {
+            return Err(invalid(format!("{tf}.model"), "must not be empty"));
+        }
+        let weight = crate::field::positive(&format!("{tf}.weight"), t.weight, 1)?;
+        let timeout_ms =
+            crate::field::positive(&format!("{tf}.timeout_ms"), t.timeout_ms, 120_000)?;
+        let credential = match &t.credential {
+            None => None,
+            Some(c) => Some(credentials.get(c).cloned().ok_or_else(|| {
+                let known = credentials.names().collect::<Vec<_>>().join(", ");
+                invalid(
+                    format!("{tf}.credential"),
+                    format!("unknown credential `{c}` (known: {known})"),
+                )
+            })?),
+        };
+        Ok(Self {
+            provider: t.provider,
+            model: t.model,
+            weight,
+            timeout: Duration::from_millis(timeout_ms),
+            credential,
+            health: Mutex::default(),
+        })
+    }
+
     /// `provider/model`, as metrics and the audit record name it.
     pub fn label(&self) -> String {
         format!("{}/{}", self.provider, self.model)
@@ -173,47 +212,26 @@ impl Route {
                 "route names use a-z, 0-9, `-` and `_` only",
             ));
         }
+        if providers.get(name).is_some() || crate::provider::RESERVED_NAMES.contains(&name) {
+            return Err(invalid(
+                &field,
+                "a route may not take a provider's name or a path of the unified API (chat, embeddings, unified)",
+            ));
+        }
         if raw.targets.is_empty() {
             return Err(invalid(
                 format!("{field}.targets"),
                 "needs at least one target",
             ));
         }
-        let mut targets = Vec::new();
-        for (i, t) in raw.targets.into_iter().enumerate() {
-            let tf = format!("{field}.targets[{i}]");
-            if providers.get(&t.provider).is_none() {
-                let known = providers.names().collect::<Vec<_>>().join(", ");
-                return Err(invalid(
-                    format!("{tf}.provider"),
-                    format!("unknown provider `{}` (known: {known})", t.provider),
-                ));
-            }
-            if t.model.is_empty() {
-                return Err(invalid(format!("{tf}.model"), "must not be empty"));
-            }
-            let weight = crate::field::positive(&format!("{tf}.weight"), t.weight, 1)?;
-            let timeout_ms =
-                crate::field::positive(&format!("{tf}.timeout_ms"), t.timeout_ms, 120_000)?;
-            let credential = match &t.credential {
-                None => None,
-                Some(c) => Some(credentials.get(c).cloned().ok_or_else(|| {
-                    let known = credentials.names().collect::<Vec<_>>().join(", ");
-                    invalid(
-                        format!("{tf}.credential"),
-                        format!("unknown credential `{c}` (known: {known})"),
-                    )
-                })?),
-            };
-            targets.push(Target {
-                provider: t.provider,
-                model: t.model,
-                weight,
-                timeout: Duration::from_millis(timeout_ms),
-                credential,
-                health: Mutex::default(),
-            });
-        }
+        let targets = raw
+            .targets
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                Target::validate(t, &format!("{field}.targets[{i}]"), providers, credentials)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // One client key cannot be valid at two providers, and Leash does
         // not send a key meant for one provider to another.
         let mixed = targets.iter().any(|t| t.provider != targets[0].provider);

@@ -311,3 +311,59 @@ fn routes_are_validated_against_the_providers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("routes.bad.targets[0].provider"), "{err}");
 }
+
+/// A native route (`/v1/<route>/…`): the official Anthropic SDK, its base URL
+/// the route, falls back from a failing region to a working one; each gets
+/// the request with its own model. Gemini's model, in the path, too.
+#[test]
+fn a_native_route_falls_back_within_one_api() {
+    let mock = MockProvider::start();
+    let routes = format!(
+        "  claude-ha: {{ backoff_ms: 5, targets: [{{provider: a500, model: claude-eu, credential: held}}, {{provider: anthropic, model: {SONNET}, credential: held}}] }}
+  gemini-ha: {{ backoff_ms: 5, targets: [{{provider: google, model: {FLASH}, credential: held}}] }}
+"
+    );
+    let leash = start(&mock, &routes);
+    let out = run_python(
+        "sdk_check.py",
+        &[
+            "anthropic",
+            &format!("http://{}/v1/claude-ha", leash.addr),
+            "sk-route",
+            &text_of(5),
+        ],
+        &[],
+    );
+    assert_success(
+        &format!("anthropic SDK via a native route\n{}", leash.logs()),
+        &out,
+    );
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(requests[0].uri.starts_with("/status/500/v1/messages"));
+    assert_eq!(requests[0].json()["model"], "claude-eu");
+    assert_eq!(requests[1].uri, "/v1/messages");
+    assert_eq!(requests[1].json()["model"], SONNET);
+    let rec = record(&leash, 2);
+    assert_eq!(rec["unified"]["api"], "native", "{rec}");
+    assert_eq!(
+        rec["unified"]["attempts"].as_array().unwrap().len(),
+        2,
+        "{rec}"
+    );
+    // Gemini names the model in the path: the target's replaces the client's.
+    let (status, _, body) = http_request(
+        leash.addr,
+        "POST",
+        "/v1/gemini-ha/v1beta/models/any-model:generateContent",
+        &[("content-type", "application/json")],
+        br#"{"contents":[{"parts":[{"text":"hi"}]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        mock.requests().last().unwrap().uri,
+        format!("/v1beta/models/{FLASH}:generateContent")
+    );
+    assert_held_key_only(&mock);
+}

@@ -155,6 +155,61 @@ impl Gateway {
         }
     }
 
+    /// `/v1/<route>/<rest>`: a native request with fallbacks across the
+    /// route's targets, which must all speak one API (e.g. one provider's
+    /// regions or keys); each gets the request with its own model.
+    async fn native_route(
+        &self,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+        route: &crate::routes::Route,
+        rest: &str,
+    ) -> Response<LeashBody> {
+        let kinds: Vec<_> = route
+            .targets
+            .iter()
+            .filter_map(|t| self.providers.get(&t.provider).map(|p| p.kind))
+            .collect();
+        let Some(&kind) = kinds.first() else {
+            return self.not_found("leash: the route has no known provider");
+        };
+        let refuse = |status: StatusCode, message: &str| {
+            json_response(
+                status,
+                crate::provider::error_body(kind, status, ErrorCode::BadRequest, message),
+            )
+        };
+        if kinds.iter().any(|k| *k != kind) {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "leash: route `{}` mixes provider APIs; call it through the unified API (/v1/chat/completions)",
+                    route.name
+                ),
+            );
+        }
+        let rest = match path::canonical(rest) {
+            Ok(c) => c.encoded,
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        let query = req.uri().query().map(str::to_owned);
+        let (mut head, body) = req.into_parts();
+        let body = match super::read_body(&mut head, body, self.limits, &route.name).await {
+            Ok(body) => body,
+            Err(r) => return refuse(r.status, &r.message),
+        };
+        let caller = Caller {
+            addr: Some(peer),
+            ..Caller::default()
+        };
+        let shape = super::unified::Shape::Native {
+            rest: &rest,
+            query: query.as_deref(),
+            body: &body,
+        };
+        super::unified::serve_route(&self.context(&caller), &head, shape, route).await
+    }
+
     fn not_found(&self, message: &str) -> Response<LeashBody> {
         let known: Vec<&str> = self.providers.names().collect();
         let body = json!({
@@ -190,6 +245,11 @@ impl Gateway {
             ));
         };
         let Some(provider) = self.providers.get(name).map(Arc::clone) else {
+            if let Some(route) = self.routes.get(name) {
+                let route = Arc::clone(route);
+                let rest = rest.to_owned();
+                return Box::pin(self.native_route(peer, req, &route, &rest)).await;
+            }
             let known = self.providers.names().collect::<Vec<_>>().join(", ");
             return self.not_found(&format!(
                 "leash: unknown provider `{name}`; known providers: {known}"

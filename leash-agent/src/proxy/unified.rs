@@ -102,7 +102,7 @@ pub async fn serve<C: Connector>(
         .unwrap_or_default()
         .to_owned();
     if let Some(route) = gw.routes.get(&requested) {
-        let resp = serve_route(&gw, &head, &value, api, route).await;
+        let resp = serve_route(&gw, &head, Shape::Unified(&value, api), route).await;
         return follow(gw, &head, &value, api, resp).await;
     }
     let (name, model) = match translate::split_model(&value) {
@@ -118,14 +118,15 @@ pub async fn serve<C: Connector>(
     match attempt(
         &gw,
         &head,
-        value.clone(),
-        api,
+        Shape::Unified(&value, api),
         (&name, &model, None),
         unified,
     )
     .await
     {
-        Ok((resp, answer)) => follow(gw, &head, &value, api, translated(resp, &answer)).await,
+        Ok((resp, answer)) => {
+            follow(gw, &head, &value, api, translated(resp, answer.as_ref())).await
+        }
         Err(AttemptError::Refused(e)) => refused(&e),
         Err(AttemptError::UnknownProvider) => {
             let known = gw.providers.names().collect::<Vec<_>>().join(", ");
@@ -157,55 +158,103 @@ fn head_copy(head: &Parts) -> Parts {
     copy
 }
 
-/// One call of `target` (provider, model): translated, through the
-/// pipeline, forwarded. The answer is still the provider's shape.
+/// What a route's request is.
+#[derive(Clone, Copy)]
+pub enum Shape<'r> {
+    /// The unified API's `OpenAI`-shaped body, translated for each target.
+    Unified(&'r Value, Api),
+    /// A native request to `/v1/<route>/<rest>`: sent to each target as it
+    /// is, with the target's model (all targets speak the same API).
+    Native {
+        rest: &'r str,
+        query: Option<&'r str>,
+        body: &'r Bytes,
+    },
+}
+
+impl Shape<'_> {
+    fn api(&self) -> &'static str {
+        match self {
+            Self::Unified(_, api) => api.as_str(),
+            Self::Native { .. } => "native",
+        }
+    }
+}
+
+/// A native request for `model`: the model named in the body (`OpenAI`,
+/// Anthropic) or in the path (Gemini's `models/<model>:<method>`).
+fn native_for(kind: ProviderKind, rest: &str, body: &Bytes, model: &str) -> (String, Bytes) {
+    if kind == ProviderKind::Google {
+        let path = match (rest.find("/models/"), rest.rfind(':')) {
+            (Some(a), Some(b)) if a + 8 <= b => {
+                format!("{}{model}{}", &rest[..a + 8], &rest[b..])
+            }
+            _ => rest.to_owned(),
+        };
+        return (path, body.clone());
+    }
+    let body = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(mut o)) => {
+            o.insert("model".into(), Value::String(model.to_owned()));
+            Bytes::from(Value::Object(o).to_string())
+        }
+        // Not a JSON object: as sent (the policy decides what it makes of it).
+        _ => body.clone(),
+    };
+    (rest.to_owned(), body)
+}
+
+/// One call of `target` (provider, model): translated (or, native, given
+/// the target's model), through the pipeline, forwarded. The answer is
+/// still the provider's shape; `Some(answer)` says how to translate it.
 async fn attempt<C: Connector>(
     gw: &Context<'_, C>,
     head: &Parts,
-    value: Value,
-    api: Api,
+    shape: Shape<'_>,
     (name, model, credential): (&str, &str, Option<&Credential>),
     unified: Unified,
-) -> Result<(Response<LeashBody>, translate::Answer), AttemptError> {
+) -> Result<(Response<LeashBody>, Option<translate::Answer>), AttemptError> {
     let provider = gw
         .providers
         .get(name)
         .map(Arc::clone)
         .ok_or(AttemptError::UnknownProvider)?;
-    let native = translate::request(api, provider.kind, name, model, value)
-        .map_err(AttemptError::Refused)?;
     let mut head = head_copy(head);
-    translate::request_headers(provider.kind, &mut head.headers);
+    let (path, query, body, answer) = match shape {
+        Shape::Unified(value, api) => {
+            let native = translate::request(api, provider.kind, name, model, value.clone())
+                .map_err(AttemptError::Refused)?;
+            translate::request_headers(provider.kind, &mut head.headers);
+            (native.path, native.query, native.body, Some(native.answer))
+        }
+        Shape::Native { rest, query, body } => {
+            let (path, body) = native_for(provider.kind, rest, body, model);
+            (path, query, body, None)
+        }
+    };
     match credential {
         Some(credential) => credentials::inject(provider.kind, &mut head.headers, credential),
         None if !gw.keep_client_key => credentials::strip(&mut head.headers),
         None => {}
     }
-    let upstream_path = format!("{}{}", provider.upstream.base_path(), native.path);
-    let mut exchange = Exchange::new(gw.mode, provider, gw.caller.clone(), native.path.clone());
+    let upstream_path = format!("{}{path}", provider.upstream.base_path());
+    let endpoint = provider.upstream.endpoint_of(&upstream_path).to_owned();
+    let mut exchange = Exchange::new(gw.mode, provider, gw.caller.clone(), endpoint);
     exchange.unified = Some(unified);
     let ex = ActiveExchange::new(exchange, Arc::clone(gw.pipeline));
-    let resp = admit_read(
-        ex,
-        head,
-        native.body,
-        &upstream_path,
-        native.query,
-        gw.forwarder,
-    )
-    .await;
-    Ok((resp, native.answer))
+    let resp = admit_read(ex, head, body, &upstream_path, query, gw.forwarder).await;
+    Ok((resp, answer))
 }
 
 enum Tried {
     /// An answer that is not retried: the client gets it.
-    Answered(Response<LeashBody>, translate::Answer),
+    Answered(Response<LeashBody>, Option<translate::Answer>),
     /// A failure (status, or `None` for a timeout; ms), with the answer to
     /// give the client if no other target answers.
     Failed(
         Option<u16>,
         f64,
-        Option<(Response<LeashBody>, translate::Answer)>,
+        Option<(Response<LeashBody>, Option<translate::Answer>)>,
     ),
     /// The target cannot take this request (a field it cannot translate).
     Refused(translate::TranslateError),
@@ -217,8 +266,7 @@ enum Tried {
 async fn try_target<C: Connector>(
     gw: &Context<'_, C>,
     head: &Parts,
-    value: &Value,
-    api: Api,
+    shape: Shape<'_>,
     route: &Route,
     i: usize,
     unified: Unified,
@@ -230,8 +278,7 @@ async fn try_target<C: Connector>(
     let call = attempt(
         gw,
         head,
-        value.clone(),
-        api,
+        shape,
         (&target.provider, &target.model, target.credential.as_ref()),
         unified,
     );
@@ -291,11 +338,10 @@ fn retryable(resp: &Response<LeashBody>) -> bool {
 /// one answers (or the attempts, or the retry budget, run out). A target
 /// that cannot take the request (a field it cannot translate) is passed
 /// over; a stream is never retried once its answer started.
-async fn serve_route<C: Connector>(
+pub async fn serve_route<C: Connector>(
     gw: &Context<'_, C>,
     head: &Parts,
-    value: &Value,
-    api: Api,
+    shape: Shape<'_>,
     route: &Route,
 ) -> Response<LeashBody> {
     let metrics = gw.pipeline.metrics();
@@ -315,7 +361,7 @@ async fn serve_route<C: Connector>(
         );
     }
     let mut attempts: Vec<Attempt> = Vec::new();
-    let mut last: Option<(Response<LeashBody>, translate::Answer)> = None;
+    let mut last: Option<(Response<LeashBody>, Option<translate::Answer>)> = None;
     let mut refusal = None;
     for &i in &plan {
         let target = &route.targets[i];
@@ -328,13 +374,13 @@ async fn serve_route<C: Connector>(
             tokio::time::sleep(route.backoff(retry)).await;
         }
         let unified = Unified {
-            api: api.as_str().to_owned(),
+            api: shape.api().to_owned(),
             model: route.name.clone(),
             route: Some(route.name.clone()),
             attempts: attempts.clone(),
         };
-        match try_target(gw, head, value, api, route, i, unified).await {
-            Tried::Answered(resp, answer) => return translated(resp, &answer),
+        match try_target(gw, head, shape, route, i, unified).await {
+            Tried::Answered(resp, answer) => return translated(resp, answer.as_ref()),
             Tried::Failed(status, ms, answer) => {
                 attempts.push(Attempt {
                     provider: target.provider.clone(),
@@ -350,7 +396,7 @@ async fn serve_route<C: Connector>(
         }
     }
     match (last, refusal) {
-        (Some((resp, answer)), _) => translated(resp, &answer),
+        (Some((resp, answer)), _) => translated(resp, answer.as_ref()),
         (None, Some(e)) if attempts.is_empty() => {
             json_response(StatusCode::BAD_REQUEST, translate::refusal_body(&e))
         }
@@ -397,7 +443,7 @@ async fn follow<C: Connector>(
         keep_client_key: false,
         ..gw
     };
-    let resp = serve_route(&gw, head, value, api, route).await;
+    let resp = serve_route(&gw, head, Shape::Unified(value, api), route).await;
     if resp.extensions().get::<Reroute>().is_some() {
         return openai_error(
             StatusCode::FORBIDDEN,
@@ -436,8 +482,15 @@ pub async fn reroute_native<C: Connector>(
     follow(gw, &head, &value, api, resp).await
 }
 
-/// The provider's (or Leash's own) answer in the `OpenAI` shape.
-fn translated(resp: Response<LeashBody>, answer: &translate::Answer) -> Response<LeashBody> {
+/// The provider's (or Leash's own) answer in the `OpenAI` shape (as it is
+/// without `answer`: a native route's).
+fn translated(
+    resp: Response<LeashBody>,
+    answer: Option<&translate::Answer>,
+) -> Response<LeashBody> {
+    let Some(answer) = answer else {
+        return resp;
+    };
     let content_type = resp
         .headers()
         .get(header::CONTENT_TYPE)
