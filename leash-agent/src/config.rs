@@ -72,6 +72,8 @@ pub struct Config {
     pub routes: crate::routes::Routes,
     /// Provider credentials Leash holds.
     pub credentials: crate::credentials::Credentials,
+    /// Virtual keys.
+    pub auth: crate::keys::AuthConfig,
 }
 
 // ---- the file as written -------------------------------------------------
@@ -111,6 +113,8 @@ struct RawConfig {
     routes: BTreeMap<String, crate::routes::RawRoute>,
     #[serde(default)]
     credentials: BTreeMap<String, crate::credentials::RawCredential>,
+    #[serde(default)]
+    auth: crate::keys::RawAuth,
 }
 
 /// Command-line values that take precedence over the file.
@@ -205,6 +209,7 @@ impl RawConfig {
             teams,
             routes,
             credentials,
+            auth,
         } = self;
         let host_id = match host_id {
             Some(h) if h.trim().is_empty() => return Err(invalid("host_id", "must not be empty")),
@@ -226,12 +231,18 @@ impl RawConfig {
         let providers = Providers::validate(providers)?;
         let credentials = crate::credentials::Credentials::validate(credentials, base)?;
         let routes = crate::routes::Routes::validate(routes, &providers, &credentials)?;
+        let auth = crate::keys::AuthConfig::validate(auth, base, &providers, &credentials)?;
+        let mut pipeline = PipelineConfig::validate(pipeline)?;
+        if auth.mode != crate::keys::AuthMode::Passthrough {
+            pipeline = pipeline.with_keys();
+        }
         Ok(Config {
             routes,
             credentials,
+            auth,
+            pipeline,
             upstream: UpstreamConfig::validate(upstream, upstream_tls, base)?,
             audit,
-            pipeline: PipelineConfig::validate(pipeline)?,
             intercept: InterceptConfig::validate(intercept, &providers)?,
             ca: CaConfig::from_raw(ca, base),
             pricing: pricing::validate(pricing)?,

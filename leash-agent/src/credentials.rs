@@ -144,6 +144,15 @@ pub fn strip(headers: &mut HeaderMap) {
     }
 }
 
+/// A query string without its `key=` parameters (Gemini's key in the URL).
+pub fn strip_query(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|p| !p.starts_with("key="))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// Replaces the client's credential with `credential`, in the header a
 /// provider of `kind` reads.
 pub fn inject(kind: ProviderKind, headers: &mut HeaderMap, credential: &Credential) {

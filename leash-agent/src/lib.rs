@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod faults;
 pub mod field;
 pub mod intercept;
+pub mod keys;
 pub mod metrics;
 pub mod modules;
 pub mod pipeline;

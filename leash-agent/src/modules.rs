@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::{
     alerts::Alerter,
     field::{FieldError, invalid},
+    keys::{self, AuthConfig},
     metrics::Metrics,
     pipeline::{
         Module,
@@ -22,7 +23,13 @@ use crate::{
 };
 
 /// Names accepted in `pipeline.modules`.
-pub const NAMES: &[&str] = &[team::NAME, policy::NAME, usage::NAME, budget::NAME];
+pub const NAMES: &[&str] = &[
+    team::NAME,
+    keys::NAME,
+    policy::NAME,
+    usage::NAME,
+    budget::NAME,
+];
 /// Pipeline modules run when the config names none.
 pub const DEFAULT_MODULES: &[&str] = &[team::NAME, policy::NAME, usage::NAME, budget::NAME];
 
@@ -40,6 +47,22 @@ pub struct RawPipeline {
 }
 
 impl PipelineConfig {
+    /// With virtual keys on, the `keys` module runs right after `team` (a
+    /// key names the team, and is the strongest evidence of it) when the
+    /// list does not place it.
+    #[must_use]
+    pub fn with_keys(mut self) -> Self {
+        if !self.modules.iter().any(|m| m == keys::NAME) {
+            let at = self
+                .modules
+                .iter()
+                .position(|m| m == team::NAME)
+                .map_or(0, |i| i + 1);
+            self.modules.insert(at, keys::NAME.to_owned());
+        }
+        self
+    }
+
     pub fn validate(raw: RawPipeline) -> Result<Self, FieldError> {
         let modules = raw
             .modules
@@ -72,14 +95,19 @@ pub struct Parts<'a> {
     pub teams: &'a [TeamConfig],
     /// Where the audit trail is (budgets rebuild their spend from it).
     pub audit_dir: &'a Path,
+    pub auth: &'a AuthConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("pipeline module `{0}` is not known")]
-pub struct UnknownModule(pub String);
+pub enum BuildError {
+    #[error("pipeline module `{0}` is not known")]
+    Unknown(String),
+    #[error("auth: {0}")]
+    Keys(#[from] keys::store::StoreError),
+}
 
 /// The module called `name`.
-pub fn build(name: &str, parts: &Parts<'_>) -> Result<Box<dyn Module>, UnknownModule> {
+pub fn build(name: &str, parts: &Parts<'_>) -> Result<Box<dyn Module>, BuildError> {
     match name {
         policy::NAME => Ok(Box::new(policy::PolicyModule::new(
             Arc::clone(parts.policy),
@@ -94,7 +122,8 @@ pub fn build(name: &str, parts: &Parts<'_>) -> Result<Box<dyn Module>, UnknownMo
         ))),
         team::NAME => Ok(Box::new(team::TeamModule::new(parts.teams.to_vec()))),
         usage::NAME => Ok(Box::new(usage::UsageModule::new(Arc::clone(parts.prices)))),
-        other => Err(UnknownModule(other.to_owned())),
+        keys::NAME => Ok(Box::new(keys::KeysModule::new(parts.auth)?)),
+        other => Err(BuildError::Unknown(other.to_owned())),
     }
 }
 
@@ -102,7 +131,7 @@ pub fn build(name: &str, parts: &Parts<'_>) -> Result<Box<dyn Module>, UnknownMo
 pub fn build_all(
     pipeline: &PipelineConfig,
     parts: &Parts<'_>,
-) -> Result<Vec<Box<dyn Module>>, UnknownModule> {
+) -> Result<Vec<Box<dyn Module>>, BuildError> {
     pipeline
         .modules
         .iter()

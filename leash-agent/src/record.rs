@@ -58,6 +58,16 @@ pub enum ErrorCode {
     NotFound,
     #[serde(rename = "leash_policy_blocked")]
     PolicyBlocked,
+    /// No valid Leash key (unknown, revoked, expired, or none where one is
+    /// required).
+    #[serde(rename = "leash_unauthorized")]
+    Unauthorized,
+    /// The Leash key may not do this (model, provider).
+    #[serde(rename = "leash_key_not_allowed")]
+    KeyNotAllowed,
+    /// The Leash key is over its rate.
+    #[serde(rename = "leash_rate_limited")]
+    RateLimited,
     /// A policy rule sent the request to another route (`action: route`).
     #[serde(rename = "leash_policy_routed")]
     PolicyRouted,
@@ -78,6 +88,9 @@ impl ErrorCode {
             Self::BodyTooLarge => "leash_body_too_large",
             Self::NotFound => "leash_not_found",
             Self::PolicyBlocked => "leash_policy_blocked",
+            Self::Unauthorized => "leash_unauthorized",
+            Self::KeyNotAllowed => "leash_key_not_allowed",
+            Self::RateLimited => "leash_rate_limited",
             Self::PolicyRouted => "leash_policy_routed",
             Self::UpstreamUnreachable => "leash_upstream_unreachable",
             Self::UpstreamTimeout => "leash_upstream_timeout",
@@ -88,9 +101,15 @@ impl ErrorCode {
 
     pub const fn side(self) -> ErrorSide {
         match self {
-            Self::BadRequest | Self::BodyTooLarge | Self::NotFound => ErrorSide::Client,
+            Self::BadRequest | Self::BodyTooLarge | Self::NotFound | Self::Unauthorized => {
+                ErrorSide::Client
+            }
             Self::UpstreamUnreachable | Self::UpstreamTimeout => ErrorSide::Upstream,
-            Self::PolicyBlocked | Self::PolicyRouted | Self::BudgetExceeded => ErrorSide::Decision,
+            Self::PolicyBlocked
+            | Self::PolicyRouted
+            | Self::BudgetExceeded
+            | Self::KeyNotAllowed
+            | Self::RateLimited => ErrorSide::Decision,
             Self::Internal => ErrorSide::Internal,
         }
     }
@@ -411,6 +430,9 @@ pub struct AuditRecord {
     /// Set for requests to the unified API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unified: Option<Unified>,
+    /// The id of the Leash key the request was made with (never the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 #[cfg(test)]
@@ -459,6 +481,7 @@ mod tests {
             refusal: None,
             bypass: None,
             unified: None,
+            key_id: None,
         };
         let text = serde_json::to_string(&record).unwrap_or_default();
         assert!(text.contains(r#""error":"leash_policy_blocked""#), "{text}");

@@ -16,7 +16,7 @@ use crate::{
     config::Config,
     intercept::{hooks::HookError, pin::PinError},
     metrics::Metrics,
-    modules::{self, Parts, UnknownModule},
+    modules::{self, BuildError, Parts},
     pipeline::Pipeline,
     policy::{PolicyError, PolicyHandle},
     pricing::PriceTable,
@@ -43,7 +43,7 @@ pub enum RunError {
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error(transparent)]
-    Pipeline(#[from] UnknownModule),
+    Pipeline(#[from] BuildError),
     #[error("invalid config: `policy`: {0}")]
     Policy(#[from] PolicyError),
     #[error(transparent)]
@@ -165,6 +165,7 @@ fn build_modules(
             budgets: &config.budgets,
             teams: &config.teams,
             audit_dir: &config.audit.dir,
+            auth: &config.auth,
         },
     )?)
 }

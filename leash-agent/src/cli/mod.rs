@@ -5,6 +5,7 @@ mod audit;
 mod ca;
 mod console;
 mod intercept;
+mod keys;
 mod policy;
 
 use std::path::PathBuf;
@@ -96,6 +97,9 @@ enum Command {
     /// Check and try policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Virtual keys: create, list, revoke, rotate.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -268,6 +272,7 @@ fn run() -> anyhow::Result<()> {
         Command::Ca(cmd) => ca::command(cmd),
         Command::Audit(cmd) => audit::command(cmd),
         Command::Policy(cmd) => policy::command(cmd),
+        Command::Keys(cmd) => keys::command(cmd),
         Command::Intercept(cmd) => intercept::command(cmd),
         Command::Console {
             config,

@@ -63,6 +63,7 @@ fn event(
         refusal,
         bypass: None,
         unified: None,
+        key_id: None,
     }
 }
 

@@ -159,6 +159,7 @@ impl Exchange {
             event: None,
             refusal: None,
             bypass: None,
+            key_id: None,
             unified: self.unified.as_ref().map(|u| {
                 let mut u = u.clone();
                 // A routed request's record lists its own attempt last.
@@ -192,6 +193,19 @@ pub struct Rejection {
     pub code: ErrorCode,
     pub message: String,
 }
+
+/// What happens to the client's provider key once the request phases
+/// passed: replaced by a credential Leash holds (a virtual key's, a route
+/// target's), or removed (a policy sent the request elsewhere).
+#[derive(Debug, Clone)]
+pub enum CredentialAction {
+    Inject(crate::credentials::Credential),
+    Strip,
+}
+
+/// Seconds a client should wait, for Leash's own 429 (`retry-after`).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryAfter(pub u64);
 
 /// What a request phase decided.
 #[derive(Debug)]

@@ -95,7 +95,7 @@ impl TeamModule {
     }
 }
 
-fn valid_team(s: &str) -> bool {
+pub fn valid_team(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))

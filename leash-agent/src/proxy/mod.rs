@@ -27,7 +27,11 @@ use hyper_util::client::legacy::{Client, connect::Connect};
 use self::body::LeashBody;
 pub use self::decode::BodyLimits;
 use crate::{
-    pipeline::{ActiveExchange, BodyFlow, Flow, ProxyRequest, Rejection, identify},
+    credentials,
+    pipeline::{
+        ActiveExchange, BodyFlow, CredentialAction, Flow, ProxyRequest, Rejection, RetryAfter,
+        identify,
+    },
     provider::{ErrorCode, error_body},
 };
 
@@ -215,6 +219,21 @@ pub async fn admit_read<C: Connect + Clone + Send + Sync + 'static>(
             return resp;
         }
     }
+    // The client's provider key replaced or removed, as the phases said.
+    let stripped;
+    let query = match ex.ext.remove::<CredentialAction>() {
+        None => query,
+        Some(action) => {
+            match &action {
+                CredentialAction::Inject(c) => {
+                    credentials::inject(ex.provider.kind, &mut request.head.headers, c);
+                }
+                CredentialAction::Strip => credentials::strip(&mut request.head.headers),
+            }
+            stripped = query.map(credentials::strip_query);
+            stripped.as_deref().filter(|q| !q.is_empty())
+        }
+    };
     let Ok(target) = ex.provider.upstream.at_path(&request.upstream_path, query) else {
         return local_response(
             &mut ex,
@@ -445,6 +464,10 @@ pub fn local_response(ex: &mut ActiveExchange, rejection: &Rejection) -> Respons
     let mut resp = Response::new(LeashBody::local(body, ex));
     *resp.status_mut() = rejection.status;
     resp.extensions_mut().insert(LocalAnswer(rejection.code));
+    if let Some(RetryAfter(secs)) = ex.ext.get::<RetryAfter>() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+    }
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

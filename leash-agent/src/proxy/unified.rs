@@ -17,8 +17,8 @@ use super::{
     read_body,
 };
 use crate::{
-    credentials::{self, Credential},
-    pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline},
+    credentials::Credential,
+    pipeline::{ActiveExchange, Caller, CredentialAction, Exchange, Mode, Pipeline},
     provider::{ErrorCode, ProviderKind, Providers},
     record::{Attempt, Unified},
     routes::{Outcome, Route, Routes},
@@ -232,15 +232,21 @@ async fn attempt<C: Connector>(
             (path, query, body, None)
         }
     };
-    match credential {
-        Some(credential) => credentials::inject(provider.kind, &mut head.headers, credential),
-        None if !gw.keep_client_key => credentials::strip(&mut head.headers),
-        None => {}
-    }
     let upstream_path = format!("{}{path}", provider.upstream.base_path());
     let endpoint = provider.upstream.endpoint_of(&upstream_path).to_owned();
     let mut exchange = Exchange::new(gw.mode, provider, gw.caller.clone(), endpoint);
     exchange.unified = Some(unified);
+    // Applied once the request phases passed (a virtual key is checked
+    // there first).
+    match credential {
+        Some(c) => {
+            exchange.ext.insert(CredentialAction::Inject(c.clone()));
+        }
+        None if !gw.keep_client_key => {
+            exchange.ext.insert(CredentialAction::Strip);
+        }
+        None => {}
+    }
     let ex = ActiveExchange::new(exchange, Arc::clone(gw.pipeline));
     let resp = admit_read(ex, head, body, &upstream_path, query, gw.forwarder).await;
     Ok((resp, answer))
