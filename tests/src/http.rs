@@ -79,6 +79,29 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// POST a JSON `body` to `path` with `Authorization: Bearer <key>`:
+/// status, headers and the body as text (panics if nothing answers).
+pub fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    key: &str,
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    let auth = format!("Bearer {key}");
+    let (status, headers, body) = http_request(
+        addr,
+        "POST",
+        path,
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &auth),
+        ],
+        body,
+    )
+    .expect("the server answers");
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// GET `path`; `None` if nothing answers.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     http_request(addr, "GET", path, &[], b"")

@@ -18,7 +18,7 @@ use std::{
 
 use leash_tests::{
     harness::{Leash, assert_success, leash_command, mock_providers_yaml, run, run_python},
-    http::http_request,
+    http::post_json,
     mock::{MockProvider, text_of},
 };
 use serde_json::Value;
@@ -64,19 +64,7 @@ fn key_id(key: &str) -> &str {
 }
 
 fn chat(leash: &Leash, key: &str, path: &str, body: &[u8]) -> (u16, Vec<(String, String)>, String) {
-    let auth = format!("Bearer {key}");
-    let (status, headers, body) = http_request(
-        leash.addr,
-        "POST",
-        path,
-        &[
-            ("content-type", "application/json"),
-            ("authorization", &auth),
-        ],
-        body,
-    )
-    .unwrap();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
+    post_json(leash.addr, path, key, body)
 }
 
 const OPENAI_CHAT: &[u8] =

@@ -11,7 +11,7 @@
 
 use leash_tests::{
     harness::{Leash, assert_success, mock_providers_yaml, require_root, run},
-    http::http_request,
+    http::post_json,
     mock::{MockProvider, text_of},
     world::{Host, World},
 };
@@ -41,19 +41,8 @@ fn chat_body(model: &str, text: &str) -> Vec<u8> {
 }
 
 fn post(leash: &Leash, path: &str, body: &[u8]) -> (u16, Value) {
-    let auth = format!("Bearer {CLIENT_KEY}");
-    let (status, _, body) = http_request(
-        leash.addr,
-        "POST",
-        path,
-        &[
-            ("content-type", "application/json"),
-            ("authorization", &auth),
-        ],
-        body,
-    )
-    .unwrap();
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    let (status, _, body) = post_json(leash.addr, path, CLIENT_KEY, body);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 fn saw(mock: &MockProvider, needle: &str) -> bool {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use leash_tests::{
     harness::{Leash, assert_success, free_port, run_python},
-    http::http_request,
+    http::{http_request, post_json},
     mock::{MockProvider, text_of},
 };
 use serde_json::{Value, json};
@@ -96,18 +96,13 @@ fn sdk_chat(leash: &Leash, model: &str) -> Value {
 fn raw_chat(leash: &Leash, model: &str, stream: bool) -> (u16, String) {
     let body =
         json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
-    let (status, _, body) = http_request(
+    let (status, _, body) = post_json(
         leash.addr,
-        "POST",
         "/v1/chat/completions",
-        &[
-            ("content-type", "application/json"),
-            ("authorization", "Bearer sk-route"),
-        ],
+        "sk-route",
         body.to_string().as_bytes(),
-    )
-    .expect("gateway answers");
-    (status, String::from_utf8_lossy(&body).into_owned())
+    );
+    (status, body)
 }
 
 /// How many requests the mock received whose path starts with `prefix`.

@@ -266,18 +266,13 @@ fn policy_blocks_a_secret_sent_through_the_unified_api() {
     for model in ["anthropic/claude-sonnet-4-5", "google/gemini-2.5-flash"] {
         let call = |text: &str| {
             let body = json!({"model": model, "messages": [{"role": "user", "content": text}]});
-            leash_tests::http::http_request(
+            let (status, _, body) = leash_tests::http::post_json(
                 leash.addr,
-                "POST",
                 "/v1/chat/completions",
-                &[
-                    ("content-type", "application/json"),
-                    ("authorization", "Bearer sk-x"),
-                ],
+                "sk-x",
                 body.to_string().as_bytes(),
-            )
-            .map(|(status, _, body)| (status, String::from_utf8_lossy(&body).into_owned()))
-            .unwrap()
+            );
+            (status, body)
         };
         let before = mock.requests().len();
         let blocked = call("my key is AKIAZ7QX3PLM9V2KD4RT");

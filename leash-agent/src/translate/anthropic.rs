@@ -4,8 +4,8 @@ use serde_json::{Map, Value, json};
 
 use super::{
     Chunks, DEFAULT_ANTHROPIC_MAX_TOKENS, Image, StreamEvents, TranslateError, check_fields,
-    completion, function_of, image_of, max_tokens, openai_usage, stop_sequences, text_of,
-    tool_arguments,
+    completion, function_of, max_tokens, openai_usage, stop_sequences,
+    turns::{self, Choice, Turn},
 };
 
 const PROVIDER: &str = "anthropic";
@@ -83,27 +83,12 @@ pub(super) fn request(body: &Map<String, Value>, model: &str) -> Result<Value, T
         out.insert("tools".into(), Value::Array(tools));
     }
     let parallel = body.get("parallel_tool_calls").and_then(Value::as_bool);
-    let choice = match body.get("tool_choice") {
-        None | Some(Value::Null) => parallel.map(|_| json!({"type": "auto"})),
-        Some(Value::String(s)) => Some(match s.as_str() {
-            "auto" => json!({"type": "auto"}),
-            "required" => json!({"type": "any"}),
-            "none" => json!({"type": "none"}),
-            other => {
-                return Err(TranslateError::invalid(
-                    "tool_choice",
-                    format!("`{other}` is not auto, required or none"),
-                ));
-            }
-        }),
-        Some(v) => {
-            let name = v
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| TranslateError::invalid("tool_choice", "names no function"))?;
-            Some(json!({"type": "tool", "name": name}))
-        }
+    let choice = match turns::tool_choice(body)? {
+        None => parallel.map(|_| json!({"type": "auto"})),
+        Some(Choice::Auto) => Some(json!({"type": "auto"})),
+        Some(Choice::Required) => Some(json!({"type": "any"})),
+        Some(Choice::None) => Some(json!({"type": "none"})),
+        Some(Choice::Function(name)) => Some(json!({"type": "tool", "name": name})),
     };
     if let Some(mut choice) = choice {
         if parallel == Some(false) && choice["type"] != "none" {
@@ -117,112 +102,52 @@ pub(super) fn request(body: &Map<String, Value>, model: &str) -> Result<Value, T
 /// The system prompt and the Anthropic messages (consecutive turns of one
 /// role merged: tool results follow their calls in one user turn).
 fn messages_of(messages: &[Value]) -> Result<(String, Vec<Value>), TranslateError> {
-    let mut system = String::new();
+    let turns = turns::turns(messages)?;
     let mut out: Vec<Value> = Vec::new();
-    for (i, message) in messages.iter().enumerate() {
-        let field = format!("messages[{i}]");
-        let role = message
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| TranslateError::invalid(format!("{field}.role"), "is required"))?;
-        let content = message.get("content").unwrap_or(&Value::Null);
-        let (role, blocks) = match role {
-            "system" | "developer" => {
-                if !system.is_empty() {
-                    system.push_str("\n\n");
+    for (field, turn) in &turns {
+        let (role, blocks) = match turn {
+            Turn::System(_) => continue,
+            Turn::User(content) => (
+                "user",
+                turns::user_parts(
+                    content,
+                    field,
+                    PROVIDER,
+                    |text| json!({"type": "text", "text": text}),
+                    |image| match image {
+                        Image::Inline { media_type, data } => {
+                            json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
+                        }
+                        Image::Url(url) => {
+                            json!({"type": "image", "source": {"type": "url", "url": url}})
+                        }
+                    },
+                )?,
+            ),
+            Turn::Assistant { text, calls } => {
+                let mut blocks = Vec::new();
+                if !text.is_empty() {
+                    blocks.push(json!({"type": "text", "text": text}));
                 }
-                system.push_str(&text_of(content, &format!("{field}.content"))?);
-                continue;
-            }
-            "user" => ("user", user_blocks(content, &field)?),
-            "assistant" => ("assistant", assistant_blocks(message, &field)?),
-            "tool" => {
-                let id = message
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        TranslateError::invalid(format!("{field}.tool_call_id"), "is required")
+                for (k, call) in calls.iter().enumerate() {
+                    let id = call.id.ok_or_else(|| {
+                        TranslateError::invalid(
+                            format!("{field}.tool_calls[{k}].id"),
+                            "is required",
+                        )
                     })?;
-                let text = text_of(content, &format!("{field}.content"))?;
-                (
-                    "user",
-                    vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})],
-                )
+                    blocks.push(json!({"type": "tool_use", "id": id, "name": call.name, "input": call.args}));
+                }
+                ("assistant", blocks)
             }
-            other => {
-                return Err(TranslateError::invalid(
-                    format!("{field}.role"),
-                    format!("`{other}` is not a role"),
-                ));
-            }
+            Turn::Tool { id, text } => (
+                "user",
+                vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})],
+            ),
         };
-        match out.last_mut() {
-            Some(last) if last["role"] == role => {
-                if let Some(content) = last["content"].as_array_mut() {
-                    content.extend(blocks);
-                }
-            }
-            _ => out.push(json!({"role": role, "content": blocks})),
-        }
+        turns::push_turn(&mut out, role, "content", blocks);
     }
-    Ok((system, out))
-}
-
-fn user_blocks(content: &Value, field: &str) -> Result<Vec<Value>, TranslateError> {
-    match content {
-        Value::String(s) => Ok(vec![json!({"type": "text", "text": s})]),
-        Value::Array(parts) => parts
-            .iter()
-            .enumerate()
-            .map(|(j, part)| {
-                let field = format!("{field}.content[{j}]");
-                match part.get("type").and_then(Value::as_str) {
-                    Some("text") => Ok(json!({"type": "text", "text": part.get("text").cloned().unwrap_or(Value::Null)})),
-                    Some("image_url") => Ok(match image_of(part, &field)? {
-                        Image::Inline { media_type, data } => json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}),
-                        Image::Url(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
-                    }),
-                    other => Err(TranslateError::invalid(
-                        format!("{field}.type"),
-                        format!("{other:?} cannot be translated to anthropic"),
-                    )),
-                }
-            })
-            .collect(),
-        _ => Err(TranslateError::invalid(
-            format!("{field}.content"),
-            "must be a string or an array of parts",
-        )),
-    }
-}
-
-fn assistant_blocks(message: &Value, field: &str) -> Result<Vec<Value>, TranslateError> {
-    let mut blocks = Vec::new();
-    let text = text_of(
-        message.get("content").unwrap_or(&Value::Null),
-        &format!("{field}.content"),
-    )?;
-    if !text.is_empty() {
-        blocks.push(json!({"type": "text", "text": text}));
-    }
-    if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
-        for (k, call) in calls.iter().enumerate() {
-            let field = format!("{field}.tool_calls[{k}]");
-            let id = call
-                .get("id")
-                .and_then(Value::as_str)
-                .ok_or_else(|| TranslateError::invalid(format!("{field}.id"), "is required"))?;
-            let name = call
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    TranslateError::invalid(format!("{field}.function.name"), "is required")
-                })?;
-            blocks.push(json!({"type": "tool_use", "id": id, "name": name, "input": tool_arguments(call, &field)?}));
-        }
-    }
-    Ok(blocks)
+    Ok((turns::system_text(&turns), out))
 }
 
 fn finish_reason(stop_reason: Option<&str>) -> &'static str {

@@ -6,7 +6,8 @@ use serde_json::{Map, Value, json};
 
 use super::{
     Answer, Chunks, Image, StreamEvents, TranslateError, check_fields, completion, function_of,
-    image_of, max_tokens, openai_usage, stop_sequences, text_of, tool_arguments,
+    max_tokens, openai_usage, stop_sequences,
+    turns::{self, Choice, Turn},
 };
 
 const PROVIDER: &str = "google";
@@ -75,28 +76,12 @@ pub(super) fn request(body: &Map<String, Value>) -> Result<Value, TranslateError
             json!([{"functionDeclarations": declarations}]),
         );
     }
-    let calling = match body.get("tool_choice") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(match s.as_str() {
-            "auto" => json!({"mode": "AUTO"}),
-            "required" => json!({"mode": "ANY"}),
-            "none" => json!({"mode": "NONE"}),
-            other => {
-                return Err(TranslateError::invalid(
-                    "tool_choice",
-                    format!("`{other}` is not auto, required or none"),
-                ));
-            }
-        }),
-        Some(v) => {
-            let name = v
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| TranslateError::invalid("tool_choice", "names no function"))?;
-            Some(json!({"mode": "ANY", "allowedFunctionNames": [name]}))
-        }
-    };
+    let calling = turns::tool_choice(body)?.map(|choice| match choice {
+        Choice::Auto => json!({"mode": "AUTO"}),
+        Choice::Required => json!({"mode": "ANY"}),
+        Choice::None => json!({"mode": "NONE"}),
+        Choice::Function(name) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
+    });
     if let Some(calling) = calling {
         out.insert(
             "toolConfig".into(),
@@ -156,72 +141,54 @@ fn generation_config(body: &Map<String, Value>) -> Result<Map<String, Value>, Tr
 /// The system instruction and the Gemini contents. A tool result names its
 /// function, which Gemini needs: found from the call with its id.
 fn contents_of(messages: &[Value]) -> Result<(String, Vec<Value>), TranslateError> {
-    let mut system = String::new();
+    let turns = turns::turns(messages)?;
     let mut out: Vec<Value> = Vec::new();
-    let mut call_names: Vec<(String, String)> = Vec::new();
-    for (i, message) in messages.iter().enumerate() {
-        let field = format!("messages[{i}]");
-        let role = message
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| TranslateError::invalid(format!("{field}.role"), "is required"))?;
-        let content = message.get("content").unwrap_or(&Value::Null);
-        let (role, parts) = match role {
-            "system" | "developer" => {
-                if !system.is_empty() {
-                    system.push_str("\n\n");
-                }
-                system.push_str(&text_of(content, &format!("{field}.content"))?);
-                continue;
-            }
-            "user" => ("user", user_parts(content, &field)?),
-            "assistant" => {
+    let mut call_names: Vec<(&str, &str)> = Vec::new();
+    for (field, turn) in &turns {
+        let (role, parts) = match turn {
+            Turn::System(_) => continue,
+            Turn::User(content) => (
+                "user",
+                turns::user_parts(
+                    content,
+                    field,
+                    PROVIDER,
+                    |text| json!({"text": text}),
+                    |image| match image {
+                        Image::Inline { media_type, data } => {
+                            json!({"inlineData": {"mimeType": media_type, "data": data}})
+                        }
+                        Image::Url(url) => {
+                            json!({"fileData": {"mimeType": mime_of(&url), "fileUri": url}})
+                        }
+                    },
+                )?,
+            ),
+            Turn::Assistant { text, calls } => {
                 let mut parts = Vec::new();
-                let text = text_of(content, &format!("{field}.content"))?;
                 if !text.is_empty() {
                     parts.push(json!({"text": text}));
                 }
-                for (k, call) in message
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .enumerate()
-                {
-                    let field = format!("{field}.tool_calls[{k}]");
-                    let name = call
-                        .get("function")
-                        .and_then(|f| f.get("name"))
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| {
-                            TranslateError::invalid(format!("{field}.function.name"), "is required")
-                        })?;
-                    if let Some(id) = call.get("id").and_then(Value::as_str) {
-                        call_names.push((id.to_owned(), name.to_owned()));
+                for call in calls {
+                    if let Some(id) = call.id {
+                        call_names.push((id, call.name));
                     }
-                    parts.push(json!({"functionCall": {"name": name, "args": tool_arguments(call, &field)?}}));
+                    parts.push(json!({"functionCall": {"name": call.name, "args": call.args}}));
                 }
                 ("model", parts)
             }
-            "tool" => {
-                let id = message
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        TranslateError::invalid(format!("{field}.tool_call_id"), "is required")
-                    })?;
+            Turn::Tool { id, text } => {
                 let name = call_names
                     .iter()
                     .find(|(c, _)| c == id)
-                    .map(|(_, n)| n.clone())
+                    .map(|(_, n)| *n)
                     .ok_or_else(|| {
                         TranslateError::invalid(
                             format!("{field}.tool_call_id"),
                             format!("`{id}` answers no earlier assistant tool call"),
                         )
                     })?;
-                let text = text_of(content, &format!("{field}.content"))?;
-                let response = match serde_json::from_str::<Value>(&text) {
+                let response = match serde_json::from_str::<Value>(text) {
                     Ok(v @ Value::Object(_)) => v,
                     _ => json!({"content": text}),
                 };
@@ -230,57 +197,10 @@ fn contents_of(messages: &[Value]) -> Result<(String, Vec<Value>), TranslateErro
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 )
             }
-            other => {
-                return Err(TranslateError::invalid(
-                    format!("{field}.role"),
-                    format!("`{other}` is not a role"),
-                ));
-            }
         };
-        match out.last_mut() {
-            Some(last) if last["role"] == role => {
-                if let Some(p) = last["parts"].as_array_mut() {
-                    p.extend(parts);
-                }
-            }
-            _ => out.push(json!({"role": role, "parts": parts})),
-        }
+        turns::push_turn(&mut out, role, "parts", parts);
     }
-    Ok((system, out))
-}
-
-fn user_parts(content: &Value, field: &str) -> Result<Vec<Value>, TranslateError> {
-    match content {
-        Value::String(s) => Ok(vec![json!({"text": s})]),
-        Value::Array(parts) => parts
-            .iter()
-            .enumerate()
-            .map(|(j, part)| {
-                let field = format!("{field}.content[{j}]");
-                match part.get("type").and_then(Value::as_str) {
-                    Some("text") => {
-                        Ok(json!({"text": part.get("text").cloned().unwrap_or(Value::Null)}))
-                    }
-                    Some("image_url") => Ok(match image_of(part, &field)? {
-                        Image::Inline { media_type, data } => {
-                            json!({"inlineData": {"mimeType": media_type, "data": data}})
-                        }
-                        Image::Url(url) => {
-                            json!({"fileData": {"mimeType": mime_of(&url), "fileUri": url}})
-                        }
-                    }),
-                    other => Err(TranslateError::invalid(
-                        format!("{field}.type"),
-                        format!("{other:?} cannot be translated to google"),
-                    )),
-                }
-            })
-            .collect(),
-        _ => Err(TranslateError::invalid(
-            format!("{field}.content"),
-            "must be a string or an array of parts",
-        )),
-    }
+    Ok((turns::system_text(&turns), out))
 }
 
 /// An image URL's media type, from its extension.

@@ -12,6 +12,7 @@
 mod anthropic;
 mod gemini;
 mod openai;
+mod turns;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

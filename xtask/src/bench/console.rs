@@ -114,18 +114,7 @@ fn start(
     dir: &Path,
     trail: &Path,
 ) -> Result<(Proc, Proc, u16, u16, f64)> {
-    let up = free_port()?;
-    let upstream = Proc::spawn(
-        pinned(SERVER_CPU, tool).args([
-            "upstream",
-            "--listen",
-            &format!("127.0.0.1:{up}"),
-            "--size",
-            "1024",
-        ]),
-        &dir.join("upstream.log"),
-    )?;
-    wait_port(up, "upstream")?;
+    let (upstream, up) = super::lean_upstream(tool, dir, "upstream.log", &["--size", "1024"])?;
     let config = dir.join("leash.yaml");
     std::fs::write(
         &config,

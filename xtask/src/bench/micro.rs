@@ -13,10 +13,7 @@ use std::{fmt::Write as _, path::Path, process::Stdio};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use super::{
-    EXAMPLE_POLICY, Proc, SERVER_CPU, build_release, free_port, median, pinned, start_leash,
-    wait_port,
-};
+use super::{EXAMPLE_POLICY, build_release, median, start_leash};
 use crate::{cargo, root, target_dir};
 
 const BEGIN: &str =
@@ -351,18 +348,8 @@ fn gateway_compare(pair: &Pair<'_>) -> Result<Value> {
         rounds,
         seconds,
     } = *pair;
-    let up_port = free_port()?;
-    let _upstream = Proc::spawn(
-        pinned(SERVER_CPU, tool).args([
-            "upstream",
-            "--listen",
-            &format!("127.0.0.1:{up_port}"),
-            "--size",
-            "1024",
-        ]),
-        &dir.join("upstream-gateway.log"),
-    )?;
-    wait_port(up_port, "upstream")?;
+    let (_upstream, up_port) =
+        super::lean_upstream(tool, dir, "upstream-gateway.log", &["--size", "1024"])?;
     let what = "gateway, default modules + the example policy";
     let builds = [
         start_leash("base", what, base, dir, up_port, EXAMPLE_POLICY)?,

@@ -66,6 +66,25 @@ fn other_sections() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `leash-bench upstream` on the server CPU, on a free port, with `args`
+/// (its log `dir/<log>`); waits until it listens. Returns it and its port.
+fn lean_upstream(
+    tool: &std::path::Path,
+    dir: &std::path::Path,
+    log: &str,
+    args: &[&str],
+) -> anyhow::Result<(Proc, u16)> {
+    let port = free_port()?;
+    let proc = Proc::spawn(
+        pinned(SERVER_CPU, tool)
+            .args(["upstream", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args),
+        &dir.join(log),
+    )?;
+    wait_port(port, "upstream")?;
+    Ok((proc, port))
+}
+
 /// CPU of the load generator; contenders and the upstream get the other.
 const LOADGEN_CPU: &str = "0";
 const SERVER_CPU: &str = "1";

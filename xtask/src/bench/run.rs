@@ -11,9 +11,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::{
-    Contender, EXAMPLE_POLICY, LOADGEN_CPU, Plan, Proc, SERVER_CPU, bench_tool, cpu_seconds, extra,
-    free_port, pinned, plot, report, start_leash, start_leash_console, start_litellm, start_nginx,
-    start_portkey, status_mib, transparent, wait_port,
+    Contender, EXAMPLE_POLICY, LOADGEN_CPU, Plan, SERVER_CPU, bench_tool, cpu_seconds, extra, plot,
+    report, start_leash, start_leash_console, start_litellm, start_nginx, start_portkey,
+    status_mib, transparent,
 };
 use crate::{cargo, ensure_debian_packages, root, target_dir};
 
@@ -63,22 +63,12 @@ pub fn bench(quick: bool) -> Result<()> {
     let plan = Plan::new(quick);
     let started = Instant::now();
 
-    let up_port = free_port()?;
-    let upstream = Proc::spawn(
-        pinned(SERVER_CPU, &tool).args([
-            "upstream",
-            "--listen",
-            &format!("127.0.0.1:{up_port}"),
-            "--size",
-            "1024",
-            "--chunks",
-            "20",
-            "--gap-ms",
-            "10",
-        ]),
-        &dir.join("upstream.log"),
+    let (upstream, up_port) = super::lean_upstream(
+        &tool,
+        &dir,
+        "upstream.log",
+        &["--size", "1024", "--chunks", "20", "--gap-ms", "10"],
     )?;
-    wait_port(up_port, "upstream")?;
 
     let mut contenders = vec![Contender {
         name: "direct",

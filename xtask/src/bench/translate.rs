@@ -13,8 +13,8 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::{
-    LOADGEN_CPU, Proc, SERVER_CPU, bench_tool, build_release, f, free_port, median, pinned,
-    wait_port, write_section,
+    LOADGEN_CPU, Proc, SERVER_CPU, bench_tool, build_release, f, free_port, lean_upstream, median,
+    pinned, wait_port, write_section,
 };
 use crate::{root, target_dir};
 
@@ -34,12 +34,7 @@ pub fn bench_translate(quick: bool) -> Result<()> {
     let dir = target_dir().join("bench-translate");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let up = free_port()?;
-    let _upstream = Proc::spawn(
-        pinned(SERVER_CPU, &tool).args(["upstream", "--listen", &format!("127.0.0.1:{up}")]),
-        &dir.join("upstream.log"),
-    )?;
-    wait_port(up, "upstream")?;
+    let (_upstream, up) = lean_upstream(&tool, &dir, "upstream.log", &[])?;
     let config = dir.join("leash.yaml");
     std::fs::write(
         &config,
