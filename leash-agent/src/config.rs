@@ -232,18 +232,19 @@ impl RawConfig {
         let credentials = crate::credentials::Credentials::validate(credentials, base)?;
         let routes = crate::routes::Routes::validate(routes, &providers, &credentials)?;
         let auth = crate::keys::AuthConfig::validate(auth, base, &providers, &credentials)?;
+        let intercept = InterceptConfig::validate(intercept, &providers, &credentials)?;
         let mut pipeline = PipelineConfig::validate(pipeline)?;
         if auth.mode != crate::keys::AuthMode::Passthrough {
             pipeline = pipeline.with_keys();
         }
         Ok(Config {
+            intercept,
             routes,
             credentials,
             auth,
             pipeline,
             upstream: UpstreamConfig::validate(upstream, upstream_tls, base)?,
             audit,
-            intercept: InterceptConfig::validate(intercept, &providers)?,
             ca: CaConfig::from_raw(ca, base),
             pricing: pricing::validate(pricing)?,
             budgets: BudgetConfig::validate_all(budgets)?,

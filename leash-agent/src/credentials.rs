@@ -32,9 +32,10 @@ pub struct RawCredential {
     file: Option<PathBuf>,
 }
 
-/// One credential: its value (sensitive) and where it came from.
+/// One credential: its name, value (sensitive) and where it came from.
 #[derive(Clone)]
 pub struct Credential {
+    pub name: String,
     value: HeaderValue,
     pub source: String,
 }
@@ -42,6 +43,7 @@ pub struct Credential {
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credential")
+            .field("name", &self.name)
             .field("source", &self.source)
             .finish_non_exhaustive()
     }
@@ -95,7 +97,14 @@ impl Credentials {
                 )
             })?;
             value.set_sensitive(true);
-            out.insert(name, Credential { value, source });
+            out.insert(
+                name.clone(),
+                Credential {
+                    name,
+                    value,
+                    source,
+                },
+            );
         }
         Ok(Self(Arc::new(out)))
     }
@@ -132,6 +141,28 @@ fn read_private(path: &Path) -> Result<String, String> {
     file.read_to_string(&mut text)
         .map_err(|_| "is not UTF-8 text".to_owned())?;
     Ok(text)
+}
+
+/// The key a client presented, from the headers the SDKs use
+/// (`Authorization: Bearer`, `x-api-key`, `x-goog-api-key`) or `?key=`.
+pub fn presented_key(headers: &HeaderMap, uri: &http::Uri) -> Option<String> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(bearer) = header("authorization").and_then(|v| v.strip_prefix("Bearer ")) {
+        return Some(bearer.trim().to_owned());
+    }
+    if let Some(k) = header("x-api-key").or_else(|| header("x-goog-api-key")) {
+        return Some(k.to_owned());
+    }
+    uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|p| p.strip_prefix("key="))
+            .map(str::to_owned)
+    })
 }
 
 /// The headers that carry a client's provider credential, for any provider.

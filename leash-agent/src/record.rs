@@ -433,6 +433,10 @@ pub struct AuditRecord {
     /// The id of the Leash key the request was made with (never the key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// The credential Leash sent upstream in place of the client's (its
+    /// name, never its value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 #[cfg(test)]
@@ -482,6 +486,7 @@ mod tests {
             bypass: None,
             unified: None,
             key_id: None,
+            credential: None,
         };
         let text = serde_json::to_string(&record).unwrap_or_default();
         assert!(text.contains(r#""error":"leash_policy_blocked""#), "{text}");

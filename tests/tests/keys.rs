@@ -238,3 +238,79 @@ fn models_and_rates_are_limited_per_key() {
         .expect("retry-after");
     assert!((1..=60).contains(&retry), "{retry}");
 }
+
+/// Transparent injection: an application in the watched cgroup holds a
+/// placeholder key and the agent sends the real one (the official `openai`
+/// SDK, default URL); another key from the cgroup goes as it is; outside
+/// the cgroup the placeholder reaches the provider untouched (control: the
+/// agent, not the network, made the difference).
+#[test]
+fn an_intercepted_app_with_a_placeholder_gets_the_real_key() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !leash_tests::harness::require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("openai.key");
+    std::fs::write(&key_file, REAL[0].1).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let extra = format!(
+        "  inject_credentials: {{ openai: real }}\n  placeholder_key: sk-placeholder\ncredentials:\n  real: {{ file: \"{}\" }}\n",
+        key_file.display()
+    );
+    let w = leash_tests::world::World::new(
+        "inject",
+        &[leash_tests::world::Host(
+            "api.openai.com",
+            "127.10.1.22",
+            true,
+        )],
+        &extra,
+    );
+    let auth_seen = |w: &leash_tests::world::World| {
+        w.mocks[0]
+            .requests()
+            .last()
+            .and_then(|r| r.header("authorization").map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let out = w.sdk_with(
+        "openai-chat",
+        "https://api.openai.com/v1",
+        "Say hello",
+        "{}",
+        &["sk-placeholder"],
+    );
+    assert_success(&format!("SDK with a placeholder\n{}", w.agent.logs()), &out);
+    assert_eq!(auth_seen(&w), format!("Bearer {}", REAL[0].1));
+    let rec = &w.agent.wait_records(1)[0];
+    assert_eq!(rec["credential"], "real", "{rec}");
+    // Another key from the cgroup: not the placeholder, sent as it is.
+    assert_success("own key", &w.chat(&w.agent.ca_pem(), "sk-own-key"));
+    assert_eq!(auth_seen(&w), "Bearer sk-own-key");
+    // Outside the cgroup: straight to the provider, placeholder and all.
+    let out = run(std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--resolve",
+            "api.openai.com:443:127.10.1.22",
+            "--cacert",
+        ])
+        .arg(&w.public_ca)
+        .args([
+            "-H",
+            "authorization: Bearer sk-placeholder",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+            "https://api.openai.com/v1/chat/completions",
+        ]));
+    assert_success("curl outside the cgroup", &out);
+    assert_eq!(auth_seen(&w), "Bearer sk-placeholder");
+    for (place, text) in [("logs", w.agent.logs()), ("audit", w.agent.audit_text())] {
+        assert!(!text.contains(REAL[0].1), "the real key is in the {place}");
+    }
+}

@@ -35,13 +35,26 @@ fn canary_keys_never_appear_in_logs_audit_metrics_or_errors() {
     let mock = MockProvider::start();
     let down = free_port();
     let url = mock.url();
+    // A credential Leash holds (routes, virtual keys) and a virtual key:
+    // canaries too.
+    let held = canary("held");
+    let keys_dir = tempfile::tempdir().unwrap();
+    let store = keys_dir.path().join("keys.json");
+    let out = leash_tests::harness::run(
+        leash_tests::harness::leash_command()
+            .args(["keys", "create", "--team", "canary", "--store"])
+            .arg(&store),
+    );
+    leash_tests::harness::assert_success("leash keys create", &out);
+    let vkey = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     // Debug builds of leash panic on `x-leash-test-panic` with this set.
     let leash = Leash::start_with_env(
         tempfile::tempdir().unwrap(),
         &format!(
-            "providers:\n  openai: {{ upstream: \"{url}/v1\" }}\n  anthropic: {{ upstream: \"{url}\" }}\n  google: {{ upstream: \"{url}\" }}\n  gone: {{ kind: openai, upstream: \"http://127.0.0.1:{down}/v1\" }}\ngateway: {{ max_body_bytes: 65536 }}\npolicy:\n  version: 1\n  rules:\n    - {{ name: block-secrets, match: {{ detectors: [secrets] }}, action: block }}\n    - {{ name: redact-pii, match: {{ detectors: [email] }}, action: redact }}\n"
+            "providers:\n  openai: {{ upstream: \"{url}/v1\" }}\n  anthropic: {{ upstream: \"{url}\" }}\n  google: {{ upstream: \"{url}\" }}\n  gone: {{ kind: openai, upstream: \"http://127.0.0.1:{down}/v1\" }}\ngateway: {{ max_body_bytes: 65536 }}\ncredentials:\n  held: {{ env: LEASH_TEST_HELD_KEY }}\nroutes:\n  held-route: {{ targets: [{{provider: openai, model: gpt-4o-mini, credential: held}}] }}\n  held-down: {{ targets: [{{provider: gone, model: gpt-4o-mini, credential: held}}] }}\nauth:\n  mode: both\n  keys_file: \"{}\"\n  inject: {{ openai: held, gone: held }}\npolicy:\n  version: 1\n  rules:\n    - {{ name: block-secrets, match: {{ detectors: [secrets] }}, action: block }}\n    - {{ name: redact-pii, match: {{ detectors: [email] }}, action: redact }}\n",
+            store.display()
         ),
-        &[("LEASH_TEST_PANIC", "1")],
+        &[("LEASH_TEST_PANIC", "1"), ("LEASH_TEST_HELD_KEY", &held)],
     );
     // Every canary: keys in each provider's key header, in a query
     // parameter, in an arbitrary header and a cookie, and text in prompts.
@@ -66,6 +79,8 @@ fn canary_keys_never_appear_in_logs_audit_metrics_or_errors() {
         &prompt,
         &email_user,
         &secret_in_prompt,
+        &held,
+        &vkey,
     ];
     let common = |extra: &[(&'static str, String)]| {
         let mut h = vec![
@@ -77,11 +92,17 @@ fn canary_keys_never_appear_in_logs_audit_metrics_or_errors() {
         h.extend(extra.iter().cloned());
         h
     };
-    let chat = |text: &str, stream: bool| {
-        serde_json::json!({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": text}]})
+    let chat_with = |model: &str, text: &str, stream: bool| {
+        serde_json::json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": text}]})
             .to_string()
             .into_bytes()
     };
+    let chat = |text: &str, stream: bool| chat_with("gpt-4o-mini", text, stream);
+    let with_vkey = vec![
+        ("content-type", "application/json".to_owned()),
+        ("authorization", format!("Bearer {vkey}")),
+        ("x-custom-token", custom.clone()),
+    ];
     let flows = vec![
         Flow {
             name: "openai ok",
@@ -136,6 +157,54 @@ fn canary_keys_never_appear_in_logs_audit_metrics_or_errors() {
             body: chat(&format!("mail {email_user}@example.com"), false),
             status: 200,
             leash_body: false,
+        },
+        Flow {
+            name: "route with a held credential",
+            method: "POST",
+            path: "/v1/chat/completions".into(),
+            headers: common(&[]),
+            body: chat_with("held-route", &prompt, false),
+            status: 200,
+            leash_body: false,
+        },
+        Flow {
+            name: "route with a held credential, provider down",
+            method: "POST",
+            path: "/v1/chat/completions".into(),
+            headers: common(&[]),
+            body: chat_with("held-down", &prompt, false),
+            status: 502,
+            leash_body: true,
+        },
+        Flow {
+            name: "virtual key",
+            method: "POST",
+            path: "/v1/openai/chat/completions".into(),
+            headers: with_vkey.clone(),
+            body: chat(&prompt, false),
+            status: 200,
+            leash_body: false,
+        },
+        Flow {
+            name: "virtual key, provider down",
+            method: "POST",
+            path: "/v1/gone/chat/completions".into(),
+            headers: with_vkey.clone(),
+            body: chat(&prompt, false),
+            status: 502,
+            leash_body: true,
+        },
+        Flow {
+            name: "forged virtual key",
+            method: "POST",
+            path: "/v1/openai/chat/completions".into(),
+            headers: vec![
+                ("content-type", "application/json".to_owned()),
+                ("authorization", format!("Bearer {vkey}x")),
+            ],
+            body: chat(&prompt, false),
+            status: 401,
+            leash_body: true,
         },
         Flow {
             name: "blocked by policy",

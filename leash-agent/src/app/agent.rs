@@ -210,6 +210,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         ports: config.intercept.ports.clone(),
         untrusted: Arc::clone(&untrusted),
         rerouter: rerouter(&config)?,
+        inject: Arc::new(config.intercept.inject.clone()),
     });
     let refusals = tokio::spawn(crate::proxy::refusals::watch(
         Arc::clone(&hooks),

@@ -10,6 +10,7 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
+    credentials::{Credential, Credentials},
     field::{self, FieldError, invalid},
     provider::{ProviderKind, Providers},
 };
@@ -98,6 +99,48 @@ pub struct InterceptConfig {
     /// reported.
     pub namespace_listen: Option<Ipv4Addr>,
     pub untrusted: Untrusted,
+    pub inject: Injection,
+}
+
+/// Credentials the agent sends in place of the key an intercepted
+/// application holds (`intercept.inject_credentials`, provider →
+/// credential name): applications run with a placeholder.
+#[derive(Debug, Clone, Default)]
+pub struct Injection {
+    pub by_provider: std::collections::BTreeMap<String, Credential>,
+    /// Only a request carrying this key gets the injection (`None`: any).
+    pub placeholder: Option<String>,
+}
+
+impl Injection {
+    fn validate(
+        raw: Option<std::collections::BTreeMap<String, String>>,
+        placeholder: Option<String>,
+        providers: &Providers,
+        credentials: &Credentials,
+    ) -> Result<Self, FieldError> {
+        let mut by_provider = std::collections::BTreeMap::new();
+        for (provider, name) in raw.unwrap_or_default() {
+            let field = format!("intercept.inject_credentials.{provider}");
+            if providers.get(&provider).is_none() {
+                return Err(invalid(field, "not a configured provider"));
+            }
+            let c = credentials.get(&name).ok_or_else(|| {
+                invalid(
+                    &field,
+                    format!("unknown credential `{name}` (see `credentials:`)"),
+                )
+            })?;
+            by_provider.insert(provider, c.clone());
+        }
+        if placeholder.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("intercept.placeholder_key", "must not be empty"));
+        }
+        Ok(Self {
+            by_provider,
+            placeholder,
+        })
+    }
 }
 
 /// Forward proxies whose connections from the cgroup the agent answers
@@ -132,6 +175,8 @@ pub struct RawIntercept {
     on_untrusted_client: Option<OnUntrusted>,
     untrusted_splice_secs: Option<u64>,
     bypass_executables: Option<Vec<String>>,
+    inject_credentials: Option<std::collections::BTreeMap<String, String>>,
+    placeholder_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,7 +191,11 @@ struct RawHost {
 impl InterceptConfig {
     /// Validates `raw`; hosts that are a configured provider's upstream
     /// take its kind.
-    pub fn validate(raw: RawIntercept, providers: &Providers) -> Result<Self, FieldError> {
+    pub fn validate(
+        raw: RawIntercept,
+        providers: &Providers,
+        credentials: &Credentials,
+    ) -> Result<Self, FieldError> {
         let scope = raw.scope.unwrap_or(Scope::Providers);
         let ports = raw.ports.unwrap_or_else(|| vec![443]);
         if ports.is_empty() || ports.len() > 64 || ports.contains(&0) {
@@ -237,6 +286,7 @@ impl InterceptConfig {
                     globs
                 },
             },
+            inject: Injection::validate(raw.inject_credentials, raw.placeholder_key, providers, credentials)?,
         })
     }
 

@@ -64,6 +64,7 @@ fn event(
         bypass: None,
         unified: None,
         key_id: None,
+        credential: None,
     }
 }
 

@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use self::store::{KeyRecord, Secret, Store, StoreError};
 use crate::{
-    credentials::{Credential, Credentials},
+    credentials::{self, Credential, Credentials},
     field::{FieldError, invalid, resolve},
     pipeline::{
         CredentialAction, Exchange, Flow, Module, ModuleError, ProxyRequest, Rejection, RetryAfter,
@@ -149,23 +149,6 @@ fn load(path: &Path) -> Result<Loaded, StoreError> {
         })
         .collect();
     Ok(Loaded { modified, keys })
-}
-
-/// The key a client presented, from the headers an SDK uses or `?key=`.
-fn presented(req: &ProxyRequest) -> Option<String> {
-    let h = &req.head.headers;
-    let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(bearer) = header("authorization").and_then(|v| v.strip_prefix("Bearer ")) {
-        return Some(bearer.trim().to_owned());
-    }
-    if let Some(k) = header("x-api-key").or_else(|| header("x-goog-api-key")) {
-        return Some(k.to_owned());
-    }
-    req.head.uri.query().and_then(|q| {
-        q.split('&')
-            .find_map(|p| p.strip_prefix("key="))
-            .map(str::to_owned)
-    })
 }
 
 fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Flow {
@@ -318,7 +301,7 @@ impl Module for KeysModule {
         if self.mode == AuthMode::Passthrough {
             return Ok(Flow::Continue);
         }
-        match presented(req) {
+        match credentials::presented_key(&req.head.headers, &req.head.uri) {
             Some(k) if store::id_of(&k).is_some() => Ok(self.check(ex, &k)),
             _ if self.mode == AuthMode::Both => Ok(Flow::Continue),
             _ => Ok(refuse(

@@ -81,6 +81,9 @@ pub struct Exchange {
     pub cost_usd: Option<f64>,
     /// Set for requests to the unified API.
     pub unified: Option<crate::record::Unified>,
+    /// The name of the credential Leash sent upstream in place of the
+    /// client's (never its value).
+    pub credential: Option<String>,
     pub ext: http::Extensions,
 }
 
@@ -109,6 +112,7 @@ impl Exchange {
             response_bytes: 0,
             cost_usd: None,
             unified: None,
+            credential: None,
             ext: http::Extensions::new(),
         }
     }
@@ -160,6 +164,7 @@ impl Exchange {
             refusal: None,
             bypass: None,
             key_id: None,
+            credential: self.credential.clone(),
             unified: self.unified.as_ref().map(|u| {
                 let mut u = u.clone();
                 // A routed request's record lists its own attempt last.

@@ -227,6 +227,7 @@ pub async fn admit_read<C: Connect + Clone + Send + Sync + 'static>(
             match &action {
                 CredentialAction::Inject(c) => {
                     credentials::inject(ex.provider.kind, &mut request.head.headers, c);
+                    ex.credential = Some(c.name.clone());
                 }
                 CredentialAction::Strip => credentials::strip(&mut request.head.headers),
             }

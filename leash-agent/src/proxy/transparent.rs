@@ -39,14 +39,16 @@ use super::{
     untrusted::{self, Untrusted},
 };
 use crate::{
+    credentials,
     intercept::{
         caller,
+        config::Injection,
         hooks::{ClientAddr, KernelHooks, NoRecord, OrigDstAddr},
         hosts::HostTable,
         shadow,
     },
     metrics::Metrics,
-    pipeline::{ActiveExchange, Caller, Exchange, Mode, Pipeline, Rejection},
+    pipeline::{ActiveExchange, Caller, CredentialAction, Exchange, Mode, Pipeline, Rejection},
     provider::Provider,
     record::Refusal,
     server::{Handler, Opened, Opener},
@@ -73,6 +75,8 @@ pub struct Transparent {
     /// Clients that reject the organisation CA, and what to do with them.
     pub untrusted: Arc<Untrusted>,
     pub rerouter: Arc<Rerouter>,
+    /// Credentials sent in place of applications' placeholder keys.
+    pub inject: Arc<Injection>,
 }
 
 /// The caller of a redirected connection, as the audit names it.
@@ -99,6 +103,7 @@ pub struct Terminated {
     forwarder: Forwarder<MarkedHttpsConnector>,
     limits: BodyLimits,
     rerouter: Arc<Rerouter>,
+    inject: Arc<Injection>,
 }
 
 /// What the agent serves a policy's reroute (`action: route`) with: the
@@ -130,6 +135,18 @@ impl Terminated {
             ),
             Arc::clone(&self.pipeline),
         );
+        // The application holds a placeholder: the agent sends the real key.
+        if let Some(c) = self.inject.by_provider.get(&self.provider.name) {
+            let key = credentials::presented_key(req.headers(), req.uri());
+            if self
+                .inject
+                .placeholder
+                .as_deref()
+                .is_none_or(|p| key.as_deref() == Some(p))
+            {
+                ex.ext.insert(CredentialAction::Inject(c.clone()));
+            }
+        }
         match canonical {
             Ok(c) => {
                 let resp = admit(ex, req, &c.encoded, self.limits, &self.forwarder).await;
@@ -279,6 +296,7 @@ impl Opener for Transparent {
             forwarder: self.upstreams.forwarder(&opening.route),
             limits: self.limits,
             rerouter: Arc::clone(&self.rerouter),
+            inject: Arc::clone(&self.inject),
         });
         Some((Box::new(tls), conn))
     }
