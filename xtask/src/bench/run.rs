@@ -229,6 +229,12 @@ pub fn bench(quick: bool) -> Result<()> {
         eprintln!("bench: micro-benchmarks failed: {e:#}");
         json!({"error": format!("{e:#}")})
     });
+    // What the unified API's translation adds (its own section, kept in
+    // bench/translate.json).
+    match super::translate::measure(&leash, &tool, quick) {
+        Ok(r) => super::translate::save(&r)?,
+        Err(e) => eprintln!("bench: translation run failed: {e:#}"),
+    }
 
     // Per contender and rate: the median over rounds of each percentile.
     let pct = |ci: usize, ri: usize, key: &str, field: &str| -> f64 {

@@ -5,7 +5,7 @@
 //! unified API (`/v1/chat/completions`, `model: anthropic/…`, `OpenAI`
 //! shape: translated there and back), rounds alternating so the comparison
 //! is within the run. Writes `bench/translate.json` and its section of
-//! BENCHMARKS.md.
+//! BENCHMARKS.md. `cargo xtask bench` runs the same measurement.
 
 use std::fmt::Write as _;
 
@@ -27,14 +27,33 @@ const NATIVE: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":256,"system":"
 const UNIFIED: &str = r#"{"model":"anthropic/claude-sonnet-4-5","max_tokens":256,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Say hello"}]}"#;
 
 pub fn bench_translate(quick: bool) -> Result<()> {
-    let (rounds, seconds) = if quick { (3, 3.0) } else { (5, 10.0) };
     build_release()?;
     let release = target_dir().join("release");
-    let (leash, tool) = (release.join("leash"), release.join("leash-bench"));
+    let results = measure(&release.join("leash"), &release.join("leash-bench"), quick)?;
+    save(&results)?;
+    eprintln!("bench-translate: wrote bench/translate.json and BENCHMARKS.md's section");
+    Ok(())
+}
+
+/// Writes `bench/translate.json` and BENCHMARKS.md's section.
+pub fn save(results: &Value) -> Result<()> {
+    let out = root().join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("translate.json"),
+        serde_json::to_string_pretty(results)?,
+    )?;
+    render(results)
+}
+
+/// The measurement itself (also part of `cargo xtask bench`), with the
+/// release `leash` and `leash-bench`.
+pub fn measure(leash: &std::path::Path, tool: &std::path::Path, quick: bool) -> Result<Value> {
+    let (rounds, seconds) = if quick { (3, 3.0) } else { (5, 10.0) };
     let dir = target_dir().join("bench-translate");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let (_upstream, up) = lean_upstream(&tool, &dir, "upstream.log", &[])?;
+    let (_upstream, up) = lean_upstream(tool, &dir, "upstream.log", &[])?;
     let config = dir.join("leash.yaml");
     std::fs::write(
         &config,
@@ -42,7 +61,7 @@ pub fn bench_translate(quick: bool) -> Result<()> {
     )?;
     let port = free_port()?;
     let _gateway = Proc::spawn(
-        pinned(SERVER_CPU, &leash)
+        pinned(SERVER_CPU, leash)
             .args(["--log-level", "warn", "gateway", "--config"])
             .arg(&config)
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -64,7 +83,7 @@ pub fn bench_translate(quick: bool) -> Result<()> {
             let (name, path, body) = paths[i];
             eprintln!("bench-translate: round {} of {rounds}: {name}", round + 1);
             let r = bench_tool(
-                &tool,
+                tool,
                 "load",
                 &format!("http://127.0.0.1:{port}{path}"),
                 &[
@@ -86,15 +105,7 @@ pub fn bench_translate(quick: bool) -> Result<()> {
         "native": runs[0],
         "unified": runs[1],
     });
-    let out = root().join("bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(
-        out.join("translate.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    render(&results)?;
-    eprintln!("bench-translate: wrote bench/translate.json and BENCHMARKS.md's section");
-    Ok(())
+    Ok(results)
 }
 
 /// Writes BENCHMARKS.md's section from `bench/translate.json`'s data.
