@@ -111,7 +111,7 @@ fn sdks_hold_a_virtual_key_and_the_provider_sees_only_the_real_one() {
     }
     // The store has the key's digest, never the key.
     let store = std::fs::read_to_string(dir.path().join("keys.json")).unwrap();
-    let secret_part = key.rsplit('_').next().unwrap();
+    let secret_part = key.splitn(3, '_').nth(2).unwrap();
     assert!(!store.contains(secret_part));
     for (place, text) in [
         ("logs", leash.logs()),
@@ -313,4 +313,71 @@ fn an_intercepted_app_with_a_placeholder_gets_the_real_key() {
     for (place, text) in [("logs", w.agent.logs()), ("audit", w.agent.audit_text())] {
         assert!(!text.contains(REAL[0].1), "the real key is in the {place}");
     }
+}
+
+/// Two gateway replicas share a key store in PostgreSQL: a key made there
+/// works on both, and a revocation made with `leash keys` holds on both
+/// within a second.
+#[test]
+fn replicas_sharing_a_postgres_store_honour_a_revocation_within_a_second() {
+    let pg = leash_tests::fleet::Postgres::start();
+    let mock = MockProvider::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("keys.secret");
+    let keys = |args: &[&str]| {
+        let out = run(leash_command()
+            .arg("keys")
+            .args(&args[..1])
+            .args(["--postgres", &pg.url(), "--secret"])
+            .arg(&secret)
+            .args(&args[1..]));
+        assert_success(&format!("leash keys {args:?}"), &out);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let key = keys(&["create", "--team", "shared"]);
+    let config = format!(
+        "{}credentials:\n  real-openai: {{ env: LEASH_TEST_REAL_OPENAI }}\nauth:\n  mode: virtual\n  postgres: \"{}\"\n  secret_file: \"{}\"\n  inject: {{ openai: real-openai }}\n",
+        mock_providers_yaml(&mock),
+        pg.url(),
+        secret.display()
+    );
+    let replicas: Vec<Leash> = (0..2)
+        .map(|_| {
+            Leash::start_with_env(
+                tempfile::tempdir().unwrap(),
+                &config,
+                &[("LEASH_TEST_REAL_OPENAI", REAL[0].1)],
+            )
+        })
+        .collect();
+    let status = |leash: &Leash| chat(leash, &key, "/v1/openai/chat/completions", OPENAI_CHAT).0;
+    // Each replica has read the store once it answers 200 (until then 503).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for leash in &replicas {
+        while status(leash) != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "the key never worked: {}",
+                leash.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    keys(&["revoke", key_id(&key)]);
+    let revoked_at = Instant::now();
+    for leash in &replicas {
+        while status(leash) != 401 {
+            assert!(
+                revoked_at.elapsed() < Duration::from_secs(1),
+                "a replica still took the key 1 s after its revocation"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    eprintln!(
+        "revocation held on both replicas after {:?}",
+        revoked_at.elapsed()
+    );
+    let list = keys(&["list"]);
+    assert!(list.contains("revoked") && !list.contains("lsk_"), "{list}");
 }

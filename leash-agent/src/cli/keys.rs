@@ -8,32 +8,104 @@ use clap::{Args, Subcommand};
 
 use crate::{
     config::{Config, Overrides},
-    keys::store::{Limits, Secret, Store, now_secs},
+    keys::{
+        shared,
+        store::{Limits, Secret, Store, now_secs},
+    },
 };
 
 #[derive(Args)]
 pub struct StoreArgs {
     /// The key store file (its secret beside it: `<file>.secret`).
-    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "postgres"])]
     store: Option<PathBuf>,
+    /// The key store in PostgreSQL (shared by gateway replicas); needs
+    /// `--secret`.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "config",
+        requires = "secret"
+    )]
+    postgres: Option<String>,
+    /// The HMAC secret file (with `--postgres`; every replica reads the same).
+    #[arg(long, value_name = "FILE")]
+    secret: Option<PathBuf>,
     /// Take the store from this config's `auth` section.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
 
+/// Where the keys are.
+enum Backend {
+    File(PathBuf),
+    Postgres(String),
+}
+
 impl StoreArgs {
-    /// The store and secret files.
-    fn paths(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
+    /// The store and the secret file.
+    fn backend(&self) -> anyhow::Result<(Backend, PathBuf)> {
         if let Some(store) = &self.store {
             let mut secret = store.clone().into_os_string();
             secret.push(".secret");
-            return Ok((store.clone(), secret.into()));
+            return Ok((Backend::File(store.clone()), secret.into()));
+        }
+        if let (Some(url), Some(secret)) = (&self.postgres, &self.secret) {
+            return Ok((Backend::Postgres(url.clone()), secret.clone()));
         }
         let Some(config) = &self.config else {
-            bail!("give --store FILE or --config FILE");
+            bail!("give --store FILE, --postgres URL --secret FILE, or --config FILE");
         };
         let c = Config::load(Some(config), &Overrides::default())?;
-        Ok((c.auth.keys_file, c.auth.secret_file))
+        let backend = match c.auth.postgres {
+            Some(url) => Backend::Postgres(url),
+            None => Backend::File(c.auth.keys_file),
+        };
+        Ok((backend, c.auth.secret_file))
+    }
+}
+
+impl Backend {
+    fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+        Ok(tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?)
+    }
+
+    fn load(&self) -> anyhow::Result<Store> {
+        Ok(match self {
+            Self::File(path) => Store::load(path)?,
+            Self::Postgres(url) => Self::runtime()?.block_on(async {
+                let client = shared::connect(url).await?;
+                shared::load(&client).await
+            })?,
+        })
+    }
+
+    /// Writes the store; for PostgreSQL, the records `changed` names.
+    fn save(&self, store: &Store, changed: &[&str]) -> anyhow::Result<()> {
+        match self {
+            Self::File(path) => store.save(path)?,
+            Self::Postgres(url) => Self::runtime()?.block_on(async {
+                let client = shared::connect(url).await?;
+                for k in store
+                    .keys
+                    .iter()
+                    .filter(|k| changed.contains(&k.id.as_str()))
+                {
+                    shared::put(&client, k).await?;
+                }
+                Ok::<(), crate::keys::store::StoreError>(())
+            })?,
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            Self::Postgres(_) => "the PostgreSQL key store".to_owned(),
+        }
     }
 }
 
@@ -114,9 +186,9 @@ pub fn command(cmd: KeysCommand) -> anyhow::Result<()> {
                 .map(duration_secs)
                 .transpose()?
                 .map(|s| now_secs() + s);
-            let (path, secret) = store.paths()?;
+            let (backend, secret) = store.backend()?;
             let secret = Secret::load(&secret, true)?;
-            let mut s = Store::load(&path)?;
+            let mut s = backend.load()?;
             s.version = 1;
             let (key, rec) = s.create(
                 &secret,
@@ -127,20 +199,20 @@ pub fn command(cmd: KeysCommand) -> anyhow::Result<()> {
                     expires,
                 },
             )?;
-            s.save(&path)?;
+            backend.save(&s, &[&rec.id])?;
             eprintln!(
                 "created key {} for team {} in {} (shown once: store it now)",
                 rec.id,
                 rec.team,
-                path.display()
+                backend.name()
             );
             println!("{key}");
         }
         KeysCommand::List { store } => {
-            let (path, _) = store.paths()?;
+            let (backend, _) = store.backend()?;
             let now = now_secs();
             println!("id\tteam\tmodels\trate/min\texpires\tstate");
-            for k in Store::load(&path)?.keys {
+            for k in backend.load()?.keys {
                 let state = if k.revoked.is_some() {
                     "revoked"
                 } else if k.expires.is_some_and(|t| t <= now) {
@@ -163,18 +235,18 @@ pub fn command(cmd: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { store, id } => {
-            let (path, _) = store.paths()?;
-            let mut s = Store::load(&path)?;
+            let (backend, _) = store.backend()?;
+            let mut s = backend.load()?;
             s.revoke(&id)?;
-            s.save(&path)?;
+            backend.save(&s, &[&id])?;
             eprintln!("revoked key {id}");
         }
         KeysCommand::Rotate { store, id } => {
-            let (path, secret) = store.paths()?;
+            let (backend, secret) = store.backend()?;
             let secret = Secret::load(&secret, false)?;
-            let mut s = Store::load(&path)?;
+            let mut s = backend.load()?;
             let (key, rec) = s.rotate(&secret, &id)?;
-            s.save(&path)?;
+            backend.save(&s, &[&id, &rec.id])?;
             eprintln!("revoked key {id}; new key {} (shown once)", rec.id);
             println!("{key}");
         }

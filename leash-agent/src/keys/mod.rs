@@ -11,6 +11,7 @@
 //! atomically; the module re-reads it when it changes (checked at most
 //! every 250 ms), so a revocation holds within a second.
 
+pub mod shared;
 pub mod store;
 
 use std::{
@@ -56,6 +57,9 @@ pub enum AuthMode {
 pub struct RawAuth {
     mode: Option<AuthMode>,
     keys_file: Option<PathBuf>,
+    /// A PostgreSQL URL: the key store every replica shares (instead of
+    /// `keys_file`).
+    postgres: Option<String>,
     secret_file: Option<PathBuf>,
     /// Provider name → credential name: what a virtual key's request to
     /// that provider carries upstream.
@@ -68,6 +72,7 @@ pub struct RawAuth {
 pub struct AuthConfig {
     pub mode: AuthMode,
     pub keys_file: PathBuf,
+    pub postgres: Option<String>,
     pub secret_file: PathBuf,
     pub inject: BTreeMap<String, Credential>,
 }
@@ -79,6 +84,12 @@ impl AuthConfig {
         providers: &Providers,
         credentials: &Credentials,
     ) -> Result<Self, FieldError> {
+        if raw.postgres.is_some() && raw.keys_file.is_some() {
+            return Err(invalid(
+                "auth.postgres",
+                "give keys_file or postgres, not both",
+            ));
+        }
         let keys_file = resolve(base, raw.keys_file.unwrap_or_else(|| "keys.json".into()));
         let secret_file = raw.secret_file.map_or_else(
             || {
@@ -106,6 +117,7 @@ impl AuthConfig {
         }
         Ok(Self {
             mode: raw.mode.unwrap_or_default(),
+            postgres: raw.postgres,
             keys_file,
             secret_file,
             inject,
@@ -118,6 +130,28 @@ impl AuthConfig {
 struct Loaded {
     modified: Option<SystemTime>,
     keys: HashMap<String, (KeyRecord, Option<GlobSet>)>,
+    /// False until a shared store was read once (requests get 503).
+    ready: bool,
+}
+
+impl Loaded {
+    fn of(store: Store, modified: Option<SystemTime>) -> Self {
+        let keys = store
+            .keys
+            .into_iter()
+            .map(|k| {
+                let globs = (!k.models.is_empty())
+                    .then(|| crate::field::globs(&k.models).ok())
+                    .flatten();
+                (k.id.clone(), (k, globs))
+            })
+            .collect();
+        Self {
+            modified,
+            keys,
+            ready: true,
+        }
+    }
 }
 
 /// The id of the virtual key an exchange was made with (for its record).
@@ -129,7 +163,9 @@ pub struct KeysModule {
     path: PathBuf,
     secret: Secret,
     inject: BTreeMap<String, Credential>,
-    loaded: ArcSwap<Loaded>,
+    loaded: Arc<ArcSwap<Loaded>>,
+    /// The store is PostgreSQL (followed by a task), not the file.
+    shared: bool,
     checked: Mutex<Instant>,
     /// Per key: the minute (since the epoch) and requests in it.
     rates: Mutex<HashMap<String, (u64, u32)>>,
@@ -137,18 +173,36 @@ pub struct KeysModule {
 
 fn load(path: &Path) -> Result<Loaded, StoreError> {
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let store = Store::load(path)?;
-    let keys = store
-        .keys
-        .into_iter()
-        .map(|k| {
-            let globs = (!k.models.is_empty())
-                .then(|| crate::field::globs(&k.models).ok())
-                .flatten();
-            (k.id.clone(), (k, globs))
-        })
-        .collect();
-    Ok(Loaded { modified, keys })
+    Ok(Loaded::of(Store::load(path)?, modified))
+}
+
+/// Keeps `loaded` in step with the shared store until the module goes.
+async fn follow_shared(url: String, loaded: std::sync::Weak<ArcSwap<Loaded>>) {
+    let mut client = None;
+    loop {
+        let Some(target) = loaded.upgrade() else {
+            return;
+        };
+        if client.is_none() {
+            match shared::connect(&url).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "key store unreachable; the last keys read stay");
+                }
+            }
+        }
+        if let Some(c) = &client {
+            match shared::load(c).await {
+                Ok(store) => target.store(Arc::new(Loaded::of(store, None))),
+                Err(e) => {
+                    tracing::error!(error = %e, "key store not read; the last keys read stay");
+                    client = None;
+                }
+            }
+        }
+        drop(target);
+        tokio::time::sleep(RELOAD_EVERY).await;
+    }
 }
 
 fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Flow {
@@ -162,13 +216,27 @@ fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Fl
 impl KeysModule {
     pub fn new(config: &AuthConfig) -> Result<Self, StoreError> {
         let secret = Secret::load(&config.secret_file, true)?;
-        let loaded = load(&config.keys_file)?;
+        let loaded = match &config.postgres {
+            None => Arc::new(ArcSwap::from_pointee(load(&config.keys_file)?)),
+            Some(url) => {
+                let loaded = Arc::new(ArcSwap::from_pointee(Loaded {
+                    modified: None,
+                    keys: HashMap::new(),
+                    ready: false,
+                }));
+                let runtime = tokio::runtime::Handle::try_current()
+                    .map_err(|e| StoreError::Postgres(e.to_string()))?;
+                runtime.spawn(follow_shared(url.clone(), Arc::downgrade(&loaded)));
+                loaded
+            }
+        };
         Ok(Self {
             mode: config.mode,
             path: config.keys_file.clone(),
             secret,
             inject: config.inject.clone(),
-            loaded: ArcSwap::from_pointee(loaded),
+            shared: config.postgres.is_some(),
+            loaded,
             checked: Mutex::new(Instant::now()),
             rates: Mutex::new(HashMap::new()),
         })
@@ -177,6 +245,9 @@ impl KeysModule {
     /// Re-reads the store if it changed (looked at every `RELOAD_EVERY`);
     /// a store that cannot be read keeps the last good one (logged).
     fn refresh(&self) {
+        if self.shared {
+            return;
+        }
         {
             let mut checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
             if checked.elapsed() < RELOAD_EVERY {
@@ -225,6 +296,13 @@ impl KeysModule {
         };
         self.refresh();
         let loaded = self.loaded.load();
+        if !loaded.ready {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unauthorized,
+                "leash: the key store has not been read yet",
+            );
+        }
         let Some((record, models)) = loaded.keys.get(id) else {
             return unauthorized("unknown key");
         };

@@ -36,6 +36,8 @@ pub enum StoreError {
     NoSuchKey(String),
     #[error("cannot make random bytes: {0}")]
     Random(String),
+    #[error("key store in PostgreSQL: {0}")]
+    Postgres(String),
 }
 
 /// One virtual key as stored: everything but the key.
@@ -285,7 +287,7 @@ mod tests {
         let path = dir.path().join("keys.json");
         store.save(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let secret_part = key.rsplit('_').next().unwrap();
+        let secret_part = key.splitn(3, '_').nth(2).unwrap();
         assert!(!text.contains(secret_part));
         assert_eq!(Store::load(&path).unwrap().keys, store.keys);
         // Another secret does not verify it.
