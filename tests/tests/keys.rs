@@ -203,6 +203,7 @@ fn models_and_rates_are_limited_per_key() {
     let dir = tempfile::tempdir().unwrap();
     let gpt_only = create(dir.path(), &["--team", "a", "--models", "gpt-4o*"]);
     let slow = create(dir.path(), &["--team", "b", "--rate", "2"]);
+    let thrifty = create(dir.path(), &["--team", "c", "--tokens", "30"]);
     let leash = start(&mock, dir.path());
     assert_eq!(
         chat(
@@ -237,6 +238,27 @@ fn models_and_rates_are_limited_per_key() {
         .map(|(_, v)| v.parse().unwrap())
         .expect("retry-after");
     assert!((1..=60).contains(&retry), "{retry}");
+    // Tokens a minute: the mock's OpenAI answer uses 11 + 7 tokens, so with
+    // 30 a minute the third call is refused (the first two used 36).
+    let mut ok = 0;
+    let refused = (0..6).find_map(|_| {
+        let (status, headers, body) =
+            chat(&leash, &thrifty, "/v1/openai/chat/completions", OPENAI_CHAT);
+        if status == 200 {
+            ok += 1;
+            return None;
+        }
+        Some((status, headers, body))
+    });
+    let (status, headers, body) = refused.expect("never refused for tokens");
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("tokens"), "{body}");
+    assert!(ok >= 2, "{ok}");
+    assert!(
+        headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+    );
 }
 
 /// Transparent injection: an application in the watched cgroup holds a

@@ -124,6 +124,9 @@ pub enum KeysCommand {
         /// Requests per minute.
         #[arg(long)]
         rate: Option<u32>,
+        /// Tokens (input + output) per minute.
+        #[arg(long)]
+        tokens: Option<u64>,
         /// Lifetime: `30d`, `12h`, `90m` (default: no expiry).
         #[arg(long)]
         expires: Option<String>,
@@ -173,6 +176,7 @@ pub fn command(cmd: KeysCommand) -> anyhow::Result<()> {
             team,
             models,
             rate,
+            tokens,
             expires,
         } => {
             if !crate::pipeline::team::valid_team(&team) {
@@ -196,6 +200,7 @@ pub fn command(cmd: KeysCommand) -> anyhow::Result<()> {
                     team,
                     models,
                     rate_per_min: rate,
+                    tokens_per_min: tokens,
                     expires,
                 },
             )?;
@@ -211,7 +216,7 @@ pub fn command(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::List { store } => {
             let (backend, _) = store.backend()?;
             let now = now_secs();
-            println!("id\tteam\tmodels\trate/min\texpires\tstate");
+            println!("id\tteam\tmodels\trate/min\ttokens/min\texpires\tstate");
             for k in backend.load()?.keys {
                 let state = if k.revoked.is_some() {
                     "revoked"
@@ -221,7 +226,7 @@ pub fn command(cmd: KeysCommand) -> anyhow::Result<()> {
                     "active"
                 };
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{state}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{state}",
                     k.id,
                     k.team,
                     if k.models.is_empty() {
@@ -230,6 +235,7 @@ pub fn command(cmd: KeysCommand) -> anyhow::Result<()> {
                         k.models.join(",")
                     },
                     k.rate_per_min.map_or("-".to_owned(), |r| r.to_string()),
+                    k.tokens_per_min.map_or("-".to_owned(), |r| r.to_string()),
                     k.expires.map_or("-".to_owned(), |t| t.to_string()),
                 );
             }

@@ -169,6 +169,8 @@ pub struct KeysModule {
     checked: Mutex<Instant>,
     /// Per key: the minute (since the epoch) and requests in it.
     rates: Mutex<HashMap<String, (u64, u32)>>,
+    /// Per key: the minute and the tokens its finished calls used in it.
+    tokens: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 fn load(path: &Path) -> Result<Loaded, StoreError> {
@@ -239,6 +241,7 @@ impl KeysModule {
             loaded,
             checked: Mutex::new(Instant::now()),
             rates: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
         })
     }
 
@@ -281,6 +284,17 @@ impl KeysModule {
         }
         entry.1 += 1;
         Ok(())
+    }
+
+    /// Whether key `id` still has tokens this minute (calls in flight are
+    /// counted once they finish); else the seconds to wait.
+    fn within_tokens(&self, id: &str, limit: u64) -> Result<(), u64> {
+        let now = store::now_secs();
+        let tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        match tokens.get(id) {
+            Some((minute, used)) if *minute == now / 60 && *used >= limit => Err(60 - now % 60),
+            _ => Ok(()),
+        }
     }
 
     fn check(&self, ex: &mut Exchange, key: &str) -> Flow {
@@ -327,6 +341,16 @@ impl KeysModule {
                     "leash: key {id} may not call model `{}`",
                     ex.model.as_deref().unwrap_or("?")
                 ),
+            );
+        }
+        if let Some(limit) = record.tokens_per_min
+            && let Err(wait) = self.within_tokens(id, limit)
+        {
+            ex.ext.insert(RetryAfter(wait));
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                format!("leash: key {id} used its {limit} tokens this minute"),
             );
         }
         if let Some(limit) = record.rate_per_min
@@ -394,5 +418,19 @@ impl Module for KeysModule {
         if let Some(KeyId(id)) = ex.ext.get::<KeyId>() {
             record.key_id = Some(id.clone());
         }
+    }
+
+    /// Counts the tokens a key's finished call used (the provider's usage).
+    fn finished(&self, ex: &Exchange, record: &AuditRecord) {
+        let (Some(KeyId(id)), Some(usage)) = (ex.ext.get::<KeyId>(), record.usage) else {
+            return;
+        };
+        let minute = store::now_secs() / 60;
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = tokens.entry(id.clone()).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        entry.1 += usage.input_tokens + usage.output_tokens;
     }
 }

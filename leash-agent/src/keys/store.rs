@@ -51,6 +51,9 @@ pub struct KeyRecord {
     /// Requests per minute (`None`: no limit).
     #[serde(default)]
     pub rate_per_min: Option<u32>,
+    /// Tokens (input + output, as the providers report them) per minute.
+    #[serde(default)]
+    pub tokens_per_min: Option<u64>,
     /// Unix seconds after which the key is refused.
     #[serde(default)]
     pub expires: Option<u64>,
@@ -160,6 +163,7 @@ pub struct Limits {
     pub team: String,
     pub models: Vec<String>,
     pub rate_per_min: Option<u32>,
+    pub tokens_per_min: Option<u64>,
     pub expires: Option<u64>,
 }
 
@@ -222,6 +226,7 @@ impl Store {
             team: limits.team,
             models: limits.models,
             rate_per_min: limits.rate_per_min,
+            tokens_per_min: limits.tokens_per_min,
             expires: limits.expires,
             created: now_secs(),
             revoked: None,
@@ -256,6 +261,7 @@ impl Store {
                 team: old.team,
                 models: old.models,
                 rate_per_min: old.rate_per_min,
+                tokens_per_min: old.tokens_per_min,
                 expires: old.expires,
             },
         )

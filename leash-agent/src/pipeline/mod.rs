@@ -283,6 +283,10 @@ pub trait Module: Send + Sync {
 
     /// Adds what the module knows to the audit record.
     fn logging(&self, _ex: &Exchange, _record: &mut AuditRecord) {}
+
+    /// Sees the finished record (every module's `logging` done), e.g. to
+    /// count what it says against a limit.
+    fn finished(&self, _ex: &Exchange, _record: &AuditRecord) {}
 }
 
 /// The configured modules plus the sinks every exchange ends in.
@@ -374,6 +378,9 @@ impl Pipeline {
         let mut record = ex.to_record(&self.host);
         for m in &self.modules {
             m.logging(ex, &mut record);
+        }
+        for m in &self.modules {
+            m.finished(ex, &record);
         }
         self.metrics.observe(&record);
         record
