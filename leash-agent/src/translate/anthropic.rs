@@ -3,33 +3,19 @@
 use serde_json::{Map, Value, json};
 
 use super::{
-    Chunks, DEFAULT_ANTHROPIC_MAX_TOKENS, Image, StreamEvents, TranslateError, check_fields,
-    completion, function_of, max_tokens, openai_usage, stop_sequences,
+    CHAT_FIELDS, Chunks, DEFAULT_ANTHROPIC_MAX_TOKENS, Image, StreamEvents, TranslateError,
+    check_fields, completion, max_tokens, openai_usage, stop_sequences, tools_of,
     turns::{self, Choice, Turn},
 };
 
 const PROVIDER: &str = "anthropic";
 
-/// Request fields that translate to Anthropic.
-const KNOWN: &[&str] = &[
-    "model",
-    "messages",
-    "stream",
-    "stream_options",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
-    "user",
-];
+/// Request fields only the Anthropic translation takes (beyond
+/// `CHAT_FIELDS`).
+const EXTRA: &[&str] = &["user"];
 
 pub(super) fn request(body: &Map<String, Value>, model: &str) -> Result<Value, TranslateError> {
-    check_fields(body, KNOWN, PROVIDER)?;
+    check_fields(body, &[CHAT_FIELDS, EXTRA], PROVIDER)?;
     if let Some(format) = body.get("response_format").filter(|f| !f.is_null())
         && format.get("type").and_then(Value::as_str) != Some("text")
     {
@@ -67,19 +53,7 @@ pub(super) fn request(body: &Map<String, Value>, model: &str) -> Result<Value, T
     if let Some(user) = body.get("user").and_then(Value::as_str) {
         out.insert("metadata".into(), json!({"user_id": user}));
     }
-    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
-        let tools = tools
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let (name, description, parameters) = function_of(t, i)?;
-                let mut tool = json!({"name": name, "input_schema": parameters});
-                if let Some(d) = description {
-                    tool["description"] = d;
-                }
-                Ok(tool)
-            })
-            .collect::<Result<Vec<_>, TranslateError>>()?;
+    if let Some(tools) = tools_of(body, "input_schema")? {
         out.insert("tools".into(), Value::Array(tools));
     }
     let parallel = body.get("parallel_tool_calls").and_then(Value::as_bool);
@@ -285,10 +259,11 @@ impl StreamEvents for Stream {
         }
     }
 
-    fn end(&mut self, out: &mut Vec<Value>) {
-        if self.chunks.include_usage {
-            let (prompt, cached, output) = usage_of(&self.usage);
-            out.push(self.chunks.usage(&openai_usage(prompt, cached, output)));
-        }
+    fn chunks(&self) -> &Chunks {
+        &self.chunks
+    }
+
+    fn usage(&self) -> (u64, u64, u64) {
+        usage_of(&self.usage)
     }
 }

@@ -5,35 +5,19 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Answer, Chunks, Image, StreamEvents, TranslateError, check_fields, completion, function_of,
-    max_tokens, openai_usage, stop_sequences,
+    Answer, CHAT_FIELDS, Chunks, Image, StreamEvents, TranslateError, check_fields, completion,
+    max_tokens, openai_usage, stop_sequences, tools_of,
     turns::{self, Choice, Turn},
 };
 
 const PROVIDER: &str = "google";
 
-/// Request fields that translate to Gemini.
-const KNOWN: &[&str] = &[
-    "model",
-    "messages",
-    "stream",
-    "stream_options",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
-];
+/// Request fields only the Gemini translation takes (beyond
+/// `CHAT_FIELDS`).
+const EXTRA: &[&str] = &["seed", "presence_penalty", "frequency_penalty"];
 
 pub(super) fn request(body: &Map<String, Value>) -> Result<Value, TranslateError> {
-    check_fields(body, KNOWN, PROVIDER)?;
+    check_fields(body, &[CHAT_FIELDS, EXTRA], PROVIDER)?;
     // Gemini may always call functions in parallel: only `true` holds.
     if body.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
         return Err(TranslateError::Unsupported {
@@ -58,19 +42,7 @@ pub(super) fn request(body: &Map<String, Value>) -> Result<Value, TranslateError
     if !config.is_empty() {
         out.insert("generationConfig".into(), Value::Object(config));
     }
-    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
-        let declarations = tools
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let (name, description, parameters) = function_of(t, i)?;
-                let mut declaration = json!({"name": name, "parametersJsonSchema": parameters});
-                if let Some(d) = description {
-                    declaration["description"] = d;
-                }
-                Ok(declaration)
-            })
-            .collect::<Result<Vec<_>, TranslateError>>()?;
+    if let Some(declarations) = tools_of(body, "parametersJsonSchema")? {
         out.insert(
             "tools".into(),
             json!([{"functionDeclarations": declarations}]),
@@ -361,11 +333,12 @@ impl StreamEvents for Stream {
         }
     }
 
-    fn end(&mut self, out: &mut Vec<Value>) {
-        if self.chunks.include_usage {
-            let (prompt, cached, output) = usage_of(&self.usage);
-            out.push(self.chunks.usage(&openai_usage(prompt, cached, output)));
-        }
+    fn chunks(&self) -> &Chunks {
+        &self.chunks
+    }
+
+    fn usage(&self) -> (u64, u64, u64) {
+        usage_of(&self.usage)
     }
 }
 
@@ -376,7 +349,7 @@ pub(super) fn embeddings_request(
     body: &Map<String, Value>,
     model: &str,
 ) -> Result<Value, TranslateError> {
-    check_fields(body, KNOWN_EMBEDDINGS, PROVIDER)?;
+    check_fields(body, &[KNOWN_EMBEDDINGS], PROVIDER)?;
     let inputs: Vec<&str> = match body.get("input") {
         Some(Value::String(s)) => vec![s.as_str()],
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => {
