@@ -126,6 +126,31 @@ pub struct Overrides {
     pub audit_dir: Option<PathBuf>,
 }
 
+/// A team that chooses an injected credential must be one a caller cannot
+/// simply claim: configured, and not named by header.
+fn injection_teams(intercept: &InterceptConfig, teams: &[TeamConfig]) -> Result<(), FieldError> {
+    for (provider, rules) in &intercept.inject.by_provider {
+        for team in rules.teams() {
+            let field = format!("intercept.inject_credentials.{provider}");
+            match teams.iter().find(|t| t.name == team) {
+                None => {
+                    return Err(invalid(field, format!("team `{team}` is not in `teams:`")));
+                }
+                Some(t) if t.header => {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "team `{team}` can be claimed by header (`header: true`), so it cannot choose a credential"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads and validates a config file (or the embedded defaults when
     /// `path` is `None`), then applies `overrides`. Relative paths inside the
@@ -233,6 +258,8 @@ impl RawConfig {
         let routes = crate::routes::Routes::validate(routes, &providers, &credentials)?;
         let auth = crate::keys::AuthConfig::validate(auth, base, &providers, &credentials)?;
         let intercept = InterceptConfig::validate(intercept, &providers, &credentials)?;
+        let teams = TeamConfig::validate_all(teams)?;
+        injection_teams(&intercept, &teams)?;
         let mut pipeline = PipelineConfig::validate(pipeline)?;
         if auth.mode != crate::keys::AuthMode::Passthrough {
             pipeline = pipeline.with_keys();
@@ -250,7 +277,7 @@ impl RawConfig {
             budgets: BudgetConfig::validate_all(budgets)?,
             alerts: AlertConfig::validate(alerts)?,
             policy: policy.map(|raw| PolicySource::from_raw(raw, base)),
-            teams: TeamConfig::validate_all(teams)?,
+            teams,
             host_id,
             gateway,
             admin,
@@ -343,6 +370,18 @@ audit:
             ),
             ("pipeline: { modules: [nope] }", "pipeline.modules[0]"),
             ("gateway: { max_body_bytes: 0 }", "gateway.max_body_bytes"),
+            (
+                "credentials: { k: { env: PATH } }\nintercept: { inject_credentials: { openai: [ { credential: k, team: ops } ] } }",
+                "team `ops` is not in `teams:`",
+            ),
+            (
+                "credentials: { k: { env: PATH } }\nteams: [ { name: ops, header: true } ]\nintercept: { inject_credentials: { openai: [ { credential: k, team: ops } ] } }",
+                "can be claimed by header",
+            ),
+            (
+                "credentials: { k: { env: PATH } }\nintercept: { inject_credentials: { openai: [ { credential: nope } ] } }",
+                "intercept.inject_credentials.openai[0].credential",
+            ),
         ];
         for (text, field) in cases {
             let err = parse(text).unwrap_err().to_string();

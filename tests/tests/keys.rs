@@ -262,10 +262,12 @@ fn models_and_rates_are_limited_per_key() {
 }
 
 /// Transparent injection: an application in the watched cgroup holds a
-/// placeholder key and the agent sends the real one (the official `openai`
-/// SDK, default URL); another key from the cgroup goes as it is; outside
-/// the cgroup the placeholder reaches the provider untouched (control: the
-/// agent, not the network, made the difference).
+/// placeholder key and the agent sends the real one, chosen per caller (the
+/// official `openai` SDK, default URL, gets one credential; `curl` in the
+/// same cgroup another); another key from the cgroup goes as it is; a
+/// rotated credential file is taken without a restart; outside the cgroup
+/// the placeholder reaches the provider untouched (control: the agent, not
+/// the network, made the difference).
 #[test]
 fn an_intercepted_app_with_a_placeholder_gets_the_real_key() {
     use std::os::unix::fs::PermissionsExt as _;
@@ -273,12 +275,20 @@ fn an_intercepted_app_with_a_placeholder_gets_the_real_key() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("openai.key");
-    std::fs::write(&key_file, REAL[0].1).unwrap();
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let write_key = |name: &str, value: &str| {
+        // As an operator rotates it: a new file renamed over the old.
+        let tmp = dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, value).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(&tmp, dir.path().join(name)).unwrap();
+        dir.path().join(name)
+    };
+    let key_file = write_key("openai.key", REAL[0].1);
+    let ci_file = write_key("ci.key", "sk-real-ci-0a1b2c");
     let extra = format!(
-        "  inject_credentials: {{ openai: real }}\n  placeholder_key: sk-placeholder\ncredentials:\n  real: {{ file: \"{}\" }}\n",
-        key_file.display()
+        "  inject_credentials:\n    openai:\n      - {{ credential: ci, exe: \"*/curl\" }}\n      - {{ credential: real, exe: \"*python*\" }}\n  placeholder_key: sk-placeholder\ncredentials:\n  real: {{ file: \"{}\" }}\n  ci: {{ file: \"{}\" }}\n",
+        key_file.display(),
+        ci_file.display()
     );
     let w = leash_tests::world::World::new(
         "inject",
@@ -308,6 +318,23 @@ fn an_intercepted_app_with_a_placeholder_gets_the_real_key() {
     let rec = &w.agent.wait_records(1)[0];
     assert_eq!(rec["credential"], "real", "{rec}");
     // Another key from the cgroup: not the placeholder, sent as it is.
+    // curl in the same cgroup: its own credential.
+    assert_success("curl", &w.chat(&w.agent.ca_pem(), "sk-placeholder"));
+    assert_eq!(auth_seen(&w), "Bearer sk-real-ci-0a1b2c");
+    // The operator rotates curl's credential: taken within a second.
+    write_key("ci.key", "sk-real-ci-rotated");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert_success("curl", &w.chat(&w.agent.ca_pem(), "sk-placeholder"));
+        if auth_seen(&w) == "Bearer sk-real-ci-rotated" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rotated credential was not taken\n{}",
+            w.agent.logs()
+        );
+    }
     assert_success("own key", &w.chat(&w.agent.ca_pem(), "sk-own-key"));
     assert_eq!(auth_seen(&w), "Bearer sk-own-key");
     // Outside the cgroup: straight to the provider, placeholder and all.
@@ -333,7 +360,9 @@ fn an_intercepted_app_with_a_placeholder_gets_the_real_key() {
     assert_success("curl outside the cgroup", &out);
     assert_eq!(auth_seen(&w), "Bearer sk-placeholder");
     for (place, text) in [("logs", w.agent.logs()), ("audit", w.agent.audit_text())] {
-        assert!(!text.contains(REAL[0].1), "the real key is in the {place}");
+        for real in [REAL[0].1, "sk-real-ci"] {
+            assert!(!text.contains(real), "a real key is in the {place}");
+        }
     }
 }
 

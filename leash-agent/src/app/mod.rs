@@ -97,6 +97,9 @@ impl Core {
             Arc::clone(&metrics),
             audit_sink,
         ));
+        // Credential files are followed: a rotated provider key is taken
+        // without a restart.
+        tokio::spawn(config.credentials.clone().watch());
         if policy.file().is_some() {
             tokio::spawn(crate::policy::watch(
                 Arc::clone(&policy),

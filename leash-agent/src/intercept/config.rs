@@ -4,13 +4,14 @@
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
 use serde::Deserialize;
 
 use crate::{
-    credentials::{Credential, Credentials},
+    credentials::{ByCaller, Credentials, RawByCaller},
     field::{self, FieldError, invalid},
     provider::{ProviderKind, Providers},
 };
@@ -103,35 +104,31 @@ pub struct InterceptConfig {
 }
 
 /// Credentials the agent sends in place of the key an intercepted
-/// application holds (`intercept.inject_credentials`, provider →
-/// credential name): applications run with a placeholder.
+/// application holds (`intercept.inject_credentials`, provider → a
+/// credential name, or rules choosing one by team, uid and executable):
+/// applications run with a placeholder.
 #[derive(Debug, Clone, Default)]
 pub struct Injection {
-    pub by_provider: std::collections::BTreeMap<String, Credential>,
+    pub by_provider: std::collections::BTreeMap<String, Arc<ByCaller>>,
     /// Only a request carrying this key gets the injection (`None`: any).
     pub placeholder: Option<String>,
 }
 
 impl Injection {
     fn validate(
-        raw: Option<std::collections::BTreeMap<String, String>>,
+        raw: Option<std::collections::BTreeMap<String, RawByCaller>>,
         placeholder: Option<String>,
         providers: &Providers,
         credentials: &Credentials,
     ) -> Result<Self, FieldError> {
         let mut by_provider = std::collections::BTreeMap::new();
-        for (provider, name) in raw.unwrap_or_default() {
+        for (provider, rules) in raw.unwrap_or_default() {
             let field = format!("intercept.inject_credentials.{provider}");
             if providers.get(&provider).is_none() {
                 return Err(invalid(field, "not a configured provider"));
             }
-            let c = credentials.get(&name).ok_or_else(|| {
-                invalid(
-                    &field,
-                    format!("unknown credential `{name}` (see `credentials:`)"),
-                )
-            })?;
-            by_provider.insert(provider, c.clone());
+            let rules = ByCaller::validate(rules, &field, credentials)?;
+            by_provider.insert(provider, Arc::new(rules));
         }
         if placeholder.as_deref().is_some_and(str::is_empty) {
             return Err(invalid("intercept.placeholder_key", "must not be empty"));
@@ -175,7 +172,7 @@ pub struct RawIntercept {
     on_untrusted_client: Option<OnUntrusted>,
     untrusted_splice_secs: Option<u64>,
     bypass_executables: Option<Vec<String>>,
-    inject_credentials: Option<std::collections::BTreeMap<String, String>>,
+    inject_credentials: Option<std::collections::BTreeMap<String, RawByCaller>>,
     placeholder_key: Option<String>,
 }
 

@@ -201,10 +201,13 @@ pub struct Rejection {
 
 /// What happens to the client's provider key once the request phases
 /// passed: replaced by a credential Leash holds (a virtual key's, a route
-/// target's), or removed (a policy sent the request elsewhere).
+/// target's, or the one rules choose for the caller — known only once the
+/// `team` module named its team), or removed (a policy sent the request
+/// elsewhere).
 #[derive(Debug, Clone)]
 pub enum CredentialAction {
     Inject(crate::credentials::Credential),
+    ForCaller(std::sync::Arc<crate::credentials::ByCaller>),
     Strip,
 }
 

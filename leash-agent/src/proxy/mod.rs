@@ -220,16 +220,23 @@ pub async fn admit_read<C: Connect + Clone + Send + Sync + 'static>(
         }
     }
     // The client's provider key replaced or removed, as the phases said.
+    // `Some(None)`: removed; `None`: left as the client sent it.
+    let replacement = match ex.ext.remove::<CredentialAction>() {
+        None => None,
+        Some(CredentialAction::Inject(c)) => Some(Some(c)),
+        Some(CredentialAction::ForCaller(rules)) => rules.pick(&ex.caller).cloned().map(Some),
+        Some(CredentialAction::Strip) => Some(None),
+    };
     let stripped;
-    let query = match ex.ext.remove::<CredentialAction>() {
+    let query = match replacement {
         None => query,
-        Some(action) => {
-            match &action {
-                CredentialAction::Inject(c) => {
-                    credentials::inject(ex.provider.kind, &mut request.head.headers, c);
-                    ex.credential = Some(c.name.clone());
+        Some(credential) => {
+            match credential {
+                Some(c) => {
+                    credentials::inject(ex.provider.kind, &mut request.head.headers, &c);
+                    ex.credential = Some(c.name);
                 }
-                CredentialAction::Strip => credentials::strip(&mut request.head.headers),
+                None => credentials::strip(&mut request.head.headers),
             }
             stripped = query.map(credentials::strip_query);
             stripped.as_deref().filter(|q| !q.is_empty())

@@ -136,7 +136,7 @@ impl Terminated {
             Arc::clone(&self.pipeline),
         );
         // The application holds a placeholder: the agent sends the real key.
-        if let Some(c) = self.inject.by_provider.get(&self.provider.name) {
+        if let Some(rules) = self.inject.by_provider.get(&self.provider.name) {
             let key = credentials::presented_key(req.headers(), req.uri());
             if self
                 .inject
@@ -144,7 +144,9 @@ impl Terminated {
                 .as_deref()
                 .is_none_or(|p| key.as_deref() == Some(p))
             {
-                ex.ext.insert(CredentialAction::Inject(c.clone()));
+                // Chosen for the caller once its team is known.
+                ex.ext
+                    .insert(CredentialAction::ForCaller(Arc::clone(rules)));
             }
         }
         match canonical {
