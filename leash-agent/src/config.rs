@@ -115,6 +115,8 @@ struct RawConfig {
     credentials: BTreeMap<String, crate::credentials::RawCredential>,
     #[serde(default)]
     auth: crate::keys::RawAuth,
+    #[serde(skip)]
+    credentials_unread: bool,
 }
 
 /// Command-line values that take precedence over the file.
@@ -124,6 +126,10 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
     /// Taken relative to the current directory, not the config file's.
     pub audit_dir: Option<PathBuf>,
+    /// For commands that send nothing to a provider (`leash console`,
+    /// `leash keys`): `credentials:` is checked but its values not read
+    /// (they live in the service's environment, not the operator's shell).
+    pub credentials_unread: bool,
 }
 
 /// A team that chooses an injected credential must be one a caller cannot
@@ -212,6 +218,7 @@ impl RawConfig {
         if let Some(dir) = &o.audit_dir {
             self.audit.dir = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
         }
+        self.credentials_unread = o.credentials_unread;
         self
     }
 
@@ -235,6 +242,7 @@ impl RawConfig {
             routes,
             credentials,
             auth,
+            credentials_unread,
         } = self;
         let host_id = match host_id {
             Some(h) if h.trim().is_empty() => return Err(invalid("host_id", "must not be empty")),
@@ -254,7 +262,8 @@ impl RawConfig {
             return Err(invalid("admin.listen", "must differ from gateway.listen"));
         }
         let providers = Providers::validate(providers)?;
-        let credentials = crate::credentials::Credentials::validate(credentials, base)?;
+        let credentials =
+            crate::credentials::Credentials::validate(credentials, base, !credentials_unread)?;
         let routes = crate::routes::Routes::validate(routes, &providers, &credentials)?;
         let auth = crate::keys::AuthConfig::validate(auth, base, &providers, &credentials)?;
         let intercept = InterceptConfig::validate(intercept, &providers, &credentials)?;

@@ -123,7 +123,13 @@ impl std::fmt::Debug for Credential {
 pub struct Credentials(Arc<BTreeMap<String, Credential>>);
 
 impl Credentials {
-    pub fn validate(raw: BTreeMap<String, RawCredential>, base: &Path) -> Result<Self, FieldError> {
+    /// The `credentials` section; with `read` false, the values are not
+    /// read (commands that send nothing upstream).
+    pub fn validate(
+        raw: BTreeMap<String, RawCredential>,
+        base: &Path,
+        read: bool,
+    ) -> Result<Self, FieldError> {
         let mut out = BTreeMap::new();
         for (name, c) in raw {
             let field = format!("credentials.{name}");
@@ -134,6 +140,12 @@ impl Credentials {
                 ));
             }
             let (text, source, path) = match (c.env, c.file) {
+                (Some(var), None) if !read => ("unread".to_owned(), format!("env:{var}"), None),
+                (None, Some(path)) if !read => (
+                    "unread".to_owned(),
+                    format!("file:{}", resolve(base, path).display()),
+                    None,
+                ),
                 (Some(var), None) => {
                     let text = std::env::var(&var).map_err(|_| {
                         invalid(
@@ -405,11 +417,11 @@ mod tests {
         let key = dir.path().join("k");
         std::fs::write(&key, "sk-secret-value\n").unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = Credentials::validate(raw("k: { file: k }"), dir.path()).unwrap_err();
+        let err = Credentials::validate(raw("k: { file: k }"), dir.path(), true).unwrap_err();
         assert_eq!(err.field, "credentials.k.file");
         assert!(err.reason.contains("0600"), "{err}");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let creds = Credentials::validate(raw("k: { file: k }"), dir.path()).unwrap();
+        let creds = Credentials::validate(raw("k: { file: k }"), dir.path(), true).unwrap();
         let shown = format!("{creds:?}");
         assert!(!shown.contains("sk-secret-value"), "{shown}");
         let mut headers = HeaderMap::new();
@@ -431,7 +443,8 @@ mod tests {
         std::fs::write(&key, "first").unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         let creds =
-            Credentials::validate(raw("k: { file: k }\nj: { env: PATH }"), dir.path()).unwrap();
+            Credentials::validate(raw("k: { file: k }\nj: { env: PATH }"), dir.path(), true)
+                .unwrap();
         let rules: RawByCaller = crate::field::from_yaml(
             "[{ credential: j, team: ops, uid: 7 }, { credential: k, exe: '/usr/bin/py*' }]",
         )
@@ -471,10 +484,14 @@ mod tests {
 
     #[test]
     fn a_missing_variable_is_named_without_a_value() {
-        let err = Credentials::validate(raw("k: { env: LEASH_TEST_NO_SUCH_VAR }"), Path::new("."))
-            .unwrap_err();
+        let err = Credentials::validate(
+            raw("k: { env: LEASH_TEST_NO_SUCH_VAR }"),
+            Path::new("."),
+            true,
+        )
+        .unwrap_err();
         assert_eq!(err.field, "credentials.k.env");
         assert!(err.reason.contains("LEASH_TEST_NO_SUCH_VAR"));
-        assert!(Credentials::validate(raw("k: {}"), Path::new(".")).is_err());
+        assert!(Credentials::validate(raw("k: {}"), Path::new("."), true).is_err());
     }
 }

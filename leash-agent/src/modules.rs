@@ -96,6 +96,9 @@ pub struct Parts<'a> {
     /// Where the audit trail is (budgets rebuild their spend from it).
     pub audit_dir: &'a Path,
     pub auth: &'a AuthConfig,
+    /// The key registry the `keys` module checks against (one is opened
+    /// when none is given: `leash config check`).
+    pub keys: Option<&'a Arc<keys::registry::Registry>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +125,17 @@ pub fn build(name: &str, parts: &Parts<'_>) -> Result<Box<dyn Module>, BuildErro
         ))),
         team::NAME => Ok(Box::new(team::TeamModule::new(parts.teams.to_vec()))),
         usage::NAME => Ok(Box::new(usage::UsageModule::new(Arc::clone(parts.prices)))),
-        keys::NAME => Ok(Box::new(keys::KeysModule::new(parts.auth)?)),
+        keys::NAME => {
+            let registry = match parts.keys {
+                Some(r) => Arc::clone(r),
+                None => Arc::new(keys::registry::Registry::open(parts.auth)?),
+            };
+            Ok(Box::new(keys::KeysModule::new(
+                parts.auth,
+                registry,
+                Arc::clone(parts.prices),
+            )))
+        }
         other => Err(BuildError::Unknown(other.to_owned())),
     }
 }

@@ -6,34 +6,14 @@
 // usage: node console.mjs <admin base URL> <screenshot dir> <gateway base URL> <login URL>
 // env: LEASH_TEST_PLAYWRIGHT (node_modules with playwright-core),
 //      LEASH_TEST_CHROMIUM (the browser, default /usr/bin/chromium)
-import { createRequire } from "node:module";
+import { withConsole } from "./browser.mjs";
 
 const [base, shots, gateway, login] = process.argv.slice(2);
-const require = createRequire(process.env.LEASH_TEST_PLAYWRIGHT + "/");
-const { chromium } = require("playwright-core");
-
-const browser = await chromium.launch({
-  executablePath: process.env.LEASH_TEST_CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const out = { errors: [], requests: [] };
-try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
-  page.on("pageerror", (e) => out.errors.push(String(e)));
-  page.on("console", (m) => { if (m.type() === "error") out.errors.push(m.text()); });
-  // Everything the page loads must come from the admin listener itself.
-  page.on("request", (r) => out.requests.push(r.url()));
+await withConsole(base, async (page, out, { cells, open }) => {
   // The one-time URL of `leash console` opens a session (a cookie): no
   // token is typed or stored in the page.
   await page.goto(login);
   out.logged_in = page.url();
-  const cells = (sel) => page.$$eval(sel, (rows) => rows.map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent)));
-  const open = async (name) => {
-    await page.goto(`${base}/console#${name}`);
-    await page.waitForSelector(`body[data-loaded="${name}"]`, { timeout: 10000 });
-  };
-
   await open("live");
   await page.waitForFunction(() => document.querySelectorAll("#live-table tbody tr").length > 0);
   out.live = await cells("#live-table tbody tr");
@@ -80,7 +60,4 @@ try {
   await open("interception");
   out.interception = JSON.parse(await page.textContent("#interception"));
   await page.screenshot({ path: `${shots}/interception.png` });
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(out));
+});

@@ -8,6 +8,7 @@
 )]
 
 pub mod agent;
+pub mod browser;
 pub mod dns;
 pub mod fleet;
 pub mod gateway;

@@ -8,7 +8,7 @@
 )]
 
 use leash_tests::{
-    harness::{Leash, assert_success, http_request, mock_providers_yaml, run, run_python},
+    harness::{Leash, assert_success, http_request, mock_providers_yaml, run_python},
     mock::MockProvider,
 };
 use serde_json::{Value, json};
@@ -398,44 +398,21 @@ fn the_console_is_closed_on_loopback_without_the_token_and_opens_with_a_login_ur
 /// what the pages showed (checked here for errors and outside requests)
 /// and the screenshot directory.
 fn browse(leash: &Leash) -> (Value, std::path::PathBuf) {
-    let shots =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let playwright = std::env::var("LEASH_TEST_PLAYWRIGHT").unwrap_or_else(|_| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/console-browser/node_modules")
-            .display()
-            .to_string()
-    });
-    assert!(
-        std::path::Path::new(&playwright)
-            .join("playwright-core")
-            .is_dir(),
-        "playwright-core is not installed in {playwright}: run the tests with `cargo xtask test`, which installs it (and Debian's chromium)"
+    let shots = leash_tests::browser::screenshots();
+    let seen = leash_tests::browser::run_script(
+        "console.mjs",
+        &format!("http://{}", leash.admin),
+        &[
+            &shots.display().to_string(),
+            &format!("http://{}", leash.addr),
+            &leash.console_login_url(),
+        ],
     );
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/console.mjs");
-    let base = format!("http://{}", leash.admin);
-    let out = run(std::process::Command::new("node")
-        .arg(&script)
-        .arg(&base)
-        .arg(&shots)
-        .arg(format!("http://{}", leash.addr))
-        .arg(leash.console_login_url())
-        .env("LEASH_TEST_PLAYWRIGHT", &playwright));
-    assert_success("the browser run", &out);
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(seen["errors"], json!([]), "errors in the page");
     assert!(
         seen["logged_in"].as_str().unwrap().ends_with("/console"),
         "the login URL did not open the console: {}",
         seen["logged_in"]
     );
-    for url in seen["requests"].as_array().unwrap() {
-        assert!(
-            url.as_str().unwrap().starts_with(&base),
-            "the page loaded {url}"
-        );
-    }
     (seen, shots)
 }
 

@@ -30,9 +30,14 @@ const REAL: [(&str, &str); 3] = [
 ];
 
 fn start(mock: &MockProvider, dir: &Path) -> Leash {
+    start_with(mock, dir, "")
+}
+
+/// As `start`, with more config (`extra`, top-level sections).
+fn start_with(mock: &MockProvider, dir: &Path, extra: &str) -> Leash {
     let store = dir.join("keys.json");
     let config = format!(
-        "{}credentials:\n  real-openai: {{ env: LEASH_TEST_REAL_OPENAI }}\n  real-anthropic: {{ env: LEASH_TEST_REAL_ANTHROPIC }}\n  real-google: {{ env: LEASH_TEST_REAL_GOOGLE }}\nauth:\n  mode: virtual\n  keys_file: \"{}\"\n  inject: {{ openai: real-openai, anthropic: real-anthropic, google: real-google }}\n",
+        "{}{extra}credentials:\n  real-openai: {{ env: LEASH_TEST_REAL_OPENAI }}\n  real-anthropic: {{ env: LEASH_TEST_REAL_ANTHROPIC }}\n  real-google: {{ env: LEASH_TEST_REAL_GOOGLE }}\nauth:\n  mode: virtual\n  keys_file: \"{}\"\n  inject: {{ openai: real-openai, anthropic: real-anthropic, google: real-google }}\n",
         mock_providers_yaml(mock),
         store.display()
     );
@@ -258,6 +263,160 @@ fn models_and_rates_are_limited_per_key() {
         headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+    );
+}
+
+/// A key limited to a route calls that route only; a key with a budget is
+/// refused once its spend this period reaches it — also after a restart —
+/// while a key without one goes on (control); the console lists each key's
+/// limits, spend and last use.
+#[test]
+fn routes_and_budgets_are_limited_per_key() {
+    let mock = MockProvider::start();
+    let dir = tempfile::tempdir().unwrap();
+    let routed = create(dir.path(), &["--team", "a", "--routes", "cheap"]);
+    let capped = create(dir.path(), &["--team", "b", "--budget", "0.0000001/day"]);
+    let free = create(dir.path(), &["--team", "c"]);
+    let mut leash = start_with(
+        &mock,
+        dir.path(),
+        "routes:\n  cheap: { targets: [{ provider: openai, model: gpt-4o-mini }] }\n",
+    );
+    let unified = |model: &str| {
+        format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#)
+    };
+    let (status, _, body) = chat(
+        &leash,
+        &routed,
+        "/v1/chat/completions",
+        unified("cheap").as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    for (path, body) in [
+        ("/v1/chat/completions", unified("openai/gpt-4o-mini")),
+        ("/v1/openai/chat/completions", unified("gpt-4o-mini")),
+    ] {
+        let (status, _, answer) = chat(&leash, &routed, path, body.as_bytes());
+        assert_eq!(status, 403, "{path}: {answer}");
+        assert!(answer.contains("route cheap only"), "{answer}");
+    }
+    // The budget: the first call is priced past it, then refused.
+    let (status, _, body) = chat(&leash, &capped, "/v1/openai/chat/completions", OPENAI_CHAT);
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refusal = loop {
+        let (status, _, body) = chat(&leash, &capped, "/v1/openai/chat/completions", OPENAI_CHAT);
+        if status != 200 {
+            break (status, body);
+        }
+        assert!(Instant::now() < deadline, "the budget was never reached");
+    };
+    assert_eq!(refusal.0, 429, "{}", refusal.1);
+    assert!(refusal.1.contains("budget"), "{}", refusal.1);
+    assert_eq!(
+        chat(&leash, &free, "/v1/openai/chat/completions", OPENAI_CHAT).0,
+        200
+    );
+    // The console: limits, spend, last use; never a key.
+    let (status, page) = leash.api("GET", "/api/keys", b"");
+    assert_eq!(status, 200, "{page}");
+    let row = |key: &str| {
+        page["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == key_id(key))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row(&routed)["routes"], serde_json::json!(["cheap"]));
+    assert_eq!(row(&capped)["budget_period"], "day");
+    assert!(
+        row(&capped)["spent_usd"].as_f64().unwrap() > 0.000_000_1,
+        "{page}"
+    );
+    assert!(row(&free)["last_used"].as_u64().is_some(), "{page}");
+    for key in [&routed, &capped, &free] {
+        assert!(
+            !page
+                .to_string()
+                .contains(key.splitn(3, '_').nth(2).unwrap())
+        );
+    }
+    // Spend is kept beside the store: still refused after a restart.
+    let usage = dir.path().join("keys.json.usage");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&usage).is_ok_and(|t| t.contains(key_id(&capped))) {
+        assert!(Instant::now() < deadline, "key use was not written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    leash.restart();
+    let (status, _, body) = chat(&leash, &capped, "/v1/openai/chat/completions", OPENAI_CHAT);
+    assert_eq!(status, 429, "after a restart: {body}");
+    assert_eq!(
+        chat(&leash, &free, "/v1/openai/chat/completions", OPENAI_CHAT).0,
+        200
+    );
+}
+
+/// The keys page in a real browser: every key with its team and limits,
+/// never a key or a real credential; its Revoke button (a state change: a
+/// session from the page itself) revokes the key, which the gateway then
+/// refuses, while the other key goes on (control). Without the token, the
+/// revoke API is refused.
+#[test]
+fn the_console_lists_keys_and_revokes_one() {
+    let mock = MockProvider::start();
+    let dir = tempfile::tempdir().unwrap();
+    let doomed = create(dir.path(), &["--team", "research", "--rate", "60"]);
+    let kept = create(dir.path(), &["--team", "ops", "--models", "gpt-4o*"]);
+    let leash = start(&mock, dir.path());
+    for key in [&doomed, &kept] {
+        assert_eq!(
+            chat(&leash, key, "/v1/openai/chat/completions", OPENAI_CHAT).0,
+            200
+        );
+    }
+    let path = format!("/api/keys/{}/revoke", key_id(&doomed));
+    let (status, _, _) =
+        leash_tests::http::http_request(leash.admin, "POST", &path, &[], b"").unwrap();
+    assert_eq!(status, 401, "revoked without the token");
+    let seen = leash_tests::browser::run_script(
+        "keys.mjs",
+        &format!("http://{}", leash.admin),
+        &[
+            &leash_tests::browser::screenshots().display().to_string(),
+            &leash.console_login_url(),
+            key_id(&doomed),
+        ],
+    );
+    let before = seen["before"].as_array().unwrap();
+    assert_eq!(before.len(), 2, "{seen}");
+    let doomed_row = before.iter().find(|r| r[0] == key_id(&doomed)).unwrap();
+    assert_eq!(doomed_row[1], "research");
+    assert_eq!(doomed_row[4], "60 /min");
+    assert_eq!(doomed_row[10], "active");
+    let kept_row = before.iter().find(|r| r[0] == key_id(&kept)).unwrap();
+    assert_eq!(kept_row[2], "gpt-4o*");
+    assert!(seen["result"].as_str().unwrap().contains("revoked"));
+    let html = seen["html"].as_str().unwrap();
+    for secret in [&doomed, &kept]
+        .map(|k| k.splitn(3, '_').nth(2).unwrap().to_owned())
+        .into_iter()
+        .chain(REAL.iter().map(|(_, r)| (*r).to_owned()))
+    {
+        assert!(!html.contains(&secret), "a secret is on the keys page");
+    }
+    let (status, _, body) = chat(&leash, &doomed, "/v1/openai/chat/completions", OPENAI_CHAT);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        chat(&leash, &kept, "/v1/openai/chat/completions", OPENAI_CHAT).0,
+        200
+    );
+    assert!(
+        leash
+            .logs()
+            .contains("virtual key revoked from the console")
     );
 }
 

@@ -317,6 +317,26 @@ fn canary_keys_never_appear_in_logs_audit_metrics_or_errors() {
     );
     let audit = leash.audit_text();
     let metrics = leash.metrics();
+    // Every console API answer (each page's data) and the page itself.
+    let mut console = String::new();
+    for path in [
+        "/api/records",
+        "/api/spend",
+        "/api/violations",
+        "/api/policy",
+        "/api/keys",
+        "/api/interception",
+    ] {
+        let (status, v) = leash.api("GET", path, b"");
+        assert_eq!(status, 200, "{path}: {v}");
+        console.push_str(&v.to_string());
+    }
+    // Control: the pages hold the records and the key (by id).
+    let vkey_id = vkey.split('_').nth(1).unwrap();
+    assert!(
+        console.contains(vkey_id) && console.contains(records[0]["id"].as_str().unwrap()),
+        "the console answers do not show the records and keys searched"
+    );
     let mut hits = Vec::new();
     for c in all {
         if logs.contains(c.as_str()) {
@@ -328,6 +348,9 @@ fn canary_keys_never_appear_in_logs_audit_metrics_or_errors() {
         if metrics.contains(c.as_str()) {
             hits.push(format!("metrics: {c}"));
         }
+        if console.contains(c.as_str()) {
+            hits.push(format!("console: {c}"));
+        }
         for (name, body) in &leash_bodies {
             if body.contains(c.as_str()) {
                 hits.push(format!("error body of `{name}`: {c}"));
@@ -335,12 +358,13 @@ fn canary_keys_never_appear_in_logs_audit_metrics_or_errors() {
         }
     }
     eprintln!(
-        "secrets hygiene: {} canaries x {} flows; searched {} log lines, {} audit bytes, {} metrics bytes, {} error bodies; hits: {}",
+        "secrets hygiene: {} canaries x {} flows; searched {} log lines, {} audit bytes, {} metrics bytes, {} console bytes, {} error bodies; hits: {}",
         all.len(),
         flows.len(),
         logs.lines().count(),
         audit.len(),
         metrics.len(),
+        console.len(),
         leash_bodies.len(),
         hits.len()
     );

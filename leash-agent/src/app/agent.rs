@@ -167,6 +167,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         pipeline,
         policy,
         alerts,
+        keys,
     } = Core::new(&config)?;
     let interception = interception_status(&config, &cgroup_dir, &ca);
     let upstream_tls = upstream::tls_config(&config.upstream)?;
@@ -182,7 +183,11 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let untrusted = Arc::new(Untrusted::new(&config.intercept.untrusted, alerts.clone()));
     let refused = Arc::new(crate::proxy::refusals::Totals::default());
     let state = interception_state(interception, &hooks, &metrics, &untrusted, &refused);
-    let console = Some(console_for(&config, policy, Some(state))?.with_live(audit_writer.live()));
+    let console = Some(
+        console_for(&config, policy, Some(state))?
+            .with_live(audit_writer.live())
+            .with_keys(keys),
+    );
     let host_table = HostTable::new(&config.intercept, &config.providers);
     let static_targets = hosts::add_static(&hooks, host_table.hosts())?;
     release_startup_memory();

@@ -75,6 +75,8 @@ struct Core {
     pipeline: Arc<Pipeline>,
     policy: Arc<PolicyHandle>,
     alerts: crate::alerts::Alerter,
+    /// The virtual keys, when the `keys` module runs.
+    keys: Option<Arc<crate::keys::registry::Registry>>,
 }
 
 impl Core {
@@ -90,7 +92,24 @@ impl Core {
             None => crate::alerts::Alerter::disabled(),
         };
         let policy = Arc::new(policy_handle(config)?);
-        let modules = build_modules(config, &metrics, &alerts, &policy)?;
+        let keys = if config
+            .pipeline
+            .modules
+            .iter()
+            .any(|m| m == crate::keys::NAME)
+        {
+            let registry = Arc::new(
+                crate::keys::registry::Registry::open(&config.auth)
+                    .map_err(modules::BuildError::from)?,
+            );
+            tokio::spawn(crate::keys::registry::Registry::keep(Arc::downgrade(
+                &registry,
+            )));
+            Some(registry)
+        } else {
+            None
+        };
+        let modules = build_modules(config, &metrics, &alerts, &policy, keys.as_ref())?;
         let pipeline = Arc::new(Pipeline::new(
             modules,
             config.host_id.as_str().into(),
@@ -135,6 +154,7 @@ impl Core {
             pipeline,
             policy,
             alerts,
+            keys,
         })
     }
 }
@@ -156,6 +176,7 @@ fn build_modules(
     metrics: &Arc<Metrics>,
     alerts: &crate::alerts::Alerter,
     policy: &Arc<PolicyHandle>,
+    keys: Option<&Arc<crate::keys::registry::Registry>>,
 ) -> Result<Vec<Box<dyn crate::pipeline::Module>>, RunError> {
     let prices = Arc::new(PriceTable::with_overrides(config.pricing.clone()));
     Ok(modules::build_all(
@@ -169,6 +190,7 @@ fn build_modules(
             teams: &config.teams,
             audit_dir: &config.audit.dir,
             auth: &config.auth,
+            keys,
         },
     )?)
 }
@@ -222,6 +244,7 @@ pub fn check(config: &Config) -> Result<(), RunError> {
         &Arc::new(Metrics::new()),
         &crate::alerts::Alerter::disabled(),
         &policy,
+        None,
     )?;
     Ok(())
 }
@@ -237,9 +260,14 @@ pub async fn run_gateway(
         audit: audit_writer,
         pipeline,
         policy,
+        keys,
         ..
     } = Core::new(&config)?;
-    let console = Some(console_for(&config, policy, None)?.with_live(audit_writer.live()));
+    let console = Some(
+        console_for(&config, policy, None)?
+            .with_live(audit_writer.live())
+            .with_keys(keys),
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let gw_task = spawn_gateway(&config, pipeline, stop_rx.clone()).await?;
     let admin_task = spawn_admin(

@@ -12,6 +12,7 @@ use crate::{
         shared,
         store::{Limits, Secret, Store, now_secs},
     },
+    pipeline::budget::Period,
 };
 
 #[derive(Args)]
@@ -56,12 +57,40 @@ impl StoreArgs {
         let Some(config) = &self.config else {
             bail!("give --store FILE, --postgres URL --secret FILE, or --config FILE");
         };
-        let c = Config::load(Some(config), &Overrides::default())?;
+        let c = Config::load(
+            Some(config),
+            &Overrides {
+                credentials_unread: true,
+                ..Overrides::default()
+            },
+        )?;
         let backend = match c.auth.postgres {
             Some(url) => Backend::Postgres(url),
             None => Backend::File(c.auth.keys_file),
         };
         Ok((backend, c.auth.secret_file))
+    }
+}
+
+impl StoreArgs {
+    /// With `--config`, route names must be that config's routes.
+    fn check_routes(&self, routes: &[String]) -> anyhow::Result<()> {
+        let Some(config) = &self.config else {
+            return Ok(());
+        };
+        let c = Config::load(
+            Some(config),
+            &Overrides {
+                credentials_unread: true,
+                ..Overrides::default()
+            },
+        )?;
+        for r in routes {
+            if c.routes.get(r).is_none() {
+                bail!("--routes: `{r}` is not a route in {}", config.display());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -121,6 +150,13 @@ pub enum KeysCommand {
         /// Model globs the key may call (comma separated; default: any).
         #[arg(long, value_delimiter = ',')]
         models: Vec<String>,
+        /// Routes (`routes:` names, comma separated) the key may call; a
+        /// key with routes can call nothing else.
+        #[arg(long, value_delimiter = ',')]
+        routes: Vec<String>,
+        /// Spend limit in USD: `25` (a month), `5/day`, `10/week`, `25/month`.
+        #[arg(long)]
+        budget: Option<String>,
         /// Requests per minute.
         #[arg(long)]
         rate: Option<u32>,
@@ -150,6 +186,25 @@ pub enum KeysCommand {
     },
 }
 
+/// `25`, `5/day`, `10/week`, `25/month`: USD and period (a month when
+/// not given).
+fn budget_of(text: &str) -> anyhow::Result<(f64, Period)> {
+    let (usd, period) = text.split_once('/').unwrap_or((text, "month"));
+    let usd: f64 = usd
+        .trim()
+        .parse()
+        .ok()
+        .filter(|u: &f64| u.is_finite() && *u >= 0.0)
+        .with_context(|| format!("--budget `{text}`: USD must be a number, 0 or more"))?;
+    let period = match period.trim() {
+        "day" => Period::Day,
+        "week" => Period::Week,
+        "month" => Period::Month,
+        other => bail!("--budget `{text}`: period `{other}` is not day, week or month"),
+    };
+    Ok((usd, period))
+}
+
 /// `30d`, `12h`, `90m`, `45s` in seconds.
 fn duration_secs(text: &str) -> anyhow::Result<u64> {
     let (n, unit) = text.split_at(text.len().saturating_sub(1));
@@ -169,74 +224,99 @@ fn duration_secs(text: &str) -> anyhow::Result<u64> {
     Ok(secs)
 }
 
+/// `leash keys create`: `limits` as given, with the budget and lifetime
+/// still as text.
+fn create(
+    store: &StoreArgs,
+    mut limits: Limits,
+    budget: Option<&str>,
+    expires: Option<&str>,
+) -> anyhow::Result<()> {
+    if !crate::pipeline::team::valid_team(&limits.team) {
+        bail!("--team: 1-64 of A-Z a-z 0-9 . _ -");
+    }
+    if let Err(e) = crate::field::globs(&limits.models) {
+        bail!("--models: {e}");
+    }
+    store.check_routes(&limits.routes)?;
+    if let Some((usd, period)) = budget.map(budget_of).transpose()? {
+        limits.budget_usd = Some(usd);
+        limits.budget_period = Some(period);
+    }
+    limits.expires = expires
+        .map(duration_secs)
+        .transpose()?
+        .map(|s| now_secs() + s);
+    let (backend, secret) = store.backend()?;
+    let secret = Secret::load(&secret, true)?;
+    let mut s = backend.load()?;
+    s.version = 1;
+    let (key, rec) = s.create(&secret, limits)?;
+    backend.save(&s, &[&rec.id])?;
+    eprintln!(
+        "created key {} for team {} in {} (shown once: store it now)",
+        rec.id,
+        rec.limits.team,
+        backend.name()
+    );
+    println!("{key}");
+    Ok(())
+}
+
 pub fn command(cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
         KeysCommand::Create {
             store,
             team,
             models,
+            routes,
+            budget,
             rate,
             tokens,
             expires,
-        } => {
-            if !crate::pipeline::team::valid_team(&team) {
-                bail!("--team: 1-64 of A-Z a-z 0-9 . _ -");
-            }
-            if let Err(e) = crate::field::globs(&models) {
-                bail!("--models: {e}");
-            }
-            let expires = expires
-                .as_deref()
-                .map(duration_secs)
-                .transpose()?
-                .map(|s| now_secs() + s);
-            let (backend, secret) = store.backend()?;
-            let secret = Secret::load(&secret, true)?;
-            let mut s = backend.load()?;
-            s.version = 1;
-            let (key, rec) = s.create(
-                &secret,
-                Limits {
-                    team,
-                    models,
-                    rate_per_min: rate,
-                    tokens_per_min: tokens,
-                    expires,
-                },
-            )?;
-            backend.save(&s, &[&rec.id])?;
-            eprintln!(
-                "created key {} for team {} in {} (shown once: store it now)",
-                rec.id,
-                rec.team,
-                backend.name()
-            );
-            println!("{key}");
-        }
+        } => create(
+            &store,
+            Limits {
+                team,
+                models,
+                routes,
+                rate_per_min: rate,
+                tokens_per_min: tokens,
+                budget_usd: None,
+                budget_period: None,
+                expires: None,
+            },
+            budget.as_deref(),
+            expires.as_deref(),
+        )?,
         KeysCommand::List { store } => {
             let (backend, _) = store.backend()?;
             let now = now_secs();
-            println!("id\tteam\tmodels\trate/min\ttokens/min\texpires\tstate");
-            for k in backend.load()?.keys {
-                let state = if k.revoked.is_some() {
-                    "revoked"
-                } else if k.expires.is_some_and(|t| t <= now) {
-                    "expired"
+            println!("id\tteam\tmodels\troutes\trate/min\ttokens/min\tbudget\texpires\tstate");
+            let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+            let all = |v: &[String]| {
+                if v.is_empty() {
+                    "*".to_owned()
                 } else {
-                    "active"
-                };
+                    v.join(",")
+                }
+            };
+            for k in backend.load()?.keys {
+                let l = &k.limits;
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{state}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     k.id,
-                    k.team,
-                    if k.models.is_empty() {
-                        "*".to_owned()
-                    } else {
-                        k.models.join(",")
-                    },
-                    k.rate_per_min.map_or("-".to_owned(), |r| r.to_string()),
-                    k.tokens_per_min.map_or("-".to_owned(), |r| r.to_string()),
-                    k.expires.map_or("-".to_owned(), |t| t.to_string()),
+                    l.team,
+                    all(&l.models),
+                    all(&l.routes),
+                    dash(l.rate_per_min.map(|r| r.to_string())),
+                    dash(l.tokens_per_min.map(|r| r.to_string())),
+                    dash(l.budget_usd.map(|b| format!(
+                        "{b}/{}",
+                        l.budget_period.unwrap_or(Period::Month).as_str()
+                    ))),
+                    dash(l.expires.map(|t| t.to_string())),
+                    k.state(now),
                 );
             }
         }

@@ -236,6 +236,7 @@ fn run() -> anyhow::Result<()> {
                 gateway_listen: listen,
                 admin_listen,
                 audit_dir,
+                credentials_unread: false,
             };
             let config = Config::load(config.as_deref(), &overrides)?;
             block_on(app::run_gateway(config, shutdown_signal()))
@@ -249,6 +250,7 @@ fn run() -> anyhow::Result<()> {
                 gateway_listen: None,
                 admin_listen,
                 audit_dir,
+                credentials_unread: false,
             };
             let config = Config::load(config.as_deref(), &overrides)?;
             block_on(app::run_agent(config, shutdown_signal()))
@@ -284,6 +286,7 @@ fn run() -> anyhow::Result<()> {
                 gateway_listen: None,
                 admin_listen,
                 audit_dir,
+                credentials_unread: true,
             },
         ),
         Command::Config(ConfigCommand::Check { file }) => {

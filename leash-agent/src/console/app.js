@@ -244,12 +244,45 @@ async function runPlayground(ev) {
   } catch (e) { out.textContent = "error: " + e.message; }
 }
 
+// Virtual keys: team, limits, spend and last use — never a key.
+const when = (secs) => (secs ? new Date(secs * 1000).toISOString().slice(0, 19).replace("T", " ") : "");
+async function refreshKeys() {
+  const k = await api("/api/keys");
+  document.getElementById("keys-note").textContent = k.enabled
+    ? "Keys are made with `leash keys create`; the secret is shown once and never stored. Revoking holds within a second."
+    : k.note;
+  const limit = (v, unit) => (v == null ? "" : `${num(v)} ${unit}`);
+  table(document.getElementById("keys-table"),
+    [["id"], ["team"], ["models"], ["routes"], ["rate"], ["tokens"], ["budget $", "num"], ["spent $", "num"],
+      ["last used (UTC)"], ["expires (UTC)"], ["state"], [""]],
+    k.keys.map((key) => {
+      const button = el("button", { type: "button", "data-revoke": key.id }, "Revoke");
+      button.disabled = key.state !== "active";
+      button.addEventListener("click", async () => {
+        if (!confirm(`Revoke key ${key.id} (team ${key.team})? Applications using it stop working.`)) return;
+        const out = document.getElementById("keys-result");
+        try {
+          await api(`/api/keys/${encodeURIComponent(key.id)}/revoke`, { method: "POST" });
+          out.textContent = `revoked ${key.id}`;
+          await refreshKeys();
+        } catch (e) { out.textContent = "not revoked: " + e.message; }
+      });
+      return el("tr", { "data-key": key.id }, el("td", {}, key.id), el("td", {}, key.team),
+        el("td", {}, key.models.join(", ") || "any"), el("td", {}, key.routes.join(", ") || "any"),
+        el("td", {}, limit(key.rate_per_min, "/min")), el("td", {}, limit(key.tokens_per_min, "/min")),
+        el("td", { class: "num" }, key.budget_usd == null ? "" : `${usd(key.budget_usd)}/${key.budget_period}`),
+        el("td", { class: "num" }, usd6(key.spent_usd)), el("td", {}, when(key.last_used)),
+        el("td", {}, when(key.expires)), el("td", { class: key.state === "active" ? "" : "block" }, key.state),
+        el("td", {}, button));
+    }));
+}
+
 async function refreshInterception() {
   const i = await api("/api/interception");
   document.getElementById("interception").textContent = JSON.stringify(i, null, 2);
 }
 
-const pages = { live: refreshLive, spend: refreshSpend, violations: refreshViolations, policy: refreshPolicy, interception: refreshInterception };
+const pages = { live: refreshLive, spend: refreshSpend, violations: refreshViolations, policy: refreshPolicy, keys: refreshKeys, interception: refreshInterception };
 async function show(name) {
   current = pages[name] ? name : "live";
   for (const s of document.querySelectorAll(".page")) s.hidden = s.id !== "page-" + current;

@@ -8,6 +8,7 @@
 //! console`; only under the host names the listener answers to.
 
 pub mod auth;
+mod keys;
 mod queries;
 
 use std::{path::PathBuf, sync::Arc};
@@ -80,6 +81,8 @@ pub struct Console {
     /// `admin.allow_policy_edit`: the policy file may be replaced.
     policy_edit: bool,
     budgets: Vec<crate::pipeline::budget::BudgetConfig>,
+    /// The virtual keys (`None`: the `keys` module is off).
+    keys: Option<Arc<crate::keys::registry::Registry>>,
     /// This host's audit index (`Source::Dir`).
     index: Option<Arc<crate::audit::index::Index>>,
     /// Heavy queries (records, spend, violations, interception): admitted
@@ -144,6 +147,7 @@ impl Console {
             live: None,
             policy_edit: false,
             budgets: Vec::new(),
+            keys: None,
         }
     }
 
@@ -158,6 +162,13 @@ impl Console {
     #[must_use]
     pub fn with_policy_edit(mut self, allowed: bool) -> Self {
         self.policy_edit = allowed;
+        self
+    }
+
+    /// The virtual keys the keys page lists and revokes.
+    #[must_use]
+    pub fn with_keys(mut self, keys: Option<Arc<crate::keys::registry::Registry>>) -> Self {
+        self.keys = keys;
         self
     }
 
@@ -312,6 +323,14 @@ impl Console {
             ("GET", "/api/policy") => self.policy(),
             ("POST", "/api/policy/test") => self.playground(body),
             ("PUT", "/api/policy") => self.save_policy(body),
+            ("GET", "/api/keys") => keys::list(self.keys.as_deref()),
+            ("POST", p) if p.starts_with("/api/keys/") && p.ends_with("/revoke") => {
+                keys::revoke(
+                    self.keys.as_deref(),
+                    &p["/api/keys/".len()..p.len() - "/revoke".len()],
+                )
+                .await
+            }
             ("GET", "/api/interception") => match &self.interception {
                 Some(state) => {
                     let mut v = state();

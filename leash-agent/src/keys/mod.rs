@@ -7,10 +7,12 @@
 //! keys from clients are forwarded, no virtual keys), `virtual` (only
 //! virtual keys), `both`.
 //!
-//! The store (`store`) is a file the `leash keys` commands write
-//! atomically; the module re-reads it when it changes (checked at most
-//! every 250 ms), so a revocation holds within a second.
+//! The keys and their use are the registry's (`registry`): the store is a
+//! file the `leash keys` commands write atomically, or a PostgreSQL table
+//! replicas share, re-read within 250 ms of a change, so a revocation holds
+//! within a second.
 
+pub mod registry;
 pub mod shared;
 pub mod store;
 
@@ -18,29 +20,26 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant, SystemTime},
 };
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use globset::GlobSet;
 use http::StatusCode;
 use serde::Deserialize;
 
-use self::store::{KeyRecord, Secret, Store, StoreError};
+use self::{registry::Registry, store::Limits};
 use crate::{
     credentials::{self, Credential, Credentials},
     field::{FieldError, invalid, resolve},
     pipeline::{
         CredentialAction, Exchange, Flow, Module, ModuleError, ProxyRequest, Rejection, RetryAfter,
+        budget,
     },
+    pricing::PriceTable,
     provider::{ErrorCode, Providers},
     record::AuditRecord,
 };
 
 pub const NAME: &str = "keys";
-/// How often the store file is looked at for changes.
-const RELOAD_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -125,86 +124,23 @@ impl AuthConfig {
     }
 }
 
-/// The key store as the module reads it: records by id, with compiled
-/// model globs.
-struct Loaded {
-    modified: Option<SystemTime>,
-    keys: HashMap<String, (KeyRecord, Option<GlobSet>)>,
-    /// False until a shared store was read once (requests get 503).
-    ready: bool,
-}
-
-impl Loaded {
-    fn of(store: Store, modified: Option<SystemTime>) -> Self {
-        let keys = store
-            .keys
-            .into_iter()
-            .map(|k| {
-                let globs = (!k.models.is_empty())
-                    .then(|| crate::field::globs(&k.models).ok())
-                    .flatten();
-                (k.id.clone(), (k, globs))
-            })
-            .collect();
-        Self {
-            modified,
-            keys,
-            ready: true,
-        }
-    }
-}
-
 /// The id of the virtual key an exchange was made with (for its record).
 #[derive(Debug, Clone)]
-struct KeyId(String);
+struct KeyId {
+    id: String,
+    /// Start of the key's budget period (unix seconds).
+    since: u64,
+}
 
 pub struct KeysModule {
     mode: AuthMode,
-    path: PathBuf,
-    secret: Secret,
+    registry: Arc<Registry>,
+    prices: Arc<PriceTable>,
     inject: BTreeMap<String, Credential>,
-    loaded: Arc<ArcSwap<Loaded>>,
-    /// The store is PostgreSQL (followed by a task), not the file.
-    shared: bool,
-    checked: Mutex<Instant>,
     /// Per key: the minute (since the epoch) and requests in it.
     rates: Mutex<HashMap<String, (u64, u32)>>,
     /// Per key: the minute and the tokens its finished calls used in it.
     tokens: Mutex<HashMap<String, (u64, u64)>>,
-}
-
-fn load(path: &Path) -> Result<Loaded, StoreError> {
-    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    Ok(Loaded::of(Store::load(path)?, modified))
-}
-
-/// Keeps `loaded` in step with the shared store until the module goes.
-async fn follow_shared(url: String, loaded: std::sync::Weak<ArcSwap<Loaded>>) {
-    let mut client = None;
-    loop {
-        let Some(target) = loaded.upgrade() else {
-            return;
-        };
-        if client.is_none() {
-            match shared::connect(&url).await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    tracing::error!(error = %e, "key store unreachable; the last keys read stay");
-                }
-            }
-        }
-        if let Some(c) = &client {
-            match shared::load(c).await {
-                Ok(store) => target.store(Arc::new(Loaded::of(store, None))),
-                Err(e) => {
-                    tracing::error!(error = %e, "key store not read; the last keys read stay");
-                    client = None;
-                }
-            }
-        }
-        drop(target);
-        tokio::time::sleep(RELOAD_EVERY).await;
-    }
 }
 
 fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Flow {
@@ -216,58 +152,95 @@ fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Fl
 }
 
 impl KeysModule {
-    pub fn new(config: &AuthConfig) -> Result<Self, StoreError> {
-        let secret = Secret::load(&config.secret_file, true)?;
-        let loaded = match &config.postgres {
-            None => Arc::new(ArcSwap::from_pointee(load(&config.keys_file)?)),
-            Some(url) => {
-                let loaded = Arc::new(ArcSwap::from_pointee(Loaded {
-                    modified: None,
-                    keys: HashMap::new(),
-                    ready: false,
-                }));
-                let runtime = tokio::runtime::Handle::try_current()
-                    .map_err(|e| StoreError::Postgres(e.to_string()))?;
-                runtime.spawn(follow_shared(url.clone(), Arc::downgrade(&loaded)));
-                loaded
-            }
-        };
-        Ok(Self {
+    pub fn new(config: &AuthConfig, registry: Arc<Registry>, prices: Arc<PriceTable>) -> Self {
+        Self {
             mode: config.mode,
-            path: config.keys_file.clone(),
-            secret,
+            registry,
+            prices,
             inject: config.inject.clone(),
-            shared: config.postgres.is_some(),
-            loaded,
-            checked: Mutex::new(Instant::now()),
             rates: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A key limited to routes may call those only.
+    fn outside_routes(ex: &Exchange, id: &str, routes: &[String]) -> Option<Flow> {
+        if routes.is_empty() {
+            return None;
+        }
+        let route = ex.unified.as_ref().and_then(|u| u.route.as_deref());
+        if route.is_some_and(|r| routes.iter().any(|allowed| allowed == r)) {
+            return None;
+        }
+        Some(refuse(
+            StatusCode::FORBIDDEN,
+            ErrorCode::KeyNotAllowed,
+            format!(
+                "leash: key {id} may call route{} {} only",
+                if routes.len() == 1 { "" } else { "s" },
+                routes.join(", ")
+            ),
+        ))
+    }
+
+    /// A key whose budget is spent this period, or whose call could not be
+    /// priced against it, is refused.
+    fn over_budget(&self, ex: &Exchange, id: &str, limits: &Limits, since: u64) -> Option<Flow> {
+        let limit = limits.budget_usd?;
+        if ex
+            .model
+            .as_deref()
+            .is_none_or(|m| self.prices.lookup(m).is_none())
+        {
+            return Some(refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::BudgetExceeded,
+                format!(
+                    "leash: model `{}` has no price, so key {id}'s budget cannot account for it",
+                    ex.model.as_deref().unwrap_or("?")
+                ),
+            ));
+        }
+        let used = self.registry.usage(id);
+        (used.since == since && used.usd >= limit).then(|| {
+            refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::BudgetExceeded,
+                format!(
+                    "leash: key {id} has spent its budget of {limit} USD this {}",
+                    limits
+                        .budget_period
+                        .unwrap_or(budget::Period::Month)
+                        .as_str()
+                ),
+            )
         })
     }
 
-    /// Re-reads the store if it changed (looked at every `RELOAD_EVERY`);
-    /// a store that cannot be read keeps the last good one (logged).
-    fn refresh(&self) {
-        if self.shared {
-            return;
-        }
+    /// A key over its tokens or requests this minute is refused (429,
+    /// `retry-after`).
+    fn over_rate(&self, ex: &mut Exchange, id: &str, limits: &Limits) -> Option<Flow> {
+        if let Some(limit) = limits.tokens_per_min
+            && let Err(wait) = self.within_tokens(id, limit)
         {
-            let mut checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
-            if checked.elapsed() < RELOAD_EVERY {
-                return;
-            }
-            *checked = Instant::now();
+            ex.ext.insert(RetryAfter(wait));
+            return Some(refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                format!("leash: key {id} used its {limit} tokens this minute"),
+            ));
         }
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        if modified == self.loaded.load().modified {
-            return;
+        if let Some(limit) = limits.rate_per_min
+            && let Err(wait) = self.within_rate(id, limit)
+        {
+            ex.ext.insert(RetryAfter(wait));
+            return Some(refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                format!("leash: key {id} is over its {limit} requests a minute"),
+            ));
         }
-        match load(&self.path) {
-            Ok(l) => self.loaded.store(Arc::new(l)),
-            Err(e) => tracing::error!(error = %e, "key store not reloaded; the previous one stays"),
-        }
+        None
     }
 
     /// Counts a request of key `id`; false past `limit` this minute.
@@ -308,8 +281,7 @@ impl KeysModule {
         let Some(id) = store::id_of(key) else {
             return unauthorized("not a Leash key");
         };
-        self.refresh();
-        let loaded = self.loaded.load();
+        let loaded = self.registry.keys();
         if !loaded.ready {
             return refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -320,17 +292,31 @@ impl KeysModule {
         let Some((record, models)) = loaded.keys.get(id) else {
             return unauthorized("unknown key");
         };
-        if !self.secret.verify(key, &record.digest) {
+        if !self.registry.secret.verify(key, &record.digest) {
             return unauthorized("unknown key");
         }
         if record.revoked.is_some() {
             return unauthorized(&format!("key {id} was revoked"));
         }
-        if record.expires.is_some_and(|t| t <= store::now_secs()) {
+        let limits = &record.limits;
+        if limits.expires.is_some_and(|t| t <= store::now_secs()) {
             return unauthorized(&format!("key {id} expired"));
         }
-        ex.ext.insert(KeyId(record.id.clone()));
-        ex.caller.team = Some(record.team.clone());
+        let since = budget::period_start(
+            limits.budget_period.unwrap_or(budget::Period::Month),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unix_timestamp();
+        let since = u64::try_from(since).unwrap_or(0);
+        ex.ext.insert(KeyId {
+            id: record.id.clone(),
+            since,
+        });
+        self.registry.record_use(id, since, 0.0);
+        ex.caller.team = Some(limits.team.clone());
+        if let Some(refused) = Self::outside_routes(ex, id, &limits.routes) {
+            return refused;
+        }
         if let Some(models) = models
             && !ex.model.as_deref().is_some_and(|m| models.is_match(m))
         {
@@ -343,25 +329,11 @@ impl KeysModule {
                 ),
             );
         }
-        if let Some(limit) = record.tokens_per_min
-            && let Err(wait) = self.within_tokens(id, limit)
-        {
-            ex.ext.insert(RetryAfter(wait));
-            return refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::RateLimited,
-                format!("leash: key {id} used its {limit} tokens this minute"),
-            );
+        if let Some(refused) = self.over_budget(ex, id, limits, since) {
+            return refused;
         }
-        if let Some(limit) = record.rate_per_min
-            && let Err(wait) = self.within_rate(id, limit)
-        {
-            ex.ext.insert(RetryAfter(wait));
-            return refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::RateLimited,
-                format!("leash: key {id} is over its {limit} requests a minute"),
-            );
+        if let Some(refused) = self.over_rate(ex, id, limits) {
+            return refused;
         }
         // The provider's real key goes upstream (a route target's own, set
         // before, wins).
@@ -415,14 +387,21 @@ impl Module for KeysModule {
     }
 
     fn logging(&self, ex: &Exchange, record: &mut AuditRecord) {
-        if let Some(KeyId(id)) = ex.ext.get::<KeyId>() {
-            record.key_id = Some(id.clone());
+        if let Some(k) = ex.ext.get::<KeyId>() {
+            record.key_id = Some(k.id.clone());
         }
     }
 
-    /// Counts the tokens a key's finished call used (the provider's usage).
+    /// Counts what a key's finished call cost and the tokens it used (the
+    /// provider's usage).
     fn finished(&self, ex: &Exchange, record: &AuditRecord) {
-        let (Some(KeyId(id)), Some(usage)) = (ex.ext.get::<KeyId>(), record.usage) else {
+        let Some(KeyId { id, since }) = ex.ext.get::<KeyId>() else {
+            return;
+        };
+        if let Some(usd) = record.cost_usd.filter(|c| *c > 0.0) {
+            self.registry.record_use(id, *since, usd);
+        }
+        let Some(usage) = record.usage else {
             return;
         };
         let minute = store::now_secs() / 60;

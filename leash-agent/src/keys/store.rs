@@ -22,6 +22,8 @@ use std::{
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::budget::Period;
+
 const PREFIX: &str = "lsk_";
 
 #[derive(Debug, thiserror::Error)]
@@ -38,31 +40,89 @@ pub enum StoreError {
     Random(String),
     #[error("key store in PostgreSQL: {0}")]
     Postgres(String),
+    #[error("key store task failed: {0}")]
+    Task(String),
 }
 
 /// One virtual key as stored: everything but the key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub id: String,
-    pub team: String,
-    /// Model globs the key may call (`[]`: any).
-    #[serde(default)]
-    pub models: Vec<String>,
-    /// Requests per minute (`None`: no limit).
-    #[serde(default)]
-    pub rate_per_min: Option<u32>,
-    /// Tokens (input + output, as the providers report them) per minute.
-    #[serde(default)]
-    pub tokens_per_min: Option<u64>,
-    /// Unix seconds after which the key is refused.
-    #[serde(default)]
-    pub expires: Option<u64>,
+    #[serde(flatten)]
+    pub limits: Limits,
     pub created: u64,
     /// Unix seconds of the revocation.
     #[serde(default)]
     pub revoked: Option<u64>,
     /// HMAC-SHA256 (hex) of the whole key under the server secret.
     pub digest: String,
+}
+
+impl KeyRecord {
+    /// `active`, `revoked` or `expired` at `now`.
+    pub fn state(&self, now: u64) -> &'static str {
+        if self.revoked.is_some() {
+            "revoked"
+        } else if self.limits.expires.is_some_and(|t| t <= now) {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+}
+
+/// One key's use: spend since `since` (the start of its budget period, unix
+/// seconds) and its last use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Use {
+    pub since: u64,
+    pub usd: f64,
+    pub last_used: u64,
+}
+
+impl Use {
+    /// Both counts together: spend of the later period (added when the
+    /// same), the later last use.
+    #[must_use]
+    pub fn merge(self, other: Self) -> Self {
+        let usd = match self.since.cmp(&other.since) {
+            std::cmp::Ordering::Equal => self.usd + other.usd,
+            std::cmp::Ordering::Greater => self.usd,
+            std::cmp::Ordering::Less => other.usd,
+        };
+        Self {
+            since: self.since.max(other.since),
+            usd,
+            last_used: self.last_used.max(other.last_used),
+        }
+    }
+}
+
+/// What a key may do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub team: String,
+    /// Model globs the key may call (`[]`: any).
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Routes (`routes:` names) the key may call; `[]`: any request. A key
+    /// with routes can call nothing else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+    /// Requests per minute (`None`: no limit).
+    #[serde(default)]
+    pub rate_per_min: Option<u32>,
+    /// Tokens (input + output, as the providers report them) per minute.
+    #[serde(default)]
+    pub tokens_per_min: Option<u64>,
+    /// Spend limit (USD) per `budget_period`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_period: Option<Period>,
+    /// Unix seconds after which the key is refused.
+    #[serde(default)]
+    pub expires: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -149,22 +209,37 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Writes `bytes` to `path` atomically (a 0600 temporary file beside it,
+/// fsync, rename, the directory synced): never a half-written file.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("keys"),
+        std::process::id()
+    ));
+    let io = |e| StoreError::Io(tmp.clone(), e);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| StoreError::Io(path.to_owned(), e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 /// The id of a presented key, if it has the format of one.
 pub fn id_of(key: &str) -> Option<&str> {
     let rest = key.strip_prefix(PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
     (id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) && secret.len() >= 32)
         .then_some(id)
-}
-
-/// What a new key may do.
-#[derive(Debug, Clone, Default)]
-pub struct Limits {
-    pub team: String,
-    pub models: Vec<String>,
-    pub rate_per_min: Option<u32>,
-    pub tokens_per_min: Option<u64>,
-    pub expires: Option<u64>,
 }
 
 impl Store {
@@ -184,28 +259,9 @@ impl Store {
 
     /// Writes the store atomically (0600).
     pub fn save(&self, path: &Path) -> Result<(), StoreError> {
-        let dir = path.parent().unwrap_or_else(|| Path::new("."));
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("keys"),
-            std::process::id()
-        ));
-        let io = |e| StoreError::Io(tmp.clone(), e);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
         let text =
-            serde_json::to_vec_pretty(self).map_err(|e| StoreError::Parse(tmp.clone(), e))?;
-        f.write_all(&text).and_then(|()| f.sync_all()).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(|e| StoreError::Io(path.to_owned(), e))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+            serde_json::to_vec_pretty(self).map_err(|e| StoreError::Parse(path.to_owned(), e))?;
+        write_private(path, &text)
     }
 
     /// Adds a key; returns it (the only time it exists outside the caller).
@@ -223,11 +279,7 @@ impl Store {
         );
         let record = KeyRecord {
             id,
-            team: limits.team,
-            models: limits.models,
-            rate_per_min: limits.rate_per_min,
-            tokens_per_min: limits.tokens_per_min,
-            expires: limits.expires,
+            limits,
             created: now_secs(),
             revoked: None,
             digest: secret.digest(&key),
@@ -255,16 +307,7 @@ impl Store {
             .cloned()
             .ok_or_else(|| StoreError::NoSuchKey(id.to_owned()))?;
         self.revoke(id)?;
-        self.create(
-            secret,
-            Limits {
-                team: old.team,
-                models: old.models,
-                rate_per_min: old.rate_per_min,
-                tokens_per_min: old.tokens_per_min,
-                expires: old.expires,
-            },
-        )
+        self.create(secret, old.limits)
     }
 }
 
@@ -314,5 +357,34 @@ mod tests {
             store.revoke("nope"),
             Err(StoreError::NoSuchKey(_))
         ));
+    }
+
+    #[test]
+    fn use_of_the_later_period_counts() {
+        let a = Use {
+            since: 10,
+            usd: 1.0,
+            last_used: 12,
+        };
+        let b = Use {
+            since: 10,
+            usd: 0.5,
+            last_used: 11,
+        };
+        assert_eq!(
+            a.merge(b),
+            Use {
+                since: 10,
+                usd: 1.5,
+                last_used: 12
+            }
+        );
+        let next = Use {
+            since: 20,
+            usd: 0.25,
+            last_used: 21,
+        };
+        assert_eq!(a.merge(next), next);
+        assert_eq!(next.merge(a), next);
     }
 }

@@ -31,7 +31,7 @@ use crate::{
 pub const NAME: &str = "budget";
 
 /// How long a budget's spend accumulates before it starts over (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
     Day,
