@@ -74,6 +74,8 @@ pub struct Config {
     pub credentials: crate::credentials::Credentials,
     /// Virtual keys.
     pub auth: crate::keys::AuthConfig,
+    /// Content capture.
+    pub capture: crate::capture::CaptureConfig,
 }
 
 // ---- the file as written -------------------------------------------------
@@ -115,6 +117,8 @@ struct RawConfig {
     credentials: BTreeMap<String, crate::credentials::RawCredential>,
     #[serde(default)]
     auth: crate::keys::RawAuth,
+    #[serde(default)]
+    capture: crate::capture::RawCapture,
     #[serde(skip)]
     credentials_unread: bool,
 }
@@ -242,6 +246,7 @@ impl RawConfig {
             routes,
             credentials,
             auth,
+            capture,
             credentials_unread,
         } = self;
         let host_id = match host_id {
@@ -273,7 +278,12 @@ impl RawConfig {
         if auth.mode != crate::keys::AuthMode::Passthrough {
             pipeline = pipeline.with_keys();
         }
+        let capture = crate::capture::CaptureConfig::validate(capture, base, &audit.dir)?;
+        if capture.enabled() {
+            pipeline = pipeline.with_capture();
+        }
         Ok(Config {
+            capture,
             intercept,
             routes,
             credentials,

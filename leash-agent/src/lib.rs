@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod app;
 pub mod audit;
 pub mod ca;
+pub mod capture;
 pub mod cli;
 pub mod collector;
 pub mod config;

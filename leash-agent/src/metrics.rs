@@ -116,6 +116,13 @@ pub struct Metrics {
     pub audit_dropped: Counter,
     pub audit_write_errors: Counter,
     pub audit_overflowed: Counter,
+    /// Exchanges whose content was stored (`capture:`).
+    pub capture_stored: Counter,
+    capture_dropped: Family<ReasonLabels, Counter>,
+    /// Content files removed by retention.
+    pub capture_removed: Counter,
+    /// Bytes of captured content on disk.
+    pub capture_bytes: Gauge,
     /// Segments past retention kept because they are not shipped yet.
     pub audit_retention_held: Counter,
     pub audit_last_seq: Gauge,
@@ -316,6 +323,30 @@ impl Metrics {
             "Audit records that found the queue full and waited in the overflow relay (overflow: block)",
             Counter::default(),
         );
+        let capture_stored = register(
+            &mut r,
+            "leash_capture_stored",
+            "Exchanges whose content was stored (capture)",
+            Counter::default(),
+        );
+        let capture_dropped = register(
+            &mut r,
+            "leash_capture_dropped",
+            "Captured content not stored, by reason (quota, queue, write_error)",
+            Family::default(),
+        );
+        let capture_removed = register(
+            &mut r,
+            "leash_capture_removed",
+            "Captured content files removed by retention",
+            Counter::default(),
+        );
+        let capture_bytes = register(
+            &mut r,
+            "leash_capture_bytes",
+            "Bytes of captured content on disk",
+            Gauge::default(),
+        );
         let audit_retention_held = register(
             &mut r,
             "leash_audit_retention_held",
@@ -368,6 +399,10 @@ impl Metrics {
             audit_dropped,
             audit_write_errors,
             audit_overflowed,
+            capture_stored,
+            capture_dropped,
+            capture_removed,
+            capture_bytes,
             intercepted,
             refused,
             route_attempts,
@@ -436,6 +471,13 @@ impl Metrics {
                 target: target.to_owned(),
                 outcome,
             })
+            .inc();
+    }
+
+    /// Counts captured content that was not stored, by reason.
+    pub fn capture_dropped(&self, reason: &'static str) {
+        self.capture_dropped
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

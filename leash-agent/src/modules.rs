@@ -24,6 +24,7 @@ use crate::{
 
 /// Names accepted in `pipeline.modules`.
 pub const NAMES: &[&str] = &[
+    crate::capture::NAME,
     team::NAME,
     keys::NAME,
     policy::NAME,
@@ -59,6 +60,16 @@ impl PipelineConfig {
                 .position(|m| m == team::NAME)
                 .map_or(0, |i| i + 1);
             self.modules.insert(at, keys::NAME.to_owned());
+        }
+        self
+    }
+
+    /// With content capture on, the `capture` module runs first (it sees
+    /// the request as the client sent it) when the list does not place it.
+    #[must_use]
+    pub fn with_capture(mut self) -> Self {
+        if !self.modules.iter().any(|m| m == crate::capture::NAME) {
+            self.modules.insert(0, crate::capture::NAME.to_owned());
         }
         self
     }
@@ -99,6 +110,8 @@ pub struct Parts<'a> {
     /// The key registry the `keys` module checks against (one is opened
     /// when none is given: `leash config check`).
     pub keys: Option<&'a Arc<keys::registry::Registry>>,
+    /// Content capture and its store (for the `capture` module).
+    pub capture: Option<&'a Arc<crate::capture::Capture>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +120,10 @@ pub enum BuildError {
     Unknown(String),
     #[error("auth: {0}")]
     Keys(#[from] keys::store::StoreError),
+    #[error("pipeline module `capture` is listed but the `capture` section captures nothing")]
+    CaptureOff,
+    #[error("capture.dir: {0}")]
+    CaptureDir(#[from] std::io::Error),
 }
 
 /// The module called `name`.
@@ -136,6 +153,13 @@ pub fn build(name: &str, parts: &Parts<'_>) -> Result<Box<dyn Module>, BuildErro
                 Arc::clone(parts.prices),
             )))
         }
+        crate::capture::NAME => match parts.capture {
+            Some(c) => Ok(Box::new(crate::capture::CaptureModule::new(
+                Arc::clone(c),
+                Arc::clone(parts.policy),
+            ))),
+            None => Err(BuildError::CaptureOff),
+        },
         other => Err(BuildError::Unknown(other.to_owned())),
     }
 }

@@ -294,6 +294,55 @@ pub struct PolicyRecord {
     pub route: Option<String>,
 }
 
+/// How an exchange's content is kept (`capture:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureClass {
+    /// Not kept (metadata only).
+    #[default]
+    None,
+    /// Kept with every detector's match replaced.
+    Redacted,
+    /// Kept exactly, encrypted to the recipients' public keys.
+    Sealed,
+}
+
+impl CaptureClass {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Redacted => "redacted",
+            Self::Sealed => "sealed",
+        }
+    }
+}
+
+/// An exchange's captured content, as its record names it: the hash chain
+/// covers the record, so it covers the content's SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentRef {
+    pub class: CaptureClass,
+    /// SHA-256 (hex) of the stored bytes (for sealed content, of the
+    /// ciphertext); `null` when not stored.
+    pub sha256: Option<String>,
+    pub bytes: u64,
+    /// A body was longer than `capture.max_bytes` and was cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// Why it was not stored (`quota`, `queue`, `seal_error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<String>,
+}
+
+/// A read of captured content (`event: content_read`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentRead {
+    /// The record whose content was read.
+    pub record: String,
+    /// Who read it, as the reader's side knows it.
+    pub reader: String,
+}
+
 /// Records that are not a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -307,6 +356,8 @@ pub enum Event {
     /// A provider connection let through uninspected on purpose (`bypass`
     /// says why).
     Bypassed,
+    /// Captured content was read (`content_read` says whose, by whom).
+    ContentRead,
 }
 
 /// Why a provider connection was let through uninspected.
@@ -437,6 +488,48 @@ pub struct AuditRecord {
     /// name, never its value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// The exchange's captured content (`capture:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<ContentRef>,
+    /// `event: content_read`: which record's content, read by whom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_read: Option<ContentRead>,
+}
+
+impl AuditRecord {
+    /// A record that is not a request (`event`), now, on `node`.
+    pub fn event(event: Event, node: &Arc<str>, caller: Caller) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            ts: timestamp(std::time::SystemTime::now()),
+            host: Arc::clone(node),
+            mode: Mode::Gateway,
+            provider: "-".to_owned(),
+            endpoint: String::new(),
+            model: None,
+            stream: false,
+            status: None,
+            latency_ms: 0.0,
+            ttfb_ms: None,
+            overhead_ms: 0.0,
+            completed: false,
+            response_bytes: 0,
+            caller,
+            usage: None,
+            cost_usd: None,
+            policy: None,
+            usage_estimated: false,
+            error: None,
+            event: Some(event),
+            refusal: None,
+            bypass: None,
+            unified: None,
+            key_id: None,
+            credential: None,
+            content: None,
+            content_read: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -487,6 +580,8 @@ mod tests {
             unified: None,
             key_id: None,
             credential: None,
+            content: None,
+            content_read: None,
         };
         let text = serde_json::to_string(&record).unwrap_or_default();
         assert!(text.contains(r#""error":"leash_policy_blocked""#), "{text}");

@@ -407,6 +407,7 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
         ("node", "nodejs"),
         ("npm", "npm"),
         ("tinyproxy", "tinyproxy"),
+        ("age-keygen", "age"),
         ("ip", "iproute2"),
         ("java", "openjdk-17-jdk-headless"),
         ("go", "golang-go"),

@@ -149,6 +149,10 @@ fn organisation_ca(config: &Config) -> Result<CertAuthority, RunError> {
     Ok(ca)
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the agent's start in the order it must happen: one step per statement"
+)]
 pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     if !is_root() {
         return Err(RunError::NotRoot);
@@ -168,6 +172,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         policy,
         alerts,
         keys,
+        capture,
     } = Core::new(&config)?;
     let interception = interception_status(&config, &cgroup_dir, &ca);
     let upstream_tls = upstream::tls_config(&config.upstream)?;
@@ -186,7 +191,8 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let console = Some(
         console_for(&config, policy, Some(state))?
             .with_live(audit_writer.live())
-            .with_keys(keys),
+            .with_keys(keys)
+            .with_capture(capture, Arc::clone(&pipeline)),
     );
     let host_table = HostTable::new(&config.intercept, &config.providers);
     let static_targets = hosts::add_static(&hooks, host_table.hosts())?;

@@ -77,6 +77,8 @@ struct Core {
     alerts: crate::alerts::Alerter,
     /// The virtual keys, when the `keys` module runs.
     keys: Option<Arc<crate::keys::registry::Registry>>,
+    /// Content capture, when anything is captured.
+    capture: Option<Arc<crate::capture::Capture>>,
 }
 
 impl Core {
@@ -109,7 +111,16 @@ impl Core {
         } else {
             None
         };
-        let modules = build_modules(config, &metrics, &alerts, &policy, keys.as_ref())?;
+        let capture = capture_of(config, &metrics)?;
+        if let Some(c) = &capture {
+            tokio::spawn(Arc::clone(c).sweep());
+        }
+        let modules = build_modules(
+            config,
+            (&metrics, &alerts, &policy),
+            keys.as_ref(),
+            capture.as_ref(),
+        )?;
         let pipeline = Arc::new(Pipeline::new(
             modules,
             config.host_id.as_str().into(),
@@ -155,8 +166,22 @@ impl Core {
             policy,
             alerts,
             keys,
+            capture,
         })
     }
+}
+
+/// Content capture with its store, when `config` captures anything.
+fn capture_of(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<crate::capture::Capture>>, RunError> {
+    if !config.capture.enabled() {
+        return Ok(None);
+    }
+    let capture = crate::capture::Capture::open(config.capture.clone(), Arc::clone(metrics))
+        .map_err(modules::BuildError::from)?;
+    Ok(Some(capture))
 }
 
 /// The policy of `config`, compiled, in a handle that reloads its file.
@@ -173,10 +198,9 @@ fn policy_handle(config: &Config) -> Result<PolicyHandle, RunError> {
 /// The pipeline modules `config` lists, built in order.
 fn build_modules(
     config: &Config,
-    metrics: &Arc<Metrics>,
-    alerts: &crate::alerts::Alerter,
-    policy: &Arc<PolicyHandle>,
+    (metrics, alerts, policy): (&Arc<Metrics>, &crate::alerts::Alerter, &Arc<PolicyHandle>),
     keys: Option<&Arc<crate::keys::registry::Registry>>,
+    capture: Option<&Arc<crate::capture::Capture>>,
 ) -> Result<Vec<Box<dyn crate::pipeline::Module>>, RunError> {
     let prices = Arc::new(PriceTable::with_overrides(config.pricing.clone()));
     Ok(modules::build_all(
@@ -191,6 +215,7 @@ fn build_modules(
             audit_dir: &config.audit.dir,
             auth: &config.auth,
             keys,
+            capture,
         },
     )?)
 }
@@ -239,12 +264,13 @@ pub fn check(config: &Config) -> Result<(), RunError> {
     upstream::build_client(&config.upstream)?;
     config.gateway.tls.as_ref().map(tls::acceptor).transpose()?;
     let policy = Arc::new(policy_handle(config)?);
+    let metrics = Arc::new(Metrics::new());
+    let capture = capture_of(config, &metrics)?;
     build_modules(
         config,
-        &Arc::new(Metrics::new()),
-        &crate::alerts::Alerter::disabled(),
-        &policy,
+        (&metrics, &crate::alerts::Alerter::disabled(), &policy),
         None,
+        capture.as_ref(),
     )?;
     Ok(())
 }
@@ -261,12 +287,14 @@ pub async fn run_gateway(
         pipeline,
         policy,
         keys,
+        capture,
         ..
     } = Core::new(&config)?;
     let console = Some(
         console_for(&config, policy, None)?
             .with_live(audit_writer.live())
-            .with_keys(keys),
+            .with_keys(keys)
+            .with_capture(capture, Arc::clone(&pipeline)),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let gw_task = spawn_gateway(&config, pipeline, stop_rx.clone()).await?;

@@ -43,6 +43,24 @@ pub fn for_each(dir: &Path, mut f: impl FnMut(&[u8]) -> bool) -> io::Result<()> 
     Ok(())
 }
 
+/// The record with `id` in the trail of `dir`, if there is one (lines
+/// that cannot hold it are not parsed).
+pub fn find(dir: &Path, id: &str) -> io::Result<Option<Value>> {
+    let needle = format!("\"id\":\"{id}\"");
+    let mut found = None;
+    for_each(dir, |line| {
+        if memchr::memmem::find(line, needle.as_bytes()).is_some()
+            && let Ok(v) = serde_json::from_slice::<Value>(line)
+            && v["id"] == id
+        {
+            found = Some(v);
+            return false;
+        }
+        true
+    })?;
+    Ok(found)
+}
+
 /// Which policy outcomes the console lists as violations.
 pub struct Violation;
 

@@ -83,6 +83,9 @@ pub enum AuditCommand {
         #[command(flatten)]
         dir: AuditDir,
     },
+    /// Print one record, and with `--content` its captured content (the
+    /// read is recorded in the trail first).
+    Show(super::show::ShowArgs),
     /// Rebuild the audit index (per-segment summaries the console reads)
     /// from the segments.
     Reindex {
@@ -96,6 +99,7 @@ pub fn command(cmd: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Verify { dir } => audit_verify(&dir.resolve()?),
         AuditCommand::Tail { lines, follow, dir } => audit_tail(&dir.resolve()?, lines, follow),
         AuditCommand::Reindex { dir } => audit_reindex(&dir.resolve()?),
+        AuditCommand::Show(args) => super::show::show(&args),
         AuditCommand::Query {
             since,
             provider,

@@ -7,6 +7,7 @@ mod console;
 mod intercept;
 mod keys;
 mod policy;
+mod show;
 
 use std::path::PathBuf;
 

@@ -8,6 +8,7 @@
 //! console`; only under the host names the listener answers to.
 
 pub mod auth;
+mod content;
 mod keys;
 mod queries;
 
@@ -83,6 +84,8 @@ pub struct Console {
     budgets: Vec<crate::pipeline::budget::BudgetConfig>,
     /// The virtual keys (`None`: the `keys` module is off).
     keys: Option<Arc<crate::keys::registry::Registry>>,
+    /// Content capture, and the pipeline that records content reads.
+    capture: Option<(Arc<crate::capture::Capture>, Arc<crate::pipeline::Pipeline>)>,
     /// This host's audit index (`Source::Dir`).
     index: Option<Arc<crate::audit::index::Index>>,
     /// Heavy queries (records, spend, violations, interception): admitted
@@ -148,6 +151,7 @@ impl Console {
             policy_edit: false,
             budgets: Vec::new(),
             keys: None,
+            capture: None,
         }
     }
 
@@ -169,6 +173,18 @@ impl Console {
     #[must_use]
     pub fn with_keys(mut self, keys: Option<Arc<crate::keys::registry::Registry>>) -> Self {
         self.keys = keys;
+        self
+    }
+
+    /// Captured content: redacted content is shown (each read recorded in
+    /// the trail by `pipeline`), and reads by `leash audit show` recorded.
+    #[must_use]
+    pub fn with_capture(
+        mut self,
+        capture: Option<Arc<crate::capture::Capture>>,
+        pipeline: Arc<crate::pipeline::Pipeline>,
+    ) -> Self {
+        self.capture = capture.map(|c| (c, pipeline));
         self
     }
 
@@ -290,7 +306,7 @@ impl Console {
         let heavy = matches!(
             path,
             "/api/records" | "/api/spend" | "/api/violations" | "/api/interception"
-        );
+        ) || (path.starts_with("/api/records/") && path.ends_with("/content"));
         let _permits = if heavy {
             // A short queue, then 429: never an unbounded wait.
             let Ok(admitted) = Arc::clone(&self.admitted).try_acquire_owned() else {
@@ -323,13 +339,11 @@ impl Console {
             ("GET", "/api/policy") => self.policy(),
             ("POST", "/api/policy/test") => self.playground(body),
             ("PUT", "/api/policy") => self.save_policy(body),
-            ("GET", "/api/keys") => keys::list(self.keys.as_deref()),
-            ("POST", p) if p.starts_with("/api/keys/") && p.ends_with("/revoke") => {
-                keys::revoke(
-                    self.keys.as_deref(),
-                    &p["/api/keys/".len()..p.len() - "/revoke".len()],
-                )
-                .await
+            ("GET", "/api/keys") | ("POST", "/api/audit/content-read") => {
+                self.keys_and_content(method, path, body).await
+            }
+            (_, p) if p.ends_with("/content") || p.ends_with("/revoke") => {
+                self.keys_and_content(method, path, body).await
             }
             ("GET", "/api/interception") => match &self.interception {
                 Some(state) => {
@@ -350,6 +364,34 @@ impl Console {
                 Answer::error(StatusCode::NOT_FOUND, "no such console API")
             }
             _ => Answer::error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    /// The keys page's and captured content's API.
+    async fn keys_and_content(&self, method: &http::Method, path: &str, body: &[u8]) -> Answer {
+        match (method.as_str(), path) {
+            ("GET", "/api/keys") => keys::list(self.keys.as_deref()),
+            ("POST", "/api/audit/content-read") => {
+                content::record_read(self.capture.as_ref(), body)
+            }
+            ("GET", p) if p.starts_with("/api/records/") && p.ends_with("/content") => {
+                let id = &p["/api/records/".len()..p.len() - "/content".len()];
+                match &self.source {
+                    Source::Dir(dir) => content::show(self.capture.as_ref(), dir, id).await,
+                    Source::Fleet(_) => Answer::error(
+                        StatusCode::NOT_FOUND,
+                        "content is read on the host that captured it",
+                    ),
+                }
+            }
+            ("POST", p) if p.starts_with("/api/keys/") && p.ends_with("/revoke") => {
+                keys::revoke(
+                    self.keys.as_deref(),
+                    &p["/api/keys/".len()..p.len() - "/revoke".len()],
+                )
+                .await
+            }
+            _ => Answer::error(StatusCode::NOT_FOUND, "no such console API"),
         }
     }
 

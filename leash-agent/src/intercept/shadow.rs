@@ -3,9 +3,9 @@
 //! `intercept.hosts`. Seen in `scope: all-tls`, where every TLS connection
 //! reaches the proxy and is spliced unless its host is intercepted.
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
-use crate::record::{AuditRecord, Bypass, Caller, Event, Mode, Refusal, timestamp};
+use crate::record::{AuditRecord, Bypass, Caller, Event, Mode, Refusal};
 
 /// The `shadow_ai` event: `caller` connected to `host`, an LLM endpoint that
 /// is not intercepted (the connection was spliced, not inspected).
@@ -33,39 +33,17 @@ fn event(
     caller: &Caller,
     node: &Arc<str>,
 ) -> AuditRecord {
-    AuditRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        ts: timestamp(SystemTime::now()),
-        host: Arc::clone(node),
-        mode: Mode::Transparent,
-        provider: if event == Event::Refused {
-            "-"
-        } else {
-            "unlisted"
-        }
-        .to_owned(),
-        endpoint: host.to_owned(),
-        model: None,
-        stream: false,
-        status: None,
-        latency_ms: 0.0,
-        ttfb_ms: None,
-        overhead_ms: 0.0,
-        completed: false,
-        response_bytes: 0,
-        caller: caller.clone(),
-        usage: None,
-        cost_usd: None,
-        policy: None,
-        usage_estimated: false,
-        error: None,
-        event: Some(event),
-        refusal,
-        bypass: None,
-        unified: None,
-        key_id: None,
-        credential: None,
-    }
+    let mut r = AuditRecord::event(event, node, caller.clone());
+    r.mode = Mode::Transparent;
+    let provider = if event == Event::Refused {
+        "-"
+    } else {
+        "unlisted"
+    };
+    provider.clone_into(&mut r.provider);
+    host.clone_into(&mut r.endpoint);
+    r.refusal = refusal;
+    r
 }
 
 /// Host name suffixes of LLM APIs (a heuristic list, kept short and

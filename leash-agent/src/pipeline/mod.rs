@@ -165,6 +165,8 @@ impl Exchange {
             bypass: None,
             key_id: None,
             credential: self.credential.clone(),
+            content: None,
+            content_read: None,
             unified: self.unified.as_ref().map(|u| {
                 let mut u = u.clone();
                 // A routed request's record lists its own attempt last.
@@ -287,6 +289,10 @@ pub trait Module: Send + Sync {
     /// Adds what the module knows to the audit record.
     fn logging(&self, _ex: &Exchange, _record: &mut AuditRecord) {}
 
+    /// Adds to the record once every module's `logging` ran (what depends
+    /// on the whole record, such as the policy's outcome).
+    fn after_logging(&self, _ex: &Exchange, _record: &mut AuditRecord) {}
+
     /// Sees the finished record (every module's `logging` done), e.g. to
     /// count what it says against a limit.
     fn finished(&self, _ex: &Exchange, _record: &AuditRecord) {}
@@ -381,6 +387,9 @@ impl Pipeline {
         let mut record = ex.to_record(&self.host);
         for m in &self.modules {
             m.logging(ex, &mut record);
+        }
+        for m in &self.modules {
+            m.after_logging(ex, &mut record);
         }
         for m in &self.modules {
             m.finished(ex, &record);

@@ -126,6 +126,11 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Every detector the policy knows (built-in and its own).
+    pub fn detectors(&self) -> &Detectors {
+        &self.detectors
+    }
+
     /// The rules as the console shows them: name, action, direction,
     /// detectors, shadow; plus the policy-wide settings.
     pub fn describe(&self) -> Value {
