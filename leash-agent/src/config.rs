@@ -136,6 +136,17 @@ pub struct Overrides {
     pub credentials_unread: bool,
 }
 
+impl Overrides {
+    /// For commands that send nothing upstream: `credentials:` is checked,
+    /// its values not read.
+    pub fn reading() -> Self {
+        Self {
+            credentials_unread: true,
+            ..Self::default()
+        }
+    }
+}
+
 /// A team that chooses an injected credential must be one a caller cannot
 /// simply claim: configured, and not named by header.
 fn injection_teams(intercept: &InterceptConfig, teams: &[TeamConfig]) -> Result<(), FieldError> {

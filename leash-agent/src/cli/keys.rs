@@ -57,13 +57,7 @@ impl StoreArgs {
         let Some(config) = &self.config else {
             bail!("give --store FILE, --postgres URL --secret FILE, or --config FILE");
         };
-        let c = Config::load(
-            Some(config),
-            &Overrides {
-                credentials_unread: true,
-                ..Overrides::default()
-            },
-        )?;
+        let c = Config::load(Some(config), &Overrides::reading())?;
         let backend = match c.auth.postgres {
             Some(url) => Backend::Postgres(url),
             None => Backend::File(c.auth.keys_file),
@@ -78,13 +72,7 @@ impl StoreArgs {
         let Some(config) = &self.config else {
             return Ok(());
         };
-        let c = Config::load(
-            Some(config),
-            &Overrides {
-                credentials_unread: true,
-                ..Overrides::default()
-            },
-        )?;
+        let c = Config::load(Some(config), &Overrides::reading())?;
         for r in routes {
             if c.routes.get(r).is_none() {
                 bail!("--routes: `{r}` is not a route in {}", config.display());
