@@ -299,7 +299,7 @@ fn a_record_tampered_with_before_shipping_is_flagged_as_a_chain_break() {
         "{}",
         collector.metrics()
     );
-    assert!(collector.logs().contains("audit chain break"));
+    assert!(collector.logs().contains("audit chain fault"));
     for logs in [leash.logs(), collector.logs()] {
         assert!(
             !logs.contains("fleet-token-Xq9"),

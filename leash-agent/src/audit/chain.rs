@@ -187,6 +187,10 @@ pub fn verify(dir: &Path) -> Result<Report, Broken> {
     };
     let mut head = ChainHead::default();
     let mut torn_pending: Option<(PathBuf, usize)> = None;
+    // Where the kept chain starts (seq before it, its prev_hash), and
+    // whether a `retention` event accounts for what is missing before it.
+    let mut start: Option<(PathBuf, u64, String)> = None;
+    let mut accounted = false;
     for file in &files {
         let data =
             std::fs::read(file).map_err(|e| broken(file, 0, None, format!("cannot read: {e}")))?;
@@ -209,12 +213,13 @@ pub fn verify(dir: &Path) -> Result<Report, Broken> {
             if report.records == 0 {
                 report.first_seq = seq;
                 if seq > 1 {
-                    // Older segments were removed (retention): the chain is
-                    // checked from here on.
+                    // Older segments were removed: the chain is checked from
+                    // here on, and a `retention` event must account for them.
                     head = ChainHead {
                         seq: seq - 1,
                         hash: v["prev_hash"].as_str().unwrap_or_default().to_owned(),
                     };
+                    start = Some((file.clone(), head.seq, head.hash.clone()));
                 }
             }
             if seq != head.seq + 1 {
@@ -247,6 +252,7 @@ pub fn verify(dir: &Path) -> Result<Report, Broken> {
                 }
                 report.marked_torn += 1;
             }
+            accounted |= accounts_for(&v, start.as_ref());
             head = ChainHead { seq, hash };
             report.records += 1;
         }
@@ -262,9 +268,113 @@ pub fn verify(dir: &Path) -> Result<Report, Broken> {
             torn_pending = Some((file.clone(), data.len() - complete));
         }
     }
+    if let Some((file, through, _)) = start
+        && !accounted
+    {
+        return Err(deleted_start(file, through));
+    }
     report.last_seq = head.seq;
     report.open_torn = torn_pending;
     Ok(report)
+}
+
+/// Whether record `v` is the `retention` event that removed what is
+/// missing before the kept chain's `start` (file, seq before, its hash).
+fn accounts_for(v: &Value, start: Option<&(PathBuf, u64, String)>) -> bool {
+    start.is_some_and(|(_, through, last)| {
+        v["event"] == "retention"
+            && v["retention"]["through_seq"].as_u64() == Some(*through)
+            && v["retention"]["last_hash"].as_str() == Some(last.as_str())
+    })
+}
+
+/// The first `through` records are gone and no retention event says why.
+fn deleted_start(file: PathBuf, through: u64) -> Broken {
+    Broken {
+        file,
+        line: 1,
+        seq: Some(through + 1),
+        reason: format!(
+            "the {through} records before this one are missing and no retention event records their removal: deleted, not expired"
+        ),
+    }
+}
+
+/// A contiguous run of sealed records (an export): where it starts and
+/// ends in its chain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunProof {
+    pub first_seq: u64,
+    /// The `prev_hash` of the first record: the hash of the record before
+    /// the run, to be found in the full trail or the fleet store.
+    pub anchor: String,
+    pub last_seq: u64,
+    pub last_hash: String,
+    pub records: u64,
+}
+
+/// Checks a run of sealed lines as they come: each intact, each linked to
+/// the one before, seqs consecutive.
+#[derive(Debug, Default)]
+pub struct RunChecker {
+    proof: Option<RunProof>,
+    lines: usize,
+}
+
+impl RunChecker {
+    pub fn push(&mut self, line: &[u8]) -> Result<(), String> {
+        self.lines += 1;
+        let n = self.lines;
+        let hash = check_seal(line).map_err(|e| format!("line {n}: {e}"))?;
+        let v: Value =
+            serde_json::from_slice(line).map_err(|e| format!("line {n}: not JSON: {e}"))?;
+        let seq = v["seq"]
+            .as_u64()
+            .ok_or_else(|| format!("line {n}: no seq"))?;
+        let prev = v["prev_hash"].as_str().unwrap_or_default();
+        match &mut self.proof {
+            None => {
+                self.proof = Some(RunProof {
+                    first_seq: seq,
+                    anchor: prev.to_owned(),
+                    last_seq: seq,
+                    last_hash: hash,
+                    records: 1,
+                });
+            }
+            Some(p) => {
+                if seq != p.last_seq + 1 {
+                    return Err(format!(
+                        "line {n}: seq {seq} after {}: a record is missing, reordered or inserted",
+                        p.last_seq
+                    ));
+                }
+                if prev != p.last_hash {
+                    return Err(format!(
+                        "line {n}: prev_hash does not match the previous record: the chain is broken"
+                    ));
+                }
+                p.last_seq = seq;
+                p.last_hash = hash;
+                p.records += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The proof of the run pushed so far.
+    pub fn finish(self) -> Result<RunProof, String> {
+        self.proof.ok_or_else(|| "no records".to_owned())
+    }
+}
+
+/// Checks a whole run of sealed lines (empty lines skipped).
+pub fn verify_run<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Result<RunProof, String> {
+    let mut checker = RunChecker::default();
+    for line in lines.filter(|l| !l.is_empty()) {
+        checker.push(line)?;
+    }
+    checker.finish()
 }
 
 #[cfg(test)]
@@ -317,6 +427,26 @@ mod tests {
         let e = verify(dir.path()).unwrap_err();
         assert_eq!(e.line, 2);
         assert!(e.to_string().contains("expected seq 2"), "{e}");
+    }
+
+    #[test]
+    fn missing_first_records_need_a_retention_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut head = ChainHead::default();
+        let lines: Vec<Vec<u8>> = (0..4)
+            .map(|i| seal(format!("{{\"id\":{i}}}").into_bytes(), &mut head))
+            .collect();
+        let third: Value = serde_json::from_slice(&lines[2][..lines[2].len() - 1]).unwrap();
+        let path = dir.path().join("audit-0000000000000003.jsonl");
+        std::fs::write(&path, [&lines[2][..], &lines[3][..]].concat()).unwrap();
+        let e = verify(dir.path()).unwrap_err();
+        assert!(e.reason.contains("deleted, not expired"), "{e}");
+        // The same gap, recorded as retention, verifies.
+        let event = serde_json::json!({"event": "retention", "retention": {
+            "through_seq": 2, "last_hash": third["prev_hash"]}});
+        let line = seal(serde_json::to_vec(&event).unwrap(), &mut head);
+        std::fs::write(&path, [&lines[2][..], &lines[3][..], &line[..]].concat()).unwrap();
+        assert_eq!(verify(dir.path()).unwrap().first_seq, 3);
     }
 
     #[test]

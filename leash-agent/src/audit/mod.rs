@@ -255,6 +255,7 @@ impl AuditWriter {
             retention: config.retention,
             hold_unshipped: config.ship.is_some(),
             metrics: Arc::clone(&metrics),
+            host: host.to_owned(),
         };
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         // Sync mode answers each record as soon as it is on disk.

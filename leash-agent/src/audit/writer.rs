@@ -37,6 +37,8 @@ pub(super) struct Segments {
     /// JetStream stays, whatever its age.
     pub(super) hold_unshipped: bool,
     pub(super) metrics: Arc<Metrics>,
+    /// This host's name, for the `retention` events.
+    pub(super) host: String,
 }
 
 impl Segments {
@@ -51,47 +53,64 @@ impl Segments {
         Ok((path, file))
     }
 
-    /// Removes segments last written longer ago than the retention, never
-    /// the current one.
-    fn expire(&self, current: &Path) {
-        let Some(retention) = self.retention else {
-            return;
-        };
-        let Ok(files) = chain::segments(&self.dir) else {
-            return;
-        };
+    /// The oldest segments last written longer ago than the retention
+    /// (never the current one, nor one with records not shipped yet), with
+    /// where the kept chain starts: `(files, through_seq, last_hash)`.
+    fn expired(
+        &self,
+        current: &Path,
+        head: &chain::ChainHead,
+    ) -> Option<(Vec<PathBuf>, u64, String)> {
+        let retention = self.retention?;
+        let files = chain::segments(&self.dir).ok()?;
         let shipped = self
             .hold_unshipped
             .then(|| spool::Cursor::read(&self.dir).map_or(0, |c| c.seq));
-        for (i, file) in files
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.as_path() != current)
-        {
+        let mut gone = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            if file.as_path() == current {
+                break;
+            }
             let old = std::fs::metadata(file)
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > retention));
+            if !old {
+                break;
+            }
             // Its last seq is one before the next segment's first.
             let last = files
                 .get(i + 1)
                 .and_then(|next| next.file_name()?.to_str()?.get(6..22)?.parse::<u64>().ok())
                 .map_or(u64::MAX, |first| first.saturating_sub(1));
-            if old && shipped.is_some_and(|s| last > s) {
+            if shipped.is_some_and(|s| last > s) {
                 self.metrics.audit_retention_held.inc();
                 tracing::warn!(file = %file.display(), "audit segment past retention kept: not shipped yet");
-                continue;
+                break;
             }
-            if old {
-                match std::fs::remove_file(file) {
-                    Ok(()) => {
-                        tracing::info!(file = %file.display(), "audit segment past retention removed");
-                    }
-                    Err(e) => {
-                        tracing::warn!(file = %file.display(), error = %e, "cannot remove expired audit segment");
-                    }
-                }
-            }
+            gone.push(file.clone());
         }
+        if gone.is_empty() {
+            return None;
+        }
+        // The kept chain starts at the next segment's first record (or,
+        // when that is the new empty segment, right after the head).
+        let next = files.get(gone.len()).filter(|f| f.as_path() != current);
+        let start = next.and_then(|f| {
+            let data = std::fs::read(f).ok()?;
+            let line = data.split(|&b| b == b'\n').next()?;
+            let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+            Some((
+                v["seq"].as_u64()?.checked_sub(1)?,
+                v["prev_hash"].as_str()?.to_owned(),
+            ))
+        });
+        let (through, last_hash) = match (next, start) {
+            (None, _) => (head.seq, head.hash.clone()),
+            (Some(_), Some(s)) => s,
+            // The next segment cannot be read: nothing is removed.
+            (Some(_), None) => return None,
+        };
+        Some((gone, through, last_hash))
     }
 }
 
@@ -282,11 +301,58 @@ impl Writer {
                     file,
                     size: 0,
                 };
-                self.segments.expire(&self.segment.path);
+                self.expire();
             }
             Err(e) => {
                 self.metrics.audit_write_errors.inc();
                 tracing::error!(error = %e, "cannot start a new audit segment; continuing the current one");
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// Removes the segments past retention — after recording their removal
+    /// in the chain (a `retention` event naming the last seq and hash
+    /// removed), so a verifier can tell retention from deletion. If the
+    /// event cannot be written, nothing is removed.
+    fn expire(&mut self) {
+        let Some((files, through_seq, last_hash)) =
+            self.segments.expired(&self.segment.path, &self.head)
+        else {
+            return;
+        };
+        let names: Vec<String> = files
+            .iter()
+            .filter_map(|f| f.file_name()?.to_str().map(str::to_owned))
+            .collect();
+        let marker = serde_json::json!({
+            "id": uuid::Uuid::now_v7().to_string(),
+            "ts": crate::record::timestamp(std::time::SystemTime::now()),
+            "host": self.segments.host,
+            "event": "retention",
+            "retention": {"through_seq": through_seq, "last_hash": last_hash, "segments": names},
+        });
+        let mut head = self.head.clone();
+        let Ok(json) = serde_json::to_vec(&marker) else {
+            return;
+        };
+        let line = chain::seal(json, &mut head);
+        if let Err(e) = self.segment.append(&line, 0) {
+            self.metrics.audit_write_errors.inc();
+            tracing::error!(error = %e, "cannot record the retention of old audit segments; they stay");
+            return;
+        }
+        self.head = head;
+        self.metrics.audit_records.inc();
+        for file in files {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {
+                    tracing::info!(file = %file.display(), "audit segment past retention removed");
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "cannot remove expired audit segment");
+                }
             }
         }
     }

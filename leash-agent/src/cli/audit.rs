@@ -38,6 +38,39 @@ pub enum AuditCommand {
     Verify {
         #[command(flatten)]
         dir: AuditDir,
+        /// Also compare the trail with the copy in the fleet's store
+        /// (PostgreSQL URL): the first record that differs is named.
+        #[arg(long, value_name = "URL")]
+        against: Option<String>,
+        /// The host name the store files this trail under (default: the
+        /// records' own `host`).
+        #[arg(long, requires = "against")]
+        host: Option<String>,
+        /// Check an export (`leash audit export --format jsonl`) instead:
+        /// its own chain, and the anchor and last hash it proves.
+        #[arg(long, value_name = "FILE", conflicts_with = "against")]
+        export: Option<PathBuf>,
+    },
+    /// Records for auditors (JSON Lines as sealed, or CSV) from `--since`
+    /// to `--until`, contiguous in the chain, with the chain proof of the
+    /// run (anchor and last hash) on standard error or in `--proof`.
+    Export {
+        #[command(flatten)]
+        dir: AuditDir,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: super::export::Format,
+        /// From this time (RFC 3339) or this long ago (30m, 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to this time (RFC 3339) or this long ago.
+        #[arg(long)]
+        until: Option<String>,
+        /// Write the records here instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Write the chain proof (JSON) here instead of standard error.
+        #[arg(long, value_name = "FILE")]
+        proof: Option<PathBuf>,
     },
     /// Print the newest records (JSON Lines).
     Tail {
@@ -96,7 +129,33 @@ pub enum AuditCommand {
 
 pub fn command(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
-        AuditCommand::Verify { dir } => audit_verify(&dir.resolve()?),
+        AuditCommand::Verify {
+            export: Some(file), ..
+        } => super::export::verify_export(&file),
+        AuditCommand::Export {
+            dir,
+            format,
+            since,
+            until,
+            output,
+            proof,
+        } => audit_export(
+            &dir.resolve()?,
+            format,
+            (since, until),
+            output.as_deref(),
+            proof.as_deref(),
+        ),
+        AuditCommand::Verify {
+            dir, against, host, ..
+        } => {
+            let dir = dir.resolve()?;
+            let local = audit_verify(&dir);
+            match against {
+                Some(url) => verify_against(&dir, &url, host.as_deref()).and(local),
+                None => local,
+            }
+        }
         AuditCommand::Tail { lines, follow, dir } => audit_tail(&dir.resolve()?, lines, follow),
         AuditCommand::Reindex { dir } => audit_reindex(&dir.resolve()?),
         AuditCommand::Show(args) => super::show::show(&args),
@@ -173,6 +232,62 @@ fn audit_verify(dir: &std::path::Path) -> anyhow::Result<()> {
         }
         Err(broken) => anyhow::bail!("audit trail broken: {broken}"),
     }
+}
+
+fn audit_export(
+    dir: &std::path::Path,
+    format: super::export::Format,
+    (since, until): (Option<String>, Option<String>),
+    output: Option<&std::path::Path>,
+    proof_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let time = |t: Option<String>| {
+        t.as_deref()
+            .map(crate::audit::read::parse_since)
+            .transpose()
+            .map_err(anyhow::Error::msg)
+    };
+    let (since, until) = (time(since)?, time(until)?);
+    let proof = if let Some(file) = output {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(file).with_context(|| file.display().to_string())?,
+        );
+        let proof = super::export::export(dir, format, since, until, &mut f)?;
+        f.flush()?;
+        proof
+    } else {
+        let mut out = std::io::stdout().lock();
+        super::export::export(dir, format, since, until, &mut out)?
+    };
+    let mut text = serde_json::to_value(&proof)?;
+    text["epoch"] = serde_json::json!(crate::audit::spool::read_epoch(dir)?);
+    let text = serde_json::to_string_pretty(&text)?;
+    match proof_file {
+        Some(file) => {
+            std::fs::write(file, text + "\n").with_context(|| file.display().to_string())?;
+        }
+        None => eprintln!("{text}"),
+    }
+    Ok(())
+}
+
+fn verify_against(dir: &std::path::Path, url: &str, host: Option<&str>) -> anyhow::Result<()> {
+    let c = super::against::compare(dir, url, host)?;
+    if let Some((seq, local, central)) = c.diverged {
+        anyhow::bail!(
+            "seq {seq} differs from the copy in the fleet store (local hash {local}, stored {central}): this trail was rewritten after it was shipped"
+        );
+    }
+    println!(
+        "ok: {} records match the fleet store{}",
+        c.compared,
+        if c.unshipped > 0 {
+            format!("; {} not shipped yet", c.unshipped)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }
 
 fn audit_tail(dir: &std::path::Path, lines: usize, follow: bool) -> anyhow::Result<()> {

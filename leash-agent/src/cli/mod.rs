@@ -1,9 +1,11 @@
 //! The `leash` command line: argument parsing, logging, signals, and one
 //! module per command group (`ca`, `audit`, `policy`, `intercept`).
 
+mod against;
 mod audit;
 mod ca;
 mod console;
+mod export;
 mod intercept;
 mod keys;
 mod policy;

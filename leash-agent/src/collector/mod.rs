@@ -68,7 +68,7 @@ impl CollectorMetrics {
         let faults = Family::<KindLabels, Counter>::default();
         registry.register(
             "leash_collector_chain_faults",
-            "Problems found in hosts' audit chains, by kind (chain_break, gap)",
+            "Problems found in hosts' audit chains, by kind (chain_break, gap, fork)",
             faults.clone(),
         );
         let errors = Family::<KindLabels, Counter>::default();
@@ -322,7 +322,7 @@ async fn store_batch(
             CollectorMetrics::count(&metrics.records, "inserted", outcome.inserted);
             CollectorMetrics::count(&metrics.records, "duplicate", outcome.duplicates);
             for f in &outcome.faults {
-                tracing::error!(host = %f.host, epoch = f.epoch, seq = f.seq, detail = %f.detail, "audit chain break");
+                tracing::error!(host = %f.host, epoch = f.epoch, seq = f.seq, kind = f.kind, detail = %f.detail, "audit chain fault");
                 CollectorMetrics::count(&metrics.faults, f.kind, 1);
             }
             let now = std::time::SystemTime::now()

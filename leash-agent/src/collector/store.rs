@@ -230,7 +230,10 @@ pub async fn insert_batch(client: &mut Client, batch: &[Incoming]) -> Result<Out
             &r.line.trim_end(),
         ];
         if tx.execute(&insert, &params).await? == 0 {
-            out.duplicates += 1;
+            match again(&tx, &neighbour, r, seq, &hash).await? {
+                Some(fork) => out.faults.push(fork),
+                None => out.duplicates += 1,
+            }
             continue;
         }
         out.inserted += 1;
@@ -252,6 +255,30 @@ pub async fn insert_batch(client: &mut Client, batch: &[Incoming]) -> Result<Out
     }
     tx.commit().await?;
     Ok(out)
+}
+
+/// A seq already stored arriving again: a redelivery carries the same hash;
+/// another hash means the host rewrote a record it had shipped (a fork).
+async fn again(
+    tx: &tokio_postgres::Transaction<'_>,
+    neighbour: &tokio_postgres::Statement,
+    r: &Incoming,
+    seq: i64,
+    hash: &str,
+) -> Result<Option<Fault>, StoreError> {
+    let stored: Option<String> = tx
+        .query_opt(neighbour, &[&r.host, &r.epoch, &seq])
+        .await?
+        .map(|row| row.get(0));
+    Ok(stored.filter(|h| h != hash).map(|_| Fault {
+        host: r.host.clone(),
+        epoch: r.epoch,
+        seq,
+        kind: "fork",
+        detail: format!(
+            "seq {seq} arrived again with another hash: the host rewrote a record it had shipped"
+        ),
+    }))
 }
 
 /// Takes each (host, epoch) chain of the batch for this transaction, in
@@ -309,16 +336,26 @@ async fn check_links(
     if seq == 1 && link.prev != chain::GENESIS {
         fault(seq, "the first record does not start a chain".into());
     }
+    let mut forked = None;
     if let Some(before) = tx
         .query_opt(neighbour, &[&r.host, &r.epoch, &(seq - 1)])
         .await?
     {
         let before_hash: String = before.get(0);
         if before_hash != link.prev {
-            fault(
-                seq,
-                format!("prev_hash does not match the hash of seq {}", seq - 1),
-            );
+            if link.sealed {
+                // An intact record that does not extend what was shipped:
+                // the host's chain was rewritten and re-sealed behind it.
+                forked = Some(format!(
+                    "seq {seq} does not extend seq {} as shipped: the host's chain was rewritten and re-sealed",
+                    seq - 1
+                ));
+            } else {
+                fault(
+                    seq,
+                    format!("prev_hash does not match the hash of seq {}", seq - 1),
+                );
+            }
         }
     }
     if let Some(after) = tx
@@ -333,7 +370,33 @@ async fn check_links(
             );
         }
     }
+    if let Some(detail) = forked {
+        faults.push(Fault {
+            host: r.host.clone(),
+            epoch: r.epoch,
+            seq,
+            kind: "fork",
+            detail,
+        });
+    }
     Ok(())
+}
+
+/// The hashes the store holds for `host`'s chain of `epoch` from `from`
+/// on, by seq (what `leash audit verify --against` compares with).
+pub async fn chain_hashes(
+    client: &Client,
+    host: &str,
+    epoch: i64,
+    from: i64,
+) -> Result<std::collections::BTreeMap<i64, String>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT seq, hash FROM leash_audit WHERE host = $1 AND epoch = $2 AND seq >= $3 ORDER BY seq",
+            &[&host, &epoch, &from],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Sequence gaps per host chain: runs of missing seqs between records
