@@ -66,7 +66,8 @@ fn content_file(leash: &Leash, id: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no content file for {id}"))
 }
 
-/// Waits for the `content_read` event of record `id` (by `reader`).
+/// Waits for a `content_read` event of record `id` by a reader named
+/// `reader`.
 fn wait_read_event(leash: &Leash, id: &str, reader: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -74,15 +75,14 @@ fn wait_read_event(leash: &Leash, id: &str, reader: &str) -> Value {
         if let Some(v) = text
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|r| r["event"] == "content_read" && r["content_read"]["record"] == id)
+            .find(|r| {
+                r["event"] == "content_read"
+                    && r["content_read"]["record"] == id
+                    && r["content_read"]["reader"]
+                        .as_str()
+                        .is_some_and(|who| who.contains(reader))
+            })
         {
-            assert!(
-                v["content_read"]["reader"]
-                    .as_str()
-                    .unwrap()
-                    .contains(reader),
-                "{v}"
-            );
             return v;
         }
         assert!(Instant::now() < deadline, "no content_read event for {id}");
@@ -154,6 +154,31 @@ fn redacted_content_holds_each_conversation_and_no_raw_secret() {
     assert_eq!(status, 200, "{doc}");
     assert_eq!(doc["record"], id);
     wait_read_event(&leash, id, "console");
+    // An export with content: each redacted content read is recorded.
+    let out_dir = tempfile::tempdir().unwrap();
+    let content = out_dir.path().join("content.jsonl");
+    let out = run(leash_command()
+        .args(["audit", "export", "--config"])
+        .arg(leash.dir.path().join("leash.yaml"))
+        .arg("--dir")
+        .arg(&leash.audit_dir)
+        .args(["--admin-listen", &leash.admin.to_string(), "--output"])
+        .arg(out_dir.path().join("run.jsonl"))
+        .arg("--content")
+        .arg(&content));
+    assert_success("leash audit export --content", &out);
+    let exported = std::fs::read_to_string(&content).unwrap();
+    assert_eq!(exported.lines().count(), cases.len(), "{exported}");
+    assert!(
+        exported.lines().all(|l| l.contains("[REDACTED:email]")),
+        "{exported}"
+    );
+    for canary in [email.as_str(), AWS_KEY, GH_TOKEN] {
+        assert!(!exported.contains(canary), "{canary} in the export");
+    }
+    for r in &records {
+        wait_read_event(&leash, r["id"].as_str().unwrap(), "cli: ");
+    }
     // Content that no longer matches its record is refused as altered.
     let path = content_file(&leash, id);
     let mut altered = std::fs::read(&path).unwrap();
@@ -365,4 +390,46 @@ fn the_quota_and_the_size_cap_are_counted_and_never_block() {
         "{}",
         leash.metrics()
     );
+}
+
+/// The console's record view in Chromium: a record with redacted content
+/// offers it, the click shows it (the match redacted, never the raw text),
+/// and the read is recorded in the trail as the console's.
+#[test]
+fn the_console_shows_redacted_content_and_records_the_read() {
+    let mock = MockProvider::start();
+    let leash = start(&mock, "  default: redacted\n");
+    let email = format!("zq.console.{}@example.com", std::process::id());
+    let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("mail {email}")}]})
+        .to_string();
+    assert_eq!(
+        post_json(
+            leash.addr,
+            "/v1/openai/chat/completions",
+            "sk-test",
+            chat.as_bytes()
+        )
+        .0,
+        200
+    );
+    let id = leash.wait_records(1)[0]["id"].as_str().unwrap().to_owned();
+    let seen = leash_tests::browser::run_script(
+        "content.mjs",
+        &format!("http://{}", leash.admin),
+        &[
+            &leash_tests::browser::screenshots().display().to_string(),
+            &leash.console_login_url(),
+        ],
+    );
+    assert!(
+        seen["button"].as_str().unwrap().contains("recorded"),
+        "{seen}"
+    );
+    let shown = seen["content"].to_string();
+    assert_eq!(seen["content"]["record"], id.as_str());
+    assert!(
+        shown.contains("mail [REDACTED:email]") && !shown.contains(&email),
+        "{shown}"
+    );
+    wait_read_event(&leash, &id, "console");
 }

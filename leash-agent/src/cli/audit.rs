@@ -71,6 +71,14 @@ pub enum AuditCommand {
         /// Write the chain proof (JSON) here instead of standard error.
         #[arg(long, value_name = "FILE")]
         proof: Option<PathBuf>,
+        /// Also write the exported records' captured content here (JSON
+        /// Lines): redacted content, each read recorded by the running
+        /// leash of `--config`; sealed content still sealed.
+        #[arg(long, value_name = "FILE", requires = "config")]
+        content: Option<PathBuf>,
+        /// The admin listener of that leash (as `leash console` takes it).
+        #[arg(long, value_name = "ADDR", requires = "content")]
+        admin_listen: Option<String>,
     },
     /// Print the newest records (JSON Lines).
     Tail {
@@ -139,13 +147,31 @@ pub fn command(cmd: AuditCommand) -> anyhow::Result<()> {
             until,
             output,
             proof,
-        } => audit_export(
-            &dir.resolve()?,
-            format,
-            (since, until),
-            output.as_deref(),
-            proof.as_deref(),
-        ),
+            content,
+            admin_listen,
+        } => {
+            let for_content = match (&content, &dir.config) {
+                (Some(file), Some(config)) => Some((
+                    file.clone(),
+                    Config::load(
+                        Some(config),
+                        &Overrides {
+                            admin_listen,
+                            audit_dir: dir.dir.clone(),
+                            ..Overrides::reading()
+                        },
+                    )?,
+                )),
+                _ => None,
+            };
+            audit_export(
+                &dir.resolve()?,
+                format,
+                (since, until),
+                (output.as_deref(), proof.as_deref()),
+                for_content,
+            )
+        }
         AuditCommand::Verify {
             dir, against, host, ..
         } => {
@@ -238,8 +264,8 @@ fn audit_export(
     dir: &std::path::Path,
     format: super::export::Format,
     (since, until): (Option<String>, Option<String>),
-    output: Option<&std::path::Path>,
-    proof_file: Option<&std::path::Path>,
+    (output, proof_file): (Option<&std::path::Path>, Option<&std::path::Path>),
+    content: Option<(PathBuf, Config)>,
 ) -> anyhow::Result<()> {
     let time = |t: Option<String>| {
         t.as_deref()
@@ -252,13 +278,21 @@ fn audit_export(
         let mut f = std::io::BufWriter::new(
             std::fs::File::create(file).with_context(|| file.display().to_string())?,
         );
-        let proof = super::export::export(dir, format, since, until, &mut f)?;
+        let exported = super::export::export(dir, format, (since, until), &mut f)?;
         f.flush()?;
-        proof
+        exported
     } else {
         let mut out = std::io::stdout().lock();
-        super::export::export(dir, format, since, until, &mut out)?
+        super::export::export(dir, format, (since, until), &mut out)?
     };
+    let (proof, with_content) = proof;
+    if let Some((file, config)) = content {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(&file).with_context(|| file.display().to_string())?,
+        );
+        super::export::export_content(&config, &with_content, &mut f)?;
+        f.flush()?;
+    }
     let mut text = serde_json::to_value(&proof)?;
     text["epoch"] = serde_json::json!(crate::audit::spool::read_epoch(dir)?);
     let text = serde_json::to_string_pretty(&text)?;

@@ -91,14 +91,15 @@ fn ts_of(r: &Value) -> Option<OffsetDateTime> {
 const MAX_HELD: usize = 10_000;
 
 /// Writes the run to `out` (one line in memory at a time, plus the few held
-/// back at the end of the window) and returns its proof.
+/// back at the end of the window) and returns its proof and the records in
+/// it that have stored content.
 pub fn export(
     dir: &Path,
     format: Format,
-    since: Option<OffsetDateTime>,
-    until: Option<OffsetDateTime>,
+    (since, until): (Option<OffsetDateTime>, Option<OffsetDateTime>),
     out: &mut dyn std::io::Write,
-) -> anyhow::Result<chain::RunProof> {
+) -> anyhow::Result<(chain::RunProof, Vec<Value>)> {
+    let mut with_content = Vec::new();
     if format == Format::Csv {
         writeln!(out, "{}", CSV_COLUMNS.join(","))?;
     }
@@ -108,12 +109,16 @@ pub fn export(
     let mut failed: Option<anyhow::Error> = None;
     let mut emit = |line: &[u8], checker: &mut chain::RunChecker| -> anyhow::Result<()> {
         checker.push(line).map_err(anyhow::Error::msg)?;
+        let v: Value = serde_json::from_slice(line)?;
         match format {
             Format::Jsonl => {
                 out.write_all(line)?;
                 out.write_all(b"\n")?;
             }
-            Format::Csv => writeln!(out, "{}", csv_row(&serde_json::from_slice(line)?))?,
+            Format::Csv => writeln!(out, "{}", csv_row(&v))?,
+        }
+        if v["content"]["sha256"].is_string() {
+            with_content.push(v);
         }
         Ok(())
     };
@@ -142,10 +147,41 @@ pub fn export(
     if let Some(e) = failed {
         return Err(e.context("the trail is broken in that window (run `leash audit verify`)"));
     }
-    checker
+    let proof = checker
         .finish()
         .map_err(anyhow::Error::msg)
-        .context("no records in that window")
+        .context("no records in that window")?;
+    Ok((proof, with_content))
+}
+
+/// The content of the exported records, one JSON line each: redacted
+/// content (each read recorded by the running leash first), sealed content
+/// as it is stored (still encrypted: base64 of the age file), or why it is
+/// missing.
+pub fn export_content(
+    config: &crate::config::Config,
+    records: &[Value],
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<usize> {
+    use base64::Engine as _;
+    let mut n = 0;
+    for r in records {
+        let id = r["id"].as_str().unwrap_or_default();
+        let line = match super::show::stored_content(config, r) {
+            Ok((crate::record::CaptureClass::Sealed, bytes)) => serde_json::json!({
+                "record": id,
+                "sealed_age_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
+            }),
+            Ok((_, bytes)) => {
+                super::show::record_read(config, id)?;
+                serde_json::json!({"record": id, "content": serde_json::from_slice::<Value>(&bytes)?})
+            }
+            Err(e) => serde_json::json!({"record": id, "missing": e.to_string()}),
+        };
+        writeln!(out, "{line}")?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// `leash audit verify --export FILE`: the run's own chain, and its proof.

@@ -60,7 +60,7 @@ fn reader() -> String {
 }
 
 /// Asks the running leash to record the read; an error when it cannot.
-fn record_read(config: &Config, id: &str) -> anyhow::Result<()> {
+pub(super) fn record_read(config: &Config, id: &str) -> anyhow::Result<()> {
     let token = config.admin.token.load().with_context(|| {
         format!(
             "reading the admin token {}",
@@ -94,6 +94,38 @@ fn record_read(config: &Config, id: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The stored content of `record`, checked against the SHA-256 the record
+/// holds: its class and bytes (sealed: still encrypted).
+pub(super) fn stored_content(
+    config: &Config,
+    record: &Value,
+) -> anyhow::Result<(CaptureClass, Vec<u8>)> {
+    let reference = &record["content"];
+    let class: CaptureClass = serde_json::from_value(reference["class"].clone())
+        .context("this record has no captured content")?;
+    let Some(sha) = reference["sha256"].as_str() else {
+        bail!(
+            "this record's content was not stored ({})",
+            reference["dropped"].as_str().unwrap_or("unknown reason")
+        );
+    };
+    let path = ContentStore::path(
+        &config.capture.dir,
+        class,
+        record["id"].as_str().unwrap_or_default(),
+        record["ts"].as_str().unwrap_or_default(),
+    );
+    let stored = std::fs::read(&path)
+        .with_context(|| format!("{} (removed by retention, or deleted)", path.display()))?;
+    if crate::audit::chain::hex_sha256(&stored) != sha {
+        bail!(
+            "{}: the content does not match the SHA-256 its record holds: it was altered",
+            path.display()
+        );
+    }
+    Ok((class, stored))
+}
+
 pub fn show(args: &ShowArgs) -> anyhow::Result<()> {
     let config = Config::load(
         Some(&args.config),
@@ -110,31 +142,9 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&record)?)?;
         return Ok(());
     }
-    let reference = &record["content"];
-    let class: CaptureClass = serde_json::from_value(reference["class"].clone())
-        .context("this record has no captured content")?;
-    let Some(sha) = reference["sha256"].as_str() else {
-        bail!(
-            "this record's content was not stored ({})",
-            reference["dropped"].as_str().unwrap_or("unknown reason")
-        );
-    };
+    let (class, stored) = stored_content(&config, &record)?;
     if class == CaptureClass::Sealed && args.identity.is_none() {
         bail!("sealed content opens only with a recipient's identity: give --identity FILE");
-    }
-    let path = ContentStore::path(
-        &config.capture.dir,
-        class,
-        &args.id,
-        record["ts"].as_str().unwrap_or_default(),
-    );
-    let stored = std::fs::read(&path)
-        .with_context(|| format!("{} (removed by retention, or deleted)", path.display()))?;
-    if crate::audit::chain::hex_sha256(&stored) != sha {
-        bail!(
-            "{}: the content does not match the SHA-256 its record holds: it was altered",
-            path.display()
-        );
     }
     let plain = match (&args.identity, class) {
         (Some(identity), CaptureClass::Sealed) => content::unseal(&stored, identity)?,

@@ -131,8 +131,28 @@ function recordRow(r) {
     const pre = document.getElementById("record");
     pre.hidden = false;
     pre.textContent = JSON.stringify(r, null, 2);
+    showContentButton(r);
   });
   return tr;
+}
+
+// Captured content of the record shown: redacted content on request (the
+// read is recorded in the audit trail); sealed content never comes here.
+function showContentButton(r) {
+  const button = document.getElementById("record-content");
+  const body = document.getElementById("record-content-body");
+  const c = r.content || {};
+  body.hidden = true;
+  button.hidden = !c.sha256;
+  button.disabled = c.class !== "redacted";
+  button.textContent = c.class === "sealed"
+    ? "Content sealed: opens only with an auditor's identity (leash audit show --identity)"
+    : "Show captured content (this read is recorded in the audit trail)";
+  button.onclick = async () => {
+    body.hidden = false;
+    try { body.textContent = JSON.stringify(await api(`/api/records/${encodeURIComponent(r.id)}/content`), null, 2); }
+    catch (e) { body.textContent = "not shown: " + e.message; }
+  };
 }
 function totalsRows(groups) {
   return Object.entries(groups).map(([name, t]) => el("tr", {},
