@@ -30,6 +30,18 @@ use sha2::{Digest as _, Sha256};
 const AWS_KEY: &str = "AKIAZ7QX3PLM9V2KD4RT";
 const GH_TOKEN: &str = "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";
 
+/// One `OpenAI` chat through the gateway with `text` as the prompt: its status.
+fn say(leash: &Leash, text: &str) -> u16 {
+    let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]});
+    post_json(
+        leash.addr,
+        "/v1/openai/chat/completions",
+        "sk-test",
+        chat.to_string().as_bytes(),
+    )
+    .0
+}
+
 fn start(mock: &MockProvider, capture: &str) -> Leash {
     Leash::start(&format!(
         "{}teams:\n  - {{ name: legal, header: true }}\ncapture:\n{capture}",
@@ -322,12 +334,8 @@ fn retention_removes_content_keeps_records_and_honours_a_legal_hold() {
             hold_list.display()
         ),
     );
-    let chat = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
     for _ in 0..2 {
-        assert_eq!(
-            post_json(leash.addr, "/v1/openai/chat/completions", "sk-test", chat).0,
-            200
-        );
+        assert_eq!(say(&leash, "hi"), 200);
     }
     let records = leash.wait_records(2);
     let (held, loose) = (
@@ -358,17 +366,9 @@ fn the_quota_and_the_size_cap_are_counted_and_never_block() {
         "  default: redacted\n  max_bytes: 200\n  quota_bytes: 3000\n",
     );
     let big = "x".repeat(600);
-    let chat =
-        json!({"model":"gpt-4o-mini","messages":[{"role":"user","content": big}]}).to_string();
     for _ in 0..8 {
         assert_eq!(
-            post_json(
-                leash.addr,
-                "/v1/openai/chat/completions",
-                "sk-test",
-                chat.as_bytes()
-            )
-            .0,
+            say(&leash, &big),
             200,
             "a full quota never blocks a request"
         );
@@ -400,18 +400,7 @@ fn the_console_shows_redacted_content_and_records_the_read() {
     let mock = MockProvider::start();
     let leash = start(&mock, "  default: redacted\n");
     let email = format!("zq.console.{}@example.com", std::process::id());
-    let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("mail {email}")}]})
-        .to_string();
-    assert_eq!(
-        post_json(
-            leash.addr,
-            "/v1/openai/chat/completions",
-            "sk-test",
-            chat.as_bytes()
-        )
-        .0,
-        200
-    );
+    assert_eq!(say(&leash, &format!("mail {email}")), 200);
     let id = leash.wait_records(1)[0]["id"].as_str().unwrap().to_owned();
     let seen = leash_tests::browser::run_script(
         "content.mjs",
