@@ -334,6 +334,27 @@ pub struct ContentRef {
     pub dropped: Option<String>,
 }
 
+impl ContentRef {
+    /// Where a record's content is stored under `dir`: its class and day
+    /// (the date of `ts`), named by the record id.
+    pub fn path(
+        dir: &std::path::Path,
+        class: CaptureClass,
+        id: &str,
+        ts: &str,
+    ) -> std::path::PathBuf {
+        let day = ts.get(..10).unwrap_or("unknown");
+        let ext = if class == CaptureClass::Sealed {
+            "age"
+        } else {
+            "json"
+        };
+        dir.join(class.as_str())
+            .join(day)
+            .join(format!("{id}.{ext}"))
+    }
+}
+
 /// A read of captured content (`event: content_read`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContentRead {

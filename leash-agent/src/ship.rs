@@ -6,6 +6,12 @@
 //! cursor (an atomic file write) only past records JetStream acknowledged.
 //! While NATS is away, records wait in the spool (retention keeps unshipped
 //! segments) and publishing retries with capped exponential backoff.
+//!
+//! A record with captured content is preceded by its content, in chunks of
+//! `CONTENT_CHUNK` bytes on the same subject (so only this host can send
+//! them), each with `Leash-Content: <seq>/<index>/<count>`; the cursor
+//! moves past a record only once its chunks and the record are
+//! acknowledged, and a retry sends the same message ids again.
 
 use std::{
     path::{Path, PathBuf},
@@ -29,6 +35,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often an idle shipper looks for new records.
 const POLL: Duration = Duration::from_millis(100);
+/// Content is shipped in messages of at most this many bytes (under NATS's
+/// default 1 MiB payload limit).
+pub const CONTENT_CHUNK: usize = 128 * 1024;
+/// The header that marks a content chunk: `<seq>/<index>/<count>`.
+pub const CONTENT_HEADER: &str = "Leash-Content";
 /// JetStream's de-duplication window on streams Leash creates.
 const DUPLICATE_WINDOW: Duration = Duration::from_mins(10);
 
@@ -199,6 +210,18 @@ pub struct Shipper {
     dir: PathBuf,
     host: String,
     metrics: Arc<Metrics>,
+    /// Where captured content is (`capture.dir`), when content is captured.
+    content: Option<PathBuf>,
+}
+
+/// The stored content a record line refers to, if any (absent when
+/// it was not stored or retention removed it: the record ships alone).
+async fn content_of(dir: &Path, line: &[u8]) -> Option<Vec<u8>> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    v["content"]["sha256"].as_str()?;
+    let class = serde_json::from_value(v["content"]["class"].clone()).ok()?;
+    let path = crate::record::ContentRef::path(dir, class, v["id"].as_str()?, v["ts"].as_str()?);
+    tokio::fs::read(path).await.ok()
 }
 
 impl Shipper {
@@ -208,7 +231,54 @@ impl Shipper {
             dir: dir.to_path_buf(),
             host: host.to_owned(),
             metrics,
+            content: None,
         }
+    }
+
+    /// Ships each record's captured content (from `dir`) before it.
+    #[must_use]
+    pub fn with_content(mut self, dir: Option<PathBuf>) -> Self {
+        self.content = dir;
+        self
+    }
+
+    /// Publishes `bytes` as the content of record `seq`, in chunks; their
+    /// acknowledgements go to `pending` (as `seq - 1`: they move the cursor
+    /// no further than the record before).
+    async fn publish_content(
+        &self,
+        js: &jetstream::Context,
+        (epoch, seq, line): (u64, u64, &[u8]),
+        bytes: &[u8],
+        pending: &mut Vec<(u64, jetstream::context::PublishAckFuture)>,
+    ) -> Result<(), &'static str> {
+        let chunks: Vec<&[u8]> = bytes.chunks(CONTENT_CHUNK).collect();
+        let id = msg_id(&self.host, epoch, seq, line);
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("{id}-c{i}").as_str());
+            headers.insert("Leash-Host", self.host.as_str());
+            headers.insert("Leash-Epoch", epoch.to_string().as_str());
+            headers.insert(
+                CONTENT_HEADER,
+                format!("{seq}/{i}/{}", chunks.len()).as_str(),
+            );
+            match js
+                .publish_with_headers(
+                    self.cfg.subject.clone(),
+                    headers,
+                    bytes::Bytes::copy_from_slice(chunk),
+                )
+                .await
+            {
+                Ok(ack) => pending.push((seq - 1, ack)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit shipping: content publish failed");
+                    return Err("publish");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Ships until the process ends. Errors are logged, counted and retried;
@@ -281,6 +351,20 @@ impl Shipper {
             let mut pending = Vec::with_capacity(batch.len());
             let mut failed = None;
             for line in &batch {
+                if let Some(dir) = &self.content
+                    && let Some(bytes) = content_of(dir, &line.bytes).await
+                    && let Err(kind) = self
+                        .publish_content(
+                            js,
+                            (cursor.epoch, line.seq, &line.bytes),
+                            &bytes,
+                            &mut pending,
+                        )
+                        .await
+                {
+                    failed = Some(kind);
+                    break;
+                }
                 let mut headers = HeaderMap::new();
                 headers.insert(
                     "Nats-Msg-Id",
@@ -304,7 +388,7 @@ impl Shipper {
             let mut acked = None;
             for (seq, ack) in pending {
                 match ack.await {
-                    Ok(_) => acked = Some(seq),
+                    Ok(_) => acked = acked.max(Some(seq)),
                     Err(e) => {
                         tracing::warn!(error = %e, seq, "audit shipping: no acknowledgement");
                         failed = Some("ack");
@@ -312,7 +396,7 @@ impl Shipper {
                     }
                 }
             }
-            if let Some(seq) = acked {
+            if let Some(seq) = acked.filter(|s| *s > cursor.seq) {
                 let n = seq - cursor.seq;
                 cursor.seq = seq;
                 if let Err(e) = cursor.store(&self.dir) {

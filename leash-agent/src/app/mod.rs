@@ -151,7 +151,8 @@ impl Core {
                 &config.audit.dir,
                 &config.host_id,
                 Arc::clone(&metrics),
-            );
+            )
+            .with_content(config.capture.enabled().then(|| config.capture.dir.clone()));
             tracing::info!(nats = %crate::ship::redact_url(&ship.nats.url), stream = %ship.nats.stream, subject = %ship.subject, "shipping audit records");
             tokio::spawn(async move {
                 if let Err(e) = shipper.run().await {

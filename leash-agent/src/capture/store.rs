@@ -53,13 +53,6 @@ pub struct ContentStore {
     metrics: Arc<Metrics>,
 }
 
-fn extension(class: CaptureClass) -> &'static str {
-    match class {
-        CaptureClass::Sealed => "age",
-        _ => "json",
-    }
-}
-
 fn mkdir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -130,10 +123,7 @@ impl ContentStore {
 
     /// Where a record's content is: its class and day (`ts`'s date).
     pub fn path(dir: &Path, class: CaptureClass, id: &str, ts: &str) -> PathBuf {
-        let day = ts.get(..10).unwrap_or("unknown");
-        dir.join(class.as_str())
-            .join(day)
-            .join(format!("{id}.{}", extension(class)))
+        crate::record::ContentRef::path(dir, class, id, ts)
     }
 
     /// Queues `bytes` as the content of record `id`; never waits.

@@ -23,8 +23,17 @@ pub struct ShowArgs {
     id: String,
     /// The config of the leash that wrote it (its audit and capture
     /// directories, and its admin listener, which records the read).
-    #[arg(short, long, env = "LEASH_CONFIG")]
-    config: PathBuf,
+    #[arg(
+        short,
+        long,
+        env = "LEASH_CONFIG",
+        required_unless_present = "postgres"
+    )]
+    config: Option<PathBuf>,
+    /// Read the record and its content from the fleet's store instead
+    /// (PostgreSQL URL); the read is recorded there (`leash_content_reads`).
+    #[arg(long, value_name = "URL", conflicts_with = "config")]
+    postgres: Option<String>,
     /// The admin listener of that leash (as `leash console` takes it).
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
@@ -94,6 +103,45 @@ pub(super) fn record_read(config: &Config, id: &str) -> anyhow::Result<()> {
     }
 }
 
+/// `--postgres`: the record and its content as the fleet's store holds
+/// them (the chunks joined, checked against the record's SHA-256); the read
+/// recorded in the store before anything is shown.
+fn show_fleet(args: &ShowArgs, url: &str) -> anyhow::Result<()> {
+    use crate::collector::store;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = store::connect(url).await?;
+        let (line, bytes) = store::content_by_id(&client, &args.id)
+            .await?
+            .with_context(|| format!("no record `{}` in the fleet store", args.id))?;
+        let record: Value = serde_json::from_str(&line)?;
+        if !args.content {
+            println!("{}", serde_json::to_string_pretty(&record)?);
+            return Ok(());
+        }
+        let class: CaptureClass = serde_json::from_value(record["content"]["class"].clone())
+            .context("this record has no captured content")?;
+        let stored = bytes.context(
+            "the store does not hold this record's whole content (not shipped yet, or not stored)",
+        )?;
+        if record["content"]["sha256"].as_str() != Some(&crate::audit::chain::hex_sha256(&stored)) {
+            bail!("the stored content does not match the SHA-256 its record holds: it was altered");
+        }
+        let plain = match (&args.identity, class) {
+            (Some(identity), CaptureClass::Sealed) => content::unseal(&stored, identity)?,
+            (None, CaptureClass::Sealed) => {
+                bail!("sealed content opens only with a recipient's identity: give --identity FILE")
+            }
+            _ => stored,
+        };
+        store::record_read(&client, &args.id, &reader()).await?;
+        print_content(args, &record, class, &plain)
+    })
+}
+
 /// The stored content of `record`, checked against the SHA-256 the record
 /// holds: its class and bytes (sealed: still encrypted).
 pub(super) fn stored_content(
@@ -127,8 +175,14 @@ pub(super) fn stored_content(
 }
 
 pub fn show(args: &ShowArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.postgres {
+        return show_fleet(args, url);
+    }
+    let Some(config_file) = &args.config else {
+        bail!("give --config FILE or --postgres URL");
+    };
     let config = Config::load(
-        Some(&args.config),
+        Some(config_file),
         &Overrides {
             admin_listen: args.admin_listen.clone(),
             audit_dir: args.audit_dir.clone(),
@@ -151,8 +205,19 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<()> {
         _ => stored,
     };
     record_read(&config, &args.id)?;
+    print_content(args, &record, class, &plain)
+}
+
+/// The record and its (opened) content, or `--raw`'s exact bytes.
+fn print_content(
+    args: &ShowArgs,
+    record: &Value,
+    class: CaptureClass,
+    plain: &[u8],
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     let doc: Value =
-        serde_json::from_slice(&plain).context("the content is not a content document")?;
+        serde_json::from_slice(plain).context("the content is not a content document")?;
     match args.raw.as_deref() {
         Some(part) => {
             if class != CaptureClass::Sealed {

@@ -281,8 +281,27 @@ async fn store_batch(
     metrics: &CollectorMetrics,
 ) -> bool {
     let mut incoming = Vec::with_capacity(messages.len());
+    let mut chunks = Vec::new();
     let mut accepted = Vec::with_capacity(messages.len());
     for m in messages {
+        let content = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(ship::CONTENT_HEADER))
+            .map(|v| v.as_str().to_owned());
+        if let Some(header) = content {
+            if let Some(chunk) = origin(m, cfg.host_token).and_then(|(host, epoch)| {
+                store::Chunk::parse(host, epoch, &header, m.payload.to_vec())
+            }) {
+                chunks.push(chunk);
+                accepted.push(m);
+            } else {
+                CollectorMetrics::count(&metrics.errors, "message", 1);
+                tracing::error!(subject = %m.subject, "collector: malformed content chunk; dropped");
+                let _ = m.ack_with(AckKind::Term).await;
+            }
+            continue;
+        }
         if let (Some((host, epoch)), Ok(line)) =
             (origin(m, cfg.host_token), std::str::from_utf8(&m.payload))
         {
@@ -310,7 +329,7 @@ async fn store_batch(
             }
         }
     }
-    match store::insert_batch(db, &incoming).await {
+    match store::insert_batch(db, &incoming, &chunks).await {
         Ok(outcome) => {
             // Committed: now (and only now) tell JetStream.
             for m in &accepted {
@@ -321,6 +340,7 @@ async fn store_batch(
             }
             CollectorMetrics::count(&metrics.records, "inserted", outcome.inserted);
             CollectorMetrics::count(&metrics.records, "duplicate", outcome.duplicates);
+            CollectorMetrics::count(&metrics.records, "content_chunk", outcome.chunks);
             for f in &outcome.faults {
                 tracing::error!(host = %f.host, epoch = f.epoch, seq = f.seq, kind = f.kind, detail = %f.detail, "audit chain fault");
                 CollectorMetrics::count(&metrics.faults, f.kind, 1);

@@ -28,9 +28,10 @@ pub enum StoreError {
 }
 
 /// Migrations in order; each runs once, in a transaction.
-const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    r"
+const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        r"
 CREATE TABLE leash_audit (
     host text NOT NULL,
     epoch bigint NOT NULL,
@@ -71,7 +72,29 @@ CREATE TABLE leash_chain_faults (
     PRIMARY KEY (host, epoch, seq, kind)
 );
 ",
-)];
+    ),
+    (
+        2,
+        r"
+CREATE TABLE leash_content_chunks (
+    host text NOT NULL,
+    epoch bigint NOT NULL,
+    seq bigint NOT NULL,
+    idx integer NOT NULL,
+    total integer NOT NULL,
+    bytes bytea NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (host, epoch, seq, idx)
+);
+CREATE INDEX leash_audit_id ON leash_audit (id);
+CREATE TABLE leash_content_reads (
+    record text NOT NULL,
+    reader text NOT NULL,
+    read_at timestamptz NOT NULL DEFAULT now()
+);
+",
+    ),
+];
 
 /// Connects and applies pending migrations.
 pub async fn connect(url: &str) -> Result<Client, StoreError> {
@@ -131,6 +154,35 @@ pub struct Incoming {
     pub line: String,
 }
 
+/// One chunk of a record's captured content as it arrived from a host.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub host: String,
+    pub epoch: i64,
+    pub seq: i64,
+    pub idx: i32,
+    pub total: i32,
+    pub bytes: Vec<u8>,
+}
+
+impl Chunk {
+    /// `<seq>/<index>/<count>` (the `Leash-Content` header).
+    pub fn parse(host: String, epoch: i64, header: &str, bytes: Vec<u8>) -> Option<Self> {
+        let mut parts = header.split('/');
+        let seq = parts.next()?.parse().ok()?;
+        let idx = parts.next()?.parse().ok()?;
+        let total = parts.next()?.parse().ok()?;
+        (parts.next().is_none() && idx < total).then_some(Self {
+            host,
+            epoch,
+            seq,
+            idx,
+            total,
+            bytes,
+        })
+    }
+}
+
 /// A problem with a host's chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
@@ -146,6 +198,8 @@ pub struct Fault {
 pub struct Outcome {
     pub inserted: u64,
     pub duplicates: u64,
+    /// Content chunks stored.
+    pub chunks: u64,
     pub faults: Vec<Fault>,
 }
 
@@ -161,9 +215,14 @@ fn int_at(v: &Value, path: &[&str]) -> Option<i64> {
 /// NOTHING`), each adjacent pair of a host's chain checked when the second
 /// of them arrives (under a per-host lock, so concurrent collectors never
 /// both miss a pair). Records that fail their seal are kept and flagged.
-pub async fn insert_batch(client: &mut Client, batch: &[Incoming]) -> Result<Outcome, StoreError> {
+pub async fn insert_batch(
+    client: &mut Client,
+    batch: &[Incoming],
+    chunks: &[Chunk],
+) -> Result<Outcome, StoreError> {
     let mut out = Outcome::default();
     let tx = client.transaction().await?;
+    insert_chunks(&tx, chunks, &mut out).await?;
     lock_hosts(&tx, batch).await?;
     let insert = tx
         .prepare(
@@ -255,6 +314,85 @@ pub async fn insert_batch(client: &mut Client, batch: &[Incoming]) -> Result<Out
     }
     tx.commit().await?;
     Ok(out)
+}
+
+/// Content chunks, each once (a redelivery is a duplicate).
+async fn insert_chunks(
+    tx: &tokio_postgres::Transaction<'_>,
+    chunks: &[Chunk],
+    out: &mut Outcome,
+) -> Result<(), StoreError> {
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let insert = tx
+        .prepare(
+            "INSERT INTO leash_content_chunks (host, epoch, seq, idx, total, bytes)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    for c in chunks {
+        let n = tx
+            .execute(
+                &insert,
+                &[&c.host, &c.epoch, &c.seq, &c.idx, &c.total, &c.bytes],
+            )
+            .await?;
+        if n == 0 {
+            out.duplicates += 1;
+        } else {
+            out.chunks += 1;
+        }
+    }
+    Ok(())
+}
+
+/// A record and its content in the store, by record id: the record line
+/// and the content's chunks joined (`None` when a chunk is missing).
+pub async fn content_by_id(
+    client: &Client,
+    id: &str,
+) -> Result<Option<(String, Option<Vec<u8>>)>, StoreError> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT host, epoch, seq, line FROM leash_audit WHERE id = $1 LIMIT 1",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (host, epoch, seq, line): (String, i64, i64, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let rows = client
+        .query(
+            "SELECT idx, total, bytes FROM leash_content_chunks
+             WHERE host = $1 AND epoch = $2 AND seq = $3 ORDER BY idx",
+            &[&host, &epoch, &seq],
+        )
+        .await?;
+    let complete = !rows.is_empty()
+        && rows.iter().enumerate().all(|(i, r)| {
+            r.get::<_, i32>(0) == i32::try_from(i).unwrap_or(-1)
+                && usize::try_from(r.get::<_, i32>(1)).ok() == Some(rows.len())
+        });
+    let bytes = complete.then(|| {
+        rows.iter()
+            .flat_map(|r| r.get::<_, Vec<u8>>(2))
+            .collect::<Vec<u8>>()
+    });
+    Ok(Some((line, bytes)))
+}
+
+/// Records a read of record `id`'s content from the store (who, when).
+pub async fn record_read(client: &Client, id: &str, reader: &str) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO leash_content_reads (record, reader) VALUES ($1, $2)",
+            &[&id, &reader],
+        )
+        .await?;
+    Ok(())
 }
 
 /// A seq already stored arriving again: a redelivery carries the same hash;
