@@ -327,13 +327,23 @@ impl Collector {
 
     /// A collector whose `nats` block holds `nats_yaml`.
     pub fn start_with(nats_yaml: &str, postgres_url: &str) -> Self {
+        Self::start_config(nats_yaml, postgres_url, "")
+    }
+
+    /// A collector with more of the `collector` section (`extra`: lines
+    /// indented under it).
+    pub fn start_extra(nats: &Nats, postgres_url: &str, extra: &str) -> Self {
+        Self::start_config(&nats.yaml(), postgres_url, extra)
+    }
+
+    fn start_config(nats_yaml: &str, postgres_url: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config = dir.path().join("collector.yaml");
         std::fs::write(
             &config,
             format!(
-                "collector:\n  nats: {{ {nats_yaml}, durable: leash-collector }}\n  postgres: {{ url: \"{postgres_url}\" }}\n  admin: {{ listen: \"{admin}\" }}\n"
+                "collector:\n  nats: {{ {nats_yaml}, durable: leash-collector }}\n  postgres: {{ url: \"{postgres_url}\" }}\n  admin: {{ listen: \"{admin}\" }}\n{extra}"
             ),
         )
         .expect("write collector config");

@@ -137,3 +137,61 @@ fn content_of_1_mib_bodies_reaches_postgres_intact_through_a_nats_restart() {
     }
     assert_eq!(pg.sql("SELECT count(*) FROM leash_content_reads"), "5");
 }
+
+/// Retention in the fleet store: content older than its class's period is
+/// removed, the records stay, and a record on `leash_legal_hold` keeps its
+/// content.
+#[test]
+fn the_fleet_store_keeps_content_for_its_retention_except_on_hold() {
+    let pg = Postgres::start();
+    let nats = Nats::start();
+    let collector = Collector::start_extra(
+        &nats,
+        &pg.url(),
+        "  content: { retention: { redacted: 6s } }\n",
+    );
+    let mock = MockProvider::start();
+    let leash = Leash::start(&format!(
+        "host_id: edge-r\naudit:\n  ship:\n    nats: {{ {}, subject: \"leash.audit.{{host}}\" }}\n{}capture:\n  default: redacted\n",
+        nats.yaml(),
+        mock_providers_yaml(&mock)
+    ));
+    let logs = |leash: &Leash| format!("{}\n{}", leash.logs(), collector.logs());
+    for i in 0..2 {
+        let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("hello {i}")}]})
+            .to_string();
+        let r = http_request(
+            leash.addr,
+            "POST",
+            "/v1/openai/chat/completions",
+            &[],
+            body.as_bytes(),
+        );
+        assert_eq!(r.unwrap().0, 200);
+    }
+    let records = leash.wait_records(2);
+    wait_until(
+        "two records with content stored",
+        || logs(&leash),
+        || pg.sql("SELECT count(DISTINCT seq) FROM leash_content_chunks") == "2",
+    );
+    let held = records[0]["id"].as_str().unwrap();
+    pg.sql(&format!(
+        "INSERT INTO leash_legal_hold (record, note) VALUES ('{held}', 'case 42')"
+    ));
+    wait_until(
+        "the unheld content removed",
+        || logs(&leash),
+        || pg.sql("SELECT count(DISTINCT seq) FROM leash_content_chunks") == "1",
+    );
+    assert_eq!(
+        pg.sql("SELECT DISTINCT a.id FROM leash_content_chunks c JOIN leash_audit a USING (host, epoch, seq)"),
+        held,
+        "the held record keeps its content"
+    );
+    assert_eq!(
+        pg.sql("SELECT count(*) FROM leash_audit WHERE host = 'edge-r'"),
+        "2",
+        "records stay"
+    );
+}

@@ -65,6 +65,25 @@ pub struct RawRetention {
     sealed: Option<String>,
 }
 
+impl RawRetention {
+    /// Each class's period (`30d` and `365d` when not given); `field`
+    /// names the section in errors.
+    pub fn validate(&self, field: &str) -> Result<Retention, FieldError> {
+        Ok(Retention {
+            redacted: duration(
+                &format!("{field}.redacted"),
+                self.redacted.as_deref(),
+                Duration::from_hours(30 * 24),
+            )?,
+            sealed: duration(
+                &format!("{field}.sealed"),
+                self.sealed.as_deref(),
+                Duration::from_hours(365 * 24),
+            )?,
+        })
+    }
+}
+
 /// `capture` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -197,18 +216,7 @@ impl CaptureConfig {
             recipients,
             max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
             quota_bytes: raw.quota_bytes.unwrap_or(DEFAULT_QUOTA_BYTES),
-            retention: Retention {
-                redacted: duration(
-                    "capture.retention.redacted",
-                    raw.retention.redacted.as_deref(),
-                    Duration::from_hours(30 * 24),
-                )?,
-                sealed: duration(
-                    "capture.retention.sealed",
-                    raw.retention.sealed.as_deref(),
-                    Duration::from_hours(365 * 24),
-                )?,
-            },
+            retention: raw.retention.validate("capture.retention")?,
         })
     }
 

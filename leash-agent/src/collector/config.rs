@@ -30,6 +30,9 @@ pub struct CollectorConfig {
     /// when none is configured, beside the config file).
     pub admin: AdminConfig,
     pub batch: usize,
+    /// How long captured content is kept in the store, per class
+    /// (`collector.content.retention`); records on `leash_legal_hold` stay.
+    pub content_retention: crate::capture::store::Retention,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,6 +48,15 @@ struct RawCollector {
     postgres: RawPostgres,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    content: RawContent,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContent {
+    #[serde(default)]
+    retention: crate::capture::RawRetention,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +130,10 @@ impl CollectorConfig {
                 base,
             )?,
             batch: batch("collector.nats.batch", c.nats.batch)?,
+            content_retention: c
+                .content
+                .retention
+                .validate("collector.content.retention")?,
         })
     }
 }

@@ -168,6 +168,10 @@ pub async fn run(
     tracing::info!(stream = %cfg.nats.stream, durable = %cfg.durable, "collector ready");
 
     let mut last_gap_scan = tokio::time::Instant::now();
+    let r = cfg.content_retention;
+    let expire_every =
+        (r.redacted.min(r.sealed) / 4).clamp(Duration::from_secs(1), Duration::from_hours(1));
+    let mut last_expiry = tokio::time::Instant::now();
     let mut backoff = BACKOFF_START;
     loop {
         if *shutdown.borrow() {
@@ -176,6 +180,10 @@ pub async fn run(
         if last_gap_scan.elapsed() >= GAP_SCAN {
             last_gap_scan = tokio::time::Instant::now();
             scan_gaps(&db, &metrics).await;
+        }
+        if last_expiry.elapsed() >= expire_every {
+            last_expiry = tokio::time::Instant::now();
+            expire_content(&db, &cfg, &metrics).await;
         }
         let batch = tokio::select! {
             b = consumer.fetch().max_messages(cfg.batch).expires(Duration::from_secs(1)).messages() => b,
@@ -257,6 +265,26 @@ async fn open_consumer(
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+}
+
+/// Applies `collector.content.retention` to the stored content.
+async fn expire_content(
+    db: &tokio_postgres::Client,
+    cfg: &CollectorConfig,
+    metrics: &CollectorMetrics,
+) {
+    let r = cfg.content_retention;
+    match store::expire_content(db, (r.redacted, r.sealed)).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(
+                chunks = n,
+                "captured content past retention removed from the store"
+            );
+            CollectorMetrics::count(&metrics.records, "content_expired", n);
+        }
+        Err(e) => tracing::warn!(error = %e, "collector: content retention failed"),
     }
 }
 

@@ -87,6 +87,11 @@ CREATE TABLE leash_content_chunks (
     PRIMARY KEY (host, epoch, seq, idx)
 );
 CREATE INDEX leash_audit_id ON leash_audit (id);
+CREATE TABLE leash_legal_hold (
+    record text PRIMARY KEY,
+    note text,
+    added_at timestamptz NOT NULL DEFAULT now()
+);
 CREATE TABLE leash_content_reads (
     record text NOT NULL,
     reader text NOT NULL,
@@ -382,6 +387,26 @@ pub async fn content_by_id(
             .collect::<Vec<u8>>()
     });
     Ok(Some((line, bytes)))
+}
+
+/// Removes captured content older than its class's retention (by the
+/// record's time), except records on `leash_legal_hold`; the records stay.
+/// How many chunks went.
+pub async fn expire_content(
+    client: &Client,
+    (redacted, sealed): (std::time::Duration, std::time::Duration),
+) -> Result<u64, StoreError> {
+    let (redacted, sealed) = (redacted.as_secs_f64(), sealed.as_secs_f64());
+    Ok(client
+        .execute(
+            "DELETE FROM leash_content_chunks c USING leash_audit a
+             WHERE a.host = c.host AND a.epoch = c.epoch AND a.seq = c.seq
+               AND a.ts < now() - make_interval(secs => CASE a.line::jsonb -> 'content' ->> 'class'
+                   WHEN 'sealed' THEN $2::float8 ELSE $1::float8 END)
+               AND NOT EXISTS (SELECT 1 FROM leash_legal_hold h WHERE h.record = a.id)",
+            &[&redacted, &sealed],
+        )
+        .await?)
 }
 
 /// Records a read of record `id`'s content from the store (who, when).
