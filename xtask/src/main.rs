@@ -408,6 +408,7 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
         ("npm", "npm"),
         ("tinyproxy", "tinyproxy"),
         ("age-keygen", "age"),
+        ("promtool", "prometheus"),
         ("ip", "iproute2"),
         ("java", "openjdk-17-jdk-headless"),
         ("go", "golang-go"),

@@ -26,6 +26,8 @@ use crate::{
     ship::{self, ShipError},
 };
 
+/// The kinds of `leash_collector_chain_faults_total`.
+const FAULT_KINDS: [&str; 3] = ["chain_break", "gap", "fork"];
 /// How long an unacknowledged message waits before JetStream redelivers it.
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Gaps are only called gaps once the record after them is this old: a
@@ -71,6 +73,10 @@ impl CollectorMetrics {
             "Problems found in hosts' audit chains, by kind (chain_break, gap, fork)",
             faults.clone(),
         );
+        // Each kind from 0: an alert on `increase()` sees the first fault.
+        for kind in FAULT_KINDS {
+            faults.get_or_create(&KindLabels { kind }).inc_by(0);
+        }
         let errors = Family::<KindLabels, Counter>::default();
         registry.register(
             "leash_collector_errors",
