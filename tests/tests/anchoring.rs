@@ -83,6 +83,14 @@ fn a_host_rewriting_shipped_records_is_caught_off_host() {
     // Control: the trail matches the store.
     let out = verify(&leash, Some(&pg.url()));
     assert_success("verify --against before the rewrite", &out);
+    // Exported from 0, so an alert on `increase()` sees the first fork.
+    assert!(
+        collector
+            .metrics()
+            .contains("leash_collector_chain_faults_total{kind=\"fork\"} 0"),
+        "{}",
+        collector.metrics()
+    );
     assert!(leash.stop().success());
     // The host rewrites seq 3 and re-seals everything after it.
     let segment = segment_files(&leash.audit_dir).pop().unwrap();
