@@ -41,10 +41,7 @@ pub fn compare(dir: &Path, url: &str, host: Option<&str>) -> anyhow::Result<Comp
         .or(trail_host)
         .context("the trail is empty and no --host was given")?;
     let from = local.first().map_or(1, |(s, _)| *s);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::one_thread()?;
     let central = runtime.block_on(async {
         let client = crate::collector::store::connect(url).await?;
         crate::collector::store::chain_hashes(

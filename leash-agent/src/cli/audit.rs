@@ -366,10 +366,7 @@ fn fleet_query(
     json: bool,
 ) -> anyhow::Result<()> {
     use crate::collector::store;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::one_thread()?;
     runtime.block_on(async {
         let client = store::connect(url).await?;
         if let Some(key) = sum_by {

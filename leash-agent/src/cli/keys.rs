@@ -83,16 +83,10 @@ impl StoreArgs {
 }
 
 impl Backend {
-    fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-        Ok(tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?)
-    }
-
     fn load(&self) -> anyhow::Result<Store> {
         Ok(match self {
             Self::File(path) => Store::load(path)?,
-            Self::Postgres(url) => Self::runtime()?.block_on(async {
+            Self::Postgres(url) => super::one_thread()?.block_on(async {
                 let client = shared::connect(url).await?;
                 shared::load(&client).await
             })?,
@@ -103,7 +97,7 @@ impl Backend {
     fn save(&self, store: &Store, changed: &[&str]) -> anyhow::Result<()> {
         match self {
             Self::File(path) => store.save(path)?,
-            Self::Postgres(url) => Self::runtime()?.block_on(async {
+            Self::Postgres(url) => super::one_thread()?.block_on(async {
                 let client = shared::connect(url).await?;
                 for k in store
                     .keys

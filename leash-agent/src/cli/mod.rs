@@ -147,6 +147,14 @@ fn init_logging(format: LogFormat, level: &str) {
 }
 
 /// Runs a server until it returns, on a multi-threaded runtime.
+/// A one-thread runtime, for a command that talks to PostgreSQL or NATS.
+fn one_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn block_on(server: impl Future<Output = Result<(), app::RunError>>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

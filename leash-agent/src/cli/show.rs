@@ -108,10 +108,7 @@ pub(super) fn record_read(config: &Config, id: &str) -> anyhow::Result<()> {
 /// recorded in the store before anything is shown.
 fn show_fleet(args: &ShowArgs, url: &str) -> anyhow::Result<()> {
     use crate::collector::store;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::one_thread()?;
     runtime.block_on(async {
         let client = store::connect(url).await?;
         let (line, bytes) = store::content_by_id(&client, &args.id)

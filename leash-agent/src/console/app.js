@@ -304,10 +304,13 @@ async function refreshInterception() {
 
 const pages = { live: refreshLive, spend: refreshSpend, violations: refreshViolations, policy: refreshPolicy, keys: refreshKeys, interception: refreshInterception };
 async function show(name) {
-  current = pages[name] ? name : "live";
-  for (const s of document.querySelectorAll(".page")) s.hidden = s.id !== "page-" + current;
-  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === current);
-  try { await pages[current](); document.body.dataset.loaded = current; }
+  const page = pages[name] ? name : "live";
+  current = page;
+  for (const s of document.querySelectorAll(".page")) s.hidden = s.id !== "page-" + page;
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === page);
+  // Marked loaded only by its own load: a slower load of the page shown
+  // before must not mark this one before its data is in.
+  try { await pages[page](); if (current === page) document.body.dataset.loaded = page; }
   catch (e) { document.getElementById("status").textContent = "error: " + e.message; }
 }
 window.addEventListener("hashchange", () => show(location.hash.slice(1)));
