@@ -28,6 +28,7 @@ pub mod routes;
 pub mod server;
 pub mod ship;
 pub mod tls;
+pub mod trace;
 pub mod translate;
 pub mod trust;
 pub mod upstream;

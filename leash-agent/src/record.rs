@@ -509,6 +509,12 @@ pub struct AuditRecord {
     /// name, never its value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// The W3C trace and this exchange's span in it (hex): the client's
+    /// trace when it sent a `traceparent`, else a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
     /// The exchange's captured content (`capture:`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<ContentRef>,
@@ -547,6 +553,8 @@ impl AuditRecord {
             unified: None,
             key_id: None,
             credential: None,
+            trace_id: None,
+            span_id: None,
             content: None,
             content_read: None,
         }
@@ -601,6 +609,8 @@ mod tests {
             unified: None,
             key_id: None,
             credential: None,
+            trace_id: None,
+            span_id: None,
             content: None,
             content_read: None,
         };

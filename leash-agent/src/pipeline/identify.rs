@@ -37,6 +37,7 @@ fn google_model_and_method(path: &str) -> Option<(&str, &str)> {
 }
 
 pub fn identify(ex: &mut Exchange, req: &ProxyRequest) {
+    ex.trace = Some(crate::trace::TraceContext::from_headers(&req.head.headers));
     match ex.provider.kind {
         ProviderKind::Google => {
             if let Some((model, method)) = google_model_and_method(&ex.endpoint) {

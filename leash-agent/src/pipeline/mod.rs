@@ -84,6 +84,9 @@ pub struct Exchange {
     /// The name of the credential Leash sent upstream in place of the
     /// client's (never its value).
     pub credential: Option<String>,
+    /// This exchange's span (set by `identify` from the client's
+    /// `traceparent`, or a new trace).
+    pub trace: Option<crate::trace::TraceContext>,
     pub ext: http::Extensions,
 }
 
@@ -113,6 +116,7 @@ impl Exchange {
             cost_usd: None,
             unified: None,
             credential: None,
+            trace: None,
             ext: http::Extensions::new(),
         }
     }
@@ -165,6 +169,8 @@ impl Exchange {
             bypass: None,
             key_id: None,
             credential: self.credential.clone(),
+            trace_id: self.trace.map(|t| t.trace_hex()),
+            span_id: self.trace.map(|t| t.span_hex()),
             content: None,
             content_read: None,
             unified: self.unified.as_ref().map(|u| {

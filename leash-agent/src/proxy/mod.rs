@@ -242,6 +242,12 @@ pub async fn admit_read<C: Connect + Clone + Send + Sync + 'static>(
             stripped.as_deref().filter(|q| !q.is_empty())
         }
     };
+    // The provider sees this exchange's span as the parent.
+    if let Some(t) = ex.trace
+        && let Ok(v) = http::HeaderValue::from_str(&t.traceparent())
+    {
+        request.head.headers.insert("traceparent", v);
+    }
     let Ok(target) = ex.provider.upstream.at_path(&request.upstream_path, query) else {
         return local_response(
             &mut ex,

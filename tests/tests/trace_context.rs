@@ -1,0 +1,68 @@
+//! W3C trace context through Leash: a `traceparent` the caller of the
+//! official `openai` SDK sets is continued (the record names that trace and
+//! Leash's own span; the provider receives a `traceparent` of the same trace
+//! whose parent is Leash's span, not the app's); without one, a new trace
+//! starts and reaches the provider the same way.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed expectation is a failed test"
+)]
+
+use leash_tests::{
+    harness::{Leash, assert_success, mock_providers_yaml, run_python},
+    http::post_json,
+    mock::MockProvider,
+};
+
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+/// (trace, parent span) of the `traceparent` the provider received last.
+fn upstream_traceparent(mock: &MockProvider) -> (String, String) {
+    let sent = mock.requests().last().unwrap().clone();
+    let v = sent
+        .header("traceparent")
+        .expect("no traceparent upstream")
+        .to_owned();
+    let parts: Vec<&str> = v.split('-').collect();
+    assert_eq!((parts.len(), parts[0]), (4, "00"), "{v}");
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+#[test]
+fn a_client_trace_is_continued_and_reaches_the_provider() {
+    let mock = MockProvider::start();
+    let leash = Leash::start(&mock_providers_yaml(&mock));
+    let headers = format!(r#"{{"traceparent": "00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}}"#);
+    let out = run_python(
+        "sdk_check.py",
+        &["openai-chat", &leash.base_url("openai"), "sk-test"],
+        &[("LEASH_TEST_HEADERS", &headers)],
+    );
+    assert_success("openai SDK with a traceparent", &out);
+    let record = leash.wait_records(1)[0].clone();
+    assert_eq!(record["trace_id"], CLIENT_TRACE, "{record}");
+    let span = record["span_id"].as_str().unwrap().to_owned();
+    assert_ne!(span, CLIENT_SPAN, "Leash's span is its own");
+    assert_eq!(
+        upstream_traceparent(&mock),
+        (CLIENT_TRACE.to_owned(), span),
+        "the provider's parent is Leash's span in the client's trace"
+    );
+    // Without a traceparent: a new trace, the same way.
+    let chat = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(
+        post_json(leash.addr, "/v1/openai/chat/completions", "sk-test", chat).0,
+        200
+    );
+    let record = leash.wait_records(2)[1].clone();
+    let trace = record["trace_id"].as_str().unwrap().to_owned();
+    assert_eq!(trace.len(), 32);
+    assert_ne!(trace, CLIENT_TRACE);
+    assert_eq!(
+        upstream_traceparent(&mock),
+        (trace, record["span_id"].as_str().unwrap().to_owned())
+    );
+}
