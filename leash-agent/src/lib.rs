@@ -14,6 +14,7 @@ pub mod console;
 pub mod credentials;
 pub mod faults;
 pub mod field;
+pub mod hex;
 pub mod intercept;
 pub mod keys;
 pub mod metrics;

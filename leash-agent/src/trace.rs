@@ -40,16 +40,6 @@ fn hex_to<const N: usize>(text: &str) -> Option<[u8; N]> {
     out.iter().any(|b| *b != 0).then_some(out)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
-}
-
 /// `version-trace_id-parent_id-flags`: the ids and flags of a valid
 /// `traceparent` (version `00`, or a later one read as `00` is, per the
 /// specification; `ff` is invalid).
@@ -100,18 +90,18 @@ impl TraceContext {
     pub fn traceparent(&self) -> String {
         format!(
             "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
+            crate::hex::encode(&self.trace_id),
+            crate::hex::encode(&self.span_id),
             u8::from(self.sampled)
         )
     }
 
     pub fn trace_hex(&self) -> String {
-        hex(&self.trace_id)
+        crate::hex::encode(&self.trace_id)
     }
 
     pub fn span_hex(&self) -> String {
-        hex(&self.span_id)
+        crate::hex::encode(&self.span_id)
     }
 }
 
@@ -134,7 +124,7 @@ mod tests {
         let t = TraceContext::from_headers(&headers(&[client]));
         assert_eq!(t.trace_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
-            t.parent_id.map(|p| hex(&p)).as_deref(),
+            t.parent_id.map(|p| crate::hex::encode(&p)).as_deref(),
             Some("00f067aa0ba902b7")
         );
         assert!(t.sampled);

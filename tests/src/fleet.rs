@@ -416,3 +416,23 @@ impl Drop for Collector {
         self.kill9();
     }
 }
+
+/// Waits until `f` holds; returns how long that took. On timeout the
+/// failure shows `logs()`.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    logs: impl Fn() -> String,
+    mut f: impl FnMut() -> bool,
+) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out waiting for {what}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    start.elapsed()
+}

@@ -11,10 +11,10 @@
     reason = "tests: a failed expectation is a failed test"
 )]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use leash_tests::{
-    fleet::{Collector, Nats, Postgres},
+    fleet::{Collector, Nats, Postgres, wait_until},
     harness::{
         Leash, assert_success, http_request, leash_command, mock_providers_yaml, run, segment_files,
     },
@@ -28,18 +28,6 @@ fn chat(leash: &Leash, n: usize) {
     for _ in 0..n {
         let r = http_request(leash.addr, "POST", "/v1/openai/chat/completions", &[], CHAT);
         assert_eq!(r.unwrap().0, 200);
-    }
-}
-
-fn wait_until(what: &str, logs: impl Fn() -> String, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -77,6 +65,7 @@ fn a_host_rewriting_shipped_records_is_caught_off_host() {
     chat(&leash, 5);
     wait_until(
         "five records stored",
+        Duration::from_secs(30),
         || logs(&leash),
         || pg.count("SELECT count(*) FROM leash_audit WHERE host = 'edge-9'") >= 5,
     );
@@ -131,6 +120,7 @@ fn a_host_rewriting_shipped_records_is_caught_off_host() {
     chat(&leash, 2);
     wait_until(
         "a fork recorded",
+        Duration::from_secs(30),
         || logs(&leash),
         || pg.sql("SELECT count(*) FROM leash_chain_faults WHERE kind = 'fork'") != "0",
     );

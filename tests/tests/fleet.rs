@@ -17,7 +17,7 @@ use std::{
 };
 
 use leash_tests::{
-    fleet::{Collector, Nats, Postgres},
+    fleet::{Collector, Nats, Postgres, wait_until},
     harness::{
         Leash, assert_success, http_request, leash_command, mock_providers_yaml, run, segment_files,
     },
@@ -49,26 +49,6 @@ fn paced_load(addr: SocketAddr, n: u32, gap: Duration) -> JoinHandle<u32> {
         }
         ok
     })
-}
-
-/// Waits until `f` holds; returns how long that took. On timeout the
-/// failure shows `logs()`.
-fn wait_until(
-    what: &str,
-    timeout: Duration,
-    logs: impl Fn() -> String,
-    mut f: impl FnMut() -> bool,
-) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out waiting for {what}\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    start.elapsed()
 }
 
 /// The logs of a shipper and a collector, for failures.

@@ -11,26 +11,14 @@
     reason = "tests: a failed expectation is a failed test"
 )]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use leash_tests::{
-    fleet::{Collector, Nats, Postgres},
+    fleet::{Collector, Nats, Postgres, wait_until},
     harness::{Leash, assert_success, http_request, leash_command, mock_providers_yaml, run},
     mock::MockProvider,
 };
 use serde_json::{Value, json};
-
-fn wait_until(what: &str, logs: impl Fn() -> String, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_mins(1);
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// A chat of about 1 MiB, as team `team` (`None`: no team).
 fn big_chat(leash: &Leash, i: usize, team: Option<&str>) {
@@ -80,6 +68,7 @@ fn content_of_1_mib_bodies_reaches_postgres_intact_through_a_nats_restart() {
     big_chat(&leash, 1, Some("legal"));
     wait_until(
         "two records stored",
+        Duration::from_mins(1),
         || logs(&leash),
         || pg.count("SELECT count(*) FROM leash_audit WHERE host = 'edge-c'") >= 2,
     );
@@ -91,6 +80,7 @@ fn content_of_1_mib_bodies_reaches_postgres_intact_through_a_nats_restart() {
     nats.restart();
     wait_until(
         "five records stored",
+        Duration::from_mins(1),
         || logs(&leash),
         || pg.count("SELECT count(*) FROM leash_audit WHERE host = 'edge-c'") >= 5,
     );
@@ -172,6 +162,7 @@ fn the_fleet_store_keeps_content_for_its_retention_except_on_hold() {
     let records = leash.wait_records(2);
     wait_until(
         "two records with content stored",
+        Duration::from_mins(1),
         || logs(&leash),
         || pg.sql("SELECT count(DISTINCT seq) FROM leash_content_chunks") == "2",
     );
@@ -181,6 +172,7 @@ fn the_fleet_store_keeps_content_for_its_retention_except_on_hold() {
     ));
     wait_until(
         "the unheld content removed",
+        Duration::from_mins(1),
         || logs(&leash),
         || pg.sql("SELECT count(DISTINCT seq) FROM leash_content_chunks") == "1",
     );

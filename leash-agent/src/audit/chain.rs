@@ -7,7 +7,6 @@
 //! restarts: never silently joined.
 
 use std::{
-    fmt::Write as _,
     io,
     path::{Path, PathBuf},
 };
@@ -37,16 +36,7 @@ impl Default for ChainHead {
 
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn hex_sha256(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-/// `bytes` as lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    crate::hex::encode(&Sha256::digest(bytes))
 }
 
 /// Turns a serialized JSON object into a sealed line (with `\n`): appends

@@ -42,16 +42,7 @@ impl Captured {
 pub fn redact_text(detectors: &Detectors, text: &mut String) {
     let mut found = Vec::new();
     detectors.scan(text, &mut found);
-    found.sort_by_key(|f| std::cmp::Reverse(f.start));
-    let mut last_start = usize::MAX;
-    for f in found {
-        if f.end > last_start {
-            continue; // overlaps a span already replaced
-        }
-        let name = &detectors.get(f.detector).name;
-        text.replace_range(f.start..f.end, &format!("[REDACTED:{name}]"));
-        last_start = f.start;
-    }
+    detectors.redact(text, &found);
 }
 
 /// Every string in `v` (object keys too) redacted.

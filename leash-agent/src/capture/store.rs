@@ -211,6 +211,65 @@ fn write(job: &Job) -> std::io::Result<()> {
     f.sync_data()
 }
 
+/// Why a record's stored content cannot be given.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("this record has no captured content")]
+    NoContent,
+    #[error("this record's content was not stored ({0})")]
+    NotStored(String),
+    #[error("{} (removed by retention, or deleted)", .0.display())]
+    Gone(PathBuf),
+    #[error("the content does not match the SHA-256 its record holds: it was altered")]
+    Altered,
+}
+
+/// The class `record`'s content was captured in.
+pub fn class_of(record: &serde_json::Value) -> Result<CaptureClass, ReadError> {
+    serde_json::from_value(record["content"]["class"].clone()).map_err(|_| ReadError::NoContent)
+}
+
+/// The SHA-256 of `record`'s stored content, or why nothing was stored.
+fn sha_of(record: &serde_json::Value) -> Result<&str, ReadError> {
+    let reference = &record["content"];
+    reference["sha256"].as_str().ok_or_else(|| {
+        ReadError::NotStored(
+            reference["dropped"]
+                .as_str()
+                .unwrap_or("unknown reason")
+                .to_owned(),
+        )
+    })
+}
+
+/// Whether `stored` is the content `record` names (its SHA-256).
+pub fn check(record: &serde_json::Value, stored: &[u8]) -> Result<(), ReadError> {
+    if crate::audit::chain::hex_sha256(stored) == sha_of(record)? {
+        Ok(())
+    } else {
+        Err(ReadError::Altered)
+    }
+}
+
+/// `record`'s content as stored under `dir` (sealed: still encrypted),
+/// checked against the SHA-256 the record holds.
+pub fn read_checked(
+    dir: &Path,
+    record: &serde_json::Value,
+) -> Result<(CaptureClass, Vec<u8>), ReadError> {
+    let class = class_of(record)?;
+    sha_of(record)?;
+    let path = ContentStore::path(
+        dir,
+        class,
+        record["id"].as_str().unwrap_or_default(),
+        record["ts"].as_str().unwrap_or_default(),
+    );
+    let stored = std::fs::read(&path).map_err(|_| ReadError::Gone(path))?;
+    check(record, &stored)?;
+    Ok((class, stored))
+}
+
 /// How long each class is kept.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {

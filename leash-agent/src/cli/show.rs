@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use crate::{
-    capture::{content, store::ContentStore},
+    capture::{content, store},
     config::{Config, Overrides},
     record::CaptureClass,
 };
@@ -107,11 +107,10 @@ pub(super) fn record_read(config: &Config, id: &str) -> anyhow::Result<()> {
 /// them (the chunks joined, checked against the record's SHA-256); the read
 /// recorded in the store before anything is shown.
 fn show_fleet(args: &ShowArgs, url: &str) -> anyhow::Result<()> {
-    use crate::collector::store;
     let runtime = super::one_thread()?;
     runtime.block_on(async {
-        let client = store::connect(url).await?;
-        let (line, bytes) = store::content_by_id(&client, &args.id)
+        let client = crate::collector::store::connect(url).await?;
+        let (line, bytes) = crate::collector::store::content_by_id(&client, &args.id)
             .await?
             .with_context(|| format!("no record `{}` in the fleet store", args.id))?;
         let record: Value = serde_json::from_str(&line)?;
@@ -119,14 +118,11 @@ fn show_fleet(args: &ShowArgs, url: &str) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&record)?);
             return Ok(());
         }
-        let class: CaptureClass = serde_json::from_value(record["content"]["class"].clone())
-            .context("this record has no captured content")?;
+        let class = store::class_of(&record)?;
         let stored = bytes.context(
             "the store does not hold this record's whole content (not shipped yet, or not stored)",
         )?;
-        if record["content"]["sha256"].as_str() != Some(&crate::audit::chain::hex_sha256(&stored)) {
-            bail!("the stored content does not match the SHA-256 its record holds: it was altered");
-        }
+        store::check(&record, &stored)?;
         let plain = match (&args.identity, class) {
             (Some(identity), CaptureClass::Sealed) => content::unseal(&stored, identity)?,
             (None, CaptureClass::Sealed) => {
@@ -134,7 +130,7 @@ fn show_fleet(args: &ShowArgs, url: &str) -> anyhow::Result<()> {
             }
             _ => stored,
         };
-        store::record_read(&client, &args.id, &reader()).await?;
+        crate::collector::store::record_read(&client, &args.id, &reader()).await?;
         print_content(args, &record, class, &plain)
     })
 }
@@ -145,30 +141,7 @@ pub(super) fn stored_content(
     config: &Config,
     record: &Value,
 ) -> anyhow::Result<(CaptureClass, Vec<u8>)> {
-    let reference = &record["content"];
-    let class: CaptureClass = serde_json::from_value(reference["class"].clone())
-        .context("this record has no captured content")?;
-    let Some(sha) = reference["sha256"].as_str() else {
-        bail!(
-            "this record's content was not stored ({})",
-            reference["dropped"].as_str().unwrap_or("unknown reason")
-        );
-    };
-    let path = ContentStore::path(
-        &config.capture.dir,
-        class,
-        record["id"].as_str().unwrap_or_default(),
-        record["ts"].as_str().unwrap_or_default(),
-    );
-    let stored = std::fs::read(&path)
-        .with_context(|| format!("{} (removed by retention, or deleted)", path.display()))?;
-    if crate::audit::chain::hex_sha256(&stored) != sha {
-        bail!(
-            "{}: the content does not match the SHA-256 its record holds: it was altered",
-            path.display()
-        );
-    }
-    Ok((class, stored))
+    Ok(store::read_checked(&config.capture.dir, record)?)
 }
 
 pub fn show(args: &ShowArgs) -> anyhow::Result<()> {
@@ -183,8 +156,7 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<()> {
         &Overrides {
             admin_listen: args.admin_listen.clone(),
             audit_dir: args.audit_dir.clone(),
-            credentials_unread: true,
-            ..Overrides::default()
+            ..Overrides::reading()
         },
     )?;
     let record = find(&config.audit.dir, &args.id)?;

@@ -46,7 +46,7 @@ fn random_token() -> String {
         // guess is still required, so the console is effectively closed.
         return String::new();
     }
-    crate::audit::chain::hex(&bytes)
+    crate::hex::encode(&bytes)
 }
 
 /// The admin token in `file`: read, or (when `create`) made on first use —

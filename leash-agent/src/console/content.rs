@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 
 use super::Answer;
 use crate::{
-    capture::{Capture, store::ContentStore},
+    capture::{
+        Capture,
+        store::{self, ReadError},
+    },
     pipeline::Pipeline,
     record::{AuditRecord, Caller, CaptureClass, ContentRead, Event},
 };
@@ -54,11 +57,9 @@ pub async fn show(capture: Option<&Captured>, dir: &Path, id: &str) -> Answer {
     let Ok(Ok(Some(record))) = found else {
         return Answer::error(StatusCode::NOT_FOUND, "no such record");
     };
-    let reference = &record["content"];
-    let class: Option<CaptureClass> = serde_json::from_value(reference["class"].clone()).ok();
-    match class {
-        Some(CaptureClass::Redacted) => {}
-        Some(CaptureClass::Sealed) => {
+    match store::class_of(&record) {
+        Ok(CaptureClass::Redacted) => {}
+        Ok(CaptureClass::Sealed) => {
             return Answer::error(
                 StatusCode::FORBIDDEN,
                 "sealed content never reaches the console: open it with `leash audit show --content --identity`",
@@ -66,21 +67,22 @@ pub async fn show(capture: Option<&Captured>, dir: &Path, id: &str) -> Answer {
         }
         _ => return Answer::error(StatusCode::NOT_FOUND, "this record has no captured content"),
     }
-    let path = ContentStore::path(
-        capture.store.dir(),
-        CaptureClass::Redacted,
-        id,
-        record["ts"].as_str().unwrap_or_default(),
-    );
-    let Ok(stored) = tokio::fs::read(&path).await else {
-        return Answer::error(StatusCode::GONE, "the content was removed (retention)");
+    let dir = capture.store.dir().to_owned();
+    let read = tokio::task::spawn_blocking(move || store::read_checked(&dir, &record)).await;
+    let stored = match read {
+        Ok(Ok((_, stored))) => stored,
+        Ok(Err(ReadError::Gone(_))) => {
+            return Answer::error(StatusCode::GONE, "the content was removed (retention)");
+        }
+        Ok(Err(ReadError::Altered)) => {
+            return Answer::error(
+                StatusCode::CONFLICT,
+                "the content does not match the SHA-256 its record holds: it was altered",
+            );
+        }
+        Ok(Err(e)) => return Answer::error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(_) => return Answer::error(StatusCode::INTERNAL_SERVER_ERROR, "content read failed"),
     };
-    if reference["sha256"].as_str() != Some(&crate::audit::chain::hex_sha256(&stored)) {
-        return Answer::error(
-            StatusCode::CONFLICT,
-            "the content does not match the SHA-256 its record holds: it was altered",
-        );
-    }
     let Ok(doc) = serde_json::from_slice::<Value>(&stored) else {
         return Answer::error(
             StatusCode::CONFLICT,

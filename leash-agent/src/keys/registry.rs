@@ -99,16 +99,6 @@ fn load_file(path: &Path) -> Result<Loaded, StoreError> {
     Ok(Loaded::of(Store::load(path)?, modified))
 }
 
-fn read_usage(path: &Path) -> Result<Uses, StoreError> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Parse(path.to_owned(), e))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Uses::new()),
-        Err(e) => Err(StoreError::Io(path.to_owned(), e)),
-    }
-}
-
 impl Registry {
     /// Opens the store of `config` (a file is read now; PostgreSQL once
     /// `keep` runs).
@@ -119,7 +109,7 @@ impl Registry {
                 let mut usage = config.keys_file.clone().into_os_string();
                 usage.push(".usage");
                 let usage = PathBuf::from(usage);
-                let base = read_usage(&usage)?;
+                let base = super::store::read_json(&usage)?.unwrap_or_default();
                 (
                     Backend::File {
                         keys: config.keys_file.clone(),

@@ -141,7 +141,7 @@ impl Secret {
         if create && !path.exists() {
             let mut bytes = [0u8; 32];
             getrandom::fill(&mut bytes).map_err(|e| StoreError::Random(e.to_string()))?;
-            let text = hex(&bytes);
+            let text = crate::hex::encode(&bytes);
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -173,7 +173,7 @@ impl Secret {
     }
 
     fn digest(&self, key: &str) -> String {
-        hex(ring::hmac::sign(&self.0, key.as_bytes()).as_ref())
+        crate::hex::encode(ring::hmac::sign(&self.0, key.as_bytes()).as_ref())
     }
 
     /// Whether `key` is the one `digest` was made of (constant time).
@@ -183,14 +183,6 @@ impl Secret {
         };
         ring::hmac::verify(&self.0, key.as_bytes(), &tag).is_ok()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -207,6 +199,17 @@ pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// The JSON in `path`; `None` when there is no such file.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Parse(path.to_owned(), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io(path.to_owned(), e)),
+    }
 }
 
 /// Writes `bytes` to `path` atomically (a 0600 temporary file beside it,
@@ -245,16 +248,10 @@ pub fn id_of(key: &str) -> Option<&str> {
 impl Store {
     /// Reads the store (an absent file is an empty store).
     pub fn load(path: &Path) -> Result<Self, StoreError> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Parse(path.to_owned(), e))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
-                version: 1,
-                keys: Vec::new(),
-            }),
-            Err(e) => Err(StoreError::Io(path.to_owned(), e)),
-        }
+        Ok(read_json(path)?.unwrap_or(Self {
+            version: 1,
+            keys: Vec::new(),
+        }))
     }
 
     /// Writes the store atomically (0600).
@@ -272,7 +269,7 @@ impl Store {
     ) -> Result<(String, KeyRecord), StoreError> {
         let mut random = [0u8; 38];
         getrandom::fill(&mut random).map_err(|e| StoreError::Random(e.to_string()))?;
-        let id = hex(&random[..6]);
+        let id = crate::hex::encode(&random[..6]);
         let key = format!(
             "{PREFIX}{id}_{}",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&random[6..])

@@ -77,23 +77,9 @@ pub(super) fn redact(
             return;
         };
         i += 1;
-        let mut spans: Vec<&Finding> = findings
-            .iter()
-            .filter(|f| redact.contains(&f.detector))
-            .collect();
-        if spans.is_empty() {
-            return;
-        }
-        spans.sort_by_key(|f| std::cmp::Reverse(f.start));
-        let mut last_start = usize::MAX;
-        for f in spans {
-            if f.end > last_start {
-                continue; // overlaps a span already replaced
-            }
-            let name = &policy.detectors.get(f.detector).name;
-            s.replace_range(f.start..f.end, &format!("[REDACTED:{name}]"));
-            last_start = f.start;
-        }
+        policy
+            .detectors
+            .redact(s, findings.iter().filter(|f| redact.contains(&f.detector)));
     });
 }
 

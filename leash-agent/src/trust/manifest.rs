@@ -50,7 +50,7 @@ pub struct Manifest {
 pub fn sha256_file(path: &Path) -> Option<String> {
     use sha2::{Digest as _, Sha256};
     let bytes = std::fs::read(path).ok()?;
-    Some(crate::audit::chain::hex(&Sha256::digest(&bytes)))
+    Some(crate::hex::encode(&Sha256::digest(&bytes)))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TrustError> {

@@ -263,6 +263,22 @@ impl Detectors {
         out.extend(kept);
     }
 
+    /// Replaces each finding's span in `text` with `[REDACTED:<detector>]`,
+    /// last first (a span overlapping one already replaced is skipped).
+    pub fn redact<'a>(&self, text: &mut String, findings: impl IntoIterator<Item = &'a Finding>) {
+        let mut spans: Vec<&Finding> = findings.into_iter().collect();
+        spans.sort_by_key(|f| std::cmp::Reverse(f.start));
+        let mut last_start = usize::MAX;
+        for f in spans {
+            if f.end > last_start {
+                continue; // overlaps a span already replaced
+            }
+            let name = &self.list[f.detector].name;
+            text.replace_range(f.start..f.end, &format!("[REDACTED:{name}]"));
+            last_start = f.start;
+        }
+    }
+
     /// Lower wins an overlap: high-confidence secrets, then secrets found
     /// by their context, then the generic secret pattern, then everything
     /// else.
