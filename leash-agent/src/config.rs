@@ -76,6 +76,8 @@ pub struct Config {
     pub auth: crate::keys::AuthConfig,
     /// Content capture.
     pub capture: crate::capture::CaptureConfig,
+    /// OpenTelemetry export.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 // ---- the file as written -------------------------------------------------
@@ -119,6 +121,8 @@ struct RawConfig {
     auth: crate::keys::RawAuth,
     #[serde(default)]
     capture: crate::capture::RawCapture,
+    #[serde(default)]
+    telemetry: crate::telemetry::RawTelemetry,
     #[serde(skip)]
     credentials_unread: bool,
 }
@@ -258,6 +262,7 @@ impl RawConfig {
             credentials,
             auth,
             capture,
+            telemetry,
             credentials_unread,
         } = self;
         let host_id = match host_id {
@@ -293,7 +298,12 @@ impl RawConfig {
         if capture.enabled() {
             pipeline = pipeline.with_capture();
         }
+        let telemetry = crate::telemetry::TelemetryConfig::validate(telemetry, base)?;
+        if telemetry.otlp.is_some() {
+            pipeline = pipeline.with_telemetry();
+        }
         Ok(Config {
+            telemetry,
             capture,
             intercept,
             routes,

@@ -313,7 +313,7 @@ impl ByCaller {
 }
 
 /// Reads a credential file that only Leash's user can read.
-fn read_private(path: &Path) -> Result<String, String> {
+pub fn read_private(path: &Path) -> Result<String, String> {
     let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let meta = file.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {

@@ -28,6 +28,7 @@ pub mod record;
 pub mod routes;
 pub mod server;
 pub mod ship;
+pub mod telemetry;
 pub mod tls;
 pub mod trace;
 pub mod translate;

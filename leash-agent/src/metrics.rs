@@ -119,6 +119,11 @@ pub struct Metrics {
     /// Exchanges whose content was stored (`capture:`).
     pub capture_stored: Counter,
     capture_dropped: Family<ReasonLabels, Counter>,
+    /// Spans not exported over OTLP, by reason (`queue_full`,
+    /// `export_failed`).
+    telemetry_dropped: Family<ReasonLabels, Counter>,
+    /// Spans exported over OTLP.
+    pub telemetry_exported: Counter,
     /// Content files removed by retention.
     pub capture_removed: Counter,
     /// Bytes of captured content on disk.
@@ -335,6 +340,21 @@ impl Metrics {
             "Captured content not stored, by reason (quota, queue, write_error)",
             Family::default(),
         );
+        let telemetry_dropped: Family<ReasonLabels, Counter> = register(
+            &mut r,
+            "leash_telemetry_dropped",
+            "Spans not exported over OTLP, by reason (queue_full, export_failed)",
+            Family::default(),
+        );
+        for reason in ["queue_full", "export_failed"] {
+            drop(telemetry_dropped.get_or_create(&ReasonLabels { reason }));
+        }
+        let telemetry_exported = register(
+            &mut r,
+            "leash_telemetry_exported",
+            "Spans exported over OTLP",
+            Counter::default(),
+        );
         let capture_removed = register(
             &mut r,
             "leash_capture_removed",
@@ -401,6 +421,8 @@ impl Metrics {
             audit_overflowed,
             capture_stored,
             capture_dropped,
+            telemetry_dropped,
+            telemetry_exported,
             capture_removed,
             capture_bytes,
             intercepted,
@@ -479,6 +501,18 @@ impl Metrics {
         self.capture_dropped
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Counts spans that were not exported, by reason.
+    pub fn telemetry_dropped(&self, reason: &'static str, spans: u64) {
+        self.telemetry_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(spans);
+    }
+
+    /// Counts exported spans.
+    pub fn telemetry_exported(&self, spans: u64) {
+        self.telemetry_exported.inc_by(spans);
     }
 
     pub fn refused(&self, reason: &'static str, n: u64) {

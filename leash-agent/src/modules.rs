@@ -24,6 +24,7 @@ use crate::{
 
 /// Names accepted in `pipeline.modules`.
 pub const NAMES: &[&str] = &[
+    crate::telemetry::NAME,
     crate::capture::NAME,
     team::NAME,
     keys::NAME,
@@ -74,6 +75,16 @@ impl PipelineConfig {
         self
     }
 
+    /// With OTLP export on, the `telemetry` module runs first (it decides
+    /// sampling before anything answers) when the list does not place it.
+    #[must_use]
+    pub fn with_telemetry(mut self) -> Self {
+        if !self.modules.iter().any(|m| m == crate::telemetry::NAME) {
+            self.modules.insert(0, crate::telemetry::NAME.to_owned());
+        }
+        self
+    }
+
     pub fn validate(raw: RawPipeline) -> Result<Self, FieldError> {
         let modules = raw
             .modules
@@ -112,6 +123,8 @@ pub struct Parts<'a> {
     pub keys: Option<&'a Arc<keys::registry::Registry>>,
     /// Content capture and its store (for the `capture` module).
     pub capture: Option<&'a Arc<crate::capture::Capture>>,
+    /// The OTLP exporter's queue (for the `telemetry` module).
+    pub telemetry: Option<&'a Arc<crate::telemetry::Telemetry>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +135,8 @@ pub enum BuildError {
     Keys(#[from] keys::store::StoreError),
     #[error("pipeline module `capture` is listed but the `capture` section captures nothing")]
     CaptureOff,
+    #[error("pipeline module `telemetry` is listed but `telemetry.otlp` is not set")]
+    TelemetryOff,
     #[error("capture.dir: {0}")]
     CaptureDir(#[from] std::io::Error),
 }
@@ -159,6 +174,12 @@ pub fn build(name: &str, parts: &Parts<'_>) -> Result<Box<dyn Module>, BuildErro
                 Arc::clone(parts.policy),
             ))),
             None => Err(BuildError::CaptureOff),
+        },
+        crate::telemetry::NAME => match parts.telemetry {
+            Some(t) => Ok(Box::new(crate::telemetry::TelemetryModule::new(
+                Arc::clone(t),
+            ))),
+            None => Err(BuildError::TelemetryOff),
         },
         other => Err(BuildError::Unknown(other.to_owned())),
     }

@@ -102,6 +102,13 @@ impl UpstreamBase {
         self.authority.host()
     }
 
+    /// The port the upstream is reached on.
+    pub fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.is_tls() { 443 } else { 80 })
+    }
+
     /// Whether the upstream is reached over TLS.
     pub fn is_tls(&self) -> bool {
         self.scheme == Scheme::HTTPS

@@ -18,7 +18,7 @@ pub struct TraceContext {
     pub sampled: bool,
 }
 
-fn random<const N: usize>() -> [u8; N] {
+pub fn random<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     // A random source that fails leaves a fixed id: the ids then collide,
     // which only makes traces less useful, never a request fail.

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod harness;
 pub mod http;
 pub mod mock;
+pub mod otlp;
 pub mod pdf;
 pub mod results;
 pub mod tls;

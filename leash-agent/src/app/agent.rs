@@ -173,6 +173,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         alerts,
         keys,
         capture,
+        telemetry,
     } = Core::new(&config)?;
     let interception = interception_status(&config, &cgroup_dir, &ca);
     let upstream_tls = upstream::tls_config(&config.upstream)?;
@@ -257,6 +258,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     }
     drop(hooks);
     audit_writer.shutdown().await;
+    Core::flush_telemetry(telemetry.as_ref()).await;
     tracing::info!("leash stopped");
     Ok(())
 }

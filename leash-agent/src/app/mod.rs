@@ -79,6 +79,8 @@ struct Core {
     keys: Option<Arc<crate::keys::registry::Registry>>,
     /// Content capture, when anything is captured.
     capture: Option<Arc<crate::capture::Capture>>,
+    /// The OTLP exporter's queue, flushed at shutdown.
+    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Core {
@@ -115,11 +117,17 @@ impl Core {
         if let Some(c) = &capture {
             tokio::spawn(Arc::clone(c).sweep());
         }
+        let telemetry = config.telemetry.otlp.as_ref().map(|otlp| {
+            let (telemetry, worker) =
+                crate::telemetry::Telemetry::new(otlp, Arc::clone(&metrics), &config.host_id);
+            worker.spawn();
+            telemetry
+        });
         let modules = build_modules(
             config,
             (&metrics, &alerts, &policy),
             keys.as_ref(),
-            capture.as_ref(),
+            (capture.as_ref(), telemetry.as_ref()),
         )?;
         let pipeline = Arc::new(Pipeline::new(
             modules,
@@ -168,7 +176,16 @@ impl Core {
             alerts,
             keys,
             capture,
+            telemetry,
         })
+    }
+
+    /// Exports the spans still queued (at shutdown, after the listeners
+    /// drained), for at most two seconds.
+    async fn flush_telemetry(telemetry: Option<&Arc<crate::telemetry::Telemetry>>) {
+        if let Some(t) = telemetry {
+            t.flush(Duration::from_secs(2)).await;
+        }
     }
 }
 
@@ -201,7 +218,10 @@ fn build_modules(
     config: &Config,
     (metrics, alerts, policy): (&Arc<Metrics>, &crate::alerts::Alerter, &Arc<PolicyHandle>),
     keys: Option<&Arc<crate::keys::registry::Registry>>,
-    capture: Option<&Arc<crate::capture::Capture>>,
+    (capture, telemetry): (
+        Option<&Arc<crate::capture::Capture>>,
+        Option<&Arc<crate::telemetry::Telemetry>>,
+    ),
 ) -> Result<Vec<Box<dyn crate::pipeline::Module>>, RunError> {
     let prices = Arc::new(PriceTable::with_overrides(config.pricing.clone()));
     Ok(modules::build_all(
@@ -217,6 +237,7 @@ fn build_modules(
             auth: &config.auth,
             keys,
             capture,
+            telemetry,
         },
     )?)
 }
@@ -267,11 +288,15 @@ pub fn check(config: &Config) -> Result<(), RunError> {
     let policy = Arc::new(policy_handle(config)?);
     let metrics = Arc::new(Metrics::new());
     let capture = capture_of(config, &metrics)?;
+    // The exporter's queue without its task: nothing is sent.
+    let telemetry = config.telemetry.otlp.as_ref().map(|otlp| {
+        crate::telemetry::Telemetry::new(otlp, Arc::clone(&metrics), &config.host_id).0
+    });
     build_modules(
         config,
         (&metrics, &crate::alerts::Alerter::disabled(), &policy),
         None,
-        capture.as_ref(),
+        (capture.as_ref(), telemetry.as_ref()),
     )?;
     Ok(())
 }
@@ -289,6 +314,7 @@ pub async fn run_gateway(
         policy,
         keys,
         capture,
+        telemetry,
         ..
     } = Core::new(&config)?;
     let console = Some(
@@ -319,6 +345,7 @@ pub async fn run_gateway(
     let _ = gw_task.await;
     let _ = admin_task.await;
     audit_writer.shutdown().await;
+    Core::flush_telemetry(telemetry.as_ref()).await;
     tracing::info!("leash stopped");
     Ok(())
 }

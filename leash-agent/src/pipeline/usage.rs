@@ -110,6 +110,91 @@ fn merge_usage(kind: ProviderKind, v: &Value, usage: &mut Option<Usage>) {
     }
 }
 
+/// What the provider's answer says of itself (`gen_ai.response.*`):
+/// bounded, read from the events and bodies the usage module parses anyway.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseMeta {
+    pub id: Option<String>,
+    pub model: Option<String>,
+    pub finish_reasons: Vec<String>,
+}
+
+/// Longest id, model and finish reason kept; most finish reasons kept.
+const META_LIMITS: (usize, usize) = (200, 8);
+
+fn short(v: &Value) -> Option<String> {
+    v.as_str()
+        .filter(|s| !s.is_empty() && s.len() <= META_LIMITS.0)
+        .map(str::to_owned)
+}
+
+impl ResponseMeta {
+    fn finished(&mut self, reason: &Value) {
+        if let Some(r) = short(reason)
+            && self.finish_reasons.len() < META_LIMITS.1
+            && !self.finish_reasons.contains(&r)
+        {
+            self.finish_reasons.push(r);
+        }
+    }
+
+    /// Merges what one document (a body or a stream event) of `kind` says.
+    fn merge(&mut self, kind: ProviderKind, v: &Value) {
+        let (doc, id_ok) = match kind {
+            ProviderKind::OpenAi => {
+                let doc = if v["response"].is_object() {
+                    &v["response"]
+                } else {
+                    v
+                };
+                if doc["object"] == "response"
+                    && let Some(status) = doc["status"].as_str()
+                    && status != "in_progress"
+                {
+                    self.finished(&doc["status"]);
+                }
+                for c in doc["choices"].as_array().into_iter().flatten() {
+                    self.finished(&c["finish_reason"]);
+                }
+                (doc, true)
+            }
+            ProviderKind::Anthropic => {
+                let doc = if v["type"] == "message_start" {
+                    &v["message"]
+                } else {
+                    v
+                };
+                self.finished(&doc["stop_reason"]);
+                self.finished(&v["delta"]["stop_reason"]);
+                (doc, doc["type"] == "message")
+            }
+            ProviderKind::Google => {
+                for c in v["candidates"].as_array().into_iter().flatten() {
+                    self.finished(&c["finishReason"]);
+                }
+                if self.id.is_none() {
+                    self.id = short(&v["responseId"]);
+                }
+                if self.model.is_none() {
+                    self.model = short(&v["modelVersion"]);
+                }
+                return;
+            }
+        };
+        if self.id.is_none() && id_ok {
+            self.id = short(&doc["id"]);
+        }
+        if self.model.is_none() {
+            self.model = short(&doc["model"]);
+        }
+    }
+}
+
+/// What the exchange's answer said of itself, once read.
+pub fn response_meta(ex: &Exchange) -> Option<&ResponseMeta> {
+    ex.ext.get::<State>().map(|s| &s.meta)
+}
+
 /// What is being read from the response.
 #[derive(Default, Clone)]
 enum Tracking {
@@ -126,6 +211,7 @@ enum Tracking {
 #[derive(Default, Clone)]
 struct State {
     usage: Option<Usage>,
+    meta: ResponseMeta,
     /// We added `include_usage`: remove the usage-only chunk downstream.
     injected: bool,
     tracking: Tracking,
@@ -256,6 +342,7 @@ impl UsageModule {
         let kind = ex.provider.kind;
         let Some(State {
             usage,
+            meta,
             injected,
             tracking,
         }) = ex.ext.get_mut::<State>()
@@ -272,6 +359,7 @@ impl UsageModule {
                         body.extend_from_slice(chunk);
                         if end && let Ok(v) = serde_json::from_slice::<Value>(body) {
                             merge_usage(kind, &v, usage);
+                            meta.merge(kind, &v);
                         }
                     }
                 }
@@ -281,6 +369,7 @@ impl UsageModule {
                 for event in sse.feed(chunk, end) {
                     let v: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
                     merge_usage(kind, &v, usage);
+                    meta.merge(kind, &v);
                     ex.final_event_sent |= is_final_event(kind, &event.data, &v);
                     if let Some(out) = kept.as_mut()
                         && !is_usage_only_chunk(&v)
