@@ -47,12 +47,15 @@ fn canary_keys_never_appear_in_logs_audit_metrics_or_errors() {
     );
     leash_tests::harness::assert_success("leash keys create", &out);
     let vkey = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // Spans and metrics go to an OTLP receiver: searched too.
+    let otlp = leash_tests::otlp::OtlpReceiver::start("http");
     // Debug builds of leash panic on `x-leash-test-panic` with this set.
     let leash = Leash::start_with_env(
         tempfile::tempdir().unwrap(),
         &format!(
-            "providers:\n  openai: {{ upstream: \"{url}/v1\" }}\n  anthropic: {{ upstream: \"{url}\" }}\n  google: {{ upstream: \"{url}\" }}\n  gone: {{ kind: openai, upstream: \"http://127.0.0.1:{down}/v1\" }}\ngateway: {{ max_body_bytes: 65536 }}\ncredentials:\n  held: {{ env: LEASH_TEST_HELD_KEY }}\nroutes:\n  held-route: {{ targets: [{{provider: openai, model: gpt-4o-mini, credential: held}}] }}\n  held-down: {{ targets: [{{provider: gone, model: gpt-4o-mini, credential: held}}] }}\nauth:\n  mode: both\n  keys_file: \"{}\"\n  inject: {{ openai: held, gone: held }}\npolicy:\n  version: 1\n  rules:\n    - {{ name: block-secrets, match: {{ detectors: [secrets] }}, action: block }}\n    - {{ name: redact-pii, match: {{ detectors: [email] }}, action: redact }}\n",
-            store.display()
+            "providers:\n  openai: {{ upstream: \"{url}/v1\" }}\n  anthropic: {{ upstream: \"{url}\" }}\n  google: {{ upstream: \"{url}\" }}\n  gone: {{ kind: openai, upstream: \"http://127.0.0.1:{down}/v1\" }}\ngateway: {{ max_body_bytes: 65536 }}\ncredentials:\n  held: {{ env: LEASH_TEST_HELD_KEY }}\nroutes:\n  held-route: {{ targets: [{{provider: openai, model: gpt-4o-mini, credential: held}}] }}\n  held-down: {{ targets: [{{provider: gone, model: gpt-4o-mini, credential: held}}] }}\nauth:\n  mode: both\n  keys_file: \"{}\"\n  inject: {{ openai: held, gone: held }}\npolicy:\n  version: 1\n  rules:\n    - {{ name: block-secrets, match: {{ detectors: [secrets] }}, action: block }}\n    - {{ name: redact-pii, match: {{ detectors: [email] }}, action: redact }}\ntelemetry:\n  otlp: {{ endpoint: \"{}\", flush_interval: 20ms, metrics_interval: 200ms }}\n",
+            store.display(),
+            otlp.endpoint()
         ),
         &[("LEASH_TEST_PANIC", "1"), ("LEASH_TEST_HELD_KEY", &held)],
     );
@@ -337,8 +340,16 @@ fn canary_keys_never_appear_in_logs_audit_metrics_or_errors() {
         console.contains(vkey_id) && console.contains(records[0]["id"].as_str().unwrap()),
         "the console answers do not show the records and keys searched"
     );
+    // Control: every exchange's span reached the OTLP receiver.
+    for r in &records {
+        otlp.wait_span(r["span_id"].as_str().unwrap(), || leash.logs());
+    }
+    let exported = otlp.text();
     let mut hits = Vec::new();
     for c in all {
+        if exported.contains(c.as_str()) {
+            hits.push(format!("OTLP: {c}"));
+        }
         if logs.contains(c.as_str()) {
             hits.push(format!("logs: {c}"));
         }
@@ -358,13 +369,14 @@ fn canary_keys_never_appear_in_logs_audit_metrics_or_errors() {
         }
     }
     eprintln!(
-        "secrets hygiene: {} canaries x {} flows; searched {} log lines, {} audit bytes, {} metrics bytes, {} console bytes, {} error bodies; hits: {}",
+        "secrets hygiene: {} canaries x {} flows; searched {} log lines, {} audit bytes, {} metrics bytes, {} console bytes, {} OTLP bytes, {} error bodies; hits: {}",
         all.len(),
         flows.len(),
         logs.lines().count(),
         audit.len(),
         metrics.len(),
         console.len(),
+        exported.len(),
         leash_bodies.len(),
         hits.len()
     );

@@ -24,10 +24,8 @@ use crate::{
     trace::TraceContext,
 };
 
-/// Longest stop sequence kept, and how many.
-const MAX_STOP: (usize, usize) = (64, 8);
-
-/// Generation parameters the request set (`gen_ai.request.*`).
+/// Generation parameters the request set (`gen_ai.request.*`). Stop
+/// sequences are text the client wrote: like all content, not exported.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RequestParams {
     pub temperature: Option<f64>,
@@ -38,7 +36,6 @@ pub struct RequestParams {
     pub presence_penalty: Option<f64>,
     pub seed: Option<i64>,
     pub choice_count: Option<i64>,
-    pub stop_sequences: Vec<String>,
 }
 
 /// The parameters' fields as any of the three APIs name them; values of
@@ -56,30 +53,8 @@ struct Peek {
     presence_penalty: Option<serde_json::Value>,
     seed: Option<serde_json::Value>,
     n: Option<serde_json::Value>,
-    stop: Option<serde_json::Value>,
-    stop_sequences: Option<serde_json::Value>,
     #[serde(rename = "generationConfig")]
     generation_config: Option<serde_json::Value>,
-}
-
-fn stops(v: Option<&serde_json::Value>) -> Vec<String> {
-    let one = |s: &str| {
-        let mut end = s.len().min(MAX_STOP.0);
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s[..end].to_owned()
-    };
-    match v {
-        Some(serde_json::Value::String(s)) => vec![one(s)],
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(serde_json::Value::as_str)
-            .take(MAX_STOP.1)
-            .map(one)
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 impl RequestParams {
@@ -103,7 +78,6 @@ impl RequestParams {
                 presence_penalty: gf("presencePenalty"),
                 seed: gi("seed"),
                 choice_count: gi("candidateCount"),
-                stop_sequences: stops(g.get("stopSequences")),
             };
         }
         Self {
@@ -117,7 +91,6 @@ impl RequestParams {
             presence_penalty: f(&p.presence_penalty),
             seed: i(&p.seed),
             choice_count: i(&p.n),
-            stop_sequences: stops(p.stop.as_ref().or(p.stop_sequences.as_ref())),
         }
     }
 }
@@ -308,7 +281,6 @@ impl Finished {
             "gen_ai.request.choice.count",
             p.choice_count.map(Value::I64),
         );
-        put("gen_ai.request.stop_sequences", strings(&p.stop_sequences));
         put(
             "gen_ai.response.id",
             self.response.id.clone().map(Value::from),
@@ -509,12 +481,10 @@ mod tests {
         let p = RequestParams::read(ProviderKind::OpenAi, openai);
         assert_eq!(p.temperature, Some(0.2));
         assert_eq!(p.max_tokens, Some(50));
-        assert_eq!(p.stop_sequences, ["x", "y"]);
         assert_eq!((p.choice_count, p.seed), (Some(2), Some(7)));
         let gemini = br#"{"contents":[],"generationConfig":{"topK":40,"maxOutputTokens":9,"stopSequences":["z"]}}"#;
         let g = RequestParams::read(ProviderKind::Google, gemini);
         assert_eq!((g.top_k, g.max_tokens), (Some(40.0), Some(9)));
-        assert_eq!(g.stop_sequences, ["z"]);
         // A value of the wrong type is ignored, not an error.
         let odd = br#"{"temperature":"hot","max_tokens":12}"#;
         let o = RequestParams::read(ProviderKind::Anthropic, odd);
