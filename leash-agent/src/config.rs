@@ -78,6 +78,30 @@ pub struct Config {
     pub capture: crate::capture::CaptureConfig,
     /// OpenTelemetry export.
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Logs on standard error.
+    pub log: LogConfig,
+}
+
+/// The `log` section: how Leash logs on standard error (the command
+/// line's `--log-format` / `--log-level` win when given).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json` (one object a line; lines about an exchange carry
+    /// its `trace_id`, `span_id` and `request_id`).
+    #[serde(default)]
+    pub format: Option<LogFormat>,
+    /// A filter such as `info` or `leash_agent=debug`; `RUST_LOG` wins.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 // ---- the file as written -------------------------------------------------
@@ -123,6 +147,8 @@ struct RawConfig {
     capture: crate::capture::RawCapture,
     #[serde(default)]
     telemetry: crate::telemetry::RawTelemetry,
+    #[serde(default)]
+    log: LogConfig,
     #[serde(skip)]
     credentials_unread: bool,
 }
@@ -263,6 +289,7 @@ impl RawConfig {
             auth,
             capture,
             telemetry,
+            log,
             credentials_unread,
         } = self;
         let host_id = match host_id {
@@ -303,6 +330,7 @@ impl RawConfig {
             pipeline = pipeline.with_telemetry();
         }
         Ok(Config {
+            log,
             telemetry,
             capture,
             intercept,

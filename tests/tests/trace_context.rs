@@ -66,3 +66,54 @@ fn a_client_trace_is_continued_and_reaches_the_provider() {
         (trace, record["span_id"].as_str().unwrap().to_owned())
     );
 }
+
+/// `log.format: json`: every line Leash writes is one JSON object, and the
+/// lines about an exchange name its trace, span and request id — the same
+/// as its audit record's.
+#[test]
+fn json_logs_name_the_trace_of_each_exchange() {
+    let down = leash_tests::harness::free_port();
+    let leash = Leash::start(&format!(
+        "providers:\n  gone: {{ kind: openai, upstream: \"http://127.0.0.1:{down}/v1\" }}\nlog: {{ format: json }}\n"
+    ));
+    let chat = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut headers = vec![];
+    for traceparent in [None, Some(format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))] {
+        let mut h = vec![
+            ("content-type", "application/json".to_owned()),
+            ("authorization", "Bearer sk-test".to_owned()),
+        ];
+        h.extend(traceparent.map(|t| ("traceparent", t)));
+        headers.push(h);
+    }
+    for h in &headers {
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, _, _) = leash_tests::http::http_request(
+            leash.addr,
+            "POST",
+            "/v1/gone/chat/completions",
+            &h,
+            chat,
+        )
+        .expect("an answer");
+        assert_eq!(status, 502);
+    }
+    let records = leash.wait_records(2);
+    assert_eq!(records[1]["trace_id"], CLIENT_TRACE);
+    let logs = leash.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for record in &records {
+        let line = lines
+            .iter()
+            .find(|l| {
+                l["fields"]["message"] == "upstream request failed"
+                    && l["span"]["request_id"] == record["id"]
+            })
+            .unwrap_or_else(|| panic!("no failure line for {}:\n{logs}", record["id"]));
+        assert_eq!(line["span"]["trace_id"], record["trace_id"], "{line}");
+        assert_eq!(line["span"]["span_id"], record["span_id"], "{line}");
+    }
+}

@@ -14,7 +14,7 @@ mod show;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use self::{
@@ -22,7 +22,7 @@ use self::{
 };
 use crate::{
     app,
-    config::{Config, Overrides},
+    config::{Config, LogConfig, LogFormat, Overrides},
 };
 
 /// Leash: see, govern and account for every request your organisation sends
@@ -30,20 +30,16 @@ use crate::{
 #[derive(Parser)]
 #[command(name = "leash", version, about, long_about = None)]
 struct Cli {
-    /// Log format on standard error.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
-    /// Log filter (e.g. `info`, `leash_agent=debug`); `RUST_LOG` wins when set.
-    #[arg(long, default_value = "info", global = true)]
-    log_level: String,
+    /// Log format on standard error (default: the config's `log.format`,
+    /// else text).
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
+    /// Log filter (e.g. `info`, `leash_agent=debug`; default: the config's
+    /// `log.level`, else info); `RUST_LOG` wins when set.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -135,7 +131,18 @@ enum ConfigCommand {
     },
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+/// Starts logging: the command line's choices, else the config's `log`
+/// section (for the commands that run from a config), else text at info.
+fn init_logging(cli: &LogConfig, config: Option<&LogConfig>) {
+    let format = cli
+        .format
+        .or(config.and_then(|c| c.format))
+        .unwrap_or(LogFormat::Text);
+    let level = cli
+        .level
+        .as_deref()
+        .or(config.and_then(|c| c.level.as_deref()))
+        .unwrap_or("info");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -230,11 +237,18 @@ pub fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
+    let logging = LogConfig {
+        format: cli.log_format,
+        level: cli.log_level,
+    };
+    // The servers log as their config says: logging starts once it is read.
+    if !matches!(cli.command, Command::Gateway { .. } | Command::Run { .. }) {
+        init_logging(&logging, None);
+    }
     log_panics_without_data();
     // Keys (the organisation CA's, gateway TLS) never end up in a core dump.
     if let Err(e) = app::no_core_dumps() {
-        tracing::warn!(error = %e, "cannot disable core dumps for this process");
+        eprintln!("cannot disable core dumps for this process: {e}");
     }
     match cli.command {
         Command::Gateway {
@@ -250,6 +264,7 @@ fn run() -> anyhow::Result<()> {
                 credentials_unread: false,
             };
             let config = Config::load(config.as_deref(), &overrides)?;
+            init_logging(&logging, Some(&config.log));
             block_on(app::run_gateway(config, shutdown_signal()))
         }
         Command::Run {
@@ -264,6 +279,7 @@ fn run() -> anyhow::Result<()> {
                 credentials_unread: false,
             };
             let config = Config::load(config.as_deref(), &overrides)?;
+            init_logging(&logging, Some(&config.log));
             block_on(app::run_agent(config, shutdown_signal()))
         }
         Command::Collector { config } => {

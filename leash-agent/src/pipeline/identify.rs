@@ -37,7 +37,14 @@ fn google_model_and_method(path: &str) -> Option<(&str, &str)> {
 }
 
 pub fn identify(ex: &mut Exchange, req: &ProxyRequest) {
-    ex.trace = Some(crate::trace::TraceContext::from_headers(&req.head.headers));
+    let trace = crate::trace::TraceContext::from_headers(&req.head.headers);
+    ex.trace = Some(trace);
+    ex.log = tracing::info_span!(
+        "exchange",
+        request_id = %ex.id,
+        trace_id = %trace.trace_hex(),
+        span_id = %trace.span_hex()
+    );
     match ex.provider.kind {
         ProviderKind::Google => {
             if let Some((model, method)) = google_model_and_method(&ex.endpoint) {

@@ -87,6 +87,9 @@ pub struct Exchange {
     /// This exchange's span (set by `identify` from the client's
     /// `traceparent`, or a new trace).
     pub trace: Option<crate::trace::TraceContext>,
+    /// The log span of the exchange (`request_id`, `trace_id`, `span_id`):
+    /// every line logged while it is entered names the exchange.
+    pub log: tracing::Span,
     pub ext: http::Extensions,
 }
 
@@ -117,6 +120,7 @@ impl Exchange {
             unified: None,
             credential: None,
             trace: None,
+            log: tracing::Span::none(),
             ext: http::Extensions::new(),
         }
     }
@@ -432,6 +436,7 @@ impl ActiveExchange {
             return Box::pin(std::future::ready(true));
         }
         self.finished = true;
+        let _log = self.ex.log.enter();
         let record = self.pipeline.record(&self.ex);
         self.pipeline.audit.submit_wait(record)
     }
@@ -475,6 +480,7 @@ impl Drop for ActiveExchange {
         if !self.finished {
             self.finished = true;
             self.ex.completed |= self.ex.final_event_sent;
+            let _log = self.ex.log.enter();
             let record = self.pipeline.record(&self.ex);
             self.pipeline.audit.submit(record);
         }

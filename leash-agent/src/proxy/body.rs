@@ -160,6 +160,8 @@ impl ObservedBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let log = self.ex.log.clone();
+        let _log = log.enter();
         loop {
             match &mut self.phase {
                 Phase::Done => return Poll::Ready(None),

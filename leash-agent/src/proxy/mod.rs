@@ -23,6 +23,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, 
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::Connect};
+use tracing::Instrument as _;
 
 use self::body::LeashBody;
 pub use self::decode::BodyLimits;
@@ -188,12 +189,25 @@ pub async fn admit_read<C: Connect + Clone + Send + Sync + 'static>(
     query: Option<&str>,
     forwarder: &Forwarder<C>,
 ) -> Response<LeashBody> {
-    let mut request = ProxyRequest {
+    let request = ProxyRequest {
         head,
         body,
         upstream_path: upstream_path.to_owned(),
     };
     identify::identify(&mut ex, &request);
+    let log = ex.log.clone();
+    admit_identified(ex, request, query, forwarder)
+        .instrument(log)
+        .await
+}
+
+/// The request modules, then forward: inside the exchange's log span.
+async fn admit_identified<C: Connect + Clone + Send + Sync + 'static>(
+    mut ex: ActiveExchange,
+    mut request: ProxyRequest,
+    query: Option<&str>,
+    forwarder: &Forwarder<C>,
+) -> Response<LeashBody> {
     match ex.request(&mut request).await {
         Flow::Continue => {}
         Flow::Reject(rejection) => return local_response(&mut ex, &rejection),
