@@ -95,6 +95,9 @@ pub struct AdminConfig {
     pub allowed_hosts: Vec<String>,
     /// The console may replace the policy file (validated first).
     pub allow_policy_edit: bool,
+    /// A tracing UI's address with `{trace_id}` in it: the console links
+    /// a record's trace there.
+    pub trace_url: Option<String>,
 }
 
 /// Where the admin token is: `admin.token_file`, or a file Leash makes on
@@ -123,6 +126,7 @@ pub struct RawAdmin {
     pub allowed_hosts: Vec<String>,
     #[serde(default)]
     pub allow_policy_edit: bool,
+    pub trace_url: Option<String>,
 }
 
 impl AdminConfig {
@@ -152,7 +156,29 @@ impl AdminConfig {
                 .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
                 .collect(),
             allow_policy_edit: raw.allow_policy_edit,
+            trace_url: raw
+                .trace_url
+                .as_deref()
+                .map(|url| trace_url(&format!("{section}.trace_url"), url))
+                .transpose()?,
         })
+    }
+}
+
+/// A tracing UI's address: http(s), with `{trace_id}` where the id goes.
+fn trace_url(field: &str, url: &str) -> Result<String, FieldError> {
+    let sample = url.replace("{trace_id}", "0af7651916cd43dd8448eb211c80319c");
+    let ok = url.contains("{trace_id}")
+        && sample
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+    if ok {
+        Ok(url.to_owned())
+    } else {
+        Err(invalid(
+            field,
+            format!("`{url}`: expected an http(s) URL with {{trace_id}} in it"),
+        ))
     }
 }
 
@@ -410,6 +436,26 @@ impl Handler for Admin {
                 "text/plain",
                 "not found: try /healthz or /metrics\n",
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_trace_url_needs_a_scheme_a_host_and_the_trace_id() {
+        assert!(super::trace_url("f", "https://tempo.example/trace/{trace_id}").is_ok());
+        for bad in [
+            "https://tempo.example/trace/",
+            "javascript:alert({trace_id})",
+            "/trace/{trace_id}",
+        ] {
+            let e = super::trace_url("admin.trace_url", bad).err();
+            assert_eq!(
+                e.map(|e| e.field).as_deref(),
+                Some("admin.trace_url"),
+                "{bad}"
+            );
         }
     }
 }

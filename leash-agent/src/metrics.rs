@@ -146,6 +146,9 @@ pub struct Metrics {
     cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
     unpriced: Family<ModelLabels, Counter>,
     budget_remaining: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+    budget_limit: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+    /// 1 while the transparent agent's kernel hooks are attached.
+    pub hooks_attached: Gauge,
     policy_reloads: Family<ResultLabels, Counter>,
     findings: Family<FindingLabels, Counter>,
     models: Mutex<HashSet<String>>,
@@ -219,6 +222,18 @@ impl Metrics {
             "leash_budget_remaining_usd",
             "What is left of each budget this period, in USD (negative: overspent by calls in flight)",
             Family::<BudgetLabels, Gauge<f64, AtomicU64>>::default(),
+        );
+        let budget_limit = register(
+            &mut r,
+            "leash_budget_limit_usd",
+            "Each budget's limit for its period, in USD",
+            Family::<BudgetLabels, Gauge<f64, AtomicU64>>::default(),
+        );
+        let hooks_attached = register(
+            &mut r,
+            "leash_intercept_hooks_attached",
+            "1 while the transparent agent's kernel hooks are attached (leash run), 0 once they are detached",
+            Gauge::default(),
         );
         let tokens = register(
             &mut r,
@@ -435,6 +450,8 @@ impl Metrics {
             cost,
             unpriced,
             budget_remaining,
+            budget_limit,
+            hooks_attached,
             policy_reloads,
             findings,
             models: Mutex::new(HashSet::new()),
@@ -463,12 +480,13 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets what is left of a budget.
-    pub fn budget_remaining(&self, budget: &str, usd: f64) {
+    /// Sets what is left of a budget, and its limit.
+    pub fn budget_remaining(&self, budget: &str, limit: f64, usd: f64) {
         let labels = BudgetLabels {
             budget: budget.to_owned(),
         };
         self.budget_remaining.get_or_create(&labels).set(usd);
+        self.budget_limit.get_or_create(&labels).set(limit);
     }
 
     /// Counts a connection to an unlisted LLM endpoint.

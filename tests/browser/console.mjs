@@ -19,6 +19,15 @@ await withConsole(base, async (page, out, { cells, open }) => {
   out.live = await cells("#live-table tbody tr");
   await page.click("#live-table tbody tr");
   out.record = JSON.parse(await page.textContent("#record"));
+  // The record's trace: its id, the tracing UI's link (admin.trace_url),
+  // and the records of that trace alone.
+  out.trace_text = await page.textContent("#record-trace");
+  out.trace_link = await page.getAttribute("#trace-link", "href");
+  await page.click("#trace-records");
+  await page.waitForFunction(() => document.querySelectorAll("#live-table tbody tr").length === 1);
+  out.trace_rows = await cells("#live-table tbody tr");
+  await page.fill('#filters [name="trace_id"]', "");
+  await page.waitForFunction((n) => document.querySelectorAll("#live-table tbody tr").length === n, out.live.length);
   // A request made now shows up without a reload (the live feed).
   await page.waitForSelector('body[data-live="connected"]', { timeout: 10000 });
   const before = out.live.length;

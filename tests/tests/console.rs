@@ -416,13 +416,29 @@ fn browse(leash: &Leash) -> (Value, std::path::PathBuf) {
     (seen, shots)
 }
 
+/// The record view's trace: shown, linked to the tracing UI
+/// (`admin.trace_url`), and its records alone on request.
+fn check_trace_view(seen: &Value, record: &Value) {
+    let trace = record["trace_id"].as_str().unwrap();
+    assert!(
+        seen["trace_text"].as_str().unwrap().contains(trace),
+        "{}",
+        seen["trace_text"]
+    );
+    assert_eq!(
+        seen["trace_link"],
+        format!("https://tracing.example.test/trace/{trace}")
+    );
+    assert_eq!(seen["trace_rows"].as_array().unwrap().len(), 1);
+}
+
 /// Every page in headless Chromium against a gateway that served real SDK
 /// traffic: what the pages show is what the audit records say. Screenshots
 /// go to `target/console-screenshots/` (the README's).
 #[test]
 fn console_pages_in_a_real_browser() {
     let (_mock, leash) = start_with_policy(
-        "teams:\n  - { name: research, header: true }\nbudgets:\n  - { team: research, period: day, limit_usd: 5, name: research-daily }\n",
+        "teams:\n  - { name: research, header: true }\nbudgets:\n  - { team: research, period: day, limit_usd: 5, name: research-daily }\nadmin: { trace_url: \"https://tracing.example.test/trace/{trace_id}\" }\n",
     );
     for (case, provider) in [
         ("openai-chat", "openai"),
@@ -448,6 +464,7 @@ fn console_pages_in_a_real_browser() {
     assert_eq!(live.len(), records.len());
     assert_eq!(live[0][2], records.last().unwrap()["provider"]);
     assert_eq!(seen["record"]["id"], records.last().unwrap()["id"]);
+    check_trace_view(&seen, records.last().unwrap());
     // The request the browser script made while the page was open arrived
     // through the live feed, on top.
     assert_eq!(seen["live_status"], 200);

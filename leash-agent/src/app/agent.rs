@@ -186,6 +186,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         &config,
         cgroup_dir.clone(),
     )?)?);
+    metrics.hooks_attached.set(1);
     let untrusted = Arc::new(Untrusted::new(&config.intercept.untrusted, alerts.clone()));
     let refused = Arc::new(crate::proxy::refusals::Totals::default());
     let state = interception_state(interception, &hooks, &metrics, &untrusted, &refused);
@@ -235,7 +236,12 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     if config.gateway.explicit {
         tasks.push(spawn_gateway(&config, Arc::clone(&pipeline), stop_rx.clone()).await?);
     }
-    tasks.push(spawn_admin(admin_listener, metrics, console, stop_rx)?);
+    tasks.push(spawn_admin(
+        admin_listener,
+        Arc::clone(&metrics),
+        console,
+        stop_rx,
+    )?);
     tracing::info!(
         cgroup = %cgroup_dir.display(),
         proxy_port = config.intercept.proxy_port,
@@ -247,6 +253,9 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
 
     shutdown.await;
     tracing::info!("shutting down: {}", hooks_at_stop(hooks.pinned()));
+    if !hooks.pinned() {
+        metrics.hooks_attached.set(0);
+    }
     if let Some(r) = resolver {
         r.abort();
     }

@@ -460,6 +460,7 @@ fn console_for(
         ),
     )
     .with_policy_edit(config.admin.allow_policy_edit)
+    .with_trace_url(config.admin.trace_url.clone())
     .with_budgets(config.budgets.clone()))
 }
 

@@ -40,6 +40,8 @@ function table(node, head, rows) {
 // so the admin token can go in a header).
 const seen = [];
 let liveState = "connecting";
+// `admin.trace_url`: where a trace id opens (a tracing UI), if configured.
+let traceUrl = null;
 function filters() {
   const data = new FormData(document.getElementById("filters"));
   const q = new URLSearchParams();
@@ -53,6 +55,7 @@ function matches(r, q) {
   for (const k of ["provider", "model"]) if (q.get(k) && r[k] !== q.get(k)) return false;
   if (q.get("team") && caller.team !== q.get("team")) return false;
   if (q.get("action") && action !== q.get("action")) return false;
+  if (q.get("trace_id") && r.trace_id !== q.get("trace_id")) return false;
   const c = q.get("caller");
   if (c && !["exe", "user", "comm", "container", "cgroup"].some((k) => (caller[k] || "").includes(c))) return false;
   return true;
@@ -65,7 +68,8 @@ function renderLive() {
 async function refreshLive() {
   const q = filters();
   q.set("limit", "200");
-  const { records } = await api("/api/records?" + q);
+  const { records, trace_url } = await api("/api/records?" + q);
+  traceUrl = trace_url || null;
   seen.length = 0;
   seen.push(...records);
   renderLive();
@@ -131,9 +135,29 @@ function recordRow(r) {
     const pre = document.getElementById("record");
     pre.hidden = false;
     pre.textContent = JSON.stringify(r, null, 2);
+    showTrace(r);
     showContentButton(r);
   });
   return tr;
+}
+
+// The trace of the record shown: its id, a link to the tracing UI
+// (`admin.trace_url`), and every record of the same trace.
+function showTrace(r) {
+  const box = document.getElementById("record-trace");
+  box.hidden = !r.trace_id;
+  if (!r.trace_id) return;
+  const parts = ["Trace ", el("code", {}, r.trace_id), " · span ", el("code", {}, r.span_id || "")];
+  if (traceUrl) {
+    parts.push(" · ", el("a", { id: "trace-link", href: traceUrl.replace("{trace_id}", encodeURIComponent(r.trace_id)), target: "_blank", rel: "noopener noreferrer" }, "open in tracing"));
+  }
+  const same = el("button", { type: "button", id: "trace-records" }, "records of this trace");
+  same.onclick = () => {
+    document.querySelector('#filters [name="trace_id"]').value = r.trace_id;
+    refreshLive();
+  };
+  parts.push(" · ", same);
+  box.replaceChildren(...parts);
 }
 
 // Captured content of the record shown: redacted content on request (the

@@ -81,6 +81,8 @@ pub struct Console {
     live: Option<tokio::sync::broadcast::Sender<Bytes>>,
     /// `admin.allow_policy_edit`: the policy file may be replaced.
     policy_edit: bool,
+    /// `admin.trace_url`: a tracing UI's address for a trace id.
+    trace_url: Option<String>,
     budgets: Vec<crate::pipeline::budget::BudgetConfig>,
     /// The virtual keys (`None`: the `keys` module is off).
     keys: Option<Arc<crate::keys::registry::Registry>>,
@@ -149,6 +151,7 @@ impl Console {
             auth,
             live: None,
             policy_edit: false,
+            trace_url: None,
             budgets: Vec::new(),
             keys: None,
             capture: None,
@@ -159,6 +162,13 @@ impl Console {
     #[must_use]
     pub fn with_budgets(mut self, budgets: Vec<crate::pipeline::budget::BudgetConfig>) -> Self {
         self.budgets = budgets;
+        self
+    }
+
+    /// Where the record view links a trace id (`admin.trace_url`).
+    #[must_use]
+    pub fn with_trace_url(mut self, url: Option<String>) -> Self {
+        self.trace_url = url;
         self
     }
 

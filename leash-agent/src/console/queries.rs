@@ -185,8 +185,10 @@ impl Console {
             .unwrap_or(200)
             .min(MAX_RECORDS);
         let caller = query_param(query, "caller");
+        let trace = query_param(query, "trace_id");
         let keep = move |r: &Value| {
             filter.matches(r)
+                && trace.as_deref().is_none_or(|t| r["trace_id"] == t)
                 && caller.as_deref().is_none_or(|c| {
                     ["exe", "user", "comm", "container", "cgroup"]
                         .iter()
@@ -196,7 +198,7 @@ impl Console {
         match self.newest(keep, limit, query_param(query, "after")).await {
             Ok((records, truncated)) => Answer::json(
                 StatusCode::OK,
-                &json!({"records": records, "truncated": truncated}),
+                &json!({"records": records, "truncated": truncated, "trace_url": self.trace_url}),
             ),
             Err(a) => a,
         }

@@ -259,7 +259,7 @@ impl BudgetModule {
         };
         let spend = spent(&budgets, charges(&summary.cube), OffsetDateTime::now_utc());
         for (b, s) in budgets.iter().zip(&spend) {
-            metrics.budget_remaining(&b.name, b.limit_usd - s.usd);
+            metrics.budget_remaining(&b.name, b.limit_usd, b.limit_usd - s.usd);
         }
         Self {
             budgets,
@@ -317,7 +317,8 @@ impl Module for BudgetModule {
                     since: start,
                     usd: 0.0,
                 };
-                self.metrics.budget_remaining(&b.name, b.limit_usd);
+                self.metrics
+                    .budget_remaining(&b.name, b.limit_usd, b.limit_usd);
             }
             if !matches(
                 b,
@@ -383,7 +384,8 @@ impl Module for BudgetModule {
             }
             if let Some(cost) = record.cost_usd {
                 s.usd += cost;
-                self.metrics.budget_remaining(&b.name, b.limit_usd - s.usd);
+                self.metrics
+                    .budget_remaining(&b.name, b.limit_usd, b.limit_usd - s.usd);
             }
         }
     }
