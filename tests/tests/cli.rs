@@ -228,4 +228,27 @@ fn grafana_dashboard_queries_real_metrics() {
         }
     }
     assert!(checked >= 12, "{checked}");
+    // The SLO panels read the shipped recording rules.
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../leash-agent/dist/prometheus-rules.yaml"),
+    )
+    .unwrap();
+    let mut recorded = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .filter(|w| w.starts_with("leash:"))
+            {
+                assert!(
+                    rules.contains(&format!("record: {name}\n")),
+                    "dashboard queries {name}, which no shipped rule records"
+                );
+                recorded += 1;
+            }
+        }
+    }
+    assert!(recorded >= 12, "{recorded}");
 }
