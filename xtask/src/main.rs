@@ -73,6 +73,14 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// What OpenTelemetry export costs: tracing off, on, and on with the
+    /// collector down, in one run (rounds rotate); writes
+    /// bench/telemetry.json and its section of BENCHMARKS.md.
+    BenchTelemetry {
+        /// A short run: 3 rounds of 3 s.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Compare this tree with an earlier commit in one run (rounds
     /// alternate): the criterion micro-benchmarks and, as root, the
     /// transparent path's latency; writes bench/micro.json and its section
@@ -557,6 +565,7 @@ fn main() -> Result<()> {
         Task::Bench { quick, .. } => bench::bench(quick),
         Task::BenchConsole { quick } => bench::bench_console(quick),
         Task::BenchTranslate { quick } => bench::bench_translate(quick),
+        Task::BenchTelemetry { quick } => bench::bench_telemetry(quick),
         Task::BenchCompare {
             base,
             rounds,

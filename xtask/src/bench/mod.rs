@@ -12,6 +12,7 @@ mod plot;
 mod proc;
 mod report;
 mod run;
+mod telemetry;
 mod translate;
 mod transparent;
 
@@ -19,6 +20,7 @@ pub use self::{
     console::bench_console,
     micro::bench_micro,
     run::{bench, build_release, rewrite_report},
+    telemetry::bench_telemetry,
     translate::bench_translate,
 };
 use self::{
@@ -62,6 +64,9 @@ fn other_sections() -> anyhow::Result<()> {
     }
     if let Some(r) = load("translate.json") {
         translate::render(&r)?;
+    }
+    if let Some(r) = load("telemetry.json") {
+        telemetry::render(&r)?;
     }
     Ok(())
 }

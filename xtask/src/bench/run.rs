@@ -235,6 +235,11 @@ pub fn bench(quick: bool) -> Result<()> {
         Ok(r) => super::translate::save(&r)?,
         Err(e) => eprintln!("bench: translation run failed: {e:#}"),
     }
+    // What OTLP export costs (tracing on vs off, collector down).
+    match super::telemetry::measure(&leash, &tool, quick) {
+        Ok(r) => super::telemetry::save(&r)?,
+        Err(e) => eprintln!("bench: telemetry run failed: {e:#}"),
+    }
 
     // Per contender and rate: the median over rounds of each percentile.
     let pct = |ci: usize, ri: usize, key: &str, field: &str| -> f64 {
