@@ -178,6 +178,7 @@ pub fn build(name: &str, parts: &Parts<'_>) -> Result<Box<dyn Module>, BuildErro
         crate::telemetry::NAME => match parts.telemetry {
             Some(t) => Ok(Box::new(crate::telemetry::TelemetryModule::new(
                 Arc::clone(t),
+                Arc::clone(parts.policy),
             ))),
             None => Err(BuildError::TelemetryOff),
         },

@@ -498,3 +498,66 @@ fn host_of(provider: &str) -> &'static str {
         _ => "generativelanguage.googleapis.com",
     }
 }
+
+/// `content: redacted`: the messages go out redacted, and only for the
+/// exchanges content capture keeps (here: the `research` team's).
+#[test]
+fn content_attributes_are_redacted_and_follow_capture() {
+    let rx = OtlpReceiver::start("http");
+    let mock = MockProvider::start();
+    let leash = Leash::start(&format!(
+        "{}teams:\n  - {{ name: research, header: true }}\ncapture:\n  default: none\n  rules:\n    - {{ class: redacted, teams: [research] }}\n{}",
+        mock_providers_yaml(&mock),
+        telemetry(&rx.endpoint(), ", content: redacted")
+    ));
+    let email = "jane.roe@example.com";
+    for (i, (case, team)) in [
+        ("openai-chat", "research"),
+        ("anthropic-stream", "research"),
+        ("openai-chat", "sales"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let route = case.split('-').next().unwrap();
+        let headers = format!(r#"{{"x-leash-team": "{team}"}}"#);
+        let out = run_python(
+            "sdk_check.py",
+            &[case, &leash.base_url(route), "sk-test"],
+            &[
+                ("LEASH_TEST_PROMPT", &format!("mail {email} please")),
+                ("LEASH_TEST_HEADERS", &headers),
+            ],
+        );
+        assert_success(case, &out);
+        let text = serde_json::from_slice::<Value>(&out.stdout).unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let record = leash.wait_records(i + 1)[i].clone();
+        let span = rx.wait_span(record["span_id"].as_str().unwrap(), || leash.logs());
+        let a = &span["attributes"];
+        if *team == "sales" {
+            // Control: capture keeps nothing of this team: no content.
+            assert!(a.get("gen_ai.input.messages").is_none(), "{span}");
+            assert!(a.get("gen_ai.output.messages").is_none(), "{span}");
+            continue;
+        }
+        let input: Value =
+            serde_json::from_str(a["gen_ai.input.messages"].as_str().unwrap()).unwrap();
+        let said = input[0]["parts"][0]["content"].as_str().unwrap();
+        assert_eq!(input[0]["role"], "user", "{input}");
+        assert!(
+            said.starts_with("mail ") && said.contains("[REDACTED:"),
+            "{said}"
+        );
+        let output: Value =
+            serde_json::from_str(a["gen_ai.output.messages"].as_str().unwrap()).unwrap();
+        assert_eq!(output[0]["role"], "assistant");
+        assert_eq!(output[0]["parts"][0]["content"], text.as_str(), "{output}");
+    }
+    assert!(
+        !rx.text().contains(email),
+        "an unredacted email was exported"
+    );
+}

@@ -80,7 +80,7 @@ fn redacted_body(detectors: &Detectors, bytes: &[u8]) -> Value {
 }
 
 /// The text a stream's events carried, in order (what the model said).
-fn assembled(kind: ProviderKind, bytes: &[u8]) -> String {
+pub fn assembled(kind: ProviderKind, bytes: &[u8]) -> String {
     let mut frames = crate::pipeline::sse::SseBuffer::default();
     let mut out = String::new();
     for event in frames.feed(bytes, true) {

@@ -47,6 +47,9 @@ pub struct OtlpConfig {
     pub metrics_interval: Duration,
     /// One export call's limit.
     pub timeout: Duration,
+    /// Export the exchange's messages (`gen_ai.input.messages`, …),
+    /// redacted, for exchanges content capture keeps (`content: redacted`).
+    pub content: bool,
     /// Emit only the latest experimental `GenAI` conventions (no v1.36
     /// names): `OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`.
     pub latest_semconv: bool,
@@ -77,6 +80,7 @@ struct RawOtlp {
     flush_interval: Option<String>,
     metrics_interval: Option<String>,
     timeout: Option<String>,
+    content: Option<String>,
 }
 
 fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration, FieldError> {
@@ -161,6 +165,16 @@ impl TelemetryConfig {
             Some(f) => read_headers("telemetry.otlp.headers_file", &resolve(base, f))?,
             None => Headers::default(),
         };
+        let content = match raw.content.as_deref() {
+            None | Some("none") => false,
+            Some("redacted") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "telemetry.otlp.content",
+                    format!("`{other}`: expected none or redacted"),
+                ));
+            }
+        };
         let service_name = raw.service_name.unwrap_or_else(|| "leash".to_owned());
         if service_name.trim().is_empty() {
             return Err(invalid("telemetry.otlp.service_name", "must not be empty"));
@@ -194,6 +208,7 @@ impl TelemetryConfig {
                     raw.timeout.as_deref(),
                     Duration::from_secs(10),
                 )?,
+                content,
                 latest_semconv: std::env::var("OTEL_SEMCONV_STABILITY_OPT_IN").is_ok_and(|v| {
                     v.split(',')
                         .any(|s| s.trim() == "gen_ai_latest_experimental")

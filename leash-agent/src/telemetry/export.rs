@@ -323,6 +323,9 @@ pub(super) async fn run(
         .with_version(env!("CARGO_PKG_VERSION"))
         .build();
     let instruments = Instruments::new(&provider, scope.clone());
+    // Redacts exported content when no policy is loaded.
+    let builtin = crate::policy::detect::Detectors::new(&[])
+        .unwrap_or_else(|_| unreachable!("the built-in detectors compile"));
     let latest = config.latest_semconv;
     let mut batch: Vec<SpanData> = Vec::with_capacity(config.batch_size);
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -341,7 +344,7 @@ pub(super) async fn run(
         match message {
             Some(Message::Exchange(f)) => {
                 instruments.record(&f, latest);
-                batch.extend(f.spans(&scope, latest));
+                batch.extend(f.spans(&scope, latest, &builtin));
                 if batch.len() >= config.batch_size {
                     deadline = None;
                     export(&spans, &mut batch, &mut failures, &metrics).await;

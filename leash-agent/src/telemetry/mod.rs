@@ -15,6 +15,7 @@
 //! exchange.
 
 mod config;
+mod content;
 mod export;
 mod span;
 
@@ -45,6 +46,8 @@ enum Message {
 pub struct Telemetry {
     queue: mpsc::Sender<Message>,
     sample_ratio: f64,
+    /// `content: redacted`.
+    content: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -71,6 +74,7 @@ impl Telemetry {
             Arc::new(Self {
                 queue,
                 sample_ratio: config.sample_ratio,
+                content: config.content,
                 metrics,
             }),
             worker,
@@ -113,11 +117,34 @@ impl Worker {
 /// The `telemetry` pipeline module.
 pub struct TelemetryModule {
     telemetry: Arc<Telemetry>,
+    /// The policy whose detectors redact exported content.
+    policy: Arc<crate::policy::PolicyHandle>,
 }
 
 impl TelemetryModule {
-    pub fn new(telemetry: Arc<Telemetry>) -> Self {
-        Self { telemetry }
+    pub fn new(telemetry: Arc<Telemetry>, policy: Arc<crate::policy::PolicyHandle>) -> Self {
+        Self { telemetry, policy }
+    }
+
+    /// The exchange's content for export: with `content: redacted`, when
+    /// capture keeps this exchange's content.
+    fn content(&self, ex: &Exchange, record: &AuditRecord) -> Option<content::Content> {
+        if !self.telemetry.content
+            || record
+                .content
+                .as_ref()
+                .is_none_or(|c| c.class == crate::record::CaptureClass::None)
+        {
+            return None;
+        }
+        let captured = ex.ext.get::<crate::capture::content::Captured>()?;
+        Some(content::Content {
+            kind: ex.provider.kind,
+            stream: ex.stream,
+            request: captured.request.clone(),
+            response: captured.response.clone(),
+            policy: self.policy.current(),
+        })
     }
 }
 
@@ -163,7 +190,8 @@ impl Module for TelemetryModule {
     }
 
     fn finished(&self, ex: &Exchange, record: &AuditRecord) {
-        self.telemetry.offer(Finished::new(ex, record));
+        self.telemetry
+            .offer(Finished::new(ex, record, self.content(ex, record)));
     }
 }
 

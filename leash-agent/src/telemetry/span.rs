@@ -130,10 +130,15 @@ pub struct Finished {
     phases: Phases,
     params: RequestParams,
     response: ResponseMeta,
+    content: Option<super::content::Content>,
 }
 
 impl Finished {
-    pub fn new(ex: &Exchange, record: &AuditRecord) -> Self {
+    pub fn new(
+        ex: &Exchange,
+        record: &AuditRecord,
+        content: Option<super::content::Content>,
+    ) -> Self {
         let t = &ex.timing;
         let since = |i: Option<std::time::Instant>| i.map(|i| i.duration_since(t.received));
         Self {
@@ -154,6 +159,7 @@ impl Finished {
             response: crate::pipeline::usage::response_meta(ex)
                 .cloned()
                 .unwrap_or_default(),
+            content,
         }
     }
 
@@ -255,7 +261,11 @@ impl Finished {
         a
     }
 
-    fn span_attributes(&self, latest: bool) -> Vec<KeyValue> {
+    fn span_attributes(
+        &self,
+        latest: bool,
+        builtin: &crate::policy::detect::Detectors,
+    ) -> Vec<KeyValue> {
         let r = &self.record;
         let p = &self.params;
         let mut a = self.common_attributes(latest);
@@ -306,6 +316,10 @@ impl Finished {
             );
         }
         self.leash_attributes(&mut a);
+        if let Some(c) = &self.content {
+            let finish = self.response.finish_reasons.first().map(String::as_str);
+            a.extend(c.attributes(builtin, finish));
+        }
         a
     }
 
@@ -370,7 +384,12 @@ impl Finished {
 
     /// The exchange's span and its phases' child spans (none when the trace
     /// is not sampled).
-    pub fn spans(&self, scope: &InstrumentationScope, latest: bool) -> Vec<SpanData> {
+    pub fn spans(
+        &self,
+        scope: &InstrumentationScope,
+        latest: bool,
+        builtin: &crate::policy::detect::Detectors,
+    ) -> Vec<SpanData> {
         let Some(trace) = self.trace.filter(|t| t.sampled) else {
             return Vec::new();
         };
@@ -425,7 +444,7 @@ impl Finished {
             SpanKind::Client,
             Cow::Owned(name),
             (self.start, end),
-            self.span_attributes(latest),
+            self.span_attributes(latest, builtin),
             status,
         )];
         // The phases: the request modules (policy), the wait for the
