@@ -121,6 +121,19 @@ pub fn run_python(script: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     run(&mut cmd)
 }
 
+/// The official `openai` SDK's chat call through `base`, made by a caller
+/// whose span `span` in trace `trace` sends a `traceparent`; panics unless
+/// it succeeds.
+pub fn openai_chat_in_trace(base: &str, trace: &str, span: &str) {
+    let headers = format!(r#"{{"traceparent": "00-{trace}-{span}-01"}}"#);
+    let out = run_python(
+        "sdk_check.py",
+        &["openai-chat", base, "sk-test"],
+        &[("LEASH_TEST_HEADERS", &headers)],
+    );
+    assert_success("openai SDK with a traceparent", &out);
+}
+
 /// Panics with both output streams unless the command succeeded.
 pub fn assert_success(what: &str, out: &Output) {
     assert!(

@@ -19,7 +19,9 @@ use std::{
 use leash_tests::{
     fleet::wait_until,
     gateway::Leash,
-    harness::{assert_success, mock_providers_yaml, require_root, run_python},
+    harness::{
+        assert_success, mock_providers_yaml, openai_chat_in_trace, require_root, run_python,
+    },
     http::post_json,
     mock::MockProvider,
     otlp::OtlpReceiver,
@@ -280,13 +282,7 @@ fn a_client_trace_gets_leash_as_a_child_span() {
         mock_providers_yaml(&mock),
         telemetry(&rx.endpoint(), ", sample_ratio: 0")
     ));
-    let headers = format!(r#"{{"traceparent": "00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}}"#);
-    let out = run_python(
-        "sdk_check.py",
-        &["openai-chat", &leash.base_url("openai"), "sk-test"],
-        &[("LEASH_TEST_HEADERS", &headers)],
-    );
-    assert_success("openai SDK with a traceparent", &out);
+    openai_chat_in_trace(&leash.base_url("openai"), CLIENT_TRACE, CLIENT_SPAN);
     let record = leash.wait_records(1)[0].clone();
     let span = rx.wait_span(record["span_id"].as_str().unwrap(), || leash.logs());
     assert_eq!(span["trace_id"], CLIENT_TRACE);
@@ -386,6 +382,17 @@ fn grpc_export_carries_the_headers_file() {
     );
 }
 
+/// Waits until at least `n` spans were dropped for `reason`.
+fn wait_dropped(leash: &Leash, reason: &str, n: f64) {
+    let series = format!("leash_telemetry_dropped_total{{reason=\"{reason}\"}}");
+    wait_until(
+        &format!("{n} spans dropped ({reason})"),
+        Duration::from_secs(30),
+        || leash.logs(),
+        || sample(&leash.metrics(), &series) >= n,
+    );
+}
+
 /// `n` chat requests; each must succeed within `limit`.
 fn requests_are_unaffected(leash: &Leash, n: usize, limit: Duration) {
     for _ in 0..n {
@@ -415,17 +422,7 @@ fn a_collector_that_is_down_or_hangs_costs_requests_nothing() {
         telemetry(&endpoint, "")
     ));
     requests_are_unaffected(&leash, 20, Duration::from_secs(1));
-    wait_until(
-        "the failed exports counted",
-        Duration::from_secs(30),
-        || leash.logs(),
-        || {
-            sample(
-                &leash.metrics(),
-                "leash_telemetry_dropped_total{reason=\"export_failed\"}",
-            ) >= 20.0 * 4.0
-        },
-    );
+    wait_dropped(&leash, "export_failed", 20.0 * 4.0);
     assert!(sample(&leash.metrics(), "leash_telemetry_exported_total") < 0.5);
 
     // Hanging: a collector that accepts and never answers. The export
@@ -439,17 +436,7 @@ fn a_collector_that_is_down_or_hangs_costs_requests_nothing() {
         telemetry(&endpoint, ", queue_size: 2, batch_size: 1, timeout: 5s")
     ));
     requests_are_unaffected(&leash, 30, Duration::from_secs(1));
-    wait_until(
-        "the queue overflow counted",
-        Duration::from_secs(10),
-        || leash.logs(),
-        || {
-            sample(
-                &leash.metrics(),
-                "leash_telemetry_dropped_total{reason=\"queue_full\"}",
-            ) > 0.0
-        },
-    );
+    wait_dropped(&leash, "queue_full", 1.0);
     drop(hang);
 }
 

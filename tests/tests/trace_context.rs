@@ -11,7 +11,7 @@
 )]
 
 use leash_tests::{
-    harness::{Leash, assert_success, mock_providers_yaml, run_python},
+    harness::{Leash, mock_providers_yaml, openai_chat_in_trace},
     http::post_json,
     mock::MockProvider,
 };
@@ -35,13 +35,7 @@ fn upstream_traceparent(mock: &MockProvider) -> (String, String) {
 fn a_client_trace_is_continued_and_reaches_the_provider() {
     let mock = MockProvider::start();
     let leash = Leash::start(&mock_providers_yaml(&mock));
-    let headers = format!(r#"{{"traceparent": "00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}}"#);
-    let out = run_python(
-        "sdk_check.py",
-        &["openai-chat", &leash.base_url("openai"), "sk-test"],
-        &[("LEASH_TEST_HEADERS", &headers)],
-    );
-    assert_success("openai SDK with a traceparent", &out);
+    openai_chat_in_trace(&leash.base_url("openai"), CLIENT_TRACE, CLIENT_SPAN);
     let record = leash.wait_records(1)[0].clone();
     assert_eq!(record["trace_id"], CLIENT_TRACE, "{record}");
     let span = record["span_id"].as_str().unwrap().to_owned();

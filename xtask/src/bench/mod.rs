@@ -90,6 +90,45 @@ fn lean_upstream(
     Ok((proc, port))
 }
 
+/// `leash gateway` (release) on the server CPU with the config `yaml`,
+/// its files under `dir` named `name`; waits until it listens. Returns it
+/// and its port.
+fn spawn_gateway(
+    leash: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    yaml: &str,
+) -> anyhow::Result<(Proc, u16)> {
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(&config, yaml)?;
+    let port = free_port()?;
+    let proc = Proc::spawn(
+        pinned(SERVER_CPU, leash)
+            .args(["--log-level", "warn", "gateway", "--config"])
+            .arg(&config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", free_port()?)])
+            .arg("--audit-dir")
+            .arg(dir.join(format!("audit-{name}"))),
+        &dir.join(format!("{name}.log")),
+    )?;
+    wait_port(port, name)?;
+    Ok((proc, port))
+}
+
+/// Writes `bench/<file>` (a side run's results), then its section of
+/// BENCHMARKS.md with `render`.
+fn save_results(
+    file: &str,
+    results: &serde_json::Value,
+    render: fn(&serde_json::Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let out = crate::root().join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join(file), serde_json::to_string_pretty(results)?)?;
+    render(results)
+}
+
 /// CPU of the load generator; contenders and the upstream get the other.
 const LOADGEN_CPU: &str = "0";
 const SERVER_CPU: &str = "1";

@@ -13,10 +13,10 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::{
-    LOADGEN_CPU, Proc, SERVER_CPU, bench_tool, build_release, cpu_seconds, f, free_port,
-    lean_upstream, median, pinned, wait_port, write_section,
+    LOADGEN_CPU, SERVER_CPU, bench_tool, build_release, cpu_seconds, f, free_port, lean_upstream,
+    median, spawn_gateway, write_section,
 };
-use crate::{root, target_dir};
+use crate::target_dir;
 
 const BEGIN: &str =
     "<!-- telemetry-bench:begin (written by `cargo xtask bench-telemetry`; do not edit) -->";
@@ -35,41 +35,7 @@ pub fn bench_telemetry(quick: bool) -> Result<()> {
 
 /// Writes `bench/telemetry.json` and BENCHMARKS.md's section.
 pub fn save(results: &Value) -> Result<()> {
-    let out = root().join("bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(
-        out.join("telemetry.json"),
-        serde_json::to_string_pretty(results)?,
-    )?;
-    render(results)
-}
-
-/// One gateway with `telemetry` (YAML, may be empty) in front of `up`.
-fn gateway(
-    leash: &std::path::Path,
-    dir: &std::path::Path,
-    name: &str,
-    up: u16,
-    telemetry: &str,
-) -> Result<(Proc, u16)> {
-    let config = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &config,
-        format!("providers:\n  openai: {{ upstream: \"http://127.0.0.1:{up}/v1\" }}\n{telemetry}"),
-    )?;
-    let port = free_port()?;
-    let proc = Proc::spawn(
-        pinned(SERVER_CPU, leash)
-            .args(["--log-level", "warn", "gateway", "--config"])
-            .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{}", free_port()?)])
-            .arg("--audit-dir")
-            .arg(dir.join(format!("audit-{name}"))),
-        &dir.join(format!("{name}.log")),
-    )?;
-    wait_port(port, name)?;
-    Ok((proc, port))
+    super::save_results("telemetry.json", results, render)
 }
 
 /// The measurement itself (also part of `cargo xtask bench`), with the
@@ -89,10 +55,21 @@ pub fn measure(leash: &std::path::Path, tool: &std::path::Path, quick: bool) -> 
             "telemetry:\n  otlp: {{ endpoint: \"http://127.0.0.1:{port}\", sample_ratio: 1.0 }}\n"
         )
     };
+    let providers = format!("providers:\n  openai: {{ upstream: \"http://127.0.0.1:{up}/v1\" }}\n");
     let gateways = [
-        gateway(leash, &dir, "off", up, "")?,
-        gateway(leash, &dir, "on", up, &otlp(collector))?,
-        gateway(leash, &dir, "collector_down", up, &otlp(down))?,
+        spawn_gateway(leash, &dir, "off", &providers)?,
+        spawn_gateway(
+            leash,
+            &dir,
+            "on",
+            &format!("{providers}{}", otlp(collector)),
+        )?,
+        spawn_gateway(
+            leash,
+            &dir,
+            "collector_down",
+            &format!("{providers}{}", otlp(down)),
+        )?,
     ];
     let mut runs: Vec<Vec<Value>> = vec![Vec::new(); VARIANTS.len()];
     for round in 0..rounds {

@@ -13,10 +13,10 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::{
-    LOADGEN_CPU, Proc, SERVER_CPU, bench_tool, build_release, f, free_port, lean_upstream, median,
-    pinned, wait_port, write_section,
+    LOADGEN_CPU, SERVER_CPU, bench_tool, build_release, f, lean_upstream, median, spawn_gateway,
+    write_section,
 };
-use crate::{root, target_dir};
+use crate::target_dir;
 
 const BEGIN: &str =
     "<!-- translate-bench:begin (written by `cargo xtask bench-translate`; do not edit) -->";
@@ -37,13 +37,7 @@ pub fn bench_translate(quick: bool) -> Result<()> {
 
 /// Writes `bench/translate.json` and BENCHMARKS.md's section.
 pub fn save(results: &Value) -> Result<()> {
-    let out = root().join("bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(
-        out.join("translate.json"),
-        serde_json::to_string_pretty(results)?,
-    )?;
-    render(results)
+    super::save_results("translate.json", results, render)
 }
 
 /// The measurement itself (also part of `cargo xtask bench`), with the
@@ -54,23 +48,12 @@ pub fn measure(leash: &std::path::Path, tool: &std::path::Path, quick: bool) -> 
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let (_upstream, up) = lean_upstream(tool, &dir, "upstream.log", &[])?;
-    let config = dir.join("leash.yaml");
-    std::fs::write(
-        &config,
-        format!("providers:\n  anthropic: {{ upstream: \"http://127.0.0.1:{up}\" }}\n"),
+    let (_gateway, port) = spawn_gateway(
+        leash,
+        &dir,
+        "leash",
+        &format!("providers:\n  anthropic: {{ upstream: \"http://127.0.0.1:{up}\" }}\n"),
     )?;
-    let port = free_port()?;
-    let _gateway = Proc::spawn(
-        pinned(SERVER_CPU, leash)
-            .args(["--log-level", "warn", "gateway", "--config"])
-            .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{}", free_port()?)])
-            .arg("--audit-dir")
-            .arg(dir.join("audit")),
-        &dir.join("leash.log"),
-    )?;
-    wait_port(port, "leash")?;
     let paths = [
         ("native", "/v1/anthropic/v1/messages", NATIVE),
         ("unified", "/v1/chat/completions", UNIFIED),
