@@ -9,6 +9,7 @@ mod export;
 mod intercept;
 mod keys;
 mod policy;
+mod replay;
 mod show;
 
 use std::path::PathBuf;

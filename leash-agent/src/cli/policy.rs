@@ -32,6 +32,28 @@ pub enum PolicyCommand {
         #[arg(long, default_value = "/chat/completions")]
         endpoint: String,
     },
+    /// What a candidate policy would have done to the recorded traffic,
+    /// against what the live policy did: requests newly blocked,
+    /// redacted or allowed, per rule and team, with example record ids.
+    /// Records with redacted captured content are decided on it; the
+    /// others on their metadata.
+    Replay {
+        /// The candidate policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// The Leash config (its audit dir, providers, capture dir).
+        #[arg(short, long, env = "LEASH_CONFIG")]
+        config: Option<PathBuf>,
+        /// The audit trail's directory, overriding `audit.dir`.
+        #[arg(long, value_name = "DIR")]
+        audit_dir: Option<PathBuf>,
+        /// Only records this recent (`7d`, `24h`) or since this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn command(cmd: PolicyCommand) -> anyhow::Result<()> {
@@ -60,5 +82,18 @@ pub fn command(cmd: PolicyCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&decision)?);
             Ok(())
         }
+        PolicyCommand::Replay {
+            policy,
+            config,
+            audit_dir,
+            since,
+            json,
+        } => super::replay::replay(
+            &policy,
+            config.as_deref(),
+            audit_dir,
+            since.as_deref(),
+            json,
+        ),
     }
 }

@@ -195,12 +195,21 @@ impl Policy {
         endpoint: &str,
         body: &[u8],
     ) -> Result<Decision, TestError> {
-        let mut ex = Exchange::new(
-            Mode::Gateway,
-            provider,
-            Caller::default(),
-            endpoint.to_owned(),
-        );
+        self.decide_request(
+            Exchange::new(
+                Mode::Gateway,
+                provider,
+                Caller::default(),
+                endpoint.to_owned(),
+            ),
+            body,
+        )
+    }
+
+    /// The decision for a request of exchange `ex` (its provider, caller
+    /// and endpoint) with `body`: what `test` and `leash policy replay`
+    /// show.
+    pub fn decide_request(&self, mut ex: Exchange, body: &[u8]) -> Result<Decision, TestError> {
         let mut head = http::Request::new(()).into_parts().0;
         head.headers.insert(
             http::header::CONTENT_TYPE,
@@ -209,7 +218,7 @@ impl Policy {
         let mut req = ProxyRequest {
             head,
             body: Bytes::copy_from_slice(body),
-            upstream_path: endpoint.to_owned(),
+            upstream_path: ex.endpoint.clone(),
         };
         identify::identify(&mut ex, &req);
         match self.inspect(&ex, &mut req) {

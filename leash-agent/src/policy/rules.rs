@@ -126,6 +126,14 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// This policy, taking redaction markers in a text as matches of their
+    /// detectors (`leash policy replay` over redacted content).
+    #[must_use]
+    pub fn recognising_markers(mut self) -> Self {
+        self.detectors.recognise_markers();
+        self
+    }
+
     /// Every detector the policy knows (built-in and its own).
     pub fn detectors(&self) -> &Detectors {
         &self.detectors

@@ -53,6 +53,9 @@ pub struct Detectors {
     list: Vec<Detector>,
     /// Pattern `i` is detector `i`'s pattern or its needles.
     set: RegexSet,
+    /// `[REDACTED:<name>]` counts as a match of detector `name` (replaying
+    /// captured content, where each match was replaced by its marker).
+    markers: bool,
 }
 
 /// The personal-data and prompt-injection detectors: (name, pattern,
@@ -187,7 +190,34 @@ impl Detectors {
             });
         }
         let set = index(&list)?;
-        Ok(Self { list, set })
+        Ok(Self {
+            list,
+            set,
+            markers: false,
+        })
+    }
+
+    /// Takes redaction markers (`[REDACTED:<name>]`) as matches of their
+    /// detector: for replaying redacted content, never for live traffic
+    /// (a client could write the marker).
+    pub fn recognise_markers(&mut self) {
+        self.markers = true;
+    }
+
+    /// The markers in `text` as findings of their detectors.
+    fn markers(&self, text: &str, out: &mut Vec<Finding>) {
+        const OPEN: &str = "[REDACTED:";
+        for start in memchr::memmem::find_iter(text.as_bytes(), OPEN) {
+            let rest = &text[start + OPEN.len()..];
+            let Some(len) = rest.find(']') else { continue };
+            if let Some(detector) = self.list.iter().position(|d| d.name == rest[..len]) {
+                out.push(Finding {
+                    detector,
+                    start,
+                    end: start + OPEN.len() + len + 1,
+                });
+            }
+        }
     }
 
     pub fn get(&self, i: usize) -> &Detector {
@@ -223,6 +253,9 @@ impl Detectors {
     /// that also look like a phone number) is dropped.
     pub fn scan(&self, text: &str, out: &mut Vec<Finding>) {
         let first = out.len();
+        if self.markers {
+            self.markers(text, out);
+        }
         for i in &self.set.matches(text) {
             let d = &self.list[i];
             for m in d.regex.captures_iter(text) {
@@ -316,6 +349,24 @@ fn index(list: &[Detector]) -> Result<RegexSet, DetectorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn markers_count_only_when_asked() {
+        let text = "mail [REDACTED:email] and [REDACTED:nope] and [REDACTED:email";
+        let mut d = Detectors::new(&[]).unwrap();
+        let mut f = Vec::new();
+        d.scan(text, &mut f);
+        assert!(f.is_empty(), "live traffic: a marker is just text");
+        d.recognise_markers();
+        d.scan(text, &mut f);
+        assert_eq!(
+            f.len(),
+            1,
+            "an unknown detector or an open marker is not one"
+        );
+        assert_eq!(d.get(f[0].detector).name, "email");
+        assert_eq!(&text[f[0].start..f[0].end], "[REDACTED:email]");
+    }
 
     fn names(text: &str) -> Vec<String> {
         let d = Detectors::new(&[]).unwrap();
