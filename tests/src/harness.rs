@@ -134,6 +134,22 @@ pub fn openai_chat_in_trace(base: &str, trace: &str, span: &str) {
     assert_success("openai SDK with a traceparent", &out);
 }
 
+/// `age-keygen -o FILE`: the identity file and its public key.
+pub fn age_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let file = dir.join(name);
+    let out = run(std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&file));
+    assert_success("age-keygen", &out);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let public = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .unwrap()
+        .to_owned();
+    (file, public)
+}
+
 /// Panics with both output streams unless the command succeeded.
 pub fn assert_success(what: &str, out: &Output) {
     assert!(

@@ -20,7 +20,7 @@ use std::{
 
 use leash_tests::{
     gateway::Leash,
-    harness::{assert_success, leash_command, mock_providers_yaml, run, run_python},
+    harness::{age_keygen, assert_success, leash_command, mock_providers_yaml, run, run_python},
     http::post_json,
     mock::MockProvider,
 };
@@ -205,22 +205,6 @@ fn redacted_content_holds_each_conversation_and_no_raw_secret() {
     assert_success("leash audit verify", &out);
 }
 
-/// `age-keygen -o FILE`: the identity file and its public key.
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
-    let file = dir.join(name);
-    let out = run(std::process::Command::new("age-keygen")
-        .arg("-o")
-        .arg(&file));
-    assert_success("age-keygen", &out);
-    let text = std::fs::read_to_string(&file).unwrap();
-    let public = text
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .unwrap()
-        .to_owned();
-    (file, public)
-}
-
 fn show(leash: &Leash, id: &str, args: &[&str]) -> std::process::Output {
     run(leash_command()
         .args(["audit", "show", id, "--content", "--config"])
@@ -235,8 +219,8 @@ fn show(leash: &Leash, id: &str, args: &[&str]) -> std::process::Output {
 #[test]
 fn sealed_content_is_unreadable_on_the_host_and_opens_with_the_identity() {
     let keys = tempfile::tempdir().unwrap();
-    let (identity, public) = keygen(keys.path(), "auditor.txt");
-    let (other, _) = keygen(keys.path(), "other.txt");
+    let (identity, public) = age_keygen(keys.path(), "auditor.txt");
+    let (other, _) = age_keygen(keys.path(), "other.txt");
     let mock = MockProvider::start();
     let leash = start(
         &mock,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use leash_tests::{
     gateway::{Leash, leash_command},
-    harness::{assert_success, mock_providers_yaml, run},
+    harness::{age_keygen, assert_success, mock_providers_yaml, run},
     http::http_request,
     mock::MockProvider,
 };
@@ -35,6 +35,11 @@ const TRAFFIC: [(&str, &str); 6] = [
 
 /// A gateway enforcing `policy`, capturing every exchange redacted.
 fn start(mock: &MockProvider, policy: &str) -> Leash {
+    start_capturing(mock, policy, "default: redacted")
+}
+
+/// A gateway enforcing `policy`, capturing as `capture` (YAML) says.
+fn start_capturing(mock: &MockProvider, policy: &str, capture: &str) -> Leash {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
     std::fs::write(dir.path().join("candidate.yaml"), CANDIDATE).unwrap();
@@ -42,7 +47,7 @@ fn start(mock: &MockProvider, policy: &str) -> Leash {
     Leash::start_in(
         dir,
         &format!(
-            "{}policy: {{ file: policy.yaml }}\nteams:\n  - {{ name: staff, header: true }}\n  - {{ name: interns, header: true }}\ncapture:\n  default: redacted\n",
+            "{}policy: {{ file: policy.yaml }}\nteams:\n  - {{ name: staff, header: true }}\n  - {{ name: interns, header: true }}\ncapture:\n  {capture}\n",
             mock_providers_yaml(mock)
         ),
     )
@@ -76,13 +81,21 @@ fn send(leash: &Leash) -> BTreeMap<String, u64> {
 
 /// `leash policy replay --policy <file> --json` over `leash`'s trail.
 fn replay(leash: &Leash, file: &str) -> Value {
+    replay_with(leash, file, &[])
+}
+
+/// As [`replay`], with more arguments.
+fn replay_with(leash: &Leash, file: &str, args: &[&str]) -> Value {
     let out = run(leash_command()
         .args(["policy", "replay", "--json", "--policy"])
         .arg(leash.dir.path().join(file))
         .arg("--config")
         .arg(leash.dir.path().join("leash.yaml"))
         .arg("--audit-dir")
-        .arg(&leash.audit_dir));
+        .arg(&leash.audit_dir)
+        .arg("--admin-listen")
+        .arg(leash.admin.to_string())
+        .args(args));
     assert_success("leash policy replay", &out);
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -121,4 +134,39 @@ fn replay_predicts_what_enforcing_the_candidate_does() {
     let same = replay(&live, "live.yaml");
     assert_eq!(same["changes"], serde_json::json!([]), "{same}");
     assert_eq!(counts(&same["candidate"]), live_counts);
+}
+
+/// Sealed content: without an identity the candidate decides on metadata
+/// only (the secret is not seen); with an auditor's identity it decides on
+/// the exact bytes, matches enforcement, and every read is in the trail.
+#[test]
+fn sealed_content_is_replayed_with_an_auditors_identity() {
+    let mock = MockProvider::start();
+    let keys = tempfile::tempdir().unwrap();
+    let (identity, public) = age_keygen(keys.path(), "auditor.txt");
+    let capture = format!("default: sealed\n  recipients: [\"{public}\"]");
+    let live = start_capturing(&mock, LIVE, &capture);
+    send(&live);
+    let blind = replay(&live, "candidate.yaml");
+    assert_eq!(blind["metadata_only"], TRAFFIC.len() as u64, "{blind}");
+    let opened = replay_with(
+        &live,
+        "candidate.yaml",
+        &["--identity", identity.to_str().unwrap()],
+    );
+    assert_eq!(opened["with_content"], TRAFFIC.len() as u64, "{opened}");
+    let enforced = start_capturing(&mock, CANDIDATE, &capture);
+    let enforced = send(&enforced);
+    assert_eq!(counts(&opened["candidate"]), enforced, "{opened}");
+    assert_ne!(
+        counts(&blind["candidate"]),
+        enforced,
+        "metadata alone cannot see the secret"
+    );
+    let reads = live
+        .audit_records()
+        .iter()
+        .filter(|r| r["event"] == "content_read")
+        .count();
+    assert_eq!(reads, TRAFFIC.len(), "every sealed read is recorded");
 }

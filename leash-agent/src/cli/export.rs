@@ -173,7 +173,7 @@ pub fn export_content(
                 "sealed_age_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
             }),
             Ok((_, bytes)) => {
-                super::show::record_read(config, id)?;
+                super::show::record_read(config, id, "leash audit export")?;
                 serde_json::json!({"record": id, "content": serde_json::from_slice::<Value>(&bytes)?})
             }
             Err(e) => serde_json::json!({"record": id, "missing": e.to_string()}),

@@ -47,9 +47,18 @@ pub enum PolicyCommand {
         /// The audit trail's directory, overriding `audit.dir`.
         #[arg(long, value_name = "DIR")]
         audit_dir: Option<PathBuf>,
+        /// The admin listener of the leash that records sealed reads,
+        /// overriding `admin.listen`.
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<String>,
         /// Only records this recent (`7d`, `24h`) or since this RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
+        /// An age identity (`age-keygen` output) of a capture recipient:
+        /// sealed content is opened and decided on exactly (each read
+        /// recorded in the audit trail by the running leash first).
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
         /// One JSON document instead of text.
         #[arg(long)]
         json: bool,
@@ -86,13 +95,20 @@ pub fn command(cmd: PolicyCommand) -> anyhow::Result<()> {
             policy,
             config,
             audit_dir,
+            admin_listen,
             since,
+            identity,
             json,
         } => super::replay::replay(
             &policy,
             config.as_deref(),
-            audit_dir,
+            &Overrides {
+                admin_listen,
+                audit_dir,
+                ..Overrides::reading()
+            },
             since.as_deref(),
+            identity.as_deref(),
             json,
         ),
     }

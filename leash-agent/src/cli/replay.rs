@@ -4,16 +4,15 @@
 //! Every request record is decided again with the candidate: with its
 //! captured content when capture kept it redacted (each
 //! `[REDACTED:<detector>]` marker counts as that detector's match, so
-//! detector rules decide as they did on the original text), else on its
-//! metadata alone (provider, endpoint, model, team, caller) — content rules
-//! cannot match there, and the report says how many records were decided
-//! each way. Nothing is sent anywhere; no content is printed (record ids
-//! name the examples).
+//! detector rules decide as they did on the original text) or sealed and
+//! an auditor's identity is given (the exact bytes; each read recorded in
+//! the audit trail by the running leash first, as `leash audit show`
+//! does), else on its metadata alone (provider, endpoint, model, team,
+//! caller) — content rules cannot match there, and the report says how
+//! many records were decided each way. Nothing is sent anywhere; no
+//! content is printed (record ids name the examples).
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
@@ -52,9 +51,29 @@ struct Report {
 
 /// The request body the candidate decides on, and whether it is the
 /// captured content.
-fn body_of(record: &Value, capture_dir: &Path) -> Result<(Vec<u8>, bool), String> {
-    if crate::capture::store::class_of(record).ok() == Some(CaptureClass::Redacted) {
-        let (_, bytes) = crate::capture::store::read_checked(capture_dir, record)
+fn body_of(
+    config: &Config,
+    record: &Value,
+    identity: Option<&Path>,
+) -> Result<(Vec<u8>, bool), String> {
+    let class = crate::capture::store::class_of(record).ok();
+    if class == Some(CaptureClass::Sealed)
+        && let Some(identity) = identity
+    {
+        let (_, sealed) = crate::capture::store::read_checked(&config.capture.dir, record)
+            .map_err(|e| format!("content: {e}"))?;
+        let id = record["id"].as_str().unwrap_or_default();
+        super::show::record_read(config, id, "leash policy replay")
+            .map_err(|e| format!("{e:#}"))?;
+        let plain = crate::capture::content::unseal(&sealed, identity)
+            .map_err(|e| format!("content: {e}"))?;
+        let doc: Value = serde_json::from_slice(&plain).map_err(|e| format!("content: {e}"))?;
+        return crate::capture::content::exact_part(&doc, "request")
+            .map(|b| (b, true))
+            .ok_or_else(|| "content: no request body".to_owned());
+    }
+    if class == Some(CaptureClass::Redacted) {
+        let (_, bytes) = crate::capture::store::read_checked(&config.capture.dir, record)
             .map_err(|e| format!("content: {e}"))?;
         let doc: Value = serde_json::from_slice(&bytes).map_err(|e| format!("content: {e}"))?;
         let body = &doc["request"]["body"];
@@ -72,7 +91,13 @@ fn body_of(record: &Value, capture_dir: &Path) -> Result<(Vec<u8>, bool), String
 }
 
 impl Report {
-    fn add(&mut self, config: &Config, candidate: &Policy, record: &Value) {
+    fn add(
+        &mut self,
+        config: &Config,
+        candidate: &Policy,
+        record: &Value,
+        identity: Option<&Path>,
+    ) {
         let Some(provider) = record["provider"]
             .as_str()
             .and_then(|p| config.providers.get(p))
@@ -80,7 +105,7 @@ impl Report {
             *self.skipped.entry("unknown provider".into()).or_default() += 1;
             return;
         };
-        let (body, content) = match body_of(record, &config.capture.dir) {
+        let (body, content) = match body_of(config, record, identity) {
             Ok(b) => b,
             Err(why) => {
                 *self.skipped.entry(why).or_default() += 1;
@@ -172,15 +197,12 @@ impl Report {
 pub fn replay(
     candidate: &Path,
     config: Option<&Path>,
-    audit_dir: Option<PathBuf>,
+    overrides: &Overrides,
     since: Option<&str>,
+    identity: Option<&Path>,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    let overrides = Overrides {
-        audit_dir,
-        ..Overrides::reading()
-    };
-    let config = Config::load(config, &overrides)?;
+    let config = Config::load(config, overrides)?;
     let policy = Policy::load(candidate)?.recognising_markers();
     let filter = crate::audit::read::Filter {
         since: since.map(crate::audit::read::parse_since).transpose()?,
@@ -191,7 +213,7 @@ pub fn replay(
         if let Ok(record) = serde_json::from_slice::<Value>(line)
             && filter.matches(&record)
         {
-            report.add(&config, &policy, &record);
+            report.add(&config, &policy, &record, identity);
         }
         true
     })

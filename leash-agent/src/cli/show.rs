@@ -58,25 +58,26 @@ fn find(dir: &std::path::Path, id: &str) -> anyhow::Result<Value> {
         .with_context(|| format!("no record `{id}` in {}", dir.display()))
 }
 
-/// Who is reading: the user and host this command runs as.
-fn reader() -> String {
+/// Who is reading: the user this command runs as, and the command.
+fn reader(via: &str) -> String {
     let uid = rustix::process::getuid().as_raw();
     let user = std::env::var("SUDO_USER")
         .ok()
         .map(|u| format!(" (sudo from {u})"))
         .unwrap_or_default();
-    format!("uid {uid}{user} via leash audit show")
+    format!("uid {uid}{user} via {via}")
 }
 
-/// Asks the running leash to record the read; an error when it cannot.
-pub(super) fn record_read(config: &Config, id: &str) -> anyhow::Result<()> {
+/// Asks the running leash to record the read (by the command `via`); an
+/// error when it cannot.
+pub(super) fn record_read(config: &Config, id: &str, via: &str) -> anyhow::Result<()> {
     let token = config.admin.token.load().with_context(|| {
         format!(
             "reading the admin token {}",
             config.admin.token.path.display()
         )
     })?;
-    let body = serde_json::json!({"record": id, "reader": reader()}).to_string();
+    let body = serde_json::json!({"record": id, "reader": reader(via)}).to_string();
     let addr = config.admin.listen;
     let request = format!(
         "POST /api/audit/content-read HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -130,7 +131,8 @@ fn show_fleet(args: &ShowArgs, url: &str) -> anyhow::Result<()> {
             }
             _ => stored,
         };
-        crate::collector::store::record_read(&client, &args.id, &reader()).await?;
+        crate::collector::store::record_read(&client, &args.id, &reader("leash audit show"))
+            .await?;
         print_content(args, &record, class, &plain)
     })
 }
@@ -173,7 +175,7 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<()> {
         (Some(identity), CaptureClass::Sealed) => content::unseal(&stored, identity)?,
         _ => stored,
     };
-    record_read(&config, &args.id)?;
+    record_read(&config, &args.id, "leash audit show")?;
     print_content(args, &record, class, &plain)
 }
 
