@@ -64,6 +64,12 @@ await withConsole(base, async (page, out, { cells, open }) => {
   await page.click("#playground button");
   await page.waitForFunction(() => document.querySelector("#playground-result").textContent.includes("action"));
   out.playground = JSON.parse(await page.textContent("#playground-result"));
+  // Replay a candidate that blocks the research team.
+  await page.fill("#replay textarea", "version: 1\nrules:\n  - { name: no-research, match: { team: [research] }, action: block }\n");
+  await page.click("#replay button");
+  await page.waitForFunction(() => document.querySelector("#replay-summary").textContent.startsWith("Replayed"));
+  out.replay_summary = await page.textContent("#replay-summary");
+  out.replay_rows = await cells("#replay-changes tbody tr");
   await page.screenshot({ path: `${shots}/policy.png`, fullPage: true });
 
   await open("interception");

@@ -432,6 +432,41 @@ fn check_trace_view(seen: &Value, record: &Value) {
     assert_eq!(seen["trace_rows"].as_array().unwrap().len(), 1);
 }
 
+/// The replay panel: a candidate blocking the research team shows, per
+/// change, the counts the records imply (live action → block for the
+/// team's requests, → allow for the others the live policy acted on).
+fn check_replay_panel(seen: &Value, records: &[Value]) {
+    let mut want: std::collections::BTreeMap<(String, String), u64> =
+        std::collections::BTreeMap::new();
+    for r in records.iter().filter(|r| r["event"].is_null()) {
+        let live = r["policy"]["action"].as_str().unwrap_or("allow").to_owned();
+        let candidate = if r["caller"]["team"] == "research" {
+            "block"
+        } else {
+            "allow"
+        };
+        if live != candidate {
+            *want.entry((live, candidate.to_owned())).or_default() += 1;
+        }
+    }
+    let shown: std::collections::BTreeMap<(String, String), u64> = seen["replay_rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                (
+                    row[0].as_str().unwrap().to_owned(),
+                    row[1].as_str().unwrap().to_owned(),
+                ),
+                row[2].as_str().unwrap().replace(',', "").parse().unwrap(),
+            )
+        })
+        .collect();
+    assert!(want.values().sum::<u64>() > 0);
+    assert_eq!(shown, want, "{}", seen["replay_summary"]);
+}
+
 /// Every page in headless Chromium against a gateway that served real SDK
 /// traffic: what the pages show is what the audit records say. Screenshots
 /// go to `target/console-screenshots/` (the README's).
@@ -471,6 +506,7 @@ fn console_pages_in_a_real_browser() {
     let after = seen["live_after"].as_array().unwrap();
     assert_eq!(after.len(), records.len() + 1);
     let records = leash.wait_records(records.len() + 1);
+    check_replay_panel(&seen, &records);
     assert_eq!(after[0][2], "openai");
     assert_eq!(after[0][5], records.last().unwrap()["caller"]["addr"]);
     // Spend: the totals of the records.

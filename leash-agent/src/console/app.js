@@ -248,6 +248,8 @@ async function refreshPolicy() {
         el("td", {}, r.direction), el("td", {}, r.detectors.join(", ")), el("td", {}, r.shadow ? "yes" : ""))));
   }
   document.getElementById("policy-yaml").textContent = p.yaml || "";
+  const candidate = document.getElementById("replay").candidate;
+  if (!candidate.value) candidate.value = p.yaml || "version: 1\nrules: []\n";
   const editor = document.getElementById("policy-editor");
   editor.hidden = !p.editable;
   document.getElementById("policy-yaml").hidden = p.editable;
@@ -258,6 +260,31 @@ async function refreshPolicy() {
   table(document.getElementById("policy-history"), [["time"], ["trigger"], ["result"]],
     (p.history || []).map((h) => el("tr", {}, el("td", {}, h.ts), el("td", {}, h.trigger),
       el("td", { class: h.ok ? "" : "block" }, h.ok ? "loaded" : "refused: " + h.error))));
+}
+
+// Replay: the candidate against the recorded traffic, changes per rule
+// and team with example record ids.
+async function runReplay(ev) {
+  ev.preventDefault();
+  const f = new FormData(ev.target);
+  const summary = document.getElementById("replay-summary");
+  const changes = document.getElementById("replay-changes");
+  summary.textContent = "replaying…";
+  try {
+    const r = await api("/api/policy/replay?since=" + encodeURIComponent(f.get("since") || ""), {
+      method: "POST", headers: { "content-type": "application/yaml" }, body: f.get("candidate") });
+    summary.textContent = `Replayed ${num(r.records)} requests (${num(r.with_content)} with captured content, ${num(r.metadata_only)} on metadata only)` +
+      (r.truncated ? " — only the first ones: narrow the window" : "") +
+      (r.changes.length ? "." : ": no request would be treated differently.");
+    const kv = (o) => Object.entries(o || {}).map(([k, v]) => `${k} (${v})`).join(", ");
+    table(changes, [["live"], ["candidate"], ["requests", "num"], ["rules"], ["teams"], ["examples"]],
+      r.changes.map((c) => el("tr", {}, el("td", { class: c.from }, c.from), el("td", { class: c.to }, c.to),
+        el("td", { class: "num" }, num(c.count)), el("td", {}, kv(c.rules)), el("td", {}, kv(c.teams)),
+        el("td", {}, c.examples.join(" ")))));
+  } catch (e) {
+    summary.textContent = "not replayed: " + e.message;
+    changes.replaceChildren();
+  }
 }
 
 async function savePolicy(ev) {
@@ -341,5 +368,6 @@ window.addEventListener("hashchange", () => show(location.hash.slice(1)));
 document.getElementById("filters").addEventListener("input", () => refreshLive().catch(() => {}));
 document.getElementById("playground").addEventListener("submit", runPlayground);
 document.getElementById("policy-editor").addEventListener("submit", savePolicy);
+document.getElementById("replay").addEventListener("submit", runReplay);
 show(location.hash.slice(1));
 follow();

@@ -11,6 +11,7 @@ pub mod auth;
 mod content;
 mod keys;
 mod queries;
+mod replay;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -315,7 +316,11 @@ impl Console {
         }
         let heavy = matches!(
             path,
-            "/api/records" | "/api/spend" | "/api/violations" | "/api/interception"
+            "/api/records"
+                | "/api/spend"
+                | "/api/violations"
+                | "/api/interception"
+                | "/api/policy/replay"
         ) || (path.starts_with("/api/records/") && path.ends_with("/content"));
         let _permits = if heavy {
             // A short queue, then 429: never an unbounded wait.
@@ -348,6 +353,7 @@ impl Console {
             ("GET", "/api/violations") => self.violations().await,
             ("GET", "/api/policy") => self.policy(),
             ("POST", "/api/policy/test") => self.playground(body),
+            ("POST", "/api/policy/replay") => self.replay(body, query).await,
             ("PUT", "/api/policy") => self.save_policy(body),
             ("GET", "/api/keys") | ("POST", "/api/audit/content-read") => {
                 self.keys_and_content(method, path, body).await

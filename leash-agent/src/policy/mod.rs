@@ -13,6 +13,7 @@ pub mod detect;
 pub mod document;
 mod file;
 mod handle;
+pub mod replay;
 mod request;
 mod response;
 mod rules;
