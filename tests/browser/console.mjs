@@ -19,6 +19,8 @@ await withConsole(base, async (page, out, { cells, open }) => {
   out.live = await cells("#live-table tbody tr");
   await page.click("#live-table tbody tr");
   out.record = JSON.parse(await page.textContent("#record"));
+  out.card = await page.textContent("#record-card");
+  out.raw_open = await page.evaluate(() => document.getElementById("record-raw").open);
   // The record's trace: its id, the tracing UI's link (admin.trace_url),
   // and the records of that trace alone.
   out.trace_text = await page.textContent("#record-trace");

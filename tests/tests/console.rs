@@ -419,6 +419,20 @@ fn browse(leash: &Leash) -> (Value, std::path::PathBuf) {
 /// The record view's trace: shown, linked to the tracing UI
 /// (`admin.trace_url`), and its records alone on request.
 fn check_trace_view(seen: &Value, record: &Value) {
+    // The card says who, what and the outcome in words; the raw JSON is
+    // behind a click.
+    let card = seen["card"].as_str().unwrap();
+    for field in ["provider", "model", "endpoint"] {
+        assert!(
+            card.contains(record[field].as_str().unwrap()),
+            "{field} not in the card: {card}"
+        );
+    }
+    assert!(
+        card.contains(record["policy"]["action"].as_str().unwrap_or("allow")),
+        "{card}"
+    );
+    assert_eq!(seen["raw_open"], false, "the raw JSON starts folded");
     let trace = record["trace_id"].as_str().unwrap();
     assert!(
         seen["trace_text"].as_str().unwrap().contains(trace),

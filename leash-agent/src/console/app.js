@@ -132,13 +132,40 @@ function recordRow(r) {
     el("td", { class: "num" }, r.cost_usd != null ? usd6(r.cost_usd) : ""),
     el("td", { class: "num" }, r.latency_ms != null ? num(r.latency_ms, 1) : ""));
   tr.addEventListener("click", () => {
-    const pre = document.getElementById("record");
-    pre.hidden = false;
-    pre.textContent = JSON.stringify(r, null, 2);
+    document.getElementById("record").textContent = JSON.stringify(r, null, 2);
+    document.getElementById("record-raw").hidden = false;
+    showCard(r);
     showTrace(r);
     showContentButton(r);
   });
   return tr;
+}
+
+// A record as a readable card: who, what, the policy's outcome, usage
+// and cost, timings. The raw JSON is one click away (details below).
+function showCard(r) {
+  const c = r.caller || {};
+  const p = r.policy || {};
+  const u = r.usage;
+  const section = (title, rows) => el("section", {}, el("h3", {}, title),
+    el("dl", {}, ...rows.filter(([, v]) => v !== undefined && v !== null && v !== "")
+      .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])));
+  const card = document.getElementById("record-card");
+  card.hidden = false;
+  card.replaceChildren(
+    section("Who", [["team", c.team], ["process", c.exe || c.comm], ["pid", c.pid], ["user", c.user ?? c.uid],
+      ["container", c.container], ["cgroup", c.cgroup], ["address", c.addr], ["key", r.key_id], ["mode", r.mode]]),
+    section("What", [["provider", r.provider], ["model", r.model], ["endpoint", r.endpoint], ["stream", r.stream ? "yes" : "no"],
+      ["route", r.unified && r.unified.route], ["time", (r.ts || "").replace("T", " ").slice(0, 19)]]),
+    section("Outcome", [["status", r.status ?? "no answer"], ["policy", p.action || "allow"], ["rules", (p.rules || []).join(", ")],
+      ["findings", (p.findings || []).map((f) => `${f.detector} ×${f.count}`).join(", ")], ["shadow", p.shadow ? "yes (not enforced)" : ""],
+      ["error", r.error], ["completed", r.completed ? "yes" : "no"]]),
+    section("Usage and cost", [["tokens in", u ? num(u.input_tokens) : ""], ["tokens out", u ? num(u.output_tokens) : ""],
+      ["cached", u && u.cached_tokens ? num(u.cached_tokens) : ""], ["cost $", r.cost_usd != null ? usd6(r.cost_usd) : "unpriced"],
+      ["estimated", r.usage_estimated ? "yes (stream ended early)" : ""]]),
+    section("Timings", [["total ms", num(r.latency_ms, 1)], ["first byte ms", r.ttfb_ms != null ? num(r.ttfb_ms, 1) : ""],
+      ["in Leash ms", num(r.overhead_ms, 3)]]),
+  );
 }
 
 // The trace of the record shown: its id, a link to the tracing UI
