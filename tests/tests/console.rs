@@ -593,3 +593,32 @@ fn console_pages_in_a_real_browser() {
         assert!(shots.join(format!("{page}.png")).exists());
     }
 }
+
+/// A fresh install's live page says what to do next (the gateway's base
+/// URL, `leash run`, `leash ca install`) instead of an empty table; once a
+/// request went through, the rows show and the hint is gone (the control).
+#[test]
+fn a_fresh_console_says_what_to_do_next() {
+    let (_mock, leash) = start_with_policy("");
+    let look = || {
+        leash_tests::browser::run_script(
+            "empty.mjs",
+            &format!("http://{}", leash.admin),
+            &[
+                &leash_tests::browser::screenshots().display().to_string(),
+                &leash.console_login_url(),
+            ],
+        )
+    };
+    let fresh = look();
+    assert_eq!(fresh["empty_visible"], true, "{fresh}");
+    let text = fresh["empty_text"].as_str().unwrap();
+    for hint in ["OPENAI_BASE_URL", "leash run", "leash ca install"] {
+        assert!(text.contains(hint), "{hint} not in the hint: {text}");
+    }
+    assert_eq!(chat(&leash, "hello"), 200);
+    leash.wait_records(1);
+    let used = look();
+    assert_eq!(used["empty_visible"], false, "{used}");
+    assert_eq!(used["rows"].as_array().unwrap().len(), 1);
+}

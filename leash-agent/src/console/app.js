@@ -63,6 +63,10 @@ function matches(r, q) {
 function renderLive() {
   const tbody = document.querySelector("#live-table tbody");
   tbody.replaceChildren(...seen.map(recordRow));
+  // An empty trail says what to do next; empty filters say so.
+  const filtered = [...filters().keys()].length > 0;
+  document.getElementById("live-empty").hidden = seen.length > 0 || filtered;
+  document.getElementById("live-none").hidden = seen.length > 0 || !filtered;
   document.getElementById("status").textContent = `${seen.length} requests shown · live feed ${liveState}`;
 }
 async function refreshLive() {
