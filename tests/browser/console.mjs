@@ -44,6 +44,20 @@ await withConsole(base, async (page, out, { cells, open }) => {
   await page.screenshot({ path: `${shots}/live.png` });
 
   await open("spend");
+  // The chart: one bar per hour of the last day; each bar's segments add up
+  // to its total; a click lists that hour's breakdown below.
+  await page.waitForFunction(() => document.querySelectorAll("#chart-spend .bar").length === 24);
+  out.chart = await page.$$eval("#chart-spend .bar", (bars) => bars.map((b) => ({
+    start: b.dataset.start,
+    total: Number(b.dataset.total),
+    segments: [...b.querySelectorAll("rect.seg")].reduce((s, r) => s + Number(r.dataset.value), 0),
+    titles: [...b.querySelectorAll("rect.seg title")].map((t) => t.textContent),
+  })));
+  // The latest hour with traffic (the run may straddle an hour).
+  out.chart_clicked = out.chart.map((b) => b.total > 0).lastIndexOf(true);
+  await page.locator("#chart-spend .bar").nth(out.chart_clicked).locator("rect.hit").click({ force: true });
+  await page.waitForFunction(() => document.querySelectorAll("#chart-detail tbody tr").length > 0);
+  out.chart_detail = await cells("#chart-detail tbody tr");
   out.spend = {
     requests: await page.textContent("#total-requests b"),
     tokens: await page.textContent("#total-tokens b"),

@@ -481,6 +481,62 @@ fn check_replay_panel(seen: &Value, records: &[Value]) {
     assert_eq!(shown, want, "{}", seen["replay_summary"]);
 }
 
+/// The spend chart against the API and the records: 24 hourly bars whose
+/// segments add up to their totals, the totals equal `/api/series`, they
+/// sum to the requests on record, and the clicked hour's (the latest with
+/// traffic) breakdown adds up to its bar.
+fn check_chart(leash: &Leash, seen: &Value, records: &[Value]) {
+    let (status, api) = leash.api(
+        "GET",
+        "/api/series?range=day&metric=requests&by=provider",
+        b"",
+    );
+    assert_eq!(status, 200, "{api}");
+    let bars = seen["chart"].as_array().unwrap();
+    let buckets = api["buckets"].as_array().unwrap();
+    assert_eq!(bars.len(), 24);
+    for (bar, bucket) in bars.iter().zip(buckets) {
+        assert_eq!(bar["start"], bucket["start"]);
+        assert_eq!(bar["total"].as_f64(), bucket["total"].as_f64(), "{bar}");
+        assert_eq!(bar["segments"].as_f64(), bar["total"].as_f64(), "{bar}");
+    }
+    let plotted: f64 = bars.iter().map(|b| b["total"].as_f64().unwrap()).sum();
+    let requests = records.iter().filter(|r| r["event"].is_null()).count();
+    #[allow(clippy::cast_precision_loss, reason = "a handful of records")]
+    let requests = requests as f64;
+    assert!(
+        (plotted - requests).abs() < 0.5,
+        "plotted {plotted}, recorded {requests}"
+    );
+    let last = &bars[usize::try_from(seen["chart_clicked"].as_u64().unwrap()).unwrap()];
+    let detail: f64 = seen["chart_detail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row[1]
+                .as_str()
+                .unwrap()
+                .replace(',', "")
+                .parse::<f64>()
+                .unwrap()
+        })
+        .sum();
+    assert!(
+        (detail - last["total"].as_f64().unwrap()).abs() < 0.5,
+        "{}",
+        seen["chart_detail"]
+    );
+    assert!(
+        last["titles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str().unwrap().contains("openai")),
+        "hover titles name the parts: {last}"
+    );
+}
+
 /// Every page in headless Chromium against a gateway that served real SDK
 /// traffic: what the pages show is what the audit records say. Screenshots
 /// go to `target/console-screenshots/` (the README's).
@@ -521,6 +577,7 @@ fn console_pages_in_a_real_browser() {
     assert_eq!(after.len(), records.len() + 1);
     let records = leash.wait_records(records.len() + 1);
     check_replay_panel(&seen, &records);
+    check_chart(&leash, &seen, &records);
     assert_eq!(after[0][2], "openai");
     assert_eq!(after[0][5], records.last().unwrap()["caller"]["addr"]);
     // Spend: the totals of the records.

@@ -12,6 +12,7 @@ mod content;
 mod keys;
 mod queries;
 mod replay;
+mod series;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -318,6 +319,7 @@ impl Console {
             path,
             "/api/records"
                 | "/api/spend"
+                | "/api/series"
                 | "/api/violations"
                 | "/api/interception"
                 | "/api/policy/replay"
@@ -350,6 +352,7 @@ impl Console {
             ),
             ("GET", "/api/records") => self.records(query).await,
             ("GET", "/api/spend") => self.spend(query).await,
+            ("GET", "/api/series") => self.series(query).await,
             ("GET", "/api/violations") => self.violations().await,
             ("GET", "/api/policy") => self.policy(),
             ("POST", "/api/policy/test") => self.playground(body),
