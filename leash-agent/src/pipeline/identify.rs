@@ -37,14 +37,7 @@ fn google_model_and_method(path: &str) -> Option<(&str, &str)> {
 }
 
 pub fn identify(ex: &mut Exchange, req: &ProxyRequest) {
-    let trace = crate::trace::TraceContext::from_headers(&req.head.headers);
-    ex.trace = Some(trace);
-    ex.log = tracing::info_span!(
-        "exchange",
-        request_id = %ex.id,
-        trace_id = %trace.trace_hex(),
-        span_id = %trace.span_hex()
-    );
+    start_trace(ex, &req.head.headers);
     match ex.provider.kind {
         ProviderKind::Google => {
             if let Some((model, method)) = google_model_and_method(&ex.endpoint) {
@@ -64,6 +57,23 @@ pub fn identify(ex: &mut Exchange, req: &ProxyRequest) {
             }
         }
     }
+}
+
+/// Places the exchange in a trace (the client's `traceparent`, or a new
+/// one) and opens its log span — once: as soon as the headers are read,
+/// so an exchange refused before its body is read has them too.
+pub fn start_trace(ex: &mut Exchange, headers: &http::HeaderMap) {
+    if ex.trace.is_some() {
+        return;
+    }
+    let trace = crate::trace::TraceContext::from_headers(headers);
+    ex.trace = Some(trace);
+    ex.log = tracing::info_span!(
+        "exchange",
+        request_id = %ex.id,
+        trace_id = %trace.trace_hex(),
+        span_id = %trace.span_hex()
+    );
 }
 
 #[cfg(test)]

@@ -128,6 +128,7 @@ pub async fn admit<C: Connect + Clone + Send + Sync + 'static>(
 ) -> Response<LeashBody> {
     let query = req.uri().query().map(str::to_owned);
     let (mut head, body) = req.into_parts();
+    identify::start_trace(&mut ex, &head.headers);
     let body = match read_body(&mut head, body, limits, &ex.id).await {
         Ok(body) => body,
         Err(rejection) => return local_response(&mut ex, &rejection),
