@@ -84,8 +84,8 @@ pub struct Exchange {
     /// The name of the credential Leash sent upstream in place of the
     /// client's (never its value).
     pub credential: Option<String>,
-    /// This exchange's span (set by `identify` from the client's
-    /// `traceparent`, or a new trace).
+    /// This exchange's span (set by `identify::start_trace` from the
+    /// client's `traceparent`, or a new trace, once the head is read).
     pub trace: Option<crate::trace::TraceContext>,
     /// The log span of the exchange (`request_id`, `trace_id`, `span_id`):
     /// every line logged while it is entered names the exchange.
