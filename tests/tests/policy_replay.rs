@@ -130,6 +130,20 @@ fn replay_predicts_what_enforcing_the_candidate_does() {
     let enforced = start(&mock, CANDIDATE);
     assert_eq!(send(&enforced), counts(&report["candidate"]), "{report}");
 
+    // The same candidate in shadow mode: the changes are named as shadow
+    // outcomes (nothing a client would see changes).
+    let shadow = CANDIDATE.replace("version: 1\n", "version: 1\nmode: shadow\n");
+    std::fs::write(live.dir.path().join("shadow.yaml"), shadow).unwrap();
+    let shadowed = replay(&live, "shadow.yaml");
+    let changes = shadowed["changes"].as_array().unwrap();
+    assert!(
+        !changes.is_empty()
+            && changes
+                .iter()
+                .all(|c| c["to"].as_str().unwrap().ends_with("(shadow)")),
+        "{shadowed}"
+    );
+
     // Control: the live policy replayed on its own trail changes nothing.
     let same = replay(&live, "live.yaml");
     assert_eq!(same["changes"], serde_json::json!([]), "{same}");

@@ -127,11 +127,23 @@ impl Report {
         } else {
             self.metadata_only += 1;
         }
-        let live = record["policy"]["action"]
-            .as_str()
-            .unwrap_or("allow")
-            .to_owned();
-        let would = decision.action.map_or("allow", |a| a.as_str()).to_owned();
+        // A shadow outcome is named as such: it changes nothing a client
+        // sees, only what the record says would have happened.
+        let label = |action: &str, shadow: bool| {
+            if shadow {
+                format!("{action} (shadow)")
+            } else {
+                action.to_owned()
+            }
+        };
+        let live = label(
+            record["policy"]["action"].as_str().unwrap_or("allow"),
+            record["policy"]["shadow"] == true,
+        );
+        let would = label(
+            decision.action.map_or("allow", |a| a.as_str()),
+            decision.shadow,
+        );
         *self.live.entry(live.clone()).or_default() += 1;
         *self.candidate.entry(would.clone()).or_default() += 1;
         if live != would {
