@@ -4,7 +4,10 @@
 //! `none`): always redacted — every detector's match replaced — whatever
 //! the capture class, and built in the export task, off the data path.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use bytes::Bytes;
 use opentelemetry::KeyValue;
@@ -16,6 +19,39 @@ use crate::{
     provider::ProviderKind,
 };
 
+/// Captured bytes the export queue may hold for content attributes at
+/// once; past it an exchange's content is left out (its span still goes):
+/// memory stays bounded however slow the collector.
+pub const BUDGET: usize = 32 * 1024 * 1024;
+
+/// A share of [`BUDGET`], given back when the content is dropped.
+#[derive(Debug)]
+pub struct Held {
+    bytes: usize,
+    total: Arc<AtomicUsize>,
+}
+
+impl Held {
+    /// `bytes` of the budget `total`, if they fit.
+    pub fn take(total: &Arc<AtomicUsize>, bytes: usize) -> Option<Self> {
+        let before = total.fetch_add(bytes, Ordering::AcqRel);
+        if before + bytes > BUDGET {
+            total.fetch_sub(bytes, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self {
+            bytes,
+            total: Arc::clone(total),
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
 /// What an exchange said, as captured; redacted when exported.
 #[derive(Debug)]
 pub struct Content {
@@ -25,6 +61,8 @@ pub struct Content {
     pub response: Vec<u8>,
     /// The policy in force (its detectors redact); `None`: the built-in ones.
     pub policy: Option<Arc<Policy>>,
+    /// Its share of the queue's content budget.
+    pub held: Held,
 }
 
 /// `{role, parts: [{type: text, content}]}` with the text redacted.
@@ -168,6 +206,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_budget_is_shared_and_given_back() {
+        let total = Arc::new(AtomicUsize::new(0));
+        let big = Held::take(&total, BUDGET - 10);
+        assert!(big.is_some());
+        assert!(Held::take(&total, 11).is_none(), "over the budget");
+        let small = Held::take(&total, 10);
+        assert!(small.is_some());
+        drop((big, small));
+        assert_eq!(total.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
     fn messages_of_each_api_are_redacted() {
         let builtin = Detectors::new(&[]).unwrap_or_else(|_| unreachable!());
         let secret = "AKIAZ7QX3PLM9V2KD4RT";
@@ -194,6 +244,8 @@ mod tests {
                 request: Bytes::from(body.to_string()),
                 response: answer.to_string().into_bytes(),
                 policy: None,
+                held: Held::take(&Arc::new(AtomicUsize::new(0)), 1)
+                    .unwrap_or_else(|| unreachable!()),
             };
             let attrs = c.attributes(&builtin, Some("stop"));
             let all = format!("{attrs:?}");

@@ -48,6 +48,8 @@ pub struct Telemetry {
     sample_ratio: f64,
     /// `content: redacted`.
     content: bool,
+    /// Captured bytes queued for content attributes (`content::BUDGET`).
+    content_held: Arc<std::sync::atomic::AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
@@ -75,6 +77,7 @@ impl Telemetry {
                 queue,
                 sample_ratio: config.sample_ratio,
                 content: config.content,
+                content_held: Arc::default(),
                 metrics,
             }),
             worker,
@@ -138,7 +141,13 @@ impl TelemetryModule {
             return None;
         }
         let captured = ex.ext.get::<crate::capture::content::Captured>()?;
+        // Past the queue's budget the span goes without its content.
+        let held = content::Held::take(
+            &self.telemetry.content_held,
+            captured.request.len() + captured.response.len(),
+        )?;
         Some(content::Content {
+            held,
             kind: ex.provider.kind,
             stream: ex.stream,
             request: captured.request.clone(),
