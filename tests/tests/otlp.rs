@@ -38,6 +38,19 @@ fn telemetry(endpoint: &str, extra: &str) -> String {
     )
 }
 
+/// An HTTP OTLP receiver, the mock providers and a gateway exporting to
+/// the receiver (`telemetry.otlp` options `otlp`, more config `extra`).
+fn gateway_with_otlp(otlp: &str, extra: &str) -> (OtlpReceiver, MockProvider, Leash) {
+    let rx = OtlpReceiver::start("http");
+    let mock = MockProvider::start();
+    let leash = Leash::start(&format!(
+        "{}{}{extra}",
+        mock_providers_yaml(&mock),
+        telemetry(&rx.endpoint(), otlp)
+    ));
+    (rx, mock, leash)
+}
+
 /// The value of the Prometheus sample `series` (name and labels as shown).
 fn sample(metrics: &str, series: &str) -> f64 {
     metrics
@@ -151,14 +164,10 @@ fn check_span(
 
 #[test]
 fn spans_and_metrics_follow_the_genai_conventions_for_every_provider() {
-    let rx = OtlpReceiver::start("http");
-    let mock = MockProvider::start();
-    let policy = "policy:\n  version: 1\n  rules:\n    - { name: no-secrets, match: { detectors: [secrets] }, action: block }\n";
-    let leash = Leash::start(&format!(
-        "{}{}{policy}",
-        mock_providers_yaml(&mock),
-        telemetry(&rx.endpoint(), "")
-    ));
+    let (rx, _mock, leash) = gateway_with_otlp(
+        "",
+        "policy:\n  version: 1\n  rules:\n    - { name: no-secrets, match: { detectors: [secrets] }, action: block }\n",
+    );
     let logs = || leash.logs();
     for (i, case) in CASES.iter().enumerate() {
         let route = case.0.split('-').next().unwrap();
@@ -274,14 +283,8 @@ fn check_blocked(rx: &OtlpReceiver, leash: &Leash) {
 fn a_client_trace_gets_leash_as_a_child_span() {
     const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const CLIENT_SPAN: &str = "00f067aa0ba902b7";
-    let rx = OtlpReceiver::start("http");
-    let mock = MockProvider::start();
     // Even with no new trace sampled, the client's sampled trace is.
-    let leash = Leash::start(&format!(
-        "{}{}",
-        mock_providers_yaml(&mock),
-        telemetry(&rx.endpoint(), ", sample_ratio: 0")
-    ));
+    let (rx, mock, leash) = gateway_with_otlp(", sample_ratio: 0", "");
     openai_chat_in_trace(&leash.base_url("openai"), CLIENT_TRACE, CLIENT_SPAN);
     let record = leash.wait_records(1)[0].clone();
     let span = rx.wait_span(record["span_id"].as_str().unwrap(), || leash.logs());
@@ -490,13 +493,10 @@ fn host_of(provider: &str) -> &'static str {
 /// exchanges content capture keeps (here: the `research` team's).
 #[test]
 fn content_attributes_are_redacted_and_follow_capture() {
-    let rx = OtlpReceiver::start("http");
-    let mock = MockProvider::start();
-    let leash = Leash::start(&format!(
-        "{}teams:\n  - {{ name: research, header: true }}\ncapture:\n  default: none\n  rules:\n    - {{ class: redacted, teams: [research] }}\n{}",
-        mock_providers_yaml(&mock),
-        telemetry(&rx.endpoint(), ", content: redacted")
-    ));
+    let (rx, _mock, leash) = gateway_with_otlp(
+        ", content: redacted",
+        "teams:\n  - { name: research, header: true }\ncapture:\n  default: none\n  rules:\n    - { class: redacted, teams: [research] }\n",
+    );
     let email = "jane.roe@example.com";
     for (i, (case, team)) in [
         ("openai-chat", "research"),

@@ -219,17 +219,17 @@ impl Instruments {
         }
     }
 
-    fn record(&self, f: &Finished, latest: bool) {
-        let attrs = f.common_attributes(latest);
+    /// Records `f` with `attrs` ([`Finished::common_attributes`]).
+    fn record(&self, f: &Finished, attrs: &[KeyValue]) {
         let (total, first) = f.durations();
-        self.duration.record(total, &attrs);
+        self.duration.record(total, attrs);
         if let Some(first) = first {
-            self.first_chunk.record(first, &attrs);
+            self.first_chunk.record(first, attrs);
         }
         let r = &f.record;
         if let Some(u) = r.usage {
             for (kind, n) in [("input", u.input_tokens), ("output", u.output_tokens)] {
-                let mut a = attrs.clone();
+                let mut a = attrs.to_vec();
                 a.push(KeyValue::new("gen_ai.token.type", kind));
                 self.tokens.record(n, &a);
             }
@@ -343,8 +343,9 @@ pub(super) async fn run(
         };
         match message {
             Some(Message::Exchange(f)) => {
-                instruments.record(&f, latest);
-                batch.extend(f.spans(&scope, latest, &builtin));
+                let common = f.common_attributes(latest);
+                instruments.record(&f, &common);
+                batch.extend(f.spans(&scope, common, &builtin));
                 if batch.len() >= config.batch_size {
                     deadline = None;
                     export(&spans, &mut batch, &mut failures, &metrics).await;

@@ -263,12 +263,12 @@ impl Finished {
 
     fn span_attributes(
         &self,
-        latest: bool,
+        common: Vec<KeyValue>,
         builtin: &crate::policy::detect::Detectors,
     ) -> Vec<KeyValue> {
         let r = &self.record;
         let p = &self.params;
-        let mut a = self.common_attributes(latest);
+        let mut a = common;
         let mut put = |k: &'static str, v: Option<Value>| {
             if let Some(v) = v {
                 a.push(KeyValue::new(k, v));
@@ -383,11 +383,12 @@ impl Finished {
     }
 
     /// The exchange's span and its phases' child spans (none when the trace
-    /// is not sampled).
+    /// is not sampled); `common` is [`Finished::common_attributes`], which
+    /// the metrics use too.
     pub fn spans(
         &self,
         scope: &InstrumentationScope,
-        latest: bool,
+        common: Vec<KeyValue>,
         builtin: &crate::policy::detect::Detectors,
     ) -> Vec<SpanData> {
         let Some(trace) = self.trace.filter(|t| t.sampled) else {
@@ -444,7 +445,7 @@ impl Finished {
             SpanKind::Client,
             Cow::Owned(name),
             (self.start, end),
-            self.span_attributes(latest, builtin),
+            self.span_attributes(common, builtin),
             status,
         )];
         // The phases: the request modules (policy), the wait for the

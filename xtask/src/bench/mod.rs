@@ -129,6 +129,19 @@ fn save_results(
     render(results)
 }
 
+/// How far `other`'s median lies from `base`'s, and the noise that
+/// difference must beat to mean anything: the larger round-to-round spread
+/// (max − min) of the two.
+fn difference(base: &[f64], other: &[f64]) -> (f64, f64) {
+    let spread = |xs: &[f64]| {
+        xs.iter().copied().fold(f64::NAN, f64::max) - xs.iter().copied().fold(f64::NAN, f64::min)
+    };
+    (
+        median(other.to_vec()) - median(base.to_vec()),
+        spread(base).max(spread(other)),
+    )
+}
+
 /// CPU of the load generator; contenders and the upstream get the other.
 const LOADGEN_CPU: &str = "0";
 const SERVER_CPU: &str = "1";

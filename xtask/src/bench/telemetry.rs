@@ -13,8 +13,8 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::{
-    LOADGEN_CPU, SERVER_CPU, bench_tool, build_release, cpu_seconds, f, free_port, lean_upstream,
-    median, spawn_gateway, write_section,
+    LOADGEN_CPU, SERVER_CPU, bench_tool, build_release, cpu_seconds, difference, f, free_port,
+    lean_upstream, median, spawn_gateway, write_section,
 };
 use crate::target_dir;
 
@@ -131,11 +131,7 @@ fn rounds_of(r: &Value, variant: &str, field: &str) -> Vec<f64> {
 
 /// "adds X (spread S)" or "inconclusive" when inside the rounds' spread.
 fn compare(r: &Value, base: &str, variant: &str, field: &str, unit: &str) -> String {
-    let spread = |xs: &[f64]| {
-        xs.iter().copied().fold(f64::NAN, f64::max) - xs.iter().copied().fold(f64::NAN, f64::min)
-    };
-    let added = med(r, variant, field) - med(r, base, field);
-    let noise = spread(&rounds_of(r, base, field)).max(spread(&rounds_of(r, variant, field)));
+    let (added, noise) = difference(&rounds_of(r, base, field), &rounds_of(r, variant, field));
     if added.abs() <= noise {
         format!("inconclusive ({added:+.3} {unit}, within the rounds' spread of {noise:.3})")
     } else {

@@ -13,8 +13,8 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::{
-    LOADGEN_CPU, SERVER_CPU, bench_tool, build_release, f, lean_upstream, median, spawn_gateway,
-    write_section,
+    LOADGEN_CPU, SERVER_CPU, bench_tool, build_release, difference, f, lean_upstream,
+    spawn_gateway, write_section,
 };
 use crate::target_dir;
 
@@ -101,9 +101,6 @@ pub fn render(r: &Value) -> Result<()> {
             .map(|v| f(&v["latency"][field]))
             .collect()
     };
-    let spread = |xs: &[f64]| {
-        xs.iter().copied().fold(f64::NAN, f64::max) - xs.iter().copied().fold(f64::NAN, f64::min)
-    };
     let mut md = format!(
         "{BEGIN}\n## What translation adds (unified API vs native)\n\n`cargo xtask bench-translate`: one gateway (release) and the lean upstream answering Anthropic Messages on CPU {SERVER_CPU}, open-loop load at {:.0} req/s on CPU {LOADGEN_CPU}; the same conversation natively (`/v1/anthropic/v1/messages`) and through the unified API (`/v1/chat/completions`, `model: anthropic/claude-sonnet-4-5`, translated both ways); {} rounds of {} s each, alternating. {}.\n\n| | native p50 ms | unified p50 ms | added p50 ms | native p99 ms | unified p99 ms | added p99 ms |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         f(&r["rate"]),
@@ -128,9 +125,7 @@ pub fn render(r: &Value) -> Result<()> {
         );
     }
     for field in ["p50_ms", "p99_ms"] {
-        let (native, unified) = (col("native", field), col("unified", field));
-        let added = median(unified.clone()) - median(native.clone());
-        let noise = spread(&native).max(spread(&unified));
+        let (added, noise) = difference(&col("native", field), &col("unified", field));
         let label = field.trim_end_matches("_ms");
         conclusions.push(if added.abs() <= noise {
             format!(
