@@ -364,6 +364,24 @@ pub struct ContentRead {
     pub reader: String,
 }
 
+/// A change of the policy made from the console (`event: policy_change`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChange {
+    /// Who made it: the console session's opener, or the admin token.
+    pub actor: String,
+    /// What changed, in words ("added rule `x`").
+    pub change: String,
+    /// The policy file.
+    pub file: String,
+    /// The file's SHA-256 before and after (hex).
+    pub before_sha256: String,
+    pub after_sha256: String,
+    /// The file was rewritten without its comments (its layout could not
+    /// be edited in place).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub regenerated: bool,
+}
+
 /// Records that are not a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -379,6 +397,9 @@ pub enum Event {
     Bypassed,
     /// Captured content was read (`content_read` says whose, by whom).
     ContentRead,
+    /// The policy was changed from the console (`policy_change` says what,
+    /// by whom).
+    PolicyChange,
 }
 
 /// Why a provider connection was let through uninspected.
@@ -521,6 +542,9 @@ pub struct AuditRecord {
     /// `event: content_read`: which record's content, read by whom.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_read: Option<ContentRead>,
+    /// `event: policy_change`: what changed in the policy, by whom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_change: Option<PolicyChange>,
 }
 
 impl AuditRecord {
@@ -557,6 +581,7 @@ impl AuditRecord {
             span_id: None,
             content: None,
             content_read: None,
+            policy_change: None,
         }
     }
 }
@@ -613,6 +638,7 @@ mod tests {
             span_id: None,
             content: None,
             content_read: None,
+            policy_change: None,
         };
         let text = serde_json::to_string(&record).unwrap_or_default();
         assert!(text.contains(r#""error":"leash_policy_blocked""#), "{text}");

@@ -187,7 +187,10 @@ fn policy_edits_are_validated_written_and_loaded() {
     assert_eq!(status, 200, "{policy}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), new);
     assert_eq!(policy["active"]["rules"][0]["name"], "no-emails");
-    assert_eq!(policy["history"][0]["trigger"], "console edit");
+    assert_eq!(
+        policy["history"][0]["trigger"],
+        "console: replaced the policy file by admin token"
+    );
     assert_eq!(policy["history"][0]["ok"], true);
     assert_eq!(chat(&leash, "mail bob@example.com"), 403);
     assert!(mock.requests().is_empty());

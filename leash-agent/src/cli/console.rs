@@ -36,14 +36,30 @@ pub fn command(config: Option<&std::path::Path>, overrides: &Overrides) -> anyho
     Ok(())
 }
 
+/// Who runs this command, for the session's changes to be recorded with:
+/// the user `sudo` was run by, else this process's user.
+fn who() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    let me = uzers::get_user_by_uid(uid).map_or_else(
+        || format!("uid {uid}"),
+        |u| u.name().to_string_lossy().into_owned(),
+    );
+    match std::env::var("SUDO_USER") {
+        Ok(user) if !user.is_empty() && user != me => format!("{user} (sudo as {me})"),
+        _ => me,
+    }
+}
+
 /// Asks the admin listener at `addr` for a login code.
 fn login_code(addr: SocketAddr, token: &str) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .with_context(|| format!("no Leash admin listener answers at {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let body = serde_json::json!({ "who": who() }).to_string();
     write!(
         stream,
-        "POST /api/login-code HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST /api/login-code HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;

@@ -342,7 +342,13 @@ async function refreshPolicy() {
     summary.textContent = "No policy is loaded: every request is allowed.";
     document.getElementById("policy-rules").replaceChildren();
   } else {
-    summary.textContent = `Mode ${p.active.mode}; bodies policy cannot read: ${p.active.on_unparseable}; file ${p.file || "(inline in the config)"}`;
+    summary.textContent = `Mode ${p.active.mode}; bodies policy cannot read: ${p.active.on_unparseable}; file ${p.file || "(inline in the config)"}` +
+      (p.editable ? ". Rules are evaluated top to bottom: the first matching block or allow decides." : "");
+  }
+  document.getElementById("rule-add").hidden = true;
+  if (p.fleet || !p.active) {
+    // nothing more to list
+  } else if (!renderRules(p)) {
     table(document.getElementById("policy-rules"), [["rule"], ["action"], ["direction"], ["detectors"], ["shadow"]],
       p.active.rules.map((r) => el("tr", {}, el("td", {}, r.name), el("td", { class: r.action }, r.action),
         el("td", {}, r.direction), el("td", {}, r.detectors.join(", ")), el("td", {}, r.shadow ? "yes" : ""))));
@@ -392,8 +398,8 @@ async function savePolicy(ev) {
   const out = document.getElementById("policy-save-result");
   try {
     await api("/api/policy", { method: "PUT", headers: { "content-type": "application/yaml" }, body: ev.target.yaml.value });
-    out.textContent = "saved and loaded";
     await refreshPolicy();
+    out.textContent = "saved and loaded";
   } catch (e) { out.textContent = "not saved: " + e.message; }
 }
 

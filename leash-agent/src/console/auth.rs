@@ -4,7 +4,7 @@
 //! only under a host name the listener answers to — a web page that
 //! rebinds its own name to 127.0.0.1 gets nothing.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue, header};
 use moka::sync::Cache;
@@ -22,8 +22,10 @@ pub struct Auth {
     token: String,
     /// Host names the listener answers to (lower case, no port).
     hosts: Vec<String>,
-    codes: Cache<String, ()>,
-    sessions: Cache<String, ()>,
+    /// Login codes, and sessions, with who they are for (as the caller
+    /// of `leash console` named itself): changes are recorded with it.
+    codes: Cache<String, Arc<str>>,
+    sessions: Cache<String, Arc<str>>,
 }
 
 /// Why a request may not use the console.
@@ -120,46 +122,57 @@ impl Auth {
         !self.token.is_empty() && bool::from(given.as_bytes().ct_eq(self.token.as_bytes()))
     }
 
-    fn session_ok(&self, headers: &HeaderMap) -> bool {
-        cookie(headers, COOKIE).is_some_and(|s| self.sessions.contains_key(&s))
+    fn session(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+        cookie(headers, COOKIE).and_then(|s| self.sessions.get(&s))
     }
 
     /// Checks a console API request; `changes`: it changes state (a
     /// session must then come with the console's own header, which a
-    /// cross-site form cannot send).
+    /// cross-site form cannot send). Returns who is asking: "admin token",
+    /// or the session's owner.
     pub fn check(
         &self,
         headers: &HeaderMap,
         authority: Option<&str>,
         changes: bool,
-    ) -> Result<(), Denied> {
+    ) -> Result<Arc<str>, Denied> {
         if !self.host_allowed(headers, authority) {
             return Err(Denied::WrongHost);
         }
         if self.bearer_ok(headers) {
-            return Ok(());
+            return Ok(Arc::from("admin token"));
         }
-        if !self.session_ok(headers) {
+        let Some(who) = self.session(headers) else {
             return Err(Denied::Unauthenticated);
-        }
+        };
         if changes && !headers.contains_key("x-leash-console") {
             return Err(Denied::Forged);
         }
-        Ok(())
+        Ok(who)
     }
 
-    /// A one-time login code (for a bearer-authenticated caller).
-    pub fn new_code(&self) -> String {
+    /// A one-time login code (for a bearer-authenticated caller), for the
+    /// session of `who` (at most 64 printable characters are kept).
+    pub fn new_code(&self, who: Option<&str>) -> String {
         let code = random_token();
-        self.codes.insert(code.clone(), ());
+        let who: String = who
+            .unwrap_or("someone")
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(64)
+            .collect();
+        self.codes.insert(
+            code.clone(),
+            Arc::from(format!("{who} (leash console session)")),
+        );
         code
     }
 
     /// Trades a login code for a new session cookie (the code is used up).
     pub fn login(&self, code: &str) -> Option<HeaderValue> {
-        self.codes.remove(code)?;
+        let who = self.codes.remove(code)?;
         let session = random_token();
-        self.sessions.insert(session.clone(), ());
+        self.sessions.insert(session.clone(), who);
         HeaderValue::from_str(&format!(
             "{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
             SESSION_TTL.as_secs()
@@ -208,7 +221,11 @@ mod tests {
             Err(Denied::Unauthenticated)
         );
         let bearer = ("authorization", "Bearer t0ken-0123456789abcdef");
-        assert_eq!(auth.check(&headers(&[host, bearer]), None, true), Ok(()));
+        let token: Arc<str> = Arc::from("admin token");
+        assert_eq!(
+            auth.check(&headers(&[host, bearer]), None, true),
+            Ok(Arc::clone(&token))
+        );
         assert_eq!(
             auth.check(
                 &headers(&[("host", "attacker.example:9090"), bearer]),
@@ -219,22 +236,23 @@ mod tests {
         );
         assert_eq!(
             auth.check(&headers(&[("host", "localhost"), bearer]), None, false),
-            Ok(())
+            Ok(Arc::clone(&token))
         );
         assert_eq!(
             auth.check(&headers(&[("host", "[::1]:9090"), bearer]), None, false),
-            Ok(())
+            Ok(token)
         );
         // A login code works once, for a session.
-        let code = auth.new_code();
+        let code = auth.new_code(Some("alice\n"));
         let set = auth.login(&code).unwrap();
         assert!(auth.login(&code).is_none(), "a code is used up");
         let session = set.to_str().unwrap().split(';').next().unwrap().to_owned();
         let with = headers(&[host, ("cookie", &session)]);
-        assert_eq!(auth.check(&with, None, false), Ok(()));
+        let alice: Arc<str> = Arc::from("alice (leash console session)");
+        assert_eq!(auth.check(&with, None, false), Ok(Arc::clone(&alice)));
         assert_eq!(auth.check(&with, None, true), Err(Denied::Forged));
         let console = headers(&[host, ("cookie", &session), ("x-leash-console", "1")]);
-        assert_eq!(auth.check(&console, None, true), Ok(()));
+        assert_eq!(auth.check(&console, None, true), Ok(alice));
         let forged = headers(&[host, ("cookie", "leash_session=guess")]);
         assert_eq!(
             auth.check(&forged, None, false),

@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod content;
+mod editor;
 mod keys;
 mod queries;
 mod replay;
@@ -25,6 +26,7 @@ use crate::{policy::PolicyHandle, provider::Providers};
 const INDEX: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
 const APP_CSS: &str = include_str!("app.css");
+const EDITOR_JS: &str = include_str!("editor.js");
 
 /// Most records one API answer holds.
 const MAX_RECORDS: usize = 1000;
@@ -90,6 +92,10 @@ pub struct Console {
     keys: Option<Arc<crate::keys::registry::Registry>>,
     /// Content capture, and the pipeline that records content reads.
     capture: Option<(Arc<crate::capture::Capture>, Arc<crate::pipeline::Pipeline>)>,
+    /// Where console events (policy changes) go into the audit trail.
+    pipeline: Option<Arc<crate::pipeline::Pipeline>>,
+    /// One policy change at a time: read, check, write.
+    edit_lock: std::sync::Mutex<()>,
     /// This host's audit index (`Source::Dir`).
     index: Option<Arc<crate::audit::index::Index>>,
     /// Heavy queries (records, spend, violations, interception): admitted
@@ -130,6 +136,23 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The page and its scripts and styles: served without a token.
+fn static_asset(path: &str) -> Option<Answer> {
+    Some(match path {
+        "/" | "/console" | "/console/" => Answer::asset("text/html; charset=utf-8", INDEX),
+        "/console/app.js" => Answer::asset("text/javascript; charset=utf-8", APP_JS),
+        "/console/editor.js" => Answer::asset("text/javascript; charset=utf-8", EDITOR_JS),
+        "/console/app.css" => Answer::asset("text/css; charset=utf-8", APP_CSS),
+        "/favicon.ico" => Answer {
+            status: StatusCode::NO_CONTENT,
+            content_type: "image/x-icon",
+            body: Bytes::new(),
+            headers: Vec::new(),
+        },
+        _ => return None,
+    })
+}
+
 impl Console {
     pub fn new(
         source: Source,
@@ -157,6 +180,8 @@ impl Console {
             budgets: Vec::new(),
             keys: None,
             capture: None,
+            pipeline: None,
+            edit_lock: std::sync::Mutex::new(()),
         }
     }
 
@@ -196,7 +221,8 @@ impl Console {
         capture: Option<Arc<crate::capture::Capture>>,
         pipeline: Arc<crate::pipeline::Pipeline>,
     ) -> Self {
-        self.capture = capture.map(|c| (c, pipeline));
+        self.capture = capture.map(|c| (c, Arc::clone(&pipeline)));
+        self.pipeline = Some(pipeline);
         self
     }
 
@@ -234,7 +260,7 @@ impl Console {
         headers: &HeaderMap,
         authority: Option<&str>,
         changes: bool,
-    ) -> Result<(), Answer> {
+    ) -> Result<Arc<str>, Answer> {
         self.auth.check(headers, authority, changes).map_err(|d| match d {
             auth::Denied::WrongHost => Answer::error(
                 StatusCode::MISDIRECTED_REQUEST,
@@ -295,26 +321,14 @@ impl Console {
             );
         }
         // The page itself holds no data.
-        match path {
-            "/" | "/console" | "/console/" => {
-                return Answer::asset("text/html; charset=utf-8", INDEX);
-            }
-            "/console/app.js" => return Answer::asset("text/javascript; charset=utf-8", APP_JS),
-            "/console/app.css" => return Answer::asset("text/css; charset=utf-8", APP_CSS),
-            "/favicon.ico" => {
-                return Answer {
-                    status: StatusCode::NO_CONTENT,
-                    content_type: "image/x-icon",
-                    body: Bytes::new(),
-                    headers: Vec::new(),
-                };
-            }
-            _ => {}
+        if let Some(asset) = static_asset(path) {
+            return asset;
         }
         let changes = !matches!(*method, http::Method::GET | http::Method::HEAD);
-        if let Err(denied) = self.authorized(headers, authority, changes) {
-            return denied;
-        }
+        let actor = match self.authorized(headers, authority, changes) {
+            Ok(actor) => actor,
+            Err(denied) => return denied,
+        };
         let heavy = matches!(
             path,
             "/api/records"
@@ -346,10 +360,14 @@ impl Console {
             crate::faults::console_query_delay().await;
         }
         match (method.as_str(), path) {
-            ("POST", "/api/login-code") => Answer::json(
-                StatusCode::OK,
-                &json!({"code": self.auth.new_code(), "expires_in_secs": 120}),
-            ),
+            ("POST", "/api/login-code") => {
+                let who = serde_json::from_slice::<Value>(body).ok();
+                let who = who.as_ref().and_then(|v| v["who"].as_str());
+                Answer::json(
+                    StatusCode::OK,
+                    &json!({"code": self.auth.new_code(who), "expires_in_secs": 120}),
+                )
+            }
             ("GET", "/api/records") => self.records(query).await,
             ("GET", "/api/spend") => self.spend(query).await,
             ("GET", "/api/series") => self.series(query).await,
@@ -357,7 +375,13 @@ impl Console {
             ("GET", "/api/policy") => self.policy(),
             ("POST", "/api/policy/test") => self.playground(body),
             ("POST", "/api/policy/replay") => self.replay(body, query).await,
-            ("PUT", "/api/policy") => self.save_policy(body),
+            ("PUT", "/api/policy") => self.save_policy(&actor, body),
+            ("POST", "/api/policy/edit") => {
+                let preview = query
+                    .split('&')
+                    .any(|p| p.split('=').next() == Some("preview"));
+                self.edit_policy(&actor, body, preview)
+            }
             ("GET", "/api/keys") | ("POST", "/api/audit/content-read") => {
                 self.keys_and_content(method, path, body).await
             }
@@ -415,75 +439,26 @@ impl Console {
     }
 
     fn policy(&self) -> Answer {
+        Answer::json(StatusCode::OK, &self.policy_state())
+    }
+
+    /// The policy as the console shows it: the file, the active rules, the
+    /// rule editor's view, the latest loads.
+    fn policy_state(&self) -> Value {
         let file = self.policy.file().map(|f| f.display().to_string());
         let text = self
             .policy
             .file()
             .and_then(|f| std::fs::read_to_string(f).ok());
-        Answer::json(
-            StatusCode::OK,
-            &json!({
-                "file": file,
-                "yaml": text,
-                "active": self.policy.current().map(|p| p.describe()),
-                "editable": self.policy_edit && file.is_some(),
-                "fleet": matches!(self.source, Source::Fleet(_)),
-                "history": self.policy.history(),
-            }),
-        )
-    }
-
-    /// Replaces the policy file with `body` (YAML) once it passes the
-    /// checks of `leash policy check`, then loads it. Off unless
-    /// `admin.allow_policy_edit`.
-    fn save_policy(&self, body: &[u8]) -> Answer {
-        if !self.policy_edit {
-            return Answer::error(
-                StatusCode::FORBIDDEN,
-                "editing the policy from the console is off; set admin.allow_policy_edit: true",
-            );
-        }
-        let Some(file) = self.policy.file() else {
-            return Answer::error(
-                StatusCode::CONFLICT,
-                "the policy is inline in the config; only a policy file can be edited",
-            );
-        };
-        let Ok(text) = std::str::from_utf8(body) else {
-            return Answer::error(StatusCode::BAD_REQUEST, "the policy must be UTF-8 YAML");
-        };
-        if let Err(e) = crate::policy::Policy::parse(text, &file.display().to_string()) {
-            return Answer::error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string());
-        }
-        // Written beside it and renamed over it: never a half-written file.
-        let tmp = file.with_extension("leash-console.tmp");
-        let written = std::fs::write(&tmp, text)
-            .and_then(|()| {
-                if let Ok(meta) = std::fs::metadata(file) {
-                    std::fs::set_permissions(&tmp, meta.permissions())?;
-                }
-                Ok(())
-            })
-            .and_then(|()| std::fs::rename(&tmp, file));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            tracing::error!(file = %file.display(), error = %e, "console: cannot write the policy file");
-            return Answer::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot write the policy file",
-            );
-        }
-        match self.policy.reload() {
-            Ok(()) => {
-                self.policy.note("console edit", None);
-                tracing::warn!(file = %file.display(), "policy replaced from the console");
-                self.policy()
-            }
-            Err(e) => {
-                self.policy.note("console edit", Some(&e.to_string()));
-                Answer::error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string())
-            }
-        }
+        json!({
+            "file": file,
+            "editor": editor::state(text.as_deref()),
+            "yaml": text,
+            "active": self.policy.current().map(|p| p.describe()),
+            "editable": self.policy_edit && file.is_some(),
+            "fleet": matches!(self.source, Source::Fleet(_)),
+            "history": self.policy.history(),
+        })
     }
 
     /// `{"provider": "openai", "endpoint": "/chat/completions", "body": {...}}`

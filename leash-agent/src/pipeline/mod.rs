@@ -177,6 +177,7 @@ impl Exchange {
             span_id: self.trace.map(|t| t.span_hex()),
             content: None,
             content_read: None,
+            policy_change: None,
             unified: self.unified.as_ref().map(|u| {
                 let mut u = u.clone();
                 // A routed request's record lists its own attempt last.

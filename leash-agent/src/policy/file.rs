@@ -61,6 +61,9 @@ pub(super) struct RawDetector {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRule {
     pub(super) name: String,
+    /// `false`: kept in the file but out of the policy (the console's
+    /// "disable"); still checked, so enabling it cannot fail.
+    pub(super) enabled: Option<bool>,
     #[serde(rename = "match", default)]
     pub(super) matcher: RawMatch,
     pub(super) action: Action,
@@ -236,7 +239,12 @@ impl Policy {
             .rules
             .into_iter()
             .enumerate()
-            .map(|(i, r)| compile_rule(r, i, name, &detectors))
+            .filter_map(|(i, r)| {
+                let enabled = r.enabled != Some(false);
+                compile_rule(r, i, name, &detectors)
+                    .map(|rule| enabled.then_some(rule))
+                    .transpose()
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             shadow,

@@ -11,6 +11,7 @@
 mod body;
 pub mod detect;
 pub mod document;
+pub mod edit;
 mod file;
 mod handle;
 pub mod replay;

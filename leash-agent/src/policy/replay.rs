@@ -95,6 +95,10 @@ fn body_of(sources: &Sources<'_>, record: &Value) -> Result<(Vec<u8>, bool), Str
 impl Report {
     /// Decides `record` again with `candidate` and counts the outcome.
     pub fn add(&mut self, sources: &Sources<'_>, candidate: &Policy, record: &Value) {
+        // Events (content reads, policy changes, refusals) are no requests.
+        if !record["event"].is_null() {
+            return;
+        }
         let Some(provider) = record["provider"]
             .as_str()
             .and_then(|p| sources.providers.get(p))

@@ -100,6 +100,41 @@ const BUILTIN: &[(&str, &str, Option<Validator>)] = &[
     ),
 ];
 
+/// The detector names a rule may use, grouped by kind for a form: secret
+/// groups, each secret detector, personal data, prompt injection, and the
+/// file's own (`custom`).
+pub fn catalog(custom: &[String]) -> Vec<(&'static str, Vec<String>)> {
+    let mut groups = vec![SECRETS.to_owned()];
+    groups.extend(
+        [Confidence::High, Confidence::Medium]
+            .iter()
+            .map(|c| format!("{SECRETS}.{}", c.name())),
+    );
+    groups.extend(
+        SecretGroup::ALL
+            .iter()
+            .map(|g| format!("{SECRETS}.{}", g.name())),
+    );
+    let named = |pick: &dyn Fn(&str) -> bool| -> Vec<String> {
+        BUILTIN
+            .iter()
+            .map(|(n, _, _)| *n)
+            .filter(|n| pick(n))
+            .map(str::to_owned)
+            .collect()
+    };
+    vec![
+        ("secrets (groups)", groups),
+        ("personal data", named(&|n| n != "prompt_injection")),
+        ("prompt injection", named(&|n| n == "prompt_injection")),
+        ("custom", custom.to_vec()),
+        (
+            "secrets (one kind)",
+            SECRET_SPECS.iter().map(|s| s.name.to_owned()).collect(),
+        ),
+    ]
+}
+
 /// A custom detector from the policy file.
 #[derive(Debug, Clone)]
 pub enum Custom {
