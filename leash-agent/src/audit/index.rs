@@ -10,7 +10,7 @@
 //! line into a typed slim record: memory stays bounded whatever the trail.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     fs::File,
     io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom},
     path::{Path, PathBuf},
@@ -18,21 +18,13 @@ use std::{
     time::Instant,
 };
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
-    chain,
-    read::{Totals, Violation},
-};
+pub use super::summary::{CubeKey, Overhead, RECENT_MINUTES, RuleCounts, ShadowHost, Summary};
+use super::{chain, read::Violation, summary::FORMAT};
 
 /// The index directory inside the audit directory.
 pub const INDEX_DIR: &str = "index";
-/// Distinct keys kept per map of one summary; past it, `other`.
-const MAX_KEYS: usize = 20_000;
-/// Callers kept per shadow-AI host.
-const MAX_SHADOW_CALLERS: usize = 20;
-const OTHER: &str = "other";
 
 /// A query ran past its deadline.
 #[derive(Debug, thiserror::Error)]
@@ -41,294 +33,6 @@ pub enum IndexError {
     Io(#[from] io::Error),
     #[error("the query took longer than allowed; narrow it")]
     Deadline,
-}
-
-/// Where a request falls: hour (`2026-11-30T12`), team, provider, model.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct CubeKey {
-    pub hour: String,
-    pub team: Option<String>,
-    pub provider: String,
-    pub model: Option<String>,
-}
-
-/// Policy outcomes of one rule.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RuleCounts {
-    pub requests: u64,
-    pub detectors: BTreeMap<String, u64>,
-}
-
-/// One unlisted LLM host seen (shadow AI).
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShadowHost {
-    pub connections: u64,
-    pub callers: Vec<String>,
-    pub last: Option<String>,
-}
-
-/// What a stretch of the trail holds, in sums.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    /// Bytes of the segment covered (complete lines only).
-    pub bytes: u64,
-    /// Records of every kind.
-    pub records: u64,
-    pub first_ts: Option<String>,
-    pub last_ts: Option<String>,
-    /// Requests (not events) by hour, team, provider and model.
-    #[serde(with = "pairs")]
-    pub cube: BTreeMap<CubeKey, Totals>,
-    pub by_user: BTreeMap<String, Totals>,
-    pub by_exe: BTreeMap<String, Totals>,
-    pub by_host: BTreeMap<String, Totals>,
-    /// The process where known, else the client address.
-    pub by_caller: BTreeMap<String, Totals>,
-    pub by_rule: BTreeMap<String, RuleCounts>,
-    /// Violations (blocks, redactions, alerts...) by hour and action.
-    pub actions_by_hour: BTreeMap<String, BTreeMap<String, u64>>,
-    pub violations: u64,
-    pub shadow: BTreeMap<String, ShadowHost>,
-}
-
-/// A map with structured keys, written as a list of pairs.
-mod pairs {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
-        map: &BTreeMap<K, V>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_seq(map.iter())
-    }
-
-    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
-    where
-        K: Deserialize<'de> + Ord,
-        V: Deserialize<'de>,
-        D: Deserializer<'de>,
-    {
-        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
-    }
-}
-
-/// The fields of a record the index reads.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Slim {
-    ts: String,
-    event: Option<String>,
-    provider: String,
-    model: Option<String>,
-    host: String,
-    endpoint: String,
-    caller: SlimCaller,
-    usage: Option<SlimUsage>,
-    cost_usd: Option<f64>,
-    policy: Option<SlimPolicy>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct SlimCaller {
-    team: Option<String>,
-    user: Option<String>,
-    exe: Option<String>,
-    addr: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct SlimUsage {
-    input_tokens: u64,
-    output_tokens: u64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct SlimPolicy {
-    action: Option<String>,
-    findings: Vec<SlimFinding>,
-    alerts: Option<serde::de::IgnoredAny>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct SlimFinding {
-    rule: String,
-    detector: String,
-    count: Option<u64>,
-}
-
-/// `map[key]`, or `map["other"]` once the map is full.
-fn bounded<'a, V: Default>(map: &'a mut BTreeMap<String, V>, key: &str) -> &'a mut V {
-    let key = if map.len() >= MAX_KEYS && !map.contains_key(key) {
-        OTHER
-    } else {
-        key
-    };
-    map.entry(key.to_owned()).or_default()
-}
-
-impl Summary {
-    /// Counts one record line in (a line that is not a record is skipped).
-    /// Returns whether the record is a violation.
-    pub fn add_line(&mut self, line: &[u8]) -> bool {
-        let Ok(r) = serde_json::from_slice::<Slim>(line) else {
-            return false;
-        };
-        self.records += 1;
-        if self.first_ts.is_none() {
-            self.first_ts = Some(r.ts.clone());
-        }
-        self.last_ts = Some(r.ts.clone());
-        match r.event.as_deref() {
-            Some("shadow_ai") => {
-                let host = bounded(&mut self.shadow, &r.endpoint);
-                host.connections += 1;
-                host.last = Some(r.ts.clone());
-                if let Some(exe) = r.caller.exe
-                    && host.callers.len() < MAX_SHADOW_CALLERS
-                    && !host.callers.contains(&exe)
-                {
-                    host.callers.push(exe);
-                }
-                return false;
-            }
-            Some(_) => return false,
-            None => {}
-        }
-        let (input, output, has_usage) = r
-            .usage
-            .as_ref()
-            .map_or((0, 0, false), |u| (u.input_tokens, u.output_tokens, true));
-        let add = |t: &mut Totals| t.add_parts(input, output, r.cost_usd, has_usage);
-        let hour = r.ts.get(..13).unwrap_or("-").to_owned();
-        let mut key = CubeKey {
-            hour: hour.clone(),
-            team: r.caller.team.clone(),
-            provider: r.provider.clone(),
-            model: r.model.clone(),
-        };
-        if self.cube.len() >= MAX_KEYS && !self.cube.contains_key(&key) {
-            key.model = Some(OTHER.to_owned());
-        }
-        add(self.cube.entry(key).or_default());
-        add(bounded(
-            &mut self.by_user,
-            r.caller.user.as_deref().unwrap_or("-"),
-        ));
-        add(bounded(
-            &mut self.by_exe,
-            r.caller.exe.as_deref().unwrap_or("-"),
-        ));
-        add(bounded(&mut self.by_host, &r.host));
-        let caller = r.caller.exe.as_deref().or_else(|| {
-            r.caller
-                .addr
-                .as_deref()
-                .and_then(|a| a.rsplit_once(':'))
-                .map(|(ip, _)| ip)
-        });
-        add(bounded(&mut self.by_caller, caller.unwrap_or("-")));
-        let Some(policy) = r.policy else {
-            return false;
-        };
-        let action = policy.action.as_deref().unwrap_or("allow");
-        if !Violation::is(action, policy.alerts.is_some()) {
-            return false;
-        }
-        self.violations += 1;
-        for f in &policy.findings {
-            let rule = bounded(&mut self.by_rule, &f.rule);
-            rule.requests += 1;
-            *bounded(&mut rule.detectors, &f.detector) += f.count.unwrap_or(1);
-        }
-        *bounded(&mut self.actions_by_hour, &hour)
-            .entry(action.to_owned())
-            .or_default() += 1;
-        true
-    }
-
-    /// Adds `other` (a later stretch of the trail) to this summary.
-    pub fn merge(&mut self, other: &Self) {
-        self.bytes += other.bytes;
-        self.records += other.records;
-        if self.first_ts.is_none() {
-            self.first_ts.clone_from(&other.first_ts);
-        }
-        if other.last_ts.is_some() {
-            self.last_ts.clone_from(&other.last_ts);
-        }
-        for (k, t) in &other.cube {
-            self.cube.entry(k.clone()).or_default().merge(t);
-        }
-        for (mine, theirs) in [
-            (&mut self.by_user, &other.by_user),
-            (&mut self.by_exe, &other.by_exe),
-            (&mut self.by_host, &other.by_host),
-            (&mut self.by_caller, &other.by_caller),
-        ] {
-            for (k, t) in theirs {
-                bounded(mine, k).merge(t);
-            }
-        }
-        for (k, r) in &other.by_rule {
-            let mine = bounded(&mut self.by_rule, k);
-            mine.requests += r.requests;
-            for (d, n) in &r.detectors {
-                *bounded(&mut mine.detectors, d) += n;
-            }
-        }
-        for (hour, actions) in &other.actions_by_hour {
-            let mine = bounded(&mut self.actions_by_hour, hour);
-            for (a, n) in actions {
-                *mine.entry(a.clone()).or_default() += n;
-            }
-        }
-        self.violations += other.violations;
-        for (host, s) in &other.shadow {
-            let mine = bounded(&mut self.shadow, host);
-            mine.connections += s.connections;
-            if s.last.is_some() {
-                mine.last.clone_from(&s.last);
-            }
-            for c in &s.callers {
-                if mine.callers.len() < MAX_SHADOW_CALLERS && !mine.callers.contains(c) {
-                    mine.callers.push(c.clone());
-                }
-            }
-        }
-    }
-
-    /// Every request counted.
-    pub fn total(&self) -> Totals {
-        let mut t = Totals::default();
-        for v in self.cube.values() {
-            t.merge(v);
-        }
-        t
-    }
-
-    /// Requests summed by a part of the cube key.
-    pub fn project(&self, part: impl Fn(&CubeKey) -> String) -> BTreeMap<String, Totals> {
-        let mut out: BTreeMap<String, Totals> = BTreeMap::new();
-        for (k, t) in &self.cube {
-            out.entry(part(k)).or_default().merge(t);
-        }
-        out
-    }
-
-    /// Summarises record lines (the collector's rows, a test's records).
-    pub fn of_lines<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Self {
-        let mut s = Self::default();
-        for line in lines {
-            s.add_line(line);
-        }
-        s
-    }
 }
 
 /// Reads the complete lines of `file` from byte `from` into `summary`,
@@ -435,10 +139,14 @@ impl Index {
         if let Ok(text) = std::fs::read(&stored)
             && let Ok(s) = serde_json::from_slice::<Summary>(&text)
             && s.bytes == len
+            && s.format == FORMAT
         {
             return Ok(s);
         }
-        let mut s = Summary::default();
+        let mut s = Summary {
+            format: FORMAT,
+            ..Summary::default()
+        };
         summarise_from(segment, 0, &mut s, deadline, &mut |_| {})?;
         if let Err(e) = self.store(&stored, &s) {
             tracing::warn!(path = %stored.display(), error = %e, "cannot store an audit index summary; it will be recomputed");

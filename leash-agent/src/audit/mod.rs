@@ -8,6 +8,7 @@ pub mod config;
 pub mod index;
 pub mod read;
 pub mod spool;
+pub mod summary;
 mod writer;
 
 use std::{

@@ -131,6 +131,14 @@ pub struct Totals {
     pub cost_usd: f64,
     /// Requests with usage but no price.
     pub unpriced: u64,
+    /// Requests that got no answer, or a 5xx (from the provider or Leash).
+    #[serde(default)]
+    pub errors: u64,
+    /// Requests the policy blocked, and redacted.
+    #[serde(default)]
+    pub blocked: u64,
+    #[serde(default)]
+    pub redacted: u64,
 }
 
 impl Totals {
@@ -142,6 +150,25 @@ impl Totals {
             r["cost_usd"].as_f64(),
             r["usage"].is_object(),
         );
+        self.add_outcome(
+            r["status"].as_u64(),
+            r["policy"]["action"].as_str(),
+            r["policy"]["shadow"] == true,
+        );
+    }
+
+    /// Counts one request's outcome: its HTTP status (none: no answer) and
+    /// the policy's action (a shadow decision changed nothing).
+    pub fn add_outcome(&mut self, status: Option<u64>, action: Option<&str>, shadow: bool) {
+        if status.is_none_or(|s| s >= 500) {
+            self.errors += 1;
+        }
+        match action {
+            _ if shadow => {}
+            Some("block") => self.blocked += 1,
+            Some("redact") => self.redacted += 1,
+            _ => {}
+        }
     }
 
     /// Counts one request in from its parts.
@@ -163,6 +190,9 @@ impl Totals {
         self.output_tokens += other.output_tokens;
         self.cost_usd += other.cost_usd;
         self.unpriced += other.unpriced;
+        self.errors += other.errors;
+        self.blocked += other.blocked;
+        self.redacted += other.redacted;
     }
 }
 

@@ -682,6 +682,7 @@ pub async fn sum_by(
                     output_tokens: n(r.get(3)),
                     cost_usd: r.get(4),
                     unpriced: n(r.get(5)),
+                    ..Totals::default()
                 },
             )
         })

@@ -56,6 +56,7 @@ function matches(r, q) {
   if (q.get("team") && caller.team !== q.get("team")) return false;
   if (q.get("action") && action !== q.get("action")) return false;
   if (q.get("trace_id") && r.trace_id !== q.get("trace_id")) return false;
+  if (q.get("bucket") && !(r.ts || "").startsWith(q.get("bucket"))) return false;
   const c = q.get("caller");
   if (c && !["exe", "user", "comm", "container", "cgroup"].some((k) => (caller[k] || "").includes(c))) return false;
   return true;
@@ -216,64 +217,38 @@ function totalsRows(groups) {
     el("td", { class: "num" }, usd6(t.cost_usd))));
 }
 const totalsHead = [["name"], ["requests", "num"], ["input tokens", "num"], ["output tokens", "num"], ["cost $", "num"]];
-// Stacked bars in SVG, drawn here (no library, nothing loaded from
-// elsewhere): one bar per bucket, one segment per part; hovering a
-// segment shows its numbers (<title>), clicking a bar calls `onPick`.
-const PALETTE = ["#0969da", "#1a7f37", "#bf8700", "#cf222e", "#8250df", "#1b7c83", "#bc4c00", "#6e7781"];
-function svg(tag, attrs = {}, ...children) {
-  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(c ?? ""));
-  return e;
+// The traffic chart above the live table; a click on a bucket lists that
+// bucket's requests in the table (and the live feed adds only those).
+const formatFor = (metric) => metric === "cost_usd" ? (v) => "$" + usd(v)
+  : metric === "overhead" ? (v) => num(v, 3) + " ms" : (v) => num(v);
+// Answers can arrive out of order: only the latest request draws.
+const drawn = { traffic: 0, spend: 0 };
+async function refreshTraffic() {
+  const q = new URLSearchParams(new FormData(document.getElementById("traffic-controls")));
+  const seq = ++drawn.traffic;
+  const series = await api("/api/series?" + q);
+  if (seq !== drawn.traffic) return;
+  const draw = series.metric === "overhead" ? lineChart : stackedChart;
+  draw(document.getElementById("chart-traffic"), series, formatFor(series.metric), (b) => setBucket(b.start));
 }
-function stackedChart(node, series, format, onPick) {
-  const W = 720, H = 200, L = 56, B = 24, T = 8;
-  const parts = [...new Set(series.buckets.flatMap((b) => Object.keys(b.parts)))].sort();
-  const color = (p) => PALETTE[parts.indexOf(p) % PALETTE.length];
-  const max = Math.max(...series.buckets.map((b) => b.total), 0) || 1;
-  const n = series.buckets.length;
-  const slot = (W - L) / n, bw = Math.max(2, slot * 0.7);
-  const y = (v) => T + (H - T - B) * (1 - v / max);
-  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${series.metric} ${series.range}` },
-    svg("line", { x1: L, y1: H - B, x2: W, y2: H - B, stroke: "#8c959f" }),
-    svg("text", { x: L - 6, y: T + 10, "text-anchor": "end", "font-size": 11 }, format(max)),
-    svg("text", { x: L - 6, y: H - B, "text-anchor": "end", "font-size": 11 }, "0"));
-  series.buckets.forEach((b, i) => {
-    const x = L + i * slot + (slot - bw) / 2;
-    const g = svg("g", { class: "bar", "data-start": b.start, "data-total": b.total },
-      svg("rect", { class: "hit", x: L + i * slot, y: T, width: slot, height: H - T - B, fill: "transparent" },
-        svg("title", {}, `${b.start}: ${format(b.total)}`)));
-    let top = H - B;
-    for (const p of parts) {
-      const v = b.parts[p] || 0;
-      if (!v) continue;
-      const h = (H - T - B) * v / max;
-      top -= h;
-      g.append(svg("rect", { class: "seg", x, y: top, width: bw, height: Math.max(h, 0.5), fill: color(p), "data-part": p, "data-value": v },
-        svg("title", {}, `${b.start} — ${p}: ${format(v)}`)));
-    }
-    if (i % Math.ceil(n / 8) === 0) {
-      g.append(svg("text", { x: x + bw / 2, y: H - 6, "text-anchor": "middle", "font-size": 10 }, b.start.slice(5).replace("T", " ")));
-    }
-    g.addEventListener("click", () => {
-      node.querySelectorAll(".bar.selected").forEach((s) => s.classList.remove("selected"));
-      g.classList.add("selected");
-      if (onPick) onPick(b);
-    });
-    chart.append(g);
-  });
-  const legend = el("div", { class: "legend" }, ...parts.map((p) => {
-    const swatch = el("i", {});
-    swatch.style.background = color(p);
-    return el("span", {}, swatch, p);
-  }));
-  node.replaceChildren(chart, legend);
+function setBucket(start) {
+  document.getElementById("filters").elements.namedItem("bucket").value = start || "";
+  const chip = document.getElementById("bucket-filter");
+  chip.hidden = !start;
+  chip.querySelector("span").textContent = start ? `only ${start.replace("T", " ")} (UTC)` : "";
+  refreshLive().catch(() => {});
 }
+async function showLive() {
+  await Promise.all([refreshLive(), refreshTraffic()]);
+}
+
 async function refreshChart() {
   const f = new FormData(document.getElementById("chart-controls"));
   const q = new URLSearchParams(f);
+  const seq = ++drawn.spend;
   const series = await api("/api/series?" + q);
-  const format = series.metric === "cost_usd" ? (v) => "$" + usd(v) : (v) => num(v);
+  if (seq !== drawn.spend) return;
+  const format = formatFor(series.metric);
   stackedChart(document.getElementById("chart-spend"), series, format, (b) => {
     document.getElementById("chart-note").textContent = `${b.start} (UTC): ${format(b.total)} ${series.metric === "cost_usd" ? "" : series.metric}`;
     table(document.getElementById("chart-detail"), [[series.by], [series.metric, "num"]],
@@ -305,7 +280,8 @@ async function refreshSpend() {
 }
 
 async function refreshViolations() {
-  api("/api/series?range=week&metric=violations")
+  const range = new FormData(document.getElementById("violations-controls")).get("range");
+  api("/api/series?metric=violations&range=" + encodeURIComponent(range))
     .then((s) => stackedChart(document.getElementById("chart-violations"), s, (v) => num(v)))
     .catch(() => {});
   const v = await api("/api/violations");
@@ -459,7 +435,7 @@ async function refreshInterception() {
   document.getElementById("interception").textContent = JSON.stringify(i, null, 2);
 }
 
-const pages = { live: refreshLive, spend: refreshSpend, violations: refreshViolations, policy: refreshPolicy, keys: refreshKeys, interception: refreshInterception };
+const pages = { live: showLive, spend: refreshSpend, violations: refreshViolations, policy: refreshPolicy, keys: refreshKeys, interception: refreshInterception };
 async function show(name) {
   const page = pages[name] ? name : "live";
   current = page;
@@ -476,5 +452,8 @@ document.getElementById("playground").addEventListener("submit", runPlayground);
 document.getElementById("policy-editor").addEventListener("submit", savePolicy);
 document.getElementById("replay").addEventListener("submit", runReplay);
 document.getElementById("chart-controls").addEventListener("change", () => refreshChart().catch(() => {}));
+document.getElementById("traffic-controls").addEventListener("change", () => refreshTraffic().catch(() => {}));
+document.getElementById("violations-controls").addEventListener("change", () => refreshViolations().catch(() => {}));
+document.querySelector("#bucket-filter button").addEventListener("click", () => setBucket(null));
 show(location.hash.slice(1));
 follow();

@@ -27,6 +27,7 @@ const INDEX: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
 const APP_CSS: &str = include_str!("app.css");
 const EDITOR_JS: &str = include_str!("editor.js");
+const CHARTS_JS: &str = include_str!("charts.js");
 
 /// Most records one API answer holds.
 const MAX_RECORDS: usize = 1000;
@@ -142,6 +143,7 @@ fn static_asset(path: &str) -> Option<Answer> {
         "/" | "/console" | "/console/" => Answer::asset("text/html; charset=utf-8", INDEX),
         "/console/app.js" => Answer::asset("text/javascript; charset=utf-8", APP_JS),
         "/console/editor.js" => Answer::asset("text/javascript; charset=utf-8", EDITOR_JS),
+        "/console/charts.js" => Answer::asset("text/javascript; charset=utf-8", CHARTS_JS),
         "/console/app.css" => Answer::asset("text/css; charset=utf-8", APP_CSS),
         "/favicon.ico" => Answer {
             status: StatusCode::NO_CONTENT,

@@ -186,9 +186,14 @@ impl Console {
             .min(MAX_RECORDS);
         let caller = query_param(query, "caller");
         let trace = query_param(query, "trace_id");
+        // A chart's bucket: a minute, hour or day (`2026-11-30T12:34`).
+        let bucket = query_param(query, "bucket");
         let keep = move |r: &Value| {
             filter.matches(r)
                 && trace.as_deref().is_none_or(|t| r["trace_id"] == t)
+                && bucket
+                    .as_deref()
+                    .is_none_or(|b| r["ts"].as_str().is_some_and(|ts| ts.starts_with(b)))
                 && caller.as_deref().is_none_or(|c| {
                     ["exe", "user", "comm", "container", "cgroup"]
                         .iter()
