@@ -1,4 +1,6 @@
-//! The admin listener: `GET /healthz`, `GET /metrics` (Prometheus text)
+//! The admin listener: `GET /healthz` (alive), `GET /readyz` (every
+//! readiness check holds: 200, else 503 naming the failing ones),
+//! `GET /metrics` (Prometheus text)
 //! and, when given one, the web console (`/`, `/console`, `/api/*`). It
 //! runs on a runtime of its own, in its own thread in the `SCHED_IDLE`
 //! class (`serve_isolated`): looking at the console never takes a worker
@@ -220,20 +222,65 @@ type Encode = Box<dyn Fn() -> String + Send + Sync>;
 pub struct Admin {
     encode: Encode,
     console: Option<Console>,
+    ready: Vec<Check>,
 }
+
+/// A readiness check: its name, and whether it holds now (else why not).
+pub type Check = (
+    &'static str,
+    Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+);
 
 impl Admin {
     pub fn new(metrics: Arc<Metrics>, console: Option<Console>) -> Self {
         Self {
             encode: Box::new(move || metrics.encode()),
             console,
+            ready: Vec::new(),
         }
+    }
+
+    /// What `/readyz` checks.
+    #[must_use]
+    pub fn with_readiness(mut self, checks: Vec<Check>) -> Self {
+        self.ready = checks;
+        self
+    }
+
+    /// `/readyz`: `{"ready": …, "checks": {name: "ok" | why}}`.
+    fn readyz(&self) -> Response<AdminBody> {
+        let mut ready = true;
+        let checks: serde_json::Map<String, serde_json::Value> = self
+            .ready
+            .iter()
+            .map(|(name, check)| {
+                let state = check().map_or_else(
+                    |why| {
+                        ready = false;
+                        why
+                    },
+                    |()| "ok".to_owned(),
+                );
+                ((*name).to_owned(), serde_json::Value::String(state))
+            })
+            .collect();
+        let body = serde_json::json!({"ready": ready, "checks": checks}).to_string() + "\n";
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        text(status, "application/json", body)
     }
 
     /// An admin listener serving what `encode` returns as `/metrics`, and
     /// `console` if given.
     pub fn with_encoder(encode: Encode, console: Option<Console>) -> Self {
-        Self { encode, console }
+        Self {
+            encode,
+            console,
+            ready: Vec::new(),
+        }
     }
 
     async fn console(&self, console: &Console, req: Request<Incoming>) -> Response<AdminBody> {
@@ -426,6 +473,7 @@ impl Handler for Admin {
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
+            "/readyz" => self.readyz(),
             "/metrics" => text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -434,7 +482,7 @@ impl Handler for Admin {
             _ => text(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found: try /healthz or /metrics\n",
+                "not found: try /healthz, /readyz or /metrics\n",
             ),
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::{
-    Core, RunError, bind, console_for, is_root, proxy_listeners, release_startup_memory,
+    Core, RunError, bind, console_for, is_root, proxy_listeners, readiness, release_startup_memory,
     serve_transparent, spawn_admin, spawn_gateway,
 };
 use crate::{
@@ -190,6 +190,8 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let untrusted = Arc::new(Untrusted::new(&config.intercept.untrusted, alerts.clone()));
     let refused = Arc::new(crate::proxy::refusals::Totals::default());
     let state = interception_state(interception, &hooks, &metrics, &untrusted, &refused);
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checks = readiness(&audit_writer, &policy, &serving, Some(Arc::clone(&metrics)));
     let console = Some(
         console_for(&config, policy, Some(state))?
             .with_live(audit_writer.live())
@@ -239,9 +241,10 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     tasks.push(spawn_admin(
         admin_listener,
         Arc::clone(&metrics),
-        console,
+        (console, checks),
         stop_rx,
     )?);
+    serving.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         cgroup = %cgroup_dir.display(),
         proxy_port = config.intercept.proxy_port,
@@ -252,6 +255,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     );
 
     shutdown.await;
+    serving.store(false, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("shutting down: {}", hooks_at_stop(hooks.pinned()));
     if !hooks.pinned() {
         metrics.hooks_attached.set(0);

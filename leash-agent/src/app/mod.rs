@@ -1,7 +1,14 @@
 //! Putting it together: builds the pipeline, listeners and sinks from a
 //! [`Config`] and runs them until shutdown.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::{net::TcpListener, sync::watch};
 
@@ -317,6 +324,8 @@ pub async fn run_gateway(
         telemetry,
         ..
     } = Core::new(&config)?;
+    let serving = Arc::new(AtomicBool::new(false));
+    let checks = readiness(&audit_writer, &policy, &serving, None);
     let console = Some(
         console_for(&config, policy, None)?
             .with_live(audit_writer.live())
@@ -328,9 +337,10 @@ pub async fn run_gateway(
     let admin_task = spawn_admin(
         bind("admin.listen", config.admin.listen).await?,
         metrics,
-        console,
+        (console, checks),
         stop_rx,
     )?;
+    serving.store(true, Ordering::Relaxed);
     tracing::info!(
         gateway = %config.gateway.listen,
         tls = config.gateway.tls.is_some(),
@@ -341,6 +351,7 @@ pub async fn run_gateway(
     );
     shutdown.await;
     tracing::info!("shutting down: draining connections");
+    serving.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let _ = gw_task.await;
     let _ = admin_task.await;
@@ -464,10 +475,58 @@ fn console_for(
     .with_budgets(config.budgets.clone()))
 }
 
+/// What `/readyz` checks: the data-path listeners serving (`serving`:
+/// set once they are, cleared when a drain starts), the audit trail
+/// writable, the policy loaded when it comes from a file, and (the agent:
+/// `hooks`) the kernel hooks attached. Upstreams are not required: a
+/// provider outage is not this process's.
+fn readiness(
+    audit: &AuditWriter,
+    policy: &Arc<crate::policy::PolicyHandle>,
+    serving: &Arc<AtomicBool>,
+    hooks: Option<Arc<Metrics>>,
+) -> Vec<crate::admin::Check> {
+    let serving = Arc::clone(serving);
+    let policy = Arc::clone(policy);
+    let mut checks: Vec<crate::admin::Check> = vec![
+        (
+            "listeners",
+            Box::new(move || {
+                if serving.load(Ordering::Relaxed) {
+                    Ok(())
+                } else {
+                    Err("not serving (starting, or draining)".to_owned())
+                }
+            }),
+        ),
+        ("audit", Box::new(audit.writable())),
+        (
+            "policy",
+            Box::new(move || match (policy.file(), policy.current()) {
+                (Some(file), None) => Err(format!("no policy loaded from {}", file.display())),
+                _ => Ok(()),
+            }),
+        ),
+    ];
+    if let Some(metrics) = hooks {
+        checks.push((
+            "hooks",
+            Box::new(move || {
+                if metrics.hooks_attached.get() > 0 {
+                    Ok(())
+                } else {
+                    Err("the kernel hooks are not attached".to_owned())
+                }
+            }),
+        ));
+    }
+    checks
+}
+
 fn spawn_admin(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    console: Option<crate::console::Console>,
+    (console, checks): (Option<crate::console::Console>, Vec<crate::admin::Check>),
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, RunError> {
     let options = ServeOptions {
@@ -478,7 +537,7 @@ fn spawn_admin(
     };
     crate::admin::serve_isolated(
         listener,
-        Arc::new(Admin::new(metrics, console)),
+        Arc::new(Admin::new(metrics, console).with_readiness(checks)),
         options,
         stop,
     )

@@ -190,6 +190,9 @@ fn overflow_relay(
 /// The disk side: owns the segment file and the writer thread.
 pub struct AuditWriter {
     path: PathBuf,
+    dir: PathBuf,
+    /// The last batch reached the disk.
+    healthy: Arc<std::sync::atomic::AtomicBool>,
     tx: mpsc::Sender<Msg>,
     thread: Option<JoinHandle<()>>,
     live: tokio::sync::broadcast::Sender<bytes::Bytes>,
@@ -265,7 +268,9 @@ impl AuditWriter {
             Durability::Sync => Duration::ZERO,
         };
         let (live, _) = tokio::sync::broadcast::channel(LIVE_BACKLOG);
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let writer = writer::Writer {
+            healthy: Arc::clone(&healthy),
             rx,
             head,
             segment: writer::Segment {
@@ -294,6 +299,8 @@ impl AuditWriter {
         Ok((
             Self {
                 path,
+                dir: config.dir.clone(),
+                healthy,
                 tx,
                 thread: Some(thread),
                 live,
@@ -304,6 +311,22 @@ impl AuditWriter {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether records can be written now: the last batch reached the
+    /// disk, and a file can be made in the audit directory (the next
+    /// segment). For `/readyz`; cheap enough to call per probe.
+    pub fn writable(&self) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+        let (healthy, dir) = (Arc::clone(&self.healthy), self.dir.clone());
+        move || {
+            if !healthy.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err("the last audit write failed (retrying)".to_owned());
+            }
+            let probe = dir.join(".leash-ready-probe");
+            std::fs::write(&probe, b"")
+                .and_then(|()| std::fs::remove_file(&probe))
+                .map_err(|e| format!("cannot write in {}: {e}", dir.display()))
+        }
     }
 
     /// Every record, as its sealed JSON line, once it is on disk (for the

@@ -162,6 +162,8 @@ impl Segment {
 
 /// The writer: the queue, the chain head, the current segment.
 pub(super) struct Writer {
+    /// Cleared while writes fail, set again by the next that succeeds.
+    pub(super) healthy: Arc<std::sync::atomic::AtomicBool>,
     pub(super) rx: mpsc::Receiver<Msg>,
     pub(super) head: chain::ChainHead,
     pub(super) segment: Segment,
@@ -213,8 +215,14 @@ impl Writer {
             batch_no += 1;
             last_sync = Instant::now();
             match self.write_batch(&mut pending, batch_no) {
-                Ok(()) => retry = RETRY_START,
+                Ok(()) => {
+                    retry = RETRY_START;
+                    self.healthy
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 Err(e) => {
+                    self.healthy
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     self.metrics.audit_write_errors.inc();
                     tracing::error!(path = %self.segment.path.display(), error = %e, records = pending.len(), "audit write failed; the batch is cut off the file and retried");
                     for q in &mut pending {
