@@ -49,6 +49,10 @@ pub const LOG_LEVEL: &str = "debug,aya=info,aya_obj=info,rustls=info,h2=info,hyp
 
 /// `leash` as a command with test logging (debug, so anything a log line
 /// could leak shows up).
+/// In the `env` of [`Leash::start_with_env`]: run this `leash` binary
+/// instead of the one under test (an upgrade test's copy).
+pub const BINARY: &str = "LEASH_TEST_BINARY";
+
 pub fn leash_command() -> Command {
     let mut cmd = Command::new(leash_bin());
     cmd.env_remove("RUST_LOG").arg("--log-level").arg(LOG_LEVEL);
@@ -108,8 +112,15 @@ impl Leash {
             .append(true)
             .open(log_path)
             .expect("log file");
-        leash_command()
-            .arg("gateway")
+        let mut cmd = match env.iter().find(|(k, _)| k == BINARY) {
+            Some((_, bin)) => {
+                let mut cmd = Command::new(bin);
+                cmd.env_remove("RUST_LOG").arg("--log-level").arg(LOG_LEVEL);
+                cmd
+            }
+            None => leash_command(),
+        };
+        cmd.arg("gateway")
             .arg("--config")
             .arg(config)
             .arg("--listen")

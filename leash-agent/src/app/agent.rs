@@ -236,7 +236,11 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = serve_transparent(&config, &proxy, proxy_listeners, &stop_rx);
     if config.gateway.explicit {
-        tasks.push(spawn_gateway(&config, Arc::clone(&pipeline), stop_rx.clone()).await?);
+        tasks.push(
+            spawn_gateway(&config, Arc::clone(&pipeline), stop_rx.clone())
+                .await?
+                .0,
+        );
     }
     tasks.push(spawn_admin(
         admin_listener,

@@ -10,9 +10,12 @@ use std::{
     time::Duration,
 };
 
+use std::os::fd::AsRawFd as _;
+
 use tokio::{net::TcpListener, sync::watch};
 
 mod agent;
+pub mod handover;
 
 pub use agent::{release_pinned, run_agent};
 
@@ -39,6 +42,8 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error(transparent)]
+    Handover(#[from] handover::HandoverError),
     #[error("cannot listen on {field} {addr}: {source}")]
     Bind {
         field: &'static str,
@@ -93,8 +98,12 @@ struct Core {
 impl Core {
     fn new(config: &Config) -> Result<Self, RunError> {
         let metrics = Arc::new(Metrics::new());
-        let (audit, audit_sink) =
-            AuditWriter::start(&config.audit, &config.host_id, Arc::clone(&metrics))?;
+        let (audit, audit_sink) = AuditWriter::start(
+            &config.audit,
+            &config.host_id,
+            Arc::clone(&metrics),
+            handover::is_successor(),
+        )?;
         let alerts = match &config.alerts.webhook {
             Some(_) => crate::alerts::Alerter::start(
                 &config.alerts,
@@ -278,6 +287,14 @@ fn is_root() -> bool {
 }
 
 async fn bind(field: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    if let Some(inherited) = handover::take(field, addr)? {
+        tracing::info!(field, %addr, "listening on the socket handed over by the predecessor");
+        return TcpListener::from_std(inherited).map_err(|source| RunError::Bind {
+            field,
+            addr,
+            source,
+        });
+    }
     TcpListener::bind(addr)
         .await
         .map_err(|source| RunError::Bind {
@@ -333,14 +350,12 @@ pub async fn run_gateway(
             .with_capture(capture, Arc::clone(&pipeline)),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
-    let gw_task = spawn_gateway(&config, pipeline, stop_rx.clone()).await?;
-    let admin_task = spawn_admin(
-        bind("admin.listen", config.admin.listen).await?,
-        metrics,
-        (console, checks),
-        stop_rx,
-    )?;
+    let (gw_task, gw_fd) = spawn_gateway(&config, pipeline, stop_rx.clone()).await?;
+    let admin_listener = bind("admin.listen", config.admin.listen).await?;
+    let admin_fd = admin_listener.as_raw_fd();
+    let admin_task = spawn_admin(admin_listener, metrics, (console, checks), stop_rx)?;
     serving.store(true, Ordering::Relaxed);
+    handover::serving();
     tracing::info!(
         gateway = %config.gateway.listen,
         tls = config.gateway.tls.is_some(),
@@ -349,7 +364,11 @@ pub async fn run_gateway(
         providers = %config.providers.names().collect::<Vec<_>>().join(","),
         "leash gateway ready"
     );
-    shutdown.await;
+    until_stop_or_handover(
+        shutdown,
+        &[("gateway.listen", gw_fd), ("admin.listen", admin_fd)],
+    )
+    .await;
     tracing::info!("shutting down: draining connections");
     serving.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
@@ -359,6 +378,37 @@ pub async fn run_gateway(
     Core::flush_telemetry(telemetry.as_ref()).await;
     tracing::info!("leash stopped");
     Ok(())
+}
+
+/// Waits for `shutdown`, or for a hand-over (`SIGUSR2`) whose successor
+/// serves on `listeners`; a failed hand-over is logged and waiting goes on.
+async fn until_stop_or_handover(
+    shutdown: impl Future<Output = ()>,
+    listeners: &[(&'static str, std::os::fd::RawFd)],
+) {
+    let mut usr2 =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()).ok();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let handover = async {
+            match usr2.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = handover => match handover::start_successor(listeners).await {
+                Ok(pid) => {
+                    tracing::info!(successor = pid, "hand-over: the successor serves; this process drains and exits");
+                    return;
+                }
+                Err(e) => tracing::error!(error = %e, "hand-over failed; this process keeps serving"),
+            },
+        }
+    }
 }
 
 /// Serves the transparent proxy on `listeners` with the same server loop
@@ -422,11 +472,13 @@ pub fn no_core_dumps() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Serves the explicit gateway; returns its task and its listening socket's
+/// descriptor (for a hand-over).
 async fn spawn_gateway(
     config: &Config,
     pipeline: Arc<Pipeline>,
     stop: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>, RunError> {
+) -> Result<(tokio::task::JoinHandle<()>, std::os::fd::RawFd), RunError> {
     let gateway = Arc::new(Gateway::new(
         (config.providers.clone(), config.routes.clone()),
         pipeline,
@@ -438,15 +490,17 @@ async fn spawn_gateway(
     ));
     let tls = config.gateway.tls.as_ref().map(tls::acceptor).transpose()?;
     let listener = bind("gateway.listen", config.gateway.listen).await?;
+    let fd = listener.as_raw_fd();
     let options = ServeOptions {
         name: "gateway",
         header_read_timeout: config.gateway.header_read_timeout,
         drain_timeout: Duration::from_secs(10),
         limits: config.gateway.limits,
     };
-    Ok(tokio::spawn(server::serve(
-        listener, tls, gateway, options, stop,
-    )))
+    Ok((
+        tokio::spawn(server::serve(listener, tls, gateway, options, stop)),
+        fd,
+    ))
 }
 
 /// The web console of this process, served by its admin listener.

@@ -42,6 +42,10 @@ pub enum AuditError {
     Thread(io::Error),
     #[error("cannot continue the audit chain in {0}: {1}")]
     Resume(PathBuf, io::Error),
+    #[error(
+        "another process writes the audit trail in {0} (its writer lock is taken): one Leash per audit directory"
+    )]
+    Busy(PathBuf),
 }
 
 use crate::record::AuditRecord;
@@ -201,20 +205,38 @@ pub struct AuditWriter {
 /// Records kept for a live subscriber that reads slower than they come.
 const LIVE_BACKLOG: usize = 1024;
 
-impl AuditWriter {
-    /// Creates `dir` (0700) and a new segment in it (0600), continues the
-    /// hash chain from the newest segment (marking a torn tail left by a
-    /// crash), and starts the writer.
-    pub fn start(
-        config: &AuditConfig,
-        host: &str,
-        metrics: Arc<Metrics>,
-    ) -> Result<(Self, AuditSink), AuditError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&config.dir)
-            .map_err(|e| AuditError::CreateDir(config.dir.clone(), e))?;
+/// The file whose lock makes one process the trail's writer.
+const WRITER_LOCK: &str = ".writer.lock";
+
+/// What the writer is made of, before it opens the trail.
+struct Parts {
+    config: AuditConfig,
+    host: String,
+    metrics: Arc<Metrics>,
+    rx: mpsc::Receiver<Msg>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+    live: tokio::sync::broadcast::Sender<bytes::Bytes>,
+}
+
+type OpenError = (AuditError, Arc<std::sync::atomic::AtomicBool>);
+
+impl Parts {
+    /// Continues the chain in a new segment: the writer, ready to run.
+    fn open(self) -> Result<writer::Writer, OpenError> {
+        let unhealthy = Arc::clone(&self.healthy);
+        self.open_inner().map_err(|e| (e, unhealthy))
+    }
+
+    fn open_inner(self) -> Result<writer::Writer, AuditError> {
+        let Self {
+            config,
+            host,
+            metrics,
+            rx,
+            healthy,
+            live,
+        } = self;
+        let (config, host) = (&config, host.as_str());
         let resume =
             chain::resume(&config.dir).map_err(|e| AuditError::Resume(config.dir.clone(), e))?;
         // A chain that starts at seq 1 is a new epoch (for shipping).
@@ -261,14 +283,11 @@ impl AuditWriter {
             metrics: Arc::clone(&metrics),
             host: host.to_owned(),
         };
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
         // Sync mode answers each record as soon as it is on disk.
         let linger = match config.durability {
             Durability::Batch => BATCH_LINGER,
             Durability::Sync => Duration::ZERO,
         };
-        let (live, _) = tokio::sync::broadcast::channel(LIVE_BACKLOG);
-        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let writer = writer::Writer {
             healthy: Arc::clone(&healthy),
             rx,
@@ -285,10 +304,86 @@ impl AuditWriter {
                 live: live.clone(),
             },
         };
-        let thread = std::thread::Builder::new()
-            .name("leash-audit".into())
-            .spawn(move || writer.run())
-            .map_err(AuditError::Thread)?;
+        Ok(writer)
+    }
+}
+
+impl AuditWriter {
+    /// Creates `dir` (0700), takes its writer lock — one process writes a
+    /// trail: a second one is refused, or, when it is the successor of a
+    /// hand-over (`after_predecessor`), its writer waits until the
+    /// predecessor's has written its last record (records queue
+    /// meanwhile) — then makes a new segment (0600), continues the hash
+    /// chain from the newest segment (marking a torn tail left by a crash),
+    /// and starts the writer.
+    pub fn start(
+        config: &AuditConfig,
+        host: &str,
+        metrics: Arc<Metrics>,
+        after_predecessor: bool,
+    ) -> Result<(Self, AuditSink), AuditError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.dir)
+            .map_err(|e| AuditError::CreateDir(config.dir.clone(), e))?;
+        let lock_path = config.dir.join(WRITER_LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| AuditError::Open(lock_path.clone(), e))?;
+        let wait = match lock.try_lock() {
+            Ok(()) => false,
+            Err(std::fs::TryLockError::WouldBlock) if after_predecessor => true,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(AuditError::Busy(config.dir.clone()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(AuditError::Open(lock_path, e)),
+        };
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (live, _) = tokio::sync::broadcast::channel(LIVE_BACKLOG);
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let parts = Parts {
+            config: config.clone(),
+            host: host.to_owned(),
+            metrics: Arc::clone(&metrics),
+            rx,
+            healthy: Arc::clone(&healthy),
+            live: live.clone(),
+        };
+        let thread = if wait {
+            tracing::info!(dir = %config.dir.display(), "audit: the predecessor writes its last records; ours queue until it is done");
+            std::thread::Builder::new()
+                .name("leash-audit".into())
+                .spawn(move || {
+                    if let Err(e) = lock.lock() {
+                        tracing::error!(error = %e, "audit: cannot take the writer lock");
+                    }
+                    match parts.open() {
+                        Ok(writer) => {
+                            tracing::info!(path = %writer.segment.path.display(), "audit: writing, after the predecessor");
+                            writer.run();
+                        }
+                        Err((e, healthy)) => {
+                            healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+                            tracing::error!(error = %e, "audit: cannot continue the trail after the predecessor; records are not written");
+                        }
+                    }
+                    drop(lock);
+                })
+        } else {
+            let writer = parts.open().map_err(|(e, _)| e)?;
+            std::thread::Builder::new()
+                .name("leash-audit".into())
+                .spawn(move || {
+                    writer.run();
+                    drop(lock);
+                })
+        }
+        .map_err(AuditError::Thread)?;
         let sink = AuditSink {
             tx: tx.clone(),
             overflow_tx: overflow_relay(&tx, config.overflow),
@@ -298,7 +393,7 @@ impl AuditWriter {
         };
         Ok((
             Self {
-                path,
+                path: config.dir.clone(),
                 dir: config.dir.clone(),
                 healthy,
                 tx,

@@ -218,6 +218,7 @@ fn log_panics_without_data() {
 /// Errors are printed as one line with their causes (`a: b: c`; a cause
 /// already in the message is not repeated), exit 1.
 pub fn main() -> std::process::ExitCode {
+    app::handover::init();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

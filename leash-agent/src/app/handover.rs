@@ -1,0 +1,237 @@
+//! Handing the listening sockets to a new process — a restart or an
+//! upgrade that refuses no connection. On `SIGUSR2` the running gateway
+//! starts its successor: the executable at the path it was itself started
+//! from (an upgraded binary, once one was put there), with the same
+//! arguments, given its listening sockets as inherited descriptors. Once
+//! the successor says it serves (a byte on a pipe), this process stops
+//! accepting, finishes what is in flight (up to its drain time), writes its
+//! last audit records and exits; the successor's audit writer starts after
+//! that (`audit::AuditWriter::start`). The sockets never close, so the
+//! kernel's accept queue carries every connection across. If the successor
+//! fails to start, this process keeps serving.
+
+use std::{
+    collections::HashMap,
+    io::Read as _,
+    net::SocketAddr,
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    path::PathBuf,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
+
+/// `gateway.listen=3,admin.listen=4`: the inherited listening sockets.
+const ENV_FDS: &str = "LEASH_LISTEN_FDS";
+/// The pipe the successor writes one byte to once it serves.
+const ENV_READY: &str = "LEASH_READY_FD";
+/// How long a successor may take to serve before the hand-over is given up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error(
+        "inherited socket for `{field}` listens on {inherited}, the config says {configured}: a listen address change needs a full restart"
+    )]
+    Moved {
+        field: String,
+        inherited: SocketAddr,
+        configured: SocketAddr,
+    },
+    #[error("cannot start the successor {exe}: {source}")]
+    Spawn {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the successor did not start serving: {0}")]
+    NotReady(String),
+    #[error("hand-over: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct Inherited {
+    listeners: Mutex<HashMap<String, std::net::TcpListener>>,
+    ready: Mutex<Option<OwnedFd>>,
+}
+
+static INHERITED: OnceLock<Inherited> = OnceLock::new();
+static EXE: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// Reads (and removes) what a predecessor handed over, and notes the
+/// executable's path. Call first, while the process has one thread.
+pub fn init() {
+    EXE.get_or_init(|| std::env::current_exe().ok());
+    let mut listeners = HashMap::new();
+    let fds = std::env::var(ENV_FDS).ok();
+    let ready = std::env::var(ENV_READY).ok();
+    // SAFETY: called at the start of `main`, before any thread exists.
+    #[allow(
+        unsafe_code,
+        reason = "env::remove_var is unsafe once threads exist; none do yet"
+    )]
+    unsafe {
+        std::env::remove_var(ENV_FDS);
+        std::env::remove_var(ENV_READY);
+    }
+    for pair in fds.iter().flat_map(|f| f.split(',')) {
+        if let Some((field, fd)) = pair.split_once('=')
+            && let Ok(fd) = fd.parse::<RawFd>()
+            && fd > 2
+        {
+            // SAFETY: the predecessor put an open listening socket at this
+            // descriptor for us; nothing else in this process owns it.
+            #[allow(unsafe_code, reason = "taking ownership of an inherited descriptor")]
+            let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+            listeners.insert(field.to_owned(), listener);
+        }
+    }
+    let ready = ready
+        .and_then(|fd| fd.parse::<RawFd>().ok())
+        .filter(|fd| *fd > 2)
+        .map(|fd| {
+            // SAFETY: as above, the write end of the predecessor's pipe.
+            #[allow(unsafe_code, reason = "taking ownership of an inherited descriptor")]
+            unsafe {
+                OwnedFd::from_raw_fd(fd)
+            }
+        });
+    let _ = INHERITED.set(Inherited {
+        listeners: Mutex::new(listeners),
+        ready: Mutex::new(ready),
+    });
+}
+
+/// Whether this process was started by a hand-over.
+pub fn is_successor() -> bool {
+    INHERITED
+        .get()
+        .is_some_and(|i| i.ready.lock().is_ok_and(|r| r.is_some()))
+}
+
+/// The inherited listener for `field`, if there is one; it must listen on
+/// `addr`.
+pub fn take(field: &str, addr: SocketAddr) -> Result<Option<std::net::TcpListener>, HandoverError> {
+    let Some(inherited) = INHERITED.get() else {
+        return Ok(None);
+    };
+    let listener = inherited
+        .listeners
+        .lock()
+        .map_err(|_| HandoverError::NotReady("poisoned".into()))?
+        .remove(field);
+    let Some(listener) = listener else {
+        return Ok(None);
+    };
+    let inherited_addr = listener.local_addr()?;
+    if inherited_addr != addr {
+        return Err(HandoverError::Moved {
+            field: field.to_owned(),
+            inherited: inherited_addr,
+            configured: addr,
+        });
+    }
+    listener.set_nonblocking(true)?;
+    Ok(Some(listener))
+}
+
+/// Tells the predecessor that this process serves (once; no-op when not a
+/// successor).
+pub fn serving() {
+    let fd = INHERITED
+        .get()
+        .and_then(|i| i.ready.lock().ok().and_then(|mut r| r.take()));
+    if let Some(fd) = fd {
+        let mut pipe = std::fs::File::from(fd);
+        if let Err(e) = std::io::Write::write_all(&mut pipe, b"1") {
+            tracing::error!(error = %e, "hand-over: cannot tell the predecessor we serve");
+        }
+    }
+}
+
+/// Starts the successor with `listeners` (`field`, descriptor), and waits
+/// until it serves. Returns its pid.
+pub async fn start_successor(listeners: &[(&'static str, RawFd)]) -> Result<u32, HandoverError> {
+    let exe = EXE
+        .get()
+        .cloned()
+        .flatten()
+        .ok_or_else(|| HandoverError::NotReady("the executable's path is unknown".into()))?;
+    // Copies above the numbers the child will use, so placing them at
+    // 3, 4, … cannot overwrite one not yet placed.
+    let mut high = Vec::new();
+    for (_, fd) in listeners {
+        // SAFETY: `fd` is a listening socket this process holds open for
+        // the duration of this call.
+        #[allow(unsafe_code, reason = "borrowing a descriptor held by a serving task")]
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+        high.push(rustix::io::fcntl_dupfd_cloexec(borrowed, 64).map_err(std::io::Error::from)?);
+    }
+    let (read_end, write_end) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
+    let ready_fd = 3 + listeners.len();
+    let fds_env = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, (field, _))| format!("{field}={}", 3 + i))
+        .collect::<Vec<_>>()
+        .join(",");
+    let sources: Vec<RawFd> = high
+        .iter()
+        .map(std::os::fd::AsRawFd::as_raw_fd)
+        .chain([write_end.as_raw_fd()])
+        .collect();
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(ENV_FDS, fds_env)
+        .env(ENV_READY, ready_fd.to_string());
+    // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
+    #[allow(unsafe_code, reason = "placing inherited descriptors in the child")]
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            for (i, fd) in sources.iter().enumerate() {
+                let target = RawFd::try_from(3 + i).unwrap_or(RawFd::MAX);
+                if libc::dup2(*fd, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| HandoverError::Spawn {
+        exe: exe.clone(),
+        source,
+    })?;
+    drop(write_end);
+    drop(high);
+    let pid = child.id();
+    tracing::info!(pid, exe = %exe.display(), "hand-over: successor started; waiting until it serves");
+    let waited = tokio::task::spawn_blocking(move || {
+        let mut pipe = std::fs::File::from(read_end);
+        let fd = pipe.as_fd();
+        let mut poll = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let timeout = rustix::time::Timespec::try_from(READY_TIMEOUT).ok();
+        match rustix::event::poll(&mut poll, timeout.as_ref()) {
+            Ok(0) => return Err(format!("no word after {READY_TIMEOUT:?}")),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let mut byte = [0u8; 1];
+        match pipe.read(&mut byte) {
+            Ok(1) => Ok(()),
+            Ok(_) => Err("it exited".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+    .map_err(|e| HandoverError::NotReady(e.to_string()))?;
+    if let Err(why) = waited {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(HandoverError::NotReady(why));
+    }
+    // The successor outlives us: its exit status is for our parent (init).
+    std::mem::forget(child);
+    Ok(pid)
+}

@@ -1,0 +1,300 @@
+//! A hand-over restart under load: `SIGUSR2` makes the gateway start its
+//! successor on the same listening sockets; the old process drains and
+//! exits. Requests on new connections keep going throughout and SSE
+//! streams are in flight at the moment of the hand-over: none fails, none
+//! is cut, every exchange is in the audit trail, and the chain verifies
+//! across the two processes.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed expectation is a failed test"
+)]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use leash_tests::{
+    fleet::wait_until,
+    harness::{
+        Leash, assert_success, http_get, http_request, leash_command, mock_providers_yaml, run,
+    },
+    mock::MockProvider,
+};
+use serde_json::json;
+
+/// The successor, killed when the test ends (it outlives the harness's
+/// child).
+struct Successor(u32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.to_string())
+            .status();
+    }
+}
+
+fn chat(leash_addr: std::net::SocketAddr, stream: bool, headers: &[(&str, &str)]) -> (u16, String) {
+    let body = json!({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    let mut all = vec![
+        ("content-type", "application/json"),
+        ("authorization", "Bearer sk-test"),
+    ];
+    all.extend_from_slice(headers);
+    match http_request(
+        leash_addr,
+        "POST",
+        "/v1/openai/chat/completions",
+        &all,
+        body.to_string().as_bytes(),
+    ) {
+        Some((status, _, body)) => (status, String::from_utf8_lossy(&body).into_owned()),
+        None => (
+            0,
+            "no answer (connection refused, reset or timed out)".to_owned(),
+        ),
+    }
+}
+
+/// `text` without ANSI colour codes.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether process `pid` has exited (gone, or a zombie its parent — this
+/// test — has not reaped yet).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Requests back to back on new connections from 4 clients, and 10 SSE
+/// streams of 30 chunks 100 ms apart (in flight across a hand-over).
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    clients: Vec<std::thread::JoinHandle<Vec<String>>>,
+    streams: Vec<std::thread::JoinHandle<(u16, String)>>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let clients = (0..4)
+            .map(|_| {
+                let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+                std::thread::spawn(move || {
+                    let mut failures = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let (status, body) = chat(addr, false, &[]);
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if status != 200 {
+                            failures.push(format!("{status}: {body}"));
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        let streams = (0..10)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    chat(
+                        addr,
+                        true,
+                        &[("x-mock-chunks", "30"), ("x-mock-chunk-delay-ms", "100")],
+                    )
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            sent,
+            clients,
+            streams,
+        }
+    }
+
+    fn sent(&self) -> usize {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Stops the clients: no request failed, no stream was cut. Returns
+    /// the exchanges made.
+    fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures: Vec<String> = self
+            .clients
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let sent = self.sent.load(Ordering::Relaxed);
+        assert!(
+            failures.is_empty(),
+            "{} of {sent} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        for s in self.streams {
+            let (status, body) = s.join().unwrap();
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains("[DONE]"), "a stream was cut: {body}");
+            assert_eq!(body.matches("data: {").count(), 31, "{body}");
+        }
+        sent + 10
+    }
+}
+
+/// Hands `leash` over (SIGUSR2) while `load` runs: waits for the streams
+/// to be in flight, for the successor to serve and the old process to
+/// exit, then for 200 requests served by the successor alone.
+fn hand_over(leash: &Leash, mock: &MockProvider, load: &Load) -> Successor {
+    let old_pid = leash.pid();
+    let streaming = || {
+        mock.requests()
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains("\"stream\":true"))
+            .count()
+    };
+    let secs = Duration::from_secs;
+    wait_until(
+        "10 streams at the provider",
+        secs(10),
+        || leash.logs(),
+        || streaming() >= 10,
+    );
+    let before = load.sent();
+    let usr2 = run(std::process::Command::new("kill").args(["-USR2", &old_pid.to_string()]));
+    assert!(usr2.status.success());
+    let mut successor = None;
+    wait_until(
+        "the successor serving",
+        secs(30),
+        || leash.logs(),
+        || {
+            successor = plain(&leash.logs())
+                .lines()
+                .find(|l| l.contains("the successor serves"))
+                .and_then(|l| l.split("successor=").nth(1))
+                .and_then(|p| p.split_whitespace().next())
+                .and_then(|p| p.parse::<u32>().ok());
+            successor.is_some()
+        },
+    );
+    let successor = Successor(successor.unwrap());
+    assert_ne!(successor.0, old_pid);
+    wait_until(
+        "the old process exiting",
+        secs(30),
+        || leash.logs(),
+        || gone(old_pid),
+    );
+    let after_exit = load.sent();
+    assert!(
+        before > 0 && after_exit > before,
+        "load ran across the hand-over"
+    );
+    wait_until(
+        "200 requests after the hand-over",
+        Duration::from_mins(1),
+        || leash.logs(),
+        || load.sent() >= after_exit + 200,
+    );
+    successor
+}
+
+/// Every exchange audited, the chain whole across both processes.
+fn audit_complete(leash: &Leash, exchanges: usize) {
+    let records = leash.wait_records(exchanges);
+    assert_eq!(
+        records.iter().filter(|r| r["event"].is_null()).count(),
+        exchanges
+    );
+    assert_success(
+        "audit verify",
+        &run(leash_command()
+            .args(["audit", "verify", "--dir"])
+            .arg(&leash.audit_dir)),
+    );
+}
+
+#[test]
+fn a_hand_over_restart_loses_no_request_and_cuts_no_stream() {
+    let mock = MockProvider::start();
+    let leash = Leash::start(&mock_providers_yaml(&mock));
+    let load = Load::start(leash.addr);
+    let _successor = hand_over(&leash, &mock, &load);
+    let exchanges = load.finish();
+    assert_eq!(http_get(leash.admin, "/readyz").unwrap().0, 200);
+    audit_complete(&leash, exchanges);
+    leash_tests::results::record(
+        "handover_restart",
+        &json!({"requests": exchanges - 10, "failed": 0, "streams": 10, "streams_cut": 0}),
+    );
+}
+
+/// An upgrade: the binary at the path the gateway was started from is
+/// replaced by another (renamed over it, as a package manager does); the
+/// hand-over starts the new one.
+#[test]
+fn an_upgrade_hands_over_to_the_new_binary() {
+    use std::os::unix::fs::MetadataExt as _;
+    let mock = MockProvider::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("leash");
+    std::fs::copy(leash_tests::harness::leash_bin(), &bin).unwrap();
+    let binary = bin.display().to_string();
+    let leash = Leash::start_with_env(
+        tempfile::tempdir().unwrap(),
+        &mock_providers_yaml(&mock),
+        &[(leash_tests::gateway::BINARY, binary.as_str())],
+    );
+    let old_inode = std::fs::metadata(&bin).unwrap().ino();
+    // The new version: another file (bytes appended: another digest).
+    let new = dir.path().join("leash.new");
+    std::fs::copy(&bin, &new).unwrap();
+    std::io::Write::write_all(
+        &mut std::fs::OpenOptions::new().append(true).open(&new).unwrap(),
+        b"leash upgrade test",
+    )
+    .unwrap();
+    std::fs::rename(&new, &bin).unwrap();
+    let load = Load::start(leash.addr);
+    let successor = hand_over(&leash, &mock, &load);
+    let exchanges = load.finish();
+    let exe = std::fs::read_link(format!("/proc/{}/exe", successor.0)).unwrap();
+    assert_eq!(exe, bin, "the successor runs the new binary");
+    let running = std::fs::metadata(format!("/proc/{}/exe", successor.0))
+        .unwrap()
+        .ino();
+    assert_ne!(running, old_inode);
+    audit_complete(&leash, exchanges);
+    leash_tests::results::record(
+        "handover_upgrade",
+        &json!({"requests": exchanges - 10, "failed": 0, "streams": 10, "streams_cut": 0}),
+    );
+}
