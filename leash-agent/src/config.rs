@@ -167,6 +167,18 @@ pub struct Overrides {
 }
 
 impl Overrides {
+    /// For commands that talk to the running Leash (`leash console`,
+    /// `leash reload`): its admin address and audit directory, if they were
+    /// overridden when it started; `credentials:` not read.
+    pub fn running(admin_listen: Option<String>, audit_dir: Option<PathBuf>) -> Self {
+        Self {
+            gateway_listen: None,
+            admin_listen,
+            audit_dir,
+            credentials_unread: true,
+        }
+    }
+
     /// For commands that send nothing upstream: `credentials:` is checked,
     /// its values not read.
     pub fn reading() -> Self {

@@ -12,7 +12,7 @@ use http::{Request, Response};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{conn::auto, graceful::GracefulConnection},
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -216,8 +216,10 @@ pub async fn serve_with<O: Opener>(
         // cancelling streams is cut off.
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(256));
-    let graceful = GracefulShutdown::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    // A connection accepted just before a drain gets its first request
+    // served (it was sent to a socket that was accepting), within this.
+    let first_grace = options.header_read_timeout.min(options.drain_timeout);
     loop {
         tokio::select! {
             accepted = accept(&listener, options.name) => {
@@ -230,19 +232,22 @@ pub async fn serve_with<O: Opener>(
                 };
                 let opener = Arc::clone(&opener);
                 let builder = builder.clone();
-                let watcher = graceful.watcher();
+                let stop = shutdown.clone();
                 let name = options.name;
                 tokio::spawn(async move {
                     let _permit = permit;
                     let Some((io, handler)) = opener.open(stream, peer).await else {
                         return;
                     };
+                    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let seen = Arc::clone(&started);
                     let service = service_fn(move |req| {
                         let handler = Arc::clone(&handler);
+                        seen.store(true, std::sync::atomic::Ordering::Relaxed);
                         async move { Ok::<_, Infallible>(handler.handle(peer, req).await) }
                     });
                     let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
+                    if let Err(e) = drained(conn, stop, started, first_grace).await {
                         tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
                     }
                 });
@@ -251,10 +256,67 @@ pub async fn serve_with<O: Opener>(
         }
     }
     drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(options.drain_timeout) => {
-            tracing::warn!(listener = options.name, "connections still open after the drain timeout");
-        }
+    // Every connection holds a permit until it ends.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(options.drain_timeout, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = options.name,
+            "connections still open after the drain timeout"
+        );
     }
+}
+
+/// Serves `conn` until it ends; once `stop` turns true, it finishes what
+/// is in flight and closes (HTTP/1: after the current response; HTTP/2:
+/// GOAWAY, open streams complete). A connection whose first request was
+/// not read yet gets it read and served first (within `first_grace`): its
+/// client sent it to a socket that was accepting.
+fn drained<C>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    started: Arc<std::sync::atomic::AtomicBool>,
+    first_grace: Duration,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), C::Error>> + Send>>
+where
+    C: GracefulConnection + Send + 'static,
+    C::Error: Send,
+{
+    Box::pin(async move {
+        let mut conn = std::pin::pin!(conn);
+        let stopping = async move {
+            loop {
+                let now = *stop.borrow_and_update();
+                if now {
+                    return;
+                }
+                if stop.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            () = stopping => {}
+        }
+        if !started.load(std::sync::atomic::Ordering::Relaxed) {
+            let deadline = tokio::time::sleep(first_grace);
+            let mut deadline = std::pin::pin!(deadline);
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => return r,
+                    () = &mut deadline => break,
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {
+                        if started.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        conn.as_mut().graceful_shutdown();
+        conn.await
+    })
 }

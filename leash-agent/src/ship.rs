@@ -214,14 +214,36 @@ pub struct Shipper {
     content: Option<PathBuf>,
 }
 
+/// How long a record's content may take to reach the content store after
+/// the record reached the trail (two writer threads): the record waits for
+/// it that long before it ships alone.
+const CONTENT_LAG: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The stored content a record line refers to, if any (absent when
-/// it was not stored or retention removed it: the record ships alone).
+/// it was not stored or retention removed it: the record ships alone). A
+/// record written moments ago may be on disk before its content: that is
+/// waited for, up to [`CONTENT_LAG`] after the record's time.
 async fn content_of(dir: &Path, line: &[u8]) -> Option<Vec<u8>> {
     let v: serde_json::Value = serde_json::from_slice(line).ok()?;
     v["content"]["sha256"].as_str()?;
     let class = serde_json::from_value(v["content"]["class"].clone()).ok()?;
-    let path = crate::record::ContentRef::path(dir, class, v["id"].as_str()?, v["ts"].as_str()?);
-    tokio::fs::read(path).await.ok()
+    let ts = v["ts"].as_str()?;
+    let path = crate::record::ContentRef::path(dir, class, v["id"].as_str()?, ts);
+    let written = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(std::time::SystemTime::from);
+    loop {
+        if let Ok(bytes) = tokio::fs::read(&path).await {
+            return Some(bytes);
+        }
+        let young = written
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < CONTENT_LAG);
+        if !young {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 impl Shipper {

@@ -1,9 +1,9 @@
-//! A hand-over restart under load: `SIGUSR2` makes the gateway start its
-//! successor on the same listening sockets; the old process drains and
-//! exits. Requests on new connections keep going throughout and SSE
-//! streams are in flight at the moment of the hand-over: none fails, none
-//! is cut, every exchange is in the audit trail, and the chain verifies
-//! across the two processes.
+//! Hand-overs under open-loop load (1,000 requests/s on new connections,
+//! 20 SSE streams in flight): `SIGUSR2` makes the gateway start its
+//! successor on the same listening sockets — the same binary, or an
+//! upgraded one put at its path — and the old process drains and exits.
+//! No request fails, no stream is cut, every exchange is in the audit
+//! trail, and the chain verifies across the two processes.
 
 #![allow(
     clippy::unwrap_used,
@@ -91,25 +91,39 @@ fn gone(pid: u32) -> bool {
     })
 }
 
-/// Requests back to back on new connections from 4 clients, and 10 SSE
-/// streams of 30 chunks 100 ms apart (in flight across a hand-over).
+/// Open-loop load: requests at 1,000 per second on new connections,
+/// each sent at its intended time by one of 16 clients whatever the
+/// answers before it took, and 20 SSE streams of 30 chunks 100 ms apart
+/// (in flight across a hand-over).
 struct Load {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicUsize>,
+    started: std::time::Instant,
     clients: Vec<std::thread::JoinHandle<Vec<String>>>,
     streams: Vec<std::thread::JoinHandle<(u16, String)>>,
 }
+
+const RATE: u32 = 1000;
+const CLIENTS: u32 = 16;
+const STREAMS: usize = 20;
 
 impl Load {
     fn start(addr: std::net::SocketAddr) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicUsize::new(0));
-        let clients = (0..4)
-            .map(|_| {
+        let started = std::time::Instant::now();
+        let period = Duration::from_secs(1) * CLIENTS / RATE;
+        let clients = (0..CLIENTS)
+            .map(|i| {
                 let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
                 std::thread::spawn(move || {
                     let mut failures = Vec::new();
+                    let mut next = started + period * i / CLIENTS;
                     while !stop.load(Ordering::Relaxed) {
+                        if let Some(wait) = next.checked_duration_since(std::time::Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        next += period;
                         let (status, body) = chat(addr, false, &[]);
                         sent.fetch_add(1, Ordering::Relaxed);
                         if status != 200 {
@@ -120,7 +134,7 @@ impl Load {
                 })
             })
             .collect();
-        let streams = (0..10)
+        let streams = (0..STREAMS)
             .map(|_| {
                 std::thread::spawn(move || {
                     chat(
@@ -134,6 +148,7 @@ impl Load {
         Self {
             stop,
             sent,
+            started,
             clients,
             streams,
         }
@@ -144,9 +159,10 @@ impl Load {
     }
 
     /// Stops the clients: no request failed, no stream was cut. Returns
-    /// the exchanges made.
-    fn finish(self) -> usize {
+    /// the requests sent and the rate they went at.
+    fn finish(self) -> (usize, f64) {
         self.stop.store(true, Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64();
         let failures: Vec<String> = self
             .clients
             .into_iter()
@@ -165,7 +181,9 @@ impl Load {
             assert!(body.contains("[DONE]"), "a stream was cut: {body}");
             assert_eq!(body.matches("data: {").count(), 31, "{body}");
         }
-        sent + 10
+        #[allow(clippy::cast_precision_loss, reason = "a count of requests")]
+        let rate = sent as f64 / secs;
+        (sent, rate)
     }
 }
 
@@ -173,6 +191,20 @@ impl Load {
 /// to be in flight, for the successor to serve and the old process to
 /// exit, then for 200 requests served by the successor alone.
 fn hand_over(leash: &Leash, mock: &MockProvider, load: &Load) -> Successor {
+    let pid = leash.pid();
+    hand_over_with(leash, mock, load, || {
+        let usr2 = run(std::process::Command::new("kill").args(["-USR2", &pid.to_string()]));
+        assert!(usr2.status.success());
+    })
+}
+
+/// [`hand_over`], started by `trigger`.
+fn hand_over_with(
+    leash: &Leash,
+    mock: &MockProvider,
+    load: &Load,
+    trigger: impl FnOnce(),
+) -> Successor {
     let old_pid = leash.pid();
     let streaming = || {
         mock.requests()
@@ -182,14 +214,13 @@ fn hand_over(leash: &Leash, mock: &MockProvider, load: &Load) -> Successor {
     };
     let secs = Duration::from_secs;
     wait_until(
-        "10 streams at the provider",
+        "the streams at the provider",
         secs(10),
         || leash.logs(),
-        || streaming() >= 10,
+        || streaming() >= STREAMS,
     );
     let before = load.sent();
-    let usr2 = run(std::process::Command::new("kill").args(["-USR2", &old_pid.to_string()]));
-    assert!(usr2.status.success());
+    trigger();
     let mut successor = None;
     wait_until(
         "the successor serving",
@@ -227,6 +258,15 @@ fn hand_over(leash: &Leash, mock: &MockProvider, load: &Load) -> Successor {
     successor
 }
 
+/// What a hand-over under load came to, for README's "Operations".
+fn record(name: &str, what: &str, sent: usize, rate: f64) {
+    leash_tests::results::record(
+        name,
+        &json!({"what": what, "requests": sent, "rate": rate.round(), "failed": 0,
+                "streams": STREAMS, "streams_cut": 0, "audited": "all, chain verified"}),
+    );
+}
+
 /// Every exchange audited, the chain whole across both processes.
 fn audit_complete(leash: &Leash, exchanges: usize) {
     let records = leash.wait_records(exchanges);
@@ -248,13 +288,10 @@ fn a_hand_over_restart_loses_no_request_and_cuts_no_stream() {
     let leash = Leash::start(&mock_providers_yaml(&mock));
     let load = Load::start(leash.addr);
     let _successor = hand_over(&leash, &mock, &load);
-    let exchanges = load.finish();
+    let (sent, rate) = load.finish();
     assert_eq!(http_get(leash.admin, "/readyz").unwrap().0, 200);
-    audit_complete(&leash, exchanges);
-    leash_tests::results::record(
-        "handover_restart",
-        &json!({"requests": exchanges - 10, "failed": 0, "streams": 10, "streams_cut": 0}),
-    );
+    audit_complete(&leash, sent + STREAMS);
+    record("handover_restart", "restart (hand-over)", sent, rate);
 }
 
 /// An upgrade: the binary at the path the gateway was started from is
@@ -285,16 +322,60 @@ fn an_upgrade_hands_over_to_the_new_binary() {
     std::fs::rename(&new, &bin).unwrap();
     let load = Load::start(leash.addr);
     let successor = hand_over(&leash, &mock, &load);
-    let exchanges = load.finish();
+    let (sent, rate) = load.finish();
     let exe = std::fs::read_link(format!("/proc/{}/exe", successor.0)).unwrap();
     assert_eq!(exe, bin, "the successor runs the new binary");
     let running = std::fs::metadata(format!("/proc/{}/exe", successor.0))
         .unwrap()
         .ino();
     assert_ne!(running, old_inode);
-    audit_complete(&leash, exchanges);
-    leash_tests::results::record(
-        "handover_upgrade",
-        &json!({"requests": exchanges - 10, "failed": 0, "streams": 10, "streams_cut": 0}),
+    audit_complete(&leash, sent + STREAMS);
+    record("handover_upgrade", "upgrade to another binary", sent, rate);
+}
+
+/// `leash reload`: a changed config (another upstream for every provider)
+/// is checked, then handed over to a successor that runs it, under load,
+/// with no request failing; a broken config is refused with its line and
+/// the running process keeps serving.
+#[test]
+fn leash_reload_applies_a_changed_config_and_refuses_a_broken_one() {
+    let (mock, next) = (MockProvider::start(), MockProvider::start());
+    let leash = Leash::start(&mock_providers_yaml(&mock));
+    let config = leash.dir.path().join("leash.yaml");
+    let reload = || {
+        run(leash_command()
+            .args(["reload", "--config"])
+            .arg(&config)
+            .args(["--admin-listen", &leash.admin.to_string(), "--audit-dir"])
+            .arg(&leash.audit_dir))
+    };
+    // Broken: refused with the place of the error; nothing changes.
+    std::fs::write(&config, "providers:\n  openai: { upstream: [oops }\n").unwrap();
+    let refused = reload();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
+    assert!(!gone(leash.pid()));
+    assert_eq!(chat(leash.addr, false, &[]).0, 200);
+    assert!(next.requests().is_empty());
+    // Changed: every request after the hand-over goes to the new upstream.
+    std::fs::write(&config, mock_providers_yaml(&next)).unwrap();
+    let load = Load::start(leash.addr);
+    let _successor = hand_over_with(&leash, &mock, &load, || {
+        let out = reload();
+        assert_success("leash reload", &out);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("now served by pid"));
+    });
+    let (sent, rate) = load.finish();
+    assert!(
+        next.requests().len() >= 200,
+        "the new config is not in force"
+    );
+    audit_complete(&leash, sent + STREAMS + 1);
+    record(
+        "handover_reload",
+        "config reload (`leash reload`)",
+        sent,
+        rate,
     );
 }

@@ -203,6 +203,38 @@ const CA_CHECK_END: &str = "<!-- ca-check:end -->";
 const SECRETS_BEGIN: &str =
     "<!-- secrets:begin (written by `cargo xtask test` from target/test-results; do not edit) -->";
 const SECRETS_END: &str = "<!-- secrets:end -->";
+const OPS_BEGIN: &str = "<!-- operations:begin (written by `cargo xtask test` from target/test-results; do not edit) -->";
+const OPS_END: &str = "<!-- operations:end -->";
+
+/// README's "Operations" figures: each hand-over under load the last run
+/// made (`tests/tests/handover.rs`).
+fn operations_table(dir: &Path) -> String {
+    let mut table = String::from(
+        "| change, under open-loop load | requests (rate) | failed | SSE streams in flight | cut | audit |\n| --- | --- | --- | --- | --- | --- |\n",
+    );
+    let mut any = false;
+    for name in ["handover_restart", "handover_upgrade", "handover_reload"] {
+        let Some(v) = load(dir, name) else {
+            continue;
+        };
+        any = true;
+        let _ = writeln!(
+            table,
+            "| {} | {} ({}/s) | {} | {} | {} | {} |",
+            v["what"].as_str().unwrap_or(name),
+            v["requests"],
+            v["rate"],
+            v["failed"],
+            v["streams"],
+            v["streams_cut"],
+            v["audited"].as_str().unwrap_or("?"),
+        );
+    }
+    if !any {
+        table.push_str("| not measured in the last run | | | | | |\n");
+    }
+    table
+}
 
 /// README's secrets table: per group, per confidence, and (folded) per
 /// detector, from `secrets_corpus.json`.
@@ -323,6 +355,12 @@ pub fn render() -> Result<()> {
         let readme = root().join("README.md");
         let text = std::fs::read_to_string(&readme).context("reading README.md")?;
         let new = between(&text, SECRETS_BEGIN, SECRETS_END, &secrets_table(&secrets))?;
+        std::fs::write(&readme, new).context("writing README.md")?;
+    }
+    {
+        let readme = root().join("README.md");
+        let text = std::fs::read_to_string(&readme).context("reading README.md")?;
+        let new = between(&text, OPS_BEGIN, OPS_END, &operations_table(&dir))?;
         std::fs::write(&readme, new).context("writing README.md")?;
     }
     if let Some(check) = load(&dir, "ca_check") {

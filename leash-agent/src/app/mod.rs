@@ -325,11 +325,18 @@ pub fn check(config: &Config) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Reads the config again, as the process was started (file and
+/// overrides), for a reload; an error names the field or the line.
+pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
 /// Runs the explicit gateway and the admin listener until `shutdown`
-/// resolves, then drains connections and flushes the audit trail.
+/// resolves, or until a hand-over (`SIGUSR2`, `leash reload`) — checked
+/// against `source` first — has a successor serving; then drains
+/// connections and flushes the audit trail.
 pub async fn run_gateway(
     config: Config,
     shutdown: impl Future<Output = ()>,
+    source: Option<ConfigSource>,
 ) -> Result<(), RunError> {
     let Core {
         metrics,
@@ -343,11 +350,13 @@ pub async fn run_gateway(
     } = Core::new(&config)?;
     let serving = Arc::new(AtomicBool::new(false));
     let checks = readiness(&audit_writer, &policy, &serving, None);
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
     let console = Some(
         console_for(&config, policy, None)?
             .with_live(audit_writer.live())
             .with_keys(keys)
-            .with_capture(capture, Arc::clone(&pipeline)),
+            .with_capture(capture, Arc::clone(&pipeline))
+            .with_reload(reload_tx),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let (gw_task, gw_fd) = spawn_gateway(&config, pipeline, stop_rx.clone()).await?;
@@ -366,7 +375,14 @@ pub async fn run_gateway(
     );
     until_stop_or_handover(
         shutdown,
-        &[("gateway.listen", gw_fd), ("admin.listen", admin_fd)],
+        &Reload {
+            source,
+            listeners: vec![
+                ("gateway.listen", config.gateway.listen, gw_fd),
+                ("admin.listen", config.admin.listen, admin_fd),
+            ],
+        },
+        reload_rx,
     )
     .await;
     tracing::info!("shutting down: draining connections");
@@ -380,17 +396,51 @@ pub async fn run_gateway(
     Ok(())
 }
 
-/// Waits for `shutdown`, or for a hand-over (`SIGUSR2`) whose successor
-/// serves on `listeners`; a failed hand-over is logged and waiting goes on.
+/// What a hand-over needs: the config as it would be read again, and the
+/// listening sockets (field, configured address, descriptor).
+struct Reload {
+    source: Option<ConfigSource>,
+    listeners: Vec<(&'static str, SocketAddr, std::os::fd::RawFd)>,
+}
+
+impl Reload {
+    /// Checks the config as it is now (a broken one, or one that moves a
+    /// listener, is refused with the reason), then starts the successor.
+    async fn hand_over(&self) -> Result<u32, String> {
+        if let Some(source) = &self.source {
+            let next = source()?;
+            let moved = [
+                ("gateway.listen", next.gateway.listen),
+                ("admin.listen", next.admin.listen),
+            ];
+            for (field, now, _) in &self.listeners {
+                if let Some((_, to)) = moved.iter().find(|(f, to)| f == field && to != now) {
+                    return Err(format!(
+                        "{field} changes from {now} to {to}: a listening address cannot move in a hand-over; restart Leash for that"
+                    ));
+                }
+            }
+        }
+        let fds: Vec<_> = self.listeners.iter().map(|(f, _, fd)| (*f, *fd)).collect();
+        handover::start_successor(&fds)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Waits for `shutdown`, or for a hand-over (`SIGUSR2`, or a request on
+/// `requests`) whose successor serves; a refused or failed hand-over is
+/// logged (and answered) and this process keeps serving.
 async fn until_stop_or_handover(
     shutdown: impl Future<Output = ()>,
-    listeners: &[(&'static str, std::os::fd::RawFd)],
+    reload: &Reload,
+    mut requests: tokio::sync::mpsc::Receiver<crate::console::ReloadRequest>,
 ) {
     let mut usr2 =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()).ok();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let handover = async {
+        let signalled = async {
             match usr2.as_mut() {
                 Some(s) => {
                     s.recv().await;
@@ -398,15 +448,27 @@ async fn until_stop_or_handover(
                 None => std::future::pending::<()>().await,
             }
         };
-        tokio::select! {
+        let answer = tokio::select! {
             () = &mut shutdown => return,
-            () = handover => match handover::start_successor(listeners).await {
-                Ok(pid) => {
-                    tracing::info!(successor = pid, "hand-over: the successor serves; this process drains and exits");
-                    return;
-                }
-                Err(e) => tracing::error!(error = %e, "hand-over failed; this process keeps serving"),
-            },
+            () = signalled => None,
+            Some(answer) = requests.recv() => Some(answer),
+        };
+        let result = reload.hand_over().await;
+        match &result {
+            Ok(pid) => tracing::info!(
+                successor = pid,
+                "hand-over: the successor serves; this process drains and exits"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "hand-over refused or failed; this process keeps serving");
+            }
+        }
+        let done = result.is_ok();
+        if let Some(answer) = answer {
+            let _ = answer.send(result);
+        }
+        if done {
+            return;
         }
     }
 }

@@ -202,13 +202,27 @@ fn write(job: &Job) -> std::io::Result<()> {
     if let Some(day) = job.path.parent() {
         mkdir(day)?;
     }
+    // Written beside it and renamed into place: a reader (the shipper,
+    // `leash audit show`) sees the whole content or none.
+    let tmp = job.path.with_extension("partial");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&job.path)?;
-    f.write_all(&job.bytes)?;
-    f.sync_data()
+        .open(&tmp)?;
+    let written = f
+        .write_all(&job.bytes)
+        .and_then(|()| f.sync_data())
+        .and_then(|()| {
+            if job.path.exists() {
+                return Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
+            }
+            std::fs::rename(&tmp, &job.path)
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Why a record's stored content cannot be given.

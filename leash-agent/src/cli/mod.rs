@@ -120,6 +120,21 @@ enum Command {
     /// The kernel hooks of the transparent agent.
     #[command(subcommand)]
     Intercept(InterceptCommand),
+    /// Reload the running gateway with no request lost: the config is
+    /// checked, then a new process takes over the listening sockets and
+    /// the old one drains (also after an upgrade of the binary). Exit 1
+    /// with the reason if the config is refused.
+    Reload {
+        /// The config file of the running Leash (read again).
+        #[arg(short, long, env = "LEASH_CONFIG")]
+        config: Option<PathBuf>,
+        /// The admin listen address it was started with, if overridden.
+        #[arg(long, value_name = "IP:PORT")]
+        admin_listen: Option<String>,
+        /// The audit directory it was started with, if overridden.
+        #[arg(long, value_name = "DIR")]
+        audit_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -265,9 +280,13 @@ fn run() -> anyhow::Result<()> {
                 audit_dir,
                 credentials_unread: false,
             };
-            let config = Config::load(config.as_deref(), &overrides)?;
-            init_logging(&logging, Some(&config.log));
-            block_on(app::run_gateway(config, shutdown_signal()))
+            let loaded = Config::load(config.as_deref(), &overrides)?;
+            init_logging(&logging, Some(&loaded.log));
+            // A reload reads the same file with the same overrides again.
+            let source: app::ConfigSource = Box::new(move || {
+                Config::load(config.as_deref(), &overrides).map_err(|e| format!("{e:#}"))
+            });
+            block_on(app::run_gateway(loaded, shutdown_signal(), Some(source)))
         }
         Command::Run {
             config,
@@ -311,12 +330,15 @@ fn run() -> anyhow::Result<()> {
             audit_dir,
         } => console::command(
             config.as_deref(),
-            &Overrides {
-                gateway_listen: None,
-                admin_listen,
-                audit_dir,
-                credentials_unread: true,
-            },
+            &Overrides::running(admin_listen, audit_dir),
+        ),
+        Command::Reload {
+            config,
+            admin_listen,
+            audit_dir,
+        } => console::reload(
+            config.as_deref(),
+            &Overrides::running(admin_listen, audit_dir),
         ),
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(Some(&file), &Overrides::default())?;

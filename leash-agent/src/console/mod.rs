@@ -64,6 +64,10 @@ impl Answer {
     }
 }
 
+/// A hand-over asked for through `POST /api/reload`: answered with the
+/// successor's pid, or why not.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<u32, String>>;
+
 /// The agent's interception state, as the console shows it.
 pub type Interception = Box<dyn Fn() -> Value + Send + Sync>;
 
@@ -97,6 +101,8 @@ pub struct Console {
     pipeline: Option<Arc<crate::pipeline::Pipeline>>,
     /// One policy change at a time: read, check, write.
     edit_lock: std::sync::Mutex<()>,
+    /// Asks the process for a hand-over (`POST /api/reload`).
+    reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
     /// This host's audit index (`Source::Dir`).
     index: Option<Arc<crate::audit::index::Index>>,
     /// Heavy queries (records, spend, violations, interception): admitted
@@ -184,6 +190,7 @@ impl Console {
             capture: None,
             pipeline: None,
             edit_lock: std::sync::Mutex::new(()),
+            reload: None,
         }
     }
 
@@ -226,6 +233,36 @@ impl Console {
         self.capture = capture.map(|c| (c, Arc::clone(&pipeline)));
         self.pipeline = Some(pipeline);
         self
+    }
+
+    /// Lets `POST /api/reload` (`leash reload`) ask for a hand-over.
+    #[must_use]
+    pub fn with_reload(mut self, reload: tokio::sync::mpsc::Sender<ReloadRequest>) -> Self {
+        self.reload = Some(reload);
+        self
+    }
+
+    /// `POST /api/reload`: a hand-over to a successor with the config as
+    /// it is now; answers once the successor serves (or why not).
+    async fn reload(&self) -> Answer {
+        let Some(reload) = &self.reload else {
+            return Answer::error(
+                StatusCode::NOT_IMPLEMENTED,
+                "this process cannot hand over (the transparent agent restarts instead)",
+            );
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if reload.send(tx).await.is_err() {
+            return Answer::error(StatusCode::CONFLICT, "this process is stopping");
+        }
+        match rx.await {
+            Ok(Ok(pid)) => Answer::json(
+                StatusCode::OK,
+                &json!({"pid": pid, "previous": std::process::id()}),
+            ),
+            Ok(Err(why)) => Answer::error(StatusCode::UNPROCESSABLE_ENTITY, &why),
+            Err(_) => Answer::error(StatusCode::CONFLICT, "this process is stopping"),
+        }
     }
 
     /// Feeds `/api/live` from the audit writer's records.
@@ -377,6 +414,7 @@ impl Console {
             ("GET", "/api/policy") => self.policy(),
             ("POST", "/api/policy/test") => self.playground(body),
             ("POST", "/api/policy/replay") => self.replay(body, query).await,
+            ("POST", "/api/reload") => self.reload().await,
             ("PUT", "/api/policy") => self.save_policy(&actor, body),
             ("POST", "/api/policy/edit") => {
                 let preview = query
