@@ -220,10 +220,10 @@ fn operations_table(dir: &Path) -> String {
         any = true;
         let _ = writeln!(
             table,
-            "| {} | {} ({}/s) | {} | {} | {} | {} |",
+            "| {} | {} ({:.0}/s) | {} | {} | {} | {} |",
             v["what"].as_str().unwrap_or(name),
             v["requests"],
-            v["rate"],
+            v["rate"].as_f64().unwrap_or(0.0),
             v["failed"],
             v["streams"],
             v["streams_cut"],
