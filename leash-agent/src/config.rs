@@ -23,7 +23,10 @@ use crate::{
     intercept::config::{InterceptConfig, RawIntercept},
     modules::{PipelineConfig, RawPipeline},
     pipeline::{
-        budget::{BudgetConfig, RawBudget},
+        budget::{
+            BudgetConfig, RawBudget,
+            fleet::{FleetConfig, RawFleet},
+        },
         team::TeamConfig,
     },
     policy::PolicySource,
@@ -64,6 +67,8 @@ pub struct Config {
     /// Prices on top of the built-in table.
     pub pricing: Prices,
     pub budgets: Vec<BudgetConfig>,
+    /// Budgets shared by every host and replica (`fleet_budgets`).
+    pub fleet_budgets: Option<FleetConfig>,
     pub alerts: AlertConfig,
     /// Where the policy comes from; `None`: no policy.
     pub policy: Option<PolicySource>,
@@ -132,6 +137,7 @@ struct RawConfig {
     pricing: Prices,
     #[serde(default)]
     budgets: Vec<RawBudget>,
+    fleet_budgets: Option<RawFleet>,
     #[serde(default)]
     alerts: RawAlerts,
     policy: Option<serde_norway::Value>,
@@ -293,6 +299,7 @@ impl RawConfig {
             intercept,
             pricing,
             budgets,
+            fleet_budgets,
             alerts,
             policy,
             teams,
@@ -355,6 +362,10 @@ impl RawConfig {
             ca: CaConfig::from_raw(ca, base),
             pricing: pricing::validate(pricing)?,
             budgets: BudgetConfig::validate_all(budgets)?,
+            fleet_budgets: fleet_budgets
+                .as_ref()
+                .map(|f| FleetConfig::validate(f, base))
+                .transpose()?,
             alerts: AlertConfig::validate(alerts)?,
             policy: policy.map(|raw| PolicySource::from_raw(raw, base)),
             teams,

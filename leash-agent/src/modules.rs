@@ -114,6 +114,8 @@ pub struct Parts<'a> {
     pub policy: &'a Arc<PolicyHandle>,
     pub prices: &'a Arc<PriceTable>,
     pub budgets: &'a [BudgetConfig],
+    /// The spend shared by every host (`fleet_budgets`).
+    pub fleet_budgets: Option<Arc<budget::fleet::FleetStore>>,
     pub teams: &'a [TeamConfig],
     /// Where the audit trail is (budgets rebuild their spend from it).
     pub audit_dir: &'a Path,
@@ -154,6 +156,7 @@ pub fn build(name: &str, parts: &Parts<'_>) -> Result<Box<dyn Module>, BuildErro
             parts.audit_dir,
             parts.alerts.clone(),
             Arc::clone(parts.metrics),
+            parts.fleet_budgets.clone(),
         ))),
         team::NAME => Ok(Box::new(team::TeamModule::new(parts.teams.to_vec()))),
         usage::NAME => Ok(Box::new(usage::UsageModule::new(Arc::clone(parts.prices)))),

@@ -248,6 +248,10 @@ fn build_modules(
             policy,
             prices: &prices,
             budgets: &config.budgets,
+            fleet_budgets: config
+                .fleet_budgets
+                .clone()
+                .map(|f| crate::pipeline::budget::fleet::FleetStore::new(f, &config.host_id)),
             teams: &config.teams,
             audit_dir: &config.audit.dir,
             auth: &config.auth,

@@ -28,6 +28,8 @@ use crate::{
     record::AuditRecord,
 };
 
+pub mod fleet;
+
 pub const NAME: &str = "budget";
 
 /// How long a budget's spend accumulates before it starts over (UTC).
@@ -153,6 +155,25 @@ pub struct BudgetModule {
     prices: Arc<PriceTable>,
     alerts: Alerter,
     metrics: Arc<Metrics>,
+    /// The spend every host shares (`fleet_budgets`).
+    fleet: Option<Arc<fleet::FleetStore>>,
+    /// The store's reconciling task, started with the first request.
+    reconciling: std::sync::Once,
+}
+
+/// Output tokens reserved for a request that sets no maximum.
+const DEFAULT_OUTPUT_ESTIMATE: u64 = 4096;
+
+/// A request's reservations in the fleet store, settled with its cost.
+#[derive(Clone)]
+struct Holds(Vec<Hold>);
+
+#[derive(Clone)]
+struct Hold {
+    budget: usize,
+    key: String,
+    reserved: fleet::Reserved,
+    estimate: f64,
 }
 
 fn matches(b: &BudgetConfig, provider: &str, model: Option<&str>, team: Option<&str>) -> bool {
@@ -246,6 +267,7 @@ impl BudgetModule {
         audit_dir: &Path,
         alerts: Alerter,
         metrics: Arc<Metrics>,
+        fleet: Option<Arc<fleet::FleetStore>>,
     ) -> Self {
         // From the audit index: a restart reads the per-segment summaries,
         // not the whole trail.
@@ -267,7 +289,142 @@ impl BudgetModule {
             prices,
             alerts,
             metrics,
+            fleet,
+            reconciling: std::sync::Once::new(),
         }
+    }
+
+    /// What a request may cost at most, as far as can be told before it is
+    /// answered: its body's bytes / 3 as input tokens (a token is about four
+    /// bytes of text: this errs high) and its output maximum (`max_tokens`
+    /// and the like, else 4096), at the model's price or the budget's
+    /// fallback price.
+    fn estimate(&self, b: &BudgetConfig, ex: &Exchange, body: &[u8]) -> f64 {
+        let price = ex
+            .model
+            .as_deref()
+            .and_then(|m| self.prices.lookup(m).copied())
+            .or(b.unpriced_price);
+        let Some(price) = price else {
+            return 0.0;
+        };
+        let v: Value = serde_json::from_slice(body).unwrap_or_default();
+        let output = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+            .iter()
+            .find_map(|k| v[*k].as_u64())
+            .or_else(|| v["generationConfig"]["maxOutputTokens"].as_u64())
+            .unwrap_or(DEFAULT_OUTPUT_ESTIMATE);
+        #[allow(clippy::cast_precision_loss, reason = "token counts far below 2^52")]
+        let (input, output) = ((body.len() as u64 / 3 + 1) as f64, output as f64);
+        (price.input * input + price.output * output) / 1e6
+    }
+
+    /// Reserves the request's estimated cost in the fleet store for every
+    /// budget over it; a budget the fleet has spent (or, with `deny`, an
+    /// unreachable store) refuses it, and what was reserved is given back.
+    async fn reserve(
+        &self,
+        fleet: &Arc<fleet::FleetStore>,
+        ex: &mut Exchange,
+        body: &[u8],
+    ) -> Option<Rejection> {
+        self.reconciling.call_once(|| {
+            tokio::spawn(Arc::clone(fleet).reconcile());
+        });
+        let now = OffsetDateTime::now_utc();
+        let mut holds = Vec::new();
+        let refusal = 'budgets: {
+            for (i, b) in self.budgets.iter().enumerate() {
+                if !matches(
+                    b,
+                    &ex.provider.name,
+                    ex.model.as_deref(),
+                    ex.caller.team.as_deref(),
+                ) {
+                    continue;
+                }
+                let start = period_start(b.period, now).date().to_string();
+                let key = fleet::key(&b.name, &start);
+                let estimate = self.estimate(b, ex, body);
+                match fleet.reserve(&key, b.limit_usd, estimate).await {
+                    Ok(fleet::Reserved::Spent(spent)) => {
+                        self.exceeded(b, ex, spent, now);
+                        break 'budgets Some(Rejection {
+                            status: StatusCode::TOO_MANY_REQUESTS,
+                            code: ErrorCode::BudgetExceeded,
+                            message: format!(
+                                "leash: budget `{}` is used up across the fleet: ${spent:.4} of ${:.4} this {}",
+                                b.name,
+                                b.limit_usd,
+                                b.period.as_str()
+                            ),
+                        });
+                    }
+                    Ok(reserved) => {
+                        if let fleet::Reserved::Admitted(spent) = reserved {
+                            self.metrics.budget_remaining(
+                                &b.name,
+                                b.limit_usd,
+                                b.limit_usd - spent,
+                            );
+                        }
+                        holds.push(Hold {
+                            budget: i,
+                            key,
+                            reserved,
+                            estimate,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, budget = b.name, "fleet budget store unreachable: refused (fleet_budgets.on_unreachable: deny)");
+                        break 'budgets Some(Rejection {
+                            status: StatusCode::TOO_MANY_REQUESTS,
+                            code: ErrorCode::BudgetExceeded,
+                            message: format!(
+                                "leash: budget `{}` cannot be checked: the fleet budget store is unreachable",
+                                b.name
+                            ),
+                        });
+                    }
+                }
+            }
+            None
+        };
+        if refusal.is_some() {
+            for h in holds {
+                let fleet = Arc::clone(fleet);
+                tokio::spawn(async move {
+                    fleet.settle(&h.key, h.reserved, h.estimate, 0.0).await;
+                });
+            }
+        } else if !holds.is_empty() {
+            ex.ext.insert(Holds(holds));
+        }
+        refusal
+    }
+
+    /// Alerts that budget `b` is used up (`spent` of its limit).
+    fn exceeded(&self, b: &BudgetConfig, ex: &Exchange, spent: f64, now: OffsetDateTime) {
+        let alert: Value = json!({
+            "type": "budget_exceeded",
+            "budget": b.name,
+            "team": b.team,
+            "provider": b.provider,
+            "model": b.model,
+            "period": b.period.as_str(),
+            "limit_usd": b.limit_usd,
+            "spent_usd": spent,
+            "request_id": ex.id,
+            "ts": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        });
+        self.alerts.fire(
+            &AlertKey {
+                kind: "budget",
+                name: &b.name,
+                team: ex.caller.team.as_deref(),
+            },
+            alert,
+        );
     }
 
     /// A budget over `ex` that cannot price its model, if any: such a call
@@ -293,7 +450,7 @@ impl Module for BudgetModule {
     async fn request_filter(
         &self,
         ex: &mut Exchange,
-        _req: &mut ProxyRequest,
+        req: &mut ProxyRequest,
     ) -> Result<Flow, ModuleError> {
         if let Some(b) = self.unpriceable(ex) {
             return Ok(Flow::Reject(Rejection {
@@ -307,6 +464,26 @@ impl Module for BudgetModule {
                 ),
             }));
         }
+        if let Some(rejection) = self.local_check(ex) {
+            return Ok(Flow::Reject(rejection));
+        }
+        if let Some(fleet) = &self.fleet
+            && let Some(rejection) = self.reserve(fleet, ex, &req.body).await
+        {
+            return Ok(Flow::Reject(rejection));
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn logging(&self, ex: &Exchange, record: &mut AuditRecord) {
+        self.charge(ex, record);
+    }
+}
+
+impl BudgetModule {
+    /// This host's own spend against each budget (all of it without
+    /// `fleet_budgets`).
+    fn local_check(&self, ex: &Exchange) -> Option<Rejection> {
         let now = OffsetDateTime::now_utc();
         let mut spend = self.spend.lock().unwrap_or_else(PoisonError::into_inner);
         for (b, s) in self.budgets.iter().zip(spend.iter_mut()) {
@@ -329,42 +506,25 @@ impl Module for BudgetModule {
             {
                 continue;
             }
-            let alert: Value = json!({
-                "type": "budget_exceeded",
-                "budget": b.name,
-                "team": b.team,
-                "provider": b.provider,
-                "model": b.model,
-                "period": b.period.as_str(),
-                "limit_usd": b.limit_usd,
-                "spent_usd": s.usd,
-                "request_id": ex.id,
-                "ts": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-            });
-            self.alerts.fire(
-                &AlertKey {
-                    kind: "budget",
-                    name: &b.name,
-                    team: ex.caller.team.as_deref(),
-                },
-                alert,
-            );
-            return Ok(Flow::Reject(Rejection {
+            self.exceeded(b, ex, s.usd, now);
+            return Some(Rejection {
                 status: StatusCode::TOO_MANY_REQUESTS,
                 code: ErrorCode::BudgetExceeded,
                 message: format!(
-                    "leash: budget `{}` is used up: ${:.4} of ${:.2} this {}",
+                    "leash: budget `{}` is used up: ${:.4} of ${:.4} this {}",
                     b.name,
                     s.usd,
                     b.limit_usd,
                     b.period.as_str()
                 ),
-            }));
+            });
         }
-        Ok(Flow::Continue)
+        None
     }
 
-    fn logging(&self, ex: &Exchange, record: &mut AuditRecord) {
+    /// Charges the exchange's cost to this host's spend, and settles its
+    /// fleet reservations with it.
+    fn charge(&self, ex: &Exchange, record: &mut AuditRecord) {
         let mut spend = self.spend.lock().unwrap_or_else(PoisonError::into_inner);
         for (b, s) in self.budgets.iter().zip(spend.iter_mut()) {
             if !matches(
@@ -384,9 +544,31 @@ impl Module for BudgetModule {
             }
             if let Some(cost) = record.cost_usd {
                 s.usd += cost;
-                self.metrics
-                    .budget_remaining(&b.name, b.limit_usd, b.limit_usd - s.usd);
+                // With fleet budgets the gauge shows the fleet's spend.
+                if self.fleet.is_none() {
+                    self.metrics
+                        .budget_remaining(&b.name, b.limit_usd, b.limit_usd - s.usd);
+                }
             }
+        }
+        drop(spend);
+        let (Some(fleet), Some(Holds(holds))) = (&self.fleet, ex.ext.get::<Holds>()) else {
+            return;
+        };
+        let cost = record.cost_usd.unwrap_or(0.0);
+        for h in holds {
+            let fleet = Arc::clone(fleet);
+            let (key, reserved, estimate) = (h.key.clone(), h.reserved, h.estimate);
+            tracing::trace!(
+                budget = h.budget,
+                key,
+                estimate,
+                cost,
+                "fleet budget: settling"
+            );
+            tokio::spawn(async move {
+                fleet.settle(&key, reserved, estimate, cost).await;
+            });
         }
     }
 }
