@@ -177,16 +177,17 @@ fn three_replicas_share_one_budget() {
         assert_eq!(v["error"]["code"], "leash_budget_exceeded", "{text}");
         assert!(text.contains("across the fleet"), "{text}");
     }
-    leash_tests::results::record(
-        "fleet_budget",
-        &json!({"replicas": 3, "clients": 64, "limit_usd": LIMIT, "charged_usd": total, "reservation_usd": reservation()}),
-    );
-
     // The control: without fleet_budgets each replica spends the limit.
     let alone = Fleet::new(replicas(&mock, "", 3));
     alone.push();
-    let total = alone.charged();
-    assert!(total > 2.0 * LIMIT, "without fleet_budgets: ${total}");
+    let control = alone.charged();
+    assert!(control > 2.0 * LIMIT, "without fleet_budgets: ${control}");
+    leash_tests::results::record(
+        "fleet_budget",
+        &json!({"replicas": 3, "clients": 64, "limit_usd": format!("{LIMIT:.7}"),
+                "charged_usd": format!("{total:.7}"), "reservation_usd": format!("{:.7}", reservation()),
+                "control_usd": format!("{control:.7}")}),
+    );
     drop(nats);
 }
 

@@ -40,6 +40,12 @@ fn n(v: &Value) -> String {
 /// that field of the file), and the test.
 const FIGURES: &[(&str, &str, &str, &str)] = &[
     (
+        "Fleet-wide budget (`fleet_budgets`), 3 gateway replicas, 64 concurrent clients: charged / limit / one reservation (the bound on overshoot); the same replicas without it (control)",
+        "fleet_budget",
+        "${charged_usd} / ${limit_usd} / ${reservation_usd}; control: ${control_usd}",
+        "`tests/tests/fleet_budget.rs`",
+    ),
+    (
         "Malformed or adversarial requests: tried / refused with a status / closed without an answer (incomplete requests) / served (controls) / wrongly forwarded / wrong answers / crashes",
         "hostile",
         "{cases} / {refused} / {no_answer} / {served} / {wrongly_forwarded} / {wrong_answers} / {crashes} (peak gateway RSS {peak_rss_mib} MiB)",
