@@ -177,6 +177,22 @@ fn three_replicas_share_one_budget() {
         assert_eq!(v["error"]["code"], "leash_budget_exceeded", "{text}");
         assert!(text.contains("across the fleet"), "{text}");
     }
+    // Every replica's console shows the fleet's spend, not its own.
+    for g in &fleet.gateways {
+        let fleet_spend = || {
+            let (_, spend) = g.api("GET", "/api/spend", b"");
+            let b = &spend["budgets"][0];
+            (b["scope"] == "fleet")
+                .then(|| b["spent_usd"].as_f64())
+                .flatten()
+        };
+        wait_until(
+            "the fleet's spend on the spend page",
+            Duration::from_secs(10),
+            || g.logs(),
+            || fleet_spend().is_some_and(|v| (v - total).abs() < 1e-9),
+        );
+    }
     // The control: without fleet_budgets each replica spends the limit.
     let alone = Fleet::new(replicas(&mock, "", 3));
     alone.push();

@@ -174,6 +174,7 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         keys,
         capture,
         telemetry,
+        fleet,
     } = Core::new(&config)?;
     let interception = interception_status(&config, &cgroup_dir, &ca);
     let upstream_tls = upstream::tls_config(&config.upstream)?;
@@ -196,7 +197,8 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         console_for(&config, policy, Some(state))?
             .with_live(audit_writer.live())
             .with_keys(keys)
-            .with_capture(capture, Arc::clone(&pipeline)),
+            .with_capture(capture, Arc::clone(&pipeline))
+            .with_fleet_budgets(fleet),
     );
     let host_table = HostTable::new(&config.intercept, &config.providers);
     let static_targets = hosts::add_static(&hooks, host_table.hosts())?;

@@ -93,6 +93,8 @@ struct Core {
     capture: Option<Arc<crate::capture::Capture>>,
     /// The OTLP exporter's queue, flushed at shutdown.
     telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// The budgets' shared spend (`fleet_budgets`).
+    fleet: Option<Arc<FleetStore>>,
 }
 
 impl Core {
@@ -139,11 +141,12 @@ impl Core {
             worker.spawn();
             telemetry
         });
+        let fleet = fleet_store(config);
         let modules = build_modules(
             config,
             (&metrics, &alerts, &policy),
             keys.as_ref(),
-            (capture.as_ref(), telemetry.as_ref()),
+            (capture.as_ref(), telemetry.as_ref(), fleet.as_ref()),
         )?;
         let pipeline = Arc::new(Pipeline::new(
             modules,
@@ -193,6 +196,7 @@ impl Core {
             keys,
             capture,
             telemetry,
+            fleet,
         })
     }
 
@@ -229,15 +233,30 @@ fn policy_handle(config: &Config) -> Result<PolicyHandle, RunError> {
     ))
 }
 
+/// The budgets' shared spend (`fleet_budgets`), its client connecting on
+/// this (the data path's) runtime.
+fn fleet_store(config: &Config) -> Option<Arc<FleetStore>> {
+    let fleet = FleetStore::new(config.fleet_budgets.clone()?, &config.host_id);
+    tokio::spawn(Arc::clone(&fleet).warm());
+    Some(fleet)
+}
+
+type FleetStore = crate::pipeline::budget::fleet::FleetStore;
+
+/// What modules share with the rest of the process: content capture, the
+/// OTLP exporter, the budgets' shared spend.
+type Shared<'a> = (
+    Option<&'a Arc<crate::capture::Capture>>,
+    Option<&'a Arc<crate::telemetry::Telemetry>>,
+    Option<&'a Arc<FleetStore>>,
+);
+
 /// The pipeline modules `config` lists, built in order.
 fn build_modules(
     config: &Config,
     (metrics, alerts, policy): (&Arc<Metrics>, &crate::alerts::Alerter, &Arc<PolicyHandle>),
     keys: Option<&Arc<crate::keys::registry::Registry>>,
-    (capture, telemetry): (
-        Option<&Arc<crate::capture::Capture>>,
-        Option<&Arc<crate::telemetry::Telemetry>>,
-    ),
+    (capture, telemetry, fleet): Shared<'_>,
 ) -> Result<Vec<Box<dyn crate::pipeline::Module>>, RunError> {
     let prices = Arc::new(PriceTable::with_overrides(config.pricing.clone()));
     Ok(modules::build_all(
@@ -248,10 +267,7 @@ fn build_modules(
             policy,
             prices: &prices,
             budgets: &config.budgets,
-            fleet_budgets: config
-                .fleet_budgets
-                .clone()
-                .map(|f| crate::pipeline::budget::fleet::FleetStore::new(f, &config.host_id)),
+            fleet_budgets: fleet.cloned(),
             teams: &config.teams,
             audit_dir: &config.audit.dir,
             auth: &config.auth,
@@ -324,7 +340,7 @@ pub fn check(config: &Config) -> Result<(), RunError> {
         config,
         (&metrics, &crate::alerts::Alerter::disabled(), &policy),
         None,
-        (capture.as_ref(), telemetry.as_ref()),
+        (capture.as_ref(), telemetry.as_ref(), None),
     )?;
     Ok(())
 }
@@ -350,6 +366,7 @@ pub async fn run_gateway(
         keys,
         capture,
         telemetry,
+        fleet,
         ..
     } = Core::new(&config)?;
     let serving = Arc::new(AtomicBool::new(false));
@@ -360,6 +377,7 @@ pub async fn run_gateway(
             .with_live(audit_writer.live())
             .with_keys(keys)
             .with_capture(capture, Arc::clone(&pipeline))
+            .with_fleet_budgets(fleet)
             .with_reload(reload_tx),
     );
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -93,6 +93,8 @@ pub struct Console {
     /// `admin.trace_url`: a tracing UI's address for a trace id.
     trace_url: Option<String>,
     budgets: Vec<crate::pipeline::budget::BudgetConfig>,
+    /// The budgets' shared spend (`fleet_budgets`): the spend page shows it.
+    fleet: Option<Arc<crate::pipeline::budget::fleet::FleetStore>>,
     /// The virtual keys (`None`: the `keys` module is off).
     keys: Option<Arc<crate::keys::registry::Registry>>,
     /// Content capture, and the pipeline that records content reads.
@@ -186,6 +188,7 @@ impl Console {
             policy_edit: false,
             trace_url: None,
             budgets: Vec::new(),
+            fleet: None,
             keys: None,
             capture: None,
             pipeline: None,
@@ -198,6 +201,16 @@ impl Console {
     #[must_use]
     pub fn with_budgets(mut self, budgets: Vec<crate::pipeline::budget::BudgetConfig>) -> Self {
         self.budgets = budgets;
+        self
+    }
+
+    /// The budgets' shared spend, shown on the spend page.
+    #[must_use]
+    pub fn with_fleet_budgets(
+        mut self,
+        fleet: Option<Arc<crate::pipeline::budget::fleet::FleetStore>>,
+    ) -> Self {
+        self.fleet = fleet;
         self
     }
 

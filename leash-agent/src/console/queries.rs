@@ -230,7 +230,7 @@ impl Console {
             "by_provider": s.project(|k| k.provider.clone()),
             "by_model": s.project(|k| dash(&k.model)),
             "by_hour": s.project(|k| k.hour.clone()),
-            "budgets": crate::pipeline::budget::report(&self.budgets, &s.cube),
+            "budgets": self.budget_report(&s.cube).await,
             "top_callers": top.into_iter().map(|(name, t)| json!({"caller": name, "totals": t})).collect::<Vec<_>>(),
         });
         match query_param(query, "by").as_deref() {
@@ -280,5 +280,35 @@ impl Console {
         self.summary()
             .await
             .map_or(Value::Null, |s| json!(s.shadow))
+    }
+}
+
+impl Console {
+    /// Each budget's limit, spend and what remains: this host's spend, or
+    /// with `fleet_budgets` the fleet's (`scope`), read from the store.
+    async fn budget_report(
+        &self,
+        cube: &std::collections::BTreeMap<crate::audit::index::CubeKey, crate::audit::read::Totals>,
+    ) -> Vec<Value> {
+        let mut report = crate::pipeline::budget::report(&self.budgets, cube);
+        let Some(fleet) = &self.fleet else {
+            return report;
+        };
+        let now = time::OffsetDateTime::now_utc();
+        for (b, row) in self.budgets.iter().zip(report.iter_mut()) {
+            let start = crate::pipeline::budget::period_start(b.period, now)
+                .date()
+                .to_string();
+            let key = crate::pipeline::budget::fleet::key(&b.name, &start);
+            match fleet.spent(&key).await {
+                Some(spent) => {
+                    row["scope"] = json!("fleet");
+                    row["spent_usd"] = json!(spent);
+                    row["remaining_usd"] = json!(b.limit_usd - spent);
+                }
+                None => row["scope"] = json!("this host (the fleet store does not answer)"),
+            }
+        }
+        report
     }
 }

@@ -360,9 +360,19 @@ impl FleetStore {
         }
     }
 
-    /// The fleet's spend on `key` now, if the store answers.
+    /// Connects to the store (on the calling runtime: call it from the
+    /// data path's, at start).
+    pub async fn warm(self: Arc<Self>) {
+        if let Err(e) = self.store().await {
+            tracing::warn!(error = %e, "fleet budget store not reachable yet");
+        }
+    }
+
+    /// The fleet's spend on `key` now, if the store is connected and
+    /// answers (never connects: the console's runtime must not own the
+    /// client the data path uses).
     pub async fn spent(&self, key: &str) -> Option<f64> {
-        let kv = self.store().await.ok()?;
+        let kv = self.kv.get()?;
         let entry = tokio::time::timeout(self.config.timeout, kv.entry(key))
             .await
             .ok()?
