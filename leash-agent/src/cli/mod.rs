@@ -105,18 +105,7 @@ enum Command {
     Config(ConfigCommand),
     /// Print a one-time login URL for the web console of the Leash running
     /// with this config (the admin token stays out of the URL).
-    Console {
-        /// The config file of the running Leash.
-        #[arg(short, long, env = "LEASH_CONFIG")]
-        config: Option<PathBuf>,
-        /// The admin listen address it was started with, if overridden.
-        #[arg(long, value_name = "IP:PORT")]
-        admin_listen: Option<String>,
-        /// The audit directory it was started with, if overridden (its
-        /// admin token is made there).
-        #[arg(long, value_name = "DIR")]
-        audit_dir: Option<PathBuf>,
-    },
+    Console(Running),
     /// The kernel hooks of the transparent agent.
     #[command(subcommand)]
     Intercept(InterceptCommand),
@@ -124,17 +113,32 @@ enum Command {
     /// checked, then a new process takes over the listening sockets and
     /// the old one drains (also after an upgrade of the binary). Exit 1
     /// with the reason if the config is refused.
-    Reload {
-        /// The config file of the running Leash (read again).
-        #[arg(short, long, env = "LEASH_CONFIG")]
-        config: Option<PathBuf>,
-        /// The admin listen address it was started with, if overridden.
-        #[arg(long, value_name = "IP:PORT")]
-        admin_listen: Option<String>,
-        /// The audit directory it was started with, if overridden.
-        #[arg(long, value_name = "DIR")]
-        audit_dir: Option<PathBuf>,
-    },
+    Reload(Running),
+}
+
+/// Which running Leash a command talks to (`leash console`, `leash
+/// reload`): as it was started.
+#[derive(clap::Args)]
+struct Running {
+    /// The config file of the running Leash.
+    #[arg(short, long, env = "LEASH_CONFIG")]
+    config: Option<PathBuf>,
+    /// The admin listen address it was started with, if overridden.
+    #[arg(long, value_name = "IP:PORT")]
+    admin_listen: Option<String>,
+    /// The audit directory it was started with, if overridden (its admin
+    /// token is made there).
+    #[arg(long, value_name = "DIR")]
+    audit_dir: Option<PathBuf>,
+}
+
+impl Running {
+    fn overrides(self) -> (Option<PathBuf>, Overrides) {
+        (
+            self.config,
+            Overrides::running(self.admin_listen, self.audit_dir),
+        )
+    }
 }
 
 #[derive(Subcommand)]
@@ -324,22 +328,14 @@ fn run() -> anyhow::Result<()> {
         Command::Policy(cmd) => policy::command(cmd),
         Command::Keys(cmd) => keys::command(cmd),
         Command::Intercept(cmd) => intercept::command(cmd),
-        Command::Console {
-            config,
-            admin_listen,
-            audit_dir,
-        } => console::command(
-            config.as_deref(),
-            &Overrides::running(admin_listen, audit_dir),
-        ),
-        Command::Reload {
-            config,
-            admin_listen,
-            audit_dir,
-        } => console::reload(
-            config.as_deref(),
-            &Overrides::running(admin_listen, audit_dir),
-        ),
+        Command::Console(running) => {
+            let (config, overrides) = running.overrides();
+            console::command(config.as_deref(), &overrides)
+        }
+        Command::Reload(running) => {
+            let (config, overrides) = running.overrides();
+            console::reload(config.as_deref(), &overrides)
+        }
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(Some(&file), &Overrides::default())?;
             app::check(&config)?;

@@ -832,19 +832,21 @@ on_unparseable: block
         assert_eq!(policy.describe()["rules"].as_array().map(Vec::len), Some(1));
     }
 
+    /// A new rule `orders` on a new detector `order_id` (`regex`).
+    fn orders(regex: &str) -> Edit {
+        Edit::Add {
+            rule: serde_json::json!({"name": "orders", "action": "block", "match": {"detectors": ["order_id"]}}),
+            at: None,
+            detector: Some(NewDetector {
+                name: "order_id".into(),
+                regex: regex.into(),
+            }),
+        }
+    }
+
     #[test]
     fn a_new_detector_joins_the_detectors_block() {
-        let out = edit(
-            FILE,
-            &Edit::Add {
-                rule: serde_json::json!({"name": "orders", "action": "block", "match": {"detectors": ["order_id"]}}),
-                at: None,
-                detector: Some(NewDetector {
-                    name: "order_id".into(),
-                    regex: "ORD-[0-9]{8}".into(),
-                }),
-            },
-        );
+        let out = edit(FILE, &orders("ORD-[0-9]{8}"));
         assert!(!out.regenerated, "{}", out.text);
         assert!(
             out.text.contains("  order_id:\n    regex: ORD-[0-9]{8}\n"),
@@ -853,17 +855,7 @@ on_unparseable: block
         );
         // Into a file without one.
         let bare = "version: 1\nrules: []\n";
-        let out = edit(
-            bare,
-            &Edit::Add {
-                rule: serde_json::json!({"name": "orders", "action": "block", "match": {"detectors": ["order_id"]}}),
-                at: None,
-                detector: Some(NewDetector {
-                    name: "order_id".into(),
-                    regex: "ORD".into(),
-                }),
-            },
-        );
+        let out = edit(bare, &orders("ORD"));
         assert!(!out.regenerated, "{}", out.text);
         assert_eq!(names(&out.text), ["orders"]);
         let err = apply(
