@@ -379,3 +379,43 @@ fn leash_reload_applies_a_changed_config_and_refuses_a_broken_one() {
         rate,
     );
 }
+
+/// Under systemd (`Type=notify`, `NotifyAccess=all`) the gateway says it is
+/// ready and which process is the service's main one; after a hand-over
+/// the successor says so, so systemd follows it instead of seeing the
+/// service exit. A datagram socket stands in for systemd's.
+#[test]
+fn the_service_manager_learns_the_successors_pid() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mock = MockProvider::start();
+    let socket_path = path.display().to_string();
+    let leash = Leash::start_with_env(
+        tempfile::tempdir().unwrap(),
+        &mock_providers_yaml(&mock),
+        &[("NOTIFY_SOCKET", socket_path.as_str())],
+    );
+    let first = next();
+    assert_eq!(first, format!("READY=1\nMAINPID={}\n", leash.pid()));
+    let usr2 = run(std::process::Command::new("kill").args(["-USR2", &leash.pid().to_string()]));
+    assert!(usr2.status.success());
+    let second = next();
+    let pid: u32 = second
+        .strip_prefix("READY=1\nMAINPID=")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{second}"));
+    let _successor = Successor(pid);
+    assert_ne!(pid, leash.pid());
+    assert!(std::fs::metadata(format!("/proc/{pid}")).is_ok());
+    assert_eq!(chat(leash.addr, false, &[]).0, 200);
+}

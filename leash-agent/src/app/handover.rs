@@ -133,9 +133,36 @@ pub fn take(field: &str, addr: SocketAddr) -> Result<Option<std::net::TcpListene
     Ok(Some(listener))
 }
 
-/// Tells the predecessor that this process serves (once; no-op when not a
-/// successor).
+/// Tells the service manager (systemd's `NOTIFY_SOCKET`, with
+/// `Type=notify` and `NotifyAccess=all`) that this process serves and is
+/// now the service's main process: after a hand-over systemd follows the
+/// successor instead of seeing the service exit.
+fn notify_service_manager() {
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let message = format!("READY=1\nMAINPID={}\n", std::process::id());
+    let sent = UnixDatagram::unbound().and_then(|socket| {
+        let path = path.to_string_lossy();
+        match path.strip_prefix('@') {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt as _;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+                socket.send_to_addr(message.as_bytes(), &addr)
+            }
+            None => socket.send_to(message.as_bytes(), &*path),
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
+}
+
+/// Tells the predecessor (if any) and the service manager (if any) that
+/// this process serves.
 pub fn serving() {
+    notify_service_manager();
     let fd = INHERITED
         .get()
         .and_then(|i| i.ready.lock().ok().and_then(|mut r| r.take()));
