@@ -192,6 +192,9 @@ impl FleetStore {
                     .create_key_value(kv::Config {
                         bucket: self.config.bucket.clone(),
                         history: 1,
+                        // A key is one budget's period: past two months
+                        // (the longest period twice) it is history.
+                        max_age: Duration::from_hours(62 * 24),
                         ..Default::default()
                     })
                     .await
