@@ -886,39 +886,23 @@ on_unparseable: block
 
     #[test]
     fn layouts_that_cannot_be_spliced_are_regenerated_and_say_so() {
+        let add_b = || Edit::Add {
+            rule: serde_json::json!({"name": "b", "action": "alert", "match": {"detectors": ["email"]}}),
+            at: None,
+            detector: None,
+        };
         let flow =
             "version: 1\nrules: [{name: a, action: block, match: {detectors: [email]}}]  # one\n";
-        let out = edit(
-            flow,
-            &Edit::Add {
-                rule: serde_json::json!({"name": "b", "action": "alert", "match": {"detectors": ["email"]}}),
-                at: None,
-                detector: None,
-            },
-        );
+        let out = edit(flow, &add_b());
         assert!(out.regenerated);
         assert!(out.text.starts_with(REGENERATED));
         assert_eq!(names(&out.text), ["a", "b"]);
         // Zero-indented lists and files without rules splice.
         let zero =
             "version: 1\nrules:\n- name: a\n  action: block\n  match: {detectors: [email]}\n";
-        let out = edit(
-            zero,
-            &Edit::Add {
-                rule: serde_json::json!({"name": "b", "action": "alert", "match": {"detectors": ["email"]}}),
-                at: None,
-                detector: None,
-            },
-        );
+        let out = edit(zero, &add_b());
         assert!(!out.regenerated, "{}", out.text);
-        let out = edit(
-            "version: 1\n",
-            &Edit::Add {
-                rule: serde_json::json!({"name": "b", "action": "alert", "match": {"detectors": ["email"]}}),
-                at: None,
-                detector: None,
-            },
-        );
+        let out = edit("version: 1\n", &add_b());
         assert!(!out.regenerated, "{}", out.text);
         assert_eq!(names(&out.text), ["b"]);
     }
