@@ -358,6 +358,8 @@ pub async fn run_gateway(
     shutdown: impl Future<Output = ()>,
     source: Option<ConfigSource>,
 ) -> Result<(), RunError> {
+    // Handled from the start: SIGUSR2's default action ends the process.
+    let usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()).ok();
     let Core {
         metrics,
         audit: audit_writer,
@@ -404,7 +406,7 @@ pub async fn run_gateway(
                 ("admin.listen", config.admin.listen, admin_fd),
             ],
         },
-        reload_rx,
+        (usr2, reload_rx),
     )
     .await;
     tracing::info!("shutting down: draining connections");
@@ -456,10 +458,11 @@ impl Reload {
 async fn until_stop_or_handover(
     shutdown: impl Future<Output = ()>,
     reload: &Reload,
-    mut requests: tokio::sync::mpsc::Receiver<crate::console::ReloadRequest>,
+    (mut usr2, mut requests): (
+        Option<tokio::signal::unix::Signal>,
+        tokio::sync::mpsc::Receiver<crate::console::ReloadRequest>,
+    ),
 ) {
-    let mut usr2 =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()).ok();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let signalled = async {
