@@ -638,21 +638,31 @@ fn a_reused_client_port_does_not_inherit_a_caller() {
     // to the proxy port.
     let proxy = format!("127.0.0.1:{}", w.proxy_port);
     let src = format!("127.0.0.2:{port}");
-    let out = run(Command::new("setpriv").args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        escape_client(),
-        "tls",
-        &proxy,
-        "api.openai.com",
-        shared_ca.to_str().unwrap(),
-        "1",
-        &src,
-        CHAT,
-    ]));
-    assert_success("nobody's call", &out);
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let nobody = || {
+        let out = run(Command::new("setpriv").args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            escape_client(),
+            "tls",
+            &proxy,
+            "api.openai.com",
+            shared_ca.to_str().unwrap(),
+            "1",
+            &src,
+            CHAT,
+        ]));
+        assert_success("nobody's call", &out);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // Root's socket may take a moment to leave the port (its last FIN):
+    // nobody binds once it is free.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut line = nobody();
+    while line.starts_with("bind failed") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        line = nobody();
+    }
     assert!(
         !line.starts_with("status"),
         "served without a kernel record: {line}"
