@@ -160,8 +160,8 @@ impl Console {
             }
             Err(e) => return Answer::error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
         };
-        let check = Policy::parse(&edited.text, &file.display().to_string());
         if preview {
+            let check = Policy::parse(&edited.text, &file.display().to_string());
             return Answer::json(
                 StatusCode::OK,
                 &json!({
@@ -169,7 +169,7 @@ impl Console {
                     "yaml": edited.text,
                     "diff": edit::diff(&before, &edited.text),
                     "regenerated": edited.regenerated,
-                    "check": match &check {
+                    "check": match check {
                         Ok(p) => json!({"ok": true, "rules": p.describe()["rules"].as_array().map_or(0, Vec::len)}),
                         Err(e) => json!({"ok": false, "error": e.to_string()}),
                     },

@@ -832,16 +832,25 @@ on_unparseable: block
         assert_eq!(policy.describe()["rules"].as_array().map(Vec::len), Some(1));
     }
 
-    /// A new rule `orders` on a new detector `order_id` (`regex`).
-    fn orders(regex: &str) -> Edit {
+    /// `rule` added with a new detector `name` (`regex`).
+    fn add_with(rule: serde_json::Value, name: &str, regex: &str) -> Edit {
         Edit::Add {
-            rule: serde_json::json!({"name": "orders", "action": "block", "match": {"detectors": ["order_id"]}}),
+            rule,
             at: None,
             detector: Some(NewDetector {
-                name: "order_id".into(),
+                name: name.into(),
                 regex: regex.into(),
             }),
         }
+    }
+
+    /// A new rule `orders` on a new detector `order_id` (`regex`).
+    fn orders(regex: &str) -> Edit {
+        add_with(
+            serde_json::json!({"name": "orders", "action": "block", "match": {"detectors": ["order_id"]}}),
+            "order_id",
+            regex,
+        )
     }
 
     #[test]
@@ -858,29 +867,9 @@ on_unparseable: block
         let out = edit(bare, &orders("ORD"));
         assert!(!out.regenerated, "{}", out.text);
         assert_eq!(names(&out.text), ["orders"]);
-        let err = apply(
-            FILE,
-            &Edit::Add {
-                rule: rule("x", "block"),
-                at: None,
-                detector: Some(NewDetector {
-                    name: "ticket".into(),
-                    regex: "x".into(),
-                }),
-            },
-        );
+        let err = apply(FILE, &add_with(rule("x", "block"), "ticket", "x"));
         assert!(err.is_err_and(|e| e.to_string().contains("exists already")));
-        let err = apply(
-            FILE,
-            &Edit::Add {
-                rule: rule("x", "block"),
-                at: None,
-                detector: Some(NewDetector {
-                    name: "bad".into(),
-                    regex: "(".into(),
-                }),
-            },
-        );
+        let err = apply(FILE, &add_with(rule("x", "block"), "bad", "("));
         assert!(err.is_err_and(|e| e.to_string().starts_with("`detector.regex`")));
     }
 

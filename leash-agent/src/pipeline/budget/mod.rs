@@ -294,29 +294,29 @@ impl BudgetModule {
         }
     }
 
-    /// What a request may cost at most, as far as can be told before it is
-    /// answered: its body's bytes / 3 as input tokens (a token is about four
+    /// The tokens a request may use at most, as far as can be told before
+    /// it is answered: its body's bytes / 3 as input (a token is about four
     /// bytes of text: this errs high) and its output maximum (`max_tokens`
-    /// and the like, else 4096), at the model's price or the budget's
-    /// fallback price.
-    fn estimate(&self, b: &BudgetConfig, ex: &Exchange, body: &[u8]) -> f64 {
+    /// and the like, read as the telemetry module reads it; else 4096).
+    fn tokens(ex: &Exchange, body: &[u8]) -> (f64, f64) {
+        let output = crate::telemetry::RequestParams::read(ex.provider.kind, body)
+            .max_tokens
+            .and_then(|t| u64::try_from(t).ok())
+            .unwrap_or(DEFAULT_OUTPUT_ESTIMATE);
+        #[allow(clippy::cast_precision_loss, reason = "token counts far below 2^52")]
+        let tokens = ((body.len() as u64 / 3 + 1) as f64, output as f64);
+        tokens
+    }
+
+    /// What `tokens` cost under budget `b`: at the model's price or the
+    /// budget's fallback price.
+    fn estimate(&self, b: &BudgetConfig, ex: &Exchange, (input, output): (f64, f64)) -> f64 {
         let price = ex
             .model
             .as_deref()
             .and_then(|m| self.prices.lookup(m).copied())
             .or(b.unpriced_price);
-        let Some(price) = price else {
-            return 0.0;
-        };
-        let v: Value = serde_json::from_slice(body).unwrap_or_default();
-        let output = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
-            .iter()
-            .find_map(|k| v[*k].as_u64())
-            .or_else(|| v["generationConfig"]["maxOutputTokens"].as_u64())
-            .unwrap_or(DEFAULT_OUTPUT_ESTIMATE);
-        #[allow(clippy::cast_precision_loss, reason = "token counts far below 2^52")]
-        let (input, output) = ((body.len() as u64 / 3 + 1) as f64, output as f64);
-        (price.input * input + price.output * output) / 1e6
+        price.map_or(0.0, |p| (p.input * input + p.output * output) / 1e6)
     }
 
     /// Reserves the request's estimated cost in the fleet store for every
@@ -333,6 +333,8 @@ impl BudgetModule {
         });
         let now = OffsetDateTime::now_utc();
         let mut holds = Vec::new();
+        // Read once, when a budget is over the request.
+        let mut tokens = None;
         let refusal = 'budgets: {
             for (i, b) in self.budgets.iter().enumerate() {
                 if !matches(
@@ -345,7 +347,8 @@ impl BudgetModule {
                 }
                 let start = period_start(b.period, now).date().to_string();
                 let key = fleet::key(&b.name, &start);
-                let estimate = self.estimate(b, ex, body);
+                let tokens = *tokens.get_or_insert_with(|| Self::tokens(ex, body));
+                let estimate = self.estimate(b, ex, tokens);
                 match fleet.reserve(&key, b.limit_usd, estimate).await {
                     Ok(fleet::Reserved::Spent(spent)) => {
                         self.exceeded(b, ex, spent, now);
