@@ -220,6 +220,8 @@ pub async fn serve_with<O: Opener>(
     // A connection accepted just before a drain gets its first request
     // served (it was sent to a socket that was accepting), within this.
     let first_grace = options.header_read_timeout.min(options.drain_timeout);
+    let graces = (first_grace, IDLE_GRACE.min(options.drain_timeout));
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         tokio::select! {
             accepted = accept(&listener, options.name) => {
@@ -233,21 +235,35 @@ pub async fn serve_with<O: Opener>(
                 let opener = Arc::clone(&opener);
                 let builder = builder.clone();
                 let stop = shutdown.clone();
+                let draining = Arc::clone(&draining);
                 let name = options.name;
                 tokio::spawn(async move {
                     let _permit = permit;
                     let Some((io, handler)) = opener.open(stream, peer).await else {
                         return;
                     };
-                    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                    let seen = Arc::clone(&started);
-                    let service = service_fn(move |req| {
+                    let seen = Arc::new(Seen::default());
+                    let on_request = Arc::clone(&seen);
+                    let service = service_fn(move |req: Request<Incoming>| {
                         let handler = Arc::clone(&handler);
-                        seen.store(true, std::sync::atomic::Ordering::Relaxed);
-                        async move { Ok::<_, Infallible>(handler.handle(peer, req).await) }
+                        let http1 = req.version() < http::Version::HTTP_2;
+                        on_request.request(http1);
+                        let draining = Arc::clone(&draining);
+                        async move {
+                            let mut response = handler.handle(peer, req).await;
+                            if http1 && draining.load(std::sync::atomic::Ordering::Relaxed) {
+                                // The client's next request goes on a new
+                                // connection: to the process that serves on.
+                                response.headers_mut().insert(
+                                    http::header::CONNECTION,
+                                    http::HeaderValue::from_static("close"),
+                                );
+                            }
+                            Ok::<_, Infallible>(response)
+                        }
                     });
                     let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
-                    if let Err(e) = drained(conn, stop, started, first_grace).await {
+                    if let Err(e) = drained(conn, stop, seen, graces).await {
                         tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
                     }
                 });
@@ -255,6 +271,7 @@ pub async fn serve_with<O: Opener>(
             _ = shutdown.changed() => break,
         }
     }
+    draining.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(listener);
     // Every connection holds a permit until it ends.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
@@ -269,16 +286,46 @@ pub async fn serve_with<O: Opener>(
     }
 }
 
+/// How long a drain waits for the next request on an idle HTTP/1
+/// keep-alive connection (capped by the drain timeout): a client that
+/// sends steadily gets its next answer with `connection: close` and moves
+/// to a new connection, instead of meeting a connection closed under it.
+const IDLE_GRACE: Duration = Duration::from_secs(2);
+
+/// What a drain knows of a connection's requests.
+#[derive(Default)]
+struct Seen {
+    count: std::sync::atomic::AtomicU64,
+    http2: std::sync::atomic::AtomicBool,
+    next: tokio::sync::Notify,
+}
+
+impl Seen {
+    fn request(&self, http1: bool) {
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !http1 {
+            self.http2.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.next.notify_one();
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Serves `conn` until it ends; once `stop` turns true, it finishes what
 /// is in flight and closes (HTTP/1: after the current response; HTTP/2:
-/// GOAWAY, open streams complete). A connection whose first request was
-/// not read yet gets it read and served first (within `first_grace`): its
-/// client sent it to a socket that was accepting.
+/// GOAWAY, open streams complete). An HTTP/1 connection first gets its
+/// next request read and served, with `connection: close`: one whose first
+/// request was not read yet within `first_grace` (its client sent it to a
+/// socket that was accepting), a keep-alive one within `idle_grace`.
 fn drained<C>(
     conn: C,
     mut stop: watch::Receiver<bool>,
-    started: Arc<std::sync::atomic::AtomicBool>,
-    first_grace: Duration,
+    seen: Arc<Seen>,
+    (first_grace, idle_grace): (Duration, Duration),
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), C::Error>> + Send>>
 where
     C: GracefulConnection + Send + 'static,
@@ -301,18 +348,20 @@ where
             r = conn.as_mut() => return r,
             () = stopping => {}
         }
-        if !started.load(std::sync::atomic::Ordering::Relaxed) {
-            let deadline = tokio::time::sleep(first_grace);
+        let at_stop = seen.count();
+        if !seen.http2.load(std::sync::atomic::Ordering::Relaxed) {
+            let grace = if at_stop == 0 {
+                first_grace
+            } else {
+                idle_grace
+            };
+            let deadline = tokio::time::sleep(grace);
             let mut deadline = std::pin::pin!(deadline);
-            loop {
+            while seen.count() == at_stop {
                 tokio::select! {
                     r = conn.as_mut() => return r,
                     () = &mut deadline => break,
-                    () = tokio::time::sleep(Duration::from_millis(5)) => {
-                        if started.load(std::sync::atomic::Ordering::Relaxed) {
-                            break;
-                        }
-                    }
+                    () = seen.next.notified() => {}
                 }
             }
         }

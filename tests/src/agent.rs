@@ -11,7 +11,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    gateway::{LOG_LEVEL, leash_command, read_records, segment_files, wait_for_records},
+    gateway::{LOG_LEVEL, read_records, segment_files, wait_for_records},
     harness::{free_port, leash_bin},
     http::http_get,
 };
@@ -64,7 +64,12 @@ impl Cgroup {
 }
 
 impl Drop for Cgroup {
+    /// Removes what agents left on the cgroup in bpffs (pinned hooks of a
+    /// fail-closed agent, shared maps of one killed), then the cgroup.
     fn drop(&mut self) {
+        if let Some(dir) = leash_agent::intercept::pin::mounted_dir_for(&self.path) {
+            let _ = leash_agent::intercept::pin::release(&dir);
+        }
         for _ in 0..50 {
             if std::fs::remove_dir(&self.path).is_ok() {
                 return;
@@ -83,7 +88,7 @@ pub struct Agent {
     pub admin: SocketAddr,
     pub audit_dir: PathBuf,
     pub ca_dir: PathBuf,
-    config: PathBuf,
+    pub config: PathBuf,
     log_path: PathBuf,
     /// Extra environment of the agent process (fault injection).
     env: Vec<(String, String)>,
@@ -137,19 +142,18 @@ impl Agent {
             .append(true)
             .open(&self.log_path)
             .expect("log");
-        let mut cmd = match &self.cgroup {
-            Some(cg) => {
-                let mut cmd = Command::new("sh");
-                cmd.arg("-c")
-                    .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
-                    .arg("sh")
-                    .arg(cg)
-                    .arg(leash_bin())
-                    .args(["--log-level", LOG_LEVEL]);
-                cmd
-            }
-            None => leash_command(),
+        let mut cmd = if let Some(cg) = &self.cgroup {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+                .arg("sh")
+                .arg(cg)
+                .arg(self.binary());
+            cmd
+        } else {
+            Command::new(self.binary())
         };
+        cmd.env_remove("RUST_LOG").args(["--log-level", LOG_LEVEL]);
         let child = cmd
             .arg("run")
             .arg("--config")
@@ -188,6 +192,16 @@ impl Agent {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The `leash` binary run: the one under test, or the one named by
+    /// [`crate::gateway::BINARY`] in the agent's environment (an upgrade
+    /// test's copy).
+    fn binary(&self) -> PathBuf {
+        self.env
+            .iter()
+            .find(|(k, _)| k == crate::gateway::BINARY)
+            .map_or_else(leash_bin, |(_, bin)| PathBuf::from(bin))
     }
 
     /// SIGTERM, then waits for the agent to exit; returns its status.

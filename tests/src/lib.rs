@@ -12,6 +12,7 @@ pub mod browser;
 pub mod dns;
 pub mod fleet;
 pub mod gateway;
+pub mod handover;
 pub mod harness;
 pub mod http;
 pub mod mock;

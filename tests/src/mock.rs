@@ -168,6 +168,11 @@ impl MockProvider {
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().expect("mock state").clone()
     }
+
+    /// How many requests arrived (without copying them).
+    pub fn request_count(&self) -> usize {
+        self.state.requests.lock().expect("mock state").len()
+    }
 }
 
 impl Drop for MockProvider {

@@ -46,6 +46,21 @@ impl World {
         extra_config: &str,
         identity: impl Fn(&TestCa, &Host) -> Identity,
     ) -> Self {
+        Self::build(tag, hosts, extra_config, identity, &[])
+    }
+
+    /// As [`World::new`], with extra environment for the agent process.
+    pub fn with_env(tag: &str, hosts: &[Host], extra_config: &str, env: &[(&str, &str)]) -> Self {
+        Self::build(tag, hosts, extra_config, |ca, h| ca.identity(&[h.0]), env)
+    }
+
+    fn build(
+        tag: &str,
+        hosts: &[Host],
+        extra_config: &str,
+        identity: impl Fn(&TestCa, &Host) -> Identity,
+        env: &[(&str, &str)],
+    ) -> Self {
         let ca = TestCa::new("fake public CA");
         let dir = tempfile::tempdir().unwrap();
         let public_ca = dir.path().join("public-ca.pem");
@@ -81,7 +96,7 @@ impl World {
             );
         }
         config.push_str(extra_config);
-        let agent = Agent::start_in(dir, &config, Some(&cgroup));
+        let agent = Agent::start_with_env(dir, &config, Some(&cgroup), env);
         Self {
             agent,
             cgroup,

@@ -21,25 +21,13 @@ use std::{
 
 use leash_tests::{
     fleet::wait_until,
+    handover::{Successor, gone, wait_successor},
     harness::{
         Leash, assert_success, http_get, http_request, leash_command, mock_providers_yaml, run,
     },
     mock::MockProvider,
 };
 use serde_json::json;
-
-/// The successor, killed when the test ends (it outlives the harness's
-/// child).
-struct Successor(u32);
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.to_string())
-            .status();
-    }
-}
 
 fn chat(leash_addr: std::net::SocketAddr, stream: bool, headers: &[(&str, &str)]) -> (u16, String) {
     let body = json!({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
@@ -61,34 +49,6 @@ fn chat(leash_addr: std::net::SocketAddr, stream: bool, headers: &[(&str, &str)]
             "no answer (connection refused, reset or timed out)".to_owned(),
         ),
     }
-}
-
-/// `text` without ANSI colour codes.
-fn plain(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Whether process `pid` has exited (gone, or a zombie its parent — this
-/// test — has not reaped yet).
-fn gone(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-    })
 }
 
 /// Open-loop load: requests at 1,000 per second on new connections,
@@ -231,29 +191,8 @@ fn hand_over_with(
     );
     let before = load.sent();
     trigger();
-    let mut successor = None;
-    wait_until(
-        "the successor serving",
-        secs(30),
-        || leash.logs(),
-        || {
-            successor = plain(&leash.logs())
-                .lines()
-                .find(|l| l.contains("the successor serves"))
-                .and_then(|l| l.split("successor=").nth(1))
-                .and_then(|p| p.split_whitespace().next())
-                .and_then(|p| p.parse::<u32>().ok());
-            successor.is_some()
-        },
-    );
-    let successor = Successor(successor.unwrap());
+    let successor = wait_successor(&|| leash.logs(), old_pid);
     assert_ne!(successor.0, old_pid);
-    wait_until(
-        "the old process exiting",
-        secs(30),
-        || leash.logs(),
-        || gone(old_pid),
-    );
     let after_exit = load.sent();
     assert!(
         before > 0 && after_exit > before,

@@ -213,31 +213,50 @@ const OPS_BEGIN: &str = "<!-- operations:begin (written by `cargo xtask test` fr
 const OPS_END: &str = "<!-- operations:end -->";
 
 /// README's "Operations" figures: each hand-over under load the last run
-/// made (`tests/tests/handover.rs`).
+/// made (`tests/tests/handover.rs` for the gateway,
+/// `tests/tests/agent_handover.rs` for the transparent agent).
 fn operations_table(dir: &Path) -> String {
     let mut table = String::from(
-        "| change, under open-loop load | requests (rate) | failed | SSE streams in flight | cut | audit |\n| --- | --- | --- | --- | --- | --- |\n",
+        "| change, under open-loop load | clients | requests (rate) | failed | went direct | SSE streams in flight | cut | audit |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let mut any = false;
-    for name in ["handover_restart", "handover_upgrade", "handover_reload"] {
+    for (name, clients) in [
+        ("handover_restart", "gateway, a new connection per request"),
+        ("handover_upgrade", "gateway, a new connection per request"),
+        ("handover_reload", "gateway, a new connection per request"),
+        (
+            "agent_handover_upgrade",
+            "intercepted, 16 keep-alive TLS connections",
+        ),
+        (
+            "agent_handover_reload",
+            "intercepted, 16 keep-alive TLS connections",
+        ),
+        (
+            "agent_ca_rotation",
+            "intercepted, 16 keep-alive TLS connections",
+        ),
+    ] {
         let Some(v) = load(dir, name) else {
             continue;
         };
         any = true;
         let _ = writeln!(
             table,
-            "| {} | {} ({:.0}/s) | {} | {} | {} | {} |",
+            "| {} | {clients} | {} ({:.0}/s) | {} | {} | {} | {} | {} |",
             v["what"].as_str().unwrap_or(name),
             v["requests"],
             v["rate"].as_f64().unwrap_or(0.0),
             v["failed"],
+            v.get("direct")
+                .map_or_else(|| "n/a".to_owned(), ToString::to_string),
             v["streams"],
             v["streams_cut"],
             v["audited"].as_str().unwrap_or("?"),
         );
     }
     if !any {
-        table.push_str("| not measured in the last run | | | | | |\n");
+        table.push_str("| not measured in the last run | | | | | | | |\n");
     }
     table
 }

@@ -6,9 +6,13 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use std::os::fd::AsRawFd as _;
+
 use super::{
-    Core, RunError, bind, console_for, is_root, proxy_listeners, readiness, release_startup_memory,
-    serve_transparent, spawn_admin, spawn_gateway,
+    ConfigSource, Core, RunError, bind, console_for,
+    handover::{self, Passed, Reload, until_stop_or_handover},
+    is_root, proxy_listeners, readiness, release_startup_memory, serve_transparent, spawn_admin,
+    spawn_gateway,
 };
 use crate::{
     ca::CertAuthority,
@@ -32,12 +36,9 @@ use crate::{
 
 fn hook_settings(config: &Config, cgroup: std::path::PathBuf) -> Result<HookSettings, RunError> {
     let intercept = &config.intercept;
-    let pin_dir = match intercept.failure_mode {
-        FailureMode::Open => None,
-        FailureMode::Closed => Some(pin::dir_for(&pin::bpffs()?, &cgroup)?),
-    };
     Ok(HookSettings {
-        pin_dir,
+        pin_dir: pin::dir_for(&pin::bpffs()?, &cgroup)?,
+        pin_links: intercept.failure_mode == FailureMode::Closed,
         cgroup,
         proxy_port: intercept.proxy_port,
         ports: intercept.ports.clone(),
@@ -102,7 +103,7 @@ pub fn release_pinned(
     };
     match pin::existing_dir(&cgroup) {
         Some(dir) => {
-            let released = pin::release(&dir, &[])?;
+            let released = pin::release(&dir)?;
             Ok((dir, released))
         }
         None => Ok((cgroup, 0)),
@@ -153,10 +154,16 @@ fn organisation_ca(config: &Config) -> Result<CertAuthority, RunError> {
     clippy::too_many_lines,
     reason = "the agent's start in the order it must happen: one step per statement"
 )]
-pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run_agent(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    source: Option<ConfigSource>,
+) -> Result<(), RunError> {
     if !is_root() {
         return Err(RunError::NotRoot);
     }
+    // Handled from the start: SIGUSR2's default action ends the process.
+    let usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()).ok();
     let ca = organisation_ca(&config)?;
     let cgroup_dir = match &config.intercept.cgroup {
         Some(dir) => dir.clone(),
@@ -180,8 +187,19 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let upstream_tls = upstream::tls_config(&config.upstream)?;
 
     // Listen before attaching: a redirected connect must find the proxy.
+    // After a hand-over these are the predecessor's sockets, and its hooks
+    // stay attached until ours are: no connection is refused or goes direct.
     let proxy_listeners = proxy_listeners(&config).await?;
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
+    let mut passed: Vec<Passed> = proxy_listeners
+        .iter()
+        .map(|(field, addr, l)| (*field, *addr, l.as_raw_fd()))
+        .collect();
+    passed.push((
+        "admin.listen",
+        config.admin.listen,
+        admin_listener.as_raw_fd(),
+    ));
 
     let hooks = Arc::new(KernelHooks::attach(&hook_settings(
         &config,
@@ -193,12 +211,14 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let state = interception_state(interception, &hooks, &metrics, &untrusted, &refused);
     let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checks = readiness(&audit_writer, &policy, &serving, Some(Arc::clone(&metrics)));
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
     let console = Some(
         console_for(&config, policy, Some(state))?
             .with_live(audit_writer.live())
             .with_keys(keys)
             .with_capture(capture, Arc::clone(&pipeline))
-            .with_fleet_budgets(fleet),
+            .with_fleet_budgets(fleet)
+            .with_reload(reload_tx),
     );
     let host_table = HostTable::new(&config.intercept, &config.providers);
     let static_targets = hosts::add_static(&hooks, host_table.hosts())?;
@@ -238,11 +258,9 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = serve_transparent(&config, &proxy, proxy_listeners, &stop_rx);
     if config.gateway.explicit {
-        tasks.push(
-            spawn_gateway(&config, Arc::clone(&pipeline), stop_rx.clone())
-                .await?
-                .0,
-        );
+        let (task, fd) = spawn_gateway(&config, Arc::clone(&pipeline), stop_rx.clone()).await?;
+        tasks.push(task);
+        passed.push(("gateway.listen", config.gateway.listen, fd));
     }
     tasks.push(spawn_admin(
         admin_listener,
@@ -251,6 +269,8 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         stop_rx,
     )?);
     serving.store(true, std::sync::atomic::Ordering::Relaxed);
+    handover::serving();
+    handover::close_unclaimed();
     tracing::info!(
         cgroup = %cgroup_dir.display(),
         proxy_port = config.intercept.proxy_port,
@@ -260,11 +280,29 @@ pub async fn run_agent(config: Config, shutdown: impl Future<Output = ()>) -> Re
         "leash agent ready: intercepting"
     );
 
-    shutdown.await;
+    let handed_over = until_stop_or_handover(
+        shutdown,
+        &Reload {
+            source,
+            listeners: passed,
+            agent: true,
+        },
+        (usr2, reload_rx),
+    )
+    .await;
     serving.store(false, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!("shutting down: {}", hooks_at_stop(hooks.pinned()));
-    if !hooks.pinned() {
-        metrics.hooks_attached.set(0);
+    if handed_over {
+        // The successor's hooks run beside ours since it started: ours go
+        // now, so connections are redirected only by its hooks (and
+        // recorded in the maps it reads, whatever their layout).
+        hooks.detach();
+        tracing::info!("handed over: the successor's hooks are attached, ours detached; draining");
+    } else {
+        tracing::info!("shutting down: {}", hooks_at_stop(hooks.pinned()));
+        if !hooks.pinned() {
+            metrics.hooks_attached.set(0);
+            hooks.unpin_shared_maps();
+        }
     }
     if let Some(r) = resolver {
         r.abort();

@@ -20,6 +20,9 @@ use std::{
     time::Duration,
 };
 
+use super::ConfigSource;
+use crate::{config::Config, proxy::transparent};
+
 /// `gateway.listen=3,admin.listen=4`: the inherited listening sockets.
 const ENV_FDS: &str = "LEASH_LISTEN_FDS";
 /// The pipe the successor writes one byte to once it serves.
@@ -131,6 +134,20 @@ pub fn take(field: &str, addr: SocketAddr) -> Result<Option<std::net::TcpListene
     }
     listener.set_nonblocking(true)?;
     Ok(Some(listener))
+}
+
+/// Closes the inherited listeners nothing took: those the config no longer
+/// has (the predecessor stops accepting on them too).
+pub fn close_unclaimed() {
+    let Some(inherited) = INHERITED.get() else {
+        return;
+    };
+    let Ok(mut listeners) = inherited.listeners.lock() else {
+        return;
+    };
+    for (field, listener) in listeners.drain() {
+        tracing::info!(field, addr = ?listener.local_addr().ok(), "hand-over: closing a listener the config no longer has");
+    }
 }
 
 /// Tells the service manager (systemd's `NOTIFY_SOCKET`, with
@@ -261,4 +278,117 @@ pub async fn start_successor(listeners: &[(&'static str, RawFd)]) -> Result<u32,
     // The successor outlives us: its exit status is for our parent (init).
     std::mem::forget(child);
     Ok(pid)
+}
+
+pub(super) const PROXY_V4: &str = "intercept.proxy_port";
+pub(super) const PROXY_V6: &str = "intercept.proxy_port (IPv6)";
+pub(super) const PROXY_NS: &str = "intercept.namespace_listen";
+
+/// A listening socket a hand-over passes on: its config field, the
+/// address it listens on, its descriptor.
+pub(super) type Passed = (&'static str, SocketAddr, std::os::fd::RawFd);
+
+/// The addresses `config` listens on, by field: the gateway's, the admin
+/// listener's and (`agent`) the transparent proxy's.
+pub(super) fn listen_addrs(config: &Config, agent: bool) -> Vec<(&'static str, SocketAddr)> {
+    let mut out = Vec::new();
+    if agent {
+        let [v4, v6] = transparent::listen_addrs(config.intercept.proxy_port);
+        out.push((PROXY_V4, v4));
+        out.push((PROXY_V6, v6));
+        if let Some(ip) = config.intercept.namespace_listen {
+            out.push((
+                PROXY_NS,
+                SocketAddr::new(ip.into(), config.intercept.proxy_port),
+            ));
+        }
+    }
+    if !agent || config.gateway.explicit {
+        out.push(("gateway.listen", config.gateway.listen));
+    }
+    out.push(("admin.listen", config.admin.listen));
+    out
+}
+
+/// What a hand-over needs: the config as it would be read again, and the
+/// listening sockets.
+pub(super) struct Reload {
+    pub(super) source: Option<ConfigSource>,
+    pub(super) listeners: Vec<Passed>,
+    /// The transparent agent (`leash run`), whose proxy sockets are passed
+    /// too.
+    pub(super) agent: bool,
+}
+
+impl Reload {
+    /// Checks the config as it is now (a broken one, or one that moves a
+    /// listener, is refused with the reason), then starts the successor.
+    /// A listener the new config no longer has is closed by the successor.
+    async fn hand_over(&self) -> Result<u32, String> {
+        if let Some(source) = &self.source {
+            let next = source()?;
+            let wanted = listen_addrs(&next, self.agent);
+            for (field, now, _) in &self.listeners {
+                if let Some((_, to)) = wanted.iter().find(|(f, to)| f == field && to != now) {
+                    return Err(format!(
+                        "{field} changes from {now} to {to}: a listening address cannot move in a hand-over; restart Leash for that"
+                    ));
+                }
+            }
+        }
+        let fds: Vec<_> = self.listeners.iter().map(|(f, _, fd)| (*f, *fd)).collect();
+        start_successor(&fds).await.map_err(|e| e.to_string())
+    }
+}
+
+/// What starts a hand-over: `SIGUSR2` (registered at start: its default
+/// action ends the process), or a request from `leash reload` through the
+/// admin API.
+pub(super) type HandoverTriggers = (
+    Option<tokio::signal::unix::Signal>,
+    tokio::sync::mpsc::Receiver<crate::console::ReloadRequest>,
+);
+
+/// Waits for `shutdown`, or for a hand-over (`SIGUSR2`, or a request on
+/// `requests`) whose successor serves; a refused or failed hand-over is
+/// logged (and answered) and this process keeps serving.
+/// Returns whether a successor took over.
+pub(super) async fn until_stop_or_handover(
+    shutdown: impl Future<Output = ()>,
+    reload: &Reload,
+    (mut usr2, mut requests): HandoverTriggers,
+) -> bool {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let signalled = async {
+            match usr2.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let answer = tokio::select! {
+            () = &mut shutdown => return false,
+            () = signalled => None,
+            Some(answer) = requests.recv() => Some(answer),
+        };
+        let result = reload.hand_over().await;
+        match &result {
+            Ok(pid) => tracing::info!(
+                successor = pid,
+                "hand-over: the successor serves; this process drains and exits"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "hand-over refused or failed; this process keeps serving");
+            }
+        }
+        let done = result.is_ok();
+        if let Some(answer) = answer {
+            let _ = answer.send(result);
+        }
+        if done {
+            return true;
+        }
+    }
 }

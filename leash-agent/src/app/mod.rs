@@ -18,6 +18,7 @@ mod agent;
 pub mod handover;
 
 pub use agent::{release_pinned, run_agent};
+use handover::{PROXY_NS, PROXY_V4, PROXY_V6, Reload, listen_addrs, until_stop_or_handover};
 
 use crate::{
     admin::Admin,
@@ -30,11 +31,7 @@ use crate::{
     pipeline::Pipeline,
     policy::{PolicyError, PolicyHandle},
     pricing::PriceTable,
-    proxy::{
-        Forwarder,
-        gateway::Gateway,
-        transparent::{self, Transparent},
-    },
+    proxy::{Forwarder, gateway::Gateway, transparent::Transparent},
     server::{self, ServeOptions},
     tls::{self, TlsError},
     upstream::{self, UpstreamError},
@@ -397,6 +394,7 @@ pub async fn run_gateway(
         providers = %config.providers.names().collect::<Vec<_>>().join(","),
         "leash gateway ready"
     );
+    handover::close_unclaimed();
     until_stop_or_handover(
         shutdown,
         &Reload {
@@ -405,6 +403,7 @@ pub async fn run_gateway(
                 ("gateway.listen", config.gateway.listen, gw_fd),
                 ("admin.listen", config.admin.listen, admin_fd),
             ],
+            agent: false,
         },
         (usr2, reload_rx),
     )
@@ -420,102 +419,24 @@ pub async fn run_gateway(
     Ok(())
 }
 
-/// What a hand-over needs: the config as it would be read again, and the
-/// listening sockets (field, configured address, descriptor).
-struct Reload {
-    source: Option<ConfigSource>,
-    listeners: Vec<(&'static str, SocketAddr, std::os::fd::RawFd)>,
-}
-
-impl Reload {
-    /// Checks the config as it is now (a broken one, or one that moves a
-    /// listener, is refused with the reason), then starts the successor.
-    async fn hand_over(&self) -> Result<u32, String> {
-        if let Some(source) = &self.source {
-            let next = source()?;
-            let moved = [
-                ("gateway.listen", next.gateway.listen),
-                ("admin.listen", next.admin.listen),
-            ];
-            for (field, now, _) in &self.listeners {
-                if let Some((_, to)) = moved.iter().find(|(f, to)| f == field && to != now) {
-                    return Err(format!(
-                        "{field} changes from {now} to {to}: a listening address cannot move in a hand-over; restart Leash for that"
-                    ));
-                }
-            }
-        }
-        let fds: Vec<_> = self.listeners.iter().map(|(f, _, fd)| (*f, *fd)).collect();
-        handover::start_successor(&fds)
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// Waits for `shutdown`, or for a hand-over (`SIGUSR2`, or a request on
-/// `requests`) whose successor serves; a refused or failed hand-over is
-/// logged (and answered) and this process keeps serving.
-async fn until_stop_or_handover(
-    shutdown: impl Future<Output = ()>,
-    reload: &Reload,
-    (mut usr2, mut requests): (
-        Option<tokio::signal::unix::Signal>,
-        tokio::sync::mpsc::Receiver<crate::console::ReloadRequest>,
-    ),
-) {
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let signalled = async {
-            match usr2.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        let answer = tokio::select! {
-            () = &mut shutdown => return,
-            () = signalled => None,
-            Some(answer) = requests.recv() => Some(answer),
-        };
-        let result = reload.hand_over().await;
-        match &result {
-            Ok(pid) => tracing::info!(
-                successor = pid,
-                "hand-over: the successor serves; this process drains and exits"
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "hand-over refused or failed; this process keeps serving");
-            }
-        }
-        let done = result.is_ok();
-        if let Some(answer) = answer {
-            let _ = answer.send(result);
-        }
-        if done {
-            return;
-        }
-    }
-}
-
 /// Serves the transparent proxy on `listeners` with the same server loop
 /// as the gateway: its connection cap, header and stream limits, header
 /// timeout and drain.
 fn serve_transparent(
     config: &Config,
     proxy: &Arc<Transparent>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(&'static str, SocketAddr, TcpListener)>,
     stop: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let options = ServeOptions {
         name: "transparent",
         header_read_timeout: config.gateway.header_read_timeout,
-        drain_timeout: Duration::from_secs(10),
+        drain_timeout: config.gateway.drain_timeout,
         limits: config.gateway.limits,
     };
     listeners
         .into_iter()
-        .map(|listener| {
+        .map(|(_, _, listener)| {
             tokio::spawn(server::serve_with(
                 listener,
                 Arc::clone(proxy),
@@ -526,20 +447,26 @@ fn serve_transparent(
         .collect()
 }
 
-/// The transparent proxy's listeners: `127.0.0.1` and `::1` on the proxy
-/// port, and `intercept.namespace_listen` for other network namespaces.
-async fn proxy_listeners(config: &Config) -> Result<Vec<TcpListener>, RunError> {
-    let [v4, v6] = transparent::listen_addrs(config.intercept.proxy_port);
-    let mut listeners = vec![bind("intercept.proxy_port", v4).await?];
-    match TcpListener::bind(v6).await {
-        Ok(l) => listeners.push(l),
-        Err(e) => {
-            tracing::warn!(addr = %v6, error = %e, "no IPv6 proxy listener; IPv6 provider connections cannot be intercepted");
-        }
-    }
-    if let Some(ip) = config.intercept.namespace_listen {
-        let addr = std::net::SocketAddr::new(ip.into(), config.intercept.proxy_port);
-        listeners.push(bind("intercept.namespace_listen", addr).await?);
+/// The transparent proxy's listeners (field, address, socket): `127.0.0.1`
+/// and `::1` on the proxy port, and `intercept.namespace_listen` for other
+/// network namespaces — each the predecessor's, after a hand-over.
+async fn proxy_listeners(
+    config: &Config,
+) -> Result<Vec<(&'static str, SocketAddr, TcpListener)>, RunError> {
+    let mut listeners = Vec::new();
+    for (field, addr) in listen_addrs(config, true) {
+        let listener = match field {
+            PROXY_V4 | PROXY_NS => bind(field, addr).await?,
+            PROXY_V6 => match bind(field, addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "no IPv6 proxy listener; IPv6 provider connections cannot be intercepted");
+                    continue;
+                }
+            },
+            _ => continue,
+        };
+        listeners.push((field, addr, listener));
     }
     Ok(listeners)
 }
@@ -581,7 +508,7 @@ async fn spawn_gateway(
     let options = ServeOptions {
         name: "gateway",
         header_read_timeout: config.gateway.header_read_timeout,
-        drain_timeout: Duration::from_secs(10),
+        drain_timeout: config.gateway.drain_timeout,
         limits: config.gateway.limits,
     };
     Ok((

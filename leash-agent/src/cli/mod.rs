@@ -182,6 +182,12 @@ fn one_thread() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The config as a reload reads it again: the same file with the same
+/// overrides.
+fn reload_source(file: Option<std::path::PathBuf>, overrides: Overrides) -> app::ConfigSource {
+    Box::new(move || Config::load(file.as_deref(), &overrides).map_err(|e| format!("{e:#}")))
+}
+
 fn block_on(server: impl Future<Output = Result<(), app::RunError>>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -286,11 +292,11 @@ fn run() -> anyhow::Result<()> {
             };
             let loaded = Config::load(config.as_deref(), &overrides)?;
             init_logging(&logging, Some(&loaded.log));
-            // A reload reads the same file with the same overrides again.
-            let source: app::ConfigSource = Box::new(move || {
-                Config::load(config.as_deref(), &overrides).map_err(|e| format!("{e:#}"))
-            });
-            block_on(app::run_gateway(loaded, shutdown_signal(), Some(source)))
+            block_on(app::run_gateway(
+                loaded,
+                shutdown_signal(),
+                Some(reload_source(config, overrides)),
+            ))
         }
         Command::Run {
             config,
@@ -303,9 +309,13 @@ fn run() -> anyhow::Result<()> {
                 audit_dir,
                 credentials_unread: false,
             };
-            let config = Config::load(config.as_deref(), &overrides)?;
-            init_logging(&logging, Some(&config.log));
-            block_on(app::run_agent(config, shutdown_signal()))
+            let loaded = Config::load(config.as_deref(), &overrides)?;
+            init_logging(&logging, Some(&loaded.log));
+            block_on(app::run_agent(
+                loaded,
+                shutdown_signal(),
+                Some(reload_source(config, overrides)),
+            ))
         }
         Command::Collector { config } => {
             let config = crate::collector::CollectorConfig::load(&config)?;

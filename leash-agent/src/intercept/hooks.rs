@@ -62,8 +62,13 @@ pub struct HookSettings {
     /// Host names whose DNS answers add their addresses as targets; empty:
     /// no DNS observation.
     pub dns_names: Vec<String>,
-    /// `failure_mode: closed`: pin the links here so they outlive the agent.
-    pub pin_dir: Option<PathBuf>,
+    /// The cgroup's directory in bpffs (see `pin`). The maps every agent on
+    /// the cgroup shares sit beside it — a successor reads what its
+    /// predecessor's hooks recorded during a hand-over — and with
+    /// `pin_links` the links are pinned in it.
+    pub pin_dir: PathBuf,
+    /// `failure_mode: closed`: pin the links so they outlive the agent.
+    pub pin_links: bool,
     /// Where connections from other network namespaces (containers) are
     /// sent; `None`: they are refused and reported.
     pub namespace_listen: Option<Ipv4Addr>,
@@ -179,7 +184,10 @@ pub struct KernelHooks {
     _ebpf: Ebpf,
     _config: Array<MapData, InterceptConfig>,
     _ports: HashMap<MapData, u16, u8>,
-    pinned: Vec<PinnedLink>,
+    /// The programs' links: dropping them detaches the hooks (unless they
+    /// are pinned, and the pins stay).
+    links: Mutex<Links>,
+    pinned: bool,
     targets_v4: Mutex<HashMap<MapData, u32, u8>>,
     targets_v6: Mutex<HashMap<MapData, [u8; 16], u8>>,
     dns_v4: HashMap<MapData, u32, u64>,
@@ -187,6 +195,8 @@ pub struct KernelHooks {
     by_client: Mutex<HashMap<MapData, Endpoint, OrigDst>>,
     refused: Mutex<HashMap<MapData, RefusalKey, u64>>,
     cgroup: PathBuf,
+    /// The cgroup's bpffs directory and the shared maps' directory.
+    shared: (PathBuf, PathBuf),
 }
 
 /// Keeps the attached `link` of program `name` for pinning.
@@ -206,10 +216,12 @@ where
     Ok(())
 }
 
-/// The maps a new agent shares with the hooks a previous one left pinned
-/// (fail closed): the records (callers, DNS-learned targets, refusal
-/// counts) and the config, which the new agent overwrites at once, so the
-/// old hooks redirect to it while both are attached.
+/// The maps an agent shares with the agents before and after it on the
+/// same cgroup: the records (callers, DNS-learned targets, refusal counts)
+/// and the config, which a new agent overwrites at once. While two agents'
+/// hooks are attached (a hand-over, or a fail-closed agent taking over the
+/// pinned hooks), the older hooks run first and record in these maps, and
+/// whichever process accepts the connection finds its record.
 const SHARED_MAPS: [&str; 6] = [
     names::CONFIG,
     names::BY_COOKIE,
@@ -219,21 +231,26 @@ const SHARED_MAPS: [&str; 6] = [
     names::REFUSED,
 ];
 
-/// Loads the eBPF object; with `pin_dir` (fail closed), its shared maps are
-/// opened from (or created and pinned in) the maps directory beside it.
-/// Returns the object and that directory.
-fn load(settings: &HookSettings) -> Result<(Ebpf, Option<PathBuf>), HookError> {
-    let Some(dir) = &settings.pin_dir else {
-        return Ok((Ebpf::load(EBPF_OBJECT).map_err(HookError::Load)?, None));
-    };
-    let maps = pin::maps_dir(dir, &pin::layout(EBPF_OBJECT, &SHARED_MAPS)?);
+/// Loads the eBPF object with its shared maps opened from (or created and
+/// pinned in) the maps directory beside `pin_dir`. Returns the object and
+/// that directory.
+fn load(settings: &HookSettings) -> Result<(Ebpf, PathBuf), HookError> {
+    let maps = pin::maps_dir(&settings.pin_dir, &pin::layout(EBPF_OBJECT, &SHARED_MAPS)?);
     std::fs::create_dir_all(&maps).map_err(|e| PinError::Dir(maps.clone(), e))?;
     let mut loader = EbpfLoader::new();
     for name in SHARED_MAPS {
         loader.map_pin_path(name, maps.join(name));
     }
     let ebpf = loader.load(EBPF_OBJECT).map_err(HookError::Load)?;
-    Ok((ebpf, Some(maps)))
+    Ok((ebpf, maps))
+}
+
+/// An agent's links to its programs: its own (fail open), or pinned.
+/// Held, never read: dropping a link closes it.
+#[allow(dead_code, reason = "held for their Drop: a closed link detaches")]
+enum Links {
+    Own(Vec<FdLink>),
+    Pinned(Vec<PinnedLink>),
 }
 
 /// Pins `links` (fail closed), then, with ours attached, releases the
@@ -242,31 +259,27 @@ fn load(settings: &HookSettings) -> Result<(Ebpf, Option<PathBuf>), HookError> {
 fn pin_and_take_over(
     settings: &HookSettings,
     links: Vec<(&'static str, FdLink)>,
-    maps: Option<&Path>,
-) -> Result<Vec<PinnedLink>, HookError> {
-    let mut pinned = Vec::new();
+    maps: &Path,
+) -> Result<Links, HookError> {
+    let dir = &settings.pin_dir;
     let mut keep = Vec::new();
-    if let Some(dir) = &settings.pin_dir {
+    let links = if settings.pin_links {
+        let mut pinned = Vec::new();
         for (name, link) in links {
             let (link, path) = pin::pin(dir, name, link)?;
             keep.push(path);
             pinned.push(link);
         }
+        Links::Pinned(pinned)
+    } else {
+        Links::Own(links.into_iter().map(|(_, link)| link).collect())
+    };
+    let released = pin::release_links(dir, &keep)?;
+    pin::release_maps(dir, Some(maps))?;
+    if released > 0 {
+        tracing::info!(released, dir = %dir.display(), "took over from the hooks a previous agent left pinned");
     }
-    if let Some(dir) = settings
-        .pin_dir
-        .clone()
-        .or_else(|| pin::existing_dir(&settings.cgroup))
-    {
-        let released = pin::release(&dir, &keep)?;
-        if maps.is_some() {
-            pin::release_maps(&dir, maps)?;
-        }
-        if released > 0 {
-            tracing::info!(released, dir = %dir.display(), "took over from the hooks a previous agent left pinned");
-        }
-    }
-    Ok(pinned)
+    Ok(links)
 }
 
 /// The config and ports maps, filled from `settings`. Both must stay open
@@ -342,7 +355,6 @@ impl KernelHooks {
         let refused = HashMap::try_from(take_map(&mut ebpf, names::REFUSED)?)
             .map_err(map_err(names::REFUSED))?;
 
-        let pinning = settings.pin_dir.is_some();
         let mut links: Vec<(&'static str, FdLink)> = Vec::new();
         let cgroup = File::open(&settings.cgroup)
             .map_err(|e| HookError::Cgroup(settings.cgroup.clone(), e))?;
@@ -367,9 +379,7 @@ impl KernelHooks {
             let id = program
                 .attach(&cgroup, mode())
                 .map_err(|e| HookError::Program(name, e))?;
-            if pinning {
-                keep_link(&mut links, name, program.take_link(id))?;
-            }
+            keep_link(&mut links, name, program.take_link(id))?;
         }
         let sockops: &mut SockOps = ebpf
             .program_mut(names::SOCKOPS)
@@ -382,9 +392,7 @@ impl KernelHooks {
         let id = sockops
             .attach(&cgroup, mode())
             .map_err(|e| HookError::Program(names::SOCKOPS, e))?;
-        if pinning {
-            keep_link(&mut links, names::SOCKOPS, sockops.take_link(id))?;
-        }
+        keep_link(&mut links, names::SOCKOPS, sockops.take_link(id))?;
 
         if !settings.dns_names.is_empty() {
             let mut names_map: HashMap<MapData, [u8; DNS_NAME_LEN], u8> =
@@ -410,17 +418,16 @@ impl KernelHooks {
             let id = dns
                 .attach(&cgroup, CgroupSkbAttachType::Ingress, mode())
                 .map_err(|e| HookError::Program(names::DNS_INGRESS, e))?;
-            if pinning {
-                keep_link(&mut links, names::DNS_INGRESS, dns.take_link(id))?;
-            }
+            keep_link(&mut links, names::DNS_INGRESS, dns.take_link(id))?;
         }
 
-        let pinned = pin_and_take_over(settings, links, maps.as_deref())?;
+        let links = pin_and_take_over(settings, links, &maps)?;
         Ok(Self {
             _ebpf: ebpf,
             _config: config,
             _ports: ports,
-            pinned,
+            links: Mutex::new(links),
+            pinned: settings.pin_links,
             targets_v4: Mutex::new(targets_v4),
             targets_v6: Mutex::new(targets_v6),
             dns_v4,
@@ -428,6 +435,7 @@ impl KernelHooks {
             by_client: Mutex::new(by_client),
             refused: Mutex::new(refused),
             cgroup: settings.cgroup.clone(),
+            shared: (settings.pin_dir.clone(), maps),
         })
     }
 
@@ -435,9 +443,29 @@ impl KernelHooks {
         &self.cgroup
     }
 
+    /// Detaches this agent's hooks now, once a successor's are attached (a
+    /// hand-over): their pins, if any, the successor has already released,
+    /// so closing the links detaches them. The maps stay for the successor.
+    pub fn detach(&self) {
+        let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+        *links = Links::Own(Vec::new());
+    }
+
+    /// Removes the pins of the shared maps (and the cgroup's bpffs
+    /// directory once empty): for an agent that stops with nobody after
+    /// it and hooks that go with it (fail open). The maps themselves go
+    /// when the last program using them is detached.
+    pub fn unpin_shared_maps(&self) {
+        let (dir, maps) = &self.shared;
+        if let Err(e) = std::fs::remove_dir_all(maps) {
+            tracing::warn!(dir = %maps.display(), error = %e, "cannot remove the shared maps' pins");
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+
     /// Whether the hooks stay attached when the agent goes (fail closed).
     pub fn pinned(&self) -> bool {
-        !self.pinned.is_empty()
+        self.pinned
     }
 
     /// Makes connections to `ip` targets (idempotent). IPv4-mapped IPv6
@@ -563,7 +591,7 @@ impl Drop for KernelHooks {
     /// connections to the closed proxy port. No process is exempt from
     /// them but by the socket mark, which only a privileged process can set.
     fn drop(&mut self) {
-        if self.pinned.is_empty() {
+        if !self.pinned {
             return;
         }
         tracing::info!(

@@ -1,19 +1,22 @@
-//! Fail-closed support: the hooks' bpf links pinned in bpffs, so they stay
-//! attached when the agent stops or dies and provider connections keep
-//! being redirected to the (then closed) proxy port: refused, never direct.
-//! A new agent attaches its own links first, then releases the old ones, so
-//! there is no moment without hooks.
+//! The hooks' state in bpffs. Fail closed: the bpf links pinned, so they
+//! stay attached when the agent stops or dies and provider connections
+//! keep being redirected to the (then closed) proxy port: refused, never
+//! direct. A new agent attaches its own links first, then releases the old
+//! ones, so there is no moment without hooks.
 //!
 //! Pins live in `<bpffs>/leash/cg-<cgroup inode>/`, one file per program
 //! and agent process (`<program>-<pid>`; bpffs allows no `.` in names).
 //!
-//! The maps that hold records rather than configuration (the caller
-//! records, the DNS-learned targets, the refusal counts) and the config
-//! map are pinned beside them, in `cg-<inode>-maps-<layout>/`, and every
-//! agent with the same map layout opens the same maps: what the old hooks
-//! recorded while no agent ran, or during the hand-over, is what the new
-//! agent reads. `<layout>` is a digest of the maps' definitions, so an
-//! agent whose maps differ gets its own and never misreads old ones.
+//! In both failure modes, the maps that hold records rather than
+//! configuration (the caller records, the DNS-learned targets, the refusal
+//! counts) and the config map are pinned beside them, in
+//! `cg-<inode>-maps-<layout>/`, and every agent with the same map layout
+//! opens the same maps: what the old hooks recorded while no agent ran, or
+//! during a hand-over (both agents' hooks attached, both processes
+//! accepting on the one proxy socket), is what the new agent reads.
+//! `<layout>` is a digest of the maps' definitions, so an agent whose maps
+//! differ gets its own and never misreads old ones. A fail-open agent that
+//! stops with no successor removes the maps' pins.
 
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -76,13 +79,18 @@ pub fn dir_for(bpffs: &Path, cgroup: &Path) -> Result<PathBuf, PinError> {
     Ok(bpffs.join("leash").join(format!("cg-{ino}")))
 }
 
+/// The pin directory of the hooks on `cgroup` (not checked to exist), if
+/// bpffs is mounted.
+pub fn mounted_dir_for(cgroup: &Path) -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let bpffs = cgroup::mount_of_type(&mountinfo, "bpf")?;
+    dir_for(&bpffs, cgroup).ok()
+}
+
 /// The existing pin directory of the hooks on `cgroup`, if bpffs is mounted
 /// and one exists.
 pub fn existing_dir(cgroup: &Path) -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let bpffs = cgroup::mount_of_type(&mountinfo, "bpf")?;
-    let dir = dir_for(&bpffs, cgroup).ok()?;
-    dir.is_dir().then_some(dir)
+    mounted_dir_for(cgroup).filter(|dir| dir.is_dir())
 }
 
 /// Pins `link` (of program `name`) in `dir` under this process's id;
@@ -164,17 +172,12 @@ pub fn release_maps(dir: &Path, keep: Option<&Path>) -> Result<(), PinError> {
     Ok(())
 }
 
-/// Detaches every pinned link in `dir` except `keep` (this agent's own),
-/// and removes the directory once empty. Returns how many were released.
-pub fn release(dir: &Path, keep: &[PathBuf]) -> Result<usize, PinError> {
+/// Detaches every pinned link in `dir` except `keep` (this agent's own).
+/// Returns how many were released.
+pub fn release_links(dir: &Path, keep: &[PathBuf]) -> Result<usize, PinError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if keep.is_empty() {
-                release_maps(dir, None)?;
-            }
-            return Ok(0);
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(PinError::Dir(dir.to_path_buf(), e)),
     };
     let mut released = 0;
@@ -194,10 +197,16 @@ pub fn release(dir: &Path, keep: &[PathBuf]) -> Result<usize, PinError> {
         );
         released += 1;
     }
-    if keep.is_empty() {
-        let _ = std::fs::remove_dir(dir);
-        release_maps(dir, None)?;
-    }
+    Ok(released)
+}
+
+/// Detaches every pinned link in `dir` and removes it with the shared
+/// maps' pins beside it (`leash intercept release`: no agent runs). Returns
+/// how many links were released.
+pub fn release(dir: &Path) -> Result<usize, PinError> {
+    let released = release_links(dir, &[])?;
+    let _ = std::fs::remove_dir(dir);
+    release_maps(dir, None)?;
     Ok(released)
 }
 

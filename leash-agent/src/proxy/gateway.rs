@@ -27,6 +27,8 @@ const ROUTE_PREFIX: &str = "/v1/";
 pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8080";
 /// Request bodies above this are refused with 413 (they are read whole for policy).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// In-flight requests and streams of a stopping process get this long.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 /// A compressed request body decodes to at most this many times its size.
 pub const DEFAULT_MAX_DECOMPRESSION_RATIO: usize = 100;
 
@@ -44,6 +46,9 @@ pub struct GatewayConfig {
     /// size (and never past `max_body_bytes`).
     pub max_decompression_ratio: usize,
     pub header_read_timeout: std::time::Duration,
+    /// How long a stopping or handed-over process (gateway and agent alike)
+    /// lets in-flight requests and streams finish.
+    pub drain_timeout: std::time::Duration,
     pub limits: ConnLimits,
 }
 
@@ -56,6 +61,7 @@ pub struct RawGateway {
     max_body_bytes: Option<usize>,
     max_decompression_ratio: Option<usize>,
     header_read_timeout_secs: Option<u64>,
+    drain_timeout_secs: Option<u64>,
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
     max_connections: Option<usize>,
@@ -95,6 +101,11 @@ impl GatewayConfig {
                 "gateway.header_read_timeout_secs",
                 raw.header_read_timeout_secs,
                 30,
+            )?,
+            drain_timeout: field::secs(
+                "gateway.drain_timeout_secs",
+                raw.drain_timeout_secs,
+                DEFAULT_DRAIN_TIMEOUT_SECS,
             )?,
             limits,
         })

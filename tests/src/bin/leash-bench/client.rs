@@ -97,6 +97,9 @@ pub(crate) struct Read1 {
     pub(crate) status: u16,
     /// Arrival times of body chunks (chunked encoding) or of the body.
     pub(crate) chunks: Vec<Instant>,
+    /// The server closes the connection after this response
+    /// (`connection: close`).
+    pub(crate) close: bool,
 }
 
 impl Conn {
@@ -155,6 +158,7 @@ impl Conn {
             .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
         let mut length = None;
         let mut chunked = false;
+        let mut close = false;
         loop {
             line.clear();
             self.io.read_line(&mut line)?;
@@ -167,6 +171,8 @@ impl Conn {
                 length = v.trim().parse::<usize>().ok();
             } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
                 chunked = true;
+            } else if lower.starts_with("connection:") && lower.contains("close") {
+                close = true;
             }
         }
         let mut chunks = Vec::new();
@@ -191,6 +197,10 @@ impl Conn {
             self.io.read_exact(&mut buf)?;
             chunks.push(Instant::now());
         }
-        Ok(Read1 { status, chunks })
+        Ok(Read1 {
+            status,
+            chunks,
+            close,
+        })
     }
 }

@@ -42,6 +42,37 @@ pub(crate) fn us(d: Duration) -> u64 {
 
 // ---- open loop ----------------------------------------------------------------
 
+/// One request on `conn` (opened first if there is none): `Err` says what
+/// failed. A connection that failed, or that the server closes after its
+/// answer (`connection: close`), is dropped.
+fn attempt(conn: &mut Option<Conn>, t: &crate::client::Target, body: &str) -> Result<(), String> {
+    let answer = (|| -> std::io::Result<(u16, bool)> {
+        if conn.is_none() {
+            *conn = Some(Conn::open(t)?);
+        }
+        let c = conn.as_mut().expect("connection");
+        c.send(t, body)?;
+        let r = c.read()?;
+        Ok((r.status, r.close))
+    })();
+    match answer {
+        Ok((status, close)) => {
+            if close {
+                *conn = None;
+            }
+            if status == 200 {
+                Ok(())
+            } else {
+                Err(format!("status {status}"))
+            }
+        }
+        Err(e) => {
+            *conn = None;
+            Err(e.to_string())
+        }
+    }
+}
+
 pub(crate) fn load(args: &[String]) {
     let url = arg(args, "--url").expect("--url");
     let rate: f64 = num(args, "--rate", 1000.0);
@@ -63,6 +94,8 @@ pub(crate) fn load(args: &[String]) {
     let total = (rate * seconds) as u64;
     let warm = (rate * warmup) as u64;
     let errors = Arc::new(AtomicU64::new(0));
+    // The first few failures, said in the results (what went wrong).
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let completed = Arc::new(AtomicU64::new(0));
     let start = Instant::now() + Duration::from_millis(200);
     let interval = Duration::from_secs_f64(1.0 / rate);
@@ -73,8 +106,15 @@ pub(crate) fn load(args: &[String]) {
         .map(|k| {
             let t = Arc::clone(&t);
             let errors = Arc::clone(&errors);
+            let samples = Arc::clone(&samples);
             let completed = Arc::clone(&completed);
             std::thread::spawn(move || {
+                let note = |what: String| {
+                    let mut s = samples.lock().expect("samples");
+                    if s.len() < 10 {
+                        s.push(what);
+                    }
+                };
                 let mut corrected = histogram();
                 let mut service = histogram();
                 let mut conn = Conn::open(&t).ok();
@@ -86,24 +126,11 @@ pub(crate) fn load(args: &[String]) {
                         std::thread::sleep(intended - now);
                     }
                     let sent = Instant::now();
-                    let ok = (|| -> std::io::Result<bool> {
-                        if conn.is_none() {
-                            conn = Some(Conn::open(&t)?);
-                        }
-                        let c = conn.as_mut().expect("connection");
-                        c.send(&t, body)?;
-                        Ok(c.read()?.status == 200)
-                    })();
+                    let ok = attempt(&mut conn, &t, body);
                     let done = Instant::now();
-                    match ok {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(_) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            conn = None;
-                        }
+                    if let Err(what) = ok {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        note(what);
                     }
                     if t.new_connection {
                         conn = None;
@@ -135,6 +162,7 @@ pub(crate) fn load(args: &[String]) {
             "achieved_rps": completed as f64 / elapsed.max(1e-9),
             "not_sent": total.saturating_sub(completed),
             "errors": errors.load(Ordering::Relaxed),
+            "error_samples": *samples.lock().expect("samples"),
             "latency": percentiles(&corrected),
             "service": percentiles(&service),
         })
