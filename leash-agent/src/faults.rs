@@ -10,6 +10,9 @@
 //!   place N ms before it reads (to fill the concurrency limit).
 //! - `LEASH_FAULT_TARGETS_FULL=1`: every resolved provider address fails to
 //!   enter the kernel's target map, as when it is full.
+//! - `LEASH_FAULT_COLLECTOR_HOLD_ACK=N`: the collector commits its N-th
+//!   batch and then never acknowledges it (a collector killed between the
+//!   commit and the acknowledgement).
 //! - `LEASH_TEST_PANIC=1`: a request carrying `x-leash-test-panic` panics in
 //!   the pipeline with every header in the message (which the panic hook
 //!   must keep out of the logs).
@@ -94,4 +97,21 @@ pub fn maybe_panic(headers: &http::HeaderMap) {
     }
     #[cfg(not(feature = "test-hooks"))]
     let _ = headers;
+}
+
+/// Whether the collector is to hold back the acknowledgements of its
+/// `batch`-th committed batch (`LEASH_FAULT_COLLECTOR_HOLD_ACK=N`).
+pub fn collector_hold_ack(batch: u64) -> bool {
+    #[cfg(feature = "test-hooks")]
+    {
+        std::env::var("LEASH_FAULT_COLLECTOR_HOLD_ACK")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            == Some(batch)
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    {
+        let _ = batch;
+        false
+    }
 }

@@ -309,6 +309,8 @@ pub struct Collector {
     pub admin: SocketAddr,
     config: PathBuf,
     log: PathBuf,
+    /// Extra environment of the collector process (fault injection).
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -327,16 +329,27 @@ impl Collector {
 
     /// A collector whose `nats` block holds `nats_yaml`.
     pub fn start_with(nats_yaml: &str, postgres_url: &str) -> Self {
-        Self::start_config(nats_yaml, postgres_url, "")
+        Self::start_config(nats_yaml, postgres_url, "", &[])
     }
 
     /// A collector with more of the `collector` section (`extra`: lines
     /// indented under it).
     pub fn start_extra(nats: &Nats, postgres_url: &str, extra: &str) -> Self {
-        Self::start_config(&nats.yaml(), postgres_url, extra)
+        Self::start_config(&nats.yaml(), postgres_url, extra, &[])
     }
 
-    fn start_config(nats_yaml: &str, postgres_url: &str, extra: &str) -> Self {
+    /// As [`Collector::start_extra`], with extra environment variables for
+    /// the process (fault injection).
+    pub fn start_env(nats: &Nats, postgres_url: &str, extra: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_config(&nats.yaml(), postgres_url, extra, env)
+    }
+
+    fn start_config(
+        nats_yaml: &str,
+        postgres_url: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config = dir.path().join("collector.yaml");
@@ -353,6 +366,10 @@ impl Collector {
             admin,
             config,
             log,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             _dir: dir,
         };
         c.restart();
@@ -369,6 +386,7 @@ impl Collector {
             .arg("collector")
             .arg("--config")
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()

@@ -1,5 +1,7 @@
-//! One team budget shared by three gateway replicas through NATS JetStream
-//! key-value (`fleet_budgets`): 64 concurrent clients push past it; the
+//! One team budget shared by three gateway replicas and two transparent
+//! agents through NATS JetStream key-value (`fleet_budgets`): 64
+//! concurrent clients (those of the agents calling the provider from the
+//! agents' cgroups) push past it; the
 //! total charged overshoots the limit by at most one request's
 //! reservation and every replica refuses once it is spent. The control:
 //! the same replicas without `fleet_budgets` each spend the whole limit.
@@ -19,8 +21,9 @@ use std::{
 
 use leash_tests::{
     fleet::{Nats, wait_until},
-    harness::{Leash, http_request, mock_providers_yaml},
+    harness::{Leash, http_request, mock_providers_yaml, require_root},
     mock::MockProvider,
+    world::{Host, World},
 };
 use serde_json::{Value, json};
 
@@ -43,45 +46,121 @@ fn reservation() -> f64 {
     (0.15 * input + 0.6 * output) / 1e6
 }
 
-/// One request to the gateway at `addr`; its status (0: no answer).
-fn chat(addr: std::net::SocketAddr) -> u16 {
-    http_request(
-        addr,
-        "POST",
-        "/v1/openai/chat/completions",
-        &[
-            ("content-type", "application/json"),
-            ("authorization", "Bearer sk-test"),
-            ("x-leash-team", "research"),
-        ],
-        body().as_bytes(),
+/// The team, its budget and `fleet` (the `fleet_budgets` section or
+/// nothing), for every replica.
+fn budget_yaml(fleet: &str) -> String {
+    format!(
+        "teams:\n  - {{ name: research, header: true }}\nbudgets:\n  - {{ name: research-day, team: research, period: day, limit_usd: {LIMIT} }}\n{fleet}"
     )
-    .map_or(0, |r| r.0)
 }
 
-fn replicas(mock: &MockProvider, fleet: &str, n: usize) -> Vec<Leash> {
-    let config = format!(
-        "{}teams:\n  - {{ name: research, header: true }}\nbudgets:\n  - {{ name: research-day, team: research, period: day, limit_usd: {LIMIT} }}\n{fleet}",
-        mock_providers_yaml(mock)
-    );
-    (0..n).map(|_| Leash::start(&config)).collect()
+fn replicas(mock: &MockProvider, fleet: &str, n: usize) -> Vec<Replica> {
+    let config = format!("{}{}", mock_providers_yaml(mock), budget_yaml(fleet));
+    (0..n)
+        .map(|_| Replica::Gateway(Leash::start(&config)))
+        .collect()
+}
+
+/// A gateway replica, or a transparent agent with its intercepted cgroup
+/// and fake provider host.
+enum Replica {
+    Gateway(Leash),
+    Agent(World),
+}
+
+impl Replica {
+    /// `n` agents, each intercepting the provider at its own address.
+    fn agents(fleet: &str, n: u8) -> Vec<Self> {
+        (0..n)
+            .map(|i| {
+                let host: &'static str = Box::leak(format!("127.10.22.{}", i + 1).into_boxed_str());
+                Self::Agent(World::new(
+                    &format!("budget-{i}"),
+                    &[Host("api.openai.com", host, true)],
+                    &format!("  failure_mode: open\n{}", budget_yaml(fleet)),
+                ))
+            })
+            .collect()
+    }
+
+    /// One request of the team; its status (0: no answer) and body.
+    fn chat(&self) -> (u16, String) {
+        match self {
+            Self::Gateway(g) => http_request(
+                g.addr,
+                "POST",
+                "/v1/openai/chat/completions",
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", "Bearer sk-test"),
+                    ("x-leash-team", "research"),
+                ],
+                body().as_bytes(),
+            )
+            .map_or((0, String::new()), |r| {
+                (r.0, String::from_utf8_lossy(&r.2).into_owned())
+            }),
+            Self::Agent(w) => {
+                let out = w.curl(
+                    &w.agent.ca_pem(),
+                    "https://api.openai.com/v1/chat/completions",
+                    &[
+                        "-w",
+                        "\n%{http_code}",
+                        "-H",
+                        "authorization: Bearer sk-test",
+                        "-H",
+                        "content-type: application/json",
+                        "-H",
+                        "x-leash-team: research",
+                        "-d",
+                        &body(),
+                    ],
+                );
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+                (status.trim().parse().unwrap_or(0), body.to_owned())
+            }
+        }
+    }
+
+    fn wait_records(&self, n: usize) -> Vec<Value> {
+        match self {
+            Self::Gateway(g) => g.wait_records(n),
+            Self::Agent(w) => w.agent.wait_records(n),
+        }
+    }
+
+    fn logs(&self) -> String {
+        match self {
+            Self::Gateway(g) => g.logs(),
+            Self::Agent(w) => w.agent.logs(),
+        }
+    }
+
+    fn api(&self, path: &str) -> Value {
+        match self {
+            Self::Gateway(g) => g.api("GET", path, b"").1,
+            Self::Agent(w) => w.agent.api("GET", path, b"").1,
+        }
+    }
 }
 
 /// The replicas, and how many requests each answered.
 struct Fleet {
-    gateways: Vec<Leash>,
+    replicas: Vec<Replica>,
     answered: Vec<AtomicUsize>,
 }
 
 impl Fleet {
-    fn new(gateways: Vec<Leash>) -> Self {
-        let answered = gateways.iter().map(|_| AtomicUsize::new(0)).collect();
-        Self { gateways, answered }
+    fn new(replicas: Vec<Replica>) -> Self {
+        let answered = replicas.iter().map(|_| AtomicUsize::new(0)).collect();
+        Self { replicas, answered }
     }
 
     /// A request to replica `i`; its status.
     fn chat(&self, i: usize) -> u16 {
-        let status = chat(self.gateways[i].addr);
+        let (status, _) = self.replicas[i].chat();
         if status != 0 {
             self.answered[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -93,7 +172,7 @@ impl Fleet {
         let failed = AtomicBool::new(false);
         std::thread::scope(|s| {
             for c in 0..64 {
-                let i = c % self.gateways.len();
+                let i = c % self.replicas.len();
                 let failed = &failed;
                 s.spawn(move || {
                     loop {
@@ -118,7 +197,7 @@ impl Fleet {
     /// What the replicas charged, once every answer is in their trails:
     /// the cost of every answered request.
     fn charged(&self) -> f64 {
-        self.gateways
+        self.replicas
             .iter()
             .zip(&self.answered)
             .flat_map(|(g, n)| g.wait_records(n.load(Ordering::Relaxed)))
@@ -128,21 +207,29 @@ impl Fleet {
     }
 }
 
+/// Three gateway replicas and two transparent agents (each intercepting
+/// its own cgroup's calls) share the team's budget.
 #[test]
-fn three_replicas_share_one_budget() {
+fn three_replicas_and_two_agents_share_one_budget() {
+    if !require_root() {
+        return;
+    }
     let mock = MockProvider::start();
     let nats = Nats::start();
     let fleet = format!(
         "fleet_budgets:\n  nats: {{ {} }}\n  timeout_ms: 2000\n",
         nats.yaml()
     );
-    let fleet = Fleet::new(replicas(&mock, &fleet, 3));
+    let mut all = replicas(&mock, &fleet, 3);
+    all.extend(Replica::agents(&fleet, 2));
+    let n = all.len();
+    let fleet = Fleet::new(all);
     fleet.push();
     // Round-robin, one at a time, until every replica has refused: the
     // reservations of the burst are settled by then.
-    let mut refused = [false; 3];
+    let mut refused = vec![false; n];
     for i in 0.. {
-        let r = i % 3;
+        let r = i % n;
         refused[r] = fleet.chat(r) == 429;
         if refused.iter().all(|r| *r) {
             break;
@@ -159,28 +246,26 @@ fn three_replicas_share_one_budget() {
         "charged ${total}: past the limit ${LIMIT} by more than one reservation (${})",
         reservation()
     );
-    for g in &fleet.gateways {
-        let r = http_request(
-            g.addr,
-            "POST",
-            "/v1/openai/chat/completions",
-            &[
-                ("content-type", "application/json"),
-                ("x-leash-team", "research"),
-            ],
-            body().as_bytes(),
-        )
-        .unwrap();
-        let text = String::from_utf8_lossy(&r.2).into_owned();
-        assert_eq!(r.0, 429, "{text}");
+    // Each replica, the agents' intercepted calls included, spent part of it.
+    for (i, g) in fleet.replicas.iter().enumerate() {
+        let records = g.wait_records(fleet.answered[i].load(Ordering::Relaxed));
+        let served = records.iter().filter(|r| r["status"] == 200).count();
+        assert!(served > 0, "replica {i} served none of the budget");
+        if let Replica::Agent(_) = g {
+            assert!(records.iter().all(|r| r["mode"] == "transparent"));
+        }
+    }
+    for g in &fleet.replicas {
+        let (status, text) = g.chat();
+        assert_eq!(status, 429, "{text}");
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["error"]["code"], "leash_budget_exceeded", "{text}");
         assert!(text.contains("across the fleet"), "{text}");
     }
     // Every replica's console shows the fleet's spend, not its own.
-    for g in &fleet.gateways {
+    for g in &fleet.replicas {
         let fleet_spend = || {
-            let (_, spend) = g.api("GET", "/api/spend", b"");
+            let spend = g.api("/api/spend");
             let b = &spend["budgets"][0];
             (b["scope"] == "fleet")
                 .then(|| b["spent_usd"].as_f64())
@@ -200,7 +285,7 @@ fn three_replicas_share_one_budget() {
     assert!(control > 2.0 * LIMIT, "without fleet_budgets: ${control}");
     leash_tests::results::record(
         "fleet_budget",
-        &json!({"replicas": 3, "clients": 64, "limit_usd": format!("{LIMIT:.7}"),
+        &json!({"replicas": 3, "agents": 2, "clients": 64, "limit_usd": format!("{LIMIT:.7}"),
                 "charged_usd": format!("{total:.7}"), "reservation_usd": format!("{:.7}", reservation()),
                 "control_usd": format!("{control:.7}")}),
     );
@@ -243,7 +328,7 @@ fn local_share_holds_each_host_and_reconciles() {
     );
     // Back: what each host spent alone is added to the store.
     nats.restart();
-    for g in &fleet.gateways {
+    for g in &fleet.replicas {
         wait_until(
             "the host's spend added to the store",
             Duration::from_secs(30),

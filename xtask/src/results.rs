@@ -40,7 +40,7 @@ fn n(v: &Value) -> String {
 /// that field of the file), and the test.
 const FIGURES: &[(&str, &str, &str, &str)] = &[
     (
-        "Fleet-wide budget (`fleet_budgets`), 3 gateway replicas, 64 concurrent clients: charged / limit / one reservation (the bound on overshoot); the same replicas without it (control)",
+        "Fleet-wide budget (`fleet_budgets`), 3 gateway replicas and 2 transparent agents, 64 concurrent clients: charged / limit / one reservation (the bound on overshoot); 3 replicas without it (control)",
         "fleet_budget",
         "${charged_usd} / ${limit_usd} / ${reservation_usd}; control: ${control_usd}",
         "`tests/tests/fleet_budget.rs`",

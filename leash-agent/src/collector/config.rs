@@ -30,6 +30,10 @@ pub struct CollectorConfig {
     /// when none is configured, beside the config file).
     pub admin: AdminConfig,
     pub batch: usize,
+    /// How long a fetched message may go unacknowledged before JetStream
+    /// gives it to another collector (a collector that died mid-batch).
+    /// Set when the durable consumer is created.
+    pub ack_wait: std::time::Duration,
     /// How long captured content is kept in the store, per class
     /// (`collector.content.retention`); records on `leash_legal_hold` stay.
     pub content_retention: crate::capture::store::Retention,
@@ -50,6 +54,7 @@ struct RawCollector {
     admin: RawAdmin,
     #[serde(default)]
     content: RawContent,
+    ack_wait_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +135,7 @@ impl CollectorConfig {
                 base,
             )?,
             batch: batch("collector.nats.batch", c.nats.batch)?,
+            ack_wait: field::secs("collector.ack_wait_secs", c.ack_wait_secs, 30)?,
             content_retention: c
                 .content
                 .retention

@@ -28,12 +28,6 @@ use crate::{
 
 /// The kinds of `leash_collector_chain_faults_total`.
 const FAULT_KINDS: [&str; 3] = ["chain_break", "gap", "fork"];
-/// How long an unacknowledged message waits before JetStream redelivers it.
-const ACK_WAIT: Duration = Duration::from_secs(30);
-/// Gaps are only called gaps once the record after them is this old: a
-/// batch held by a collector that died is redelivered after `ACK_WAIT`, so
-/// until then a hole may just be records in flight.
-const GAP_SETTLE_SECS: i64 = 2 * ACK_WAIT.as_secs().cast_signed();
 const GAP_SCAN: Duration = Duration::from_secs(5);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -55,6 +49,7 @@ pub struct CollectorMetrics {
     records: Family<KindLabels, Counter>,
     faults: Family<KindLabels, Counter>,
     errors: Family<KindLabels, Counter>,
+    batches: Counter,
     last_commit: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
@@ -83,6 +78,12 @@ impl CollectorMetrics {
             "Collector failures, by kind (nats, postgres, message)",
             errors.clone(),
         );
+        let batches = Counter::default();
+        registry.register(
+            "leash_collector_batches",
+            "Batches committed to PostgreSQL (and then acknowledged)",
+            batches.clone(),
+        );
         let last_commit = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "leash_collector_last_commit_timestamp_seconds",
@@ -94,6 +95,7 @@ impl CollectorMetrics {
             records,
             faults,
             errors,
+            batches,
             last_commit,
         }
     }
@@ -185,7 +187,7 @@ pub async fn run(
         }
         if last_gap_scan.elapsed() >= GAP_SCAN {
             last_gap_scan = tokio::time::Instant::now();
-            scan_gaps(&db, &metrics).await;
+            scan_gaps(&db, &metrics, cfg.ack_wait).await;
         }
         if last_expiry.elapsed() >= expire_every {
             last_expiry = tokio::time::Instant::now();
@@ -251,7 +253,7 @@ async fn open_consumer(
                     pull::Config {
                         durable_name: Some(cfg.durable.clone()),
                         ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                        ack_wait: ACK_WAIT,
+                        ack_wait: cfg.ack_wait,
                         max_ack_pending: 100_000,
                         ..Default::default()
                     },
@@ -294,8 +296,13 @@ async fn expire_content(
     }
 }
 
-async fn scan_gaps(db: &tokio_postgres::Client, metrics: &CollectorMetrics) {
-    match store::find_gaps(db, GAP_SETTLE_SECS).await {
+/// Records gaps in the hosts' chains. A hole is only called a gap once the
+/// record after it is twice `ack_wait` old: a batch held by a collector
+/// that died is redelivered after `ack_wait`, so until then a hole may just
+/// be records in flight.
+async fn scan_gaps(db: &tokio_postgres::Client, metrics: &CollectorMetrics, ack_wait: Duration) {
+    let settle = i64::try_from(2 * ack_wait.as_secs()).unwrap_or(i64::MAX);
+    match store::find_gaps(db, settle).await {
         Ok(gaps) => {
             for g in &gaps {
                 tracing::error!(host = %g.host, epoch = g.epoch, seq = g.seq, detail = %g.detail, "audit chain gap");
@@ -365,13 +372,7 @@ async fn store_batch(
     }
     match store::insert_batch(db, &incoming, &chunks).await {
         Ok(outcome) => {
-            // Committed: now (and only now) tell JetStream.
-            for m in &accepted {
-                if let Err(e) = m.ack().await {
-                    CollectorMetrics::count(&metrics.errors, "nats", 1);
-                    tracing::warn!(error = %e, "collector: ack failed (the record will be redelivered and ignored)");
-                }
-            }
+            // Committed: counted, then (and only then) told to JetStream.
             CollectorMetrics::count(&metrics.records, "inserted", outcome.inserted);
             CollectorMetrics::count(&metrics.records, "duplicate", outcome.duplicates);
             CollectorMetrics::count(&metrics.records, "content_chunk", outcome.chunks);
@@ -383,6 +384,20 @@ async fn store_batch(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64());
             metrics.last_commit.set(now);
+            let committed = metrics.batches.inc() + 1;
+            if crate::faults::collector_hold_ack(committed) {
+                tracing::warn!(
+                    batch = committed,
+                    "fault injection: holding the acknowledgements of a committed batch"
+                );
+                std::future::pending::<()>().await;
+            }
+            for m in &accepted {
+                if let Err(e) = m.ack().await {
+                    CollectorMetrics::count(&metrics.errors, "nats", 1);
+                    tracing::warn!(error = %e, "collector: ack failed (the record will be redelivered and ignored)");
+                }
+            }
             true
         }
         Err(e) => {
