@@ -44,7 +44,7 @@ pub fn compare(dir: &Path, url: &str, host: Option<&str>) -> anyhow::Result<Comp
     let runtime = super::one_thread()?;
     let central = runtime.block_on(async {
         let client = crate::collector::store::connect(url).await?;
-        crate::collector::store::chain_hashes(
+        crate::collector::query::chain_hashes(
             &client,
             &host,
             i64::try_from(epoch).unwrap_or(i64::MAX),

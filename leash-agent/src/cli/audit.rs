@@ -370,9 +370,13 @@ fn fleet_query(
     runtime.block_on(async {
         let client = store::connect(url).await?;
         if let Some(key) = sum_by {
-            return print_sums(&key, &store::sum_by(&client, filter, &key).await?, json);
+            return print_sums(
+                &key,
+                &crate::collector::query::sum_by(&client, filter, &key).await?,
+                json,
+            );
         }
-        for line in store::select_lines(&client, filter).await? {
+        for line in crate::collector::query::select_lines(&client, filter).await? {
             if json {
                 println!("{line}");
             } else {

@@ -111,7 +111,7 @@ fn show_fleet(args: &ShowArgs, url: &str) -> anyhow::Result<()> {
     let runtime = super::one_thread()?;
     runtime.block_on(async {
         let client = crate::collector::store::connect(url).await?;
-        let (line, bytes) = crate::collector::store::content_by_id(&client, &args.id)
+        let (line, bytes) = crate::collector::query::content_by_id(&client, &args.id)
             .await?
             .with_context(|| format!("no record `{}` in the fleet store", args.id))?;
         let record: Value = serde_json::from_str(&line)?;
@@ -131,7 +131,7 @@ fn show_fleet(args: &ShowArgs, url: &str) -> anyhow::Result<()> {
             }
             _ => stored,
         };
-        crate::collector::store::record_read(&client, &args.id, &reader("leash audit show"))
+        crate::collector::query::record_read(&client, &args.id, &reader("leash audit show"))
             .await?;
         print_content(args, &record, class, &plain)
     })

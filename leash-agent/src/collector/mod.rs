@@ -7,6 +7,7 @@
 //! `leash_chain_faults` and to metrics, never silently accepted.
 
 pub mod config;
+pub mod query;
 pub mod store;
 
 use std::{sync::Arc, time::Duration};
@@ -283,7 +284,7 @@ async fn expire_content(
     metrics: &CollectorMetrics,
 ) {
     let r = cfg.content_retention;
-    match store::expire_content(db, (r.redacted, r.sealed)).await {
+    match query::expire_content(db, (r.redacted, r.sealed)).await {
         Ok(0) => {}
         Ok(n) => {
             tracing::info!(

@@ -1,19 +1,13 @@
 //! The central store in PostgreSQL: schema (embedded migrations applied at
 //! start, under an advisory lock so several collectors can start at once),
 //! idempotent inserts keyed by `(host, epoch, seq)`, hash-chain and
-//! sequence checks per host, and the fleet-wide queries of
-//! `leash audit query --postgres`.
-
-use std::{collections::BTreeMap, fmt::Write as _};
+//! sequence checks per host (the reads are in `query`).
 
 use serde_json::Value;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio_postgres::{Client, NoTls, types::ToSql};
 
-use crate::audit::{
-    chain,
-    read::{Filter, Totals},
-};
+use crate::audit::chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -216,35 +210,28 @@ fn int_at(v: &Value, path: &[&str]) -> Option<i64> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_i64()
 }
 
-/// Inserts a batch in one transaction: each record once (`ON CONFLICT DO
-/// NOTHING`), each adjacent pair of a host's chain checked when the second
-/// of them arrives (under a per-host lock, so concurrent collectors never
-/// both miss a pair). Records that fail their seal are kept and flagged.
-pub async fn insert_batch(
-    client: &mut Client,
-    batch: &[Incoming],
-    chunks: &[Chunk],
-) -> Result<Outcome, StoreError> {
-    let mut out = Outcome::default();
-    let tx = client.transaction().await?;
-    insert_chunks(&tx, chunks, &mut out).await?;
-    lock_hosts(&tx, batch).await?;
-    let insert = tx
-        .prepare(
-            "INSERT INTO leash_audit (host, epoch, seq, ts, id, event, provider, model, team,
-                caller_user, caller_exe, action, rules, status, input_tokens, output_tokens,
-                cost_usd, hash, prev_hash, sealed, line)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                $17, $18, $19, $20, $21)
-             ON CONFLICT (host, epoch, seq) DO NOTHING",
-        )
-        .await?;
-    let neighbour = tx
-        .prepare(
-            "SELECT hash, prev_hash FROM leash_audit WHERE host = $1 AND epoch = $2 AND seq = $3",
-        )
-        .await?;
-    for r in batch {
+/// One record of a batch, read for its row and its chain checks.
+struct Parsed<'a> {
+    r: &'a Incoming,
+    v: Value,
+    seq: i64,
+    /// The seqs before and after it (the neighbours its links are checked
+    /// against).
+    around: (i64, i64),
+    hash: String,
+    prev: String,
+    sealed: bool,
+    ts: Option<OffsetDateTime>,
+    rules: Vec<String>,
+    status: Option<i32>,
+    tokens: (Option<i64>, Option<i64>),
+    cost: Option<f64>,
+    /// The line as written, without its newline.
+    line: &'a str,
+}
+
+impl<'a> Parsed<'a> {
+    fn read(r: &'a Incoming) -> Result<Self, StoreError> {
         let Ok(v) = serde_json::from_str::<Value>(&r.line) else {
             return Err(StoreError::Invalid(format!(
                 "a record from {} is not JSON",
@@ -257,10 +244,6 @@ pub async fn insert_batch(
                 r.host
             )));
         };
-        let hash = str_at(&v, &["hash"]).unwrap_or_default().to_owned();
-        let prev = str_at(&v, &["prev_hash"]).unwrap_or_default().to_owned();
-        let sealed = chain::line_intact(r.line.trim_end().as_bytes());
-        let ts = str_at(&v, &["ts"]).and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
         let rules: Vec<String> = v["policy"]["rules"]
             .as_array()
             .map(|a| {
@@ -269,45 +252,135 @@ pub async fn insert_batch(
                     .collect()
             })
             .unwrap_or_default();
-        let status = int_at(&v, &["status"]).and_then(|s| i32::try_from(s).ok());
-        let params: [&(dyn ToSql + Sync); 21] = [
-            &r.host,
-            &r.epoch,
-            &seq,
-            &ts,
-            &str_at(&v, &["id"]),
-            &str_at(&v, &["event"]),
-            &str_at(&v, &["provider"]),
-            &str_at(&v, &["model"]),
-            &str_at(&v, &["caller", "team"]),
-            &str_at(&v, &["caller", "user"]),
-            &str_at(&v, &["caller", "exe"]),
-            &str_at(&v, &["policy", "action"]).unwrap_or("allow"),
-            &rules,
-            &status,
-            &int_at(&v, &["usage", "input_tokens"]),
-            &int_at(&v, &["usage", "output_tokens"]),
-            &v["cost_usd"].as_f64(),
-            &hash,
-            &prev,
-            &sealed,
-            &r.line.trim_end(),
-        ];
-        if tx.execute(&insert, &params).await? == 0 {
-            match again(&tx, &neighbour, r, seq, &hash).await? {
-                Some(fork) => out.faults.push(fork),
+        Ok(Self {
+            r,
+            seq,
+            around: (seq - 1, seq + 1),
+            hash: str_at(&v, &["hash"]).unwrap_or_default().to_owned(),
+            prev: str_at(&v, &["prev_hash"]).unwrap_or_default().to_owned(),
+            sealed: chain::line_intact(r.line.trim_end().as_bytes()),
+            ts: str_at(&v, &["ts"]).and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()),
+            rules,
+            status: int_at(&v, &["status"]).and_then(|s| i32::try_from(s).ok()),
+            tokens: (
+                int_at(&v, &["usage", "input_tokens"]),
+                int_at(&v, &["usage", "output_tokens"]),
+            ),
+            cost: v["cost_usd"].as_f64(),
+            line: r.line.trim_end(),
+            v,
+        })
+    }
+
+    /// The row's columns, in the insert's order.
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let v = &self.v;
+        vec![
+            &self.r.host,
+            &self.r.epoch,
+            &self.seq,
+            &self.ts,
+            str_ref(v, &["id"]),
+            str_ref(v, &["event"]),
+            str_ref(v, &["provider"]),
+            str_ref(v, &["model"]),
+            str_ref(v, &["caller", "team"]),
+            str_ref(v, &["caller", "user"]),
+            str_ref(v, &["caller", "exe"]),
+            match str_at(v, &["policy", "action"]) {
+                Some(_) => str_ref(v, &["policy", "action"]),
+                None => &"allow",
+            },
+            &self.rules,
+            &self.status,
+            &self.tokens.0,
+            &self.tokens.1,
+            &self.cost,
+            &self.hash,
+            &self.prev,
+            &self.sealed,
+            &self.line,
+        ]
+    }
+}
+
+/// A string field of `v` as a nullable text parameter.
+fn str_ref<'v>(v: &'v Value, path: &[&str]) -> &'v (dyn ToSql + Sync) {
+    match path.iter().try_fold(v, |v, k| v.get(k)) {
+        Some(Value::String(s)) => s,
+        _ => &NULL_TEXT,
+    }
+}
+
+static NULL_TEXT: Option<&str> = None;
+
+/// Inserts a batch in one transaction: each record once (`ON CONFLICT DO
+/// NOTHING`), each adjacent pair of a host's chain checked when the second
+/// of them arrives (under a per-host lock, so concurrent collectors never
+/// both miss a pair). Records that fail their seal are kept and flagged.
+/// The statements are pipelined on the connection — per record, its
+/// insert, then the reads of its own seq and its neighbours — so the
+/// server runs them in that order (each read sees every insert before it)
+/// without a round trip each.
+pub async fn insert_batch(
+    client: &mut Client,
+    batch: &[Incoming],
+    chunks: &[Chunk],
+) -> Result<Outcome, StoreError> {
+    let mut out = Outcome::default();
+    let parsed: Vec<Parsed> = batch.iter().map(Parsed::read).collect::<Result<_, _>>()?;
+    let tx = client.transaction().await?;
+    insert_chunks(&tx, chunks, &mut out).await?;
+    lock_hosts(&tx, batch).await?;
+    let insert = tx
+        .prepare(
+            "INSERT INTO leash_audit (host, epoch, seq, ts, id, event, provider, model, team,
+                caller_user, caller_exe, action, rules, status, input_tokens, output_tokens,
+                cost_usd, hash, prev_hash, sealed, line)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                $17, $18, $19, $20, $21)
+             ON CONFLICT (host, epoch, seq) DO NOTHING
+             RETURNING seq",
+        )
+        .await?;
+    let neighbour = tx
+        .prepare(
+            "SELECT hash, prev_hash FROM leash_audit WHERE host = $1 AND epoch = $2 AND seq = $3",
+        )
+        .await?;
+    let params: Vec<Vec<&(dyn ToSql + Sync)>> = parsed.iter().map(Parsed::params).collect();
+    let keys: Vec<[[&(dyn ToSql + Sync); 3]; 3]> = parsed
+        .iter()
+        .map(|p| {
+            let (host, epoch): (&(dyn ToSql + Sync), &(dyn ToSql + Sync)) = (&p.r.host, &p.r.epoch);
+            [
+                [host, epoch, &p.seq],
+                [host, epoch, &p.around.0],
+                [host, epoch, &p.around.1],
+            ]
+        })
+        .collect();
+    let mut queries = Vec::with_capacity(parsed.len() * 4);
+    for (row, [same, before, after]) in params.iter().zip(&keys) {
+        queries.push(tx.query(&insert, row));
+        queries.push(tx.query(&neighbour, same));
+        queries.push(tx.query(&neighbour, before));
+        queries.push(tx.query(&neighbour, after));
+    }
+    let answers = futures_util::future::try_join_all(queries).await?;
+    for (p, answer) in parsed.iter().zip(answers.chunks(4)) {
+        let [inserted, same, before, after] = answer else {
+            continue;
+        };
+        if inserted.is_empty() {
+            match fork(p, same.first()) {
+                Some(f) => out.faults.push(f),
                 None => out.duplicates += 1,
             }
             continue;
         }
         out.inserted += 1;
-        let link = Link {
-            seq,
-            hash: &hash,
-            prev: &prev,
-            sealed,
-        };
-        check_links(&tx, &neighbour, r, &link, &mut out.faults).await?;
+        check_links(p, before.first(), after.first(), &mut out.faults);
     }
     for f in &out.faults {
         tx.execute(
@@ -352,96 +425,21 @@ async fn insert_chunks(
     Ok(())
 }
 
-/// A record and its content in the store, by record id: the record line
-/// and the content's chunks joined (`None` when a chunk is missing).
-pub async fn content_by_id(
-    client: &Client,
-    id: &str,
-) -> Result<Option<(String, Option<Vec<u8>>)>, StoreError> {
-    let Some(row) = client
-        .query_opt(
-            "SELECT host, epoch, seq, line FROM leash_audit WHERE id = $1 LIMIT 1",
-            &[&id],
-        )
-        .await?
-    else {
-        return Ok(None);
-    };
-    let (host, epoch, seq, line): (String, i64, i64, String) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    let rows = client
-        .query(
-            "SELECT idx, total, bytes FROM leash_content_chunks
-             WHERE host = $1 AND epoch = $2 AND seq = $3 ORDER BY idx",
-            &[&host, &epoch, &seq],
-        )
-        .await?;
-    let complete = !rows.is_empty()
-        && rows.iter().enumerate().all(|(i, r)| {
-            r.get::<_, i32>(0) == i32::try_from(i).unwrap_or(-1)
-                && usize::try_from(r.get::<_, i32>(1)).ok() == Some(rows.len())
-        });
-    let bytes = complete.then(|| {
-        rows.iter()
-            .flat_map(|r| r.get::<_, Vec<u8>>(2))
-            .collect::<Vec<u8>>()
-    });
-    Ok(Some((line, bytes)))
-}
-
-/// Removes captured content older than its class's retention (by the
-/// record's time), except records on `leash_legal_hold`; the records stay.
-/// How many chunks went.
-pub async fn expire_content(
-    client: &Client,
-    (redacted, sealed): (std::time::Duration, std::time::Duration),
-) -> Result<u64, StoreError> {
-    let (redacted, sealed) = (redacted.as_secs_f64(), sealed.as_secs_f64());
-    Ok(client
-        .execute(
-            "DELETE FROM leash_content_chunks c USING leash_audit a
-             WHERE a.host = c.host AND a.epoch = c.epoch AND a.seq = c.seq
-               AND a.ts < now() - make_interval(secs => CASE a.line::jsonb -> 'content' ->> 'class'
-                   WHEN 'sealed' THEN $2::float8 ELSE $1::float8 END)
-               AND NOT EXISTS (SELECT 1 FROM leash_legal_hold h WHERE h.record = a.id)",
-            &[&redacted, &sealed],
-        )
-        .await?)
-}
-
-/// Records a read of record `id`'s content from the store (who, when).
-pub async fn record_read(client: &Client, id: &str, reader: &str) -> Result<(), StoreError> {
-    client
-        .execute(
-            "INSERT INTO leash_content_reads (record, reader) VALUES ($1, $2)",
-            &[&id, &reader],
-        )
-        .await?;
-    Ok(())
-}
-
-/// A seq already stored arriving again: a redelivery carries the same hash;
-/// another hash means the host rewrote a record it had shipped (a fork).
-async fn again(
-    tx: &tokio_postgres::Transaction<'_>,
-    neighbour: &tokio_postgres::Statement,
-    r: &Incoming,
-    seq: i64,
-    hash: &str,
-) -> Result<Option<Fault>, StoreError> {
-    let stored: Option<String> = tx
-        .query_opt(neighbour, &[&r.host, &r.epoch, &seq])
-        .await?
-        .map(|row| row.get(0));
-    Ok(stored.filter(|h| h != hash).map(|_| Fault {
-        host: r.host.clone(),
-        epoch: r.epoch,
+/// A seq already stored arriving again (`stored`: that row): a redelivery
+/// carries the same hash; another hash means the host rewrote a record it
+/// had shipped (a fork).
+fn fork(p: &Parsed<'_>, stored: Option<&tokio_postgres::Row>) -> Option<Fault> {
+    let stored: String = stored?.get(0);
+    let seq = p.seq;
+    (stored != p.hash).then(|| Fault {
+        host: p.r.host.clone(),
+        epoch: p.r.epoch,
         seq,
         kind: "fork",
         detail: format!(
             "seq {seq} arrived again with another hash: the host rewrote a record it had shipped"
         ),
-    }))
+    })
 }
 
 /// Takes each (host, epoch) chain of the batch for this transaction, in
@@ -463,50 +461,38 @@ async fn lock_hosts(
     Ok(())
 }
 
-/// What the chain check needs of one record.
-struct Link<'a> {
-    seq: i64,
-    hash: &'a str,
-    prev: &'a str,
-    sealed: bool,
-}
-
 /// Checks a record's seal and its links to the records before and after
-/// it (those already stored).
-async fn check_links(
-    tx: &tokio_postgres::Transaction<'_>,
-    neighbour: &tokio_postgres::Statement,
-    r: &Incoming,
-    link: &Link<'_>,
+/// it (the rows stored for those seqs when it was inserted, if any).
+fn check_links(
+    p: &Parsed<'_>,
+    before: Option<&tokio_postgres::Row>,
+    after: Option<&tokio_postgres::Row>,
     faults: &mut Vec<Fault>,
-) -> Result<(), StoreError> {
-    let seq = link.seq;
+) {
+    let seq = p.seq;
     let mut fault = |seq: i64, detail: String| {
         faults.push(Fault {
-            host: r.host.clone(),
-            epoch: r.epoch,
+            host: p.r.host.clone(),
+            epoch: p.r.epoch,
             seq,
             kind: "chain_break",
             detail,
         });
     };
-    if !link.sealed {
+    if !p.sealed {
         fault(
             seq,
             "the record's hash does not match its contents (edited)".into(),
         );
     }
-    if seq == 1 && link.prev != chain::GENESIS {
+    if seq == 1 && p.prev != chain::GENESIS {
         fault(seq, "the first record does not start a chain".into());
     }
     let mut forked = None;
-    if let Some(before) = tx
-        .query_opt(neighbour, &[&r.host, &r.epoch, &(seq - 1)])
-        .await?
-    {
+    if let Some(before) = before {
         let before_hash: String = before.get(0);
-        if before_hash != link.prev {
-            if link.sealed {
+        if before_hash != p.prev {
+            if p.sealed {
                 // An intact record that does not extend what was shipped:
                 // the host's chain was rewritten and re-sealed behind it.
                 forked = Some(format!(
@@ -521,12 +507,9 @@ async fn check_links(
             }
         }
     }
-    if let Some(after) = tx
-        .query_opt(neighbour, &[&r.host, &r.epoch, &(seq + 1)])
-        .await?
-    {
+    if let Some(after) = after {
         let after_prev: String = after.get(1);
-        if after_prev != link.hash {
+        if after_prev != p.hash {
             fault(
                 seq + 1,
                 format!("prev_hash does not match the hash of seq {seq}"),
@@ -535,31 +518,13 @@ async fn check_links(
     }
     if let Some(detail) = forked {
         faults.push(Fault {
-            host: r.host.clone(),
-            epoch: r.epoch,
+            host: p.r.host.clone(),
+            epoch: p.r.epoch,
             seq,
             kind: "fork",
             detail,
         });
     }
-    Ok(())
-}
-
-/// The hashes the store holds for `host`'s chain of `epoch` from `from`
-/// on, by seq (what `leash audit verify --against` compares with).
-pub async fn chain_hashes(
-    client: &Client,
-    host: &str,
-    epoch: i64,
-    from: i64,
-) -> Result<std::collections::BTreeMap<i64, String>, StoreError> {
-    let rows = client
-        .query(
-            "SELECT seq, hash FROM leash_audit WHERE host = $1 AND epoch = $2 AND seq >= $3 ORDER BY seq",
-            &[&host, &epoch, &from],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Sequence gaps per host chain: runs of missing seqs between records
@@ -592,99 +557,6 @@ pub async fn find_gaps(client: &Client, settle_secs: i64) -> Result<Vec<Fault>, 
             seq: r.get(2),
             kind: "gap",
             detail: r.get(3),
-        })
-        .collect())
-}
-
-/// The WHERE clause and parameters selecting what `filter` selects in a
-/// local spool (`leash audit query`), across the fleet.
-fn clause(filter: &Filter) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
-    let mut sql = String::from("event IS NULL");
-    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-    if let Some(since) = filter.since {
-        params.push(Box::new(since));
-        let _ = write!(sql, " AND ts >= ${}", params.len());
-    }
-    for (col, value) in [
-        ("host", &filter.host),
-        ("provider", &filter.provider),
-        ("model", &filter.model),
-        ("team", &filter.team),
-        ("action", &filter.action),
-    ] {
-        if let Some(v) = value {
-            params.push(Box::new(v.clone()));
-            let _ = write!(sql, " AND {col} = ${}", params.len());
-        }
-    }
-    (sql, params)
-}
-
-/// The selected records, oldest first, exactly as written on their hosts.
-pub async fn select_lines(client: &Client, filter: &Filter) -> Result<Vec<String>, StoreError> {
-    let (clause, params) = clause(filter);
-    let refs: Vec<&(dyn ToSql + Sync)> =
-        params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-    let rows = client
-        .query(
-            &format!("SELECT line FROM leash_audit WHERE {clause} ORDER BY ts, host, seq"),
-            &refs,
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// Requests, tokens and cost grouped by `key` (team, provider, model, user,
-/// exe, host or rule).
-pub async fn sum_by(
-    client: &Client,
-    filter: &Filter,
-    key: &str,
-) -> Result<BTreeMap<String, Totals>, StoreError> {
-    let group = match key {
-        "team" => "team",
-        "provider" => "provider",
-        "model" => "model",
-        "user" => "caller_user",
-        "exe" => "caller_exe",
-        "host" => "host",
-        "rule" => "r.rule",
-        other => return Err(StoreError::Invalid(format!("cannot sum by `{other}`"))),
-    };
-    let from = if key == "rule" {
-        "leash_audit CROSS JOIN LATERAL unnest(rules) AS r(rule)"
-    } else {
-        "leash_audit"
-    };
-    let (clause, params) = clause(filter);
-    let refs: Vec<&(dyn ToSql + Sync)> =
-        params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-    let rows = client
-        .query(
-            &format!(
-                "SELECT coalesce({group}, '-'), count(*), coalesce(sum(input_tokens), 0)::bigint,
-                        coalesce(sum(output_tokens), 0)::bigint, coalesce(sum(cost_usd), 0),
-                        count(*) FILTER (WHERE cost_usd IS NULL AND input_tokens IS NOT NULL)
-                 FROM {from} WHERE {clause} GROUP BY 1"
-            ),
-            &refs,
-        )
-        .await?;
-    let n = |v: i64| u64::try_from(v).unwrap_or(0);
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (
-                r.get::<_, String>(0),
-                Totals {
-                    requests: n(r.get(1)),
-                    input_tokens: n(r.get(2)),
-                    output_tokens: n(r.get(3)),
-                    cost_usd: r.get(4),
-                    unpriced: n(r.get(5)),
-                    ..Totals::default()
-                },
-            )
         })
         .collect())
 }

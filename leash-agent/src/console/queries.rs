@@ -102,7 +102,7 @@ impl Console {
 
     /// The fleet store's rows, each as its JSON line (the collector).
     async fn fleet_lines(client: &tokio_postgres::Client) -> Result<Vec<String>, Answer> {
-        crate::collector::store::select_lines(client, &Filter::default())
+        crate::collector::query::select_lines(client, &Filter::default())
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "console: cannot read the fleet store");

@@ -1,0 +1,188 @@
+//! The fleet store read: what `leash audit query --postgres`, `leash audit
+//! show --postgres`, `leash audit verify --against` and the collector's
+//! console ask of PostgreSQL, and content retention there.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use tokio_postgres::{Client, types::ToSql};
+
+use super::store::StoreError;
+use crate::audit::read::{Filter, Totals};
+
+/// A record and its content in the store, by record id: the record line
+/// and the content's chunks joined (`None` when a chunk is missing).
+pub async fn content_by_id(
+    client: &Client,
+    id: &str,
+) -> Result<Option<(String, Option<Vec<u8>>)>, StoreError> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT host, epoch, seq, line FROM leash_audit WHERE id = $1 LIMIT 1",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (host, epoch, seq, line): (String, i64, i64, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let rows = client
+        .query(
+            "SELECT idx, total, bytes FROM leash_content_chunks
+             WHERE host = $1 AND epoch = $2 AND seq = $3 ORDER BY idx",
+            &[&host, &epoch, &seq],
+        )
+        .await?;
+    let complete = !rows.is_empty()
+        && rows.iter().enumerate().all(|(i, r)| {
+            r.get::<_, i32>(0) == i32::try_from(i).unwrap_or(-1)
+                && usize::try_from(r.get::<_, i32>(1)).ok() == Some(rows.len())
+        });
+    let bytes = complete.then(|| {
+        rows.iter()
+            .flat_map(|r| r.get::<_, Vec<u8>>(2))
+            .collect::<Vec<u8>>()
+    });
+    Ok(Some((line, bytes)))
+}
+
+/// Removes captured content older than its class's retention (by the
+/// record's time), except records on `leash_legal_hold`; the records stay.
+/// How many chunks went.
+pub async fn expire_content(
+    client: &Client,
+    (redacted, sealed): (std::time::Duration, std::time::Duration),
+) -> Result<u64, StoreError> {
+    let (redacted, sealed) = (redacted.as_secs_f64(), sealed.as_secs_f64());
+    Ok(client
+        .execute(
+            "DELETE FROM leash_content_chunks c USING leash_audit a
+             WHERE a.host = c.host AND a.epoch = c.epoch AND a.seq = c.seq
+               AND a.ts < now() - make_interval(secs => CASE a.line::jsonb -> 'content' ->> 'class'
+                   WHEN 'sealed' THEN $2::float8 ELSE $1::float8 END)
+               AND NOT EXISTS (SELECT 1 FROM leash_legal_hold h WHERE h.record = a.id)",
+            &[&redacted, &sealed],
+        )
+        .await?)
+}
+
+/// Records a read of record `id`'s content from the store (who, when).
+pub async fn record_read(client: &Client, id: &str, reader: &str) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO leash_content_reads (record, reader) VALUES ($1, $2)",
+            &[&id, &reader],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The hashes the store holds for `host`'s chain of `epoch` from `from`
+/// on, by seq (what `leash audit verify --against` compares with).
+pub async fn chain_hashes(
+    client: &Client,
+    host: &str,
+    epoch: i64,
+    from: i64,
+) -> Result<std::collections::BTreeMap<i64, String>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT seq, hash FROM leash_audit WHERE host = $1 AND epoch = $2 AND seq >= $3 ORDER BY seq",
+            &[&host, &epoch, &from],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The WHERE clause and parameters selecting what `filter` selects in a
+/// local spool (`leash audit query`), across the fleet.
+fn clause(filter: &Filter) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+    let mut sql = String::from("event IS NULL");
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    if let Some(since) = filter.since {
+        params.push(Box::new(since));
+        let _ = write!(sql, " AND ts >= ${}", params.len());
+    }
+    for (col, value) in [
+        ("host", &filter.host),
+        ("provider", &filter.provider),
+        ("model", &filter.model),
+        ("team", &filter.team),
+        ("action", &filter.action),
+    ] {
+        if let Some(v) = value {
+            params.push(Box::new(v.clone()));
+            let _ = write!(sql, " AND {col} = ${}", params.len());
+        }
+    }
+    (sql, params)
+}
+
+/// The selected records, oldest first, exactly as written on their hosts.
+pub async fn select_lines(client: &Client, filter: &Filter) -> Result<Vec<String>, StoreError> {
+    let (clause, params) = clause(filter);
+    let refs: Vec<&(dyn ToSql + Sync)> =
+        params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+    let rows = client
+        .query(
+            &format!("SELECT line FROM leash_audit WHERE {clause} ORDER BY ts, host, seq"),
+            &refs,
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Requests, tokens and cost grouped by `key` (team, provider, model, user,
+/// exe, host or rule).
+pub async fn sum_by(
+    client: &Client,
+    filter: &Filter,
+    key: &str,
+) -> Result<BTreeMap<String, Totals>, StoreError> {
+    let group = match key {
+        "team" => "team",
+        "provider" => "provider",
+        "model" => "model",
+        "user" => "caller_user",
+        "exe" => "caller_exe",
+        "host" => "host",
+        "rule" => "r.rule",
+        other => return Err(StoreError::Invalid(format!("cannot sum by `{other}`"))),
+    };
+    let from = if key == "rule" {
+        "leash_audit CROSS JOIN LATERAL unnest(rules) AS r(rule)"
+    } else {
+        "leash_audit"
+    };
+    let (clause, params) = clause(filter);
+    let refs: Vec<&(dyn ToSql + Sync)> =
+        params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT coalesce({group}, '-'), count(*), coalesce(sum(input_tokens), 0)::bigint,
+                        coalesce(sum(output_tokens), 0)::bigint, coalesce(sum(cost_usd), 0),
+                        count(*) FILTER (WHERE cost_usd IS NULL AND input_tokens IS NOT NULL)
+                 FROM {from} WHERE {clause} GROUP BY 1"
+            ),
+            &refs,
+        )
+        .await?;
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                Totals {
+                    requests: n(r.get(1)),
+                    input_tokens: n(r.get(2)),
+                    output_tokens: n(r.get(3)),
+                    cost_usd: r.get(4),
+                    unpriced: n(r.get(5)),
+                    ..Totals::default()
+                },
+            )
+        })
+        .collect())
+}
