@@ -26,11 +26,25 @@ use crate::{
 /// `SCHED_IDLE` class: it runs only on CPU time no other thread wants, and
 /// any data-path thread that wakes takes the CPU at once.
 fn idle_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
+    /// The kernel's `struct sched_param` (the C libraries' differ: musl's
+    /// has more fields, and its `sched_setscheduler` is a stub that fails,
+    /// so the system call is made directly).
+    #[repr(C)]
+    struct SchedParam {
+        sched_priority: libc::c_int,
+    }
+    let param = SchedParam { sched_priority: 0 };
     // SAFETY: `param` is a valid sched_param for the duration of the call;
     // pid 0 is the calling thread.
     #[allow(unsafe_code, reason = "sched_setscheduler has no safe wrapper")]
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_IDLE,
+            &raw const param,
+        )
+    };
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "cannot move the admin thread to SCHED_IDLE");
     }

@@ -10,6 +10,7 @@ use std::{
 };
 
 mod bench;
+mod dist;
 mod fuzz;
 mod lint;
 mod results;
@@ -113,6 +114,15 @@ enum Task {
     Run {
         #[arg(last = true)]
         args: Vec<OsString>,
+    },
+    /// Build Leash as one static binary (musl, the eBPF object embedded;
+    /// `target/x86_64-unknown-linux-musl/release/leash`) and stage the
+    /// container image's root in `target/dist`.
+    Dist {
+        /// Also build the OCI image `localhost/leash:dev` from the
+        /// repository's `Containerfile` with podman.
+        #[arg(long)]
+        image: bool,
     },
 }
 
@@ -420,6 +430,9 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
         ("ip", "iproute2"),
         ("java", "openjdk-17-jdk-headless"),
         ("go", "golang-go"),
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("setpriv", "util-linux"),
     ])?;
     ensure_postgres_server()?;
     setup()?;
@@ -452,6 +465,9 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
         TEST_HOOKS,
     ]))?;
     let leash = target_dir().join("debug/leash");
+    // The static release binary and the image's root (packaging tests);
+    // this is also the run's proof that the release build compiles.
+    let dist = dist::build()?;
     if args.is_empty() {
         // SECURITY.md's figures must come from this run alone.
         let results = target_dir().join("test-results");
@@ -476,16 +492,20 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
             .env("LEASH_TEST_RESULTS", target_dir().join("test-results"))
             .env("LEASH_TEST_PYTHON", &python)
             .env("LEASH_TEST_PLAYWRIGHT", &playwright)
-            .env("LEASH_TEST_NODE_SDK", &node_sdk),
+            .env("LEASH_TEST_NODE_SDK", &node_sdk)
+            .env("LEASH_DIST_BIN", &dist.binary)
+            .env(
+                "LEASH_DIST_DIR",
+                dist.rootfs.parent().unwrap_or(&dist.rootfs),
+            ),
     )?;
     if args.is_empty() {
         // Every figure SECURITY.md shows comes from this run.
         results::render()?;
-        // The release build (and the criterion benches) must compile too;
-        // it is the exact build `cargo xtask bench` and `cargo xtask run`
-        // use, so a benchmark after the tests starts from a warm tree.
-        eprintln!("xtask: tests passed; building the release binaries and benches");
-        bench::build_release()?;
+        // The criterion benches must compile too (the release build was
+        // made by `dist` above, for the musl target).
+        eprintln!("xtask: tests passed; checking the benches compile");
+        run(cargo().args(["check", "--release", "--benches", "-p", "leash-agent"]))?;
     }
     Ok(())
 }
@@ -574,6 +594,13 @@ fn main() -> Result<()> {
         Task::Fuzz { minutes, targets } => fuzz::fuzz(minutes, &targets),
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Run { args } => run_leash(&args),
+        Task::Dist { image } => {
+            let built = dist::build()?;
+            if image {
+                dist::image(&built)?;
+            }
+            Ok(())
+        }
     }
 }
 
