@@ -176,3 +176,77 @@ fn the_image_builds_from_scratch_and_serves_a_gateway_request() {
     assert_eq!(records[0]["status"], 200);
     assert_eq!(records[0]["mode"], "gateway");
 }
+
+/// The Kubernetes manifests (`leash-agent/dist/k8s`): every config they
+/// carry passes `leash config check` (the collector's: its own parse), the
+/// probes are `/healthz` and `/readyz`, and the agent's `DaemonSet` adds
+/// exactly the capabilities of the systemd unit, dropping the rest.
+#[test]
+fn the_kubernetes_manifests_hold_configs_leash_accepts() {
+    use serde::Deserialize as _;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../leash-agent/dist/k8s");
+    let unit = std::fs::read_to_string(dir.join("../leash.service")).unwrap();
+    let mut unit_caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .unwrap()
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_owned())
+        .collect();
+    unit_caps.sort();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut configs, mut probes, mut daemonsets) = (0, 0, 0);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let v = serde_json::Value::deserialize(doc).unwrap();
+            let kind = v["kind"].as_str().unwrap_or_default();
+            if kind == "ConfigMap" {
+                for (name, body) in v["data"].as_object().unwrap() {
+                    let file = tmp.path().join(name);
+                    std::fs::write(&file, body.as_str().unwrap()).unwrap();
+                    if name == "collector.yaml" {
+                        let parsed: serde_json::Value =
+                            serde_norway::from_str(body.as_str().unwrap()).unwrap();
+                        assert!(parsed["collector"]["postgres"]["url"].is_string());
+                    } else {
+                        let out = run(Command::new(leash_tests::harness::leash_bin())
+                            .args(["config", "check"])
+                            .arg(&file));
+                        assert_success(&format!("{}: {name}", path.display()), &out);
+                    }
+                    configs += 1;
+                }
+            }
+            let spec = &v["spec"]["template"]["spec"];
+            for c in spec["containers"].as_array().into_iter().flatten() {
+                for (probe, want) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]
+                {
+                    if let Some(p) = c[probe]["httpGet"]["path"].as_str() {
+                        assert_eq!(p, want, "{}", path.display());
+                        probes += 1;
+                    }
+                }
+                if kind == "DaemonSet" {
+                    daemonsets += 1;
+                    let caps = &c["securityContext"]["capabilities"];
+                    assert_eq!(caps["drop"], serde_json::json!(["ALL"]));
+                    let mut added: Vec<String> = caps["add"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|c| c.as_str().unwrap().to_owned())
+                        .collect();
+                    added.sort();
+                    assert_eq!(
+                        added, unit_caps,
+                        "the DaemonSet's capabilities are the unit's"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!((configs, daemonsets), (3, 1));
+    assert!(probes >= 5, "{probes}");
+}
