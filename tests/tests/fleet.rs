@@ -74,6 +74,36 @@ fn assert_complete(pg: &Postgres, host: &str, expected: u64) {
     );
 }
 
+/// The collector's console lists records across keyset pages of the
+/// store, newest first; a host filter too.
+fn check_record_lists(collector: &Collector, host: &str) {
+    // A long list crosses keyset pages of the store, newest first.
+    let (_, listed) = collector.api("/api/records?limit=1000");
+    let ts: Vec<time::OffsetDateTime> = listed["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            time::OffsetDateTime::parse(
+                r["ts"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(ts.len(), 1000);
+    // At the store's precision (PostgreSQL keeps microseconds).
+    let micros = |t: &time::OffsetDateTime| t.unix_timestamp_nanos() / 1000;
+    let bad: Vec<_> = ts
+        .windows(2)
+        .filter(|w| micros(&w[0]) < micros(&w[1]))
+        .take(3)
+        .collect();
+    assert!(bad.is_empty(), "newest first: {bad:?}");
+    let (_, one_host) = collector.api(&format!("/api/records?host={host}&limit=1000"));
+    assert_eq!(one_host["records"].as_array().unwrap().len(), 1000);
+}
+
 #[test]
 fn three_hosts_ship_every_record_exactly_once_through_a_nats_outage() {
     const PER_HOST: u32 = 2000;
@@ -171,6 +201,7 @@ fn three_hosts_ship_every_record_exactly_once_through_a_nats_outage() {
     }
     let (_, listed) = collectors[0].api("/api/records?limit=5");
     assert_eq!(listed["records"].as_array().unwrap().len(), 5);
+    check_record_lists(&collectors[0], &hosts[0].0);
     eprintln!(
         "fleet: {total} records from 3 hosts; NATS down {outage:?} ({before_outage} stored before it, {during_outage} by its end); the {backlog} records written by then were all stored {caught_up:?} after NATS returned; the last record {all_stored:?} after; lost 0, duplicates 0"
     );

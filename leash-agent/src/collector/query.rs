@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
+use time::OffsetDateTime;
 use tokio_postgres::{Client, types::ToSql};
 
 use super::store::StoreError;
@@ -184,5 +185,45 @@ pub async fn sum_by(
                 },
             )
         })
+        .collect())
+}
+
+/// Where a newest-first walk over the fleet's records stands: the last
+/// record seen, by `(ts, host, seq)`.
+pub type Position = (OffsetDateTime, String, i64);
+
+/// One page of the fleet's records, newest first by `(ts, host, seq)`,
+/// strictly older than `before` (a keyset page on the `ts` index: no
+/// offset, no full read). Each with its position.
+pub async fn newest_page(
+    client: &Client,
+    before: Option<&Position>,
+    limit: i64,
+) -> Result<Vec<(Position, String)>, StoreError> {
+    let rows = match before {
+        Some((ts, host, seq)) => {
+            client
+                .query(
+                    "SELECT ts, host, seq, line FROM leash_audit
+                     WHERE event IS NULL AND ts IS NOT NULL AND (ts, host, seq) < ($1, $2, $3)
+                     ORDER BY ts DESC, host DESC, seq DESC LIMIT $4",
+                    &[ts, host, seq, &limit],
+                )
+                .await?
+        }
+        None => {
+            client
+                .query(
+                    "SELECT ts, host, seq, line FROM leash_audit
+                     WHERE event IS NULL AND ts IS NOT NULL
+                     ORDER BY ts DESC, host DESC, seq DESC LIMIT $1",
+                    &[&limit],
+                )
+                .await?
+        }
+    };
+    Ok(rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
         .collect())
 }

@@ -63,6 +63,20 @@ fn failed(e: &IndexError) -> Answer {
     }
 }
 
+/// Rows of the fleet store a record list looks at, at most (newest first).
+const MAX_FLEET_SCAN: usize = 200_000;
+/// Rows per keyset page of the fleet store.
+const FLEET_PAGE: i64 = 2_000;
+
+/// The answer when the fleet store cannot be read.
+fn fleet_failed(e: &crate::collector::store::StoreError) -> Answer {
+    tracing::warn!(error = %e, "console: cannot read the fleet store");
+    Answer::error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "cannot read the fleet store",
+    )
+}
+
 /// Runs blocking reading work on the current (admin) runtime's blocking
 /// pool.
 async fn blocking<T: Send + 'static>(
@@ -104,13 +118,7 @@ impl Console {
     async fn fleet_lines(client: &tokio_postgres::Client) -> Result<Vec<String>, Answer> {
         crate::collector::query::select_lines(client, &Filter::default())
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "console: cannot read the fleet store");
-                Answer::error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "cannot read the fleet store",
-                )
-            })
+            .map_err(|e| fleet_failed(&e))
     }
 
     /// The whole source summed.
@@ -148,23 +156,38 @@ impl Console {
                 .await
             }
             Source::Fleet(client) => {
+                // Newest first, a keyset page at a time, at most
+                // `MAX_FLEET_SCAN` rows looked at: never the whole store.
                 let mut keep = keep;
                 let mut out = Vec::new();
-                for line in Self::fleet_lines(client).await?.iter().rev() {
-                    let Ok(v) = serde_json::from_str::<Value>(line) else {
-                        continue;
+                let mut at: Option<crate::collector::query::Position> = None;
+                let mut scanned = 0;
+                while scanned < MAX_FLEET_SCAN {
+                    let page =
+                        crate::collector::query::newest_page(client, at.as_ref(), FLEET_PAGE)
+                            .await
+                            .map_err(|e| fleet_failed(&e))?;
+                    let Some((last, _)) = page.last() else {
+                        return Ok((out, false));
                     };
-                    if stop_at.as_deref().is_some_and(|id| v["id"] == id) {
-                        break;
-                    }
-                    if keep(&v) {
-                        out.push(v);
-                        if out.len() >= limit {
-                            break;
+                    at = Some(last.clone());
+                    for (_, line) in &page {
+                        scanned += 1;
+                        let Ok(v) = serde_json::from_str::<Value>(line) else {
+                            continue;
+                        };
+                        if stop_at.as_deref().is_some_and(|id| v["id"] == id) {
+                            return Ok((out, false));
+                        }
+                        if keep(&v) {
+                            out.push(v);
+                            if out.len() >= limit {
+                                return Ok((out, false));
+                            }
                         }
                     }
                 }
-                Ok((out, false))
+                Ok((out, true))
             }
         }
     }
