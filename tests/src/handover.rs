@@ -80,3 +80,56 @@ pub fn wait_successor(logs: &dyn Fn() -> String, old_pid: u32) -> Successor {
     );
     successor
 }
+
+/// An upgrade test's binary: a copy of the one under test that the
+/// process is started from, then replaced by another version (renamed
+/// over it, as a package manager does).
+pub struct Upgrade {
+    pub bin: std::path::PathBuf,
+    old_inode: u64,
+}
+
+impl Upgrade {
+    /// Copies the `leash` under test into `dir`.
+    pub fn prepare(dir: &std::path::Path) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        let bin = dir.join("leash");
+        std::fs::copy(crate::harness::leash_bin(), &bin).expect("copy leash");
+        let old_inode = std::fs::metadata(&bin).expect("binary").ino();
+        Self { bin, old_inode }
+    }
+
+    /// The path, for [`crate::gateway::BINARY`].
+    pub fn path(&self) -> String {
+        self.bin.display().to_string()
+    }
+
+    /// Puts another version at the path: the same bytes and more (another
+    /// digest), renamed over the old file.
+    pub fn install_new_version(&self) {
+        let new = self.bin.with_file_name("leash.new");
+        std::fs::copy(&self.bin, &new).expect("copy");
+        std::io::Write::write_all(
+            &mut std::fs::OpenOptions::new()
+                .append(true)
+                .open(&new)
+                .expect("open"),
+            b"leash upgrade test",
+        )
+        .expect("append");
+        std::fs::rename(&new, &self.bin).expect("rename");
+    }
+
+    /// The successor runs the new file at the path, not the old one.
+    pub fn check_runs(&self, successor: &Successor) {
+        use std::os::unix::fs::MetadataExt as _;
+        let exe = format!("/proc/{}/exe", successor.0);
+        assert_eq!(
+            std::fs::read_link(&exe).expect("exe"),
+            self.bin,
+            "the successor runs the new binary"
+        );
+        let running = std::fs::metadata(&exe).expect("exe").ino();
+        assert_ne!(running, self.old_inode, "the successor runs the old file");
+    }
+}

@@ -121,6 +121,32 @@ impl World {
         run(&mut self.cgroup.command(&self.hosts_file, "curl", &args))
     }
 
+    /// The chat request by curl inside the cgroup as uid 65534 (nobody),
+    /// trusting only the organisation CA (copied where nobody can read
+    /// it); `extra`: more curl arguments (headers).
+    pub fn chat_as_nobody(&self, extra: &[&str]) -> Output {
+        use std::os::unix::fs::PermissionsExt as _;
+        let shared = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ca = shared.path().join("ca.pem");
+        std::fs::copy(self.agent.ca_pem(), &ca).unwrap();
+        std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut args = vec![
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["-d", CHAT, "https://api.openai.com/v1/chat/completions"]);
+        run(&mut self.cgroup.command(&self.hosts_file, "setpriv", &args))
+    }
+
     pub fn chat(&self, cacert: &Path, key: &str) -> Output {
         let auth = format!("authorization: Bearer {key}");
         self.curl(

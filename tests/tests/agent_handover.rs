@@ -18,7 +18,6 @@
 )]
 
 use std::{
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
@@ -26,7 +25,7 @@ use std::{
 
 use leash_tests::{
     fleet::wait_until,
-    handover::{Successor, wait_successor},
+    handover::{Successor, Upgrade, wait_successor},
     harness::{assert_success, leash_command, require_root, run},
     world::{Host, World},
 };
@@ -276,24 +275,14 @@ fn an_agent_upgrade_lets_nothing_through_and_refuses_nothing() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("leash");
-    std::fs::copy(leash_tests::harness::leash_bin(), &bin).unwrap();
-    let binary = bin.display().to_string();
+    let upgrade = Upgrade::prepare(dir.path());
     let w = World::with_env(
         "ho-upgrade",
         &[Host("api.openai.com", "127.10.21.1", true)],
         "  failure_mode: open\n",
-        &[(leash_tests::gateway::BINARY, binary.as_str())],
+        &[(leash_tests::gateway::BINARY, upgrade.path().as_str())],
     );
-    let old_inode = std::fs::metadata(&bin).unwrap().ino();
-    let new = dir.path().join("leash.new");
-    std::fs::copy(&bin, &new).unwrap();
-    std::io::Write::write_all(
-        &mut std::fs::OpenOptions::new().append(true).open(&new).unwrap(),
-        b"leash upgrade test",
-    )
-    .unwrap();
-    std::fs::rename(&new, &bin).unwrap();
+    upgrade.install_new_version();
     let ca = w.agent.ca_pem();
     let load = Load::start(&w, "127.10.21.1", &ca, &ca);
     let pid = w.agent.pid();
@@ -303,12 +292,7 @@ fn an_agent_upgrade_lets_nothing_through_and_refuses_nothing() {
             &run(std::process::Command::new("kill").args(["-USR2", &pid.to_string()])),
         );
     });
-    let exe = std::fs::read_link(format!("/proc/{}/exe", successor.0)).unwrap();
-    assert_eq!(exe, bin, "the successor runs the new binary");
-    let running = std::fs::metadata(format!("/proc/{}/exe", successor.0))
-        .unwrap()
-        .ino();
-    assert_ne!(running, old_inode);
+    upgrade.check_runs(&successor);
     none_direct_and_all_audited(&w, TOTAL + STREAMS, 0);
     record(
         "agent_handover_upgrade",

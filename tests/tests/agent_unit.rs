@@ -17,7 +17,7 @@
 use std::{os::unix::fs::PermissionsExt as _, path::Path};
 
 use leash_tests::{
-    harness::{leash_bin, require_root, run},
+    harness::{leash_bin, require_root},
     world::{Host, World},
 };
 
@@ -136,33 +136,12 @@ fn the_agent_intercepts_under_its_units_restrictions() {
     );
     assert_eq!(field("CapEff:") & !bound, 0);
     // A caller of another user (nobody), trusting only the organisation CA.
-    let shared = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let ca = shared.path().join("ca.pem");
-    std::fs::copy(w.agent.ca_pem(), &ca).unwrap();
-    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = run(&mut w.cgroup.command(
-        &w.hosts_file,
-        "setpriv",
-        &[
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "--cacert",
-            ca.to_str().unwrap(),
-            "-H",
-            "authorization: Bearer sk-test",
-            "-H",
-            "content-type: application/json",
-            "-d",
-            leash_tests::world::CHAT,
-            "https://api.openai.com/v1/chat/completions",
-        ],
-    ));
+    let out = w.chat_as_nobody(&[
+        "-H",
+        "authorization: Bearer sk-test",
+        "-H",
+        "content-type: application/json",
+    ]);
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && body.contains("chat.completion"),

@@ -677,24 +677,7 @@ fn a_reused_client_port_does_not_inherit_a_caller() {
     );
     // Control: nobody inside the cgroup, the normal way, is served as
     // nobody.
-    let out = run(&mut w.cgroup.command(
-        &w.hosts_file,
-        "setpriv",
-        &[
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "--cacert",
-            shared_ca.to_str().unwrap(),
-            "-d",
-            CHAT,
-            "https://api.openai.com/v1/chat/completions",
-        ],
-    ));
+    let out = w.chat_as_nobody(&[]);
     let _ = std::fs::remove_file(&shared_ca);
     assert_success("nobody's own call", &out);
     let records = wait_record(&w, "for nobody's call", |r| r["caller"]["uid"] == 65534);

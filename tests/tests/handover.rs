@@ -21,7 +21,7 @@ use std::{
 
 use leash_tests::{
     fleet::wait_until,
-    handover::{Successor, gone, wait_successor},
+    handover::{Successor, Upgrade, gone, wait_successor},
     harness::{
         Leash, assert_success, http_get, http_request, leash_command, mock_providers_yaml, run,
     },
@@ -248,36 +248,19 @@ fn a_hand_over_restart_loses_no_request_and_cuts_no_stream() {
 /// hand-over starts the new one.
 #[test]
 fn an_upgrade_hands_over_to_the_new_binary() {
-    use std::os::unix::fs::MetadataExt as _;
     let mock = MockProvider::start();
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("leash");
-    std::fs::copy(leash_tests::harness::leash_bin(), &bin).unwrap();
-    let binary = bin.display().to_string();
+    let upgrade = Upgrade::prepare(dir.path());
     let leash = Leash::start_with_env(
         tempfile::tempdir().unwrap(),
         &mock_providers_yaml(&mock),
-        &[(leash_tests::gateway::BINARY, binary.as_str())],
+        &[(leash_tests::gateway::BINARY, upgrade.path().as_str())],
     );
-    let old_inode = std::fs::metadata(&bin).unwrap().ino();
-    // The new version: another file (bytes appended: another digest).
-    let new = dir.path().join("leash.new");
-    std::fs::copy(&bin, &new).unwrap();
-    std::io::Write::write_all(
-        &mut std::fs::OpenOptions::new().append(true).open(&new).unwrap(),
-        b"leash upgrade test",
-    )
-    .unwrap();
-    std::fs::rename(&new, &bin).unwrap();
+    upgrade.install_new_version();
     let load = Load::start(leash.addr);
     let successor = hand_over(&leash, &mock, &load);
     let (sent, rate) = load.finish();
-    let exe = std::fs::read_link(format!("/proc/{}/exe", successor.0)).unwrap();
-    assert_eq!(exe, bin, "the successor runs the new binary");
-    let running = std::fs::metadata(format!("/proc/{}/exe", successor.0))
-        .unwrap()
-        .ino();
-    assert_ne!(running, old_inode);
+    upgrade.check_runs(&successor);
     audit_complete(&leash, sent + STREAMS);
     record("handover_upgrade", "upgrade to another binary", sent, rate);
 }

@@ -634,29 +634,7 @@ teams:
 
     // The same curl as uid 65534: the uid names the team (listed first)
     // and a rule matches on the caller's uid.
-    let shared_ca = std::env::temp_dir().join(format!("leash-test-ca-{}.pem", std::process::id()));
-    std::fs::copy(w.agent.ca_pem(), &shared_ca).unwrap();
-    let out = run(&mut w.cgroup.command(
-        &w.hosts_file,
-        "setpriv",
-        &[
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "--cacert",
-            shared_ca.to_str().unwrap(),
-            "-H",
-            "content-type: application/json",
-            "-d",
-            CHAT,
-            "https://api.openai.com/v1/chat/completions",
-        ],
-    ));
-    let _ = std::fs::remove_file(&shared_ca);
+    let out = w.chat_as_nobody(&["-H", "content-type: application/json"]);
     assert_chat_ok(&out, &w.agent);
 
     let records = w.agent.wait_records(3);
