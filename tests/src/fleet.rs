@@ -273,6 +273,32 @@ impl Postgres {
     }
 
     /// Runs SQL with psql; returns its unaligned output.
+    /// A transaction left open (it holds a transaction id, so PostgreSQL's
+    /// horizon stays below every transaction after it) until the returned
+    /// session is dropped, which commits it.
+    pub fn open_transaction(&self) -> OpenTransaction {
+        let mut child = Command::new("psql")
+            .arg(self.url())
+            .args(["-X", "-A", "-t", "-q"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run psql");
+        let mut stdin = child.stdin.take().expect("stdin");
+        std::io::Write::write_all(&mut stdin, b"BEGIN;\nSELECT pg_current_xact_id();\n")
+            .expect("write");
+        // The id printed: the transaction has one (the event awaited).
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).expect("read");
+        assert!(line.trim().parse::<u64>().is_ok(), "psql said {line:?}");
+        OpenTransaction {
+            child,
+            stdin: Some(stdin),
+        }
+    }
+
     pub fn sql(&self, query: &str) -> String {
         let out = Command::new("psql")
             .arg(self.url())
@@ -300,6 +326,21 @@ impl Drop for Postgres {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// A `psql` session holding a transaction open; dropped: committed.
+pub struct OpenTransaction {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Drop for OpenTransaction {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = std::io::Write::write_all(&mut stdin, b"COMMIT;\n");
+        }
+        let _ = self.child.wait();
     }
 }
 

@@ -145,7 +145,9 @@ pub async fn run(
     let admin_metrics = Arc::clone(&metrics);
     // The fleet console reads the central store on a connection of its own.
     let console = crate::console::Console::new(
-        crate::console::Source::Fleet(store::connect(&cfg.postgres_url).await?),
+        crate::console::Source::Fleet(crate::console::FleetSource::new(
+            store::connect(&cfg.postgres_url).await?,
+        )),
         Arc::new(crate::policy::PolicyHandle::new(None, None)),
         crate::provider::Providers::default(),
         None,

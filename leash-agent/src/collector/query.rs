@@ -227,3 +227,70 @@ pub async fn newest_page(
         .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
         .collect())
 }
+
+/// The transaction horizon: every transaction with a smaller id has ended,
+/// so the rows they wrote are all there will ever be below it.
+pub async fn horizon(client: &Client) -> Result<i64, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Where a walk in transaction order stands: `(txid, host, epoch, seq)`.
+pub type TxPosition = (i64, String, i64, i64);
+
+/// One page of records written by transactions from `from` on (below `to`
+/// if given), in `(txid, host, epoch, seq)` order after `after` (a keyset
+/// page on the `txid` index).
+pub async fn lines_by_transaction(
+    client: &Client,
+    (from, to): (i64, Option<i64>),
+    after: Option<&TxPosition>,
+    limit: i64,
+) -> Result<Vec<(TxPosition, String)>, StoreError> {
+    let to = to.unwrap_or(i64::MAX);
+    let rows = match after {
+        Some((txid, host, epoch, seq)) => {
+            client
+                .query(
+                    "SELECT txid, host, epoch, seq, line FROM leash_audit
+                     WHERE event IS NULL AND txid >= $1 AND txid < $2
+                       AND (txid, host, epoch, seq) > ($3, $4, $5, $6)
+                     ORDER BY txid, host, epoch, seq LIMIT $7",
+                    &[&from, &to, txid, host, epoch, seq, &limit],
+                )
+                .await?
+        }
+        None => {
+            client
+                .query(
+                    "SELECT txid, host, epoch, seq, line FROM leash_audit
+                     WHERE event IS NULL AND txid >= $1 AND txid < $2
+                     ORDER BY txid, host, epoch, seq LIMIT $3",
+                    &[&from, &to, &limit],
+                )
+                .await?
+        }
+    };
+    Ok(rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1), r.get(2), r.get(3)), r.get(4)))
+        .collect())
+}
+
+/// The oldest and newest record times in the store (the `ts` index).
+pub async fn time_span(client: &Client) -> Result<(Option<String>, Option<String>), StoreError> {
+    let row = client
+        .query_one(
+            "SELECT to_char(min(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                    to_char(max(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+             FROM leash_audit WHERE event IS NULL",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}

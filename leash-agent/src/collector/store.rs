@@ -93,6 +93,17 @@ CREATE TABLE leash_content_reads (
 );
 ",
     ),
+    (
+        3,
+        // The transaction that wrote each row (0 for rows from before):
+        // a reader that has summed every row below the oldest transaction
+        // still running reads only the rows above it next time.
+        r"
+ALTER TABLE leash_audit ADD COLUMN txid bigint NOT NULL DEFAULT 0;
+ALTER TABLE leash_audit ALTER COLUMN txid SET DEFAULT pg_current_xact_id()::text::bigint;
+CREATE INDEX leash_audit_txid ON leash_audit (txid, host, epoch, seq);
+",
+    ),
 ];
 
 /// Connects and applies pending migrations.

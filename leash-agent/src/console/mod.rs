@@ -12,6 +12,7 @@ mod content;
 mod editor;
 mod keys;
 mod queries;
+pub use queries::FleetSource;
 mod replay;
 mod series;
 
@@ -75,7 +76,7 @@ pub type Interception = Box<dyn Fn() -> Value + Send + Sync>;
 /// fleet's central store (`leash collector`).
 pub enum Source {
     Dir(PathBuf),
-    Fleet(tokio_postgres::Client),
+    Fleet(queries::FleetSource),
 }
 
 pub struct Console {

@@ -68,6 +68,72 @@ const MAX_FLEET_SCAN: usize = 200_000;
 /// Rows per keyset page of the fleet store.
 const FLEET_PAGE: i64 = 2_000;
 
+/// The collector's store, and the summary of the rows written by the
+/// transactions below a horizon (every one of which has ended): each page
+/// load reads only the rows written since the last one, and those of
+/// transactions above the horizon that are visible already — never the
+/// whole store again.
+pub struct FleetSource {
+    client: tokio_postgres::Client,
+    summed: Box<tokio::sync::Mutex<(i64, Summary)>>,
+}
+
+impl FleetSource {
+    pub fn new(client: tokio_postgres::Client) -> Self {
+        Self {
+            client,
+            summed: Box::new(tokio::sync::Mutex::new((0, Summary::default()))),
+        }
+    }
+
+    /// Adds the records of the transactions in `range` to `summary`, a
+    /// keyset page at a time.
+    async fn add(
+        &self,
+        range: (i64, Option<i64>),
+        summary: &mut Summary,
+    ) -> Result<(), crate::collector::store::StoreError> {
+        let mut after = None;
+        loop {
+            let page = crate::collector::query::lines_by_transaction(
+                &self.client,
+                range,
+                after.as_ref(),
+                FLEET_PAGE,
+            )
+            .await?;
+            for (_, line) in &page {
+                summary.add_line(line.as_bytes());
+            }
+            match page.last() {
+                Some((at, _)) if page.len() == usize::try_from(FLEET_PAGE).unwrap_or(0) => {
+                    after = Some(at.clone());
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Every record in the store, summed.
+    async fn summary(&self) -> Result<Summary, crate::collector::store::StoreError> {
+        let mut summed = self.summed.lock().await;
+        let horizon = crate::collector::query::horizon(&self.client).await?;
+        if horizon > summed.0 {
+            let from = summed.0;
+            self.add((from, Some(horizon)), &mut summed.1).await?;
+            summed.0 = horizon;
+        }
+        let mut out = summed.1.clone();
+        drop(summed);
+        let mut recent = Summary::default();
+        self.add((horizon, None), &mut recent).await?;
+        out.merge(&recent);
+        // Rows arrive in transaction order, not time order.
+        (out.first_ts, out.last_ts) = crate::collector::query::time_span(&self.client).await?;
+        Ok(out)
+    }
+}
+
 /// The answer when the fleet store cannot be read.
 fn fleet_failed(e: &crate::collector::store::StoreError) -> Answer {
     tracing::warn!(error = %e, "console: cannot read the fleet store");
@@ -114,13 +180,6 @@ impl Console {
         }
     }
 
-    /// The fleet store's rows, each as its JSON line (the collector).
-    async fn fleet_lines(client: &tokio_postgres::Client) -> Result<Vec<String>, Answer> {
-        crate::collector::query::select_lines(client, &Filter::default())
-            .await
-            .map_err(|e| fleet_failed(&e))
-    }
-
     /// The whole source summed.
     pub(super) async fn summary(&self) -> Result<Summary, Answer> {
         match (&self.source, &self.index) {
@@ -129,10 +188,7 @@ impl Console {
                 let deadline = Instant::now() + DEADLINE;
                 blocking(move || index.summary(Some(deadline))).await
             }
-            (Source::Fleet(client), _) => {
-                let lines = Self::fleet_lines(client).await?;
-                Ok(Summary::of_lines(lines.iter().map(String::as_bytes)))
-            }
+            (Source::Fleet(fleet), _) => fleet.summary().await.map_err(|e| fleet_failed(&e)),
             (Source::Dir(_), None) => Ok(Summary::default()),
         }
     }
@@ -155,7 +211,8 @@ impl Console {
                 })
                 .await
             }
-            Source::Fleet(client) => {
+            Source::Fleet(fleet) => {
+                let client = &fleet.client;
                 // Newest first, a keyset page at a time, at most
                 // `MAX_FLEET_SCAN` rows looked at: never the whole store.
                 let mut keep = keep;
