@@ -109,10 +109,11 @@ enum Command {
     /// The kernel hooks of the transparent agent.
     #[command(subcommand)]
     Intercept(InterceptCommand),
-    /// Reload the running gateway with no request lost: the config is
-    /// checked, then a new process takes over the listening sockets and
-    /// the old one drains (also after an upgrade of the binary). Exit 1
-    /// with the reason if the config is refused.
+    /// Reload the running gateway or agent with no request lost: the
+    /// config is checked, then a new process takes over the listening
+    /// sockets (the agent's kernel hooks too) and the old one drains (also
+    /// after an upgrade of the binary or a CA rotation). Exit 1 with the
+    /// reason if the config is refused.
     Reload(Running),
 }
 
