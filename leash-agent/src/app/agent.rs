@@ -90,7 +90,9 @@ fn rerouter(config: &Config) -> Result<Arc<Rerouter>, RunError> {
 }
 
 /// Detaches the hooks a stopped agent left pinned on `cgroup` (default:
-/// the cgroup v2 root). Returns the pin directory and how many went.
+/// the cgroup v2 root), and removes the shared maps' pins (those a killed
+/// fail-open agent leaves too). Returns the pin directory and how many
+/// hooks went.
 pub fn release_pinned(
     cgroup: Option<std::path::PathBuf>,
 ) -> Result<(std::path::PathBuf, usize), RunError> {
@@ -101,7 +103,7 @@ pub fn release_pinned(
         Some(dir) => dir,
         None => cgroup::v2_root().ok_or(RunError::NoCgroup2)?,
     };
-    match pin::existing_dir(&cgroup) {
+    match pin::mounted_dir_for(&cgroup) {
         Some(dir) => {
             let released = pin::release(&dir)?;
             Ok((dir, released))

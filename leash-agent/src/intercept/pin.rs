@@ -87,12 +87,6 @@ pub fn mounted_dir_for(cgroup: &Path) -> Option<PathBuf> {
     dir_for(&bpffs, cgroup).ok()
 }
 
-/// The existing pin directory of the hooks on `cgroup`, if bpffs is mounted
-/// and one exists.
-pub fn existing_dir(cgroup: &Path) -> Option<PathBuf> {
-    mounted_dir_for(cgroup).filter(|dir| dir.is_dir())
-}
-
 /// Pins `link` (of program `name`) in `dir` under this process's id;
 /// returns it with its path.
 pub fn pin(dir: &Path, name: &str, link: FdLink) -> Result<(PinnedLink, PathBuf), PinError> {
