@@ -41,6 +41,22 @@ pub fn plain(text: &str) -> String {
     out
 }
 
+/// `leash reload` of the Leash started with `config`, `admin` and
+/// `audit_dir` (gateway or agent).
+pub fn leash_reload(
+    config: &std::path::Path,
+    admin: std::net::SocketAddr,
+    audit_dir: &std::path::Path,
+) -> std::process::Output {
+    crate::harness::run(
+        crate::gateway::leash_command()
+            .args(["reload", "--config"])
+            .arg(config)
+            .args(["--admin-listen", &admin.to_string(), "--audit-dir"])
+            .arg(audit_dir),
+    )
+}
+
 /// Whether process `pid` has exited (gone, or a zombie its parent has not
 /// reaped yet).
 pub fn gone(pid: u32) -> bool {

@@ -25,7 +25,7 @@ use std::{
 
 use leash_tests::{
     fleet::wait_until,
-    handover::{Successor, Upgrade, wait_successor},
+    handover::{Successor, Upgrade, leash_reload, wait_successor},
     harness::{assert_success, leash_command, require_root, run},
     world::{Host, World},
 };
@@ -251,12 +251,8 @@ fn record(name: &str, what: &str, results: &Value) {
 }
 
 /// `leash reload` of the world's agent.
-fn leash_reload(w: &World) -> std::process::Output {
-    run(leash_command()
-        .args(["reload", "--config"])
-        .arg(&w.agent.config)
-        .args(["--admin-listen", &w.agent.admin.to_string(), "--audit-dir"])
-        .arg(&w.agent.audit_dir))
+fn reload(w: &World) -> std::process::Output {
+    leash_reload(&w.agent.config, w.agent.admin, &w.agent.audit_dir)
 }
 
 /// A copy of `file` (the CA bundle clients trusted at a moment).
@@ -339,7 +335,7 @@ fn a_fail_closed_agent_reload_applies_the_config_and_refuses_nothing() {
     assert_eq!(gpt4o(&w), "200");
     let original = std::fs::read_to_string(&w.agent.config).unwrap();
     std::fs::write(&w.agent.config, format!("{original}policy: [oops\n")).unwrap();
-    let refused = leash_reload(&w);
+    let refused = reload(&w);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");
     assert!(stderr.contains("line"), "{stderr}");
@@ -357,7 +353,7 @@ fn a_fail_closed_agent_reload_applies_the_config_and_refuses_nothing() {
     .unwrap();
     let load = Load::start(&w, host, &ca, &ca);
     let (_successor, results) = across_hand_over(&w, load, || {
-        let out = leash_reload(&w);
+        let out = reload(&w);
         assert_success("leash reload", &out);
         assert!(String::from_utf8_lossy(&out.stdout).contains("now served by pid"));
     });
@@ -416,7 +412,7 @@ fn a_ca_rotation_fails_no_handshake_and_old_sessions_finish() {
     );
     let load = Load::start_load(&w, host, &trust, streams);
     let (_successor, results) = across_hand_over(&w, load, || {
-        assert_success("leash reload", &leash_reload(&w));
+        assert_success("leash reload", &reload(&w));
     });
     assert!(
         started.elapsed() > Duration::from_secs(3),

@@ -21,7 +21,7 @@ use std::{
 
 use leash_tests::{
     fleet::wait_until,
-    handover::{Successor, Upgrade, gone, wait_successor},
+    handover::{Successor, Upgrade, gone, leash_reload, wait_successor},
     harness::{
         Leash, assert_success, http_get, http_request, leash_command, mock_providers_yaml, run,
     },
@@ -274,13 +274,7 @@ fn leash_reload_applies_a_changed_config_and_refuses_a_broken_one() {
     let (mock, next) = (MockProvider::start(), MockProvider::start());
     let leash = Leash::start(&mock_providers_yaml(&mock));
     let config = leash.dir.path().join("leash.yaml");
-    let reload = || {
-        run(leash_command()
-            .args(["reload", "--config"])
-            .arg(&config)
-            .args(["--admin-listen", &leash.admin.to_string(), "--audit-dir"])
-            .arg(&leash.audit_dir))
-    };
+    let reload = || leash_reload(&config, leash.admin, &leash.audit_dir);
     // Broken: refused with the place of the error; nothing changes.
     std::fs::write(&config, "providers:\n  openai: { upstream: [oops }\n").unwrap();
     let refused = reload();

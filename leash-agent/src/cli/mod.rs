@@ -183,10 +183,24 @@ fn one_thread() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// The config as a reload reads it again: the same file with the same
-/// overrides.
-fn reload_source(file: Option<std::path::PathBuf>, overrides: Overrides) -> app::ConfigSource {
-    Box::new(move || Config::load(file.as_deref(), &overrides).map_err(|e| format!("{e:#}")))
+/// Starts a server (`leash gateway`, `leash run`): the config loaded with
+/// `overrides`, logging as it says, then `server` run until a shutdown
+/// signal, given the config as a reload reads it again (the same file with
+/// the same overrides).
+fn serve<F>(
+    file: Option<PathBuf>,
+    overrides: Overrides,
+    logging: &LogConfig,
+    server: impl FnOnce(Config, app::ConfigSource) -> F,
+) -> anyhow::Result<()>
+where
+    F: Future<Output = Result<(), app::RunError>>,
+{
+    let loaded = Config::load(file.as_deref(), &overrides)?;
+    init_logging(logging, Some(&loaded.log));
+    let source: app::ConfigSource =
+        Box::new(move || Config::load(file.as_deref(), &overrides).map_err(|e| format!("{e:#}")));
+    block_on(server(loaded, source))
 }
 
 fn block_on(server: impl Future<Output = Result<(), app::RunError>>) -> anyhow::Result<()> {
@@ -291,13 +305,9 @@ fn run() -> anyhow::Result<()> {
                 audit_dir,
                 credentials_unread: false,
             };
-            let loaded = Config::load(config.as_deref(), &overrides)?;
-            init_logging(&logging, Some(&loaded.log));
-            block_on(app::run_gateway(
-                loaded,
-                shutdown_signal(),
-                Some(reload_source(config, overrides)),
-            ))
+            serve(config, overrides, &logging, |loaded, source| {
+                app::run_gateway(loaded, shutdown_signal(), Some(source))
+            })
         }
         Command::Run {
             config,
@@ -310,13 +320,9 @@ fn run() -> anyhow::Result<()> {
                 audit_dir,
                 credentials_unread: false,
             };
-            let loaded = Config::load(config.as_deref(), &overrides)?;
-            init_logging(&logging, Some(&loaded.log));
-            block_on(app::run_agent(
-                loaded,
-                shutdown_signal(),
-                Some(reload_source(config, overrides)),
-            ))
+            serve(config, overrides, &logging, |loaded, source| {
+                app::run_agent(loaded, shutdown_signal(), Some(source))
+            })
         }
         Command::Collector { config } => {
             let config = crate::collector::CollectorConfig::load(&config)?;
