@@ -215,6 +215,11 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// A cluster with more server settings (`-c name=value ...`).
+    pub fn start_with(settings: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let as_user = crate::harness::is_root().then(|| "postgres".to_owned());
         if as_user.is_some() {
@@ -248,7 +253,7 @@ impl Postgres {
             .arg(pg.data.parent().expect("parent").join("pg.log"))
             .arg("-o")
             .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=50",
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=50 {settings}",
                 sock.display()
             ))
             .args(["-w", "-t", "30", "start"]));
@@ -359,9 +364,13 @@ impl Collector {
     /// A GET on the fleet console's API with the collector's admin token
     /// (made beside its config file).
     pub fn api(&self, path: &str) -> (u16, serde_json::Value) {
+        crate::gateway::api(self.admin, &self.admin_token(), "GET", path, b"")
+    }
+
+    /// The admin token (made beside the config file).
+    pub fn admin_token(&self) -> String {
         let dir = self.config.parent().expect("config dir");
-        let token = crate::gateway::admin_token(&dir.join("admin.token"));
-        crate::gateway::api(self.admin, &token, "GET", path, b"")
+        crate::gateway::admin_token(&dir.join("admin.token"))
     }
 
     pub fn start(nats: &Nats, postgres_url: &str) -> Self {

@@ -122,6 +122,85 @@ fn sum_with_a_transaction_held(pg: &Postgres, collector: &Collector) {
     drop(held);
 }
 
+/// `leash audit query --postgres --sum-by <key>` (answered from the
+/// rollups, plus the raw rows of a partial first hour or day) equals the
+/// same sums taken over every stored row, for each key, over the whole
+/// store and since `since`.
+fn check_sums_against_rows(pg: &Postgres, since: &str) {
+    for key in ["team", "model", "host", "user", "exe", "rule"] {
+        for window in [None, Some(since)] {
+            let mut args = vec![
+                "audit",
+                "query",
+                "--postgres",
+                &pg.url(),
+                "--sum-by",
+                key,
+                "--json",
+            ]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+            if let Some(since) = window {
+                args.extend(["--since".to_owned(), since.to_owned()]);
+            }
+            let out = run(leash_command().args(&args));
+            assert_success("audit query --postgres --sum-by", &out);
+            let sums: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let (column, from) = match key {
+                "user" => ("caller_user", "leash_audit"),
+                "exe" => ("caller_exe", "leash_audit"),
+                "rule" => (
+                    "r.rule",
+                    "leash_audit CROSS JOIN LATERAL unnest(rules) AS r(rule)",
+                ),
+                other => (other, "leash_audit"),
+            };
+            let when = window.map_or(String::new(), |s| format!(" AND ts >= '{s}'"));
+            let rows = pg.sql(&format!(
+                "SELECT coalesce({column}, '-') || ':' || count(*) || ':' || coalesce(sum(input_tokens), 0)
+                        || ':' || coalesce(sum(output_tokens), 0) || ':'
+                        || count(*) FILTER (WHERE cost_usd IS NULL AND input_tokens IS NOT NULL)
+                        || ':' || coalesce(sum(cost_usd), 0)
+                 FROM {from} WHERE event IS NULL{when} GROUP BY {column} ORDER BY 1"
+            ));
+            // Counts exactly; cost to the float sum's rounding (the sums
+            // are added in another order).
+            let split = |line: &str| {
+                let (head, cost) = line.rsplit_once(':').unwrap();
+                (head.to_owned(), cost.parse::<f64>().unwrap())
+            };
+            let mut expected: Vec<(String, f64)> = rows.lines().map(split).collect();
+            expected.sort_by(|a, b| a.0.cmp(&b.0));
+            assert!(!expected.is_empty(), "no rows for {key}");
+            let mut got: Vec<(String, f64)> = sums
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, t)| {
+                    (
+                        format!(
+                            "{k}:{}:{}:{}:{}",
+                            t["requests"], t["input_tokens"], t["output_tokens"], t["unpriced"]
+                        ),
+                        t["cost_usd"].as_f64().unwrap(),
+                    )
+                })
+                .collect();
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            let heads = |v: &[(String, f64)]| v.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+            assert_eq!(
+                heads(&got),
+                heads(&expected),
+                "--sum-by {key} since {window:?}"
+            );
+            for ((k, a), (_, b)) in got.iter().zip(&expected) {
+                assert!((a - b).abs() < 1e-9, "{k}: cost {a} != {b}");
+            }
+        }
+    }
+}
+
 #[test]
 fn three_hosts_ship_every_record_exactly_once_through_a_nats_outage() {
     const PER_HOST: u32 = 2000;
@@ -313,8 +392,9 @@ fn two_collectors_share_the_work_and_a_kill_9_mid_batch_loses_and_duplicates_not
                 .args([
                     "--records",
                     &RECORDS.to_string(),
+                    // Two days and a half of records.
                     "--spacing-ms",
-                    "20",
+                    "2000",
                     "--segment-bytes",
                     "8388608",
                 ]),
@@ -376,6 +456,14 @@ fn two_collectors_share_the_work_and_a_kill_9_mid_batch_loses_and_duplicates_not
         "{}",
         logs()
     );
+    // The redelivered batch added nothing to the rollups either; a
+    // window starting mid-hour over two days of records takes whole days,
+    // whole hours and raw rows.
+    let since = pg.sql(
+        "SELECT to_char((max(ts) - interval '30 hours 17 minutes 3 seconds') AT TIME ZONE 'UTC',
+                        'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM leash_audit",
+    );
+    check_sums_against_rows(&pg, &since);
     let by_b = inserted(&b);
     assert!(
         by_a > 0.0 && by_b > 0.0,
@@ -391,6 +479,9 @@ fn two_collectors_share_the_work_and_a_kill_9_mid_batch_loses_and_duplicates_not
     );
 }
 
+/// A record edited on its host before shipping is a chain break; a
+/// record removed is a gap, found once the record after it has settled
+/// (`2 × ack_wait`), and recorded once however many scans run after.
 #[test]
 fn a_record_tampered_with_before_shipping_is_flagged_as_a_chain_break() {
     let pg = Postgres::start();
@@ -400,16 +491,17 @@ fn a_record_tampered_with_before_shipping_is_flagged_as_a_chain_break() {
     let mock = MockProvider::start();
     // NATS is down: records wait in the spool.
     let mut leash = Leash::start(&host_yaml("edge-1", &mock, &nats));
-    for _ in 0..5 {
+    for _ in 0..7 {
         let r = http_request(leash.addr, "POST", "/v1/openai/chat/completions", &[], CHAT);
         assert_eq!(r.unwrap().0, 200);
     }
-    leash.wait_records(5);
+    leash.wait_records(7);
     assert!(leash.stop().success());
     let segment = segment_files(&leash.audit_dir).pop().unwrap();
     let text = std::fs::read_to_string(&segment).unwrap();
     let edited: Vec<String> = text
         .lines()
+        .filter(|l| !l.contains(r#""seq":5,"#))
         .map(|l| {
             if l.contains(r#""seq":3,"#) {
                 l.replace("gpt-4o-mini", "gpt-3.5-turbo")
@@ -419,27 +511,52 @@ fn a_record_tampered_with_before_shipping_is_flagged_as_a_chain_break() {
         })
         .collect();
     std::fs::write(&segment, edited.join("\n") + "\n").unwrap();
+    let kept = edited.len() as u64;
 
     nats.restart();
-    let collector = Collector::start(&nats, &pg.url());
+    let collector = Collector::start_extra(&nats, &pg.url(), "  ack_wait_secs: 1\n");
     leash.restart();
     wait_until(
         "the spool shipped",
         Duration::from_secs(30),
         || logs_of(&leash, &collector),
-        || pg.count("SELECT count(*) FROM leash_audit") >= 5,
+        || pg.count("SELECT count(*) FROM leash_audit") >= kept,
+    );
+    // The gap scan has covered every stored row (where it stands is past
+    // the last row's transaction), and the scans after it.
+    let last = pg.count("SELECT max(txid) FROM leash_audit");
+    let scanned = || pg.count("SELECT txid FROM leash_collector_state WHERE name = 'gap_scan'");
+    wait_until(
+        "the gap scan past every row",
+        Duration::from_secs(30),
+        || logs_of(&leash, &collector),
+        || scanned() > last,
+    );
+    let covered = scanned();
+    wait_until(
+        "another scan",
+        Duration::from_secs(30),
+        || logs_of(&leash, &collector),
+        || {
+            // A transaction of its own moves the horizon on.
+            pg.sql("SELECT pg_current_xact_id()");
+            scanned() > covered
+        },
     );
     assert_eq!(
-        pg.sql("SELECT kind || ':' || seq FROM leash_chain_faults ORDER BY seq"),
-        "chain_break:3"
+        pg.sql(
+            "SELECT string_agg(kind || ':' || seq || ':' || detail, ',' ORDER BY seq)
+             FROM leash_chain_faults WHERE host = 'edge-1'"
+        ),
+        "chain_break:3:the record's hash does not match its contents (edited),gap:6:records 5..5 are missing"
     );
-    assert!(
-        collector
-            .metrics()
-            .contains("leash_collector_chain_faults_total{kind=\"chain_break\"} 1"),
-        "{}",
-        collector.metrics()
-    );
+    let metrics = collector.metrics();
+    for line in [
+        "leash_collector_chain_faults_total{kind=\"chain_break\"} 1",
+        "leash_collector_chain_faults_total{kind=\"gap\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
     assert!(collector.logs().contains("audit chain fault"));
     for logs in [leash.logs(), collector.logs()] {
         assert!(

@@ -74,6 +74,16 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// The fleet store at scale: 10 million records from 50 hosts in
+    /// PostgreSQL; every fleet console call and `leash audit query
+    /// --postgres --sum-by team` while the collector ingests; collector
+    /// throughput with one and two collectors. Writes bench/fleet.json and
+    /// its section of BENCHMARKS.md.
+    BenchFleet {
+        /// 1 million records, shorter phases.
+        #[arg(long)]
+        quick: bool,
+    },
     /// What OpenTelemetry export costs: tracing off, on, and on with the
     /// collector down, in one run (rounds rotate); writes
     /// bench/telemetry.json and its section of BENCHMARKS.md.
@@ -185,7 +195,7 @@ fn ensure_debian_packages(packages: &[(&str, &str)]) -> Result<()> {
 /// The fleet tests run a throw-away PostgreSQL cluster (`initdb`, `pg_ctl`
 /// as the `postgres` user): Debian's server package provides both, in
 /// `/usr/lib/postgresql/<version>/bin`.
-fn ensure_postgres_server() -> Result<()> {
+pub(crate) fn ensure_postgres_server() -> Result<()> {
     let debian = std::fs::read_dir("/usr/lib/postgresql").is_ok_and(|versions| {
         versions
             .filter_map(Result::ok)
@@ -586,6 +596,7 @@ fn main() -> Result<()> {
         Task::BenchConsole { quick } => bench::bench_console(quick),
         Task::BenchTranslate { quick } => bench::bench_translate(quick),
         Task::BenchTelemetry { quick } => bench::bench_telemetry(quick),
+        Task::BenchFleet { quick } => bench::bench_fleet(quick),
         Task::BenchCompare {
             base,
             rounds,
@@ -605,7 +616,7 @@ fn main() -> Result<()> {
 }
 
 /// Today's date (UTC), as `YYYY-MM-DD`.
-fn today() -> String {
+pub(crate) fn today() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d"])
         .output()

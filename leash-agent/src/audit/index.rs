@@ -20,8 +20,10 @@ use std::{
 
 use serde_json::Value;
 
-pub use super::summary::{CubeKey, Overhead, RECENT_MINUTES, RuleCounts, ShadowHost, Summary};
-use super::{chain, read::Violation, summary::FORMAT};
+pub use super::summary::{
+    CubeKey, FORMAT, Overhead, RECENT_MINUTES, RuleCounts, ShadowHost, Summary,
+};
+use super::{chain, read::Violation};
 
 /// The index directory inside the audit directory.
 pub const INDEX_DIR: &str = "index";

@@ -88,7 +88,7 @@ pub fn parse_since(text: &str) -> Result<OffsetDateTime, SinceError> {
 pub struct SinceError(String);
 
 /// Which records a query selects.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Filter {
     pub since: Option<OffsetDateTime>,
     pub provider: Option<String>,

@@ -97,7 +97,7 @@ impl Overhead {
 pub const RECENT_MINUTES: usize = 120;
 /// The summaries' format: a stored summary of an older format is made
 /// again.
-pub(super) const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 2;
 
 /// What a stretch of the trail holds, in sums.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]

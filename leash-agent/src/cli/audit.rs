@@ -372,7 +372,7 @@ fn fleet_query(
         if let Some(key) = sum_by {
             return print_sums(
                 &key,
-                &crate::collector::query::sum_by(&client, filter, &key).await?,
+                &crate::collector::rollup::sum_by(&client, filter, &key).await?,
                 json,
             );
         }

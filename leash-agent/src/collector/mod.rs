@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod query;
+pub mod rollup;
 pub mod store;
 
 use std::{sync::Arc, time::Duration};
@@ -144,10 +145,9 @@ pub async fn run(
         .map_err(|e| CollectorError::Token(cfg.admin.token.path.clone(), e))?;
     let admin_metrics = Arc::clone(&metrics);
     // The fleet console reads the central store on a connection of its own.
+    let fleet = crate::console::FleetSource::new(store::connect(&cfg.postgres_url).await?);
     let console = crate::console::Console::new(
-        crate::console::Source::Fleet(crate::console::FleetSource::new(
-            store::connect(&cfg.postgres_url).await?,
-        )),
+        crate::console::Source::Fleet(fleet.clone()),
         Arc::new(crate::policy::PolicyHandle::new(None, None)),
         crate::provider::Providers::default(),
         None,
@@ -176,6 +176,8 @@ pub async fn run(
     let Some(consumer) = open_consumer(&cfg, &js, &metrics, &mut shutdown).await else {
         return Ok(());
     };
+    // Migrated: the console's summary can be read (or made) now.
+    fleet.warm_up();
     tracing::info!(stream = %cfg.nats.stream, durable = %cfg.durable, "collector ready");
 
     let mut last_gap_scan = tokio::time::Instant::now();
@@ -190,7 +192,7 @@ pub async fn run(
         }
         if last_gap_scan.elapsed() >= GAP_SCAN {
             last_gap_scan = tokio::time::Instant::now();
-            scan_gaps(&db, &metrics, cfg.ack_wait).await;
+            scan_gaps(&mut db, &metrics, cfg.ack_wait).await;
         }
         if last_expiry.elapsed() >= expire_every {
             last_expiry = tokio::time::Instant::now();
@@ -303,7 +305,11 @@ async fn expire_content(
 /// record after it is twice `ack_wait` old: a batch held by a collector
 /// that died is redelivered after `ack_wait`, so until then a hole may just
 /// be records in flight.
-async fn scan_gaps(db: &tokio_postgres::Client, metrics: &CollectorMetrics, ack_wait: Duration) {
+async fn scan_gaps(
+    db: &mut tokio_postgres::Client,
+    metrics: &CollectorMetrics,
+    ack_wait: Duration,
+) {
     let settle = i64::try_from(2 * ack_wait.as_secs()).unwrap_or(i64::MAX);
     match store::find_gaps(db, settle).await {
         Ok(gaps) => {

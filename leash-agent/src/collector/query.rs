@@ -2,13 +2,13 @@
 //! show --postgres`, `leash audit verify --against` and the collector's
 //! console ask of PostgreSQL, and content retention there.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::fmt::Write as _;
 
 use time::OffsetDateTime;
 use tokio_postgres::{Client, types::ToSql};
 
 use super::store::StoreError;
-use crate::audit::read::{Filter, Totals};
+use crate::audit::read::Filter;
 
 /// A record and its content in the store, by record id: the record line
 /// and the content's chunks joined (`None` when a chunk is missing).
@@ -133,111 +133,55 @@ pub async fn select_lines(client: &Client, filter: &Filter) -> Result<Vec<String
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Requests, tokens and cost grouped by `key` (team, provider, model, user,
-/// exe, host or rule).
-pub async fn sum_by(
+/// Where a newest-first walk over the fleet's records stands: the last
+/// record seen, by `(ts, host, seq)`.
+pub type Position = (OffsetDateTime, String, i64);
+
+/// The rows that may be violations (`index::is_violation` decides): a
+/// condition the store checks before the rows are read out.
+pub const MAYBE_VIOLATION: &str =
+    "(action NOT IN ('allow', 'annotate', 'transform') OR line LIKE '%\"alerts\":%')";
+
+/// One page of the fleet's records that `filter` (and the condition
+/// `also`) selects, newest first by
+/// `(ts, host, seq)`, strictly older than `before` (a keyset page on the
+/// `ts` index, or a filtered column's `(column, ts)` index: no offset, no
+/// full read). Each with its position.
+pub async fn newest_page(
     client: &Client,
-    filter: &Filter,
-    key: &str,
-) -> Result<BTreeMap<String, Totals>, StoreError> {
-    let group = match key {
-        "team" => "team",
-        "provider" => "provider",
-        "model" => "model",
-        "user" => "caller_user",
-        "exe" => "caller_exe",
-        "host" => "host",
-        "rule" => "r.rule",
-        other => return Err(StoreError::Invalid(format!("cannot sum by `{other}`"))),
-    };
-    let from = if key == "rule" {
-        "leash_audit CROSS JOIN LATERAL unnest(rules) AS r(rule)"
-    } else {
-        "leash_audit"
-    };
-    let (clause, params) = clause(filter);
+    (filter, also): (&Filter, Option<&str>),
+    before: Option<&Position>,
+    limit: i64,
+) -> Result<Vec<(Position, String)>, StoreError> {
+    let (mut sql, mut params) = clause(filter);
+    sql.push_str(" AND ts IS NOT NULL");
+    if let Some(also) = also {
+        let _ = write!(sql, " AND {also}");
+    }
+    if let Some((ts, host, seq)) = before {
+        params.push(Box::new(*ts));
+        params.push(Box::new(host.clone()));
+        params.push(Box::new(*seq));
+        let n = params.len();
+        let _ = write!(sql, " AND (ts, host, seq) < (${}, ${}, ${n})", n - 2, n - 1);
+    }
+    params.push(Box::new(limit));
     let refs: Vec<&(dyn ToSql + Sync)> =
         params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
     let rows = client
         .query(
             &format!(
-                "SELECT coalesce({group}, '-'), count(*), coalesce(sum(input_tokens), 0)::bigint,
-                        coalesce(sum(output_tokens), 0)::bigint, coalesce(sum(cost_usd), 0),
-                        count(*) FILTER (WHERE cost_usd IS NULL AND input_tokens IS NOT NULL)
-                 FROM {from} WHERE {clause} GROUP BY 1"
+                "SELECT ts, host, seq, line FROM leash_audit WHERE {sql}
+                 ORDER BY ts DESC, host DESC, seq DESC LIMIT ${}",
+                params.len()
             ),
             &refs,
         )
         .await?;
-    let n = |v: i64| u64::try_from(v).unwrap_or(0);
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (
-                r.get::<_, String>(0),
-                Totals {
-                    requests: n(r.get(1)),
-                    input_tokens: n(r.get(2)),
-                    output_tokens: n(r.get(3)),
-                    cost_usd: r.get(4),
-                    unpriced: n(r.get(5)),
-                    ..Totals::default()
-                },
-            )
-        })
-        .collect())
-}
-
-/// Where a newest-first walk over the fleet's records stands: the last
-/// record seen, by `(ts, host, seq)`.
-pub type Position = (OffsetDateTime, String, i64);
-
-/// One page of the fleet's records, newest first by `(ts, host, seq)`,
-/// strictly older than `before` (a keyset page on the `ts` index: no
-/// offset, no full read). Each with its position.
-pub async fn newest_page(
-    client: &Client,
-    before: Option<&Position>,
-    limit: i64,
-) -> Result<Vec<(Position, String)>, StoreError> {
-    let rows = match before {
-        Some((ts, host, seq)) => {
-            client
-                .query(
-                    "SELECT ts, host, seq, line FROM leash_audit
-                     WHERE event IS NULL AND ts IS NOT NULL AND (ts, host, seq) < ($1, $2, $3)
-                     ORDER BY ts DESC, host DESC, seq DESC LIMIT $4",
-                    &[ts, host, seq, &limit],
-                )
-                .await?
-        }
-        None => {
-            client
-                .query(
-                    "SELECT ts, host, seq, line FROM leash_audit
-                     WHERE event IS NULL AND ts IS NOT NULL
-                     ORDER BY ts DESC, host DESC, seq DESC LIMIT $1",
-                    &[&limit],
-                )
-                .await?
-        }
-    };
     Ok(rows
         .iter()
         .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
         .collect())
-}
-
-/// The transaction horizon: every transaction with a smaller id has ended,
-/// so the rows they wrote are all there will ever be below it.
-pub async fn horizon(client: &Client) -> Result<i64, StoreError> {
-    let row = client
-        .query_one(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-            &[],
-        )
-        .await?;
-    Ok(row.get(0))
 }
 
 /// Where a walk in transaction order stands: `(txid, host, epoch, seq)`.

@@ -19,6 +19,8 @@ pub enum StoreError {
     Query(#[from] tokio_postgres::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Rollup(#[from] super::rollup::RollupError),
 }
 
 /// Migrations in order; each runs once, in a transaction.
@@ -102,6 +104,27 @@ CREATE TABLE leash_content_reads (
 ALTER TABLE leash_audit ADD COLUMN txid bigint NOT NULL DEFAULT 0;
 ALTER TABLE leash_audit ALTER COLUMN txid SET DEFAULT pg_current_xact_id()::text::bigint;
 CREATE INDEX leash_audit_txid ON leash_audit (txid, host, epoch, seq);
+",
+    ),
+    (4, super::rollup::MIGRATION),
+    (5, super::rollup::REFILL),
+    (
+        6,
+        // Where the gap scan has got to, and the fleet console's summary
+        // of the store below a transaction horizon (so a console that
+        // starts reads only what was written since).
+        r"
+CREATE TABLE leash_collector_state (
+    name text PRIMARY KEY,
+    txid bigint NOT NULL
+);
+INSERT INTO leash_collector_state VALUES ('gap_scan', 0);
+CREATE TABLE leash_summary_checkpoint (
+    name text PRIMARY KEY,
+    horizon bigint NOT NULL,
+    summary bytea NOT NULL,
+    saved_at timestamptz NOT NULL DEFAULT now()
+);
 ",
     ),
 ];
@@ -283,6 +306,24 @@ impl<'a> Parsed<'a> {
         })
     }
 
+    /// The request as the rollups see it.
+    fn request(&self) -> super::rollup::Request<'_> {
+        let v = &self.v;
+        super::rollup::Request {
+            ts: self.ts,
+            host: &self.r.host,
+            team: str_at(v, &["caller", "team"]),
+            provider: str_at(v, &["provider"]),
+            model: str_at(v, &["model"]),
+            action: str_at(v, &["policy", "action"]).unwrap_or("allow"),
+            user: str_at(v, &["caller", "user"]),
+            exe: str_at(v, &["caller", "exe"]),
+            rules: &self.rules,
+            tokens: self.tokens,
+            cost: self.cost,
+        }
+    }
+
     /// The row's columns, in the insert's order.
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         let v = &self.v;
@@ -379,6 +420,7 @@ pub async fn insert_batch(
         queries.push(tx.query(&neighbour, after));
     }
     let answers = futures_util::future::try_join_all(queries).await?;
+    let mut requests = Vec::with_capacity(parsed.len());
     for (p, answer) in parsed.iter().zip(answers.chunks(4)) {
         let [inserted, same, before, after] = answer else {
             continue;
@@ -392,7 +434,11 @@ pub async fn insert_batch(
         }
         out.inserted += 1;
         check_links(p, before.first(), after.first(), &mut out.faults);
+        if p.v.get("event").is_none_or(Value::is_null) {
+            requests.push(p.request());
+        }
     }
+    super::rollup::add(&tx, &requests).await?;
     for f in &out.faults {
         tx.execute(
             "INSERT INTO leash_chain_faults (host, epoch, seq, kind, detail)
@@ -538,28 +584,71 @@ fn check_links(
     }
 }
 
-/// Sequence gaps per host chain: runs of missing seqs between records
-/// that arrived more than `settle_secs` ago (so records still in flight
-/// from another collector are not called missing). Newly found gaps are
-/// recorded as faults and returned.
-pub async fn find_gaps(client: &Client, settle_secs: i64) -> Result<Vec<Fault>, StoreError> {
-    let rows = client
-        .query(
-            "WITH s AS (
-                SELECT host, epoch, seq, received_at,
-                       lag(seq) OVER (PARTITION BY host, epoch ORDER BY seq) AS prev
-                FROM leash_audit)
-             INSERT INTO leash_chain_faults (host, epoch, seq, kind, detail)
-             SELECT host, epoch, seq, 'gap',
-                    'records ' || (coalesce(prev, 0) + 1) || '..' || (seq - 1) || ' are missing'
-             FROM s
-             WHERE seq > coalesce(prev, 0) + 1
-               AND received_at < now() - make_interval(secs => $1::double precision)
-             ON CONFLICT DO NOTHING
-             RETURNING host, epoch, seq, detail",
-            &[&f64::from(i32::try_from(settle_secs).unwrap_or(i32::MAX))],
+/// The transaction horizon: every transaction with a smaller id has ended,
+/// so the rows they wrote are all there will ever be below it.
+pub async fn horizon(client: &Client) -> Result<i64, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+            &[],
         )
         .await?;
+    Ok(row.get(0))
+}
+
+/// Sequence gaps per host chain: each record, once it arrived more than
+/// `settle_secs` ago (so records still in flight from another collector
+/// are not called missing), is checked once for a hole before it. Where
+/// the scan stands is kept in the store (`leash_collector_state`: the
+/// transactions below it are checked), so each scan reads only the rows
+/// written since the last — one collector at a time; the others skip
+/// their turn. Newly found gaps are recorded as faults and returned.
+pub async fn find_gaps(client: &mut Client, settle_secs: i64) -> Result<Vec<Fault>, StoreError> {
+    let settle = f64::from(i32::try_from(settle_secs).unwrap_or(i32::MAX));
+    let horizon = horizon(client).await?;
+    let tx = client.transaction().await?;
+    let Some(from) = tx
+        .query_opt(
+            "SELECT txid FROM leash_collector_state WHERE name = 'gap_scan' FOR UPDATE SKIP LOCKED",
+            &[],
+        )
+        .await?
+    else {
+        return Ok(Vec::new());
+    };
+    let from: i64 = from.get(0);
+    // Up to the first transaction with a record not settled yet.
+    let to: i64 = tx
+        .query_one(
+            "SELECT coalesce(min(txid), $2) FROM leash_audit
+             WHERE txid >= $1 AND txid < $2
+               AND received_at >= now() - make_interval(secs => $3::double precision)",
+            &[&from, &horizon, &settle],
+        )
+        .await?
+        .get(0);
+    let rows = tx
+        .query(
+            "INSERT INTO leash_chain_faults (host, epoch, seq, kind, detail)
+             SELECT a.host, a.epoch, a.seq, 'gap',
+                    'records ' || (coalesce(p.prev, 0) + 1) || '..' || (a.seq - 1) || ' are missing'
+             FROM leash_audit a
+             CROSS JOIN LATERAL (SELECT max(b.seq) AS prev FROM leash_audit b
+                 WHERE b.host = a.host AND b.epoch = a.epoch AND b.seq < a.seq) p
+             WHERE a.txid >= $1 AND a.txid < $2 AND a.seq > coalesce(p.prev, 0) + 1
+             ON CONFLICT DO NOTHING
+             RETURNING host, epoch, seq, detail",
+            &[&from, &to],
+        )
+        .await?;
+    if to > from {
+        tx.execute(
+            "UPDATE leash_collector_state SET txid = $1 WHERE name = 'gap_scan'",
+            &[&to],
+        )
+        .await?;
+    }
+    tx.commit().await?;
     Ok(rows
         .iter()
         .map(|r| Fault {

@@ -10,9 +10,10 @@
 pub mod auth;
 mod content;
 mod editor;
+mod fleet;
 mod keys;
 mod queries;
-pub use queries::FleetSource;
+pub use fleet::FleetSource;
 mod replay;
 mod series;
 
@@ -76,7 +77,7 @@ pub type Interception = Box<dyn Fn() -> Value + Send + Sync>;
 /// fleet's central store (`leash collector`).
 pub enum Source {
     Dir(PathBuf),
-    Fleet(queries::FleetSource),
+    Fleet(fleet::FleetSource),
 }
 
 pub struct Console {

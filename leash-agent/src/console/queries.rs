@@ -63,79 +63,8 @@ fn failed(e: &IndexError) -> Answer {
     }
 }
 
-/// Rows of the fleet store a record list looks at, at most (newest first).
-const MAX_FLEET_SCAN: usize = 200_000;
-/// Rows per keyset page of the fleet store.
-const FLEET_PAGE: i64 = 2_000;
-
-/// The collector's store, and the summary of the rows written by the
-/// transactions below a horizon (every one of which has ended): each page
-/// load reads only the rows written since the last one, and those of
-/// transactions above the horizon that are visible already — never the
-/// whole store again.
-pub struct FleetSource {
-    client: tokio_postgres::Client,
-    summed: Box<tokio::sync::Mutex<(i64, Summary)>>,
-}
-
-impl FleetSource {
-    pub fn new(client: tokio_postgres::Client) -> Self {
-        Self {
-            client,
-            summed: Box::new(tokio::sync::Mutex::new((0, Summary::default()))),
-        }
-    }
-
-    /// Adds the records of the transactions in `range` to `summary`, a
-    /// keyset page at a time.
-    async fn add(
-        &self,
-        range: (i64, Option<i64>),
-        summary: &mut Summary,
-    ) -> Result<(), crate::collector::store::StoreError> {
-        let mut after = None;
-        loop {
-            let page = crate::collector::query::lines_by_transaction(
-                &self.client,
-                range,
-                after.as_ref(),
-                FLEET_PAGE,
-            )
-            .await?;
-            for (_, line) in &page {
-                summary.add_line(line.as_bytes());
-            }
-            match page.last() {
-                Some((at, _)) if page.len() == usize::try_from(FLEET_PAGE).unwrap_or(0) => {
-                    after = Some(at.clone());
-                }
-                _ => return Ok(()),
-            }
-        }
-    }
-
-    /// Every record in the store, summed.
-    async fn summary(&self) -> Result<Summary, crate::collector::store::StoreError> {
-        let mut summed = self.summed.lock().await;
-        let horizon = crate::collector::query::horizon(&self.client).await?;
-        if horizon > summed.0 {
-            let from = summed.0;
-            self.add((from, Some(horizon)), &mut summed.1).await?;
-            summed.0 = horizon;
-        }
-        let mut out = summed.1.clone();
-        drop(summed);
-        let mut recent = Summary::default();
-        self.add((horizon, None), &mut recent).await?;
-        out.merge(&recent);
-        // Rows arrive in transaction order, not time order.
-        (out.first_ts, out.last_ts) = crate::collector::query::time_span(&self.client).await?;
-        Ok(out)
-    }
-}
-
 /// The answer when the fleet store cannot be read.
-fn fleet_failed(e: &crate::collector::store::StoreError) -> Answer {
+pub(super) fn fleet_failed(e: &crate::collector::store::StoreError) -> Answer {
     tracing::warn!(error = %e, "console: cannot read the fleet store");
     Answer::error(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -195,10 +124,12 @@ impl Console {
 
     /// Records newest first that `keep` selects (at most `limit`, none
     /// older than the record `stop_at`), and whether the read window ran
-    /// out first.
+    /// out first. `pushed`: the part of `keep` the fleet store applies in
+    /// its query (its indexed columns).
     async fn newest(
         &self,
         keep: impl FnMut(&Value) -> bool + Send + 'static,
+        pushed: (Filter, Option<&'static str>),
         limit: usize,
         stop_at: Option<String>,
     ) -> Result<(Vec<Value>, bool), Answer> {
@@ -211,41 +142,10 @@ impl Console {
                 })
                 .await
             }
-            Source::Fleet(fleet) => {
-                let client = &fleet.client;
-                // Newest first, a keyset page at a time, at most
-                // `MAX_FLEET_SCAN` rows looked at: never the whole store.
-                let mut keep = keep;
-                let mut out = Vec::new();
-                let mut at: Option<crate::collector::query::Position> = None;
-                let mut scanned = 0;
-                while scanned < MAX_FLEET_SCAN {
-                    let page =
-                        crate::collector::query::newest_page(client, at.as_ref(), FLEET_PAGE)
-                            .await
-                            .map_err(|e| fleet_failed(&e))?;
-                    let Some((last, _)) = page.last() else {
-                        return Ok((out, false));
-                    };
-                    at = Some(last.clone());
-                    for (_, line) in &page {
-                        scanned += 1;
-                        let Ok(v) = serde_json::from_str::<Value>(line) else {
-                            continue;
-                        };
-                        if stop_at.as_deref().is_some_and(|id| v["id"] == id) {
-                            return Ok((out, false));
-                        }
-                        if keep(&v) {
-                            out.push(v);
-                            if out.len() >= limit {
-                                return Ok((out, false));
-                            }
-                        }
-                    }
-                }
-                Ok((out, true))
-            }
+            Source::Fleet(fleet) => fleet
+                .newest((&pushed.0, pushed.1), keep, limit, stop_at.as_deref())
+                .await
+                .map_err(|e| fleet_failed(&e)),
         }
     }
 
@@ -260,6 +160,7 @@ impl Console {
             action: query_param(query, "action"),
             host: query_param(query, "host"),
         };
+        let pushed = (filter.clone(), None);
         let limit = query_param(query, "limit")
             .and_then(|l| l.parse().ok())
             .unwrap_or(200)
@@ -280,7 +181,10 @@ impl Console {
                         .any(|k| r["caller"][k].as_str().is_some_and(|v| v.contains(c)))
                 })
         };
-        match self.newest(keep, limit, query_param(query, "after")).await {
+        match self
+            .newest(keep, pushed, limit, query_param(query, "after"))
+            .await
+        {
             Ok((records, truncated)) => Answer::json(
                 StatusCode::OK,
                 &json!({"records": records, "truncated": truncated, "trace_url": self.trace_url}),
@@ -335,7 +239,15 @@ impl Console {
                 blocking(move || index.recent_violations(MAX_SCAN_BYTES)).await
             }
             _ => self
-                .newest(index::is_violation, RECENT_VIOLATIONS, None)
+                .newest(
+                    index::is_violation,
+                    (
+                        Filter::default(),
+                        Some(crate::collector::query::MAYBE_VIOLATION),
+                    ),
+                    RECENT_VIOLATIONS,
+                    None,
+                )
                 .await
                 .map(|(r, _)| r),
         };

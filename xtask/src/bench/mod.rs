@@ -7,6 +7,7 @@
 mod console;
 mod contenders;
 mod extra;
+mod fleet;
 mod micro;
 mod plot;
 mod proc;
@@ -18,6 +19,7 @@ mod transparent;
 
 pub use self::{
     console::bench_console,
+    fleet::bench_fleet,
     micro::bench_micro,
     run::{bench, build_release, rewrite_report},
     telemetry::bench_telemetry,
@@ -67,6 +69,9 @@ fn other_sections() -> anyhow::Result<()> {
     }
     if let Some(r) = load("telemetry.json") {
         telemetry::render(&r)?;
+    }
+    if let Some(r) = load("fleet.json") {
+        fleet::render(&r)?;
     }
     Ok(())
 }

@@ -30,6 +30,9 @@
 //! - `leash-bench pages --admin ADDR --token-file F --clients C --seconds S`:
 //!   C clients load the console's pages back to back; latency of each API
 //!   call and the statuses answered.
+//! - `leash-bench fleet [--records N --hosts H --days D --ingest-rate R
+//!   --seconds S --backlog B --rounds K]`: the fleet store at scale (see
+//!   `fleet.rs`), for `cargo xtask bench-fleet`.
 //!
 //! Client options of `load`, `saturate`, `sse` and `handshake`: `https://`
 //! URLs with `--ca PEM` (the only root trusted), `--connect IP:PORT` to dial
@@ -49,6 +52,7 @@
 )]
 
 mod client;
+mod fleet;
 mod load;
 mod trail;
 mod upstream;
@@ -81,6 +85,7 @@ fn main() {
         Some("handshake") => load::handshake(&args),
         Some("trail") => trail::trail(&args),
         Some("pages") => trail::pages(&args),
+        Some("fleet") => fleet::fleet(&args),
         _ => {
             eprintln!(
                 "usage: leash-bench upstream|load|saturate|sse|handshake|trail|pages ... (see the source header)"

@@ -61,45 +61,7 @@ pub(crate) fn trail(args: &[String]) {
         let ts = (now - age)
             .format(&time::format_description::well_known::Rfc3339)
             .expect("time");
-        let (provider, model) = MODELS[(i % 6) as usize];
-        let team = TEAMS[(i * 7 % 8) as usize];
-        let blocked = i % 50 == 0;
-        let redacted = i % 37 == 0;
-        let input = 200 + i % 900;
-        let output = 50 + i % 400;
-        let action = if blocked {
-            "block"
-        } else if redacted {
-            "redact"
-        } else {
-            "allow"
-        };
-        let findings = match action {
-            "block" => json!([{"rule": "block-secrets", "detector": "aws_access_key", "count": 1}]),
-            "redact" => json!([{"rule": "redact-pii", "detector": "email", "count": 2}]),
-            _ => json!([]),
-        };
-        let record = json!({
-            "id": format!("01a2{i:028x}"),
-            "ts": ts,
-            "host": "bench",
-            "mode": "gateway",
-            "provider": provider,
-            "endpoint": "/chat/completions",
-            "model": model,
-            "stream": i % 4 == 0,
-            "status": if blocked { 403 } else { 200 },
-            "latency_ms": 420.5,
-            "ttfb_ms": 180.25,
-            "overhead_ms": 0.31,
-            "completed": true,
-            "response_bytes": 1400 + i % 700,
-            "caller": {"addr": format!("10.0.{}.{}:4{:04}", i % 7, i % 200, i % 10_000), "team": team,
-                       "user": format!("user{}", i % 40), "exe": format!("/usr/bin/app{}", i % 12)},
-            "usage": if blocked { serde_json::Value::Null } else { json!({"input_tokens": input, "output_tokens": output}) },
-            "cost_usd": if blocked { serde_json::Value::Null } else { json!((input as f64 * 0.15 + output as f64 * 0.6) / 1e6) },
-            "policy": {"action": action, "rules": findings.as_array().unwrap().iter().map(|f| f["rule"].clone()).collect::<Vec<_>>(), "findings": findings, "tags": []},
-        });
+        let record = record(i, &ts, "bench");
         let line = seal(serde_json::to_vec(&record).expect("json"), &mut head);
         in_segment += line.len() as u64;
         bytes += line.len() as u64;
@@ -115,6 +77,51 @@ pub(crate) fn trail(args: &[String]) {
         "{}",
         json!({"records": records, "bytes": bytes, "segments": segments, "seconds": started.elapsed().as_secs_f64()})
     );
+}
+
+/// The `i`th synthetic request record (teams, models, users, executables,
+/// blocks and redactions in fixed proportions), at `ts` on `host`.
+#[allow(clippy::cast_precision_loss, reason = "token counts below 2^52")]
+pub(crate) fn record(i: u64, ts: &str, host: &str) -> serde_json::Value {
+    let (provider, model) = MODELS[(i % 6) as usize];
+    let team = TEAMS[(i * 7 % 8) as usize];
+    let blocked = i.is_multiple_of(50);
+    let redacted = i.is_multiple_of(37);
+    let input = 200 + i % 900;
+    let output = 50 + i % 400;
+    let action = if blocked {
+        "block"
+    } else if redacted {
+        "redact"
+    } else {
+        "allow"
+    };
+    let findings = match action {
+        "block" => json!([{"rule": "block-secrets", "detector": "aws_access_key", "count": 1}]),
+        "redact" => json!([{"rule": "redact-pii", "detector": "email", "count": 2}]),
+        _ => json!([]),
+    };
+    json!({
+        "id": format!("01a2{i:028x}"),
+        "ts": ts,
+        "host": host,
+        "mode": "gateway",
+        "provider": provider,
+        "endpoint": "/chat/completions",
+        "model": model,
+        "stream": i.is_multiple_of(4),
+        "status": if blocked { 403 } else { 200 },
+        "latency_ms": 420.5,
+        "ttfb_ms": 180.25,
+        "overhead_ms": 0.31,
+        "completed": true,
+        "response_bytes": 1400 + i % 700,
+        "caller": {"addr": format!("10.0.{}.{}:4{:04}", i % 7, i % 200, i % 10_000), "team": team,
+                   "user": format!("user{}", i % 40), "exe": format!("/usr/bin/app{}", i % 12)},
+        "usage": if blocked { serde_json::Value::Null } else { json!({"input_tokens": input, "output_tokens": output}) },
+        "cost_usd": if blocked { serde_json::Value::Null } else { json!((input as f64 * 0.15 + output as f64 * 0.6) / 1e6) },
+        "policy": {"action": action, "rules": findings.as_array().unwrap().iter().map(|f| f["rule"].clone()).collect::<Vec<_>>(), "findings": findings, "tags": []},
+    })
 }
 
 /// One GET with a bearer token; the status.
@@ -160,18 +167,33 @@ pub(crate) fn pages(args: &[String]) {
         .to_owned();
     let seconds: f64 = num(args, "--seconds", 10.0);
     let clients: usize = num(args, "--clients", 4);
+    let paths: Vec<String> = PAGE.iter().map(|p| (*p).to_owned()).collect();
+    println!("{}", load_pages(admin, &token, seconds, clients, &paths));
+}
+
+/// `clients` threads GET `paths` in turn, back to back, for `seconds`
+/// (at least once each): latency of every answered (200) call, overall
+/// and by path, and how many calls got each status.
+pub(crate) fn load_pages(
+    admin: SocketAddr,
+    token: &str,
+    seconds: f64,
+    clients: usize,
+    paths: &[String],
+) -> serde_json::Value {
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let threads: Vec<_> = (0..clients)
         .map(|_| {
-            let token = token.clone();
+            let token = token.to_owned();
+            let paths = paths.to_vec();
             std::thread::spawn(move || {
                 let mut h = histogram();
-                let mut per_path: Vec<_> = PAGE.iter().map(|_| histogram()).collect();
+                let mut per_path: Vec<_> = paths.iter().map(|_| histogram()).collect();
                 let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
                 let mut pages = 0u64;
                 // At least one page, then until the time is up.
                 loop {
-                    for (i, path) in PAGE.iter().enumerate() {
+                    for (i, path) in paths.iter().enumerate() {
                         let t = Instant::now();
                         let status = get(admin, path, &token);
                         // Latency of the calls answered; the rest counted
@@ -192,13 +214,13 @@ pub(crate) fn pages(args: &[String]) {
         })
         .collect();
     let mut all = histogram();
-    let mut paths: Vec<_> = PAGE.iter().map(|_| histogram()).collect();
+    let mut by_path: Vec<_> = paths.iter().map(|_| histogram()).collect();
     let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
     let mut pages = 0;
     for t in threads {
         let (h, per_path, s, p) = t.join().expect("client");
         all.add(h).expect("merge");
-        for (mine, theirs) in paths.iter_mut().zip(per_path) {
+        for (mine, theirs) in by_path.iter_mut().zip(per_path) {
             mine.add(theirs).expect("merge");
         }
         for (k, v) in s {
@@ -206,9 +228,6 @@ pub(crate) fn pages(args: &[String]) {
         }
         pages += p;
     }
-    println!(
-        "{}",
-        json!({"pages": pages, "calls": percentiles(&all), "statuses": statuses,
-               "by_path": PAGE.iter().zip(&paths).map(|(p, h)| ((*p).to_owned(), percentiles(h))).collect::<serde_json::Map<_, _>>()})
-    );
+    json!({"pages": pages, "calls": percentiles(&all), "statuses": statuses,
+           "by_path": paths.iter().zip(&by_path).map(|(p, h)| (p.clone(), percentiles(h))).collect::<serde_json::Map<_, _>>()})
 }
