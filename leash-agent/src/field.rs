@@ -126,6 +126,28 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// A duration written like `30d` or `12h` (`default` when absent), at
+/// least a second.
+pub fn duration(
+    field: &str,
+    text: Option<&str>,
+    default: Duration,
+) -> Result<Duration, FieldError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    let d = humantime::parse_duration(text).map_err(|e| {
+        invalid(
+            field,
+            format!("`{text}` is not a duration like 30d or 12h: {e}"),
+        )
+    })?;
+    if d < Duration::from_secs(1) {
+        return Err(invalid(field, "must be at least 1s"));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,12 +70,12 @@ impl RawRetention {
     /// names the section in errors.
     pub fn validate(&self, field: &str) -> Result<Retention, FieldError> {
         Ok(Retention {
-            redacted: duration(
+            redacted: crate::field::duration(
                 &format!("{field}.redacted"),
                 self.redacted.as_deref(),
                 Duration::from_hours(30 * 24),
             )?,
-            sealed: duration(
+            sealed: crate::field::duration(
                 &format!("{field}.sealed"),
                 self.sealed.as_deref(),
                 Duration::from_hours(365 * 24),
@@ -141,22 +141,6 @@ pub struct CaptureConfig {
     pub quota_bytes: u64,
     pub retention: Retention,
     pub legal_hold_file: PathBuf,
-}
-
-fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration, FieldError> {
-    let Some(text) = text else {
-        return Ok(default);
-    };
-    let d = humantime::parse_duration(text).map_err(|e| {
-        invalid(
-            field,
-            format!("`{text}` is not a duration like 30d or 12h: {e}"),
-        )
-    })?;
-    if d < Duration::from_secs(1) {
-        return Err(invalid(field, "must be at least 1s"));
-    }
-    Ok(d)
 }
 
 impl CaptureConfig {

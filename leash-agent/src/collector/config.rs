@@ -12,6 +12,8 @@ use crate::{
     ship::config::{DEFAULT_SUBJECT, NatsConfig, RawNats, batch, stream_subjects},
 };
 
+const DAY: std::time::Duration = std::time::Duration::from_hours(24);
+
 /// `leash collector`: JetStream to PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct CollectorConfig {
@@ -37,6 +39,10 @@ pub struct CollectorConfig {
     /// How long captured content is kept in the store, per class
     /// (`collector.content.retention`); records on `leash_legal_hold` stay.
     pub content_retention: crate::capture::store::Retention,
+    /// How long records are kept in the store (`collector.retention`,
+    /// whole UTC days, at least one); `None`: for ever. Records on
+    /// `leash_legal_hold` stay.
+    pub retention: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +61,7 @@ struct RawCollector {
     #[serde(default)]
     content: RawContent,
     ack_wait_secs: Option<u64>,
+    retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +147,19 @@ impl CollectorConfig {
                 .content
                 .retention
                 .validate("collector.content.retention")?,
+            retention: match c.retention.as_deref() {
+                None => None,
+                Some(text) => {
+                    let d = field::duration("collector.retention", Some(text), DAY)?;
+                    if d < DAY {
+                        return Err(invalid(
+                            "collector.retention",
+                            "records are removed by whole days: at least 1d",
+                        ));
+                    }
+                    Some(d)
+                }
+            },
         })
     }
 }

@@ -180,24 +180,13 @@ pub async fn run(
     fleet.warm_up();
     tracing::info!(stream = %cfg.nats.stream, durable = %cfg.durable, "collector ready");
 
-    let mut last_gap_scan = tokio::time::Instant::now();
-    let r = cfg.content_retention;
-    let expire_every =
-        (r.redacted.min(r.sealed) / 4).clamp(Duration::from_secs(1), Duration::from_hours(1));
-    let mut last_expiry = tokio::time::Instant::now();
+    let mut upkeep = Upkeep::start(&db, &cfg, &metrics).await;
     let mut backoff = BACKOFF_START;
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
-        if last_gap_scan.elapsed() >= GAP_SCAN {
-            last_gap_scan = tokio::time::Instant::now();
-            scan_gaps(&mut db, &metrics, cfg.ack_wait).await;
-        }
-        if last_expiry.elapsed() >= expire_every {
-            last_expiry = tokio::time::Instant::now();
-            expire_content(&db, &cfg, &metrics).await;
-        }
+        upkeep.due(&mut db, &cfg, &metrics).await;
         let batch = tokio::select! {
             b = consumer.fetch().max_messages(cfg.batch).expires(Duration::from_secs(1)).messages() => b,
             _ = shutdown.changed() => return Ok(()),
@@ -232,6 +221,56 @@ pub async fn run(
         } else {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// The collector's periodic work beside storing batches: the gap scan,
+/// content retention and record retention, each when due.
+struct Upkeep {
+    gap_scan: tokio::time::Instant,
+    content: tokio::time::Instant,
+    content_every: Duration,
+    records: tokio::time::Instant,
+}
+
+impl Upkeep {
+    /// Record retention runs at start, then hourly.
+    async fn start(
+        db: &tokio_postgres::Client,
+        cfg: &CollectorConfig,
+        metrics: &CollectorMetrics,
+    ) -> Self {
+        expire_records(db, cfg, metrics).await;
+        let r = cfg.content_retention;
+        let now = tokio::time::Instant::now();
+        Self {
+            gap_scan: now,
+            content: now,
+            content_every: (r.redacted.min(r.sealed) / 4)
+                .clamp(Duration::from_secs(1), Duration::from_hours(1)),
+            records: now,
+        }
+    }
+
+    async fn due(
+        &mut self,
+        db: &mut tokio_postgres::Client,
+        cfg: &CollectorConfig,
+        metrics: &CollectorMetrics,
+    ) {
+        let now = tokio::time::Instant::now();
+        if now - self.gap_scan >= GAP_SCAN {
+            self.gap_scan = now;
+            scan_gaps(db, metrics, cfg.ack_wait).await;
+        }
+        if now - self.content >= self.content_every {
+            self.content = now;
+            expire_content(db, cfg, metrics).await;
+        }
+        if now - self.records >= Duration::from_hours(1) {
+            self.records = now;
+            expire_records(db, cfg, metrics).await;
         }
     }
 }
@@ -298,6 +337,27 @@ async fn expire_content(
             CollectorMetrics::count(&metrics.records, "content_expired", n);
         }
         Err(e) => tracing::warn!(error = %e, "collector: content retention failed"),
+    }
+}
+
+/// Applies `collector.retention` to the records: those of the UTC days
+/// wholly before `now - retention` go.
+async fn expire_records(
+    db: &tokio_postgres::Client,
+    cfg: &CollectorConfig,
+    metrics: &CollectorMetrics,
+) {
+    let Some(retention) = cfg.retention else {
+        return;
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let cutoff = (now - retention).replace_time(time::Time::MIDNIGHT);
+    match query::expire_records(db, cutoff).await {
+        Ok(n) => {
+            tracing::info!(records = n, before = %cutoff, "records past retention removed from the store");
+            CollectorMetrics::count(&metrics.records, "expired", n);
+        }
+        Err(e) => tracing::warn!(error = %e, "collector: record retention failed"),
     }
 }
 

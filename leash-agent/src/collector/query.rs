@@ -67,6 +67,43 @@ pub async fn expire_content(
         .await?)
 }
 
+/// Records removed per statement (each its own transaction: no long lock).
+const EXPIRE_BATCH: i64 = 5_000;
+
+/// Removes the records from before `cutoff` (a UTC midnight), a batch at
+/// a time, except records on `leash_legal_hold`, with their captured
+/// content; then the rollups of those days (the sums cover the days kept).
+/// How many records went.
+pub async fn expire_records(client: &Client, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let n: i64 = client
+            .query_one(
+                "WITH gone AS (
+                    DELETE FROM leash_audit WHERE ctid = ANY(ARRAY(
+                        SELECT ctid FROM leash_audit a WHERE ts < $1
+                          AND NOT EXISTS (SELECT 1 FROM leash_legal_hold h WHERE h.record = a.id)
+                        LIMIT $2))
+                    RETURNING host, epoch, seq),
+                 chunks AS (
+                    DELETE FROM leash_content_chunks c USING gone g
+                    WHERE c.host = g.host AND c.epoch = g.epoch AND c.seq = g.seq RETURNING 1)
+                 SELECT count(*) FROM gone",
+                &[&cutoff, &EXPIRE_BATCH],
+            )
+            .await?
+            .get(0);
+        total += u64::try_from(n).unwrap_or(0);
+        if n < EXPIRE_BATCH {
+            break;
+        }
+    }
+    client
+        .execute("DELETE FROM leash_rollup WHERE bucket < $1", &[&cutoff])
+        .await?;
+    Ok(total)
+}
+
 /// Records a read of record `id`'s content from the store (who, when).
 pub async fn record_read(client: &Client, id: &str, reader: &str) -> Result<(), StoreError> {
     client
