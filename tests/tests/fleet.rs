@@ -204,6 +204,49 @@ fn check_sums_against_rows(pg: &Postgres, since: &str, whole_store: bool) {
     }
 }
 
+/// The collector's console shows the fleet-wide numbers (twice: a second
+/// load adds nothing twice), lists records across keyset pages, and a
+/// collector that starts again takes the console's saved summary from the
+/// store and adds only what was written after it: the same totals.
+fn check_fleet_console(mut collectors: [Collector; 2], hosts: &[String], per_host: u32) {
+    // The collector's console shows the same fleet-wide numbers.
+    // Twice: a second load adds nothing twice.
+    for _ in 0..2 {
+        let (status, spend) = collectors[0].api("/api/spend?by=host");
+        assert_eq!(status, 200, "{spend}");
+        assert_eq!(spend["total"]["requests"], 3 * per_host, "{spend}");
+        for host in hosts {
+            assert_eq!(spend["by_host"][host]["requests"], per_host, "{spend}");
+        }
+    }
+    let (_, listed) = collectors[0].api("/api/records?limit=5");
+    assert_eq!(listed["records"].as_array().unwrap().len(), 5);
+    check_record_lists(&collectors[0], &hosts[0]);
+    // A collector that starts again takes the console's saved summary from
+    // the store and adds only what was written after it: the same totals.
+    collectors[1].kill9();
+    let earlier = collectors[1].logs().len();
+    let since_restart = |c: &Collector| c.logs().get(earlier..).unwrap_or_default().to_owned();
+    collectors[1].restart();
+    wait_until(
+        "the restarted console's summary",
+        Duration::from_secs(30),
+        || collectors[1].logs(),
+        || since_restart(&collectors[1]).contains("fleet summary ready"),
+    );
+    assert!(
+        since_restart(&collectors[1]).contains("fleet summary loaded from the store"),
+        "{}",
+        collectors[1].logs()
+    );
+    let (status, spend) = collectors[1].api("/api/spend?by=host");
+    assert_eq!(status, 200, "{spend}");
+    assert_eq!(spend["total"]["requests"], 3 * per_host, "{spend}");
+    for host in hosts {
+        assert_eq!(spend["by_host"][host]["requests"], per_host, "{spend}");
+    }
+}
+
 #[test]
 fn three_hosts_ship_every_record_exactly_once_through_a_nats_outage() {
     const PER_HOST: u32 = 2000;
@@ -293,19 +336,8 @@ fn three_hosts_ship_every_record_exactly_once_through_a_nats_outage() {
     for (host, _) in &hosts {
         assert_eq!(sums[host]["requests"], PER_HOST, "{sums}");
     }
-    // The collector's console shows the same fleet-wide numbers.
-    // Twice: a second load adds nothing twice.
-    for _ in 0..2 {
-        let (status, spend) = collectors[0].api("/api/spend?by=host");
-        assert_eq!(status, 200, "{spend}");
-        assert_eq!(spend["total"]["requests"], 3 * PER_HOST, "{spend}");
-        for (host, _) in &hosts {
-            assert_eq!(spend["by_host"][host]["requests"], PER_HOST, "{spend}");
-        }
-    }
-    let (_, listed) = collectors[0].api("/api/records?limit=5");
-    assert_eq!(listed["records"].as_array().unwrap().len(), 5);
-    check_record_lists(&collectors[0], &hosts[0].0);
+    let names: Vec<String> = hosts.iter().map(|(h, _)| h.clone()).collect();
+    check_fleet_console(collectors, &names, PER_HOST);
     eprintln!(
         "fleet: {total} records from 3 hosts; NATS down {outage:?} ({before_outage} stored before it, {during_outage} by its end); the {backlog} records written by then were all stored {caught_up:?} after NATS returned; the last record {all_stored:?} after; lost 0, duplicates 0"
     );

@@ -118,7 +118,11 @@ CREATE TABLE leash_collector_state (
     name text PRIMARY KEY,
     txid bigint NOT NULL
 );
-INSERT INTO leash_collector_state VALUES ('gap_scan', 0);
+-- Rows stored before this were scanned by the scan that read everything;
+-- rows of the last hour are scanned again (the newest may not have settled).
+INSERT INTO leash_collector_state VALUES ('gap_scan', coalesce(
+    (SELECT min(txid) FROM leash_audit WHERE received_at > now() - interval '1 hour'),
+    pg_current_xact_id()::text::bigint));
 CREATE TABLE leash_summary_checkpoint (
     name text PRIMARY KEY,
     horizon bigint NOT NULL,
@@ -596,6 +600,9 @@ pub async fn horizon(client: &Client) -> Result<i64, StoreError> {
     Ok(row.get(0))
 }
 
+/// Rows one gap-scan round checks, about (whole transactions).
+const GAP_SCAN_ROWS: i64 = 50_000;
+
 /// Sequence gaps per host chain: each record, once it arrived more than
 /// `settle_secs` ago (so records still in flight from another collector
 /// are not called missing), is checked once for a hole before it. Where
@@ -617,13 +624,18 @@ pub async fn find_gaps(client: &mut Client, settle_secs: i64) -> Result<Vec<Faul
         return Ok(Vec::new());
     };
     let from: i64 = from.get(0);
-    // Up to the first transaction with a record not settled yet.
+    // Up to the first transaction with a record not settled yet, and at
+    // most about `GAP_SCAN_ROWS` rows a round (a round never stalls the
+    // collector that runs it; the next round goes on from there).
     let to: i64 = tx
         .query_one(
-            "SELECT coalesce(min(txid), $2) FROM leash_audit
-             WHERE txid >= $1 AND txid < $2
-               AND received_at >= now() - make_interval(secs => $3::double precision)",
-            &[&from, &horizon, &settle],
+            "SELECT least(
+                 coalesce((SELECT min(txid) FROM leash_audit
+                           WHERE txid >= $1 AND txid < $2
+                             AND received_at >= now() - make_interval(secs => $3::double precision)), $2),
+                 coalesce((SELECT txid + 1 FROM leash_audit WHERE txid >= $1 AND txid < $2
+                           ORDER BY txid OFFSET $4 LIMIT 1), $2))",
+            &[&from, &horizon, &settle, &GAP_SCAN_ROWS],
         )
         .await?
         .get(0);
