@@ -416,25 +416,8 @@ fn two_collectors_share_the_work_and_a_kill_9_mid_batch_loses_and_duplicates_not
     const RECORDS: u64 = 100_000;
     let pg = Postgres::start();
     let nats = Nats::start();
-    let dir = tempfile::tempdir().unwrap();
-    let trail = dir.path().join("audit");
-    assert_success(
-        "leash-bench trail",
-        &run(
-            std::process::Command::new(env!("CARGO_BIN_EXE_leash-bench"))
-                .args(["trail", "--dir"])
-                .arg(&trail)
-                .args([
-                    "--records",
-                    &RECORDS.to_string(),
-                    // Two days and a half of records.
-                    "--spacing-ms",
-                    "2000",
-                    "--segment-bytes",
-                    "8388608",
-                ]),
-        ),
-    );
+    // Two days and a half of records.
+    let dir = trail(RECORDS, 2000);
     let extra = "  ack_wait_secs: 3\n";
     let mut a = Collector::start_env(
         &nats,
@@ -745,18 +728,8 @@ fn records_past_retention_leave_the_store_but_held_ones_stay() {
     const RECORDS: u64 = 2_000;
     let pg = Postgres::start();
     let nats = Nats::start();
-    let dir = tempfile::tempdir().unwrap();
-    let trail = dir.path().join("audit");
     // Four days of records.
-    assert_success(
-        "leash-bench trail",
-        &run(
-            std::process::Command::new(env!("CARGO_BIN_EXE_leash-bench"))
-                .args(["trail", "--dir"])
-                .arg(&trail)
-                .args(["--records", &RECORDS.to_string(), "--spacing-ms", "172800"]),
-        ),
-    );
+    let dir = trail(RECORDS, 172_800);
     let collector = Collector::start(&nats, &pg.url());
     let mock = MockProvider::start();
     let leash = Leash::start_in(dir, &host_yaml("old-1", &mock, &nats));
@@ -822,6 +795,29 @@ fn records_past_retention_leave_the_store_but_held_ones_stay() {
         bad.contains("collector.retention") && bad.contains("at least 1d"),
         "{bad}"
     );
+}
+
+/// A directory whose `audit` holds a host's trail of `records` records,
+/// one every `spacing_ms`, the newest now (`leash-bench trail`).
+fn trail(records: u64, spacing_ms: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    assert_success(
+        "leash-bench trail",
+        &run(
+            std::process::Command::new(env!("CARGO_BIN_EXE_leash-bench"))
+                .args(["trail", "--dir"])
+                .arg(dir.path().join("audit"))
+                .args([
+                    "--records",
+                    &records.to_string(),
+                    "--spacing-ms",
+                    &spacing_ms.to_string(),
+                    "--segment-bytes",
+                    "8388608",
+                ]),
+        ),
+    );
+    dir
 }
 
 /// `leash collector` with a config holding `extra`, run to its first

@@ -141,18 +141,7 @@ fn clause(filter: &Filter) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
         params.push(Box::new(since));
         let _ = write!(sql, " AND ts >= ${}", params.len());
     }
-    for (col, value) in [
-        ("host", &filter.host),
-        ("provider", &filter.provider),
-        ("model", &filter.model),
-        ("team", &filter.team),
-        ("action", &filter.action),
-    ] {
-        if let Some(v) = value {
-            params.push(Box::new(v.clone()));
-            let _ = write!(sql, " AND {col} = ${}", params.len());
-        }
-    }
+    sql.push_str(&super::rollup::filters(filter, &mut params));
     (sql, params)
 }
 

@@ -222,8 +222,8 @@ pub async fn add(tx: &Transaction<'_>, requests: &[Request<'_>]) -> Result<(), R
 }
 
 /// Filter conditions on the columns both `leash_rollup` and `leash_audit`
-/// have, numbered from `$first`.
-fn filters(filter: &Filter, params: &mut Vec<Box<dyn ToSql + Sync + Send>>) -> String {
+/// have (` AND column = $n` each), their values added to `params`.
+pub fn filters(filter: &Filter, params: &mut Vec<Box<dyn ToSql + Sync + Send>>) -> String {
     let mut sql = String::new();
     for (col, value) in [
         ("host", &filter.host),
