@@ -209,8 +209,15 @@ impl Fleet {
 
 /// Three gateway replicas and two transparent agents (each intercepting
 /// its own cgroup's calls) share the team's budget.
+/// One fleet at a time: each test runs several gateways, agents and a
+/// NATS server, more than two cores serve side by side in time.
+static ONE_FLEET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn three_replicas_and_two_agents_share_one_budget() {
+    let _turn = ONE_FLEET
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !require_root() {
         return;
     }
@@ -273,7 +280,7 @@ fn three_replicas_and_two_agents_share_one_budget() {
         };
         wait_until(
             "the fleet's spend on the spend page",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             || g.logs(),
             || fleet_spend().is_some_and(|v| (v - total).abs() < 1e-9),
         );
@@ -296,6 +303,9 @@ fn three_replicas_and_two_agents_share_one_budget() {
 /// limit; once the store is back, what it spent is added there.
 #[test]
 fn local_share_holds_each_host_and_reconciles() {
+    let _turn = ONE_FLEET
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mock = MockProvider::start();
     let mut nats = Nats::start();
     let fleet = format!(
