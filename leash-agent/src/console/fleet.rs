@@ -130,8 +130,7 @@ impl FleetSource {
 
     /// Saves the summary of the rows below `horizon` (unless a newer one
     /// is saved already: several collectors' consoles share it).
-    async fn save(&self, horizon: i64, summary: &Summary) -> Result<(), StoreError> {
-        let mut summary = summary.clone();
+    async fn save(&self, horizon: i64, mut summary: Summary) -> Result<(), StoreError> {
         summary.format = FORMAT;
         let bytes = serde_json::to_vec(&summary)
             .map_err(|e| StoreError::Invalid(format!("cannot write the fleet summary: {e}")))?;
@@ -175,7 +174,7 @@ impl FleetSource {
                 // In the background: a page load does not wait for it.
                 let (source, summary) = (self.clone(), summed.summary.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = source.save(horizon, &summary).await {
+                    if let Err(e) = source.save(horizon, summary).await {
                         tracing::warn!(error = %e, "cannot save the fleet summary");
                     }
                 });
