@@ -13,6 +13,8 @@
 //! - `LEASH_FAULT_COLLECTOR_HOLD_ACK=N`: the collector commits its N-th
 //!   batch and then never acknowledges it (a collector killed between the
 //!   commit and the acknowledgement).
+//! - `LEASH_FAULT_FLEET_LOSE_ANSWER=N`: every N-th fleet budget write that
+//!   lands is reported as unanswered (the acknowledgement lost).
 //! - `LEASH_TEST_PANIC=1`: a request carrying `x-leash-test-panic` panics in
 //!   the pipeline with every header in the message (which the panic hook
 //!   must keep out of the logs).
@@ -112,6 +114,30 @@ pub fn collector_hold_ack(batch: u64) -> bool {
     #[cfg(not(feature = "test-hooks"))]
     {
         let _ = batch;
+        false
+    }
+}
+
+/// Whether the answer to this compare-and-set of a fleet budget, which
+/// landed, is to be lost (`LEASH_FAULT_FLEET_LOSE_ANSWER=N`: every N-th
+/// write that lands is reported as unanswered, as when the store's
+/// acknowledgement comes after the timeout).
+pub fn fleet_answer_lost() -> bool {
+    #[cfg(feature = "test-hooks")]
+    {
+        static EVERY: std::sync::LazyLock<Option<u64>> = std::sync::LazyLock::new(|| {
+            std::env::var("LEASH_FAULT_FLEET_LOSE_ANSWER")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n > 0)
+        });
+        static LANDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        EVERY.is_some_and(|n| {
+            (LANDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1).is_multiple_of(n)
+        })
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    {
         false
     }
 }

@@ -194,6 +194,31 @@ impl Fleet {
         );
     }
 
+    /// Waits until every replica's spend page shows the fleet's spend
+    /// (from the store) equal to `total`: every reservation settled, none
+    /// counted twice.
+    fn wait_store_holds(&self, total: f64) {
+        for g in &self.replicas {
+            let seen = std::cell::Cell::new(None);
+            let fleet_spend = || {
+                let spend = g.api("/api/spend");
+                let b = &spend["budgets"][0];
+                seen.set(
+                    (b["scope"] == "fleet")
+                        .then(|| b["spent_usd"].as_f64())
+                        .flatten(),
+                );
+                seen.get()
+            };
+            wait_until(
+                &format!("the fleet's spend on the spend page to be ${total}"),
+                Duration::from_secs(30),
+                || format!("last seen: {:?}\n{}", seen.get(), g.logs()),
+                || fleet_spend().is_some_and(|v| (v - total).abs() < 1e-9),
+            );
+        }
+    }
+
     /// What the replicas charged, once every answer is in their trails:
     /// the cost of every answered request.
     fn charged(&self) -> f64 {
@@ -270,21 +295,7 @@ fn three_replicas_and_two_agents_share_one_budget() {
         assert!(text.contains("across the fleet"), "{text}");
     }
     // Every replica's console shows the fleet's spend, not its own.
-    for g in &fleet.replicas {
-        let fleet_spend = || {
-            let spend = g.api("/api/spend");
-            let b = &spend["budgets"][0];
-            (b["scope"] == "fleet")
-                .then(|| b["spent_usd"].as_f64())
-                .flatten()
-        };
-        wait_until(
-            "the fleet's spend on the spend page",
-            Duration::from_secs(30),
-            || g.logs(),
-            || fleet_spend().is_some_and(|v| (v - total).abs() < 1e-9),
-        );
-    }
+    fleet.wait_store_holds(total);
     // The control: without fleet_budgets each replica spends the limit.
     let alone = Fleet::new(replicas(&mock, "", 3));
     alone.push();
@@ -350,4 +361,71 @@ fn local_share_holds_each_host_and_reconciles() {
         );
     }
     assert_eq!(fleet.chat(0), 200, "the store admits again");
+    // Nothing lost and nothing counted twice: the store holds exactly what
+    // was charged, the spend made alone included.
+    fleet.wait_store_holds(fleet.charged());
+}
+
+/// A write that lands in the store but whose answer is lost (the store
+/// answered after the timeout) is not counted again: the writer reads its
+/// own mark back, and what the batch put in the store comes off what the
+/// host counts on its own. Every third write's answer is lost here.
+#[test]
+fn a_lost_answer_is_not_counted_twice() {
+    let _turn = ONE_FLEET
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mock = MockProvider::start();
+    let nats = Nats::start();
+    for (faulty, on_unreachable) in [(false, "deny"), (true, "deny"), (true, "local-share")] {
+        let fleet = format!(
+            "fleet_budgets:\n  nats: {{ {} }}\n  bucket: B{}{}\n  on_unreachable: {on_unreachable}\n",
+            nats.yaml(),
+            u8::from(faulty),
+            on_unreachable.len()
+        );
+        let config = format!("{}{}", mock_providers_yaml(&mock), budget_yaml(&fleet));
+        let env: &[(&str, &str)] = if faulty {
+            &[("LEASH_FAULT_FLEET_LOSE_ANSWER", "3")]
+        } else {
+            &[]
+        };
+        let fleet = Fleet::new(
+            (0..2)
+                .map(|_| {
+                    Replica::Gateway(Leash::start_with_env(
+                        tempfile::tempdir().unwrap(),
+                        &config,
+                        env,
+                    ))
+                })
+                .collect(),
+        );
+        let mut served = 0;
+        for i in 0..30 {
+            match fleet.chat(i % 2) {
+                200 => served += 1,
+                429 => {}
+                s => panic!("request {i}: status {s}"),
+            }
+        }
+        assert!(served > 0, "no request was served");
+        let total = fleet.charged();
+        assert!(
+            total < LIMIT,
+            "the budget ran out: the test needs it not to"
+        );
+        fleet.wait_store_holds(total);
+        let lost = fleet
+            .replicas
+            .iter()
+            .filter(|g| g.logs().contains("an unanswered batch had landed"))
+            .count();
+        if faulty {
+            assert!(lost > 0, "no answer was lost: the fault did not fire");
+        } else {
+            assert_eq!(lost, 0, "the control lost an answer");
+        }
+    }
+    drop(nats);
 }

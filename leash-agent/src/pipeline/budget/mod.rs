@@ -157,8 +157,6 @@ pub struct BudgetModule {
     metrics: Arc<Metrics>,
     /// The spend every host shares (`fleet_budgets`).
     fleet: Option<Arc<fleet::FleetStore>>,
-    /// The store's reconciling task, started with the first request.
-    reconciling: std::sync::Once,
 }
 
 /// Output tokens reserved for a request that sets no maximum.
@@ -290,7 +288,6 @@ impl BudgetModule {
             alerts,
             metrics,
             fleet,
-            reconciling: std::sync::Once::new(),
         }
     }
 
@@ -328,9 +325,6 @@ impl BudgetModule {
         ex: &mut Exchange,
         body: &[u8],
     ) -> Option<Rejection> {
-        self.reconciling.call_once(|| {
-            tokio::spawn(Arc::clone(fleet).reconcile());
-        });
         let now = OffsetDateTime::now_utc();
         let mut holds = Vec::new();
         // Read once, when a budget is over the request.
@@ -395,10 +389,7 @@ impl BudgetModule {
         };
         if refusal.is_some() {
             for h in holds {
-                let fleet = Arc::clone(fleet);
-                tokio::spawn(async move {
-                    fleet.settle(&h.key, h.reserved, h.estimate, 0.0).await;
-                });
+                fleet.settle(&h.key, h.reserved, h.estimate, 0.0);
             }
         } else if !holds.is_empty() {
             ex.ext.insert(Holds(holds));
@@ -560,18 +551,14 @@ impl BudgetModule {
         };
         let cost = record.cost_usd.unwrap_or(0.0);
         for h in holds {
-            let fleet = Arc::clone(fleet);
-            let (key, reserved, estimate) = (h.key.clone(), h.reserved, h.estimate);
             tracing::trace!(
                 budget = h.budget,
-                key,
-                estimate,
+                key = h.key,
+                estimate = h.estimate,
                 cost,
                 "fleet budget: settling"
             );
-            tokio::spawn(async move {
-                fleet.settle(&key, reserved, estimate, cost).await;
-            });
+            fleet.settle(&h.key, h.reserved, h.estimate, cost);
         }
     }
 }

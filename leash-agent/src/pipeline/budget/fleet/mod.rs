@@ -1,12 +1,17 @@
 //! Budgets shared by every host and replica (`fleet_budgets`): each
-//! budget's spend this period is one number in a NATS JetStream key-value
-//! bucket, changed only by compare-and-set on its revision. A request first
+//! budget's spend this period is one value in a NATS JetStream key-value
+//! bucket (the spend, and each writing process's last batch: `ledger.rs`),
+//! changed only by compare-and-set on its revision, by one writer task per
+//! key in each process (`writer.rs`). A request first
 //! reserves its estimated cost — admitted while the spend is under the
 //! limit, so the total overshoots by at most one reservation — and the
 //! real cost replaces the estimate once the answer is in. While the store
 //! cannot be reached, `on_unreachable` decides: `deny`, `allow`, or
 //! `local-share` (this host may spend `local_share` of each limit on its
 //! own, added to the store once it is back).
+
+mod ledger;
+mod writer;
 
 use std::{
     collections::HashMap,
@@ -24,8 +29,6 @@ use crate::{
 };
 
 const DEFAULT_BUCKET: &str = "LEASH_BUDGETS";
-/// Attempts at a compare-and-set before the store counts as unreachable.
-const CAS_ATTEMPTS: usize = 256;
 
 /// What a host does while the store cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -124,14 +127,25 @@ pub enum Reserved {
 }
 
 /// The store could not be reached (or did not answer in time).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("the fleet budget store is unreachable: {0}")]
 pub struct Unreachable(pub String);
 
 /// The shared spend, and what this host spent while it was away.
+///
+/// Each key has one writer task in this process (`writer.rs`): changes
+/// queue there and go to the store together, one compare-and-set per
+/// batch, so the replicas' requests do not race each other's
+/// compare-and-sets, and a batch whose answer was lost is recognised in
+/// the value rather than applied twice (`ledger.rs`).
 pub struct FleetStore {
     config: FleetConfig,
     host: String,
+    /// This process's name among each key's writers: the host and a
+    /// number of its own (replicas may share a host name).
+    writer: String,
+    /// Batches written by this process (their numbers in the writer's mark).
+    batches: std::sync::atomic::AtomicU64,
     client: tokio::sync::OnceCell<async_nats::Client>,
     kv: tokio::sync::OnceCell<kv::Store>,
     /// Spend per key not yet in the store (local-share), to add once back.
@@ -139,17 +153,15 @@ pub struct FleetStore {
     /// After a failure the store is not asked again before this: requests
     /// meanwhile do not each wait out the timeout.
     down_until: Mutex<Option<std::time::Instant>>,
+    /// Each key's writer task.
+    writers: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<writer::Job>>>,
 }
 
 /// How long the store counts as away after a failure.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-fn parse(value: &[u8]) -> f64 {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|v| v.is_finite())
-        .unwrap_or(0.0)
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl FleetStore {
@@ -157,10 +169,13 @@ impl FleetStore {
         Arc::new(Self {
             config,
             host: host.to_owned(),
+            writer: format!("{host}/{}", uuid::Uuid::now_v7().simple()),
+            batches: std::sync::atomic::AtomicU64::new(0),
             client: tokio::sync::OnceCell::new(),
             kv: tokio::sync::OnceCell::new(),
             unsynced: Mutex::new(HashMap::new()),
             down_until: Mutex::new(None),
+            writers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -210,88 +225,59 @@ impl FleetStore {
             .await
     }
 
-    /// Adds `delta` to `key` by compare-and-set; with `limit`, only while
-    /// the value is under it. Returns the value after (or, refused, the
-    /// value that refused it).
-    async fn add(
-        &self,
-        key: &str,
-        delta: f64,
-        limit: Option<f64>,
-    ) -> Result<Reserved, Unreachable> {
-        let down = *self
-            .down_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if down.is_some_and(|t| std::time::Instant::now() < t) {
-            return Err(Unreachable("away (retried within a second)".into()));
-        }
-        let result = self.add_now(key, delta, limit).await;
-        *self
-            .down_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = result
-            .is_err()
-            .then(|| std::time::Instant::now() + RETRY_AFTER);
-        result
+    /// Whether the store failed within the last `RETRY_AFTER`.
+    fn is_down(&self) -> bool {
+        lock(&self.down_until).is_some_and(|t| std::time::Instant::now() < t)
     }
 
-    async fn add_now(
-        &self,
-        key: &str,
-        delta: f64,
-        limit: Option<f64>,
-    ) -> Result<Reserved, Unreachable> {
-        let op = async {
-            let kv = self.store().await?;
-            for _ in 0..CAS_ATTEMPTS {
-                let entry = kv
-                    .entry(key)
-                    .await
-                    .map_err(|e| Unreachable(e.to_string()))?;
-                let (value, revision) = match &entry {
-                    Some(e) if e.operation == kv::Operation::Put => {
-                        (parse(&e.value), Some(e.revision))
-                    }
-                    Some(e) => (0.0, Some(e.revision)),
-                    None => (0.0, None),
-                };
-                if limit.is_some_and(|l| value >= l) {
-                    return Ok(Reserved::Spent(value));
-                }
-                let next = (value + delta).max(0.0);
-                let body = bytes::Bytes::from(format!("{next}"));
-                let written = match revision {
-                    Some(r) => kv.update(key, body, r).await.is_ok(),
-                    None => kv.create(key, body).await.is_ok(),
-                };
-                if written {
-                    return Ok(Reserved::Admitted(next));
-                }
-            }
-            Err(Unreachable("too many concurrent updates".into()))
-        };
-        tokio::time::timeout(self.config.timeout, op)
-            .await
-            .map_err(|_| Unreachable(format!("no answer within {:?}", self.config.timeout)))?
+    fn set_down(&self, down: bool) {
+        *lock(&self.down_until) = down.then(|| std::time::Instant::now() + RETRY_AFTER);
+    }
+
+    /// Adds `amount` to what this host spent on `key` outside the store.
+    fn add_unsynced(&self, key: &str, amount: f64) {
+        *lock(&self.unsynced).entry(key.to_owned()).or_default() += amount;
+    }
+
+    fn unsynced(&self, key: &str) -> f64 {
+        lock(&self.unsynced).get(key).copied().unwrap_or(0.0)
     }
 
     /// Reserves `estimate` on `key` if the fleet has spent less than
     /// `limit`. Unreachable: `on_unreachable` decides (the error is
     /// returned for `deny`).
     pub async fn reserve(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         limit: f64,
         estimate: f64,
     ) -> Result<Reserved, Unreachable> {
-        match self.add(key, estimate, Some(limit)).await {
-            Ok(r) => Ok(r),
+        let answer = if self.is_down() {
+            Err(Unreachable("away (retried within a second)".into()))
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.send(
+                key,
+                writer::Job {
+                    op: ledger::Op::Reserve { estimate, limit },
+                    answer: Some(tx),
+                },
+            );
+            rx.await
+                .unwrap_or_else(|_| Err(Unreachable("the writer stopped".into())))
+        };
+        match answer {
+            Ok(ledger::Outcome::Spent(v)) => Ok(Reserved::Spent(v)),
+            Ok(ledger::Outcome::Admitted(v)) => Ok(Reserved::Admitted(v)),
+            Ok(ledger::Outcome::Settled) => Ok(Reserved::Local),
             Err(e) => match self.config.on_unreachable {
                 OnUnreachable::Deny => Err(e),
-                OnUnreachable::Allow => Ok(Reserved::Local),
+                OnUnreachable::Allow => {
+                    self.add_unsynced(key, estimate);
+                    Ok(Reserved::Local)
+                }
                 OnUnreachable::LocalShare => {
-                    let mut unsynced = self.unsynced.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut unsynced = lock(&self.unsynced);
                     let mine = unsynced.entry(key.to_owned()).or_default();
                     if *mine >= limit * self.config.local_share {
                         return Ok(Reserved::Spent(*mine));
@@ -303,63 +289,20 @@ impl FleetStore {
         }
     }
 
-    /// Replaces a reservation of `estimate` by the real `cost`.
-    pub async fn settle(&self, key: &str, reserved: Reserved, estimate: f64, cost: f64) {
+    /// Replaces a reservation of `estimate` by the real `cost` (queued:
+    /// it reaches the store with the key's next batch, or is kept here
+    /// until the store is back).
+    pub fn settle(self: &Arc<Self>, key: &str, reserved: Reserved, estimate: f64, cost: f64) {
         match reserved {
-            Reserved::Admitted(_) => {
-                if let Err(e) = self.add(key, cost - estimate, None).await {
-                    // Kept here, added when the store is back.
-                    tracing::warn!(error = %e, key, "fleet budget: settling later");
-                    *self
-                        .unsynced
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .entry(key.to_owned())
-                        .or_default() += cost - estimate;
-                }
-            }
-            Reserved::Local => {
-                *self
-                    .unsynced
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(key.to_owned())
-                    .or_default() += cost - estimate;
-            }
+            Reserved::Admitted(_) => self.send(
+                key,
+                writer::Job {
+                    op: ledger::Op::Settle(cost - estimate),
+                    answer: None,
+                },
+            ),
+            Reserved::Local => self.add_unsynced(key, cost - estimate),
             Reserved::Spent(_) => {}
-        }
-    }
-
-    /// Adds what this host spent while the store was away, once it is
-    /// back (every second, until the process ends).
-    pub async fn reconcile(self: Arc<Self>) {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let pending: Vec<(String, f64)> = self
-                .unsynced
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .filter(|(_, v)| **v != 0.0)
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            for (key, amount) in pending {
-                if self.add(&key, amount, None).await.is_ok() {
-                    tracing::info!(
-                        key,
-                        amount,
-                        "fleet budget: spend made while the store was away added"
-                    );
-                    if let Some(v) = self
-                        .unsynced
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .get_mut(&key)
-                    {
-                        *v -= amount;
-                    }
-                }
-            }
         }
     }
 
@@ -380,7 +323,7 @@ impl FleetStore {
             .await
             .ok()?
             .ok()??;
-        Some(parse(&entry.value))
+        Some(ledger::Ledger::parse(&entry.value).spent)
     }
 }
 
@@ -391,8 +334,5 @@ mod tests {
     #[test]
     fn keys_use_the_characters_kv_allows() {
         assert_eq!(key("research/day", "2026-12-01"), "research_day.2026-12-01");
-        assert!((parse(b"0.25") - 0.25).abs() < 1e-12);
-        assert!(parse(b"NaN").abs() < 1e-12);
-        assert!(parse(b"garbage").abs() < 1e-12);
     }
 }
