@@ -226,9 +226,11 @@ impl Config {
     /// file are taken relative to the file's directory.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         let Some(path) = path else {
-            return Ok(RawConfig::default()
-                .overridden(overrides)
-                .validate(Path::new("."))?);
+            let mut raw = RawConfig::default();
+            // Both ways in, one process: `leash run` on the embedded
+            // defaults serves the gateway listener too.
+            raw.gateway.listen_by_default();
+            return Ok(raw.overridden(overrides).validate(Path::new("."))?);
         };
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -383,7 +385,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        admin::DEFAULT_ADMIN_LISTEN, audit::config::DEFAULT_AUDIT_DIR, intercept::config::Scope,
+        admin::DEFAULT_ADMIN_LISTEN, audit::config::default_dir, intercept::config::Scope,
         provider::ProviderKind, proxy::gateway::DEFAULT_GATEWAY_LISTEN,
     };
 
@@ -395,8 +397,10 @@ mod tests {
     fn embedded_defaults() {
         let c = Config::embedded_default().unwrap();
         assert_eq!(c.gateway.listen.to_string(), DEFAULT_GATEWAY_LISTEN);
+        // `leash run` serves it too.
+        assert!(c.gateway.explicit);
         assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
-        assert_eq!(c.audit.dir, PathBuf::from(DEFAULT_AUDIT_DIR));
+        assert_eq!(c.audit.dir, default_dir());
         let openai = c.providers.get("openai").unwrap();
         assert_eq!(openai.upstream.to_string(), "https://api.openai.com/v1");
         assert!(c.providers.get("anthropic").is_some());

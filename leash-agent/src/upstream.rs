@@ -509,8 +509,8 @@ impl tower_service::Service<Uri> for MarkedResolvingConnector {
     }
 }
 
-/// The agent's client for calls it makes on its own (a policy's reroute):
-/// any upstream, verified TLS, marked sockets.
+/// The agent's client for calls it makes on its own (a policy's reroute,
+/// its gateway listener): any upstream, verified TLS, marked sockets.
 pub fn marked_resolving_client(
     config: &UpstreamConfig,
     mark: u32,
@@ -530,6 +530,7 @@ pub fn marked_resolving_client(
         .wrap_connector(connector);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
         .build(https))
 }
 

@@ -499,6 +499,7 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
             ])
             .args(args)
             .env("LEASH_BIN", &leash)
+            .env("LEASH_XTASK_BIN", std::env::current_exe()?)
             .env("LEASH_TEST_RESULTS", target_dir().join("test-results"))
             .env("LEASH_TEST_PYTHON", &python)
             .env("LEASH_TEST_PLAYWRIGHT", &playwright)
@@ -567,13 +568,24 @@ fn is_root() -> bool {
     })
 }
 
+/// `cargo xtask run`: builds and starts Leash on its embedded defaults —
+/// as root the agent (which serves the gateway listener too), otherwise
+/// the gateway. `LEASH_RUN_BIN` runs that binary instead of building one
+/// (the quickstart test: the same steps, without a second release build).
 fn run_leash(args: &[OsString]) -> Result<()> {
-    setup()?;
-    run(cargo().args(["build", "--release", "-p", "leash-agent"]))?;
-    let leash = target_dir().join("release/leash");
+    let leash = if let Some(bin) = std::env::var_os("LEASH_RUN_BIN") {
+        PathBuf::from(bin)
+    } else {
+        setup()?;
+        run(cargo().args(["build", "--release", "-p", "leash-agent"]))?;
+        target_dir().join("release/leash")
+    };
     let args: Vec<OsString> = if !args.is_empty() {
         args.to_vec()
     } else if is_root() {
+        eprintln!(
+            "xtask: root, so starting the transparent agent (the whole host) with the gateway listener"
+        );
         vec!["run".into()]
     } else {
         eprintln!(

@@ -260,7 +260,14 @@ pub async fn run_agent(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = serve_transparent(&config, &proxy, proxy_listeners, &stop_rx);
     if config.gateway.explicit {
-        let (task, fd) = spawn_gateway(&config, Arc::clone(&pipeline), stop_rx.clone()).await?;
+        // Its upstream calls on marked sockets: the agent's own hooks would
+        // otherwise take them for an application's and intercept them.
+        let forwarder = Forwarder::new(
+            upstream::marked_resolving_client(&config.upstream, config.intercept.bypass_mark)?,
+            config.upstream.response_timeout,
+        );
+        let (task, fd) =
+            spawn_gateway(&config, Arc::clone(&pipeline), forwarder, stop_rx.clone()).await?;
         tasks.push(task);
         passed.push(("gateway.listen", config.gateway.listen, fd));
     }

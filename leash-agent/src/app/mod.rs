@@ -380,7 +380,11 @@ pub async fn run_gateway(
             .with_reload(reload_tx),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (gw_task, gw_fd) = spawn_gateway(&config, pipeline, stop_rx.clone()).await?;
+    let forwarder = Forwarder::new(
+        upstream::build_client(&config.upstream)?,
+        config.upstream.response_timeout,
+    );
+    let (gw_task, gw_fd) = spawn_gateway(&config, pipeline, forwarder, stop_rx.clone()).await?;
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
     let admin_fd = admin_listener.as_raw_fd();
     let admin_task = spawn_admin(admin_listener, metrics, (console, checks), stop_rx)?;
@@ -488,18 +492,19 @@ pub fn no_core_dumps() -> std::io::Result<()> {
 
 /// Serves the explicit gateway; returns its task and its listening socket's
 /// descriptor (for a hand-over).
-async fn spawn_gateway(
+async fn spawn_gateway<C>(
     config: &Config,
     pipeline: Arc<Pipeline>,
+    forwarder: Forwarder<C>,
     stop: watch::Receiver<bool>,
-) -> Result<(tokio::task::JoinHandle<()>, std::os::fd::RawFd), RunError> {
+) -> Result<(tokio::task::JoinHandle<()>, std::os::fd::RawFd), RunError>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let gateway = Arc::new(Gateway::new(
         (config.providers.clone(), config.routes.clone()),
         pipeline,
-        Forwarder::new(
-            upstream::build_client(&config.upstream)?,
-            config.upstream.response_timeout,
-        ),
+        forwarder,
         config.gateway.body_limits(),
     ));
     let tls = config.gateway.tls.as_ref().map(tls::acceptor).transpose()?;

@@ -16,6 +16,24 @@ use crate::{
 
 pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/leash/audit";
 
+/// Where the trail goes when `audit.dir` is not set: the system's
+/// [`DEFAULT_AUDIT_DIR`] for root; for anyone else (who cannot write
+/// there) their own state directory, `$XDG_STATE_HOME/leash/audit` or
+/// `~/.local/state/leash/audit`.
+pub fn default_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return DEFAULT_AUDIT_DIR.into();
+    }
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    absolute("XDG_STATE_HOME")
+        .or_else(|| absolute("HOME").map(|h| h.join(".local/state")))
+        .map_or_else(|| DEFAULT_AUDIT_DIR.into(), |d| d.join("leash/audit"))
+}
+
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub dir: PathBuf,
@@ -66,7 +84,7 @@ impl AuditConfig {
             segment_max_bytes,
             retention,
             ship: ShipConfig::validate(raw.ship, base, host)?,
-            dir: field::resolve(base, raw.dir.unwrap_or_else(|| DEFAULT_AUDIT_DIR.into())),
+            dir: field::resolve(base, raw.dir.unwrap_or_else(default_dir)),
             queue_capacity: field::positive("audit.queue_capacity", raw.queue_capacity, 65_536)?,
             durability: raw.durability.unwrap_or(Durability::Batch),
             overflow: raw.overflow.unwrap_or(Overflow::Block),

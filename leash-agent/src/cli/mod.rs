@@ -50,7 +50,8 @@ enum Command {
     Gateway {
         /// YAML config file; without it the embedded defaults are used
         /// (gateway 127.0.0.1:8080, admin 127.0.0.1:9090, audit in
-        /// /var/lib/leash/audit, public provider upstreams).
+        /// /var/lib/leash/audit as root, else ~/.local/state/leash/audit;
+        /// public provider upstreams).
         #[arg(short, long, env = "LEASH_CONFIG")]
         config: Option<PathBuf>,
         /// Gateway listen address, overriding `gateway.listen`.
@@ -66,11 +67,13 @@ enum Command {
     /// Run the transparent host agent (root): eBPF hooks redirect
     /// connections to provider hosts into a local TLS-terminating proxy that
     /// uses the organisation CA. Applications change nothing. Also serves
-    /// the gateway listener when the config sets `gateway.listen`.
+    /// the gateway listener when the config sets `gateway.listen`, and on
+    /// the embedded defaults.
     Run {
         /// YAML config file; without it the embedded defaults are used (the
         /// built-in providers for the whole host, CA in /var/lib/leash/ca,
-        /// audit in /var/lib/leash/audit, admin on 127.0.0.1:9090).
+        /// audit in /var/lib/leash/audit, gateway on 127.0.0.1:8080, admin
+        /// on 127.0.0.1:9090).
         #[arg(short, long, env = "LEASH_CONFIG")]
         config: Option<PathBuf>,
         /// Admin listen address (/healthz, /metrics), overriding `admin.listen`.

@@ -7,6 +7,7 @@ use std::{net::SocketAddr, sync::Arc};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::Connect;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -68,6 +69,15 @@ pub struct RawGateway {
     max_concurrent_streams: Option<u32>,
 }
 
+impl RawGateway {
+    /// Sets `listen` to its default if it is not set, so that it counts
+    /// as configured (`leash run` serves the gateway only then).
+    pub fn listen_by_default(&mut self) {
+        self.listen
+            .get_or_insert_with(|| DEFAULT_GATEWAY_LISTEN.to_owned());
+    }
+}
+
 impl GatewayConfig {
     pub fn validate(raw: RawGateway, base: &std::path::Path) -> Result<Self, FieldError> {
         let limits = ConnLimits::validate(
@@ -120,11 +130,13 @@ impl GatewayConfig {
     }
 }
 
-pub struct Gateway {
+/// The explicit gateway; `C` connects upstream (the agent's on sockets
+/// its own hooks let through).
+pub struct Gateway<C = HttpsConnector> {
     providers: Providers,
     routes: crate::routes::Routes,
     pipeline: Arc<Pipeline>,
-    forwarder: Forwarder<HttpsConnector>,
+    forwarder: Forwarder<C>,
     limits: BodyLimits,
 }
 
@@ -136,11 +148,11 @@ fn route(path: &str) -> Option<(&str, &str)> {
     (!name.is_empty()).then_some((name, rest))
 }
 
-impl Gateway {
+impl<C: Connect + Clone + Send + Sync + 'static> Gateway<C> {
     pub fn new(
         (providers, routes): (Providers, crate::routes::Routes),
         pipeline: Arc<Pipeline>,
-        forwarder: Forwarder<HttpsConnector>,
+        forwarder: Forwarder<C>,
         limits: BodyLimits,
     ) -> Self {
         Self {
@@ -153,7 +165,7 @@ impl Gateway {
     }
 
     /// What the unified API (and a policy's reroute) serves with.
-    fn context<'a>(&'a self, caller: &'a Caller) -> super::unified::Context<'a, HttpsConnector> {
+    fn context<'a>(&'a self, caller: &'a Caller) -> super::unified::Context<'a, C> {
         super::unified::Context {
             providers: &self.providers,
             pipeline: &self.pipeline,
@@ -317,7 +329,7 @@ impl Gateway {
     }
 }
 
-impl Handler for Gateway {
+impl<C: Connect + Clone + Send + Sync + 'static> Handler for Gateway<C> {
     type Body = LeashBody;
 
     async fn handle(
