@@ -256,6 +256,12 @@ fn three_replicas_and_two_agents_share_one_budget() {
     all.extend(Replica::agents(&fleet, 2));
     let n = all.len();
     let fleet = Fleet::new(all);
+    // One request each first: every replica spends from the shared budget
+    // (an agent's curl per request is slower than a gateway's in-process
+    // client, so in the burst alone the gateways may spend it all).
+    for i in 0..n {
+        assert_eq!(fleet.chat(i), 200, "replica {i} was not admitted");
+    }
     fleet.push();
     // Round-robin, one at a time, until every replica has refused: the
     // reservations of the burst are settled by then.
