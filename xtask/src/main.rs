@@ -499,7 +499,9 @@ fn test(no_lint: bool, args: &[OsString]) -> Result<()> {
             ])
             .args(args)
             .env("LEASH_BIN", &leash)
-            .env("LEASH_XTASK_BIN", std::env::current_exe()?)
+            // By path: `cargo test --workspace` may build xtask again while
+            // this one runs (then this process's own file is deleted).
+            .env("LEASH_XTASK_BIN", target_dir().join("debug/xtask"))
             .env("LEASH_TEST_RESULTS", target_dir().join("test-results"))
             .env("LEASH_TEST_PYTHON", &python)
             .env("LEASH_TEST_PLAYWRIGHT", &playwright)

@@ -13,6 +13,7 @@ mod plot;
 mod proc;
 mod report;
 mod run;
+mod targets;
 mod telemetry;
 mod translate;
 mod transparent;

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::{extra, f, transparent};
+use super::{extra, f, targets, transparent};
 
 #[allow(
     clippy::too_many_lines,
@@ -182,6 +182,8 @@ pub(super) fn report(r: &Value) -> String {
     let _ = writeln!(md, "{}", extra::unpinned_section(r));
     let _ = writeln!(md, "{}", transparent::section(&r["transparent"]));
     let _ = writeln!(md, "{}", goals(&contenders, &rates, &r["transparent"]));
+    let _ = writeln!(md, "{}", targets::section(r));
+    let _ = writeln!(md, "{}", targets::busbar(r));
     let _ = writeln!(md, "{}", profile_section(&r["profile"]));
     let _ = writeln!(
         md,
@@ -255,11 +257,41 @@ pub(super) fn console_overhead(contenders: &[Value], rates: &[f64]) -> String {
         })
         .collect();
     format!(
-        "\nWith the console open (`leash-console`: a client follows the live feed, one event per request) against the same gateway without it (`leash-policy`): {}; saturation {:.0} vs {:.0} RPS ({:+.1} %). The two run alternately in each round on the same cores. For scale: between runs a quick run's p50 moves by a few hundredths of a millisecond, its p99 by a few tenths and its saturation by ±15 % (compare runs in `bench/results.json`).\n",
+        "\nWith the console open (`leash-console`: a client follows the live feed, one event per request) against the same gateway without it (`leash-policy`): {}; saturation {:.0} vs {:.0} RPS ({:+.1} %). The two run alternately in each round on the same cores. {}\n",
         per_rate.join("; "),
         f(&with["saturation"]["rps"]),
         f(&without["saturation"]["rps"]),
         (f(&with["saturation"]["rps"]) / f(&without["saturation"]["rps"]).max(1.0) - 1.0) * 100.0,
+        noise(without, rates),
+    )
+}
+
+/// How much `c`'s own figures moved between the rounds of this run at
+/// 1000 RPS (the scale against which a difference means something).
+fn noise(c: &Value, rates: &[f64]) -> String {
+    let Some(ri) = rates
+        .iter()
+        .position(|r| (*r - 1000.0).abs() < f64::EPSILON)
+    else {
+        return String::new();
+    };
+    let range = |key: &str| {
+        c["open_loop"][ri]["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|run| f(&run["latency"][key]))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            })
+    };
+    let ((p50_lo, p50_hi), (p99_lo, p99_hi)) = (range("p50_ms"), range("p99_ms"));
+    if !(p50_lo.is_finite() && p99_lo.is_finite()) {
+        return String::new();
+    }
+    format!(
+        "For scale, in this run `{}` alone at 1000 RPS ranged {p50_lo:.3}–{p50_hi:.3} ms at p50 and {p99_lo:.3}–{p99_hi:.3} ms at p99 over its rounds: a difference within that is noise; saturation is measured once per contender (no spread).",
+        c["name"].as_str().unwrap_or("?")
     )
 }
 
@@ -324,10 +356,23 @@ pub(super) fn goals(contenders: &[Value], rates: &[f64], transparent: &Value) ->
         };
         let _ = writeln!(
             md,
-            "| {name} | {a50:+.3} | {a99:+.3} | {rps:.0} | {rss:.1} | {verdict} |"
+            "| {name} | {} | {} | {rps:.0} | {rss:.1} | {verdict} |",
+            targets::added(a50),
+            targets::added(a99)
         );
     }
     md.push_str(&console_overhead(contenders, rates));
-    md.push_str("\nWhy, from the profiles below: per request the gateway spends about twice nginx's CPU (hyper's HTTP/1 server and pooled client, allocation, and with the default modules the JSON parse and detector scan of every body), and most of a request's time is the kernel's loopback send/receive path, which both pay; saturation figures of single quick runs vary by ±15 % here (compare runs in `bench/results.json`). The transparent path adds two TLS sessions per request (client side and upstream side). `leash-sync` misses by design: it waits for the disk before answering.\n");
+    let cpu = |name: &str| {
+        contenders
+            .iter()
+            .find(|c| c["name"] == name)
+            .map_or(f64::NAN, |c| f(&c["cpu_us_per_request_at_1000"]))
+    };
+    let _ = writeln!(
+        md,
+        "\nIn this run, per request at 1000 RPS the policy gateway spent {:.2}× nginx's CPU and the bare gateway {:.2}× (one measurement each; the profiles below show where). The transparent path adds two TLS sessions per request (client side and upstream side). `leash-sync` waits for the disk before answering.",
+        cpu("leash-policy") / cpu("nginx"),
+        cpu("leash-bare") / cpu("nginx"),
+    );
     md
 }

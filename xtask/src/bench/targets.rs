@@ -1,0 +1,297 @@
+//! Issue 27's targets, each with a verdict computed from this run's data:
+//! a figure measured in several rounds carries its range over them and is
+//! "met" only if the whole range is, "missed" only if none of it is, else
+//! "inconclusive (within noise)"; a figure measured once says so. Added
+//! latency below zero is "below the noise floor", never a gain.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::f;
+
+/// A measured quantity: its value in each round (one element: measured
+/// once).
+struct Measured(Vec<f64>);
+
+impl Measured {
+    fn range(&self) -> (f64, f64) {
+        self.0
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(*v), hi.max(*v))
+            })
+    }
+
+    fn shown(&self, unit: &str, digits: usize) -> String {
+        let (lo, hi) = self.range();
+        if self.0.is_empty() || lo.is_nan() || hi.is_nan() {
+            return "not measured".to_owned();
+        }
+        if self.0.len() == 1 {
+            format!("{lo:.digits$}{unit} (one run)")
+        } else {
+            format!(
+                "{lo:.digits$} – {hi:.digits$}{unit} ({} rounds)",
+                self.0.len()
+            )
+        }
+    }
+
+    /// Against `limit`, where `good` says which side of it is met.
+    fn verdict(&self, limit: f64, at_most: bool) -> &'static str {
+        let (lo, hi) = self.range();
+        if self.0.is_empty() || lo.is_nan() || hi.is_nan() {
+            return "not measured";
+        }
+        let ok = |v: f64| if at_most { v <= limit } else { v >= limit };
+        match (ok(lo), ok(hi), self.0.len()) {
+            (true, true, 1) => "met (one run: no spread)",
+            (false, false, 1) => "missed (one run: no spread)",
+            (true, true, _) => "met",
+            (false, false, _) => "missed",
+            _ => "inconclusive (within noise)",
+        }
+    }
+}
+
+fn contender<'a>(r: &'a Value, name: &str) -> Option<&'a Value> {
+    r["contenders"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)
+}
+
+/// Per round at open-loop rate index `ri`: `q` of the two contenders'
+/// latencies (`key`: `p50_ms`, `p99_ms`).
+fn per_round(a: &Value, b: &Value, ri: usize, key: &str, q: impl Fn(f64, f64) -> f64) -> Measured {
+    let runs = |c: &Value| -> Vec<f64> {
+        c["open_loop"][ri]["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|run| f(&run["latency"][key]))
+            .collect()
+    };
+    Measured(
+        runs(a)
+            .into_iter()
+            .zip(runs(b))
+            .map(|(x, y)| q(x, y))
+            .collect(),
+    )
+}
+
+fn once(v: f64) -> Measured {
+    Measured(if v.is_nan() { Vec::new() } else { vec![v] })
+}
+
+/// Added latency as shown: a negative figure is below the noise floor.
+pub(super) fn added(ms: f64) -> String {
+    if ms < 0.0 {
+        format!("below the noise floor ({ms:+.3})")
+    } else {
+        format!("{ms:+.3}")
+    }
+}
+
+/// The targets table (`leash-policy` against nginx and direct, the agent
+/// against direct TLS).
+#[allow(
+    clippy::too_many_lines,
+    reason = "one row per target, in the issue's order"
+)]
+pub(super) fn section(r: &Value) -> String {
+    let mut md = String::from(
+        "## Against the per-request cost targets (issue 27)\n\nEach row is computed from this run: a figure measured in every round shows its range over the rounds, and its verdict is `met` only if the whole range meets the target, `missed` only if none of it does, otherwise `inconclusive (within noise)`; a figure measured once says so.\n\n| target | measured | verdict |\n| --- | --- | --- |\n",
+    );
+    let (Some(direct), Some(nginx), Some(leash)) = (
+        contender(r, "direct"),
+        contender(r, "nginx"),
+        contender(r, "leash-policy"),
+    ) else {
+        md.push_str("| (needs the direct, nginx and leash-policy contenders) | not measured | not measured |\n");
+        return md;
+    };
+    let rates: Vec<f64> = r["plan"]["rates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_f64)
+        .collect();
+    let mut row = |target: &str, shown: String, verdict: &str| {
+        let _ = writeln!(md, "| {target} | {shown} | {verdict} |");
+    };
+    let cpu =
+        once(f(&leash["cpu_us_per_request_at_1000"]) / f(&nginx["cpu_us_per_request_at_1000"]));
+    row(
+        "gateway CPU per request at 1000 RPS ≤ 1.25× nginx's",
+        format!("×{}", cpu.shown("", 2)),
+        cpu.verdict(1.25, true),
+    );
+    let sat = once(f(&leash["saturation"]["rps"]) / f(&nginx["saturation"]["rps"]));
+    row(
+        "gateway saturation (32 connections) ≥ 0.8× nginx's",
+        format!("×{}", sat.shown("", 2)),
+        sat.verdict(0.8, false),
+    );
+    if let Some(ri) = rates
+        .iter()
+        .position(|r| (*r - 1000.0).abs() < f64::EPSILON)
+    {
+        // Leash's added latency minus nginx's, both over direct in the same
+        // round: Leash's latency minus nginx's.
+        let p50 = per_round(leash, nginx, ri, "p50_ms", |l, n| l - n);
+        row(
+            "added latency at 1000 RPS, P50 ≤ nginx's added + 0.05 ms",
+            format!("Leash − nginx {}", p50.shown(" ms", 3)),
+            p50.verdict(0.05, true),
+        );
+        let p99 = per_round(leash, nginx, ri, "p99_ms", |l, n| l - n);
+        row(
+            "added latency at 1000 RPS, P99 ≤ nginx's added + 0.2 ms",
+            format!("Leash − nginx {}", p99.shown(" ms", 3)),
+            p99.verdict(0.2, true),
+        );
+    }
+    let single = |c: &Value| {
+        f(&c["single_client"]["latency"]["p99_ms"])
+            - f(&direct["single_client"]["latency"]["p99_ms"])
+    };
+    let (ls, ns) = (single(leash), single(nginx));
+    let one = once(if ns > 0.0 { ls / ns } else { f64::NAN });
+    row(
+        "one client back to back: added P99 ≤ 2× nginx's added P99",
+        format!(
+            "Leash {} ms, nginx {} ms: ×{}",
+            added(ls),
+            added(ns),
+            one.shown("", 2)
+        ),
+        if ns > 0.0 {
+            one.verdict(2.0, true)
+        } else {
+            "inconclusive (nginx's added P99 is below the noise floor)"
+        },
+    );
+    let t = &r["transparent"];
+    if let Some(open) = t["open_loop"].as_array()
+        && open.len() == 2
+    {
+        let runs = |c: &Value| -> Vec<f64> {
+            c["runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|run| f(&run["latency"]["p50_ms"]))
+                .collect()
+        };
+        let p50 = Measured(
+            runs(&open[1])
+                .into_iter()
+                .zip(runs(&open[0]))
+                .map(|(l, d)| l - d)
+                .collect(),
+        );
+        row(
+            "transparent keep-alive at 1000 RPS: added P50 ≤ 0.12 ms over direct TLS",
+            p50.shown(" ms", 3),
+            p50.verdict(0.12, true),
+        );
+    }
+    let conns = t["new_connections"].as_array().map_or(f64::NAN, |n| {
+        let rps = |name: &str| {
+            n.iter()
+                .find(|c| c["name"] == name)
+                .map_or(f64::NAN, |c| f(&c["result"]["rps"]))
+        };
+        rps("leash-transparent") / rps("direct-tls")
+    });
+    let conns = once(conns);
+    row(
+        "transparent new TLS connections/s ≥ 0.85× direct TLS",
+        format!("×{}", conns.shown("", 2)),
+        conns.verdict(0.85, false),
+    );
+    let ttft = |c: &Value| f(&c["sse"]["ttft"]["p50_ms"]);
+    let streams = once(ttft(leash) - ttft(nginx));
+    row(
+        &format!(
+            "streams ({}): added time to first token ≤ nginx's + 0.1 ms at P50",
+            leash["sse"]["requests"]
+        ),
+        format!("Leash − nginx {}", streams.shown(" ms", 3)),
+        streams.verdict(0.1, true),
+    );
+    row(
+        "512 concurrent SSE streams with no stall, added TTFT P99 ≤ 0.5 ms",
+        "not measured by this benchmark yet".to_owned(),
+        "not measured",
+    );
+    let rss = once(f(&leash["rss_idle_mib"]));
+    row(
+        "idle RSS ≤ 20 MiB",
+        rss.shown(" MiB", 1),
+        rss.verdict(20.0, true),
+    );
+    row(
+        "10,000 idle keep-alive client connections ≤ 64 KiB each",
+        "not measured by this benchmark yet".to_owned(),
+        "not measured",
+    );
+    md
+}
+
+/// Figures in the form other gateways publish (Busbar-style), so readers
+/// can compare: added P99 at concurrency 1, the highest rate with P99
+/// under 20 ms, stall-free streams at 64/256/512.
+pub(super) fn busbar(r: &Value) -> String {
+    let mut md = String::from(
+        "## In the form peers publish\n\n| contender | added P99 at concurrency 1 (ms) | highest offered rate with P99 < 20 ms (RPS) | stall-free streams at 64 / 256 / 512 |\n| --- | ---: | ---: | --- |\n",
+    );
+    let Some(direct) = contender(r, "direct") else {
+        return md;
+    };
+    let top = r["plan"]["rates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_f64)
+        .fold(0.0, f64::max);
+    for c in r["contenders"].as_array().into_iter().flatten() {
+        let name = c["name"].as_str().unwrap_or("?");
+        if name == "direct" {
+            continue;
+        }
+        let a99 = f(&c["single_client"]["latency"]["p99_ms"])
+            - f(&direct["single_client"]["latency"]["p99_ms"]);
+        let highest = c["open_loop"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|o| {
+                f(&o["p99_ms"]) < 20.0
+                    && o["errors"].as_u64() == Some(0)
+                    && o["not_sent"].as_u64() == Some(0)
+            })
+            .map(|o| f(&o["rate"]))
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        let highest = match highest {
+            Some(v) if (v - top).abs() < f64::EPSILON => {
+                format!("≥ {v:.0} (the highest rate run)")
+            }
+            Some(v) => format!("{v:.0}"),
+            None => "none of the rates run".to_owned(),
+        };
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {highest} | not measured by this benchmark yet |",
+            if a99.is_nan() {
+                "—".to_owned()
+            } else {
+                added(a99)
+            }
+        );
+    }
+    md
+}
