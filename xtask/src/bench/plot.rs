@@ -16,12 +16,7 @@ use super::f;
 pub(super) fn plot(r: &Value) -> String {
     let (w, h, left, right, top, bottom) = (760.0, 420.0, 70.0, 190.0, 30.0, 50.0);
     let contenders = r["contenders"].as_array().cloned().unwrap_or_default();
-    let rates: Vec<f64> = r["plan"]["rates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_f64)
-        .collect();
+    let rates = super::plan_rates(r);
     let mut lo = f64::MAX;
     let mut hi = f64::MIN;
     for c in &contenders {

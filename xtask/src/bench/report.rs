@@ -65,12 +65,7 @@ pub(super) fn report(r: &Value) -> String {
         md,
         "\n*not sent in time*: requests a contender fell so far behind on that they could not even be sent before the run's deadline (warm-up + run + 2 s); percentiles cover the requests that completed, measured from their intended send times, and show — when none did. A contender that left more than half unsent at a rate is not driven at the higher rates of that round (counted as not sent)."
     );
-    let rates: Vec<f64> = r["plan"]["rates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_f64)
-        .collect();
+    let rates = super::plan_rates(r);
     for (ri, rate) in rates.iter().enumerate() {
         let _ = writeln!(
             md,
@@ -276,11 +271,8 @@ fn noise(c: &Value, rates: &[f64]) -> String {
         return String::new();
     };
     let range = |key: &str| {
-        c["open_loop"][ri]["runs"]
-            .as_array()
+        targets::rounds(&c["open_loop"][ri], key)
             .into_iter()
-            .flatten()
-            .map(|run| f(&run["latency"][key]))
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
                 (lo.min(v), hi.max(v))
             })

@@ -32,6 +32,16 @@ pub(super) fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
+/// The open-loop rates of a run's plan, in order.
+pub(super) fn plan_rates(r: &Value) -> Vec<f64> {
+    r["plan"]["rates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_f64)
+        .collect()
+}
+
 /// Median of a list (NaN when empty).
 pub(super) fn median(mut xs: Vec<f64>) -> f64 {
     xs.retain(|x| x.is_finite());

@@ -62,21 +62,23 @@ fn contender<'a>(r: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|c| c["name"] == name)
 }
 
-/// Per round at open-loop rate index `ri`: `q` of the two contenders'
-/// latencies (`key`: `p50_ms`, `p99_ms`).
-fn per_round(a: &Value, b: &Value, ri: usize, key: &str, q: impl Fn(f64, f64) -> f64) -> Measured {
-    let runs = |c: &Value| -> Vec<f64> {
-        c["open_loop"][ri]["runs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|run| f(&run["latency"][key]))
-            .collect()
-    };
+/// A latency (`key`: `p50_ms`, `p99_ms`) in each round of `open`, one
+/// open-loop measurement (its `runs`).
+pub(super) fn rounds(open: &Value, key: &str) -> Vec<f64> {
+    open["runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|run| f(&run["latency"][key]))
+        .collect()
+}
+
+/// Per round: `q` of two measurements' latencies.
+fn per_round(a: &Value, b: &Value, key: &str, q: impl Fn(f64, f64) -> f64) -> Measured {
     Measured(
-        runs(a)
+        rounds(a, key)
             .into_iter()
-            .zip(runs(b))
+            .zip(rounds(b, key))
             .map(|(x, y)| q(x, y))
             .collect(),
     )
@@ -113,12 +115,7 @@ pub(super) fn section(r: &Value) -> String {
         md.push_str("| (needs the direct, nginx and leash-policy contenders) | not measured | not measured |\n");
         return md;
     };
-    let rates: Vec<f64> = r["plan"]["rates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_f64)
-        .collect();
+    let rates = super::plan_rates(r);
     let mut row = |target: &str, shown: String, verdict: &str| {
         let _ = writeln!(md, "| {target} | {shown} | {verdict} |");
     };
@@ -141,13 +138,23 @@ pub(super) fn section(r: &Value) -> String {
     {
         // Leash's added latency minus nginx's, both over direct in the same
         // round: Leash's latency minus nginx's.
-        let p50 = per_round(leash, nginx, ri, "p50_ms", |l, n| l - n);
+        let p50 = per_round(
+            &leash["open_loop"][ri],
+            &nginx["open_loop"][ri],
+            "p50_ms",
+            |l, n| l - n,
+        );
         row(
             "added latency at 1000 RPS, P50 ≤ nginx's added + 0.05 ms",
             format!("Leash − nginx {}", p50.shown(" ms", 3)),
             p50.verdict(0.05, true),
         );
-        let p99 = per_round(leash, nginx, ri, "p99_ms", |l, n| l - n);
+        let p99 = per_round(
+            &leash["open_loop"][ri],
+            &nginx["open_loop"][ri],
+            "p99_ms",
+            |l, n| l - n,
+        );
         row(
             "added latency at 1000 RPS, P99 ≤ nginx's added + 0.2 ms",
             format!("Leash − nginx {}", p99.shown(" ms", 3)),
@@ -178,21 +185,7 @@ pub(super) fn section(r: &Value) -> String {
     if let Some(open) = t["open_loop"].as_array()
         && open.len() == 2
     {
-        let runs = |c: &Value| -> Vec<f64> {
-            c["runs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|run| f(&run["latency"]["p50_ms"]))
-                .collect()
-        };
-        let p50 = Measured(
-            runs(&open[1])
-                .into_iter()
-                .zip(runs(&open[0]))
-                .map(|(l, d)| l - d)
-                .collect(),
-        );
+        let p50 = per_round(&open[1], &open[0], "p50_ms", |l, d| l - d);
         row(
             "transparent keep-alive at 1000 RPS: added P50 ≤ 0.12 ms over direct TLS",
             p50.shown(" ms", 3),
@@ -252,12 +245,7 @@ pub(super) fn busbar(r: &Value) -> String {
     let Some(direct) = contender(r, "direct") else {
         return md;
     };
-    let top = r["plan"]["rates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_f64)
-        .fold(0.0, f64::max);
+    let top = super::plan_rates(r).into_iter().fold(0.0, f64::max);
     for c in r["contenders"].as_array().into_iter().flatten() {
         let name = c["name"].as_str().unwrap_or("?");
         if name == "direct" {
