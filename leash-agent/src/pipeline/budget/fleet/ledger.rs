@@ -12,10 +12,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// A writer's mark is dropped this long after its last batch (a writer
-/// resolves an unanswered batch at its next read, normally within a
-/// second; one away longer than this counts it as not applied).
-pub const MARK_TTL_SECS: i64 = 24 * 3600;
+/// A writer's mark is dropped this long after its last batch, which
+/// bounds the value to the processes that wrote in that window (about 90
+/// bytes each). A writer settles an unanswered batch at its next read,
+/// normally within a second; one away longer than this counts the batch
+/// as not applied — its spend may then count twice, never not at all.
+pub const MARK_TTL_SECS: i64 = 15 * 60;
 
 /// The value of one budget period's key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
