@@ -76,8 +76,8 @@ fn forward_proxy_addrs(proxies: &[(String, u16)]) -> Vec<std::net::SocketAddr> {
     out
 }
 
-/// What a policy's reroute is served with on the agent: every provider and
-/// route, on marked sockets.
+/// What a policy's reroute (and the agent's gateway listener) is served
+/// with on the agent: every provider and route, on marked sockets.
 fn rerouter(config: &Config) -> Result<Arc<Rerouter>, RunError> {
     Ok(Arc::new(Rerouter {
         providers: config.providers.clone(),
@@ -260,12 +260,10 @@ pub async fn run_agent(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = serve_transparent(&config, &proxy, proxy_listeners, &stop_rx);
     if config.gateway.explicit {
-        // Its upstream calls on marked sockets: the agent's own hooks would
-        // otherwise take them for an application's and intercept them.
-        let forwarder = Forwarder::new(
-            upstream::marked_resolving_client(&config.upstream, config.intercept.bypass_mark)?,
-            config.upstream.response_timeout,
-        );
+        // Its upstream calls on the reroutes' marked sockets (one client,
+        // one pool): the agent's own hooks would otherwise take them for an
+        // application's and intercept them.
+        let forwarder = proxy.rerouter.forwarder.clone();
         let (task, fd) =
             spawn_gateway(&config, Arc::clone(&pipeline), forwarder, stop_rx.clone()).await?;
         tasks.push(task);

@@ -34,7 +34,7 @@ use self::{
     plot::plot,
     proc::{Proc, cpu_seconds, family, free_port, pinned, status_mib, wait_addr, wait_port, which},
     report::report,
-    run::{f, median, ms, plan_rates},
+    run::{at_1000, f, median, ms, plan_rates},
 };
 
 /// Puts `md` (which starts with `begin` and ends with `end` and a line

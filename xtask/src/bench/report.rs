@@ -264,19 +264,10 @@ pub(super) fn console_overhead(contenders: &[Value], rates: &[f64]) -> String {
 /// How much `c`'s own figures moved between the rounds of this run at
 /// 1000 RPS (the scale against which a difference means something).
 fn noise(c: &Value, rates: &[f64]) -> String {
-    let Some(ri) = rates
-        .iter()
-        .position(|r| (*r - 1000.0).abs() < f64::EPSILON)
-    else {
+    let Some(ri) = super::at_1000(rates) else {
         return String::new();
     };
-    let range = |key: &str| {
-        targets::rounds(&c["open_loop"][ri], key)
-            .into_iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-                (lo.min(v), hi.max(v))
-            })
-    };
+    let range = |key: &str| targets::Measured(targets::rounds(&c["open_loop"][ri], key)).range();
     let ((p50_lo, p50_hi), (p99_lo, p99_hi)) = (range("p50_ms"), range("p99_ms"));
     if !(p50_lo.is_finite() && p99_lo.is_finite()) {
         return String::new();
@@ -292,10 +283,7 @@ pub(super) fn goals(contenders: &[Value], rates: &[f64], transparent: &Value) ->
     let mut md = String::from(
         "## Against the goals\n\nGoals: added latency P50 ≤ 0.150 ms and P99 ≤ 0.500 ms over a direct call at 1000 RPS; ≥ 8000 RPS passthrough; idle RSS ≤ 20 MiB.\n\n| contender | added p50 ms | added p99 ms | saturation RPS | idle RSS MiB | verdict |\n| --- | ---: | ---: | ---: | ---: | --- |\n",
     );
-    let Some(ri) = rates
-        .iter()
-        .position(|r| (*r - 1000.0).abs() < f64::EPSILON)
-    else {
+    let Some(ri) = super::at_1000(rates) else {
         return md;
     };
     let d = &contenders[0]["open_loop"][ri];

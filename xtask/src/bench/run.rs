@@ -32,6 +32,13 @@ pub(super) fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
+/// Where 1000 RPS is among `rates` (the rate the goals are set at).
+pub(super) fn at_1000(rates: &[f64]) -> Option<usize> {
+    rates
+        .iter()
+        .position(|r| (*r - 1000.0).abs() < f64::EPSILON)
+}
+
 /// The open-loop rates of a run's plan, in order.
 pub(super) fn plan_rates(r: &Value) -> Vec<f64> {
     r["plan"]["rates"]

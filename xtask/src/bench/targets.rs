@@ -12,10 +12,11 @@ use super::f;
 
 /// A measured quantity: its value in each round (one element: measured
 /// once).
-struct Measured(Vec<f64>);
+pub(super) struct Measured(pub(super) Vec<f64>);
 
 impl Measured {
-    fn range(&self) -> (f64, f64) {
+    /// Lowest and highest (infinite when nothing was measured).
+    pub(super) fn range(&self) -> (f64, f64) {
         self.0
             .iter()
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
@@ -25,7 +26,7 @@ impl Measured {
 
     fn shown(&self, unit: &str, digits: usize) -> String {
         let (lo, hi) = self.range();
-        if self.0.is_empty() || lo.is_nan() || hi.is_nan() {
+        if !(lo.is_finite() && hi.is_finite()) {
             return "not measured".to_owned();
         }
         if self.0.len() == 1 {
@@ -38,10 +39,10 @@ impl Measured {
         }
     }
 
-    /// Against `limit`, where `good` says which side of it is met.
+    /// Against `limit`: met at or below it (`at_most`), else at or above.
     fn verdict(&self, limit: f64, at_most: bool) -> &'static str {
         let (lo, hi) = self.range();
-        if self.0.is_empty() || lo.is_nan() || hi.is_nan() {
+        if !(lo.is_finite() && hi.is_finite()) {
             return "not measured";
         }
         let ok = |v: f64| if at_most { v <= limit } else { v >= limit };
@@ -132,34 +133,22 @@ pub(super) fn section(r: &Value) -> String {
         format!("×{}", sat.shown("", 2)),
         sat.verdict(0.8, false),
     );
-    if let Some(ri) = rates
-        .iter()
-        .position(|r| (*r - 1000.0).abs() < f64::EPSILON)
-    {
+    if let Some(ri) = super::at_1000(&rates) {
         // Leash's added latency minus nginx's, both over direct in the same
         // round: Leash's latency minus nginx's.
-        let p50 = per_round(
-            &leash["open_loop"][ri],
-            &nginx["open_loop"][ri],
-            "p50_ms",
-            |l, n| l - n,
-        );
-        row(
-            "added latency at 1000 RPS, P50 ≤ nginx's added + 0.05 ms",
-            format!("Leash − nginx {}", p50.shown(" ms", 3)),
-            p50.verdict(0.05, true),
-        );
-        let p99 = per_round(
-            &leash["open_loop"][ri],
-            &nginx["open_loop"][ri],
-            "p99_ms",
-            |l, n| l - n,
-        );
-        row(
-            "added latency at 1000 RPS, P99 ≤ nginx's added + 0.2 ms",
-            format!("Leash − nginx {}", p99.shown(" ms", 3)),
-            p99.verdict(0.2, true),
-        );
+        for (key, name, over) in [("p50_ms", "P50", 0.05), ("p99_ms", "P99", 0.2)] {
+            let diff = per_round(
+                &leash["open_loop"][ri],
+                &nginx["open_loop"][ri],
+                key,
+                |l, n| l - n,
+            );
+            row(
+                &format!("added latency at 1000 RPS, {name} ≤ nginx's added + {over} ms"),
+                format!("Leash − nginx {}", diff.shown(" ms", 3)),
+                diff.verdict(over, true),
+            );
+        }
     }
     let single = |c: &Value| {
         f(&c["single_client"]["latency"]["p99_ms"])
