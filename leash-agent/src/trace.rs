@@ -18,11 +18,11 @@ pub struct TraceContext {
     pub sampled: bool,
 }
 
+/// A random id from the thread's CSPRNG (`rand::rng()`: seeded and periodically
+/// reseeded from the OS): no system call per id.
 pub fn random<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
-    // A random source that fails leaves a fixed id: the ids then collide,
-    // which only makes traces less useful, never a request fail.
-    let _ = getrandom::fill(&mut out);
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut out);
     if out.iter().all(|b| *b == 0) {
         out[N - 1] = 1;
     }

@@ -22,7 +22,6 @@ use std::{
     time::Duration,
 };
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
 
@@ -33,7 +32,7 @@ use self::{
 use crate::{
     field::{FieldError, invalid, resolve},
     metrics::Metrics,
-    pipeline::{BodyFlow, Exchange, Flow, Module, ModuleError, ProxyRequest},
+    pipeline::{BodyFlow, Exchange, Filtered, Flow, Module, ProxyRequest},
     policy::{PolicyHandle, detect::Detectors},
     record::{Action, AuditRecord, CaptureClass, ContentRef},
 };
@@ -322,17 +321,16 @@ fn content_type(headers: &http::HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-#[async_trait]
 impl Module for CaptureModule {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    async fn request_filter(
-        &self,
-        ex: &mut Exchange,
-        req: &mut ProxyRequest,
-    ) -> Result<Flow, ModuleError> {
+    fn request_filter<'a>(
+        &'a self,
+        ex: &'a mut Exchange,
+        req: &'a mut ProxyRequest,
+    ) -> Filtered<'a> {
         let max = self.capture.config.max_bytes;
         let body = &req.body;
         let (request, request_truncated) = if body.len() > max {
@@ -346,7 +344,7 @@ impl Module for CaptureModule {
             request_truncated,
             ..Captured::default()
         });
-        Ok(Flow::Continue)
+        Filtered::from(Flow::Continue)
     }
 
     fn response_filter(&self, ex: &mut Exchange, head: &mut http::response::Parts) {

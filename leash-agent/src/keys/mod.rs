@@ -22,7 +22,6 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use async_trait::async_trait;
 use http::StatusCode;
 use serde::Deserialize;
 
@@ -31,7 +30,7 @@ use crate::{
     credentials::{self, Credential, Credentials},
     field::{FieldError, invalid, resolve},
     pipeline::{
-        CredentialAction, Exchange, Flow, Module, ModuleError, ProxyRequest, Rejection, RetryAfter,
+        CredentialAction, Exchange, Filtered, Flow, Module, ProxyRequest, Rejection, RetryAfter,
         budget,
     },
     pricing::PriceTable,
@@ -361,24 +360,23 @@ impl KeysModule {
     }
 }
 
-#[async_trait]
 impl Module for KeysModule {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    async fn request_filter(
-        &self,
-        ex: &mut Exchange,
-        req: &mut ProxyRequest,
-    ) -> Result<Flow, ModuleError> {
+    fn request_filter<'a>(
+        &'a self,
+        ex: &'a mut Exchange,
+        req: &'a mut ProxyRequest,
+    ) -> Filtered<'a> {
         if self.mode == AuthMode::Passthrough {
-            return Ok(Flow::Continue);
+            return Filtered::from(Flow::Continue);
         }
         match credentials::presented_key(&req.head.headers, &req.head.uri) {
-            Some(k) if store::id_of(&k).is_some() => Ok(self.check(ex, &k)),
-            _ if self.mode == AuthMode::Both => Ok(Flow::Continue),
-            _ => Ok(refuse(
+            Some(k) if store::id_of(&k).is_some() => Filtered::from(self.check(ex, &k)),
+            _ if self.mode == AuthMode::Both => Filtered::from(Flow::Continue),
+            _ => Filtered::from(refuse(
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::Unauthorized,
                 "leash: this gateway takes Leash keys (lsk_…) only",

@@ -17,12 +17,13 @@ pub mod team;
 pub mod usage;
 
 use std::{
+    future::Future,
     ops::{Deref, DerefMut},
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http::StatusCode;
 
@@ -263,19 +264,38 @@ impl BodyFlow {
     }
 }
 
+/// A request phase's outcome: decided at once (every module but a budget
+/// shared through the fleet store), or a future to wait for — so the
+/// common case allocates no boxed future per module and request.
+pub enum Filtered<'a> {
+    Done(Result<Flow, ModuleError>),
+    Wait(Pin<Box<dyn Future<Output = Result<Flow, ModuleError>> + Send + 'a>>),
+}
+
+impl From<Result<Flow, ModuleError>> for Filtered<'_> {
+    fn from(r: Result<Flow, ModuleError>) -> Self {
+        Self::Done(r)
+    }
+}
+
+impl From<Flow> for Filtered<'_> {
+    fn from(flow: Flow) -> Self {
+        Self::Done(Ok(flow))
+    }
+}
+
 /// One pluggable stage. Every phase has a do-nothing default, so a module
 /// implements only the phases it cares about.
-#[async_trait]
 pub trait Module: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Sees (and may change or refuse) the request before it is forwarded.
-    async fn request_filter(
-        &self,
-        _ex: &mut Exchange,
-        _req: &mut ProxyRequest,
-    ) -> Result<Flow, ModuleError> {
-        Ok(Flow::Continue)
+    fn request_filter<'a>(
+        &'a self,
+        _ex: &'a mut Exchange,
+        _req: &'a mut ProxyRequest,
+    ) -> Filtered<'a> {
+        Flow::Continue.into()
     }
 
     /// Sees the response head before it is sent to the caller.
@@ -352,7 +372,11 @@ impl Pipeline {
     pub async fn request(&self, ex: &mut Exchange, req: &mut ProxyRequest) -> Flow {
         crate::faults::maybe_panic(&req.head.headers);
         for m in &self.modules {
-            match m.request_filter(ex, req).await {
+            let decided = match m.request_filter(ex, req) {
+                Filtered::Done(r) => r,
+                Filtered::Wait(pending) => pending.await,
+            };
+            match decided {
                 Ok(Flow::Continue) => {}
                 Ok(stop @ (Flow::Reject(_) | Flow::Reroute(_))) => return stop,
                 Err(e) => {

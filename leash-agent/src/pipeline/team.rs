@@ -10,11 +10,10 @@
 //! across all teams (the first team in the file that matches at a level
 //! wins that level): API key, uid or user name, executable, cgroup, header.
 
-use async_trait::async_trait;
 use globset::GlobSet;
 use serde::Deserialize;
 
-use super::{Exchange, Flow, Module, ModuleError, ProxyRequest};
+use super::{Exchange, Filtered, Flow, Module, ProxyRequest};
 use crate::field::{FieldError, globs, invalid};
 
 pub const NAME: &str = "team";
@@ -165,19 +164,18 @@ impl TeamModule {
     }
 }
 
-#[async_trait]
 impl Module for TeamModule {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    async fn request_filter(
-        &self,
-        ex: &mut Exchange,
-        req: &mut ProxyRequest,
-    ) -> Result<Flow, ModuleError> {
+    fn request_filter<'a>(
+        &'a self,
+        ex: &'a mut Exchange,
+        req: &'a mut ProxyRequest,
+    ) -> Filtered<'a> {
         ex.caller.team = self.identify(ex, req);
-        Ok(Flow::Continue)
+        Filtered::from(Flow::Continue)
     }
 }
 

@@ -12,11 +12,10 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{BodyFlow, Exchange, Flow, Module, ModuleError, ProxyRequest, sse::SseBuffer};
+use super::{BodyFlow, Exchange, Filtered, Flow, Module, ProxyRequest, sse::SseBuffer};
 use crate::{
     pricing::PriceTable,
     provider::ProviderKind,
@@ -266,17 +265,16 @@ fn is_usage_only_chunk(v: &Value) -> bool {
     v["usage"].is_object() && v["choices"].as_array().is_some_and(Vec::is_empty)
 }
 
-#[async_trait]
 impl Module for UsageModule {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    async fn request_filter(
-        &self,
-        ex: &mut Exchange,
-        req: &mut ProxyRequest,
-    ) -> Result<Flow, ModuleError> {
+    fn request_filter<'a>(
+        &'a self,
+        ex: &'a mut Exchange,
+        req: &'a mut ProxyRequest,
+    ) -> Filtered<'a> {
         let mut state = State::default();
         if ex.provider.kind == ProviderKind::OpenAi
             && ex.stream
@@ -287,7 +285,7 @@ impl Module for UsageModule {
             state.injected = true;
         }
         ex.ext.insert(state);
-        Ok(Flow::Continue)
+        Filtered::from(Flow::Continue)
     }
 
     fn response_filter(&self, ex: &mut Exchange, head: &mut http::response::Parts) {

@@ -24,7 +24,6 @@ pub mod transform;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::json;
 
@@ -41,7 +40,7 @@ use self::{
 pub use crate::record::{Action, Change, FindingRecord, PolicyRecord};
 use crate::{
     alerts::{AlertKey, Alerter},
-    pipeline::{BodyFlow, Exchange, Flow, Module, ModuleError, ProxyRequest},
+    pipeline::{BodyFlow, Exchange, Filtered, Flow, Module, ProxyRequest},
     record::AuditRecord,
 };
 
@@ -59,19 +58,18 @@ impl PolicyModule {
     }
 }
 
-#[async_trait]
 impl Module for PolicyModule {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    async fn request_filter(
-        &self,
-        ex: &mut Exchange,
-        req: &mut ProxyRequest,
-    ) -> Result<Flow, ModuleError> {
+    fn request_filter<'a>(
+        &'a self,
+        ex: &'a mut Exchange,
+        req: &'a mut ProxyRequest,
+    ) -> Filtered<'a> {
         let Some(policy) = self.handle.current() else {
-            return Ok(Flow::Continue);
+            return Filtered::from(Flow::Continue);
         };
         if policy.response_needs_headers() {
             ex.ext.insert(RequestHeaders(req.head.headers.clone()));
@@ -106,12 +104,12 @@ impl Module for PolicyModule {
                 rejection,
             } => {
                 ex.ext.insert(decision);
-                Ok(Flow::Reject(rejection))
+                Filtered::from(Flow::Reject(rejection))
             }
             Verdict::Forward { decision, .. } if decision.route.is_some() => {
                 let route = decision.route.clone().unwrap_or_default();
                 ex.ext.insert(decision);
-                Ok(Flow::Reroute(route))
+                Filtered::from(Flow::Reroute(route))
             }
             Verdict::Forward { decision, model } => {
                 if let Some(model) = model {
@@ -121,7 +119,7 @@ impl Module for PolicyModule {
                     endpoint.clone_into(&mut ex.endpoint);
                 }
                 ex.ext.insert(decision);
-                Ok(Flow::Continue)
+                Filtered::from(Flow::Continue)
             }
         }
     }

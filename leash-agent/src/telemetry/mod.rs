@@ -21,7 +21,6 @@ mod span;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 pub use config::{OtlpConfig, Protocol, RawTelemetry, TelemetryConfig};
@@ -29,7 +28,7 @@ pub use span::{Finished, RequestParams};
 
 use crate::{
     metrics::Metrics,
-    pipeline::{Exchange, Flow, Module, ModuleError, ProxyRequest},
+    pipeline::{Exchange, Filtered, Flow, Module, ProxyRequest},
     record::AuditRecord,
 };
 
@@ -175,17 +174,16 @@ fn sampled(trace_id: &[u8; 16], ratio: f64) -> bool {
     (u64::from_be_bytes(low) >> 1) < bound
 }
 
-#[async_trait]
 impl Module for TelemetryModule {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    async fn request_filter(
-        &self,
-        ex: &mut Exchange,
-        req: &mut ProxyRequest,
-    ) -> Result<Flow, ModuleError> {
+    fn request_filter<'a>(
+        &'a self,
+        ex: &'a mut Exchange,
+        req: &'a mut ProxyRequest,
+    ) -> Filtered<'a> {
         // A client's sampling decision is followed; a new trace is sampled
         // at the configured ratio.
         if let Some(t) = ex.trace.as_mut()
@@ -195,7 +193,7 @@ impl Module for TelemetryModule {
         }
         ex.ext
             .insert(RequestParams::read(ex.provider.kind, &req.body));
-        Ok(Flow::Continue)
+        Filtered::from(Flow::Continue)
     }
 
     fn finished(&self, ex: &Exchange, record: &AuditRecord) {

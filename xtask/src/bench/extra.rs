@@ -17,7 +17,7 @@ use crate::{ensure_debian_packages, target_dir};
 
 /// Contenders that take 1000 RPS (LiteLLM and the Portkey gateway fall
 /// behind far below it: see their saturation figures).
-fn fast(c: &Contender) -> bool {
+pub(super) fn fast(c: &Contender) -> bool {
     matches!(c.name, "direct" | "nginx" | "leash-bare" | "leash-policy")
 }
 

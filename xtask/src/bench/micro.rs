@@ -320,6 +320,14 @@ fn latency_rows(t: &Value, title: &str) -> String {
             key.trim_end_matches("_ms")
         );
     }
+    if t["base_cpu_us"].is_array() {
+        let (bm, cm, diff, spread, verdict) =
+            compared(t, ("base_cpu_us", "current_cpu_us"), &Value::as_f64, true);
+        let _ = writeln!(
+            md,
+            "| CPU per request | {bm:.0} µs | {cm:.0} µs | {diff:+.0} µs | {spread:.0} µs | {verdict} |"
+        );
+    }
     if t["base_saturate"].is_array() {
         let (bm, cm, diff, spread, verdict) = compared(
             t,
@@ -355,10 +363,13 @@ fn gateway_compare(pair: &Pair<'_>) -> Result<Value> {
         start_leash("base", what, base, dir, up_port, EXAMPLE_POLICY)?,
         start_leash("current", what, current, dir, up_port, EXAMPLE_POLICY)?,
     ];
-    let (mut load, mut saturate): ([Vec<Value>; 2], [Vec<Value>; 2]) = Default::default();
+    // Per build (base, current): one entry per round.
+    let mut load: [Vec<Value>; 2] = Default::default();
+    let (mut saturate, mut cpu) = (load.clone(), load.clone());
     for round in 0..rounds {
         for (i, c) in builds.iter().enumerate() {
             eprintln!("bench-compare: gateway round {} {}", round + 1, c.name);
+            let before = super::proc::cpu_seconds(c.pid);
             load[i].push(c.measure(
                 tool,
                 "load",
@@ -367,6 +378,9 @@ fn gateway_compare(pair: &Pair<'_>) -> Result<Value> {
                     ("--seconds", seconds.to_string()),
                 ],
             )?);
+            // The tool sends for 1 s (warm-up) before the measured seconds.
+            let used = super::proc::cpu_seconds(c.pid) - before;
+            cpu[i].push(json!(used * 1e6 / (1000.0 * (seconds + 1.0))));
             saturate[i].push(c.measure(
                 tool,
                 "saturate",
@@ -381,5 +395,6 @@ fn gateway_compare(pair: &Pair<'_>) -> Result<Value> {
         "rate": 1000, "seconds": seconds,
         "base_runs": load[0], "current_runs": load[1],
         "base_saturate": saturate[0], "current_saturate": saturate[1],
+        "base_cpu_us": cpu[0], "current_cpu_us": cpu[1],
     }))
 }

@@ -13,6 +13,7 @@ mod plot;
 mod proc;
 mod report;
 mod run;
+mod scale;
 mod targets;
 mod telemetry;
 mod translate;

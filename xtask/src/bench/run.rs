@@ -221,6 +221,13 @@ pub fn bench(quick: bool) -> Result<()> {
             &[("--requests", plan.sse_requests.to_string())],
         )?);
     }
+    // Many streams at once; then many idle connections on a gateway of
+    // their own.
+    let streams = super::scale::streams(&tool, &contenders)?;
+    let idle = super::scale::idle(&leash, &tool, &dir, up_port).unwrap_or_else(|e| {
+        eprintln!("bench: idle connections run failed: {e:#}");
+        json!({"error": format!("{e:#}")})
+    });
     // The same contenders at 1000 RPS with other upstream answers, and
     // without CPU pinning (the scheduler's placement).
     let variants = extra::variants(&tool, &contenders, &plan)?;
@@ -288,6 +295,8 @@ pub fn bench(quick: bool) -> Result<()> {
             "single_client": single[ci],
             "sse": sse[ci],
         })).collect::<Vec<_>>(),
+        "streams": streams,
+        "idle_connections": idle,
         "profile": profile,
         "perf": perf,
         "variants": variants,

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::f;
+use super::{f, scale};
 
 /// A measured quantity: its value in each round (one element: measured
 /// once).
@@ -205,21 +205,64 @@ pub(super) fn section(r: &Value) -> String {
         format!("Leash − nginx {}", streams.shown(" ms", 3)),
         streams.verdict(0.1, true),
     );
-    row(
-        "512 concurrent SSE streams with no stall, added TTFT P99 ≤ 0.5 ms",
-        "not measured by this benchmark yet".to_owned(),
-        "not measured",
-    );
+    let top = scale::CONCURRENCY[scale::CONCURRENCY.len() - 1];
+    match (
+        scale::run_at(r, "leash-policy", top),
+        scale::run_at(r, "direct", top),
+    ) {
+        (Some(l), Some(d)) => {
+            let stall = scale::stall_free(r, "leash-policy", top) == Some(true);
+            row(
+                &format!("{top} concurrent SSE streams with no stall"),
+                format!(
+                    "{} failed; longest gap {:.3} ms (upstream's own: {:.3} ms)",
+                    l["errors"],
+                    f(&l["gap"]["max_ms"]),
+                    f(&d["gap"]["max_ms"]),
+                ),
+                if stall {
+                    "met (one run: no spread)"
+                } else {
+                    "missed (one run: no spread)"
+                },
+            );
+            let ttft = once(f(&l["ttft"]["p99_ms"]) - f(&d["ttft"]["p99_ms"]));
+            row(
+                &format!("{top} concurrent SSE streams: added TTFT P99 ≤ 0.5 ms"),
+                format!("Leash − direct {}", ttft.shown(" ms", 3)),
+                ttft.verdict(0.5, true),
+            );
+        }
+        _ => row(
+            "512 concurrent SSE streams with no stall, added TTFT P99 ≤ 0.5 ms",
+            "not measured in this run".to_owned(),
+            "not measured",
+        ),
+    }
     let rss = once(f(&leash["rss_idle_mib"]));
     row(
         "idle RSS ≤ 20 MiB",
         rss.shown(" MiB", 1),
         rss.verdict(20.0, true),
     );
+    let idle = &r["idle_connections"];
+    let held_all = idle["held"].as_u64() == idle["connections"].as_u64() && idle["held"].is_u64();
+    let per = once(if held_all {
+        f(&idle["kib_per_connection"])
+    } else {
+        f64::NAN
+    });
     row(
-        "10,000 idle keep-alive client connections ≤ 64 KiB each",
-        "not measured by this benchmark yet".to_owned(),
-        "not measured",
+        &format!(
+            "{} idle keep-alive client connections ≤ 64 KiB each",
+            scale::IDLE_CONNECTIONS
+        ),
+        if held_all {
+            per.shown(" KiB", 1)
+        } else {
+            format!("not all held ({} of {})", idle["held"], idle["connections"])
+        },
+        per.verdict(64.0, true),
     );
     md
 }
@@ -260,9 +303,14 @@ pub(super) fn busbar(r: &Value) -> String {
             Some(v) => format!("{v:.0}"),
             None => "none of the rates run".to_owned(),
         };
+        let stalls = scale::CONCURRENCY
+            .iter()
+            .map(|n| scale::stall_word(r, name, *n))
+            .collect::<Vec<_>>()
+            .join(" / ");
         let _ = writeln!(
             md,
-            "| {name} | {} | {highest} | not measured by this benchmark yet |",
+            "| {name} | {} | {highest} | {stalls} |",
             if a99.is_nan() {
                 "—".to_owned()
             } else {

@@ -9,12 +9,11 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use async_trait::async_trait;
 use http::StatusCode;
 use serde_json::{Value, json};
 use time::{Date, Duration as TimeDuration, OffsetDateTime, Time};
 
-use super::{Exchange, Flow, Module, ModuleError, ProxyRequest, Rejection};
+use super::{Exchange, Filtered, Flow, Module, ProxyRequest, Rejection};
 use crate::{
     alerts::{AlertKey, Alerter},
     audit::{
@@ -435,19 +434,18 @@ impl BudgetModule {
     }
 }
 
-#[async_trait]
 impl Module for BudgetModule {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    async fn request_filter(
-        &self,
-        ex: &mut Exchange,
-        req: &mut ProxyRequest,
-    ) -> Result<Flow, ModuleError> {
+    fn request_filter<'a>(
+        &'a self,
+        ex: &'a mut Exchange,
+        req: &'a mut ProxyRequest,
+    ) -> Filtered<'a> {
         if let Some(b) = self.unpriceable(ex) {
-            return Ok(Flow::Reject(Rejection {
+            return Flow::Reject(Rejection {
                 status: StatusCode::FORBIDDEN,
                 code: ErrorCode::BudgetExceeded,
                 message: format!(
@@ -456,17 +454,23 @@ impl Module for BudgetModule {
                     ex.model.as_deref().unwrap_or_default(),
                     b.name
                 ),
-            }));
+            })
+            .into();
         }
         if let Some(rejection) = self.local_check(ex) {
-            return Ok(Flow::Reject(rejection));
+            return Flow::Reject(rejection).into();
         }
-        if let Some(fleet) = &self.fleet
-            && let Some(rejection) = self.reserve(fleet, ex, &req.body).await
-        {
-            return Ok(Flow::Reject(rejection));
-        }
-        Ok(Flow::Continue)
+        let Some(fleet) = &self.fleet else {
+            return Flow::Continue.into();
+        };
+        // Only a budget shared through the fleet store waits (for its
+        // reservation).
+        Filtered::Wait(Box::pin(async move {
+            Ok(match self.reserve(fleet, ex, &req.body).await {
+                Some(rejection) => Flow::Reject(rejection),
+                None => Flow::Continue,
+            })
+        }))
     }
 
     fn logging(&self, ex: &Exchange, record: &mut AuditRecord) {

@@ -303,3 +303,131 @@ pub(crate) fn handshake(args: &[String]) {
         json!({"mode": "handshake", "names": names.len(), "rounds": out})
     );
 }
+
+// ---- many streams at once ------------------------------------------------------
+
+/// `streams --url URL --concurrency N`: N connections each ask for one
+/// stream at the same moment (a barrier); time to first token and every
+/// gap between chunks, over all of them. `gap_min`/`gap_max` show a stall
+/// (a long gap, and the burst after it: a short one).
+pub(crate) fn streams(args: &[String]) {
+    let url = arg(args, "--url").expect("--url");
+    let n: usize = num(args, "--concurrency", 64);
+    let t = Arc::new(target(&url, args));
+    let barrier = Arc::new(std::sync::Barrier::new(n));
+    let workers: Vec<_> = (0..n)
+        .map(|_| {
+            let t = Arc::clone(&t);
+            let barrier = Arc::clone(&barrier);
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let conn = Conn::open(&t);
+                    barrier.wait();
+                    let mut conn = conn.ok()?;
+                    let sent = Instant::now();
+                    conn.send(&t, STREAM_BODY).ok()?;
+                    let r = conn.read().ok()?;
+                    (r.status == 200 && !r.chunks.is_empty()).then_some((sent, r.chunks))
+                })
+                .expect("spawn")
+        })
+        .collect();
+    let mut ttft = histogram();
+    let mut gaps = histogram();
+    let mut errors = 0;
+    for w in workers {
+        match w.join().ok().flatten() {
+            Some((sent, chunks)) => {
+                let _ = ttft.record(us(chunks[0] - sent));
+                for pair in chunks.windows(2) {
+                    let _ = gaps.record(us(pair[1] - pair[0]));
+                }
+            }
+            None => errors += 1,
+        }
+    }
+    let gap_min = (!gaps.is_empty()).then(|| gaps.min() as f64 / 1000.0);
+    println!(
+        "{}",
+        json!({"mode": "streams", "concurrency": n, "errors": errors,
+               "ttft": percentiles(&ttft), "gap": percentiles(&gaps), "gap_min_ms": gap_min})
+    );
+}
+
+// ---- idle keep-alive connections -------------------------------------------------
+
+/// `idle --url URL --connections N` (plain HTTP): opens N connections,
+/// one request on each (so each is a served keep-alive connection), then
+/// prints `{"held": N, "errors": E}` and keeps them open until its stdin
+/// closes. Raises its own open-file limit to the hard limit.
+pub(crate) fn idle(args: &[String]) {
+    use std::io::{BufRead, Read, Write};
+    let url = arg(args, "--url").expect("--url");
+    let n: usize = num(args, "--connections", 1000);
+    let t = target(&url, args);
+    assert!(t.tls.is_none(), "idle: plain http:// only");
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
+    let request = format!(
+        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\nauthorization: Bearer sk-bench\r\n{}content-length: {}\r\n\r\n{CHAT_BODY}",
+        t.path,
+        t.host,
+        t.headers,
+        CHAT_BODY.len()
+    );
+    let mut open = Vec::with_capacity(n);
+    let mut errors = 0usize;
+    let mut buf = vec![0u8; 16 * 1024];
+    for _ in 0..n {
+        let one = (|| -> std::io::Result<std::net::TcpStream> {
+            let mut s = std::net::TcpStream::connect_timeout(&t.addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(request.as_bytes())?;
+            // The whole answer: headers, then content-length bytes.
+            let mut got = Vec::new();
+            loop {
+                let k = s.read(&mut buf)?;
+                if k == 0 {
+                    return Err(std::io::Error::other("closed"));
+                }
+                got.extend_from_slice(&buf[..k]);
+                let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                if !head.starts_with("http/1.1 200") {
+                    return Err(std::io::Error::other("not 200"));
+                }
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| std::io::Error::other("no content-length"))?;
+                if got.len() >= end + 4 + length {
+                    return Ok(s);
+                }
+            }
+        })();
+        match one {
+            Ok(s) => open.push(s),
+            Err(_) => errors += 1,
+        }
+    }
+    println!(
+        "{}",
+        json!({"mode": "idle", "held": open.len(), "errors": errors})
+    );
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    while std::io::stdin().lock().read_line(&mut line).unwrap_or(0) > 0 {
+        line.clear();
+    }
+    drop(open);
+}

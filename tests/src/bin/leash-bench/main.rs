@@ -19,6 +19,13 @@
 //! - `leash-bench sse --url URL --requests N`: streams, one after another;
 //!   time to first token and gaps between chunks.
 //!
+//! - `leash-bench streams --url URL --concurrency N`: N streams at once
+//!   (one per connection, released together); time to first token and
+//!   the gaps between chunks over all of them.
+//! - `leash-bench idle --url URL --connections N`: N served keep-alive
+//!   connections held open (plain HTTP) until stdin closes; prints
+//!   `{"held": N}` once they are.
+//!
 //! - `leash-bench handshake --url URL --names a,b,... [--rounds N]`: one
 //!   request per new connection, one after another, cycling through `names`
 //!   as the TLS server name (and Host): with a fresh agent, the first round
@@ -83,12 +90,14 @@ fn main() {
         Some("saturate") => load::saturate(&args),
         Some("sse") => load::sse(&args),
         Some("handshake") => load::handshake(&args),
+        Some("streams") => load::streams(&args),
+        Some("idle") => load::idle(&args),
         Some("trail") => trail::trail(&args),
         Some("pages") => trail::pages(&args),
         Some("fleet") => fleet::fleet(&args),
         _ => {
             eprintln!(
-                "usage: leash-bench upstream|load|saturate|sse|handshake|trail|pages ... (see the source header)"
+                "usage: leash-bench upstream|load|saturate|sse|streams|idle|handshake|trail|pages ... (see the source header)"
             );
             std::process::exit(2);
         }
