@@ -57,6 +57,11 @@ enum Task {
         /// (after a change to the report's wording; measures nothing).
         #[arg(long)]
         report_only: bool,
+        /// Also run this commit's build as a contender (`leash-policy@REV`,
+        /// the policy gateway), in the same rounds: the comparison with an
+        /// earlier main.
+        #[arg(long)]
+        against: Option<String>,
     },
     /// Benchmark the web console against a large audit trail (1,000,000
     /// records): console latency, its effect on LLM traffic, memory;
@@ -606,7 +611,7 @@ fn main() -> Result<()> {
         Task::Bench {
             report_only: true, ..
         } => bench::rewrite_report(),
-        Task::Bench { quick, .. } => bench::bench(quick),
+        Task::Bench { quick, against, .. } => bench::bench(quick, against.as_deref()),
         Task::BenchConsole { quick } => bench::bench_console(quick),
         Task::BenchTranslate { quick } => bench::bench_translate(quick),
         Task::BenchTelemetry { quick } => bench::bench_telemetry(quick),

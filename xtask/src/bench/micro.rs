@@ -56,6 +56,38 @@ pub(super) struct Pair<'a> {
 }
 
 /// Builds the benches of `rev` in a worktree; their executables by name.
+/// `base`'s short commit id (an error if it names none).
+pub(super) fn short_rev(base: &str) -> Result<String> {
+    let rev = String::from_utf8(
+        std::process::Command::new("git")
+            .args(["rev-parse", "--short", base])
+            .current_dir(root())
+            .output()?
+            .stdout,
+    )?
+    .trim()
+    .to_owned();
+    if rev.is_empty() {
+        bail!("`{base}` is not a commit");
+    }
+    Ok(rev)
+}
+
+/// The release `leash` binary of commit `rev` (a worktree, built in the
+/// shared target directory and copied out, so the current build's binary
+/// stays in place).
+pub(super) fn base_binary(rev: &str) -> Result<std::path::PathBuf> {
+    let built = base_benches(rev)?;
+    let bin = built
+        .iter()
+        .find(|(n, _)| n == "leash-bin")
+        .map(|(_, p)| p.clone())
+        .context("the base build reported no leash binary")?;
+    let kept = target_dir().join(format!("bench-base-leash-{rev}"));
+    std::fs::copy(&bin, &kept).with_context(|| format!("copying {}", bin.display()))?;
+    Ok(kept)
+}
+
 fn base_benches(rev: &str) -> Result<Vec<(String, std::path::PathBuf)>> {
     let tree = target_dir().join("bench-base");
     // Kept from an earlier run at the same commit: its build is still
@@ -120,18 +152,7 @@ fn build_benches(tree: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
 }
 
 pub fn bench_micro(base: &str, rounds: usize, seconds: u32) -> Result<()> {
-    let rev = String::from_utf8(
-        std::process::Command::new("git")
-            .args(["rev-parse", "--short", base])
-            .current_dir(root())
-            .output()?
-            .stdout,
-    )?
-    .trim()
-    .to_owned();
-    if rev.is_empty() {
-        bail!("`{base}` is not a commit");
-    }
+    let rev = short_rev(base)?;
     let head = String::from_utf8(
         std::process::Command::new("git")
             .args(["rev-parse", "--short", "HEAD"])

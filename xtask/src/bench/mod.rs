@@ -4,6 +4,7 @@
 //! one CPU and the contender + upstream to the other. Writes
 //! `BENCHMARKS.md`, `bench/results.json` and `bench/latency.svg`.
 
+mod against;
 mod console;
 mod contenders;
 mod extra;

@@ -180,6 +180,7 @@ pub(super) fn report(r: &Value) -> String {
     let _ = writeln!(md, "{}", targets::section(r));
     let _ = writeln!(md, "{}", targets::busbar(r));
     let _ = writeln!(md, "{}", super::scale::section(r));
+    let _ = writeln!(md, "{}", super::against::section(r));
     let _ = writeln!(md, "{}", profile_section(&r["profile"]));
     let _ = writeln!(
         md,

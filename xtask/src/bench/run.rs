@@ -63,9 +63,17 @@ pub(super) fn median(mut xs: Vec<f64>) -> f64 {
     clippy::too_many_lines,
     reason = "the run reads best top to bottom: start, measure, write"
 )]
-pub fn bench(quick: bool) -> Result<()> {
+pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
     ensure_debian_packages(&[("nginx", "nginx"), ("taskset", "util-linux")])?;
     crate::setup()?;
+    // The earlier build first: it shares the target directory, and the
+    // current build below must be the last to write target/release.
+    let base = against
+        .map(|a| {
+            let rev = super::micro::short_rev(a)?;
+            anyhow::Ok((rev.clone(), super::micro::base_binary(&rev)?))
+        })
+        .transpose()?;
     // One build for the binaries and the criterion benches (same features,
     // so the agent library is compiled once); the bench executables are run
     // directly later, not through a second `cargo bench` with other
@@ -117,6 +125,20 @@ pub fn bench(quick: bool) -> Result<()> {
         up_port,
         EXAMPLE_POLICY,
     )?);
+    if let Some((rev, bin)) = &base {
+        // A `&'static str` name: one contender per run, named once.
+        let name: &'static str = Box::leak(format!("leash-policy@{rev}").into_boxed_str());
+        contenders.push(start_leash(
+            name,
+            &format!(
+                "as leash-policy, built from commit {rev} (the comparison with an earlier main)"
+            ),
+            bin,
+            &dir,
+            up_port,
+            EXAMPLE_POLICY,
+        )?);
+    }
     contenders.push(start_leash_console(&leash, &dir, up_port)?);
     contenders.push(start_leash(
         "leash-sync",
@@ -223,7 +245,7 @@ pub fn bench(quick: bool) -> Result<()> {
     }
     // Many streams at once; then many idle connections on a gateway of
     // their own.
-    let streams = super::scale::streams(&tool, &contenders)?;
+    let streams = super::scale::streams(&tool, &contenders);
     let idle = super::scale::idle(&leash, &tool, &dir, up_port).unwrap_or_else(|e| {
         eprintln!("bench: idle connections run failed: {e:#}");
         json!({"error": format!("{e:#}")})
@@ -272,6 +294,7 @@ pub fn bench(quick: bool) -> Result<()> {
     let results = json!({
         "date": crate::today(),
         "quick": quick,
+        "against": base.as_ref().map(|(rev, _)| rev),
         "machine": machine(),
         "placement": format!("load generator on CPU {LOADGEN_CPU}; contender and upstream on CPU {SERVER_CPU} (taskset)"),
         "plan": {"rates": plan.rates, "seconds": plan.seconds, "rounds": plan.rounds},
@@ -280,6 +303,7 @@ pub fn bench(quick: bool) -> Result<()> {
             "name": c.name, "what": c.what,
             "rss_idle_mib": idle_rss[ci], "rss_peak_mib": load_rss[ci],
             "cpu_us_per_request_at_1000": median(cpu_us[ci].clone()),
+            "cpu_us_rounds": cpu_us[ci],
             "open_loop": plan.rates.iter().enumerate().map(|(ri, rate)| json!({
                 "rate": rate,
                 "p50_ms": pct(ci, ri, "latency", "p50_ms"),

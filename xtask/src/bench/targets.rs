@@ -246,6 +246,15 @@ pub(super) fn section(r: &Value) -> String {
         rss.verdict(20.0, true),
     );
     let idle = &r["idle_connections"];
+    let target = "10,000 idle keep-alive client connections ≤ 64 KiB each";
+    if !idle["held"].is_u64() {
+        row(
+            target,
+            "not measured in this run".to_owned(),
+            "not measured",
+        );
+        return md;
+    }
     let held_all = idle["held"].as_u64() == idle["connections"].as_u64() && idle["held"].is_u64();
     let per = once(if held_all {
         f(&idle["kib_per_connection"])
@@ -253,10 +262,7 @@ pub(super) fn section(r: &Value) -> String {
         f64::NAN
     });
     row(
-        &format!(
-            "{} idle keep-alive client connections ≤ 64 KiB each",
-            scale::IDLE_CONNECTIONS
-        ),
+        target,
         if held_all {
             per.shown(" KiB", 1)
         } else {
