@@ -29,11 +29,11 @@ fn verdict(base: &Measured, current: &Measured, lower_is_better: bool) -> &'stat
     } else {
         (cl > bh, ch < bl)
     };
+    // A figure measured once has no spread to judge a difference by.
     match (better, worse, single) {
+        (_, _, true) => "not judged (one run: no spread)",
         (true, _, false) => "better",
         (_, true, false) => "worse",
-        (true, _, true) => "better (one run: no spread)",
-        (_, true, true) => "worse (one run: no spread)",
         _ => "inconclusive (ranges overlap)",
     }
 }

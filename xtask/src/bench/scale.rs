@@ -123,7 +123,7 @@ pub(super) fn stall_word(r: &Value, name: &str, n: usize) -> &'static str {
 pub(super) fn section(r: &Value) -> String {
     use std::fmt::Write as _;
     let mut md = format!(
-        "## Many streams at once\n\nEach contender gets N streams at the same moment (one per connection; the upstream sends 21 events, {UPSTREAM_GAP_MS:.0} ms apart by its timer). A run is stall-free when every stream completed and no gap between chunks was more than {STALL_MS:.0} ms longer than the longest gap of the upstream's own streams at the same concurrency (`direct`, this run).\n\n| contender | streams | failed | TTFT p50 ms | TTFT p99 ms | gap min ms | gap p99 ms | gap max ms | stall-free |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
+        "## Many streams at once\n\nEach contender gets N streams at the same moment (one per connection; the upstream's stream, its events {UPSTREAM_GAP_MS:.0} ms apart by its timer). A run is stall-free when every stream completed and no gap between chunks was more than {STALL_MS:.0} ms longer than the longest gap of the upstream's own streams at the same concurrency (`direct`, this run).\n\n| contender | streams | failed | TTFT p50 ms | TTFT p99 ms | gap min ms | gap p99 ms | gap max ms | stall-free |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
     );
     if !r["streams"].is_array() {
         md.push_str("| (not measured in this run) | | | | | | | | |\n");
