@@ -52,7 +52,18 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// Asks the process to stop (SIGTERM: a `leash run` agent detaches its
+    /// hooks and unpins its maps), and kills it if it has not within 5 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
