@@ -7,14 +7,10 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::{f, targets::Measured};
-
-fn contender<'a>(r: &'a Value, name: &str) -> Option<&'a Value> {
-    r["contenders"]
-        .as_array()?
-        .iter()
-        .find(|c| c["name"] == name)
-}
+use super::{
+    f,
+    targets::{Measured, contender, once},
+};
 
 /// Lower (or higher, `lower_is_better` false) beyond the other's range:
 /// "better" / "worse"; overlapping ranges: inconclusive.
@@ -101,7 +97,6 @@ pub(super) fn section(r: &Value) -> String {
             );
         }
     }
-    let once = |v: f64| Measured(if v.is_nan() { Vec::new() } else { vec![v] });
     row(
         "saturation, 32 connections (RPS)".into(),
         &once(f(&base["saturation"]["rps"])),

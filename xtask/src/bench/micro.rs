@@ -55,7 +55,6 @@ pub(super) struct Pair<'a> {
     pub seconds: f64,
 }
 
-/// Builds the benches of `rev` in a worktree; their executables by name.
 /// `base`'s short commit id (an error if it names none).
 pub(super) fn short_rev(base: &str) -> Result<String> {
     let rev = String::from_utf8(
@@ -77,17 +76,22 @@ pub(super) fn short_rev(base: &str) -> Result<String> {
 /// shared target directory and copied out, so the current build's binary
 /// stays in place).
 pub(super) fn base_binary(rev: &str) -> Result<std::path::PathBuf> {
-    let built = base_benches(rev)?;
-    let bin = built
-        .iter()
-        .find(|(n, _)| n == "leash-bin")
-        .map(|(_, p)| p.clone())
-        .context("the base build reported no leash binary")?;
+    let bin = leash_of(&base_benches(rev)?)?;
     let kept = target_dir().join(format!("bench-base-leash-{rev}"));
     std::fs::copy(&bin, &kept).with_context(|| format!("copying {}", bin.display()))?;
     Ok(kept)
 }
 
+/// The `leash` binary among a base build's executables.
+fn leash_of(built: &[(String, std::path::PathBuf)]) -> Result<std::path::PathBuf> {
+    built
+        .iter()
+        .find(|(n, _)| n == "leash-bin")
+        .map(|(_, p)| p.clone())
+        .context("the base build reported no leash binary")
+}
+
+/// Builds the benches of `rev` in a worktree; their executables by name.
 fn base_benches(rev: &str) -> Result<Vec<(String, std::path::PathBuf)>> {
     let tree = target_dir().join("bench-base");
     // Kept from an earlier run at the same commit: its build is still
@@ -153,15 +157,7 @@ fn build_benches(tree: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
 
 pub fn bench_micro(base: &str, rounds: usize, seconds: u32) -> Result<()> {
     let rev = short_rev(base)?;
-    let head = String::from_utf8(
-        std::process::Command::new("git")
-            .args(["rev-parse", "--short", "HEAD"])
-            .current_dir(root())
-            .output()?
-            .stdout,
-    )?
-    .trim()
-    .to_owned();
+    let head = short_rev("HEAD")?;
     let current = build_release()?;
     let based = base_benches(&rev)?;
     let home = target_dir().join("criterion-micro");
@@ -184,11 +180,7 @@ pub fn bench_micro(base: &str, rounds: usize, seconds: u32) -> Result<()> {
             json!({"bench": bench, "id": id, "limit_ratio": limit, "base_ns": b, "current_ns": c}),
         );
     }
-    let base_leash = based
-        .iter()
-        .find(|(n, _)| n == "leash-bin")
-        .map(|(_, p)| p.clone())
-        .context("the base build reported no leash binary")?;
+    let base_leash = leash_of(&based)?;
     let dir = target_dir().join("bench-compare");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

@@ -56,7 +56,7 @@ impl Measured {
     }
 }
 
-fn contender<'a>(r: &'a Value, name: &str) -> Option<&'a Value> {
+pub(super) fn contender<'a>(r: &'a Value, name: &str) -> Option<&'a Value> {
     r["contenders"]
         .as_array()?
         .iter()
@@ -85,7 +85,7 @@ fn per_round(a: &Value, b: &Value, key: &str, q: impl Fn(f64, f64) -> f64) -> Me
     )
 }
 
-fn once(v: f64) -> Measured {
+pub(super) fn once(v: f64) -> Measured {
     Measured(if v.is_nan() { Vec::new() } else { vec![v] })
 }
 
@@ -255,7 +255,7 @@ pub(super) fn section(r: &Value) -> String {
         );
         return md;
     }
-    let held_all = idle["held"].as_u64() == idle["connections"].as_u64() && idle["held"].is_u64();
+    let held_all = idle["held"].as_u64() == idle["connections"].as_u64();
     let per = once(if held_all {
         f(&idle["kib_per_connection"])
     } else {

@@ -85,6 +85,17 @@ pub(crate) fn target(url: &str, args: &[String]) -> Target {
     }
 }
 
+/// The request the tool sends: a POST of `body` to the target's path, as
+/// `host`, with the target's extra headers.
+pub(crate) fn request(t: &Target, host: &str, body: &str) -> String {
+    format!(
+        "POST {} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\nauthorization: Bearer sk-bench\r\n{}content-length: {}\r\n\r\n{body}",
+        t.path,
+        t.headers,
+        body.len()
+    )
+}
+
 trait Io: Read + Write + Send {}
 impl<T: Read + Write + Send> Io for T {}
 
@@ -137,12 +148,7 @@ impl Conn {
     }
 
     pub(crate) fn send_as(&mut self, t: &Target, host: &str, body: &str) -> std::io::Result<()> {
-        let req = format!(
-            "POST {} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\nauthorization: Bearer sk-bench\r\n{}content-length: {}\r\n\r\n{body}",
-            t.path,
-            t.headers,
-            body.len()
-        );
+        let req = request(t, host, body);
         let w = self.io.get_mut();
         w.write_all(req.as_bytes())?;
         w.flush()

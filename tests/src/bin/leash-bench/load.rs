@@ -375,13 +375,7 @@ pub(crate) fn idle(args: &[String]) {
             maximum: limit.maximum,
         },
     );
-    let request = format!(
-        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\nauthorization: Bearer sk-bench\r\n{}content-length: {}\r\n\r\n{CHAT_BODY}",
-        t.path,
-        t.host,
-        t.headers,
-        CHAT_BODY.len()
-    );
+    let request = crate::client::request(&t, &t.host, CHAT_BODY);
     let mut open = Vec::with_capacity(n);
     let mut errors = 0usize;
     let mut buf = vec![0u8; 16 * 1024];
