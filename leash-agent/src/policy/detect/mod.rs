@@ -2,10 +2,14 @@
 //! plus a validator (Luhn, mod-97, SSN area rules, entropy...), so look-alikes
 //! such as git SHAs, UUIDs, timestamps and order numbers do not match. All
 //! detectors run in one pass over a text (a `RegexSet` prefilter), and
-//! nothing is compiled per request.
+//! nothing is compiled per request. A secret detector's own pattern is
+//! compiled the first time a text contains one of its literals, once per
+//! process (see `Pattern`).
 
 mod secrets;
 pub mod validate;
+
+use std::sync::OnceLock;
 
 use regex::{Regex, RegexSet};
 pub use secrets::{Confidence, SECRETS as SECRET_SPECS, SecretGroup};
@@ -22,7 +26,7 @@ pub struct Detector {
     pub name: String,
     /// Part of the `secrets` group: which subgroup, how sure.
     pub secret: Option<(SecretGroup, Confidence)>,
-    regex: Regex,
+    regex: Pattern,
     validate: Option<Validator>,
     /// Documented placeholders do not count (secrets).
     placeholders: bool,
@@ -35,6 +39,46 @@ impl Detector {
     /// is not a documented placeholder.
     fn accepts(&self, span: &str) -> bool {
         self.validate.is_none_or(|v| v(span)) && !(self.placeholders && validate::placeholder(span))
+    }
+}
+
+/// A detector's pattern. Personal-data and custom detectors are compiled
+/// when the policy loads (their whole pattern is in the prefilter set, and
+/// a custom one's error must name it then). A secret detector with needles
+/// runs only on a text that contains one, so its pattern is compiled the
+/// first time that happens and kept for the process, shared by every
+/// `Detectors`: seventy-odd token formats with counted repetitions of
+/// Unicode classes cost 10 MiB compiled, most of it for vendors whose name
+/// a deployment's traffic never mentions. The patterns are constants;
+/// `every_secret_pattern_compiles` compiles each one.
+enum Pattern {
+    Compiled(Regex),
+    OnFirstUse(&'static OnceLock<Regex>, &'static str),
+}
+
+/// The compiled secret patterns, by index in `SECRET_SPECS`.
+static SECRET_REGEX: [OnceLock<Regex>; SECRET_SPECS.len()] =
+    [const { OnceLock::new() }; SECRET_SPECS.len()];
+
+impl Pattern {
+    fn regex(&self) -> &Regex {
+        match self {
+            Self::Compiled(r) => r,
+            Self::OnFirstUse(cell, pattern) => cell.get_or_init(|| {
+                #[allow(
+                    clippy::expect_used,
+                    reason = "a constant pattern; the test every_secret_pattern_compiles compiles each one"
+                )]
+                Regex::new(pattern).expect("a built-in secret pattern compiles")
+            }),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Compiled(r) => r.as_str(),
+            Self::OnFirstUse(_, pattern) => pattern,
+        }
     }
 }
 
@@ -166,17 +210,21 @@ impl Detectors {
             list.push(Detector {
                 name: name.into(),
                 secret: None,
-                regex: compile(name, pattern)?,
+                regex: Pattern::Compiled(compile(name, pattern)?),
                 validate,
                 placeholders: false,
                 needles: &[],
             });
         }
-        for spec in SECRET_SPECS {
+        for (spec, cell) in SECRET_SPECS.iter().zip(&SECRET_REGEX) {
             list.push(Detector {
                 name: spec.name.into(),
                 secret: Some((spec.group, spec.confidence)),
-                regex: compile(spec.name, spec.pattern)?,
+                regex: if spec.needles.is_empty() {
+                    Pattern::Compiled(compile(spec.name, spec.pattern)?)
+                } else {
+                    Pattern::OnFirstUse(cell, spec.pattern)
+                },
                 validate: spec.validate,
                 placeholders: spec.placeholders,
                 needles: spec.needles,
@@ -218,7 +266,7 @@ impl Detectors {
             list.push(Detector {
                 name: name.clone(),
                 secret: None,
-                regex: compile(name, &pattern)?,
+                regex: Pattern::Compiled(compile(name, &pattern)?),
                 validate: None,
                 placeholders: false,
                 needles: &[],
@@ -293,7 +341,7 @@ impl Detectors {
         }
         for i in &self.set.matches(text) {
             let d = &self.list[i];
-            for m in d.regex.captures_iter(text) {
+            for m in d.regex.regex().captures_iter(text) {
                 let Some(whole) = m.get(0) else { continue };
                 // A pattern with a group reports the group (the secret value).
                 let span = m.get(1).unwrap_or(whole);
@@ -384,6 +432,15 @@ fn index(list: &[Detector]) -> Result<RegexSet, DetectorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_secret_pattern_compiles() {
+        for spec in SECRET_SPECS {
+            if let Err(e) = Regex::new(spec.pattern) {
+                panic!("{}: {e}", spec.name);
+            }
+        }
+    }
 
     #[test]
     fn markers_count_only_when_asked() {
