@@ -213,6 +213,8 @@ pub enum Action {
     Alert,
     Transform,
     Redact,
+    /// Offered tools removed from the request (`action: strip`).
+    Strip,
     /// Sent to another route (`action: route`).
     Route,
     Block,
@@ -226,6 +228,7 @@ impl Action {
             Self::Alert => "alert",
             Self::Transform => "transform",
             Self::Redact => "redact",
+            Self::Strip => "strip",
             Self::Route => "route",
             Self::Block => "block",
         }
@@ -251,6 +254,8 @@ pub enum ChangeOp {
     RemoveHeader,
     SystemPrepend,
     SystemAppend,
+    /// An offered tool removed (`action: strip`); `field` is its name.
+    StripTool,
 }
 
 /// One change made to a request, as the audit records it (header values
@@ -545,6 +550,16 @@ pub struct AuditRecord {
     /// `event: policy_change`: what changed in the policy, by whom.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_change: Option<PolicyChange>,
+    /// The tools the request offered the model (names, as sent by the
+    /// client: a `strip` shows in `policy.changes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Tools>,
+}
+
+/// Tools in an exchange, by name (never their definitions or arguments).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tools {
+    pub offered: Vec<String>,
 }
 
 impl AuditRecord {
@@ -582,6 +597,7 @@ impl AuditRecord {
             content: None,
             content_read: None,
             policy_change: None,
+            tools: None,
         }
     }
 }
@@ -639,6 +655,9 @@ mod tests {
             content: None,
             content_read: None,
             policy_change: None,
+            tools: Some(Tools {
+                offered: vec!["shell".into()],
+            }),
         };
         let text = serde_json::to_string(&record).unwrap_or_default();
         assert!(text.contains(r#""error":"leash_policy_blocked""#), "{text}");

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::{Exchange, ProxyRequest};
 use crate::provider::ProviderKind;
@@ -18,6 +19,23 @@ struct BodyPeek<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    functions: Option<Value>,
+}
+
+/// An array field as a slice; anything else (absent, `null`, a mistake)
+/// as none.
+fn list(v: Option<&Value>) -> &[Value] {
+    v.and_then(Value::as_array).map_or(&[], Vec::as_slice)
+}
+
+/// Gemini's body: only its tools (the model and method are in the path).
+#[derive(Deserialize)]
+struct ToolsPeek {
+    #[serde(default)]
+    tools: Option<Value>,
 }
 
 fn bounded(model: &str) -> String {
@@ -46,6 +64,13 @@ pub fn identify(ex: &mut Exchange, req: &ProxyRequest) {
                 }
                 ex.stream = method.starts_with("streamGenerateContent");
             }
+            // Parsed only when it names tools (the policy reads the body
+            // on its own; this is for the record).
+            if memchr::memmem::find(&req.body, b"\"tools\"").is_some()
+                && let Ok(peek) = serde_json::from_slice::<ToolsPeek>(&req.body)
+            {
+                ex.tools = super::tools::offered_in(list(peek.tools.as_ref()), &[]);
+            }
         }
         ProviderKind::OpenAi | ProviderKind::Anthropic => {
             if req.body.is_empty() {
@@ -54,6 +79,10 @@ pub fn identify(ex: &mut Exchange, req: &ProxyRequest) {
             if let Ok(peek) = serde_json::from_slice::<BodyPeek<'_>>(&req.body) {
                 ex.model = peek.model.as_deref().map(bounded);
                 ex.stream = peek.stream.unwrap_or(false);
+                ex.tools = super::tools::offered_in(
+                    list(peek.tools.as_ref()),
+                    list(peek.functions.as_ref()),
+                );
             }
         }
     }

@@ -14,6 +14,7 @@ pub mod budget;
 pub mod identify;
 pub mod sse;
 pub mod team;
+pub mod tools;
 pub mod usage;
 
 use std::{
@@ -82,6 +83,8 @@ pub struct Exchange {
     pub cost_usd: Option<f64>,
     /// Set for requests to the unified API.
     pub unified: Option<crate::record::Unified>,
+    /// The tools the request offers the model, by name (`identify`).
+    pub tools: Vec<String>,
     /// The name of the credential Leash sent upstream in place of the
     /// client's (never its value).
     pub credential: Option<String>,
@@ -119,6 +122,7 @@ impl Exchange {
             response_bytes: 0,
             cost_usd: None,
             unified: None,
+            tools: Vec::new(),
             credential: None,
             trace: None,
             log: tracing::Span::none(),
@@ -179,6 +183,9 @@ impl Exchange {
             content: None,
             content_read: None,
             policy_change: None,
+            tools: (!self.tools.is_empty()).then(|| crate::record::Tools {
+                offered: tools::bounded(&self.tools),
+            }),
             unified: self.unified.as_ref().map(|u| {
                 let mut u = u.clone();
                 // A routed request's record lists its own attempt last.

@@ -96,6 +96,15 @@ pub(super) struct RawMatch {
     pub(super) team: Option<Vec<String>>,
     pub(super) header: Option<BTreeMap<String, String>>,
     pub(super) caller: Option<RawCaller>,
+    pub(super) tool: Option<RawTool>,
+}
+
+/// `match.tool`: the tools a request offers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTool {
+    /// Names or globs (`shell*`); one offered tool matching is enough.
+    pub(super) offered: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +153,10 @@ fn compile_match(m: &RawMatch, field: &str, name: &str) -> Result<Match, PolicyE
         team: set("team", m.team.as_ref())?,
         header,
         caller,
+        tool_offered: set(
+            "tool.offered",
+            m.tool.as_ref().and_then(|t| t.offered.as_ref()),
+        )?,
     })
 }
 
@@ -312,13 +325,7 @@ pub(super) fn compile_rule(
             "a route rule acts on requests only",
         ));
     }
-    if action == Action::Redact && r.matcher.detectors.is_none() {
-        return Err(invalid(
-            name,
-            format!("{field}.match.detectors"),
-            "a redact rule needs detectors",
-        ));
-    }
+    check_needs(&r.matcher, action, direction, &field, name)?;
     let dets = match &r.matcher.detectors {
         None => None,
         Some(names) => {
@@ -348,6 +355,38 @@ pub(super) fn compile_rule(
         direction,
         m: compile_match(&r.matcher, &field, name)?,
     })
+}
+
+/// What a `redact` or `strip` rule must name, and where it acts.
+fn check_needs(
+    m: &RawMatch,
+    action: Action,
+    direction: Direction,
+    field: &str,
+    name: &str,
+) -> Result<(), PolicyError> {
+    if action == Action::Strip && m.tool.as_ref().is_none_or(|t| t.offered.is_none()) {
+        return Err(invalid(
+            name,
+            format!("{field}.match.tool.offered"),
+            "a strip rule names the offered tools it removes",
+        ));
+    }
+    if action == Action::Strip && direction != Direction::Request {
+        return Err(invalid(
+            name,
+            format!("{field}.match.direction"),
+            "a strip rule acts on requests only",
+        ));
+    }
+    if action == Action::Redact && m.detectors.is_none() {
+        return Err(invalid(
+            name,
+            format!("{field}.match.detectors"),
+            "a redact rule needs detectors",
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn compile_transform(

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     pipeline::{Caller, Exchange, Mode, ProxyRequest, Rejection, identify},
     provider::{ErrorCode, Provider},
-    record::Action,
+    record::{Action, Change, ChangeOp},
 };
 
 /// What the request side made of a request.
@@ -165,6 +165,20 @@ impl Policy {
             redact(self, &mut body, &per_text, &decision.redact);
             changed = true;
         }
+        if !decision.strip.is_empty()
+            && let Some(json) = body.json_mut()
+        {
+            let rules = &decision.strip;
+            let removed = crate::pipeline::tools::strip(json, &|tool| {
+                rules.iter().any(|&i| self.rules[i].m.names_tool(tool))
+            });
+            changed |= !removed.is_empty();
+            decision.changes.extend(
+                removed
+                    .into_iter()
+                    .map(|tool| Change::new(ChangeOp::StripTool, tool)),
+            );
+        }
         let mut model = None;
         if !decision.transform.is_empty() {
             // Transforms change JSON fields; other bodies keep theirs (the
@@ -178,7 +192,7 @@ impl Policy {
                 path: &mut req.upstream_path,
             });
             changed |= applied.body_changed;
-            decision.changes = applied.changes;
+            decision.changes.extend(applied.changes);
             model = applied.model;
         }
         if changed {

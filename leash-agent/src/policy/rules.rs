@@ -36,6 +36,8 @@ pub(super) struct Match {
     /// the request's headers too).
     pub(super) header: Vec<(HeaderName, GlobMatcher)>,
     pub(super) caller: Option<CallerMatch>,
+    /// `match.tool.offered`: one of the tools the request offers matches.
+    pub(super) tool_offered: Option<GlobSet>,
 }
 
 /// `match.caller`: every field given must match.
@@ -74,6 +76,19 @@ impl Match {
             && matches(self.endpoint.as_ref(), Some(&ex.endpoint))
             && matches(self.team.as_ref(), c.team.as_deref())
             && caller_ok
+            && self.offers(&ex.tools)
+    }
+
+    /// `match.tool.offered`: none given, or one of `tools` matches.
+    fn offers(&self, tools: &[String]) -> bool {
+        self.tool_offered
+            .as_ref()
+            .is_none_or(|s| tools.iter().any(|t| s.is_match(t)))
+    }
+
+    /// Whether this rule's `match.tool.offered` names `tool`.
+    pub(super) fn names_tool(&self, tool: &str) -> bool {
+        self.tool_offered.as_ref().is_some_and(|s| s.is_match(tool))
     }
 
     /// The request headers the rule names, all present and matching.
@@ -188,6 +203,9 @@ pub struct Decision {
     pub(super) transform: Transform,
     #[serde(skip)]
     pub(super) redact: Vec<usize>,
+    /// The `strip` rules that matched (indices into the policy's rules).
+    #[serde(skip)]
+    pub(super) strip: Vec<usize>,
     /// The route a rule sends the request to (`action: route`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
@@ -233,7 +251,7 @@ impl Policy {
             shadow: self.shadow,
             ..Decision::default()
         };
-        for rule in &self.rules {
+        for (index, rule) in self.rules.iter().enumerate() {
             if !Self::rule_matches(rule, ex, req, &found) {
                 continue;
             }
@@ -270,6 +288,7 @@ impl Policy {
                         .filter(|x| found.contains(x)),
                 ),
                 Action::Transform => d.transform.merge(&rule.transform),
+                Action::Strip => d.strip.push(index),
                 Action::Alert => d.alerts.push(rule.name.clone()),
                 Action::Annotate => {}
                 // The first route rule decides; a later block still blocks.

@@ -10,22 +10,24 @@ use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::{
-    Api, MockBody, anthropic_usage, gemini_response, json_response, sse_data, sse_event,
-    sse_response, usage,
+    Api, MockBody, anthropic_usage, gemini_response, json_response, openai_usage, sse_data,
+    sse_event, sse_response, usage,
 };
 
 /// The tool the mock calls: the first one offered, unless the conversation
 /// already ends with a tool result (then it answers with text).
 fn wants_tool_call(request: &Value) -> Option<String> {
+    let openai = request["tools"][0]["function"]["name"].as_str();
     let anthropic = request["tools"][0]["name"].as_str();
     let gemini = request["tools"][0]["functionDeclarations"][0]["name"].as_str();
-    let name = anthropic.or(gemini)?;
+    let name = openai.or(anthropic).or(gemini)?;
     let last_anthropic = request["messages"].as_array().and_then(|m| m.last());
     let last_gemini = request["contents"].as_array().and_then(|m| m.last());
     let answered = last_anthropic.is_some_and(|m| {
-        m["content"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"))
+        m["role"] == "tool"
+            || m["content"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"))
     }) || last_gemini.is_some_and(|m| {
         m["parts"]
             .as_array()
@@ -66,12 +68,57 @@ pub(super) fn tool_answer(
                 json_response(StatusCode::OK, &answer)
             })
         }
-        Api::OpenAi => None,
+        Api::OpenAi if path != "/v1/chat/completions" => None,
+        Api::OpenAi if request["stream"] == true => {
+            Some(sse_response(openai_tool_stream(model, &name), gap, sent))
+        }
+        Api::OpenAi => Some(json_response(
+            StatusCode::OK,
+            &openai_tool_message(model, &name),
+        )),
     }
 }
 
 /// The arguments of every mock tool call.
 pub const TOOL_ARGS: &str = r#"{"city":"Paris"}"#;
+
+fn openai_tool_message(model: &str, name: &str) -> Value {
+    json!({
+        "id": "chatcmpl-mock-tool", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": null, "message": {
+            "role": "assistant", "content": null, "refusal": null,
+            "tool_calls": [{"id": "call_mock", "type": "function",
+                "function": {"name": name, "arguments": TOOL_ARGS}}]}}],
+        "usage": openai_usage(),
+    })
+}
+
+fn openai_tool_stream(model: &str, name: &str) -> Vec<String> {
+    let chunk = |delta: Value, finish: Value| {
+        sse_data(&json!({
+            "id": "chatcmpl-mock-tool", "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }))
+    };
+    let (first, second) = TOOL_ARGS.split_at(TOOL_ARGS.len() / 2);
+    vec![
+        chunk(
+            json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_mock",
+                "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": first}}]}),
+            Value::Null,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": second}}]}),
+            Value::Null,
+        ),
+        chunk(json!({}), json!("tool_calls")),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+}
 
 fn anthropic_tool_message(model: &str, name: &str) -> Value {
     json!({
