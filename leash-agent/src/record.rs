@@ -559,7 +559,11 @@ pub struct AuditRecord {
 /// Tools in an exchange, by name (never their definitions or arguments).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tools {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offered: Vec<String>,
+    /// The tools the answer called, each name once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub called: Vec<String>,
 }
 
 impl AuditRecord {
@@ -657,6 +661,7 @@ mod tests {
             policy_change: None,
             tools: Some(Tools {
                 offered: vec!["shell".into()],
+                called: vec!["shell".into()],
             }),
         };
         let text = serde_json::to_string(&record).unwrap_or_default();

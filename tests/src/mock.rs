@@ -12,7 +12,7 @@
 //! after them), `x-mock-repeat: N` (the `x-mock-text` N times over). A
 //! path under `/status/<code>/` always fails with that status, one under
 //! `/delay/<ms>/` answers that late, one under `/cut/<n>/` ends its stream
-//! after n events (for routes' fallbacks).
+//! after n events (for routes' fallbacks). Offered tools: see `tools`.
 
 use std::{
     convert::Infallible,
@@ -41,7 +41,7 @@ mod tools;
 
 use self::{
     embeddings::embeddings,
-    tools::{gemini_embeddings, tool_answer},
+    tools::{ToolSteer, gemini_embeddings, tool_answer},
 };
 pub use self::{
     expect::{assert_usage, expected_usage},
@@ -387,7 +387,8 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
     let sent = Arc::clone(&recorded.chunk_sent);
     let stream = request["stream"].as_bool().unwrap_or(false);
     let model = request["model"].as_str().unwrap_or("mock-model").to_owned();
-    if let Some(answer) = tool_answer(api, &path, &request, &model, gap, &sent) {
+    let tool = ToolSteer::of(&parts.headers, texts);
+    if let Some(answer) = tool_answer(api, &path, &request, &model, &tool, gap, &sent) {
         return answer;
     }
     let resp = match (api, path.as_str()) {

@@ -1,6 +1,10 @@
 //! Tool policy with the official SDKs: the tools a request offers are
 //! matched by name (`match.tool.offered`), blocked or stripped per team
-//! before the provider sees them, and listed in the audit record.
+//! before the provider sees them; the tool calls of an answer are judged
+//! by name (`match.tool.called`) and by what their arguments contain
+//! (`match.tool.arguments`) before any of their bytes reach the client —
+//! streamed calls held until complete while the text before them flows;
+//! both are listed in the audit record.
 
 #![allow(
     clippy::unwrap_used,
@@ -12,6 +16,8 @@ use leash_tests::{
     gateway::{Leash, start_with_policy_file},
     harness::{assert_success, run_python},
 };
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 const POLICY: &str = r#"version: 1
@@ -23,13 +29,22 @@ rules:
 
 /// `tools_check.py` for `provider` as a member of `team`.
 fn offer_tools(leash: &Leash, provider: &str, team: &str) -> Value {
-    let headers = json!({ "x-leash-team": team }).to_string();
+    check(leash, provider, false, &json!({ "x-leash-team": team }))
+}
+
+/// `tools_check.py` for `provider`, streaming or not, with `headers`.
+fn check(leash: &Leash, provider: &str, stream: bool, headers: &Value) -> Value {
+    let base = leash.base_url(provider);
+    let mut args = vec![provider, base.as_str(), "sk-test-key"];
+    if stream {
+        args.push("stream");
+    }
     let out = run_python(
         "tools_check.py",
-        &[provider, &leash.base_url(provider), "sk-test-key"],
-        &[("LEASH_TEST_HEADERS", &headers)],
+        &args,
+        &[("LEASH_TEST_HEADERS", &headers.to_string())],
     );
-    assert_success(&format!("tools_check.py {provider} as {team}"), &out);
+    assert_success(&format!("tools_check.py {args:?} {headers}"), &out);
     serde_json::from_slice(&out.stdout).expect("one JSON line")
 }
 
@@ -142,4 +157,136 @@ fn a_strip_rule_needs_the_tools_it_removes() {
         assert!(!out.status.success(), "{policy} was accepted");
         assert!(err.contains(field), "{policy}: {err}");
     }
+}
+
+const CALL_POLICY: &str = r#"version: 1
+rules:
+  - { name: no-secrets-in-tool-args, match: { tool: { arguments: [secrets] } }, action: block }
+  - { name: no-shell-for-contractors, match: { team: [contractors], tool: { called: ["shell"] } }, action: block }
+  - { name: calls-seen, match: { tool: { called: ["*"] } }, action: annotate, tags: [tool-call] }
+"#;
+
+/// A fake AWS access key id: the shape and randomness of a real one.
+const CANARY: &str = "AKIAZ7QX3PLM9V2KD4RT";
+/// Milliseconds between the mock's stream events.
+const GAP_MS: u64 = 150;
+
+fn stream_headers(team: &str, args: &str) -> Value {
+    json!({
+        "x-leash-team": team,
+        "x-mock-tool-args": args,
+        "x-mock-tool-preamble": "3",
+        "x-mock-chunk-delay-ms": GAP_MS.to_string(),
+    })
+}
+
+#[test]
+fn streamed_tool_calls_are_held_until_their_arguments_are_checked() {
+    let (_mock, leash) = start_with_policy_file(CALL_POLICY, "");
+    let gap = Duration::from_millis(GAP_MS).as_secs_f64();
+    let clean = r#"{"cmd":"ls -la /srv"}"#;
+    let secret = format!(r#"{{"cmd":"deploy --key {CANARY}"}}"#);
+    let mut records = 0;
+    for provider in ["openai", "anthropic", "google"] {
+        // Control: a clean call is released whole, byte for byte, after
+        // the text that came before it.
+        let r = check(&leash, provider, true, &stream_headers("platform", clean));
+        assert_eq!(r["ok"], true, "{provider}: {r}");
+        assert_eq!(
+            r["calls"],
+            json!([{ "name": "shell", "arguments": clean }]),
+            "{provider}: {r}"
+        );
+        assert_eq!(r["texts"].as_array().unwrap().len(), 3, "{provider}: {r}");
+        records += 1;
+        let rec = leash.wait_records(records)[records - 1].clone();
+        assert_eq!(rec["policy"]["action"], "annotate", "{rec}");
+        assert_eq!(rec["policy"]["tags"], json!(["tool-call"]), "{rec}");
+        assert_eq!(rec["tools"]["called"], json!(["shell"]), "{rec}");
+        assert_eq!(rec["completed"], true, "{rec}");
+
+        // A secret in the arguments: the stream ends with the provider's
+        // error before any byte of the call; the text before it arrived
+        // as it was sent, not with the verdict.
+        let r = check(&leash, provider, true, &stream_headers("platform", &secret));
+        assert_eq!(r["ok"], false, "{provider}: {r}");
+        let error = r["error"].as_str().unwrap();
+        assert!(error.contains("no-secrets-in-tool-args"), "{provider}: {r}");
+        assert_eq!(
+            r["calls"],
+            json!([]),
+            "{provider}: part of the call arrived: {r}"
+        );
+        let texts = r["texts"].as_array().unwrap();
+        assert_eq!(texts.len(), 3, "{provider}: {r}");
+        let at = |i: usize| texts[i][0].as_f64().unwrap();
+        assert!(
+            at(2) - at(0) >= 1.6 * gap,
+            "{provider}: the text came at once: {r}"
+        );
+        assert!(
+            r["error_at"].as_f64().unwrap() - at(2) >= 0.6 * gap,
+            "{provider}: the text was held until the verdict: {r}"
+        );
+        records += 1;
+        let rec = leash.wait_records(records)[records - 1].clone();
+        assert_eq!(rec["policy"]["action"], "block", "{rec}");
+        assert_eq!(
+            rec["policy"]["findings"],
+            json!([{ "rule": "no-secrets-in-tool-args", "detector": "aws_access_key", "count": 1 }]),
+            "{rec}"
+        );
+
+        // Contractors may not have `shell` called, streamed or not.
+        let r = check(
+            &leash,
+            provider,
+            true,
+            &stream_headers("contractors", clean),
+        );
+        assert_eq!(r["ok"], false, "{provider}: {r}");
+        assert!(
+            r["error"]
+                .as_str()
+                .unwrap()
+                .contains("no-shell-for-contractors"),
+            "{r}"
+        );
+        assert_eq!(r["calls"], json!([]), "{provider}: {r}");
+        let r = check(
+            &leash,
+            provider,
+            false,
+            &json!({ "x-leash-team": "contractors" }),
+        );
+        assert_eq!(r["status"], 403, "{provider}: {r}");
+        assert!(
+            r["error"]
+                .as_str()
+                .unwrap()
+                .contains("no-shell-for-contractors"),
+            "{r}"
+        );
+        // Not streamed, a secret in the arguments: the provider's 403.
+        let r = check(
+            &leash,
+            provider,
+            false,
+            &json!({ "x-mock-tool-args": secret }),
+        );
+        assert_eq!(r["status"], 403, "{provider}: {r}");
+        assert!(
+            r["error"]
+                .as_str()
+                .unwrap()
+                .contains("no-secrets-in-tool-args"),
+            "{r}"
+        );
+        records += 3;
+        leash.wait_records(records);
+    }
+    assert!(
+        !leash.audit_text().contains(CANARY),
+        "the canary is in the audit"
+    );
 }

@@ -11,6 +11,7 @@
 //!    [`Module::logging`] of each module, then metrics and the audit record.
 
 pub mod budget;
+pub mod calls;
 pub mod identify;
 pub mod sse;
 pub mod team;
@@ -185,6 +186,7 @@ impl Exchange {
             policy_change: None,
             tools: (!self.tools.is_empty()).then(|| crate::record::Tools {
                 offered: tools::bounded(&self.tools),
+                called: Vec::new(),
             }),
             unified: self.unified.as_ref().map(|u| {
                 let mut u = u.clone();

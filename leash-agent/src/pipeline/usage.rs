@@ -116,6 +116,8 @@ pub struct ResponseMeta {
     pub id: Option<String>,
     pub model: Option<String>,
     pub finish_reasons: Vec<String>,
+    /// The tools the answer called, each name once, in order (bounded).
+    pub tools_called: Vec<String>,
 }
 
 /// Longest id, model and finish reason kept; most finish reasons kept.
@@ -137,8 +139,25 @@ impl ResponseMeta {
         }
     }
 
+    /// Keeps the names of the tools a body or an event calls.
+    fn called(&mut self, v: &Value) {
+        let mut names: Vec<String> = super::calls::in_body(v)
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        super::calls::started_in_event(v, &mut names);
+        for n in super::tools::bounded(&names) {
+            if self.tools_called.len() < super::tools::MAX_RECORDED
+                && !self.tools_called.contains(&n)
+            {
+                self.tools_called.push(n);
+            }
+        }
+    }
+
     /// Merges what one document (a body or a stream event) of `kind` says.
     fn merge(&mut self, kind: ProviderKind, v: &Value) {
+        self.called(v);
         let (doc, id_ok) = match kind {
             ProviderKind::OpenAi => {
                 let doc = if v["response"].is_object() {
@@ -320,6 +339,16 @@ impl Module for UsageModule {
         let Some(state) = ex.ext.get::<State>() else {
             return;
         };
+        if !state.meta.tools_called.is_empty() {
+            record
+                .tools
+                .get_or_insert_with(|| crate::record::Tools {
+                    offered: Vec::new(),
+                    called: Vec::new(),
+                })
+                .called
+                .clone_from(&state.meta.tools_called);
+        }
         if let Some(usage) = state.usage {
             record.usage = Some(usage);
             record.cost_usd = ex.cost_usd.or_else(|| {

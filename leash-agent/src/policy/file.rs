@@ -99,12 +99,22 @@ pub(super) struct RawMatch {
     pub(super) tool: Option<RawTool>,
 }
 
-/// `match.tool`: the tools a request offers.
+/// `match.tool`: the tools a request offers, the calls an answer makes.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTool {
     /// Names or globs (`shell*`); one offered tool matching is enough.
     pub(super) offered: Option<Vec<String>>,
+    /// Names or globs of tools the answer calls (a response rule).
+    pub(super) called: Option<Vec<String>>,
+    /// Detectors looked for in a call's arguments (a response rule).
+    pub(super) arguments: Option<Vec<String>>,
+}
+
+impl RawTool {
+    fn judges_calls(&self) -> bool {
+        self.called.is_some() || self.arguments.is_some()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +166,10 @@ fn compile_match(m: &RawMatch, field: &str, name: &str) -> Result<Match, PolicyE
         tool_offered: set(
             "tool.offered",
             m.tool.as_ref().and_then(|t| t.offered.as_ref()),
+        )?,
+        tool_called: set(
+            "tool.called",
+            m.tool.as_ref().and_then(|t| t.called.as_ref()),
         )?,
     })
 }
@@ -276,7 +290,13 @@ pub(super) fn compile_rule(
 ) -> Result<Rule, PolicyError> {
     let field = format!("rules[{i}] ({})", r.name);
     let action = r.action;
-    let direction = r.matcher.direction.unwrap_or(Direction::Request);
+    let judges_calls = r.matcher.tool.as_ref().is_some_and(RawTool::judges_calls);
+    // A rule on tool calls looks at answers unless it says otherwise.
+    let direction = r.matcher.direction.unwrap_or(if judges_calls {
+        Direction::Response
+    } else {
+        Direction::Request
+    });
     let shadow = r.mode.map(|m| m == PolicyMode::Shadow);
     let transform = compile_transform(&r, &field, name)?;
     if action == Action::Transform && transform.is_empty() {
@@ -326,24 +346,27 @@ pub(super) fn compile_rule(
         ));
     }
     check_needs(&r.matcher, action, direction, &field, name)?;
-    let dets = match &r.matcher.detectors {
-        None => None,
-        Some(names) => {
-            let mut out = Vec::new();
-            for n in names {
-                let ids = detectors.resolve(n);
-                if ids.is_empty() {
-                    return Err(invalid(
-                        name,
-                        format!("{field}.match.detectors"),
-                        format!("unknown detector `{n}`"),
-                    ));
-                }
-                out.extend(ids);
+    let resolve = |names: Option<&Vec<String>>, key: &str| -> Result<_, PolicyError> {
+        let Some(names) = names else { return Ok(None) };
+        let mut out = Vec::new();
+        for n in names {
+            let ids = detectors.resolve(n);
+            if ids.is_empty() {
+                return Err(invalid(
+                    name,
+                    format!("{field}.match.{key}"),
+                    format!("unknown detector `{n}`"),
+                ));
             }
-            Some(out)
+            out.extend(ids);
         }
+        Ok(Some(out))
     };
+    let dets = resolve(r.matcher.detectors.as_ref(), "detectors")?;
+    let tool_arguments = resolve(
+        r.matcher.tool.as_ref().and_then(|t| t.arguments.as_ref()),
+        "tool.arguments",
+    )?;
     Ok(Rule {
         name: r.name,
         action,
@@ -352,6 +375,7 @@ pub(super) fn compile_rule(
         transform,
         shadow,
         detectors: dets,
+        tool_arguments,
         direction,
         m: compile_match(&r.matcher, &field, name)?,
     })
@@ -378,6 +402,32 @@ fn check_needs(
             format!("{field}.match.direction"),
             "a strip rule acts on requests only",
         ));
+    }
+    if m.tool.as_ref().is_some_and(RawTool::judges_calls) {
+        if direction == Direction::Request {
+            return Err(invalid(
+                name,
+                format!("{field}.match.direction"),
+                "tool.called and tool.arguments look at the answer's tool calls: direction response or both",
+            ));
+        }
+        if m.detectors.is_some() {
+            return Err(invalid(
+                name,
+                format!("{field}.match.detectors"),
+                "a rule on tool calls looks for detectors in their arguments: give them in match.tool.arguments",
+            ));
+        }
+        if !matches!(
+            action,
+            Action::Block | Action::Alert | Action::Annotate | Action::Allow
+        ) {
+            return Err(invalid(
+                name,
+                format!("{field}.action"),
+                "a rule on tool calls can block, alert, annotate or allow",
+            ));
+        }
     }
     if action == Action::Redact && m.detectors.is_none() {
         return Err(invalid(

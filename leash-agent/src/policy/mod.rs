@@ -9,6 +9,7 @@
 //! `alert` accumulate until then.
 
 mod body;
+mod calls;
 pub mod detect;
 pub mod document;
 pub mod edit;
@@ -78,6 +79,9 @@ impl Module for PolicyModule {
         let decision = match &verdict {
             Verdict::Forward { decision, .. } | Verdict::Refuse { decision, .. } => decision,
         };
+        if ex.tools.is_empty() && !decision.offered.is_empty() {
+            ex.tools.clone_from(&decision.offered);
+        }
         let blocked = decision.block_rule.iter().map(|r| (r, "policy_block"));
         for (rule, kind) in decision
             .alerts

@@ -131,7 +131,13 @@ impl Policy {
             }
         };
         let (per_text, findings, read_only) = scan(self, &mut body);
-        let mut decision = self.decide(ex, req, &findings);
+        // The tools as this parse reads the body (identify's quick look may
+        // not have read it: another encoding, a multipart form).
+        let offered = body
+            .json_mut()
+            .map(|v| crate::pipeline::tools::offered(v))
+            .unwrap_or_default();
+        let mut decision = self.decide(ex, req, &findings, offered);
         if decision.block_rule.is_none() && decision.redact.iter().any(|d| read_only.contains(d)) {
             // A PDF cannot be rewritten: what a rule would redact there must
             // not leave unredacted.

@@ -33,7 +33,12 @@ impl PolicyModule {
         if !d.rules.contains(&rule.name) {
             d.rules.push(rule.name.clone());
         }
-        for det in rule.detectors.iter().flatten() {
+        for det in rule
+            .detectors
+            .iter()
+            .flatten()
+            .chain(rule.tool_arguments.iter().flatten())
+        {
             let count = findings.iter().filter(|f| f.detector == *det).count();
             if count > 0 {
                 d.findings.push(FindingRecord {
@@ -77,6 +82,12 @@ impl PolicyModule {
         chunk: &mut Bytes,
         end: bool,
     ) -> BodyFlow {
+        if policy.judges_calls()
+            && !ex.tools.is_empty()
+            && let Some(flow) = self.whole_answer(policy, ex, st, chunk, end)
+        {
+            return flow;
+        }
         if matches!(st.document, Document::Unknown) {
             st.document = document::BodyKind::sniff(st.content_type.as_deref(), chunk)
                 .map_or(Document::Binary, |kind| {

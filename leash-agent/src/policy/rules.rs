@@ -38,6 +38,9 @@ pub(super) struct Match {
     pub(super) caller: Option<CallerMatch>,
     /// `match.tool.offered`: one of the tools the request offers matches.
     pub(super) tool_offered: Option<GlobSet>,
+    /// `match.tool.called`: a completed tool call of the answer has a
+    /// matching name (response rules).
+    pub(super) tool_called: Option<GlobSet>,
 }
 
 /// `match.caller`: every field given must match.
@@ -61,7 +64,7 @@ fn matches(set: Option<&GlobSet>, value: Option<&str>) -> bool {
 impl Match {
     /// What the exchange itself says: provider, model, endpoint, team,
     /// caller.
-    fn exchange(&self, ex: &Exchange) -> bool {
+    pub(super) fn exchange(&self, ex: &Exchange) -> bool {
         let c = &ex.caller;
         let caller_ok = self.caller.as_ref().is_none_or(|m| {
             m.uid
@@ -76,11 +79,10 @@ impl Match {
             && matches(self.endpoint.as_ref(), Some(&ex.endpoint))
             && matches(self.team.as_ref(), c.team.as_deref())
             && caller_ok
-            && self.offers(&ex.tools)
     }
 
     /// `match.tool.offered`: none given, or one of `tools` matches.
-    fn offers(&self, tools: &[String]) -> bool {
+    pub(super) fn offers(&self, tools: &[String]) -> bool {
         self.tool_offered
             .as_ref()
             .is_none_or(|s| tools.iter().any(|t| s.is_match(t)))
@@ -92,7 +94,7 @@ impl Match {
     }
 
     /// The request headers the rule names, all present and matching.
-    fn headers(&self, headers: &HeaderMap) -> bool {
+    pub(super) fn headers(&self, headers: &HeaderMap) -> bool {
         self.header.iter().all(|(name, pattern)| {
             headers
                 .get(name)
@@ -112,8 +114,19 @@ pub(super) struct Rule {
     /// `Some(true)`: this rule only records (`mode: shadow` on the rule).
     pub(super) shadow: Option<bool>,
     pub(super) detectors: Option<Vec<usize>>,
+    /// `match.tool.arguments`: detectors looked for in the arguments of
+    /// the answer's tool calls (response rules).
+    pub(super) tool_arguments: Option<Vec<usize>>,
     pub(super) direction: Direction,
     pub(super) m: Match,
+}
+
+impl Rule {
+    /// Whether the rule judges the answer's tool calls (`match.tool.called`
+    /// or `match.tool.arguments`) rather than its text.
+    pub(super) fn judges_calls(&self) -> bool {
+        self.m.tool_called.is_some() || self.tool_arguments.is_some()
+    }
 }
 
 impl std::fmt::Debug for Policy {
@@ -190,6 +203,9 @@ impl Policy {
 pub struct Decision {
     /// The strongest action taken (or, in shadow mode, that would be).
     pub action: Option<Action>,
+    /// The tools the request offers, as the policy read the body.
+    #[serde(skip)]
+    pub(super) offered: Vec<String>,
     pub rules: Vec<String>,
     pub findings: Vec<FindingRecord>,
     pub tags: Vec<String>,
@@ -226,8 +242,11 @@ impl Policy {
         ex: &Exchange,
         req: &ProxyRequest,
         found: &[usize],
+        offered: &[String],
     ) -> bool {
         rule.direction != Direction::Response
+            && !rule.judges_calls()
+            && rule.m.offers(offered)
             && rule
                 .detectors
                 .as_ref()
@@ -237,22 +256,24 @@ impl Policy {
     }
 
     /// Evaluates the request rules on `ex`/`req` given the findings in its
-    /// texts.
+    /// texts and the tools it offers.
     pub(super) fn decide(
         &self,
         ex: &Exchange,
         req: &ProxyRequest,
         findings: &[Finding],
+        offered: Vec<String>,
     ) -> Decision {
         let mut found: Vec<usize> = findings.iter().map(|f| f.detector).collect();
         found.sort_unstable();
         found.dedup();
         let mut d = Decision {
             shadow: self.shadow,
+            offered,
             ..Decision::default()
         };
         for (index, rule) in self.rules.iter().enumerate() {
-            if !Self::rule_matches(rule, ex, req, &found) {
+            if !Self::rule_matches(rule, ex, req, &found, &d.offered) {
                 continue;
             }
             let shadow = rule.shadow.unwrap_or(self.shadow);
@@ -329,6 +350,8 @@ impl Policy {
         let headers = ex.ext.get::<RequestHeaders>().map(|h| &h.0);
         self.rules.iter().find_map(|rule| {
             let applies = rule.direction != Direction::Request
+                && !rule.judges_calls()
+                && rule.m.offers(&ex.tools)
                 && rule
                     .detectors
                     .as_ref()

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{Decision, Policy, PolicyModule, detect::Finding, document, text};
 use crate::{
-    pipeline::{BodyFlow, Exchange, sse::SseBuffer},
+    pipeline::{BodyFlow, Exchange, calls::Assembler, sse::SseBuffer},
     provider::{ErrorCode, ProviderKind, error_body},
     record::Action,
 };
@@ -52,6 +52,13 @@ pub(super) struct ResponseScan {
     /// first bytes told what it is.
     pub(super) content_type: Option<String>,
     pub(super) document: Document,
+    /// The answer's tool calls being assembled (rules on tool calls).
+    pub(super) calls: Assembler,
+    /// Events held while a tool call is open, ready for the client.
+    pub(super) held: Vec<u8>,
+    pub(super) held_since: Option<std::time::Instant>,
+    /// A whole answer read to its end before its tool calls are judged.
+    pub(super) whole: Vec<u8>,
 }
 
 /// What is known of a non-streaming body.
@@ -82,7 +89,67 @@ pub(super) struct Span {
     pub(super) detector: usize,
 }
 
+/// Most bytes of stream events held while a tool call's arguments
+/// complete; a longer call ends the stream.
+const MAX_HELD: usize = 1 << 20;
+/// Longest a tool call may stay open while its events are held; checked
+/// as events arrive.
+const MAX_HOLD: std::time::Duration = std::time::Duration::from_mins(1);
+
+/// Why a held call ends the stream, if it must: too many bytes held, or
+/// held too long.
+fn hold_exceeded(st: &ResponseScan) -> Option<(&'static str, String)> {
+    if st.held.len() > MAX_HELD {
+        return Some((
+            "tool_call_too_large",
+            format!(
+                "leash: a tool call's arguments exceeded the {} KiB policy holds to check them; the stream was ended",
+                MAX_HELD >> 10
+            ),
+        ));
+    }
+    if st.held_since.is_some_and(|t| t.elapsed() > MAX_HOLD) {
+        return Some((
+            "tool_call_too_slow",
+            format!(
+                "leash: a tool call's arguments did not complete within {} s; the stream was ended",
+                MAX_HOLD.as_secs()
+            ),
+        ));
+    }
+    None
+}
+
+/// Holds `event` (bytes ready for the client) while a call is open;
+/// otherwise delivers what was held, then it.
+fn hold_or_deliver(st: &mut ResponseScan, event: &[u8], out: &mut Vec<u8>) {
+    if st.calls.is_open() {
+        if st.held.is_empty() {
+            st.held_since = Some(std::time::Instant::now());
+        }
+        st.held.extend_from_slice(event);
+    } else {
+        out.append(&mut st.held);
+        st.held_since = None;
+        out.extend_from_slice(event);
+    }
+}
+
+/// Records that the answer was ended by Leash itself (`rule` names why).
+pub(super) fn stopped_by(ex: &mut Exchange, rule: &str) {
+    let d = ex.ext.get_or_insert_default::<Decision>();
+    d.action = d.action.max(Some(Action::Block));
+    d.rules.push(rule.into());
+}
+
 impl ResponseScan {
+    /// The stream ends here: nothing held is delivered.
+    pub(super) fn stop(&mut self) {
+        self.stopped = true;
+        self.pending.clear();
+        self.held.clear();
+    }
+
     pub(super) fn end(&self) -> usize {
         self.base + self.window.len()
     }
@@ -259,9 +326,11 @@ impl PolicyModule {
             return BodyFlow::Stop;
         }
         let hold = policy.redacts_responses();
+        let judge = policy.judges_calls();
         let kind = ex.provider.kind;
         let mut out = Vec::with_capacity(chunk.len());
         for event in st.sse.feed(chunk, end) {
+            let mut completed = Vec::new();
             let start = st.end();
             let mut pending = Pending {
                 raw: event.raw,
@@ -271,6 +340,9 @@ impl PolicyModule {
                 opaque: Vec::new(),
             };
             if let Ok(mut v) = serde_json::from_str::<Value>(&event.data) {
+                if judge {
+                    completed = st.calls.feed(&v);
+                }
                 let base = st.base;
                 let window = &mut st.window;
                 let opaque = &mut pending.opaque;
@@ -289,16 +361,33 @@ impl PolicyModule {
                 && let Some(message) = self.scan_window(policy, ex, st, start)
             {
                 out.extend(error_event(kind, &message));
-                st.stopped = true;
-                st.pending.clear();
+                st.stop();
                 *chunk = Bytes::from(out);
                 return BodyFlow::Stop;
             }
+            let mut ready = Vec::new();
             if hold {
                 st.pending.push_back(pending);
-                st.release(policy, kind, false, &mut out);
+                st.release(policy, kind, false, &mut ready);
             } else {
-                out.extend_from_slice(&pending.raw);
+                ready = pending.raw;
+            }
+            if judge {
+                let stop = self.judge_calls(policy, ex, &completed).or_else(|| {
+                    hold_or_deliver(st, &ready, &mut out);
+                    hold_exceeded(st).map(|(rule, message)| {
+                        stopped_by(ex, rule);
+                        message
+                    })
+                });
+                if let Some(message) = stop {
+                    out.extend(error_event(kind, &message));
+                    st.stop();
+                    *chunk = Bytes::from(out);
+                    return BodyFlow::Stop;
+                }
+            } else {
+                out.extend(ready);
             }
             let before = st.window.len();
             keep_tail(&mut st.window, CARRY_WINDOW);
@@ -306,20 +395,30 @@ impl PolicyModule {
         }
         if st.sse.overflowed() {
             // An event too large to hold cannot be inspected: the stream
-            // ends here, visibly, rather than going on unseen.
-            st.release(policy, kind, true, &mut out);
+            // ends here, visibly, rather than going on unseen. Events held
+            // for an open tool call go with it (the call was not checked).
+            if !st.calls.is_open() {
+                st.release(policy, kind, true, &mut out);
+            }
             out.extend(error_event(
                 kind,
                 "leash: a stream event exceeded the size policy can inspect; the stream was ended",
             ));
-            let d = ex.ext.get_or_insert_default::<Decision>();
-            d.action = d.action.max(Some(Action::Block));
-            d.rules.push("event_too_large".into());
-            st.stopped = true;
+            stopped_by(ex, "event_too_large");
+            st.stop();
             *chunk = Bytes::from(out);
             return BodyFlow::Stop;
         }
         if end {
+            // Calls the stream left open are judged as they are.
+            let rest = st.calls.finish();
+            if let Some(message) = self.judge_calls(policy, ex, &rest) {
+                out.extend(error_event(kind, &message));
+                st.stop();
+                *chunk = Bytes::from(out);
+                return BodyFlow::Stop;
+            }
+            out.append(&mut st.held);
             st.release(policy, kind, true, &mut out);
         }
         *chunk = Bytes::from(out);

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::{
@@ -36,24 +36,68 @@ fn wants_tool_call(request: &Value) -> Option<String> {
     (!answered).then(|| name.to_owned())
 }
 
+/// How the request's headers shape a tool call: `x-mock-tool-args` (the
+/// call's arguments, JSON text; default `TOOL_ARGS`) and, for streams,
+/// `x-mock-tool-preamble: N` (N text pieces before the call).
+pub(super) struct ToolSteer {
+    pub(super) args: String,
+    pub(super) preamble: Vec<String>,
+}
+
+impl ToolSteer {
+    pub(super) fn of(headers: &HeaderMap, texts: &[String]) -> Self {
+        let args = headers
+            .get("x-mock-tool-args")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(TOOL_ARGS)
+            .to_owned();
+        let n = headers
+            .get("x-mock-tool-preamble")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Self {
+            args,
+            preamble: texts.iter().take(n).cloned().collect(),
+        }
+    }
+
+    fn args_value(&self) -> Value {
+        serde_json::from_str(&self.args).unwrap_or(Value::Null)
+    }
+
+    /// The arguments in two pieces, as a stream sends them.
+    fn halves(&self) -> (&str, &str) {
+        let mut mid = self.args.len() / 2;
+        while !self.args.is_char_boundary(mid) {
+            mid += 1;
+        }
+        self.args.split_at(mid)
+    }
+}
+
 /// A tool call, when the request offers tools and does not answer one yet.
 pub(super) fn tool_answer(
     api: Api,
     path: &str,
     request: &Value,
     model: &str,
+    steer: &ToolSteer,
     gap: Duration,
     sent: &Arc<Mutex<Vec<Instant>>>,
 ) -> Option<Response<MockBody>> {
     let name = wants_tool_call(request)?;
     let sent = Arc::clone(sent);
+    let stream = request["stream"] == true;
     match api {
-        Api::Anthropic if request["stream"] == true => {
-            Some(sse_response(anthropic_tool_stream(model, &name), gap, sent))
-        }
+        Api::Anthropic if stream => Some(sse_response(
+            anthropic_tool_stream(model, &name, steer),
+            gap,
+            sent,
+        )),
         Api::Anthropic => Some(json_response(
             StatusCode::OK,
-            &anthropic_tool_message(model, &name),
+            &anthropic_tool_message(model, &name, steer),
         )),
         Api::Google => {
             let model = path
@@ -61,97 +105,124 @@ pub(super) fn tool_answer(
                 .next()
                 .and_then(|s| s.split_once(':'))
                 .map_or("mock-model", |(m, _)| m);
-            let answer = gemini_tool_response(model, &name);
+            let answer = gemini_tool_response(model, &name, steer);
             Some(if path.ends_with(":streamGenerateContent") {
-                sse_response(vec![sse_data(&answer)], gap, sent)
+                let mut events: Vec<String> = steer
+                    .preamble
+                    .iter()
+                    .map(|t| sse_data(&gemini_response(model, t, false)))
+                    .collect();
+                events.push(sse_data(&answer));
+                sse_response(events, gap, sent)
             } else {
                 json_response(StatusCode::OK, &answer)
             })
         }
         Api::OpenAi if path != "/v1/chat/completions" => None,
-        Api::OpenAi if request["stream"] == true => {
-            Some(sse_response(openai_tool_stream(model, &name), gap, sent))
-        }
+        Api::OpenAi if stream => Some(sse_response(
+            openai_tool_stream(model, &name, steer),
+            gap,
+            sent,
+        )),
         Api::OpenAi => Some(json_response(
             StatusCode::OK,
-            &openai_tool_message(model, &name),
+            &openai_tool_message(model, &name, steer),
         )),
     }
 }
 
-/// The arguments of every mock tool call.
+/// The arguments of every mock tool call, unless `x-mock-tool-args` says.
 pub const TOOL_ARGS: &str = r#"{"city":"Paris"}"#;
 
-fn openai_tool_message(model: &str, name: &str) -> Value {
+fn openai_tool_message(model: &str, name: &str, steer: &ToolSteer) -> Value {
     json!({
         "id": "chatcmpl-mock-tool", "object": "chat.completion", "created": 1_700_000_000, "model": model,
         "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": null, "message": {
             "role": "assistant", "content": null, "refusal": null,
             "tool_calls": [{"id": "call_mock", "type": "function",
-                "function": {"name": name, "arguments": TOOL_ARGS}}]}}],
+                "function": {"name": name, "arguments": steer.args}}]}}],
         "usage": openai_usage(),
     })
 }
 
-fn openai_tool_stream(model: &str, name: &str) -> Vec<String> {
+fn openai_tool_stream(model: &str, name: &str, steer: &ToolSteer) -> Vec<String> {
     let chunk = |delta: Value, finish: Value| {
         sse_data(&json!({
             "id": "chatcmpl-mock-tool", "object": "chat.completion.chunk", "created": 1_700_000_000,
             "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }))
     };
-    let (first, second) = TOOL_ARGS.split_at(TOOL_ARGS.len() / 2);
-    vec![
+    let mut events: Vec<String> = steer
+        .preamble
+        .iter()
+        .map(|t| chunk(json!({"role": "assistant", "content": t}), Value::Null))
+        .collect();
+    let (first, second) = steer.halves();
+    events.extend([
         chunk(
             json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_mock",
                 "type": "function", "function": {"name": name, "arguments": ""}}]}),
             Value::Null,
         ),
-        chunk(
-            json!({"tool_calls": [{"index": 0, "function": {"arguments": first}}]}),
-            Value::Null,
-        ),
-        chunk(
-            json!({"tool_calls": [{"index": 0, "function": {"arguments": second}}]}),
-            Value::Null,
-        ),
+        chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": first}}]}), Value::Null),
+        chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": second}}]}), Value::Null),
         chunk(json!({}), json!("tool_calls")),
         "data: [DONE]\n\n".to_owned(),
-    ]
+    ]);
+    events
 }
 
-fn anthropic_tool_message(model: &str, name: &str) -> Value {
+fn anthropic_tool_message(model: &str, name: &str, steer: &ToolSteer) -> Value {
     json!({
         "id": "msg_mock_tool", "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "tool_use", "id": "toolu_mock", "name": name, "input": {"city": "Paris"}}],
+        "content": [{"type": "tool_use", "id": "toolu_mock", "name": name, "input": steer.args_value()}],
         "stop_reason": "tool_use", "stop_sequence": null,
         "usage": anthropic_usage(usage::ANTHROPIC_OUTPUT),
     })
 }
 
-fn anthropic_tool_stream(model: &str, name: &str) -> Vec<String> {
-    vec![
-        sse_event(
-            "message_start",
-            &json!({"type": "message_start", "message": {
-            "id": "msg_mock_tool", "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": null, "stop_sequence": null, "usage": anthropic_usage(1)}}),
-        ),
+fn anthropic_tool_stream(model: &str, name: &str, steer: &ToolSteer) -> Vec<String> {
+    let mut events = vec![sse_event(
+        "message_start",
+        &json!({"type": "message_start", "message": {
+        "id": "msg_mock_tool", "type": "message", "role": "assistant", "model": model, "content": [],
+        "stop_reason": null, "stop_sequence": null, "usage": anthropic_usage(1)}}),
+    )];
+    let mut index = 0;
+    if !steer.preamble.is_empty() {
+        events.push(sse_event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ));
+        for t in &steer.preamble {
+            events.push(sse_event(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
+            ));
+        }
+        events.push(sse_event(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        ));
+        index = 1;
+    }
+    let (first, second) = steer.halves();
+    events.extend([
         sse_event(
             "content_block_start",
-            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_mock", "name": name, "input": {}}}),
+            &json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": "toolu_mock", "name": name, "input": {}}}),
         ),
         sse_event(
             "content_block_delta",
-            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"city\":"}}),
+            &json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": first}}),
         ),
         sse_event(
             "content_block_delta",
-            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}}),
+            &json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": second}}),
         ),
         sse_event(
             "content_block_stop",
-            &json!({"type": "content_block_stop", "index": 0}),
+            &json!({"type": "content_block_stop", "index": index}),
         ),
         sse_event(
             "message_delta",
@@ -159,13 +230,14 @@ fn anthropic_tool_stream(model: &str, name: &str) -> Vec<String> {
             "usage": {"output_tokens": usage::ANTHROPIC_OUTPUT}}),
         ),
         sse_event("message_stop", &json!({"type": "message_stop"})),
-    ]
+    ]);
+    events
 }
 
-fn gemini_tool_response(model: &str, name: &str) -> Value {
+fn gemini_tool_response(model: &str, name: &str, steer: &ToolSteer) -> Value {
     let mut answer = gemini_response(model, "", true);
     answer["candidates"][0]["content"]["parts"] =
-        json!([{"functionCall": {"name": name, "args": {"city": "Paris"}}}]);
+        json!([{"functionCall": {"name": name, "args": steer.args_value()}}]);
     answer
 }
 
