@@ -192,22 +192,26 @@ impl World {
         env: &[(&str, &str)],
         rest: &[&str],
     ) -> Output {
+        let mut args = vec![case, base];
+        args.extend_from_slice(rest);
+        let env = [&[("LEASH_TEST_PROMPT", prompt)][..], env].concat();
+        self.python("sdk_check.py", &env, &args)
+    }
+
+    /// A script of `tests/python` inside the cgroup, trusting only the
+    /// organisation CA, with `env` and `args`.
+    pub fn python(&self, script: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
         let py = python();
-        let script = python_dir().join("sdk_check.py");
+        let script = python_dir().join(script);
         let ca = self.agent.ca_pem();
-        let mut args = vec![
-            format!("SSL_CERT_FILE={}", ca.display()),
-            format!("LEASH_TEST_PROMPT={prompt}"),
-        ];
-        args.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-        args.extend([
+        let mut words = vec![format!("SSL_CERT_FILE={}", ca.display())];
+        words.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        words.extend([
             py.to_string_lossy().into_owned(),
             script.to_string_lossy().into_owned(),
-            case.to_owned(),
-            base.to_owned(),
         ]);
-        args.extend(rest.iter().map(|r| (*r).to_owned()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        words.extend(args.iter().map(|r| (*r).to_owned()));
+        let args: Vec<&str> = words.iter().map(String::as_str).collect();
         let mut cmd = self.cgroup.command(&self.hosts_file, "env", &args);
         for var in [
             "OPENAI_API_KEY",

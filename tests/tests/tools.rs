@@ -14,7 +14,8 @@
 
 use leash_tests::{
     gateway::{Leash, start_with_policy_file},
-    harness::{assert_success, run_python},
+    harness::{assert_success, require_root, run_python},
+    world::{Host, World},
 };
 use std::time::Duration;
 
@@ -70,7 +71,8 @@ fn offered(request: &Value) -> Vec<String> {
 fn offered_tools_are_blocked_or_stripped_per_team_with_each_sdk() {
     let (mock, leash) = start_with_policy_file(POLICY, "");
     let mut records = 0;
-    for provider in ["openai", "anthropic", "google"] {
+    let providers = ["openai", "anthropic", "google"];
+    for provider in providers {
         // Control: a team no rule names gets both tools to the provider,
         // and the model calls the first one offered.
         let r = offer_tools(&leash, provider, "platform");
@@ -127,6 +129,12 @@ fn offered_tools_are_blocked_or_stripped_per_team_with_each_sdk() {
         assert_eq!(rec["policy"]["action"], "block", "{rec}");
         assert_eq!(rec["policy"]["rules"], json!(["shell-blocked"]), "{rec}");
     }
+    // Every provider passed each check above (an assertion stops the test).
+    let n = providers.len();
+    leash_tests::results::record(
+        "tool_offers",
+        &json!({ "providers": n, "stripped": n, "blocked": n, "controls": n }),
+    );
 }
 
 #[test]
@@ -180,23 +188,57 @@ fn stream_headers(team: &str, args: &str) -> Value {
     })
 }
 
+/// A stream ended by rule `rule` before any byte of its tool call, after
+/// the three text pieces before it arrived one by one, each as it was sent
+/// (not with the verdict).
+fn assert_held_back(r: &Value, provider: &str, rule: &str) {
+    let gap = Duration::from_millis(GAP_MS).as_secs_f64();
+    assert_eq!(r["ok"], false, "{provider}: {r}");
+    assert!(
+        r["error"].as_str().unwrap().contains(rule),
+        "{provider}: {r}"
+    );
+    assert_eq!(
+        r["calls"],
+        json!([]),
+        "{provider}: part of the call arrived: {r}"
+    );
+    let texts = r["texts"].as_array().unwrap();
+    assert_eq!(texts.len(), 3, "{provider}: {r}");
+    let at = |i: usize| texts[i][0].as_f64().unwrap();
+    assert!(
+        at(2) - at(0) >= 1.6 * gap,
+        "{provider}: the text came at once: {r}"
+    );
+    assert!(
+        r["error_at"].as_f64().unwrap() - at(2) >= 0.6 * gap,
+        "{provider}: the text was held until the verdict: {r}"
+    );
+}
+
+/// A whole answer refused by rule `rule` with the SDK's 403.
+fn assert_refused(r: &Value, provider: &str, rule: &str) {
+    assert_eq!(r["status"], 403, "{provider}: {r}");
+    assert!(
+        r["error"].as_str().unwrap().contains(rule),
+        "{provider}: {r}"
+    );
+}
+
 #[test]
 fn streamed_tool_calls_are_held_until_their_arguments_are_checked() {
     let (_mock, leash) = start_with_policy_file(CALL_POLICY, "");
-    let gap = Duration::from_millis(GAP_MS).as_secs_f64();
     let clean = r#"{"cmd":"ls -la /srv"}"#;
     let secret = format!(r#"{{"cmd":"deploy --key {CANARY}"}}"#);
     let mut records = 0;
-    for provider in ["openai", "anthropic", "google"] {
+    let providers = ["openai", "anthropic", "google"];
+    for provider in providers {
         // Control: a clean call is released whole, byte for byte, after
         // the text that came before it.
         let r = check(&leash, provider, true, &stream_headers("platform", clean));
         assert_eq!(r["ok"], true, "{provider}: {r}");
-        assert_eq!(
-            r["calls"],
-            json!([{ "name": "shell", "arguments": clean }]),
-            "{provider}: {r}"
-        );
+        let whole = json!([{ "name": "shell", "arguments": clean }]);
+        assert_eq!(r["calls"], whole, "{provider}: {r}");
         assert_eq!(r["texts"].as_array().unwrap().len(), 3, "{provider}: {r}");
         records += 1;
         let rec = leash.wait_records(records)[records - 1].clone();
@@ -206,75 +248,106 @@ fn streamed_tool_calls_are_held_until_their_arguments_are_checked() {
         assert_eq!(rec["completed"], true, "{rec}");
 
         // A secret in the arguments: the stream ends with the provider's
-        // error before any byte of the call; the text before it arrived
-        // as it was sent, not with the verdict.
+        // error before any byte of the call.
         let r = check(&leash, provider, true, &stream_headers("platform", &secret));
-        assert_eq!(r["ok"], false, "{provider}: {r}");
-        let error = r["error"].as_str().unwrap();
-        assert!(error.contains("no-secrets-in-tool-args"), "{provider}: {r}");
-        assert_eq!(
-            r["calls"],
-            json!([]),
-            "{provider}: part of the call arrived: {r}"
-        );
-        let texts = r["texts"].as_array().unwrap();
-        assert_eq!(texts.len(), 3, "{provider}: {r}");
-        let at = |i: usize| texts[i][0].as_f64().unwrap();
-        assert!(
-            at(2) - at(0) >= 1.6 * gap,
-            "{provider}: the text came at once: {r}"
-        );
-        assert!(
-            r["error_at"].as_f64().unwrap() - at(2) >= 0.6 * gap,
-            "{provider}: the text was held until the verdict: {r}"
-        );
+        assert_held_back(&r, provider, "no-secrets-in-tool-args");
         records += 1;
         let rec = leash.wait_records(records)[records - 1].clone();
         assert_eq!(rec["policy"]["action"], "block", "{rec}");
-        assert_eq!(
-            rec["policy"]["findings"],
-            json!([{ "rule": "no-secrets-in-tool-args", "detector": "aws_access_key", "count": 1 }]),
-            "{rec}"
-        );
+        let finding = json!([{ "rule": "no-secrets-in-tool-args", "detector": "aws_access_key", "count": 1 }]);
+        assert_eq!(rec["policy"]["findings"], finding, "{rec}");
 
-        // Contractors may not have `shell` called, streamed or not.
+        // Contractors may not have `shell` called, streamed or not; a
+        // secret in a whole answer's call: the provider's 403.
         let r = check(
             &leash,
             provider,
             true,
             &stream_headers("contractors", clean),
         );
-        assert_eq!(r["ok"], false, "{provider}: {r}");
-        assert!(
-            r["error"]
-                .as_str()
-                .unwrap()
-                .contains("no-shell-for-contractors"),
-            "{r}"
-        );
-        assert_eq!(r["calls"], json!([]), "{provider}: {r}");
+        assert_held_back(&r, provider, "no-shell-for-contractors");
         let r = check(
             &leash,
             provider,
             false,
             &json!({ "x-leash-team": "contractors" }),
         );
-        assert_eq!(r["status"], 403, "{provider}: {r}");
-        assert!(
-            r["error"]
-                .as_str()
-                .unwrap()
-                .contains("no-shell-for-contractors"),
-            "{r}"
-        );
-        // Not streamed, a secret in the arguments: the provider's 403.
+        assert_refused(&r, provider, "no-shell-for-contractors");
         let r = check(
             &leash,
             provider,
             false,
             &json!({ "x-mock-tool-args": secret }),
         );
-        assert_eq!(r["status"], 403, "{provider}: {r}");
+        assert_refused(&r, provider, "no-secrets-in-tool-args");
+        records += 3;
+        leash.wait_records(records);
+    }
+    let audit = leash.audit_text();
+    assert!(!audit.contains(CANARY), "the canary is in the audit");
+    // Every provider passed each check above (an assertion stops the test).
+    let n = providers.len();
+    leash_tests::results::record(
+        "tool_calls",
+        &json!({ "providers": n, "blocked_before_any_byte": n, "text_on_time": n, "clean_intact": n }),
+    );
+}
+
+#[test]
+fn streamed_tool_calls_are_held_through_transparent_interception() {
+    if !require_root() {
+        return;
+    }
+    let policy = format!(
+        "policy:\n  {}\n",
+        CALL_POLICY.trim_end().replace('\n', "\n  ")
+    );
+    let w = World::new(
+        "tool-calls",
+        &[
+            Host("api.openai.com", "127.10.0.51", true),
+            Host("api.anthropic.com", "127.10.0.52", true),
+            Host("generativelanguage.googleapis.com", "127.10.0.53", true),
+        ],
+        &policy,
+    );
+    let clean = r#"{"cmd":"ls -la /srv"}"#;
+    let secret = format!(r#"{{"cmd":"deploy --key {CANARY}"}}"#);
+    let mut records = 0;
+    for (provider, base) in [
+        ("openai", "https://api.openai.com/v1"),
+        ("anthropic", "https://api.anthropic.com"),
+        ("google", "https://generativelanguage.googleapis.com"),
+    ] {
+        let run = |args: &str| -> Value {
+            let headers = stream_headers("platform", args).to_string();
+            let out = w.python(
+                "tools_check.py",
+                &[("LEASH_TEST_HEADERS", &headers)],
+                &[provider, base, "sk-test", "stream"],
+            );
+            assert_success(&format!("{provider}\n{}", w.agent.logs()), &out);
+            serde_json::from_slice(&out.stdout).expect("one JSON line")
+        };
+        let r = run(clean);
+        assert_eq!(
+            r["calls"],
+            json!([{ "name": "shell", "arguments": clean }]),
+            "{provider}: {r}"
+        );
+        records += 1;
+        let rec = w.agent.wait_records(records)[records - 1].clone();
+        assert_eq!(rec["mode"], "transparent", "{rec}");
+        assert_eq!(rec["tools"]["called"], json!(["shell"]), "{rec}");
+        assert!(
+            rec["caller"]["exe"]
+                .as_str()
+                .is_some_and(|e| e.contains("python")),
+            "{rec}"
+        );
+
+        let r = run(&secret);
+        assert_eq!(r["ok"], false, "{provider}: {r}");
         assert!(
             r["error"]
                 .as_str()
@@ -282,11 +355,15 @@ fn streamed_tool_calls_are_held_until_their_arguments_are_checked() {
                 .contains("no-secrets-in-tool-args"),
             "{r}"
         );
-        records += 3;
-        leash.wait_records(records);
+        assert_eq!(
+            r["calls"],
+            json!([]),
+            "{provider}: part of the call arrived: {r}"
+        );
+        assert_eq!(r["texts"].as_array().unwrap().len(), 3, "{provider}: {r}");
+        records += 1;
+        let rec = w.agent.wait_records(records)[records - 1].clone();
+        assert_eq!(rec["policy"]["action"], "block", "{rec}");
     }
-    assert!(
-        !leash.audit_text().contains(CANARY),
-        "the canary is in the audit"
-    );
+    assert!(!w.agent.audit_text().contains(CANARY));
 }

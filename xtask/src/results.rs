@@ -70,6 +70,24 @@ const FIGURES: &[(&str, &str, &str, &str)] = &[
         "`leash-agent/src/policy/corpus.rs`",
     ),
     (
+        "The same corpus as a tool call's argument in an answer (OpenAI `tool_calls`, Anthropic `tool_use`, Gemini `functionCall`, a streamed call split inside the text): lowest precision / recall / negatives clean over all carriers",
+        "detector_corpus_tool_calls",
+        "{carriers} carriers: {min_precision} / {min_recall} / {negatives_clean}",
+        "`leash-agent/src/policy/corpus.rs`",
+    ),
+    (
+        "Tools offered to a model (`match.tool.offered`), with each provider's SDK: stripped before the provider / refused with the SDK's 403 / controls forwarded with every tool",
+        "tool_offers",
+        "{stripped} / {blocked} / {controls} of {providers} providers",
+        "`tests/tests/tools.rs`",
+    ),
+    (
+        "Streamed tool calls, with each provider's SDK: a canary secret in the arguments ended before any byte of the call / the text before it delivered as sent / clean calls released byte for byte",
+        "tool_calls",
+        "{blocked_before_any_byte} / {text_on_time} / {clean_intact} of {providers} providers",
+        "`tests/tests/tools.rs`",
+    ),
+    (
         "Secret detectors over the generated secrets corpus (`leash-agent/corpus/secrets.jsonl`; floors for `high`: 0.99 precision, 0.97 recall): high precision / recall, medium precision / recall",
         "secrets_corpus",
         "{samples} samples ({positives} positives, {negatives} hard negatives), {detectors} detectors: high {high_precision} / {high_recall}, medium {medium_precision} / {medium_recall}",

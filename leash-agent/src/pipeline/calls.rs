@@ -33,6 +33,47 @@ fn arguments(v: &Value) -> String {
     }
 }
 
+/// A call's arguments as detectors read them: JSON flattened to one
+/// `key: value` line per string, number or boolean (escapes decoded, the
+/// key kept as context: `password: …`); text that is not JSON as it is.
+pub fn readable(arguments: &str) -> std::borrow::Cow<'_, str> {
+    fn walk(key: &str, v: &Value, out: &mut String) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    walk(k, v, out);
+                }
+            }
+            Value::Array(items) => {
+                for v in items {
+                    walk(key, v, out);
+                }
+            }
+            Value::String(s) => {
+                out.push_str(key);
+                out.push_str(": ");
+                out.push_str(s);
+                out.push('\n');
+            }
+            Value::Number(_) | Value::Bool(_) => {
+                out.push_str(key);
+                out.push_str(": ");
+                out.push_str(&v.to_string());
+                out.push('\n');
+            }
+            Value::Null => {}
+        }
+    }
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(v) => {
+            let mut out = String::with_capacity(arguments.len());
+            walk("", &v, &mut out);
+            std::borrow::Cow::Owned(out)
+        }
+        Err(_) => std::borrow::Cow::Borrowed(arguments),
+    }
+}
+
 /// The tool calls a whole (non-streamed) answer makes, in order.
 pub fn in_body(v: &Value) -> Vec<Call> {
     let mut calls = Vec::new();
@@ -283,6 +324,15 @@ mod tests {
             name: name.into(),
             arguments: arguments.into(),
         }
+    }
+
+    #[test]
+    fn arguments_read_as_key_value_lines() {
+        assert_eq!(
+            readable(r#"{"password":"hunter2\"x","n":[1,{"k":true}]}"#),
+            "n: 1\nk: true\npassword: hunter2\"x\n"
+        );
+        assert_eq!(readable("not json {"), "not json {");
     }
 
     #[test]

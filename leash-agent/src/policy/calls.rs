@@ -110,7 +110,9 @@ impl PolicyModule {
             }
             let found = findings.get_or_insert_with(|| {
                 let mut f = Vec::new();
-                policy.detectors.scan(&call.arguments, &mut f);
+                policy
+                    .detectors
+                    .scan(&crate::pipeline::calls::readable(&call.arguments), &mut f);
                 f
             });
             let hits: Vec<Finding> = match &rule.tool_arguments {

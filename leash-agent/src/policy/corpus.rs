@@ -282,6 +282,77 @@ fn precision_and_recall_hold() {
     );
 }
 
+/// The same floors when the text is a tool call's argument in an answer
+/// (issue 24): each provider's whole answer, and a streamed call assembled
+/// from two argument pieces split inside the text — read as the policy
+/// reads a call (`calls::readable`).
+#[test]
+fn precision_and_recall_hold_in_tool_call_arguments() {
+    use crate::pipeline::calls::{Assembler, in_body, readable};
+    let d = Detectors::new(&[]).unwrap();
+    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
+    for row in &rows() {
+        let args = json!({ "cmd": row.text });
+        let text_args = args.to_string();
+        let mut split = text_args.len() / 2;
+        while !text_args.is_char_boundary(split) {
+            split += 1;
+        }
+        let (a, b) = text_args.split_at(split);
+        let mut stream = Assembler::default();
+        let delta = |tc: Value, finish: Value| json!({"choices": [{"index": 0, "delta": {"tool_calls": tc}, "finish_reason": finish}]});
+        stream.feed(&delta(
+            json!([{"index": 0, "function": {"name": "shell", "arguments": a}}]),
+            Value::Null,
+        ));
+        stream.feed(&delta(
+            json!([{"index": 0, "function": {"arguments": b}}]),
+            Value::Null,
+        ));
+        let streamed = stream.feed(&delta(Value::Null, json!("tool_calls")));
+        let carriers = [
+            (
+                "OpenAI tool_calls arguments",
+                in_body(
+                    &json!({"choices": [{"message": {"tool_calls": [{"function": {"name": "shell", "arguments": text_args}}]}}]}),
+                ),
+            ),
+            (
+                "Anthropic tool_use input",
+                in_body(
+                    &json!({"content": [{"type": "tool_use", "name": "shell", "input": args}]}),
+                ),
+            ),
+            (
+                "Gemini functionCall args",
+                in_body(
+                    &json!({"candidates": [{"content": {"parts": [{"functionCall": {"name": "shell", "args": args}}]}}]}),
+                ),
+            ),
+            ("streamed arguments, split", streamed),
+        ];
+        for (name, calls) in carriers {
+            assert_eq!(calls.len(), 1, "{name}");
+            let fired = fired_in_text(&d, &readable(&calls[0].arguments));
+            tallies.entry(name).or_default().add(row, fired);
+        }
+    }
+    let (mut precision, mut recall, mut clean) = (1.0_f64, 1.0_f64, 1.0_f64);
+    for (name, tally) in &tallies {
+        let (p, r, c) = tally.check(name);
+        (precision, recall, clean) = (precision.min(p), recall.min(r), clean.min(c));
+    }
+    record(
+        "detector_corpus_tool_calls",
+        &json!({
+            "carriers": tallies.len(),
+            "min_precision": round3(precision),
+            "min_recall": round3(recall),
+            "negatives_clean": round3(clean),
+        }),
+    );
+}
+
 /// The same floors whatever carries the text (the evasions of issue 16).
 #[test]
 fn precision_and_recall_hold_in_every_carrier() {
