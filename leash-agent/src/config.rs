@@ -75,6 +75,8 @@ pub struct Config {
     pub teams: Vec<TeamConfig>,
     /// Named routes of the unified API.
     pub routes: crate::routes::Routes,
+    /// MCP servers the gateway fronts (`/mcp/<server>/…`).
+    pub mcp: crate::mcp::McpServers,
     /// Provider credentials Leash holds.
     pub credentials: crate::credentials::Credentials,
     /// Virtual keys.
@@ -145,6 +147,8 @@ struct RawConfig {
     teams: Vec<TeamConfig>,
     #[serde(default)]
     routes: BTreeMap<String, crate::routes::RawRoute>,
+    #[serde(default)]
+    mcp: crate::mcp::RawMcp,
     #[serde(default)]
     credentials: BTreeMap<String, crate::credentials::RawCredential>,
     #[serde(default)]
@@ -306,6 +310,7 @@ impl RawConfig {
             policy,
             teams,
             routes,
+            mcp,
             credentials,
             auth,
             capture,
@@ -356,6 +361,7 @@ impl RawConfig {
             capture,
             intercept,
             routes,
+            mcp: crate::mcp::McpServers::validate(mcp)?,
             credentials,
             auth,
             pipeline,

@@ -17,6 +17,7 @@ pub mod field;
 pub mod hex;
 pub mod intercept;
 pub mod keys;
+pub mod mcp;
 pub mod metrics;
 pub mod modules;
 pub mod pipeline;

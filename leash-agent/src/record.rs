@@ -554,6 +554,20 @@ pub struct AuditRecord {
     /// client: a `strip` shows in `policy.changes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Tools>,
+    /// Set for requests to an MCP server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpRecord>,
+}
+
+/// A request to an MCP server (`/mcp/<server>/…`): which server, the
+/// JSON-RPC method (the HTTP method for the GET stream and DELETE), the
+/// tool a `tools/call` names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpRecord {
+    pub server: String,
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
 }
 
 /// Tools in an exchange, by name (never their definitions or arguments).
@@ -602,6 +616,7 @@ impl AuditRecord {
             content_read: None,
             policy_change: None,
             tools: None,
+            mcp: None,
         }
     }
 }
@@ -663,6 +678,7 @@ mod tests {
                 offered: vec!["shell".into()],
                 called: vec!["shell".into()],
             }),
+            mcp: None,
         };
         let text = serde_json::to_string(&record).unwrap_or_default();
         assert!(text.contains(r#""error":"leash_policy_blocked""#), "{text}");

@@ -13,7 +13,8 @@ use std::{
 
 use crate::harness::{free_port, http_get, leash_command, python, run};
 
-fn wait_port(addr: SocketAddr, what: &str, log: &Path) {
+/// Waits (up to 30 s) until `addr` accepts connections; panics with `log`.
+pub fn wait_port(addr: SocketAddr, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         assert!(

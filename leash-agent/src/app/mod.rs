@@ -502,7 +502,11 @@ where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
     let gateway = Arc::new(Gateway::new(
-        (config.providers.clone(), config.routes.clone()),
+        (
+            config.providers.clone(),
+            config.routes.clone(),
+            config.mcp.clone(),
+        ),
         pipeline,
         forwarder,
         config.gateway.body_limits(),

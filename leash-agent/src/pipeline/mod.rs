@@ -184,6 +184,7 @@ impl Exchange {
             content: None,
             content_read: None,
             policy_change: None,
+            mcp: self.ext.get::<crate::record::McpRecord>().cloned(),
             tools: (!self.tools.is_empty()).then(|| crate::record::Tools {
                 offered: tools::bounded(&self.tools),
                 called: Vec::new(),

@@ -15,10 +15,13 @@ use super::{
     rules::RequestHeaders,
     stream::{ResponseScan, stopped_by},
 };
+use serde_json::Value;
+
 use crate::{
+    mcp::McpRequest,
     pipeline::{BodyFlow, Exchange, Rejection, calls::Call},
     provider::ErrorCode,
-    record::Action,
+    record::{Action, Change, ChangeOp},
 };
 
 /// Largest whole answer read before its tool calls are judged; a larger
@@ -31,9 +34,147 @@ impl Policy {
     pub(super) fn judges_calls(&self) -> bool {
         self.rules.iter().any(Rule::judges_calls)
     }
+
+    /// Whether a rule names tools at all (offered or called).
+    pub(super) fn names_tools(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.judges_calls() || r.m.tool_offered.is_some())
+    }
+
+    /// Whether an MCP server's `tools/list` shows `tool` to the exchange's
+    /// caller: not when an enforcing rule would block a call of it by its
+    /// name alone, or strips it when offered.
+    fn shows_tool(&self, ex: &Exchange, tool: &str) -> bool {
+        let headers = ex.ext.get::<RequestHeaders>().map(|h| &h.0);
+        !self.rules.iter().any(|r| {
+            let hides = match r.action {
+                Action::Block => {
+                    r.tool_arguments.is_none()
+                        && r.m.tool_called.as_ref().is_some_and(|s| s.is_match(tool))
+                }
+                Action::Strip => r.m.names_tool(tool),
+                _ => false,
+            };
+            hides
+                && !r.shadow.unwrap_or(self.shadow)
+                && r.m.exchange(ex)
+                && (r.m.header.is_empty() || headers.is_some_and(|h| r.m.headers(h)))
+        })
+    }
+}
+
+/// Whether the exchange is an MCP `tools/list`.
+pub(super) fn is_mcp_listing(ex: &Exchange) -> bool {
+    ex.ext
+        .get::<McpRequest>()
+        .is_some_and(|r| r.record.method == "tools/list")
+}
+
+/// Removes from a JSON-RPC message (or batch) the listed tools the caller
+/// may not see; returns their names.
+fn filter_message(policy: &Policy, ex: &Exchange, v: &mut Value) -> Vec<String> {
+    let mut hidden = Vec::new();
+    let messages: Vec<&mut Value> = match v {
+        Value::Array(batch) => batch.iter_mut().collect(),
+        one => vec![one],
+    };
+    for m in messages {
+        if let Some(Value::Array(tools)) = m.get_mut("result").and_then(|r| r.get_mut("tools")) {
+            tools.retain(|t| {
+                let name = t["name"].as_str().unwrap_or_default();
+                let shown = policy.shows_tool(ex, name);
+                if !shown {
+                    hidden.push(name.to_owned());
+                }
+                shown
+            });
+        }
+    }
+    hidden
 }
 
 impl PolicyModule {
+    /// An MCP `tools/call`, judged by the rules on tool calls; the message
+    /// to refuse it with, if a `block` matched.
+    pub(super) fn judge_mcp_call(&self, policy: &Policy, ex: &mut Exchange) -> Option<String> {
+        let call = ex.ext.get::<McpRequest>().and_then(|r| {
+            Some(Call {
+                name: r.record.tool.clone()?,
+                arguments: r.arguments.clone().unwrap_or_default(),
+            })
+        })?;
+        self.judge_calls(policy, ex, &[call])
+    }
+
+    /// An MCP server's `tools/list` answer (JSON, or server-sent events of
+    /// JSON-RPC messages), read to its end, without the tools the caller
+    /// may not see; each hidden one recorded as a `strip_tool` change.
+    pub(super) fn filter_listing(
+        policy: &Policy,
+        ex: &mut Exchange,
+        st: &mut ResponseScan,
+        chunk: &mut Bytes,
+        end: bool,
+    ) -> BodyFlow {
+        st.whole.extend_from_slice(chunk);
+        *chunk = Bytes::new();
+        if st.whole.len() > MAX_WHOLE {
+            st.whole = Vec::new();
+            stopped_by(ex, "tool_listing_too_large");
+            return BodyFlow::Abort(Rejection {
+                status: StatusCode::FORBIDDEN,
+                code: ErrorCode::PolicyBlocked,
+                message: "leash: a tool listing exceeded what policy reads to filter it".into(),
+            });
+        }
+        if !end {
+            return BodyFlow::Continue;
+        }
+        let whole = std::mem::take(&mut st.whole);
+        let mut hidden = Vec::new();
+        let out = if let Ok(mut v) = serde_json::from_slice::<Value>(&whole) {
+            hidden = filter_message(policy, ex, &mut v);
+            if hidden.is_empty() {
+                whole
+            } else {
+                v.to_string().into_bytes()
+            }
+        } else {
+            let text = String::from_utf8_lossy(&whole);
+            let mut out = String::with_capacity(text.len());
+            for line in text.split_inclusive('\n') {
+                let data = line.strip_prefix("data:").map(str::trim);
+                match data.and_then(|d| serde_json::from_str::<Value>(d).ok()) {
+                    Some(mut v) => {
+                        let gone = filter_message(policy, ex, &mut v);
+                        if gone.is_empty() {
+                            out.push_str(line);
+                        } else {
+                            hidden.extend(gone);
+                            out.push_str("data: ");
+                            out.push_str(&v.to_string());
+                            out.push('\n');
+                        }
+                    }
+                    None => out.push_str(line),
+                }
+            }
+            out.into_bytes()
+        };
+        if !hidden.is_empty() {
+            let d = ex.ext.get_or_insert_default::<super::Decision>();
+            d.action = d.action.max(Some(Action::Strip));
+            d.changes.extend(
+                hidden
+                    .into_iter()
+                    .map(|t| Change::new(ChangeOp::StripTool, t)),
+            );
+        }
+        *chunk = Bytes::from(out);
+        BodyFlow::Continue
+    }
+
     /// Judges completed calls: records every rule that matches; returns the
     /// message to end the answer with when an enforcing `block` matched.
     pub(super) fn judge_calls(

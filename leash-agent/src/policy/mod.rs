@@ -41,7 +41,7 @@ use self::{
 pub use crate::record::{Action, Change, FindingRecord, PolicyRecord};
 use crate::{
     alerts::{AlertKey, Alerter},
-    pipeline::{BodyFlow, Exchange, Filtered, Flow, Module, ProxyRequest},
+    pipeline::{self, BodyFlow, Exchange, Filtered, Flow, Module, ProxyRequest},
     record::AuditRecord,
 };
 
@@ -75,7 +75,23 @@ impl Module for PolicyModule {
         if policy.response_needs_headers() {
             ex.ext.insert(RequestHeaders(req.head.headers.clone()));
         }
-        let verdict = policy.inspect(ex, req);
+        // An MCP `tools/call` is judged as an answer's tool call is.
+        if let Some(message) = self.judge_mcp_call(&policy, ex) {
+            return Filtered::from(Flow::Reject(pipeline::Rejection {
+                status: http::StatusCode::FORBIDDEN,
+                code: crate::provider::ErrorCode::PolicyBlocked,
+                message,
+            }));
+        }
+        let prior = ex.ext.remove::<Decision>();
+        let mut verdict = policy.inspect(ex, req);
+        if let Some(prior) = prior {
+            match &mut verdict {
+                Verdict::Forward { decision, .. } | Verdict::Refuse { decision, .. } => {
+                    decision.absorb(prior);
+                }
+            }
+        }
         let decision = match &verdict {
             Verdict::Forward { decision, .. } | Verdict::Refuse { decision, .. } => decision,
         };
@@ -129,19 +145,21 @@ impl Module for PolicyModule {
     }
 
     fn rewrites_response_body(&self) -> bool {
-        // A reloaded file may add response rules: a policy file always counts.
+        // A reloaded file may add response rules: a policy file always
+        // counts. Rules on tools filter MCP tool listings.
         self.handle.file().is_some()
             || self
                 .handle
                 .current()
-                .is_some_and(|p| p.has_response_rules())
+                .is_some_and(|p| p.has_response_rules() || p.names_tools())
     }
 
     fn response_filter(&self, ex: &mut Exchange, head: &mut http::response::Parts) {
+        let listing = calls::is_mcp_listing(ex);
         if self
             .handle
             .current()
-            .is_some_and(|p| p.has_response_rules())
+            .is_some_and(|p| p.has_response_rules() || (listing && p.names_tools()))
             && head.status.is_success()
         {
             ex.ext.insert(ResponseScan {
@@ -162,7 +180,9 @@ impl Module for PolicyModule {
         let Some(mut scan_state) = ex.ext.remove::<ResponseScan>() else {
             return BodyFlow::Continue;
         };
-        let flow = if ex.stream {
+        let flow = if calls::is_mcp_listing(ex) {
+            Self::filter_listing(&policy, ex, &mut scan_state, chunk, end)
+        } else if ex.stream {
             self.scan_stream(&policy, ex, &mut scan_state, chunk, end)
         } else {
             self.scan_document(&policy, ex, &mut scan_state, chunk, end)

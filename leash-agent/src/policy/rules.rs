@@ -236,6 +236,21 @@ pub struct Decision {
     pub forwarded_body: Option<Vec<u8>>,
 }
 
+impl Decision {
+    /// Adds what an earlier judgement of the same request decided.
+    pub(super) fn absorb(&mut self, earlier: Self) {
+        self.action = self.action.max(earlier.action);
+        self.shadow |= earlier.shadow;
+        for r in earlier.rules {
+            if !self.rules.contains(&r) {
+                self.rules.push(r);
+            }
+        }
+        self.findings.extend(earlier.findings);
+        self.tags.extend(earlier.tags);
+    }
+}
+
 impl Policy {
     pub(super) fn rule_matches(
         rule: &Rule,

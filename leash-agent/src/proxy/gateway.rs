@@ -135,6 +135,7 @@ impl GatewayConfig {
 pub struct Gateway<C = HttpsConnector> {
     providers: Providers,
     routes: crate::routes::Routes,
+    mcp: crate::mcp::McpServers,
     pipeline: Arc<Pipeline>,
     forwarder: Forwarder<C>,
     limits: BodyLimits,
@@ -150,7 +151,7 @@ fn route(path: &str) -> Option<(&str, &str)> {
 
 impl<C: Connect + Clone + Send + Sync + 'static> Gateway<C> {
     pub fn new(
-        (providers, routes): (Providers, crate::routes::Routes),
+        (providers, routes, mcp): (Providers, crate::routes::Routes, crate::mcp::McpServers),
         pipeline: Arc<Pipeline>,
         forwarder: Forwarder<C>,
         limits: BodyLimits,
@@ -158,6 +159,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Gateway<C> {
         Self {
             providers,
             routes,
+            mcp,
             pipeline,
             forwarder,
             limits,
@@ -233,6 +235,65 @@ impl<C: Connect + Clone + Send + Sync + 'static> Gateway<C> {
         super::unified::serve_route(&self.context(&caller), &head, shape, route).await
     }
 
+    /// `/mcp/<server><rest>`: a request to an MCP server, through the
+    /// pipeline as the provider `mcp/<server>`, its JSON-RPC read first.
+    async fn mcp(
+        &self,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+        server: &str,
+        rest: &str,
+    ) -> Response<LeashBody> {
+        let Some(provider) = self.mcp.get(server).map(Arc::clone) else {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                crate::mcp::error_body(None, &format!("leash: unknown MCP server `{server}`")),
+            );
+        };
+        let caller = Caller {
+            addr: Some(peer),
+            ..Caller::default()
+        };
+        let rest = match path::canonical(rest) {
+            Ok(c) => c,
+            Err(e) => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    crate::mcp::error_body(None, &e.to_string()),
+                );
+            }
+        };
+        let endpoint = if rest.decoded.is_empty() {
+            "/".to_owned()
+        } else {
+            rest.decoded.clone()
+        };
+        let mut ex = ActiveExchange::new(
+            Exchange::new(Mode::Gateway, provider, caller, endpoint),
+            Arc::clone(&self.pipeline),
+        );
+        let query = req.uri().query().map(str::to_owned);
+        let (mut head, body) = req.into_parts();
+        crate::pipeline::identify::start_trace(&mut ex, &head.headers);
+        let body = match super::read_body(&mut head, body, self.limits, &ex.id).await {
+            Ok(body) => body,
+            Err(rejection) => return local_response(&mut ex, &rejection),
+        };
+        let request = crate::mcp::McpRequest::read(server, &head.method, &body);
+        ex.ext.insert(request.record.clone());
+        ex.ext.insert(request);
+        let upstream_path = format!("{}{}", ex.provider.upstream.base_path(), rest.encoded);
+        super::admit_read(
+            ex,
+            head,
+            body,
+            &upstream_path,
+            query.as_deref(),
+            &self.forwarder,
+        )
+        .await
+    }
+
     fn not_found(&self, message: &str) -> Response<LeashBody> {
         let known: Vec<&str> = self.providers.names().collect();
         let body = json!({
@@ -251,6 +312,9 @@ impl<C: Connect + Clone + Send + Sync + 'static> Gateway<C> {
             return refused;
         }
         let uri_path = req.uri().path().to_owned();
+        if let Some((server, rest)) = crate::mcp::route(&uri_path) {
+            return Box::pin(self.mcp(peer, req, server, rest)).await;
+        }
         if let Some(api) = uri_path
             .strip_prefix("/v1")
             .and_then(crate::translate::Api::of_path)

@@ -478,20 +478,32 @@ fn upstream_timed_out(ex: &mut ActiveExchange, detail: &str) -> Response<LeashBo
 
 /// Leash's own answer, in the provider's error shape. Ends the exchange.
 pub fn local_response(ex: &mut ActiveExchange, rejection: &Rejection) -> Response<LeashBody> {
-    ex.status = Some(rejection.status);
     ex.error = Some(rejection.code);
     ex.timing.response_ready = Some(Instant::now());
     ex.completed = true;
-    let body = error_body(
-        ex.provider.kind,
-        rejection.status,
-        rejection.code,
-        &rejection.message,
-    );
+    // An MCP client reads JSON-RPC: a refused call is an error answer to
+    // its request id.
+    let mcp = ex.ext.get::<crate::mcp::McpRequest>().map(|r| r.id.clone());
+    // With a request id, the refusal is the JSON-RPC answer (HTTP 200, so
+    // the client reads it as one); the record keeps why.
+    let status = match &mcp {
+        Some(Some(_)) => StatusCode::OK,
+        _ => rejection.status,
+    };
+    let body = match &mcp {
+        Some(id) => crate::mcp::error_body(id.as_ref(), &rejection.message),
+        None => error_body(
+            ex.provider.kind,
+            rejection.status,
+            rejection.code,
+            &rejection.message,
+        ),
+    };
+    ex.status = Some(status);
     ex.response_bytes = body.len() as u64;
     let id = HeaderValue::from_str(&ex.id).ok();
     let mut resp = Response::new(LeashBody::local(body, ex));
-    *resp.status_mut() = rejection.status;
+    *resp.status_mut() = status;
     resp.extensions_mut().insert(LocalAnswer(rejection.code));
     if let Some(RetryAfter(secs)) = ex.ext.get::<RetryAfter>() {
         resp.headers_mut()

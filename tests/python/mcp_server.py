@@ -1,0 +1,38 @@
+"""An MCP server (the official SDK, Streamable HTTP) for the tests.
+
+Usage: mcp_server.py PORT CALLS_FILE
+
+Serves two tools, `read_file` and `shell`, at http://127.0.0.1:PORT/mcp,
+and appends one JSON line per tool call it runs to CALLS_FILE (so a test
+can show that a refused call never reached it).
+"""
+
+import json
+import sys
+
+from mcp.server.mcpserver import MCPServer
+
+PORT, CALLS = int(sys.argv[1]), sys.argv[2]
+app = MCPServer("ops")
+
+
+def ran(tool, arg):
+    with open(CALLS, "a") as f:
+        f.write(json.dumps({"tool": tool, "arg": arg}) + "\n")
+
+
+@app.tool()
+def read_file(path: str) -> str:
+    """Read a file."""
+    ran("read_file", path)
+    return f"contents of {path}"
+
+
+@app.tool()
+def shell(cmd: str) -> str:
+    """Run a shell command."""
+    ran("shell", cmd)
+    return f"ran {cmd}"
+
+
+app.run(transport="streamable-http", host="127.0.0.1", port=PORT)

@@ -1,0 +1,224 @@
+//! Leash in front of an MCP server, with the official MCP SDK (`mcp` on
+//! PyPI) as client and as server over Streamable HTTP: `tools/list`
+//! filtered per team, a forbidden `tools/call` refused with a JSON-RPC
+//! error before it reaches the server, an allowed one served and audited
+//! with its caller.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed expectation is a failed test"
+)]
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use leash_tests::{
+    fleet::wait_port,
+    harness::{assert_success, free_port, python, python_dir, run_python, start_with_policy_file},
+};
+use serde_json::{Value, json};
+
+const POLICY: &str = r"version: 1
+rules:
+  - { name: no-shell-for-contractors, match: { team: [contractors], tool: { called: [shell] } }, action: block }
+  - { name: no-secrets-in-tool-args, match: { tool: { arguments: [secrets] } }, action: block }
+";
+
+/// A fake AWS access key id: the shape and randomness of a real one.
+const CANARY: &str = "AKIAZ7QX3PLM9V2KD4RT";
+
+/// `mcp_server.py` on a port of its own; killed when dropped.
+struct McpServer {
+    child: Child,
+    port: u16,
+    calls: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl McpServer {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let calls = dir.path().join("calls.jsonl");
+        let log = dir.path().join("server.log");
+        let child = Command::new(python())
+            .arg(python_dir().join("mcp_server.py"))
+            .arg(port.to_string())
+            .arg(&calls)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("server.err")).unwrap())
+            .spawn()
+            .expect("start the MCP server");
+        wait_port(
+            ([127, 0, 0, 1], port).into(),
+            "the MCP server",
+            &dir.path().join("server.err"),
+        );
+        Self {
+            child,
+            port,
+            calls,
+            _dir: dir,
+        }
+    }
+
+    /// The tool calls the server ran: (tool, argument).
+    fn ran(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(&self.calls)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (
+                    v["tool"].as_str().unwrap().to_owned(),
+                    v["arg"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for McpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mcp(url: &str, team: &str, calls: &Value) -> Value {
+    let out = run_python("mcp_check.py", &[url, team, &calls.to_string()], &[]);
+    assert_success(&format!("mcp_check.py as {team}"), &out);
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+#[test]
+fn mcp_tools_are_listed_called_and_refused_per_team() {
+    let server = McpServer::start();
+    let (_mock, leash) = start_with_policy_file(
+        POLICY,
+        &format!(
+            "mcp:\n  servers:\n    ops: {{ url: \"http://127.0.0.1:{}\" }}\n",
+            server.port
+        ),
+    );
+    let url = format!("http://{}/mcp/ops/mcp", leash.addr);
+    let secret = format!("/srv/{CANARY}");
+
+    // Control: a team no rule names lists and calls both tools.
+    let r = mcp(&url, "platform", &json!([["shell", {"cmd": "uptime"}]]));
+    assert_eq!(r["tools"], json!(["read_file", "shell"]), "{r}");
+    assert_eq!(r["results"][0]["ok"], true, "{r}");
+    assert_eq!(r["results"][0]["text"], "ran uptime", "{r}");
+    assert_eq!(server.ran(), [("shell".to_owned(), "uptime".to_owned())]);
+
+    // Contractors: `shell` is not listed, and a call of it is refused with
+    // a JSON-RPC error the SDK raises; so is a call carrying a secret.
+    // An allowed call passes.
+    let r = mcp(
+        &url,
+        "contractors",
+        &json!([
+            ["shell", {"cmd": "rm -rf /"}],
+            ["read_file", {"path": secret}],
+            ["read_file", {"path": "/srv/report.txt"}],
+        ]),
+    );
+    assert_eq!(r["tools"], json!(["read_file"]), "{r}");
+    let results = r["results"].as_array().unwrap();
+    assert_eq!(results[0]["ok"], false, "{r}");
+    assert!(
+        results[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no-shell-for-contractors"),
+        "{r}"
+    );
+    assert_eq!(results[1]["ok"], false, "{r}");
+    assert!(
+        results[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no-secrets-in-tool-args"),
+        "{r}"
+    );
+    assert_eq!(results[2]["text"], "contents of /srv/report.txt", "{r}");
+    assert_eq!(
+        server.ran(),
+        [
+            ("shell".to_owned(), "uptime".to_owned()),
+            ("read_file".to_owned(), "/srv/report.txt".to_owned()),
+        ],
+        "a refused call reached the server"
+    );
+
+    assert_audit(&leash);
+}
+
+/// The audit: every call with its server, method, tool, team and address;
+/// the refusals with their rule; the filtered listing; never the canary.
+fn assert_audit(leash: &leash_tests::harness::Leash) {
+    let records = leash.wait_records(1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let calls = loop {
+        let records = leash.wait_records(records.len());
+        let calls: Vec<Value> = records
+            .into_iter()
+            .filter(|r| r["mcp"]["method"] == "tools/call")
+            .collect();
+        if calls.len() >= 4 || std::time::Instant::now() > deadline {
+            break calls;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let summary: Vec<(String, String, String, String)> = calls
+        .iter()
+        .map(|r| {
+            (
+                r["mcp"]["tool"].as_str().unwrap_or("").to_owned(),
+                r["caller"]["team"].as_str().unwrap_or("").to_owned(),
+                r["policy"]["action"].as_str().unwrap_or("allow").to_owned(),
+                r["policy"]["rules"][0].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let row =
+        |t: &str, team: &str, a: &str, rule: &str| (t.into(), team.into(), a.into(), rule.into());
+    assert_eq!(
+        summary,
+        [
+            row("shell", "platform", "allow", ""),
+            row("shell", "contractors", "block", "no-shell-for-contractors"),
+            row(
+                "read_file",
+                "contractors",
+                "block",
+                "no-secrets-in-tool-args"
+            ),
+            row("read_file", "contractors", "allow", ""),
+        ],
+        "{calls:#?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .all(|r| r["provider"] == "mcp/ops" && r["caller"]["addr"].is_string())
+    );
+    assert!(
+        !leash.audit_text().contains(CANARY),
+        "the canary is in the audit"
+    );
+    let listing = leash
+        .wait_records(1)
+        .into_iter()
+        .find(|r| r["mcp"]["method"] == "tools/list" && r["caller"]["team"] == "contractors")
+        .expect("the contractors' listing is recorded");
+    assert_eq!(
+        listing["policy"]["changes"],
+        json!([{ "op": "strip_tool", "field": "shell" }]),
+        "{listing}"
+    );
+}
