@@ -571,13 +571,28 @@ pub struct McpRecord {
 }
 
 /// Tools in an exchange, by name (never their definitions or arguments).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tools {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offered: Vec<String>,
     /// The tools the answer called, each name once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub called: Vec<String>,
+}
+
+impl Tools {
+    /// Adds called tool names to a record's `tools` (each name once).
+    pub fn add_called(tools: &mut Option<Self>, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        let called = &mut tools.get_or_insert_with(Self::default).called;
+        for n in names {
+            if !called.contains(n) {
+                called.push(n.clone());
+            }
+        }
+    }
 }
 
 impl AuditRecord {

@@ -285,6 +285,21 @@ fn streamed_tool_calls_are_held_until_their_arguments_are_checked() {
     }
     let audit = leash.audit_text();
     assert!(!audit.contains(CANARY), "the canary is in the audit");
+    // The console's Tools view: per provider 5 calls of `shell` (clean,
+    // secret, contractors streamed and whole, secret whole), 4 of them in
+    // blocked exchanges; by team.
+    let (status, tools) = leash.api("GET", "/api/tools", b"");
+    assert_eq!(status, 200, "{tools}");
+    let shell = &tools["tools"][0];
+    assert_eq!(shell["tool"], "shell", "{tools}");
+    assert_eq!(shell["use"]["called"], 15, "{tools}");
+    assert_eq!(shell["use"]["blocked"], 12, "{tools}");
+    assert_eq!(shell["use"]["offered"], 15, "{tools}");
+    assert_eq!(
+        shell["use"]["teams"]["contractors"].as_u64(),
+        Some(12),
+        "{tools}"
+    );
     // Every provider passed each check above (an assertion stops the test).
     let n = providers.len();
     leash_tests::results::record(

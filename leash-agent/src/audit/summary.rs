@@ -2,7 +2,7 @@
 //! cost and outcomes by hour, team, provider and model (and by minute for
 //! the newest traffic); by user, executable, host and caller; policy
 //! outcomes by rule and hour; added time as histograms; the shadow-AI
-//! inventory. Summaries of consecutive stretches merge; every map is
+//! inventory; tools offered and called. Summaries of consecutive stretches merge; every map is
 //! bounded. The index (`index`) keeps one per segment.
 
 use std::collections::BTreeMap;
@@ -13,8 +13,10 @@ use super::read::{Totals, Violation};
 
 /// Distinct keys kept per map of one summary; past it, `other`.
 const MAX_KEYS: usize = 20_000;
-/// Callers kept per shadow-AI host.
+/// Callers kept per shadow-AI host, and per tool.
 const MAX_SHADOW_CALLERS: usize = 20;
+/// Teams counted per tool (past it, `other`).
+const MAX_TOOL_TEAMS: usize = 200;
 const OTHER: &str = "other";
 
 /// Where a request falls: hour (`2026-11-30T12`), team, provider, model.
@@ -39,6 +41,45 @@ pub struct ShadowHost {
     pub connections: u64,
     pub callers: Vec<String>,
     pub last: Option<String>,
+}
+
+/// One tool's use: requests that offered it to a model, calls of it (in
+/// answers, or MCP `tools/call`), calls in an exchange the policy blocked;
+/// by team (calls and offers), and the first callers seen.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolUse {
+    pub offered: u64,
+    pub called: u64,
+    pub blocked: u64,
+    pub teams: BTreeMap<String, u64>,
+    pub callers: Vec<String>,
+}
+
+impl ToolUse {
+    fn seen(&mut self, team: &str, caller: &str) {
+        if self.teams.len() < MAX_TOOL_TEAMS || self.teams.contains_key(team) {
+            *self.teams.entry(team.to_owned()).or_default() += 1;
+        } else {
+            *self.teams.entry(OTHER.to_owned()).or_default() += 1;
+        }
+        if self.callers.len() < MAX_SHADOW_CALLERS && !self.callers.iter().any(|c| c == caller) {
+            self.callers.push(caller.to_owned());
+        }
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.offered += other.offered;
+        self.called += other.called;
+        self.blocked += other.blocked;
+        for (t, n) in &other.teams {
+            *bounded(&mut self.teams, t) += n;
+        }
+        for c in &other.callers {
+            if self.callers.len() < MAX_SHADOW_CALLERS && !self.callers.contains(c) {
+                self.callers.push(c.clone());
+            }
+        }
+    }
 }
 
 /// Time Leash added to requests (`overhead_ms`), counted in logarithmic
@@ -97,7 +138,7 @@ impl Overhead {
 pub const RECENT_MINUTES: usize = 120;
 /// The summaries' format: a stored summary of an older format is made
 /// again.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// What a stretch of the trail holds, in sums.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +173,9 @@ pub struct Summary {
     pub minute_cube: BTreeMap<CubeKey, Totals>,
     #[serde(default)]
     pub overhead_by_minute: BTreeMap<String, Overhead>,
+    /// Tools offered and called, by name.
+    #[serde(default)]
+    pub tools: BTreeMap<String, ToolUse>,
 }
 
 /// A map with structured keys, written as a list of pairs.
@@ -173,6 +217,21 @@ struct Slim {
     policy: Option<SlimPolicy>,
     status: Option<u64>,
     overhead_ms: Option<f64>,
+    tools: Option<SlimTools>,
+    mcp: Option<SlimMcp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SlimTools {
+    offered: Vec<String>,
+    called: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SlimMcp {
+    tool: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,6 +352,7 @@ impl Summary {
                 .map(|(ip, _)| ip)
         });
         add(bounded(&mut self.by_caller, caller.unwrap_or("-")));
+        self.add_tools(&r, caller.unwrap_or("-"), action == Some("block"));
         let Some(policy) = r.policy else {
             return false;
         };
@@ -310,6 +370,34 @@ impl Summary {
             .entry(action.to_owned())
             .or_default() += 1;
         true
+    }
+
+    /// Counts the tools a request offered and the calls it made (an MCP
+    /// `tools/call` is one).
+    fn add_tools(&mut self, r: &Slim, who: &str, blocked: bool) {
+        let team = r.caller.team.as_deref().unwrap_or("-");
+        let (offered, called) = r
+            .tools
+            .as_ref()
+            .map_or((&[][..], &[][..]), |t| (&t.offered[..], &t.called[..]));
+        for name in offered {
+            let tool = bounded(&mut self.tools, name);
+            tool.offered += 1;
+            tool.seen(team, who);
+        }
+        let mcp = r.mcp.as_ref().and_then(|m| m.tool.as_deref());
+        let mut calls: Vec<&str> = called.iter().map(String::as_str).collect();
+        if let Some(m) = mcp
+            && !calls.contains(&m)
+        {
+            calls.push(m);
+        }
+        for name in calls {
+            let tool = bounded(&mut self.tools, name);
+            tool.called += 1;
+            tool.blocked += u64::from(blocked);
+            tool.seen(team, who);
+        }
     }
 
     /// Counts a request into the newest minutes, unless it is older than
@@ -399,6 +487,9 @@ impl Summary {
             self.minute_cube.entry(k.clone()).or_default().merge(t);
         }
         self.trim_recent();
+        for (name, t) in &other.tools {
+            bounded(&mut self.tools, name).merge(t);
+        }
         for (host, s) in &other.shadow {
             let mine = bounded(&mut self.shadow, host);
             mine.connections += s.connections;

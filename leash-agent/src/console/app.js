@@ -308,6 +308,17 @@ async function refreshViolations() {
     }));
 }
 
+async function refreshTools() {
+  const t = await api("/api/tools");
+  const list = (m) => Object.entries(m).sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k} ×${n}`).join(", ");
+  table(document.getElementById("tools-table"),
+    [["tool"], ["offered", "num"], ["called", "num"], ["blocked", "num"], ["teams"], ["callers"]],
+    t.tools.map(({ tool, use: u }) => el("tr", {}, el("td", {}, tool),
+      el("td", { class: "num" }, num(u.offered)), el("td", { class: "num" }, num(u.called)),
+      el("td", { class: u.blocked ? "num block" : "num" }, num(u.blocked)),
+      el("td", {}, list(u.teams)), el("td", {}, u.callers.join(", ")))));
+}
+
 async function refreshPolicy() {
   const p = await api("/api/policy");
   const summary = document.getElementById("policy-summary");
@@ -435,7 +446,7 @@ async function refreshInterception() {
   document.getElementById("interception").textContent = JSON.stringify(i, null, 2);
 }
 
-const pages = { live: showLive, spend: refreshSpend, violations: refreshViolations, policy: refreshPolicy, keys: refreshKeys, interception: refreshInterception };
+const pages = { live: showLive, spend: refreshSpend, violations: refreshViolations, tools: refreshTools, policy: refreshPolicy, keys: refreshKeys, interception: refreshInterception };
 async function show(name) {
   const page = pages[name] ? name : "live";
   current = page;

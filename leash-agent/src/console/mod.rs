@@ -389,6 +389,7 @@ impl Console {
                 | "/api/spend"
                 | "/api/series"
                 | "/api/violations"
+                | "/api/tools"
                 | "/api/interception"
                 | "/api/policy/replay"
         ) || (path.starts_with("/api/records/") && path.ends_with("/content"));
@@ -426,6 +427,7 @@ impl Console {
             ("GET", "/api/spend") => self.spend(query).await,
             ("GET", "/api/series") => self.series(query).await,
             ("GET", "/api/violations") => self.violations().await,
+            ("GET", "/api/tools") => self.tools().await,
             ("GET", "/api/policy") => self.policy(),
             ("POST", "/api/policy/test") => self.playground(body),
             ("POST", "/api/policy/replay") => self.replay(body, query).await,

@@ -266,6 +266,27 @@ impl Console {
         )
     }
 
+    /// `/api/tools`: every tool offered to a model or called (in answers
+    /// and MCP `tools/call`), most called first, with its teams, callers
+    /// and blocked calls.
+    pub(super) async fn tools(&self) -> Answer {
+        let s = match self.summary().await {
+            Ok(s) => s,
+            Err(a) => return a,
+        };
+        let mut tools: Vec<(&String, &crate::audit::summary::ToolUse)> = s.tools.iter().collect();
+        tools.sort_by(|a, b| {
+            b.1.called
+                .cmp(&a.1.called)
+                .then(b.1.offered.cmp(&a.1.offered))
+        });
+        let rows: Vec<Value> = tools
+            .into_iter()
+            .map(|(name, t)| json!({"tool": name, "use": t}))
+            .collect();
+        Answer::json(StatusCode::OK, &json!({ "tools": rows }))
+    }
+
     /// The shadow-AI inventory: unlisted LLM hosts seen, by host, with the
     /// processes that called them.
     pub(super) async fn shadow_ai(&self) -> Value {

@@ -339,16 +339,7 @@ impl Module for UsageModule {
         let Some(state) = ex.ext.get::<State>() else {
             return;
         };
-        if !state.meta.tools_called.is_empty() {
-            record
-                .tools
-                .get_or_insert_with(|| crate::record::Tools {
-                    offered: Vec::new(),
-                    called: Vec::new(),
-                })
-                .called
-                .clone_from(&state.meta.tools_called);
-        }
+        crate::record::Tools::add_called(&mut record.tools, &state.meta.tools_called);
         if let Some(usage) = state.usage {
             record.usage = Some(usage);
             record.cost_usd = ex.cost_usd.or_else(|| {

@@ -64,6 +64,12 @@ impl Policy {
     }
 }
 
+/// The names of the calls judged in this exchange (the record's
+/// `tools.called` includes them: a blocked call's events never reach the
+/// usage module).
+#[derive(Clone, Default)]
+pub(super) struct CallsJudged(pub(super) Vec<String>);
+
 /// Whether the exchange is an MCP `tools/list`.
 pub(super) fn is_mcp_listing(ex: &Exchange) -> bool {
     ex.ext
@@ -184,6 +190,11 @@ impl PolicyModule {
         calls: &[Call],
     ) -> Option<String> {
         for call in calls {
+            // Named in the record even when the call never reaches anyone.
+            ex.ext
+                .get_or_insert_default::<CallsJudged>()
+                .0
+                .push(call.name.clone());
             if let Some(message) = self.judge_call(policy, ex, call) {
                 return Some(message);
             }

@@ -192,6 +192,10 @@ impl Module for PolicyModule {
     }
 
     fn logging(&self, ex: &Exchange, record: &mut AuditRecord) {
+        if let Some(judged) = ex.ext.get::<calls::CallsJudged>() {
+            let names = pipeline::tools::bounded(&judged.0);
+            crate::record::Tools::add_called(&mut record.tools, &names);
+        }
         if let Some(d) = ex.ext.get::<Decision>() {
             record.policy = Some(PolicyRecord {
                 action: d.action.unwrap_or(Action::Allow),
