@@ -23,7 +23,8 @@ use serde_json::{Value, json};
 
 const POLICY: &str = r"version: 1
 rules:
-  - { name: no-shell-for-contractors, match: { team: [contractors], tool: { called: [shell] } }, action: block }
+  - { name: platform-may-shell, match: { team: [platform], tool: { called: [shell] } }, action: allow }
+  - { name: no-shell-for-contractors, match: { tool: { called: [shell] } }, action: block }
   - { name: no-secrets-in-tool-args, match: { tool: { arguments: [secrets] } }, action: block }
 ";
 
@@ -190,7 +191,7 @@ fn assert_audit(leash: &leash_tests::harness::Leash) {
     assert_eq!(
         summary,
         [
-            row("shell", "platform", "allow", ""),
+            row("shell", "platform", "allow", "platform-may-shell"),
             row("shell", "contractors", "block", "no-shell-for-contractors"),
             row(
                 "read_file",

@@ -172,6 +172,7 @@ rules:
   - { name: no-secrets-in-tool-args, match: { tool: { arguments: [secrets] } }, action: block }
   - { name: no-shell-for-contractors, match: { team: [contractors], tool: { called: ["shell"] } }, action: block }
   - { name: calls-seen, match: { tool: { called: ["*"] } }, action: annotate, tags: [tool-call] }
+  - { name: shell-stripped, match: { team: [interns], tool: { offered: ["shell*"] } }, action: strip }
 "#;
 
 /// A fake AWS access key id: the shape and randomness of a real one.
@@ -334,51 +335,47 @@ fn streamed_tool_calls_are_held_through_transparent_interception() {
         ("anthropic", "https://api.anthropic.com"),
         ("google", "https://generativelanguage.googleapis.com"),
     ] {
-        let run = |args: &str| -> Value {
-            let headers = stream_headers("platform", args).to_string();
+        let run = |team: &str, stream: bool, args: &str| -> Value {
+            let headers = stream_headers(team, args).to_string();
+            let mode = if stream { "stream" } else { "whole" };
             let out = w.python(
                 "tools_check.py",
                 &[("LEASH_TEST_HEADERS", &headers)],
-                &[provider, base, "sk-test", "stream"],
+                &[provider, base, "sk-test", mode],
             );
             assert_success(&format!("{provider}\n{}", w.agent.logs()), &out);
             serde_json::from_slice(&out.stdout).expect("one JSON line")
         };
-        let r = run(clean);
-        assert_eq!(
-            r["calls"],
-            json!([{ "name": "shell", "arguments": clean }]),
-            "{provider}: {r}"
-        );
+        let r = run("platform", true, clean);
+        let whole = json!([{ "name": "shell", "arguments": clean }]);
+        assert_eq!(r["calls"], whole, "{provider}: {r}");
         records += 1;
         let rec = w.agent.wait_records(records)[records - 1].clone();
         assert_eq!(rec["mode"], "transparent", "{rec}");
         assert_eq!(rec["tools"]["called"], json!(["shell"]), "{rec}");
-        assert!(
-            rec["caller"]["exe"]
-                .as_str()
-                .is_some_and(|e| e.contains("python")),
-            "{rec}"
-        );
+        let exe = rec["caller"]["exe"].as_str().unwrap_or_default();
+        assert!(exe.contains("python"), "{rec}");
 
-        let r = run(&secret);
-        assert_eq!(r["ok"], false, "{provider}: {r}");
-        assert!(
-            r["error"]
-                .as_str()
-                .unwrap()
-                .contains("no-secrets-in-tool-args"),
-            "{r}"
+        assert_held_back(
+            &run("platform", true, &secret),
+            provider,
+            "no-secrets-in-tool-args",
         );
-        assert_eq!(
-            r["calls"],
-            json!([]),
-            "{provider}: part of the call arrived: {r}"
-        );
-        assert_eq!(r["texts"].as_array().unwrap().len(), 3, "{provider}: {r}");
         records += 1;
         let rec = w.agent.wait_records(records)[records - 1].clone();
         assert_eq!(rec["policy"]["action"], "block", "{rec}");
+
+        // Interns: `shell` stripped before the provider, which calls what
+        // is left.
+        let r = run("interns", false, clean);
+        assert_eq!(r["called"], json!(["get_weather"]), "{provider}: {r}");
+        records += 1;
+        let rec = w.agent.wait_records(records)[records - 1].clone();
+        assert_eq!(
+            rec["policy"]["changes"],
+            json!([{ "op": "strip_tool", "field": "shell" }]),
+            "{rec}"
+        );
     }
     assert!(!w.agent.audit_text().contains(CANARY));
 }

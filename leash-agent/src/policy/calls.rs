@@ -43,24 +43,29 @@ impl Policy {
     }
 
     /// Whether an MCP server's `tools/list` shows `tool` to the exchange's
-    /// caller: not when an enforcing rule would block a call of it by its
-    /// name alone, or strips it when offered.
+    /// caller. The enforcing rules that name the tool (`tool.called` or
+    /// `tool.offered`) and match the exchange decide in order: the first
+    /// `allow` shows it; the first `block` or `strip` by its name alone
+    /// (no `tool.arguments`) hides it.
     fn shows_tool(&self, ex: &Exchange, tool: &str) -> bool {
         let headers = ex.ext.get::<RequestHeaders>().map(|h| &h.0);
-        !self.rules.iter().any(|r| {
-            let hides = match r.action {
-                Action::Block => {
-                    r.tool_arguments.is_none()
-                        && r.m.tool_called.as_ref().is_some_and(|s| s.is_match(tool))
-                }
-                Action::Strip => r.m.names_tool(tool),
-                _ => false,
-            };
-            hides
-                && !r.shadow.unwrap_or(self.shadow)
-                && r.m.exchange(ex)
-                && (r.m.header.is_empty() || headers.is_some_and(|h| r.m.headers(h)))
-        })
+        for r in &self.rules {
+            let named =
+                r.m.tool_called.as_ref().is_some_and(|s| s.is_match(tool)) || r.m.names_tool(tool);
+            if !named
+                || r.shadow.unwrap_or(self.shadow)
+                || !r.m.exchange(ex)
+                || !(r.m.header.is_empty() || headers.is_some_and(|h| r.m.headers(h)))
+            {
+                continue;
+            }
+            match r.action {
+                Action::Allow => return true,
+                Action::Block | Action::Strip if r.tool_arguments.is_none() => return false,
+                _ => {}
+            }
+        }
+        true
     }
 }
 
