@@ -2,7 +2,8 @@
 
 Usage: mcp_server.py PORT CALLS_FILE
 
-Serves two tools, `read_file` and `shell`, at http://127.0.0.1:PORT/mcp,
+Serves three tools, `read_file`, `shell` and `read_secret` (its answer
+carries a fake AWS key), at http://127.0.0.1:PORT/mcp,
 and appends one JSON line per tool call it runs to CALLS_FILE (so a test
 can show that a refused call never reached it).
 """
@@ -33,6 +34,13 @@ def shell(cmd: str) -> str:
     """Run a shell command."""
     ran("shell", cmd)
     return f"ran {cmd}"
+
+
+@app.tool()
+def read_secret() -> str:
+    """Read the deploy key."""
+    ran("read_secret", "")
+    return "deploy key AKIAZ7QX3PLM9V2KD4RT"
 
 
 app.run(transport="streamable-http", host="127.0.0.1", port=PORT)

@@ -26,6 +26,7 @@ rules:
   - { name: platform-may-shell, match: { team: [platform], tool: { called: [shell] } }, action: allow }
   - { name: no-shell-for-contractors, match: { tool: { called: [shell] } }, action: block }
   - { name: no-secrets-in-tool-args, match: { tool: { arguments: [secrets] } }, action: block }
+  - { name: no-secrets-out, match: { detectors: [secrets], direction: response }, action: block }
 ";
 
 /// A fake AWS access key id: the shape and randomness of a real one.
@@ -109,16 +110,20 @@ fn mcp_tools_are_listed_called_and_refused_per_team() {
     let url = format!("http://{}/mcp/ops/mcp", leash.addr);
     let secret = format!("/srv/{CANARY}");
 
-    // Control: a team no rule names lists and calls both tools.
+    // Control: the team allowed `shell` lists and calls it.
     let r = mcp(&url, "platform", &json!([["shell", {"cmd": "uptime"}]]));
-    assert_eq!(r["tools"], json!(["read_file", "shell"]), "{r}");
+    assert_eq!(
+        r["tools"],
+        json!(["read_file", "shell", "read_secret"]),
+        "{r}"
+    );
     assert_eq!(r["results"][0]["ok"], true, "{r}");
     assert_eq!(r["results"][0]["text"], "ran uptime", "{r}");
     assert_eq!(server.ran(), [("shell".to_owned(), "uptime".to_owned())]);
 
     // Contractors: `shell` is not listed, and a call of it is refused with
-    // a JSON-RPC error the SDK raises; so is a call carrying a secret.
-    // An allowed call passes.
+    // a JSON-RPC error the SDK raises; so is a call carrying a secret, and
+    // an answer carrying one (that call did run). An allowed call passes.
     let r = mcp(
         &url,
         "contractors",
@@ -126,9 +131,10 @@ fn mcp_tools_are_listed_called_and_refused_per_team() {
             ["shell", {"cmd": "rm -rf /"}],
             ["read_file", {"path": secret}],
             ["read_file", {"path": "/srv/report.txt"}],
+            ["read_secret", {}],
         ]),
     );
-    assert_eq!(r["tools"], json!(["read_file"]), "{r}");
+    assert_eq!(r["tools"], json!(["read_file", "read_secret"]), "{r}");
     let results = r["results"].as_array().unwrap();
     assert_eq!(results[0]["ok"], false, "{r}");
     assert!(
@@ -147,11 +153,15 @@ fn mcp_tools_are_listed_called_and_refused_per_team() {
         "{r}"
     );
     assert_eq!(results[2]["text"], "contents of /srv/report.txt", "{r}");
+    assert_eq!(results[3]["ok"], false, "{r}");
+    let error = results[3]["error"].as_str().unwrap();
+    assert!(error.contains("no-secrets-out"), "{r}");
     assert_eq!(
         server.ran(),
         [
             ("shell".to_owned(), "uptime".to_owned()),
             ("read_file".to_owned(), "/srv/report.txt".to_owned()),
+            ("read_secret".to_owned(), String::new()),
         ],
         "a refused call reached the server"
     );
@@ -170,7 +180,7 @@ fn assert_audit(leash: &leash_tests::harness::Leash) {
             .into_iter()
             .filter(|r| r["mcp"]["method"] == "tools/call")
             .collect();
-        if calls.len() >= 4 || std::time::Instant::now() > deadline {
+        if calls.len() >= 5 || std::time::Instant::now() > deadline {
             break calls;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -200,6 +210,7 @@ fn assert_audit(leash: &leash_tests::harness::Leash) {
                 "no-secrets-in-tool-args"
             ),
             row("read_file", "contractors", "allow", ""),
+            row("read_secret", "contractors", "block", "no-secrets-out"),
         ],
         "{calls:#?}"
     );
