@@ -81,14 +81,15 @@ impl McpServers {
     }
 }
 
-/// What one HTTP request to an MCP server is: its JSON-RPC method (the
-/// first, for a batch), the tool a `tools/call` names with its arguments
-/// (JSON text), and the request's id (an answer Leash makes carries it).
+/// What one HTTP request to an MCP server is: its JSON-RPC method and
+/// tool (the first message's, for a batch), every `tools/call` in it
+/// (tool name, arguments as JSON text), and the first request's id (an
+/// answer Leash makes carries it).
 #[derive(Debug, Clone, Default)]
 pub struct McpRequest {
     pub record: McpRecord,
     pub id: Option<Value>,
-    pub arguments: Option<String>,
+    pub calls: Vec<(String, String)>,
 }
 
 impl McpRequest {
@@ -106,17 +107,24 @@ impl McpRequest {
         let Ok(v) = serde_json::from_slice::<Value>(body) else {
             return out;
         };
-        let first = match &v {
-            Value::Array(batch) => batch.first().cloned().unwrap_or(Value::Null),
-            other => other.clone(),
+        let messages = match &v {
+            Value::Array(batch) => batch.iter().collect(),
+            one => vec![one],
+        };
+        let Some(first) = messages.first() else {
+            return out;
         };
         if let Some(m) = first["method"].as_str() {
             m.clone_into(&mut out.record.method);
         }
         out.id = first.get("id").cloned();
+        // Every call of a batch is judged, not only the first.
+        for m in messages.iter().filter(|m| m["method"] == "tools/call") {
+            let name = m["params"]["name"].as_str().unwrap_or_default().to_owned();
+            out.calls.push((name, m["params"]["arguments"].to_string()));
+        }
         if out.record.method == "tools/call" {
-            out.record.tool = first["params"]["name"].as_str().map(str::to_owned);
-            out.arguments = Some(first["params"]["arguments"].to_string());
+            out.record.tool = out.calls.first().map(|(name, _)| name.clone());
         }
         out
     }
@@ -154,7 +162,14 @@ mod tests {
         let r = McpRequest::read("ops", &http::Method::POST, call);
         assert_eq!(r.record.method, "tools/call");
         assert_eq!(r.record.tool.as_deref(), Some("shell"));
-        assert_eq!(r.arguments.as_deref(), Some(r#"{"cmd":"ls"}"#));
+        assert_eq!(
+            r.calls,
+            [("shell".to_owned(), r#"{"cmd":"ls"}"#.to_owned())]
+        );
+        let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"shell","arguments":{}}}]"#;
+        let b = McpRequest::read("ops", &http::Method::POST, batch);
+        assert_eq!(b.record.method, "ping");
+        assert_eq!(b.calls.len(), 1, "a call later in a batch is judged too");
         assert_eq!(r.id, Some(json!(7)));
         let get = McpRequest::read("ops", &http::Method::GET, b"");
         assert_eq!(get.record.method, "GET");

@@ -105,20 +105,25 @@ pub fn strip(body: &mut Value, drop: &dyn Fn(&str) -> bool) -> Vec<String> {
         tools.retain_mut(|tool| keep_tool(tool, drop, &mut removed));
     }
     if let Some(Value::Array(functions)) = obj.get_mut("functions") {
-        functions.retain(|f| {
-            let name = f.get("name").and_then(Value::as_str);
-            let gone = name.is_some_and(drop);
-            if let (true, Some(n)) = (gone, name) {
-                removed.push(n.to_owned());
-            }
-            !gone
-        });
+        drop_named(functions, drop, &mut removed);
     }
     if removed.is_empty() {
         return removed;
     }
     fix_choices(obj, &removed);
     removed
+}
+
+/// Removes the entries of `list` whose `name` `drop` says yes to.
+fn drop_named(list: &mut Vec<Value>, drop: &dyn Fn(&str) -> bool, removed: &mut Vec<String>) {
+    list.retain(|d| {
+        let name = d.get("name").and_then(Value::as_str);
+        let gone = name.is_some_and(drop);
+        if let (true, Some(n)) = (gone, name) {
+            removed.push(n.to_owned());
+        }
+        !gone
+    });
 }
 
 /// Whether a `tools` entry stays; a Gemini entry loses the declarations
@@ -144,14 +149,7 @@ fn keep_tool(tool: &mut Value, drop: &dyn Fn(&str) -> bool, removed: &mut Vec<St
     for key in keys {
         if GEMINI_DECLARATIONS.contains(&key.as_str()) {
             if let Some(Value::Array(decls)) = obj.get_mut(&key) {
-                decls.retain(|d| {
-                    let name = d.get("name").and_then(Value::as_str);
-                    let gone = name.is_some_and(drop);
-                    if let (true, Some(n)) = (gone, name) {
-                        removed.push(n.to_owned());
-                    }
-                    !gone
-                });
+                drop_named(decls, drop, removed);
                 if decls.is_empty() {
                     obj.remove(&key);
                 }

@@ -69,6 +69,41 @@ impl Policy {
     }
 }
 
+/// A refusal of the whole answer (nothing of it was delivered).
+fn refusal(message: String) -> BodyFlow {
+    BodyFlow::Abort(Rejection {
+        status: StatusCode::FORBIDDEN,
+        code: ErrorCode::PolicyBlocked,
+        message,
+    })
+}
+
+/// Reads a whole answer into `st.whole`, delivering nothing meanwhile:
+/// the whole answer once `end`, else the flow to return (go on reading,
+/// or, past `MAX_WHOLE`, refuse it, recorded as rule `too_large`).
+fn gather(
+    st: &mut ResponseScan,
+    ex: &mut Exchange,
+    chunk: &mut Bytes,
+    end: bool,
+    too_large: &str,
+) -> Result<Vec<u8>, BodyFlow> {
+    st.whole.extend_from_slice(chunk);
+    *chunk = Bytes::new();
+    if st.whole.len() > MAX_WHOLE {
+        st.whole = Vec::new();
+        stopped_by(ex, too_large);
+        return Err(refusal(format!(
+            "leash: an answer exceeded the {} MiB policy reads whole to check its tools",
+            MAX_WHOLE >> 20
+        )));
+    }
+    if !end {
+        return Err(BodyFlow::Continue);
+    }
+    Ok(std::mem::take(&mut st.whole))
+}
+
 /// The names of the calls judged in this exchange (the record's
 /// `tools.called` includes them: a blocked call's events never reach the
 /// usage module).
@@ -109,13 +144,17 @@ impl PolicyModule {
     /// An MCP `tools/call`, judged by the rules on tool calls; the message
     /// to refuse it with, if a `block` matched.
     pub(super) fn judge_mcp_call(&self, policy: &Policy, ex: &mut Exchange) -> Option<String> {
-        let call = ex.ext.get::<McpRequest>().and_then(|r| {
-            Some(Call {
-                name: r.record.tool.clone()?,
-                arguments: r.arguments.clone().unwrap_or_default(),
+        let calls: Vec<Call> = ex
+            .ext
+            .get::<McpRequest>()?
+            .calls
+            .iter()
+            .map(|(name, arguments)| Call {
+                name: name.clone(),
+                arguments: arguments.clone(),
             })
-        })?;
-        self.judge_calls(policy, ex, &[call])
+            .collect();
+        self.judge_calls(policy, ex, &calls)
     }
 
     /// An MCP server's `tools/list` answer (JSON, or server-sent events of
@@ -128,21 +167,10 @@ impl PolicyModule {
         chunk: &mut Bytes,
         end: bool,
     ) -> BodyFlow {
-        st.whole.extend_from_slice(chunk);
-        *chunk = Bytes::new();
-        if st.whole.len() > MAX_WHOLE {
-            st.whole = Vec::new();
-            stopped_by(ex, "tool_listing_too_large");
-            return BodyFlow::Abort(Rejection {
-                status: StatusCode::FORBIDDEN,
-                code: ErrorCode::PolicyBlocked,
-                message: "leash: a tool listing exceeded what policy reads to filter it".into(),
-            });
-        }
-        if !end {
-            return BodyFlow::Continue;
-        }
-        let whole = std::mem::take(&mut st.whole);
+        let whole = match gather(st, ex, chunk, end, "tool_listing_too_large") {
+            Ok(whole) => whole,
+            Err(flow) => return flow,
+        };
         let mut hidden = Vec::new();
         let out = if let Ok(mut v) = serde_json::from_slice::<Value>(&whole) {
             hidden = filter_message(policy, ex, &mut v);
@@ -219,31 +247,14 @@ impl PolicyModule {
         chunk: &mut Bytes,
         end: bool,
     ) -> Option<BodyFlow> {
-        st.whole.extend_from_slice(chunk);
-        *chunk = Bytes::new();
-        let refuse = |message: String| {
-            Some(BodyFlow::Abort(Rejection {
-                status: StatusCode::FORBIDDEN,
-                code: ErrorCode::PolicyBlocked,
-                message,
-            }))
+        let whole = match gather(st, ex, chunk, end, "tool_answer_too_large") {
+            Ok(whole) => whole,
+            Err(flow) => return Some(flow),
         };
-        if st.whole.len() > MAX_WHOLE {
-            st.whole = Vec::new();
-            stopped_by(ex, "tool_answer_too_large");
-            return refuse(format!(
-                "leash: an answer to a request with tools exceeded the {} MiB policy reads to check its tool calls",
-                MAX_WHOLE >> 20
-            ));
-        }
-        if !end {
-            return Some(BodyFlow::Continue);
-        }
-        let whole = std::mem::take(&mut st.whole);
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&whole) {
             let calls = crate::pipeline::calls::in_body(&v);
             if let Some(message) = self.judge_calls(policy, ex, &calls) {
-                return refuse(message);
+                return Some(refusal(message));
             }
         }
         *chunk = Bytes::from(whole);
