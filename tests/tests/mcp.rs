@@ -16,7 +16,7 @@ use std::{
 };
 
 use leash_tests::{
-    fleet::wait_port,
+    fleet::{wait_port, wait_until},
     harness::{assert_success, free_port, python, python_dir, run_python, start_with_policy_file},
 };
 use serde_json::{Value, json};
@@ -172,19 +172,24 @@ fn mcp_tools_are_listed_called_and_refused_per_team() {
 /// The audit: every call with its server, method, tool, team and address;
 /// the refusals with their rule; the filtered listing; never the canary.
 fn assert_audit(leash: &leash_tests::harness::Leash) {
-    let records = leash.wait_records(1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let calls = loop {
-        let records = leash.wait_records(records.len());
-        let calls: Vec<Value> = records
-            .into_iter()
-            .filter(|r| r["mcp"]["method"] == "tools/call")
-            .collect();
-        if calls.len() >= 5 || std::time::Instant::now() > deadline {
-            break calls;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // The contractors' listing is the client's last request: once its
+    // record is on disk, so is every call's (records are written in order).
+    let listed =
+        |r: &Value| r["mcp"]["method"] == "tools/list" && r["caller"]["team"] == "contractors";
+    let mut records = Vec::new();
+    wait_until(
+        "the contractors' listing record",
+        Duration::from_secs(10),
+        || leash.logs(),
+        || {
+            records = leash.wait_records(1);
+            records.iter().any(listed)
+        },
+    );
+    let calls: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["mcp"]["method"] == "tools/call")
+        .collect();
     let summary: Vec<(String, String, String, String)> = calls
         .iter()
         .map(|r| {
@@ -223,11 +228,10 @@ fn assert_audit(leash: &leash_tests::harness::Leash) {
         !leash.audit_text().contains(CANARY),
         "the canary is in the audit"
     );
-    let listing = leash
-        .wait_records(1)
-        .into_iter()
-        .find(|r| r["mcp"]["method"] == "tools/list" && r["caller"]["team"] == "contractors")
-        .expect("the contractors' listing is recorded");
+    let listing = records
+        .iter()
+        .find(|r| listed(r))
+        .expect("waited for above");
     assert_eq!(
         listing["policy"]["changes"],
         json!([{ "op": "strip_tool", "field": "shell" }]),

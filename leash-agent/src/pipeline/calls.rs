@@ -284,33 +284,60 @@ impl Assembler {
     }
 }
 
-/// The names of the calls one stream event starts (or, for Gemini, makes):
-/// what the audit lists, without assembling arguments.
-pub fn started_in_event(v: &Value, names: &mut Vec<String>) {
+/// The names of the tools a whole answer calls or a stream event starts
+/// calling (Gemini's parts make the call whole): what the audit lists,
+/// read without copying any arguments.
+pub fn names(v: &Value, out: &mut Vec<String>) {
+    let mut push = |n: &Value| out.push(text(n).to_owned());
     for choice in v["choices"].as_array().into_iter().flatten() {
+        for c in choice["message"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            push(&c["function"]["name"]);
+        }
+        // A delta names its call only in the call's first piece.
         for c in choice["delta"]["tool_calls"]
             .as_array()
             .into_iter()
             .flatten()
         {
-            if let Some(n) = c["function"]["name"].as_str() {
-                names.push(n.to_owned());
+            if c["function"]["name"].is_string() {
+                push(&c["function"]["name"]);
             }
+        }
+        if choice["message"]["function_call"].is_object() {
+            push(&choice["message"]["function_call"]["name"]);
+        }
+    }
+    for item in v["output"].as_array().into_iter().flatten() {
+        if RESPONSES_CALLS.contains(&text(&item["type"])) {
+            push(&item["name"]);
+        }
+    }
+    for block in v["content"].as_array().into_iter().flatten() {
+        if ANTHROPIC_CALLS.contains(&text(&block["type"])) {
+            push(&block["name"]);
         }
     }
     if v["type"] == "response.output_item.added"
         && RESPONSES_CALLS.contains(&text(&v["item"]["type"]))
     {
-        names.push(text(&v["item"]["name"]).to_owned());
+        push(&v["item"]["name"]);
     }
     if v["type"] == "content_block_start"
         && ANTHROPIC_CALLS.contains(&text(&v["content_block"]["type"]))
     {
-        names.push(text(&v["content_block"]["name"]).to_owned());
+        push(&v["content_block"]["name"]);
     }
-    let mut calls = Vec::new();
-    gemini_calls(v, &mut calls);
-    names.extend(calls.into_iter().map(|c| c.name));
+    for cand in v["candidates"].as_array().into_iter().flatten() {
+        for part in cand["content"]["parts"].as_array().into_iter().flatten() {
+            if part["functionCall"].is_object() {
+                push(&part["functionCall"]["name"]);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -346,6 +373,17 @@ mod tests {
         assert_eq!(in_body(&claude), [call("shell", r#"{"cmd":"ls"}"#)]);
         let gemini = json!({"candidates": [{"content": {"parts": [{"functionCall": {"name": "shell", "args": {"cmd": "ls"}}}]}}]});
         assert_eq!(in_body(&gemini), [call("shell", r#"{"cmd":"ls"}"#)]);
+        // The audit's names: the same calls, without their arguments.
+        for (body, name) in [
+            (&chat, "shell"),
+            (&responses, "f"),
+            (&claude, "shell"),
+            (&gemini, "shell"),
+        ] {
+            let mut seen = Vec::new();
+            names(body, &mut seen);
+            assert_eq!(seen, [name], "{body}");
+        }
     }
 
     #[test]
@@ -404,15 +442,15 @@ mod tests {
         assert_eq!(a.feed(&gemini), [call("shell", "{}")]);
         assert!(!a.is_open());
 
-        let mut names = Vec::new();
-        started_in_event(&gemini, &mut names);
-        started_in_event(
+        let mut seen = Vec::new();
+        names(&gemini, &mut seen);
+        names(
             &delta(
                 json!([{"index": 0, "function": {"name": "shell"}}]),
                 Value::Null,
             ),
-            &mut names,
+            &mut seen,
         );
-        assert_eq!(names, ["shell", "shell"]);
+        assert_eq!(seen, ["shell", "shell"]);
     }
 }

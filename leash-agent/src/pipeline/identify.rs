@@ -25,12 +25,6 @@ struct BodyPeek<'a> {
     functions: Option<Value>,
 }
 
-/// An array field as a slice; anything else (absent, `null`, a mistake)
-/// as none.
-fn list(v: Option<&Value>) -> &[Value] {
-    v.and_then(Value::as_array).map_or(&[], Vec::as_slice)
-}
-
 /// Gemini's body: only its tools (the model and method are in the path).
 #[derive(Deserialize)]
 struct ToolsPeek {
@@ -69,7 +63,7 @@ pub fn identify(ex: &mut Exchange, req: &ProxyRequest) {
             if memchr::memmem::find(&req.body, b"\"tools\"").is_some()
                 && let Ok(peek) = serde_json::from_slice::<ToolsPeek>(&req.body)
             {
-                ex.tools = super::tools::offered_in(list(peek.tools.as_ref()), &[]);
+                ex.tools = super::tools::offered_in(super::tools::list(peek.tools.as_ref()), &[]);
             }
         }
         ProviderKind::OpenAi | ProviderKind::Anthropic => {
@@ -80,8 +74,8 @@ pub fn identify(ex: &mut Exchange, req: &ProxyRequest) {
                 ex.model = peek.model.as_deref().map(bounded);
                 ex.stream = peek.stream.unwrap_or(false);
                 ex.tools = super::tools::offered_in(
-                    list(peek.tools.as_ref()),
-                    list(peek.functions.as_ref()),
+                    super::tools::list(peek.tools.as_ref()),
+                    super::tools::list(peek.functions.as_ref()),
                 );
             }
         }

@@ -35,14 +35,26 @@ pub fn offered_in(tools: &[Value], functions: &[Value]) -> Vec<String> {
     names
 }
 
+/// An array field as a slice; anything else (absent, `null`, a mistake)
+/// as none.
+pub fn list(v: Option<&Value>) -> &[Value] {
+    v.and_then(Value::as_array).map_or(&[], Vec::as_slice)
+}
+
 /// The tools a request body offers.
 pub fn offered(body: &Value) -> Vec<String> {
-    let list = |key: &str| {
-        body.get(key)
-            .and_then(Value::as_array)
-            .map_or(&[][..], Vec::as_slice)
-    };
-    offered_in(list("tools"), list("functions"))
+    offered_in(list(body.get("tools")), list(body.get("functions")))
+}
+
+/// The one name an `OpenAI` or Anthropic entry of `tools` stands for:
+/// `function.name`, else `name`, else (a built-in tool) `type`; `None` for
+/// a Gemini entry, which holds declarations and built-ins by key.
+fn single_name(obj: &Map<String, Value>) -> Option<&str> {
+    obj.get("function")
+        .and_then(|x| x.get("name"))
+        .and_then(Value::as_str)
+        .or_else(|| obj.get("name").and_then(Value::as_str))
+        .or_else(|| obj.get("type").and_then(Value::as_str))
 }
 
 /// The names as the audit keeps them: at most `MAX_RECORDED`, each cut to
@@ -64,18 +76,8 @@ pub fn bounded(names: &[String]) -> Vec<String> {
 /// Calls `f` with each name one entry of `tools` stands for.
 fn each_name(tool: &Value, f: &mut dyn FnMut(&str)) {
     let Some(obj) = tool.as_object() else { return };
-    if let Some(n) = obj
-        .get("function")
-        .and_then(|x| x.get("name"))
-        .and_then(Value::as_str)
-    {
+    if let Some(n) = single_name(obj) {
         return f(n);
-    }
-    if let Some(n) = obj.get("name").and_then(Value::as_str) {
-        return f(n);
-    }
-    if let Some(t) = obj.get("type").and_then(Value::as_str) {
-        return f(t);
     }
     // Gemini: declarations, and built-in tools by their key.
     for (key, v) in obj {
@@ -132,13 +134,7 @@ fn keep_tool(tool: &mut Value, drop: &dyn Fn(&str) -> bool, removed: &mut Vec<St
     let Some(obj) = tool.as_object_mut() else {
         return true;
     };
-    let single = obj
-        .get("function")
-        .and_then(|x| x.get("name"))
-        .or_else(|| obj.get("name"))
-        .or_else(|| obj.get("type"))
-        .and_then(Value::as_str);
-    if let Some(n) = single {
+    if let Some(n) = single_name(obj) {
         if drop(n) {
             removed.push(n.to_owned());
             return false;

@@ -141,11 +141,8 @@ impl ResponseMeta {
 
     /// Keeps the names of the tools a body or an event calls.
     fn called(&mut self, v: &Value) {
-        let mut names: Vec<String> = super::calls::in_body(v)
-            .into_iter()
-            .map(|c| c.name)
-            .collect();
-        super::calls::started_in_event(v, &mut names);
+        let mut names = Vec::new();
+        super::calls::names(v, &mut names);
         for n in super::tools::bounded(&names) {
             if self.tools_called.len() < super::tools::MAX_RECORDED
                 && !self.tools_called.contains(&n)

@@ -337,20 +337,7 @@ fn precision_and_recall_hold_in_tool_call_arguments() {
             tallies.entry(name).or_default().add(row, fired);
         }
     }
-    let (mut precision, mut recall, mut clean) = (1.0_f64, 1.0_f64, 1.0_f64);
-    for (name, tally) in &tallies {
-        let (p, r, c) = tally.check(name);
-        (precision, recall, clean) = (precision.min(p), recall.min(r), clean.min(c));
-    }
-    record(
-        "detector_corpus_tool_calls",
-        &json!({
-            "carriers": tallies.len(),
-            "min_precision": round3(precision),
-            "min_recall": round3(recall),
-            "negatives_clean": round3(clean),
-        }),
-    );
+    check_carriers("detector_corpus_tool_calls", &tallies);
 }
 
 /// The same floors whatever carries the text (the evasions of issue 16).
@@ -366,13 +353,18 @@ fn precision_and_recall_hold_in_every_carrier() {
         }
     }
     assert_eq!(tallies.len(), 10);
+    check_carriers("detector_corpus_carriers", &tallies);
+}
+
+/// Asserts each carrier's floors; records the lowest of all as `name`.
+fn check_carriers(name: &str, tallies: &BTreeMap<&str, Tally>) {
     let (mut precision, mut recall, mut clean) = (1.0_f64, 1.0_f64, 1.0_f64);
-    for (name, tally) in &tallies {
-        let (p, r, c) = tally.check(name);
+    for (carrier, tally) in tallies {
+        let (p, r, c) = tally.check(carrier);
         (precision, recall, clean) = (precision.min(p), recall.min(r), clean.min(c));
     }
     record(
-        "detector_corpus_carriers",
+        name,
         &json!({
             "carriers": tallies.len(),
             "min_precision": round3(precision),

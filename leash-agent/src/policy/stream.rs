@@ -373,13 +373,16 @@ impl PolicyModule {
                 ready = pending.raw;
             }
             if judge {
-                let stop = self.judge_calls(policy, ex, &completed).or_else(|| {
+                // A blocked call is dropped with what was held; else the
+                // event is held or delivered, and the hold's bounds checked.
+                let mut stop = self.judge_calls(policy, ex, &completed);
+                if stop.is_none() {
                     hold_or_deliver(st, &ready, &mut out);
-                    hold_exceeded(st).map(|(rule, message)| {
+                    if let Some((rule, message)) = hold_exceeded(st) {
                         stopped_by(ex, rule);
-                        message
-                    })
-                });
+                        stop = Some(message);
+                    }
+                }
                 if let Some(message) = stop {
                     out.extend(error_event(kind, &message));
                     st.stop();
