@@ -340,7 +340,8 @@ impl RawConfig {
             crate::credentials::Credentials::validate(credentials, base, !credentials_unread)?;
         let routes = crate::routes::Routes::validate(routes, &providers, &credentials)?;
         let auth = crate::keys::AuthConfig::validate(auth, base, &providers, &credentials)?;
-        let intercept = InterceptConfig::validate(intercept, &providers, &credentials)?;
+        let mcp = crate::mcp::McpServers::validate(mcp)?;
+        let intercept = InterceptConfig::validate(intercept, &providers, &credentials, &mcp)?;
         let teams = TeamConfig::validate_all(teams)?;
         injection_teams(&intercept, &teams)?;
         let mut pipeline = PipelineConfig::validate(pipeline)?;
@@ -361,7 +362,7 @@ impl RawConfig {
             capture,
             intercept,
             routes,
-            mcp: crate::mcp::McpServers::validate(mcp)?,
+            mcp,
             credentials,
             auth,
             pipeline,
@@ -523,6 +524,46 @@ audit:
                 .to_string()
                 .contains("intercept.scope")
         );
+    }
+
+    #[test]
+    fn mcp_servers_over_tls_are_intercepted() {
+        let c = parse(
+            "mcp:\n  servers:\n    ops: { url: 'https://Tools.Example:8443/mcp' }\n    local: { url: 'http://127.0.0.1:9000' }\n",
+        )
+        .unwrap();
+        let mcp: Vec<_> = c
+            .intercept
+            .hosts
+            .iter()
+            .filter(|h| h.mcp.is_some())
+            .collect();
+        assert_eq!(mcp.len(), 1, "plain HTTP servers are not intercepted");
+        assert_eq!(mcp[0].name, "tools.example");
+        assert_eq!(mcp[0].mcp.as_deref(), Some("ops"));
+        assert_eq!(c.intercept.ports, [443, 8443]);
+        // Listed with addresses: no kind needed, still the server's.
+        let c = parse(
+            "intercept:\n  hosts: [{ name: tools.example, addresses: [127.10.0.9] }]\nmcp:\n  servers:\n    ops: { url: 'https://tools.example' }\n",
+        )
+        .unwrap();
+        assert_eq!(c.intercept.hosts.len(), 1);
+        assert_eq!(c.intercept.hosts[0].mcp.as_deref(), Some("ops"));
+        for (yaml, field) in [
+            (
+                "ops: { url: 'https://api.openai.com/mcp' }",
+                "mcp.servers.ops.url",
+            ),
+            (
+                "a: { url: 'https://t.example/a' }\n    b: { url: 'https://t.example/b' }",
+                "mcp.servers.b.url",
+            ),
+        ] {
+            let err = parse(&format!("mcp:\n  servers:\n    {yaml}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{err}");
+        }
     }
 
     #[test]

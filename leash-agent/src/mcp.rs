@@ -76,6 +76,11 @@ impl McpServers {
         self.by_name.get(name)
     }
 
+    /// Every server: its name and its pipeline provider.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Provider>)> {
+        self.by_name.iter().map(|(name, p)| (name.as_str(), p))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }

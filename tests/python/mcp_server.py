@@ -1,9 +1,10 @@
 """An MCP server (the official SDK, Streamable HTTP) for the tests.
 
-Usage: mcp_server.py PORT CALLS_FILE
+Usage: mcp_server.py PORT CALLS_FILE [ADDRESS CERT_PEM KEY_PEM]
 
 Serves three tools, `read_file`, `shell` and `read_secret` (its answer
-carries a fake AWS key), at http://127.0.0.1:PORT/mcp,
+carries a fake AWS key), at http://127.0.0.1:PORT/mcp — or, given an
+address and a certificate, at https://ADDRESS:PORT/mcp —
 and appends one JSON line per tool call it runs to CALLS_FILE (so a test
 can show that a refused call never reached it).
 """
@@ -43,4 +44,17 @@ def read_secret() -> str:
     return "deploy key AKIAZ7QX3PLM9V2KD4RT"
 
 
-app.run(transport="streamable-http", host="127.0.0.1", port=PORT)
+if len(sys.argv) > 3:
+    import uvicorn
+
+    host, cert, key = sys.argv[3:6]
+    uvicorn.run(
+        app.streamable_http_app(host=host),
+        host=host,
+        port=PORT,
+        ssl_certfile=cert,
+        ssl_keyfile=key,
+        log_level="warning",
+    )
+else:
+    app.run(transport="streamable-http", host="127.0.0.1", port=PORT)

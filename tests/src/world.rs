@@ -28,6 +28,8 @@ pub struct World {
     pub cgroup: Cgroup,
     pub hosts_file: PathBuf,
     pub public_ca: PathBuf,
+    /// The "public" CA itself, for servers a test starts on its own.
+    pub public: Box<TestCa>,
     pub mocks: Vec<MockProvider>,
     /// The transparent proxy's port.
     pub proxy_port: u16,
@@ -46,17 +48,39 @@ impl World {
         extra_config: &str,
         identity: impl Fn(&TestCa, &Host) -> Identity,
     ) -> Self {
-        Self::build(tag, hosts, extra_config, identity, &[])
+        Self::build(tag, hosts, &[], extra_config, identity, &[])
+    }
+
+    /// As [`World::new`], with `own` hosts too: named and intercepted like
+    /// the others, but served by the test's own servers (no mock), with
+    /// certificates from [`World::public`].
+    pub fn with_own_hosts(tag: &str, hosts: &[Host], own: &[Host], extra_config: &str) -> Self {
+        Self::build(
+            tag,
+            hosts,
+            own,
+            extra_config,
+            |ca, h| ca.identity(&[h.0]),
+            &[],
+        )
     }
 
     /// As [`World::new`], with extra environment for the agent process.
     pub fn with_env(tag: &str, hosts: &[Host], extra_config: &str, env: &[(&str, &str)]) -> Self {
-        Self::build(tag, hosts, extra_config, |ca, h| ca.identity(&[h.0]), env)
+        Self::build(
+            tag,
+            hosts,
+            &[],
+            extra_config,
+            |ca, h| ca.identity(&[h.0]),
+            env,
+        )
     }
 
     fn build(
         tag: &str,
         hosts: &[Host],
+        own: &[Host],
         extra_config: &str,
         identity: impl Fn(&TestCa, &Host) -> Identity,
         env: &[(&str, &str)],
@@ -76,7 +100,7 @@ impl World {
             .collect();
         let hosts_file = dir.path().join("hosts");
         let mut text = String::from("127.0.0.1 localhost\n");
-        for h in hosts {
+        for h in hosts.iter().chain(own) {
             let _ = writeln!(text, "{} {}", h.1, h.0);
         }
         std::fs::write(&hosts_file, text).unwrap();
@@ -88,7 +112,7 @@ impl World {
             cgroup.path.display(),
             proxy_port
         );
-        for h in hosts.iter().filter(|h| h.2) {
+        for h in hosts.iter().chain(own).filter(|h| h.2) {
             let _ = writeln!(
                 config,
                 "    - {{ name: {}, addresses: [\"{}\"] }}",
@@ -102,6 +126,7 @@ impl World {
             cgroup,
             hosts_file,
             public_ca,
+            public: Box::new(ca),
             mocks,
             proxy_port,
         }

@@ -17,7 +17,12 @@ use std::{
 
 use leash_tests::{
     fleet::{wait_port, wait_until},
-    harness::{assert_success, free_port, python, python_dir, run_python, start_with_policy_file},
+    harness::{
+        assert_success, free_port, python, python_dir, require_root, run_python,
+        start_with_policy_file,
+    },
+    tls::Identity,
+    world::{Host, World},
 };
 use serde_json::{Value, json};
 
@@ -41,22 +46,44 @@ struct McpServer {
 }
 
 impl McpServer {
+    /// On 127.0.0.1, plain HTTP.
     fn start() -> Self {
+        Self::spawn(None)
+    }
+
+    /// On `host`'s address, port 443, with a certificate for its name.
+    fn start_tls(host: &Host, identity: &Identity) -> Self {
+        Self::spawn(Some((host.1, identity)))
+    }
+
+    fn spawn(tls: Option<(&str, &Identity)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let calls = dir.path().join("calls.jsonl");
         let log = dir.path().join("server.log");
-        let child = Command::new(python())
-            .arg(python_dir().join("mcp_server.py"))
-            .arg(port.to_string())
-            .arg(&calls)
+        let mut cmd = Command::new(python());
+        cmd.arg(python_dir().join("mcp_server.py"));
+        let (ip, port): (std::net::IpAddr, u16) = match tls {
+            None => (std::net::Ipv4Addr::LOCALHOST.into(), free_port()),
+            Some((address, identity)) => {
+                let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+                std::fs::write(&cert, &identity.cert_pem).unwrap();
+                std::fs::write(&key, &identity.key_pem).unwrap();
+                cmd.args(["443", calls.to_str().unwrap(), address]);
+                cmd.args([&cert, &key]);
+                (address.parse().unwrap(), 443)
+            }
+        };
+        if tls.is_none() {
+            cmd.arg(port.to_string()).arg(&calls);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::create(dir.path().join("server.err")).unwrap())
             .spawn()
             .expect("start the MCP server");
         wait_port(
-            ([127, 0, 0, 1], port).into(),
+            (ip, port).into(),
             "the MCP server",
             &dir.path().join("server.err"),
         );
@@ -237,4 +264,103 @@ fn assert_audit(leash: &leash_tests::harness::Leash) {
         json!([{ "op": "strip_tool", "field": "shell" }]),
         "{listing}"
     );
+}
+
+/// The same server on its own host name over TLS, reached directly by an
+/// application in the agent's cgroup: the agent terminates the connection
+/// (its host is a configured MCP server's), judges each call like the
+/// gateway route does, and audits it with the process that made it.
+#[test]
+fn mcp_calls_are_governed_through_transparent_interception() {
+    if !require_root() {
+        return;
+    }
+    let host = Host("mcp.example.test", "127.10.0.61", true);
+    let config = format!(
+        "policy:\n  {}\nmcp:\n  servers:\n    ops: {{ url: \"https://{}\" }}\n",
+        POLICY.trim_end().replace('\n', "\n  "),
+        host.0
+    );
+    let w = World::with_own_hosts("mcp", &[], std::slice::from_ref(&host), &config);
+    let server = McpServer::start_tls(&host, &w.public.identity(&[host.0]));
+    let url = format!("https://{}/mcp", host.0);
+    let check = |team: &str, calls: &Value| -> Value {
+        let out = w.python("mcp_check.py", &[], &[&url, team, &calls.to_string()]);
+        assert_success(&format!("mcp_check.py as {team}\n{}", w.agent.logs()), &out);
+        serde_json::from_slice(&out.stdout).expect("one JSON line")
+    };
+
+    // Control: through the agent, the team allowed `shell` lists and
+    // calls it.
+    let r = check("platform", &json!([["shell", {"cmd": "uptime"}]]));
+    assert_eq!(r["results"][0]["text"], "ran uptime", "{r}");
+    assert_eq!(
+        r["tools"],
+        json!(["read_file", "shell", "read_secret"]),
+        "{r}"
+    );
+    // Contractors: not listed, refused before the server, and a call
+    // carrying a secret too; an allowed call passes.
+    let secret = format!("/srv/{CANARY}");
+    let r = check(
+        "contractors",
+        &json!([
+            ["shell", {"cmd": "rm -rf /"}],
+            ["read_file", {"path": secret}],
+            ["read_file", {"path": "/srv/report.txt"}],
+        ]),
+    );
+    assert_eq!(r["tools"], json!(["read_file", "read_secret"]), "{r}");
+    let results = r["results"].as_array().unwrap();
+    assert!(
+        results[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no-shell-for-contractors")),
+        "{r}"
+    );
+    assert!(
+        results[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no-secrets-in-tool-args")),
+        "{r}"
+    );
+    assert_eq!(results[2]["text"], "contents of /srv/report.txt", "{r}");
+    assert_eq!(
+        server.ran(),
+        [
+            ("shell".to_owned(), "uptime".to_owned()),
+            ("read_file".to_owned(), "/srv/report.txt".to_owned()),
+        ],
+        "a refused call reached the server"
+    );
+
+    // Each call is audited with the process that made it.
+    let listed =
+        |r: &Value| r["mcp"]["method"] == "tools/list" && r["caller"]["team"] == "contractors";
+    let mut records = Vec::new();
+    wait_until(
+        "the contractors' listing record",
+        Duration::from_secs(10),
+        || w.agent.logs(),
+        || {
+            records = w.agent.wait_records(1);
+            records.iter().any(listed)
+        },
+    );
+    let calls: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["mcp"]["method"] == "tools/call")
+        .collect();
+    assert_eq!(calls.len(), 4, "{calls:#?}");
+    for rec in &calls {
+        assert_eq!(rec["mode"], "transparent", "{rec}");
+        assert_eq!(rec["provider"], "mcp/ops", "{rec}");
+        assert!(rec["caller"]["pid"].as_u64().is_some(), "{rec}");
+        assert_eq!(rec["caller"]["user"], "root", "{rec}");
+        let exe = rec["caller"]["exe"].as_str().unwrap_or_default();
+        assert!(exe.contains("python"), "{rec}");
+    }
+    assert_eq!(calls[1]["mcp"]["tool"], "shell");
+    assert_eq!(calls[1]["policy"]["action"], "block");
+    assert!(!w.agent.audit_text().contains(CANARY));
 }

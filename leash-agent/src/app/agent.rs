@@ -222,7 +222,7 @@ pub async fn run_agent(
             .with_fleet_budgets(fleet)
             .with_reload(reload_tx),
     );
-    let host_table = HostTable::new(&config.intercept, &config.providers);
+    let host_table = HostTable::new(&config.intercept, &config.providers, &config.mcp);
     let static_targets = hosts::add_static(&hooks, host_table.hosts())?;
     release_startup_memory();
     let resolver = config.intercept.resolve.then(|| {

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::{
     credentials::{ByCaller, Credentials, RawByCaller},
     field::{self, FieldError, invalid},
+    mcp::McpServers,
     provider::{ProviderKind, Providers},
 };
 
@@ -73,6 +74,9 @@ pub struct InterceptHost {
     pub provider: Option<String>,
     /// Addresses that always count as this host, besides resolved ones.
     pub addresses: Vec<IpAddr>,
+    /// The MCP server (`mcp.servers.<name>`) this host serves, if any: its
+    /// requests are read as MCP's JSON-RPC, not as a provider's API.
+    pub mcp: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -187,18 +191,20 @@ struct RawHost {
 
 impl InterceptConfig {
     /// Validates `raw`; hosts that are a configured provider's upstream
-    /// take its kind.
+    /// take its kind. The hosts of MCP servers reached over TLS are
+    /// intercepted too, on their port.
     pub fn validate(
         raw: RawIntercept,
         providers: &Providers,
         credentials: &Credentials,
+        mcp: &McpServers,
     ) -> Result<Self, FieldError> {
         let scope = raw.scope.unwrap_or(Scope::Providers);
-        let ports = raw.ports.unwrap_or_else(|| vec![443]);
+        let mut ports = raw.ports.unwrap_or_else(|| vec![443]);
         if ports.is_empty() || ports.len() > 64 || ports.contains(&0) {
             return Err(invalid("intercept.ports", "1 to 64 ports, none of them 0"));
         }
-        let hosts = match raw.hosts {
+        let mut hosts = match raw.hosts {
             None => DEFAULT_HOSTS
                 .iter()
                 .filter_map(|name| providers.get(name))
@@ -207,14 +213,16 @@ impl InterceptConfig {
                     kind: p.kind,
                     provider: Some(p.name.clone()),
                     addresses: Vec::new(),
+                    mcp: None,
                 })
                 .collect(),
             Some(list) => list
                 .into_iter()
                 .enumerate()
-                .map(|(i, h)| host(i, &h, providers))
+                .map(|(i, h)| host(i, &h, providers, mcp))
                 .collect::<Result<Vec<_>, _>>()?,
         };
+        mcp_hosts(mcp, &mut hosts, &mut ports)?;
         Ok(Self {
             cgroup: raw.cgroup,
             scope,
@@ -342,7 +350,60 @@ fn proxy_address(text: &str) -> Option<(String, u16)> {
 }
 
 /// `intercept.hosts[i]`.
-fn host(i: usize, h: &RawHost, providers: &Providers) -> Result<InterceptHost, FieldError> {
+/// Adds the host of every MCP server reached over TLS (unless listed), and
+/// its port. A host is one server's: the proxy tells servers apart by
+/// the TLS server name.
+fn mcp_hosts(
+    mcp: &McpServers,
+    hosts: &mut Vec<InterceptHost>,
+    ports: &mut Vec<u16>,
+) -> Result<(), FieldError> {
+    for (server, provider) in mcp.iter() {
+        let upstream = &provider.upstream;
+        if !upstream.is_tls() {
+            continue;
+        }
+        let name = upstream.host().to_ascii_lowercase();
+        let field = format!("mcp.servers.{server}.url");
+        match hosts.iter().find(|h| h.name == name) {
+            Some(h) if h.mcp.as_deref() == Some(server) => {}
+            Some(h) => {
+                let whose = h.mcp.as_deref().map_or_else(
+                    || format!("the provider host `{}`", h.name),
+                    |other| format!("mcp.servers.{other}'s host"),
+                );
+                return Err(invalid(
+                    field,
+                    format!("{whose}: an intercepted host serves one provider or MCP server"),
+                ));
+            }
+            None => hosts.push(InterceptHost {
+                name,
+                kind: ProviderKind::OpenAi,
+                provider: None,
+                addresses: Vec::new(),
+                mcp: Some(server.to_owned()),
+            }),
+        }
+        if !ports.contains(&upstream.port()) {
+            ports.push(upstream.port());
+        }
+    }
+    if ports.len() > 64 {
+        return Err(invalid(
+            "intercept.ports",
+            "1 to 64 ports, with those of the MCP servers",
+        ));
+    }
+    Ok(())
+}
+
+fn host(
+    i: usize,
+    h: &RawHost,
+    providers: &Providers,
+    mcp: &McpServers,
+) -> Result<InterceptHost, FieldError> {
     let field = format!("intercept.hosts[{i}]");
     let name = h.name.trim_end_matches('.').to_ascii_lowercase();
     if name.is_empty() || name.parse::<IpAddr>().is_ok() || name.contains('/') {
@@ -351,7 +412,12 @@ fn host(i: usize, h: &RawHost, providers: &Providers) -> Result<InterceptHost, F
     let provider = providers
         .iter()
         .find(|p| p.upstream.is_tls() && p.upstream.host().eq_ignore_ascii_case(&name));
+    let server = mcp
+        .iter()
+        .find(|(_, p)| p.upstream.is_tls() && p.upstream.host().eq_ignore_ascii_case(&name))
+        .map(|(server, _)| server.to_owned());
     let kind = match (&h.kind, provider) {
+        (None, None) if server.is_some() => ProviderKind::OpenAi,
         (Some(k), _) => ProviderKind::from_name(k).ok_or_else(|| {
             invalid(
                 format!("{field}.kind"),
@@ -383,6 +449,7 @@ fn host(i: usize, h: &RawHost, providers: &Providers) -> Result<InterceptHost, F
         kind,
         provider: provider.map(|p| p.name.clone()),
         addresses,
+        mcp: server,
     })
 }
 

@@ -8,21 +8,35 @@ use super::{
     config::{InterceptConfig, InterceptHost},
     hooks::KernelHooks,
 };
-use crate::provider::{Provider, Providers, UpstreamBase};
+use crate::{
+    mcp::McpServers,
+    provider::{Provider, Providers, UpstreamBase},
+};
 
-/// SNI → provider, for every intercepted host.
+/// SNI → provider (or MCP server), for every intercepted host.
 #[derive(Debug, Clone)]
 pub struct HostTable {
     by_name: HashMap<String, Arc<Provider>>,
+    /// SNI → the MCP server's name, for MCP servers' hosts.
+    mcp: HashMap<String, String>,
     hosts: Vec<InterceptHost>,
 }
 
 impl HostTable {
-    pub fn new(intercept: &InterceptConfig, providers: &Providers) -> Self {
+    pub fn new(intercept: &InterceptConfig, providers: &Providers, mcp: &McpServers) -> Self {
+        let mut servers = HashMap::new();
         let by_name = intercept
             .hosts
             .iter()
             .filter_map(|h| {
+                if let Some((server, provider)) = h
+                    .mcp
+                    .as_deref()
+                    .and_then(|s| mcp.iter().find(|(name, _)| *name == s))
+                {
+                    servers.insert(h.name.clone(), server.to_owned());
+                    return Some((h.name.clone(), Arc::clone(provider)));
+                }
                 let provider = match h.provider.as_deref().and_then(|p| providers.get(p)) {
                     Some(p) => Provider {
                         name: p.name.clone(),
@@ -40,13 +54,20 @@ impl HostTable {
             .collect();
         Self {
             by_name,
+            mcp: servers,
             hosts: intercept.hosts.clone(),
         }
     }
 
-    /// The provider for a TLS server name, if it is intercepted.
+    /// The provider for a TLS server name, if it is intercepted (an MCP
+    /// server's is its pipeline provider, `mcp/<server>`).
     pub fn provider(&self, sni: &str) -> Option<&Arc<Provider>> {
         self.by_name.get(sni)
+    }
+
+    /// The MCP server a TLS server name is, if any.
+    pub fn mcp_server(&self, sni: &str) -> Option<&str> {
+        self.mcp.get(sni).map(String::as_str)
     }
 
     pub fn hosts(&self) -> &[InterceptHost] {

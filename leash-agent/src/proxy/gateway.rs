@@ -268,28 +268,18 @@ impl<C: Connect + Clone + Send + Sync + 'static> Gateway<C> {
         } else {
             rest.decoded.clone()
         };
-        let mut ex = ActiveExchange::new(
+        let ex = ActiveExchange::new(
             Exchange::new(Mode::Gateway, provider, caller, endpoint),
             Arc::clone(&self.pipeline),
         );
-        let query = req.uri().query().map(str::to_owned);
-        let (mut head, body) = req.into_parts();
-        crate::pipeline::identify::start_trace(&mut ex, &head.headers);
-        let body = match super::read_body(&mut head, body, self.limits, &ex.id).await {
-            Ok(body) => body,
-            Err(rejection) => return local_response(&mut ex, &rejection),
-        };
-        let request = crate::mcp::McpRequest::read(server, &head.method, &body);
-        ex.ext.insert(request.record.clone());
-        ex.ext.insert(request);
         let upstream_path = format!("{}{}", ex.provider.upstream.base_path(), rest.encoded);
-        super::admit_read(
+        super::admit_as(
             ex,
-            head,
-            body,
+            req,
             &upstream_path,
-            query.as_deref(),
+            self.limits,
             &self.forwarder,
+            Some(server),
         )
         .await
     }

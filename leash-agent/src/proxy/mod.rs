@@ -120,11 +120,25 @@ fn framing_problem(headers: &http::HeaderMap) -> Option<Rejection> {
 /// and the exact upstream path: read the body (at most `limits.max_bytes`),
 /// decode it, identify, run the request modules, forward.
 pub async fn admit<C: Connect + Clone + Send + Sync + 'static>(
+    ex: ActiveExchange,
+    req: Request<Incoming>,
+    upstream_path: &str,
+    limits: BodyLimits,
+    forwarder: &Forwarder<C>,
+) -> Response<LeashBody> {
+    admit_as(ex, req, upstream_path, limits, forwarder, None).await
+}
+
+/// As [`admit`]; for a request to the MCP server `mcp`, its JSON-RPC is
+/// read once the body is (the method and tool calls the policy judges and
+/// the audit keeps).
+pub async fn admit_as<C: Connect + Clone + Send + Sync + 'static>(
     mut ex: ActiveExchange,
     req: Request<Incoming>,
     upstream_path: &str,
     limits: BodyLimits,
     forwarder: &Forwarder<C>,
+    mcp: Option<&str>,
 ) -> Response<LeashBody> {
     let query = req.uri().query().map(str::to_owned);
     let (mut head, body) = req.into_parts();
@@ -133,6 +147,11 @@ pub async fn admit<C: Connect + Clone + Send + Sync + 'static>(
         Ok(body) => body,
         Err(rejection) => return local_response(&mut ex, &rejection),
     };
+    if let Some(server) = mcp {
+        let request = crate::mcp::McpRequest::read(server, &head.method, &body);
+        ex.ext.insert(request.record.clone());
+        ex.ext.insert(request);
+    }
     // Boxed: the forwarding future is large, and every listener's handler
     // future holds this one.
     Box::pin(admit_read(

@@ -30,7 +30,7 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    BodyLimits, Forwarder, admit,
+    BodyLimits, Forwarder, admit_as,
     body::LeashBody,
     certs::{CertCache, Route, UpstreamClients},
     forward::{self, ProxyRequest},
@@ -98,6 +98,9 @@ fn caller_of(orig: &OrigDst, peer: ClientAddr) -> Caller {
 /// One terminated client connection: its provider, caller and upstream.
 pub struct Terminated {
     provider: Arc<Provider>,
+    /// The MCP server it is, when it is one (`provider` is then its
+    /// pipeline provider, `mcp/<server>`).
+    mcp: Option<String>,
     caller: Caller,
     pipeline: Arc<Pipeline>,
     forwarder: Forwarder<MarkedHttpsConnector>,
@@ -151,8 +154,9 @@ impl Terminated {
         }
         match canonical {
             Ok(c) => {
-                let resp = admit(ex, req, &c.encoded, self.limits, &self.forwarder).await;
-                if resp.extensions().get::<super::Reroute>().is_none() {
+                let mcp = self.mcp.as_deref();
+                let resp = admit_as(ex, req, &c.encoded, self.limits, &self.forwarder, mcp).await;
+                if mcp.is_some() || resp.extensions().get::<super::Reroute>().is_none() {
                     return resp;
                 }
                 // A policy rule sends it to a route: served from here on
@@ -292,6 +296,7 @@ impl Opener for Transparent {
         let caller = caller_of(&opening.orig, peer);
         tracing::debug!(%peer, dst = %opening.route.dst, %host, pid = caller.pid, exe = caller.exe.as_deref().unwrap_or("-"), "terminating");
         let conn = Arc::new(Terminated {
+            mcp: self.hosts.mcp_server(&host).map(str::to_owned),
             provider,
             caller,
             pipeline: Arc::clone(&self.pipeline),
