@@ -2,7 +2,9 @@
 
 Usage: tools_check.py PROVIDER BASE_URL API_KEY [stream]
 
-PROVIDER is openai, anthropic or google. The request offers two tools,
+PROVIDER is openai (chat completions), responses (OpenAI's Responses
+API), unified (OpenAI's shape through Leash's unified API, served by
+Anthropic), anthropic or google. The request offers two tools,
 `shell` first, then `get_weather` (the mock calls the first one offered).
 Prints one JSON line:
 - {"ok": true, "called": [names], "calls": [{"name", "arguments"}],
@@ -54,17 +56,17 @@ class Seen:
         return {"called": [c["name"] for c in self.calls], "calls": self.calls, "texts": self.texts, "arg_times": self.arg_times}
 
 
-def openai_case(base, key, stream, seen):
+def openai_case(base, key, stream, seen, model="gpt-4o-mini"):
     tools = [{"type": "function", "function": {"name": n, "description": d, "parameters": PARAMS}} for n, d in TOOLS]
     client = openai_client(base, key)
     msgs = [{"role": "user", "content": ASK}]
     if not stream:
-        r = client.chat.completions.create(model="gpt-4o-mini", messages=msgs, tools=tools)
+        r = client.chat.completions.create(model=model, messages=msgs, tools=tools)
         for c in r.choices[0].message.tool_calls or []:
             seen.call(c.function.name)
             seen.args(c.function.arguments)
         return
-    for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=msgs, tools=tools, stream=True):
+    for chunk in client.chat.completions.create(model=model, messages=msgs, tools=tools, stream=True):
         for choice in chunk.choices:
             seen.text(choice.delta.content)
             for c in choice.delta.tool_calls or []:
@@ -72,6 +74,35 @@ def openai_case(base, key, stream, seen):
                     seen.call(c.function.name)
                 if c.function and c.function.arguments:
                     seen.args(c.function.arguments)
+
+
+def responses_case(base, key, stream, seen):
+    tools = [{"type": "function", "name": n, "description": d, "parameters": PARAMS} for n, d in TOOLS]
+    kw = dict(model="gpt-4o-mini", input=ASK, tools=tools)
+    client = openai_client(base, key)
+    if not stream:
+        for item in client.responses.create(**kw).output:
+            if item.type == "function_call":
+                seen.call(item.name)
+                seen.args(item.arguments)
+        return
+    # The SDK builds its stream event types on first use (~0.7 s, measured):
+    # built before the clock starts, so the times measure Leash, not that.
+    from openai._models import construct_type
+    from openai.types.responses import ResponseStreamEvent
+
+    for kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
+        construct_type(type_=ResponseStreamEvent, value={"type": kind, "delta": "", "item_id": "x", "output_index": 0})
+    seen.started = time.monotonic()
+    for ev in client.responses.create(stream=True, **kw):
+        if ev.type == "response.output_text.delta":
+            seen.text(ev.delta)
+        elif ev.type == "response.output_item.added" and ev.item.type == "function_call":
+            seen.call(ev.item.name)
+        elif ev.type == "response.function_call_arguments.delta":
+            seen.args(ev.delta)
+        elif ev.type == "error":
+            raise RuntimeError(f"error event: {ev.message}")
 
 
 def anthropic_case(base, key, stream, seen):
@@ -117,7 +148,14 @@ def google_case(base, key, stream, seen):
 def main():
     provider, base, key = sys.argv[1:4]
     stream = len(sys.argv) > 4 and sys.argv[4] == "stream"
-    case = {"openai": openai_case, "anthropic": anthropic_case, "google": google_case}[provider]
+    case = {
+        "openai": openai_case,
+        "responses": responses_case,
+        # The unified API: OpenAI's shape, served by Anthropic.
+        "unified": lambda *a: openai_case(*a, model="anthropic/claude-sonnet-4-5"),
+        "anthropic": anthropic_case,
+        "google": google_case,
+    }[provider]
     seen = Seen()
     try:
         case(base, key, stream, seen)

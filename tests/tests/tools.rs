@@ -33,9 +33,19 @@ fn offer_tools(leash: &Leash, provider: &str, team: &str) -> Value {
     check(leash, provider, false, &json!({ "x-leash-team": team }))
 }
 
-/// `tools_check.py` for `provider`, streaming or not, with `headers`.
+/// The API shapes each test runs: the three providers' own, `OpenAI`'s
+/// Responses API, and the unified API (`OpenAI`'s shape, served by
+/// Anthropic).
+const SHAPES: [&str; 5] = ["openai", "responses", "unified", "anthropic", "google"];
+
+/// `tools_check.py` for `provider` (one of [`SHAPES`]), streaming or not,
+/// with `headers`.
 fn check(leash: &Leash, provider: &str, stream: bool, headers: &Value) -> Value {
-    let base = leash.base_url(provider);
+    let base = match provider {
+        "responses" => leash.base_url("openai"),
+        "unified" => format!("http://{}/v1", leash.addr),
+        p => leash.base_url(p),
+    };
     let mut args = vec![provider, base.as_str(), "sk-test-key"];
     if stream {
         args.push("stream");
@@ -71,7 +81,7 @@ fn offered(request: &Value) -> Vec<String> {
 fn offered_tools_are_blocked_or_stripped_per_team_with_each_sdk() {
     let (mock, leash) = start_with_policy_file(POLICY, "");
     let mut records = 0;
-    let providers = ["openai", "anthropic", "google"];
+    let providers = SHAPES;
     for provider in providers {
         // Control: a team no rule names gets both tools to the provider,
         // and the model calls the first one offered.
@@ -232,7 +242,7 @@ fn streamed_tool_calls_are_held_until_their_arguments_are_checked() {
     let clean = r#"{"cmd":"ls -la /srv"}"#;
     let secret = format!(r#"{{"cmd":"deploy --key {CANARY}"}}"#);
     let mut records = 0;
-    let providers = ["openai", "anthropic", "google"];
+    let providers = SHAPES;
     for provider in providers {
         // Control: a clean call is released whole, byte for byte, after
         // the text that came before it.
@@ -286,19 +296,20 @@ fn streamed_tool_calls_are_held_until_their_arguments_are_checked() {
     }
     let audit = leash.audit_text();
     assert!(!audit.contains(CANARY), "the canary is in the audit");
-    // The console's Tools view: per provider 5 calls of `shell` (clean,
+    // The console's Tools view: per shape 5 calls of `shell` (clean,
     // secret, contractors streamed and whole, secret whole), 4 of them in
     // blocked exchanges; by team.
     let (status, tools) = leash.api("GET", "/api/tools", b"");
     assert_eq!(status, 200, "{tools}");
     let shell = &tools["tools"][0];
     assert_eq!(shell["tool"], "shell", "{tools}");
-    assert_eq!(shell["use"]["called"], 15, "{tools}");
-    assert_eq!(shell["use"]["blocked"], 12, "{tools}");
-    assert_eq!(shell["use"]["offered"], 15, "{tools}");
+    let n = providers.len() as u64;
+    assert_eq!(shell["use"]["called"], 5 * n, "{tools}");
+    assert_eq!(shell["use"]["blocked"], 4 * n, "{tools}");
+    assert_eq!(shell["use"]["offered"], 5 * n, "{tools}");
     assert_eq!(
         shell["use"]["teams"]["contractors"].as_u64(),
-        Some(12),
+        Some(4 * n),
         "{tools}"
     );
     // Every provider passed each check above (an assertion stops the test).

@@ -76,15 +76,15 @@ const FIGURES: &[(&str, &str, &str, &str)] = &[
         "`leash-agent/src/policy/corpus.rs`",
     ),
     (
-        "Tools offered to a model (`match.tool.offered`), with each provider's SDK: stripped before the provider / refused with the SDK's 403 / controls forwarded with every tool",
+        "Tools offered to a model (`match.tool.offered`), with the official SDKs (OpenAI chat completions and Responses API, Anthropic, Gemini, the unified API): stripped before the provider / refused with the SDK's 403 / controls forwarded with every tool",
         "tool_offers",
-        "{stripped} / {blocked} / {controls} of {providers} providers",
+        "{stripped} / {blocked} / {controls} of {providers} API shapes",
         "`tests/tests/tools.rs`",
     ),
     (
-        "Streamed tool calls, with each provider's SDK: a canary secret in the arguments ended before any byte of the call / the text before it delivered as sent / clean calls released byte for byte",
+        "Streamed tool calls, with the official SDKs (OpenAI chat completions and Responses API, Anthropic, Gemini, the unified API): a canary secret in the arguments ended before any byte of the call / the text before it delivered as sent / clean calls released byte for byte",
         "tool_calls",
-        "{blocked_before_any_byte} / {text_on_time} / {clean_intact} of {providers} providers",
+        "{blocked_before_any_byte} / {text_on_time} / {clean_intact} of {providers} API shapes",
         "`tests/tests/tools.rs`",
     ),
     (

@@ -10,8 +10,8 @@ use http::{HeaderMap, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::{
-    Api, MockBody, anthropic_usage, gemini_response, json_response, openai_usage, sse_data,
-    sse_event, sse_response, usage,
+    Api, MockBody, anthropic_usage, gemini_response, json_response, openai_response, openai_usage,
+    sse_data, sse_event, sse_response, usage,
 };
 
 /// The tool the mock calls: the first one offered, unless the conversation
@@ -118,6 +118,16 @@ pub(super) fn tool_answer(
                 json_response(StatusCode::OK, &answer)
             })
         }
+        Api::OpenAi if path == "/v1/responses" && stream => Some(sse_response(
+            responses_tool_stream(model, &name, steer),
+            gap,
+            sent,
+        )),
+        Api::OpenAi if path == "/v1/responses" => {
+            let mut answer = openai_response(model, &[], "completed");
+            answer["output"] = json!([function_call_item(&name, &steer.args, "completed")]);
+            Some(json_response(StatusCode::OK, &answer))
+        }
         Api::OpenAi if path != "/v1/chat/completions" => None,
         Api::OpenAi if stream => Some(sse_response(
             openai_tool_stream(model, &name, steer),
@@ -169,6 +179,56 @@ fn openai_tool_stream(model: &str, name: &str, steer: &ToolSteer) -> Vec<String>
         chunk(json!({}), json!("tool_calls")),
         "data: [DONE]\n\n".to_owned(),
     ]);
+    events
+}
+
+/// A Responses API `function_call` output item.
+fn function_call_item(name: &str, args: &str, status: &str) -> Value {
+    json!({"type": "function_call", "id": "fc_mock", "call_id": "call_mock", "name": name,
+           "arguments": args, "status": status})
+}
+
+/// A Responses API stream: the preamble as a message's text deltas, then
+/// the call (added, its arguments in two deltas, done), then completed.
+fn responses_tool_stream(model: &str, name: &str, steer: &ToolSteer) -> Vec<String> {
+    let mut seq = 0;
+    let mut event = |kind: &str, mut body: Value| {
+        body["type"] = json!(kind);
+        body["sequence_number"] = json!(seq);
+        seq += 1;
+        sse_event(kind, &body)
+    };
+    let mut events = vec![event(
+        "response.created",
+        json!({"response": openai_response(model, &[], "in_progress")}),
+    )];
+    for text in &steer.preamble {
+        events.push(event(
+            "response.output_text.delta",
+            json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": text}),
+        ));
+    }
+    let (first, second) = steer.halves();
+    let call = |i| json!({"item_id": "fc_mock", "output_index": 1, "delta": i});
+    events.extend([
+        event(
+            "response.output_item.added",
+            json!({"output_index": 1, "item": function_call_item(name, "", "in_progress")}),
+        ),
+        event("response.function_call_arguments.delta", call(first)),
+        event("response.function_call_arguments.delta", call(second)),
+        event(
+            "response.function_call_arguments.done",
+            json!({"item_id": "fc_mock", "output_index": 1, "name": name, "arguments": steer.args}),
+        ),
+        event(
+            "response.output_item.done",
+            json!({"output_index": 1, "item": function_call_item(name, &steer.args, "completed")}),
+        ),
+    ]);
+    let mut done = openai_response(model, &[], "completed");
+    done["output"] = json!([function_call_item(name, &steer.args, "completed")]);
+    events.push(event("response.completed", json!({"response": done})));
     events
 }
 
