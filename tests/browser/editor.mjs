@@ -8,13 +8,15 @@ import { withConsole } from "./browser.mjs";
 
 const [base, shots, login, gateway] = process.argv.slice(2);
 
-// A chat request through the gateway: its HTTP status.
-async function chat(text, team) {
+// A chat request through the gateway (offering the tools named): its HTTP
+// status.
+async function chat(text, team, tools) {
   const headers = { "content-type": "application/json", authorization: "Bearer sk-test" };
   if (team) headers["x-leash-team"] = team;
+  const body = { model: "gpt-4o-mini", messages: [{ role: "user", content: text }] };
+  if (tools) body.tools = tools.map((name) => ({ type: "function", function: { name, parameters: { type: "object" } } }));
   const resp = await fetch(`${gateway}/v1/openai/chat/completions`, {
-    method: "POST", headers,
-    body: JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: text }] }),
+    method: "POST", headers, body: JSON.stringify(body),
   });
   return resp.status;
 }
@@ -82,6 +84,18 @@ await withConsole(base, async (page, out, { cells, open }) => {
   out.disable_preview = await preview("ready");
   out.disable_saved = await save();
   out.ticket_disabled = await chat("see ticket TCK-123456");
+  // 5. A tool rule made in the form: a request offering `shell` is
+  // refused; the same request before it is the control.
+  out.shell_before = await chat("run ls", null, ["shell"]);
+  await page.click("#rule-add");
+  await page.fill('#rule-form [name="name"]', "no-shell");
+  await page.selectOption('#rule-form [name="action"]', "block");
+  await page.fill('#rule-form [name="tool_offered"]', "shell*");
+  out.tool_preview = await preview("ready");
+  out.tool_saved = await save();
+  out.shell_after = await chat("run ls", null, ["shell"]);
+  out.weather_after = await chat("weather?", null, ["get_weather"]);
+
   out.states = await cells("#policy-rules tr[data-rule]");
   out.history = await cells("#policy-history tbody tr");
 });

@@ -115,6 +115,8 @@ fn rules_made_in_the_form_are_enforced_kept_in_order_and_recorded() {
     assert_eq!(states[2][5], "disabled");
 
     // The file: the three changes, every comment kept, nothing else.
+    assert_tool_rule(&seen);
+
     let text = std::fs::read_to_string(&file).unwrap();
     for comment in [
         "# Security's policy: reviewed weekly.",
@@ -128,9 +130,25 @@ fn rules_made_in_the_form_are_enforced_kept_in_order_and_recorded() {
         "the moved rule's comment did not move with it:\n{text}"
     );
     assert!(text.contains("enabled: false"), "{text}");
-    // Who changed what: three events, in order, hashes chained, by the
-    // session `leash console` opened.
-    let changes = policy_changes(&leash, 3);
+    assert_changes_recorded(&leash, &seen);
+    // Only the allowed requests reached the provider.
+    let allowed = [
+        "ticket_before",
+        "support_after",
+        "ticket_disabled",
+        "shell_before",
+        "weather_after",
+    ]
+    .iter()
+    .filter(|k| seen[**k] == 200)
+    .count();
+    assert_eq!(mock.requests().len(), allowed);
+}
+
+/// Who changed what: four events, in order, hashes chained, by the
+/// session `leash console` opened; the page's history shows them.
+fn assert_changes_recorded(leash: &Leash, seen: &Value) {
+    let changes = policy_changes(leash, 4);
     let summaries: Vec<&str> = changes
         .iter()
         .map(|c| c["policy_change"]["change"].as_str().unwrap())
@@ -140,7 +158,8 @@ fn rules_made_in_the_form_are_enforced_kept_in_order_and_recorded() {
         [
             "added rule `no-tickets`",
             "moved rule `allow-support` from position 2 to 1",
-            "disabled rule `no-tickets`"
+            "disabled rule `no-tickets`",
+            "added rule `no-shell`"
         ]
     );
     for pair in changes.windows(2) {
@@ -159,12 +178,20 @@ fn rules_made_in_the_form_are_enforced_kept_in_order_and_recorded() {
             .contains("disabled rule `no-tickets` by")),
         "{history:?}"
     );
-    // Only the allowed requests reached the provider.
-    let allowed = ["ticket_before", "support_after", "ticket_disabled"]
-        .iter()
-        .filter(|k| seen[**k] == 200)
-        .count();
-    assert_eq!(mock.requests().len(), allowed);
+}
+
+/// A rule on offered tools made in the form's Tools fields: previewed as
+/// `match.tool.offered`, then enforced (a request offering `shell`
+/// refused, one offering another tool not; the same request before it
+/// allowed).
+fn assert_tool_rule(seen: &Value) {
+    let preview = &seen["tool_preview"];
+    let diff = preview["diff"].as_str().unwrap();
+    assert!(diff.contains("+  - name: no-shell"), "{diff}");
+    assert!(diff.contains("tool:") && diff.contains("shell*"), "{diff}");
+    assert_eq!(seen["shell_before"], 200, "{seen}");
+    assert_eq!(seen["shell_after"], 403, "{seen}");
+    assert_eq!(seen["weather_after"], 200, "{seen}");
 }
 
 /// A form made from a file that changed since (another editor, a deploy)

@@ -17,6 +17,7 @@ function ruleSummary(r) {
   if (m.detectors) parts.push("detectors: " + joined(m.detectors));
   for (const k of ["team", "provider", "model", "endpoint"]) if (m[k]) parts.push(`${k}: ${joined(m[k])}`);
   if (m.caller) parts.push("caller: " + Object.entries(m.caller).map(([k, v]) => `${k} ${joined(v)}`).join("; "));
+  for (const k of ["offered", "called", "arguments"]) if (m.tool && m.tool[k]) parts.push(`tool ${k}: ${joined(m.tool[k])}`);
   if (m.direction && m.direction !== "request") parts.push("direction: " + m.direction);
   return parts.join(" · ") || "every request";
 }
@@ -67,6 +68,7 @@ function openForm(index) {
   set("route", r.route);
   for (const k of ["team", "provider", "model", "endpoint"]) set(k, joined(m[k]));
   for (const k of ["exe", "user", "cgroup", "uid"]) set("caller_" + k, joined(c[k]));
+  for (const k of ["offered", "called", "arguments"]) set("tool_" + k, joined((m.tool || {})[k]));
   set("tags", joined(r.tags));
   set("set_model", r.set_model);
   set("max_tokens", r.max_tokens);
@@ -106,6 +108,8 @@ function formRule() {
       uid: list(f.get("caller_uid")).map(Number),
     }),
   });
+  const tool = { offered: list(f.get("tool_offered")), called: list(f.get("tool_called")), arguments: list(f.get("tool_arguments")) };
+  match.tool = Object.values(tool).some((v) => v.length) ? tool : null;
   const action = f.get("action");
   const transform = action === "transform";
   return Object.assign(base, {
