@@ -5,13 +5,16 @@ Usage: mcp_check.py URL TEAM CALLS
 CALLS is a JSON list of [tool, arguments]. Each call is made on a session
 of its own, before any listing (the client would otherwise refuse, on its
 own, a tool the listing left out); then the tools are listed. Prints one
-JSON line: {"tools": [names], "results": [{"tool", "ok", "text" | "error"}]}.
+JSON line: {"tools": [names], "results": [{"tool", "ok", "text" | "error",
+"progress_at", "done_at"}]} — the times (seconds since the call was sent)
+at which each progress notification and the result arrived.
 The request header `x-leash-team: TEAM` names the caller's team.
 """
 
 import asyncio
 import json
 import sys
+import time
 
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -33,11 +36,18 @@ def client(url, team):
 async def main(url, team, calls):
     results = []
     for tool, args in calls:
+        progress = []
         try:
             async with client(url, team) as c:
-                r = await c.call_tool(tool, args)
+                start = time.monotonic()
+
+                async def seen(done, total, message):
+                    progress.append(time.monotonic() - start)
+
+                r = await c.call_tool(tool, args, progress_callback=seen)
+                done_at = time.monotonic() - start
             text = "".join(getattr(p, "text", "") for p in r.content)
-            results.append({"tool": tool, "ok": not r.is_error, "text": text})
+            results.append({"tool": tool, "ok": not r.is_error, "text": text, "progress_at": progress, "done_at": done_at})
         except Exception as e:  # the SDK raises the JSON-RPC error
             results.append({"tool": tool, "ok": False, "error": describe(e)})
     async with client(url, team) as c:

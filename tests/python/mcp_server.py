@@ -9,10 +9,11 @@ and appends one JSON line per tool call it runs to CALLS_FILE (so a test
 can show that a refused call never reached it).
 """
 
+import asyncio
 import json
 import sys
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 PORT, CALLS = int(sys.argv[1]), sys.argv[2]
 app = MCPServer("ops")
@@ -42,6 +43,16 @@ def read_secret() -> str:
     """Read the deploy key."""
     ran("read_secret", "")
     return "deploy key AKIAZ7QX3PLM9V2KD4RT"
+
+
+@app.tool()
+async def slow_steps(steps: int, ctx: Context) -> str:
+    """Work in steps, reporting progress after each (0.3 s apart)."""
+    ran("slow_steps", str(steps))
+    for i in range(steps):
+        await asyncio.sleep(0.3)
+        await ctx.report_progress(i + 1, steps)
+    return f"{steps} steps done"
 
 
 if len(sys.argv) > 3:

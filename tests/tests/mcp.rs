@@ -137,16 +137,29 @@ fn mcp_tools_are_listed_called_and_refused_per_team() {
     let url = format!("http://{}/mcp/ops/mcp", leash.addr);
     let secret = format!("/srv/{CANARY}");
 
-    // Control: the team allowed `shell` lists and calls it.
-    let r = mcp(&url, "platform", &json!([["shell", {"cmd": "uptime"}]]));
+    // Control: the team allowed `shell` lists and calls it. A call that
+    // reports progress gets each notification as the server sends it
+    // (the answer's event stream is not held for the response rules).
+    let r = mcp(
+        &url,
+        "platform",
+        &json!([["shell", {"cmd": "uptime"}], ["slow_steps", {"steps": 3}]]),
+    );
     assert_eq!(
         r["tools"],
-        json!(["read_file", "shell", "read_secret"]),
+        json!(["read_file", "shell", "read_secret", "slow_steps"]),
         "{r}"
     );
     assert_eq!(r["results"][0]["ok"], true, "{r}");
     assert_eq!(r["results"][0]["text"], "ran uptime", "{r}");
-    assert_eq!(server.ran(), [("shell".to_owned(), "uptime".to_owned())]);
+    assert_progress_on_time(&r["results"][1]);
+    assert_eq!(
+        server.ran(),
+        [
+            ("shell".to_owned(), "uptime".to_owned()),
+            ("slow_steps".to_owned(), "3".to_owned())
+        ]
+    );
 
     // Contractors: `shell` is not listed, and a call of it is refused with
     // a JSON-RPC error the SDK raises; so is a call carrying a secret, and
@@ -161,7 +174,11 @@ fn mcp_tools_are_listed_called_and_refused_per_team() {
             ["read_secret", {}],
         ]),
     );
-    assert_eq!(r["tools"], json!(["read_file", "read_secret"]), "{r}");
+    assert_eq!(
+        r["tools"],
+        json!(["read_file", "read_secret", "slow_steps"]),
+        "{r}"
+    );
     let results = r["results"].as_array().unwrap();
     assert_eq!(results[0]["ok"], false, "{r}");
     assert!(
@@ -184,9 +201,8 @@ fn mcp_tools_are_listed_called_and_refused_per_team() {
     let error = results[3]["error"].as_str().unwrap();
     assert!(error.contains("no-secrets-out"), "{r}");
     assert_eq!(
-        server.ran(),
+        server.ran()[2..],
         [
-            ("shell".to_owned(), "uptime".to_owned()),
             ("read_file".to_owned(), "/srv/report.txt".to_owned()),
             ("read_secret".to_owned(), String::new()),
         ],
@@ -194,6 +210,25 @@ fn mcp_tools_are_listed_called_and_refused_per_team() {
     );
 
     assert_audit(&leash);
+}
+
+/// A call's three progress notifications (0.3 s apart at the server)
+/// arrived one by one, the first well before the result.
+fn assert_progress_on_time(result: &Value) {
+    assert_eq!(result["text"], "3 steps done", "{result}");
+    let at: Vec<f64> = result["progress_at"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_f64().unwrap())
+        .collect();
+    assert_eq!(at.len(), 3, "{result}");
+    assert!(at[2] - at[0] >= 0.4, "the progress came at once: {result}");
+    let done = result["done_at"].as_f64().unwrap();
+    assert!(
+        done - at[0] >= 0.4,
+        "the progress was held until the result: {result}"
+    );
 }
 
 /// The audit: every call with its server, method, tool, team and address;
@@ -234,6 +269,7 @@ fn assert_audit(leash: &leash_tests::harness::Leash) {
         summary,
         [
             row("shell", "platform", "allow", "platform-may-shell"),
+            row("slow_steps", "platform", "allow", ""),
             row("shell", "contractors", "block", "no-shell-for-contractors"),
             row(
                 "read_file",
@@ -296,7 +332,7 @@ fn mcp_calls_are_governed_through_transparent_interception() {
     assert_eq!(r["results"][0]["text"], "ran uptime", "{r}");
     assert_eq!(
         r["tools"],
-        json!(["read_file", "shell", "read_secret"]),
+        json!(["read_file", "shell", "read_secret", "slow_steps"]),
         "{r}"
     );
     // Contractors: not listed, refused before the server, and a call
@@ -310,7 +346,11 @@ fn mcp_calls_are_governed_through_transparent_interception() {
             ["read_file", {"path": "/srv/report.txt"}],
         ]),
     );
-    assert_eq!(r["tools"], json!(["read_file", "read_secret"]), "{r}");
+    assert_eq!(
+        r["tools"],
+        json!(["read_file", "read_secret", "slow_steps"]),
+        "{r}"
+    );
     let results = r["results"].as_array().unwrap();
     assert!(
         results[0]["error"]
