@@ -131,6 +131,9 @@ pub struct Metrics {
     /// Segments past retention kept because they are not shipped yet.
     pub audit_retention_held: Counter,
     pub audit_last_seq: Gauge,
+    /// The last audit record synced to disk (`fdatasync`): what a machine
+    /// crash cannot take back. Shipping goes no further.
+    pub audit_synced_seq: Gauge,
     pub ship_lag: Gauge,
     pub ship_published: Counter,
     ship_errors: Family<KindLabels, Counter>,
@@ -391,7 +394,13 @@ impl Metrics {
         let audit_last_seq = register(
             &mut r,
             "leash_audit_last_seq",
-            "Sequence number of the last audit record on disk",
+            "Sequence number of the last audit record written to its file",
+            Gauge::default(),
+        );
+        let audit_synced_seq = register(
+            &mut r,
+            "leash_audit_synced_seq",
+            "Sequence number of the last audit record synced to disk (fdatasync)",
             Gauge::default(),
         );
         let ship_lag = register(
@@ -422,6 +431,7 @@ impl Metrics {
             registry: r,
             audit_retention_held,
             audit_last_seq,
+            audit_synced_seq,
             ship_lag,
             ship_published,
             ship_errors,

@@ -362,8 +362,11 @@ impl Shipper {
         let mut cursor = Cursor::load(&self.dir, epoch).map_err(|e| self.spool_error(&e))?;
         let mut reader = Reader::new(&self.dir, cursor.seq);
         loop {
+            // Only what is synced: a crash of the machine cannot take back
+            // a record the central store already has.
+            let synced = u64::try_from(self.metrics.audit_synced_seq.get()).unwrap_or(0);
             let batch = reader
-                .next_batch(self.cfg.batch)
+                .next_batch_through(self.cfg.batch, synced)
                 .map_err(|e| self.spool_error(&e))?;
             if batch.is_empty() {
                 self.update_lag(cursor.seq);

@@ -34,11 +34,19 @@ pub fn default_dir() -> PathBuf {
         .map_or_else(|| DEFAULT_AUDIT_DIR.into(), |d| d.join("leash/audit"))
 }
 
+/// `audit.sync_interval_ms` unless set: records are written to their file
+/// within 5 ms (a crash of the process loses nothing written), synced at
+/// most this long after (a crash of the machine may lose what was not).
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(50);
+
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub dir: PathBuf,
     pub queue_capacity: usize,
     pub durability: Durability,
+    /// `durability: batch`: at most this long between a record written to
+    /// its file and the `fdatasync` that makes it survive a machine crash.
+    pub sync_interval: Duration,
     pub overflow: Overflow,
     /// A new segment starts once the current one reaches this size.
     pub segment_max_bytes: u64,
@@ -55,6 +63,7 @@ pub struct RawAudit {
     pub dir: Option<PathBuf>,
     queue_capacity: Option<usize>,
     durability: Option<Durability>,
+    sync_interval_ms: Option<u64>,
     overflow: Option<Overflow>,
     segment_max_bytes: Option<u64>,
     retention_days: Option<u64>,
@@ -87,6 +96,16 @@ impl AuditConfig {
             dir: field::resolve(base, raw.dir.unwrap_or_else(default_dir)),
             queue_capacity: field::positive("audit.queue_capacity", raw.queue_capacity, 65_536)?,
             durability: raw.durability.unwrap_or(Durability::Batch),
+            sync_interval: match raw.sync_interval_ms {
+                None => DEFAULT_SYNC_INTERVAL,
+                Some(ms @ 1..=1000) => Duration::from_millis(ms),
+                Some(_) => {
+                    return Err(invalid(
+                        "audit.sync_interval_ms",
+                        "1 to 1000 (milliseconds between syncs; `durability: sync` syncs every record)",
+                    ));
+                }
+            },
             overflow: raw.overflow.unwrap_or(Overflow::Block),
         })
     }

@@ -116,9 +116,12 @@ impl Segments {
 
 /// How the writer thread batches and whom it tells.
 pub(super) struct WriterOptions {
-    /// Group-commit window.
+    /// Group-write window.
     pub(super) linger: Duration,
-    /// Records once on disk, for live subscribers.
+    /// At most this long between a write and its sync; zero: every write
+    /// is synced before it is acknowledged (`durability: sync`).
+    pub(super) sync_every: Duration,
+    /// Records once written, for live subscribers.
     pub(super) live: tokio::sync::broadcast::Sender<bytes::Bytes>,
 }
 
@@ -133,14 +136,14 @@ struct Queued {
 pub(super) struct Segment {
     pub(super) path: PathBuf,
     pub(super) file: File,
-    /// Bytes durably written so far.
+    /// Bytes of whole batches written so far.
     pub(super) size: u64,
 }
 
 impl Segment {
-    /// Appends `bytes` and syncs; on failure cuts the file back to its
-    /// last durable size so no torn line stays behind.
-    fn append(&mut self, bytes: &[u8], batch: u64) -> io::Result<()> {
+    /// Appends `bytes`, and syncs when `sync` says; on failure cuts the
+    /// file back to its last whole batch so no torn line stays behind.
+    fn append(&mut self, bytes: &[u8], batch: u64, sync: bool) -> io::Result<()> {
         let written = if crate::faults::audit_write_fails(batch) {
             // A torn write: half of the batch reaches the file.
             let _ = self.file.write_all(&bytes[..bytes.len() / 2]);
@@ -148,7 +151,7 @@ impl Segment {
         } else {
             self.file
                 .write_all(bytes)
-                .and_then(|()| self.file.sync_data())
+                .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) })
         };
         if let Err(e) = written {
             let _ = self.file.set_len(self.size);
@@ -183,23 +186,38 @@ impl Writer {
         if let Some(delay) = fault_delay {
             tracing::warn!(?delay, "fault injection: audit writes are delayed");
         }
+        self.synced();
         let mut pending: Vec<Queued> = Vec::new();
         let mut flushes: Vec<std_mpsc::Sender<()>> = Vec::new();
-        let mut last_sync = Instant::now();
+        let mut last_write = Instant::now();
+        // When the oldest write not synced yet was made; `None`: all synced.
+        let mut unsynced_since: Option<Instant> = None;
         let mut retry = RETRY_START;
         let mut batch_no = 0u64;
         let mut open = true;
         loop {
             if pending.is_empty() {
-                let Some(first) = self.rx.blocking_recv() else {
-                    break;
+                let first = match unsynced_since {
+                    None => self.rx.blocking_recv(),
+                    Some(since) => self.recv_until(since + self.options.sync_every),
+                };
+                let Some(first) = first else {
+                    // The sync is due (or the queue closed): a sync of its
+                    // own, then wait again.
+                    if self.sync_now(&mut retry) {
+                        unsynced_since = None;
+                    }
+                    if self.rx.is_closed() && self.rx.is_empty() && unsynced_since.is_none() {
+                        break;
+                    }
+                    continue;
                 };
                 if let Some(delay) = fault_delay {
                     std::thread::sleep(delay);
                 }
-                // Group commit: records arriving during the linger window
-                // share this batch's sync.
-                let rest = self.options.linger.saturating_sub(last_sync.elapsed());
+                // Group write: records arriving during the linger window
+                // share this batch's write.
+                let rest = self.options.linger.saturating_sub(last_write.elapsed());
                 if !rest.is_zero() {
                     std::thread::sleep(rest);
                 }
@@ -213,9 +231,18 @@ impl Writer {
                 }
             }
             batch_no += 1;
-            last_sync = Instant::now();
-            match self.write_batch(&mut pending, batch_no) {
+            last_write = Instant::now();
+            let sync = self.options.sync_every.is_zero()
+                || !flushes.is_empty()
+                || !open
+                || unsynced_since.is_some_and(|t| t.elapsed() >= self.options.sync_every);
+            match self.write_batch(&mut pending, batch_no, sync) {
                 Ok(()) => {
+                    if sync {
+                        unsynced_since = None;
+                    } else {
+                        unsynced_since.get_or_insert(last_write);
+                    }
                     retry = RETRY_START;
                     self.healthy
                         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -254,10 +281,23 @@ impl Writer {
         }
     }
 
-    /// Seals `pending` against a copy of the chain head, appends and syncs
-    /// them; only then does the head move and everyone waiting hear of it.
-    /// On failure nothing moved: the same records are sealed again next time.
-    fn write_batch(&mut self, pending: &mut Vec<Queued>, batch_no: u64) -> io::Result<()> {
+    /// Everything written so far is on disk.
+    fn synced(&self) {
+        self.metrics
+            .audit_synced_seq
+            .set(i64::try_from(self.head.seq).unwrap_or(i64::MAX));
+    }
+
+    /// Seals `pending` against a copy of the chain head, appends them (and
+    /// syncs, when `sync` says — then also what earlier batches wrote); only
+    /// then does the head move and everyone waiting hear of it. On failure
+    /// nothing moved: the same records are sealed again next time.
+    fn write_batch(
+        &mut self,
+        pending: &mut Vec<Queued>,
+        batch_no: u64,
+        sync: bool,
+    ) -> io::Result<()> {
         let mut head = self.head.clone();
         let mut bytes = Vec::with_capacity(pending.len() * 512);
         let mut sealed = Vec::new();
@@ -278,10 +318,17 @@ impl Writer {
             }
         });
         if pending.is_empty() {
+            if sync {
+                self.segment.file.sync_data()?;
+                self.synced();
+            }
             return Ok(());
         }
-        self.segment.append(&bytes, batch_no)?;
+        self.segment.append(&bytes, batch_no, sync)?;
         self.head = head;
+        if sync {
+            self.synced();
+        }
         self.metrics.audit_records.inc_by(pending.len() as u64);
         self.metrics
             .audit_last_seq
@@ -301,6 +348,14 @@ impl Writer {
     }
 
     fn rotate(&mut self) {
+        // The segment left behind is complete on disk before the next one
+        // starts.
+        if let Err(e) = self.segment.file.sync_data() {
+            self.metrics.audit_write_errors.inc();
+            tracing::error!(error = %e, "cannot sync the audit segment; continuing it");
+            return;
+        }
+        self.synced();
         match self.segments.open(self.head.seq + 1) {
             Ok((path, file)) => {
                 tracing::info!(file = %path.display(), "audit segment rotated");
@@ -346,13 +401,15 @@ impl Writer {
             return;
         };
         let line = chain::seal(json, &mut head);
-        if let Err(e) = self.segment.append(&line, 0) {
+        // Synced (with everything before it) before any file goes.
+        if let Err(e) = self.segment.append(&line, 0, true) {
             self.metrics.audit_write_errors.inc();
             tracing::error!(error = %e, "cannot record the retention of old audit segments; they stay");
             return;
         }
         self.head = head;
         self.metrics.audit_records.inc();
+        self.synced();
         for file in files {
             match std::fs::remove_file(&file) {
                 Ok(()) => {
@@ -367,6 +424,43 @@ impl Writer {
 }
 
 /// Adds a message to the batch being formed.
+impl Writer {
+    /// Syncs what was written; on failure backs off (`retry`) and says so.
+    fn sync_now(&mut self, retry: &mut Duration) -> bool {
+        match self.write_batch(&mut Vec::new(), 0, true) {
+            Ok(()) => true,
+            Err(e) => {
+                self.healthy
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.audit_write_errors.inc();
+                tracing::error!(path = %self.segment.path.display(), error = %e, "audit sync failed; retried");
+                std::thread::sleep(*retry);
+                *retry = (*retry * 2).min(RETRY_MAX);
+                false
+            }
+        }
+    }
+
+    /// The next message, or `None` once `deadline` passed (or every sender
+    /// is gone) with none: while written records wait for their sync, the
+    /// queue is looked at every linger window instead of waited on.
+    fn recv_until(&mut self, deadline: Instant) -> Option<Msg> {
+        let step = self.options.linger.max(Duration::from_millis(1));
+        loop {
+            match self.rx.try_recv() {
+                Ok(msg) => return Some(msg),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            std::thread::sleep(left.min(step));
+        }
+    }
+}
+
 fn take(msg: Msg, pending: &mut Vec<Queued>, flushes: &mut Vec<std_mpsc::Sender<()>>) {
     match msg {
         Msg::Record(record, ack) => pending.push(Queued {
