@@ -549,6 +549,16 @@ audit:
         .unwrap();
         assert_eq!(c.intercept.hosts.len(), 1);
         assert_eq!(c.intercept.hosts[0].mcp.as_deref(), Some("ops"));
+        let listed = "intercept:\n  hosts: [{ name: api.openai.com, addresses: [127.10.0.9] }]\n";
+        let err = parse(&format!(
+            "{listed}mcp:\n  servers:\n    ops: {{ url: 'https://api.openai.com/mcp' }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("mcp.servers.ops.url"),
+            "a listed provider host: {err}"
+        );
         for (yaml, field) in [
             (
                 "ops: { url: 'https://api.openai.com/mcp' }",

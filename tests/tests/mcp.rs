@@ -231,23 +231,32 @@ fn assert_progress_on_time(result: &Value) {
     );
 }
 
-/// The audit: every call with its server, method, tool, team and address;
-/// the refusals with their rule; the filtered listing; never the canary.
-fn assert_audit(leash: &leash_tests::harness::Leash) {
-    // The contractors' listing is the client's last request: once its
-    // record is on disk, so is every call's (records are written in order).
-    let listed =
-        |r: &Value| r["mcp"]["method"] == "tools/list" && r["caller"]["team"] == "contractors";
+/// Whether `r` is the record of the contractors' listing.
+fn listed(r: &Value) -> bool {
+    r["mcp"]["method"] == "tools/list" && r["caller"]["team"] == "contractors"
+}
+
+/// The audit records once the contractors' listing is among them: it is
+/// the client's last request, so once its record is on disk, so is every
+/// call's (records are written in order).
+fn through_listing(logs: impl Fn() -> String, read: impl Fn() -> Vec<Value>) -> Vec<Value> {
     let mut records = Vec::new();
     wait_until(
         "the contractors' listing record",
         Duration::from_secs(10),
-        || leash.logs(),
+        logs,
         || {
-            records = leash.wait_records(1);
+            records = read();
             records.iter().any(listed)
         },
     );
+    records
+}
+
+/// The audit: every call with its server, method, tool, team and address;
+/// the refusals with their rule; the filtered listing; never the canary.
+fn assert_audit(leash: &leash_tests::harness::Leash) {
+    let records = through_listing(|| leash.logs(), || leash.wait_records(1));
     let calls: Vec<&Value> = records
         .iter()
         .filter(|r| r["mcp"]["method"] == "tools/call")
@@ -375,18 +384,7 @@ fn mcp_calls_are_governed_through_transparent_interception() {
     );
 
     // Each call is audited with the process that made it.
-    let listed =
-        |r: &Value| r["mcp"]["method"] == "tools/list" && r["caller"]["team"] == "contractors";
-    let mut records = Vec::new();
-    wait_until(
-        "the contractors' listing record",
-        Duration::from_secs(10),
-        || w.agent.logs(),
-        || {
-            records = w.agent.wait_records(1);
-            records.iter().any(listed)
-        },
-    );
+    let records = through_listing(|| w.agent.logs(), || w.agent.wait_records(1));
     let calls: Vec<&Value> = records
         .iter()
         .filter(|r| r["mcp"]["method"] == "tools/call")

@@ -423,7 +423,6 @@ impl Writer {
     }
 }
 
-/// Adds a message to the batch being formed.
 impl Writer {
     /// Syncs what was written; on failure backs off (`retry`) and says so.
     fn sync_now(&mut self, retry: &mut Duration) -> bool {
@@ -461,6 +460,7 @@ impl Writer {
     }
 }
 
+/// Adds a message to the batch being formed.
 fn take(msg: Msg, pending: &mut Vec<Queued>, flushes: &mut Vec<std_mpsc::Sender<()>>) {
     match msg {
         Msg::Record(record, ack) => pending.push(Queued {

@@ -349,7 +349,6 @@ fn proxy_address(text: &str) -> Option<(String, u16)> {
     (!host.is_empty() && port != 0).then(|| (host.to_ascii_lowercase(), port))
 }
 
-/// `intercept.hosts[i]`.
 /// Adds the host of every MCP server reached over TLS (unless listed), and
 /// its port. A host is one server's: the proxy tells servers apart by
 /// the TLS server name.
@@ -398,6 +397,7 @@ fn mcp_hosts(
     Ok(())
 }
 
+/// `intercept.hosts[i]`.
 fn host(
     i: usize,
     h: &RawHost,
@@ -449,7 +449,9 @@ fn host(
         kind,
         provider: provider.map(|p| p.name.clone()),
         addresses,
-        mcp: server,
+        // A provider's host stays the provider's: an MCP server on it is
+        // refused (`mcp_hosts`).
+        mcp: server.filter(|_| provider.is_none()),
     })
 }
 
