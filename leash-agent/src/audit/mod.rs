@@ -195,7 +195,7 @@ fn overflow_relay(
 pub struct AuditWriter {
     path: PathBuf,
     dir: PathBuf,
-    /// The last batch reached the disk.
+    /// The last write (and sync, when one was due) succeeded.
     healthy: Arc<std::sync::atomic::AtomicBool>,
     tx: mpsc::Sender<Msg>,
     thread: Option<JoinHandle<()>>,
@@ -409,8 +409,8 @@ impl AuditWriter {
         &self.path
     }
 
-    /// Whether records can be written now: the last batch reached the
-    /// disk, and a file can be made in the audit directory (the next
+    /// Whether records can be written now: the last write (and sync) of
+    /// the writer succeeded, and a file can be made in the audit directory (the next
     /// segment). For `/readyz`; cheap enough to call per probe.
     pub fn writable(&self) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
         let (healthy, dir) = (Arc::clone(&self.healthy), self.dir.clone());
@@ -425,8 +425,9 @@ impl AuditWriter {
         }
     }
 
-    /// Every record, as its sealed JSON line, once it is on disk (for the
-    /// console's live feed). Costs nothing while nobody subscribes.
+    /// Every record, as its sealed JSON line, once it is written to its
+    /// file (for the console's live feed). Costs nothing while nobody
+    /// subscribes.
     pub fn live(&self) -> tokio::sync::broadcast::Sender<bytes::Bytes> {
         self.live.clone()
     }

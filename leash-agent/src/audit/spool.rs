@@ -271,15 +271,17 @@ mod tests {
         chain::seal(format!("{{\"n\":{i}}}").into_bytes(), head)
     }
 
+    /// The first segment in `dir`, records 1 to `n`.
+    fn first_segment(dir: &Path, head: &mut chain::ChainHead, n: u64) {
+        let lines: Vec<u8> = (1..=n).flat_map(|i| sealed(head, i)).collect();
+        std::fs::write(dir.join("audit-0000000000000001.jsonl"), lines).unwrap();
+    }
+
     #[test]
     fn follows_segments_and_waits_for_whole_lines() {
         let dir = tempfile::tempdir().unwrap();
         let mut head = chain::ChainHead::default();
-        let mut a = Vec::new();
-        for i in 1..=3 {
-            a.extend(sealed(&mut head, i));
-        }
-        std::fs::write(dir.path().join("audit-0000000000000001.jsonl"), &a).unwrap();
+        first_segment(dir.path(), &mut head, 3);
         let mut r = Reader::new(dir.path(), 1);
         let got: Vec<u64> = r.next_batch(10).unwrap().iter().map(|l| l.seq).collect();
         assert_eq!(got, [2, 3]);
@@ -308,11 +310,7 @@ mod tests {
     fn nothing_past_the_synced_record() {
         let dir = tempfile::tempdir().unwrap();
         let mut head = chain::ChainHead::default();
-        let mut a = Vec::new();
-        for i in 1..=4 {
-            a.extend(sealed(&mut head, i));
-        }
-        std::fs::write(dir.path().join("audit-0000000000000001.jsonl"), &a).unwrap();
+        first_segment(dir.path(), &mut head, 4);
         let mut r = Reader::new(dir.path(), 0);
         let seqs = |b: Vec<Line>| b.iter().map(|l| l.seq).collect::<Vec<_>>();
         assert_eq!(seqs(r.next_batch_through(10, 2).unwrap()), [1, 2]);
