@@ -70,12 +70,25 @@ fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
+/// The content file of record `id`, once its writer renamed it into place:
+/// content is queued to its own writer and may reach the disk moments after
+/// the record (as the shipper allows for), so this waits for the file.
 fn content_file(leash: &Leash, id: &str) -> PathBuf {
-    files(&leash.audit_dir.join("content"))
-        .into_iter()
-        .map(|(p, _)| p)
-        .find(|p| p.file_stem().is_some_and(|s| s == id))
-        .unwrap_or_else(|| panic!("no content file for {id}"))
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(found) = files(&leash.audit_dir.join("content"))
+            .into_iter()
+            .map(|(p, _)| p)
+            .find(|p| {
+                p.file_stem().is_some_and(|s| s == id)
+                    && p.extension().is_none_or(|e| e != "partial")
+            })
+        {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "no content file for {id}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Waits for a `content_read` event of record `id` by a reader named
@@ -264,6 +277,7 @@ fn sealed_content_is_unreadable_on_the_host_and_opens_with_the_identity() {
     assert_eq!(sealed["content"]["class"], "sealed", "{sealed}");
     assert!(plain.get("content").is_none(), "not captured: {plain}");
     let id = sealed["id"].as_str().unwrap();
+    let sealed_file = content_file(&leash, id);
     // Nothing on the host holds the prompt in the clear.
     for (path, bytes) in files(leash.dir.path()) {
         assert!(
@@ -298,7 +312,7 @@ fn sealed_content_is_unreadable_on_the_host_and_opens_with_the_identity() {
     let out = run(std::process::Command::new("age")
         .args(["-d", "-i"])
         .arg(&identity)
-        .arg(content_file(&leash, id)));
+        .arg(&sealed_file));
     assert_success("age -d", &out);
     assert!(contains(&out.stdout, &prompt));
     // Sealed content never reaches the console.
@@ -384,6 +398,7 @@ fn the_console_shows_redacted_content_and_records_the_read() {
     let email = format!("zq.console.{}@example.com", std::process::id());
     assert_eq!(say(&leash, &format!("mail {email}")), 200);
     let id = leash.wait_records(1)[0]["id"].as_str().unwrap().to_owned();
+    content_file(&leash, &id);
     let seen = leash_tests::browser::run_script(
         "content.mjs",
         &format!("http://{}", leash.admin),
