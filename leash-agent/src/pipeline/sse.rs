@@ -79,8 +79,9 @@ impl SseBuffer {
                 return self.finish(events, end);
             };
             events.push(event(&self.carry[..n]));
-            let taken = n - (self.carry.len() - chunk.len());
-            rest = &chunk[taken..];
+            // The carry held no event's end, so this one ends in the chunk.
+            let taken = n.saturating_sub(self.carry.len() - chunk.len());
+            rest = chunk.get(taken..).unwrap_or_default();
             self.carry.clear();
             self.scanned = 0;
         }
