@@ -19,6 +19,7 @@ use std::{
 };
 
 use leash_tests::{
+    fleet::wait_until,
     gateway::Leash,
     harness::{age_keygen, assert_success, leash_command, mock_providers_yaml, run, run_python},
     http::post_json,
@@ -74,21 +75,23 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 /// content is queued to its own writer and may reach the disk moments after
 /// the record (as the shipper allows for), so this waits for the file.
 fn content_file(leash: &Leash, id: &str) -> PathBuf {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(found) = files(&leash.audit_dir.join("content"))
-            .into_iter()
-            .map(|(p, _)| p)
-            .find(|p| {
-                p.file_stem().is_some_and(|s| s == id)
-                    && p.extension().is_none_or(|e| e != "partial")
-            })
-        {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "no content file for {id}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut found = None;
+    wait_until(
+        &format!("the content file of {id}"),
+        Duration::from_secs(10),
+        || leash.logs(),
+        || {
+            found = files(&leash.audit_dir.join("content"))
+                .into_iter()
+                .map(|(p, _)| p)
+                .find(|p| {
+                    p.file_stem().is_some_and(|s| s == id)
+                        && p.extension().is_none_or(|e| e != "partial")
+                });
+            found.is_some()
+        },
+    );
+    found.unwrap_or_default()
 }
 
 /// Waits for a `content_read` event of record `id` by a reader named

@@ -7,10 +7,10 @@ pub const MAX_CARRY: usize = 1024 * 1024;
 
 #[derive(Debug, Default, Clone)]
 pub struct SseBuffer {
+    /// The unfinished event after the last one found. It was searched for
+    /// an event's end already: each byte is looked at once, however many
+    /// chunks a large event takes.
     carry: Vec<u8>,
-    /// How much of `carry` was searched for an event's end already: each
-    /// byte is looked at once, however many chunks a large event takes.
-    scanned: usize,
     overflowed: bool,
 }
 
@@ -73,24 +73,21 @@ impl SseBuffer {
         // an unfinished one is carried to the next.
         let mut rest = chunk;
         if !self.carry.is_empty() {
+            let searched = self.carry.len();
             self.carry.extend_from_slice(chunk);
-            let Some(n) = event_end(&self.carry, self.scanned) else {
-                self.scanned = self.carry.len();
+            let Some(n) = event_end(&self.carry, searched) else {
                 return self.finish(events, end);
             };
             events.push(event(&self.carry[..n]));
             // The carry held no event's end, so this one ends in the chunk.
-            let taken = n.saturating_sub(self.carry.len() - chunk.len());
-            rest = chunk.get(taken..).unwrap_or_default();
+            rest = chunk.get(n.saturating_sub(searched)..).unwrap_or_default();
             self.carry.clear();
-            self.scanned = 0;
         }
         while let Some(n) = event_end(rest, 0) {
             events.push(event(&rest[..n]));
             rest = &rest[n..];
         }
         self.carry.extend_from_slice(rest);
-        self.scanned = self.carry.len();
         self.finish(events, end)
     }
 
@@ -99,7 +96,6 @@ impl SseBuffer {
         if end && !self.carry.is_empty() {
             events.push(event(&self.carry));
             self.carry.clear();
-            self.scanned = 0;
         }
         if self.carry.len() > MAX_CARRY {
             self.carry = Vec::new();
