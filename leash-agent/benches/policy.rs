@@ -67,5 +67,49 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// The strings of a typical 1 KiB chat completion (keys, identifiers and
+/// the answer), each scanned on its own as the response side does.
+fn answer_strings() -> Vec<String> {
+    let mut strings: Vec<String> = [
+        "choices",
+        "finish_reason",
+        "stop",
+        "index",
+        "message",
+        "content",
+        "role",
+        "assistant",
+        "created",
+        "id",
+        "chatcmpl-bench",
+        "model",
+        "gpt-4o-mini",
+        "object",
+        "chat.completion",
+        "usage",
+        "completion_tokens",
+        "prompt_tokens",
+        "total_tokens",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    strings.push("lorem ipsum ".repeat(80));
+    strings
+}
+
+fn bench_answer(c: &mut Criterion) {
+    let policy = Policy::parse(POLICY, "bench").unwrap();
+    let strings = answer_strings();
+    c.bench_function("detect_1KiB_answer_strings", |b| {
+        b.iter(|| {
+            let mut found = Vec::new();
+            for s in &strings {
+                policy.detectors().scan(black_box(s), &mut found);
+            }
+            found
+        });
+    });
+}
+
+criterion_group!(benches, bench, bench_answer);
 criterion_main!(benches);

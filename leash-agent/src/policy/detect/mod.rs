@@ -339,7 +339,12 @@ impl Detectors {
         if self.markers {
             self.markers(text, out);
         }
-        for i in &self.set.matches(text) {
+        // Most texts match no detector: `is_match` stops at the first match
+        // and needs no per-pattern state, while `matches` searches for every
+        // pattern (a response is scanned once per JSON string, keys and
+        // identifiers included).
+        let hits = self.set.is_match(text).then(|| self.set.matches(text));
+        for i in hits.iter().flatten() {
             let d = &self.list[i];
             for m in d.regex.regex().captures_iter(text) {
                 let Some(whole) = m.get(0) else { continue };
