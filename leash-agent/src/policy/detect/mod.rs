@@ -103,7 +103,11 @@ pub struct Detectors {
 }
 
 /// The personal-data and prompt-injection detectors: (name, pattern,
-/// validator). The secret detectors are in `secrets`.
+/// validator). The secret detectors are in `secrets`. Digits are written
+/// `[0-9]`, not `\d`: the validators count ASCII digits only (a span of
+/// other scripts' digits never passed them), and Unicode `\d` in counted
+/// repetitions made these automata ten times larger (phone alone 760 KiB
+/// compiled, built twice: alone and in the set) and the set's DFA slower.
 const BUILTIN: &[(&str, &str, Option<Validator>)] = &[
     (
         "email",
@@ -112,18 +116,22 @@ const BUILTIN: &[(&str, &str, Option<Validator>)] = &[
     ),
     (
         "phone",
-        r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,6}\b|\(\d{2,4}\)[ .-]?\d{3,4}[ .-]?\d{3,4}\b|\b\d{3}[ .-]\d{3}[ .-]\d{4}\b",
+        r"\+[0-9]{1,3}(?:[ .-]?\(?[0-9]{1,4}\)?){2,6}\b|\([0-9]{2,4}\)[ .-]?[0-9]{3,4}[ .-]?[0-9]{3,4}\b|\b[0-9]{3}[ .-][0-9]{3}[ .-][0-9]{4}\b",
         Some(validate::phone),
     ),
     (
         "credit_card",
-        r"\b(?:\d[ -]?){12,18}\d\b",
+        r"\b(?:[0-9][ -]?){12,18}[0-9]\b",
         Some(validate::credit_card),
     ),
-    ("us_ssn", r"\b\d{3}-\d{2}-\d{4}\b", Some(validate::us_ssn)),
+    (
+        "us_ssn",
+        r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b",
+        Some(validate::us_ssn),
+    ),
     (
         "iban",
-        r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
+        r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
         Some(validate::iban),
     ),
     // Not part of a longer dotted run (version numbers like 1.2.3.4.5).
@@ -473,6 +481,18 @@ mod tests {
         n.sort();
         n.dedup();
         n
+    }
+
+    /// The personal-data patterns read ASCII digits (their validators only
+    /// ever counted those): ASCII numbers next to other scripts are still
+    /// found, other scripts' digits alone were never found and are not.
+    #[test]
+    fn digits_are_ascii() {
+        assert_eq!(names("카드 4111 1111 1111 1111 입니다"), ["credit_card"]);
+        assert_eq!(names("رقم 123-45-6789 هنا"), ["us_ssn"]);
+        assert_eq!(names("電話 +1 415 555 0132 まで"), ["phone"]);
+        assert!(names("card ４１１１ １１１１ １１１１ １１１１").is_empty());
+        assert!(names("ssn ١٢٣-٤٥-٦٧٨٩").is_empty());
     }
 
     #[test]
