@@ -56,7 +56,6 @@ pub(super) struct CallerMatch {
 #[derive(Clone)]
 pub(super) struct RequestHeaders(pub(super) HeaderMap);
 
-/// No set: anything matches; a set: the value must be there and match.
 /// Whether one of the detectors `found` in a text is one of a rule's `ds`.
 /// Driven by `found` (none or a few per text) rather than by `ds`, which the
 /// `secrets` group makes hundreds long: most texts match nothing, and a
@@ -65,6 +64,7 @@ fn any_found(ds: &[usize], found: &[usize]) -> bool {
     found.iter().any(|d| ds.contains(d))
 }
 
+/// No set: anything matches; a set: the value must be there and match.
 fn matches(set: Option<&GlobSet>, value: Option<&str>) -> bool {
     set.is_none_or(|s| value.is_some_and(|v| s.is_match(v)))
 }
