@@ -1,5 +1,6 @@
 //! The other hot pieces of a request, each on its own: SSE event parsing
-//! (every streamed chunk passes through it), audit record encoding and
+//! (every streamed chunk passes through it), the usage module's reading of
+//! a whole answer (every non-streamed response), audit record encoding and
 //! sealing (once per request), and the leaf certificate cache of the
 //! transparent proxy (a miss mints a certificate; a hit is a map lookup).
 
@@ -18,7 +19,8 @@ use leash_agent::{
     ca::{CaOptions, CertAuthority},
     intercept::shadow,
     metrics::Metrics,
-    pipeline::sse::SseBuffer,
+    pipeline::{sse::SseBuffer, usage},
+    provider::ProviderKind,
     proxy::certs::CertCache,
     record::{AuditRecord, Caller, Usage},
 };
@@ -82,6 +84,23 @@ fn bench(c: &mut Criterion) {
             }
             assert_eq!(n, 22);
             n
+        });
+    });
+
+    // The benchmark upstream's 1 KiB chat completion.
+    let answer = serde_json::json!({
+        "id": "chatcmpl-bench", "object": "chat.completion", "created": 1_764_000_000,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "lorem ipsum ".repeat(75)}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}
+    })
+    .to_string();
+    c.bench_function("usage_1KiB_answer", |b| {
+        b.iter(|| {
+            let (found, meta) =
+                usage::read_body(ProviderKind::OpenAi, black_box(answer.as_bytes()));
+            assert_eq!(found.map(|u| u.output_tokens), Some(12));
+            meta
         });
     });
 

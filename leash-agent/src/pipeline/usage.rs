@@ -205,6 +205,17 @@ impl ResponseMeta {
     }
 }
 
+/// What a whole (not streamed) answer body of `kind` reports: its usage
+/// and what it says of itself; nothing if it is not JSON.
+pub fn read_body(kind: ProviderKind, body: &[u8]) -> (Option<Usage>, ResponseMeta) {
+    let (mut usage, mut meta) = (None, ResponseMeta::default());
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        merge_usage(kind, &v, &mut usage);
+        meta.merge(kind, &v);
+    }
+    (usage, meta)
+}
+
 /// What the exchange's answer said of itself, once read.
 pub fn response_meta(ex: &Exchange) -> Option<&ResponseMeta> {
     ex.ext.get::<State>().map(|s| &s.meta)
@@ -372,9 +383,8 @@ impl UsageModule {
                         *copy = None;
                     } else {
                         body.extend_from_slice(chunk);
-                        if end && let Ok(v) = serde_json::from_slice::<Value>(body) {
-                            merge_usage(kind, &v, usage);
-                            meta.merge(kind, &v);
+                        if end {
+                            (*usage, *meta) = read_body(kind, body);
                         }
                     }
                 }

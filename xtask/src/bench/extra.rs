@@ -418,6 +418,12 @@ pub fn micro_section(m: &Value) -> String {
         "sse_parse_21_events" => {
             "an OpenAI chat stream of 21 events in 64-byte reads, split into events"
         }
+        "usage_1KiB_answer" => {
+            "a 1 KiB chat completion read for usage, id, model, finish reasons and tool calls"
+        }
+        "detect_1KiB_answer_strings" => {
+            "the 20 strings of a 1 KiB chat completion, each scanned by every built-in detector as the response side does"
+        }
         "audit_encode_and_seal" => "one audit record to JSON, hashed into the chain",
         "cert_mint_miss" => {
             "a leaf certificate minted for a host (cache miss: ECDSA P-256 key + signature)"
