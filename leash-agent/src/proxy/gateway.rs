@@ -386,12 +386,12 @@ impl<C: Connect + Clone + Send + Sync + 'static> Gateway<C> {
 impl<C: Connect + Clone + Send + Sync + 'static> Handler for Gateway<C> {
     type Body = LeashBody;
 
-    async fn handle(
+    fn handle(
         self: Arc<Self>,
         peer: SocketAddr,
         req: Request<Incoming>,
-    ) -> Response<LeashBody> {
-        super::contain_panics(self.serve(peer, req)).await
+    ) -> impl Future<Output = Response<LeashBody>> + Send {
+        super::contain_panics(async move { self.serve(peer, req).await })
     }
 }
 

@@ -542,22 +542,28 @@ pub fn local_response(ex: &mut ActiveExchange, rejection: &Rejection) -> Respons
 /// bug never takes down the other streams of its connection, or more. The
 /// exchange (dropped while unwinding) still gets its audit record; the
 /// panic hook (see `main`) logs where, never request data.
-pub async fn contain_panics(
+pub fn contain_panics(
     handler: impl Future<Output = Response<LeashBody>>,
-) -> Response<LeashBody> {
+) -> impl Future<Output = Response<LeashBody>> {
     use futures_util::FutureExt as _;
-    match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
-        Ok(resp) => resp,
-        Err(_) => json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            error_body(
-                crate::provider::ProviderKind::OpenAi,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                "leash: internal error while handling this request",
-            ),
-        ),
-    }
+    // Combinators, not an `async fn`: an async wrapper would hold the
+    // handler's future twice (as its argument and as what it awaits), and
+    // hyper moves the whole per-request future into place.
+    std::panic::AssertUnwindSafe(handler)
+        .catch_unwind()
+        .map(|outcome| {
+            outcome.unwrap_or_else(|_| {
+                json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    error_body(
+                        crate::provider::ProviderKind::OpenAi,
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        ErrorCode::Internal,
+                        "leash: internal error while handling this request",
+                    ),
+                )
+            })
+        })
 }
 
 /// A JSON response that belongs to no exchange (e.g. an unknown route).

@@ -196,12 +196,12 @@ impl Terminated {
 impl Handler for Terminated {
     type Body = LeashBody;
 
-    async fn handle(
+    fn handle(
         self: Arc<Self>,
         _peer: SocketAddr,
         req: Request<Incoming>,
-    ) -> Response<LeashBody> {
-        super::contain_panics(self.serve(req)).await
+    ) -> impl Future<Output = Response<LeashBody>> + Send {
+        super::contain_panics(async move { self.serve(req).await })
     }
 }
 
