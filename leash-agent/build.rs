@@ -4,7 +4,9 @@
 //! agent refuses to load an empty object and names the setup command.
 //!
 //! `LEASH_EBPF=require` makes a missing toolchain a build error (CI);
-//! `LEASH_EBPF=skip` never builds the programs.
+//! `LEASH_EBPF=skip` never builds the programs. `LEASH_EBPF_WAIT_FOR=FILE`
+//! (set by `cargo xtask run` while it installs the toolchain alongside
+//! this build) waits until FILE exists: the crates compile meanwhile.
 
 use std::{
     env,
@@ -52,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         ebpf_common_dir(&manifest_dir).display()
     );
 
+    wait_for_setup()?;
     let ready = on_path("bpf-linker") && nightly_has_rust_src();
     if mode != "skip" && ready {
         let root = ebpf_dir.to_str().context("non-UTF-8 path")?;
@@ -72,6 +75,26 @@ fn main() -> anyhow::Result<()> {
         "cargo:warning=eBPF toolchain not found: leash is built without its kernel programs and `leash run` will refuse to start (run `cargo xtask setup`, then rebuild)"
     );
     std::fs::write(&object, []).with_context(|| format!("writing {}", object.display()))?;
+    Ok(())
+}
+
+/// With `LEASH_EBPF_WAIT_FOR`, waits (at most 30 min) until the file
+/// exists: the eBPF toolchain is being installed alongside this build. Not
+/// a rerun trigger: it says when to look, not what is built.
+fn wait_for_setup() -> anyhow::Result<()> {
+    let Some(file) = env::var_os("LEASH_EBPF_WAIT_FOR").map(PathBuf::from) else {
+        return Ok(());
+    };
+    let give_up = std::time::Instant::now() + std::time::Duration::from_mins(30);
+    while !file.exists() {
+        if std::time::Instant::now() > give_up {
+            bail!(
+                "the eBPF toolchain install did not finish within 30 min ({} never appeared)",
+                file.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
     Ok(())
 }
 

@@ -97,6 +97,10 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// How long a newcomer waits: a fresh clone (and a `CARGO_HOME` of its
+    /// own) runs `cargo xtask run` until Leash is ready; writes
+    /// bench/firstrun.json and its section of BENCHMARKS.md.
+    BenchFirstrun,
     /// Compare this tree with an earlier commit in one run (rounds
     /// alternate): the criterion micro-benchmarks and, as root, the
     /// transparent path's latency; writes bench/micro.json and its section
@@ -382,7 +386,9 @@ fn llvm_prefix() -> Result<PathBuf> {
 }
 
 /// `cargo xtask setup`: everything the eBPF build needs, idempotent.
-fn setup() -> Result<()> {
+/// Whether the nightly toolchain has `rust-src` (the eBPF build compiles
+/// `core` from it).
+fn has_rust_src() -> Result<bool> {
     let components = output_of(Command::new("rustup").args([
         "component",
         "list",
@@ -391,7 +397,16 @@ fn setup() -> Result<()> {
         BPF_TOOLCHAIN,
     ]))
     .with_context(|| format!("the `{BPF_TOOLCHAIN}` toolchain is needed for the eBPF build"))?;
-    if !components.lines().any(|c| c.starts_with("rust-src")) {
+    Ok(components.lines().any(|c| c.starts_with("rust-src")))
+}
+
+/// Whether `setup` has nothing left to install.
+fn toolchain_ready() -> Result<bool> {
+    Ok(has_rust_src()? && bpf_linker_installed(&nightly_llvm_major()?))
+}
+
+fn setup() -> Result<()> {
+    if !has_rust_src()? {
         run(Command::new("rustup").args([
             "component",
             "add",
@@ -579,12 +594,47 @@ fn is_root() -> bool {
 /// as root the agent (which serves the gateway listener too), otherwise
 /// the gateway. `LEASH_RUN_BIN` runs that binary instead of building one
 /// (the quickstart test: the same steps, without a second release build).
+/// Builds the release `leash`. A missing eBPF toolchain is installed
+/// alongside (the build script waits for it while the crates compile), not
+/// before: a newcomer's first run is that much shorter.
+fn build_for_run() -> Result<()> {
+    let release_build = || {
+        let mut cmd = cargo();
+        cmd.args(["build", "--release", "-p", "leash-agent"]);
+        cmd
+    };
+    if toolchain_ready()? {
+        return run(&mut release_build());
+    }
+    let done = target_dir().join("xtask-ebpf-setup-done");
+    std::fs::create_dir_all(target_dir())?;
+    let _ = std::fs::remove_file(&done);
+    let installing = std::thread::spawn({
+        let done = done.clone();
+        move || {
+            let result = setup();
+            // Written either way: the build script stops waiting, and finds
+            // the toolchain or says it is missing.
+            let _ = std::fs::write(&done, if result.is_ok() { "ok" } else { "failed" });
+            result
+        }
+    });
+    let built = run(release_build().env("LEASH_EBPF_WAIT_FOR", &done));
+    let installed = installing
+        .join()
+        .map_err(|_| anyhow::anyhow!("the eBPF toolchain install panicked"))?;
+    let _ = std::fs::remove_file(&done);
+    installed.context("installing the eBPF toolchain")?;
+    built
+}
+
 fn run_leash(args: &[OsString]) -> Result<()> {
     let leash = if let Some(bin) = std::env::var_os("LEASH_RUN_BIN") {
         PathBuf::from(bin)
     } else {
-        setup()?;
-        run(cargo().args(["build", "--release", "-p", "leash-agent"]))?;
+        build_for_run()?;
+        // `cargo xtask bench-firstrun` times the phases by these lines.
+        eprintln!("xtask: leash built");
         target_dir().join("release/leash")
     };
     let args: Vec<OsString> = if !args.is_empty() {
@@ -616,6 +666,7 @@ fn main() -> Result<()> {
         Task::BenchTranslate { quick } => bench::bench_translate(quick),
         Task::BenchTelemetry { quick } => bench::bench_telemetry(quick),
         Task::BenchFleet { quick } => bench::bench_fleet(quick),
+        Task::BenchFirstrun => bench::bench_firstrun(),
         Task::BenchCompare {
             base,
             rounds,

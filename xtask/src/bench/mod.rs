@@ -8,6 +8,7 @@ mod against;
 mod console;
 mod contenders;
 mod extra;
+mod firstrun;
 mod fleet;
 mod micro;
 mod plot;
@@ -22,6 +23,7 @@ mod transparent;
 
 pub use self::{
     console::bench_console,
+    firstrun::bench_firstrun,
     fleet::bench_fleet,
     micro::bench_micro,
     run::{bench, build_release, rewrite_report},
@@ -75,6 +77,9 @@ fn other_sections() -> anyhow::Result<()> {
     }
     if let Some(r) = load("fleet.json") {
         fleet::render(&r)?;
+    }
+    if let Some(r) = load("firstrun.json") {
+        firstrun::render(&r)?;
     }
     Ok(())
 }
