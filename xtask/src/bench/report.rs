@@ -359,5 +359,12 @@ pub(super) fn goals(contenders: &[Value], rates: &[f64], transparent: &Value) ->
         cpu("leash-policy") / cpu("nginx"),
         cpu("leash-bare") / cpu("nginx"),
     );
+    let shipped = cpu("leash-static") / cpu("leash-policy");
+    if shipped.is_finite() {
+        let _ = writeln!(
+            md,
+            "\nThe binary that ships (`leash-static`: `cargo xtask dist`, static musl with mimalloc) spent {shipped:.2}× the CPU per request of the benchmarked glibc build (`leash-policy`) at 1000 RPS (one measurement each).",
+        );
+    }
     md
 }

@@ -79,6 +79,8 @@ pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
     // directly later, not through a second `cargo bench` with other
     // features.
     let benches = build_release()?;
+    // The binary that ships (static, musl; its own target directory).
+    let static_leash = crate::dist::build()?.binary;
     let release = target_dir().join("release");
     let leash = release.join("leash");
     let tool = release.join("leash-bench");
@@ -121,6 +123,14 @@ pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
         "leash-policy",
         "gateway, default modules (team, policy, usage, budget) + a 4-rule policy; audit on (batch)",
         &leash,
+        &dir,
+        up_port,
+        EXAMPLE_POLICY,
+    )?);
+    contenders.push(start_leash(
+        "leash-static",
+        "as leash-policy, the binary that ships (`cargo xtask dist`: static, musl, mimalloc)",
+        &static_leash,
         &dir,
         up_port,
         EXAMPLE_POLICY,
