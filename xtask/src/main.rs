@@ -14,6 +14,9 @@ mod dist;
 mod fuzz;
 mod lint;
 mod results;
+mod toolchain;
+
+use toolchain::{build_for_run, cargo_home, setup};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -309,9 +312,6 @@ fn ensure_python_venv() -> Result<PathBuf> {
     Ok(python)
 }
 
-/// The toolchain the eBPF crate is built with.
-const BPF_TOOLCHAIN: &str = "nightly";
-
 fn output_of(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
@@ -324,121 +324,6 @@ fn output_of(cmd: &mut Command) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The LLVM major version of the nightly rustc (`LLVM version: 22.1.4`).
-fn nightly_llvm_major() -> Result<String> {
-    let verbose = output_of(
-        Command::new("rustc")
-            .arg(format!("+{BPF_TOOLCHAIN}"))
-            .arg("-vV"),
-    )?;
-    verbose
-        .lines()
-        .find_map(|l| l.strip_prefix("LLVM version: "))
-        .and_then(|v| v.split('.').next())
-        .map(str::to_owned)
-        .context("nightly rustc does not report its LLVM version")
-}
-
-fn bpf_linker_installed(llvm_major: &str) -> bool {
-    let stamp = cargo_home().join(".leash-bpf-linker-llvm");
-    have("bpf-linker") && std::fs::read_to_string(stamp).is_ok_and(|s| s.trim() == llvm_major)
-}
-
-fn cargo_home() -> PathBuf {
-    env::var_os("CARGO_HOME").map_or_else(
-        || PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"),
-        PathBuf::from,
-    )
-}
-
-/// A prefix whose `lib/` holds rustc's own libLLVM, as bpf-linker's build
-/// expects from an LLVM installation (`bin/llvm-config` need only exist).
-fn llvm_prefix() -> Result<PathBuf> {
-    let sysroot = output_of(
-        Command::new("rustc")
-            .arg(format!("+{BPF_TOOLCHAIN}"))
-            .args(["--print", "sysroot"]),
-    )?;
-    let sysroot_lib = PathBuf::from(sysroot.trim()).join("lib");
-    let versioned = std::fs::read_dir(&sysroot_lib)
-        .with_context(|| format!("cannot list {}", sysroot_lib.display()))?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .find(|n| n.to_string_lossy().starts_with("libLLVM.so."))
-        .with_context(|| format!("no libLLVM.so.* in {}", sysroot_lib.display()))?;
-    let prefix = target_dir().join("llvm-prefix");
-    let lib = prefix.join("lib");
-    let bin = prefix.join("bin");
-    std::fs::create_dir_all(&lib).context("creating llvm prefix")?;
-    std::fs::create_dir_all(&bin).context("creating llvm prefix")?;
-    let config = bin.join("llvm-config");
-    std::fs::write(&config, "#!/bin/sh\n").context("writing llvm-config")?;
-    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .context("chmod llvm-config")?;
-    for name in [OsString::from("libLLVM.so"), versioned.clone()] {
-        let link = lib.join(&name);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(sysroot_lib.join(&versioned), &link)
-            .with_context(|| format!("linking {}", link.display()))?;
-    }
-    Ok(prefix)
-}
-
-/// `cargo xtask setup`: everything the eBPF build needs, idempotent.
-/// Whether the nightly toolchain has `rust-src` (the eBPF build compiles
-/// `core` from it).
-fn has_rust_src() -> Result<bool> {
-    let components = output_of(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        BPF_TOOLCHAIN,
-    ]))
-    .with_context(|| format!("the `{BPF_TOOLCHAIN}` toolchain is needed for the eBPF build"))?;
-    Ok(components.lines().any(|c| c.starts_with("rust-src")))
-}
-
-/// Whether `setup` has nothing left to install.
-fn toolchain_ready() -> Result<bool> {
-    Ok(has_rust_src()? && bpf_linker_installed(&nightly_llvm_major()?))
-}
-
-fn setup() -> Result<()> {
-    if !has_rust_src()? {
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            BPF_TOOLCHAIN,
-        ]))?;
-    }
-    let major = nightly_llvm_major()?;
-    if !bpf_linker_installed(&major) {
-        let prefix = llvm_prefix()?;
-        run(Command::new("cargo")
-            .arg(format!("+{BPF_TOOLCHAIN}"))
-            .args([
-                "install",
-                "bpf-linker",
-                "--version",
-                "^0.13",
-                "--locked",
-                "--force",
-                "--no-default-features",
-                "--features",
-            ])
-            .arg(format!("llvm-{major}"))
-            .env("LLVM_PREFIX", &prefix)
-            .env_remove("CARGO")
-            .env_remove("RUSTC"))?;
-        std::fs::write(cargo_home().join(".leash-bpf-linker-llvm"), &major)
-            .context("writing bpf-linker stamp")?;
-    }
-    eprintln!("xtask: eBPF toolchain ready (nightly rust-src, bpf-linker for LLVM {major})");
-    Ok(())
 }
 
 /// The fault-injection hooks the end-to-end tests use (never in the
@@ -594,40 +479,6 @@ fn is_root() -> bool {
 /// as root the agent (which serves the gateway listener too), otherwise
 /// the gateway. `LEASH_RUN_BIN` runs that binary instead of building one
 /// (the quickstart test: the same steps, without a second release build).
-/// Builds the release `leash`. A missing eBPF toolchain is installed
-/// alongside (the build script waits for it while the crates compile), not
-/// before: a newcomer's first run is that much shorter.
-fn build_for_run() -> Result<()> {
-    let release_build = || {
-        let mut cmd = cargo();
-        cmd.args(["build", "--release", "-p", "leash-agent"]);
-        cmd
-    };
-    if toolchain_ready()? {
-        return run(&mut release_build());
-    }
-    let done = target_dir().join("xtask-ebpf-setup-done");
-    std::fs::create_dir_all(target_dir())?;
-    let _ = std::fs::remove_file(&done);
-    let installing = std::thread::spawn({
-        let done = done.clone();
-        move || {
-            let result = setup();
-            // Written either way: the build script stops waiting, and finds
-            // the toolchain or says it is missing.
-            let _ = std::fs::write(&done, if result.is_ok() { "ok" } else { "failed" });
-            result
-        }
-    });
-    let built = run(release_build().env("LEASH_EBPF_WAIT_FOR", &done));
-    let installed = installing
-        .join()
-        .map_err(|_| anyhow::anyhow!("the eBPF toolchain install panicked"))?;
-    let _ = std::fs::remove_file(&done);
-    installed.context("installing the eBPF toolchain")?;
-    built
-}
-
 fn run_leash(args: &[OsString]) -> Result<()> {
     let leash = if let Some(bin) = std::env::var_os("LEASH_RUN_BIN") {
         PathBuf::from(bin)
