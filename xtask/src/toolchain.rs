@@ -117,6 +117,11 @@ pub(crate) fn setup() -> Result<()> {
             ])
             .arg(format!("llvm-{major}"))
             .env("LLVM_PREFIX", &prefix)
+            // A temporary target directory of its own: `cargo xtask run`
+            // installs while its build holds the workspace's (whose build
+            // script waits for this install).
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET_DIR")
             .env_remove("CARGO")
             .env_remove("RUSTC"))?;
         std::fs::write(cargo_home().join(".leash-bpf-linker-llvm"), &major)
