@@ -72,7 +72,7 @@ fn llvm_prefix() -> Result<PathBuf> {
 
 /// Whether the nightly toolchain has `rust-src` (the eBPF build compiles
 /// `core` from it).
-fn has_rust_src() -> Result<bool> {
+pub(crate) fn has_rust_src() -> Result<bool> {
     let components = output_of(Command::new("rustup").args([
         "component",
         "list",

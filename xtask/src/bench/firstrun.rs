@@ -59,14 +59,7 @@ fn measure() -> Result<Value> {
     ]))?
     .trim()
     .to_owned();
-    let rust_src = crate::output_of(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        "nightly",
-    ]))
-    .is_ok_and(|c| c.lines().any(|l| l.starts_with("rust-src")));
+    let rust_src = crate::toolchain::has_rust_src().unwrap_or(false);
     let mut cmd = newcomer(&dir, &clone)?;
     eprintln!("bench-firstrun: cargo xtask run in a fresh clone of {commit}");
     let started = Instant::now();
@@ -107,9 +100,8 @@ fn measure() -> Result<Value> {
                         phases.insert(name.to_owned(), json!(at));
                     }
                 }
-                let ready = line.contains(PHASES[2].1);
                 log.push(line);
-                if ready {
+                if phases.contains_key("ready") {
                     break Ok(at);
                 }
             }

@@ -252,15 +252,15 @@ pub(super) fn section(r: &Value) -> String {
     let target = "a newcomer's first `cargo xtask run` is ready in under 4 min";
     match first {
         Some(first) => {
-            let seconds = once(f(&first["seconds"]));
+            let seconds = f(&first["seconds"]);
             row(
                 target,
                 format!(
                     "{} (one run, commit {}; see its section)",
-                    super::firstrun::minutes(f(&first["seconds"])),
+                    super::firstrun::minutes(seconds),
                     first["commit"].as_str().unwrap_or("?")
                 ),
-                seconds.verdict(super::firstrun::TARGET_SECONDS, true),
+                once(seconds).verdict(super::firstrun::TARGET_SECONDS, true),
             );
         }
         None => row(
