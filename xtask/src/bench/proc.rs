@@ -144,3 +144,45 @@ pub(super) fn which(program: &str) -> Option<PathBuf> {
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
 }
+
+/// Per CPU (`cpuN` lines of `/proc/stat`): all jiffies, and those the
+/// hypervisor gave to other guests (steal).
+pub(super) fn cpu_times() -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let n: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal (guest time is
+            // already inside user and nice).
+            let total = n.iter().take(8).sum();
+            (total, n.get(7).copied().unwrap_or(0))
+        })
+        .collect()
+}
+
+/// Steal as a percentage of each CPU's time since `before` (a
+/// [`cpu_times`] snapshot): `[{"cpu": i, "pct": x}, …]`.
+pub(super) fn steal_since(before: &[(u64, u64)]) -> serde_json::Value {
+    let now = cpu_times();
+    serde_json::Value::Array(
+        before
+            .iter()
+            .zip(&now)
+            .enumerate()
+            .map(|(cpu, ((t0, s0), (t1, s1)))| {
+                let total = t1.saturating_sub(*t0).max(1);
+                #[allow(
+                    clippy::cast_precision_loss,
+                    reason = "jiffies of one run: far below 2^52"
+                )]
+                let pct = s1.saturating_sub(*s0) as f64 * 100.0 / total as f64;
+                serde_json::json!({"cpu": cpu, "pct": pct})
+            })
+            .collect(),
+    )
+}

@@ -44,6 +44,7 @@ pub(super) fn report(r: &Value) -> String {
         r["plan"]["seconds"],
         r["plan"]["rounds"],
     );
+    md.push_str(&steal_line(&r["steal"]));
     let _ = writeln!(md, "## Contenders\n\n| name | what |\n| --- | --- |");
     for c in &contenders {
         let _ = writeln!(
@@ -367,4 +368,51 @@ pub(super) fn goals(contenders: &[Value], rates: &[f64], transparent: &Value) ->
         );
     }
     md
+}
+
+/// Steal above this share of a CPU's time (any CPU) marks the run as
+/// disturbed.
+const STEAL_DISTURBED_PCT: f64 = 2.0;
+
+/// The CPU steal of the run (time the hypervisor ran other guests on these
+/// vCPUs), and what it means for the figures; nothing when the run did not
+/// record it.
+fn steal_line(steal: &Value) -> String {
+    let Some(cpus) = steal.as_array().filter(|c| !c.is_empty()) else {
+        return String::new();
+    };
+    let worst = cpus.iter().map(|c| f(&c["pct"])).fold(0.0, f64::max);
+    let each = cpus
+        .iter()
+        .map(|c| format!("CPU {} {:.1} %", c["cpu"], f(&c["pct"])))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let meaning = if worst > STEAL_DISTURBED_PCT {
+        format!(
+            "above {STEAL_DISTURBED_PCT:.0} %: other guests took CPU time from this run while it measured, so its latency tails, its spreads and its one-run figures carry that disturbance; compare contenders only within this run"
+        )
+    } else {
+        format!("at most {STEAL_DISTURBED_PCT:.0} %: the run had its CPUs to itself")
+    };
+    format!(
+        "**CPU steal while measuring** (`/proc/stat`, time the hypervisor ran other guests on these vCPUs): {each} — {meaning}.\n\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::steal_line;
+
+    #[test]
+    fn steal_is_reported_with_what_it_means() {
+        assert_eq!(steal_line(&json!(null)), "", "a run that did not record it");
+        let quiet = steal_line(&json!([{"cpu": 0, "pct": 0.4}, {"cpu": 1, "pct": 1.9}]));
+        assert!(quiet.contains("CPU 0 0.4 %, CPU 1 1.9 %"), "{quiet}");
+        assert!(quiet.contains("had its CPUs to itself"), "{quiet}");
+        let noisy = steal_line(&json!([{"cpu": 0, "pct": 0.4}, {"cpu": 1, "pct": 17.3}]));
+        assert!(noisy.contains("CPU 1 17.3 %"), "{noisy}");
+        assert!(noisy.contains("other guests took CPU time"), "{noisy}");
+    }
 }

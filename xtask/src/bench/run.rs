@@ -89,6 +89,7 @@ pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let plan = Plan::new(quick);
     let started = Instant::now();
+    let cpu_before = super::proc::cpu_times();
 
     let (upstream, up_port) = super::lean_upstream(
         &tool,
@@ -306,6 +307,7 @@ pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
         "quick": quick,
         "against": base.as_ref().map(|(rev, _)| rev),
         "machine": machine(),
+        "steal": super::proc::steal_since(&cpu_before),
         "placement": format!("load generator on CPU {LOADGEN_CPU}; contender and upstream on CPU {SERVER_CPU} (taskset)"),
         "plan": {"rates": plan.rates, "seconds": plan.seconds, "rounds": plan.rounds},
         "upstream": "leash-bench upstream: 1 KiB chat completion, no delay; streams: 20 events 10 ms apart",
