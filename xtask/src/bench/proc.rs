@@ -118,6 +118,13 @@ pub(super) fn status_mib(pid: u32, field: &str) -> f64 {
 /// CPU time (user + system) of a process and its children so far, in
 /// seconds.
 pub(super) fn cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = cpu_split(pid);
+    user + system
+}
+
+/// CPU time of a process and its children so far, in seconds: (user,
+/// system).
+pub(super) fn cpu_split(pid: u32) -> (f64, f64) {
     family(pid)
         .into_iter()
         .map(|p| {
@@ -131,9 +138,9 @@ pub(super) fn cpu_seconds(pid: u32) -> f64 {
                     .unwrap_or(0.0)
             };
             // After the command name: state is field 0; utime 11, stime 12.
-            (ticks(11) + ticks(12)) / 100.0
+            (ticks(11) / 100.0, ticks(12) / 100.0)
         })
-        .sum()
+        .fold((0.0, 0.0), |(u, s), (pu, ps)| (u + pu, s + ps))
 }
 
 pub(super) fn which(program: &str) -> Option<PathBuf> {

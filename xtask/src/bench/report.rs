@@ -185,7 +185,7 @@ pub(super) fn report(r: &Value) -> String {
     let _ = writeln!(md, "{}", targets::busbar(r));
     let _ = writeln!(md, "{}", super::scale::section(r));
     let _ = writeln!(md, "{}", super::against::section(r));
-    let _ = writeln!(md, "{}", profile_section(&r["profile"]));
+    let _ = writeln!(md, "{}", profile_section(&r["profile"], &r["contenders"]));
     let _ = writeln!(
         md,
         "{}",
@@ -206,7 +206,7 @@ pub(super) fn report(r: &Value) -> String {
     md
 }
 
-pub(super) fn profile_section(p: &Value) -> String {
+pub(super) fn profile_section(p: &Value, contenders: &Value) -> String {
     let mut md = String::from(
         "## Profile: where the time goes
 
@@ -218,10 +218,11 @@ pub(super) fn profile_section(p: &Value) -> String {
     };
     let _ = writeln!(
         md,
-        "System calls of `{}` at {} RPS (`strace -c -f`; {}). Most of a request's CPU time here is in the kernel (see CPU per request above; `/proc/<pid>/stat` shows system time several times user time), so this is the profile that explains it.\n\n| syscall | share of syscall time % | µs per call | calls per request |\n| --- | ---: | ---: | ---: |",
+        "System calls of `{}` at {} RPS (`strace -c -f`; {}). {}\n\n| syscall | share of syscall time % | µs per call | calls per request |\n| --- | ---: | ---: | ---: |",
         p["contender"].as_str().unwrap_or("?"),
         p["rate"],
-        p["note"].as_str().unwrap_or("")
+        p["note"].as_str().unwrap_or(""),
+        user_system(contenders, p["contender"].as_str().unwrap_or("?"))
     );
     for r in rows {
         let _ = writeln!(
@@ -370,6 +371,58 @@ pub(super) fn goals(contenders: &[Value], rates: &[f64], transparent: &Value) ->
     md
 }
 
+/// A contender's user and system CPU per request at 1000 RPS over the
+/// rounds (min, max of each), when the run recorded them.
+fn split_ranges(contenders: &Value, name: &str) -> Option<[(f64, f64); 2]> {
+    let c = contenders
+        .as_array()?
+        .iter()
+        .find(|c| c["name"].as_str() == Some(name))?;
+    let range = |key: &str| -> Option<(f64, f64)> {
+        let v: Vec<f64> = c[key].as_array()?.iter().map(f).collect();
+        (!v.is_empty()).then(|| {
+            v.iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                    (lo.min(*x), hi.max(*x))
+                })
+        })
+    };
+    Some([range("cpu_user_us_rounds")?, range("cpu_system_us_rounds")?])
+}
+
+/// Where the profiled contender's CPU per request goes against nginx's:
+/// user and system time at 1000 RPS (`/proc/<pid>/stat`, ranges over the
+/// rounds), and which of the two holds the difference (a difference only
+/// where the ranges do not overlap).
+fn user_system(contenders: &Value, name: &str) -> String {
+    let (Some(ours), Some(nginx)) = (
+        split_ranges(contenders, name),
+        split_ranges(contenders, "nginx"),
+    ) else {
+        return "User and system time per request were not recorded separately in this run."
+            .to_owned();
+    };
+    let part = |i: usize, what: &str| {
+        let ((lo, hi), (nlo, nhi)) = (ours[i], nginx[i]);
+        let verdict = if lo > nhi {
+            format!("{name} spends more in {what} than nginx")
+        } else if hi < nlo {
+            format!("{name} spends less in {what} than nginx")
+        } else {
+            format!("{what}: within noise of nginx")
+        };
+        (
+            format!("{what} {lo:.0}–{hi:.0} µs (nginx {nlo:.0}–{nhi:.0})"),
+            verdict,
+        )
+    };
+    let (user, user_verdict) = part(0, "user space");
+    let (system, system_verdict) = part(1, "the kernel");
+    format!(
+        "CPU per request of `{name}` at 1000 RPS (`/proc/<pid>/stat`, ranges over the rounds): {user}, {system} — {user_verdict}; {system_verdict}. This table shows the kernel part."
+    )
+}
+
 /// Steal above this share of a CPU's time (any CPU) marks the run as
 /// disturbed.
 const STEAL_DISTURBED_PCT: f64 = 2.0;
@@ -403,7 +456,7 @@ fn steal_line(steal: &Value) -> String {
 mod tests {
     use serde_json::json;
 
-    use super::steal_line;
+    use super::{steal_line, user_system};
 
     #[test]
     fn steal_is_reported_with_what_it_means() {
@@ -414,5 +467,26 @@ mod tests {
         let noisy = steal_line(&json!([{"cpu": 0, "pct": 0.4}, {"cpu": 1, "pct": 17.3}]));
         assert!(noisy.contains("CPU 1 17.3 %"), "{noisy}");
         assert!(noisy.contains("other guests took CPU time"), "{noisy}");
+    }
+
+    #[test]
+    fn the_user_and_system_split_is_judged_by_its_ranges() {
+        let contenders = json!([
+            {"name": "nginx", "cpu_user_us_rounds": [17.0, 45.0], "cpu_system_us_rounds": [67.0, 116.0]},
+            {"name": "leash-bare", "cpu_user_us_rounds": [80.0, 116.0], "cpu_system_us_rounds": [95.0, 109.0]},
+            {"name": "old", "cpu_us_rounds": [200.0]},
+        ]);
+        let said = user_system(&contenders, "leash-bare");
+        assert!(
+            said.contains("user space 80–116 µs (nginx 17–45)"),
+            "{said}"
+        );
+        assert!(
+            said.contains("leash-bare spends more in user space than nginx"),
+            "{said}"
+        );
+        assert!(said.contains("the kernel: within noise of nginx"), "{said}");
+        let none = user_system(&contenders, "old");
+        assert!(none.contains("not recorded separately"), "{none}");
     }
 }

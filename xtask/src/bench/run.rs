@@ -11,9 +11,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::{
-    Contender, EXAMPLE_POLICY, LOADGEN_CPU, Plan, SERVER_CPU, bench_tool, cpu_seconds, extra, plot,
-    report, start_leash, start_leash_console, start_litellm, start_nginx, start_portkey,
-    status_mib, transparent,
+    Contender, EXAMPLE_POLICY, LOADGEN_CPU, Plan, SERVER_CPU, bench_tool, extra, plot, report,
+    start_leash, start_leash_console, start_litellm, start_nginx, start_portkey, status_mib,
+    transparent,
 };
 use crate::{cargo, ensure_debian_packages, root, target_dir};
 
@@ -176,6 +176,8 @@ pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
     // Open loop at each rate, contenders alternating within each round.
     let mut open: Vec<Vec<Vec<Value>>> = vec![vec![Vec::new(); plan.rates.len()]; contenders.len()];
     let mut cpu_us: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+    // The same, split: (user, system) µs per request, per round.
+    let mut cpu_split_us: Vec<Vec<(f64, f64)>> = vec![Vec::new(); contenders.len()];
     for round in 0..plan.rounds {
         // A contender that left most requests unsent at a rate is not
         // driven at higher ones in this round (it would only queue more).
@@ -193,7 +195,7 @@ pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
                     continue;
                 }
                 eprintln!("bench: round {} rate {rate} {}", round + 1, c.name);
-                let before = cpu_seconds(c.pid);
+                let before = super::proc::cpu_split(c.pid);
                 let r = c.measure(
                     &tool,
                     "load",
@@ -202,10 +204,16 @@ pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
                         ("--seconds", plan.seconds.to_string()),
                     ],
                 )?;
-                let used = cpu_seconds(c.pid) - before;
+                let after = super::proc::cpu_split(c.pid);
                 if (*rate - 1000.0).abs() < f64::EPSILON {
                     // Includes the 1 s warm-up the tool sends first.
-                    cpu_us[ci].push(used * 1e6 / (rate * (plan.seconds + 1.0)));
+                    let per_request = |s: f64| s * 1e6 / (rate * (plan.seconds + 1.0));
+                    let (user, system) = (
+                        per_request(after.0 - before.0),
+                        per_request(after.1 - before.1),
+                    );
+                    cpu_us[ci].push(user + system);
+                    cpu_split_us[ci].push((user, system));
                 }
                 behind[ci] =
                     f(&r["not_sent"]) > 0.5 * rate * plan.seconds || r["latency"]["count"] == 0;
@@ -316,6 +324,8 @@ pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
             "rss_idle_mib": idle_rss[ci], "rss_peak_mib": load_rss[ci],
             "cpu_us_per_request_at_1000": median(cpu_us[ci].clone()),
             "cpu_us_rounds": cpu_us[ci],
+            "cpu_user_us_rounds": cpu_split_us[ci].iter().map(|p| p.0).collect::<Vec<_>>(),
+            "cpu_system_us_rounds": cpu_split_us[ci].iter().map(|p| p.1).collect::<Vec<_>>(),
             "open_loop": plan.rates.iter().enumerate().map(|(ri, rate)| json!({
                 "rate": rate,
                 "p50_ms": pct(ci, ri, "latency", "p50_ms"),
