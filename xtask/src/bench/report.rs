@@ -185,7 +185,7 @@ pub(super) fn report(r: &Value) -> String {
     let _ = writeln!(md, "{}", targets::busbar(r));
     let _ = writeln!(md, "{}", super::scale::section(r));
     let _ = writeln!(md, "{}", super::against::section(r));
-    let _ = writeln!(md, "{}", profile_section(&r["profile"], &r["contenders"]));
+    let _ = writeln!(md, "{}", profile_section(&r["profile"], r));
     let _ = writeln!(
         md,
         "{}",
@@ -206,7 +206,7 @@ pub(super) fn report(r: &Value) -> String {
     md
 }
 
-pub(super) fn profile_section(p: &Value, contenders: &Value) -> String {
+pub(super) fn profile_section(p: &Value, r: &Value) -> String {
     let mut md = String::from(
         "## Profile: where the time goes
 
@@ -222,7 +222,7 @@ pub(super) fn profile_section(p: &Value, contenders: &Value) -> String {
         p["contender"].as_str().unwrap_or("?"),
         p["rate"],
         p["note"].as_str().unwrap_or(""),
-        user_system(contenders, p["contender"].as_str().unwrap_or("?"))
+        user_system(r, p["contender"].as_str().unwrap_or("?"))
     );
     for r in rows {
         let _ = writeln!(
@@ -373,19 +373,11 @@ pub(super) fn goals(contenders: &[Value], rates: &[f64], transparent: &Value) ->
 
 /// A contender's user and system CPU per request at 1000 RPS over the
 /// rounds (min, max of each), when the run recorded them.
-fn split_ranges(contenders: &Value, name: &str) -> Option<[(f64, f64); 2]> {
-    let c = contenders
-        .as_array()?
-        .iter()
-        .find(|c| c["name"].as_str() == Some(name))?;
+fn split_ranges(r: &Value, name: &str) -> Option<[(f64, f64); 2]> {
+    let c = targets::contender(r, name)?;
     let range = |key: &str| -> Option<(f64, f64)> {
-        let v: Vec<f64> = c[key].as_array()?.iter().map(f).collect();
-        (!v.is_empty()).then(|| {
-            v.iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-                    (lo.min(*x), hi.max(*x))
-                })
-        })
+        let (lo, hi) = targets::Measured(c[key].as_array()?.iter().map(f).collect()).range();
+        lo.is_finite().then_some((lo, hi))
     };
     Some([range("cpu_user_us_rounds")?, range("cpu_system_us_rounds")?])
 }
@@ -394,11 +386,8 @@ fn split_ranges(contenders: &Value, name: &str) -> Option<[(f64, f64); 2]> {
 /// user and system time at 1000 RPS (`/proc/<pid>/stat`, ranges over the
 /// rounds), and which of the two holds the difference (a difference only
 /// where the ranges do not overlap).
-fn user_system(contenders: &Value, name: &str) -> String {
-    let (Some(ours), Some(nginx)) = (
-        split_ranges(contenders, name),
-        split_ranges(contenders, "nginx"),
-    ) else {
+fn user_system(r: &Value, name: &str) -> String {
+    let (Some(ours), Some(nginx)) = (split_ranges(r, name), split_ranges(r, "nginx")) else {
         return "User and system time per request were not recorded separately in this run."
             .to_owned();
     };
@@ -471,12 +460,12 @@ mod tests {
 
     #[test]
     fn the_user_and_system_split_is_judged_by_its_ranges() {
-        let contenders = json!([
+        let r = json!({"contenders": [
             {"name": "nginx", "cpu_user_us_rounds": [17.0, 45.0], "cpu_system_us_rounds": [67.0, 116.0]},
             {"name": "leash-bare", "cpu_user_us_rounds": [80.0, 116.0], "cpu_system_us_rounds": [95.0, 109.0]},
             {"name": "old", "cpu_us_rounds": [200.0]},
-        ]);
-        let said = user_system(&contenders, "leash-bare");
+        ]});
+        let said = user_system(&r, "leash-bare");
         assert!(
             said.contains("user space 80–116 µs (nginx 17–45)"),
             "{said}"
@@ -486,7 +475,7 @@ mod tests {
             "{said}"
         );
         assert!(said.contains("the kernel: within noise of nginx"), "{said}");
-        let none = user_system(&contenders, "old");
+        let none = user_system(&r, "old");
         assert!(none.contains("not recorded separately"), "{none}");
     }
 }

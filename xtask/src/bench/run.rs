@@ -175,8 +175,7 @@ pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
 
     // Open loop at each rate, contenders alternating within each round.
     let mut open: Vec<Vec<Vec<Value>>> = vec![vec![Vec::new(); plan.rates.len()]; contenders.len()];
-    let mut cpu_us: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
-    // The same, split: (user, system) µs per request, per round.
+    // CPU µs per request at 1000 RPS, per round: (user, system).
     let mut cpu_split_us: Vec<Vec<(f64, f64)>> = vec![Vec::new(); contenders.len()];
     for round in 0..plan.rounds {
         // A contender that left most requests unsent at a rate is not
@@ -212,7 +211,6 @@ pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
                         per_request(after.0 - before.0),
                         per_request(after.1 - before.1),
                     );
-                    cpu_us[ci].push(user + system);
                     cpu_split_us[ci].push((user, system));
                 }
                 behind[ci] =
@@ -310,6 +308,7 @@ pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
     let pct = |ci: usize, ri: usize, key: &str, field: &str| -> f64 {
         median(open[ci][ri].iter().map(|r| f(&r[key][field])).collect())
     };
+    let cpu_us = |ci: usize| -> Vec<f64> { cpu_split_us[ci].iter().map(|(u, s)| u + s).collect() };
     let results = json!({
         "date": crate::today(),
         "quick": quick,
@@ -322,8 +321,8 @@ pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
         "contenders": contenders.iter().enumerate().map(|(ci, c)| json!({
             "name": c.name, "what": c.what,
             "rss_idle_mib": idle_rss[ci], "rss_peak_mib": load_rss[ci],
-            "cpu_us_per_request_at_1000": median(cpu_us[ci].clone()),
-            "cpu_us_rounds": cpu_us[ci],
+            "cpu_us_per_request_at_1000": median(cpu_us(ci)),
+            "cpu_us_rounds": cpu_us(ci),
             "cpu_user_us_rounds": cpu_split_us[ci].iter().map(|p| p.0).collect::<Vec<_>>(),
             "cpu_system_us_rounds": cpu_split_us[ci].iter().map(|p| p.1).collect::<Vec<_>>(),
             "open_loop": plan.rates.iter().enumerate().map(|(ri, rate)| json!({
