@@ -107,7 +107,7 @@ fn bench(c: &mut Criterion) {
     let rec = record();
     let mut head = chain::ChainHead::default();
     c.bench_function("audit_encode_and_seal", |b| {
-        b.iter(|| chain::seal(serde_json::to_vec(black_box(&rec)).unwrap(), &mut head).len());
+        b.iter(|| chain::seal(&serde_json::to_vec(black_box(&rec)).unwrap(), &mut head).len());
     });
 
     let dir = tempfile::tempdir().unwrap();

@@ -6,11 +6,16 @@ const DIGITS: &[u8; 16] = b"0123456789abcdef";
 /// seals its line with a hex SHA-256, so this is on the hot path).
 pub fn encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
+    encode_into(bytes, &mut out);
+    out
+}
+
+/// As [`encode`], appended to `out`.
+pub fn encode_into(bytes: &[u8], out: &mut String) {
     for &b in bytes {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));
         out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
-    out
 }
 
 #[cfg(test)]

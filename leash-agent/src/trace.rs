@@ -87,13 +87,16 @@ impl TraceContext {
     }
 
     /// The `traceparent` the provider receives: this exchange's span.
+    /// `00-<trace id>-<span id>-<flags>`, built in one allocation: every
+    /// forwarded request carries one.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            crate::hex::encode(&self.trace_id),
-            crate::hex::encode(&self.span_id),
-            u8::from(self.sampled)
-        )
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        crate::hex::encode_into(&self.trace_id, &mut out);
+        out.push('-');
+        crate::hex::encode_into(&self.span_id, &mut out);
+        out.push_str(if self.sampled { "-01" } else { "-00" });
+        out
     }
 
     pub fn trace_hex(&self) -> String {

@@ -7,7 +7,7 @@
 //! restarts: never silently joined.
 
 use std::{
-    io,
+    io::{self, Write as _},
     path::{Path, PathBuf},
 };
 
@@ -41,18 +41,35 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
 
 /// Turns a serialized JSON object into a sealed line (with `\n`): appends
 /// `seq`, `prev_hash` and `hash`, and advances `head`.
-pub fn seal(mut json: Vec<u8>, head: &mut ChainHead) -> Vec<u8> {
+pub fn seal(json: &[u8], head: &mut ChainHead) -> Vec<u8> {
+    let mut line = Vec::with_capacity(json.len() + SEAL_BYTES);
+    seal_into(json, head, &mut line);
+    line
+}
+
+/// What sealing adds to a line at most: `seq` (20 digits), `prev_hash`,
+/// `hash`, their names and the `\n`.
+const SEAL_BYTES: usize = 180;
+
+/// As [`seal`], appending the sealed line to `out` (the writer's batch):
+/// no allocation of its own beyond `out`'s growth. Returns where the line
+/// starts in `out`.
+pub fn seal_into(json: &[u8], head: &mut ChainHead, out: &mut Vec<u8>) -> usize {
     debug_assert_eq!(json.last(), Some(&b'}'));
-    json.pop();
+    let start = out.len();
+    out.reserve(json.len() + SEAL_BYTES);
+    out.extend_from_slice(json.strip_suffix(b"}").unwrap_or(json));
     let seq = head.seq + 1;
-    json.extend_from_slice(format!(",\"seq\":{seq},\"prev_hash\":\"{}\"", head.hash).as_bytes());
-    let hash = hex_sha256(&json);
-    json.extend_from_slice(HASH_FIELD);
-    json.extend_from_slice(hash.as_bytes());
-    json.extend_from_slice(b"\"}\n");
+    // Writing into a `Vec` cannot fail.
+    let _ = write!(out, ",\"seq\":{seq},\"prev_hash\":\"{}\"", head.hash);
+    let digest = Sha256::digest(&out[start..]);
+    out.extend_from_slice(HASH_FIELD);
+    head.hash.clear();
+    crate::hex::encode_into(&digest, &mut head.hash);
+    out.extend_from_slice(head.hash.as_bytes());
+    out.extend_from_slice(b"\"}\n");
     head.seq = seq;
-    head.hash = hash;
-    json
+    start
 }
 
 /// Whether a sealed line (without its `\n`) matches its own hash.
@@ -375,7 +392,7 @@ mod tests {
         let mut head = ChainHead::default();
         let mut out = Vec::new();
         for i in 0..n {
-            out.extend(seal(format!("{{\"id\":{i}}}").into_bytes(), &mut head));
+            out.extend(seal(format!("{{\"id\":{i}}}").as_bytes(), &mut head));
         }
         let path = dir.join("audit-0000000000000001.jsonl");
         std::fs::write(&path, out).unwrap();
@@ -424,7 +441,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut head = ChainHead::default();
         let lines: Vec<Vec<u8>> = (0..4)
-            .map(|i| seal(format!("{{\"id\":{i}}}").into_bytes(), &mut head))
+            .map(|i| seal(format!("{{\"id\":{i}}}").as_bytes(), &mut head))
             .collect();
         let third: Value = serde_json::from_slice(&lines[2][..lines[2].len() - 1]).unwrap();
         let path = dir.path().join("audit-0000000000000003.jsonl");
@@ -434,7 +451,7 @@ mod tests {
         // The same gap, recorded as retention, verifies.
         let event = serde_json::json!({"event": "retention", "retention": {
             "through_seq": 2, "last_hash": third["prev_hash"]}});
-        let line = seal(serde_json::to_vec(&event).unwrap(), &mut head);
+        let line = seal(&serde_json::to_vec(&event).unwrap(), &mut head);
         std::fs::write(&path, [&lines[2][..], &lines[3][..], &line[..]].concat()).unwrap();
         assert_eq!(verify(dir.path()).unwrap().first_seq, 3);
     }
@@ -454,7 +471,7 @@ mod tests {
         // The next segment must start with the marker.
         let mut head = r.head.clone();
         let next = dir.path().join("audit-0000000000000003.jsonl");
-        std::fs::write(&next, seal(b"{\"id\":4}".to_vec(), &mut head)).unwrap();
+        std::fs::write(&next, seal(b"{\"id\":4}", &mut head)).unwrap();
         assert!(
             verify(dir.path())
                 .unwrap_err()
@@ -462,11 +479,7 @@ mod tests {
                 .contains("not marked")
         );
         let mut from_torn = r.head;
-        std::fs::write(
-            &next,
-            seal(b"{\"event\":\"torn_tail\"}".to_vec(), &mut from_torn),
-        )
-        .unwrap();
+        std::fs::write(&next, seal(b"{\"event\":\"torn_tail\"}", &mut from_torn)).unwrap();
         let report = verify(dir.path()).unwrap();
         assert_eq!(report.marked_torn, 1);
     }

@@ -268,7 +268,7 @@ impl Parts {
             });
             let json = serde_json::to_vec(&marker)
                 .map_err(|e| AuditError::Open(path.clone(), e.into()))?;
-            let line = chain::seal(json, &mut head);
+            let line = chain::seal(&json, &mut head);
             (&file)
                 .write_all(&line)
                 .and_then(|()| file.sync_data())
@@ -299,6 +299,7 @@ impl Parts {
             },
             segments,
             metrics: Arc::clone(&metrics),
+            scratch: Vec::with_capacity(4096),
             options: writer::WriterOptions {
                 linger,
                 sync_every,

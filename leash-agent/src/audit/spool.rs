@@ -268,7 +268,7 @@ mod tests {
     use super::*;
 
     fn sealed(head: &mut chain::ChainHead, i: u64) -> Vec<u8> {
-        chain::seal(format!("{{\"n\":{i}}}").into_bytes(), head)
+        chain::seal(format!("{{\"n\":{i}}}").as_bytes(), head)
     }
 
     /// The first segment in `dir`, records 1 to `n`.

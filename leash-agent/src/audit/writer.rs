@@ -172,6 +172,8 @@ pub(super) struct Writer {
     pub(super) segment: Segment,
     pub(super) segments: Segments,
     pub(super) metrics: Arc<Metrics>,
+    /// Where each record is serialized before it is sealed (reused).
+    pub(super) scratch: Vec<u8>,
     pub(super) options: WriterOptions,
 }
 
@@ -299,22 +301,27 @@ impl Writer {
         sync: bool,
     ) -> io::Result<()> {
         let mut head = self.head.clone();
-        let mut bytes = Vec::with_capacity(pending.len() * 512);
+        let mut bytes = Vec::with_capacity(pending.len() * 1024);
         let mut sealed = Vec::new();
         let subscribed = self.options.live.receiver_count() > 0;
-        pending.retain(|q| match serde_json::to_vec(&q.record) {
-            Ok(json) => {
-                let line = chain::seal(json, &mut head);
-                bytes.extend_from_slice(&line);
-                if subscribed {
-                    sealed.push(bytes::Bytes::from(line));
+        // One buffer for every record of the batch: serialized, then sealed
+        // straight onto the batch's bytes.
+        let json = &mut self.scratch;
+        pending.retain(|q| {
+            json.clear();
+            match serde_json::to_writer(&mut *json, &q.record) {
+                Ok(()) => {
+                    let start = chain::seal_into(json, &mut head, &mut bytes);
+                    if subscribed {
+                        sealed.push(bytes::Bytes::copy_from_slice(&bytes[start..]));
+                    }
+                    true
                 }
-                true
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "audit record cannot be encoded; dropped");
-                self.metrics.audit_dropped.inc();
-                false
+                Err(e) => {
+                    tracing::error!(error = %e, "audit record cannot be encoded; dropped");
+                    self.metrics.audit_dropped.inc();
+                    false
+                }
             }
         });
         if pending.is_empty() {
@@ -400,7 +407,7 @@ impl Writer {
         let Ok(json) = serde_json::to_vec(&marker) else {
             return;
         };
-        let line = chain::seal(json, &mut head);
+        let line = chain::seal(&json, &mut head);
         // Synced (with everything before it) before any file goes.
         if let Err(e) = self.segment.append(&line, 0, true) {
             self.metrics.audit_write_errors.inc();

@@ -13,6 +13,7 @@
 pub mod budget;
 pub mod calls;
 pub mod identify;
+pub mod sparse;
 pub mod sse;
 pub mod team;
 pub mod tools;
@@ -448,7 +449,10 @@ impl Pipeline {
 /// gone mid-stream, handler dropped), dropping it writes its audit record
 /// exactly once.
 pub struct ActiveExchange {
-    ex: Exchange,
+    /// Boxed: the exchange moves with every phase's future (each level of
+    /// the request path holds it), and a pointer is cheaper to move than
+    /// the exchange's ~650 bytes.
+    ex: Box<Exchange>,
     pipeline: Arc<Pipeline>,
     finished: bool,
 }
@@ -456,7 +460,7 @@ pub struct ActiveExchange {
 impl ActiveExchange {
     pub fn new(ex: Exchange, pipeline: Arc<Pipeline>) -> Self {
         Self {
-            ex,
+            ex: Box::new(ex),
             pipeline,
             finished: false,
         }

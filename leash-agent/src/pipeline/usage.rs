@@ -205,11 +205,73 @@ impl ResponseMeta {
     }
 }
 
+/// Every member name the accounting reads from an answer or an event
+/// (`merge_usage`, `ResponseMeta::merge`, `calls::names`, `is_final_event`,
+/// `is_usage_only_chunk`): documents are parsed with only these kept
+/// ([`super::sparse`]), so the texts and the rest are never allocated. A
+/// name read but missing here reads as absent: the test
+/// `the_sparse_read_accounts_as_the_full_one` compares both reads.
+const ACCOUNTED: &[&str] = &[
+    // Envelopes and shapes.
+    "type",
+    "object",
+    "status",
+    "response",
+    "message",
+    "delta",
+    "choices",
+    "candidates",
+    "content",
+    "parts",
+    "output",
+    "item",
+    "content_block",
+    // What the answer says of itself.
+    "id",
+    "model",
+    "responseId",
+    "modelVersion",
+    "finish_reason",
+    "stop_reason",
+    "finishReason",
+    // Tool calls.
+    "tool_calls",
+    "function_call",
+    "function",
+    "functionCall",
+    "name",
+    // Usage.
+    "usage",
+    "usageMetadata",
+    "prompt_tokens",
+    "completion_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+    "input_tokens",
+    "output_tokens",
+    "input_tokens_details",
+    "output_tokens_details",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "promptTokenCount",
+    "candidatesTokenCount",
+    "cachedContentTokenCount",
+    "thoughtsTokenCount",
+];
+
+/// `json` with only what the accounting reads; `Null` if it is not JSON.
+fn accounted(json: &[u8]) -> Value {
+    super::sparse::from_slice(json, ACCOUNTED).unwrap_or(Value::Null)
+}
+
 /// What a whole (not streamed) answer body of `kind` reports: its usage
 /// and what it says of itself; nothing if it is not JSON.
 pub fn read_body(kind: ProviderKind, body: &[u8]) -> (Option<Usage>, ResponseMeta) {
     let (mut usage, mut meta) = (None, ResponseMeta::default());
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+    let v = accounted(body);
+    if !v.is_null() {
         merge_usage(kind, &v, &mut usage);
         meta.merge(kind, &v);
     }
@@ -381,6 +443,10 @@ impl UsageModule {
                 if let Some(body) = copy {
                     if body.len() + chunk.len() > MAX_BODY_COPY {
                         *copy = None;
+                    } else if end && body.is_empty() {
+                        // The whole body in one piece (a buffered answer):
+                        // read in place, not copied.
+                        (*usage, *meta) = read_body(kind, chunk);
                     } else {
                         body.extend_from_slice(chunk);
                         if end {
@@ -392,7 +458,7 @@ impl UsageModule {
             Tracking::Stream(sse) => {
                 let mut kept = injected.then(Vec::new);
                 for event in sse.feed(chunk, end) {
-                    let v: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+                    let v = accounted(event.data.as_bytes());
                     merge_usage(kind, &v, usage);
                     meta.merge(kind, &v);
                     ex.final_event_sent |= is_final_event(kind, &event.data, &v);
@@ -515,6 +581,59 @@ mod tests {
                 reasoning_tokens: 0,
                 cache_creation_tokens: 2
             })
+        );
+    }
+
+    /// Answers and events of every provider and API shape, tool calls
+    /// included: read whole and read sparse, the accounting must agree.
+    const SHAPES: &[&str] = &[
+        r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},"logprobs":null,"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18,"prompt_tokens_details":{"cached_tokens":3},"completion_tokens_details":{"reasoning_tokens":2}},"system_fingerprint":"fp"}"#,
+        r#"{"choices":[{"message":{"content":"x","function_call":{"name":"legacy","arguments":"{}"}},"finish_reason":"function_call"}]}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","function":{"name":"lookup","arguments":""}}]},"finish_reason":null}]}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":"stop"}]}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}"#,
+        r#"{"id":"resp_1","object":"response","status":"completed","model":"gpt-4.1","output":[{"type":"function_call","name":"search","arguments":"{}"},{"type":"message","content":[{"type":"output_text","text":"hi"}]}],"usage":{"input_tokens":5,"output_tokens":6,"input_tokens_details":{"cached_tokens":1},"output_tokens_details":{"reasoning_tokens":4}}}"#,
+        r#"{"type":"response.output_item.added","item":{"type":"mcp_call","name":"fetch"}}"#,
+        r#"{"type":"response.completed","response":{"id":"resp_1","object":"response","status":"incomplete","model":"gpt-4.1","usage":{"input_tokens":5,"output_tokens":6}}}"#,
+        r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"x"},{"type":"tool_use","id":"tu","name":"calc","input":{"name":"not a tool"}}],"stop_reason":"tool_use","usage":{"input_tokens":13,"output_tokens":9,"cache_read_input_tokens":4,"cache_creation_input_tokens":2}}"#,
+        r#"{"type":"message_start","message":{"id":"msg_1","type":"message","model":"claude","usage":{"input_tokens":13,"output_tokens":1}}}"#,
+        r#"{"type":"content_block_start","index":1,"content_block":{"type":"server_tool_use","id":"s","name":"web_search"}}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#,
+        r#"{"type":"message_stop"}"#,
+        r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"hi"},{"functionCall":{"name":"lookup","args":{"q":"x"}}}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":3,"cachedContentTokenCount":2,"thoughtsTokenCount":1,"totalTokenCount":14},"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#,
+        r#"{"us\u0061ge":{"prompt_tokens":1,"completion_tokens":1},"model":"esc\"aped"}"#,
+        "[DONE]",
+        "not json",
+    ];
+
+    #[test]
+    fn the_sparse_read_accounts_as_the_full_one() {
+        let (mut with_usage, mut with_tools) = (0, 0);
+        for doc in SHAPES {
+            let full = serde_json::from_str::<Value>(doc).unwrap_or(Value::Null);
+            let sparse = accounted(doc.as_bytes());
+            for kind in [
+                ProviderKind::OpenAi,
+                ProviderKind::Anthropic,
+                ProviderKind::Google,
+            ] {
+                let read = |v: &Value| {
+                    let (mut usage, mut meta) = (None, ResponseMeta::default());
+                    merge_usage(kind, v, &mut usage);
+                    meta.merge(kind, v);
+                    let ends = (is_final_event(kind, doc, v), is_usage_only_chunk(v));
+                    (usage, meta, ends)
+                };
+                let want = read(&full);
+                with_usage += usize::from(want.0.is_some());
+                with_tools += usize::from(!want.1.tools_called.is_empty());
+                assert_eq!(read(&sparse), want, "{kind:?}: {doc}");
+            }
+        }
+        // The corpus exercises what it guards.
+        assert!(
+            with_usage >= 6 && with_tools >= 6,
+            "{with_usage} {with_tools}"
         );
     }
 

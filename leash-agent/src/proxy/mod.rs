@@ -176,17 +176,18 @@ pub async fn read_body(
     if let Some(rejection) = framing_problem(&head.headers) {
         return Err(rejection);
     }
-    let too_large = Rejection {
+    // Built only when it is the answer: every request passes here.
+    let too_large = || Rejection {
         status: StatusCode::PAYLOAD_TOO_LARGE,
         code: ErrorCode::BodyTooLarge,
         message: format!("leash: request body exceeds the limit of {max_body_bytes} bytes"),
     };
     if declared_length(&head.headers).is_some_and(|n| n > max_body_bytes as u64) {
-        return Err(too_large);
+        return Err(too_large());
     }
     let body = match Limited::new(body, max_body_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Err(too_large),
+        Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
         Err(e) => {
             tracing::debug!(request_id, error = %e, "reading request body failed");
             return Err(Rejection {

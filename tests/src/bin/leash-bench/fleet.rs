@@ -88,7 +88,7 @@ fn copy_text(out: &mut Vec<u8>, v: Option<&str>) {
 fn row(out: &mut Vec<u8>, i: u64, ts: &str, host: &str, head: &mut ChainHead) {
     let record = trail::record(i, ts, host);
     let prev = head.hash.clone();
-    let mut line = seal(serde_json::to_vec(&record).expect("json"), head);
+    let mut line = seal(&serde_json::to_vec(&record).expect("json"), head);
     line.pop();
     let line = String::from_utf8(line).expect("utf-8");
     let str_of = |v: &Value| v.as_str().map(str::to_owned);
@@ -219,7 +219,7 @@ fn publish(
                 .expect("time");
             let head = &mut heads[h as usize];
             let line = seal(
-                serde_json::to_vec(&trail::record(i, &ts, &host)).expect("json"),
+                &serde_json::to_vec(&trail::record(i, &ts, &host)).expect("json"),
                 head,
             );
             let mut headers = async_nats::HeaderMap::new();

@@ -62,7 +62,7 @@ pub(crate) fn trail(args: &[String]) {
             .format(&time::format_description::well_known::Rfc3339)
             .expect("time");
         let record = record(i, &ts, "bench");
-        let line = seal(serde_json::to_vec(&record).expect("json"), &mut head);
+        let line = seal(&serde_json::to_vec(&record).expect("json"), &mut head);
         in_segment += line.len() as u64;
         bytes += line.len() as u64;
         file.as_mut()
