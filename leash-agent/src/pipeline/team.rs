@@ -128,9 +128,6 @@ pub fn fingerprint(key: &str) -> String {
 
 impl TeamModule {
     fn identify(&self, ex: &Exchange, req: &ProxyRequest) -> Option<String> {
-        let key = api_key(req)
-            .filter(|k| !k.is_empty())
-            .map(|k| fingerprint(&k));
         let header = req
             .head
             .headers
@@ -140,6 +137,10 @@ impl TeamModule {
         if self.teams.is_empty() {
             return header.map(str::to_owned);
         }
+        // Hashed only when a team could name it (every request passes here).
+        let key = api_key(req)
+            .filter(|k| !k.is_empty())
+            .map(|k| fingerprint(&k));
         let c = &ex.caller;
         // Strongest evidence first, across all teams.
         let levels: [&dyn Fn(&Team) -> bool; 5] = [

@@ -132,7 +132,8 @@ impl DocumentScan {
             escape_at: 0,
             high: None,
             partial: Vec::new(),
-            window: String::new(),
+            // Most texts fit: grown once, not by doubling from nothing.
+            window: String::with_capacity(1024),
             anchors: vec![(0, 0)],
             scanned: 0,
             base: 0,

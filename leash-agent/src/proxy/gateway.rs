@@ -338,17 +338,17 @@ impl<C: Connect + Clone + Send + Sync + 'static> Gateway<C> {
         };
         // Decoded once: rules match, the record shows and the provider
         // receives the same path.
-        let rest = path::canonical(rest);
-        let endpoint = match &rest {
-            Ok(c) if !c.decoded.is_empty() => c.decoded.clone(),
-            _ => "/".to_owned(),
+        let (endpoint, rest) = match path::canonical(rest) {
+            Ok(c) if c.decoded.is_empty() => ("/".to_owned(), Ok(c.encoded)),
+            Ok(c) => (c.decoded, Ok(c.encoded)),
+            Err(e) => ("/".to_owned(), Err(e)),
         };
         let mut ex = ActiveExchange::new(
             Exchange::new(Mode::Gateway, provider, caller, endpoint),
             Arc::clone(&self.pipeline),
         );
         let rest = match rest {
-            Ok(c) => c.encoded,
+            Ok(encoded) => encoded,
             Err(e) => {
                 return local_response(
                     &mut ex,
@@ -360,7 +360,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Gateway<C> {
                 );
             }
         };
-        let upstream_path = format!("{}{rest}", ex.provider.upstream.base_path());
+        let upstream_path = [ex.provider.upstream.base_path(), rest.as_str()].concat();
         let kind = ex.provider.kind;
         let answer = admit(ex, req, &upstream_path, self.limits, &self.forwarder).await;
         if answer.extensions().get::<super::Reroute>().is_none() {

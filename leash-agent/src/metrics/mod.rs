@@ -2,17 +2,21 @@
 //! listener as text. Label values are bounded (unknown models past a cap
 //! collapse to `other`).
 
-use std::{
-    collections::HashSet,
-    sync::{Mutex, PoisonError, atomic::AtomicU64},
-};
+mod labels;
+
+use std::sync::{Arc, atomic::AtomicU64};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
+pub use self::labels::KindLabels;
+use self::labels::{
+    ActionLabels, BudgetLabels, ExeLabels, FindingLabels, HostLabels, Interned, Label, ModelLabels,
+    ProviderLabels, ReasonLabels, RequestLabels, ResultLabels, RouteLabels, TokenLabels,
+};
 use crate::record::{AuditRecord, ErrorCode, ErrorSide};
 
 /// Distinct model label values kept before new ones become `other`.
@@ -25,84 +29,6 @@ const OVERHEAD_BUCKETS: [f64; 13] = [
 const DURATION_BUCKETS: [f64; 14] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
 ];
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    provider: String,
-    model: String,
-    team: String,
-    action: &'static str,
-    status: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProviderLabels {
-    provider: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TokenLabels {
-    provider: String,
-    model: String,
-    team: String,
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ModelLabels {
-    provider: String,
-    model: String,
-    team: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FindingLabels {
-    rule: String,
-    detector: String,
-    action: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BudgetLabels {
-    budget: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HostLabels {
-    host: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ExeLabels {
-    exe: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabels {
-    pub kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ActionLabels {
-    action: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    route: String,
-    target: String,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
 
 type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
 
@@ -154,12 +80,16 @@ pub struct Metrics {
     pub hooks_attached: Gauge,
     policy_reloads: Family<ResultLabels, Counter>,
     findings: Family<FindingLabels, Counter>,
-    models: Mutex<HashSet<String>>,
-    teams: Mutex<HashSet<String>>,
-    rules: Mutex<HashSet<String>>,
-    shadow_hosts: Mutex<HashSet<String>>,
+    models: Interned,
+    teams: Interned,
+    rules: Interned,
+    /// Provider names and status codes: bounded by where they come from
+    /// (the configuration, HTTP), interned so a request allocates neither.
+    providers: Interned,
+    statuses: Interned,
+    shadow_hosts: Interned,
     untrusted: Family<ExeLabels, Counter>,
-    untrusted_exes: Mutex<HashSet<String>>,
+    untrusted_exes: Interned,
 }
 
 fn duration_histogram() -> Histogram {
@@ -179,20 +109,6 @@ fn register<M: prometheus_client::registry::Metric + Clone>(
 ) -> M {
     registry.register(name, help, metric.clone());
     metric
-}
-
-/// `value` while fewer than `MAX_MODELS` distinct values were seen (or it
-/// is one of them), else `other`: label cardinality stays bounded.
-fn bounded_label(seen: &Mutex<HashSet<String>>, value: &str) -> String {
-    let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
-    if seen.contains(value) {
-        return value.to_owned();
-    }
-    if seen.len() < MAX_MODELS {
-        seen.insert(value.to_owned());
-        return value.to_owned();
-    }
-    "other".to_owned()
 }
 
 impl Default for Metrics {
@@ -464,17 +380,19 @@ impl Metrics {
             hooks_attached,
             policy_reloads,
             findings,
-            models: Mutex::new(HashSet::new()),
-            teams: Mutex::new(HashSet::new()),
-            rules: Mutex::new(HashSet::new()),
-            shadow_hosts: Mutex::new(HashSet::new()),
+            models: Interned::new(MAX_MODELS),
+            teams: Interned::new(MAX_MODELS),
+            rules: Interned::new(MAX_MODELS),
+            providers: Interned::new(usize::MAX),
+            statuses: Interned::new(usize::MAX),
+            shadow_hosts: Interned::new(MAX_MODELS),
             untrusted,
-            untrusted_exes: Mutex::new(HashSet::new()),
+            untrusted_exes: Interned::new(MAX_MODELS),
         }
     }
 
-    fn model_label(&self, model: Option<&str>) -> String {
-        model.map_or_else(|| "unknown".to_owned(), |m| bounded_label(&self.models, m))
+    fn model_label(&self, model: Option<&str>) -> Label {
+        model.map_or_else(|| labels::fixed(&labels::UNKNOWN), |m| self.models.label(m))
     }
 
     /// Counts a shipping failure.
@@ -501,13 +419,13 @@ impl Metrics {
 
     /// Counts a connection to an unlisted LLM endpoint.
     pub fn shadow_ai(&self, host: &str) {
-        let host = bounded_label(&self.shadow_hosts, host);
+        let host = self.shadow_hosts.label(host);
         self.shadow_ai.get_or_create(&HostLabels { host }).inc();
     }
 
     /// Counts a client that rejected the organisation CA's leaf.
     pub fn untrusted_client(&self, exe: &str) {
-        let exe = bounded_label(&self.untrusted_exes, exe);
+        let exe = self.untrusted_exes.label(exe);
         self.untrusted.get_or_create(&ExeLabels { exe }).inc();
     }
 
@@ -575,7 +493,8 @@ impl Metrics {
             .caller
             .team
             .as_deref()
-            .map_or_else(|| "none".to_owned(), |t| bounded_label(&self.teams, t));
+            .map_or_else(|| labels::fixed(&labels::NONE), |t| self.teams.label(t));
+        let provider = self.providers.label(&record.provider);
         if let Some(usage) = &record.usage {
             let kinds = [
                 ("input", usage.input_tokens),
@@ -586,17 +505,17 @@ impl Metrics {
             ];
             for (kind, n) in kinds.into_iter().filter(|(_, n)| *n > 0) {
                 let labels = TokenLabels {
-                    provider: record.provider.clone(),
-                    model: model.clone(),
-                    team: team.clone(),
+                    provider: Arc::clone(&provider),
+                    model: Arc::clone(&model),
+                    team: Arc::clone(&team),
                     kind,
                 };
                 self.tokens.get_or_create(&labels).inc_by(n);
             }
             let labels = ModelLabels {
-                provider: record.provider.clone(),
-                model: model.clone(),
-                team: team.clone(),
+                provider: Arc::clone(&provider),
+                model: Arc::clone(&model),
+                team: Arc::clone(&team),
             };
             match record.cost_usd {
                 Some(cost) => {
@@ -610,7 +529,7 @@ impl Metrics {
         if let Some(policy) = &record.policy {
             for f in &policy.findings {
                 let labels = FindingLabels {
-                    rule: bounded_label(&self.rules, &f.rule),
+                    rule: self.rules.label(&f.rule),
                     detector: f.detector.clone(),
                     action: policy.action.as_str(),
                 };
@@ -622,19 +541,22 @@ impl Metrics {
             Some(_) => "error",
             None => "allow",
         };
+        let status = match record
+            .status
+            .and_then(|c| http::StatusCode::from_u16(c).ok())
+        {
+            Some(code) => self.statuses.label(code.as_str()),
+            None => labels::fixed(&labels::NONE),
+        };
         let labels = RequestLabels {
-            provider: record.provider.clone(),
+            provider: Arc::clone(&provider),
             model,
             team,
             action,
-            status: record
-                .status
-                .map_or_else(|| "none".to_owned(), |s| s.to_string()),
+            status,
         };
         self.requests.get_or_create(&labels).inc();
-        let provider = ProviderLabels {
-            provider: record.provider.clone(),
-        };
+        let provider = ProviderLabels { provider };
         self.duration
             .get_or_create(&provider)
             .observe(record.latency_ms / 1e3);
