@@ -104,6 +104,14 @@ enum Task {
     /// own) runs `cargo xtask run` until Leash is ready; writes
     /// bench/firstrun.json and its section of BENCHMARKS.md.
     BenchFirstrun,
+    /// User-space instructions per request of nginx and Leash (valgrind's
+    /// callgrind, a count no other guest moves); writes
+    /// bench/instructions.json and its section of BENCHMARKS.md.
+    BenchInstructions {
+        /// Also count commit REV's policy gateway, in the same run.
+        #[arg(long)]
+        against: Option<String>,
+    },
     /// Compare this tree with an earlier commit in one run (rounds
     /// alternate): the criterion micro-benchmarks and, as root, the
     /// transparent path's latency; writes bench/micro.json and its section
@@ -518,6 +526,7 @@ fn main() -> Result<()> {
         Task::BenchTelemetry { quick } => bench::bench_telemetry(quick),
         Task::BenchFleet { quick } => bench::bench_fleet(quick),
         Task::BenchFirstrun => bench::bench_firstrun(),
+        Task::BenchInstructions { against } => bench::bench_instructions(against.as_deref()),
         Task::BenchCompare {
             base,
             rounds,

@@ -10,6 +10,7 @@ mod contenders;
 mod extra;
 mod firstrun;
 mod fleet;
+mod instructions;
 mod micro;
 mod plot;
 mod proc;
@@ -25,6 +26,7 @@ pub use self::{
     console::bench_console,
     firstrun::bench_firstrun,
     fleet::bench_fleet,
+    instructions::bench_instructions,
     micro::bench_micro,
     run::{bench, build_release, rewrite_report},
     telemetry::bench_telemetry,
@@ -80,6 +82,9 @@ fn other_sections() -> anyhow::Result<()> {
     }
     if let Some(r) = load("firstrun.json") {
         firstrun::render(&r)?;
+    }
+    if let Some(r) = load("instructions.json") {
+        instructions::render(&r)?;
     }
     Ok(())
 }
