@@ -120,17 +120,42 @@ pub(super) fn start_leash_with_admin(
     ))
 }
 
-pub(super) fn start_nginx(dir: &Path, upstream: u16) -> Result<Contender> {
-    let port = free_port()?;
-    let conf = dir.join("nginx.conf");
+/// The do-nothing proxy's configuration: one worker on `port` passing
+/// everything to `upstream` with keep-alive, files under `dir`, written to
+/// `dir/<name>.conf`. `single_process`: no master process (so a tool that
+/// runs nginx, such as valgrind, sees the worker itself).
+pub(super) fn nginx_conf(
+    dir: &Path,
+    name: &str,
+    upstream: u16,
+    port: u16,
+    single_process: bool,
+) -> Result<PathBuf> {
+    let conf = dir.join(format!("{name}.conf"));
+    let master = if single_process {
+        "master_process off;\n"
+    } else {
+        ""
+    };
     std::fs::write(
         &conf,
         format!(
-            "daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir}/nginx-body;\n  proxy_temp_path {dir}/nginx-proxy;\n  upstream up {{ server 127.0.0.1:{upstream}; keepalive 128; }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
+            "daemon off;\n{master}worker_processes 1;\npid {dir}/{name}.pid;\nerror_log {dir}/nginx-error.log warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir}/nginx-body;\n  proxy_temp_path {dir}/nginx-proxy;\n  upstream up {{ server 127.0.0.1:{upstream}; keepalive 128; }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
             dir = dir.display()
         ),
     )?;
-    let nginx = which("nginx").unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"));
+    Ok(conf)
+}
+
+/// The nginx binary.
+pub(super) fn nginx_binary() -> PathBuf {
+    which("nginx").unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
+}
+
+pub(super) fn start_nginx(dir: &Path, upstream: u16) -> Result<Contender> {
+    let port = free_port()?;
+    let conf = nginx_conf(dir, "nginx", upstream, port, false)?;
+    let nginx = nginx_binary();
     let proc = Proc::spawn(
         pinned(SERVER_CPU, &nginx)
             .arg("-c")

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::{
     EXAMPLE_POLICY, Proc, bench_tool,
-    contenders::leash_config,
+    contenders::{leash_config, nginx_binary, nginx_conf},
     free_port, lean_upstream,
     micro::{base_binary, short_rev},
     pinned, wait_port, write_section,
@@ -120,16 +120,12 @@ fn count(
             .arg(dir.join(format!("audit-{name}-{port}")));
         format!("http://127.0.0.1:{port}/v1/openai/chat/completions")
     } else {
-        let conf = dir.join(format!("nginx-{port}.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx-{port}.pid;\nerror_log {d}/nginx-error.log warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/nginx-body;\n  proxy_temp_path {d}/nginx-proxy;\n  upstream up {{ server 127.0.0.1:{upstream}; keepalive 128; }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
-                d = dir.display()
-            ),
-        )?;
-        let nginx = super::which("nginx").unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"));
-        cmd.arg(nginx).arg("-c").arg(&conf).arg("-p").arg(dir);
+        let conf = nginx_conf(dir, &format!("nginx-{port}"), upstream, port, true)?;
+        cmd.arg(nginx_binary())
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir);
         format!("http://127.0.0.1:{port}/v1/chat/completions")
     };
     let proc = Proc::spawn(&mut cmd, &dir.join(format!("{name}-{port}.log")))?;
