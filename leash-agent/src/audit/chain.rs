@@ -47,9 +47,10 @@ pub fn seal(json: &[u8], head: &mut ChainHead) -> Vec<u8> {
     line
 }
 
-/// What sealing adds to a line at most: `seq` (20 digits), `prev_hash`,
-/// `hash`, their names and the `\n`.
-const SEAL_BYTES: usize = 180;
+/// What sealing adds to a line at most: `,"seq":` and 20 digits,
+/// `,"prev_hash":"`, 64 hex digits and `"`, `,"hash":"`, 64 hex digits and
+/// `"}` with the `\n` (the object's own `}` goes).
+const SEAL_BYTES: usize = 7 + 20 + 14 + 64 + 1 + 9 + 64 + 3;
 
 /// As [`seal`], appending the sealed line to `out` (the writer's batch):
 /// no allocation of its own beyond `out`'s growth. Returns where the line
