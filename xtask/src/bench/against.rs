@@ -12,12 +12,26 @@ use super::{
     targets::{Measured, contender, once},
 };
 
+/// How a figure of this tree compares with the base's, by their ranges
+/// over the rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Change {
+    /// Beyond the base's range, in the better direction.
+    Better,
+    Worse,
+    /// The ranges overlap.
+    Overlap,
+    /// A side measured once: no spread to judge a difference by.
+    Single,
+    NotMeasured,
+}
+
 /// Lower (or higher, `lower_is_better` false) beyond the other's range:
-/// "better" / "worse"; overlapping ranges: inconclusive.
-fn verdict(base: &Measured, current: &Measured, lower_is_better: bool) -> &'static str {
+/// better / worse; overlapping ranges: no result.
+pub(super) fn change(base: &Measured, current: &Measured, lower_is_better: bool) -> Change {
     let ((bl, bh), (cl, ch)) = (base.range(), current.range());
     if !(bl.is_finite() && cl.is_finite()) {
-        return "not measured";
+        return Change::NotMeasured;
     }
     let single = base.0.len() < 2 || current.0.len() < 2;
     let (better, worse) = if lower_is_better {
@@ -25,12 +39,21 @@ fn verdict(base: &Measured, current: &Measured, lower_is_better: bool) -> &'stat
     } else {
         (cl > bh, ch < bl)
     };
-    // A figure measured once has no spread to judge a difference by.
     match (better, worse, single) {
-        (_, _, true) => "not judged (one run: no spread)",
-        (true, _, false) => "better",
-        (_, true, false) => "worse",
-        _ => "inconclusive (ranges overlap)",
+        (_, _, true) => Change::Single,
+        (true, _, false) => Change::Better,
+        (_, true, false) => Change::Worse,
+        _ => Change::Overlap,
+    }
+}
+
+fn verdict(base: &Measured, current: &Measured, lower_is_better: bool) -> &'static str {
+    match change(base, current, lower_is_better) {
+        Change::NotMeasured => "not measured",
+        Change::Single => "not judged (one run: no spread)",
+        Change::Better => "better",
+        Change::Worse => "worse",
+        Change::Overlap => "inconclusive (ranges overlap)",
     }
 }
 

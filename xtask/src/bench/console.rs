@@ -123,13 +123,7 @@ fn start(
     let (port, admin) = (free_port()?, free_port()?);
     let started = Instant::now();
     let gateway = Proc::spawn(
-        pinned(SERVER_CPU, leash)
-            .args(["--log-level", "warn", "gateway", "--config"])
-            .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .arg("--audit-dir")
-            .arg(trail),
+        super::gateway_args(&mut pinned(SERVER_CPU, leash), &config, port, admin, trail),
         &dir.join("leash.log"),
     )?;
     wait_port(port, "leash")?;

@@ -102,13 +102,13 @@ pub(super) fn start_leash_with_admin(
     let config = leash_config(dir, upstream, extra)?;
     let port = free_port()?;
     let proc = Proc::spawn(
-        pinned(SERVER_CPU, bin)
-            .args(["--log-level", "warn", "gateway", "--config"])
-            .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .arg("--audit-dir")
-            .arg(dir.join(format!("audit-{name}"))),
+        super::gateway_args(
+            &mut pinned(SERVER_CPU, bin),
+            &config,
+            port,
+            admin,
+            &dir.join(format!("audit-{name}")),
+        ),
         &dir.join(format!("{name}.log")),
     )?;
     wait_port(port, name)?;

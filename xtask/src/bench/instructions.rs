@@ -22,11 +22,15 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use super::{
-    EXAMPLE_POLICY, Proc, bench_tool,
+    EXAMPLE_POLICY, Proc,
+    against::{self, Change},
+    bench_tool,
     contenders::{leash_config, nginx_binary, nginx_conf},
     free_port, lean_upstream,
     micro::{base_binary, short_rev},
-    pinned, wait_port, write_section,
+    pinned,
+    targets::Measured,
+    wait_port, write_section,
 };
 use crate::{ensure_debian_packages, target_dir};
 
@@ -111,13 +115,13 @@ fn count(
         .arg(format!("--callgrind-out-file={}", out.display()));
     let url = if let Some(bin) = leash {
         let config = leash_config(dir, upstream, extra)?;
-        cmd.arg(bin)
-            .args(["--log-level", "warn", "gateway", "--config"])
-            .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{}", free_port()?)])
-            .arg("--audit-dir")
-            .arg(dir.join(format!("audit-{name}-{port}")));
+        super::gateway_args(
+            cmd.arg(bin),
+            &config,
+            port,
+            free_port()?,
+            &dir.join(format!("audit-{name}-{port}")),
+        );
         format!("http://127.0.0.1:{port}/v1/openai/chat/completions")
     } else {
         let conf = nginx_conf(dir, &format!("nginx-{port}"), upstream, port, true)?;
@@ -219,13 +223,6 @@ fn soft_sha(dump: &Path) -> Result<f64> {
         .unwrap_or(0.0))
 }
 
-fn range(xs: &[f64]) -> (f64, f64) {
-    (
-        xs.iter().copied().fold(f64::INFINITY, f64::min),
-        xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-    )
-}
-
 fn thousands(x: f64) -> String {
     format!("{:.1}k", x / 1000.0)
 }
@@ -236,17 +233,19 @@ pub(super) fn render(r: &Value) -> Result<()> {
 
 /// The section, from a run's results.
 fn section(r: &Value) -> String {
-    let rows: Vec<(&str, Vec<f64>, Vec<f64>)> = r["contenders"]
+    let rows: Vec<(&str, Measured, Measured)> = r["contenders"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|c| {
-            let xs = |k: &str| -> Vec<f64> {
-                c[k].as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_f64)
-                    .collect()
+            let xs = |k: &str| {
+                Measured(
+                    c[k].as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_f64)
+                        .collect(),
+                )
             };
             (
                 c["name"].as_str().unwrap_or("?"),
@@ -258,12 +257,12 @@ fn section(r: &Value) -> String {
     let nginx = rows
         .iter()
         .find(|(n, _, _)| *n == "nginx")
-        .map(|(_, xs, _)| range(xs).0);
+        .map(|(_, xs, _)| xs.range().0);
     // The largest round-to-round difference of any contender.
     let spread = rows
         .iter()
         .map(|(_, xs, _)| {
-            let (lo, hi) = range(xs);
+            let (lo, hi) = xs.range();
             (hi - lo) / lo
         })
         .filter(|d| d.is_finite())
@@ -279,35 +278,34 @@ fn section(r: &Value) -> String {
         spread * 100.0,
     );
     for (name, ir, sha) in &rows {
-        let (lo, hi) = range(ir);
+        let (lo, hi) = ir.range();
         let times = nginx.map_or_else(|| "—".to_owned(), |n| format!("{:.1}", lo / n));
         let _ = writeln!(
             md,
             "| {name} | {} – {} | {times} | {} |",
             thousands(lo),
             thousands(hi),
-            thousands(range(sha).1)
+            thousands(sha.range().1)
         );
     }
     if let Some(rev) = r["against"].as_str() {
-        let find = |n: &str| {
-            rows.iter()
-                .find(|(m, _, _)| *m == n)
-                .map(|(_, xs, _)| range(xs))
-        };
+        let find = |n: &str| rows.iter().find(|(m, _, _)| *m == n).map(|(_, xs, _)| xs);
         if let (Some(base), Some(now)) =
             (find(&format!("leash-policy@{rev}")), find("leash-policy"))
         {
-            let change = (now.0 + now.1) / (base.0 + base.1) - 1.0;
-            let verdict = if now.1 < base.0 {
-                format!(
+            let ((bl, bh), (nl, nh)) = (base.range(), now.range());
+            let change = (nl + nh) / (bl + bh) - 1.0;
+            let verdict = match against::change(base, now, true) {
+                Change::Better => format!(
                     "fewer: {:.1} % (the ranges do not overlap)",
                     -change * 100.0
-                )
-            } else if now.0 > base.1 {
-                format!("more: {:.1} % (the ranges do not overlap)", change * 100.0)
-            } else {
-                "inconclusive (the ranges overlap)".to_owned()
+                ),
+                Change::Worse => {
+                    format!("more: {:.1} % (the ranges do not overlap)", change * 100.0)
+                }
+                Change::Overlap => "inconclusive (the ranges overlap)".to_owned(),
+                Change::Single => "not judged (one round: no spread)".to_owned(),
+                Change::NotMeasured => "not measured".to_owned(),
             };
             let _ = writeln!(
                 md,

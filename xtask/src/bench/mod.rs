@@ -108,6 +108,24 @@ fn lean_upstream(
     Ok((proc, port))
 }
 
+/// `leash gateway`'s arguments as every bench starts it: warnings only,
+/// the configuration `config`, the listener on `port`, the admin listener
+/// on `admin`, the audit trail in `audit`.
+fn gateway_args<'c>(
+    cmd: &'c mut std::process::Command,
+    config: &std::path::Path,
+    port: u16,
+    admin: u16,
+    audit: &std::path::Path,
+) -> &'c mut std::process::Command {
+    cmd.args(["--log-level", "warn", "gateway", "--config"])
+        .arg(config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg("--audit-dir")
+        .arg(audit)
+}
+
 /// `leash gateway` (release) on the server CPU with the config `yaml`,
 /// its files under `dir` named `name`; waits until it listens. Returns it
 /// and its port.
@@ -121,13 +139,13 @@ fn spawn_gateway(
     std::fs::write(&config, yaml)?;
     let port = free_port()?;
     let proc = Proc::spawn(
-        pinned(SERVER_CPU, leash)
-            .args(["--log-level", "warn", "gateway", "--config"])
-            .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{}", free_port()?)])
-            .arg("--audit-dir")
-            .arg(dir.join(format!("audit-{name}"))),
+        gateway_args(
+            &mut pinned(SERVER_CPU, leash),
+            &config,
+            port,
+            free_port()?,
+            &dir.join(format!("audit-{name}")),
+        ),
         &dir.join(format!("{name}.log")),
     )?;
     wait_port(port, name)?;
