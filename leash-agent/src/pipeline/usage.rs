@@ -211,59 +211,62 @@ impl ResponseMeta {
 /// ([`super::sparse`]), so the texts and the rest are never allocated. A
 /// name read but missing here reads as absent: the test
 /// `the_sparse_read_accounts_as_the_full_one` compares both reads.
-const ACCOUNTED: &[&str] = &[
-    // Envelopes and shapes.
-    "type",
-    "object",
-    "status",
-    "response",
-    "message",
-    "delta",
-    "choices",
-    "candidates",
-    "content",
-    "parts",
-    "output",
-    "item",
-    "content_block",
-    // What the answer says of itself.
-    "id",
-    "model",
-    "responseId",
-    "modelVersion",
-    "finish_reason",
-    "stop_reason",
-    "finishReason",
-    // Tool calls.
-    "tool_calls",
-    "function_call",
-    "function",
-    "functionCall",
-    "name",
-    // Usage.
-    "usage",
-    "usageMetadata",
-    "prompt_tokens",
-    "completion_tokens",
-    "prompt_tokens_details",
-    "completion_tokens_details",
-    "input_tokens",
-    "output_tokens",
-    "input_tokens_details",
-    "output_tokens_details",
-    "cached_tokens",
-    "reasoning_tokens",
-    "cache_read_input_tokens",
-    "cache_creation_input_tokens",
-    "promptTokenCount",
-    "candidatesTokenCount",
-    "cachedContentTokenCount",
-    "thoughtsTokenCount",
-];
+fn accounted_name(name: &str) -> bool {
+    matches!(
+        name,
+        // Envelopes and shapes.
+        "type"
+        | "object"
+        | "status"
+        | "response"
+        | "message"
+        | "delta"
+        | "choices"
+        | "candidates"
+        | "content"
+        | "parts"
+        | "output"
+        | "item"
+        | "content_block"
+        // What the answer says of itself.
+        | "id"
+        | "model"
+        | "responseId"
+        | "modelVersion"
+        | "finish_reason"
+        | "stop_reason"
+        | "finishReason"
+        // Tool calls.
+        | "tool_calls"
+        | "function_call"
+        | "function"
+        | "functionCall"
+        | "name"
+        // Usage.
+        | "usage"
+        | "usageMetadata"
+        | "prompt_tokens"
+        | "completion_tokens"
+        | "prompt_tokens_details"
+        | "completion_tokens_details"
+        | "input_tokens"
+        | "output_tokens"
+        | "input_tokens_details"
+        | "output_tokens_details"
+        | "cached_tokens"
+        | "reasoning_tokens"
+        | "cache_read_input_tokens"
+        | "cache_creation_input_tokens"
+        | "promptTokenCount"
+        | "candidatesTokenCount"
+        | "cachedContentTokenCount"
+        | "thoughtsTokenCount"
+    )
+}
 
 /// `json` with only what the accounting reads; `Null` if it is not JSON.
 fn accounted(json: &[u8]) -> Value {
-    super::sparse::from_slice(json, ACCOUNTED).unwrap_or(Value::Null)
+    super::sparse::from_slice(json, accounted_name).unwrap_or(Value::Null)
 }
 
 /// What a whole (not streamed) answer body of `kind` reports: its usage

@@ -56,6 +56,31 @@ fn looks_like_text(bytes: &[u8]) -> bool {
         .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
 }
 
+/// Judges the text of a body: each window (`judge`), and, before that,
+/// several whole strings at once (`any`) when it `batches`.
+pub trait Judge {
+    /// Whether whole strings may be judged together first (`any`).
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Whether anything may be found in `texts`: the texts of whole strings,
+    /// each followed by `\n`. False lets every one of them pass unjudged;
+    /// true judges each one alone, in order, with `batched` set.
+    fn any(&mut self, _texts: &str) -> bool {
+        true
+    }
+
+    fn judge(&mut self, pass: Pass<'_>) -> Verdict;
+}
+
+/// A function judges each window alone.
+impl<F: FnMut(Pass<'_>) -> Verdict> Judge for F {
+    fn judge(&mut self, pass: Pass<'_>) -> Verdict {
+        self(pass)
+    }
+}
+
 /// A window of text handed to the detectors.
 #[derive(Clone, Copy)]
 pub struct Pass<'a> {
@@ -66,6 +91,8 @@ pub struct Pass<'a> {
     /// Matches ending at or before this offset were reported by the
     /// previous pass over the same string.
     pub fresh_from: usize,
+    /// A whole string of a batch `Judge::any` found something may be in.
+    pub batched: bool,
 }
 
 /// What the detectors made of a pass.
@@ -121,6 +148,24 @@ pub struct DocumentScan {
     held_at: u64,
     edits: Vec<Edit>,
     stopped: bool,
+    /// Whole strings not judged yet (`Judge::batches`): their texts, each
+    /// followed by `\n`, judged before any other pass and at the end of
+    /// each `feed`, so in the same order and before the same release.
+    batch: String,
+    batched: Vec<Batched>,
+    /// The strings' anchors, one after the other.
+    batch_anchors: Vec<(usize, u64)>,
+}
+
+/// A whole string waiting in the batch.
+#[derive(Clone, Copy)]
+struct Batched {
+    /// Where its text ends in `batch` (it starts after the previous one's
+    /// `\n`).
+    end: usize,
+    base: u64,
+    /// Where its anchors end in `batch_anchors`.
+    anchors_end: usize,
 }
 
 impl DocumentScan {
@@ -141,6 +186,9 @@ impl DocumentScan {
             held_at: 0,
             edits: Vec::new(),
             stopped: false,
+            batch: String::new(),
+            batched: Vec::new(),
+            batch_anchors: Vec::new(),
         };
         if kind == BodyKind::Text {
             scan.lex = Lex::InString;
@@ -148,26 +196,24 @@ impl DocumentScan {
         scan
     }
 
-    /// Feeds the next raw bytes (`end`: the last); `detect` judges each
+    /// Feeds the next raw bytes (`end`: the last); `judge` judges each
     /// window of text. Returns the bytes that may go out now, and whether
     /// the body must end here.
-    pub fn feed(
-        &mut self,
-        chunk: &[u8],
-        end: bool,
-        detect: &mut dyn FnMut(Pass<'_>) -> Verdict,
-    ) -> (Vec<u8>, bool) {
+    pub fn feed(&mut self, chunk: &[u8], end: bool, judge: &mut dyn Judge) -> (Vec<u8>, bool) {
         if self.stopped {
             return (Vec::new(), true);
         }
         self.held.extend_from_slice(chunk);
         let mut i = 0;
         while i < chunk.len() && !self.stopped {
-            i += self.step(&chunk[i..], detect);
+            i += self.step(&chunk[i..], judge);
         }
         if end && !self.stopped {
             self.flush_partial();
-            self.pass(true, detect);
+            self.pass(true, judge);
+        }
+        if !self.stopped {
+            self.judge_batch(judge);
         }
         if self.stopped {
             return (Vec::new(), true);
@@ -183,7 +229,7 @@ impl DocumentScan {
     }
 
     /// Lexes from the start of `bytes`; returns how many were consumed.
-    fn step(&mut self, bytes: &[u8], detect: &mut dyn FnMut(Pass<'_>) -> Verdict) -> usize {
+    fn step(&mut self, bytes: &[u8], judge: &mut dyn Judge) -> usize {
         match self.lex {
             Lex::Outside => {
                 let n = memchr::memchr(b'"', bytes).map_or(bytes.len(), |at| at + 1);
@@ -204,13 +250,13 @@ impl DocumentScan {
                 self.push_raw(&bytes[..text_end]);
                 self.pos += text_end as u64;
                 if self.window.len() >= WINDOW {
-                    self.pass(false, detect);
+                    self.pass(false, judge);
                 }
                 match stop.map(|at| bytes[at]) {
                     Some(b'"') => {
                         self.flush_partial();
                         self.pos += 1;
-                        self.pass(true, detect);
+                        self.pass(true, judge);
                         self.lex = Lex::Outside;
                         text_end + 1
                     }
@@ -374,30 +420,49 @@ impl DocumentScan {
 
     /// The raw offset of window offset `at`.
     fn raw_of(&self, at: usize) -> u64 {
-        let i = self.anchors.partition_point(|&(w, _)| w <= at);
-        let (w, r) = self.anchors[i.saturating_sub(1)];
-        r + (at - w) as u64
+        raw_at(&self.anchors, at)
     }
 
     /// Scans the window; `last`: the string (or body) ended. Then keeps
-    /// only the overlap for the next pass.
-    fn pass(&mut self, last: bool, detect: &mut dyn FnMut(Pass<'_>) -> Verdict) {
+    /// only the overlap for the next pass. A whole string (never scanned
+    /// in part) joins the batch when the judge batches.
+    fn pass(&mut self, last: bool, judge: &mut dyn Judge) {
         if self.window.len() > self.scanned || (last && !self.window.is_empty()) {
-            let verdict = detect(Pass {
-                text: &self.window,
-                base: self.base,
-                fresh_from: self.scanned,
-            });
-            for (start, end, with) in verdict.redact {
-                let edit = Edit {
-                    start: self.raw_of(start),
-                    end: self.raw_of(end),
-                    with,
-                };
-                self.add_edit(edit);
+            if last && self.scanned == 0 && judge.batches() {
+                if self.batched.is_empty() && self.batch.capacity() == 0 {
+                    // An answer's strings: sized once, not grown by doubling.
+                    self.batch.reserve(2 * self.window.capacity().max(1024));
+                    self.batched.reserve(32);
+                    self.batch_anchors.reserve(64);
+                }
+                self.batch.push_str(&self.window);
+                self.batch.push('\n');
+                self.batch_anchors.extend_from_slice(&self.anchors);
+                self.batched.push(Batched {
+                    end: self.batch.len() - 1,
+                    base: self.base,
+                    anchors_end: self.batch_anchors.len(),
+                });
+                if self.batch.len() >= WINDOW {
+                    self.judge_batch(judge);
+                }
+            } else {
+                // Strings before this one first: judged in order.
+                self.judge_batch(judge);
+                if self.stopped {
+                    return;
+                }
+                let verdict = judge.judge(Pass {
+                    text: &self.window,
+                    base: self.base,
+                    fresh_from: self.scanned,
+                    batched: false,
+                });
+                let anchors = std::mem::take(&mut self.anchors);
+                self.apply(verdict, &anchors);
+                self.anchors = anchors;
             }
-            if verdict.stop || self.stopped {
-                self.stopped = true;
+            if self.stopped {
                 return;
             }
         }
@@ -422,6 +487,53 @@ impl DocumentScan {
         }
         self.anchors.insert(0, (0, raw_cut));
         self.scanned = self.window.len();
+    }
+
+    /// Applies a pass's verdict (window offsets mapped by `anchors`).
+    fn apply(&mut self, verdict: Verdict, anchors: &[(usize, u64)]) {
+        for (start, end, with) in verdict.redact {
+            let edit = Edit {
+                start: raw_at(anchors, start),
+                end: raw_at(anchors, end),
+                with,
+            };
+            self.add_edit(edit);
+        }
+        if verdict.stop {
+            self.stopped = true;
+        }
+    }
+
+    /// Judges the batch's strings: nothing to do for any when the judge
+    /// finds nothing may be in them, else each one alone, in order.
+    fn judge_batch(&mut self, judge: &mut dyn Judge) {
+        if self.batched.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let batched = std::mem::take(&mut self.batched);
+        let anchors = std::mem::take(&mut self.batch_anchors);
+        if judge.any(&batch) {
+            let (mut start, mut first_anchor) = (0, 0);
+            for b in &batched {
+                let verdict = judge.judge(Pass {
+                    text: &batch[start..b.end],
+                    base: b.base,
+                    fresh_from: 0,
+                    batched: true,
+                });
+                self.apply(verdict, &anchors[first_anchor..b.anchors_end]);
+                if self.stopped {
+                    break;
+                }
+                (start, first_anchor) = (b.end + 1, b.anchors_end);
+            }
+        }
+        // The buffers are kept for the next batch.
+        (self.batch, self.batched, self.batch_anchors) = (batch, batched, anchors);
+        self.batch.clear();
+        self.batched.clear();
+        self.batch_anchors.clear();
     }
 
     /// Records a replacement; one that reaches into bytes already released
@@ -471,6 +583,13 @@ impl DocumentScan {
         self.held_at = upto;
         out
     }
+}
+
+/// The raw offset of window offset `at`, by a string's anchors.
+fn raw_at(anchors: &[(usize, u64)], at: usize) -> u64 {
+    let i = anchors.partition_point(|&(w, _)| w <= at);
+    let (w, r) = anchors[i.saturating_sub(1)];
+    r + (at - w) as u64
 }
 
 fn offset(raw: u64, base: u64) -> usize {
@@ -549,6 +668,70 @@ mod tests {
         assert!(!out.contains("SECRET"));
         let (plain, _) = run(BodyKind::Text, text.as_bytes(), 7_777);
         assert_eq!(String::from_utf8(plain).unwrap().matches("[R]").count(), 3);
+    }
+
+    /// Batches whole strings; says something may be in a batch only when
+    /// one of them holds `SECRET` or `STOP`, and counts what it judged.
+    struct Batching {
+        judged: usize,
+    }
+
+    impl Judge for Batching {
+        fn batches(&self) -> bool {
+            true
+        }
+        fn any(&mut self, texts: &str) -> bool {
+            texts.contains("SECRET") || texts.contains("STOP")
+        }
+        fn judge(&mut self, pass: Pass<'_>) -> Verdict {
+            self.judged += 1;
+            judge(pass)
+        }
+    }
+
+    fn run_batching(body: &[u8], cut: usize) -> ((Vec<u8>, bool), usize) {
+        let mut scan = DocumentScan::new(BodyKind::Json);
+        let mut judge = Batching { judged: 0 };
+        let mut out = Vec::new();
+        let chunks: Vec<&[u8]> = body.chunks(cut.max(1)).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let (bytes, stop) = scan.feed(chunk, i + 1 == chunks.len(), &mut judge);
+            out.extend(bytes);
+            if stop {
+                return ((out, true), judge.judged);
+            }
+        }
+        ((out, false), judge.judged)
+    }
+
+    /// Whole strings judged together give the body each string judged
+    /// alone gives, at any cut: replacements, escapes, a stop after a
+    /// redaction; and a batch with nothing in it costs no judging.
+    #[test]
+    fn batched_strings_are_judged_as_alone() {
+        let long = "y".repeat(WINDOW + 10);
+        let bodies = [
+            br#"{"k": "a SECRET b", "SECRET": "S\u0045CRET\n", "n": 5, "q": ["x", "y\"z"]}"#.to_vec(),
+            br#"{"a": "fine", "b": "SECRET", "c": "then STOP here", "d": "SECRET"}"#.to_vec(),
+            br#"{"id": "chatcmpl-1", "choices": [{"message": {"content": "caf\u00e9 \ud83d\ude00"}}]}"#.to_vec(),
+            format!(r#"{{"a": "SECRET", "long": "{long}SECRET", "z": "SECRET"}}"#).into_bytes(),
+        ];
+        for body in &bodies {
+            for cut in [1, 2, 3, 7, 16, 64, body.len()] {
+                let (batched, _) = run_batching(body, cut);
+                assert_eq!(
+                    batched,
+                    run(BodyKind::Json, body, cut),
+                    "cut {cut}: {}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+        let (quiet, judged) = run_batching(&bodies[2], bodies[2].len());
+        assert_eq!(quiet, (bodies[2].clone(), false));
+        assert_eq!(judged, 0, "nothing may be in it: no string judged");
+        let (_, judged) = run_batching(&bodies[0], bodies[0].len());
+        assert_eq!(judged, 8, "something may be: every string judged alone");
     }
 
     #[test]

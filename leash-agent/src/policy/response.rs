@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use http::StatusCode;
+use regex::SetMatches;
 use serde_json::json;
 
 use super::{
@@ -91,23 +92,23 @@ impl PolicyModule {
         if matches!(st.document, Document::Unknown) {
             st.document = document::BodyKind::sniff(st.content_type.as_deref(), chunk)
                 .map_or(Document::Binary, |kind| {
-                    Document::Scanning(document::DocumentScan::new(kind))
+                    Document::Scanning(Box::new(document::DocumentScan::new(kind)))
                 });
         }
         let Document::Scanning(scanner) = &mut st.document else {
             return BodyFlow::Continue;
         };
-        let mut blocked = None;
-        let (out, stop) = scanner.feed(chunk, end, &mut |pass| {
-            self.judge_document(
-                policy,
-                ex,
-                &mut st.redacting,
-                &mut st.reported,
-                pass,
-                &mut blocked,
-            )
-        });
+        let mut judge = DocumentJudge {
+            module: self,
+            policy,
+            ex,
+            redacting: &mut st.redacting,
+            reported: &mut st.reported,
+            blocked: None,
+            candidates: None,
+        };
+        let (out, stop) = scanner.feed(chunk, end, &mut judge);
+        let blocked = judge.blocked;
         *chunk = Bytes::from(out);
         if !stop {
             return BodyFlow::Continue;
@@ -126,17 +127,32 @@ impl PolicyModule {
 
     /// One window of a document's text: records what matched (once, however
     /// many windows see it) and says what to replace, or to stop.
-    pub(super) fn judge_document(
+    /// `candidates`: what the detectors found may be in the batch this
+    /// window (a whole string) was part of.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the judge's parts, borrowed apart"
+    )]
+    fn judge_document(
         &self,
         policy: &Policy,
         ex: &mut Exchange,
         redacting: &mut Vec<usize>,
         reported: &mut usize,
         pass: document::Pass<'_>,
+        candidates: Option<&SetMatches>,
         blocked: &mut Option<String>,
     ) -> document::Verdict {
         let mut all = Vec::new();
-        policy.detectors.scan(pass.text, &mut all);
+        match candidates {
+            Some(c) => policy.detectors.scan_among(pass.text, c, &mut all),
+            None => policy.detectors.scan(pass.text, &mut all),
+        }
+        if all.is_empty() && redacting.is_empty() {
+            // Most texts (member names, identifiers): no rule can apply
+            // and nothing is replaced.
+            return document::Verdict::default();
+        }
         let base = usize::try_from(pass.base).unwrap_or(usize::MAX);
         let fresh: Vec<Finding> = all
             .into_iter()
@@ -175,5 +191,47 @@ impl PolicyModule {
             })
             .collect();
         verdict
+    }
+}
+
+/// The policy's judge of one body's text: the whole strings of a batch go
+/// through the detectors' prefilter together, and only the detectors it
+/// names run on each one (see `Detectors::candidates`).
+struct DocumentJudge<'a> {
+    module: &'a PolicyModule,
+    policy: &'a Policy,
+    ex: &'a mut Exchange,
+    redacting: &'a mut Vec<usize>,
+    reported: &'a mut usize,
+    blocked: Option<String>,
+    /// What the last batch may hold.
+    candidates: Option<SetMatches>,
+}
+
+impl document::Judge for DocumentJudge<'_> {
+    fn batches(&self) -> bool {
+        self.policy.detectors.batches()
+    }
+
+    fn any(&mut self, texts: &str) -> bool {
+        self.candidates = self.policy.detectors.candidates(texts);
+        self.candidates.is_some()
+    }
+
+    fn judge(&mut self, pass: document::Pass<'_>) -> document::Verdict {
+        let candidates = if pass.batched {
+            self.candidates.as_ref()
+        } else {
+            None
+        };
+        self.module.judge_document(
+            self.policy,
+            self.ex,
+            self.redacting,
+            self.reported,
+            pass,
+            candidates,
+            &mut self.blocked,
+        )
     }
 }

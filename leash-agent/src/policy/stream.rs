@@ -69,7 +69,7 @@ pub(super) enum Document {
     Unknown,
     /// Binary (audio, images): not scanned.
     Binary,
-    Scanning(document::DocumentScan),
+    Scanning(Box<document::DocumentScan>),
 }
 
 #[derive(Clone)]

@@ -67,6 +67,7 @@ impl Confidence {
 }
 
 /// One built-in secret detector.
+#[derive(Clone, Copy)]
 pub struct SecretSpec {
     pub name: &'static str,
     pub group: SecretGroup,
@@ -80,6 +81,10 @@ pub struct SecretSpec {
     /// Documented placeholders (`xxxx…`, `EXAMPLE`, `<…>`) do not count.
     /// Off for key blocks, whose real contents have runs of `A`.
     pub placeholders: bool,
+    /// Every match has its needle as a whole word (no ASCII letter, digit
+    /// or `_` right before or after it), so the set asks for that too:
+    /// `token` then stands for `token: …`, not for `max_tokens`.
+    pub words: bool,
 }
 
 use Confidence::{High, Medium};
@@ -101,6 +106,15 @@ const fn s(
         validate,
         needles,
         placeholders: true,
+        words: false,
+    }
+}
+
+/// `spec`, whose needles are whole words in every match.
+const fn worded(spec: SecretSpec) -> SecretSpec {
+    SecretSpec {
+        words: true,
+        ..spec
     }
 }
 
@@ -197,6 +211,7 @@ pub const SECRETS: &[SecretSpec] = &[
         pattern: r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----(?:\s|\\+[nr])*(?:[A-Za-z-]+: [^\n\\]*(?:\s|\\+[nr])+)*(?:[A-Za-z0-9+/=]|\s|\\+[nr]){24,}(?:-----END [A-Z ]+-----)?",
         validate: Some(v::pem_private_key),
         placeholders: false,
+        words: false,
     },
     s("age_secret_key", Keys, High, r"\bAGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}\b", None, &["AGE-SECRET-KEY-1"]),
     SecretSpec {
@@ -207,8 +222,9 @@ pub const SECRETS: &[SecretSpec] = &[
         pattern: r"PuTTY-User-Key-File-[23]: [a-z0-9-]+(?:\s|\\+[nr])+Encryption: [a-z0-9-]+",
         validate: None,
         placeholders: false,
+        words: false,
     },
     s("jwt", Keys, High, r"\b(eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,})(?:[^A-Za-z0-9_-]|$)", Some(v::jwt), &["eyJ"]),
     // --- generic -----------------------------------------------------------
-    s("generic_secret", Generic, Medium, r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|token|access[_-]?key)\b\s*[:=]\s*['"]?[^\s'"]{8,}"#, Some(v::generic_secret), &[ "password", "passwd", "pwd", "secret", "api_key", "api-key", "apikey", "token", "access_key", "access-key", "accesskey", ]),
+    worded(s("generic_secret", Generic, Medium, r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|token|access[_-]?key)\b\s*[:=]\s*['"]?[^\s'"]{8,}"#, Some(v::generic_secret), &[ "password", "passwd", "pwd", "secret", "api_key", "api-key", "apikey", "token", "access_key", "access-key", "accesskey", ])),
 ];
