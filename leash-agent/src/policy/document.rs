@@ -623,11 +623,17 @@ mod tests {
     }
 
     fn run(kind: BodyKind, body: &[u8], cut: usize) -> (Vec<u8>, bool) {
+        run_with(kind, body, cut, &mut judge)
+    }
+
+    /// The body fed in chunks of `cut` bytes: what went out, and whether
+    /// it stopped.
+    fn run_with(kind: BodyKind, body: &[u8], cut: usize, judge: &mut dyn Judge) -> (Vec<u8>, bool) {
         let mut scan = DocumentScan::new(kind);
         let mut out = Vec::new();
         let chunks: Vec<&[u8]> = body.chunks(cut.max(1)).collect();
         for (i, chunk) in chunks.iter().enumerate() {
-            let (bytes, stop) = scan.feed(chunk, i + 1 == chunks.len(), &mut judge);
+            let (bytes, stop) = scan.feed(chunk, i + 1 == chunks.len(), judge);
             out.extend(bytes);
             if stop {
                 return (out, true);
@@ -690,18 +696,9 @@ mod tests {
     }
 
     fn run_batching(body: &[u8], cut: usize) -> ((Vec<u8>, bool), usize) {
-        let mut scan = DocumentScan::new(BodyKind::Json);
         let mut judge = Batching { judged: 0 };
-        let mut out = Vec::new();
-        let chunks: Vec<&[u8]> = body.chunks(cut.max(1)).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
-            let (bytes, stop) = scan.feed(chunk, i + 1 == chunks.len(), &mut judge);
-            out.extend(bytes);
-            if stop {
-                return ((out, true), judge.judged);
-            }
-        }
-        ((out, false), judge.judged)
+        let out = run_with(BodyKind::Json, body, cut, &mut judge);
+        (out, judge.judged)
     }
 
     /// Whole strings judged together give the body each string judged
