@@ -431,7 +431,8 @@ impl DocumentScan {
             if last && self.scanned == 0 && judge.batches() {
                 if self.batched.is_empty() && self.batch.capacity() == 0 {
                     // An answer's strings: sized once, not grown by doubling.
-                    self.batch.reserve(2 * self.window.capacity().max(1024));
+                    self.batch
+                        .reserve((2 * self.window.capacity()).clamp(2048, WINDOW));
                     self.batched.reserve(32);
                     self.batch_anchors.reserve(64);
                 }

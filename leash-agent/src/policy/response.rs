@@ -124,74 +124,6 @@ impl PolicyModule {
             }),
         })
     }
-
-    /// One window of a document's text: records what matched (once, however
-    /// many windows see it) and says what to replace, or to stop.
-    /// `candidates`: what the detectors found may be in the batch this
-    /// window (a whole string) was part of.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the judge's parts, borrowed apart"
-    )]
-    fn judge_document(
-        &self,
-        policy: &Policy,
-        ex: &mut Exchange,
-        redacting: &mut Vec<usize>,
-        reported: &mut usize,
-        pass: document::Pass<'_>,
-        candidates: Option<&SetMatches>,
-        blocked: &mut Option<String>,
-    ) -> document::Verdict {
-        let mut all = Vec::new();
-        match candidates {
-            Some(c) => policy.detectors.scan_among(pass.text, c, &mut all),
-            None => policy.detectors.scan(pass.text, &mut all),
-        }
-        if all.is_empty() && redacting.is_empty() {
-            // Most texts (member names, identifiers): no rule can apply
-            // and nothing is replaced.
-            return document::Verdict::default();
-        }
-        let base = usize::try_from(pass.base).unwrap_or(usize::MAX);
-        let fresh: Vec<Finding> = all
-            .into_iter()
-            .filter(|f| f.end > pass.fresh_from)
-            .collect();
-        let new: Vec<Finding> = fresh
-            .iter()
-            .filter(|f| base + f.start >= *reported)
-            .cloned()
-            .collect();
-        let mut found: Vec<usize> = new.iter().map(|f| f.detector).collect();
-        found.sort_unstable();
-        found.dedup();
-        let mut verdict = document::Verdict::default();
-        if let Some((rule, shadow)) = policy.decide_response(ex, &found) {
-            self.record_response(policy, ex, rule, shadow, &new);
-            *reported = new.iter().map(|f| base + f.end).max().unwrap_or(*reported);
-            if !shadow && rule.action == Action::Block {
-                *blocked = Some(format!(
-                    "leash: response blocked by policy rule `{}`",
-                    rule.name
-                ));
-                verdict.stop = true;
-                return verdict;
-            }
-            if !shadow && rule.action == Action::Redact {
-                redacting.extend(rule.detectors.iter().flatten());
-            }
-        }
-        verdict.redact = fresh
-            .iter()
-            .filter(|f| redacting.contains(&f.detector))
-            .map(|f| {
-                let name = &policy.detectors.get(f.detector).name;
-                (f.start, f.end, format!("[REDACTED:{name}]"))
-            })
-            .collect();
-        verdict
-    }
 }
 
 /// The policy's judge of one body's text: the whole strings of a batch go
@@ -218,20 +150,63 @@ impl document::Judge for DocumentJudge<'_> {
         self.candidates.is_some()
     }
 
+    /// One window of a document's text: records what matched (once, however
+    /// many windows see it) and says what to replace, or to stop. A whole
+    /// string of a batch is searched by the batch's candidates only.
     fn judge(&mut self, pass: document::Pass<'_>) -> document::Verdict {
-        let candidates = if pass.batched {
-            self.candidates.as_ref()
-        } else {
-            None
-        };
-        self.module.judge_document(
-            self.policy,
-            self.ex,
-            self.redacting,
-            self.reported,
-            pass,
-            candidates,
-            &mut self.blocked,
-        )
+        let policy = self.policy;
+        let mut all = Vec::new();
+        match self.candidates.as_ref().filter(|_| pass.batched) {
+            Some(c) => policy.detectors.scan_among(pass.text, c, &mut all),
+            None => policy.detectors.scan(pass.text, &mut all),
+        }
+        if all.is_empty() && self.redacting.is_empty() {
+            // Most texts (member names, identifiers): no rule can apply
+            // and nothing is replaced.
+            return document::Verdict::default();
+        }
+        let base = usize::try_from(pass.base).unwrap_or(usize::MAX);
+        let fresh: Vec<Finding> = all
+            .into_iter()
+            .filter(|f| f.end > pass.fresh_from)
+            .collect();
+        let new: Vec<Finding> = fresh
+            .iter()
+            .filter(|f| base + f.start >= *self.reported)
+            .cloned()
+            .collect();
+        let mut found: Vec<usize> = new.iter().map(|f| f.detector).collect();
+        found.sort_unstable();
+        found.dedup();
+        let mut verdict = document::Verdict::default();
+        if let Some((rule, shadow)) = policy.decide_response(self.ex, &found) {
+            self.module
+                .record_response(policy, self.ex, rule, shadow, &new);
+            *self.reported = new
+                .iter()
+                .map(|f| base + f.end)
+                .max()
+                .unwrap_or(*self.reported);
+            if !shadow && rule.action == Action::Block {
+                self.blocked = Some(format!(
+                    "leash: response blocked by policy rule `{}`",
+                    rule.name
+                ));
+                verdict.stop = true;
+                return verdict;
+            }
+            if !shadow && rule.action == Action::Redact {
+                self.redacting.extend(rule.detectors.iter().flatten());
+            }
+        }
+        verdict.redact = fresh
+            .iter()
+            .filter(|f| self.redacting.contains(&f.detector))
+            .map(|f| {
+                let name = &policy.detectors.get(f.detector).name;
+                (f.start, f.end, format!("[REDACTED:{name}]"))
+            })
+            .collect();
+        verdict
     }
 }
