@@ -133,6 +133,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
+    /// Passed through: TLS writes a handshake flight or an answer's
+    /// records as several buffers, and without this each went out in a
+    /// system call (and a segment, and a wake-up of the client) of its own.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
@@ -241,5 +254,27 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn prefixed_writes_many_buffers_in_one_call() {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (mut peer, _) = accepted.unwrap();
+        let mut s = Prefixed::new(Bytes::new(), client.unwrap());
+        assert!(s.is_write_vectored());
+        let parts: [&[u8]; 3] = [b"server hello", b"", b"certificate and finished"];
+        let slices = parts.map(io::IoSlice::new);
+        // One call takes every buffer (a TLS flight in one segment), not
+        // only the first as the default would.
+        let n = s.write_vectored(&slices).await.unwrap();
+        assert_eq!(n, parts.concat().len());
+        drop(s);
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, parts.concat());
     }
 }
