@@ -28,14 +28,15 @@ pub(super) fn fixed(value: &LazyLock<Label>) -> Label {
 /// Label values seen so far: at most `cap` distinct ones, then `other`
 /// (label cardinality stays bounded).
 pub(super) struct Interned {
-    seen: Mutex<HashMap<String, Label>>,
+    /// Bounded by `cap`, so a fast seeded hash is enough (no `SipHash`).
+    seen: Mutex<HashMap<String, Label, foldhash::fast::RandomState>>,
     cap: usize,
 }
 
 impl Interned {
     pub(super) fn new(cap: usize) -> Self {
         Self {
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::default()),
             cap,
         }
     }

@@ -3,8 +3,9 @@
 //! collapse to `other`).
 
 mod labels;
+mod series;
 
-use std::sync::{Arc, atomic::AtomicU64};
+use std::sync::{Arc, OnceLock, atomic::AtomicU64};
 
 use prometheus_client::{
     encoding::text::encode,
@@ -90,6 +91,14 @@ pub struct Metrics {
     shadow_hosts: Interned,
     untrusted: Family<ExeLabels, Counter>,
     untrusted_exes: Interned,
+    /// Each kind of exchange's series, once resolved.
+    kept: series::Kept,
+}
+
+fn provider_labels(labels: &series::Labels) -> ProviderLabels {
+    ProviderLabels {
+        provider: Arc::clone(&labels.provider),
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -388,6 +397,7 @@ impl Metrics {
             shadow_hosts: Interned::new(MAX_MODELS),
             untrusted,
             untrusted_exes: Interned::new(MAX_MODELS),
+            kept: series::Kept::default(),
         }
     }
 
@@ -488,41 +498,74 @@ impl Metrics {
 
     /// Adds one finished exchange.
     pub fn observe(&self, record: &AuditRecord) {
-        let model = self.model_label(record.model.as_deref());
-        let team = record
-            .caller
-            .team
-            .as_deref()
-            .map_or_else(|| labels::fixed(&labels::NONE), |t| self.teams.label(t));
-        let provider = self.providers.label(&record.provider);
+        let action = match record.error.map(ErrorCode::side) {
+            Some(ErrorSide::Decision) => "block",
+            Some(_) => "error",
+            None => "allow",
+        };
+        let labels = series::Labels {
+            provider: self.providers.label(&record.provider),
+            model: self.model_label(record.model.as_deref()),
+            team: record
+                .caller
+                .team
+                .as_deref()
+                .map_or_else(|| labels::fixed(&labels::NONE), |t| self.teams.label(t)),
+            action,
+            status: match record
+                .status
+                .and_then(|c| http::StatusCode::from_u16(c).ok())
+            {
+                Some(code) => self.statuses.label(code.as_str()),
+                None => labels::fixed(&labels::NONE),
+            },
+        };
+        let series = self.kept.get(labels, |labels| self.series(labels));
+        let l = &series.labels;
         if let Some(usage) = &record.usage {
-            let kinds = [
-                ("input", usage.input_tokens),
-                ("output", usage.output_tokens),
-                ("cached", usage.cached_tokens),
-                ("reasoning", usage.reasoning_tokens),
-                ("cache_creation", usage.cache_creation_tokens),
+            let counts = [
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_tokens,
+                usage.reasoning_tokens,
+                usage.cache_creation_tokens,
             ];
-            for (kind, n) in kinds.into_iter().filter(|(_, n)| *n > 0) {
-                let labels = TokenLabels {
-                    provider: Arc::clone(&provider),
-                    model: Arc::clone(&model),
-                    team: Arc::clone(&team),
-                    kind,
-                };
-                self.tokens.get_or_create(&labels).inc_by(n);
+            for ((kind, n), counter) in series::TOKEN_KINDS
+                .into_iter()
+                .zip(counts)
+                .zip(&series.tokens)
+                .filter(|((_, n), _)| *n > 0)
+            {
+                counter
+                    .get_or_init(|| {
+                        self.tokens
+                            .get_or_create(&TokenLabels {
+                                provider: Arc::clone(&l.provider),
+                                model: Arc::clone(&l.model),
+                                team: Arc::clone(&l.team),
+                                kind,
+                            })
+                            .clone()
+                    })
+                    .inc_by(n);
             }
-            let labels = ModelLabels {
-                provider: Arc::clone(&provider),
-                model: Arc::clone(&model),
-                team: Arc::clone(&team),
+            let model_labels = || ModelLabels {
+                provider: Arc::clone(&l.provider),
+                model: Arc::clone(&l.model),
+                team: Arc::clone(&l.team),
             };
             match record.cost_usd {
                 Some(cost) => {
-                    self.cost.get_or_create(&labels).inc_by(cost);
+                    series
+                        .cost
+                        .get_or_init(|| self.cost.get_or_create(&model_labels()).clone())
+                        .inc_by(cost);
                 }
                 None => {
-                    self.unpriced.get_or_create(&labels).inc();
+                    series
+                        .unpriced
+                        .get_or_init(|| self.unpriced.get_or_create(&model_labels()).clone())
+                        .inc();
                 }
             }
         }
@@ -536,35 +579,42 @@ impl Metrics {
                 self.findings.get_or_create(&labels).inc_by(f.count as u64);
             }
         }
-        let action = match record.error.map(ErrorCode::side) {
-            Some(ErrorSide::Decision) => "block",
-            Some(_) => "error",
-            None => "allow",
-        };
-        let status = match record
-            .status
-            .and_then(|c| http::StatusCode::from_u16(c).ok())
-        {
-            Some(code) => self.statuses.label(code.as_str()),
-            None => labels::fixed(&labels::NONE),
-        };
-        let labels = RequestLabels {
-            provider: Arc::clone(&provider),
-            model,
-            team,
-            action,
-            status,
-        };
-        self.requests.get_or_create(&labels).inc();
-        let provider = ProviderLabels { provider };
-        self.duration
-            .get_or_create(&provider)
-            .observe(record.latency_ms / 1e3);
-        self.overhead
-            .get_or_create(&provider)
-            .observe(record.overhead_ms / 1e3);
+        series.requests.inc();
+        series.duration.observe(record.latency_ms / 1e3);
+        series.overhead.observe(record.overhead_ms / 1e3);
         if let Some(ttfb) = record.ttfb_ms {
-            self.ttfb.get_or_create(&provider).observe(ttfb / 1e3);
+            series
+                .ttfb
+                .get_or_init(|| self.ttfb.get_or_create(&provider_labels(l)).clone())
+                .observe(ttfb / 1e3);
+        }
+    }
+
+    /// The series of one kind of exchange, from the families: those every
+    /// exchange adds to made now, the others when one first does.
+    fn series(&self, labels: series::Labels) -> series::Series {
+        let requests = self
+            .requests
+            .get_or_create(&RequestLabels {
+                provider: Arc::clone(&labels.provider),
+                model: Arc::clone(&labels.model),
+                team: Arc::clone(&labels.team),
+                action: labels.action,
+                status: Arc::clone(&labels.status),
+            })
+            .clone();
+        let provider = provider_labels(&labels);
+        let duration = self.duration.get_or_create(&provider).clone();
+        let overhead = self.overhead.get_or_create(&provider).clone();
+        series::Series {
+            labels,
+            requests,
+            duration,
+            overhead,
+            ttfb: OnceLock::new(),
+            tokens: Default::default(),
+            cost: OnceLock::new(),
+            unpriced: OnceLock::new(),
         }
     }
 
@@ -575,5 +625,152 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Caller, Event, Usage};
+
+    fn exchange(model: &str, team: Option<&str>, status: u16) -> AuditRecord {
+        let mut r = AuditRecord::event(Event::Refused, &Arc::from("test"), Caller::default());
+        r.event = None;
+        r.provider = "openai".to_owned();
+        r.model = Some(model.to_owned());
+        r.caller.team = team.map(str::to_owned);
+        r.status = Some(status);
+        r.latency_ms = 2.0;
+        r.overhead_ms = 0.1;
+        r
+    }
+
+    /// The exposition's lines that start with `prefix`.
+    fn lines(m: &Metrics, prefix: &str) -> Vec<String> {
+        m.encode()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn each_kind_of_exchange_counts_into_its_own_series_and_no_other() {
+        let m = Metrics::new();
+        let mut priced = exchange("gpt-4o", None, 200);
+        priced.usage = Some(Usage {
+            input_tokens: 9,
+            output_tokens: 12,
+            ..Usage::default()
+        });
+        priced.cost_usd = Some(0.25);
+        priced.ttfb_ms = Some(1.0);
+        m.observe(&priced);
+        m.observe(&priced);
+        let mut failed = exchange("gpt-4o", None, 500);
+        failed.error = Some(ErrorCode::PolicyBlocked);
+        m.observe(&failed);
+        // Differs from the first only by its status.
+        m.observe(&exchange("gpt-4o", None, 404));
+        let mut unpriced = exchange("m2", Some("red"), 200);
+        unpriced.usage = Some(Usage {
+            output_tokens: 3,
+            ..Usage::default()
+        });
+        m.observe(&unpriced);
+
+        let requests = lines(&m, "leash_requests_total");
+        assert_eq!(requests.len(), 4, "{requests:#?}");
+        for want in [
+            r#"model="gpt-4o",team="none",action="allow",status="200"} 2"#,
+            r#"model="gpt-4o",team="none",action="allow",status="404"} 1"#,
+            r#"model="gpt-4o",team="none",action="block",status="500"} 1"#,
+            r#"model="m2",team="red",action="allow",status="200"} 1"#,
+        ] {
+            assert!(
+                requests.iter().any(|l| l.ends_with(want)),
+                "{want}: {requests:#?}"
+            );
+        }
+        // Only the token kinds counted, each in its exchange's series.
+        let tokens = lines(&m, "leash_tokens_total");
+        assert_eq!(tokens.len(), 3, "{tokens:#?}");
+        for want in [
+            r#"model="gpt-4o",team="none",kind="input"} 18"#,
+            r#"model="gpt-4o",team="none",kind="output"} 24"#,
+            r#"model="m2",team="red",kind="output"} 3"#,
+        ] {
+            assert!(
+                tokens.iter().any(|l| l.ends_with(want)),
+                "{want}: {tokens:#?}"
+            );
+        }
+        let cost = lines(&m, "leash_cost_usd_total");
+        assert_eq!(cost.len(), 1, "{cost:#?}");
+        assert!(
+            cost[0].ends_with(r#"model="gpt-4o",team="none"} 0.5"#),
+            "{cost:#?}"
+        );
+        let unpriced = lines(&m, "leash_unpriced_requests_total");
+        assert_eq!(unpriced.len(), 1, "{unpriced:#?}");
+        assert!(
+            unpriced[0].ends_with(r#"model="m2",team="red"} 1"#),
+            "{unpriced:#?}"
+        );
+        assert_eq!(
+            lines(&m, "leash_ttfb_seconds_count"),
+            [r#"leash_ttfb_seconds_count{provider="openai"} 2"#]
+        );
+        assert_eq!(
+            lines(&m, "leash_request_duration_seconds_count"),
+            [r#"leash_request_duration_seconds_count{provider="openai"} 5"#]
+        );
+
+        // An exchange with no tokens, cost or first byte adds no such series.
+        let bare = Metrics::new();
+        bare.observe(&failed);
+        assert_eq!(lines(&bare, "leash_requests_total").len(), 1);
+        for none in [
+            "leash_ttfb_seconds_count",
+            "leash_tokens_total",
+            "leash_cost_usd_total",
+            "leash_unpriced_requests_total",
+        ] {
+            assert_eq!(lines(&bare, none), Vec::<String>::new(), "{none}");
+        }
+    }
+
+    #[test]
+    fn exchanges_past_the_kept_kinds_still_count() {
+        let m = Metrics::new();
+        // More kinds than are kept: every model (then `other`) by team.
+        let kinds = series::MAX_KEPT + 100;
+        for i in 0..kinds {
+            let model = format!("m{}", i % 200);
+            let team = format!("t{}", i / 200);
+            m.observe(&exchange(&model, Some(&team), 200));
+        }
+        // Kind 4100 (m100 of team t20) came after the kept ones filled up.
+        let late = exchange("m100", Some("t20"), 200);
+        m.observe(&late);
+        m.observe(&late);
+        let requests = lines(&m, "leash_requests_total");
+        assert_eq!(requests.len(), kinds, "one series per kind");
+        assert!(
+            requests
+                .iter()
+                .any(|l| l.ends_with(r#"model="m100",team="t20",action="allow",status="200"} 3"#)),
+            "{:?}",
+            requests
+                .iter()
+                .find(|l| l.contains(r#"model="m100",team="t20""#))
+        );
+        assert_eq!(
+            lines(&m, "leash_request_duration_seconds_count"),
+            [format!(
+                r#"leash_request_duration_seconds_count{{provider="openai"}} {}"#,
+                kinds + 2
+            )]
+        );
     }
 }
