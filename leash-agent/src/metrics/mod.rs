@@ -95,7 +95,7 @@ pub struct Metrics {
     kept: series::Kept,
 }
 
-fn provider_labels(labels: &series::Labels) -> ProviderLabels {
+fn provider_labels(labels: &RequestLabels) -> ProviderLabels {
     ProviderLabels {
         provider: Arc::clone(&labels.provider),
     }
@@ -503,7 +503,7 @@ impl Metrics {
             Some(_) => "error",
             None => "allow",
         };
-        let labels = series::Labels {
+        let labels = RequestLabels {
             provider: self.providers.label(&record.provider),
             model: self.model_label(record.model.as_deref()),
             team: record
@@ -592,17 +592,8 @@ impl Metrics {
 
     /// The series of one kind of exchange, from the families: those every
     /// exchange adds to made now, the others when one first does.
-    fn series(&self, labels: series::Labels) -> series::Series {
-        let requests = self
-            .requests
-            .get_or_create(&RequestLabels {
-                provider: Arc::clone(&labels.provider),
-                model: Arc::clone(&labels.model),
-                team: Arc::clone(&labels.team),
-                action: labels.action,
-                status: Arc::clone(&labels.status),
-            })
-            .clone();
+    fn series(&self, labels: RequestLabels) -> series::Series {
+        let requests = self.requests.get_or_create(&labels).clone();
         let provider = provider_labels(&labels);
         let duration = self.duration.get_or_create(&provider).clone();
         let overhead = self.overhead.get_or_create(&provider).clone();

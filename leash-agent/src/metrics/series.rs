@@ -11,7 +11,7 @@ use std::{
 
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
-use super::labels::Label;
+use super::labels::{Label, RequestLabels};
 
 /// Most kinds of exchange kept; past it an exchange is counted through the
 /// families directly (the same series, looked up each time).
@@ -33,20 +33,11 @@ struct Key {
     status: usize,
 }
 
-/// The labels of one kind of exchange.
-pub(super) struct Labels {
-    pub(super) provider: Label,
-    pub(super) model: Label,
-    pub(super) team: Label,
-    pub(super) action: &'static str,
-    pub(super) status: Label,
-}
-
 /// The series of one kind of exchange. Those an exchange may not add to
 /// (tokens of a kind, cost, time to first byte) are made when one first
 /// does, so none shows up in the exposition before it has counted.
 pub(super) struct Series {
-    pub(super) labels: Labels,
+    pub(super) labels: RequestLabels,
     pub(super) requests: Counter,
     pub(super) duration: Histogram,
     pub(super) overhead: Histogram,
@@ -65,7 +56,11 @@ pub(super) struct Kept {
 impl Kept {
     /// The series of `labels`' kind of exchange: the ones kept, or new ones
     /// from `make` (kept while there is room).
-    pub(super) fn get(&self, labels: Labels, make: impl FnOnce(Labels) -> Series) -> Arc<Series> {
+    pub(super) fn get(
+        &self,
+        labels: RequestLabels,
+        make: impl FnOnce(RequestLabels) -> Series,
+    ) -> Arc<Series> {
         let key = Key {
             provider: address(&labels.provider),
             model: address(&labels.model),
