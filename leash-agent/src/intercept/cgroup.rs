@@ -48,9 +48,10 @@ pub fn of_process(pid: u32) -> Option<String> {
 
 /// A `/proc` file's text, read into a buffer that fits a usual one at once.
 /// `/proc` files report no size, so `read_to_string` asks for it (`statx`)
-/// and then reads 32, 32, 64, 128 bytes...: eight system calls for a 40-byte
-/// file, on every intercepted connection. This takes three (open, read,
-/// the read that sees the end) and grows only for a longer file.
+/// and then reads 32, 32, 64, 128 bytes...: eight system calls with open
+/// and close for a 40-byte file, on every intercepted connection. This takes
+/// four (open, one read, the read that sees the end, close) and grows only
+/// for a longer file.
 fn read_proc_file(path: &str) -> Option<String> {
     use std::io::Read as _;
     /// Enough for a hybrid layout's dozen v1 controllers and long paths.
