@@ -57,25 +57,18 @@ fn read_proc_file(path: &str) -> Option<String> {
     /// Enough for a hybrid layout's dozen v1 controllers and long paths.
     const FIRST: usize = 1024;
     /// No cgroup file is near this; a larger one is not read at all.
-    const LIMIT: usize = 1 << 20;
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut buf = vec![0; FIRST];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            if buf.len() >= LIMIT {
-                return None;
-            }
-            buf.resize(buf.len() * 2, 0);
-        }
-        match file.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
+    const LIMIT: u64 = 1 << 20;
+    // Through `Take`, which reads into the buffer's room without asking
+    // the file's size (`File::read_to_end` would).
+    let mut buf = Vec::with_capacity(FIRST);
+    std::fs::File::open(path)
+        .ok()?
+        .take(LIMIT + 1)
+        .read_to_end(&mut buf)
+        .ok()?;
+    if buf.len() as u64 > LIMIT {
+        return None;
     }
-    buf.truncate(len);
     String::from_utf8(buf).ok()
 }
 
