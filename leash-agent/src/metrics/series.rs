@@ -42,7 +42,7 @@ pub(super) struct Series {
     pub(super) duration: Histogram,
     pub(super) overhead: Histogram,
     pub(super) ttfb: OnceLock<Histogram>,
-    pub(super) tokens: [OnceLock<Counter>; 5],
+    pub(super) tokens: [OnceLock<Counter>; TOKEN_KINDS.len()],
     pub(super) cost: OnceLock<Counter<f64, AtomicU64>>,
     pub(super) unpriced: OnceLock<Counter>,
 }
