@@ -2,6 +2,8 @@
 //! it, TLS always verified against the system and webpki roots plus any
 //! configured extra roots.
 
+pub mod coalesce;
+
 use std::{
     future::Future,
     io,
@@ -14,6 +16,7 @@ use std::{
 };
 
 use bytes::Bytes;
+pub use coalesce::Coalescing;
 use http::Uri;
 use http_body_util::Full;
 use hyper_rustls::HttpsConnectorBuilder;
@@ -105,10 +108,14 @@ impl UpstreamConfig {
 }
 
 /// The gateway's connector: resolves the URI's host (through the SSRF
-/// guard).
-pub type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
+/// guard). Every upstream connector's HTTP/2 connections coalesce their
+/// writes ([`coalesce`]).
+pub type HttpsConnector = Coalescing<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>>;
+/// The transparent proxy's connector toward hosts a policy reroutes to.
+pub type MarkedResolvingHttpsConnector =
+    Coalescing<hyper_rustls::HttpsConnector<MarkedResolvingConnector>>;
 /// The transparent proxy's connector: one original destination, marked.
-pub type MarkedHttpsConnector = hyper_rustls::HttpsConnector<MarkedConnector>;
+pub type MarkedHttpsConnector = Coalescing<hyper_rustls::HttpsConnector<MarkedConnector>>;
 pub type HttpsClient = Client<HttpsConnector, Full<Bytes>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -295,7 +302,7 @@ pub fn build_client(config: &UpstreamConfig) -> Result<HttpsClient, UpstreamErro
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
-        .build(connector))
+        .build(Coalescing(connector)))
 }
 
 /// A credential: kept, passed on, never printed.
@@ -514,10 +521,7 @@ impl tower_service::Service<Uri> for MarkedResolvingConnector {
 pub fn marked_resolving_client(
     config: &UpstreamConfig,
     mark: u32,
-) -> Result<
-    Client<hyper_rustls::HttpsConnector<MarkedResolvingConnector>, Full<Bytes>>,
-    UpstreamError,
-> {
+) -> Result<Client<MarkedResolvingHttpsConnector, Full<Bytes>>, UpstreamError> {
     let connector = MarkedResolvingConnector {
         resolver: GuardedResolver::new(config.allow_private_hosts.clone()),
         mark,
@@ -531,7 +535,7 @@ pub fn marked_resolving_client(
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
-        .build(https))
+        .build(Coalescing(https)))
 }
 
 /// A client whose connections all go to `connector.dst`, TLS-verified
@@ -547,7 +551,7 @@ pub fn marked_client(
         .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .build(https)
+        .build(Coalescing(https))
 }
 
 #[cfg(test)]

@@ -703,8 +703,11 @@ struct DnsWorld {
     public_ca: std::path::PathBuf,
     hosts: std::path::PathBuf,
     resolv: std::path::PathBuf,
-    cgroup: leash_tests::harness::Cgroup,
+    // Fields drop in this order: the agent (which runs in the cgroup) must
+    // be gone before the cgroup is removed, or the removal fails and the
+    // cgroup is left behind.
     agent: leash_tests::harness::Agent,
+    cgroup: leash_tests::harness::Cgroup,
     tmp: tempfile::TempDir,
 }
 

@@ -177,7 +177,9 @@ impl Module for PolicyModule {
         let Some(policy) = self.handle.current() else {
             return BodyFlow::Continue;
         };
-        let Some(mut scan_state) = ex.ext.remove::<ResponseScan>() else {
+        // Taken out of its slot and put back, not removed and inserted:
+        // every chunk would box the state anew.
+        let Some(mut scan_state) = ex.ext.get_mut::<ResponseScan>().map(std::mem::take) else {
             return BodyFlow::Continue;
         };
         let flow = if calls::is_mcp_listing(ex) {
@@ -187,7 +189,9 @@ impl Module for PolicyModule {
         } else {
             self.scan_document(&policy, ex, &mut scan_state, chunk, end)
         };
-        ex.ext.insert(scan_state);
+        if let Some(slot) = ex.ext.get_mut::<ResponseScan>() {
+            *slot = scan_state;
+        }
         flow
     }
 

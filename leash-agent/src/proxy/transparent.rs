@@ -53,7 +53,7 @@ use crate::{
     record::Refusal,
     server::{Handler, Opened, Opener},
     upstream::{
-        MarkedHttpsConnector, MarkedResolvingConnector, Tunnel, connect_succeeded,
+        MarkedHttpsConnector, MarkedResolvingHttpsConnector, Tunnel, connect_succeeded,
         read_connect_answer,
     },
 };
@@ -114,7 +114,7 @@ pub struct Terminated {
 pub struct Rerouter {
     pub providers: crate::provider::Providers,
     pub routes: crate::routes::Routes,
-    pub forwarder: Forwarder<hyper_rustls::HttpsConnector<MarkedResolvingConnector>>,
+    pub forwarder: Forwarder<MarkedResolvingHttpsConnector>,
 }
 
 impl Terminated {
