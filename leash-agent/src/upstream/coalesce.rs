@@ -220,6 +220,12 @@ mod tests {
         }
     }
 
+    /// A waker, and how many times it was woken.
+    fn counting_waker() -> (Arc<Wakes>, std::task::Waker) {
+        let wakes = Arc::new(Wakes::default());
+        (Arc::clone(&wakes), waker(wakes))
+    }
+
     fn conn(h2: bool) -> Coalesced<Recorder> {
         Coalesced {
             inner: Recorder::default(),
@@ -236,8 +242,7 @@ mod tests {
 
     #[test]
     fn what_two_flushes_send_goes_out_in_one_write_after_one_yield() {
-        let wakes = Arc::new(Wakes::default());
-        let woken = waker(Arc::clone(&wakes));
+        let (wakes, woken) = counting_waker();
         let mut cx = Context::from_waker(&woken);
         let mut c = conn(true);
         assert_eq!(write(&mut c, &mut cx, b"HEADERS"), 7);
@@ -262,8 +267,7 @@ mod tests {
 
     #[test]
     fn other_connections_pass_straight_through() {
-        let wakes = Arc::new(Wakes::default());
-        let woken = waker(Arc::clone(&wakes));
+        let (wakes, woken) = counting_waker();
         let mut cx = Context::from_waker(&woken);
         let mut c = conn(false);
         write(&mut c, &mut cx, b"GET / HTTP/1.1\r\n\r\n");
@@ -274,8 +278,7 @@ mod tests {
 
     #[test]
     fn what_is_held_is_bounded_and_nothing_is_lost() {
-        let wakes = Arc::new(Wakes::default());
-        let woken = waker(Arc::clone(&wakes));
+        let (_, woken) = counting_waker();
         let mut cx = Context::from_waker(&woken);
         let mut c = conn(true);
         let body: Vec<u8> = (0..=250u8).cycle().take(3 * HELD_MAX + 5).collect();

@@ -297,19 +297,23 @@ fn section(r: &Value) -> String {
             let change = (nl + nh) / (bl + bh) - 1.0;
             let verdict = match against::change(base, now, true) {
                 Change::Better => format!(
-                    "fewer: {:.1} % (the ranges do not overlap)",
+                    "executes fewer: {:.1} % (the ranges do not overlap)",
                     -change * 100.0
                 ),
-                Change::Worse => {
-                    format!("more: {:.1} % (the ranges do not overlap)", change * 100.0)
-                }
-                Change::Overlap => "inconclusive (the ranges overlap)".to_owned(),
+                Change::Worse => format!(
+                    "executes more: {:.1} % (the ranges do not overlap)",
+                    change * 100.0
+                ),
+                Change::Overlap => format!(
+                    "inconclusive: {:+.1} %, inside the rounds' spread (the ranges overlap)",
+                    change * 100.0
+                ),
                 Change::Single => "not judged (one round: no spread)".to_owned(),
                 Change::NotMeasured => "not measured".to_owned(),
             };
             let _ = writeln!(
                 md,
-                "\nAgainst commit {rev} (`leash-policy@{rev}`, same run): this tree's `leash-policy` executes {verdict}."
+                "\nAgainst commit {rev} (`leash-policy@{rev}`, same run), this tree's `leash-policy`: {verdict}."
             );
         }
     }
@@ -356,7 +360,10 @@ mod tests {
             "{md}"
         );
         let md = section(&run([180_500.0, 182_000.0]));
-        assert!(md.contains("inconclusive (the ranges overlap)"), "{md}");
+        assert!(
+            md.contains("inconclusive: -0.4 %, inside the rounds' spread (the ranges overlap)"),
+            "{md}"
+        );
         let md = section(&run([150_000.0, 151_000.0]));
         assert!(md.contains("executes more: 19.9 %"), "{md}");
     }
