@@ -115,7 +115,8 @@ pub(crate) fn setup() -> Result<()> {
                 // Unoptimised: the linking is rustc's own libLLVM's work,
                 // which is optimised whatever this build is; the eBPF
                 // object comes out byte for byte the same, and the install
-                // takes about 24 s of CPU instead of 62 s (2 cores, by hand).
+                // took 24 s instead of 62 s on a 2-core machine (by hand,
+                // crates already downloaded).
                 "--debug",
                 "--no-default-features",
                 "--features",
