@@ -81,22 +81,23 @@ impl<T: Connection> Connection for Coalesced<T> {
     }
 }
 
-impl<T: Write + Unpin> Coalesced<T> {
-    /// Writes what is held, all of it, to the connection.
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some(held) = self.held.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        while held.sent < held.bytes.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &held.bytes[held.sent..]))?;
+impl Held {
+    /// Writes what is held, all of it, to `inner`.
+    fn poll_send<T: Write + Unpin>(
+        &mut self,
+        inner: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.sent < self.bytes.len() {
+            let n = ready!(Pin::new(&mut *inner).poll_write(cx, &self.bytes[self.sent..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            held.sent += n;
+            self.sent += n;
         }
-        held.bytes.clear();
-        held.sent = 0;
-        held.yielded = false;
+        self.bytes.clear();
+        self.sent = 0;
+        self.yielded = false;
         Poll::Ready(Ok(()))
     }
 }
@@ -125,17 +126,14 @@ impl<T: Write + Unpin> Write for Coalesced<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let Some(held) = this.held.as_ref() else {
-            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        let Self { inner, held } = &mut *self;
+        let Some(held) = held else {
+            return Pin::new(inner).poll_write_vectored(cx, bufs);
         };
         if held.bytes.len() >= HELD_MAX {
-            ready!(this.poll_send(cx))?;
+            ready!(held.poll_send(inner, cx))?;
         }
-        let Some(held) = this.held.as_mut() else {
-            return Poll::Ready(Ok(0));
-        };
-        let room = HELD_MAX.saturating_sub(held.bytes.len()).max(1);
+        let room = HELD_MAX - held.bytes.len();
         let mut taken = 0;
         for buf in bufs {
             let take = buf.len().min(room - taken);
@@ -153,8 +151,8 @@ impl<T: Write + Unpin> Write for Coalesced<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if let Some(held) = this.held.as_mut()
+        let Self { inner, held } = &mut *self;
+        if let Some(held) = held
             && !held.bytes.is_empty()
         {
             if !held.yielded {
@@ -162,14 +160,17 @@ impl<T: Write + Unpin> Write for Coalesced<T> {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            ready!(this.poll_send(cx))?;
+            ready!(held.poll_send(inner, cx))?;
         }
-        Pin::new(&mut this.inner).poll_flush(cx)
+        Pin::new(inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_send(cx))?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let Self { inner, held } = &mut *self;
+        if let Some(held) = held {
+            ready!(held.poll_send(inner, cx))?;
+        }
+        Pin::new(inner).poll_shutdown(cx)
     }
 }
 
