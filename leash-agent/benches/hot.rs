@@ -2,7 +2,8 @@
 //! (every streamed chunk passes through it), the usage module's reading of
 //! a whole answer (every non-streamed response), audit record encoding and
 //! sealing (once per request), and the leaf certificate cache of the
-//! transparent proxy (a miss mints a certificate; a hit is a map lookup).
+//! transparent proxy (a miss mints a certificate; a hit is a map lookup),
+//! and the agent's side of a TLS handshake on a minted leaf.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,7 +12,12 @@
     reason = "benchmark"
 )]
 
-use std::{fmt::Write as _, hint::black_box, sync::Arc};
+use std::{
+    fmt::Write as _,
+    hint::black_box,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use leash_agent::{
@@ -24,6 +30,7 @@ use leash_agent::{
     proxy::certs::CertCache,
     record::{AuditRecord, Caller, Usage},
 };
+use rustls_pki_types::pem::PemObject as _;
 
 /// An `OpenAI` chat stream of 20 content events and a usage event, cut into
 /// 64-byte network reads.
@@ -123,6 +130,65 @@ fn bench(c: &mut Criterion) {
     c.bench_function("cert_cache_hit", |b| {
         b.iter(|| cache.server_config(black_box("api.openai.com")).unwrap());
     });
+
+    // The agent's side of a full TLS 1.3 handshake on a cached leaf, in
+    // memory (no sockets): only the server's calls are timed. The client
+    // offers rustls' own order (AES-256-GCM first, as OpenSSL does).
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(
+            rustls_pki_types::CertificateDer::from_pem_slice(
+                CertAuthority::load(dir.path())
+                    .unwrap()
+                    .cert_pem()
+                    .as_bytes(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let server = cache.server_config("api.openai.com").unwrap();
+    c.bench_function("tls_handshake_leaf", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                spent += handshake(&client, &server);
+            }
+            spent
+        });
+    });
+}
+
+/// One in-memory handshake; the time the server's side took.
+fn handshake(client: &Arc<rustls::ClientConfig>, server: &Arc<rustls::ServerConfig>) -> Duration {
+    let name = rustls_pki_types::ServerName::try_from("api.openai.com").unwrap();
+    let mut c = rustls::ClientConnection::new(Arc::clone(client), name).unwrap();
+    let started = Instant::now();
+    let mut s = rustls::ServerConnection::new(Arc::clone(server)).unwrap();
+    let mut spent = started.elapsed();
+    let mut wire = Vec::new();
+    while c.is_handshaking() || s.is_handshaking() {
+        wire.clear();
+        c.write_tls(&mut wire).unwrap();
+        let started = Instant::now();
+        s.read_tls(&mut wire.as_slice()).unwrap();
+        s.process_new_packets().unwrap();
+        wire.clear();
+        s.write_tls(&mut wire).unwrap();
+        spent += started.elapsed();
+        c.read_tls(&mut wire.as_slice()).unwrap();
+        c.process_new_packets().unwrap();
+    }
+    black_box(s);
+    spent
 }
 
 criterion_group!(benches, bench);

@@ -14,7 +14,7 @@ use super::{
     LOADGEN_CPU,
     contenders::{Contender, EXAMPLE_POLICY, start_leash},
     f,
-    proc::{pinned, status_mib},
+    proc::{cpu_seconds, pinned, status_mib},
 };
 
 /// Streams at once, per contender.
@@ -35,12 +35,16 @@ pub(super) fn streams(tool: &Path, contenders: &[Contender]) -> Vec<Value> {
         for n in CONCURRENCY {
             eprintln!("bench: {n} streams at once {}", c.name);
             // A contender that cannot take the load is recorded, not fatal.
-            runs.push(
-                c.measure(tool, "streams", &[("--concurrency", n.to_string())])
-                    .unwrap_or_else(
-                        |e| json!({"concurrency": n, "errors": n, "error": format!("{e:#}")}),
-                    ),
-            );
+            // Its CPU time over the run (user + system, 10 ms ticks) says
+            // how much of its one CPU the burst took.
+            let before = cpu_seconds(c.pid);
+            let mut run = c
+                .measure(tool, "streams", &[("--concurrency", n.to_string())])
+                .unwrap_or_else(
+                    |e| json!({"concurrency": n, "errors": n, "error": format!("{e:#}")}),
+                );
+            run["contender_cpu_ms"] = json!((cpu_seconds(c.pid) - before) * 1e3);
+            runs.push(run);
         }
         out.push(json!({"name": c.name, "runs": runs}));
     }
@@ -123,17 +127,17 @@ pub(super) fn stall_word(r: &Value, name: &str, n: usize) -> &'static str {
 pub(super) fn section(r: &Value) -> String {
     use std::fmt::Write as _;
     let mut md = format!(
-        "## Many streams at once\n\nEach contender gets N streams at the same moment (one per connection; the upstream's stream, its events {UPSTREAM_GAP_MS:.0} ms apart by its timer). A run is stall-free when every stream completed and no gap between chunks was more than {STALL_MS:.0} ms longer than the longest gap of the upstream's own streams at the same concurrency (`direct`, this run).\n\n| contender | streams | failed | TTFT p50 ms | TTFT p99 ms | gap min ms | gap p99 ms | gap max ms | stall-free |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
+        "## Many streams at once\n\nEach contender gets N streams at the same moment (one per connection; the upstream's stream, its events {UPSTREAM_GAP_MS:.0} ms apart by its timer). A run is stall-free when every stream completed and no gap between chunks was more than {STALL_MS:.0} ms longer than the longest gap of the upstream's own streams at the same concurrency (`direct`, this run). CPU is the contender's own CPU time over the run (user + system, 10 ms ticks; for `direct`, the upstream's), per stream in brackets: it shares one CPU with the upstream.\n\n| contender | streams | failed | TTFT p50 ms | TTFT p99 ms | gap min ms | gap p99 ms | gap max ms | CPU ms (per stream) | stall-free |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
     );
     if !r["streams"].is_array() {
-        md.push_str("| (not measured in this run) | | | | | | | | |\n");
+        md.push_str("| (not measured in this run) | | | | | | | | | |\n");
     }
     for c in r["streams"].as_array().into_iter().flatten() {
         for run in c["runs"].as_array().into_iter().flatten() {
             let n = usize::try_from(run["concurrency"].as_u64().unwrap_or(0)).unwrap_or(0);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+                "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
                 c["name"].as_str().unwrap_or("?"),
                 run["concurrency"],
                 run["errors"],
@@ -142,6 +146,7 @@ pub(super) fn section(r: &Value) -> String {
                 f(&run["gap_min_ms"]),
                 f(&run["gap"]["p99_ms"]),
                 f(&run["gap"]["max_ms"]),
+                stream_cpu(run, n),
                 stall_word(r, c["name"].as_str().unwrap_or("?"), n)
             );
         }
@@ -160,6 +165,19 @@ pub(super) fn section(r: &Value) -> String {
         );
     }
     md
+}
+
+/// A run's contender CPU time and its share per stream; "—" where it was
+/// not measured (results from before it was).
+fn stream_cpu(run: &Value, n: usize) -> String {
+    match run["contender_cpu_ms"].as_f64() {
+        Some(ms) if n > 0 => {
+            #[allow(clippy::cast_precision_loss, reason = "a stream count")]
+            let per = ms / n as f64;
+            format!("{ms:.0} ({per:.2})")
+        }
+        _ => "—".to_owned(),
+    }
 }
 
 /// One contender's run at `n` streams at once.

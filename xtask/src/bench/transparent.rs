@@ -328,6 +328,32 @@ pub fn run(leash: &Path, tool: &Path, dir: &Path, plan: &Plan) -> Result<Value> 
             ],
         )?);
     }
+    // The agent's CPU on new connections, sampled by perf in a run of its
+    // own after the measured ones (perf's sampling costs the agent CPU, so
+    // the rates above are taken without it).
+    eprintln!("bench: transparent new connections leash-transparent under perf");
+    let perf_data = dir.join("perf-transparent-new.data");
+    let perf = super::extra::perf_start(agent.pid(), &perf_data)?;
+    let under_perf = measure(
+        &sides[1],
+        "saturate",
+        &[
+            ("--seconds", plan.saturate_seconds.max(3.0).to_string()),
+            ("--connections", "8".to_owned()),
+            ("--new-connection", String::new()),
+        ],
+    );
+    let perf_new = perf
+        .map(|p| super::extra::perf_stop(p, &perf_data))
+        .transpose()?;
+    let under_perf = under_perf?;
+    let perf_new = perf_new.map(|mut s| {
+        s["contender"] = json!("leash-transparent (agent)");
+        s["load"] =
+            json!("new TLS connections, closed loop, 8 clients, one request per connection");
+        s["rps_under_perf"] = under_perf["rps"].clone();
+        s
+    });
     // Keep-alive saturation, with the agent's CPU sampled by perf.
     let perf_data = dir.join("perf-transparent.data");
     let perf = super::extra::perf_start(agent.pid(), &perf_data)?;
@@ -370,6 +396,7 @@ pub fn run(leash: &Path, tool: &Path, dir: &Path, plan: &Plan) -> Result<Value> 
         "saturation_keepalive": saturation_leash,
         "cert_cache": {"names": COLD_NAMES, "leash": handshake_leash, "direct": handshake_direct},
         "bpf_programs": programs,
+        "perf_new_connections": perf_new,
         "perf": perf.map(|mut p| {
             p["rps_under_perf"] = saturation_leash["rps"].clone();
             p
@@ -469,6 +496,49 @@ pub fn section(t: &Value) -> String {
         "### Where the agent's CPU goes (perf)",
         &t["perf"],
     ));
-    md.push_str("\nBesides the gateway's work, every request here is decrypted from the client and encrypted again toward the provider (and back). The cipher itself (`ring`'s AES-GCM) stays below the 0.7 % cut; what grows against the gateway profile is copying (`memmove`: TLS records are copied between buffers on both sides) and allocation — the places to work on next.\n");
+    md.push_str(&crypto_share(
+        &t["perf"],
+        "Besides the gateway's work, every request here is decrypted from the client and encrypted again toward the provider (and back)",
+    ));
+    md.push('\n');
+    md.push_str(&super::extra::perf_section(
+        "### Where the agent's CPU goes on new connections (perf)",
+        &t["perf_new_connections"],
+    ));
+    md.push_str(&crypto_share(
+        &t["perf_new_connections"],
+        "Each connection here is a full TLS 1.3 handshake with the client (key exchange, the leaf's signature); the request goes on over a pooled connection toward the upstream",
+    ));
     md
+}
+
+/// What a perf summary's listed symbols give to cryptography (`ring`'s
+/// primitives and `rustls`), computed from its rows; empty without a
+/// profile.
+fn crypto_share(p: &Value, lead: &str) -> String {
+    let Some(rows) = p["top"].as_array() else {
+        return String::new();
+    };
+    let is_crypto = |s: &str| {
+        ["ring_core", "ring::", "rustls::", "aws_lc"]
+            .iter()
+            .any(|k| s.contains(k))
+    };
+    let crypto: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["space"] == "user" && is_crypto(r["symbol"].as_str().unwrap_or("")))
+        .collect();
+    let kernel = f(&p["kernel_pct"]);
+    let Some(first) = crypto.first() else {
+        return format!(
+            "\n{lead}. No symbol of `ring` or `rustls` reaches the 0.7 % cut; the kernel's share is {kernel:.1} %.\n"
+        );
+    };
+    let sum: f64 = crypto.iter().map(|r| f(&r["pct"])).sum();
+    format!(
+        "\n{lead}. The listed symbols of `ring` and `rustls` add up to {sum:.1} % of samples ({} symbols, the largest `{}` at {:.1} %); the kernel's share is {kernel:.1} %.\n",
+        crypto.len(),
+        first["symbol"].as_str().unwrap_or("?").replace('|', "\\|"),
+        f(&first["pct"]),
+    )
 }
