@@ -33,7 +33,7 @@ pub(super) fn report(r: &Value) -> String {
     );
     let _ = writeln!(
         md,
-        "**Machine**: {} ({} vCPUs), {}, Linux {}, {}.  \n**Placement**: {}. Compare figures only within one placement: on 2 vCPUs a cross-CPU wakeup costs tens of microseconds.  \n**Upstream**: {}.  \n**Load**: open loop at fixed rates, {} s per run after a 1 s warm-up, {} round(s) alternating contenders (figures are medians over rounds); latency measured from each request's intended send time (coordinated omission corrected), new requests on keep-alive HTTP/1.1 connections.\n",
+        "**Machine**: {} ({} vCPUs), {}, Linux {}, {}.  \n**Placement**: {}. Compare figures only within one placement: on 2 vCPUs a cross-CPU wakeup costs tens of microseconds.  \n**Upstream**: {}.  \n**Load**: open loop at fixed rates, {} s per run after a 1 s warm-up, {} round(s) alternating contenders {} (figures are medians over rounds); latency measured from each request's intended send time (coordinated omission corrected), new requests on keep-alive HTTP/1.1 connections.\n",
         r["machine"]["cpu"].as_str().unwrap_or("?"),
         r["machine"]["cpus"],
         r["machine"]["memory"].as_str().unwrap_or("?"),
@@ -43,6 +43,11 @@ pub(super) fn report(r: &Value) -> String {
         r["upstream"].as_str().unwrap_or("?"),
         r["plan"]["seconds"],
         r["plan"]["rounds"],
+        // Runs from before the order was recorded took the same order in
+        // every round.
+        r["plan"]["order"]
+            .as_str()
+            .unwrap_or("in the same order every round"),
     );
     md.push_str(&steal_line(&r["steal"]));
     let _ = writeln!(md, "## Contenders\n\n| name | what |\n| --- | --- |");

@@ -182,7 +182,8 @@ pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
         // driven at higher ones in this round (it would only queue more).
         let mut behind = vec![false; contenders.len()];
         for (ri, rate) in plan.rates.iter().enumerate() {
-            for (ci, c) in contenders.iter().enumerate() {
+            for ci in round_order(round, contenders.len()) {
+                let c = &contenders[ci];
                 if behind[ci] {
                     open[ci][ri].push(json!({
                         "skipped": "fell behind at a lower rate",
@@ -316,7 +317,7 @@ pub fn bench(quick: bool, against: Option<&str>) -> Result<()> {
         "machine": machine(),
         "steal": super::proc::steal_since(&cpu_before),
         "placement": format!("load generator on CPU {LOADGEN_CPU}; contender and upstream on CPU {SERVER_CPU} (taskset)"),
-        "plan": {"rates": plan.rates, "seconds": plan.seconds, "rounds": plan.rounds},
+        "plan": {"rates": plan.rates, "seconds": plan.seconds, "rounds": plan.rounds, "order": ROUND_ORDER},
         "upstream": "leash-bench upstream: 1 KiB chat completion, no delay; streams: 20 events 10 ms apart",
         "contenders": contenders.iter().enumerate().map(|(ci, c)| json!({
             "name": c.name, "what": c.what,
@@ -555,9 +556,31 @@ pub(super) fn machine() -> Value {
     json!({"cpu": cpu, "cpus": cpus, "kernel": kernel, "memory": mem, "rustc": rustc, "leash_commit": commit})
 }
 
+/// How the contenders take turns within the rounds, as the report says it.
+pub(super) const ROUND_ORDER: &str = "in reverse order every other round";
+
+/// The contenders' order in `round`: as listed, and reversed every other
+/// round, so no contender always runs right after the same one (a
+/// disturbance one contender leaves behind, or a stretch of steal, then
+/// falls on different contenders).
+pub(super) fn round_order(round: usize, contenders: usize) -> Vec<usize> {
+    if round % 2 == 1 {
+        (0..contenders).rev().collect()
+    } else {
+        (0..contenders).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::executables;
+    use super::{executables, round_order};
+
+    #[test]
+    fn every_other_round_runs_the_contenders_in_reverse() {
+        assert_eq!(round_order(0, 3), [0, 1, 2]);
+        assert_eq!(round_order(1, 3), [2, 1, 0]);
+        assert_eq!(round_order(2, 3), [0, 1, 2]);
+    }
 
     /// What cargo reports for `build --release --benches --bin leash`: the
     /// bench harnesses, the binary, and the binary's own test harness.

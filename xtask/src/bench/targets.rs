@@ -181,18 +181,20 @@ pub(super) fn section(r: &Value) -> String {
             p50.verdict(0.12, true),
         );
     }
-    let conns = t["new_connections"].as_array().map_or(f64::NAN, |n| {
-        let rps = |name: &str| {
-            n.iter()
-                .find(|c| c["name"] == name)
-                .map_or(f64::NAN, |c| f(&c["result"]["rps"]))
-        };
-        rps("leash-transparent") / rps("direct-tls")
-    });
-    let conns = once(conns);
+    let rps = |name: &str| {
+        t["new_connections"]
+            .as_array()
+            .and_then(|n| n.iter().find(|c| c["name"] == name))
+            .map_or(f64::NAN, |c| f(&c["result"]["rps"]))
+    };
+    let (leash_rps, direct_rps) = (rps("leash-transparent"), rps("direct-tls"));
+    let conns = once(leash_rps / direct_rps);
     row(
         "transparent new TLS connections/s ≥ 0.85× direct TLS",
-        format!("×{}", conns.shown("", 2)),
+        format!(
+            "×{} ({leash_rps:.0} vs {direct_rps:.0} per s)",
+            conns.shown("", 3)
+        ),
         conns.verdict(0.85, false),
     );
     let ttft = |c: &Value| f(&c["sse"]["ttft"]["p50_ms"]);

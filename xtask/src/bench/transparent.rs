@@ -519,10 +519,16 @@ fn crypto_share(p: &Value, lead: &str) -> String {
     let Some(rows) = p["top"].as_array() else {
         return String::new();
     };
+    // ring's assembly and C symbols: `ring_core_*`, and the field and
+    // curve helpers its P-256 and X25519 code calls (`fe_*`, `fe4_*`,
+    // `__ecp_nistz256_*`).
     let is_crypto = |s: &str| {
-        ["ring_core", "ring::", "rustls::", "aws_lc"]
+        ["ring_core", "fe_", "fe4_", "__ecp_nistz256"]
             .iter()
-            .any(|k| s.contains(k))
+            .any(|k| s.starts_with(k))
+            || ["ring::", "rustls::", "aws_lc"]
+                .iter()
+                .any(|k| s.contains(k))
     };
     let crypto: Vec<&Value> = rows
         .iter()
