@@ -337,6 +337,14 @@ pub fn unpinned_section(r: &Value) -> String {
     md
 }
 
+/// A perf summary's user-space rows whose symbol `keep` accepts, in the
+/// summary's order (most samples first).
+pub fn user_symbols(rows: &[Value], keep: impl Fn(&str) -> bool) -> Vec<&Value> {
+    rows.iter()
+        .filter(|r| r["space"] == "user" && keep(r["symbol"].as_str().unwrap_or("")))
+        .collect()
+}
+
 pub fn perf_section(title: &str, p: &Value) -> String {
     let mut md = format!("{title}\n\n");
     let Some(rows) = p["top"].as_array() else {
@@ -352,12 +360,9 @@ pub fn perf_section(title: &str, p: &Value) -> String {
         f(&p["kernel_pct"]),
     );
     md.push_str("\nHow to read it: on loopback the sender's `writev` also runs the receiving side's TCP stack and wakes the receiver, so the kernel share is mostly the unavoidable send/receive path that nginx pays too (see the syscall profile: the same calls per request).");
-    let user: Vec<&Value> = rows.iter().filter(|r| r["space"] == "user").collect();
+    let user = user_symbols(rows, |_| true);
     let share = |pred: &dyn Fn(&str) -> bool| -> f64 {
-        user.iter()
-            .filter(|r| pred(r["symbol"].as_str().unwrap_or("")))
-            .map(|r| f(&r["pct"]))
-            .sum()
+        user_symbols(rows, pred).iter().map(|r| f(&r["pct"])).sum()
     };
     let listed = share(&|_| true);
     let alloc = share(&|s| {

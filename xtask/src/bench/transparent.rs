@@ -315,17 +315,21 @@ pub fn run(leash: &Path, tool: &Path, dir: &Path, plan: &Plan) -> Result<Value> 
             }
         }
     }
+    // Closed loop, 8 clients, a new connection per request.
+    let new_connections = |seconds: f64| {
+        [
+            ("--seconds", seconds.to_string()),
+            ("--connections", "8".to_owned()),
+            ("--new-connection", String::new()),
+        ]
+    };
     let mut new_conns = Vec::new();
     for side in &sides {
         eprintln!("bench: transparent new connections {}", side.0);
         new_conns.push(measure(
             side,
             "saturate",
-            &[
-                ("--seconds", plan.saturate_seconds.to_string()),
-                ("--connections", "8".to_owned()),
-                ("--new-connection", String::new()),
-            ],
+            &new_connections(plan.saturate_seconds),
         )?);
     }
     // The agent's CPU on new connections, sampled by perf in a run of its
@@ -337,11 +341,7 @@ pub fn run(leash: &Path, tool: &Path, dir: &Path, plan: &Plan) -> Result<Value> 
     let under_perf = measure(
         &sides[1],
         "saturate",
-        &[
-            ("--seconds", plan.saturate_seconds.max(3.0).to_string()),
-            ("--connections", "8".to_owned()),
-            ("--new-connection", String::new()),
-        ],
+        &new_connections(plan.saturate_seconds.max(3.0)),
     );
     let perf_new = perf
         .map(|p| super::extra::perf_stop(p, &perf_data))
@@ -530,10 +530,7 @@ fn crypto_share(p: &Value, lead: &str) -> String {
                 .iter()
                 .any(|k| s.contains(k))
     };
-    let crypto: Vec<&Value> = rows
-        .iter()
-        .filter(|r| r["space"] == "user" && is_crypto(r["symbol"].as_str().unwrap_or("")))
-        .collect();
+    let crypto = super::extra::user_symbols(rows, is_crypto);
     let kernel = f(&p["kernel_pct"]);
     let Some(first) = crypto.first() else {
         return format!(
